@@ -1,0 +1,186 @@
+"""The thin Click layer: parse arguments, call one stage function, render its result."""
+from __future__ import annotations
+
+import dataclasses
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import click
+
+from . import __version__
+from .errors import ClipExportError
+from .spec import DEFAULT_OPSET, TOWERS
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+
+class _Group(click.Group):
+    """Maps our errors to one `Error:` line and exit 1; Click's usage errors keep exit 2."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except ClipExportError as exc:
+            click.echo(f"Error: {exc}", err=True)
+            ctx.exit(1)
+        except KeyboardInterrupt:
+            click.echo("Error: interrupted; nothing partial was kept", err=True)
+            ctx.exit(130)
+
+
+def _progress(quiet: bool) -> Callable[[str], None]:
+    started = time.perf_counter()
+
+    def report(message: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
+
+    return report
+
+
+def _jsonable(value: Any) -> Any:
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): _jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+def emit_json(value: Any) -> None:
+    click.echo(json.dumps(_jsonable(value), indent=2))
+
+
+def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
+    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
+    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
+    lines.insert(1, "  ".join("-" * w for w in widths))
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None:
+        return "-"
+    if isinstance(value, float):
+        if value == 0:
+            return "0"
+        return f"{value:.2e}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.3f}"
+    return str(value)
+
+
+def human_bytes(n: int) -> str:
+    size = float(n)
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{n} B"
+
+
+def _split_csv(value: str) -> list[str]:
+    return [v.strip() for v in value.split(",") if v.strip()]
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
+
+
+def dirs_argument(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.argument("dirs", nargs=-1, type=click.Path(path_type=Path))(func)
+
+
+def resolve_dirs(dirs: Sequence[Path]) -> list[Path]:
+    from .manifest import model_dirs
+
+    found: list[Path] = []
+    for d in dirs or [Path("artifacts")]:
+        found.extend(model_dirs(d))
+    return found
+
+
+@click.group(cls=_Group, context_settings=CONTEXT)
+@click.version_option(__version__, "--version", prog_name="clip-export")
+def main() -> None:
+    """Export CLIP to ONNX, convert it, verify every artifact against torch, and benchmark it.
+
+    \b
+    Example:
+      clip-export onnx ViT-B/32 --random-init
+      clip-export verify artifacts/ViT-B-32
+    """
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--pretrained", metavar="TAG", help="open_clip pretrained tag (default: the model's first tag, 'openai' for OpenAI names).")
+@click.option("--weights", metavar="PATH", type=click.Path(path_type=Path), help="Local checkpoint (.pt, .bin, .safetensors) or Hugging Face CLIP directory.")
+@click.option("--random-init", is_flag=True, help="The real architecture with seeded random weights (offline demos, tests, benchmarks).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")
+@click.option("--towers", default="visual,text", show_default=True, help="Comma-separated towers to export.")
+@click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True, help="Output root; the model goes to OUT/<model-slug>/.")
+@click.option("--normalize", is_flag=True, help="Bake L2 normalisation into the graphs.")
+@click.option("--external-data/--no-external-data", default=None, help="Force ONNX external data on or off (default: on for towers over 2 GB).")
+@click.option("--force", is_flag=True, help="Replace an existing artifact directory.")
+@json_option
+@quiet_option
+def onnx(model: str, pretrained: str | None, weights: Path | None, random_init: bool, seed: int, towers: str, opset: int, out: Path, normalize: bool, external_data: bool | None, force: bool, as_json: bool, quiet: bool) -> None:
+    """Export the visual and text towers of MODEL to ONNX, checked against torch fp32.
+
+    MODEL is an OpenAI name (ViT-B/32, ViT-L/14@336px, RN50), an open_clip architecture
+    (ViT-H-14 or ViT-H-14:laion2b_s32b_b79k), or a local Hugging Face CLIP directory.
+
+    \b
+    Example:
+      clip-export onnx ViT-B/32 --random-init --out artifacts
+    """
+    from .export import export_onnx
+    from .models import resolve
+
+    tower_list = _split_csv(towers)
+    bad = [t for t in tower_list if t not in TOWERS]
+    if bad or not tower_list:
+        raise click.BadParameter(f"unknown tower(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TOWERS)}", param_hint="--towers")
+    spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed)
+    result = export_onnx(spec, out=out, towers=tower_list, opset=opset, normalize=normalize, force=force, external_data=external_data, progress=_progress(quiet or as_json))
+    if as_json:
+        emit_json(result)
+        return
+    rows = [(t.tower, t.path, human_bytes(t.bytes), len(t.external_data), t.parity_mean_abs, t.parity_max_abs, f"{t.seconds:.1f}s") for t in result.towers]
+    click.echo(table(["tower", "path", "size", "ext. data files", "mean |Δ| (norm.)", "max |Δ| (norm.)", "time"], rows))
+    click.echo(f"\nWrote {result.manifest_path} in {result.seconds:.1f}s. Next: clip-export verify {result.model_dir}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.option("--all", "show_all", is_flag=True, help="Also list every open_clip architecture, not only OpenAI names.")
+@json_option
+def models(show_all: bool, as_json: bool) -> None:
+    """List the model names `onnx` accepts, and which weights are available offline.
+
+    \b
+    Example:
+      clip-export models --all
+    """
+    from .models import list_models
+
+    listing = list_models(include_archs=show_all or as_json)
+    if as_json:
+        emit_json(listing)
+        return
+    rows = [(m.name, m.arch, len(m.tags), ", ".join(m.cached_tags) or "none (use --weights or --random-init)") for m in listing]
+    click.echo(table(["name", "open_clip architecture", "pretrained tags", "weights in local cache"], rows))
+    if not show_all:
+        click.echo("\n(--all lists every open_clip architecture; use ARCH:TAG to pick weights)")
+
+
+if __name__ == "__main__":  # pragma: no cover
+    sys.exit(main())

@@ -1,0 +1,70 @@
+"""One error hierarchy: the CLI turns any of these into a single `Error: …` line and exit 1."""
+from __future__ import annotations
+
+
+class ClipExportError(Exception):
+    """Base class: an expected failure whose message is meant for the user, not a traceback."""
+
+
+class UnknownModelError(ClipExportError):
+    pass
+
+
+class WeightsError(ClipExportError):
+    """Weights are missing, unreachable, or do not match the architecture."""
+
+
+class UnsafeCheckpointError(WeightsError):
+    pass
+
+
+class OutputError(ClipExportError):
+    """The output directory exists, is not writable, or is not an artifact directory."""
+
+
+class UnsupportedOpsetError(ClipExportError):
+    pass
+
+
+class ExportParityError(ClipExportError):
+    pass
+
+
+class ManifestError(ClipExportError):
+    pass
+
+
+class IntegrityError(ClipExportError):
+    """A file does not match the sha256 or size that the manifest recorded."""
+
+
+class ProviderUnavailableError(ClipExportError):
+    pass
+
+
+class ConversionError(ClipExportError):
+    pass
+
+
+class TensorRTError(ClipExportError):
+    pass
+
+
+class VerificationFailed(ClipExportError):
+    """Raised by callers that want an exception; `verify` itself returns a result with failures."""
+
+
+class ReleaseError(ClipExportError):
+    pass
+
+
+class MissingExtraError(ClipExportError):
+    """An optional heavy dependency is absent; the message names the pip extra that installs it."""
+
+    def __init__(self, package: str, extra: str, purpose: str) -> None:
+        super().__init__(
+            f"{purpose} needs the '{package}' package, which is not installed; "
+            f"install it with: pip install 'clip-export[{extra}]'"
+        )
+        self.package = package
+        self.extra = extra

@@ -1,0 +1,340 @@
+"""Export stage: open_clip towers → ONNX with a dynamic batch, checked against torch right away."""
+from __future__ import annotations
+
+import contextlib
+import io
+import json
+import os
+import shutil
+import time
+import warnings
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from . import __version__
+from .errors import ClipExportError, ExportParityError, OutputError, UnsupportedOpsetError
+from .evalset import EvalSet, load_evalset
+from .manifest import SCHEMA_VERSION, file_record, now_iso, write_manifest
+from .models import LoadedModel, ModelSpec, load_model, resolve
+from .preprocess import preprocess_batch
+from .sessions import create_session
+from .spec import (
+    BATCH_AXIS,
+    DEFAULT_OPSET,
+    EXPORT_EXAMPLE_BATCH,
+    EXPORT_PARITY_TOLERANCE,
+    EXTERNAL_DATA_THRESHOLD_BYTES,
+    SUPPORTED_OPSETS,
+    TOWERS,
+)
+
+Progress = Callable[[str], None]
+REFERENCE_NAME = "reference.npz"
+
+
+@dataclass(frozen=True)
+class TowerResult:
+    tower: str
+    path: Path
+    bytes: int
+    external_data: tuple[str, ...]
+    parity_mean_abs: float
+    parity_max_abs: float
+    seconds: float
+
+
+@dataclass(frozen=True)
+class ExportResult:
+    model: str
+    model_dir: Path
+    manifest_path: Path
+    towers: tuple[TowerResult, ...]
+    seconds: float
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def versions() -> dict[str, str]:
+    found = {"clip_export": __version__}
+    for module in ("torch", "open_clip", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            found[module] = __import__(module).__version__
+        except ImportError:
+            continue
+    return found
+
+
+def l2_normalize(x: np.ndarray) -> np.ndarray:
+    x = x.astype(np.float64)
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+class _TowerModule:
+    """Factory for the torch wrappers whose forward is exactly encode_image / encode_text."""
+
+    @staticmethod
+    def build(loaded: LoadedModel, tower: str, normalize: bool) -> Any:
+        import torch
+
+        class Tower(torch.nn.Module):
+            def __init__(self, model: Any) -> None:
+                super().__init__()
+                self.model = model
+
+            def forward(self, x: Any) -> Any:
+                encode = self.model.encode_image if tower == "visual" else self.model.encode_text
+                return encode(x, normalize=normalize)
+
+        return Tower(loaded.model).eval()
+
+
+def example_input(loaded: LoadedModel, tower: str, batch: int, seed: int = 0) -> np.ndarray:
+    """Deterministic inputs; text rows get SOT, random tokens, EOT at varied positions, then padding."""
+    rng = np.random.default_rng(seed)
+    if tower == "visual":
+        h, w = loaded.preprocess.image_size
+        return rng.standard_normal((batch, 3, h, w)).astype(np.float32)
+    ctx, sot, eot = loaded.tokenizer.context_length, loaded.tokenizer.sot_token_id, loaded.tokenizer.eot_token_id
+    ids = np.zeros((batch, ctx), dtype=np.int64)
+    for row in range(batch):
+        length = int(rng.integers(3, ctx + 1))
+        ids[row, 0] = sot
+        ids[row, 1 : length - 1] = rng.integers(1, min(sot, eot) - 1, size=length - 2)
+        ids[row, length - 1] = eot
+    return ids
+
+
+def torch_embed(loaded: LoadedModel, tower: str, inputs: np.ndarray, normalize: bool, batch: int = 8) -> np.ndarray:
+    import torch
+
+    encode = loaded.model.encode_image if tower == "visual" else loaded.model.encode_text
+    outputs = []
+    with torch.no_grad():
+        for start in range(0, len(inputs), batch):
+            outputs.append(encode(torch.from_numpy(inputs[start : start + batch]), normalize=normalize).float().numpy())
+    return np.concatenate(outputs)
+
+
+def tower_parameter_bytes(loaded: LoadedModel, tower: str) -> int:
+    total = sum(p.numel() * 4 for p in loaded.model.parameters())
+    visual = sum(p.numel() * 4 for p in loaded.model.visual.parameters()) if hasattr(loaded.model, "visual") else total // 2
+    return visual if tower == "visual" else total - visual
+
+
+def _metadata(loaded: LoadedModel, tower: str, opset: int, normalize: bool) -> dict[str, str]:
+    spec = TOWERS[tower]
+    return {
+        "clip_export.version": __version__,
+        "clip_export.model": json.dumps(loaded.manifest_section()),
+        "clip_export.tower": tower,
+        "clip_export.precision": "fp32",
+        "clip_export.opset": str(opset),
+        "clip_export.normalize": str(normalize).lower(),
+        "clip_export.input": spec.input_name,
+        "clip_export.output": spec.output_name,
+        "clip_export.preprocess": json.dumps(loaded.preprocess.to_json()),
+        "clip_export.tokenizer": json.dumps(loaded.tokenizer.to_json()),
+        "clip_export.created": now_iso(),
+    }
+
+
+def external_data_files(onnx_path: Path) -> list[str]:
+    """The external data files an ONNX model refers to, read without loading the weights."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    locations = set()
+    for tensor in model.graph.initializer:
+        for item in tensor.external_data:
+            if item.key == "location":
+                locations.add(item.value)
+    return sorted(locations)
+
+
+def _torch_export(module: Any, example: Any, tower: str, opset: int) -> Any:
+    import torch
+
+    spec = TOWERS[tower]
+    with torch.no_grad(), contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return torch.onnx.export(
+            module,
+            (example,),
+            dynamo=True,
+            input_names=[spec.input_name],
+            output_names=[spec.output_name],
+            dynamic_shapes={"x": {0: torch.export.Dim(BATCH_AXIS)}},
+            opset_version=opset,
+            optimize=True,
+            verbose=False,
+        )
+
+
+def export_tower(
+    loaded: LoadedModel,
+    tower: str,
+    path: Path,
+    *,
+    opset: int = DEFAULT_OPSET,
+    normalize: bool = False,
+    external_data: bool | None = None,
+) -> tuple[str, ...]:
+    """Write one tower to `path`; returns the external data files written beside it."""
+    import torch
+
+    module = _TowerModule.build(loaded, tower, normalize)
+    example = torch.from_numpy(example_input(loaded, tower, EXPORT_EXAMPLE_BATCH, seed=1))
+    try:
+        program = _torch_export(module, example, tower, opset)
+    except Exception as exc:
+        raise ClipExportError(f"torch.onnx.export failed for the {tower} tower of {loaded.spec.arch}: {str(exc).splitlines()[0]}") from None
+    program.model.metadata_props.update(_metadata(loaded, tower, opset, normalize))
+    use_external = external_data if external_data is not None else tower_parameter_bytes(loaded, tower) > EXTERNAL_DATA_THRESHOLD_BYTES
+    program.save(str(path), external_data=use_external)
+    del program
+    return tuple(external_data_files(path))
+
+
+def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -> tuple[float, float]:
+    """Run the fresh ONNX tower next to torch on a batch of 3 (not the traced 2)."""
+    inputs = example_input(loaded, tower, 3, seed=0)
+    expected = torch_embed(loaded, tower, inputs, normalize)
+    session = create_session(path)
+    got = session.run(None, {TOWERS[tower].input_name: inputs})[0]
+    del session
+    delta = np.abs(l2_normalize(got) - l2_normalize(expected))
+    return float(delta.mean()), float(delta.max())
+
+
+def compute_reference(loaded: LoadedModel, evalset: EvalSet, towers: Sequence[str], normalize: bool) -> dict[str, np.ndarray]:
+    arrays: dict[str, np.ndarray] = {}
+    if "visual" in towers:
+        arrays["pixel_values"] = preprocess_batch(evalset.open_images(), loaded.preprocess)
+        arrays["image_embeds"] = torch_embed(loaded, "visual", arrays["pixel_values"], normalize)
+    if "text" in towers:
+        ids = loaded.tokenize(list(evalset.captions))
+        arrays["input_ids"] = np.asarray(ids.numpy() if hasattr(ids, "numpy") else ids, dtype=np.int64)
+        arrays["text_embeds"] = torch_embed(loaded, "text", arrays["input_ids"], normalize)
+    return arrays
+
+
+def io_declaration(loaded: LoadedModel, tower: str, dtype_in: str | None = None) -> dict[str, Any]:
+    spec = TOWERS[tower]
+    return {
+        "inputs": [{"name": spec.input_name, "dtype": dtype_in or spec.input_dtype, "shape": spec.input_shape(loaded.tokenizer.context_length, loaded.preprocess.image_size)}],
+        "outputs": [{"name": spec.output_name, "dtype": "float32", "shape": spec.output_shape(loaded.embed_dim)}],
+    }
+
+
+def _check_output_dir(out: Path) -> None:
+    try:
+        out.mkdir(parents=True, exist_ok=True)
+        probe = out / f".clip-export-write-test-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise OutputError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+
+
+def _swap_into_place(staging: Path, target: Path) -> None:
+    """Replace the target directory in two renames, so a crash leaves either old or new, never a mix."""
+    old = target.with_name(f".{target.name}.old-{os.getpid()}")
+    if target.exists():
+        os.replace(target, old)
+    os.replace(staging, target)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+def export_onnx(
+    model: ModelSpec | str,
+    *,
+    out: Path | str = "artifacts",
+    towers: Sequence[str] = ("visual", "text"),
+    opset: int = DEFAULT_OPSET,
+    normalize: bool = False,
+    force: bool = False,
+    external_data: bool | None = None,
+    evalset: EvalSet | None = None,
+    progress: Progress = _quiet,
+    loaded: LoadedModel | None = None,
+) -> ExportResult:
+    """Export the requested towers of one model into OUT/<slug>/ with its manifest and reference."""
+    started = time.perf_counter()
+    spec = resolve(model) if isinstance(model, str) else model
+    if opset not in SUPPORTED_OPSETS:
+        raise UnsupportedOpsetError(f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+    unknown = [t for t in towers if t not in TOWERS]
+    if unknown or not towers:
+        raise ClipExportError(f"unknown tower(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TOWERS)}")
+    out = Path(out)
+    target = out / spec.slug
+    if target.exists() and any(target.iterdir()) and not force:
+        raise OutputError(f"{target} already exists; pass --force to replace it")
+    _check_output_dir(out)
+    evalset = evalset or load_evalset()
+
+    progress(f"loading {spec.name} ({spec.source})")
+    loaded = loaded or load_model(spec)
+    staging = out / f".{spec.slug}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir(parents=True)
+    try:
+        manifest: dict[str, Any] = {
+            "schema": SCHEMA_VERSION,
+            "model": loaded.manifest_section(),
+            "preprocess": loaded.preprocess.to_json(),
+            "tokenizer": loaded.tokenizer.to_json(),
+            "normalize": normalize,
+            "versions": versions(),
+            "created": now_iso(),
+            "artifacts": [],
+        }
+        results = []
+        for tower in towers:
+            tower_started = time.perf_counter()
+            path = staging / f"{tower}.onnx"
+            progress(f"exporting the {tower} tower (torch.onnx, dynamo, opset {opset})")
+            data_files = export_tower(loaded, tower, path, opset=opset, normalize=normalize, external_data=external_data)
+            progress(f"checking the {tower} tower against torch fp32 in onnxruntime")
+            mean_abs, max_abs = parity_check(loaded, tower, path, normalize)
+            if not mean_abs <= EXPORT_PARITY_TOLERANCE:
+                raise ExportParityError(
+                    f"the exported {tower} tower differs from torch fp32: mean |Δ| of normalised embeddings "
+                    f"{mean_abs:.2e} > {EXPORT_PARITY_TOLERANCE:.0e}"
+                )
+            record = file_record(path, staging)
+            manifest["artifacts"].append(
+                {
+                    **record,
+                    "tower": tower,
+                    "precision": "fp32",
+                    "format": "onnx",
+                    "opset": opset,
+                    **io_declaration(loaded, tower),
+                    "external_data": [file_record(staging / name, staging) for name in data_files],
+                    "derived_from": None,
+                    "export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs},
+                }
+            )
+            results.append(TowerResult(tower, target / path.name, record["bytes"], data_files, mean_abs, max_abs, time.perf_counter() - tower_started))
+        progress(f"computing fp32 torch reference embeddings for {len(evalset.image_paths)} images and {len(evalset.captions)} captions")
+        arrays = compute_reference(loaded, evalset, towers, normalize)
+        np.savez(staging / REFERENCE_NAME, **arrays)
+        manifest["reference"] = {
+            **file_record(staging / REFERENCE_NAME, staging),
+            "evalset": evalset.source,
+            "images": evalset.image_names if "visual" in towers else [],
+            "captions": list(evalset.captions) if "text" in towers else [],
+            "computed_with": "torch fp32 (CPU)",
+        }
+        write_manifest(staging, manifest)
+        _swap_into_place(staging, target)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return ExportResult(spec.name, target, target / "manifest.json", tuple(results), time.perf_counter() - started)

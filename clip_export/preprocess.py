@@ -1,0 +1,98 @@
+"""Image preprocessing without torch, exact to open_clip's PIL pipeline, plus faster variants.
+
+The reference is open_clip's eval transform: Resize(short side, bicubic) → CenterCrop → RGB →
+ToTensor → Normalize. torchvision applies PIL's own resize to PIL images, so the same PIL calls
+here give bit-identical pixels; tests hold that.
+"""
+from __future__ import annotations
+
+from typing import Callable
+
+import numpy as np
+from PIL import Image
+
+from .models import PreprocessConfig
+
+_PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+
+
+def _resize_shortest(image: Image.Image, size: int, interpolation: str, reducing_gap: float | None = None) -> Image.Image:
+    width, height = image.size
+    short, long = (width, height) if width <= height else (height, width)
+    new_short, new_long = size, int(size * long / short)  # torchvision truncates, it does not round
+    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    if (new_w, new_h) == (width, height):
+        return image
+    return image.resize((new_w, new_h), _PIL_FILTERS[interpolation], reducing_gap=reducing_gap)
+
+
+def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
+    img_w, img_h = image.size
+    if img_w < width or img_h < height:  # torchvision pads with zeros before cropping
+        canvas = Image.new(image.mode, (max(img_w, width), max(img_h, height)))
+        canvas.paste(image, ((canvas.width - img_w) // 2, (canvas.height - img_h) // 2))
+        image, img_w, img_h = canvas, canvas.width, canvas.height
+    top = int(round((img_h - height) / 2.0))
+    left = int(round((img_w - width) / 2.0))
+    return image.crop((left, top, left + width, top + height))
+
+
+def _normalize(rgb: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    array = np.asarray(rgb, dtype=np.float32) * np.float32(1.0 / 255.0)
+    mean = np.asarray(config.mean, dtype=np.float32)
+    std = np.asarray(config.std, dtype=np.float32)
+    return ((array - mean) / std).transpose(2, 0, 1)
+
+
+def preprocess_reference(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """open_clip's order: resize and crop in the image's own mode, then convert to RGB."""
+    height, width = config.image_size
+    if config.resize_mode != "shortest":
+        raise ValueError(f"resize_mode {config.resize_mode!r} is not supported by the numpy preprocessor")
+    resized = _resize_shortest(image, min(height, width), config.interpolation)
+    return _normalize(_center_crop(resized, height, width).convert("RGB"), config)
+
+
+def preprocess_rgb_first(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """Convert to RGB before resizing: fewer channels to resample, different pixels for RGBA/L."""
+    return preprocess_reference(image.convert("RGB"), config)
+
+
+def preprocess_draft(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """Let the JPEG decoder downscale by a power of two first (Image.draft); exact only when no draft applies."""
+    height, width = config.image_size
+    if image.format == "JPEG":
+        image.draft("RGB", (width * 2, height * 2))
+    return preprocess_reference(image, config)
+
+
+def preprocess_reducing_gap(image: Image.Image, config: PreprocessConfig, gap: float = 3.0) -> np.ndarray:
+    height, width = config.image_size
+    resized = _resize_shortest(image, min(height, width), config.interpolation, reducing_gap=gap)
+    return _normalize(_center_crop(resized, height, width).convert("RGB"), config)
+
+
+def preprocess_opencv(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    import cv2
+
+    height, width = config.image_size
+    array = np.asarray(image.convert("RGB"))
+    img_h, img_w = array.shape[:2]
+    scale = min(height, width) / min(img_h, img_w)
+    new_w, new_h = (min(height, width), int(scale * img_h)) if img_w <= img_h else (int(scale * img_w), min(height, width))
+    resized = cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
+    top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+    return _normalize(Image.fromarray(resized[top : top + height, left : left + width]), config)
+
+
+VARIANTS: dict[str, Callable[[Image.Image, PreprocessConfig], np.ndarray]] = {
+    "reference-pil": preprocess_reference,
+    "rgb-first": preprocess_rgb_first,
+    "jpeg-draft": preprocess_draft,
+    "reducing-gap-3": preprocess_reducing_gap,
+    "opencv": preprocess_opencv,
+}
+
+
+def preprocess_batch(images: list[Image.Image], config: PreprocessConfig) -> np.ndarray:
+    return np.stack([preprocess_reference(image, config) for image in images]).astype(np.float32)

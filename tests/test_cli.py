@@ -1,0 +1,102 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner
+
+from clip_export import __version__, load_model, resolve
+from clip_export.cli import main
+
+
+def run(*args: str) -> "CliRunner.invoke":
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def test_version_and_help_with_examples() -> None:
+    assert run("--version").output.strip().endswith(__version__)
+    for command in ([], ["onnx"], ["models"]):
+        result = run(*command, "-h")
+        assert result.exit_code == 0 and "Example" in result.output
+
+
+def test_onnx_export_json(tmp_path: Path) -> None:
+    result = run("onnx", "tiny-vit", "--random-init", "--out", str(tmp_path), "--json", "--towers", "visual")
+    assert result.exit_code == 0, result.output
+    data = json.loads(result.stdout)
+    assert data["towers"][0]["tower"] == "visual" and data["towers"][0]["parity_mean_abs"] < 1e-5
+    assert (tmp_path / "tiny-vit" / "manifest.json").exists()
+
+
+def test_onnx_table_and_quiet(tmp_path: Path) -> None:
+    result = run("onnx", "tiny-vit", "--random-init", "--out", str(tmp_path), "--quiet")
+    assert result.exit_code == 0
+    assert "mean |Δ| (norm.)" in result.stdout and result.stderr == ""
+    loud = run("onnx", "tiny-vit", "--random-init", "--out", str(tmp_path), "--force")
+    assert "exporting the visual tower" in loud.stderr
+
+
+def _error_line(result: object) -> str:
+    lines = result.stderr.strip().splitlines()  # type: ignore[attr-defined]
+    assert len(lines) == 1 and lines[0].startswith("Error: "), result.stderr  # type: ignore[attr-defined]
+    assert "Traceback" not in result.output  # type: ignore[attr-defined]
+    return lines[0]
+
+
+def test_unknown_model(tmp_path: Path) -> None:
+    result = run("onnx", "ViT-B/33", "--random-init", "--out", str(tmp_path))
+    assert result.exit_code == 1 and "did you mean ViT-B/32" in _error_line(result)
+
+
+def test_existing_output_refused_without_force(tmp_path: Path) -> None:
+    assert run("onnx", "tiny-vit", "--random-init", "--out", str(tmp_path), "-q", "--towers", "visual").exit_code == 0
+    result = run("onnx", "tiny-vit", "--random-init", "--out", str(tmp_path), "-q")
+    assert result.exit_code == 1 and "--force" in _error_line(result)
+
+
+def test_checkpoint_that_does_not_match(tmp_path: Path) -> None:
+    ckpt = tmp_path / "rn.pt"
+    torch.save(load_model(resolve("tiny-rn", random_init=True)).model.state_dict(), ckpt)
+    result = run("onnx", "tiny-vit", "--weights", str(ckpt), "--out", str(tmp_path), "-q")
+    assert result.exit_code == 1 and "does not match the architecture tiny-vit" in _error_line(result)
+
+
+def test_unsafe_pickle(tmp_path: Path) -> None:
+    ckpt = tmp_path / "evil.pt"
+    torch.save({"fn": print}, ckpt)
+    result = run("onnx", "tiny-vit", "--weights", str(ckpt), "--out", str(tmp_path), "-q")
+    assert result.exit_code == 1 and "arbitrary pickle" in _error_line(result)
+
+
+def test_unwritable_out(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    result = run("onnx", "tiny-vit", "--random-init", "--out", str(blocker / "x"), "-q")
+    assert result.exit_code == 1 and "not writable" in _error_line(result)
+
+
+def test_unsupported_opset(tmp_path: Path) -> None:
+    result = run("onnx", "tiny-vit", "--random-init", "--opset", "11", "--out", str(tmp_path), "-q")
+    assert result.exit_code == 1 and "opset 11 is not supported" in _error_line(result)
+
+
+def test_offline_pretrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    result = run("onnx", "ViT-B/32", "--out", str(tmp_path), "-q")
+    line = _error_line(result)
+    assert result.exit_code == 1 and "--weights" in line and "--random-init" in line
+
+
+def test_usage_errors_exit_2(tmp_path: Path) -> None:
+    assert run("onnx").exit_code == 2
+    assert run("onnx", "tiny-vit", "--towers", "audio", "--random-init").exit_code == 2
+    assert run("onnx", "tiny-vit", "--opset", "x").exit_code == 2
+
+
+def test_models_listing() -> None:
+    result = run("models")
+    assert result.exit_code == 0 and "ViT-L/14@336px" in result.stdout and "ViT-L-14-336-quickgelu" in result.stdout
+    data = json.loads(run("models", "--json").stdout)
+    assert any(row["name"] == "ViT-H-14" and "laion2b_s32b_b79k" in row["tags"] for row in data)
