@@ -182,5 +182,69 @@ def models(show_all: bool, as_json: bool) -> None:
         click.echo("\n(--all lists every open_clip architecture; use ARCH:TAG to pick weights)")
 
 
+def _parse_thresholds(values: Sequence[str]) -> dict[str, float]:
+    parsed = {}
+    for item in values:
+        key, sep, value = item.partition("=")
+        try:
+            parsed[key.strip()] = float(value)
+        except ValueError:
+            raise click.BadParameter(f"expected KEY=NUMBER, got '{item}'", param_hint="--threshold") from None
+        if not sep:
+            raise click.BadParameter(f"expected KEY=NUMBER, got '{item}'", param_hint="--threshold")
+    return parsed
+
+
+@main.command(context_settings=CONTEXT)
+@dirs_argument
+@click.option("--providers", default="cpu", show_default=True, help="Comma-separated: cpu, cuda, tensorrt.")
+@click.option("--reference", type=click.Choice(["stored", "torch"]), default="stored", show_default=True, help="Stored fp32 reference embeddings, or recompute them from the weights.")
+@click.option("--images", type=click.Path(path_type=Path), help="Evaluate on this image directory instead of the bundled set (implies --reference torch).")
+@click.option("--texts", type=click.Path(path_type=Path), help="Captions file (one per line, or a JSON list) instead of the bundled set.")
+@click.option("--threshold", "thresholds", multiple=True, metavar="[PRECISION.]METRIC=VALUE", help="Override a threshold, e.g. fp16.mean_abs_normalized=5e-4. Repeatable.")
+@click.option("--precision", "precisions", default=None, help="Only verify these precisions (comma-separated).")
+@json_option
+@quiet_option
+def verify(dirs: Sequence[Path], providers: str, reference: str, images: Path | None, texts: Path | None, thresholds: Sequence[str], precisions: str | None, as_json: bool, quiet: bool) -> None:
+    """Check every artifact in DIR against the fp32 torch reference; exit 1 if any metric fails.
+
+    DIR is a model's artifact directory; without it, every one under ./artifacts.
+
+    \b
+    Example:
+      clip-export verify artifacts/ViT-B-32 --providers cpu
+    """
+    from .verify import verify as run_verify
+
+    overrides = _parse_thresholds(thresholds)
+    wanted = set(_split_csv(precisions)) if precisions else None
+    results = []
+    for model_dir in resolve_dirs(dirs):
+        results.append(
+            run_verify(model_dir, providers=_split_csv(providers), reference=reference, images=images, texts=texts, thresholds=overrides, only=(lambda e: e["precision"] in wanted) if wanted else None, progress=_progress(quiet or as_json))
+        )
+    if as_json:
+        emit_json([{"model_dir": r.model_dir, "passed": r.passed, "failures": r.failures, "checks": r.checks} for r in results])
+    else:
+        for r in results:
+            click.echo(_verify_table(r))
+    failed = [f for r in results for f in r.failures]
+    if failed:
+        if not as_json:
+            click.echo("Failures:\n" + "\n".join(f"  - {f}" for f in failed))
+        raise ClipExportError(f"verification failed: {len(failed)} failing check(s), listed {'in the JSON' if as_json else 'above'}")
+
+
+def _verify_table(result: Any) -> str:
+    rows = []
+    for c in result.checks:
+        top1 = [m.value for m in c.metrics if m.name.endswith("_top1")]
+        rows.append((c.path, c.provider_ran or f"{c.provider_requested} (did not run)", c.threshold_set, c.metric("mean_abs_raw"), c.metric("mean_abs_normalized"), c.metric("max_abs_normalized"), c.metric("min_cosine"), min(top1) if top1 else None, c.status.upper()))
+    header = f"{result.model_dir}  (reference: {result.reference}; set: {result.evalset})"
+    body = table(["artifact", "provider", "limits", "mean |Δ| raw", "mean |Δ| norm", "max |Δ| norm", "min cos", "top-1 agree", "verdict"], rows)
+    tail = f"report: {result.report_path}" if result.report_path else ""
+    return f"{header}\n{body}\n{tail}\n"
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,375 @@
+"""Verify stage: every artifact in a manifest against the fp32 torch reference, all metrics at once."""
+from __future__ import annotations
+
+import platform
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+from .errors import ClipExportError, ProviderUnavailableError
+from .evalset import EvalSet, load_evalset
+from .export import REFERENCE_NAME, compute_reference, l2_normalize, versions
+from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, write_manifest
+from .sessions import SessionOptions, create_session, provider_name
+from .spec import THRESHOLDS, TOWERS, Thresholds, threshold_key
+
+Progress = Callable[[str], None]
+BATCH_CHECK_SIZE = 7
+# A reference top-1 whose margin over the runner-up is below this (in cosine units) is a tie:
+# any rounding may reorder it, so a swap there is reported as a tie, not as a disagreement.
+TIE_MARGIN = 1e-4
+
+
+@dataclass(frozen=True)
+class Metric:
+    name: str
+    value: float
+    limit: float | None = None
+    direction: str = "<="  # the value must be <= limit, or >= limit
+
+    @property
+    def passed(self) -> bool:
+        if self.limit is None:
+            return True
+        if self.value != self.value:  # NaN never passes
+            return False
+        return self.value <= self.limit if self.direction == "<=" else self.value >= self.limit
+
+    def failure(self) -> str:
+        return f"{self.name} = {self.value:.4g} (limit {self.direction} {self.limit:.4g})"
+
+
+@dataclass(frozen=True)
+class ArtifactCheck:
+    path: str
+    tower: str
+    precision: str
+    format: str
+    provider_requested: str
+    provider_ran: str | None
+    status: str  # pass | fail | not runnable
+    metrics: tuple[Metric, ...] = ()
+    failures: tuple[str, ...] = ()
+    sha256: str | None = None
+    threshold_set: str = ""
+
+    @property
+    def passed(self) -> bool:
+        return self.status == "pass"
+
+    def metric(self, name: str) -> float | None:
+        return next((m.value for m in self.metrics if m.name == name), None)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    model_dir: Path
+    checks: tuple[ArtifactCheck, ...]
+    evalset: str
+    reference: str
+    report_path: Path | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{c.path} [{c.provider_requested}]: {f}" for c in self.checks for f in c.failures]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def run_batches(session: Any, input_name: str, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
+    return np.concatenate([session.run(None, {input_name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)])
+
+
+@dataclass(frozen=True)
+class Retrieval:
+    top1_agreement: float
+    top5_overlap: float
+    ranking_changed: float
+    ties: int
+
+
+def retrieval_agreement(ref_q: np.ndarray, ref_g: np.ndarray, art_q: np.ndarray, art_g: np.ndarray, exclude_self: bool = False) -> Retrieval:
+    """How often the artifact's ranking of the gallery matches the reference ranking, per query."""
+    ref_scores = l2_normalize(ref_q) @ l2_normalize(ref_g).T
+    art_scores = l2_normalize(art_q) @ l2_normalize(art_g).T
+    if exclude_self:
+        np.fill_diagonal(ref_scores, -np.inf)
+        np.fill_diagonal(art_scores, -np.inf)
+    k = min(5, ref_scores.shape[1] - int(exclude_self))
+    depth = min(10, ref_scores.shape[1] - int(exclude_self))
+    ref_order = np.argsort(-ref_scores, axis=1, kind="stable")
+    art_order = np.argsort(-art_scores, axis=1, kind="stable")
+    agree, ties, overlap, changed = 0, 0, 0.0, 0
+    for q in range(len(ref_scores)):
+        r1, a1 = ref_order[q, 0], art_order[q, 0]
+        if r1 == a1:
+            agree += 1
+        elif ref_scores[q, r1] - ref_scores[q, a1] <= TIE_MARGIN:
+            agree += 1
+            ties += 1
+        overlap += len(set(ref_order[q, :k]) & set(art_order[q, :k])) / k
+        changed += int(not np.array_equal(ref_order[q, :depth], art_order[q, :depth]))
+    n = len(ref_scores)
+    return Retrieval(agree / n, overlap / n, changed / n, ties)
+
+
+def _structure_problems(session: Any, entry: dict[str, Any]) -> list[str]:
+    problems = []
+    declared_in, declared_out = entry["inputs"][0], entry["outputs"][0]
+    got_in, got_out = session.get_inputs()[0], session.get_outputs()[0]
+    expected_in_type = {"float32": "tensor(float)", "int64": "tensor(int64)", "float16": "tensor(float16)"}[declared_in["dtype"]]
+    if got_in.name != declared_in["name"] or got_in.type != expected_in_type:
+        problems.append(f"input is {got_in.name} {got_in.type}, declared {declared_in['name']} {declared_in['dtype']}")
+    if got_out.name != declared_out["name"] or got_out.type != "tensor(float)":
+        problems.append(f"output is {got_out.name} {got_out.type}, declared {declared_out['name']} float32")
+    if isinstance(got_in.shape[0], int):
+        problems.append(f"batch axis of {got_in.name} is fixed at {got_in.shape[0]}, declared dynamic")
+    return problems
+
+
+def _numeric_metrics(ref: np.ndarray, got: np.ndarray, limits: Thresholds) -> list[Metric]:
+    finite = np.isfinite(got)
+    nan_count = int(np.isnan(got).sum())
+    inf_count = int(np.isinf(got).sum())
+    safe = np.where(finite, got, 0.0)
+    ref_n, got_n = l2_normalize(ref), l2_normalize(safe)
+    cosine = np.sum(ref_n * got_n, axis=1)
+    return [
+        Metric("mean_abs_raw", float(np.abs(ref.astype(np.float64) - safe).mean())),
+        Metric("mean_abs_normalized", float(np.abs(ref_n - got_n).mean()) if finite.all() else float("nan"), limits.mean_abs_normalized),
+        Metric("max_abs_normalized", float(np.abs(ref_n - got_n).max()) if finite.all() else float("nan"), limits.max_abs_normalized),
+        Metric("min_cosine", float(cosine.min()), limits.min_cosine, ">="),
+        Metric("nan_count", float(nan_count), 0.0),
+        Metric("inf_count", float(inf_count), 0.0),
+    ]
+
+
+def _retrieval_metrics(tower: str, ref: dict[str, np.ndarray], got: np.ndarray, limits: Thresholds) -> list[Metric]:
+    directions: dict[str, Retrieval] = {}
+    if tower == "visual":
+        directions["image2image"] = retrieval_agreement(ref["image_embeds"], ref["image_embeds"], got, got, exclude_self=True)
+        if "text_embeds" in ref:
+            directions["text2image"] = retrieval_agreement(ref["text_embeds"], ref["image_embeds"], ref["text_embeds"], got)
+            directions["image2text"] = retrieval_agreement(ref["image_embeds"], ref["text_embeds"], got, ref["text_embeds"])
+    else:
+        directions["text2text"] = retrieval_agreement(ref["text_embeds"], ref["text_embeds"], got, got, exclude_self=True)
+        if "image_embeds" in ref:
+            directions["text2image"] = retrieval_agreement(ref["text_embeds"], ref["image_embeds"], got, ref["image_embeds"])
+            directions["image2text"] = retrieval_agreement(ref["image_embeds"], ref["text_embeds"], ref["image_embeds"], got)
+    metrics = []
+    for name, r in directions.items():
+        metrics += [
+            Metric(f"{name}_top1", r.top1_agreement, limits.top1_agreement, ">="),
+            Metric(f"{name}_top5_overlap", r.top5_overlap, limits.top5_overlap, ">="),
+            Metric(f"{name}_ranking_changed", r.ranking_changed),
+            Metric(f"{name}_ties", float(r.ties)),
+        ]
+    return metrics
+
+
+def _batch_metric(session: Any, input_name: str, inputs: np.ndarray, limits: Thresholds) -> Metric:
+    """Rows of one batch of 7 must equal the same inputs run one at a time."""
+    sample = inputs[:BATCH_CHECK_SIZE]
+    if len(sample) < BATCH_CHECK_SIZE:
+        sample = np.concatenate([sample] * (BATCH_CHECK_SIZE // len(sample) + 1))[:BATCH_CHECK_SIZE]
+    batched = session.run(None, {input_name: sample})[0]
+    single = np.concatenate([session.run(None, {input_name: sample[i : i + 1]})[0] for i in range(len(sample))])
+    delta = float(np.abs(l2_normalize(batched) - l2_normalize(single)).max())
+    return Metric("batch7_vs_single_max_abs", delta, limits.max_abs_normalized)
+
+
+def _load_reference(model_dir: Path, manifest: dict[str, Any], reference: str, evalset: EvalSet | None) -> tuple[dict[str, np.ndarray], str, str]:
+    if reference == "stored" and evalset is None:
+        record = manifest.get("reference")
+        if record is None:
+            raise ClipExportError(f"{model_dir} has no stored reference; use --reference torch")
+        problems = integrity_problems(model_dir, record)
+        if problems:
+            raise ClipExportError(f"the stored reference cannot be trusted: {'; '.join(problems)}")
+        with np.load(model_dir / REFERENCE_NAME) as data:
+            return {k: data[k] for k in data.files}, record.get("evalset", "bundled"), "stored (torch fp32 at export time)"
+    from .models import load_model, resolve, sha256_file
+
+    model = manifest["model"]
+    if model.get("checkpoint") and model.get("checkpoint_sha256"):
+        checkpoint = Path(model["checkpoint"])
+        if not checkpoint.exists():
+            raise ClipExportError(f"--reference torch needs the checkpoint {checkpoint}, which is gone")
+        if sha256_file(checkpoint) != model["checkpoint_sha256"]:
+            raise ClipExportError(f"the checkpoint {checkpoint} no longer matches the sha256 in the manifest")
+    spec = resolve(
+        model["arch"] if not model.get("pretrained") else f"{model['arch']}:{model['pretrained']}",
+        weights=None if model.get("pretrained") or model.get("random_init") else model.get("checkpoint"),
+        random_init=bool(model.get("random_init")),
+        seed=int(model.get("seed") or 0),
+    )
+    loaded = load_model(spec)
+    towers = sorted({a["tower"] for a in manifest["artifacts"]})
+    chosen = evalset or load_evalset()
+    return compute_reference(loaded, chosen, towers, bool(manifest.get("normalize"))), chosen.source, "recomputed with torch fp32"
+
+
+def _session_precision(entry: dict[str, Any]) -> str:
+    return "fp16" if entry["precision"] == "fp16" else "fp32"
+
+
+def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: dict[str, np.ndarray], limits: Thresholds) -> ArtifactCheck:
+    tower = entry["tower"]
+    base = dict(path=entry["path"], tower=tower, precision=entry["precision"], format=entry["format"], provider_requested=provider, sha256=entry["sha256"], threshold_set=threshold_key(entry["precision"], entry["format"]))
+    problems = integrity_problems(model_dir, entry)
+    if problems:
+        return ArtifactCheck(**base, provider_ran=None, status="fail", failures=tuple(f"integrity: {p}" for p in problems))
+    input_key = "pixel_values" if tower == "visual" else "input_ids"
+    embed_key = "image_embeds" if tower == "visual" else "text_embeds"
+    if input_key not in ref:
+        return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"the reference has no {tower} tower inputs",))
+    inputs, expected = ref[input_key], ref[embed_key]
+    if entry["format"] == "tensorrt":
+        from . import tensorrt as trt_stage
+
+        runnable, why = trt_stage.runnable_here(entry)
+        if not runnable:
+            return ArtifactCheck(**base, provider_ran=None, status="not runnable", failures=(f"not runnable here: {why}",))
+        got = trt_stage.run_engine(model_dir / entry["path"], inputs)
+        ran = "tensorrt-runtime"
+        structure: list[str] = []
+        batch_metric = None
+    else:
+        try:
+            session = create_session(model_dir / entry["path"], SessionOptions(provider=provider, precision=_session_precision(entry)))
+        except ProviderUnavailableError as exc:
+            return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"provider: {exc}",))
+        ran = session.get_providers()[0]
+        structure = _structure_problems(session, entry)
+        name = TOWERS[tower].input_name
+        got = run_batches(session, name, inputs)
+        batch_metric = _batch_metric(session, name, inputs, limits)
+        del session
+    metrics = _numeric_metrics(expected, got, limits)
+    if batch_metric is not None:
+        metrics.append(batch_metric)
+    if np.isfinite(got).all():
+        metrics += _retrieval_metrics(tower, ref, got, limits)
+    failures = [f"structure: {p}" for p in structure] + [m.failure() for m in metrics if not m.passed]
+    return ArtifactCheck(**base, provider_ran=ran, status="fail" if failures else "pass", metrics=tuple(metrics), failures=tuple(failures))
+
+
+def thresholds_with_overrides(overrides: dict[str, float]) -> dict[str, Thresholds]:
+    """Overrides are `metric=value` for every precision or `precision.metric=value` for one."""
+    table = dict(THRESHOLDS)
+    for key, value in overrides.items():
+        precision, _, metric = key.rpartition(".")
+        if metric not in Thresholds.__dataclass_fields__:
+            raise ClipExportError(f"unknown threshold '{metric}'; choose from {', '.join(Thresholds.__dataclass_fields__)}")
+        if precision and precision not in table:
+            raise ClipExportError(f"unknown precision '{precision}' in threshold '{key}'; choose from {', '.join(table)}")
+        for name in [precision] if precision else list(table):
+            table[name] = table[name].replace(**{metric: value})
+    return table
+
+
+def verify(
+    model_dir: Path,
+    *,
+    providers: Sequence[str] = ("cpu",),
+    reference: str = "stored",
+    images: Path | None = None,
+    texts: Path | None = None,
+    thresholds: dict[str, float] | None = None,
+    only: Callable[[dict[str, Any]], bool] | None = None,
+    write: bool = True,
+    progress: Progress = _quiet,
+) -> VerifyResult:
+    """Check every artifact listed in DIR's manifest on every requested provider."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    if reference not in ("stored", "torch"):
+        raise ClipExportError(f"--reference must be 'stored' or 'torch', not '{reference}'")
+    provider_names = [provider_name(p) for p in providers]
+    limits = thresholds_with_overrides(thresholds or {})
+    evalset = load_evalset(images, texts) if (images or texts) else None
+    if evalset is not None:
+        reference = "torch"
+    progress(f"loading the reference for {model_dir.name} ({reference})")
+    ref, evalset_source, reference_desc = _load_reference(model_dir, manifest, reference, evalset)
+    checks = []
+    entries = [e for e in manifest["artifacts"] if only is None or only(e)]
+    if not entries:
+        raise ClipExportError(f"no artifacts to verify in {model_dir}")
+    for entry in entries:
+        for provider in provider_names:
+            if entry["format"] == "tensorrt" and provider != provider_names[0]:
+                continue  # an engine runs on its own runtime; one row is enough
+            progress(f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}")
+            key = threshold_key(entry["precision"], entry["format"])
+            checks.append(check_artifact(model_dir, entry, provider, ref, limits[key]))
+    result = VerifyResult(model_dir, tuple(checks), evalset_source, reference_desc, versions=versions())
+    if write:
+        report = model_dir / "VERIFY.md"
+        atomic_write_text(report, render_markdown(result, limits))
+        manifest = read_manifest(model_dir)
+        manifest["verification"] = {
+            "date": now_iso(),
+            "passed": result.passed,
+            "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
+            "versions": result.versions,
+            "evalset": evalset_source,
+            "reference": reference_desc,
+            "results": [_check_json(c) for c in checks],
+        }
+        write_manifest(model_dir, manifest)
+        result = VerifyResult(model_dir, result.checks, evalset_source, reference_desc, report, result.versions)
+    return result
+
+
+def _check_json(check: ArtifactCheck) -> dict[str, Any]:
+    return {
+        "path": check.path,
+        "sha256": check.sha256,
+        "tower": check.tower,
+        "precision": check.precision,
+        "format": check.format,
+        "provider_requested": check.provider_requested,
+        "provider_ran": check.provider_ran,
+        "status": check.status,
+        "thresholds": check.threshold_set,
+        "metrics": {m.name: m.value for m in check.metrics},
+        "failures": list(check.failures),
+    }
+
+
+SUMMARY_METRICS = ("mean_abs_raw", "mean_abs_normalized", "max_abs_normalized", "min_cosine", "nan_count", "batch7_vs_single_max_abs")
+
+
+def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
+    lines = [
+        f"# Verification of {result.model_dir.name}",
+        "",
+        f"Verdict: **{'PASS' if result.passed else 'FAIL'}**. Reference: {result.reference}; evaluation set: {result.evalset}.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in result.versions.items())}.",
+        "",
+        "| artifact | provider ran | thresholds | " + " | ".join(SUMMARY_METRICS) + " | top-1 agreement (min) | verdict |",
+        "|---" * (len(SUMMARY_METRICS) + 5) + "|",
+    ]
+    for c in result.checks:
+        values = [f"{c.metric(m):.3g}" if c.metric(m) is not None else "-" for m in SUMMARY_METRICS]
+        top1 = [m.value for m in c.metrics if m.name.endswith("_top1")]
+        ran = c.provider_ran or f"{c.provider_requested} (did not run)"
+        top1_text = f"{min(top1):.3f}" if top1 else "-"
+        lines.append(f"| {c.path} | {ran} | {c.threshold_set} | " + " | ".join(values) + f" | {top1_text} | {c.status} |")
+    failures = result.failures
+    if failures:
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
+    lines += ["", "## Thresholds", "", "| set | " + " | ".join(Thresholds.__dataclass_fields__) + " |", "|---" * (len(Thresholds.__dataclass_fields__) + 1) + "|"]
+    for name, t in limits.items():
+        lines.append(f"| {name} | " + " | ".join(f"{getattr(t, f):g}" for f in Thresholds.__dataclass_fields__) + " |")
+    return "\n".join(lines) + "\n"

@@ -1,0 +1,132 @@
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from clip_export import export_onnx, resolve
+from clip_export.cli import main
+from clip_export.errors import ClipExportError
+from clip_export.manifest import read_manifest
+from clip_export.verify import retrieval_agreement, thresholds_with_overrides, verify
+
+from .helpers import flip_byte, rewrite_initializer
+
+
+def test_good_artifacts_pass_and_are_recorded(tiny_vit_copy: Path) -> None:
+    result = verify(tiny_vit_copy)
+    assert result.passed, result.failures
+    assert {(c.path, c.provider_ran) for c in result.checks} == {("visual.onnx", "CPUExecutionProvider"), ("text.onnx", "CPUExecutionProvider")}
+    visual = next(c for c in result.checks if c.tower == "visual")
+    names = {m.name for m in visual.metrics}
+    assert {"mean_abs_raw", "mean_abs_normalized", "max_abs_normalized", "min_cosine", "nan_count", "inf_count", "batch7_vs_single_max_abs"} <= names
+    assert {"image2image_top1", "text2image_top1", "image2text_top1", "text2image_top5_overlap", "image2text_ranking_changed"} <= names
+    assert visual.metric("mean_abs_normalized") < 1e-5
+    manifest = read_manifest(tiny_vit_copy)
+    assert manifest["verification"]["passed"] is True
+    assert {r["path"] for r in manifest["verification"]["results"]} == {"visual.onnx", "text.onnx"}
+    assert "**PASS**" in (tiny_vit_copy / "VERIFY.md").read_text()
+
+
+def test_flipped_weight_byte_fails_integrity(tiny_vit_copy: Path) -> None:
+    flip_byte(tiny_vit_copy / "visual.onnx")
+    result = verify(tiny_vit_copy)
+    assert not result.passed
+    assert any("visual.onnx does not match its sha256" in f for f in result.failures)
+    assert all(c.passed for c in result.checks if c.tower == "text")
+
+
+def test_missing_file_is_named(tiny_vit_copy: Path) -> None:
+    (tiny_vit_copy / "text.onnx").unlink()
+    result = verify(tiny_vit_copy)
+    assert any("text.onnx is missing" in f for f in result.failures)
+
+
+def test_truncated_external_data(tmp_path: Path) -> None:
+    model_dir = export_onnx(resolve("tiny-vit", random_init=True), out=tmp_path, towers=["visual"], external_data=True).model_dir
+    data = model_dir / "visual.onnx.data"
+    data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
+    result = verify(model_dir)
+    assert any("visual.onnx.data has" in f and "truncated" in f for f in result.failures)
+
+
+def test_perturbed_weights_break_the_fp32_threshold_and_every_failure_is_listed(tiny_vit_copy: Path) -> None:
+    rng = np.random.default_rng(0)
+    rewrite_initializer(tiny_vit_copy, "visual.onnx", lambda w: w + rng.normal(0, 0.05, w.shape))
+    result = verify(tiny_vit_copy)
+    failing = [f for f in result.failures if f.startswith("visual.onnx")]
+    assert any("mean_abs_normalized" in f for f in failing)
+    assert any("min_cosine" in f for f in failing)
+    assert len(failing) >= 3  # all failing metrics, not just the first
+
+
+def test_nan_output_fails(tiny_vit_copy: Path) -> None:
+    rewrite_initializer(tiny_vit_copy, "text.onnx", lambda w: np.full_like(w, np.nan))
+    result = verify(tiny_vit_copy)
+    assert any("nan_count" in f for f in result.failures if f.startswith("text.onnx"))
+
+
+def test_cuda_refused_on_cpu_machine(tiny_vit_copy: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here; the refusal path needs a CPU-only onnxruntime")
+    result = verify(tiny_vit_copy, providers=["cpu", "cuda"])
+    cuda_rows = [c for c in result.checks if c.provider_requested == "CUDAExecutionProvider"]
+    assert cuda_rows and all(c.status == "fail" and c.provider_ran is None for c in cuda_rows)
+    assert "the requested provider was CUDAExecutionProvider; available: " in cuda_rows[0].failures[0]
+    assert all(c.passed for c in result.checks if c.provider_requested == "CPUExecutionProvider")
+
+
+def test_reference_recomputed_with_torch_and_custom_set(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    images = tmp_path / "imgs"
+    images.mkdir()
+    bundled = sorted((Path(__file__).parent.parent / "clip_export" / "evalset" / "images").glob("*.jpg"))[:4]
+    for p in bundled:
+        shutil.copy(p, images / p.name)
+    texts = tmp_path / "captions.txt"
+    texts.write_text("a cat\na rocket\na cup of coffee\n")
+    result = verify(tiny_vit_copy, images=images, texts=texts)
+    assert result.passed and result.reference == "recomputed with torch fp32"
+    assert verify(tiny_vit_copy, reference="torch", write=False).passed
+
+
+def test_tampered_reference_is_refused(tiny_vit_copy: Path) -> None:
+    flip_byte(tiny_vit_copy / "reference.npz", 0.9)
+    with pytest.raises(ClipExportError, match="stored reference cannot be trusted"):
+        verify(tiny_vit_copy)
+
+
+def test_ties_are_counted_not_failed() -> None:
+    ref_q = np.array([[1.0, 0.0]])
+    gallery = np.array([[1.0, 0.001], [1.0, 0.002], [0.0, 1.0]])
+    swapped = gallery[[1, 0, 2]]
+    r = retrieval_agreement(ref_q, gallery, ref_q, swapped)
+    assert r.top1_agreement == 1.0 and r.ties == 1
+    far = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # artifact picks the reference's last
+    assert retrieval_agreement(ref_q, gallery, ref_q, far).top1_agreement == 0.0
+
+
+def test_threshold_overrides() -> None:
+    table = thresholds_with_overrides({"fp16.mean_abs_normalized": 1.0, "min_cosine": 0.5})
+    assert table["fp16"].mean_abs_normalized == 1.0 and table["fp32"].mean_abs_normalized == 1e-5
+    assert table["int8"].min_cosine == 0.5
+    with pytest.raises(ClipExportError, match="unknown threshold"):
+        thresholds_with_overrides({"speed": 1.0})
+
+
+def test_cli_exit_codes_and_json(tiny_vit_copy: Path) -> None:
+    runner = CliRunner()
+    ok = runner.invoke(main, ["verify", str(tiny_vit_copy), "--json"])
+    assert ok.exit_code == 0 and json.loads(ok.stdout)[0]["passed"] is True
+    tight = runner.invoke(main, ["verify", str(tiny_vit_copy), "-q", "--threshold", "mean_abs_normalized=1e-12"])
+    assert tight.exit_code == 1
+    assert "Failures:" in tight.stdout and "visual.onnx" in tight.stdout and "text.onnx" in tight.stdout
+    assert tight.stderr.startswith("Error: verification failed")
+    assert runner.invoke(main, ["verify", str(tiny_vit_copy), "--threshold", "oops"]).exit_code == 2
+    missing = runner.invoke(main, ["verify", str(tiny_vit_copy.parent / "nope")])
+    assert missing.exit_code == 1 and "no artifact directory" in missing.stderr
