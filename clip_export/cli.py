@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 import sys
 import time
 from pathlib import Path
@@ -29,6 +30,14 @@ class _Group(click.Group):
         except KeyboardInterrupt:
             click.echo("Error: interrupted; nothing partial was kept", err=True)
             ctx.exit(130)
+        except (click.exceptions.Exit, click.exceptions.Abort, click.ClickException):
+            raise
+        except Exception as exc:  # an unexpected failure still gets one line; the traceback is opt-in
+            if os.environ.get("CLIP_EXPORT_DEBUG"):
+                raise
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            click.echo(f"Error: internal error ({type(exc).__name__}: {first}); rerun with CLIP_EXPORT_DEBUG=1 for the traceback", err=True)
+            ctx.exit(1)
 
 
 def _progress(quiet: bool) -> Callable[[str], None]:
@@ -244,6 +253,110 @@ def _verify_table(result: Any) -> str:
     body = table(["artifact", "provider", "limits", "mean |Δ| raw", "mean |Δ| norm", "max |Δ| norm", "min cos", "top-1 agree", "verdict"], rows)
     tail = f"report: {result.report_path}" if result.report_path else ""
     return f"{header}\n{body}\n{tail}\n"
+
+
+def _towers_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option("--towers", default="visual,text", show_default=True, help="Comma-separated towers to convert.")(func)
+
+
+def _check_towers(towers: str) -> list[str]:
+    chosen = _split_csv(towers)
+    bad = [t for t in chosen if t not in TOWERS]
+    if bad or not chosen:
+        raise click.BadParameter(f"unknown tower(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TOWERS)}", param_hint="--towers")
+    return chosen
+
+
+def _render_conversion(results: Sequence[Any], as_json: bool) -> None:
+    if as_json:
+        emit_json(results)
+        return
+    for result in results:
+        rows = [(a.source, a.path, human_bytes(a.bytes), a.mean_abs_normalized, a.min_top1, a.verdict.upper(), f"{a.seconds:.1f}s") for a in result.artifacts]
+        click.echo(f"{result.model_dir} ({result.precision})")
+        click.echo(table(["from", "artifact", "size", "mean |Δ| norm", "top-1 agree", "verify", "time"], rows))
+        for a in result.artifacts:
+            if a.details.get("fusions"):
+                click.echo(f"  {a.path} fusions: " + ", ".join(f"{k}={v}" for k, v in a.details["fusions"].items()))
+
+
+@main.command(context_settings=CONTEXT)
+@dirs_argument
+@_towers_option
+@click.option("--fuse", is_flag=True, help="Run onnxruntime's transformer optimizer first and report which fusions happened.")
+@click.option("--force", is_flag=True, help="Rebuild an fp16 artifact that already exists.")
+@json_option
+@quiet_option
+def fp16(dirs: Sequence[Path], towers: str, fuse: bool, force: bool, as_json: bool, quiet: bool) -> None:
+    """Convert the fp32 ONNX towers to fp16 (fp32 inputs and outputs), verified before they are kept.
+
+    \b
+    Example:
+      clip-export fp16 artifacts/ViT-L-14
+    """
+    from .convert import convert_fp16
+
+    chosen = _check_towers(towers)
+    _render_conversion([convert_fp16(d, towers=chosen, fuse=fuse, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+
+
+@main.command(context_settings=CONTEXT)
+@dirs_argument
+@_towers_option
+@click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel (measured more faithful) or per tensor.")
+@click.option("--exclude", "exclude_nodes", multiple=True, metavar="NODE", help="Keep this node in float. Repeatable.")
+@click.option("--force", is_flag=True, help="Rebuild an INT8 artifact that already exists.")
+@json_option
+@quiet_option
+def int8(dirs: Sequence[Path], towers: str, per_channel: bool, exclude_nodes: Sequence[str], force: bool, as_json: bool, quiet: bool) -> None:
+    """Quantize MatMul/Gemm weights to INT8 for CPU serving (dynamic activations), verified before kept.
+
+    \b
+    Example:
+      clip-export int8 artifacts/ViT-B-32 --towers visual
+    """
+    from .convert import quantize_int8
+
+    chosen = _check_towers(towers)
+    _render_conversion([quantize_int8(d, towers=chosen, per_channel=per_channel, exclude_nodes=exclude_nodes, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+
+
+def _parse_profile(value: str) -> tuple[int, int, int]:
+    try:
+        lo, opt, hi = (int(v) for v in value.split(":"))
+    except ValueError:
+        raise click.BadParameter(f"expected MIN:OPT:MAX, got '{value}'", param_hint="--batch") from None
+    return lo, opt, hi
+
+
+@main.command(context_settings=CONTEXT)
+@dirs_argument
+@_towers_option
+@click.option("--fp16", "use_fp16", is_flag=True, help="Build from the verified fp16 ONNX (strongly typed on TensorRT 10 and 11).")
+@click.option("--batch", "batch", default="1:1:64", show_default=True, help="Optimization profile for the batch axis, MIN:OPT:MAX.")
+@click.option("--workspace", "workspace_gb", type=float, default=4.0, show_default=True, help="Builder workspace in GB.")
+@click.option("--epcontext", is_flag=True, help="Also write an onnxruntime EPContext model that wraps each engine.")
+@click.option("--force", is_flag=True, help="Rebuild an engine that already exists.")
+@json_option
+@quiet_option
+def trt(dirs: Sequence[Path], towers: str, use_fp16: bool, batch: str, workspace_gb: float, epcontext: bool, force: bool, as_json: bool, quiet: bool) -> None:
+    """Build one TensorRT engine (.plan) per tower; needs a CUDA GPU and 'clip-export[tensorrt]'.
+
+    \b
+    Example:
+      clip-export fp16 artifacts/ViT-L-14 && clip-export trt artifacts/ViT-L-14 --fp16
+    """
+    from .tensorrt import build_engines
+
+    chosen = _check_towers(towers)
+    profile = _parse_profile(batch)
+    results = [build_engines(d, fp16=use_fp16, batch=profile, workspace_gb=workspace_gb, towers=chosen, epcontext=epcontext, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)]
+    if as_json:
+        emit_json(results)
+        return
+    for r in results:
+        click.echo(f"{r.model_dir}: TensorRT {r.tensorrt_version} on {r.gpu} (sm {r.compute_capability})")
+        click.echo(table(["tower", "engine", "from", "size", "verify", "EPContext", "time"], [(e.tower, e.path, e.source, human_bytes(e.bytes), e.verdict.upper(), e.epcontext, f"{e.seconds:.1f}s") for e in r.engines]))
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,15 +1,287 @@
-"""TensorRT stage (placeholder until the convert issue lands)."""
+"""TensorRT stage: one serialized engine per tower, written against the TensorRT 10 and 11 APIs.
+
+TensorRT 11 removed weak typing (BuilderFlag.FP16, precision constraints, EXPLICIT_BATCH): every
+network is strongly typed, so an fp16 engine comes from our verified fp16 ONNX. On 10 we ask for
+STRONGLY_TYPED explicitly, so both versions build the graph with the precisions it declares.
+"""
 from __future__ import annotations
 
+import os
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .errors import ConversionError, ManifestError, MissingExtraError, TensorRTError
+from .manifest import atomic_write_bytes, file_record, find_artifact, read_manifest, require_intact, upsert_artifact, write_manifest
+from .spec import TOWERS
+from .verify import gate
+
+Progress = Callable[[str], None]
+SUPPORTED_MAJORS = (10, 11)
+TIMING_CACHE_NAME = "tensorrt.timing.cache"
+DEFAULT_PROFILE = (1, 1, 64)
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    tower: str
+    path: str
+    source: str
+    precision: str
+    bytes: int
+    seconds: float
+    verdict: str
+    epcontext: str | None
+
+
+@dataclass(frozen=True)
+class TrtResult:
+    model_dir: Path
+    tensorrt_version: str
+    gpu: str
+    compute_capability: str
+    engines: tuple[EngineResult, ...]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def import_tensorrt() -> Any:
+    try:
+        import tensorrt
+    except ImportError:
+        raise MissingExtraError("tensorrt", "tensorrt", "building TensorRT engines (GPU only; its wheels come from NVIDIA's index)") from None
+    return tensorrt
+
+
+def major_version(trt: Any) -> int:
+    try:
+        major = int(str(trt.__version__).split(".")[0])
+    except ValueError:
+        raise TensorRTError(f"cannot read the TensorRT version from '{trt.__version__}'") from None
+    if major not in SUPPORTED_MAJORS:
+        raise TensorRTError(f"TensorRT {trt.__version__} is not supported; supported: {', '.join(map(str, SUPPORTED_MAJORS))}.x")
+    return major
+
+
+def gpu_info() -> tuple[str, str]:
+    """(name, compute capability) of CUDA device 0, or TensorRTError when there is none."""
+    try:
+        import torch
+    except ImportError:  # pragma: no cover - torch is a core dependency
+        raise TensorRTError("no CUDA GPU can be queried (torch is missing)") from None
+    if not torch.cuda.is_available():
+        raise TensorRTError("TensorRT engines need a CUDA GPU, and none is visible here; install 'clip-export[tensorrt]' on a GPU machine")
+    major, minor = torch.cuda.get_device_capability(0)
+    return torch.cuda.get_device_name(0), f"{major}.{minor}"
+
+
+def network_flags(trt: Any, major: int) -> int:
+    if major >= 11:
+        return 0  # strongly typed is the only mode; the flag enum no longer carries it
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def profile_shapes(tower: str, batch: tuple[int, int, int], image_size: Sequence[int], context_length: int) -> tuple[tuple[int, ...], ...]:
+    tail = (3, int(image_size[0]), int(image_size[1])) if tower == "visual" else (int(context_length),)
+    return tuple((b, *tail) for b in batch)
+
+
+def build_engine(
+    trt: Any,
+    onnx_path: Path,
+    tower: str,
+    *,
+    batch: tuple[int, int, int],
+    image_size: Sequence[int],
+    context_length: int,
+    workspace_bytes: int,
+    timing_cache: Path,
+    precision: str,
+) -> bytes:
+    """Parse, configure and build one engine; every failure becomes a TensorRTError."""
+    major = major_version(trt)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, major))
+    parser = trt.OnnxParser(network, logger)
+    parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed or parser.num_errors:
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise TensorRTError(f"TensorRT could not parse {onnx_path.name}: {'; '.join(errors) or 'unknown parser error'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls would break the fp32 thresholds
+    profile = builder.create_optimization_profile()
+    lo, opt, hi = profile_shapes(tower, batch, image_size, context_length)
+    profile.set_shape(TOWERS[tower].input_name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise TensorRTError(f"TensorRT failed to build an engine for {onnx_path.name} (build_serialized_network returned None)")
+    atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(plan))
+
+
+def epcontext_model(engine_name: str, entry: dict[str, Any], trt_version: str, compute_capability: str) -> Any:
+    """An ONNX model with one EPContext node pointing at the engine, for onnxruntime's TensorRT EP."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    dtype = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
+    inp, out = entry["inputs"][0], entry["outputs"][0]
+    node = helper.make_node(
+        "EPContext",
+        [inp["name"]],
+        [out["name"]],
+        domain="com.microsoft",
+        main_context=1,
+        embed_mode=0,
+        ep_cache_context=engine_name,
+        ep_sdk_version=trt_version,
+        hardware_architecture=compute_capability.replace(".", ""),
+        source="TensorrtExecutionProvider",
+    )
+    graph = helper.make_graph(
+        [node],
+        f"{entry['tower']}_epcontext",
+        [helper.make_tensor_value_info(inp["name"], dtype[inp["dtype"]], inp["shape"])],
+        [helper.make_tensor_value_info(out["name"], dtype[out["dtype"]], out["shape"])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    return model
+
+
+def build_engines(
+    model_dir: Path,
+    *,
+    fp16: bool = False,
+    batch: tuple[int, int, int] = DEFAULT_PROFILE,
+    workspace_gb: float = 4.0,
+    towers: Sequence[str] = ("visual", "text"),
+    epcontext: bool = False,
+    force: bool = False,
+    verify_engines: bool = True,
+    progress: Progress = _quiet,
+) -> TrtResult:
+    """Build a `.plan` per tower from the verified ONNX of the requested precision."""
+    if not (1 <= batch[0] <= batch[1] <= batch[2]):
+        raise TensorRTError(f"--batch must satisfy 1 <= MIN <= OPT <= MAX, got {batch[0]}:{batch[1]}:{batch[2]}")
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    precision = "fp16" if fp16 else "fp32"
+    sources = [a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == precision and a["tower"] in towers]
+    if not sources:
+        hint = "; run 'clip-export fp16' first" if fp16 else ""
+        raise ManifestError(f"{model_dir} has no {precision} ONNX artifact for tower(s) {', '.join(towers)}{hint}")
+    trt = import_tensorrt()
+    major_version(trt)
+    gpu, capability = gpu_info()
+    engines = []
+    for source in sources:
+        require_intact(model_dir, source)
+        tower = source["tower"]
+        name = f"{tower}.trt-{precision}.plan"
+        if find_artifact(manifest, path=name) is not None and not force:
+            raise ConversionError(f"{model_dir / name} already exists in the manifest; pass --force to rebuild it")
+        progress(f"building the {tower} TensorRT engine from {source['path']} (profile {batch[0]}:{batch[1]}:{batch[2]})")
+        started = time.perf_counter()
+        plan = build_engine(
+            trt,
+            model_dir / source["path"],
+            tower,
+            batch=batch,
+            image_size=manifest["preprocess"]["image_size"],
+            context_length=manifest["tokenizer"]["context_length"],
+            workspace_bytes=int(workspace_gb * 1024**3),
+            timing_cache=model_dir / TIMING_CACHE_NAME,
+            precision=precision,
+        )
+        staged = model_dir / f".{name}.partial-{os.getpid()}"
+        try:
+            atomic_write_bytes(staged, plan)
+            entry = {
+                **file_record(staged, model_dir),
+                "tower": tower,
+                "precision": precision,
+                "format": "tensorrt",
+                "inputs": source["inputs"],
+                "outputs": source["outputs"],
+                "external_data": [],
+                "derived_from": {"path": source["path"], "sha256": source["sha256"]},
+                "tensorrt": {"version": str(trt.__version__), "gpu": gpu, "compute_capability": capability, "profile": list(batch), "workspace_gb": workspace_gb, "strongly_typed": True},
+            }
+            verdict = "not verified"
+            if verify_engines:
+                progress(f"verifying {name} against the fp32 reference")
+                check = gate(model_dir, entry)
+                if not check.passed:
+                    raise ConversionError(f"{name} failed verification, so it was not kept: " + "; ".join(check.failures))
+                verdict = check.status
+            os.replace(staged, model_dir / name)
+            entry.update(file_record(model_dir / name, model_dir))
+        finally:
+            staged.unlink(missing_ok=True)
+        epcontext_name = None
+        if epcontext:
+            epcontext_name = f"{tower}.trt-{precision}.epcontext.onnx"
+            atomic_write_bytes(model_dir / epcontext_name, epcontext_model(name, source, str(trt.__version__), capability).SerializeToString())
+            entry["epcontext"] = file_record(model_dir / epcontext_name, model_dir)
+        manifest = read_manifest(model_dir)
+        upsert_artifact(manifest, entry)
+        write_manifest(model_dir, manifest)
+        engines.append(EngineResult(tower, name, source["path"], precision, entry["bytes"], time.perf_counter() - started, verdict, epcontext_name))
+    return TrtResult(model_dir, str(trt.__version__), gpu, capability, tuple(engines))
+
 
 def runnable_here(entry: dict[str, Any]) -> tuple[bool, str]:
-    return False, "TensorRT engines are not supported yet"
+    """An engine runs only with the TensorRT version and GPU generation it was built with."""
+    try:
+        trt = import_tensorrt()
+    except MissingExtraError:
+        return False, "the tensorrt package is not installed (pip install 'clip-export[tensorrt]' on a GPU machine)"
+    try:
+        gpu, capability = gpu_info()
+    except TensorRTError as exc:
+        return False, str(exc)
+    built = entry.get("tensorrt", {})
+    if built.get("version") != str(trt.__version__):
+        return False, f"built with TensorRT {built.get('version')}, this machine has {trt.__version__}"
+    if built.get("compute_capability") != capability:
+        return False, f"built for compute capability {built.get('compute_capability')} ({built.get('gpu')}), this GPU is {capability} ({gpu})"
+    return True, ""
 
 
-def run_engine(plan: Path, inputs: np.ndarray) -> np.ndarray:
-    raise NotImplementedError
+def run_engine(plan_path: Path, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
+    """Run a serialized engine on CUDA through torch-allocated buffers; returns float32 outputs."""
+    import torch
+
+    trt = import_tensorrt()
+    logger = trt.Logger(trt.Logger.WARNING)
+    engine = trt.Runtime(logger).deserialize_cuda_engine(Path(plan_path).read_bytes())
+    if engine is None:
+        raise TensorRTError(f"TensorRT could not deserialize {Path(plan_path).name}")
+    context = engine.create_execution_context()
+    names = [engine.get_tensor_name(i) for i in range(engine.num_io_tensors)]
+    input_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.INPUT)
+    output_name = next(n for n in names if engine.get_tensor_mode(n) == trt.TensorIOMode.OUTPUT)
+    stream = torch.cuda.Stream()
+    outputs = []
+    for start in range(0, len(inputs), batch):
+        chunk = torch.from_numpy(np.ascontiguousarray(inputs[start : start + batch])).cuda()
+        context.set_input_shape(input_name, tuple(chunk.shape))
+        out = torch.empty(tuple(context.get_tensor_shape(output_name)), dtype=torch.float32, device="cuda")
+        context.set_tensor_address(input_name, chunk.data_ptr())
+        context.set_tensor_address(output_name, out.data_ptr())
+        if not context.execute_async_v3(stream.cuda_stream):
+            raise TensorRTError(f"TensorRT execution failed for {Path(plan_path).name}")
+        stream.synchronize()
+        outputs.append(out.cpu().numpy())
+    return np.concatenate(outputs)

@@ -130,3 +130,13 @@ def test_cli_exit_codes_and_json(tiny_vit_copy: Path) -> None:
     assert runner.invoke(main, ["verify", str(tiny_vit_copy), "--threshold", "oops"]).exit_code == 2
     missing = runner.invoke(main, ["verify", str(tiny_vit_copy.parent / "nope")])
     assert missing.exit_code == 1 and "no artifact directory" in missing.stderr
+
+
+@pytest.mark.gpu
+def test_cuda_provider_really_runs(tiny_vit_copy: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        pytest.skip("onnxruntime has no CUDAExecutionProvider here (install clip-export[gpu] on a CUDA machine)")
+    result = verify(tiny_vit_copy, providers=["cuda"])
+    assert result.passed and {c.provider_ran for c in result.checks} == {"CUDAExecutionProvider"}

@@ -1,0 +1,316 @@
+"""Convert stage: fp16 and INT8 ONNX artifacts derived from the fp32 export, each gated by verify."""
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import ConversionError, ManifestError
+from .manifest import file_record, find_artifact, read_manifest, require_intact, upsert_artifact, write_manifest
+from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
+from .verify import gate
+
+Progress = Callable[[str], None]
+
+# Ops kept in fp32 inside the fp16 graph, chosen by measurement (docs/convert.md): LayerNorm and
+# its reductions overflow or lose the mean in fp16, Softmax loses small probabilities. The
+# converter's own default list (ML and sequence ops) is kept as well, because passing a list
+# replaces it.
+FP16_FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSumSquare", "ReduceL2", "Pow", "Sqrt", "Erf")
+# MatMul/Gemm weights are quantized; the rest (Conv patch embedding, attention score MatMuls
+# between two activations) stays float. See docs/convert.md for the measurements.
+INT8_OP_TYPES = ("MatMul", "Gemm")
+
+
+@dataclass(frozen=True)
+class ConvertedArtifact:
+    source: str
+    path: str
+    tower: str
+    precision: str
+    bytes: int
+    seconds: float
+    verdict: str
+    mean_abs_normalized: float | None
+    min_top1: float | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    model_dir: Path
+    precision: str
+    artifacts: tuple[ConvertedArtifact, ...]
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+def _onnx() -> Any:
+    import onnx
+
+    return onnx
+
+
+def source_cast_to_float_nodes(model: Any) -> list[str]:
+    """Cast(to=FLOAT) nodes: onnxconverter-common 1.15+ retypes their outputs to fp16 (its #320)."""
+    onnx = _onnx()
+    names = []
+    for node in model.graph.node:
+        if node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute):
+            names.append(node.name)
+    return names
+
+
+def final_nodes(model: Any, depth: int = 2) -> list[str]:
+    """The last nodes before the output (projection and norm), kept in fp32 by default."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    chosen: list[str] = []
+    frontier = [o.name for o in model.graph.output]
+    for _ in range(depth):
+        next_frontier = []
+        for tensor in frontier:
+            node = producers.get(tensor)
+            if node is not None and node.name not in chosen:
+                chosen.append(node.name)
+                next_frontier.extend(node.input)
+        frontier = next_frontier
+    return chosen
+
+
+def to_fp16(model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: bool = True) -> tuple[Any, dict[str, Any]]:
+    """Convert float tensors to fp16 with fp32 I/O and the fragile ops blocked."""
+    try:
+        from onnxconverter_common import float16
+    except ImportError:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("onnxconverter-common", "cpu", "fp16 conversion") from None
+    import warnings
+
+    ops = list(dict.fromkeys([*float16.DEFAULT_OP_BLOCK_LIST, *FP16_FP32_OPS, *extra_fp32_ops]))
+    nodes = source_cast_to_float_nodes(model)
+    if keep_final_fp32:
+        nodes += [n for n in final_nodes(model) if n not in nodes]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # one warning per clipped constant: thousands of lines
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops, node_block_list=nodes)
+    _restore_fp32_outputs(converted)
+    return converted, {"tool": f"onnxconverter-common {getattr(float16, '__version__', '') or _version('onnxconverter-common')}", "keep_io_types": True, "fp32_ops": [o for o in ops if o not in float16.DEFAULT_OP_BLOCK_LIST], "fp32_nodes": nodes}
+
+
+def _restore_fp32_outputs(model: Any) -> None:
+    """keep_io_types is not honoured when a blocked node feeds a graph output: the converter then
+    appends a Cast to fp16. Point such casts back at fp32 so callers keep float32 outputs."""
+    onnx = _onnx()
+    producers = {out: node for node in model.graph.node for out in node.output}
+    for output in model.graph.output:
+        tensor_type = output.type.tensor_type
+        if tensor_type.elem_type == onnx.TensorProto.FLOAT:
+            continue
+        node = producers.get(output.name)
+        if node is None or node.op_type != "Cast":
+            raise ConversionError(f"fp16 conversion left output {output.name} as {onnx.TensorProto.DataType.Name(tensor_type.elem_type)}")
+        for attribute in node.attribute:
+            if attribute.name == "to":
+                attribute.i = onnx.TensorProto.FLOAT
+        tensor_type.elem_type = onnx.TensorProto.FLOAT
+
+
+def _version(dist: str) -> str:
+    from importlib.metadata import version
+
+    try:
+        return version(dist)
+    except Exception:
+        return "unknown"
+
+
+def _save_model(model: Any, path: Path) -> None:
+    onnx = _onnx()
+    size = model.ByteSize()
+    if size > EXTERNAL_DATA_THRESHOLD_BYTES:
+        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data")
+    else:
+        onnx.save_model(model, str(path))
+
+
+def _derived_name(source: str, suffix: str) -> str:
+    stem = source[: -len(".onnx")] if source.endswith(".onnx") else source
+    return f"{stem}.{suffix}.onnx"
+
+
+def _convert_each(
+    model_dir: Path,
+    precision: str,
+    suffix: str,
+    write: Callable[[Path, Path], dict[str, Any]],
+    *,
+    towers: Sequence[str],
+    force: bool,
+    progress: Progress,
+) -> ConvertResult:
+    """Shared loop: integrity, refusal without --force, staged write, verify gate, manifest entry."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    sources = [a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx" and a["tower"] in towers]
+    if not sources:
+        raise ManifestError(f"{model_dir} has no fp32 ONNX artifact for tower(s) {', '.join(towers)}")
+    results = []
+    for source in sources:
+        require_intact(model_dir, source)
+        target_name = _derived_name(source["path"], suffix)
+        existing = find_artifact(manifest, path=target_name)
+        if existing is not None and not force:
+            raise ConversionError(f"{model_dir / target_name} already exists in the manifest; pass --force to rebuild it")
+        started = time.perf_counter()
+        staging = model_dir / f".convert-{os.getpid()}"
+        staging.mkdir(exist_ok=True)
+        progress(f"converting {source['path']} to {precision}")
+        try:
+            details = write(model_dir / source["path"], staging / target_name)
+            data_names = sorted(p.name for p in staging.iterdir() if p.name != target_name)
+            entry = {
+                **file_record(staging / target_name, model_dir),
+                "tower": source["tower"],
+                "precision": precision,
+                "format": "onnx",
+                "opset": source.get("opset"),
+                "inputs": source["inputs"],
+                "outputs": source["outputs"],
+                "external_data": [file_record(staging / n, model_dir) for n in data_names],
+                "derived_from": {"path": source["path"], "sha256": source["sha256"]},
+                "conversion": details,
+            }
+            progress(f"verifying {target_name} against the fp32 reference ({threshold_key(precision, 'onnx')} thresholds)")
+            check = gate(model_dir, entry)
+            if not check.passed:
+                raise ConversionError(f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures))
+            for name in [*data_names, target_name]:  # the graph file last: it is what makes the artifact look complete
+                os.replace(staging / name, model_dir / name)
+            entry.update(file_record(model_dir / target_name, model_dir))
+            entry["external_data"] = [file_record(model_dir / n, model_dir) for n in data_names]
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        manifest = read_manifest(model_dir)
+        upsert_artifact(manifest, entry)
+        write_manifest(model_dir, manifest)
+        top1 = [m.value for m in check.metrics if m.name.endswith("_top1")]
+        results.append(
+            ConvertedArtifact(source["path"], target_name, source["tower"], precision, entry["bytes"], time.perf_counter() - started, check.status, check.metric("mean_abs_normalized"), min(top1) if top1 else None, details)
+        )
+    return ConvertResult(model_dir, precision, tuple(results))
+
+
+def fused_fp16(source: Path, extra_fp32_ops: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
+    """Fuse with onnxruntime's transformer optimizer, then convert with its fp16 pass, which knows
+    the fused contrib ops (onnxconverter-common cannot infer their shapes)."""
+    import warnings
+
+    optimized, fusions = fuse_transformer_ops(source)
+    ops = [*FP16_FP32_OPS, "SkipLayerNormalization", *extra_fp32_ops]
+    nodes = source_cast_to_float_nodes(optimized.model) + final_nodes(optimized.model)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        optimized.convert_float_to_float16(keep_io_types=True, op_block_list=ops, node_block_list=nodes)
+    _restore_fp32_outputs(optimized.model)
+    return optimized.model, {"tool": f"onnxruntime.transformers {_version('onnxruntime')}", "keep_io_types": True, "fp32_ops": ops, "fp32_nodes": nodes, "fusions": fusions}
+
+
+def fuse_transformer_ops(source: Path) -> tuple[Any, dict[str, int]]:
+    """onnxruntime's transformer optimizer; returns the optimizer's model wrapper and what it fused."""
+    try:
+        from onnxruntime.transformers.optimizer import optimize_model
+    except ImportError:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("onnxruntime", "cpu", "--fuse") from None
+    import logging
+
+    logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
+    optimized = optimize_model(str(source), model_type="clip", num_heads=0, hidden_size=0, opt_level=0)
+    stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
+    return optimized, stats
+
+
+def convert_fp16(
+    model_dir: Path,
+    *,
+    towers: Sequence[str] = ("visual", "text"),
+    force: bool = False,
+    fuse: bool = False,
+    extra_fp32_ops: Sequence[str] = (),
+    progress: Progress = _quiet,
+) -> ConvertResult:
+    """fp16 weights and compute with fp32 inputs/outputs; fragile ops stay fp32."""
+    onnx = _onnx()
+
+    def write(source: Path, target: Path) -> dict[str, Any]:
+        if fuse:
+            converted, details = fused_fp16(source, extra_fp32_ops)
+        else:
+            converted, details = to_fp16(onnx.load(str(source)), extra_fp32_ops=extra_fp32_ops)
+        _set_precision_metadata(converted, "fp16")
+        _save_model(converted, target)
+        return {**details, "fused": fuse}
+
+    return _convert_each(model_dir, "fp16", "fp16", write, towers=towers, force=force, progress=progress)
+
+
+def _set_precision_metadata(model: Any, precision: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == "clip_export.precision":
+            prop.value = precision
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "clip_export.precision", precision
+
+
+def quantize_int8(
+    model_dir: Path,
+    *,
+    towers: Sequence[str] = ("visual", "text"),
+    per_channel: bool = True,
+    exclude_nodes: Sequence[str] = (),
+    force: bool = False,
+    progress: Progress = _quiet,
+) -> ConvertResult:
+    """Dynamic INT8 quantization of MatMul/Gemm weights for CPU serving."""
+    try:
+        from onnxruntime.quantization import QuantType, quantize_dynamic
+    except ImportError:
+        from .errors import MissingExtraError
+
+        raise MissingExtraError("onnxruntime", "cpu", "INT8 quantization") from None
+    onnx = _onnx()
+
+    def write(source: Path, target: Path) -> dict[str, Any]:
+        import logging
+
+        logging.getLogger().setLevel(logging.ERROR)  # the quantizer advises pre-processing through the root logger
+        model = onnx.load(str(source))
+        excluded = list(dict.fromkeys([*int8_excluded_nodes(model), *exclude_nodes]))
+        quantize_dynamic(
+            model,
+            str(target),
+            weight_type=QuantType.QInt8,
+            per_channel=per_channel,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            nodes_to_exclude=excluded,
+            extra_options={"MatMulConstBOnly": True},
+        )
+        quantized = onnx.load(str(target))
+        _set_precision_metadata(quantized, "int8")
+        onnx.save_model(quantized, str(target))
+        return {"tool": f"onnxruntime.quantization {_version('onnxruntime')}", "mode": "dynamic", "weight_type": "QInt8", "per_channel": per_channel, "op_types": list(INT8_OP_TYPES), "excluded_nodes": excluded}
+
+    return _convert_each(model_dir, "int8", "int8", write, towers=towers, force=force, progress=progress)
+
+
+def int8_excluded_nodes(model: Any) -> list[str]:
+    """The final projection stays float: measured to cost retrieval agreement (docs/convert.md)."""
+    return [n for n in final_nodes(model, depth=1)]
