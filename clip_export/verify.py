@@ -18,8 +18,9 @@ from .spec import THRESHOLDS, TOWERS, Thresholds, threshold_key
 Progress = Callable[[str], None]
 BATCH_CHECK_SIZE = 7
 # A swap of the top-1 is a tie, not a disagreement, when the reference itself separates the two
-# items by less than the artifact's measured score noise on that query (or by less than this
-# floor, in cosine units): any rounding of that size may reorder them. Ties are counted and shown.
+# items by less than the artifact's typical score noise on that query (twice the RMS deviation of
+# its scores from the reference's, or this floor in cosine units): rounding of that size reorders
+# them. A swap across a wider margin needs outlier errors and counts. Ties are counted and shown.
 TIE_MARGIN = 1e-6
 
 
@@ -111,7 +112,8 @@ def retrieval_agreement(ref_q: np.ndarray, ref_g: np.ndarray, art_q: np.ndarray,
     art_order = np.argsort(-art_scores, axis=1, kind="stable")
     agree, ties, overlap, changed = 0, 0, 0.0, 0
     finite = np.isfinite(ref_scores)
-    noise = np.abs(np.where(finite, art_scores, 0.0) - np.where(finite, ref_scores, 0.0)).max(axis=1)
+    deviation = np.where(finite, art_scores, 0.0) - np.where(finite, ref_scores, 0.0)
+    noise = 2.0 * np.sqrt((deviation**2).sum(axis=1) / np.maximum(finite.sum(axis=1), 1))
     for q in range(len(ref_scores)):
         r1, a1 = ref_order[q, 0], art_order[q, 0]
         if r1 == a1:

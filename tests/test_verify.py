@@ -107,8 +107,17 @@ def test_ties_are_counted_not_failed() -> None:
     swapped = gallery[[1, 0, 2]]
     r = retrieval_agreement(ref_q, gallery, ref_q, swapped)
     assert r.top1_agreement == 1.0 and r.ties == 1
-    far = np.array([[0.0, 1.0], [0.0, 1.0], [1.0, 0.0]])  # artifact picks the reference's last
-    assert retrieval_agreement(ref_q, gallery, ref_q, far).top1_agreement == 0.0
+
+
+def test_a_decisive_swap_is_a_disagreement() -> None:
+    """Forty gallery items; one item far below the top jumps above it: that is no tie."""
+    ref_q = np.array([[1.0, 0.0]])
+    cosines = np.linspace(0.0, 0.9, 40)
+    gallery = np.stack([cosines, np.sqrt(1 - cosines**2)], axis=1)
+    moved = gallery.copy()
+    moved[0] = [0.95, np.sqrt(1 - 0.95**2)]
+    r = retrieval_agreement(ref_q, gallery, ref_q, moved)
+    assert r.top1_agreement == 0.0 and r.ties == 0
 
 
 def test_threshold_overrides() -> None:
