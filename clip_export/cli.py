@@ -1,7 +1,6 @@
 """The thin Click layer: parse arguments, call one stage function, render its result."""
 from __future__ import annotations
 
-import dataclasses
 import json
 import os
 import sys
@@ -13,6 +12,7 @@ import click
 
 from . import __version__
 from .errors import ClipExportError
+from .manifest import to_jsonable
 from .spec import DEFAULT_OPSET, TOWERS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -50,22 +50,8 @@ def _progress(quiet: bool) -> Callable[[str], None]:
     return report
 
 
-def _jsonable(value: Any) -> Any:
-    if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return {f.name: _jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
-    if isinstance(value, dict):
-        return {str(k): _jsonable(v) for k, v in value.items()}
-    if isinstance(value, (list, tuple)):
-        return [_jsonable(v) for v in value]
-    if isinstance(value, Path):
-        return str(value)
-    if isinstance(value, float) and value != value:
-        return None
-    return value
-
-
 def emit_json(value: Any) -> None:
-    click.echo(json.dumps(_jsonable(value), indent=2))
+    click.echo(json.dumps(to_jsonable(value), indent=2))
 
 
 def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
@@ -357,6 +343,57 @@ def trt(dirs: Sequence[Path], towers: str, use_fp16: bool, batch: str, workspace
     for r in results:
         click.echo(f"{r.model_dir}: TensorRT {r.tensorrt_version} on {r.gpu} (sm {r.compute_capability})")
         click.echo(table(["tower", "engine", "from", "size", "verify", "EPContext", "time"], [(e.tower, e.path, e.source, human_bytes(e.bytes), e.verdict.upper(), e.epcontext, f"{e.seconds:.1f}s") for e in r.engines]))
+
+
+def _int_list(value: str, hint: str) -> list[int]:
+    try:
+        return [int(v) for v in _split_csv(value)]
+    except ValueError:
+        raise click.BadParameter(f"expected comma-separated integers, got '{value}'", param_hint=hint) from None
+
+
+@main.command(context_settings=CONTEXT)
+@dirs_argument
+@click.option("--providers", default="cpu", show_default=True, help="Comma-separated: cpu, cuda, tensorrt.")
+@click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
+@click.option("--towers", default="visual,text", show_default=True, help="Comma-separated towers.")
+@click.option("--precision", "precisions", default=None, help="Only these artifact precisions (comma-separated).")
+@click.option("--threads", type=int, default=None, help="Pinned intra-op threads (default: all cores).")
+@click.option("--budget", type=float, default=2.0, show_default=True, help="Seconds of timed runs per row (after warm-up).")
+@click.option("--baselines/--no-baselines", default=True, show_default=True, help="torch eager fp32 and bf16 autocast (and cuda fp16 on GPU) in the same run.")
+@click.option("--compile", "compile_baseline", is_flag=True, help="Add the torch.compile baseline (compiles slowly).")
+@click.option("--fused-baseline", is_flag=True, help="Add fp32 rows run through onnxruntime's transformer optimizer.")
+@click.option("--breakdown/--no-breakdown", default=True, show_default=True, help="vectorise() stage times and preprocessing variants.")
+@json_option
+@quiet_option
+def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, precisions: str | None, threads: int | None, budget: float, baselines: bool, compile_baseline: bool, fused_baseline: bool, breakdown: bool, as_json: bool, quiet: bool) -> None:
+    """Measure every artifact × provider × batch size next to torch baselines from the same run.
+
+    Writes BENCH.md, bench-batch1.png and the manifest's benchmark section in DIR.
+
+    \b
+    Example:
+      clip-export bench artifacts/ViT-B-32 --batch-sizes 1 --providers cpu
+    """
+    from .bench import bench as run_bench
+
+    chosen = _check_towers(towers)
+    sizes = _int_list(batch_sizes, "--batch-sizes")
+    results = [
+        run_bench(d, providers=_split_csv(providers), batch_sizes=sizes, towers=chosen, threads=threads, budget_s=budget, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, breakdown=breakdown, precisions=_split_csv(precisions) if precisions else None, progress=_progress(quiet or as_json))
+        for d in resolve_dirs(dirs)
+    ]
+    if as_json:
+        emit_json(results)
+        return
+    for r in results:
+        click.echo(f"{r.model_dir}  ({r.machine['cpu']}, {r.machine['threads_used']} threads; GEMM ceiling fp32 {r.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {r.ceilings_gflops['int8']:.0f} GOP/s)")
+        rows = [
+            (row.tower, row.batch, row.name, row.precision, (row.provider_ran or row.provider_requested).replace("ExecutionProvider", ""), row.p50_ms, row.latency.p90_ms if row.latency else None, row.latency.p99_ms if row.latency else None, row.throughput_per_s, row.speedup_vs_torch, f"{row.ceiling_share * 100:.0f}%" if row.ceiling_share else None, row.status if row.status != "ok" else "ok")
+            for row in r.rows
+        ]
+        click.echo(table(["tower", "batch", "name", "prec", "provider", "p50 ms", "p90 ms", "p99 ms", "items/s", "x torch", "% ceiling", "status"], rows))
+        click.echo(f"report: {r.report_path}  chart: {r.chart_path}\n")
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,6 +1,7 @@
 """manifest.json, the one source of truth: atomic writes, file hashes and integrity checks."""
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import tempfile
@@ -121,3 +122,18 @@ def model_dirs(root: Path) -> list[Path]:
     if not dirs:
         raise ManifestError(f"no artifact directory (with {MANIFEST_NAME}) under {root}; run 'clip-export onnx MODEL' first")
     return dirs
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, paths and tuples as plain JSON values; NaN becomes null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value != value:
+        return None
+    return value

@@ -479,3 +479,24 @@ def list_models(include_archs: bool = True) -> list[ModelListing]:
             tags = tuple(by_arch.get(arch, ()))
             rows.append(ModelListing(arch, arch, tags, tuple(t for t in tags if cached_checkpoint(arch, t))))
     return rows
+
+
+def spec_from_manifest(model: dict[str, Any], verify_checkpoint: bool = True) -> ModelSpec:
+    """Rebuild the ModelSpec an artifact directory was exported from, checking the checkpoint hash."""
+    checkpoint = model.get("checkpoint")
+    if verify_checkpoint and checkpoint and model.get("checkpoint_sha256") and not model.get("pretrained"):
+        path = Path(checkpoint)
+        if not path.exists():
+            raise WeightsError(f"the checkpoint {path} recorded in the manifest is gone")
+        if sha256_file(path) != model["checkpoint_sha256"]:
+            raise WeightsError(f"the checkpoint {path} no longer matches the sha256 in the manifest")
+    if str(model.get("source", "")).startswith("huggingface:"):
+        return resolve(str(model["source"]).split(":", 1)[1])
+    name = f"{model['arch']}:{model['pretrained']}" if model.get("pretrained") else model["arch"]
+    spec = resolve(
+        name,
+        weights=None if model.get("pretrained") or model.get("random_init") else checkpoint,
+        random_init=bool(model.get("random_init")),
+        seed=int(model.get("seed") or 0),
+    )
+    return ModelSpec(model.get("name", spec.name), spec.arch, spec.pretrained, spec.weights, spec.random_init, spec.seed, spec.hf_dir)

@@ -72,6 +72,25 @@ def preprocess_reducing_gap(image: Image.Image, config: PreprocessConfig, gap: f
     return _normalize(_center_crop(resized, height, width).convert("RGB"), config)
 
 
+def preprocess_crop_box(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """Resample only the source region that survives the centre crop (PIL's `box`), at the same
+    scale as the reference, so the bicubic weights match. Pixels differ by at most one uint8 step
+    where float rounding of the box offset flips; wide images resample 2-3x fewer pixels."""
+    height, width = config.image_size
+    img_w, img_h = image.size
+    size = min(height, width)
+    short, long = (img_w, img_h) if img_w <= img_h else (img_h, img_w)
+    new_long = int(size * long / short)
+    new_w, new_h = (size, new_long) if img_w <= img_h else (new_long, size)
+    if (new_w, new_h) == (img_w, img_h) or new_w < width or new_h < height:
+        return preprocess_reference(image, config)
+    top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+    scale_x, scale_y = img_w / new_w, img_h / new_h
+    box = (left * scale_x, top * scale_y, (left + width) * scale_x, (top + height) * scale_y)
+    resized = image.resize((width, height), _PIL_FILTERS[config.interpolation], box=box)
+    return _normalize(resized.convert("RGB"), config)
+
+
 def preprocess_opencv(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     import cv2
 
@@ -87,6 +106,7 @@ def preprocess_opencv(image: Image.Image, config: PreprocessConfig) -> np.ndarra
 
 VARIANTS: dict[str, Callable[[Image.Image, PreprocessConfig], np.ndarray]] = {
     "reference-pil": preprocess_reference,
+    "crop-box-resize": preprocess_crop_box,
     "rgb-first": preprocess_rgb_first,
     "jpeg-draft": preprocess_draft,
     "reducing-gap-3": preprocess_reducing_gap,

@@ -202,21 +202,12 @@ def _load_reference(model_dir: Path, manifest: dict[str, Any], reference: str, e
             raise ClipExportError(f"the stored reference cannot be trusted: {'; '.join(problems)}")
         with np.load(model_dir / REFERENCE_NAME) as data:
             return {k: data[k] for k in data.files}, record.get("evalset", "bundled"), "stored (torch fp32 at export time)"
-    from .models import load_model, resolve, sha256_file
+    from .models import load_model, spec_from_manifest
 
-    model = manifest["model"]
-    if model.get("checkpoint") and model.get("checkpoint_sha256"):
-        checkpoint = Path(model["checkpoint"])
-        if not checkpoint.exists():
-            raise ClipExportError(f"--reference torch needs the checkpoint {checkpoint}, which is gone")
-        if sha256_file(checkpoint) != model["checkpoint_sha256"]:
-            raise ClipExportError(f"the checkpoint {checkpoint} no longer matches the sha256 in the manifest")
-    spec = resolve(
-        model["arch"] if not model.get("pretrained") else f"{model['arch']}:{model['pretrained']}",
-        weights=None if model.get("pretrained") or model.get("random_init") else model.get("checkpoint"),
-        random_init=bool(model.get("random_init")),
-        seed=int(model.get("seed") or 0),
-    )
+    try:
+        spec = spec_from_manifest(manifest["model"])
+    except ClipExportError as exc:
+        raise ClipExportError(f"--reference torch: {exc}") from None
     loaded = load_model(spec)
     towers = sorted({a["tower"] for a in manifest["artifacts"]})
     chosen = evalset or load_evalset()

@@ -40,3 +40,14 @@ def test_variants_share_shape() -> None:
     image = load_evalset().open_images()[0]
     for fn in VARIANTS.values():
         assert fn(image, cfg).shape == (3, 224, 224)
+
+
+def test_crop_box_resize_is_within_one_uint8_step() -> None:
+    from clip_export.preprocess import preprocess_crop_box
+
+    cfg = PreprocessConfig((224, 224), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    one_step = 1.0 / 255.0 / min(cfg.std) + 1e-6
+    for image in load_evalset().open_images():
+        delta = np.abs(preprocess_crop_box(image, cfg) - preprocess_reference(image, cfg))
+        assert delta.max() <= one_step
+        assert (delta > 0).mean() < 0.002

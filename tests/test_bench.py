@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from click.testing import CliRunner
+
+from clip_export.bench import bench, bench_onnx, latency_stats, time_calls
+from clip_export.cli import main
+from clip_export.manifest import read_manifest
+
+
+def test_percentiles_and_warmup_exclusion() -> None:
+    samples = [10.0, 5.0] + [0.001 * i for i in range(1, 101)]  # two slow warm-up runs, then 1..100 ms
+    stats = latency_stats(samples, warmup=2)
+    assert stats.runs == 100 and stats.warmup_discarded == 2
+    assert stats.p50_ms == pytest.approx(50.5)
+    assert stats.p90_ms == pytest.approx(90.1)
+    assert stats.p99_ms == pytest.approx(99.01)
+    assert stats.mean_ms == pytest.approx(50.5)
+    with pytest.raises(ValueError, match="no samples"):
+        latency_stats([1.0], warmup=1)
+
+
+def test_time_calls_discards_warmup_and_respects_minimum() -> None:
+    calls = []
+    stats = time_calls(lambda: calls.append(1), warmup=3, budget_s=0.0, min_runs=7)
+    assert len(calls) == 10 and stats.runs == 7
+
+
+def test_cuda_request_on_a_cpu_machine_is_a_row_without_numbers(tiny_vit_dir: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here; this checks the CPU-only honesty rule")
+    row = bench_onnx(tiny_vit_dir / "visual.onnx", "visual", "fp32", "cuda", 1, np.zeros((1, 3, 64, 64), np.float32), threads=1, budget_s=0.01, name="visual.onnx")
+    assert row.status.startswith("unavailable: the requested provider was CUDAExecutionProvider")
+    assert row.latency is None and row.provider_ran is None and row.p50_ms is None
+
+
+def test_bench_end_to_end_through_the_cli(tiny_vit_copy: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--batch-sizes", "1,2", "--budget", "0.05", "--providers", "cpu,cuda", "--json", "-q"])
+    assert result.exit_code == 0, result.output
+    (data,) = json.loads(result.stdout)
+    rows = data["rows"]
+    assert {r["batch"] for r in rows} == {1, 2}
+    cpu_rows = [r for r in rows if r["provider_ran"] == "CPUExecutionProvider"]
+    assert {r["name"] for r in cpu_rows} == {"visual.onnx", "text.onnx"}
+    for r in cpu_rows:
+        assert r["latency"]["p50_ms"] > 0 and r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
+        assert r["throughput_per_s"] > 0 and r["speedup_vs_torch"] > 0 and r["session_create_ms"] >= 0
+        assert r["threads"] >= 1 and 0 < r["ceiling_share"]
+    import onnxruntime
+
+    if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
+        cuda = [r for r in rows if r["provider_requested"] == "CUDAExecutionProvider"]
+        assert cuda and all(r["status"].startswith("unavailable:") and r["latency"] is None for r in cuda)
+    baselines = {r["name"] for r in rows if r["kind"] == "baseline"}
+    assert {"torch eager-fp32", "torch bf16-autocast"} <= baselines
+    eager = next(r for r in rows if r["name"] == "torch eager-fp32" and r["batch"] == 1 and r["tower"] == "visual")
+    assert eager["speedup_vs_torch"] == pytest.approx(1.0)
+    assert data["ceilings_gflops"]["fp32"] > 0 and data["flops_per_item"]["visual"] > 0
+    assert data["machine"]["cores"] >= 1 and "onnxruntime" in data["versions"]
+    assert {s["image"] for s in data["breakdown"]} == {"motorcycles-wide-alpha.png", "rocket-small.jpg"}
+    variants = {p["variant"]: p for p in data["preprocessing"]}
+    assert variants["reference-pil"]["pixel_max_abs"] == 0.0 and variants["reference-pil"]["within_fp32_tolerance"] is True
+    assert variants["opencv"]["pixel_max_abs"] > 0.1
+    assert (tiny_vit_copy / "BENCH.md").read_text().count("| visual |") >= 2
+    assert (tiny_vit_copy / "bench-batch1.png").read_bytes()[:4] == b"\x89PNG"
+    assert read_manifest(tiny_vit_copy)["benchmark"]["rows"]
+
+
+def test_bench_table_output(tiny_vit_copy: Path) -> None:
+    result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--batch-sizes", "1", "--budget", "0.02", "--no-breakdown", "--no-baselines", "--towers", "text", "-q"])
+    assert result.exit_code == 0, result.output
+    assert "text.onnx" in result.stdout and "p50 ms" in result.stdout
+
+
+def test_bad_batch_sizes(tiny_vit_copy: Path) -> None:
+    runner = CliRunner()
+    assert runner.invoke(main, ["bench", str(tiny_vit_copy), "--batch-sizes", "a"]).exit_code == 2
+    zero = runner.invoke(main, ["bench", str(tiny_vit_copy), "--batch-sizes", "0", "-q"])
+    assert zero.exit_code == 1 and "batch sizes must be >= 1" in zero.stderr
+    with pytest.raises(Exception, match="unknown provider"):
+        bench(tiny_vit_copy, providers=["tpu"], write=False)
