@@ -396,5 +396,68 @@ def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, p
         click.echo(f"report: {r.report_path}  chart: {r.chart_path}\n")
 
 
+@main.command(context_settings=CONTEXT)
+@click.argument("model")
+@click.option("--pretrained", metavar="TAG", help="open_clip pretrained tag.")
+@click.option("--weights", metavar="PATH", type=click.Path(path_type=Path), help="Local checkpoint or Hugging Face CLIP directory.")
+@click.option("--random-init", is_flag=True, help="Seeded random weights (offline).")
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Which precisions to produce and gate.")
+@click.option("--trt", "use_trt", is_flag=True, help="Also build TensorRT engines (needs a GPU).")
+@click.option("--providers", default="cpu", show_default=True, help="Providers for verify and bench.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True)
+@click.option("--force", is_flag=True, help="Replace existing artifacts.")
+@json_option
+@quiet_option
+def pipeline(model: str, pretrained: str | None, weights: Path | None, random_init: bool, seed: int, precisions: str, use_trt: bool, providers: str, out: Path, force: bool, as_json: bool, quiet: bool) -> None:
+    """Export, convert, verify and bench MODEL in one command; stops at the first failed gate.
+
+    \b
+    Example:
+      clip-export pipeline ViT-B/32 --random-init --precisions fp32,int8
+    """
+    from .models import resolve
+    from .pipeline import run_pipeline
+
+    spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed)
+    result = run_pipeline(spec, out=out, precisions=_split_csv(precisions), trt=use_trt, providers=_split_csv(providers), force=force, progress=_progress(quiet or as_json))
+    if as_json:
+        emit_json(result)
+    else:
+        rows = [(r.artifact, r.tower, r.precision, r.format, human_bytes(r.bytes), r.verdict.upper(), r.mean_abs_normalized, r.min_top1, r.batch1_p50_ms, (r.provider or "").replace("ExecutionProvider", "")) for r in result.summary]
+        click.echo(f"{result.model_dir}: stages passed: {', '.join(result.stages_done) or 'none'}")
+        click.echo(table(["artifact", "tower", "prec", "format", "size", "verdict", "mean |Δ| norm", "top-1 agree", "batch-1 p50 ms", "provider"], rows))
+    if not result.passed:
+        raise ClipExportError(f"the {result.failed_stage} gate failed (artifacts that passed before it are kept): {result.failure}")
+
+
+@main.command(context_settings=CONTEXT)
+@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@click.option("--tag", required=True, help="Release tag, e.g. v1.0.0.")
+@click.option("--out", type=click.Path(path_type=Path), default=Path("dist"), show_default=True, help="Where the release directory is written.")
+@click.option("--upload", is_flag=True, help="Attach the assets to the GitHub release TAG with the gh CLI.")
+@json_option
+@quiet_option
+def release(dirs: Sequence[Path], tag: str, out: Path, upload: bool, as_json: bool, quiet: bool) -> None:
+    """Write release assets (artifacts, SHA256SUMS, manifest.json, MODEL_CARD.md) for verified artifacts.
+
+    Several DIRs of one model (engines built on different GPUs) merge into one release.
+
+    \b
+    Example:
+      clip-export release artifacts/ViT-B-32 --tag v1.0.0 --out dist
+    """
+    from .release import release as make_release
+
+    result = make_release(dirs, tag=tag, out=out, upload=upload, progress=_progress(quiet or as_json))
+    if as_json:
+        emit_json(result)
+        return
+    click.echo(f"{result.directory}: {len(result.assets)} assets{' (uploaded)' if result.uploaded else ''}")
+    for asset in result.assets:
+        click.echo(f"  {asset}")
+    click.echo(f"check them with: (cd {result.directory} && sha256sum -c SHA256SUMS)")
+
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -1,0 +1,276 @@
+"""Release: the assets a maintainer attaches on release day, checked and hashed."""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable, Sequence
+
+from .errors import ReleaseError
+from .manifest import (
+    MANIFEST_NAME,
+    atomic_write_text,
+    file_record,
+    integrity_problems,
+    now_iso,
+    read_manifest,
+    write_manifest,
+)
+from .models import sha256_file
+
+Progress = Callable[[str], None]
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+WEIGHT_LICENCES = {
+    "openai": "MIT (OpenAI CLIP weights)",
+}
+
+
+def _quiet(_: str) -> None:
+    pass
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    tag: str
+    directory: Path
+    assets: tuple[str, ...]
+    uploaded: bool
+    sources: tuple[Path, ...]
+
+
+def verified_paths(manifest: dict[str, Any]) -> dict[str, str]:
+    """path -> sha256 of every artifact with a passing verify row for exactly those bytes."""
+    rows = (manifest.get("verification") or {}).get("results", [])
+    return {r["path"]: r["sha256"] for r in rows if r.get("status") == "pass"}
+
+
+def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    problems = []
+    passed = verified_paths(manifest)
+    for entry in manifest["artifacts"]:
+        for issue in integrity_problems(model_dir, entry):
+            problems.append(f"{model_dir.name}/{issue}")
+        if passed.get(entry["path"]) != entry["sha256"]:
+            problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
+    for issue in integrity_problems(model_dir, manifest["reference"]) if manifest.get("reference") else []:
+        problems.append(f"{model_dir.name}/{issue}")
+    return problems
+
+
+def asset_name(slug: str, entry: dict[str, Any]) -> str:
+    if entry["format"] == "tensorrt":
+        sm = entry.get("tensorrt", {}).get("compute_capability", "unknown").replace(".", "")
+        name = f"{slug}-{entry['tower']}-trt-{entry['precision']}-sm{sm}.plan"
+    else:
+        name = f"{slug}-{entry['tower']}-{entry['precision']}.onnx"
+    return safe_asset_name(name)
+
+
+def safe_asset_name(name: str) -> str:
+    if not SAFE_NAME.match(name) or ".." in name:
+        raise ReleaseError(f"unsafe asset name '{name}': only letters, digits, '.', '_' and '-' are allowed, with no path parts")
+    return name
+
+
+def _inside(out: Path, name: str) -> Path:
+    target = (out / safe_asset_name(name)).resolve()
+    if target.parent != out.resolve():
+        raise ReleaseError(f"asset {name} would be written outside {out}")
+    return target
+
+
+def _copy_onnx_with_renamed_data(source_dir: Path, entry: dict[str, Any], staging: Path, name: str) -> list[str]:
+    """Copy an ONNX artifact; external data files get release names and the graph points at them."""
+    if not entry.get("external_data"):
+        shutil.copyfile(source_dir / entry["path"], _inside(staging, name))
+        return [name]
+    import onnx
+
+    model = onnx.load(str(source_dir / entry["path"]), load_external_data=False)
+    renames = {}
+    for index, record in enumerate(entry["external_data"]):
+        new = f"{name}.data" if len(entry["external_data"]) == 1 else f"{name}.data{index}"
+        renames[Path(record["path"]).name] = new
+        shutil.copyfile(source_dir / record["path"], _inside(staging, new))
+    for tensor in model.graph.initializer:
+        for item in tensor.external_data:
+            if item.key == "location":
+                item.value = renames[item.value]
+    onnx.save_model(model, str(_inside(staging, name)))
+    return [name, *renames.values()]
+
+
+def merge_manifests(dirs: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """One manifest for several artifact directories of the same model (e.g. engines per GPU)."""
+    manifests = [(d, read_manifest(d)) for d in dirs]
+    base_dir, base = manifests[0]
+    key = lambda m: (m["model"]["arch"], m["model"].get("pretrained"), m["model"].get("checkpoint_sha256"), m["model"].get("seed"))
+    merged = json.loads(json.dumps(base))
+    merged["artifacts"] = []
+    merged["verification"] = {"date": now_iso(), "results": [], "merged_from": []}
+    owners: dict[str, Path] = {}
+    by_path: dict[str, dict[str, Any]] = {}
+    for model_dir, manifest in manifests:
+        if key(manifest) != key(base):
+            raise ReleaseError(f"{model_dir} holds another model ({manifest['model']['arch']}) than {base_dir} ({base['model']['arch']}); merge only builds of one model")
+        for entry in manifest["artifacts"]:
+            existing = by_path.get(entry["path"])
+            if existing is not None:
+                if existing["sha256"] == entry["sha256"]:
+                    continue
+                if entry["format"] == "tensorrt":
+                    raise ReleaseError(f"{entry['path']} exists in two directories with different bytes; engines for different GPUs must differ in compute capability")
+                raise ReleaseError(f"{entry['path']} differs between {owners[entry['path']]} and {model_dir}; one model's ONNX artifacts must be identical to merge")
+            by_path[entry["path"]] = entry
+            owners[entry["path"]] = model_dir
+            merged["artifacts"].append(entry)
+        merged["verification"]["results"] += [r for r in (manifest.get("verification") or {}).get("results", []) if owners.get(r["path"]) == model_dir]
+        merged["verification"]["merged_from"].append({"dir": str(model_dir), "date": (manifest.get("verification") or {}).get("date"), "machine": (manifest.get("verification") or {}).get("machine")})
+    return merged, owners
+
+
+def release(
+    dirs: Sequence[Path],
+    *,
+    tag: str,
+    out: Path = Path("dist"),
+    upload: bool = False,
+    progress: Progress = _quiet,
+) -> ReleaseResult:
+    if not tag or not SAFE_NAME.match(tag):
+        raise ReleaseError(f"invalid tag '{tag}': use letters, digits, '.', '_' and '-'")
+    dirs = [Path(d) for d in dirs]
+    problems = [p for d in dirs for p in check_releasable(d, read_manifest(d))]
+    if problems:
+        raise ReleaseError("refusing to release: " + "; ".join(problems))
+    merged, owners = merge_manifests(dirs)
+    slug = dirs[0].name
+    if len({d.name for d in dirs}) > 1:
+        slug = re.sub(r"[^A-Za-z0-9._-]", "-", merged["model"]["name"])
+    target = Path(out) / safe_asset_name(f"{slug}-{tag}")
+    if target.exists():
+        raise ReleaseError(f"{target} already exists; choose a new tag or remove it")
+    Path(out).mkdir(parents=True, exist_ok=True)
+    staging = Path(out) / f".{target.name}.partial-{os.getpid()}"
+    shutil.rmtree(staging, ignore_errors=True)
+    staging.mkdir()
+    try:
+        assets: list[str] = []
+        renamed: dict[str, str] = {}
+        for entry in merged["artifacts"]:
+            name = asset_name(slug, entry)
+            progress(f"adding {name}")
+            assets += _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name) if entry["format"] == "onnx" else _copy_plain(owners[entry["path"]] / entry["path"], staging, name)
+            renamed[entry["path"]] = name
+            entry["source_path"] = entry["path"]
+            entry.update(file_record(staging / name, staging))
+            entry["external_data"] = [file_record(staging / n, staging) for n in assets if n.startswith(f"{name}.data")]
+        for row in merged["verification"]["results"]:
+            if row["path"] in renamed:
+                row["path"] = renamed[row["path"]]
+                row["sha256"] = next(e["sha256"] for e in merged["artifacts"] if e["path"] == row["path"])
+        if merged.get("reference"):
+            ref_name = safe_asset_name(f"{slug}-reference.npz")
+            assets += _copy_plain(dirs[0] / merged["reference"]["path"], staging, ref_name)
+            merged["reference"].update(file_record(staging / ref_name, staging))
+        merged["release"] = {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]}
+        write_manifest(staging, merged)
+        atomic_write_text(staging / "MODEL_CARD.md", model_card(merged, slug, tag))
+        assets += [MANIFEST_NAME, "MODEL_CARD.md"]
+        sums = "".join(f"{sha256_file(staging / a)}  {a}\n" for a in sorted(assets))
+        atomic_write_text(staging / "SHA256SUMS", sums)
+        assets.append("SHA256SUMS")
+        os.replace(staging, target)
+    finally:
+        shutil.rmtree(staging, ignore_errors=True)
+    uploaded = False
+    if upload:
+        progress(f"uploading {len(assets)} assets to the GitHub release {tag}")
+        upload_with_gh(target, tag, assets)
+        uploaded = True
+    return ReleaseResult(tag, target, tuple(assets), uploaded, tuple(dirs))
+
+
+def _copy_plain(source: Path, staging: Path, name: str) -> list[str]:
+    shutil.copyfile(source, _inside(staging, name))
+    return [name]
+
+
+def upload_with_gh(directory: Path, tag: str, assets: Sequence[str]) -> None:
+    """All assets in one `gh release upload`; any failure is an error, never a partial success."""
+    gh = shutil.which("gh")
+    if gh is None:
+        raise ReleaseError(f"--upload needs the GitHub CLI 'gh', which is not installed; the assets are ready in {directory}")
+    auth = subprocess.run([gh, "auth", "status"], capture_output=True, text=True)
+    if auth.returncode != 0:
+        raise ReleaseError(f"--upload: gh is not authenticated (run 'gh auth login'); the assets are ready in {directory}")
+    view = subprocess.run([gh, "release", "view", tag], capture_output=True, text=True)
+    if view.returncode != 0:
+        created = subprocess.run([gh, "release", "create", tag, "--title", tag, "--notes-file", str(directory / "MODEL_CARD.md")], capture_output=True, text=True)
+        if created.returncode != 0:
+            raise ReleaseError(f"gh release create {tag} failed: {created.stderr.strip().splitlines()[-1] if created.stderr.strip() else created.returncode}")
+    done = subprocess.run([gh, "release", "upload", tag, *[str(directory / a) for a in assets]], capture_output=True, text=True)
+    if done.returncode != 0:
+        raise ReleaseError(f"gh release upload {tag} failed, check the release for partial assets: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+
+
+def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
+    model = manifest["model"]
+    licence = "none: random weights" if model.get("random_init") else WEIGHT_LICENCES.get(model.get("pretrained") or "", "check the licence of the weights source")
+    pre, tok = manifest["preprocess"], manifest["tokenizer"]
+    visual = next((a for a in manifest["artifacts"] if a["tower"] == "visual" and a["format"] == "onnx" and a["precision"] == "fp32"), None)
+    text = next((a for a in manifest["artifacts"] if a["tower"] == "text" and a["format"] == "onnx" and a["precision"] == "fp32"), None)
+    lines = [
+        f"# {model['name']} — clip-export release {tag}",
+        "",
+        f"- Architecture: open_clip `{model['arch']}`; weights: {model['source']}; checkpoint sha256: `{model.get('checkpoint_sha256') or 'n/a'}`.",
+        f"- Weights licence: {licence}.",
+        f"- Embedding size: {model.get('embed_dim')}; normalisation in graph: {bool(manifest.get('normalize'))}.",
+        f"- Preprocessing: {pre['image_size'][0]}×{pre['image_size'][1]}, resize {pre['resize_mode']} side with {pre['interpolation']}, centre crop, mean {pre['mean']}, std {pre['std']}.",
+        f"- Tokenizer: {tok.get('kind', 'open_clip')}, context {tok['context_length']}, SOT {tok['sot_token_id']}, EOT {tok['eot_token_id']}.",
+        "",
+        "## Artifacts",
+        "",
+        "| asset | tower | precision | format | input | output | bytes | sha256 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a in manifest["artifacts"]:
+        i, o = a["inputs"][0], a["outputs"][0]
+        lines.append(f"| {a['path']} | {a['tower']} | {a['precision']} | {a['format']} | `{i['name']}` {i['dtype']} {i['shape']} | `{o['name']}` {o['dtype']} {o['shape']} | {a['bytes']} | `{a['sha256'][:16]}…` |")
+    lines += ["", "## Verification", "", "| asset | provider | mean abs diff (norm.) | min cosine | verdict |", "|---|---|---|---|---|"]
+    for r in manifest.get("verification", {}).get("results", []):
+        metrics = r.get("metrics", {})
+        lines.append(f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} |")
+    bench = manifest.get("benchmark")
+    if bench:
+        lines += ["", f"## Batch-1 latency ({bench.get('machine', {}).get('cpu', 'unknown machine')}, {bench.get('date', '')})", "", "| name | tower | provider | p50 ms | × torch eager |", "|---|---|---|---|---|"]
+        for r in bench.get("rows", []):
+            if r["batch"] == 1 and r.get("latency"):
+                ratio = r.get("speedup_vs_torch")
+                lines.append(f"| {r['name']} | {r['tower']} | {r.get('provider_ran')} | {r['latency']['p50_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} |")
+    if visual and text:
+        lines += [
+            "",
+            "## Use it with plain onnxruntime",
+            "",
+            "```python",
+            "import numpy as np, onnxruntime as ort, open_clip",
+            "from PIL import Image",
+            f"visual = ort.InferenceSession('{visual['path']}'); text = ort.InferenceSession('{text['path']}')",
+            f"size, mean, std = {pre['image_size'][0]}, np.array({pre['mean']}, 'f4'), np.array({pre['std']}, 'f4')",
+            "img = Image.open('photo.jpg'); s = size / min(img.size); img = img.resize((int(img.width * s), int(img.height * s)), Image.BICUBIC)",
+            "l, t = round((img.width - size) / 2), round((img.height - size) / 2); img = img.crop((l, t, l + size, t + size)).convert('RGB')",
+            "pixels = ((np.asarray(img, 'f4') / 255 - mean) / std).transpose(2, 0, 1)[None]",
+            f"ids = open_clip.get_tokenizer('{model['arch']}')(['a photo of a cat']).numpy()",
+            "image_vec = visual.run(None, {'pixel_values': pixels})[0]; text_vec = text.run(None, {'input_ids': ids})[0]",
+            "print((image_vec / np.linalg.norm(image_vec)) @ (text_vec / np.linalg.norm(text_vec)).T)",
+            "```",
+            "",
+            "`clip_export.runtime.ClipOnnx.from_release(path)` does the same with hash checks and the exact resize rule (short side to "
+            f"{pre['image_size'][0]}, long side truncated).",
+        ]
+    return "\n".join(lines) + "\n"

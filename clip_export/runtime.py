@@ -1,0 +1,121 @@
+"""A small runtime for released artifacts: the search engine's `vectorise()` without torch models.
+
+    model = ClipOnnx.from_release("dist/ViT-B-32-v1", provider="cpu")
+    image_vectors = model.embed_images(["photo.jpg"])
+    text_vectors = model.embed_texts(["a photo of a cat"])
+
+Hashes are checked on load; preprocessing and tokenization follow the manifest. Tokenization uses
+open_clip's tokenizer (or the Hugging Face tokenizer a directory export recorded).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+from PIL import Image
+
+from .errors import ClipExportError, IntegrityError
+from .manifest import integrity_problems, read_manifest
+from .models import PreprocessConfig
+from .preprocess import preprocess_crop_box, preprocess_reference
+from .sessions import SessionOptions, create_session
+from .spec import TOWERS
+
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    path: Path
+    precision: str
+    provider: str
+
+
+class ClipOnnx:
+    """Both towers of one release, ready to embed one document at a time or in batches."""
+
+    def __init__(self, root: Path, manifest: dict[str, Any], visual: Any, text: Any, info: dict[str, LoadedArtifact], fast_preprocess: bool) -> None:
+        self.root = root
+        self.manifest = manifest
+        self._visual = visual
+        self._text = text
+        self.artifacts = info
+        self.preprocess_config = PreprocessConfig.from_json(manifest["preprocess"])
+        self._preprocess = preprocess_crop_box if fast_preprocess else preprocess_reference
+        self._tokenizer: Any = None
+        self.normalized_in_graph = bool(manifest.get("normalize"))
+
+    @classmethod
+    def from_release(cls, path: str | Path, provider: str = "cpu", precision: str = "fp32", threads: int = 0, fast_preprocess: bool = False) -> "ClipOnnx":
+        """Open a release directory (or an artifact directory) and check every file it will use."""
+        root = Path(path)
+        manifest = read_manifest(root)
+        sessions: dict[str, Any] = {}
+        info: dict[str, LoadedArtifact] = {}
+        for tower in TOWERS:
+            candidates = [a for a in manifest["artifacts"] if a["tower"] == tower and a["format"] == "onnx" and a["precision"] == precision]
+            if not candidates:
+                continue
+            entry = candidates[0]
+            problems = integrity_problems(root, entry)
+            if problems:
+                raise IntegrityError(f"refusing to load {entry['path']}: {'; '.join(problems)}")
+            session = create_session(root / entry["path"], SessionOptions(provider=provider, precision=precision, intra_op_threads=threads))
+            sessions[tower] = session
+            info[tower] = LoadedArtifact(root / entry["path"], precision, session.get_providers()[0])
+        if not sessions:
+            available = sorted({f"{a['precision']}/{a['format']}" for a in manifest["artifacts"]})
+            raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
+        return cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, fast_preprocess)
+
+    def _load_image(self, item: Any) -> Image.Image:
+        if isinstance(item, Image.Image):
+            return item
+        try:
+            with Image.open(item) as handle:
+                handle.load()
+                return handle.copy()
+        except OSError as exc:
+            raise ClipExportError(f"cannot read image {item}: {exc}") from None
+
+    def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
+        return np.stack([self._preprocess(self._load_image(i), self.preprocess_config) for i in images]).astype(np.float32, copy=False)
+
+    def embed_images(self, images: Sequence[Any], normalize: bool = True) -> np.ndarray:
+        if self._visual is None:
+            raise ClipExportError(f"{self.root} has no visual tower")
+        out = self._visual.run(None, {"pixel_values": self.pixel_values(images)})[0]
+        return _l2(out) if normalize and not self.normalized_in_graph else out
+
+    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+        if self._tokenizer is None:
+            self._tokenizer = _tokenizer_for(self.manifest)
+        return self._tokenizer(list(texts))
+
+    def embed_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+        if self._text is None:
+            raise ClipExportError(f"{self.root} has no text tower")
+        out = self._text.run(None, {"input_ids": self.tokenize(texts)})[0]
+        return _l2(out) if normalize and not self.normalized_in_graph else out
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _tokenizer_for(manifest: dict[str, Any]) -> Any:
+    settings = manifest["tokenizer"]
+    context = int(settings["context_length"])
+    if settings.get("kind") == "huggingface":
+        from transformers import CLIPTokenizer
+
+        hf = CLIPTokenizer.from_pretrained(str(manifest["model"]["source"]).split(":", 1)[1], local_files_only=True)
+        return lambda texts: np.asarray(hf(texts, padding="max_length", truncation=True, max_length=context)["input_ids"], dtype=np.int64)
+    import open_clip
+
+    arch = manifest["model"]["arch"]
+    tokenizer = open_clip.get_tokenizer(arch if arch in open_clip.list_models() else "ViT-B-32")
+    if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
+        raise ClipExportError(f"the tokenizer for {arch} does not use the SOT/EOT ids recorded in the manifest")
+    return lambda texts: tokenizer(texts, context_length=context).numpy().astype(np.int64)
