@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import io
 import json
 import os
@@ -20,7 +21,7 @@ from .evalset import EvalSet, load_evalset
 from .manifest import SCHEMA_VERSION, file_record, now_iso, write_manifest
 from .models import LoadedModel, ModelSpec, load_model, resolve
 from .preprocess import preprocess_batch
-from .sessions import create_session
+from .sessions import SessionOptions, create_session
 from .spec import (
     BATCH_AXIS,
     DEFAULT_OPSET,
@@ -156,6 +157,96 @@ def external_data_files(onnx_path: Path) -> list[str]:
     return sorted(locations)
 
 
+def _make_strided_initializers_lazy(model: Any) -> None:
+    """Constant folding leaves transposed weights as strided numpy views, which numpy's tofile
+    writes element by element (seconds per tower). A lazy tensor makes one contiguous copy of one
+    weight at a time while saving, instead of all of them up front."""
+    import onnx_ir as ir
+
+    for value in model.graph.initializers.values():
+        tensor = value.const_value
+        raw = getattr(tensor, "raw", None)
+        if isinstance(tensor, ir.Tensor) and isinstance(raw, np.ndarray) and not raw.flags.c_contiguous:
+            value.const_value = ir.LazyTensor(
+                lambda raw=raw: ir.Tensor(np.ascontiguousarray(raw)), dtype=tensor.dtype, shape=tensor.shape, name=tensor.name
+            )
+
+
+def _varint(value: int) -> bytes:
+    out = bytearray()
+    while True:
+        byte = value & 0x7F
+        value >>= 7
+        out.append(byte | (0x80 if value else 0))
+        if not value:
+            return bytes(out)
+
+
+_GRAPH_FIELD = bytes([(7 << 3) | 2])  # ModelProto.graph
+_INITIALIZER_FIELD = bytes([(5 << 3) | 2])  # GraphProto.initializer
+_RAW_DATA_FIELD = bytes([(9 << 3) | 2])  # TensorProto.raw_data
+
+
+def inline_external_data(onnx_path: Path, chunk: int = 1 << 24) -> None:
+    """Rewrite a model whose initializers live in external files as one self-contained file.
+
+    The protobuf is written field by field, streaming each tensor's bytes from its data file, so
+    memory stays at one chunk instead of two full copies of the weights (a ModelProto and its
+    serialised bytes). Repeated fields may appear in any order, so the initializers are appended
+    after the rest of the graph.
+    """
+    import onnx
+    from onnx import TensorProto
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    base = onnx_path.parent
+    external = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
+    if not external:
+        return
+    stubs = []
+    for tensor in external:
+        info = {e.key: e.value for e in tensor.external_data}
+        stub = TensorProto()
+        stub.CopyFrom(tensor)
+        stub.ClearField("external_data")
+        stub.ClearField("data_location")
+        stub.ClearField("raw_data")
+        length = int(info["length"]) if "length" in info else (base / info["location"]).stat().st_size - int(info.get("offset", 0))
+        stubs.append((stub.SerializeToString(), base / info["location"], int(info.get("offset", 0)), length))
+    kept = [t for t in model.graph.initializer if t.data_location != TensorProto.EXTERNAL]
+    del model.graph.initializer[:]
+    model.graph.initializer.extend(kept)
+    graph_head = model.graph.SerializeToString()
+    model.ClearField("graph")
+    model_head = model.SerializeToString()
+    entries = []
+    for stub, _, _, length in stubs:
+        tensor_size = len(stub) + 1 + len(_varint(length)) + length
+        entries.append(tensor_size)
+    graph_size = len(graph_head) + sum(1 + len(_varint(size)) + size for size in entries)
+    tmp = onnx_path.with_name(f".{onnx_path.name}.inline-{os.getpid()}")
+    data_files = {source for _, source, _, _ in stubs}
+    try:
+        with open(tmp, "wb") as out:
+            out.write(model_head + _GRAPH_FIELD + _varint(graph_size) + graph_head)
+            for (stub, source, offset, length), size in zip(stubs, entries):
+                out.write(_INITIALIZER_FIELD + _varint(size) + stub + _RAW_DATA_FIELD + _varint(length))
+                with open(source, "rb") as data:
+                    data.seek(offset)
+                    remaining = length
+                    while remaining:
+                        block = data.read(min(chunk, remaining))
+                        if not block:
+                            raise ClipExportError(f"external data file {source.name} is shorter than its tensors say")
+                        out.write(block)
+                        remaining -= len(block)
+        os.replace(tmp, onnx_path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    for source in data_files:
+        source.unlink(missing_ok=True)
+
+
 def _torch_export(module: Any, example: Any, tower: str, opset: int) -> Any:
     import torch
 
@@ -195,8 +286,15 @@ def export_tower(
         raise ClipExportError(f"torch.onnx.export failed for the {tower} tower of {loaded.spec.arch}: {str(exc).splitlines()[0]}") from None
     program.model.metadata_props.update(_metadata(loaded, tower, opset, normalize))
     use_external = external_data if external_data is not None else tower_parameter_bytes(loaded, tower) > EXTERNAL_DATA_THRESHOLD_BYTES
-    program.save(str(path), external_data=use_external)
+    # Always stream the weights to a side file first: serialising a whole ModelProto in memory
+    # costs two extra copies of the weights. Small towers are then stitched into one file.
+    _make_strided_initializers_lazy(program.model)
+    program.save(str(path), external_data=True)
     del program
+    gc.collect()
+    if not use_external:
+        inline_external_data(path)
+        return ()  # loading a >1 GB single-file model just to list nothing would double memory
     return tuple(external_data_files(path))
 
 
@@ -204,7 +302,7 @@ def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -
     """Run the fresh ONNX tower next to torch on a batch of 3 (not the traced 2)."""
     inputs = example_input(loaded, tower, 3, seed=0)
     expected = torch_embed(loaded, tower, inputs, normalize)
-    session = create_session(path)
+    session = create_session(path, SessionOptions(prepacking=False))
     got = session.run(None, {TOWERS[tower].input_name: inputs})[0]
     del session
     delta = np.abs(l2_normalize(got) - l2_normalize(expected))

@@ -56,6 +56,9 @@ class SessionOptions:
     precision: str = "fp32"
     graph_optimization: str = "all"
     provider_options: tuple[tuple[str, str], ...] = ()
+    # Pre-packing keeps a second, re-laid-out copy of every weight matrix: faster, but a one-off
+    # check (the export gate) does not need it and it doubles the session's memory.
+    prepacking: bool = True
 
 
 def create_session(path: Path, options: SessionOptions = SessionOptions()) -> Any:
@@ -73,6 +76,8 @@ def create_session(path: Path, options: SessionOptions = SessionOptions()) -> An
     if options.intra_op_threads:
         so.intra_op_num_threads = options.intra_op_threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
+    if not options.prepacking:
+        so.add_session_config_entry("session.disable_prepacking", "1")
     providers: list[Any] = [(wanted, dict(options.provider_options))] if options.provider_options else [wanted]
     if wanted != "CPUExecutionProvider":
         providers.append("CPUExecutionProvider")  # for nodes the accelerator lacks; checked below
