@@ -340,7 +340,7 @@ def report_images(evalset_dir: Path | None = None) -> list[Path]:
     from .evalset import BUNDLED_DIR
 
     images = (evalset_dir or BUNDLED_DIR / "images")
-    return [images / "motorcycles-wide-alpha.png", images / "rocket-small.jpg"]
+    return [images / "coffee-and-cat-wide-alpha.png", images / "rocket-small.jpg"]
 
 
 def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int, loaded: Any | None) -> list[StageTimes]:

@@ -63,7 +63,7 @@ def test_bench_end_to_end_through_the_cli(tiny_vit_copy: Path) -> None:
     assert eager["speedup_vs_torch"] == pytest.approx(1.0)
     assert data["ceilings_gflops"]["fp32"] > 0 and data["flops_per_item"]["visual"] > 0
     assert data["machine"]["cores"] >= 1 and "onnxruntime" in data["versions"]
-    assert {s["image"] for s in data["breakdown"]} == {"motorcycles-wide-alpha.png", "rocket-small.jpg"}
+    assert {s["image"] for s in data["breakdown"]} == {"coffee-and-cat-wide-alpha.png", "rocket-small.jpg"}
     variants = {p["variant"]: p for p in data["preprocessing"]}
     assert variants["reference-pil"]["pixel_max_abs"] == 0.0 and variants["reference-pil"]["within_fp32_tolerance"] is True
     assert variants["opencv"]["pixel_max_abs"] > 0.1

@@ -24,7 +24,7 @@ def test_bundled_set_has_the_required_kinds() -> None:
     evalset = load_evalset()
     images = dict(zip(evalset.image_names, evalset.open_images()))
     assert len(images) >= 24 and len(evalset.captions) >= 48
-    wide = images["motorcycles-wide-alpha.png"]
+    wide = images["coffee-and-cat-wide-alpha.png"]
     assert wide.mode == "RGBA" and wide.size == (2162, 762)
     assert images["rocket-small.jpg"].size == (640, 427)
     assert any(im.mode == "L" for im in images.values())

@@ -32,8 +32,8 @@ PLAIN = {
     "immunohistochemistry": ("ihc.png", None),
     "microscopy-cells": ("cell.png", None),
     "moon": ("moon.png", None),
-    "motorcycle": ("motorcycle_left.png", None),
-    "motorcycle-wheel-detail": ("motorcycle_right.png", (0, 150, 350, 500)),
+    "cat-face-detail": ("chelsea.png", (100, 0, 300, 200)),
+    "coins-detail": ("coins.png", (0, 0, 200, 150)),
     "page-scan": ("page.png", None),
     "retina": ("retina.jpg", None),
     "retina-detail": ("retina.jpg", (400, 400, 1000, 1000)),
@@ -57,15 +57,15 @@ def main() -> None:
         _save_jpeg(image.crop(box) if box else image, name)
     # The report's two image kinds: a small JPEG (640x427) and a large RGBA PNG (2162x762).
     Image.open(SOURCE / "rocket.jpg").convert("RGB").save(TARGET / "rocket-small.jpg", quality=92)
-    left = Image.open(SOURCE / "motorcycle_left.png").convert("RGB")
-    right = Image.open(SOURCE / "motorcycle_right.png").convert("RGB")
+    left = Image.open(SOURCE / "coffee.png").convert("RGB")
+    right = Image.open(SOURCE / "chelsea.png").convert("RGB").resize((600, 400), Image.BICUBIC)
     strip = Image.new("RGB", (left.width + right.width, left.height))
     strip.paste(left, (0, 0))
     strip.paste(right, (left.width, 0))
     wide = strip.resize((2162, 762), Image.BICUBIC)
     alpha = np.tile(np.linspace(255, 96, wide.width, dtype=np.uint8), (wide.height, 1))
     wide.putalpha(Image.fromarray(alpha, "L"))
-    wide.save(TARGET / "motorcycles-wide-alpha.png", optimize=True)
+    wide.save(TARGET / "coffee-and-cat-wide-alpha.png", optimize=True)
     # A grayscale photograph kept in mode L, and one smaller than the 224 px crop.
     Image.open(SOURCE / "camera.png").convert("L").save(TARGET / "cameraman-grayscale.png", optimize=True)
     Image.open(SOURCE / "microaneurysms.png").convert("L").save(TARGET / "microaneurysms-tiny.png")
