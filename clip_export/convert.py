@@ -10,10 +10,10 @@ from typing import Any, Callable, Sequence
 
 from .errors import ConversionError, ManifestError
 from .manifest import file_record, find_artifact, read_manifest, require_intact, upsert_artifact, write_manifest
+from .progress import Progress, silent
 from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
 from .verify import gate
 
-Progress = Callable[[str], None]
 
 # Ops kept in fp32 inside the fp16 graph, chosen by measurement (docs/convert.md): LayerNorm and
 # its reductions overflow or lose the mean in fp16, Softmax loses small probabilities. The
@@ -45,9 +45,6 @@ class ConvertResult:
     precision: str
     artifacts: tuple[ConvertedArtifact, ...]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def _onnx() -> Any:
@@ -244,7 +241,7 @@ def convert_fp16(
     force: bool = False,
     fuse: bool = False,
     extra_fp32_ops: Sequence[str] = (),
-    progress: Progress = _quiet,
+    progress: Progress = silent,
 ) -> ConvertResult:
     """fp16 weights and compute with fp32 inputs/outputs; fragile ops stay fp32."""
     onnx = _onnx()
@@ -277,7 +274,7 @@ def quantize_int8(
     per_channel: bool = True,
     exclude_nodes: Sequence[str] = (),
     force: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = silent,
 ) -> ConvertResult:
     """Dynamic INT8 quantization of MatMul/Gemm weights for CPU serving."""
     try:

@@ -11,7 +11,7 @@ import time
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
@@ -21,6 +21,7 @@ from .evalset import EvalSet, load_evalset
 from .manifest import SCHEMA_VERSION, file_record, now_iso, write_manifest
 from .models import LoadedModel, ModelSpec, load_model, resolve
 from .preprocess import preprocess_batch
+from .progress import Progress, silent
 from .sessions import SessionOptions, create_session
 from .spec import (
     BATCH_AXIS,
@@ -32,7 +33,6 @@ from .spec import (
     TOWERS,
 )
 
-Progress = Callable[[str], None]
 REFERENCE_NAME = "reference.npz"
 
 
@@ -55,9 +55,6 @@ class ExportResult:
     towers: tuple[TowerResult, ...]
     seconds: float
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def versions() -> dict[str, str]:
@@ -358,7 +355,7 @@ def export_onnx(
     force: bool = False,
     external_data: bool | None = None,
     evalset: EvalSet | None = None,
-    progress: Progress = _quiet,
+    progress: Progress = silent,
     loaded: LoadedModel | None = None,
 ) -> ExportResult:
     """Export the requested towers of one model into OUT/<slug>/ with its manifest and reference."""

@@ -27,6 +27,8 @@ OPENAI_NAMES: dict[str, str] = {
     "ViT-L/14": "ViT-L-14-quickgelu",
     "ViT-L/14@336px": "ViT-L-14-336-quickgelu",
 }
+OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
+OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 OFFLINE_HINT = "pass --weights PATH for a local checkpoint, or --random-init for seeded random weights"
 
 
@@ -358,8 +360,8 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     size = (size, size) if isinstance(size, int) else tuple(size)
     preprocess = PreprocessConfig(
         image_size=size,  # type: ignore[arg-type]
-        mean=tuple(base_cfg.get("mean", (0.48145466, 0.4578275, 0.40821073))),  # type: ignore[arg-type]
-        std=tuple(base_cfg.get("std", (0.26862954, 0.26130258, 0.27577711))),  # type: ignore[arg-type]
+        mean=tuple(base_cfg.get("mean", OPENAI_MEAN)),  # type: ignore[arg-type]
+        std=tuple(base_cfg.get("std", OPENAI_STD)),  # type: ignore[arg-type]
         interpolation=base_cfg.get("interpolation", "bicubic"),
         resize_mode=base_cfg.get("resize_mode", "shortest"),
     )
@@ -410,8 +412,8 @@ def _load_hf(spec: ModelSpec) -> LoadedModel:
     crop = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
     preprocess = PreprocessConfig(
         image_size=crop,
-        mean=tuple(pre.get("image_mean", (0.48145466, 0.4578275, 0.40821073))),  # type: ignore[arg-type]
-        std=tuple(pre.get("image_std", (0.26862954, 0.26130258, 0.27577711))),  # type: ignore[arg-type]
+        mean=tuple(pre.get("image_mean", OPENAI_MEAN)),  # type: ignore[arg-type]
+        std=tuple(pre.get("image_std", OPENAI_STD)),  # type: ignore[arg-type]
     )
     context_length = int(model.hf.config.text_config.max_position_embeddings)
 

@@ -7,13 +7,10 @@ from typing import Callable, Sequence
 
 from .errors import ClipExportError
 from .models import ModelSpec
+from .progress import Progress, silent
 
-Progress = Callable[[str], None]
 PRECISIONS = ("fp32", "fp16", "int8")
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -52,7 +49,7 @@ def run_pipeline(
     providers: Sequence[str] = ("cpu",),
     force: bool = False,
     bench_budget_s: float = 1.0,
-    progress: Progress = _quiet,
+    progress: Progress = silent,
 ) -> PipelineResult:
     """Each stage is a gate; the first failure stops the run, and what passed before it stays usable."""
     unknown = [p for p in precisions if p not in PRECISIONS]

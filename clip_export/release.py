@@ -8,7 +8,7 @@ import shutil
 import subprocess
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 from .errors import ReleaseError
 from .manifest import (
@@ -21,16 +21,13 @@ from .manifest import (
     write_manifest,
 )
 from .models import sha256_file
+from .progress import Progress, silent
 
-Progress = Callable[[str], None]
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 WEIGHT_LICENCES = {
     "openai": "MIT (OpenAI CLIP weights)",
 }
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 @dataclass(frozen=True)
@@ -139,7 +136,7 @@ def release(
     tag: str,
     out: Path = Path("dist"),
     upload: bool = False,
-    progress: Progress = _quiet,
+    progress: Progress = silent,
 ) -> ReleaseResult:
     if not tag or not SAFE_NAME.match(tag):
         raise ReleaseError(f"invalid tag '{tag}': use letters, digits, '.', '_' and '-'")

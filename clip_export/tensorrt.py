@@ -10,16 +10,16 @@ import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
 from .errors import ConversionError, ManifestError, MissingExtraError, TensorRTError
 from .manifest import atomic_write_bytes, file_record, find_artifact, read_manifest, require_intact, upsert_artifact, write_manifest
+from .progress import Progress, silent
 from .spec import TOWERS
 from .verify import gate
 
-Progress = Callable[[str], None]
 SUPPORTED_MAJORS = (10, 11)
 TIMING_CACHE_NAME = "tensorrt.timing.cache"
 DEFAULT_PROFILE = (1, 1, 64)
@@ -45,9 +45,6 @@ class TrtResult:
     compute_capability: str
     engines: tuple[EngineResult, ...]
 
-
-def _quiet(_: str) -> None:
-    pass
 
 
 def import_tensorrt() -> Any:
@@ -132,7 +129,6 @@ def build_engine(
 
 def epcontext_model(engine_name: str, entry: dict[str, Any], trt_version: str, compute_capability: str) -> Any:
     """An ONNX model with one EPContext node pointing at the engine, for onnxruntime's TensorRT EP."""
-    import onnx
     from onnx import TensorProto, helper
 
     dtype = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
@@ -169,7 +165,7 @@ def build_engines(
     epcontext: bool = False,
     force: bool = False,
     verify_engines: bool = True,
-    progress: Progress = _quiet,
+    progress: Progress = silent,
 ) -> TrtResult:
     """Build a `.plan` per tower from the verified ONNX of the requested precision."""
     if not (1 <= batch[0] <= batch[1] <= batch[2]):

@@ -12,15 +12,16 @@ from .errors import ClipExportError, ProviderUnavailableError
 from .evalset import EvalSet, load_evalset
 from .export import REFERENCE_NAME, compute_reference, l2_normalize, versions
 from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, write_manifest
+from .progress import Progress, silent
 from .sessions import SessionOptions, create_session, provider_name
 from .spec import THRESHOLDS, TOWERS, Thresholds, threshold_key
 
-Progress = Callable[[str], None]
 BATCH_CHECK_SIZE = 7
 # A swap of the top-1 is a tie, not a disagreement, when the reference itself separates the two
-# items by less than the artifact's typical score noise on that query (twice the RMS deviation of
-# its scores from the reference's, or this floor in cosine units): rounding of that size reorders
-# them. A swap across a wider margin needs outlier errors and counts. Ties are counted and shown.
+# items by less than three standard deviations of the difference of two of the artifact's score
+# errors on that query (3·√2·RMS of its score deviations), or by less than this floor in cosine
+# units: independent rounding of that size reorders them. A swap across a wider margin needs
+# outlier errors and counts as a disagreement. Ties are counted and shown.
 TIE_MARGIN = 1e-6
 
 
@@ -83,9 +84,6 @@ class VerifyResult:
         return [f"{c.path} [{c.provider_requested}]: {f}" for c in self.checks for f in c.failures]
 
 
-def _quiet(_: str) -> None:
-    pass
-
 
 def run_batches(session: Any, input_name: str, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
     return np.concatenate([session.run(None, {input_name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)])
@@ -113,7 +111,7 @@ def retrieval_agreement(ref_q: np.ndarray, ref_g: np.ndarray, art_q: np.ndarray,
     agree, ties, overlap, changed = 0, 0, 0.0, 0
     finite = np.isfinite(ref_scores)
     deviation = np.where(finite, art_scores, 0.0) - np.where(finite, ref_scores, 0.0)
-    noise = 2.0 * np.sqrt((deviation**2).sum(axis=1) / np.maximum(finite.sum(axis=1), 1))
+    noise = 3.0 * np.sqrt(2.0) * np.sqrt((deviation**2).sum(axis=1) / np.maximum(finite.sum(axis=1), 1))
     for q in range(len(ref_scores)):
         r1, a1 = ref_order[q, 0], art_order[q, 0]
         if r1 == a1:
@@ -290,7 +288,7 @@ def verify(
     thresholds: dict[str, float] | None = None,
     only: Callable[[dict[str, Any]], bool] | None = None,
     write: bool = True,
-    progress: Progress = _quiet,
+    progress: Progress = silent,
 ) -> VerifyResult:
     """Check every artifact listed in DIR's manifest on every requested provider."""
     model_dir = Path(model_dir)

@@ -120,3 +120,15 @@ def test_preprocess_and_tokenizer_facts() -> None:
     assert (loaded.tokenizer.context_length, loaded.tokenizer.sot_token_id, loaded.tokenizer.eot_token_id) == (77, 49406, 49407)
     ids = np.asarray(loaded.tokenize(["a photo"]))
     assert ids[0, 0] == 49406 and 49407 in ids[0]
+
+
+def test_openai_torchscript_archive_is_read_without_pickle(tmp_path: Path) -> None:
+    """OpenAI's .pt files are TorchScript archives; they load through torch.jit, not pickle."""
+    import open_clip
+
+    scripted = open_clip.create_model("tiny-vit", pretrained=None, jit=True)
+    path = tmp_path / "openai-style.pt"
+    torch.jit.save(scripted, str(path))
+    assert models._is_torchscript_archive(path)
+    state, is_jit = models.read_state_dict(path)
+    assert is_jit and "visual.proj" in state and "text_projection" in state
