@@ -80,7 +80,9 @@ class ClipOnnx:
             raise ClipExportError(f"cannot read image {item}: {exc}") from None
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
-        return np.stack([self._preprocess(self._load_image(i), self.preprocess_config) for i in images]).astype(np.float32, copy=False)
+        if len(images) == 1:  # the vectorise() case: no stacking copy
+            return self._preprocess(self._load_image(images[0]), self.preprocess_config)[None]
+        return np.stack([self._preprocess(self._load_image(i), self.preprocess_config) for i in images])
 
     def embed_images(self, images: Sequence[Any], normalize: bool = True) -> np.ndarray:
         if self._visual is None:
