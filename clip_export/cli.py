@@ -432,7 +432,7 @@ def pipeline(model: str, pretrained: str | None, weights: Path | None, random_in
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("dirs", nargs=-1, required=True, type=click.Path(path_type=Path))
+@dirs_argument
 @click.option("--tag", required=True, help="Release tag, e.g. v1.0.0.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dist"), show_default=True, help="Where the release directory is written.")
 @click.option("--upload", is_flag=True, help="Attach the assets to the GitHub release TAG with the gh CLI.")
@@ -449,7 +449,10 @@ def release(dirs: Sequence[Path], tag: str, out: Path, upload: bool, as_json: bo
     """
     from .release import release as make_release
 
-    result = make_release(dirs, tag=tag, out=out, upload=upload, progress=_progress(quiet or as_json))
+    chosen = resolve_dirs(dirs)
+    if not dirs and len(chosen) > 1:
+        raise ClipExportError(f"artifacts/ holds {len(chosen)} models ({', '.join(d.name for d in chosen)}); name the DIR to release")
+    result = make_release(chosen, tag=tag, out=out, upload=upload, progress=_progress(quiet or as_json))
     if as_json:
         emit_json(result)
         return

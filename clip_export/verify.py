@@ -318,18 +318,31 @@ def verify(
         report = model_dir / "VERIFY.md"
         atomic_write_text(report, render_markdown(result, limits))
         manifest = read_manifest(model_dir)
-        manifest["verification"] = {
-            "date": now_iso(),
-            "passed": result.passed,
-            "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
-            "versions": result.versions,
-            "evalset": evalset_source,
-            "reference": reference_desc,
-            "results": [_check_json(c) for c in checks],
-        }
+        manifest["verification"] = merged_verification(manifest, [_check_json(c) for c in checks], evalset_source, reference_desc, result.versions)
         write_manifest(model_dir, manifest)
         result = VerifyResult(model_dir, result.checks, evalset_source, reference_desc, report, result.versions)
     return result
+
+
+def merged_verification(manifest: dict[str, Any], rows: list[dict[str, Any]], evalset: str, reference: str, found_versions: dict[str, str]) -> dict[str, Any]:
+    """This run's rows replace earlier rows for the same artifact and provider; rows for other
+    providers or artifacts stay while their artifact's bytes are unchanged, so verifying one
+    precision or one provider never erases the record of another."""
+    date = now_iso()
+    current = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
+    fresh = {(r["path"], r["provider_requested"]) for r in rows}
+    previous = (manifest.get("verification") or {}).get("results", [])
+    kept = [r for r in previous if (r["path"], r["provider_requested"]) not in fresh and current.get(r["path"]) == r.get("sha256")]
+    merged = kept + [{**r, "date": date} for r in rows]
+    return {
+        "date": date,
+        "passed": bool(merged) and all(r["status"] == "pass" for r in merged),
+        "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
+        "versions": found_versions,
+        "evalset": evalset,
+        "reference": reference,
+        "results": merged,
+    }
 
 
 def _check_json(check: ArtifactCheck) -> dict[str, Any]:

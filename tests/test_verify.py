@@ -149,3 +149,18 @@ def test_cuda_provider_really_runs(tiny_vit_copy: Path) -> None:
         pytest.skip("onnxruntime has no CUDAExecutionProvider here (install clip-export[gpu] on a CUDA machine)")
     result = verify(tiny_vit_copy, providers=["cuda"])
     assert result.passed and {c.provider_ran for c in result.checks} == {"CUDAExecutionProvider"}
+
+
+def test_a_partial_verify_keeps_the_other_records(tiny_vit_copy: Path) -> None:
+    """Verifying one precision or another provider must not erase earlier passing rows."""
+    assert verify(tiny_vit_copy).passed
+    verify(tiny_vit_copy, providers=["cuda"], only=lambda e: e["tower"] == "text")
+    rows = read_manifest(tiny_vit_copy)["verification"]["results"]
+    by_key = {(r["path"], r["provider_requested"]): r["status"] for r in rows}
+    assert by_key[("visual.onnx", "CPUExecutionProvider")] == "pass"
+    assert by_key[("text.onnx", "CPUExecutionProvider")] == "pass"
+    if ("text.onnx", "CUDAExecutionProvider") in by_key:
+        assert by_key[("text.onnx", "CUDAExecutionProvider")] in ("pass", "fail")
+    verify(tiny_vit_copy, thresholds={"mean_abs_normalized": 1e-12}, only=lambda e: e["tower"] == "visual")
+    rows = read_manifest(tiny_vit_copy)["verification"]["results"]
+    assert {(r["path"], r["provider_requested"]): r["status"] for r in rows}[("visual.onnx", "CPUExecutionProvider")] == "fail"
