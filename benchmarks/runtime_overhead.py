@@ -48,7 +48,7 @@ def main() -> None:
         bare = time_calls(lambda: text.run(None, {"input_ids": ids}), budget_s=args.budget)
         full = time_calls(lambda: runtime.embed_texts(["a photo of an astronaut riding a horse"]), budget_s=args.budget)
         rows.append({"input": "one caption", "preprocess": "open_clip tokenizer", "session_run_ms": bare.p50_ms, "embed_pil_ms": full.p50_ms, "embed_file_ms": None, "overhead_pil": full.p50_ms / bare.p50_ms - 1, "overhead_file": None})
-        del runtime
+        runtime = None  # one set of sessions alive at a time
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"runtime_{spec.slug}.json").write_text(json.dumps({"date": now_iso(), "rows": rows}, indent=2) + "\n")
     print(f"{now_iso()}, {args.model} random weights, CPU, batch 1\n")

@@ -261,7 +261,7 @@ def bench_onnx(path: Path, tower: str, precision: str, provider: str, batch: int
         stats, end_to_end = _bench_device_resident(session, input_name, inputs, budget_s)
         copy_ms = end_to_end.p50_ms - stats.p50_ms
     rss = _rss_mb()
-    del session
+    session = None  # release the weights before the next session is created
     gc.collect()
     return BenchRow(**base, provider_ran=ran, status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0), session_create_ms=create_ms, first_inference_ms=first_ms, copy_overhead_ms=copy_ms, rss_mb=rss)
 
@@ -376,7 +376,7 @@ def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int,
                 out = loaded.model.encode_image(x)
                 infer = _median_ms(lambda: loaded.model.encode_image(x))
             rows.append(StageTimes(path.name, f"{image.width}x{image.height} {image.mode}", rows[-1].load_ms, rows[-1].preprocess_ms, infer, _median_ms(lambda: out.numpy(), runs=50), "torch eager fp32 CPU"))
-    del session
+    session = None  # release the weights before the next session is created
     return rows
 
 

@@ -72,23 +72,20 @@ def l2_normalize(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-class _TowerModule:
-    """Factory for the torch wrappers whose forward is exactly encode_image / encode_text."""
+def tower_module(loaded: LoadedModel, tower: str, normalize: bool) -> Any:
+    """A torch module whose forward is exactly encode_image or encode_text: what gets traced."""
+    import torch
 
-    @staticmethod
-    def build(loaded: LoadedModel, tower: str, normalize: bool) -> Any:
-        import torch
+    class Tower(torch.nn.Module):
+        def __init__(self, model: Any) -> None:
+            super().__init__()
+            self.model = model
 
-        class Tower(torch.nn.Module):
-            def __init__(self, model: Any) -> None:
-                super().__init__()
-                self.model = model
+        def forward(self, x: Any) -> Any:
+            encode = self.model.encode_image if tower == "visual" else self.model.encode_text
+            return encode(x, normalize=normalize)
 
-            def forward(self, x: Any) -> Any:
-                encode = self.model.encode_image if tower == "visual" else self.model.encode_text
-                return encode(x, normalize=normalize)
-
-        return Tower(loaded.model).eval()
+    return Tower(loaded.model).eval()
 
 
 def example_input(loaded: LoadedModel, tower: str, batch: int, seed: int = 0) -> np.ndarray:
@@ -275,7 +272,7 @@ def export_tower(
     """Write one tower to `path`; returns the external data files written beside it."""
     import torch
 
-    module = _TowerModule.build(loaded, tower, normalize)
+    module = tower_module(loaded, tower, normalize)
     example = torch.from_numpy(example_input(loaded, tower, EXPORT_EXAMPLE_BATCH, seed=1))
     try:
         program = _torch_export(module, example, tower, opset)
