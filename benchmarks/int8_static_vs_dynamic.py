@@ -1,37 +1,69 @@
 """Static (calibrated) vs dynamic INT8 for the ViT-B/32 image tower: speed and fidelity at batch 1.
 
-    python benchmarks/int8_static_vs_dynamic.py   (after benchmarks/cpu_report.py made benchmarks/.work)
+    python benchmarks/int8_static_vs_dynamic.py
+
+Needs benchmarks/.work/ViT-B-32 from benchmarks/cpu_report.py. Calibrates on the bundled set's
+pixel values and compares with the dynamic INT8 artifact and the fp32 export in one process.
 """
-import numpy as np, time, onnx, logging
+from __future__ import annotations
+
+import logging
+import time
 from pathlib import Path
-from onnxruntime.quantization import quantize_static, QuantType, QuantFormat, CalibrationDataReader, CalibrationMethod
-from onnxruntime.quantization.shape_inference import quant_pre_process
+
+import numpy as np
 import onnxruntime as ort
-logging.getLogger().setLevel(logging.ERROR)
-d = Path('benchmarks/.work/ViT-B-32')
-ref = np.load(d/'reference.npz')
-px = ref['pixel_values']
-class R(CalibrationDataReader):
-    def __init__(s): s.it = iter([{'pixel_values': px[i:i+1]} for i in range(len(px))])
-    def get_next(s): return next(s.it, None)
-t=time.time()
-quant_pre_process(str(d/'visual.onnx'), str(d / '.v_pre.onnx'), skip_symbolic_shape=False)
-print('pre', time.time()-t)
-for fmt in (QuantFormat.QOperator, QuantFormat.QDQ):
-    t=time.time()
-    quantize_static(str(d / '.v_pre.onnx'), str(d / f'.v_static_{fmt.name}.onnx'), R(), quant_format=fmt, per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=['MatMul','Gemm'], calibrate_method=CalibrationMethod.MinMax, extra_options={'MatMulConstBOnly': True})
-    print(fmt.name, 'quant', time.time()-t)
-def bench(p):
-    so = ort.SessionOptions(); so.intra_op_num_threads = 2
-    s = ort.InferenceSession(p, so, providers=['CPUExecutionProvider'])
-    x = px[:1]
-    for _ in range(5): s.run(None, {'pixel_values': x})
-    ts=[]
+from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
+from onnxruntime.quantization.shape_inference import quant_pre_process
+
+from clip_export.export import l2_normalize
+
+MODEL_DIR = Path(__file__).parent / ".work" / "ViT-B-32"
+
+
+class BundledPixels(CalibrationDataReader):
+    def __init__(self, pixels: np.ndarray) -> None:
+        self.batches = iter([{"pixel_values": pixels[i : i + 1]} for i in range(len(pixels))])
+
+    def get_next(self) -> dict[str, np.ndarray] | None:
+        return next(self.batches, None)
+
+
+def measure(path: Path, pixels: np.ndarray, reference: np.ndarray) -> tuple[float, float, float]:
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    one = pixels[:1]
+    for _ in range(5):
+        session.run(None, {"pixel_values": one})
+    samples = []
     for _ in range(40):
-        a=time.perf_counter(); s.run(None, {'pixel_values': x}); ts.append(time.perf_counter()-a)
-    out = np.concatenate([s.run(None, {'pixel_values': px[i:i+1]})[0] for i in range(len(px))])
-    r = ref['image_embeds']
-    n = lambda v: v/np.linalg.norm(v, axis=1, keepdims=True)
-    return np.median(ts)*1000, np.abs(n(out)-n(r)).mean(), (n(out)*n(r)).sum(1).min()
-for p in [str(d/'visual.onnx'), str(d/'visual.int8.onnx'), str(d / '.v_static_QOperator.onnx'), str(d / '.v_static_QDQ.onnx')]:
-    print(p, 'p50 %.2f ms  mean|d| %.2e  mincos %.5f' % bench(p))
+        start = time.perf_counter()
+        session.run(None, {"pixel_values": one})
+        samples.append(time.perf_counter() - start)
+    out = np.concatenate([session.run(None, {"pixel_values": pixels[i : i + 1]})[0] for i in range(len(pixels))])
+    got, ref = l2_normalize(out), l2_normalize(reference)
+    return float(np.median(samples) * 1000), float(np.abs(got - ref).mean()), float((got * ref).sum(1).min())
+
+
+def main() -> None:
+    logging.getLogger().setLevel(logging.ERROR)
+    with np.load(MODEL_DIR / "reference.npz") as data:
+        pixels, reference = data["pixel_values"], data["image_embeds"]
+    prepared = MODEL_DIR / ".visual.pre.onnx"
+    quant_pre_process(str(MODEL_DIR / "visual.onnx"), str(prepared))
+    candidates = {"fp32 ONNX": MODEL_DIR / "visual.onnx", "dynamic INT8 (clip-export int8)": MODEL_DIR / "visual.int8.onnx"}
+    for fmt in (QuantFormat.QOperator, QuantFormat.QDQ):
+        target = MODEL_DIR / f".visual.static-{fmt.name}.onnx"
+        quantize_static(str(prepared), str(target), BundledPixels(pixels), quant_format=fmt, per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax, extra_options={"MatMulConstBOnly": True})
+        candidates[f"static INT8, {fmt.name}"] = target
+    print("| artifact | p50 ms | normalised mean abs diff | min cosine |\n|---|---|---|---|")
+    for name, path in candidates.items():
+        p50, delta, cosine = measure(path, pixels, reference)
+        print(f"| {name} | {p50:.1f} | {delta:.1e} | {cosine:.5f} |")
+    for leftover in MODEL_DIR.glob(".visual.*"):
+        leftover.unlink()
+
+
+if __name__ == "__main__":
+    main()
