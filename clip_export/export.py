@@ -333,6 +333,20 @@ def _check_output_dir(out: Path) -> None:
         raise OutputError(f"--out {out} is not writable: {exc.strerror or exc}") from None
 
 
+def _remove_abandoned_staging(out: Path, slug: str) -> None:
+    """A killed export leaves `.<slug>.partial-<pid>`; clear those whose process is gone."""
+    for leftover in out.glob(f".{slug}.*-*"):
+        pid = leftover.name.rsplit("-", 1)[-1]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:
+            shutil.rmtree(leftover, ignore_errors=True)
+        except PermissionError:
+            continue
+
+
 def _swap_into_place(staging: Path, target: Path) -> None:
     """Replace the target directory in two renames, so a crash leaves either old or new, never a mix."""
     old = target.with_name(f".{target.name}.old-{os.getpid()}")
@@ -372,6 +386,7 @@ def export_onnx(
 
     progress(f"loading {spec.name} ({spec.source})")
     loaded = loaded or load_model(spec)
+    _remove_abandoned_staging(out, spec.slug)
     staging = out / f".{spec.slug}.partial-{os.getpid()}"
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)

@@ -118,7 +118,8 @@ def model_dirs(root: Path) -> list[Path]:
     root = Path(root)
     if (root / MANIFEST_NAME).exists():
         return [root]
-    dirs = sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}"))
+    # Hidden directories are staging areas of exports in progress (or killed): never artifacts.
+    dirs = sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}") if not p.parent.name.startswith("."))
     if not dirs:
         raise ManifestError(f"no artifact directory (with {MANIFEST_NAME}) under {root}; run 'clip-export onnx MODEL' first")
     return dirs

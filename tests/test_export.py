@@ -149,3 +149,38 @@ def test_unwritable_out(tmp_path: Path) -> None:
     blocker.write_text("")
     with pytest.raises(OutputError, match="not writable"):
         export_onnx(resolve("tiny-vit", random_init=True), out=blocker / "sub")
+
+
+def test_a_killed_export_leaves_only_a_hidden_staging_dir_that_is_cleared(tmp_path: Path) -> None:
+    """SIGKILL mid-export: nothing under OUT looks complete, verify ignores the leftover, and the
+    next export removes it."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from clip_export.errors import ManifestError
+    from clip_export.manifest import model_dirs
+
+    script = (
+        "import open_clip, sys\n"
+        f"open_clip.add_model_config({str(Path(__file__).parent / 'configs')!r})\n"
+        "import clip_export.export as e\n"
+        "from clip_export import export_onnx, resolve\n"
+        "def stall(*a, **k):\n"
+        "    print('staged', flush=True)\n"
+        "    import time; time.sleep(60)\n"
+        "e.compute_reference = stall\n"
+        f"export_onnx(resolve('tiny-vit', random_init=True), out={str(tmp_path)!r})\n"
+    )
+    child = subprocess.Popen([sys.executable, "-c", script], stdout=subprocess.PIPE, text=True)
+    assert child.stdout is not None and child.stdout.readline().strip() == "staged"
+    child.send_signal(signal.SIGKILL)
+    child.wait(timeout=30)
+    leftovers = list(tmp_path.iterdir())
+    assert leftovers and all(p.name.startswith(".tiny-vit.partial-") for p in leftovers)
+    with pytest.raises(ManifestError):
+        model_dirs(tmp_path)
+    time.sleep(0.1)
+    export_onnx(resolve("tiny-vit", random_init=True), out=tmp_path, towers=["text"])
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-vit"]
