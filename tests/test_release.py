@@ -156,3 +156,40 @@ def test_pipeline_stops_at_the_failed_gate(tmp_path: Path, monkeypatch: pytest.M
     assert result.stderr.startswith("Error: the int8 gate failed") and "text2image_top1" in result.stderr
     assert "stages passed: export" in result.stdout
     assert (tmp_path / "tiny-vit" / "visual.onnx").exists() and not (tmp_path / "tiny-vit" / "visual.int8.onnx").exists()
+
+
+def _fake_gh(tmp_path: Path, auth_ok: bool, upload_ok: bool) -> Path:
+    """A stand-in `gh` on PATH that logs its arguments; it uploads nothing anywhere."""
+    bin_dir = tmp_path / "fake-bin"
+    bin_dir.mkdir()
+    log = tmp_path / "gh.log"
+    script = bin_dir / "gh"
+    script.write_text(
+        "#!/bin/sh\n"
+        f'echo "$@" >> {log}\n'
+        f'case "$1 $2" in\n'
+        f'  "auth status") exit {0 if auth_ok else 1} ;;\n'
+        f'  "release view") exit 1 ;;\n'
+        f'  "release create") exit 0 ;;\n'
+        f'  "release upload") {"exit 0" if upload_ok else "echo HTTP 502 >&2; exit 1"} ;;\n'
+        "esac\n"
+    )
+    script.chmod(0o755)
+    return bin_dir
+
+
+@pytest.mark.parametrize(("auth_ok", "upload_ok", "expected"), [(False, True, "not authenticated"), (True, False, "gh release upload v9 failed"), (True, True, None)])
+def test_upload_through_gh(verified_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, auth_ok: bool, upload_ok: bool, expected: str | None) -> None:
+    import os
+
+    monkeypatch.setenv("PATH", f"{_fake_gh(tmp_path, auth_ok, upload_ok)}{os.pathsep}{os.environ['PATH']}")
+    runner = CliRunner()
+    result = runner.invoke(main, ["release", str(verified_dir), "--tag", "v9", "--out", str(tmp_path / "dist"), "--upload", "-q"])
+    calls = (tmp_path / "gh.log").read_text().splitlines()
+    if expected is None:
+        assert result.exit_code == 0 and "(uploaded)" in result.stdout
+        upload = next(c for c in calls if c.startswith("release upload v9"))
+        assert upload.count("tiny-vit-") >= 3 and "SHA256SUMS" in upload and "MODEL_CARD.md" in upload
+        assert any(c.startswith("release create v9") for c in calls)
+    else:
+        assert result.exit_code == 1 and expected in result.stderr and result.stderr.count("\n") == 1
