@@ -203,12 +203,128 @@ def _convert_each(
     return ConvertResult(model_dir, precision, tuple(results))
 
 
+def _constant(model: Any, name: str) -> Any:
+    from onnx import numpy_helper
+
+    for tensor in model.graph.initializer:
+        if tensor.name == name:
+            return numpy_helper.to_array(tensor)
+    for node in model.graph.node:
+        if node.op_type == "Constant" and node.output[0] == name:
+            return numpy_helper.to_array(node.attribute[0].t)
+    return None
+
+
+def fuse_attention(model: Any) -> int:
+    """Replace each attention of the dynamo export with one com.microsoft.MultiHeadAttention.
+
+    The export spells attention as sequence-first Reshape/Transpose head splits, a dynamically
+    shaped key transpose, two scale Muls, MatMul, (mask Add,) Softmax, MatMul and a Transpose back;
+    onnxruntime's own fusions do not recognise it. A block is rewritten only when every piece
+    matches and the head count derived from the scale and the output projection is consistent;
+    the converted artifact is then verified like any other, so a wrong rewrite cannot ship.
+    """
+    import numpy as np
+    from onnx import helper
+
+    graph = model.graph
+    producer = {out: node for node in graph.node for out in node.output}
+    consumers: dict[str, list[Any]] = {}
+    for node in graph.node:
+        for name in node.input:
+            consumers.setdefault(name, []).append(node)
+
+    def only_consumer(name: str, op_type: str) -> Any:
+        users = consumers.get(name, [])
+        return users[0] if len(users) == 1 and users[0].op_type == op_type else None
+
+    def head_split_source(name: str) -> str:
+        node = producer.get(name)
+        while node is not None and node.op_type in ("Reshape", "Transpose", "Mul"):
+            name = node.input[0]
+            node = producer.get(name)
+        return name
+
+    added: list[Any] = []
+    for index, softmax in enumerate([n for n in graph.node if n.op_type == "Softmax"]):
+        context = only_consumer(softmax.output[0], "MatMul")
+        back = only_consumer(context.output[0], "Transpose") if context is not None else None
+        if back is None or [a.ints for a in back.attribute if a.name == "perm"] != [[2, 0, 1, 3]]:
+            continue
+        merge = only_consumer(back.output[0], "Reshape")
+        projection = only_consumer(merge.output[0], "Gemm") if merge is not None else None
+        weight = _constant(model, projection.input[1]) if projection is not None else None
+        scores = producer.get(softmax.input[0])
+        mask = None
+        if scores is not None and scores.op_type == "Add":
+            mask, scores = scores.input[1], producer.get(scores.input[0])
+        if scores is None or scores.op_type != "MatMul" or weight is None or weight.ndim != 2:
+            continue
+        q_mul, k_mul = producer.get(scores.input[0]), producer.get(scores.input[1])
+        if q_mul is None or k_mul is None or q_mul.op_type != "Mul" or k_mul.op_type != "Mul":
+            continue
+        scales = [_constant(model, q_mul.input[1]), _constant(model, k_mul.input[1])]
+        if any(v is None or np.asarray(v).size != 1 for v in scales):
+            continue
+        scale = float(np.asarray(scales[0]).reshape(-1)[0]) * float(np.asarray(scales[1]).reshape(-1)[0])
+        head_dim = int(round(scale**-2)) if scale > 0 else 0
+        hidden = int(weight.shape[0])
+        if head_dim < 1 or hidden % head_dim or abs(scale - head_dim**-0.5) > 1e-6 * head_dim**-0.5:
+            continue
+        prefix = f"clip_export_mha_{index}"
+        sources = [head_split_source(scores.input[0]), head_split_source(scores.input[1]), head_split_source(context.input[1])]
+        added += [helper.make_node("Transpose", [src], [f"{prefix}_{part}"], perm=[1, 0, 2], name=f"{prefix}_{part}_batch_first") for src, part in zip(sources, "qkv")]
+        inputs = [f"{prefix}_q", f"{prefix}_k", f"{prefix}_v"] + (["", "", mask] if mask else [])
+        added.append(helper.make_node("MultiHeadAttention", inputs, [f"{prefix}_out"], domain="com.microsoft", num_heads=hidden // head_dim, scale=scale, name=prefix))
+        added.append(helper.make_node("Transpose", [f"{prefix}_out"], [back.output[0]], perm=[1, 0, 2], name=f"{prefix}_sequence_first"))
+        back.output[0] = f"{prefix}_replaced"
+    if not added:
+        return 0
+    graph.node.extend(added)
+    _remove_dead_nodes_and_sort(graph)
+    if not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
+    return sum(1 for n in added if n.op_type == "MultiHeadAttention")
+
+
+def _remove_dead_nodes_and_sort(graph: Any) -> None:
+    outputs = {o.name for o in graph.output}
+    while True:
+        used = {name for node in graph.node for name in node.input} | outputs
+        dead = [node for node in graph.node if not any(out in used for out in node.output)]
+        if not dead:
+            break
+        for node in dead:
+            graph.node.remove(node)
+    known = {i.name for i in graph.input} | {t.name for t in graph.initializer} | {""}
+    ordered, pending = [], list(graph.node)
+    while pending:
+        ready = [node for node in pending if all(name in known for name in node.input)]
+        if not ready:
+            raise ConversionError("attention fusion left a cycle in the graph")
+        for node in ready:
+            ordered.append(node)
+            known.update(node.output)
+            pending.remove(node)
+    del graph.node[:]
+    graph.node.extend(ordered)
+    used = {name for node in graph.node for name in node.input}
+    unused = [t for t in graph.initializer if t.name not in used]
+    for tensor in unused:
+        graph.initializer.remove(tensor)
+
+
 def fused_fp16(source: Path, extra_fp32_ops: Sequence[str] = ()) -> tuple[Any, dict[str, Any]]:
     """Fuse with onnxruntime's transformer optimizer, then convert with its fp16 pass, which knows
     the fused contrib ops (onnxconverter-common cannot infer their shapes)."""
     import warnings
 
-    optimized, fusions = fuse_transformer_ops(source)
+    onnx = _onnx()
+    model = onnx.load(str(source))
+    attention = fuse_attention(model)
+    optimized, fusions = fuse_transformer_ops(model)
+    if attention:
+        fusions["MultiHeadAttention (clip-export)"] = attention
     ops = [*FP16_FP32_OPS, "SkipLayerNormalization", *extra_fp32_ops]
     nodes = source_cast_to_float_nodes(optimized.model) + final_nodes(optimized.model)
     with warnings.catch_warnings():
@@ -218,7 +334,7 @@ def fused_fp16(source: Path, extra_fp32_ops: Sequence[str] = ()) -> tuple[Any, d
     return optimized.model, {"tool": f"onnxruntime.transformers {_version('onnxruntime')}", "keep_io_types": True, "fp32_ops": ops, "fp32_nodes": nodes, "fusions": fusions}
 
 
-def fuse_transformer_ops(source: Path) -> tuple[Any, dict[str, int]]:
+def fuse_transformer_ops(source: Path | Any) -> tuple[Any, dict[str, int]]:
     """onnxruntime's transformer optimizer; returns the optimizer's model wrapper and what it fused."""
     try:
         from onnxruntime.transformers.optimizer import optimize_model
@@ -229,7 +345,7 @@ def fuse_transformer_ops(source: Path) -> tuple[Any, dict[str, int]]:
     import logging
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    optimized = optimize_model(str(source), model_type="clip", num_heads=0, hidden_size=0, opt_level=0)
+    optimized = optimize_model(str(source) if isinstance(source, Path) else source, model_type="clip", num_heads=0, hidden_size=0, opt_level=0)
     stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     return optimized, stats
 
