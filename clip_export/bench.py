@@ -27,8 +27,6 @@ from .sessions import SessionOptions, create_session, provider_name
 from .spec import TOWERS
 
 
-
-
 @dataclass(frozen=True)
 class LatencyStats:
     p50_ms: float
@@ -351,7 +349,7 @@ def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int,
     from PIL import Image
 
     from .models import PreprocessConfig
-    from .preprocess import preprocess_reference
+    from .preprocess import load_image, preprocess_reference
 
     config = PreprocessConfig.from_json(manifest["preprocess"])
     visual = next((a for a in manifest["artifacts"] if a["tower"] == "visual" and a["precision"] == "fp32" and a["format"] == "onnx"), None)
@@ -361,9 +359,7 @@ def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int,
     rows = []
     for path in report_images():
         def load() -> Image.Image:
-            with Image.open(path) as handle:
-                handle.load()
-                return handle.copy()
+            return load_image(path)
 
         image = load()
         pixels = preprocess_reference(image, config)[None]

@@ -141,10 +141,7 @@ def onnx(model: str, pretrained: str | None, weights: Path | None, random_init: 
     from .export import export_onnx
     from .models import resolve
 
-    tower_list = _split_csv(towers)
-    bad = [t for t in tower_list if t not in TOWERS]
-    if bad or not tower_list:
-        raise click.BadParameter(f"unknown tower(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TOWERS)}", param_hint="--towers")
+    tower_list = _check_towers(towers)
     spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed)
     result = export_onnx(spec, out=out, towers=tower_list, opset=opset, normalize=normalize, force=force, external_data=external_data, progress=_progress(quiet or as_json))
     if as_json:
@@ -233,8 +230,7 @@ def verify(dirs: Sequence[Path], providers: str, reference: str, images: Path | 
 def _verify_table(result: Any) -> str:
     rows = []
     for c in result.checks:
-        top1 = [m.value for m in c.metrics if m.name.endswith("_top1")]
-        rows.append((c.path, c.provider_ran or f"{c.provider_requested} (did not run)", c.threshold_set, c.metric("mean_abs_raw"), c.metric("mean_abs_normalized"), c.metric("max_abs_normalized"), c.metric("min_cosine"), min(top1) if top1 else None, c.status.upper()))
+        rows.append((c.path, c.provider_ran or f"{c.provider_requested} (did not run)", c.threshold_set, c.metric("mean_abs_raw"), c.metric("mean_abs_normalized"), c.metric("max_abs_normalized"), c.metric("min_cosine"), c.min_top1, c.status.upper()))
     header = f"{result.model_dir}  (reference: {result.reference}; set: {result.evalset})"
     body = table(["artifact", "provider", "limits", "mean |Δ| raw", "mean |Δ| norm", "max |Δ| norm", "min cos", "top-1 agree", "verdict"], rows)
     tail = f"report: {result.report_path}" if result.report_path else ""

@@ -9,7 +9,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ConversionError, ManifestError
-from .manifest import file_record, find_artifact, read_manifest, require_intact, upsert_artifact, write_manifest
+from .manifest import file_record, read_manifest, refuse_existing, require_intact, upsert_artifact, write_manifest
 from .progress import Progress, silent
 from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
 from .verify import gate
@@ -44,7 +44,6 @@ class ConvertResult:
     model_dir: Path
     precision: str
     artifacts: tuple[ConvertedArtifact, ...]
-
 
 
 def _onnx() -> Any:
@@ -161,9 +160,7 @@ def _convert_each(
     for source in sources:
         require_intact(model_dir, source)
         target_name = _derived_name(source["path"], suffix)
-        existing = find_artifact(manifest, path=target_name)
-        if existing is not None and not force:
-            raise ConversionError(f"{model_dir / target_name} already exists in the manifest; pass --force to rebuild it")
+        refuse_existing(manifest, model_dir, target_name, force)
         started = time.perf_counter()
         staging = model_dir / f".convert-{os.getpid()}"
         staging.mkdir(exist_ok=True)
@@ -196,9 +193,8 @@ def _convert_each(
         manifest = read_manifest(model_dir)
         upsert_artifact(manifest, entry)
         write_manifest(model_dir, manifest)
-        top1 = [m.value for m in check.metrics if m.name.endswith("_top1")]
         results.append(
-            ConvertedArtifact(source["path"], target_name, source["tower"], precision, entry["bytes"], time.perf_counter() - started, check.status, check.metric("mean_abs_normalized"), min(top1) if top1 else None, details)
+            ConvertedArtifact(source["path"], target_name, source["tower"], precision, entry["bytes"], time.perf_counter() - started, check.status, check.metric("mean_abs_normalized"), check.min_top1, details)
         )
     return ConvertResult(model_dir, precision, tuple(results))
 

@@ -24,15 +24,9 @@ class EvalSet:
         return [p.name for p in self.image_paths]
 
     def open_images(self) -> list[Image.Image]:
-        images = []
-        for path in self.image_paths:
-            try:
-                with Image.open(path) as handle:
-                    handle.load()
-                    images.append(handle.copy())
-            except OSError as exc:
-                raise ClipExportError(f"cannot read image {path}: {exc}") from None
-        return images
+        from .preprocess import load_image
+
+        return [load_image(path) for path in self.image_paths]
 
 
 def load_evalset(images: Path | None = None, texts: Path | None = None) -> EvalSet:

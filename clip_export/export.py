@@ -56,7 +56,6 @@ class ExportResult:
     seconds: float
 
 
-
 def versions() -> dict[str, str]:
     found = {"clip_export": __version__}
     for module in ("torch", "open_clip", "onnx", "onnxruntime", "onnxscript"):

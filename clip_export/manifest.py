@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, Iterator
 
-from .errors import IntegrityError, ManifestError
+from .errors import ConversionError, IntegrityError, ManifestError
 from .models import sha256_file
 
 MANIFEST_NAME = "manifest.json"
@@ -107,6 +107,12 @@ def find_artifact(manifest: dict[str, Any], **match: str) -> dict[str, Any] | No
         if all(entry.get(k) == v for k, v in match.items()):
             return entry
     return None
+
+
+def refuse_existing(manifest: dict[str, Any], model_dir: Path, path: str, force: bool) -> None:
+    """Converting twice is refused unless --force: the manifest already lists that artifact."""
+    if not force and find_artifact(manifest, path=path) is not None:
+        raise ConversionError(f"{Path(model_dir) / path} already exists in the manifest; pass --force to rebuild it")
 
 
 def upsert_artifact(manifest: dict[str, Any], entry: dict[str, Any]) -> None:

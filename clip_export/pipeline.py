@@ -12,7 +12,6 @@ from .progress import Progress, silent
 PRECISIONS = ("fp32", "fp16", "int8")
 
 
-
 @dataclass(frozen=True)
 class SummaryRow:
     artifact: str
@@ -107,10 +106,9 @@ def _summary(model_dir: Path, verify_result: object, bench_result: object) -> li
     rows = []
     for entry in manifest["artifacts"]:
         check = checks.get(entry["path"])
-        top1 = [m.value for m in check.metrics if m.name.endswith("_top1")] if check else []
         ran = check.provider_ran if check else None
         p50 = latency.get((entry["path"], ran)) if ran else next((v for (n, _), v in latency.items() if n == entry["path"]), None)
         rows.append(
-            SummaryRow(entry["path"], entry["tower"], entry["precision"], entry["format"], entry["bytes"], check.status if check else "not verified", check.metric("mean_abs_normalized") if check else None, min(top1) if top1 else None, p50, ran)
+            SummaryRow(entry["path"], entry["tower"], entry["precision"], entry["format"], entry["bytes"], check.status if check else "not verified", check.metric("mean_abs_normalized") if check else None, check.min_top1 if check else None, p50, ran)
         )
     return rows

@@ -7,21 +7,40 @@ here give bit-identical pixels; tests hold that.
 from __future__ import annotations
 
 from functools import lru_cache
+from pathlib import Path
 from typing import Callable
 
 import numpy as np
 from PIL import Image
 
+from .errors import ClipExportError
 from .models import PreprocessConfig
 
 _PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 
 
+def shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
+    """torchvision's Resize(int) rule: the short side becomes `size`, the long side is truncated."""
+    short, long = (width, height) if width <= height else (height, width)
+    new_long = int(size * long / short)
+    return (size, new_long) if width <= height else (new_long, size)
+
+
+def load_image(item: str | Path | Image.Image) -> Image.Image:
+    """A decoded copy of an image file (or the image itself), with one clear error when unreadable."""
+    if isinstance(item, Image.Image):
+        return item
+    try:
+        with Image.open(item) as handle:
+            handle.load()
+            return handle.copy()
+    except OSError as exc:
+        raise ClipExportError(f"cannot read image {item}: {exc}") from None
+
+
 def _resize_shortest(image: Image.Image, size: int, interpolation: str, reducing_gap: float | None = None) -> Image.Image:
     width, height = image.size
-    short, long = (width, height) if width <= height else (height, width)
-    new_short, new_long = size, int(size * long / short)  # torchvision truncates, it does not round
-    new_w, new_h = (new_short, new_long) if width <= height else (new_long, new_short)
+    new_w, new_h = shortest_side_size(width, height, size)
     if (new_w, new_h) == (width, height):
         return image
     return image.resize((new_w, new_h), _PIL_FILTERS[interpolation], reducing_gap=reducing_gap)
@@ -90,10 +109,7 @@ def preprocess_crop_box(image: Image.Image, config: PreprocessConfig) -> np.ndar
     where float rounding of the box offset flips; wide images resample 2-3x fewer pixels."""
     height, width = config.image_size
     img_w, img_h = image.size
-    size = min(height, width)
-    short, long = (img_w, img_h) if img_w <= img_h else (img_h, img_w)
-    new_long = int(size * long / short)
-    new_w, new_h = (size, new_long) if img_w <= img_h else (new_long, size)
+    new_w, new_h = shortest_side_size(img_w, img_h, min(height, width))
     if (new_w, new_h) == (img_w, img_h) or new_w < width or new_h < height:
         return preprocess_reference(image, config)
     top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
@@ -109,8 +125,7 @@ def preprocess_opencv(image: Image.Image, config: PreprocessConfig) -> np.ndarra
     height, width = config.image_size
     array = np.asarray(image.convert("RGB"))
     img_h, img_w = array.shape[:2]
-    scale = min(height, width) / min(img_h, img_w)
-    new_w, new_h = (min(height, width), int(scale * img_h)) if img_w <= img_h else (int(scale * img_w), min(height, width))
+    new_w, new_h = shortest_side_size(img_w, img_h, min(height, width))
     resized = cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
     top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
     return _normalize(Image.fromarray(resized[top : top + height, left : left + width]), config)

@@ -29,7 +29,6 @@ WEIGHT_LICENCES = {
 }
 
 
-
 @dataclass(frozen=True)
 class ReleaseResult:
     tag: str

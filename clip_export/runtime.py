@@ -14,15 +14,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 import numpy as np
-from PIL import Image
 
 from .errors import ClipExportError, IntegrityError
 from .manifest import integrity_problems, read_manifest
 from .models import PreprocessConfig
-from .preprocess import preprocess_crop_box, preprocess_reference
+from .preprocess import load_image, preprocess_crop_box, preprocess_reference
 from .sessions import SessionOptions, create_session
 from .spec import TOWERS
-
 
 
 @dataclass(frozen=True)
@@ -69,20 +67,10 @@ class ClipOnnx:
             raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
         return cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, fast_preprocess)
 
-    def _load_image(self, item: Any) -> Image.Image:
-        if isinstance(item, Image.Image):
-            return item
-        try:
-            with Image.open(item) as handle:
-                handle.load()
-                return handle.copy()
-        except OSError as exc:
-            raise ClipExportError(f"cannot read image {item}: {exc}") from None
-
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
         if len(images) == 1:  # the vectorise() case: no stacking copy
-            return self._preprocess(self._load_image(images[0]), self.preprocess_config)[None]
-        return np.stack([self._preprocess(self._load_image(i), self.preprocess_config) for i in images])
+            return self._preprocess(load_image(images[0]), self.preprocess_config)[None]
+        return np.stack([self._preprocess(load_image(i), self.preprocess_config) for i in images])
 
     def embed_images(self, images: Sequence[Any], normalize: bool = True) -> np.ndarray:
         if self._visual is None:

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConversionError, ManifestError, MissingExtraError, TensorRTError
-from .manifest import atomic_write_bytes, file_record, find_artifact, read_manifest, require_intact, upsert_artifact, write_manifest
+from .manifest import atomic_write_bytes, file_record, read_manifest, refuse_existing, require_intact, upsert_artifact, write_manifest
 from .progress import Progress, silent
 from .spec import TOWERS
 from .verify import gate
@@ -44,7 +44,6 @@ class TrtResult:
     gpu: str
     compute_capability: str
     engines: tuple[EngineResult, ...]
-
 
 
 def import_tensorrt() -> Any:
@@ -185,8 +184,7 @@ def build_engines(
         require_intact(model_dir, source)
         tower = source["tower"]
         name = f"{tower}.trt-{precision}.plan"
-        if find_artifact(manifest, path=name) is not None and not force:
-            raise ConversionError(f"{model_dir / name} already exists in the manifest; pass --force to rebuild it")
+        refuse_existing(manifest, model_dir, name, force)
         progress(f"building the {tower} TensorRT engine from {source['path']} (profile {batch[0]}:{batch[1]}:{batch[2]})")
         started = time.perf_counter()
         plan = build_engine(

@@ -65,6 +65,12 @@ class ArtifactCheck:
     def metric(self, name: str) -> float | None:
         return next((m.value for m in self.metrics if m.name == name), None)
 
+    @property
+    def min_top1(self) -> float | None:
+        """The worst top-1 agreement over the retrieval directions, the summary tables' column."""
+        top1 = [m.value for m in self.metrics if m.name.endswith("_top1")]
+        return min(top1) if top1 else None
+
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -82,7 +88,6 @@ class VerifyResult:
     @property
     def failures(self) -> list[str]:
         return [f"{c.path} [{c.provider_requested}]: {f}" for c in self.checks for f in c.failures]
-
 
 
 def run_batches(session: Any, input_name: str, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
@@ -376,9 +381,8 @@ def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
     ]
     for c in result.checks:
         values = [f"{c.metric(m):.3g}" if c.metric(m) is not None else "-" for m in SUMMARY_METRICS]
-        top1 = [m.value for m in c.metrics if m.name.endswith("_top1")]
         ran = c.provider_ran or f"{c.provider_requested} (did not run)"
-        top1_text = f"{min(top1):.3f}" if top1 else "-"
+        top1_text = f"{c.min_top1:.3f}" if c.min_top1 is not None else "-"
         lines.append(f"| {c.path} | {ran} | {c.threshold_set} | " + " | ".join(values) + f" | {top1_text} | {c.status} |")
     failures = result.failures
     if failures:
