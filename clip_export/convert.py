@@ -78,6 +78,14 @@ def final_nodes(model: Any, depth: int = 2) -> list[str]:
     return chosen
 
 
+def fp32_nodes(model: Any, keep_final_fp32: bool = True) -> list[str]:
+    """Nodes blocked from fp16 by name: source Cast(to=float), and the projection and pooling."""
+    nodes = source_cast_to_float_nodes(model)
+    if keep_final_fp32:
+        nodes += [n for n in final_nodes(model) if n not in nodes]
+    return nodes
+
+
 def to_fp16(model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: bool = True) -> tuple[Any, dict[str, Any]]:
     """Convert float tensors to fp16 with fp32 I/O and the fragile ops blocked."""
     try:
@@ -89,9 +97,7 @@ def to_fp16(model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: 
     import warnings
 
     ops = list(dict.fromkeys([*float16.DEFAULT_OP_BLOCK_LIST, *FP16_FP32_OPS, *extra_fp32_ops]))
-    nodes = source_cast_to_float_nodes(model)
-    if keep_final_fp32:
-        nodes += [n for n in final_nodes(model) if n not in nodes]
+    nodes = fp32_nodes(model, keep_final_fp32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per clipped constant: thousands of lines
         converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops, node_block_list=nodes)
@@ -322,7 +328,7 @@ def fused_fp16(source: Path, extra_fp32_ops: Sequence[str] = ()) -> tuple[Any, d
     if attention:
         fusions["MultiHeadAttention (clip-export)"] = attention
     ops = [*FP16_FP32_OPS, "SkipLayerNormalization", *extra_fp32_ops]
-    nodes = source_cast_to_float_nodes(optimized.model) + final_nodes(optimized.model)
+    nodes = fp32_nodes(optimized.model)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
         optimized.convert_float_to_float16(keep_io_types=True, op_block_list=ops, node_block_list=nodes)
@@ -422,4 +428,4 @@ def quantize_int8(
 
 def int8_excluded_nodes(model: Any) -> list[str]:
     """The final projection stays float: measured to cost retrieval agreement (docs/convert.md)."""
-    return [n for n in final_nodes(model, depth=1)]
+    return final_nodes(model, depth=1)

@@ -50,10 +50,6 @@ class TensorRTError(ClipExportError):
     pass
 
 
-class VerificationFailed(ClipExportError):
-    """Raised by callers that want an exception; `verify` itself returns a result with failures."""
-
-
 class ReleaseError(ClipExportError):
     pass
 

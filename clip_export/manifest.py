@@ -5,10 +5,9 @@ import dataclasses
 import json
 import os
 import tempfile
-from contextlib import contextmanager
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 from .errors import ConversionError, IntegrityError, ManifestError
 from .models import sha256_file
@@ -39,17 +38,6 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
 
 def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
-
-
-@contextmanager
-def staged_file(path: Path) -> Iterator[Path]:
-    """Yield a hidden temporary path that becomes `path` only if the block finishes."""
-    tmp = path.with_name(f".{path.name}.partial-{os.getpid()}")
-    try:
-        yield tmp
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def read_manifest(model_dir: Path) -> dict[str, Any]:
