@@ -267,6 +267,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
             "```",
             "",
             "`clip_export.runtime.ClipOnnx.from_release(path)` does the same with hash checks and the exact resize rule (short side to "
-            f"{pre['image_size'][0]}, long side truncated).",
+            f"{pre['image_size'][0]}, long side truncated); its default `preprocess=\"fast\"` resamples only the centre crop, in two "
+            "threads, within one uint8 step of these pixels, and `preprocess=\"exact\"` reproduces them bit for bit.",
         ]
     return "\n".join(lines) + "\n"

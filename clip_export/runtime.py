@@ -6,21 +6,29 @@
 
 Hashes are checked on load; preprocessing and tokenization follow the manifest. Tokenization uses
 open_clip's tokenizer (or the Hugging Face tokenizer a directory export recorded).
+
+Images are preprocessed with the crop-box resize in two bands at once by default ("fast"): within
+one uint8 step of open_clip's pipeline on rare pixels, embeddings within 2e-6, 3-5x less time
+(docs/benchmarks.md). `preprocess="exact"` gives open_clip's pixels bit for bit.
 """
 from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
+from PIL import Image
 
 from .errors import ClipExportError, IntegrityError
 from .manifest import integrity_problems, read_manifest
 from .models import PreprocessConfig
-from .preprocess import load_image, preprocess_crop_box, preprocess_reference
+from .preprocess import load_image, preprocess_crop_box_parallel, preprocess_reference
 from .sessions import SessionOptions, create_session
 from .spec import TOWERS
+
+
+PREPROCESSORS = {"fast": preprocess_crop_box_parallel, "exact": preprocess_reference}
 
 
 @dataclass(frozen=True)
@@ -33,20 +41,21 @@ class LoadedArtifact:
 class ClipOnnx:
     """Both towers of one release, ready to embed one document at a time or in batches."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], visual: Any, text: Any, info: dict[str, LoadedArtifact], fast_preprocess: bool) -> None:
+    def __init__(self, root: Path, manifest: dict[str, Any], visual: Any, text: Any, info: dict[str, LoadedArtifact], preprocess: str = "fast") -> None:
         self.root = root
         self.manifest = manifest
         self._visual = visual
         self._text = text
         self.artifacts = info
         self.preprocess_config = PreprocessConfig.from_json(manifest["preprocess"])
-        self._preprocess = preprocess_crop_box if fast_preprocess else preprocess_reference
+        self._preprocess = _preprocessor(preprocess)
         self._tokenizer: Any = None
         self.normalized_in_graph = bool(manifest.get("normalize"))
 
     @classmethod
-    def from_release(cls, path: str | Path, provider: str = "cpu", precision: str = "fp32", threads: int = 0, fast_preprocess: bool = False) -> "ClipOnnx":
+    def from_release(cls, path: str | Path, provider: str = "cpu", precision: str = "fp32", threads: int = 0, preprocess: str = "fast") -> "ClipOnnx":
         """Open a release directory (or an artifact directory) and check every file it will use."""
+        _preprocessor(preprocess)  # refuse a bad name before loading anything
         root = Path(path)
         manifest = read_manifest(root)
         sessions: dict[str, Any] = {}
@@ -59,13 +68,13 @@ class ClipOnnx:
             problems = integrity_problems(root, entry)
             if problems:
                 raise IntegrityError(f"refusing to load {entry['path']}: {'; '.join(problems)}")
-            session = create_session(root / entry["path"], SessionOptions(provider=provider, precision=precision, intra_op_threads=threads))
+            session = create_session(root / entry["path"], SessionOptions(provider=provider, precision=precision, intra_op_threads=threads, stop_spinning_after_run=True))
             sessions[tower] = session
             info[tower] = LoadedArtifact(root / entry["path"], precision, session.get_providers()[0])
         if not sessions:
             available = sorted({f"{a['precision']}/{a['format']}" for a in manifest["artifacts"]})
             raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
-        return cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, fast_preprocess)
+        return cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
         if len(images) == 1:  # the vectorise() case: no stacking copy
@@ -88,6 +97,12 @@ class ClipOnnx:
             raise ClipExportError(f"{self.root} has no text tower")
         out = self._text.run(None, {"input_ids": self.tokenize(texts)})[0]
         return _l2(out) if normalize and not self.normalized_in_graph else out
+
+
+def _preprocessor(name: str) -> Callable[[Image.Image, PreprocessConfig], np.ndarray]:
+    if name not in PREPROCESSORS:
+        raise ClipExportError(f"the requested preprocessing was {name!r}; available: {', '.join(PREPROCESSORS)}")
+    return PREPROCESSORS[name]
 
 
 def _l2(x: np.ndarray) -> np.ndarray:

@@ -53,6 +53,9 @@ class SessionOptions:
     provider: str = "cpu"
     intra_op_threads: int = 0
     allow_spinning: bool = True
+    # Park the spinning workers as soon as run() returns: otherwise they keep a core busy for a
+    # while and starve whatever the caller does next (preprocessing threads, another session).
+    stop_spinning_after_run: bool = False
     precision: str = "fp32"
     graph_optimization: str = "all"
     provider_options: tuple[tuple[str, str], ...] = ()
@@ -76,6 +79,8 @@ def create_session(path: Path, options: SessionOptions = SessionOptions()) -> An
     if options.intra_op_threads:
         so.intra_op_num_threads = options.intra_op_threads
     so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
+    if options.stop_spinning_after_run:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
     if not options.prepacking:
         so.add_session_config_entry("session.disable_prepacking", "1")
     providers: list[Any] = [(wanted, dict(options.provider_options))] if options.provider_options else [wanted]

@@ -11,7 +11,7 @@ from click.testing import CliRunner
 
 from clip_export import export_onnx, load_model, resolve
 from clip_export.cli import main
-from clip_export.errors import IntegrityError, ReleaseError
+from clip_export.errors import ClipExportError, IntegrityError, ReleaseError
 from clip_export.export import torch_embed
 from clip_export.manifest import read_manifest, write_manifest
 from clip_export.preprocess import preprocess_reference
@@ -109,9 +109,10 @@ def np_image():  # type: ignore[no-untyped-def]
     return Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 400, 3), dtype=np.uint8))
 
 
-def test_runtime_matches_the_torch_reference(verified_dir: Path, tmp_path: Path) -> None:
+@pytest.mark.parametrize("preprocess", ["fast", "exact"])
+def test_runtime_matches_the_torch_reference(verified_dir: Path, tmp_path: Path, preprocess: str) -> None:
     directory = release([verified_dir], tag="v1", out=tmp_path / "dist").directory
-    runtime = ClipOnnx.from_release(directory)
+    runtime = ClipOnnx.from_release(directory, preprocess=preprocess)
     loaded = load_model(resolve("tiny-vit", random_init=True, seed=0))
     images = sorted((Path(__file__).parent.parent / "clip_export" / "evalset" / "images").iterdir())[:5]
     from PIL import Image
@@ -124,6 +125,11 @@ def test_runtime_matches_the_torch_reference(verified_dir: Path, tmp_path: Path)
     ids = np.asarray(loaded.tokenize(captions))
     expected_text = torch_embed(loaded, "text", ids, normalize=True)
     assert np.abs(runtime.embed_texts(captions) - expected_text).mean() <= 1e-5
+
+
+def test_runtime_refuses_an_unknown_preprocessing(verified_dir: Path) -> None:
+    with pytest.raises(ClipExportError, match="the requested preprocessing was 'torchvision'; available: fast, exact"):
+        ClipOnnx.from_release(verified_dir, preprocess="torchvision")
 
 
 def test_runtime_checks_hashes_on_load(verified_dir: Path, tmp_path: Path) -> None:
