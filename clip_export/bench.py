@@ -80,6 +80,7 @@ class BenchRow:
     speedup_vs_torch: float | None = None
     gflops_per_s: float | None = None
     ceiling_share: float | None = None
+    streamed_ceiling_share: float | None = None  # batch-1 fp32 CPU rows: share of the streamed-weights limit
 
     @property
     def p50_ms(self) -> float | None:
@@ -120,6 +121,7 @@ class BenchResult:
     versions: dict[str, str]
     ceilings_gflops: dict[str, float]
     flops_per_item: dict[str, float]
+    streamed_ceilings_gflops: dict[str, float] = field(default_factory=dict)
     breakdown: tuple[StageTimes, ...] = ()
     preprocessing: tuple[PreprocessRow, ...] = ()
     report_path: Path | None = None
@@ -209,10 +211,25 @@ def gemm_ceiling(threads: int, int8: bool = False, size: tuple[int, int, int] = 
     return 2.0 * size[0] * size[1] * size[2] / (stats.p50_ms / 1000.0) / 1e9
 
 
-def flops_per_item(loaded: Any, tower: str) -> float:
-    """FLOPs of one item through the tower, counted by torch's FlopCounterMode."""
+def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, int], ...]]:
+    """FLOPs of one item through the tower (torch's FlopCounterMode), and the (M, K, N) of every
+    matrix product against a weight, in forward order."""
     import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+
+    class WeightProducts(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes: list[tuple[int, int, int]] = []
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func in (aten.mm.default, aten.addmm.default):
+                a, b = args[-2], args[-1]
+                self.shapes.append((int(a.shape[0]), int(a.shape[1]), int(b.shape[1])))
+            return func(*args, **(kwargs or {}))
 
     x = torch.from_numpy(example_input(loaded, tower, 1))
     encode = loaded.model.encode_image if tower == "visual" else loaded.model.encode_text
@@ -221,11 +238,62 @@ def flops_per_item(loaded: Any, tower: str) -> float:
     fastpath = torch.backends.mha.get_fastpath_enabled()
     torch.backends.mha.set_fastpath_enabled(False)
     try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter, WeightProducts() as products:
             encode(x)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return float(counter.get_total_flops())
+    return float(counter.get_total_flops()), tuple(products.shapes)
+
+
+def _streamed_chain_model(shapes: Sequence[tuple[int, int, int]], min_weight_bytes: int, max_nodes: int) -> tuple[bytes, int, int, float]:
+    """The tower's weight products as one chain, each with its own random weight, repeated until
+    the weights outgrow any cache. Slice/Pad adapt one product's width to the next one's depth."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights = [], []
+    flops, weight_bytes = 0.0, 0
+    first_m, first_k = shapes[0][0], shapes[0][1]
+    per_token = [shape for shape in shapes if shape[0] == first_m]  # not the pooled one-row head
+    current, width = "a", first_k
+    index = 0
+    while index == 0 or (weight_bytes < min_weight_bytes and index < max_nodes):
+        m, k, n = per_token[index % len(per_token)]
+        if width > k:
+            nodes.append(helper.make_node("Slice", [current, "zero", f"k{index}", "last"], [f"in{index}"]))
+            weights.append(numpy_helper.from_array(np.asarray([k], np.int64), f"k{index}"))
+            current = f"in{index}"
+        elif width < k:
+            nodes.append(helper.make_node("Pad", [current, f"pad{index}"], [f"in{index}"]))
+            weights.append(numpy_helper.from_array(np.asarray([0, 0, 0, k - width], np.int64), f"pad{index}"))
+            current = f"in{index}"
+        weights.append(numpy_helper.from_array((rng.standard_normal((k, n), dtype=np.float32) * k**-0.5), f"w{index}"))
+        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], [f"y{index}"]))
+        current, width = f"y{index}", n
+        flops += 2.0 * m * k * n
+        weight_bytes += 4 * k * n
+        index += 1
+    weights += [numpy_helper.from_array(np.asarray([0], np.int64), "zero"), numpy_helper.from_array(np.asarray([1], np.int64), "last")]
+    graph = helper.make_graph(nodes, "streamed", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [first_m, first_k])], [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)], weights)
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), first_m, first_k, flops
+
+
+def streamed_gemm_ceiling(shapes: Sequence[tuple[int, int, int]], threads: int, *, min_weight_bytes: int = 256 * 2**20, max_nodes: int = 400, budget_s: float = 1.0) -> float | None:
+    """GFLOP/s of the tower's own weight products at batch 1 through onnxruntime, each weight read
+    from memory as a one-document run must: the limit when weights, not arithmetic, are the cost."""
+    if not shapes:
+        return None
+    from .sessions import ort
+
+    rt = ort()
+    model, m, k, flops = _streamed_chain_model(shapes, min_weight_bytes, max_nodes)
+    so = rt.SessionOptions()
+    so.intra_op_num_threads = threads
+    session = rt.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    del model
+    a = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    stats = time_calls(lambda: session.run(None, {"a": a}), warmup=2, budget_s=budget_s, min_runs=5)
+    return flops / (stats.p50_ms / 1000.0) / 1e9
 
 
 # ---- one row ------------------------------------------------------------------------------
@@ -466,6 +534,7 @@ def bench(
     loaded = None
     notes: list[str] = []
     flops: dict[str, float] = {}
+    products: dict[str, tuple[tuple[int, int, int], ...]] = {}
     if baselines or fused_baseline:
         try:
             from .models import load_model, spec_from_manifest
@@ -473,11 +542,18 @@ def bench(
             progress("loading the torch model for the baselines")
             loaded = load_model(spec_from_manifest(manifest["model"]))
             for tower in towers:
-                flops[tower] = flops_per_item(loaded, tower)
+                flops[tower], products[tower] = count_tower(loaded, tower)
         except ImportError as exc:
             notes.append(f"torch baselines skipped: {exc}")
     progress("measuring the GEMM ceiling (fp32, int8) through onnxruntime")
     ceilings = {"fp32": gemm_ceiling(threads), "int8": gemm_ceiling(threads, int8=True)}
+    streamed: dict[str, float] = {}
+    if 1 in batch_sizes:
+        for tower, shapes in products.items():
+            # A tower whose products are a minor share of its FLOPs (a ResNet) has no such limit.
+            if shapes and sum(2.0 * m * k * n for m, k, n in shapes) >= 0.5 * flops[tower]:
+                progress(f"measuring the streamed-weights GEMM limit of the {tower} tower at batch 1")
+                streamed[tower] = streamed_gemm_ceiling(shapes, threads, budget_s=min(1.0, budget_s)) or 0.0
     rows: list[BenchRow] = []
     for tower in towers:
         entries = [a for a in manifest["artifacts"] if a["tower"] == tower and (precisions is None or a["precision"] in precisions)]
@@ -508,7 +584,7 @@ def bench(
                     rows.append(bench_onnx(model_dir / entry["path"], tower, entry["precision"], provider, batch, inputs, threads=threads, budget_s=budget_s, name=entry["path"]))
                 if fused_baseline and entry["precision"] == "fp32" and entry["format"] == "onnx":
                     rows.append(_bench_fused(model_dir / entry["path"], tower, batch, inputs, threads, budget_s, progress))
-            rows[:] = [_with_ratios(r, torch_p50, flops.get(tower), ceilings) if r.tower == tower and r.batch == batch else r for r in rows]
+            rows[:] = [_with_ratios(r, torch_p50, flops.get(tower), ceilings, streamed.get(tower)) if r.tower == tower and r.batch == batch else r for r in rows]
     breakdown_rows: list[StageTimes] = []
     variant_rows: list[PreprocessRow] = []
     if breakdown and "visual" in towers:
@@ -516,7 +592,7 @@ def bench(
         breakdown_rows = vectorise_breakdown(model_dir, manifest, threads, loaded)
         progress("preprocessing variants: time and fidelity against the reference pipeline")
         variant_rows = preprocessing_variants(model_dir, manifest, threads)
-    result = BenchResult(model_dir, tuple(rows), machine_info(threads), versions(), ceilings, flops, tuple(breakdown_rows), tuple(variant_rows), peak_rss_mb=peak_rss_mb(), date=now_iso(), notes=tuple(notes))
+    result = BenchResult(model_dir, tuple(rows), machine_info(threads), versions(), ceilings, flops, streamed, tuple(breakdown_rows), tuple(variant_rows), peak_rss_mb=peak_rss_mb(), date=now_iso(), notes=tuple(notes))
     if write:
         chart_path = render_chart(result, model_dir / "bench-batch1.png") if chart else None
         result = BenchResult(**{**result.__dict__, "chart_path": chart_path})
@@ -551,7 +627,7 @@ def _bench_fused(path: Path, tower: str, batch: int, inputs: np.ndarray, threads
         return bench_onnx(fused, tower, "fp32", "cpu", batch, inputs, threads=threads, budget_s=budget_s, name=f"{path.name} +ort-optimizer", kind="baseline")
 
 
-def _with_ratios(row: BenchRow, torch_p50: float | None, flops: float | None, ceilings: dict[str, float]) -> BenchRow:
+def _with_ratios(row: BenchRow, torch_p50: float | None, flops: float | None, ceilings: dict[str, float], streamed: float | None = None) -> BenchRow:
     if row.latency is None:
         return row
     updates: dict[str, Any] = {}
@@ -562,6 +638,8 @@ def _with_ratios(row: BenchRow, torch_p50: float | None, flops: float | None, ce
         updates["gflops_per_s"] = achieved
         ceiling = ceilings["int8"] if row.precision == "int8" else ceilings["fp32"]
         updates["ceiling_share"] = achieved / ceiling
+        if streamed and row.batch == 1 and row.precision == "fp32":
+            updates["streamed_ceiling_share"] = achieved / streamed
     return BenchRow(**{**row.__dict__, **updates})
 
 
@@ -583,16 +661,24 @@ def render_markdown(result: BenchResult) -> str:
         f"Versions: {', '.join(f'{k} {v}' for k, v in result.versions.items())}.",
         f"GEMM ceiling through onnxruntime on this machine, same run: fp32 {result.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {result.ceilings_gflops['int8']:.0f} GOP/s.",
         "FLOPs per item (torch FlopCounterMode): " + ", ".join(f"{k} {v / 1e9:.2f} GFLOP" for k, v in result.flops_per_item.items()) + ".",
+    ]
+    if result.streamed_ceilings_gflops:
+        lines.append(
+            "Streamed-weights limit at batch 1 (the tower's own weight products, each weight read from memory once per item, as one document at a time must): "
+            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.streamed_ceilings_gflops.items())
+            + "; \"% of streamed\" compares fp32 batch-1 rows with it."
+        )
+    lines += [
         "",
-        "| tower | batch | name | precision | provider ran | p50 ms | p90 ms | p99 ms | items/s | × torch eager | GFLOP/s | % of ceiling | session ms | first run ms | copies ms | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "| tower | batch | name | precision | provider ran | p50 ms | p90 ms | p99 ms | items/s | × torch eager | GFLOP/s | % of ceiling | % of streamed | session ms | first run ms | copies ms | status |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result.rows:
         lat = r.latency
         lines.append(
             f"| {r.tower} | {r.batch} | {r.name} | {r.precision} | {r.provider_ran or r.provider_requested + ' (did not run)'} | "
             f"{_fmt(lat.p50_ms if lat else None)} | {_fmt(lat.p90_ms if lat else None)} | {_fmt(lat.p99_ms if lat else None)} | {_fmt(r.throughput_per_s, 1)} | "
-            f"{_fmt(r.speedup_vs_torch)} | {_fmt(r.gflops_per_s, 0)} | {_fmt(r.ceiling_share * 100 if r.ceiling_share else None, 0)} | "
+            f"{_fmt(r.speedup_vs_torch)} | {_fmt(r.gflops_per_s, 0)} | {_fmt(r.ceiling_share * 100 if r.ceiling_share else None, 0)} | {_fmt(r.streamed_ceiling_share * 100 if r.streamed_ceiling_share else None, 0)} | "
             f"{_fmt(r.session_create_ms, 0)} | {_fmt(r.first_inference_ms, 1)} | {_fmt(r.copy_overhead_ms)} | {r.status} |"
         )
     if result.breakdown:

@@ -385,10 +385,10 @@ def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, p
     for r in results:
         click.echo(f"{r.model_dir}  ({r.machine['cpu']}, {r.machine['threads_used']} threads; GEMM ceiling fp32 {r.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {r.ceilings_gflops['int8']:.0f} GOP/s)")
         rows = [
-            (row.tower, row.batch, row.name, row.precision, (row.provider_ran or row.provider_requested).replace("ExecutionProvider", ""), row.p50_ms, row.latency.p90_ms if row.latency else None, row.latency.p99_ms if row.latency else None, row.throughput_per_s, row.speedup_vs_torch, f"{row.ceiling_share * 100:.0f}%" if row.ceiling_share else None, row.status if row.status != "ok" else "ok")
+            (row.tower, row.batch, row.name, row.precision, (row.provider_ran or row.provider_requested).replace("ExecutionProvider", ""), row.p50_ms, row.latency.p90_ms if row.latency else None, row.latency.p99_ms if row.latency else None, row.throughput_per_s, row.speedup_vs_torch, f"{row.ceiling_share * 100:.0f}%" if row.ceiling_share else None, f"{row.streamed_ceiling_share * 100:.0f}%" if row.streamed_ceiling_share else None, row.status if row.status != "ok" else "ok")
             for row in r.rows
         ]
-        click.echo(table(["tower", "batch", "name", "prec", "provider", "p50 ms", "p90 ms", "p99 ms", "items/s", "x torch", "% ceiling", "status"], rows))
+        click.echo(table(["tower", "batch", "name", "prec", "provider", "p50 ms", "p90 ms", "p99 ms", "items/s", "x torch", "% ceiling", "% streamed", "status"], rows))
         click.echo(f"report: {r.report_path}  chart: {r.chart_path}\n")
 
 

@@ -52,6 +52,7 @@ def test_bench_end_to_end_through_the_cli(tiny_vit_copy: Path) -> None:
         assert r["latency"]["p50_ms"] > 0 and r["latency"]["p50_ms"] <= r["latency"]["p99_ms"]
         assert r["throughput_per_s"] > 0 and r["speedup_vs_torch"] > 0 and r["session_create_ms"] >= 0
         assert r["threads"] >= 1 and 0 < r["ceiling_share"]
+        assert (r["streamed_ceiling_share"] is not None) == (r["batch"] == 1)
     import onnxruntime
 
     if "CUDAExecutionProvider" not in onnxruntime.get_available_providers():
@@ -62,6 +63,7 @@ def test_bench_end_to_end_through_the_cli(tiny_vit_copy: Path) -> None:
     eager = next(r for r in rows if r["name"] == "torch eager-fp32" and r["batch"] == 1 and r["tower"] == "visual")
     assert eager["speedup_vs_torch"] == pytest.approx(1.0)
     assert data["ceilings_gflops"]["fp32"] > 0 and data["flops_per_item"]["visual"] > 0
+    assert set(data["streamed_ceilings_gflops"]) == {"visual", "text"} and min(data["streamed_ceilings_gflops"].values()) > 0
     assert data["machine"]["cores"] >= 1 and "onnxruntime" in data["versions"]
     assert {s["image"] for s in data["breakdown"]} == {"coffee-and-cat-wide-alpha.png", "rocket-small.jpg"}
     variants = {p["variant"]: p for p in data["preprocessing"]}
@@ -85,3 +87,25 @@ def test_bad_batch_sizes(tiny_vit_copy: Path) -> None:
     assert zero.exit_code == 1 and "batch sizes must be >= 1" in zero.stderr
     with pytest.raises(Exception, match="unknown provider"):
         bench(tiny_vit_copy, providers=["tpu"], write=False)
+
+
+def test_streamed_chain_adapts_widths_and_counts_its_flops() -> None:
+    """The streamed-weights limit chains the tower's per-token products, each with its own weight,
+    until the weights pass the size asked for; Slice and Pad bridge width changes."""
+    import onnx
+    import onnxruntime
+
+    from clip_export.bench import _streamed_chain_model
+
+    shapes = [(5, 8, 24), (5, 8, 8), (5, 8, 32), (5, 32, 4), (1, 8, 4)]
+    model, m, k, flops = _streamed_chain_model(shapes, min_weight_bytes=10_000, max_nodes=50)
+    graph = onnx.load_from_string(model).graph
+    weights = {t.name: t.dims for t in graph.initializer}
+    products = [n for n in graph.node if n.op_type == "MatMul"]
+    weight_count = sum(weights[n.input[1]][0] * weights[n.input[1]][1] for n in products)
+    assert len(products) == 16 and 10_000 <= 4 * weight_count < 10_000 + 4 * 8 * 32
+    assert flops == 2 * 5 * weight_count
+    assert {n.op_type for n in graph.node} == {"MatMul", "Slice", "Pad"}
+    session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
+    (out,) = session.run(None, {"a": np.ones((m, k), np.float32)})
+    assert (m, k) == (5, 8) and out.shape == (5, 4)
