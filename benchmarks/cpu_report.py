@@ -47,14 +47,16 @@ def main() -> None:
         m = result.machine
         print(f"\n### {model} (random weights), batch 1\n")
         print(f"{result.date}, {m['cpu']}, {m['cores']} cores, {m['threads_used']} threads; GEMM ceiling fp32 {result.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {result.ceilings_gflops['int8']:.0f} GOP/s; "
-              + ", ".join(f"{t} {f / 1e9:.1f} GFLOP/item" for t, f in result.flops_per_item.items()) + ".\n")
-        print("| tower | row | provider | p50 ms | p90 ms | p99 ms | × torch eager | GFLOP/s | % of ceiling |")
-        print("|---|---|---|---|---|---|---|---|---|")
+              + ", ".join(f"{t} {f / 1e9:.1f} GFLOP/item" for t, f in result.flops_per_item.items()) + "; streamed-weights limit "
+              + ", ".join(f"{t} {g:.0f} GFLOP/s" for t, g in result.streamed_ceilings_gflops.items()) + ".\n")
+        print("| tower | row | provider | p50 ms | p90 ms | p99 ms | × torch eager | GFLOP/s | % of ceiling | % of streamed limit |")
+        print("|---|---|---|---|---|---|---|---|---|---|")
         for r in result.rows:
             if r.latency is None:
                 continue
             share = f"{r.ceiling_share * 100:.0f}%" if r.ceiling_share else "-"
-            print(f"| {r.tower} | {r.name} | {r.provider_ran} | {r.latency.p50_ms:.1f} | {r.latency.p90_ms:.1f} | {r.latency.p99_ms:.1f} | {r.speedup_vs_torch:.2f} | {r.gflops_per_s or 0:.0f} | {share} |")
+            streamed = f"{r.streamed_ceiling_share * 100:.0f}%" if r.streamed_ceiling_share else "-"
+            print(f"| {r.tower} | {r.name} | {r.provider_ran} | {r.latency.p50_ms:.1f} | {r.latency.p90_ms:.1f} | {r.latency.p99_ms:.1f} | {r.speedup_vs_torch:.2f} | {r.gflops_per_s or 0:.0f} | {share} | {streamed} |")
         if result.breakdown:
             print("\n| image | engine | load ms | preprocess ms | inference ms | to numpy ms | total ms |\n|---|---|---|---|---|---|---|")
             for s in result.breakdown:

@@ -1,0 +1,59 @@
+"""Why ClipOnnx parks onnxruntime's workers after each run: the resize that follows needs the core.
+
+    python benchmarks/spinning_and_resize.py [--runs 100]
+
+For the ViT-B/32 image tower (benchmarks/.work, from runtime_overhead.py or cpu_report.py), with
+one session at a time: the session run, then straight after it the runtime's two-band resize of
+the report's RGBA PNG, alternated, for onnxruntime workers left spinning, parked after each run
+(session.force_spinning_stop), and spinning disabled.
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+from pathlib import Path
+
+from PIL import Image
+
+from clip_export.bench import report_images
+from clip_export.manifest import read_manifest
+from clip_export.models import PreprocessConfig
+from clip_export.preprocess import preprocess_crop_box_parallel
+from clip_export.sessions import SessionOptions, create_session
+
+MODEL_DIR = Path(__file__).parent / ".work" / "ViT-B-32"
+SETTINGS = {
+    "spinning (onnxruntime default)": SessionOptions(intra_op_threads=2),
+    "spinning, parked after run (ClipOnnx)": SessionOptions(intra_op_threads=2, stop_spinning_after_run=True),
+    "no spinning": SessionOptions(intra_op_threads=2, allow_spinning=False),
+}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--runs", type=int, default=100)
+    args = parser.parse_args()
+    config = PreprocessConfig.from_json(read_manifest(MODEL_DIR)["preprocess"])
+    png = Image.open(report_images()[0])
+    png.load()
+    pixels = preprocess_crop_box_parallel(png, config)[None]
+    print("| onnxruntime workers | session.run p50 ms | two-band resize right after p50 ms |")
+    print("|---|---|---|")
+    for label, options in SETTINGS.items():
+        session = create_session(MODEL_DIR / "visual.onnx", options)
+        runs: list[float] = []
+        resizes: list[float] = []
+        for _ in range(args.runs + 5):
+            start = time.perf_counter()
+            session.run(None, {"pixel_values": pixels})
+            runs.append(time.perf_counter() - start)
+            start = time.perf_counter()
+            preprocess_crop_box_parallel(png, config)
+            resizes.append(time.perf_counter() - start)
+        print(f"| {label} | {statistics.median(runs[5:]) * 1e3:.2f} | {statistics.median(resizes[5:]) * 1e3:.2f} |")
+        session = None  # one session alive at a time
+
+
+if __name__ == "__main__":
+    main()
