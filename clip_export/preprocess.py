@@ -123,7 +123,8 @@ def _forget_band_workers() -> None:
     _band_pool = None  # a forked child has no threads behind the parent's pool
 
 
-os.register_at_fork(after_in_child=_forget_band_workers)
+if hasattr(os, "register_at_fork"):  # POSIX only; Windows has no fork
+    os.register_at_fork(after_in_child=_forget_band_workers)
 
 
 def preprocess_crop_box(image: Image.Image, config: PreprocessConfig, bands: int = 1) -> np.ndarray:
