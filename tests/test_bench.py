@@ -111,3 +111,15 @@ def test_streamed_chain_adapts_widths_and_counts_its_flops() -> None:
     session = onnxruntime.InferenceSession(model, providers=["CPUExecutionProvider"])
     (out,) = session.run(None, {"a": np.ones((m, k), np.float32)})
     assert (m, k) == (5, 8) and out.shape == (5, 4)
+
+
+def test_a_resnet_image_tower_gets_no_streamed_limit(tmp_path: Path) -> None:
+    """A ResNet's weight products are a small share of its FLOPs, so the limit would mislead."""
+    from clip_export import export_onnx, resolve
+    from clip_export.bench import bench
+
+    model_dir = export_onnx(resolve("tiny-rn", random_init=True), out=tmp_path, towers=["visual", "text"]).model_dir
+    result = bench(model_dir, batch_sizes=[1], budget_s=0.02, breakdown=False, write=False)
+    assert "visual" not in result.streamed_ceilings_gflops and result.streamed_ceilings_gflops["text"] > 0
+    onnx_rows = [r for r in result.rows if r.kind == "artifact"]
+    assert {r.tower: r.streamed_ceiling_share is None for r in onnx_rows} == {"visual": True, "text": False}
