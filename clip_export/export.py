@@ -438,6 +438,12 @@ def export_onnx(
             "captions": list(evalset.captions) if "text" in towers else [],
             "computed_with": "torch fp32 (CPU)",
         }
+        if "text" in towers and loaded.extra.get("open_clip_tokenizer") is not None:
+            from .tokenizer import bundle_vocab
+
+            vocab = bundle_vocab(loaded.extra["open_clip_tokenizer"], loaded.tokenizer.context_length, evalset.captions, staging)
+            if vocab is not None:  # serving can then tokenize without torch (clip_export.runtime)
+                manifest["tokenizer"]["bpe_vocab"] = file_record(vocab, staging)
         write_manifest(staging, manifest)
         _swap_into_place(staging, target)
     except BaseException:

@@ -9,6 +9,7 @@ import os
 import socket
 import zipfile
 from dataclasses import dataclass, field
+from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -387,6 +388,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         embed_dim=embed_dim,
         checkpoint_sha256=sha256_file(checkpoint) if checkpoint is not None else None,
         checkpoint_path=checkpoint,
+        extra={"open_clip_tokenizer": tokenizer},
     )
 
 
@@ -403,7 +405,7 @@ def _load_hf(spec: ModelSpec) -> LoadedModel:
         tokenizer = transformers.CLIPTokenizer.from_pretrained(str(spec.hf_dir), local_files_only=True)
     except Exception as exc:
         raise WeightsError(f"could not load the Hugging Face CLIP directory {spec.hf_dir}: {exc}") from None
-    model = _HFAdapter(model).eval()
+    model = _hf_adapter_class()(model).eval()
     pre = {}
     pre_file = spec.hf_dir / "preprocessor_config.json"
     if pre_file.exists():
@@ -435,28 +437,30 @@ def _load_hf(spec: ModelSpec) -> LoadedModel:
     )
 
 
-def _hf_adapter_base() -> type:
+@lru_cache(maxsize=1)
+def _hf_adapter_class() -> type:
+    """Built on first use: subclassing torch.nn.Module at import time would import torch with
+    every clip_export module, including the torch-free serving runtime."""
     import torch
 
-    return torch.nn.Module
+    class HFAdapter(torch.nn.Module):
+        """Gives a transformers CLIPModel the encode_image/encode_text surface of open_clip."""
 
+        def __init__(self, hf_model: Any) -> None:
+            super().__init__()
+            self.hf = hf_model
 
-class _HFAdapter(_hf_adapter_base()):  # type: ignore[misc]
-    """Gives a transformers CLIPModel the encode_image/encode_text surface of open_clip."""
+        def encode_image(self, pixel_values: Any, normalize: bool = False) -> Any:
+            out = self.hf.get_image_features(pixel_values=pixel_values)
+            out = getattr(out, "pooler_output", out)
+            return out / out.norm(dim=-1, keepdim=True) if normalize else out
 
-    def __init__(self, hf_model: Any) -> None:
-        super().__init__()
-        self.hf = hf_model
+        def encode_text(self, input_ids: Any, normalize: bool = False) -> Any:
+            out = self.hf.get_text_features(input_ids=input_ids)
+            out = getattr(out, "pooler_output", out)
+            return out / out.norm(dim=-1, keepdim=True) if normalize else out
 
-    def encode_image(self, pixel_values: Any, normalize: bool = False) -> Any:
-        out = self.hf.get_image_features(pixel_values=pixel_values)
-        out = getattr(out, "pooler_output", out)
-        return out / out.norm(dim=-1, keepdim=True) if normalize else out
-
-    def encode_text(self, input_ids: Any, normalize: bool = False) -> Any:
-        out = self.hf.get_text_features(input_ids=input_ids)
-        out = getattr(out, "pooler_output", out)
-        return out / out.norm(dim=-1, keepdim=True) if normalize else out
+    return HFAdapter
 
 
 @dataclass(frozen=True)

@@ -52,8 +52,9 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
             problems.append(f"{model_dir.name}/{issue}")
         if passed.get(entry["path"]) != entry["sha256"]:
             problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
-    for issue in integrity_problems(model_dir, manifest["reference"]) if manifest.get("reference") else []:
-        problems.append(f"{model_dir.name}/{issue}")
+    for record in (manifest.get("reference"), manifest["tokenizer"].get("bpe_vocab")):
+        for issue in integrity_problems(model_dir, record) if record else []:
+            problems.append(f"{model_dir.name}/{issue}")
     return problems
 
 
@@ -173,6 +174,10 @@ def release(
             ref_name = safe_asset_name(f"{slug}-reference.npz")
             assets += _copy_plain(dirs[0] / merged["reference"]["path"], staging, ref_name)
             merged["reference"].update(file_record(staging / ref_name, staging))
+        if merged["tokenizer"].get("bpe_vocab"):
+            vocab_name = safe_asset_name(f"{slug}-tokenizer-bpe.txt.gz")
+            assets += _copy_plain(dirs[0] / merged["tokenizer"]["bpe_vocab"]["path"], staging, vocab_name)
+            merged["tokenizer"]["bpe_vocab"] = file_record(staging / vocab_name, staging)
         merged["release"] = {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]}
         write_manifest(staging, merged)
         atomic_write_text(staging / "MODEL_CARD.md", model_card(merged, slug, tag))

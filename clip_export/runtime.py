@@ -4,8 +4,9 @@
     image_vectors = model.embed_images(["photo.jpg"])
     text_vectors = model.embed_texts(["a photo of a cat"])
 
-Hashes are checked on load; preprocessing and tokenization follow the manifest. Tokenization uses
-open_clip's tokenizer (or the Hugging Face tokenizer a directory export recorded).
+Hashes are checked on load; preprocessing and tokenization follow the manifest. Captions are
+tokenized with the BPE vocabulary the export bundled (clip_export.tokenizer, no torch), or else
+with open_clip's tokenizer (or the Hugging Face tokenizer a directory export recorded).
 
 Images are preprocessed with the crop-box resize in two bands at once by default ("fast"): within
 one uint8 step of open_clip's pipeline on rare pixels, embeddings within 2e-6, 3-5x less time
@@ -74,6 +75,10 @@ class ClipOnnx:
         if not sessions:
             available = sorted({f"{a['precision']}/{a['format']}" for a in manifest["artifacts"]})
             raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
+        vocab = manifest["tokenizer"].get("bpe_vocab")
+        problems = integrity_problems(root, vocab) if vocab and "text" in sessions else []
+        if problems:
+            raise IntegrityError(f"refusing to load the tokenizer: {'; '.join(problems)}")
         return cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
@@ -89,7 +94,7 @@ class ClipOnnx:
 
     def tokenize(self, texts: Sequence[str]) -> np.ndarray:
         if self._tokenizer is None:
-            self._tokenizer = _tokenizer_for(self.manifest)
+            self._tokenizer = _tokenizer_for(self.manifest, self.root)
         return self._tokenizer(list(texts))
 
     def embed_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
@@ -109,9 +114,18 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _tokenizer_for(manifest: dict[str, Any]) -> Any:
+def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
+    """The bundled BPE vocabulary when the export shipped one (no torch needed), else the tokenizer
+    library the manifest names."""
     settings = manifest["tokenizer"]
     context = int(settings["context_length"])
+    if settings.get("bpe_vocab"):
+        from .tokenizer import ClipBpeTokenizer
+
+        tokenizer = ClipBpeTokenizer(root / settings["bpe_vocab"]["path"], context)
+        if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
+            raise ClipExportError(f"{settings['bpe_vocab']['path']} does not use the SOT/EOT ids recorded in the manifest")
+        return tokenizer
     if settings.get("kind") == "huggingface":
         from transformers import CLIPTokenizer
 

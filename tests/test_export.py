@@ -24,7 +24,9 @@ def test_manifest_describes_every_artifact(tiny_vit_dir: Path) -> None:
     manifest = read_manifest(tiny_vit_dir)
     assert manifest["model"]["arch"] == "tiny-vit" and manifest["model"]["random_init"] is True
     assert manifest["preprocess"]["image_size"] == [64, 64]
+    vocab = manifest["tokenizer"].pop("bpe_vocab")
     assert manifest["tokenizer"] == {"context_length": 77, "sot_token_id": 49406, "eot_token_id": 49407, "kind": "open_clip"}
+    assert vocab["path"] == "tokenizer-bpe.txt.gz" and vocab["bytes"] == (tiny_vit_dir / vocab["path"]).stat().st_size
     assert {"torch", "open_clip", "onnx", "onnxruntime"} <= set(manifest["versions"])
     by_tower = {a["tower"]: a for a in manifest["artifacts"]}
     assert set(by_tower) == {"visual", "text"}

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from clip_export import export_onnx, load_model, resolve
+from clip_export.manifest import read_manifest
 from clip_export.verify import verify
 
 transformers = pytest.importorskip("transformers", reason="the hf extra (transformers) is not installed")
@@ -49,3 +50,5 @@ def test_hf_directory_exports_and_verifies(hf_dir: Path, tmp_path: Path) -> None
     result = export_onnx(resolve(str(hf_dir)), out=tmp_path)
     assert all(t.parity_mean_abs <= 1e-5 for t in result.towers)
     assert verify(result.model_dir).passed
+    # The Hugging Face tokenizer is not the one clip_export.tokenizer reproduces: nothing is bundled.
+    assert "bpe_vocab" not in read_manifest(result.model_dir)["tokenizer"]
