@@ -63,7 +63,8 @@ def main() -> None:
         caption = ["a photo of an astronaut riding a horse"]
         ids = runtime.tokenize(caption)
         bare, full = interleaved_p50_ms([lambda: text.run(None, {"input_ids": ids}), lambda: runtime.embed_texts(caption)], args.budget)
-        rows.append({"input": "one caption", "preprocess": "open_clip tokenizer", "session_run_ms": bare, "pixel_values_ms": None, "embed_pil_ms": full, "embed_file_ms": None, "overhead_pil": full / bare - 1, "overhead_file": None})
+        tokenizer = "bundled BPE (no torch)" if runtime.manifest["tokenizer"].get("bpe_vocab") else "open_clip tokenizer"
+        rows.append({"input": "one caption", "preprocess": tokenizer, "session_run_ms": bare, "pixel_values_ms": None, "embed_pil_ms": full, "embed_file_ms": None, "overhead_pil": full / bare - 1, "overhead_file": None})
         runtime = None  # one set of sessions alive at a time
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"runtime_{spec.slug}.json").write_text(json.dumps({"date": now_iso(), "rows": rows}, indent=2) + "\n")

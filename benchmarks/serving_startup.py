@@ -1,0 +1,104 @@
+"""Start-up of a serving process: import the runtime, open a release, embed the first caption.
+
+    python benchmarks/serving_startup.py [--model ViT-B/32] [--runs 3]
+
+Runs fresh Python processes on the ViT-B/32 export under benchmarks/.work (exported if missing),
+once with the BPE vocabulary the export bundles (no torch), once with the manifest's vocabulary
+entry removed, so that the runtime falls back to open_clip's tokenizer (which imports torch).
+Reports the median wall time from the first import to the first caption embedding, the peak RSS,
+and whether torch was imported.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from clip_export import resolve
+from clip_export.manifest import now_iso, read_manifest, write_manifest
+from clip_export.tokenizer import ClipBpeTokenizer
+
+WORK = Path(__file__).parent / ".work"
+CHILD = """
+import json, resource, sys, time
+start = time.perf_counter()
+from clip_export.runtime import ClipOnnx
+runtime = ClipOnnx.from_release(sys.argv[1])
+runtime.embed_texts(["a photo of a cat"])
+print(json.dumps({"seconds": time.perf_counter() - start, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "torch_imported": "torch" in sys.modules}))
+"""
+
+
+def without_vocabulary(model_dir: Path, into: Path) -> Path:
+    """The same artifacts (linked, not copied) with a manifest that names no vocabulary."""
+    for path in model_dir.iterdir():
+        if path.name not in ("manifest.json", "tokenizer-bpe.txt.gz"):
+            (into / path.name).symlink_to(path.resolve())
+    manifest = read_manifest(model_dir)
+    manifest["tokenizer"].pop("bpe_vocab", None)
+    write_manifest(into, manifest)
+    return into
+
+
+def measure(directory: Path, runs: int) -> dict[str, float | bool]:
+    samples = []
+    for _ in range(runs):
+        done = subprocess.run([sys.executable, "-c", CHILD, str(directory)], capture_output=True, text=True, check=True)
+        samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
+    return {
+        "seconds": statistics.median(s["seconds"] for s in samples),
+        "peak_rss_mb": statistics.median(s["peak_rss_mb"] for s in samples),
+        "torch_imported": any(s["torch_imported"] for s in samples),
+    }
+
+
+def per_call_us(tokenizer: Any, texts: list[str], calls: int = 1000) -> float:
+    samples = []
+    for _ in range(calls):
+        start = time.perf_counter()
+        tokenizer(texts)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples) * 1e6
+
+
+def open_clip_tokenizer() -> Any:
+    import open_clip
+
+    return open_clip.get_tokenizer("ViT-B-32")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="ViT-B/32")
+    parser.add_argument("--runs", type=int, default=3)
+    args = parser.parse_args()
+    spec = resolve(args.model, random_init=True, seed=0)
+    model_dir = WORK / spec.slug
+    if not (model_dir / "manifest.json").exists() or "bpe_vocab" not in read_manifest(model_dir)["tokenizer"]:
+        # In a child: Linux carries a parent's peak RSS over into the processes it forks.
+        export = f"from clip_export import export_onnx, resolve; export_onnx(resolve({args.model!r}, random_init=True, seed=0), out={str(WORK)!r}, force=True)"
+        subprocess.run([sys.executable, "-c", export], check=True)
+    rows = {"bundled BPE vocabulary (clip_export.tokenizer)": measure(model_dir, args.runs)}
+    with tempfile.TemporaryDirectory() as tmp:
+        rows["open_clip tokenizer (older exports)"] = measure(without_vocabulary(model_dir, Path(tmp)), args.runs)
+    caption = ["a photo of an astronaut riding a horse"]
+    tokenize_us = {
+        "clip_export.tokenizer": per_call_us(ClipBpeTokenizer(model_dir / read_manifest(model_dir)["tokenizer"]["bpe_vocab"]["path"]), caption),
+        "open_clip": per_call_us(open_clip_tokenizer(), caption),
+    }
+    print(f"{now_iso()}, {args.model} fp32 CPU, median of {args.runs} fresh processes\n")
+    print("| tokenizer | import → first caption embedding s | peak RSS MB | torch imported |")
+    print("|---|---|---|---|")
+    for label, row in rows.items():
+        print(f"| {label} | {row['seconds']:.2f} | {row['peak_rss_mb']:.0f} | {'yes' if row['torch_imported'] else 'no'} |")
+    print("\nTokenizing one caption, median of 1000 calls (warm cache): " + ", ".join(f"{k} {v:.1f} µs" for k, v in tokenize_us.items()))
+
+
+if __name__ == "__main__":
+    main()
