@@ -9,8 +9,8 @@ tokenized with the BPE vocabulary the export bundled (clip_export.tokenizer, no 
 with open_clip's tokenizer (or the Hugging Face tokenizer a directory export recorded).
 
 Images are preprocessed with the crop-box resize in two bands at once by default ("fast"): within
-one uint8 step of open_clip's pipeline on rare pixels, embeddings within 2e-6, 3-5x less time
-(docs/benchmarks.md). `preprocess="exact"` gives open_clip's pixels bit for bit.
+one uint8 step of open_clip's pipeline on rare pixels, embeddings about 1e-6 apart, 1.5x (small
+JPEG) to 4x (wide RGBA PNG) less time (docs/benchmarks.md). `preprocess="exact"` gives open_clip's pixels bit for bit.
 """
 from __future__ import annotations
 

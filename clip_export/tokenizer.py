@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ClipExportError, MissingExtraError
+from .errors import ClipExportError
 
 VOCAB_NAME = "tokenizer-bpe.txt.gz"
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
@@ -52,8 +52,8 @@ def _text_libraries() -> tuple[Any, Any]:
     try:
         import ftfy
         import regex
-    except ImportError:
-        raise MissingExtraError("ftfy and regex", "cpu", "tokenizing captions without open_clip") from None
+    except ImportError as exc:
+        raise ClipExportError(f"tokenizing captions needs '{exc.name}', a dependency of clip-export that is missing; reinstall with: pip install clip-export") from None
     return ftfy, regex
 
 
@@ -162,8 +162,8 @@ def bundle_vocab(open_clip_tokenizer: Any, context_length: int, texts: Sequence[
         return None
     try:
         tokenizer = ClipBpeTokenizer(source, context_length)
-    except MissingExtraError:
-        return None
+    except ClipExportError:
+        return None  # not bundling leaves serving on open_clip's tokenizer, which works
     if not agrees_with(tokenizer, open_clip_tokenizer, [*PROBE_TEXTS, *texts], context_length):
         return None
     target = Path(target_dir) / VOCAB_NAME
