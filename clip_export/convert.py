@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import ConversionError, ManifestError
+from .errors import ConversionError, ManifestError, import_optional
 from .manifest import file_record, read_manifest, refuse_existing, require_intact, upsert_artifact, write_manifest
 from .progress import Progress, silent
 from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
@@ -88,12 +88,7 @@ def fp32_nodes(model: Any, keep_final_fp32: bool = True) -> list[str]:
 
 def to_fp16(model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: bool = True) -> tuple[Any, dict[str, Any]]:
     """Convert float tensors to fp16 with fp32 I/O and the fragile ops blocked."""
-    try:
-        from onnxconverter_common import float16
-    except ImportError:
-        from .errors import MissingExtraError
-
-        raise MissingExtraError("onnxconverter-common", "cpu", "fp16 conversion") from None
+    float16 = import_optional("onnxconverter_common.float16", package="onnxconverter-common", extra="cpu", purpose="fp16 conversion")
     import warnings
 
     ops = list(dict.fromkeys([*float16.DEFAULT_OP_BLOCK_LIST, *FP16_FP32_OPS, *extra_fp32_ops]))
@@ -338,12 +333,7 @@ def fused_fp16(source: Path, extra_fp32_ops: Sequence[str] = ()) -> tuple[Any, d
 
 def fuse_transformer_ops(source: Path | Any) -> tuple[Any, dict[str, int]]:
     """onnxruntime's transformer optimizer; returns the optimizer's model wrapper and what it fused."""
-    try:
-        from onnxruntime.transformers.optimizer import optimize_model
-    except ImportError:
-        from .errors import MissingExtraError
-
-        raise MissingExtraError("onnxruntime", "cpu", "--fuse") from None
+    optimize_model = import_optional("onnxruntime.transformers.optimizer", package="onnxruntime", extra="cpu", purpose="--fuse").optimize_model
     import logging
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
@@ -395,12 +385,8 @@ def quantize_int8(
     progress: Progress = silent,
 ) -> ConvertResult:
     """Dynamic INT8 quantization of MatMul/Gemm weights for CPU serving."""
-    try:
-        from onnxruntime.quantization import QuantType, quantize_dynamic
-    except ImportError:
-        from .errors import MissingExtraError
-
-        raise MissingExtraError("onnxruntime", "cpu", "INT8 quantization") from None
+    quantization = import_optional("onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization")
+    QuantType, quantize_dynamic = quantization.QuantType, quantization.quantize_dynamic
     onnx = _onnx()
 
     def write(source: Path, target: Path) -> dict[str, Any]:

@@ -1,6 +1,9 @@
 """One error hierarchy: the CLI turns any of these into a single `Error: …` line and exit 1."""
 from __future__ import annotations
 
+import importlib
+from types import ModuleType
+
 
 class ClipExportError(Exception):
     """Base class: an expected failure whose message is meant for the user, not a traceback."""
@@ -64,3 +67,11 @@ class MissingExtraError(ClipExportError):
         )
         self.package = package
         self.extra = extra
+
+
+def import_optional(module: str, *, package: str, extra: str, purpose: str) -> ModuleType:
+    """Import a heavy optional dependency where it is used; its absence names the pip extra."""
+    try:
+        return importlib.import_module(module)
+    except ImportError:
+        raise MissingExtraError(package, extra, purpose) from None

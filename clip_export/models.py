@@ -13,7 +13,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from .errors import MissingExtraError, UnknownModelError, UnsafeCheckpointError, WeightsError
+from .errors import UnknownModelError, UnsafeCheckpointError, WeightsError, import_optional
 
 # The names of OpenAI's `clip` package, as users type them, and the open_clip architecture that
 # holds the same graph (OpenAI's weights were trained with QuickGELU).
@@ -393,10 +393,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
 
 def _load_hf(spec: ModelSpec) -> LoadedModel:
-    try:
-        import transformers
-    except ImportError:
-        raise MissingExtraError("transformers", "hf", "loading a Hugging Face CLIP directory") from None
+    transformers = import_optional("transformers", package="transformers", extra="hf", purpose="loading a Hugging Face CLIP directory")
     import torch
 
     assert spec.hf_dir is not None

@@ -5,7 +5,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from .errors import MissingExtraError, ProviderUnavailableError
+from .errors import ProviderUnavailableError, import_optional
 
 PROVIDERS = {
     "cpu": "CPUExecutionProvider",
@@ -18,11 +18,7 @@ FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
 
 
 def ort() -> Any:
-    try:
-        import onnxruntime
-    except ImportError:
-        raise MissingExtraError("onnxruntime", "cpu", "running ONNX artifacts") from None
-    return onnxruntime
+    return import_optional("onnxruntime", package="onnxruntime", extra="cpu", purpose="running ONNX artifacts")
 
 
 def provider_name(short: str) -> str:

@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
-from .errors import ConversionError, ManifestError, MissingExtraError, TensorRTError
+from .errors import ConversionError, ManifestError, MissingExtraError, TensorRTError, import_optional
 from .manifest import atomic_write_bytes, file_record, read_manifest, refuse_existing, require_intact, upsert_artifact, write_manifest
 from .progress import Progress, silent
 from .spec import TOWERS
@@ -47,11 +47,7 @@ class TrtResult:
 
 
 def import_tensorrt() -> Any:
-    try:
-        import tensorrt
-    except ImportError:
-        raise MissingExtraError("tensorrt", "tensorrt", "building TensorRT engines (GPU only; its wheels come from NVIDIA's index)") from None
-    return tensorrt
+    return import_optional("tensorrt", package="tensorrt", extra="tensorrt", purpose="building TensorRT engines (GPU only; its wheels come from NVIDIA's index)")
 
 
 def major_version(trt: Any) -> int:
