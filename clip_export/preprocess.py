@@ -49,14 +49,18 @@ def _resize_shortest(image: Image.Image, size: int, interpolation: str, reducing
     return image.resize((new_w, new_h), _PIL_FILTERS[interpolation], reducing_gap=reducing_gap)
 
 
+def _crop_offsets(img_w: int, img_h: int, width: int, height: int) -> tuple[int, int]:
+    """torchvision's CenterCrop corner (left, top), rounding half to even as it does."""
+    return int(round((img_w - width) / 2.0)), int(round((img_h - height) / 2.0))
+
+
 def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
     img_w, img_h = image.size
     if img_w < width or img_h < height:  # torchvision pads with zeros before cropping
         canvas = Image.new(image.mode, (max(img_w, width), max(img_h, height)))
         canvas.paste(image, ((canvas.width - img_w) // 2, (canvas.height - img_h) // 2))
         image, img_w, img_h = canvas, canvas.width, canvas.height
-    top = int(round((img_h - height) / 2.0))
-    left = int(round((img_w - width) / 2.0))
+    left, top = _crop_offsets(img_w, img_h, width, height)
     return image.crop((left, top, left + width, top + height))
 
 
@@ -69,10 +73,12 @@ def _normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.
     return np.ascontiguousarray(table.T)
 
 
-def _normalize(rgb: Image.Image, config: PreprocessConfig) -> np.ndarray:
+def _normalize(rgb: Image.Image, config: PreprocessConfig, out: np.ndarray | None = None) -> np.ndarray:
+    """[3, H, W] float32 from an RGB image, written into `out` (a [3, H, W] view) when given."""
     pixels = np.asarray(rgb)
     table = _normalization_table(tuple(config.mean), tuple(config.std))
-    out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    if out is None:
+        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
     for channel in range(3):
         np.take(table[channel], pixels[:, :, channel], out=out[channel])
     return out
@@ -140,7 +146,7 @@ def preprocess_crop_box(image: Image.Image, config: PreprocessConfig, bands: int
     new_w, new_h = shortest_side_size(img_w, img_h, min(height, width))
     if (new_w, new_h) == (img_w, img_h) or new_w < width or new_h < height:
         return preprocess_reference(image, config)
-    top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+    left, top = _crop_offsets(new_w, new_h, width, height)
     scale_x, scale_y = img_w / new_w, img_h / new_h
     x0, x1 = left * scale_x, min((left + width) * scale_x, float(img_w))
     support = _FILTER_SUPPORT[config.interpolation]
@@ -148,7 +154,6 @@ def preprocess_crop_box(image: Image.Image, config: PreprocessConfig, bands: int
     margin_y = math.ceil(support * max(scale_y, 1.0)) + 2
     cut_x0, cut_x1 = max(int(x0) - margin_x, 0), min(math.ceil(x1) + margin_x, img_w)
     image.load()  # decode once, here: band threads must not race to decode a lazy image
-    table = _normalization_table(tuple(config.mean), tuple(config.std))
     out = np.empty((3, height, width), dtype=np.float32)
 
     def resample_rows(row0: int, row1: int) -> None:
@@ -156,9 +161,7 @@ def preprocess_crop_box(image: Image.Image, config: PreprocessConfig, bands: int
         cut_y0, cut_y1 = max(int(y0) - margin_y, 0), min(math.ceil(y1) + margin_y, img_h)
         region = image.crop((cut_x0, cut_y0, cut_x1, cut_y1))
         box = (x0 - cut_x0, y0 - cut_y0, x1 - cut_x0, y1 - cut_y0)
-        pixels = np.asarray(region.resize((width, row1 - row0), _PIL_FILTERS[config.interpolation], box=box).convert("RGB"))
-        for channel in range(3):
-            np.take(table[channel], pixels[:, :, channel], out=out[channel, row0:row1])
+        _normalize(region.resize((width, row1 - row0), _PIL_FILTERS[config.interpolation], box=box).convert("RGB"), config, out[:, row0:row1])
 
     # Upscales are cheap and their band seams shift more pixels, so they stay in one piece.
     bands = 1 if min(scale_x, scale_y) < 1.0 else max(1, min(bands, height))
@@ -183,7 +186,7 @@ def preprocess_opencv(image: Image.Image, config: PreprocessConfig) -> np.ndarra
     img_h, img_w = array.shape[:2]
     new_w, new_h = shortest_side_size(img_w, img_h, min(height, width))
     resized = cv2.resize(array, (new_w, new_h), interpolation=cv2.INTER_CUBIC)
-    top, left = int(round((new_h - height) / 2.0)), int(round((new_w - width) / 2.0))
+    left, top = _crop_offsets(new_w, new_h, width, height)
     return _normalize(Image.fromarray(resized[top : top + height, left : left + width]), config)
 
 
