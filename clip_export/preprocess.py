@@ -84,11 +84,15 @@ def _normalize(rgb: Image.Image, config: PreprocessConfig, out: np.ndarray | Non
     return out
 
 
+def _require_shortest_side(config: PreprocessConfig) -> None:
+    if config.resize_mode != "shortest":
+        raise ValueError(f"resize_mode {config.resize_mode!r} is not supported by the numpy preprocessor")
+
+
 def preprocess_reference(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     """open_clip's order: resize and crop in the image's own mode, then convert to RGB."""
     height, width = config.image_size
-    if config.resize_mode != "shortest":
-        raise ValueError(f"resize_mode {config.resize_mode!r} is not supported by the numpy preprocessor")
+    _require_shortest_side(config)
     resized = _resize_shortest(image, min(height, width), config.interpolation)
     return _normalize(_center_crop(resized, height, width).convert("RGB"), config)
 
@@ -141,6 +145,7 @@ def preprocess_crop_box(image: Image.Image, config: PreprocessConfig, bands: int
     The source is cut to that region plus the filter's reach before resizing, so an RGBA image is
     premultiplied only where it matters. With bands > 1, horizontal bands of the output are
     resampled on worker threads at once (PIL releases the GIL while it resamples)."""
+    _require_shortest_side(config)  # the crop box below is the shortest-side rule's
     height, width = config.image_size
     img_w, img_h = image.size
     new_w, new_h = shortest_side_size(img_w, img_h, min(height, width))

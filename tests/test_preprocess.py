@@ -68,3 +68,12 @@ def test_parallel_crop_box_decodes_a_lazy_image_once() -> None:
                 got = preprocess_crop_box_parallel(lazy, cfg)
             with Image.open(path) as image:
                 assert np.abs(got - preprocess_reference(image, cfg)).max() <= 1.0 / 255.0 / min(cfg.std) + 1e-6
+
+
+@pytest.mark.parametrize("variant", ["reference-pil", "crop-box-resize", "crop-box-resize-2-threads"])
+def test_unsupported_resize_modes_are_refused_not_approximated(variant: str) -> None:
+    """A wide image takes the crop-box path, which must not apply the shortest-side rule to 'squash'."""
+    cfg = PreprocessConfig((224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode="squash")
+    wide = dict(zip(load_evalset().image_names, load_evalset().open_images()))["coffee-and-cat-wide-alpha.png"]
+    with pytest.raises(ValueError, match="resize_mode 'squash' is not supported"):
+        VARIANTS[variant](wide, cfg)
