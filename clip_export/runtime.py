@@ -114,6 +114,11 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
+def _require_manifest_special_ids(tokenizer: Any, settings: dict[str, Any], which: str) -> None:
+    if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
+        raise ClipExportError(f"{which} does not use the SOT/EOT ids recorded in the manifest")
+
+
 def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
     """The bundled BPE vocabulary when the export shipped one (no torch needed), else the tokenizer
     library the manifest names."""
@@ -123,8 +128,7 @@ def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
         from .tokenizer import ClipBpeTokenizer
 
         tokenizer = ClipBpeTokenizer(root / settings["bpe_vocab"]["path"], context)
-        if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
-            raise ClipExportError(f"{settings['bpe_vocab']['path']} does not use the SOT/EOT ids recorded in the manifest")
+        _require_manifest_special_ids(tokenizer, settings, settings["bpe_vocab"]["path"])
         return tokenizer
     if settings.get("kind") == "huggingface":
         from transformers import CLIPTokenizer
@@ -135,6 +139,5 @@ def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
 
     arch = manifest["model"]["arch"]
     tokenizer = open_clip.get_tokenizer(arch if arch in open_clip.list_models() else "ViT-B-32")
-    if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
-        raise ClipExportError(f"the tokenizer for {arch} does not use the SOT/EOT ids recorded in the manifest")
+    _require_manifest_special_ids(tokenizer, settings, f"the tokenizer for {arch}")
     return lambda texts: tokenizer(texts, context_length=context).numpy().astype(np.int64)
