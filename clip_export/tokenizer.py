@@ -61,7 +61,7 @@ class ClipBpeTokenizer:
     """Captions to CLIP token ids: the same ids as open_clip's default tokenizer (lower-case
     cleaning, truncation that keeps the end-of-text token), as an int64 numpy array."""
 
-    def __init__(self, vocab_path: Path, context_length: int = 77) -> None:
+    def __init__(self, vocab_path: Path, context_length: int = 77, cache_limit: int = 100_000) -> None:
         ftfy, regex = _text_libraries()
         self._fix_text = ftfy.fix_text
         with gzip.open(vocab_path, "rt", encoding="utf-8") as handle:
@@ -74,6 +74,7 @@ class ClipBpeTokenizer:
         self._ids = {token: index for index, token in enumerate(vocabulary)}
         self._rank = {pair: rank for rank, pair in enumerate(merges)}
         self._pieces: dict[str, tuple[str, ...]] = {t: (t,) for t in SPECIAL_TOKENS}
+        self._cache_limit = cache_limit  # a server sees unbounded vocabularies of user text
         self.sot_token_id, self.eot_token_id = self._ids[SPECIAL_TOKENS[0]], self._ids[SPECIAL_TOKENS[1]]
         self.context_length = context_length
         self._words = regex.compile(
@@ -105,6 +106,8 @@ class ClipBpeTokenizer:
                     merged.append(parts[index])
                     index += 1
             parts = merged
+        if len(self._pieces) >= self._cache_limit + len(SPECIAL_TOKENS):
+            self._pieces = {t: (t,) for t in SPECIAL_TOKENS}
         self._pieces[word] = tuple(parts)
         return self._pieces[word]
 

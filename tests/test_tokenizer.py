@@ -90,3 +90,12 @@ def test_an_export_without_a_vocabulary_falls_back_to_open_clip(tiny_vit_copy: P
     runtime = ClipOnnx.from_release(tiny_vit_copy)
     expected = open_clip.get_tokenizer("ViT-B-32")(["a cat"]).numpy()
     assert np.array_equal(runtime.tokenize(["a cat"]), expected)
+
+
+def test_the_merge_cache_stays_bounded(reference_tokenizer) -> None:  # type: ignore[no-untyped-def]
+    """A long-running server sees endless new words; the cache must not grow with them."""
+    bounded = ClipBpeTokenizer(bundled_vocab_source(reference_tokenizer), cache_limit=10)
+    words = [f"zq{chr(97 + i % 26)}{chr(97 + i // 26)}" for i in range(60)]  # 60 distinct words
+    got = bounded(words)
+    assert len(bounded._pieces) <= 10 + 2
+    assert np.array_equal(got, reference_tokenizer(words).numpy())
