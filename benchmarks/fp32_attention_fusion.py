@@ -9,15 +9,14 @@ batch 1, alternating the two sessions call by call so that drift hits both alike
 from __future__ import annotations
 
 import argparse
-import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import numpy as np
 import onnx
 
 from clip_export import resolve
+from clip_export.bench import time_interleaved
 from clip_export.convert import fuse_attention
 from clip_export.sessions import SessionOptions, create_session
 
@@ -44,13 +43,7 @@ def main() -> None:
             sessions = [create_session(plain_path, options), create_session(fused_path, options)]
             pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
             outputs = [s.run(None, {"pixel_values": pixels})[0] for s in sessions]
-            times: list[list[float]] = [[], []]
-            for _ in range(args.runs):
-                for session, samples in zip(sessions, times):
-                    start = time.perf_counter()
-                    session.run(None, {"pixel_values": pixels})
-                    samples.append(time.perf_counter() - start)
-            plain, fused = (statistics.median(t) * 1e3 for t in times)
+            plain, fused = time_interleaved([lambda s=s: s.run(None, {"pixel_values": pixels}) for s in sessions], rounds=args.runs)
             print(f"| {name} | {plain:.1f} | {fused:.1f} | {fused / plain:.3f} | {fused_count} | {np.abs(outputs[0] - outputs[1]).max():.1e} |")
 
 

@@ -9,15 +9,13 @@ pixels and the median time of each, the calls alternated.
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 
 import numpy as np
 import onnxruntime as ort
 from onnx import TensorProto, helper
 from PIL import Image
 
-from clip_export.bench import report_images
+from clip_export.bench import report_images, time_interleaved
 from clip_export.preprocess import shortest_side_size
 
 
@@ -41,13 +39,7 @@ def main() -> None:
     reference = np.asarray(image.resize((width, height), Image.BICUBIC)).astype(np.int16)
     ours = session.run(None, {"x": pixels, "sizes": sizes})[0][0].astype(np.int16)
     delta = np.abs(ours - reference)
-    times: list[list[float]] = [[], []]
-    for _ in range(args.runs):
-        for call, samples in zip((lambda: image.resize((width, height), Image.BICUBIC), lambda: session.run(None, {"x": pixels, "sizes": sizes})), times):
-            start = time.perf_counter()
-            call()
-            samples.append(time.perf_counter() - start)
-    pil_ms, ort_ms = (statistics.median(t) * 1e3 for t in times)
+    pil_ms, ort_ms = time_interleaved([lambda: image.resize((width, height), Image.BICUBIC), lambda: session.run(None, {"x": pixels, "sizes": sizes})], rounds=args.runs)
     print(f"{image.size[0]}x{image.size[1]} -> {width}x{height}: PIL {pil_ms:.2f} ms, onnxruntime Resize {ort_ms:.2f} ms; "
           f"max pixel difference {delta.max()} uint8 steps on {(delta > 0).mean() * 100:.3f}% of values")
 

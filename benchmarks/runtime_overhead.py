@@ -11,34 +11,17 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
-import time
 from pathlib import Path
-from typing import Any, Callable
 
 from PIL import Image
 
 from clip_export import export_onnx, resolve
-from clip_export.bench import report_images
+from clip_export.bench import report_images, time_interleaved
 from clip_export.manifest import now_iso
 from clip_export.runtime import ClipOnnx
 
 WORK = Path(__file__).parent / ".work"
 RESULTS = Path(__file__).parent / "results"
-
-
-def interleaved_p50_ms(calls: list[Callable[[], Any]], budget_s: float, warmup: int = 3) -> list[float]:
-    """p50 of each call, the calls run one after another in rounds until the budget is spent."""
-    samples: list[list[float]] = [[] for _ in calls]
-    deadline = time.perf_counter() + budget_s
-    rounds = 0
-    while rounds < warmup + 20 or time.perf_counter() < deadline:
-        for call, times in zip(calls, samples):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        rounds += 1
-    return [statistics.median(times[warmup:]) * 1e3 for times in samples]
 
 
 def main() -> None:
@@ -58,11 +41,11 @@ def main() -> None:
             pil = Image.open(path)
             pil.load()
             pixels = runtime.pixel_values([pil])
-            bare, prep, from_pil, from_file = interleaved_p50_ms([lambda: visual.run(None, {"pixel_values": pixels}), lambda: runtime.pixel_values([pil]), lambda: runtime.embed_images([pil]), lambda: runtime.embed_images([path])], args.budget)
+            bare, prep, from_pil, from_file = time_interleaved([lambda: visual.run(None, {"pixel_values": pixels}), lambda: runtime.pixel_values([pil]), lambda: runtime.embed_images([pil]), lambda: runtime.embed_images([path])], rounds=20, warmup=3, budget_s=args.budget)
             rows.append({"input": path.name, "preprocess": preprocess, "session_run_ms": bare, "pixel_values_ms": prep, "embed_pil_ms": from_pil, "embed_file_ms": from_file, "overhead_pil": from_pil / bare - 1, "overhead_file": from_file / bare - 1})
         caption = ["a photo of an astronaut riding a horse"]
         ids = runtime.tokenize(caption)
-        bare, full = interleaved_p50_ms([lambda: text.run(None, {"input_ids": ids}), lambda: runtime.embed_texts(caption)], args.budget)
+        bare, full = time_interleaved([lambda: text.run(None, {"input_ids": ids}), lambda: runtime.embed_texts(caption)], rounds=20, warmup=3, budget_s=args.budget)
         tokenizer = "bundled BPE (no torch)" if runtime.manifest["tokenizer"].get("bpe_vocab") else "open_clip tokenizer"
         rows.append({"input": "one caption", "preprocess": tokenizer, "session_run_ms": bare, "pixel_values_ms": None, "embed_pil_ms": full, "embed_file_ms": None, "overhead_pil": full / bare - 1, "overhead_file": None})
         runtime = None  # one set of sessions alive at a time

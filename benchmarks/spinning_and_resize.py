@@ -10,13 +10,11 @@ the report's RGBA PNG, alternated, for onnxruntime workers left spinning, parked
 from __future__ import annotations
 
 import argparse
-import statistics
-import time
 from pathlib import Path
 
 from PIL import Image
 
-from clip_export.bench import report_images
+from clip_export.bench import report_images, time_interleaved
 from clip_export.manifest import read_manifest
 from clip_export.models import PreprocessConfig
 from clip_export.preprocess import preprocess_crop_box_parallel
@@ -42,16 +40,8 @@ def main() -> None:
     print("|---|---|---|")
     for label, options in SETTINGS.items():
         session = create_session(MODEL_DIR / "visual.onnx", options)
-        runs: list[float] = []
-        resizes: list[float] = []
-        for _ in range(args.runs + 5):
-            start = time.perf_counter()
-            session.run(None, {"pixel_values": pixels})
-            runs.append(time.perf_counter() - start)
-            start = time.perf_counter()
-            preprocess_crop_box_parallel(png, config)
-            resizes.append(time.perf_counter() - start)
-        print(f"| {label} | {statistics.median(runs[5:]) * 1e3:.2f} | {statistics.median(resizes[5:]) * 1e3:.2f} |")
+        run_ms, resize_ms = time_interleaved([lambda: session.run(None, {"pixel_values": pixels}), lambda: preprocess_crop_box_parallel(png, config)], rounds=args.runs, warmup=5)
+        print(f"| {label} | {run_ms:.2f} | {resize_ms:.2f} |")
         session = None  # one session alive at a time
 
 

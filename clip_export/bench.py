@@ -60,6 +60,22 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 3, budget_s: float = 2.0,
     return latency_stats(samples, warmup)
 
 
+def time_interleaved(calls: Sequence[Callable[[], Any]], *, rounds: int, warmup: int = 0, budget_s: float = 0.0) -> list[float]:
+    """p50 ms of each call, the calls run one after another in rounds (the first `warmup` rounds
+    dropped) until `warmup + rounds` rounds and `budget_s` seconds are both done: drift on a shared
+    machine then hits every call alike, which makes their ratios trustworthy."""
+    samples: list[list[float]] = [[] for _ in calls]
+    deadline = time.perf_counter() + budget_s
+    done = 0
+    while done < warmup + rounds or time.perf_counter() < deadline:
+        for call, times in zip(calls, samples):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        done += 1
+    return [float(np.median(times[warmup:])) * 1e3 for times in samples]
+
+
 @dataclass(frozen=True)
 class BenchRow:
     name: str
@@ -197,18 +213,26 @@ def _matmul_model(m: int, k: int, n: int, int8: bool) -> bytes:
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
-def gemm_ceiling(threads: int, int8: bool = False, size: tuple[int, int, int] = (512, 2048, 2048), budget_s: float = 1.5) -> float:
-    """GFLOP/s (GOP/s for int8) of one large MatMul through onnxruntime's CPU provider."""
+def _cpu_session(model: bytes, threads: int) -> Any:
     from .sessions import ort
 
     rt = ort()
     so = rt.SessionOptions()
     so.intra_op_num_threads = threads
-    session = rt.InferenceSession(_matmul_model(*size, int8), so, providers=["CPUExecutionProvider"])
-    m, k, _ = size
-    a = np.random.default_rng(1).integers(0, 255, (m, k), dtype=np.uint8) if int8 else np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    return rt.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+
+
+def _p50_gflops(session: Any, a: np.ndarray, flops: float, budget_s: float) -> float:
+    """G(FL)OP/s of a one-input limit model ("a"), from its p50 latency."""
     stats = time_calls(lambda: session.run(None, {"a": a}), warmup=2, budget_s=budget_s, min_runs=5)
-    return 2.0 * size[0] * size[1] * size[2] / (stats.p50_ms / 1000.0) / 1e9
+    return flops / (stats.p50_ms / 1000.0) / 1e9
+
+
+def gemm_ceiling(threads: int, int8: bool = False, size: tuple[int, int, int] = (512, 2048, 2048), budget_s: float = 1.5) -> float:
+    """GFLOP/s (GOP/s for int8) of one large MatMul through onnxruntime's CPU provider."""
+    m, k, n = size
+    a = np.random.default_rng(1).integers(0, 255, (m, k), dtype=np.uint8) if int8 else np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    return _p50_gflops(_cpu_session(_matmul_model(m, k, n, int8), threads), a, 2.0 * m * k * n, budget_s)
 
 
 def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, int], ...]]:
@@ -283,17 +307,10 @@ def streamed_gemm_ceiling(shapes: Sequence[tuple[int, int, int]], threads: int, 
     from memory as a one-document run must: the limit when weights, not arithmetic, are the cost."""
     if not shapes:
         return None
-    from .sessions import ort
-
-    rt = ort()
     model, m, k, flops = _streamed_chain_model(shapes, min_weight_bytes, max_nodes)
-    so = rt.SessionOptions()
-    so.intra_op_num_threads = threads
-    session = rt.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-    del model
-    a = np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
-    stats = time_calls(lambda: session.run(None, {"a": a}), warmup=2, budget_s=budget_s, min_runs=5)
-    return flops / (stats.p50_ms / 1000.0) / 1e9
+    session = _cpu_session(model, threads)
+    del model  # 256 MB of serialized weights the session has already copied
+    return _p50_gflops(session, np.random.default_rng(1).standard_normal((m, k)).astype(np.float32), flops, budget_s)
 
 
 # ---- one row ------------------------------------------------------------------------------

@@ -123,3 +123,11 @@ def test_a_resnet_image_tower_gets_no_streamed_limit(tmp_path: Path) -> None:
     assert "visual" not in result.streamed_ceilings_gflops and result.streamed_ceilings_gflops["text"] > 0
     onnx_rows = [r for r in result.rows if r.kind == "artifact"]
     assert {r.tower: r.streamed_ceiling_share is None for r in onnx_rows} == {"visual": True, "text": False}
+
+
+def test_time_interleaved_alternates_calls_and_drops_warmup_rounds() -> None:
+    from clip_export.bench import time_interleaved
+
+    order: list[str] = []
+    result = time_interleaved([lambda: order.append("a"), lambda: order.append("b")], rounds=4, warmup=2)
+    assert order == ["a", "b"] * 6 and len(result) == 2 and all(ms >= 0 for ms in result)
