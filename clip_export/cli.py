@@ -114,12 +114,23 @@ def main() -> None:
     """
 
 
+def model_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
+    """MODEL and where its weights come from: the same for `onnx` and `pipeline`."""
+    for option in reversed(
+        [
+            click.argument("model"),
+            click.option("--pretrained", metavar="TAG", help="open_clip pretrained tag (default: the model's first tag, 'openai' for OpenAI names)."),
+            click.option("--weights", metavar="PATH", type=click.Path(path_type=Path), help="Local checkpoint (.pt, .bin, .safetensors) or Hugging Face CLIP directory."),
+            click.option("--random-init", is_flag=True, help="The real architecture with seeded random weights (offline demos, tests, benchmarks)."),
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init."),
+        ]
+    ):
+        func = option(func)
+    return func
+
+
 @main.command(context_settings=CONTEXT)
-@click.argument("model")
-@click.option("--pretrained", metavar="TAG", help="open_clip pretrained tag (default: the model's first tag, 'openai' for OpenAI names).")
-@click.option("--weights", metavar="PATH", type=click.Path(path_type=Path), help="Local checkpoint (.pt, .bin, .safetensors) or Hugging Face CLIP directory.")
-@click.option("--random-init", is_flag=True, help="The real architecture with seeded random weights (offline demos, tests, benchmarks).")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init.")
+@model_arguments
 @click.option("--towers", default="visual,text", show_default=True, help="Comma-separated towers to export.")
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True, help="Output root; the model goes to OUT/<model-slug>/.")
@@ -393,11 +404,7 @@ def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, p
 
 
 @main.command(context_settings=CONTEXT)
-@click.argument("model")
-@click.option("--pretrained", metavar="TAG", help="open_clip pretrained tag.")
-@click.option("--weights", metavar="PATH", type=click.Path(path_type=Path), help="Local checkpoint or Hugging Face CLIP directory.")
-@click.option("--random-init", is_flag=True, help="Seeded random weights (offline).")
-@click.option("--seed", type=int, default=0, show_default=True)
+@model_arguments
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Which precisions to produce and gate.")
 @click.option("--trt", "use_trt", is_flag=True, help="Also build TensorRT engines (needs a GPU).")
 @click.option("--providers", default="cpu", show_default=True, help="Providers for verify and bench.")
