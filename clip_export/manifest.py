@@ -84,10 +84,11 @@ def integrity_problems(model_dir: Path, entry: dict[str, Any]) -> list[str]:
     return problems
 
 
-def require_intact(model_dir: Path, entry: dict[str, Any]) -> None:
+def require_intact(model_dir: Path, entry: dict[str, Any], context: str = "") -> None:
+    """IntegrityError listing every problem, after `context` ("refusing to load x") when given."""
     problems = integrity_problems(model_dir, entry)
     if problems:
-        raise IntegrityError("; ".join(problems))
+        raise IntegrityError(f"{context}: {'; '.join(problems)}" if context else "; ".join(problems))
 
 
 def find_artifact(manifest: dict[str, Any], **match: str) -> dict[str, Any] | None:

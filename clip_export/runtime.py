@@ -21,8 +21,8 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from PIL import Image
 
-from .errors import ClipExportError, IntegrityError
-from .manifest import integrity_problems, read_manifest
+from .errors import ClipExportError
+from .manifest import read_manifest, require_intact
 from .models import PreprocessConfig
 from .preprocess import load_image, preprocess_crop_box_parallel, preprocess_reference
 from .sessions import SessionOptions, create_session
@@ -66,9 +66,7 @@ class ClipOnnx:
             if not candidates:
                 continue
             entry = candidates[0]
-            problems = integrity_problems(root, entry)
-            if problems:
-                raise IntegrityError(f"refusing to load {entry['path']}: {'; '.join(problems)}")
+            require_intact(root, entry, f"refusing to load {entry['path']}")
             session = create_session(root / entry["path"], SessionOptions(provider=provider, precision=precision, intra_op_threads=threads, stop_spinning_after_run=True))
             sessions[tower] = session
             info[tower] = LoadedArtifact(root / entry["path"], precision, session.get_providers()[0])
@@ -76,9 +74,8 @@ class ClipOnnx:
             available = sorted({f"{a['precision']}/{a['format']}" for a in manifest["artifacts"]})
             raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
         vocab = manifest["tokenizer"].get("bpe_vocab")
-        problems = integrity_problems(root, vocab) if vocab and "text" in sessions else []
-        if problems:
-            raise IntegrityError(f"refusing to load the tokenizer: {'; '.join(problems)}")
+        if vocab and "text" in sessions:
+            require_intact(root, vocab, "refusing to load the tokenizer")
         return cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:

@@ -11,7 +11,7 @@ import numpy as np
 from .errors import ClipExportError, ProviderUnavailableError
 from .evalset import EvalSet, load_evalset
 from .export import REFERENCE_NAME, compute_reference, l2_normalize, versions
-from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, write_manifest
+from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, require_intact, write_manifest
 from .progress import Progress, silent
 from .sessions import SessionOptions, create_session, provider_name
 from .spec import THRESHOLDS, TOWERS, Thresholds, threshold_key
@@ -200,9 +200,7 @@ def _load_reference(model_dir: Path, manifest: dict[str, Any], reference: str, e
         record = manifest.get("reference")
         if record is None:
             raise ClipExportError(f"{model_dir} has no stored reference; use --reference torch")
-        problems = integrity_problems(model_dir, record)
-        if problems:
-            raise ClipExportError(f"the stored reference cannot be trusted: {'; '.join(problems)}")
+        require_intact(model_dir, record, "the stored reference cannot be trusted")
         with np.load(model_dir / REFERENCE_NAME) as data:
             return {k: data[k] for k in data.files}, record.get("evalset", "bundled"), "stored (torch fp32 at export time)"
     from .models import load_model, spec_from_manifest
