@@ -213,16 +213,18 @@ def _constant(model: Any, name: str) -> Any:
 
 
 def fuse_attention(model: Any) -> int:
-    """Replace each attention of the dynamo export with one com.microsoft.MultiHeadAttention.
+    """Replace each attention block of the export with one com.microsoft.MultiHeadAttention.
 
-    The export spells attention as sequence-first Reshape/Transpose head splits, a dynamically
-    shaped key transpose, two scale Muls, MatMul, (mask Add,) Softmax, MatMul and a Transpose back;
+    The export traces attention batch-first (clip_export.attention): packed QKV → Reshape
+    [B, L, 3, H, d] → Transpose [2, 0, 3, 1, 4] → Slice+Squeeze into q, k, v → Mul(q, scale) ·
+    Transpose(k) → (mask Add) → Softmax → · v → Transpose [0, 2, 1, 3] → Reshape [B, L, D].
     onnxruntime's own fusions do not recognise it. A block is rewritten only when every piece
-    matches and the head count derived from the scale and the output projection is consistent;
-    the converted artifact is then verified like any other, so a wrong rewrite cannot ship.
+    matches: q, k and v are parts 0, 1 and 2 of one head split, and the head size in the split
+    agrees with the scale. The converted artifact is then verified like any other, so a wrong
+    rewrite cannot ship.
     """
     import numpy as np
-    from onnx import helper
+    from onnx import TensorProto, helper
 
     graph = model.graph
     producer = {out: node for node in graph.node for out in node.output}
@@ -235,46 +237,69 @@ def fuse_attention(model: Any) -> int:
         users = consumers.get(name, [])
         return users[0] if len(users) == 1 and users[0].op_type == op_type else None
 
-    def head_split_source(name: str) -> str:
+    def made_by(name: str, op_type: str, perm: list[int] | None = None) -> Any:
         node = producer.get(name)
-        while node is not None and node.op_type in ("Reshape", "Transpose", "Mul"):
-            name = node.input[0]
-            node = producer.get(name)
-        return name
+        if node is None or node.op_type != op_type:
+            return None
+        if perm is not None and [list(a.ints) for a in node.attribute if a.name == "perm"] != [perm]:
+            return None
+        return node
+
+    def scalar(name: str) -> float | None:
+        value = _constant(model, name)
+        return float(np.asarray(value).reshape(-1)[0]) if value is not None and np.asarray(value).size == 1 else None
+
+    def head_part(name: str) -> tuple[str, int] | None:
+        """(the head split it comes from, which part) for Squeeze(Slice(split, [i], [i + 1]), axis 0)."""
+        squeeze = made_by(name, "Squeeze")
+        part = made_by(squeeze.input[0], "Slice") if squeeze is not None and len(squeeze.input) > 1 else None
+        if part is None or scalar(squeeze.input[1]) != 0 or len(part.input) > 4 or (len(part.input) == 4 and scalar(part.input[3]) != 0):
+            return None
+        start, stop = scalar(part.input[1]), scalar(part.input[2])
+        return (part.input[0], int(start)) if start is not None and stop == start + 1 else None
 
     added: list[Any] = []
     for index, softmax in enumerate([n for n in graph.node if n.op_type == "Softmax"]):
         context = only_consumer(softmax.output[0], "MatMul")
-        back = only_consumer(context.output[0], "Transpose") if context is not None else None
-        if back is None or [a.ints for a in back.attribute if a.name == "perm"] != [[2, 0, 1, 3]]:
+        back = only_consumer(context.output[0], "Transpose") if context is not None and context.input[0] == softmax.output[0] else None
+        if back is None or [list(a.ints) for a in back.attribute if a.name == "perm"] != [[0, 2, 1, 3]]:
             continue
         merge = only_consumer(back.output[0], "Reshape")
-        projection = only_consumer(merge.output[0], "Gemm") if merge is not None else None
-        weight = _constant(model, projection.input[1]) if projection is not None else None
-        scores = producer.get(softmax.input[0])
-        mask = None
+        scores, mask = producer.get(softmax.input[0]), None
         if scores is not None and scores.op_type == "Add":
             mask, scores = scores.input[1], producer.get(scores.input[0])
-        if scores is None or scores.op_type != "MatMul" or weight is None or weight.ndim != 2:
+        if merge is None or scores is None or scores.op_type != "MatMul":
             continue
-        q_mul, k_mul = producer.get(scores.input[0]), producer.get(scores.input[1])
-        if q_mul is None or k_mul is None or q_mul.op_type != "Mul" or k_mul.op_type != "Mul":
+        q_mul, k_t = made_by(scores.input[0], "Mul"), made_by(scores.input[1], "Transpose", [0, 1, 3, 2])
+        scale = scalar(q_mul.input[1]) if q_mul is not None else None
+        if scale is None or k_t is None:
             continue
-        scales = [_constant(model, q_mul.input[1]), _constant(model, k_mul.input[1])]
-        if any(v is None or np.asarray(v).size != 1 for v in scales):
+        parts = [head_part(q_mul.input[0]), head_part(k_t.input[0]), head_part(context.input[1])]
+        if any(p is None for p in parts) or len({p[0] for p in parts}) != 1 or [p[1] for p in parts] != [0, 1, 2]:
             continue
-        scale = float(np.asarray(scales[0]).reshape(-1)[0]) * float(np.asarray(scales[1]).reshape(-1)[0])
-        head_dim = int(round(scale**-2)) if scale > 0 else 0
-        hidden = int(weight.shape[0])
-        if head_dim < 1 or hidden % head_dim or abs(scale - head_dim**-0.5) > 1e-6 * head_dim**-0.5:
+        split = made_by(parts[0][0], "Transpose", [2, 0, 3, 1, 4])
+        view = made_by(split.input[0], "Reshape") if split is not None else None
+        shape = _constant(model, view.input[1]) if view is not None else None
+        if shape is None or np.asarray(shape).shape != (5,) or int(shape[2]) != 3:
+            continue
+        heads, head_dim = int(shape[3]), int(shape[4])
+        if heads < 1 or head_dim < 1 or abs(scale - head_dim**-0.5) > 1e-6 * head_dim**-0.5:
+            continue
+        mask_rank = np.ndim(_constant(model, mask)) if mask else 0
+        if mask and mask_rank not in (2, 4):  # MultiHeadAttention takes a [B|1, H|1, L, S] bias
             continue
         prefix = f"clip_export_mha_{index}"
-        sources = [head_split_source(scores.input[0]), head_split_source(scores.input[1]), head_split_source(context.input[1])]
-        added += [helper.make_node("Transpose", [src], [f"{prefix}_{part}"], perm=[1, 0, 2], name=f"{prefix}_{part}_batch_first") for src, part in zip(sources, "qkv")]
+        sizes = helper.make_tensor(f"{prefix}_sizes", TensorProto.INT64, [3], [heads * head_dim] * 3)
+        added.append(helper.make_node("Constant", [], [f"{prefix}_sizes"], value=sizes, name=f"{prefix}_sizes"))
+        if mask_rank == 2:
+            axes = helper.make_tensor(f"{prefix}_mask_axes", TensorProto.INT64, [2], [0, 1])
+            added.append(helper.make_node("Constant", [], [f"{prefix}_mask_axes"], value=axes, name=f"{prefix}_mask_axes"))
+            added.append(helper.make_node("Unsqueeze", [mask, f"{prefix}_mask_axes"], [f"{prefix}_mask"], name=f"{prefix}_mask"))
+            mask = f"{prefix}_mask"
+        added.append(helper.make_node("Split", [view.input[0], f"{prefix}_sizes"], [f"{prefix}_q", f"{prefix}_k", f"{prefix}_v"], axis=-1, name=f"{prefix}_qkv"))
         inputs = [f"{prefix}_q", f"{prefix}_k", f"{prefix}_v"] + (["", "", mask] if mask else [])
-        added.append(helper.make_node("MultiHeadAttention", inputs, [f"{prefix}_out"], domain="com.microsoft", num_heads=hidden // head_dim, scale=scale, name=prefix))
-        added.append(helper.make_node("Transpose", [f"{prefix}_out"], [back.output[0]], perm=[1, 0, 2], name=f"{prefix}_sequence_first"))
-        back.output[0] = f"{prefix}_replaced"
+        added.append(helper.make_node("MultiHeadAttention", inputs, [merge.output[0]], domain="com.microsoft", num_heads=heads, scale=scale, name=prefix))
+        merge.output[0] = f"{prefix}_replaced"
     if not added:
         return 0
     graph.node.extend(added)

@@ -16,6 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
+from .attention import batch_first_attention
 from .errors import ClipExportError, ExportParityError, OutputError, UnsupportedOpsetError
 from .evalset import EvalSet, load_evalset
 from .manifest import SCHEMA_VERSION, file_record, now_iso, write_manifest
@@ -267,14 +268,17 @@ def export_tower(
     opset: int = DEFAULT_OPSET,
     normalize: bool = False,
     external_data: bool | None = None,
-) -> tuple[str, ...]:
-    """Write one tower to `path`; returns the external data files written beside it."""
+) -> tuple[tuple[str, ...], int]:
+    """Write one tower to `path`; returns the external data files written beside it, and how many
+    attention blocks were traced batch-first (clip_export.attention)."""
     import torch
 
     module = tower_module(loaded, tower, normalize)
     example = torch.from_numpy(example_input(loaded, tower, EXPORT_EXAMPLE_BATCH, seed=1))
     try:
-        program = _torch_export(module, example, tower, opset)
+        with batch_first_attention(module) as rewritten_blocks:
+            program = _torch_export(module, example, tower, opset)
+        rewritten = len(rewritten_blocks)
     except Exception as exc:
         raise ClipExportError(f"torch.onnx.export failed for the {tower} tower of {loaded.spec.arch}: {str(exc).splitlines()[0]}") from None
     program.model.metadata_props.update(_metadata(loaded, tower, opset, normalize))
@@ -287,8 +291,8 @@ def export_tower(
     gc.collect()
     if not use_external:
         inline_external_data(path)
-        return ()  # loading a >1 GB single-file model just to list nothing would double memory
-    return tuple(external_data_files(path))
+        return (), rewritten  # loading a >1 GB single-file model just to list nothing would double memory
+    return tuple(external_data_files(path)), rewritten
 
 
 def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -> tuple[float, float]:
@@ -405,7 +409,7 @@ def export_onnx(
             tower_started = time.perf_counter()
             path = staging / f"{tower}.onnx"
             progress(f"exporting the {tower} tower (torch.onnx, dynamo, opset {opset})")
-            data_files = export_tower(loaded, tower, path, opset=opset, normalize=normalize, external_data=external_data)
+            data_files, rewritten = export_tower(loaded, tower, path, opset=opset, normalize=normalize, external_data=external_data)
             progress(f"checking the {tower} tower against torch fp32 in onnxruntime")
             mean_abs, max_abs = parity_check(loaded, tower, path, normalize)
             if not mean_abs <= EXPORT_PARITY_TOLERANCE:
@@ -425,6 +429,7 @@ def export_onnx(
                     "external_data": [file_record(staging / name, staging) for name in data_files],
                     "derived_from": None,
                     "export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs},
+                    "batch_first_attention_blocks": rewritten,
                 }
             )
             results.append(TowerResult(tower, target / path.name, record["bytes"], data_files, mean_abs, max_abs, time.perf_counter() - tower_started))
