@@ -47,6 +47,21 @@ def test_offline_failure_names_both_ways_out(monkeypatch: pytest.MonkeyPatch) ->
     assert "--weights" in str(info.value) and "--random-init" in str(info.value)
 
 
+def test_offline_hugging_face_tokenizer_is_one_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A SigLIP-style config names a hub tokenizer; offline, random weights still need it."""
+    import json
+
+    import open_clip
+
+    config = json.loads((Path(__file__).parent / "configs" / "tiny-vit.json").read_text())
+    config["text_cfg"]["hf_tokenizer_name"] = "clip-export-tests/no-such-tokenizer"
+    (tmp_path / "tiny-vit-hf-tokenizer.json").write_text(json.dumps(config))
+    open_clip.add_model_config(tmp_path)
+    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    with pytest.raises(WeightsError, match="'clip-export-tests/no-such-tokenizer', which is not in the local Hugging Face cache and the hub cannot be reached"):
+        load_model(resolve("tiny-vit-hf-tokenizer", random_init=True))
+
+
 def test_random_init_is_seeded() -> None:
     a = load_model(resolve("tiny-vit", random_init=True, seed=3)).model.state_dict()
     b = load_model(resolve("tiny-vit", random_init=True, seed=3)).model.state_dict()
