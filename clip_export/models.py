@@ -247,7 +247,7 @@ def _download_checkpoint(arch: str, tag: str) -> Path:
         raise WeightsError(f"could not download the weights for {arch}:{tag}: {exc}; {OFFLINE_HINT}") from None
 
 
-def _open_clip_tokenizer(arch: str) -> Any:
+def open_clip_tokenizer(arch: str) -> Any:
     """open_clip's tokenizer for `arch`. Some architectures (SigLIP, multilingual ones) name a
     Hugging Face tokenizer that open_clip fetches from the hub even with random weights; offline,
     only a cached copy is tried (no retry loop against an unreachable hub) and a miss is one error."""
@@ -260,7 +260,7 @@ def _open_clip_tokenizer(arch: str) -> Any:
         return oc.get_tokenizer(arch, local_files_only=True) if offline else oc.get_tokenizer(arch)
     except Exception as exc:  # transformers and the hub raise many types
         where = "is not in the local Hugging Face cache and the hub cannot be reached (offline?)" if offline else f"could not be loaded: {str(exc).splitlines()[0]}"
-        raise WeightsError(f"{arch} tokenizes with the Hugging Face tokenizer {hf_name!r}, which {where}; the exports need it for the text tower and the bundled reference") from None
+        raise WeightsError(f"{arch} tokenizes with the Hugging Face tokenizer {hf_name!r}, which {where}; captions cannot be tokenized for the text tower without it") from None
 
 
 def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
@@ -382,7 +382,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         interpolation=base_cfg.get("interpolation", "bicubic"),
         resize_mode=base_cfg.get("resize_mode", "shortest"),
     )
-    tokenizer = _open_clip_tokenizer(spec.arch if not is_jit else "ViT-B-32")
+    tokenizer = open_clip_tokenizer(spec.arch if not is_jit else "ViT-B-32")
     context_length = int(getattr(model, "context_length", 77))
     tokenizer_cfg = TokenizerConfig(
         context_length=context_length,

@@ -134,7 +134,9 @@ def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
         return lambda texts: np.asarray(hf(texts, padding="max_length", truncation=True, max_length=context)["input_ids"], dtype=np.int64)
     import open_clip
 
+    from .models import open_clip_tokenizer
+
     arch = manifest["model"]["arch"]
-    tokenizer = open_clip.get_tokenizer(arch if arch in open_clip.list_models() else "ViT-B-32")
+    tokenizer = open_clip_tokenizer(arch if arch in open_clip.list_models() else "ViT-B-32")
     _require_manifest_special_ids(tokenizer, settings, f"the tokenizer for {arch}")
     return lambda texts: tokenizer(texts, context_length=context).numpy().astype(np.int64)
