@@ -18,6 +18,7 @@ COMMANDS = [
     ("Refuse to overwrite", "clip-export onnx ViT-B/32 --random-init --out {out}"),
     ("Unknown model", "clip-export onnx ViT-B/33 --random-init --out {out}"),
     ("Pretrained weights while offline", "env HF_HUB_OFFLINE=1 clip-export onnx ViT-L/14 --out {out}"),
+    ("A Hugging Face tokenizer while offline", "env HF_HUB_OFFLINE=1 clip-export onnx ViT-B-16-SigLIP --random-init --out {out}"),
     ("fp16 with fusions", "clip-export fp16 {out}/ViT-B-32 --fuse"),
     ("INT8 for CPU serving", "clip-export int8 {out}/ViT-B-32"),
     ("TensorRT on a machine without it", "clip-export trt {out}/ViT-B-32 --fp16"),
