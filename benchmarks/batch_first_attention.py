@@ -2,52 +2,28 @@
 
     python benchmarks/batch_first_attention.py [--models ViT-B/32,ViT-L/14] [--runs 30]
 
-Exports each model twice in this run, once with nn.MultiheadAttention traced as torch spells it
-and once batch-first (the default), quantizes both to INT8 with `clip-export int8` (verify gate
-included), and times each pair at batch 1 on the CPU, alternating the two sessions call by call so
+Exports each model twice in this run (`export_onnx(batch_first_attention=False)` keeps
+nn.MultiheadAttention as torch traces it; True, the default, traces it batch-first), quantizes
+both to INT8 with `clip-export int8` (verify gate included), and times each pair at batch 1 on the CPU, alternating the two sessions call by call so
 that drift hits both alike. Writes benchmarks/results/batch_first_attention.md.
 """
 from __future__ import annotations
 
 import argparse
-import contextlib
 import shutil
 import sys
 from pathlib import Path
-from typing import Any, Iterator
 
 import numpy as np
 import onnx
+from cpu_report import prepare  # this directory is on sys.path when a script here runs
 
-from clip_export import export, export_onnx, resolve
 from clip_export.bench import machine_info, time_interleaved
-from clip_export.convert import quantize_int8
 from clip_export.manifest import now_iso
-from clip_export.models import load_model
 from clip_export.sessions import SessionOptions, create_session
 
 WORK = Path(__file__).parent / ".work" / "attention"
 RESULTS = Path(__file__).parent / "results"
-
-
-@contextlib.contextmanager
-def torch_attention(module: Any) -> Iterator[set[int]]:
-    yield set()  # leaves nn.MultiheadAttention as torch traces it
-
-
-def export_variant(model: str, variant: str) -> Path:
-    spec = resolve(model, random_init=True, seed=0)
-    out = WORK / variant
-    if (out / spec.slug / "manifest.json").exists():
-        return out / spec.slug
-    patch = torch_attention if variant == "torch-mha" else export.batch_first_attention
-    original, export.batch_first_attention = export.batch_first_attention, patch
-    try:
-        model_dir = export_onnx(spec, out=out, force=True, loaded=load_model(spec), progress=lambda m: print(f"  {variant}: {m}", file=sys.stderr)).model_dir
-    finally:
-        export.batch_first_attention = original
-    quantize_int8(model_dir, progress=lambda m: print(f"  {variant}: {m}", file=sys.stderr))
-    return model_dir
 
 
 def main() -> None:
@@ -61,7 +37,7 @@ def main() -> None:
              "|---|---|---|---|---|---|---|---|"]
     rng = np.random.default_rng(0)
     for model in args.models.split(","):
-        dirs = [export_variant(model, variant) for variant in ("torch-mha", "batch-first")]
+        dirs = [prepare(model, WORK / variant, batch_first_attention=variant == "batch-first") for variant in ("torch-mha", "batch-first")]
         for tower, name in (("visual", "pixel_values"), ("text", "input_ids")):
             if tower == "visual":
                 feed = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)

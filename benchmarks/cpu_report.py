@@ -23,11 +23,12 @@ WORK = Path(__file__).parent / ".work"
 RESULTS = Path(__file__).parent / "results"
 
 
-def prepare(model: str) -> Path:
+def prepare(model: str, out: Path = WORK, batch_first_attention: bool = True) -> Path:
+    """OUT/<slug> with the fp32 export and its INT8 artifacts, made only where missing."""
     spec = resolve(model, random_init=True, seed=0)
-    model_dir = WORK / spec.slug
+    model_dir = out / spec.slug
     if not (model_dir / "manifest.json").exists():
-        export_onnx(spec, out=WORK, force=True, progress=lambda m: print(f"  {m}", file=sys.stderr))
+        export_onnx(spec, out=out, force=True, batch_first_attention=batch_first_attention, progress=lambda m: print(f"  {m}", file=sys.stderr))
     if find_artifact(read_manifest(model_dir), precision="int8") is None:
         quantize_int8(model_dir, progress=lambda m: print(f"  {m}", file=sys.stderr))
     return model_dir

@@ -16,7 +16,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from . import __version__
-from .attention import batch_first_attention
+from . import attention
 from .errors import ClipExportError, ExportParityError, OutputError, UnsupportedOpsetError
 from .evalset import EvalSet, load_evalset
 from .manifest import SCHEMA_VERSION, file_record, now_iso, write_manifest
@@ -268,15 +268,16 @@ def export_tower(
     opset: int = DEFAULT_OPSET,
     normalize: bool = False,
     external_data: bool | None = None,
+    batch_first_attention: bool = True,
 ) -> tuple[tuple[str, ...], int]:
     """Write one tower to `path`; returns the external data files written beside it, and how many
-    attention blocks were traced batch-first (clip_export.attention)."""
+    attention blocks were traced batch-first (clip_export.attention; False keeps torch's trace)."""
     import torch
 
     module = tower_module(loaded, tower, normalize)
     example = torch.from_numpy(example_input(loaded, tower, EXPORT_EXAMPLE_BATCH, seed=1))
     try:
-        with batch_first_attention(module) as rewritten_blocks:
+        with attention.batch_first_attention(module) if batch_first_attention else contextlib.nullcontext(set()) as rewritten_blocks:
             program = _torch_export(module, example, tower, opset)
         rewritten = len(rewritten_blocks)
     except Exception as exc:
@@ -371,6 +372,7 @@ def export_onnx(
     evalset: EvalSet | None = None,
     progress: Progress = silent,
     loaded: LoadedModel | None = None,
+    batch_first_attention: bool = True,
 ) -> ExportResult:
     """Export the requested towers of one model into OUT/<slug>/ with its manifest and reference."""
     started = time.perf_counter()
@@ -409,7 +411,7 @@ def export_onnx(
             tower_started = time.perf_counter()
             path = staging / f"{tower}.onnx"
             progress(f"exporting the {tower} tower (torch.onnx, dynamo, opset {opset})")
-            data_files, rewritten = export_tower(loaded, tower, path, opset=opset, normalize=normalize, external_data=external_data)
+            data_files, rewritten = export_tower(loaded, tower, path, opset=opset, normalize=normalize, external_data=external_data, batch_first_attention=batch_first_attention)
             progress(f"checking the {tower} tower against torch fp32 in onnxruntime")
             mean_abs, max_abs = parity_check(loaded, tower, path, normalize)
             if not mean_abs <= EXPORT_PARITY_TOLERANCE:

@@ -72,3 +72,14 @@ def test_export_leaves_the_model_unpatched(tmp_path: Path) -> None:
     attentions = [m for m in loaded.model.modules() if isinstance(m, torch.nn.MultiheadAttention)]
     assert attentions and all("forward" not in vars(m) for m in attentions)
     assert np.isfinite(loaded.model.encode_image(torch.zeros(1, 3, 64, 64)).detach().numpy()).all()
+
+
+def test_export_can_keep_torchs_trace(tmp_path: Path) -> None:
+    from clip_export import resolve
+    from clip_export.export import export_tower
+    from clip_export.models import load_model
+
+    loaded = load_model(resolve("tiny-vit", random_init=True, seed=0))
+    _, rewritten = export_tower(loaded, "text", tmp_path / "text.onnx", batch_first_attention=False)
+    perms = [list(a.ints) for n in onnx.load(str(tmp_path / "text.onnx")).graph.node if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
+    assert rewritten == 0 and [1, 0, 2] in perms and [2, 0, 3, 1, 4] not in perms
