@@ -237,11 +237,12 @@ def fuse_attention(model: Any) -> int:
         users = consumers.get(name, [])
         return users[0] if len(users) == 1 and users[0].op_type == op_type else None
 
+    def has_perm(node: Any, perm: list[int]) -> bool:
+        return [list(a.ints) for a in node.attribute if a.name == "perm"] == [perm]
+
     def made_by(name: str, op_type: str, perm: list[int] | None = None) -> Any:
         node = producer.get(name)
-        if node is None or node.op_type != op_type:
-            return None
-        if perm is not None and [list(a.ints) for a in node.attribute if a.name == "perm"] != [perm]:
+        if node is None or node.op_type != op_type or (perm is not None and not has_perm(node, perm)):
             return None
         return node
 
@@ -262,7 +263,7 @@ def fuse_attention(model: Any) -> int:
     for index, softmax in enumerate([n for n in graph.node if n.op_type == "Softmax"]):
         context = only_consumer(softmax.output[0], "MatMul")
         back = only_consumer(context.output[0], "Transpose") if context is not None and context.input[0] == softmax.output[0] else None
-        if back is None or [list(a.ints) for a in back.attribute if a.name == "perm"] != [[0, 2, 1, 3]]:
+        if back is None or not has_perm(back, [0, 2, 1, 3]):
             continue
         merge = only_consumer(back.output[0], "Reshape")
         scores, mask = producer.get(softmax.input[0]), None
