@@ -1,10 +1,10 @@
-"""Why ClipOnnx parks onnxruntime's workers after each run: the resize that follows needs the core.
+"""Why ClipOnnx parks onnxruntime's workers after each run: the preprocessing that follows needs a core.
 
     python benchmarks/spinning_and_resize.py [--runs 100]
 
 For the ViT-B/32 image tower (benchmarks/.work, from runtime_overhead.py or cpu_report.py), with
-one session at a time: the session run, then straight after it the runtime's two-band resize of
-the report's RGBA PNG, alternated, for onnxruntime workers left spinning, parked after each run
+one session at a time: the session run, then straight after it the runtime's default preprocessing
+(preprocess_fast) of the report's RGBA PNG, alternated, for onnxruntime workers left spinning, parked after each run
 (session.force_spinning_stop), and spinning disabled.
 """
 from __future__ import annotations
@@ -17,7 +17,7 @@ from PIL import Image
 from clip_export.bench import report_images, time_interleaved
 from clip_export.manifest import read_manifest
 from clip_export.models import PreprocessConfig
-from clip_export.preprocess import preprocess_crop_box_parallel
+from clip_export.preprocess import preprocess_fast
 from clip_export.sessions import SessionOptions, create_session
 
 MODEL_DIR = Path(__file__).parent / ".work" / "ViT-B-32"
@@ -35,12 +35,12 @@ def main() -> None:
     config = PreprocessConfig.from_json(read_manifest(MODEL_DIR)["preprocess"])
     png = Image.open(report_images()[0])
     png.load()
-    pixels = preprocess_crop_box_parallel(png, config)[None]
-    print("| onnxruntime workers | session.run p50 ms | two-band resize right after p50 ms |")
+    pixels = preprocess_fast(png, config)[None]
+    print("| onnxruntime workers | session.run p50 ms | preprocessing right after p50 ms |")
     print("|---|---|---|")
     for label, options in SETTINGS.items():
         session = create_session(MODEL_DIR / "visual.onnx", options)
-        run_ms, resize_ms = time_interleaved([lambda: session.run(None, {"pixel_values": pixels}), lambda: preprocess_crop_box_parallel(png, config)], rounds=args.runs, warmup=5)
+        run_ms, resize_ms = time_interleaved([lambda: session.run(None, {"pixel_values": pixels}), lambda: preprocess_fast(png, config)], rounds=args.runs, warmup=5)
         print(f"| {label} | {run_ms:.2f} | {resize_ms:.2f} |")
         session = None  # one session alive at a time
 

@@ -8,9 +8,10 @@ Hashes are checked on load; preprocessing and tokenization follow the manifest. 
 tokenized with the BPE vocabulary the export bundled (clip_export.tokenizer, no torch), or else
 with open_clip's tokenizer (or the Hugging Face tokenizer a directory export recorded).
 
-Images are preprocessed with the crop-box resize in two bands at once by default ("fast"): within
-one uint8 step of open_clip's pipeline on rare pixels, embeddings about 1e-6 apart, 1.5x (small
-JPEG) to 4x (wide RGBA PNG) less time (docs/benchmarks.md). `preprocess="exact"` gives open_clip's pixels bit for bit.
+Images are preprocessed by default ("fast") with vectorised kernels that resample only what the
+centre crop keeps (clip_export.resample): open_clip's pixels bit for bit, in a fifth (small JPEG)
+to a tenth (wide RGBA PNG) of the time of PIL's own resize (docs/benchmarks.md).
+`preprocess="exact"` runs PIL's own code, for comparison.
 """
 from __future__ import annotations
 
@@ -24,12 +25,12 @@ from PIL import Image
 from .errors import ClipExportError
 from .manifest import read_manifest, require_intact
 from .models import PreprocessConfig
-from .preprocess import load_image, preprocess_crop_box_parallel, preprocess_reference
+from .preprocess import load_image, preprocess_fast, preprocess_reference
 from .sessions import SessionOptions, create_session
 from .spec import TOWERS
 
 
-PREPROCESSORS = {"fast": preprocess_crop_box_parallel, "exact": preprocess_reference}
+PREPROCESSORS = {"fast": preprocess_fast, "exact": preprocess_reference}
 
 
 @dataclass(frozen=True)

@@ -10,16 +10,19 @@ CONFIGS = Path(__file__).parent / "configs"
 
 
 def pytest_report_header(config: pytest.Config) -> list[str]:
+    import numba
     import onnx
     import onnxruntime
     import open_clip
+    import PIL
     import torch
 
     import clip_export
 
     return [
         f"clip-export {clip_export.__version__}; python {platform.python_version()}; torch {torch.__version__}; "
-        f"open_clip {open_clip.__version__}; onnx {onnx.__version__}; onnxruntime {onnxruntime.__version__}",
+        f"open_clip {open_clip.__version__}; onnx {onnx.__version__}; onnxruntime {onnxruntime.__version__}; "
+        f"pillow {PIL.__version__}; numba {numba.__version__}",
         f"execution providers available: {', '.join(onnxruntime.get_available_providers())}; "
         f"torch.cuda available: {torch.cuda.is_available()}",
     ]

@@ -66,7 +66,7 @@ def test_bench_end_to_end_through_the_cli(tiny_vit_copy: Path) -> None:
     assert set(data["streamed_ceilings_gflops"]) == {"visual", "text"} and min(data["streamed_ceilings_gflops"].values()) > 0
     assert data["machine"]["cores"] >= 1 and "onnxruntime" in data["versions"]
     assert {s["image"] for s in data["breakdown"]} == {"coffee-and-cat-wide-alpha.png", "rocket-small.jpg"}
-    assert {s["engine"] for s in data["breakdown"]} == {"onnxruntime fp32 CPU (output is already numpy)", "onnxruntime fp32 CPU, ClipOnnx's default preprocessing (crop-box, 2 threads)", "torch eager fp32 CPU"}
+    assert {s["engine"] for s in data["breakdown"]} == {"onnxruntime fp32 CPU (output is already numpy)", "onnxruntime fp32 CPU, ClipOnnx's default preprocessing (vectorised crop-resize)", "torch eager fp32 CPU"}
     assert all(s["load_ms"] > 0 and s["preprocess_ms"] > 0 and s["inference_ms"] > 0 for s in data["breakdown"])
     variants = {p["variant"]: p for p in data["preprocessing"]}
     assert variants["reference-pil"]["pixel_max_abs"] == 0.0 and variants["reference-pil"]["within_fp32_tolerance"] is True
