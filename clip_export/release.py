@@ -272,7 +272,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
             "```",
             "",
             "`clip_export.runtime.ClipOnnx.from_release(path)` does the same with hash checks and the exact resize rule (short side to "
-            f"{pre['image_size'][0]}, long side truncated); its default `preprocess=\"fast\"` resamples only the centre crop, in two "
-            "threads, within one uint8 step of these pixels, and `preprocess=\"exact\"` reproduces them bit for bit.",
+            f"{pre['image_size'][0]}, long side truncated), giving open_clip's pixels bit for bit; its default `preprocess=\"fast\"` "
+            "computes only the centre crop of Pillow's resize, in vectorised kernels, and `preprocess=\"exact\"` runs PIL itself.",
         ]
     return "\n".join(lines) + "\n"
