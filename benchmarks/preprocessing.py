@@ -5,17 +5,26 @@
 Runs `clip-export bench`'s visual-tower pass at batch 1 on the fp32 export in benchmarks/.work
 (exported with random weights if missing): torch eager and onnxruntime side by side, then the
 vectorise() breakdown for the report's RGBA PNG and JPEG, and each preprocessing variant against
-open_clip's own transform on the bundled images. Prints the Markdown that docs/benchmarks.md quotes.
+open_clip's own transform on the bundled images. Then the runtime's default preprocessing against
+PIL's on decoded photos of common sizes (seeded random pixels, checked equal bit for bit). Prints
+the Markdown that docs/benchmarks.md quotes.
 """
 from __future__ import annotations
 
 import argparse
 from pathlib import Path
 
+import numpy as np
+from PIL import Image
+
 from clip_export import export_onnx, resolve
-from clip_export.bench import bench, render_markdown
+from clip_export.bench import bench, render_markdown, time_interleaved
+from clip_export.manifest import read_manifest
+from clip_export.models import PreprocessConfig
+from clip_export.preprocess import preprocess_fast, preprocess_reference
 
 WORK = Path(__file__).parent / ".work"
+PHOTO_SIZES = [(640, 427), (1024, 768), (1920, 1080), (4032, 3024), (6000, 4000), (1080, 1920)]
 
 
 def main() -> None:
@@ -29,6 +38,17 @@ def main() -> None:
         export_onnx(spec, out=WORK, force=True)
     result = bench(model_dir, batch_sizes=(1,), towers=("visual",), precisions=("fp32",), threads=2, budget_s=args.budget, write=False, chart=False)
     print(render_markdown(result))
+    config = PreprocessConfig.from_json(read_manifest(model_dir)["preprocess"])
+    rng = np.random.default_rng(0)
+    print("## Decoded photos of common sizes\n")
+    print("| size | mode | PIL (`exact`) p50 ms | vectorised (`fast`) p50 ms | speed-up | pixels equal |")
+    print("|---|---|---|---|---|---|")
+    for size in PHOTO_SIZES:
+        for mode in ("RGB", "RGBA"):
+            image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8), "RGBA").convert(mode)
+            equal = np.array_equal(preprocess_fast(image, config), preprocess_reference(image, config))
+            exact_ms, fast_ms = time_interleaved([lambda: preprocess_reference(image, config), lambda: preprocess_fast(image, config)], rounds=10, warmup=2, budget_s=3.0)
+            print(f"| {size[0]}×{size[1]} | {mode} | {exact_ms:.2f} | {fast_ms:.2f} | {exact_ms / fast_ms:.1f}× | {'yes' if equal else 'NO'} |")
 
 
 if __name__ == "__main__":

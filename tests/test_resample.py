@@ -62,6 +62,24 @@ def test_a_lazy_image_is_decoded_by_the_fast_path() -> None:
             assert np.array_equal(got, preprocess_reference(image, config))
 
 
+def test_threads_and_the_copying_reader_give_the_same_pixels(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scratch buffers are per thread; crop() + tobytes() is the reader for a Pillow that cannot paste into numpy."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    config = PreprocessConfig((224, 224), *OPENAI)
+    rng = np.random.default_rng(4)
+    images = [_random_image(rng, mode, size) for mode in ("RGB", "RGBA", "L") for size in ((2162, 762), (427, 640), (300, 1000))]
+    expected = [preprocess_reference(image, config) for image in images]
+    with ThreadPoolExecutor(max_workers=3) as pool:
+        for _ in range(3):
+            for got, want in zip(pool.map(lambda image: preprocess_fast(image, config), images), expected):
+                assert np.array_equal(got, want)
+    assert resample.region_reader() is resample._paste_region
+    monkeypatch.setattr(resample, "region_reader", lambda: resample._copy_region)
+    for image, want in zip(images, expected):
+        assert np.array_equal(preprocess_fast(image, config), want)
+
+
 @pytest.mark.parametrize("mode", ["P", "LA", "CMYK", "I;16", "1"])
 def test_modes_the_kernels_do_not_cover_go_through_pil(mode: str) -> None:
     config = PreprocessConfig((224, 224), *OPENAI)
