@@ -85,7 +85,13 @@ def test_modes_the_kernels_do_not_cover_go_through_pil(mode: str) -> None:
     config = PreprocessConfig((224, 224), *OPENAI)
     image = _random_image(np.random.default_rng(1), "RGB", (500, 300)).convert(mode)
     assert not resample.covers(image, config)
-    assert np.array_equal(preprocess_fast(image, config), preprocess_reference(image, config))
+    try:
+        expected = preprocess_reference(image, config)
+    except ValueError as exc:  # Pillow before 11 cannot resize I;16 with a bicubic filter
+        with pytest.raises(ValueError, match=str(exc)):
+            preprocess_fast(image, config)
+        return
+    assert np.array_equal(preprocess_fast(image, config), expected)
 
 
 def test_an_unknown_pillow_pass_order_sends_every_image_through_pil(monkeypatch: pytest.MonkeyPatch) -> None:
