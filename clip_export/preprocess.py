@@ -71,12 +71,11 @@ def _normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.
     return np.ascontiguousarray(table.T)
 
 
-def _normalize(rgb: Image.Image, config: PreprocessConfig, out: np.ndarray | None = None) -> np.ndarray:
-    """[3, H, W] float32 from an RGB image, written into `out` (a [3, H, W] view) when given."""
+def _normalize(rgb: Image.Image, config: PreprocessConfig) -> np.ndarray:
+    """[3, H, W] float32 from an RGB image."""
     pixels = np.asarray(rgb)
     table = _normalization_table(tuple(config.mean), tuple(config.std))
-    if out is None:
-        out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
+    out = np.empty((3, *pixels.shape[:2]), dtype=np.float32)
     for channel in range(3):
         np.take(table[channel], pixels[:, :, channel], out=out[channel])
     return out
