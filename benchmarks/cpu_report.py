@@ -23,12 +23,18 @@ WORK = Path(__file__).parent / ".work"
 RESULTS = Path(__file__).parent / "results"
 
 
-def prepare(model: str, out: Path = WORK, batch_first_attention: bool = True) -> Path:
-    """OUT/<slug> with the fp32 export and its INT8 artifacts, made only where missing."""
+def exported(model: str, out: Path = WORK, batch_first_attention: bool = True) -> Path:
+    """OUT/<slug> with the fp32 export of the random-weight model, exported only if missing."""
     spec = resolve(model, random_init=True, seed=0)
     model_dir = out / spec.slug
     if not (model_dir / "manifest.json").exists():
         export_onnx(spec, out=out, force=True, batch_first_attention=batch_first_attention, progress=lambda m: print(f"  {m}", file=sys.stderr))
+    return model_dir
+
+
+def prepare(model: str, out: Path = WORK, batch_first_attention: bool = True) -> Path:
+    """OUT/<slug> with the fp32 export and its INT8 artifacts, made only where missing."""
+    model_dir = exported(model, out, batch_first_attention)
     if find_artifact(read_manifest(model_dir), precision="int8") is None:
         quantize_int8(model_dir, progress=lambda m: print(f"  {m}", file=sys.stderr))
     return model_dir

@@ -12,18 +12,17 @@ the Markdown that docs/benchmarks.md quotes.
 from __future__ import annotations
 
 import argparse
-from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from clip_export import export_onnx, resolve
+from cpu_report import exported  # this directory is on sys.path when a script here runs
+
 from clip_export.bench import bench, render_markdown, time_interleaved
 from clip_export.manifest import read_manifest
 from clip_export.models import PreprocessConfig
 from clip_export.preprocess import preprocess_fast, preprocess_reference
 
-WORK = Path(__file__).parent / ".work"
 PHOTO_SIZES = [(640, 427), (1024, 768), (1920, 1080), (4032, 3024), (6000, 4000), (1080, 1920)]
 
 
@@ -32,10 +31,7 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B/32")
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per timed row")
     args = parser.parse_args()
-    spec = resolve(args.model, random_init=True, seed=0)
-    model_dir = WORK / spec.slug
-    if not (model_dir / "manifest.json").exists():
-        export_onnx(spec, out=WORK, force=True)
+    model_dir = exported(args.model)
     result = bench(model_dir, batch_sizes=(1,), towers=("visual",), precisions=("fp32",), threads=2, budget_s=args.budget, write=False, chart=False)
     print(render_markdown(result))
     config = PreprocessConfig.from_json(read_manifest(model_dir)["preprocess"])

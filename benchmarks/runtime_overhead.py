@@ -15,12 +15,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from clip_export import export_onnx, resolve
+from cpu_report import exported  # this directory is on sys.path when a script here runs
+
 from clip_export.bench import report_images, time_interleaved
 from clip_export.manifest import now_iso
 from clip_export.runtime import ClipOnnx
 
-WORK = Path(__file__).parent / ".work"
 RESULTS = Path(__file__).parent / "results"
 
 
@@ -29,10 +29,7 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B/32")
     parser.add_argument("--budget", type=float, default=6.0, help="seconds of interleaved calls per input")
     args = parser.parse_args()
-    spec = resolve(args.model, random_init=True, seed=0)
-    model_dir = WORK / spec.slug
-    if not (model_dir / "manifest.json").exists():
-        export_onnx(spec, out=WORK, force=True)
+    model_dir = exported(args.model)
     rows = []
     for preprocess in ("exact", "fast"):
         runtime = ClipOnnx.from_release(model_dir, preprocess=preprocess)
@@ -50,7 +47,7 @@ def main() -> None:
         rows.append({"input": "one caption", "preprocess": tokenizer, "session_run_ms": bare, "pixel_values_ms": None, "embed_pil_ms": full, "embed_file_ms": None, "overhead_pil": full / bare - 1, "overhead_file": None})
         runtime = None  # one set of sessions alive at a time
     RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"runtime_{spec.slug}.json").write_text(json.dumps({"date": now_iso(), "rows": rows}, indent=2) + "\n")
+    (RESULTS / f"runtime_{model_dir.name}.json").write_text(json.dumps({"date": now_iso(), "rows": rows}, indent=2) + "\n")
     print(f"{now_iso()}, {args.model} random weights, CPU, batch 1\n")
     print("| input | preprocessing | session.run p50 ms | preprocessing alone p50 ms | embed (PIL image / caption) p50 ms | overhead | embed (file path) p50 ms | overhead |")
     print("|---|---|---|---|---|---|---|---|")
