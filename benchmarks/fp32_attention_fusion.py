@@ -16,9 +16,9 @@ import numpy as np
 import onnx
 
 from clip_export import resolve
-from clip_export.bench import time_interleaved
 from clip_export.convert import fuse_attention
 from clip_export.sessions import SessionOptions, create_session
+from clip_export.timing import time_interleaved
 
 WORK = Path(__file__).parent / ".work"
 

@@ -15,8 +15,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from PIL import Image
 
-from clip_export.bench import report_images, time_interleaved
 from clip_export.preprocess import shortest_side_size
+from clip_export.preprocessing_study import report_images
+from clip_export.timing import time_interleaved
 
 
 def resize_model() -> bytes:

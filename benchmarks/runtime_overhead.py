@@ -13,13 +13,13 @@ import argparse
 import json
 from pathlib import Path
 
+from cpu_report import exported  # this directory is on sys.path when a script here runs
 from PIL import Image
 
-from cpu_report import exported  # this directory is on sys.path when a script here runs
-
-from clip_export.bench import report_images, time_interleaved
 from clip_export.manifest import now_iso
+from clip_export.preprocessing_study import report_images
 from clip_export.runtime import ClipOnnx
+from clip_export.timing import time_interleaved
 
 RESULTS = Path(__file__).parent / "results"
 

@@ -23,8 +23,8 @@ from pathlib import Path
 from typing import Any
 
 from clip_export import resolve
-from clip_export.bench import report_images
 from clip_export.manifest import now_iso, read_manifest, write_manifest
+from clip_export.preprocessing_study import report_images
 from clip_export.tokenizer import ClipBpeTokenizer
 
 WORK = Path(__file__).parent / ".work"

@@ -15,65 +15,20 @@ import tempfile
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import numpy as np
 
+from .bench_report import render_chart, render_markdown
+from .ceilings import count_tower, gemm_ceiling, streamed_gemm_ceiling
 from .errors import ClipExportError, ProviderUnavailableError
-from .export import REFERENCE_NAME, example_input, versions
+from .export import versions
 from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, to_jsonable, write_manifest
+from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_variants, vectorise_breakdown
 from .progress import Progress, silent
 from .sessions import SessionOptions, create_session, provider_name
-from .spec import TOWERS
-
-
-@dataclass(frozen=True)
-class LatencyStats:
-    p50_ms: float
-    p90_ms: float
-    p99_ms: float
-    mean_ms: float
-    runs: int
-    warmup_discarded: int
-
-
-def latency_stats(samples_s: Sequence[float], warmup: int) -> LatencyStats:
-    """Percentiles in ms over the samples after the first `warmup` ones."""
-    kept = np.asarray(samples_s[warmup:], dtype=np.float64) * 1000.0
-    if kept.size == 0:
-        raise ValueError(f"no samples left after discarding {warmup} warm-up runs")
-    p50, p90, p99 = np.percentile(kept, [50, 90, 99])
-    return LatencyStats(float(p50), float(p90), float(p99), float(kept.mean()), int(kept.size), warmup)
-
-
-def time_calls(fn: Callable[[], Any], *, warmup: int = 3, budget_s: float = 2.0, min_runs: int = 10, max_runs: int = 1000) -> LatencyStats:
-    samples: list[float] = []
-    deadline = None
-    while len(samples) < max_runs:
-        start = time.perf_counter()
-        fn()
-        samples.append(time.perf_counter() - start)
-        if len(samples) == warmup:
-            deadline = time.perf_counter() + budget_s
-        if deadline is not None and len(samples) >= warmup + min_runs and time.perf_counter() >= deadline:
-            break
-    return latency_stats(samples, warmup)
-
-
-def time_interleaved(calls: Sequence[Callable[[], Any]], *, rounds: int, warmup: int = 0, budget_s: float = 0.0) -> list[float]:
-    """p50 ms of each call, the calls run one after another in rounds (the first `warmup` rounds
-    dropped) until `warmup + rounds` rounds and `budget_s` seconds are both done: drift on a shared
-    machine then hits every call alike, which makes their ratios trustworthy."""
-    samples: list[list[float]] = [[] for _ in calls]
-    deadline = time.perf_counter() + budget_s
-    done = 0
-    while done < warmup + rounds or time.perf_counter() < deadline:
-        for call, times in zip(calls, samples):
-            start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
-        done += 1
-    return [float(np.median(times[warmup:])) * 1e3 for times in samples]
+from .spec import REFERENCE_NAME, TOWERS
+from .timing import LatencyStats, time_calls
 
 
 @dataclass(frozen=True)
@@ -101,32 +56,6 @@ class BenchRow:
     @property
     def p50_ms(self) -> float | None:
         return self.latency.p50_ms if self.latency else None
-
-
-@dataclass(frozen=True)
-class StageTimes:
-    image: str
-    size: str
-    load_ms: float
-    preprocess_ms: float
-    inference_ms: float
-    to_numpy_ms: float
-    engine: str
-
-    @property
-    def total_ms(self) -> float:
-        return self.load_ms + self.preprocess_ms + self.inference_ms + self.to_numpy_ms
-
-
-@dataclass(frozen=True)
-class PreprocessRow:
-    variant: str
-    png_ms: float
-    jpeg_ms: float
-    pixel_max_abs: float
-    embed_mean_abs_normalized: float | None
-    image2image_top1: float | None
-    within_fp32_tolerance: bool | None
 
 
 @dataclass(frozen=True)
@@ -192,125 +121,6 @@ def _rss_mb() -> float:
 
 def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
-
-
-# ---- the physical limit -------------------------------------------------------------------
-
-
-def _matmul_model(m: int, k: int, n: int, int8: bool) -> bytes:
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    if int8:
-        weight = numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "w")
-        node = helper.make_node("MatMulInteger", ["a", "w"], ["y"])
-        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
-    else:
-        weight = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
-        node = helper.make_node("MatMul", ["a", "w"], ["y"])
-        a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
-    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("a", a_type, [m, k])], [helper.make_tensor_value_info("y", y_type, [m, n])], [weight])
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
-
-
-def _cpu_session(model: bytes, threads: int) -> Any:
-    from .sessions import ort
-
-    rt = ort()
-    so = rt.SessionOptions()
-    so.intra_op_num_threads = threads
-    return rt.InferenceSession(model, so, providers=["CPUExecutionProvider"])
-
-
-def _p50_gflops(session: Any, a: np.ndarray, flops: float, budget_s: float) -> float:
-    """G(FL)OP/s of a one-input limit model ("a"), from its p50 latency."""
-    stats = time_calls(lambda: session.run(None, {"a": a}), warmup=2, budget_s=budget_s, min_runs=5)
-    return flops / (stats.p50_ms / 1000.0) / 1e9
-
-
-def gemm_ceiling(threads: int, int8: bool = False, size: tuple[int, int, int] = (512, 2048, 2048), budget_s: float = 1.5) -> float:
-    """GFLOP/s (GOP/s for int8) of one large MatMul through onnxruntime's CPU provider."""
-    m, k, n = size
-    a = np.random.default_rng(1).integers(0, 255, (m, k), dtype=np.uint8) if int8 else np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
-    return _p50_gflops(_cpu_session(_matmul_model(m, k, n, int8), threads), a, 2.0 * m * k * n, budget_s)
-
-
-def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, int], ...]]:
-    """FLOPs of one item through the tower (torch's FlopCounterMode), and the (M, K, N) of every
-    matrix product against a weight, in forward order."""
-    import torch
-    from torch.utils._python_dispatch import TorchDispatchMode
-    from torch.utils.flop_counter import FlopCounterMode
-
-    aten = torch.ops.aten
-
-    class WeightProducts(TorchDispatchMode):
-        def __init__(self) -> None:
-            super().__init__()
-            self.shapes: list[tuple[int, int, int]] = []
-
-        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
-            if func in (aten.mm.default, aten.addmm.default):
-                a, b = args[-2], args[-1]
-                self.shapes.append((int(a.shape[0]), int(a.shape[1]), int(b.shape[1])))
-            return func(*args, **(kwargs or {}))
-
-    x = torch.from_numpy(example_input(loaded, tower, 1))
-    encode = loaded.model.encode_image if tower == "visual" else loaded.model.encode_text
-    # The fused multi-head-attention fast path is one opaque kernel the counter does not see;
-    # the slow path runs the same projections as countable matmuls.
-    fastpath = torch.backends.mha.get_fastpath_enabled()
-    torch.backends.mha.set_fastpath_enabled(False)
-    try:
-        with torch.no_grad(), FlopCounterMode(display=False) as counter, WeightProducts() as products:
-            encode(x)
-    finally:
-        torch.backends.mha.set_fastpath_enabled(fastpath)
-    return float(counter.get_total_flops()), tuple(products.shapes)
-
-
-def _streamed_chain_model(shapes: Sequence[tuple[int, int, int]], min_weight_bytes: int, max_nodes: int) -> tuple[bytes, int, int, float]:
-    """The tower's weight products as one chain, each with its own random weight, repeated until
-    the weights outgrow any cache. Slice/Pad adapt one product's width to the next one's depth."""
-    from onnx import TensorProto, helper, numpy_helper
-
-    rng = np.random.default_rng(0)
-    nodes, weights = [], []
-    flops, weight_bytes = 0.0, 0
-    first_m, first_k = shapes[0][0], shapes[0][1]
-    per_token = [shape for shape in shapes if shape[0] == first_m]  # not the pooled one-row head
-    current, width = "a", first_k
-    index = 0
-    while index == 0 or (weight_bytes < min_weight_bytes and index < max_nodes):
-        m, k, n = per_token[index % len(per_token)]
-        if width > k:
-            nodes.append(helper.make_node("Slice", [current, "zero", f"k{index}", "last"], [f"in{index}"]))
-            weights.append(numpy_helper.from_array(np.asarray([k], np.int64), f"k{index}"))
-            current = f"in{index}"
-        elif width < k:
-            nodes.append(helper.make_node("Pad", [current, f"pad{index}"], [f"in{index}"]))
-            weights.append(numpy_helper.from_array(np.asarray([0, 0, 0, k - width], np.int64), f"pad{index}"))
-            current = f"in{index}"
-        weights.append(numpy_helper.from_array((rng.standard_normal((k, n), dtype=np.float32) * k**-0.5), f"w{index}"))
-        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], [f"y{index}"]))
-        current, width = f"y{index}", n
-        flops += 2.0 * m * k * n
-        weight_bytes += 4 * k * n
-        index += 1
-    weights += [numpy_helper.from_array(np.asarray([0], np.int64), "zero"), numpy_helper.from_array(np.asarray([1], np.int64), "last")]
-    graph = helper.make_graph(nodes, "streamed", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [first_m, first_k])], [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)], weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), first_m, first_k, flops
-
-
-def streamed_gemm_ceiling(shapes: Sequence[tuple[int, int, int]], threads: int, *, min_weight_bytes: int = 256 * 2**20, max_nodes: int = 400, budget_s: float = 1.0) -> float | None:
-    """GFLOP/s of the tower's own weight products at batch 1 through onnxruntime, each weight read
-    from memory as a one-document run must: the limit when weights, not arithmetic, are the cost."""
-    if not shapes:
-        return None
-    model, m, k, flops = _streamed_chain_model(shapes, min_weight_bytes, max_nodes)
-    session = _cpu_session(model, threads)
-    del model  # 256 MB of serialized weights the session has already copied
-    return _p50_gflops(session, np.random.default_rng(1).standard_normal((m, k)).astype(np.float32), flops, budget_s)
 
 
 # ---- one row ------------------------------------------------------------------------------
@@ -413,111 +223,6 @@ def bench_torch(loaded: Any, tower: str, batch: int, inputs: np.ndarray, *, mode
     first_ms = (time.perf_counter() - started) * 1000.0
     stats = time_calls(call, budget_s=budget_s)
     return BenchRow(**base, provider_ran=f"torch-{device}", status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0), session_create_ms=create_ms, first_inference_ms=first_ms, rss_mb=_rss_mb())
-
-
-# ---- vectorise() breakdown and preprocessing variants --------------------------------------
-
-
-def _median_ms(fn: Callable[[], Any], runs: int = 15) -> float:
-    return time_calls(fn, warmup=2, budget_s=0.5, min_runs=runs, max_runs=runs + 2).p50_ms
-
-
-def report_images(evalset_dir: Path | None = None) -> list[Path]:
-    """The report's two image kinds from the bundled set: a wide RGBA PNG and a small JPEG."""
-    from .evalset import BUNDLED_DIR
-
-    images = (evalset_dir or BUNDLED_DIR / "images")
-    return [images / "coffee-and-cat-wide-alpha.png", images / "rocket-small.jpg"]
-
-
-def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int, loaded: Any | None) -> list[StageTimes]:
-    from PIL import Image
-
-    from .models import PreprocessConfig
-    from .preprocess import load_image, preprocess_fast, preprocess_reference
-
-    config = PreprocessConfig.from_json(manifest["preprocess"])
-    visual = next((a for a in manifest["artifacts"] if a["tower"] == "visual" and a["precision"] == "fp32" and a["format"] == "onnx"), None)
-    if visual is None:
-        return []
-    session = create_session(model_dir / visual["path"], SessionOptions(intra_op_threads=threads))
-    rows = []
-    for path in report_images():
-        def load() -> Image.Image:
-            return load_image(path)
-
-        image = load()
-        pixels = preprocess_reference(image, config)[None]
-        rows.append(StageTimes(path.name, f"{image.width}x{image.height} {image.mode}", _median_ms(load), _median_ms(lambda: preprocess_reference(image, config)), _median_ms(lambda: session.run(None, {"pixel_values": pixels})), 0.0, "onnxruntime fp32 CPU (output is already numpy)"))
-        fast_ms = _median_ms(lambda: preprocess_fast(image, config))
-        rows.append(StageTimes(path.name, rows[-1].size, rows[-1].load_ms, fast_ms, rows[-1].inference_ms, 0.0, "onnxruntime fp32 CPU, ClipOnnx's default preprocessing (vectorised crop-resize)"))
-        if loaded is not None:
-            import torch
-
-            x = torch.from_numpy(pixels)
-            with torch.no_grad():
-                out = loaded.model.encode_image(x)
-                infer = _median_ms(lambda: loaded.model.encode_image(x))
-            rows.append(StageTimes(path.name, rows[-1].size, rows[-1].load_ms, rows[-2].preprocess_ms, infer, _median_ms(lambda: out.numpy(), runs=50), "torch eager fp32 CPU"))
-    session = None  # release the weights before the next session is created
-    return rows
-
-
-def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: int) -> list[PreprocessRow]:
-    """Time and fidelity of each preprocessing variant against the reference PIL pipeline."""
-    from PIL import Image
-
-    from .evalset import load_evalset
-    from .export import l2_normalize
-    from .models import PreprocessConfig
-    from .preprocess import VARIANTS, preprocess_reference
-    from .verify import retrieval_agreement, run_batches
-
-    config = PreprocessConfig.from_json(manifest["preprocess"])
-    evalset = load_evalset()
-    visual = next((a for a in manifest["artifacts"] if a["tower"] == "visual" and a["precision"] == "fp32" and a["format"] == "onnx"), None)
-    session = create_session(model_dir / visual["path"], SessionOptions(intra_op_threads=threads)) if visual else None
-
-    def opened(path: Path) -> Image.Image:
-        handle = Image.open(path)  # keep it lazy: draft() must act before decoding
-        return handle
-
-    reference_pixels = np.stack([preprocess_reference(opened(p), config) for p in evalset.image_paths])
-    reference_embeds = run_batches(session, "pixel_values", reference_pixels) if session else None
-    png, jpeg = report_images()
-    rows = []
-    variants: dict[str, Callable[..., np.ndarray]] = {"open_clip torchvision (reference)": _torchvision_transform(config), **VARIANTS}
-    for name, fn in variants.items():
-        if fn is None:
-            continue
-        try:
-            png_ms = _median_ms(lambda: fn(opened(png), config), runs=8)
-            jpeg_ms = _median_ms(lambda: fn(opened(jpeg), config), runs=15)
-            pixels = np.stack([fn(opened(p), config) for p in evalset.image_paths]).astype(np.float32)
-        except ImportError as exc:
-            rows.append(PreprocessRow(f"{name} (unavailable: {exc.name} not installed)", float("nan"), float("nan"), float("nan"), None, None, None))
-            continue
-        pixel_delta = float(np.abs(pixels - reference_pixels).max())
-        embed_delta = top1 = None
-        within = None
-        if session is not None and reference_embeds is not None:
-            embeds = run_batches(session, "pixel_values", pixels)
-            embed_delta = float(np.abs(l2_normalize(embeds) - l2_normalize(reference_embeds)).mean())
-            top1 = retrieval_agreement(reference_embeds, reference_embeds, embeds, embeds, exclude_self=True).top1_agreement
-            from .spec import THRESHOLDS
-
-            within = embed_delta <= THRESHOLDS["fp32"].mean_abs_normalized
-        rows.append(PreprocessRow(name, png_ms, jpeg_ms, pixel_delta, embed_delta, top1, within))
-    return rows
-
-
-def _torchvision_transform(config: Any) -> Callable[..., np.ndarray] | None:
-    try:
-        import open_clip
-    except ImportError:
-        return None
-    transform = open_clip.image_transform(config.image_size, is_train=False, mean=config.mean, std=config.std, resize_mode=config.resize_mode, interpolation=config.interpolation)
-    return lambda image, _config: transform(image).numpy()
 
 
 # ---- the stage ----------------------------------------------------------------------------
@@ -662,84 +367,3 @@ def _with_ratios(row: BenchRow, torch_p50: float | None, flops: float | None, ce
     return BenchRow(**{**row.__dict__, **updates})
 
 
-# ---- rendering ----------------------------------------------------------------------------
-
-
-def _fmt(value: float | None, digits: int = 2) -> str:
-    if value is None or value != value:
-        return "-"
-    return f"{value:.{digits}f}"
-
-
-def render_markdown(result: BenchResult) -> str:
-    m = result.machine
-    lines = [
-        f"# Benchmark of {result.model_dir.name}",
-        "",
-        f"Measured {result.date} on {m['cpu']} ({m['cores']} cores, {m['threads_used']} threads pinned{', GPU ' + m['gpu'] if m.get('gpu') else ''}).",
-        f"Versions: {', '.join(f'{k} {v}' for k, v in result.versions.items())}.",
-        f"GEMM ceiling through onnxruntime on this machine, same run: fp32 {result.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {result.ceilings_gflops['int8']:.0f} GOP/s.",
-        "FLOPs per item (torch FlopCounterMode): " + ", ".join(f"{k} {v / 1e9:.2f} GFLOP" for k, v in result.flops_per_item.items()) + ".",
-    ]
-    if result.streamed_ceilings_gflops:
-        lines.append(
-            "Streamed-weights limit at batch 1 (the tower's own weight products, each weight read from memory once per item, as one document at a time must): "
-            + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.streamed_ceilings_gflops.items())
-            + "; \"% of streamed\" compares fp32 batch-1 rows with it."
-        )
-    lines += [
-        "",
-        "| tower | batch | name | precision | provider ran | p50 ms | p90 ms | p99 ms | items/s | × torch eager | GFLOP/s | % of ceiling | % of streamed | session ms | first run ms | copies ms | status |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
-    ]
-    for r in result.rows:
-        lat = r.latency
-        lines.append(
-            f"| {r.tower} | {r.batch} | {r.name} | {r.precision} | {r.provider_ran or r.provider_requested + ' (did not run)'} | "
-            f"{_fmt(lat.p50_ms if lat else None)} | {_fmt(lat.p90_ms if lat else None)} | {_fmt(lat.p99_ms if lat else None)} | {_fmt(r.throughput_per_s, 1)} | "
-            f"{_fmt(r.speedup_vs_torch)} | {_fmt(r.gflops_per_s, 0)} | {_fmt(r.ceiling_share * 100 if r.ceiling_share else None, 0)} | {_fmt(r.streamed_ceiling_share * 100 if r.streamed_ceiling_share else None, 0)} | "
-            f"{_fmt(r.session_create_ms, 0)} | {_fmt(r.first_inference_ms, 1)} | {_fmt(r.copy_overhead_ms)} | {r.status} |"
-        )
-    if result.breakdown:
-        lines += ["", "## vectorise() for one image", "", "| image | size | engine | load ms | preprocess ms | inference ms | to numpy ms | total ms |", "|---|---|---|---|---|---|---|---|"]
-        for s in result.breakdown:
-            lines.append(f"| {s.image} | {s.size} | {s.engine} | {_fmt(s.load_ms)} | {_fmt(s.preprocess_ms)} | {_fmt(s.inference_ms)} | {_fmt(s.to_numpy_ms, 3)} | {_fmt(s.total_ms)} |")
-    if result.preprocessing:
-        lines += ["", "## Preprocessing variants", "", "| variant | PNG 2162×762 RGBA ms | JPEG 640×427 ms | max pixel |Δ| | embedding mean |Δ| (norm.) | image→image top-1 | within fp32 tolerance |", "|---|---|---|---|---|---|---|"]
-        for p in result.preprocessing:
-            lines.append(f"| {p.variant} | {_fmt(p.png_ms)} | {_fmt(p.jpeg_ms)} | {_fmt(p.pixel_max_abs, 4)} | {'-' if p.embed_mean_abs_normalized is None else f'{p.embed_mean_abs_normalized:.2e}'} | {_fmt(p.image2image_top1, 3)} | {'-' if p.within_fp32_tolerance is None else ('yes' if p.within_fp32_tolerance else 'no')} |")
-    lines += ["", f"Peak RSS of the benchmark process: {result.peak_rss_mb:.0f} MB."]
-    lines += [f"Note: {n}" for n in result.notes]
-    return "\n".join(lines) + "\n"
-
-
-def render_chart(result: BenchResult, path: Path) -> Path | None:
-    """A bar chart of batch-1 p50 per artifact and provider, the figure people look at first."""
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
-        return None
-    rows = [r for r in result.rows if r.batch == 1 and r.latency is not None]
-    if not rows:
-        return None
-    towers = sorted({r.tower for r in rows})
-    fig, axes = plt.subplots(1, len(towers), figsize=(6 * len(towers), 0.5 * max(len([r for r in rows if r.tower == t]) for t in towers) + 1.8), squeeze=False)
-    for axis, tower in zip(axes[0], towers):
-        subset = [r for r in rows if r.tower == tower]
-        labels = [f"{r.name}\n{(r.provider_ran or '').replace('ExecutionProvider', '')}" for r in subset]
-        values = [r.latency.p50_ms for r in subset]  # type: ignore[union-attr]
-        colors = ["#999999" if r.kind == "baseline" else "#3b75af" for r in subset]
-        axis.barh(labels, values, color=colors)
-        for y, v in enumerate(values):
-            axis.text(v, y, f" {v:.1f}", va="center", fontsize=8)
-        axis.set_title(f"{result.model_dir.name} {tower} tower, batch 1 (p50)")
-        axis.set_xlabel("ms (lower is better; grey = baseline)")
-        axis.invert_yaxis()
-        axis.tick_params(axis="y", labelsize=8)
-    fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
-    return path

@@ -13,7 +13,7 @@ import click
 from . import __version__
 from .errors import ClipExportError
 from .manifest import to_jsonable
-from .spec import DEFAULT_OPSET, TOWERS
+from .spec import DEFAULT_OPSET, INT8_SCHEME, TOWERS, Int8Scheme
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -227,11 +227,14 @@ def verify(dirs: Sequence[Path], providers: str, reference: str, images: Path | 
             run_verify(model_dir, providers=_split_csv(providers), reference=reference, images=images, texts=texts, thresholds=overrides, only=(lambda e: e["precision"] in wanted) if wanted else None, progress=_progress(quiet or as_json))
         )
     if as_json:
-        emit_json([{"model_dir": r.model_dir, "passed": r.passed, "failures": r.failures, "checks": r.checks} for r in results])
+        emit_json([{"model_dir": r.model_dir, "passed": r.passed, "failures": r.failures, "checks": r.checks, "write_error": r.write_error} for r in results])
     else:
         for r in results:
             click.echo(_verify_table(r))
     failed = [f for r in results for f in r.failures]
+    unwritten = [r.write_error for r in results if r.write_error]
+    if unwritten:
+        raise ClipExportError("; ".join(unwritten) + (" (the verdicts above were computed but not recorded)" if not as_json else ""))
     if failed:
         if not as_json:
             click.echo("Failures:\n" + "\n".join(f"  - {f}" for f in failed))
@@ -244,7 +247,13 @@ def _verify_table(result: Any) -> str:
         rows.append((c.path, c.provider_ran or f"{c.provider_requested} (did not run)", c.threshold_set, c.metric("mean_abs_raw"), c.metric("mean_abs_normalized"), c.metric("max_abs_normalized"), c.metric("min_cosine"), c.min_top1, c.status.upper()))
     header = f"{result.model_dir}  (reference: {result.reference}; set: {result.evalset})"
     body = table(["artifact", "provider", "limits", "mean |Δ| raw", "mean |Δ| norm", "max |Δ| norm", "min cos", "top-1 agree", "verdict"], rows)
-    tail = f"report: {result.report_path}" if result.report_path else ""
+    where = sorted({c.environment.describe() for c in result.checks if c.environment})
+    others = len({r["environment"]["key"] for r in result.history if isinstance(r.get("environment"), dict)} - {c.environment.key for c in result.checks if c.environment})
+    tail = "verdicts hold for these bytes on: " + "; ".join(where)
+    if others:
+        tail += f"\n(the manifest also keeps verdicts from {others} other environment(s); VERIFY.md lists them)"
+    if result.report_path:
+        tail += f"\nreport: {result.report_path}"
     return f"{header}\n{body}\n{tail}\n"
 
 
@@ -297,11 +306,13 @@ def fp16(dirs: Sequence[Path], towers: str, fuse: bool, force: bool, as_json: bo
 @dirs_argument
 @_towers_option
 @click.option("--per-channel/--per-tensor", default=True, show_default=True, help="Weight scales per output channel (measured more faithful) or per tensor.")
+@click.option("--weight-type", type=click.Choice(["QUInt8", "QInt8"]), default=INT8_SCHEME.weight_type, show_default=True, help="QUInt8 holds on every x86 tier; QInt8 is faster with VNNI but saturates on AVX2 without it (docs/convert.md).")
+@click.option("--reduce-range", is_flag=True, help="7-bit weights: keeps QInt8 from saturating on AVX2, at some fidelity.")
 @click.option("--exclude", "exclude_nodes", multiple=True, metavar="NODE", help="Keep this node in float. Repeatable.")
 @click.option("--force", is_flag=True, help="Rebuild an INT8 artifact that already exists.")
 @json_option
 @quiet_option
-def int8(dirs: Sequence[Path], towers: str, per_channel: bool, exclude_nodes: Sequence[str], force: bool, as_json: bool, quiet: bool) -> None:
+def int8(dirs: Sequence[Path], towers: str, per_channel: bool, weight_type: str, reduce_range: bool, exclude_nodes: Sequence[str], force: bool, as_json: bool, quiet: bool) -> None:
     """Quantize MatMul/Gemm weights to INT8 for CPU serving (dynamic activations), verified before kept.
 
     \b
@@ -311,7 +322,8 @@ def int8(dirs: Sequence[Path], towers: str, per_channel: bool, exclude_nodes: Se
     from .convert import quantize_int8
 
     chosen = _check_towers(towers)
-    _render_conversion([quantize_int8(d, towers=chosen, per_channel=per_channel, exclude_nodes=exclude_nodes, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+    scheme = Int8Scheme(weight_type, per_channel=per_channel, reduce_range=reduce_range)
+    _render_conversion([quantize_int8(d, towers=chosen, scheme=scheme, exclude_nodes=exclude_nodes, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
 
 
 def _parse_profile(value: str) -> tuple[int, int, int]:
@@ -428,8 +440,11 @@ def pipeline(model: str, pretrained: str | None, weights: Path | None, random_in
         emit_json(result)
     else:
         rows = [(r.artifact, r.tower, r.precision, r.format, human_bytes(r.bytes), r.verdict.upper(), r.mean_abs_normalized, r.min_top1, r.batch1_p50_ms, (r.provider or "").replace("ExecutionProvider", "")) for r in result.summary]
-        click.echo(f"{result.model_dir}: stages passed: {', '.join(result.stages_done) or 'none'}")
+        resumed = f" (kept from an earlier run: {', '.join(result.resumed)})" if result.resumed else ""
+        click.echo(f"{result.model_dir}: stages passed: {', '.join(result.stages_done) or 'none'}{resumed}")
         click.echo(table(["artifact", "tower", "prec", "format", "size", "verdict", "mean |Δ| norm", "top-1 agree", "batch-1 p50 ms", "provider"], rows))
+        if result.environments:
+            click.echo("verdicts hold for these bytes on: " + "; ".join(result.environments))
     if not result.passed:
         raise ClipExportError(f"the {result.failed_stage} gate failed (artifacts that passed before it are kept): {result.failure}")
 

@@ -1,6 +1,7 @@
 """Convert stage: fp16 and INT8 ONNX artifacts derived from the fp32 export, each gated by verify."""
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import time
@@ -11,9 +12,8 @@ from typing import Any, Callable, Sequence
 from .errors import ConversionError, ManifestError, import_optional
 from .manifest import file_record, read_manifest, refuse_existing, require_intact, upsert_artifact, write_manifest
 from .progress import Progress, silent
-from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
+from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, INT8_SCHEME, Int8Scheme, threshold_key
 from .verify import gate
-
 
 # Ops kept in fp32 inside the fp16 graph, chosen by measurement (docs/convert.md): LayerNorm and
 # its reductions overflow or lose the mean in fp16, Softmax loses small probabilities. The
@@ -405,12 +405,15 @@ def quantize_int8(
     model_dir: Path,
     *,
     towers: Sequence[str] = ("visual", "text"),
-    per_channel: bool = True,
+    per_channel: bool | None = None,
     exclude_nodes: Sequence[str] = (),
     force: bool = False,
+    scheme: Int8Scheme = INT8_SCHEME,
     progress: Progress = silent,
 ) -> ConvertResult:
-    """Dynamic INT8 quantization of MatMul/Gemm weights for CPU serving."""
+    """Dynamic INT8 quantization of MatMul/Gemm weights for CPU serving; `per_channel`, when given, overrides the scheme's."""
+    if per_channel is not None:
+        scheme = dataclasses.replace(scheme, per_channel=per_channel)
     quantization = import_optional("onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization")
     QuantType, quantize_dynamic = quantization.QuantType, quantization.quantize_dynamic
     onnx = _onnx()
@@ -424,8 +427,9 @@ def quantize_int8(
         quantize_dynamic(
             model,
             str(target),
-            weight_type=QuantType.QInt8,
-            per_channel=per_channel,
+            weight_type=getattr(QuantType, scheme.weight_type),
+            per_channel=scheme.per_channel,
+            reduce_range=scheme.reduce_range,
             op_types_to_quantize=list(INT8_OP_TYPES),
             nodes_to_exclude=excluded,
             extra_options={"MatMulConstBOnly": True},
@@ -433,7 +437,7 @@ def quantize_int8(
         quantized = onnx.load(str(target))
         _set_precision_metadata(quantized, "int8")
         onnx.save_model(quantized, str(target))
-        return {"tool": f"onnxruntime.quantization {_version('onnxruntime')}", "mode": "dynamic", "weight_type": "QInt8", "per_channel": per_channel, "op_types": list(INT8_OP_TYPES), "excluded_nodes": excluded}
+        return {"tool": f"onnxruntime.quantization {_version('onnxruntime')}", "mode": "dynamic", "weight_type": scheme.weight_type, "per_channel": scheme.per_channel, "reduce_range": scheme.reduce_range, "op_types": list(INT8_OP_TYPES), "excluded_nodes": excluded}
 
     return _convert_each(model_dir, "int8", "int8", write, towers=towers, force=force, progress=progress)
 

@@ -57,6 +57,10 @@ class ReleaseError(ClipExportError):
     pass
 
 
+class ServeCheckError(ClipExportError):
+    """An artifact misses its precision's thresholds in the environment that is about to serve it."""
+
+
 class MissingExtraError(ClipExportError):
     """An optional heavy dependency is absent; the message names the pip extra that installs it."""
 

@@ -20,6 +20,7 @@ from . import attention
 from .errors import ClipExportError, ExportParityError, OutputError, UnsupportedOpsetError
 from .evalset import EvalSet, load_evalset
 from .manifest import SCHEMA_VERSION, file_record, now_iso, write_manifest
+from .metrics import l2_normalize
 from .models import LoadedModel, ModelSpec, load_model, resolve
 from .preprocess import preprocess_batch
 from .progress import Progress, silent
@@ -30,11 +31,10 @@ from .spec import (
     EXPORT_EXAMPLE_BATCH,
     EXPORT_PARITY_TOLERANCE,
     EXTERNAL_DATA_THRESHOLD_BYTES,
+    REFERENCE_NAME,
     SUPPORTED_OPSETS,
     TOWERS,
 )
-
-REFERENCE_NAME = "reference.npz"
 
 
 @dataclass(frozen=True)
@@ -65,11 +65,6 @@ def versions() -> dict[str, str]:
         except ImportError:
             continue
     return found
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = x.astype(np.float64)
-    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
 def tower_module(loaded: LoadedModel, tower: str, normalize: bool) -> Any:

@@ -5,11 +5,12 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable, Sequence
 
+from .environment import current_environment
 from .errors import ClipExportError
 from .models import ModelSpec
 from .progress import Progress, silent
-
-PRECISIONS = ("fp32", "fp16", "int8")
+from .sessions import provider_name
+from .spec import PRECISIONS, TOWERS
 
 
 @dataclass(frozen=True)
@@ -33,6 +34,8 @@ class PipelineResult:
     failed_stage: str | None
     failure: str | None
     summary: tuple[SummaryRow, ...]
+    environments: tuple[str, ...] = ()  # where the verdicts in the summary were obtained
+    resumed: tuple[str, ...] = ()  # stages an earlier run had passed, kept instead of redone
 
     @property
     def passed(self) -> bool:
@@ -61,17 +64,32 @@ def run_pipeline(
 
     done: list[str] = []
     model_dir: Path | None = None
-    steps: list[tuple[str, Callable[[], object]]] = [("export", lambda: export_onnx(spec, out=out, force=force, progress=progress))]
-    if "fp16" in precisions:
-        steps.append(("fp16", lambda: convert_fp16(model_dir, force=force, progress=progress)))  # type: ignore[arg-type]
-    if "int8" in precisions:
-        steps.append(("int8", lambda: quantize_int8(model_dir, force=force, progress=progress)))  # type: ignore[arg-type]
+    kept = None if force else resumable(Path(out) / spec.slug, spec)
+    resumed: list[str] = []
+    steps: list[tuple[str, Callable[[], object]]] = []
+    if kept is None:
+        steps.append(("export", lambda: export_onnx(spec, out=out, force=force, progress=progress)))
+    else:
+        model_dir = kept.model_dir
+        resumed.append("export")
+        done.append("export")
+        progress(f"resuming in {model_dir}: the export that passed its gate is kept")
+    for precision, convert in (("fp16", convert_fp16), ("int8", quantize_int8)):
+        if precision not in precisions:
+            continue
+        missing = [t for t in TOWERS if kept is None or t not in kept.converted.get(precision, ())]
+        if not missing:
+            resumed.append(precision)
+            done.append(precision)
+            continue
+        steps.append((precision, lambda convert=convert, missing=missing: convert(model_dir, towers=missing, force=force, progress=progress)))  # type: ignore[arg-type, misc]
     if trt:
         from .tensorrt import build_engines
 
         steps.append(("trt", lambda: build_engines(model_dir, fp16="fp16" in precisions, force=force, progress=progress)))  # type: ignore[arg-type]
     failed = failure = None
     verify_result = bench_result = None
+    gates: dict[str, tuple[str, float | None, float | None]] = {}
     for name, step in steps:
         progress(f"pipeline stage: {name}")
         try:
@@ -81,6 +99,7 @@ def run_pipeline(
             break
         if name == "export":
             model_dir = outcome.model_dir  # type: ignore[attr-defined]
+        gates.update(_gate_outcomes(name, outcome, model_dir))
         done.append(name)
     if failed is None and model_dir is not None:
         progress("pipeline stage: verify")
@@ -93,11 +112,49 @@ def run_pipeline(
         progress("pipeline stage: bench")
         bench_result = bench(model_dir, providers=providers, batch_sizes=(1,), budget_s=bench_budget_s, precisions=list(precisions), breakdown=False, progress=progress)
         done.append("bench")
-    summary = _summary(model_dir, verify_result, bench_result) if model_dir is not None else ()
-    return PipelineResult(model_dir, tuple(done), failed, failure, tuple(summary))
+    summary = _summary(model_dir, verify_result, bench_result, gates) if model_dir is not None else ()
+    checks = getattr(verify_result, "checks", ())
+    environments = sorted({c.environment.describe() for c in checks if c.environment}) or ([current_environment(provider_name("cpu")).describe()] if gates else [])
+    return PipelineResult(model_dir, tuple(done), failed, failure, tuple(summary), tuple(environments), tuple(resumed))
 
 
-def _summary(model_dir: Path, verify_result: object, bench_result: object) -> list[SummaryRow]:
+@dataclass(frozen=True)
+class Resumable:
+    model_dir: Path
+    converted: dict[str, tuple[str, ...]]  # precision -> towers whose artifact an earlier run kept
+
+
+def resumable(model_dir: Path, spec: ModelSpec) -> Resumable | None:
+    """An earlier run's directory for the same model with its fp32 towers intact, or None.
+
+    Conversions keep an artifact only after it passed its gate, so what the manifest lists has passed."""
+    from .manifest import integrity_problems, read_manifest
+
+    if not (model_dir / "manifest.json").exists():
+        return None
+    manifest = read_manifest(model_dir)
+    model = manifest.get("model", {})
+    if (model.get("arch"), model.get("source")) != (spec.arch, spec.source):
+        return None
+    fp32 = [a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx"]
+    if {a["tower"] for a in fp32} != set(TOWERS) or any(integrity_problems(model_dir, a) for a in fp32):
+        return None
+    converted: dict[str, list[str]] = {}
+    for entry in manifest["artifacts"]:
+        if entry["format"] == "onnx" and entry["precision"] != "fp32" and not integrity_problems(model_dir, entry):
+            converted.setdefault(entry["precision"], []).append(entry["tower"])
+    return Resumable(model_dir, {k: tuple(v) for k, v in converted.items()})
+
+
+def _gate_outcomes(stage: str, outcome: object, model_dir: Path | None) -> dict[str, tuple[str, float | None, float | None]]:
+    """artifact path -> (verdict, mean |Δ| normalised, min top-1) of the gate a stage ran on it."""
+    if stage == "export" and model_dir is not None:
+        return {Path(t.path).relative_to(model_dir).as_posix() if Path(t.path).is_absolute() else str(t.path): ("pass (export gate)", t.parity_mean_abs, None) for t in getattr(outcome, "towers", ())}
+    return {a.path: (f"{a.verdict} ({stage} gate)", a.mean_abs_normalized, a.min_top1) for a in getattr(outcome, "artifacts", ())}
+
+
+def _summary(model_dir: Path, verify_result: object, bench_result: object, gates: dict[str, tuple[str, float | None, float | None]]) -> list[SummaryRow]:
+    """One row per artifact: verify's verdict when it ran, else what the artifact's own gate measured."""
     from .manifest import read_manifest
 
     manifest = read_manifest(model_dir)
@@ -108,7 +165,9 @@ def _summary(model_dir: Path, verify_result: object, bench_result: object) -> li
         check = checks.get(entry["path"])
         ran = check.provider_ran if check else None
         p50 = latency.get((entry["path"], ran)) if ran else next((v for (n, _), v in latency.items() if n == entry["path"]), None)
-        rows.append(
-            SummaryRow(entry["path"], entry["tower"], entry["precision"], entry["format"], entry["bytes"], check.status if check else "not verified", check.metric("mean_abs_normalized") if check else None, check.min_top1 if check else None, p50, ran)
-        )
+        if check:
+            verdict, mean_abs, top1 = check.status, check.metric("mean_abs_normalized"), check.min_top1
+        else:
+            verdict, mean_abs, top1 = gates.get(entry["path"], ("kept from an earlier run (passed its gate then)", None, None))
+        rows.append(SummaryRow(entry["path"], entry["tower"], entry["precision"], entry["format"], entry["bytes"], verdict, mean_abs, top1, p50, ran))
     return rows

@@ -10,7 +10,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
 
-from .errors import ReleaseError
+from .environment import Environment
+from .errors import ManifestError, ReleaseError
 from .manifest import (
     MANIFEST_NAME,
     atomic_write_text,
@@ -38,19 +39,25 @@ class ReleaseResult:
     sources: tuple[Path, ...]
 
 
-def verified_paths(manifest: dict[str, Any]) -> dict[str, str]:
-    """path -> sha256 of every artifact with a passing verify row for exactly those bytes."""
+def passing_environments(manifest: dict[str, Any], entry: dict[str, Any]) -> list[Environment]:
+    """The environments with a passing verify row for exactly this artifact's bytes; a passing row
+    that does not say where it was obtained is refused (ManifestError), never counted."""
     rows = (manifest.get("verification") or {}).get("results", [])
-    return {r["path"]: r["sha256"] for r in rows if r.get("status") == "pass"}
+    mine = [r for r in rows if r.get("path") == entry["path"] and r.get("sha256") == entry["sha256"] and r.get("status") == "pass"]
+    return [Environment.from_json(r.get("environment"), entry["path"]) for r in mine]
 
 
 def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
     problems = []
-    passed = verified_paths(manifest)
     for entry in manifest["artifacts"]:
         for issue in integrity_problems(model_dir, entry):
             problems.append(f"{model_dir.name}/{issue}")
-        if passed.get(entry["path"]) != entry["sha256"]:
+        try:
+            verified = passing_environments(manifest, entry)
+        except ManifestError as exc:
+            problems.append(f"{model_dir.name}: {exc}")
+            continue
+        if not verified:
             problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
     for record in (manifest.get("reference"), manifest["tokenizer"].get("bpe_vocab")):
         for issue in integrity_problems(model_dir, record) if record else []:
@@ -242,10 +249,20 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
     for a in manifest["artifacts"]:
         i, o = a["inputs"][0], a["outputs"][0]
         lines.append(f"| {a['path']} | {a['tower']} | {a['precision']} | {a['format']} | `{i['name']}` {i['dtype']} {i['shape']} | `{o['name']}` {o['dtype']} {o['shape']} | {a['bytes']} | `{a['sha256'][:16]}…` |")
-    lines += ["", "## Verification", "", "| asset | provider | mean abs diff (norm.) | min cosine | verdict |", "|---|---|---|---|---|"]
-    for r in manifest.get("verification", {}).get("results", []):
+    rows = manifest.get("verification", {}).get("results", [])
+    lines += ["", "## Verification", "", "A verdict holds for the bytes and the environment it names: onnxruntime picks its kernels from the CPU "
+              "(AVX2, AVX-512, VNNI) and provider, so serve from an environment listed here, or let `ClipOnnx.from_release` "
+              "check the artifact on the serving machine (it does by default).", ""]
+    lines += ["| asset | provider | mean abs diff (norm.) | min cosine | verdict | environment |", "|---|---|---|---|---|---|"]
+    for r in rows:
         metrics = r.get("metrics", {})
-        lines.append(f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} |")
+        env = r.get("environment")
+        where = Environment.from_json(env, f"the verdict for {r['path']}").describe() if isinstance(env, dict) else "unknown"
+        lines.append(f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |")
+    lines += ["", "### Environments each asset passed in", ""]
+    for a in manifest["artifacts"]:
+        envs = sorted({e.describe() for e in passing_environments(manifest, a)})
+        lines.append(f"- `{a['path']}`: " + ("; ".join(envs) if envs else "none"))
     bench = manifest.get("benchmark")
     if bench:
         lines += ["", f"## Batch-1 latency ({bench.get('machine', {}).get('cpu', 'unknown machine')}, {bench.get('date', '')})", "", "| name | tower | provider | p50 ms | × torch eager |", "|---|---|---|---|---|"]

@@ -15,6 +15,7 @@ JPEG) to 9-14x (its wide RGBA PNG) faster than PIL's own resize (docs/benchmarks
 """
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
@@ -26,9 +27,9 @@ from .errors import ClipExportError
 from .manifest import read_manifest, require_intact
 from .models import PreprocessConfig
 from .preprocess import load_image, preprocess_fast, preprocess_reference
+from .serve_check import ServeCheck, check_here, load_reference_slice, require_mode
 from .sessions import SessionOptions, create_session
 from .spec import TOWERS
-
 
 PREPROCESSORS = {"fast": preprocess_fast, "exact": preprocess_reference}
 
@@ -53,20 +54,25 @@ class ClipOnnx:
         self._preprocess = _preprocessor(preprocess)
         self._tokenizer: Any = None
         self.normalized_in_graph = bool(manifest.get("normalize"))
+        self.serve_checks: dict[str, ServeCheck] = {}  # per tower: what from_release checked here, or why it skipped
 
     @classmethod
-    def from_release(cls, path: str | Path, provider: str = "cpu", precision: str = "fp32", threads: int = 0, preprocess: str = "fast") -> "ClipOnnx":
-        """Open a release directory (or an artifact directory) and check every file it will use."""
-        _preprocessor(preprocess)  # refuse a bad name before loading anything
+    def from_release(cls, path: str | Path, provider: str = "cpu", precision: str = "fp32", threads: int = 0, preprocess: str = "fast", check: str = "auto") -> "ClipOnnx":
+        """Open a release directory (or an artifact directory), check every file it will use, and
+        check each artifact's numbers here (serve_check): "auto" skips that where this exact
+        environment already has a passing verdict, "always" runs it, "off" serves unchecked."""
+        _preprocessor(preprocess)  # refuse bad names before loading anything
+        require_mode(check)
         root = Path(path)
         manifest = read_manifest(root)
         sessions: dict[str, Any] = {}
+        entries: dict[str, dict[str, Any]] = {}
         info: dict[str, LoadedArtifact] = {}
         for tower in TOWERS:
             candidates = [a for a in manifest["artifacts"] if a["tower"] == tower and a["format"] == "onnx" and a["precision"] == precision]
             if not candidates:
                 continue
-            entry = candidates[0]
+            entry = entries[tower] = candidates[0]
             require_intact(root, entry, f"refusing to load {entry['path']}")
             session = create_session(root / entry["path"], SessionOptions(provider=provider, precision=precision, intra_op_threads=threads, stop_spinning_after_run=True))
             sessions[tower] = session
@@ -74,10 +80,14 @@ class ClipOnnx:
         if not sessions:
             available = sorted({f"{a['precision']}/{a['format']}" for a in manifest["artifacts"]})
             raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
+        reference = functools.cache(lambda: load_reference_slice(root, manifest, set(sessions)))  # read only if a check runs
+        checks = {tower: check_here(manifest, entries[tower], sessions[tower], reference, check) for tower in sessions}
         vocab = manifest["tokenizer"].get("bpe_vocab")
         if vocab and "text" in sessions:
             require_intact(root, vocab, "refusing to load the tokenizer")
-        return cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
+        model = cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
+        model.serve_checks = checks
+        return model
 
     def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
         if len(images) == 1:  # the vectorise() case: no stacking copy

@@ -6,6 +6,8 @@ from types import MappingProxyType
 from typing import Mapping
 
 BATCH_AXIS = "batch"
+# The ONNX precisions export and convert produce (TensorRT engines are "fp32"/"fp16" with format "tensorrt").
+PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 20
 # torch 2.14's dynamo exporter emits opset 18 and newer; onnxruntime 1.3x runs up to 23.
 SUPPORTED_OPSETS = range(18, 24)
@@ -13,6 +15,13 @@ SUPPORTED_OPSETS = range(18, 24)
 EXPORT_EXAMPLE_BATCH = 2
 # onnx protobuf files cannot exceed 2 GiB; larger towers go to external data.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
+# The fp32 torch embeddings of the evaluation set, stored beside the artifacts so verify and the
+# runtime's serve-time check need no torch.
+REFERENCE_NAME = "reference.npz"
+# How many reference images and captions ClipOnnx.from_release runs through each artifact before
+# it serves: enough to catch kernels that break an artifact here, cheap enough for start-up.
+SERVE_CHECK_ITEMS = 4
+SERVE_CHECK_MODES = ("auto", "always", "off")
 
 
 @dataclass(frozen=True)
@@ -66,6 +75,33 @@ THRESHOLDS: Mapping[str, Thresholds] = MappingProxyType(
 
 # The export-time gate of the export issue: normalised mean |Δ| of an fp32 tower.
 EXPORT_PARITY_TOLERANCE = THRESHOLDS["fp32"].mean_abs_normalized
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How `clip-export int8` quantizes weights (dynamic, MatMul/Gemm only); docs/convert.md has the per-CPU measurements."""
+
+    weight_type: str  # "QInt8" | "QUInt8", onnxruntime.quantization.QuantType names
+    per_channel: bool
+    reduce_range: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.weight_type} {'per-channel' if self.per_channel else 'per-tensor'}{', reduce_range' if self.reduce_range else ''}"
+
+
+# Without VNNI, onnxruntime runs uint8 activations × int8 weights (U8S8) with vpmaddubsw, which adds
+# pairs of products in int16 and saturates: QInt8 weights passed the gate on AVX-512 VNNI and failed
+# it under AVX2 (visual mean |Δ| 5.6e-3, min cosine 0.972 on ViT-B/32). uint8 weights run U8U8
+# kernels, which widen to int16 before multiplying and cannot saturate: the best fidelity on both
+# tiers, at 4.2× torch eager on VNNI against 5.4-5.9× for 7-bit QInt8 (reduce_range), which also
+# failed the tiny test model's text gate. Measured by benchmarks/int8_tiers.py (docs/convert.md).
+INT8_SCHEME = Int8Scheme("QUInt8", per_channel=True, reduce_range=False)
+INT8_CANDIDATE_SCHEMES = (
+    Int8Scheme("QInt8", per_channel=True, reduce_range=False),
+    Int8Scheme("QInt8", per_channel=True, reduce_range=True),
+    INT8_SCHEME,
+)
 
 
 def threshold_key(precision: str, fmt: str) -> str:

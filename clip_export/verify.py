@@ -1,47 +1,25 @@
 """Verify stage: every artifact in a manifest against the fp32 torch reference, all metrics at once."""
 from __future__ import annotations
 
-import platform
+import dataclasses
+import errno
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .environment import Environment, current_environment, environment_table
 from .errors import ClipExportError, ProviderUnavailableError
 from .evalset import EvalSet, load_evalset
-from .export import REFERENCE_NAME, compute_reference, l2_normalize, versions
+from .export import compute_reference, versions
 from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, require_intact, write_manifest
+from .metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval_agreement, run_batches
 from .progress import Progress, silent
 from .sessions import SessionOptions, create_session, provider_name
-from .spec import THRESHOLDS, TOWERS, Thresholds, threshold_key
+from .spec import REFERENCE_NAME, THRESHOLDS, TOWERS, Thresholds, threshold_key
 
 BATCH_CHECK_SIZE = 7
-# A swap of the top-1 is a tie, not a disagreement, when the reference itself separates the two
-# items by less than three standard deviations of the difference of two of the artifact's score
-# errors on that query (3·√2·RMS of its score deviations), or by less than this floor in cosine
-# units: independent rounding of that size reorders them. A swap across a wider margin needs
-# outlier errors and counts as a disagreement. Ties are counted and shown.
-TIE_MARGIN = 1e-6
-
-
-@dataclass(frozen=True)
-class Metric:
-    name: str
-    value: float
-    limit: float | None = None
-    direction: str = "<="  # the value must be <= limit, or >= limit
-
-    @property
-    def passed(self) -> bool:
-        if self.limit is None:
-            return True
-        if self.value != self.value:  # NaN never passes
-            return False
-        return self.value <= self.limit if self.direction == "<=" else self.value >= self.limit
-
-    def failure(self) -> str:
-        return f"{self.name} = {self.value:.4g} (limit {self.direction} {self.limit:.4g})"
 
 
 @dataclass(frozen=True)
@@ -57,6 +35,7 @@ class ArtifactCheck:
     failures: tuple[str, ...] = ()
     sha256: str | None = None
     threshold_set: str = ""
+    environment: Environment | None = None  # where these numbers were obtained
 
     @property
     def passed(self) -> bool:
@@ -80,6 +59,8 @@ class VerifyResult:
     reference: str
     report_path: Path | None = None
     versions: dict[str, str] = field(default_factory=dict)
+    history: tuple[dict[str, Any], ...] = ()  # every verdict the manifest holds for these bytes, all environments
+    write_error: str | None = None  # the report or manifest could not be written; the checks above still stand
 
     @property
     def passed(self) -> bool:
@@ -88,46 +69,6 @@ class VerifyResult:
     @property
     def failures(self) -> list[str]:
         return [f"{c.path} [{c.provider_requested}]: {f}" for c in self.checks for f in c.failures]
-
-
-def run_batches(session: Any, input_name: str, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
-    return np.concatenate([session.run(None, {input_name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)])
-
-
-@dataclass(frozen=True)
-class Retrieval:
-    top1_agreement: float
-    top5_overlap: float
-    ranking_changed: float
-    ties: int
-
-
-def retrieval_agreement(ref_q: np.ndarray, ref_g: np.ndarray, art_q: np.ndarray, art_g: np.ndarray, exclude_self: bool = False) -> Retrieval:
-    """How often the artifact's ranking of the gallery matches the reference ranking, per query."""
-    ref_scores = l2_normalize(ref_q) @ l2_normalize(ref_g).T
-    art_scores = l2_normalize(art_q) @ l2_normalize(art_g).T
-    if exclude_self:
-        np.fill_diagonal(ref_scores, -np.inf)
-        np.fill_diagonal(art_scores, -np.inf)
-    k = min(5, ref_scores.shape[1] - int(exclude_self))
-    depth = min(10, ref_scores.shape[1] - int(exclude_self))
-    ref_order = np.argsort(-ref_scores, axis=1, kind="stable")
-    art_order = np.argsort(-art_scores, axis=1, kind="stable")
-    agree, ties, overlap, changed = 0, 0, 0.0, 0
-    finite = np.isfinite(ref_scores)
-    deviation = np.where(finite, art_scores, 0.0) - np.where(finite, ref_scores, 0.0)
-    noise = 3.0 * np.sqrt(2.0) * np.sqrt((deviation**2).sum(axis=1) / np.maximum(finite.sum(axis=1), 1))
-    for q in range(len(ref_scores)):
-        r1, a1 = ref_order[q, 0], art_order[q, 0]
-        if r1 == a1:
-            agree += 1
-        elif ref_scores[q, r1] - ref_scores[q, a1] <= max(TIE_MARGIN, noise[q]):
-            agree += 1
-            ties += 1
-        overlap += len(set(ref_order[q, :k]) & set(art_order[q, :k])) / k
-        changed += int(not np.array_equal(ref_order[q, :depth], art_order[q, :depth]))
-    n = len(ref_scores)
-    return Retrieval(agree / n, overlap / n, changed / n, ties)
 
 
 def _structure_problems(session: Any, entry: dict[str, Any]) -> list[str]:
@@ -142,23 +83,6 @@ def _structure_problems(session: Any, entry: dict[str, Any]) -> list[str]:
     if isinstance(got_in.shape[0], int):
         problems.append(f"batch axis of {got_in.name} is fixed at {got_in.shape[0]}, declared dynamic")
     return problems
-
-
-def _numeric_metrics(ref: np.ndarray, got: np.ndarray, limits: Thresholds) -> list[Metric]:
-    finite = np.isfinite(got)
-    nan_count = int(np.isnan(got).sum())
-    inf_count = int(np.isinf(got).sum())
-    safe = np.where(finite, got, 0.0)
-    ref_n, got_n = l2_normalize(ref), l2_normalize(safe)
-    cosine = np.sum(ref_n * got_n, axis=1)
-    return [
-        Metric("mean_abs_raw", float(np.abs(ref.astype(np.float64) - safe).mean())),
-        Metric("mean_abs_normalized", float(np.abs(ref_n - got_n).mean()) if finite.all() else float("nan"), limits.mean_abs_normalized),
-        Metric("max_abs_normalized", float(np.abs(ref_n - got_n).max()) if finite.all() else float("nan"), limits.max_abs_normalized),
-        Metric("min_cosine", float(cosine.min()), limits.min_cosine, ">="),
-        Metric("nan_count", float(nan_count), 0.0),
-        Metric("inf_count", float(inf_count), 0.0),
-    ]
 
 
 def _retrieval_metrics(tower: str, ref: dict[str, np.ndarray], got: np.ndarray, limits: Thresholds) -> list[Metric]:
@@ -221,7 +145,7 @@ def _session_precision(entry: dict[str, Any]) -> str:
 
 def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: dict[str, np.ndarray], limits: Thresholds) -> ArtifactCheck:
     tower = entry["tower"]
-    base = dict(path=entry["path"], tower=tower, precision=entry["precision"], format=entry["format"], provider_requested=provider, sha256=entry["sha256"], threshold_set=threshold_key(entry["precision"], entry["format"]))
+    base = dict(path=entry["path"], tower=tower, precision=entry["precision"], format=entry["format"], provider_requested=provider, sha256=entry["sha256"], threshold_set=threshold_key(entry["precision"], entry["format"]), environment=current_environment(provider))
     problems = integrity_problems(model_dir, entry)
     if problems:
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=tuple(f"integrity: {p}" for p in problems))
@@ -251,7 +175,8 @@ def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: d
         got = run_batches(session, name, inputs)
         batch_metric = _batch_metric(session, name, inputs, limits)
         del session
-    metrics = _numeric_metrics(expected, got, limits)
+    base["environment"] = current_environment(ran)
+    metrics = numeric_metrics(expected, got, limits)
     if batch_metric is not None:
         metrics.append(batch_metric)
     if np.isfinite(got).all():
@@ -316,36 +241,59 @@ def verify(
             progress(f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}")
             key = threshold_key(entry["precision"], entry["format"])
             checks.append(check_artifact(model_dir, entry, provider, ref, limits[key]))
-    result = VerifyResult(model_dir, tuple(checks), evalset_source, reference_desc, versions=versions())
-    if write:
-        report = model_dir / "VERIFY.md"
+    found_versions = versions()
+    manifest = read_manifest(model_dir)
+    record = merged_verification(manifest, [_check_json(c) for c in checks], evalset_source, reference_desc, found_versions)
+    result = VerifyResult(model_dir, tuple(checks), evalset_source, reference_desc, versions=found_versions, history=tuple(record["results"]))
+    if not write:
+        return result
+    report = model_dir / "VERIFY.md"
+    try:
         atomic_write_text(report, render_markdown(result, limits))
-        manifest = read_manifest(model_dir)
-        manifest["verification"] = merged_verification(manifest, [_check_json(c) for c in checks], evalset_source, reference_desc, result.versions)
+        manifest["verification"] = record
         write_manifest(model_dir, manifest)
-        result = VerifyResult(model_dir, result.checks, evalset_source, reference_desc, report, result.versions)
-    return result
+    except OSError as exc:
+        return dataclasses.replace(result, write_error=describe_write_error(exc, model_dir))
+    return dataclasses.replace(result, report_path=report)
+
+
+def describe_write_error(exc: OSError, where: Path) -> str:
+    """A failed write in words: a full disk and a read-only directory are named as such."""
+    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"could not write VERIFY.md and the manifest's verification section in {where}: {reason}"
 
 
 def merged_verification(manifest: dict[str, Any], rows: list[dict[str, Any]], evalset: str, reference: str, found_versions: dict[str, str]) -> dict[str, Any]:
-    """This run's rows replace earlier rows for the same artifact and provider; rows for other
-    providers or artifacts stay while their artifact's bytes are unchanged, so verifying one
-    precision or one provider never erases the record of another."""
+    """This run's rows replace earlier rows for the same artifact, provider and environment; rows
+    from other environments, providers or artifacts stay while their artifact's bytes are
+    unchanged, so verifying on a second machine adds its verdicts instead of erasing the first's.
+    A legacy row that names no environment is replaced by any fresh row for its artifact and provider."""
     date = now_iso()
     current = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
-    fresh = {(r["path"], r["provider_requested"]) for r in rows}
+    fresh = {(r["path"], r["provider_requested"], environment_key(r)) for r in rows}
+    fresh_any_env = {(path, provider) for path, provider, _ in fresh}
+
+    def superseded(r: dict[str, Any]) -> bool:
+        key = environment_key(r)
+        return (r["path"], r["provider_requested"], key) in fresh or (key is None and (r["path"], r["provider_requested"]) in fresh_any_env)
+
     previous = (manifest.get("verification") or {}).get("results", [])
-    kept = [r for r in previous if (r["path"], r["provider_requested"]) not in fresh and current.get(r["path"]) == r.get("sha256")]
+    kept = [r for r in previous if not superseded(r) and current.get(r["path"]) == r.get("sha256")]
     merged = kept + [{**r, "date": date} for r in rows]
     return {
         "date": date,
         "passed": bool(merged) and all(r["status"] == "pass" for r in merged),
-        "machine": f"{platform.node()} ({platform.machine()}, {platform.processor() or 'cpu'})",
+        "environments": sorted({k for r in merged if (k := environment_key(r))}),
         "versions": found_versions,
         "evalset": evalset,
         "reference": reference,
         "results": merged,
     }
+
+
+def environment_key(row: dict[str, Any]) -> str | None:
+    env = row.get("environment")
+    return env.get("key") if isinstance(env, dict) else None
 
 
 def _check_json(check: ArtifactCheck) -> dict[str, Any]:
@@ -361,6 +309,7 @@ def _check_json(check: ArtifactCheck) -> dict[str, Any]:
         "thresholds": check.threshold_set,
         "metrics": {m.name: m.value for m in check.metrics},
         "failures": list(check.failures),
+        "environment": check.environment.to_json() if check.environment else None,
     }
 
 
@@ -368,10 +317,13 @@ SUMMARY_METRICS = ("mean_abs_raw", "mean_abs_normalized", "max_abs_normalized", 
 
 
 def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
+    here = sorted({c.environment.describe() for c in result.checks if c.environment})
     lines = [
         f"# Verification of {result.model_dir.name}",
         "",
-        f"Verdict: **{'PASS' if result.passed else 'FAIL'}**. Reference: {result.reference}; evaluation set: {result.evalset}.",
+        f"Verdict of this run: **{'PASS' if result.passed else 'FAIL'}**, for these bytes on: {'; '.join(here) or 'no environment'}. "
+        "A verdict holds for the environment it names; other CPUs and providers run other kernels.",
+        f"Reference: {result.reference}; evaluation set: {result.evalset}.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in result.versions.items())}.",
         "",
         "| artifact | provider ran | thresholds | " + " | ".join(SUMMARY_METRICS) + " | top-1 agreement (min) | verdict |",
@@ -385,6 +337,8 @@ def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
     failures = result.failures
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
+    lines += ["", "## Environments each artifact was verified in", "", "Every run on another machine or provider adds its rows here; a row holds for the bytes whose sha256 it names.", ""]
+    lines += environment_table(result.history)
     lines += ["", "## Thresholds", "", "| set | " + " | ".join(Thresholds.__dataclass_fields__) + " |", "|---" * (len(Thresholds.__dataclass_fields__) + 1) + "|"]
     for name, t in limits.items():
         lines.append(f"| {name} | " + " | ".join(f"{getattr(t, f):g}" for f in Thresholds.__dataclass_fields__) + " |")

@@ -7,9 +7,10 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
-from clip_export.bench import bench, bench_onnx, latency_stats, time_calls
+from clip_export.bench import bench, bench_onnx
 from clip_export.cli import main
 from clip_export.manifest import read_manifest
+from clip_export.timing import latency_stats, time_calls
 
 
 def test_percentiles_and_warmup_exclusion() -> None:
@@ -97,7 +98,7 @@ def test_streamed_chain_adapts_widths_and_counts_its_flops() -> None:
     import onnx
     import onnxruntime
 
-    from clip_export.bench import _streamed_chain_model
+    from clip_export.ceilings import _streamed_chain_model
 
     shapes = [(5, 8, 24), (5, 8, 8), (5, 8, 32), (5, 32, 4), (1, 8, 4)]
     model, m, k, flops = _streamed_chain_model(shapes, min_weight_bytes=10_000, max_nodes=50)
@@ -126,7 +127,7 @@ def test_a_resnet_image_tower_gets_no_streamed_limit(tmp_path: Path) -> None:
 
 
 def test_time_interleaved_alternates_calls_and_drops_warmup_rounds() -> None:
-    from clip_export.bench import time_interleaved
+    from clip_export.timing import time_interleaved
 
     order: list[str] = []
     result = time_interleaved([lambda: order.append("a"), lambda: order.append("b")], rounds=4, warmup=2)

@@ -10,6 +10,7 @@ import pytest
 from click.testing import CliRunner
 
 from clip_export import export_onnx, load_model, resolve
+from clip_export.environment import Environment
 from clip_export.cli import main
 from clip_export.errors import ClipExportError, IntegrityError, ReleaseError
 from clip_export.export import torch_embed
@@ -72,13 +73,26 @@ def test_merging_engines_from_two_machines(verified_dir: Path, tmp_path: Path) -
             entry["path"] = "visual.trt-fp16.sm86.plan"
             (model_dir / "visual.trt-fp16.plan").rename(model_dir / entry["path"])
         manifest["artifacts"].append(entry)
-        manifest["verification"]["results"].append({"path": entry["path"], "sha256": entry["sha256"], "status": "pass", "provider_ran": "tensorrt-runtime", "metrics": {}})
+        where = Environment("stand-in host", "znver4", ("avx2", "fma"), "Linux 6", "x86_64", "1.32.0", "tensorrt-runtime", f"stand-in {cc}", cc, "580.1", "13.0", "10.13.0")
+        manifest["verification"]["results"].append({"path": entry["path"], "sha256": entry["sha256"], "status": "pass", "provider_ran": "tensorrt-runtime", "metrics": {}, "environment": where.to_json()})
         write_manifest(model_dir, manifest)
     merged, owners = merge_manifests([verified_dir, second])
     engines = [a for a in merged["artifacts"] if a["format"] == "tensorrt"]
     assert {e["tensorrt"]["compute_capability"] for e in engines} == {"9.0", "8.6"}
     result = release([verified_dir, second], tag="v2", out=tmp_path / "dist")
     assert {"tiny-vit-visual-trt-fp16-sm90.plan", "tiny-vit-visual-trt-fp16-sm86.plan"} <= set(result.assets)
+    card = (result.directory / "MODEL_CARD.md").read_text()
+    assert "`tiny-vit-visual-trt-fp16-sm86.plan`: stand-in host (znver4, AVX2 without VNNI)" in card and "stand-in 8.6 (sm 8.6, driver 580.1, CUDA 13.0, TensorRT 10.13.0)" in card
+
+
+def test_release_refuses_a_verdict_that_names_no_environment(verified_dir: Path, tmp_path: Path) -> None:
+    manifest = read_manifest(verified_dir)
+    for row in manifest["verification"]["results"]:
+        row.pop("environment")
+    write_manifest(verified_dir, manifest)
+    with pytest.raises(ReleaseError, match=r"visual.onnx has a verdict from an unknown environment \(missing arch, cpu.*run 'clip-export verify' on this machine"):
+        release([verified_dir], tag="v1", out=tmp_path)
+    assert not (tmp_path / "tiny-vit-v1").exists()
 
 
 def test_merge_refuses_another_model(verified_dir: Path, tmp_path: Path) -> None:

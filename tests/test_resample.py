@@ -52,7 +52,7 @@ def test_fast_preprocessing_matches_on_the_bundled_images() -> None:
 
 
 def test_a_lazy_image_is_decoded_by_the_fast_path() -> None:
-    from clip_export.bench import report_images
+    from clip_export.preprocessing_study import report_images
 
     config = PreprocessConfig((224, 224), *OPENAI)
     for path in report_images():

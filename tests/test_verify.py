@@ -12,7 +12,8 @@ from clip_export import export_onnx, resolve
 from clip_export.cli import main
 from clip_export.errors import ClipExportError
 from clip_export.manifest import read_manifest
-from clip_export.verify import retrieval_agreement, thresholds_with_overrides, verify
+from clip_export.metrics import retrieval_agreement
+from clip_export.verify import thresholds_with_overrides, verify
 
 from .helpers import flip_byte, rewrite_initializer
 

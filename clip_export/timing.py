@@ -1,0 +1,61 @@
+"""Timing primitives: warm-up discarded, a time budget per row, and interleaved rounds for ratios.
+
+Timings on a shared 2-core machine drift; calls timed in interleaved rounds drift together, so
+their ratios are what the benchmarks report.
+"""
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Any, Callable, Sequence
+
+import numpy as np
+
+
+@dataclass(frozen=True)
+class LatencyStats:
+    p50_ms: float
+    p90_ms: float
+    p99_ms: float
+    mean_ms: float
+    runs: int
+    warmup_discarded: int
+
+
+def latency_stats(samples_s: Sequence[float], warmup: int) -> LatencyStats:
+    """Percentiles in ms over the samples after the first `warmup` ones."""
+    kept = np.asarray(samples_s[warmup:], dtype=np.float64) * 1000.0
+    if kept.size == 0:
+        raise ValueError(f"no samples left after discarding {warmup} warm-up runs")
+    p50, p90, p99 = np.percentile(kept, [50, 90, 99])
+    return LatencyStats(float(p50), float(p90), float(p99), float(kept.mean()), int(kept.size), warmup)
+
+
+def time_calls(fn: Callable[[], Any], *, warmup: int = 3, budget_s: float = 2.0, min_runs: int = 10, max_runs: int = 1000) -> LatencyStats:
+    samples: list[float] = []
+    deadline = None
+    while len(samples) < max_runs:
+        start = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - start)
+        if len(samples) == warmup:
+            deadline = time.perf_counter() + budget_s
+        if deadline is not None and len(samples) >= warmup + min_runs and time.perf_counter() >= deadline:
+            break
+    return latency_stats(samples, warmup)
+
+
+def time_interleaved(calls: Sequence[Callable[[], Any]], *, rounds: int, warmup: int = 0, budget_s: float = 0.0) -> list[float]:
+    """p50 ms of each call, the calls run one after another in rounds (the first `warmup` rounds
+    dropped) until `warmup + rounds` rounds and `budget_s` seconds are both done: drift on a shared
+    machine then hits every call alike, which makes their ratios trustworthy."""
+    samples: list[list[float]] = [[] for _ in calls]
+    deadline = time.perf_counter() + budget_s
+    done = 0
+    while done < warmup + rounds or time.perf_counter() < deadline:
+        for call, times in zip(calls, samples):
+            start = time.perf_counter()
+            call()
+            times.append(time.perf_counter() - start)
+        done += 1
+    return [float(np.median(times[warmup:])) * 1e3 for times in samples]
