@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import zipfile
 from dataclasses import dataclass, field
@@ -306,7 +307,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "pickle" in str(exc).lower():
+        if "Unsupported global" in str(exc):  # a class or function to import and run: code, not tensors
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it needs arbitrary pickle code execution to unpickle; "
                 "save it as a plain state dict (torch.save(model.state_dict())) or as .safetensors"
@@ -324,9 +325,17 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
 
 
 def _reason(exc: BaseException) -> str:
-    """The exception's own words, or its type when it has none (torch's EOFError is blank)."""
-    text = str(exc).strip().splitlines()
-    return text[0] if text else type(exc).__name__
+    """The exception's own words: for torch's weights-only unpickler the line that says what it
+    met (not its advice to disable the check), else the first line, with the type when the words
+    alone say nothing (an EOFError is blank, a KeyError only the key)."""
+    text = str(exc)
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return f"not a torch checkpoint ({detail.group(1).strip()})"
+    lines = text.strip().splitlines()
+    if not lines or isinstance(exc, (KeyError, EOFError)):
+        return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return lines[0]
 
 
 def refuse_non_finite(state: dict[str, Any], where: Path) -> None:
