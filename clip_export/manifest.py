@@ -216,23 +216,37 @@ def exclusive(target: Path) -> Iterator[None]:
                 del _held[key]
         return
     lock_path = target.parent / f".{target.name}.lock"
+    fd = _take_lock(lock_path, target)
+    _held[key] = 1
     try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
-    except OSError as exc:
-        raise OutputError(f"{target.parent} is not writable (the lock file {lock_path.name}: {exc.strerror or exc})") from None
-    try:
+        yield
+    finally:
+        del _held[key]
+        lock_path.unlink(missing_ok=True)  # before closing: whoever opens it next makes a new one
+        os.close(fd)
+
+
+def _take_lock(lock_path: Path, target: Path) -> int:
+    """An fd holding flock on lock_path; retried when the holder removed the file between our
+    open and our flock, since a lock on a removed file would exclude nobody."""
+    while True:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{target.parent} is not writable (the lock file {lock_path.name}: {exc.strerror or exc})") from None
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
             raise OutputError(f"another clip-export run (pid {holder}) is writing {target}; wait for it to finish, or write somewhere else") from None
-        os.ftruncate(fd, 0)
-        os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
-        _held[key] = 1
         try:
-            yield
-        finally:
-            del _held[key]
-    finally:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
         os.close(fd)
