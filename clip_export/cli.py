@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import shlex
 import sys
 import time
 from pathlib import Path
@@ -73,9 +74,10 @@ def _cell(value: Any) -> str:
 
 
 def human_bytes(n: int) -> str:
+    """Binary units, named as such: 1 MiB is 1024**2 bytes."""
     size = float(n)
-    for unit in ("B", "KB", "MB", "GB"):
-        if size < 1024 or unit == "GB":
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{n} B"
@@ -135,7 +137,7 @@ def model_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--opset", type=int, default=DEFAULT_OPSET, show_default=True, help="ONNX opset.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True, help="Output root; the model goes to OUT/<model-slug>/.")
 @click.option("--normalize", is_flag=True, help="Bake L2 normalisation into the graphs.")
-@click.option("--external-data/--no-external-data", default=None, help="Force ONNX external data on or off (default: on for towers over 2 GB).")
+@click.option("--external-data/--no-external-data", default=None, help="Force ONNX external data on or off (default: on for towers over 2 GiB less 64 MiB).")
 @click.option("--force", is_flag=True, help="Replace an existing artifact directory.")
 @json_option
 @quiet_option
@@ -160,7 +162,7 @@ def onnx(model: str, pretrained: str | None, weights: Path | None, random_init: 
         return
     rows = [(t.tower, t.path, human_bytes(t.bytes), len(t.external_data), t.parity_mean_abs, t.parity_max_abs, f"{t.seconds:.1f}s") for t in result.towers]
     click.echo(table(["tower", "path", "size", "ext. data files", "mean |Δ| (norm.)", "max |Δ| (norm.)", "time"], rows))
-    click.echo(f"\nWrote {result.manifest_path} in {result.seconds:.1f}s. Next: clip-export verify {result.model_dir}")
+    click.echo(f"\nWrote {result.manifest_path} in {result.seconds:.1f}s. Next: clip-export verify {shlex.quote(str(result.model_dir))}")
 
 
 @main.command(context_settings=CONTEXT)
@@ -339,7 +341,7 @@ def _parse_profile(value: str) -> tuple[int, int, int]:
 @_towers_option
 @click.option("--fp16", "use_fp16", is_flag=True, help="Build from the verified fp16 ONNX (strongly typed on TensorRT 10 and 11).")
 @click.option("--batch", "batch", default="1:1:64", show_default=True, help="Optimization profile for the batch axis, MIN:OPT:MAX.")
-@click.option("--workspace", "workspace_gb", type=float, default=4.0, show_default=True, help="Builder workspace in GB.")
+@click.option("--workspace", "workspace_gb", type=float, default=4.0, show_default=True, help="Builder workspace in GiB.")
 @click.option("--epcontext", is_flag=True, help="Also write an onnxruntime EPContext model that wraps each engine.")
 @click.option("--force", is_flag=True, help="Rebuild an engine that already exists.")
 @json_option
@@ -477,7 +479,7 @@ def release(dirs: Sequence[Path], tag: str, out: Path, upload: bool, as_json: bo
     click.echo(f"{result.directory}: {len(result.assets)} assets{' (uploaded)' if result.uploaded else ''}")
     for asset in result.assets:
         click.echo(f"  {asset}")
-    click.echo(f"check them with: (cd {result.directory} && sha256sum -c SHA256SUMS)")
+    click.echo(f"check them with: (cd {shlex.quote(str(result.directory))} && sha256sum -c SHA256SUMS)")
 
 
 if __name__ == "__main__":  # pragma: no cover

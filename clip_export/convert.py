@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ConversionError, ManifestError, import_optional
-from .manifest import file_record, read_manifest, refuse_existing, require_intact, upsert_artifact, write_manifest
+from .manifest import exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, upsert_artifact, write_manifest
 from .progress import Progress, silent
 from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, INT8_SCHEME, Int8Scheme, threshold_key
 from .verify import gate
@@ -151,8 +151,14 @@ def _convert_each(
     force: bool,
     progress: Progress,
 ) -> ConvertResult:
-    """Shared loop: integrity, refusal without --force, staged write, verify gate, manifest entry."""
+    """Shared loop: integrity, refusal without --force, staged write, verify gate, manifest entry;
+    all under the directory's lock, so two conversions never write the same files at once."""
     model_dir = Path(model_dir)
+    with exclusive(model_dir):
+        return _convert_locked(model_dir, precision, suffix, write, towers, force, progress)
+
+
+def _convert_locked(model_dir: Path, precision: str, suffix: str, write: Callable[[Path, Path], dict[str, Any]], towers: Sequence[str], force: bool, progress: Progress) -> ConvertResult:
     manifest = read_manifest(model_dir)
     sources = [a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx" and a["tower"] in towers]
     if not sources:
@@ -167,7 +173,7 @@ def _convert_each(
         staging.mkdir(exist_ok=True)
         progress(f"converting {source['path']} to {precision}")
         try:
-            details = write(model_dir / source["path"], staging / target_name)
+            details = write(resolve_inside(model_dir, source["path"], "the source artifact"), staging / target_name)
             data_names = sorted(p.name for p in staging.iterdir() if p.name != target_name)
             entry = {
                 **file_record(staging / target_name, model_dir),

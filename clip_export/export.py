@@ -19,7 +19,7 @@ from . import __version__
 from . import attention
 from .errors import ClipExportError, ExportParityError, OutputError, UnsupportedOpsetError
 from .evalset import EvalSet, load_evalset
-from .manifest import SCHEMA_VERSION, file_record, now_iso, write_manifest
+from .manifest import SCHEMA_VERSION, exclusive, file_record, now_iso, write_manifest
 from .metrics import l2_normalize
 from .models import LoadedModel, ModelSpec, load_model, resolve
 from .preprocess import preprocess_batch
@@ -379,9 +379,36 @@ def export_onnx(
         raise ClipExportError(f"unknown tower(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TOWERS)}")
     out = Path(out)
     target = out / spec.slug
-    if target.exists() and any(target.iterdir()) and not force:
-        raise OutputError(f"{target} already exists; pass --force to replace it")
+    results: list[TowerResult] = []
     _check_output_dir(out)
+    with exclusive(target):  # a second export into the same place fails here, at once
+        _export_locked(spec, out, target, towers, opset, normalize, force, external_data, evalset, progress, loaded, batch_first_attention, results)
+    return ExportResult(spec.name, target, target / "manifest.json", tuple(results), time.perf_counter() - started)
+
+
+def _has_content(target: Path) -> bool:
+    return target.exists() and any(target.iterdir())
+
+
+def _export_locked(
+    spec: ModelSpec,
+    out: Path,
+    target: Path,
+    towers: Sequence[str],
+    opset: int,
+    normalize: bool,
+    force: bool,
+    external_data: bool | None,
+    evalset: EvalSet | None,
+    progress: Progress,
+    loaded: LoadedModel | None,
+    batch_first_attention: bool,
+    results: list[TowerResult],
+) -> None:
+    """The export proper, run while this process holds the lock of `target`."""
+    existed = _has_content(target)
+    if existed and not force:
+        raise OutputError(f"{target} already exists; pass --force to replace it")
     evalset = evalset or load_evalset()
 
     progress(f"loading {spec.name} ({spec.source})")
@@ -401,7 +428,6 @@ def export_onnx(
             "created": now_iso(),
             "artifacts": [],
         }
-        results = []
         for tower in towers:
             tower_started = time.perf_counter()
             path = staging / f"{tower}.onnx"
@@ -447,8 +473,9 @@ def export_onnx(
             if vocab is not None:  # serving can then tokenize without torch (clip_export.runtime)
                 manifest["tokenizer"]["bpe_vocab"] = file_record(vocab, staging)
         write_manifest(staging, manifest)
+        if not existed and not force and _has_content(target):  # written meanwhile by something that ignores the lock
+            raise OutputError(f"{target} appeared while this export ran; pass --force to replace it")
         _swap_into_place(staging, target)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    return ExportResult(spec.name, target, target / "manifest.json", tuple(results), time.perf_counter() - started)

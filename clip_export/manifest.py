@@ -1,19 +1,28 @@
 """manifest.json, the one source of truth: atomic writes, file hashes and integrity checks."""
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
 import tempfile
 from datetime import datetime, timezone
-from pathlib import Path
-from typing import Any
+from pathlib import Path, PurePosixPath
+from typing import Any, Iterator
 
-from .errors import ConversionError, IntegrityError, ManifestError
+from .errors import ConversionError, IntegrityError, ManifestError, OutputError
 from .models import sha256_file
+
+try:  # POSIX only; elsewhere concurrent runs are not detected (docs/reliability.md)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
 
 MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
+# What every reader relies on; a manifest without one of these is refused by name, not by KeyError.
+REQUIRED_SECTIONS = ("model", "preprocess", "tokenizer", "artifacts")
+ARTIFACT_KEYS = ("path", "sha256", "bytes", "tower", "precision", "format")
 
 
 def now_iso() -> str:
@@ -48,9 +57,56 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
         raise ManifestError(f"{path} is not valid JSON: {exc}") from None
-    if not isinstance(data, dict) or "artifacts" not in data:
+    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
         raise ManifestError(f"{path} is not a clip-export manifest (no 'artifacts' list)")
+    if data.get("schema") != SCHEMA_VERSION:
+        found = f"schema {data['schema']!r}" if "schema" in data else "no 'schema'"
+        raise ManifestError(f"{path} has {found}; this clip-export reads manifest schema {SCHEMA_VERSION} only")
+    missing = [s for s in REQUIRED_SECTIONS if not isinstance(data.get(s), (list if s == "artifacts" else dict))]
+    if missing:
+        raise ManifestError(f"{path} is missing the section(s) {', '.join(missing)}; a manifest written by 'clip-export onnx' has {', '.join(REQUIRED_SECTIONS)}")
+    for index, entry in enumerate(data["artifacts"]):
+        absent = [k for k in ARTIFACT_KEYS if not isinstance(entry, dict) or k not in entry]
+        if absent:
+            raise ManifestError(f"{path}: artifacts[{index}] has no {', '.join(absent)}")
+    for where, named in named_paths(data):
+        resolve_inside(model_dir, named, f"{path}: {where}")
     return data
+
+
+def named_paths(value: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """(location, value) of every "path" in a manifest, at any depth: artifacts, external data,
+    the reference, the tokenizer vocabulary, EPContext wrappers and whatever a later stage adds."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            location = f"{where}.{key}" if where else str(key)
+            if key == "path":
+                yield location, item
+            else:
+                yield from named_paths(item, location)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from named_paths(item, f"{where}[{index}]")
+
+
+def resolve_inside(model_dir: Path, record_path: Any, what: str) -> Path:
+    """model_dir / record_path, refused before a byte is read unless it stays inside model_dir.
+
+    A manifest is input: release copies (and uploads) what it names, so an absolute path, a
+    '..' or a symlink out of the directory would publish any local file. The message names the
+    entry and never anything about the file outside.
+    """
+    if not isinstance(record_path, str) or not record_path or "\x00" in record_path:
+        raise ManifestError(f"{what} is {record_path!r}, not a file name inside {model_dir}")
+    pure = PurePosixPath(record_path)
+    if pure.is_absolute():
+        raise ManifestError(f"{what} is the absolute path {record_path!r}; every file a manifest names must lie inside {model_dir}")
+    if ".." in pure.parts:
+        raise ManifestError(f"{what} is {record_path!r}, which climbs out of {model_dir} with '..'")
+    candidate = Path(model_dir) / pure
+    if not candidate.resolve().is_relative_to(Path(model_dir).resolve()):
+        raise ManifestError(f"{what} is {record_path!r}, a symlink that leads outside {model_dir}")
+    return candidate
 
 
 def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> Path:
@@ -71,7 +127,7 @@ def integrity_problems(model_dir: Path, entry: dict[str, Any]) -> list[str]:
     """Every way the files of one artifact differ from the manifest; empty when intact."""
     problems = []
     for record in artifact_files(entry):
-        path = Path(model_dir) / record["path"]
+        path = resolve_inside(model_dir, record["path"], f"the manifest entry {record['path']!r}")
         if not path.exists():
             problems.append(f"{record['path']} is missing")
             continue
@@ -133,3 +189,64 @@ def to_jsonable(value: Any) -> Any:
     if isinstance(value, float) and value != value:
         return None
     return value
+
+
+_held: dict[Path, int] = {}  # locks this process holds, so nested stages (pipeline) re-enter them
+
+
+@contextlib.contextmanager
+def exclusive(target: Path) -> Iterator[None]:
+    """Hold the write lock of a model or release directory for the whole run.
+
+    Two runs writing the same directory must never silently replace each other: the second one
+    fails at once with OutputError, before it loads or writes anything. The lock file lies beside
+    the directory (`.<name>.lock` in its parent), so it exists before the directory does and
+    survives the rename that swaps a new export into place. flock is released by the kernel when
+    a process dies, so a killed run never leaves a stale lock.
+    """
+    target = Path(target)
+    key = target.parent.resolve() / target.name
+    if fcntl is None or key in _held:
+        _held[key] = _held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+            if not _held[key]:
+                del _held[key]
+        return
+    lock_path = target.parent / f".{target.name}.lock"
+    fd = _take_lock(lock_path, target)
+    _held[key] = 1
+    try:
+        yield
+    finally:
+        del _held[key]
+        lock_path.unlink(missing_ok=True)  # before closing: whoever opens it next makes a new one
+        os.close(fd)
+
+
+def _take_lock(lock_path: Path, target: Path) -> int:
+    """An fd holding flock on lock_path; retried when the holder removed the file between our
+    open and our flock, since a lock on a removed file would exclude nobody."""
+    while True:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(f"{target.parent} is not writable (the lock file {lock_path.name}: {exc.strerror or exc})") from None
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(f"another clip-export run (pid {holder}) is writing {target}; wait for it to finish, or write somewhere else") from None
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)

@@ -6,6 +6,7 @@ import hashlib
 import json
 import logging
 import os
+import re
 import socket
 import zipfile
 from dataclasses import dataclass, field
@@ -282,28 +283,36 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
     """Load tensors without running pickled code; returns (state_dict, is_openai_jit)."""
     import torch
 
+    try:
+        size = path.stat().st_size
+        with open(path, "rb"):
+            pass
+    except OSError as exc:
+        raise WeightsError(f"{path} cannot be read: {exc.strerror or exc}") from None
+    if size == 0:
+        raise WeightsError(f"{path} is empty (0 bytes); expected a checkpoint (.pt, .bin or .safetensors)")
     if path.suffix == ".safetensors":
         from safetensors.torch import load_file
 
         try:
             return dict(load_file(str(path))), False
         except Exception as exc:
-            raise WeightsError(f"{path} is not a readable safetensors file: {exc}") from None
+            raise WeightsError(f"{path} is not a readable safetensors file: {_reason(exc)}") from None
     if _is_torchscript_archive(path):
         # TorchScript archives are read by TorchScript's own loader, which builds no Python objects.
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), True
         except Exception as exc:
-            raise WeightsError(f"{path} looks like a TorchScript archive but could not be read: {exc}") from None
+            raise WeightsError(f"{path} looks like a TorchScript archive but could not be read: {_reason(exc)}") from None
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "weights_only" in str(exc) or "Unsupported global" in str(exc) or "pickle" in str(exc).lower():
+        if "Unsupported global" in str(exc):  # a class or function to import and run: code, not tensors
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it needs arbitrary pickle code execution to unpickle; "
                 "save it as a plain state dict (torch.save(model.state_dict())) or as .safetensors"
             ) from None
-        raise WeightsError(f"{path} is not a readable checkpoint: {exc}") from None
+        raise WeightsError(f"{path} is not a readable checkpoint: {_reason(exc)}") from None
     if isinstance(data, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in data and isinstance(data[key], dict):
@@ -313,6 +322,30 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
         raise WeightsError(f"{path} does not hold a state dict")
     state = {k.removeprefix("module."): v for k, v in data.items()}
     return state, False
+
+
+def _reason(exc: BaseException) -> str:
+    """The exception's own words: for torch's weights-only unpickler the line that says what it
+    met (not its advice to disable the check), else the first line, with the type when the words
+    alone say nothing (an EOFError is blank, a KeyError only the key)."""
+    text = str(exc)
+    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
+    if detail:
+        return f"not a torch checkpoint ({detail.group(1).strip()})"
+    lines = text.strip().splitlines()
+    if not lines or isinstance(exc, (KeyError, EOFError)):
+        return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
+    return lines[0]
+
+
+def refuse_non_finite(state: dict[str, Any], where: Path) -> None:
+    """NaN or Inf weights would only show up as a failed parity check after the whole export."""
+    import torch
+
+    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    if bad:
+        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise WeightsError(f"the checkpoint {where} holds NaN or Inf values in {len(bad)} tensor(s): {shown}")
 
 
 def _apply_state_dict(model: Any, state: dict[str, Any], where: str, arch: str) -> None:
@@ -353,6 +386,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
     is_jit = False
     if checkpoint is not None:
         state, is_jit = read_state_dict(checkpoint)
+        refuse_non_finite(state, checkpoint)
     if spec.random_init:
         torch.manual_seed(spec.seed)
     try:

@@ -7,9 +7,10 @@ fraction of the time (clip_export.resample); the other variants are measured alt
 """
 from __future__ import annotations
 
+import io
 from functools import lru_cache
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
@@ -27,16 +28,67 @@ def shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
     return (size, new_long) if width <= height else (new_long, size)
 
 
-def load_image(item: str | Path | Image.Image) -> Image.Image:
-    """A decoded copy of an image file (or the image itself), with one clear error when unreadable."""
+# Above this many pixels the default path runs PIL's own resize: the vectorised kernels' scratch
+# buffers grow with the image, and past photo sizes they lose to PIL (docs/reliability.md).
+FAST_MAX_PIXELS = 6000 * 4000
+IMAGE_KINDS = "a file path, encoded image bytes, an HxWx3 uint8 RGB numpy array or a PIL image"
+
+
+def pixel_limit() -> int | None:
+    """PIL's decompression-bomb limit: it refuses to decode more than twice MAX_IMAGE_PIXELS."""
+    return None if Image.MAX_IMAGE_PIXELS is None else 2 * Image.MAX_IMAGE_PIXELS
+
+
+def load_image(item: Any) -> Image.Image:
+    """A decoded image from what a service holds: a path, encoded bytes, an HWC uint8 array or a
+    PIL image. Anything else, and empty, bomb-sized or unreadable images, is one ClipExportError."""
     if isinstance(item, Image.Image):
-        return item
+        image = item
+    elif isinstance(item, np.ndarray):
+        image = _from_array(item)
+    elif isinstance(item, (bytes, bytearray, memoryview)):
+        image = _decode(io.BytesIO(bytes(item)), f"of {len(item)} bytes")
+    elif isinstance(item, (str, Path)):
+        image = _decode(item, str(item))
+    else:
+        raise ClipExportError(f"type {type(item).__name__} is not an image; pass {IMAGE_KINDS}")
+    width, height = image.size
+    if width == 0 or height == 0:
+        raise ClipExportError(f"the image is {width}x{height} pixels: there is nothing to embed")
+    limit = pixel_limit()
+    if limit is not None and width * height > limit:
+        raise ClipExportError(f"the image is {width}x{height} pixels, over the {limit} pixel limit against decompression bombs (PIL.Image.MAX_IMAGE_PIXELS x 2); downscale it first")
+    return image
+
+
+def _decode(source: str | Path | io.BytesIO, name: str) -> Image.Image:
+    """Decode fully, without the extra copy the image would cost once decoded (12000x12000: 432 MB)."""
     try:
-        with Image.open(item) as handle:
+        handle = Image.open(source)
+        try:
             handle.load()
-            return handle.copy()
-    except OSError as exc:
-        raise ClipExportError(f"cannot read image {item}: {exc}") from None
+        except BaseException:
+            handle.close()
+            raise
+    except Image.UnidentifiedImageError:
+        raise ClipExportError(f"the image {name} is in no format Pillow can decode") from None
+    except Image.DecompressionBombError as exc:
+        raise ClipExportError(f"the image {name} is too large to decode safely: {exc}") from None
+    except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError, EOFError...
+        raise ClipExportError(f"cannot read the image {name}: {str(exc) or type(exc).__name__}") from None
+    if isinstance(source, io.BytesIO) or getattr(handle, "fp", None) is None:
+        return handle  # single-frame files are closed once loaded; bytes hold no file
+    with handle:  # multi-frame formats keep their file open: keep a copy, close the file
+        return handle.copy()
+
+
+def _from_array(array: np.ndarray) -> Image.Image:
+    mode = "L" if array.ndim == 2 else {3: "RGB", 4: "RGBA"}.get(array.shape[-1]) if array.ndim == 3 else None
+    if array.dtype != np.uint8 or mode is None:
+        raise ClipExportError(f"a numpy array of shape {array.shape} and dtype {array.dtype} is not an image; pass {IMAGE_KINDS} (or HxW grey, HxWx4 RGBA)")
+    if array.size == 0:
+        raise ClipExportError(f"the image is {array.shape[1]}x{array.shape[0]} pixels: there is nothing to embed")
+    return Image.fromarray(np.ascontiguousarray(array))  # uint8 HxW, HxWx3, HxWx4: L, RGB, RGBA
 
 
 def _resize_shortest(image: Image.Image, size: int, interpolation: str, reducing_gap: float | None = None) -> Image.Image:
@@ -121,7 +173,7 @@ def preprocess_fast(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     height, width = config.image_size
     img_w, img_h = image.size
     new_w, new_h = shortest_side_size(img_w, img_h, min(height, width))
-    if not resample.covers(image, config) or (new_w, new_h) == (img_w, img_h) or new_w < width or new_h < height:
+    if img_w * img_h > FAST_MAX_PIXELS or not resample.covers(image, config) or (new_w, new_h) == (img_w, img_h) or new_w < width or new_h < height:
         return preprocess_reference(image, config)
     left, top = _crop_offsets(new_w, new_h, width, height)
     table = _normalization_table(tuple(config.mean), tuple(config.std))

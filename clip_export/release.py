@@ -15,10 +15,12 @@ from .errors import ManifestError, ReleaseError
 from .manifest import (
     MANIFEST_NAME,
     atomic_write_text,
+    exclusive,
     file_record,
     integrity_problems,
     now_iso,
     read_manifest,
+    resolve_inside,
     write_manifest,
 )
 from .models import sha256_file
@@ -89,17 +91,18 @@ def _inside(out: Path, name: str) -> Path:
 
 def _copy_onnx_with_renamed_data(source_dir: Path, entry: dict[str, Any], staging: Path, name: str) -> list[str]:
     """Copy an ONNX artifact; external data files get release names and the graph points at them."""
+    source = resolve_inside(source_dir, entry["path"], "the artifact")
     if not entry.get("external_data"):
-        shutil.copyfile(source_dir / entry["path"], _inside(staging, name))
+        shutil.copyfile(source, _inside(staging, name))
         return [name]
     import onnx
 
-    model = onnx.load(str(source_dir / entry["path"]), load_external_data=False)
+    model = onnx.load(str(source), load_external_data=False)
     renames = {}
     for index, record in enumerate(entry["external_data"]):
         new = f"{name}.data" if len(entry["external_data"]) == 1 else f"{name}.data{index}"
         renames[Path(record["path"]).name] = new
-        shutil.copyfile(source_dir / record["path"], _inside(staging, new))
+        shutil.copyfile(resolve_inside(source_dir, record["path"], "the external data"), _inside(staging, new))
     for tensor in model.graph.initializer:
         for item in tensor.external_data:
             if item.key == "location":
@@ -156,45 +159,48 @@ def release(
     if len({d.name for d in dirs}) > 1:
         slug = re.sub(r"[^A-Za-z0-9._-]", "-", merged["model"]["name"])
     target = Path(out) / safe_asset_name(f"{slug}-{tag}")
-    if target.exists():
-        raise ReleaseError(f"{target} already exists; choose a new tag or remove it")
-    Path(out).mkdir(parents=True, exist_ok=True)
-    staging = Path(out) / f".{target.name}.partial-{os.getpid()}"
-    shutil.rmtree(staging, ignore_errors=True)
-    staging.mkdir()
-    try:
-        assets: list[str] = []
-        renamed: dict[str, str] = {}
-        for entry in merged["artifacts"]:
-            name = asset_name(slug, entry)
-            progress(f"adding {name}")
-            assets += _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name) if entry["format"] == "onnx" else _copy_plain(owners[entry["path"]] / entry["path"], staging, name)
-            renamed[entry["path"]] = name
-            entry["source_path"] = entry["path"]
-            entry.update(file_record(staging / name, staging))
-            entry["external_data"] = [file_record(staging / n, staging) for n in assets if n.startswith(f"{name}.data")]
-        for row in merged["verification"]["results"]:
-            if row["path"] in renamed:
-                row["path"] = renamed[row["path"]]
-                row["sha256"] = next(e["sha256"] for e in merged["artifacts"] if e["path"] == row["path"])
-        if merged.get("reference"):
-            ref_name = safe_asset_name(f"{slug}-reference.npz")
-            assets += _copy_plain(dirs[0] / merged["reference"]["path"], staging, ref_name)
-            merged["reference"].update(file_record(staging / ref_name, staging))
-        if merged["tokenizer"].get("bpe_vocab"):
-            vocab_name = safe_asset_name(f"{slug}-tokenizer-bpe.txt.gz")
-            assets += _copy_plain(dirs[0] / merged["tokenizer"]["bpe_vocab"]["path"], staging, vocab_name)
-            merged["tokenizer"]["bpe_vocab"] = file_record(staging / vocab_name, staging)
-        merged["release"] = {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]}
-        write_manifest(staging, merged)
-        atomic_write_text(staging / "MODEL_CARD.md", model_card(merged, slug, tag))
-        assets += [MANIFEST_NAME, "MODEL_CARD.md"]
-        sums = "".join(f"{sha256_file(staging / a)}  {a}\n" for a in sorted(assets))
-        atomic_write_text(staging / "SHA256SUMS", sums)
-        assets.append("SHA256SUMS")
-        os.replace(staging, target)
-    finally:
+    with exclusive(target):  # a second release of the same tag fails here, at once
+        if target.exists():
+            raise ReleaseError(f"{target} already exists; choose a new tag or remove it")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        staging = Path(out) / f".{target.name}.partial-{os.getpid()}"
         shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            assets: list[str] = []
+            renamed: dict[str, str] = {}
+            for entry in merged["artifacts"]:
+                name = asset_name(slug, entry)
+                progress(f"adding {name}")
+                assets += _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name) if entry["format"] == "onnx" else _copy_plain(resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name)
+                renamed[entry["path"]] = name
+                entry["source_path"] = entry["path"]
+                entry.update(file_record(staging / name, staging))
+                entry["external_data"] = [file_record(staging / n, staging) for n in assets if n.startswith(f"{name}.data")]
+            for row in merged["verification"]["results"]:
+                if row["path"] in renamed:
+                    row["path"] = renamed[row["path"]]
+                    row["sha256"] = next(e["sha256"] for e in merged["artifacts"] if e["path"] == row["path"])
+            if merged.get("reference"):
+                ref_name = safe_asset_name(f"{slug}-reference.npz")
+                assets += _copy_plain(resolve_inside(dirs[0], merged["reference"]["path"], "the reference"), staging, ref_name)
+                merged["reference"].update(file_record(staging / ref_name, staging))
+            if merged["tokenizer"].get("bpe_vocab"):
+                vocab_name = safe_asset_name(f"{slug}-tokenizer-bpe.txt.gz")
+                assets += _copy_plain(resolve_inside(dirs[0], merged["tokenizer"]["bpe_vocab"]["path"], "the tokenizer vocabulary"), staging, vocab_name)
+                merged["tokenizer"]["bpe_vocab"] = file_record(staging / vocab_name, staging)
+            merged["release"] = {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]}
+            write_manifest(staging, merged)
+            atomic_write_text(staging / "MODEL_CARD.md", model_card(merged, slug, tag))
+            assets += [MANIFEST_NAME, "MODEL_CARD.md"]
+            sums = "".join(f"{sha256_file(staging / a)}  {a}\n" for a in sorted(assets))
+            atomic_write_text(staging / "SHA256SUMS", sums)
+            assets.append("SHA256SUMS")
+            if target.exists():  # written meanwhile by something that ignores the lock
+                raise ReleaseError(f"{target} appeared while this release was written; choose a new tag or remove it")
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
     uploaded = False
     if upload:
         progress(f"uploading {len(assets)} assets to the GitHub release {tag}")

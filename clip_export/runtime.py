@@ -18,13 +18,13 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Callable
 
 import numpy as np
 from PIL import Image
 
 from .errors import ClipExportError
-from .manifest import read_manifest, require_intact
+from .manifest import read_manifest, require_intact, resolve_inside
 from .models import PreprocessConfig
 from .preprocess import load_image, preprocess_fast, preprocess_reference
 from .serve_check import ServeCheck, check_here, load_reference_slice, require_mode
@@ -89,27 +89,60 @@ class ClipOnnx:
         model.serve_checks = checks
         return model
 
-    def pixel_values(self, images: Sequence[Any]) -> np.ndarray:
-        if len(images) == 1:  # the vectorise() case: no stacking copy
-            return self._preprocess(load_image(images[0]), self.preprocess_config)[None]
-        return np.stack([self._preprocess(load_image(i), self.preprocess_config) for i in images])
+    def pixel_values(self, images: Any) -> np.ndarray:
+        """[N, 3, H, W] from one image or a list (see embed_images); a bad item is named by index."""
+        rows = []
+        for index, item in enumerate(_items(images, "images", _is_one_image)):
+            try:
+                rows.append(self._preprocess(load_image(item), self.preprocess_config))
+            except ClipExportError as exc:
+                raise ClipExportError(f"images[{index}]: {exc}") from None
+        if not rows:
+            return np.zeros((0, 3, *self.preprocess_config.image_size), dtype=np.float32)
+        return rows[0][None] if len(rows) == 1 else np.stack(rows)  # one image: no stacking copy
 
-    def embed_images(self, images: Sequence[Any], normalize: bool = True) -> np.ndarray:
+    def embed_images(self, images: Any, normalize: bool = True) -> np.ndarray:
+        """One row per image. An image is a file path, encoded bytes (what a service receives), an
+        HxWx3 uint8 RGB array (HxW grey and HxWx4 RGBA too) or a PIL image; one of them alone is a
+        batch of one."""
         if self._visual is None:
             raise ClipExportError(f"{self.root} has no visual tower")
-        out = self._visual.run(None, {"pixel_values": self.pixel_values(images)})[0]
-        return _l2(out) if normalize and not self.normalized_in_graph else out
+        pixels = self.pixel_values(images)
+        return self._run(self._visual, "pixel_values", pixels, normalize)
 
-    def tokenize(self, texts: Sequence[str]) -> np.ndarray:
+    def tokenize(self, texts: Any) -> np.ndarray:
+        captions = _items(texts, "texts", lambda value: isinstance(value, str))
+        for index, caption in enumerate(captions):
+            if not isinstance(caption, str):
+                raise ClipExportError(f"texts[{index}]: type {type(caption).__name__} is not a caption; pass str")
         if self._tokenizer is None:
             self._tokenizer = _tokenizer_for(self.manifest, self.root)
-        return self._tokenizer(list(texts))
+        return self._tokenizer(captions)
 
-    def embed_texts(self, texts: Sequence[str], normalize: bool = True) -> np.ndarray:
+    def embed_texts(self, texts: Any, normalize: bool = True) -> np.ndarray:
+        """One row per caption; a bare string is one caption (a batch of one), never its characters."""
         if self._text is None:
             raise ClipExportError(f"{self.root} has no text tower")
-        out = self._text.run(None, {"input_ids": self.tokenize(texts)})[0]
+        return self._run(self._text, "input_ids", self.tokenize(texts), normalize)
+
+    def _run(self, session: Any, name: str, inputs: np.ndarray, normalize: bool) -> np.ndarray:
+        if not len(inputs):  # an empty batch is a valid request: zero rows of the embedding size
+            return np.zeros((0, session.get_outputs()[0].shape[-1]), dtype=np.float32)
+        out = session.run(None, {name: inputs})[0]
         return _l2(out) if normalize and not self.normalized_in_graph else out
+
+
+def _is_one_image(value: Any) -> bool:
+    return isinstance(value, (str, Path, bytes, bytearray, memoryview, Image.Image)) or (isinstance(value, np.ndarray) and value.ndim in (2, 3))
+
+
+def _items(values: Any, what: str, is_one: Callable[[Any], bool]) -> list[Any]:
+    """A batch from one item or any iterable of them; anything else is named, not iterated."""
+    if is_one(values):
+        return [values]
+    if isinstance(values, (dict, set)) or not hasattr(values, "__iter__"):
+        raise ClipExportError(f"{what} must be one item or a list of them, not type {type(values).__name__}")
+    return list(values)
 
 
 def _preprocessor(name: str) -> Callable[[Image.Image, PreprocessConfig], np.ndarray]:
@@ -135,7 +168,7 @@ def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
     if settings.get("bpe_vocab"):
         from .tokenizer import ClipBpeTokenizer
 
-        tokenizer = ClipBpeTokenizer(root / settings["bpe_vocab"]["path"], context)
+        tokenizer = ClipBpeTokenizer(resolve_inside(root, settings["bpe_vocab"]["path"], "the tokenizer vocabulary"), context)
         _require_manifest_special_ids(tokenizer, settings, settings["bpe_vocab"]["path"])
         return tokenizer
     if settings.get("kind") == "huggingface":

@@ -15,7 +15,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from .errors import ConversionError, ManifestError, MissingExtraError, TensorRTError, import_optional
-from .manifest import atomic_write_bytes, file_record, read_manifest, refuse_existing, require_intact, upsert_artifact, write_manifest
+from .manifest import atomic_write_bytes, exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, upsert_artifact, write_manifest
 from .progress import Progress, silent
 from .spec import TOWERS
 from .verify import gate
@@ -166,6 +166,11 @@ def build_engines(
     if not (1 <= batch[0] <= batch[1] <= batch[2]):
         raise TensorRTError(f"--batch must satisfy 1 <= MIN <= OPT <= MAX, got {batch[0]}:{batch[1]}:{batch[2]}")
     model_dir = Path(model_dir)
+    with exclusive(model_dir):  # two builds into one directory: the second fails at once
+        return _build_locked(model_dir, fp16, batch, workspace_gb, towers, epcontext, force, verify_engines, progress)
+
+
+def _build_locked(model_dir: Path, fp16: bool, batch: tuple[int, int, int], workspace_gb: float, towers: Sequence[str], epcontext: bool, force: bool, verify_engines: bool, progress: Progress) -> TrtResult:
     manifest = read_manifest(model_dir)
     precision = "fp16" if fp16 else "fp32"
     sources = [a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == precision and a["tower"] in towers]
@@ -185,7 +190,7 @@ def build_engines(
         started = time.perf_counter()
         plan = build_engine(
             trt,
-            model_dir / source["path"],
+            resolve_inside(model_dir, source["path"], "the source artifact"),
             tower,
             batch=batch,
             image_size=manifest["preprocess"]["image_size"],

@@ -13,11 +13,11 @@ from .environment import Environment, current_environment, environment_table
 from .errors import ClipExportError, ProviderUnavailableError
 from .evalset import EvalSet, load_evalset
 from .export import compute_reference, versions
-from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, require_intact, write_manifest
+from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, require_intact, resolve_inside, write_manifest
 from .metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval_agreement, run_batches
 from .progress import Progress, silent
 from .sessions import SessionOptions, create_session, provider_name
-from .spec import REFERENCE_NAME, THRESHOLDS, TOWERS, Thresholds, threshold_key
+from .spec import THRESHOLDS, TOWERS, Thresholds, threshold_key
 
 BATCH_CHECK_SIZE = 7
 
@@ -125,7 +125,7 @@ def _load_reference(model_dir: Path, manifest: dict[str, Any], reference: str, e
         if record is None:
             raise ClipExportError(f"{model_dir} has no stored reference; use --reference torch")
         require_intact(model_dir, record, "the stored reference cannot be trusted")
-        with np.load(model_dir / REFERENCE_NAME) as data:
+        with np.load(resolve_inside(model_dir, record["path"], "the reference")) as data:
             return {k: data[k] for k in data.files}, record.get("evalset", "bundled"), "stored (torch fp32 at export time)"
     from .models import load_model, spec_from_manifest
 
@@ -160,13 +160,13 @@ def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: d
         runnable, why = trt_stage.runnable_here(entry)
         if not runnable:
             return ArtifactCheck(**base, provider_ran=None, status="not runnable", failures=(f"not runnable here: {why}",))
-        got = trt_stage.run_engine(model_dir / entry["path"], inputs)
+        got = trt_stage.run_engine(resolve_inside(model_dir, entry["path"], "the artifact"), inputs)
         ran = "tensorrt-runtime"
         structure: list[str] = []
         batch_metric = None
     else:
         try:
-            session = create_session(model_dir / entry["path"], SessionOptions(provider=provider, precision=_session_precision(entry)))
+            session = create_session(resolve_inside(model_dir, entry["path"], "the artifact"), SessionOptions(provider=provider, precision=_session_precision(entry)))
         except ProviderUnavailableError as exc:
             return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"provider: {exc}",))
         ran = session.get_providers()[0]

@@ -31,10 +31,13 @@ def test_onnx_export_json(tmp_path: Path) -> None:
 
 
 def test_onnx_table_and_quiet(tmp_path: Path) -> None:
-    result = run("onnx", "tiny-vit", "--random-init", "--out", str(tmp_path), "--quiet")
+    out = tmp_path / "my artifacts"  # the hint must still be a command a shell runs
+    result = run("onnx", "tiny-vit", "--random-init", "--out", str(out), "--quiet")
     assert result.exit_code == 0
     assert "mean |Δ| (norm.)" in result.stdout and result.stderr == ""
-    loud = run("onnx", "tiny-vit", "--random-init", "--out", str(tmp_path), "--force")
+    assert f"Next: clip-export verify '{out}/tiny-vit'" in result.stdout
+    assert " KiB " in result.stdout and " KB " not in result.stdout
+    loud = run("onnx", "tiny-vit", "--random-init", "--out", str(out), "--force")
     assert "exporting the visual tower" in loud.stderr
 
 
