@@ -18,7 +18,7 @@ import numpy as np
 import onnx
 from cpu_report import prepare  # this directory is on sys.path when a script here runs
 
-from clip_export.bench import machine_info
+from clip_export.bench_rows import machine_info
 from clip_export.manifest import now_iso
 from clip_export.sessions import SessionOptions, create_session
 from clip_export.timing import time_interleaved

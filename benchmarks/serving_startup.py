@@ -5,7 +5,8 @@
 Runs fresh Python processes on the ViT-B/32 export under benchmarks/.work (exported if missing),
 once with the BPE vocabulary the export bundles (no torch), once with the manifest's vocabulary
 entry removed, so that the runtime falls back to open_clip's tokenizer (which imports torch).
-Reports the median wall time from the first import to the first caption embedding, then the time
+The serve-time check (ClipOnnx.from_release's `check`) runs in every row but the first, whose
+"off" shows what it costs. Reports the median wall time from the first import to the first caption embedding, then the time
 of the first image embedding (numba's import and compiled kernels, from its on-disk cache, or
 compiled afresh with an empty cache directory), the peak RSS, and whether torch was imported.
 """
@@ -23,6 +24,7 @@ from pathlib import Path
 from typing import Any
 
 from clip_export import resolve
+from clip_export.environment import current_environment
 from clip_export.manifest import now_iso, read_manifest, write_manifest
 from clip_export.preprocessing_study import report_images
 from clip_export.tokenizer import ClipBpeTokenizer
@@ -32,11 +34,14 @@ CHILD = """
 import json, resource, sys, time
 start = time.perf_counter()
 from clip_export.runtime import ClipOnnx
-runtime = ClipOnnx.from_release(sys.argv[1])
+runtime = ClipOnnx.from_release(sys.argv[1], check=sys.argv[3])
+opened = time.perf_counter()
 runtime.embed_texts(["a photo of a cat"])
 caption_done = time.perf_counter()
 runtime.embed_images([sys.argv[2]])
-print(json.dumps({"seconds": caption_done - start, "first_image_s": time.perf_counter() - caption_done, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "torch_imported": "torch" in sys.modules}))
+check_s = sum(c.seconds for c in runtime.serve_checks.values())
+statuses = sorted({c.status.split(":")[0] for c in runtime.serve_checks.values()})
+print(json.dumps({"seconds": caption_done - start, "open_s": opened - start, "check_s": check_s, "check": "/".join(statuses), "first_image_s": time.perf_counter() - caption_done, "peak_rss_mb": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024, "torch_imported": "torch" in sys.modules}))
 """
 
 
@@ -51,15 +56,18 @@ def without_vocabulary(model_dir: Path, into: Path) -> Path:
     return into
 
 
-def measure(directory: Path, runs: int, empty_numba_cache: bool = False) -> dict[str, float | bool]:
+def measure(directory: Path, runs: int, empty_numba_cache: bool = False, check: str = "always") -> dict[str, Any]:
     samples = []
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "NUMBA_CACHE_DIR": cache} if empty_numba_cache else None
-            done = subprocess.run([sys.executable, "-c", CHILD, str(directory), str(report_images()[1])], capture_output=True, text=True, check=True, env=env)
+            done = subprocess.run([sys.executable, "-c", CHILD, str(directory), str(report_images()[1]), check], capture_output=True, text=True, check=True, env=env)
         samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {
         "seconds": statistics.median(s["seconds"] for s in samples),
+        "open_s": statistics.median(s["open_s"] for s in samples),
+        "check_s": statistics.median(s["check_s"] for s in samples),
+        "check": samples[0]["check"],
         "first_image_s": statistics.median(s["first_image_s"] for s in samples),
         "peak_rss_mb": statistics.median(s["peak_rss_mb"] for s in samples),
         "torch_imported": any(s["torch_imported"] for s in samples),
@@ -94,7 +102,8 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", export], check=True)
     measure(model_dir, 1)  # fills numba's on-disk cache, as the first use after installing does
     rows = {
-        "bundled BPE vocabulary (clip_export.tokenizer)": measure(model_dir, args.runs),
+        "bundled BPE vocabulary (clip_export.tokenizer), serve-time check off": measure(model_dir, args.runs, check="off"),
+        "bundled BPE vocabulary (clip_export.tokenizer), serve-time check run": measure(model_dir, args.runs),
         "bundled BPE vocabulary, empty numba cache (first use after installing)": measure(model_dir, args.runs, empty_numba_cache=True),
     }
     with tempfile.TemporaryDirectory() as tmp:
@@ -105,10 +114,13 @@ def main() -> None:
         "open_clip": per_call_us(open_clip_tokenizer(), caption),
     }
     print(f"{now_iso()}, {args.model} fp32 CPU, median of {args.runs} fresh processes\n")
-    print("| tokenizer | import → first caption embedding s | then the first image (JPEG) s | peak RSS MB | torch imported |")
-    print("|---|---|---|---|---|")
+    env = current_environment("CPUExecutionProvider")
+    print(f"CPU: {env.cpu} ({env.cpu_target}, {env.tier})\n")
+    print("| tokenizer | import → from_release returned s | of which the serve-time check s | import → first caption embedding s | then the first image (JPEG) s | peak RSS MB | torch imported |")
+    print("|---|---|---|---|---|---|---|")
     for label, row in rows.items():
-        print(f"| {label} | {row['seconds']:.2f} | {row['first_image_s']:.2f} | {row['peak_rss_mb']:.0f} | {'yes' if row['torch_imported'] else 'no'} |")
+        check = f"{row['check_s']:.3f}" if row["check"] == "pass" else row["check"]
+        print(f"| {label} | {row['open_s']:.2f} | {check} | {row['seconds']:.2f} | {row['first_image_s']:.2f} | {row['peak_rss_mb']:.0f} | {'yes' if row['torch_imported'] else 'no'} |")
     print("\nTokenizing one caption, median of 1000 calls (warm cache): " + ", ".join(f"{k} {v:.1f} µs" for k, v in tokenize_us.items()))
 
 

@@ -7,19 +7,20 @@ copy cost measured separately.
 """
 from __future__ import annotations
 
+import dataclasses
 import gc
 import os
-import platform
-import resource
 import tempfile
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from .baselines import TORCH_MODES, bench_torch, native_bf16
 from .bench_report import render_chart, render_markdown
+from .bench_rows import BenchResult, BenchRow, machine_info, peak_rss_mb, rss_mb
 from .ceilings import count_tower, gemm_ceiling, streamed_gemm_ceiling
 from .errors import ClipExportError, ProviderUnavailableError
 from .export import versions
@@ -27,100 +28,8 @@ from .manifest import atomic_write_text, integrity_problems, now_iso, read_manif
 from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_variants, vectorise_breakdown
 from .progress import Progress, silent
 from .sessions import SessionOptions, create_session, provider_name
-from .spec import REFERENCE_NAME, TOWERS
-from .timing import LatencyStats, time_calls
-
-
-@dataclass(frozen=True)
-class BenchRow:
-    name: str
-    kind: str  # artifact | baseline
-    tower: str
-    precision: str
-    provider_requested: str
-    provider_ran: str | None
-    batch: int
-    status: str  # ok | unavailable: reason
-    latency: LatencyStats | None = None
-    throughput_per_s: float | None = None
-    session_create_ms: float | None = None
-    first_inference_ms: float | None = None
-    copy_overhead_ms: float | None = None
-    rss_mb: float | None = None
-    threads: int | None = None
-    speedup_vs_torch: float | None = None
-    gflops_per_s: float | None = None
-    ceiling_share: float | None = None
-    streamed_ceiling_share: float | None = None  # batch-1 fp32 CPU rows: share of the streamed-weights limit
-
-    @property
-    def p50_ms(self) -> float | None:
-        return self.latency.p50_ms if self.latency else None
-
-
-@dataclass(frozen=True)
-class BenchResult:
-    model_dir: Path
-    rows: tuple[BenchRow, ...]
-    machine: dict[str, Any]
-    versions: dict[str, str]
-    ceilings_gflops: dict[str, float]
-    flops_per_item: dict[str, float]
-    streamed_ceilings_gflops: dict[str, float] = field(default_factory=dict)
-    breakdown: tuple[StageTimes, ...] = ()
-    preprocessing: tuple[PreprocessRow, ...] = ()
-    report_path: Path | None = None
-    chart_path: Path | None = None
-    peak_rss_mb: float = 0.0
-    date: str = ""
-    notes: tuple[str, ...] = field(default_factory=tuple)
-
-
-def machine_info(threads: int) -> dict[str, Any]:
-    cpu = platform.processor() or platform.machine()
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                cpu = line.split(":", 1)[1].strip()
-                break
-    except OSError:
-        pass
-    flags = ""
-    try:
-        flags = next((l for l in Path("/proc/cpuinfo").read_text().splitlines() if l.startswith("flags")), "")
-    except OSError:
-        pass
-    info: dict[str, Any] = {
-        "host": platform.node(),
-        "cpu": cpu,
-        "cores": os.cpu_count(),
-        "threads_used": threads,
-        "avx512": "avx512f" in flags,
-        "vnni": "avx512_vnni" in flags or "avx_vnni" in flags,
-        "amx": "amx_tile" in flags,
-        "python": platform.python_version(),
-    }
-    try:
-        import torch
-
-        if torch.cuda.is_available():
-            info["gpu"] = torch.cuda.get_device_name(0)
-    except ImportError:
-        pass
-    return info
-
-
-def _rss_mb() -> float:
-    try:
-        import psutil
-
-        return psutil.Process().memory_info().rss / 2**20
-    except ImportError:
-        return float("nan")
-
-
-def peak_rss_mb() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024.0
+from .spec import DEFAULT_BENCH_MAX_TIME_S, REFERENCE_NAME, TOWERS
+from .timing import LatencyStats, min_runs_for, time_calls
 
 
 # ---- one row ------------------------------------------------------------------------------
@@ -149,11 +58,11 @@ def bench_onnx(path: Path, tower: str, precision: str, provider: str, batch: int
     first_ms = (time.perf_counter() - started) * 1000.0
     copy_ms = None
     if ran == "CPUExecutionProvider":
-        stats = time_calls(lambda: session.run(None, {input_name: inputs}), budget_s=budget_s)
+        stats = time_calls(lambda: session.run(None, {input_name: inputs}), budget_s=budget_s, min_runs=min_runs_for(batch))
     else:
         stats, end_to_end = _bench_device_resident(session, input_name, inputs, budget_s)
         copy_ms = end_to_end.p50_ms - stats.p50_ms
-    rss = _rss_mb()
+    rss = rss_mb()
     session = None  # release the weights before the next session is created
     gc.collect()
     return BenchRow(**base, provider_ran=ran, status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0), session_create_ms=create_ms, first_inference_ms=first_ms, copy_overhead_ms=copy_ms, rss_mb=rss)
@@ -184,48 +93,20 @@ def _bench_device_resident(session: Any, input_name: str, inputs: np.ndarray, bu
     return device, end_to_end
 
 
-def bench_torch(loaded: Any, tower: str, batch: int, inputs: np.ndarray, *, mode: str, threads: int, budget_s: float) -> BenchRow:
-    """torch baselines: eager fp32 (the report's load:cpu), bf16 autocast, cuda fp16, torch.compile."""
-    import torch
-
-    base = dict(name=f"torch {mode}", kind="baseline", tower=tower, precision={"eager-fp32": "fp32", "bf16-autocast": "bf16", "cuda-fp16": "fp16", "compile": "fp32"}[mode], batch=batch, threads=threads)
-    device = "cuda" if mode == "cuda-fp16" else "cpu"
-    base["provider_requested"] = f"torch-{device}"
-    if device == "cuda" and not torch.cuda.is_available():
-        return BenchRow(**base, provider_ran=None, status="unavailable: torch sees no CUDA device")
-    torch.set_num_threads(threads)
-    model = loaded.model
-    encode = model.encode_image if tower == "visual" else model.encode_text
-    x = torch.from_numpy(inputs)
-    started = time.perf_counter()
-    if mode == "cuda-fp16":
-        import copy
-
-        gpu_model = copy.deepcopy(model).half().cuda().eval()
-        encode = gpu_model.encode_image if tower == "visual" else gpu_model.encode_text
-        x = x.cuda().half() if tower == "visual" else x.cuda()
-    elif mode == "compile":
-        encode = torch.compile(encode)
-    create_ms = (time.perf_counter() - started) * 1000.0
-
-    def call() -> None:
-        with torch.no_grad():
-            if mode == "bf16-autocast":
-                with torch.autocast("cpu", dtype=torch.bfloat16):
-                    encode(x)
-            else:
-                encode(x)
-            if device == "cuda":
-                torch.cuda.synchronize()
-
-    started = time.perf_counter()
-    call()
-    first_ms = (time.perf_counter() - started) * 1000.0
-    stats = time_calls(call, budget_s=budget_s)
-    return BenchRow(**base, provider_ran=f"torch-{device}", status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0), session_create_ms=create_ms, first_inference_ms=first_ms, rss_mb=_rss_mb())
-
-
 # ---- the stage ----------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class _PlannedRow:
+    description: str
+    tower: str
+    batch: int
+    measure: Callable[[float], BenchRow]  # the row's time budget in seconds -> the row
+    skipped: BenchRow  # what the table shows if the total time runs out before this row
+
+
+def _skipped(row: BenchRow, why: str) -> BenchRow:
+    return dataclasses.replace(row, provider_ran=None, status=f"skipped: {why}", latency=None)
 
 
 def bench(
@@ -236,6 +117,7 @@ def bench(
     towers: Sequence[str] = ("visual", "text"),
     threads: int | None = None,
     budget_s: float = 2.0,
+    max_time_s: float | None = DEFAULT_BENCH_MAX_TIME_S,
     baselines: bool = True,
     compile_baseline: bool = False,
     fused_baseline: bool = False,
@@ -245,14 +127,24 @@ def bench(
     chart: bool = True,
     progress: Progress = silent,
 ) -> BenchResult:
-    """Measure every artifact in DIR's manifest, plus torch baselines, in one process."""
+    """Measure every artifact in DIR's manifest, plus torch baselines, in one process.
+
+    `max_time_s` bounds the whole run: rows are given less time as it runs out, and rows it does
+    not reach are listed as skipped. A run in which no artifact row ran raises and writes nothing."""
+    started = time.perf_counter()
+    deadline = started + max_time_s if max_time_s else float("inf")
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
     threads = threads or os.cpu_count() or 1
     if any(b < 1 for b in batch_sizes):
         raise ClipExportError(f"batch sizes must be >= 1, got {', '.join(map(str, batch_sizes))}")
+    if max_time_s is not None and max_time_s <= 0:
+        raise ClipExportError(f"the total time budget must be positive, got {max_time_s:g} s")
     for p in providers:
         provider_name(p)
+    present = sorted({a["precision"] for a in manifest["artifacts"]})
+    if precisions is not None and not set(precisions) & set(present):
+        raise ClipExportError(f"the requested precision(s) {', '.join(precisions)} match no artifact in {model_dir}; it has {', '.join(present)}")
     with np.load(model_dir / REFERENCE_NAME) as data:
         ref = {k: data[k] for k in data.files}
     loaded = None
@@ -270,7 +162,7 @@ def bench(
         except ImportError as exc:
             notes.append(f"torch baselines skipped: {exc}")
     progress("measuring the GEMM ceiling (fp32, int8) through onnxruntime")
-    ceilings = {"fp32": gemm_ceiling(threads), "int8": gemm_ceiling(threads, int8=True)}
+    ceilings_before = {"fp32": gemm_ceiling(threads, budget_s=0.75), "int8": gemm_ceiling(threads, int8=True, budget_s=0.75)}
     streamed: dict[str, float] = {}
     if 1 in batch_sizes:
         for tower, shapes in products.items():
@@ -278,55 +170,103 @@ def bench(
             if shapes and sum(2.0 * m * k * n for m, k, n in shapes) >= 0.5 * flops[tower]:
                 progress(f"measuring the streamed-weights GEMM limit of the {tower} tower at batch 1")
                 streamed[tower] = streamed_gemm_ceiling(shapes, threads, budget_s=min(1.0, budget_s)) or 0.0
-    rows: list[BenchRow] = []
+    plan = _plan(model_dir, manifest, ref, loaded, providers=providers, batch_sizes=batch_sizes, towers=towers, threads=threads, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, precisions=precisions, progress=progress)
+    rows = _run_plan(plan, budget_s, started, deadline, progress)
+    if not any(r.kind == "artifact" and r.latency is not None for r in rows):
+        reasons = sorted({r.status for r in rows if r.kind == "artifact"}) or ["no artifact matched"]
+        raise ClipExportError(f"no artifact row ran, so nothing was written (earlier results in {model_dir} are untouched): {'; '.join(reasons)}")
+    progress("measuring the GEMM ceiling again, after the rows")
+    ceilings_after = {"fp32": gemm_ceiling(threads, budget_s=0.75), "int8": gemm_ceiling(threads, int8=True, budget_s=0.75)}
+    # The higher of the two is the machine's limit under the rows' conditions; a share above 100% is flagged.
+    ceilings = {k: max(ceilings_before[k], ceilings_after[k]) for k in ceilings_before}
+    rows = [_with_ratios(r, _torch_p50(rows, r), flops.get(r.tower), ceilings, streamed.get(r.tower)) for r in rows]
+    if any((r.ceiling_share or 0) > 1 or (r.streamed_ceiling_share or 0) > 1 for r in rows):
+        notes.append("rows marked '>100%' beat a ceiling measured in the same run: the machine was faster during that row than during the ceiling's, so those shares are noise, not fact")
+    breakdown_rows: list[StageTimes] = []
+    variant_rows: list[PreprocessRow] = []
+    if breakdown and "visual" in towers:
+        if time.perf_counter() < deadline:
+            progress(f"vectorise() breakdown for one PNG and one JPEG (~{max(0.0, deadline - time.perf_counter()):.0f} s of the budget left)")
+            breakdown_rows = vectorise_breakdown(model_dir, manifest, threads, loaded)
+        if time.perf_counter() < deadline:
+            progress("preprocessing variants: time and fidelity against the reference pipeline")
+            variant_rows = preprocessing_variants(model_dir, manifest, threads)
+        if not breakdown_rows or not variant_rows:
+            notes.append(f"the total time budget ({max_time_s:g} s) ran out before the preprocessing study; rerun with a larger --max-time")
+    skipped_baseline = [r for r in rows if r.status.startswith("skipped: no native bf16")]
+    if skipped_baseline:
+        notes.append(skipped_baseline[0].status.removeprefix("skipped: "))
+    result = BenchResult(model_dir, tuple(rows), machine_info(threads), versions(), ceilings, flops, streamed, tuple(breakdown_rows), tuple(variant_rows), peak_rss_mb=peak_rss_mb(), date=now_iso(), notes=tuple(notes), seconds=time.perf_counter() - started)
+    if not write:
+        return result
+    chart_path = render_chart(result, model_dir / "bench-batch1.png") if chart else None
+    report_path = model_dir / "BENCH.md"
+    result = dataclasses.replace(result, chart_path=chart_path, report_path=report_path)
+    atomic_write_text(report_path, render_markdown(result))
+    manifest = read_manifest(model_dir)
+    manifest["benchmark"] = {k: v for k, v in to_jsonable(result).items() if k != "model_dir"}
+    write_manifest(model_dir, manifest)
+    return result
+
+
+def _torch_p50(rows: Sequence[BenchRow], row: BenchRow) -> float | None:
+    """The torch eager fp32 p50 for the row's tower and batch, measured in the same run."""
+    return next((r.p50_ms for r in rows if r.name == "torch eager-fp32" and r.tower == row.tower and r.batch == row.batch and r.latency), None)
+
+
+def _plan(model_dir: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray], loaded: Any, *, providers: Sequence[str], batch_sizes: Sequence[int], towers: Sequence[str], threads: int, baselines: bool, compile_baseline: bool, fused_baseline: bool, precisions: Sequence[str] | None, progress: Progress) -> list[_PlannedRow]:
+    """Every row of the run, in order, so the progress line can count them and estimate the time left."""
+    plan: list[_PlannedRow] = []
+    bf16_native = native_bf16()
     for tower in towers:
         entries = [a for a in manifest["artifacts"] if a["tower"] == tower and (precisions is None or a["precision"] in precisions)]
         for batch in batch_sizes:
             inputs = _inputs_for(tower, ref, batch)
-            torch_p50 = None
             if loaded is not None and baselines:
-                progress(f"torch eager fp32, {tower}, batch {batch}")
-                eager = bench_torch(loaded, tower, batch, inputs, mode="eager-fp32", threads=threads, budget_s=budget_s)
-                torch_p50 = eager.p50_ms
-                rows.append(eager)
-                modes = ["bf16-autocast"] + (["cuda-fp16"] if any(provider_name(p) != "CPUExecutionProvider" for p in providers) else []) + (["compile"] if compile_baseline else [])
+                modes = ["eager-fp32", "bf16-autocast"] + (["cuda-fp16"] if any(provider_name(p) != "CPUExecutionProvider" for p in providers) else []) + (["compile"] if compile_baseline else [])
                 for mode in modes:
-                    progress(f"torch {mode}, {tower}, batch {batch}")
-                    rows.append(bench_torch(loaded, tower, batch, inputs, mode=mode, threads=threads, budget_s=budget_s))
+                    base = BenchRow(f"torch {mode}", "baseline", tower, TORCH_MODES[mode], f"torch-{'cuda' if mode == 'cuda-fp16' else 'cpu'}", None, batch, "", threads=threads)
+                    if mode == "bf16-autocast" and not bf16_native:
+                        plan.append(_PlannedRow(f"torch {mode}, {tower}, batch {batch}", tower, batch, lambda _b, base=base: _skipped(base, "no native bf16 on this CPU (no avx512_bf16 or AMX): torch emulates it, slower than fp32, so it is no baseline here"), base))
+                        continue
+                    plan.append(_PlannedRow(f"torch {mode}, {tower}, batch {batch}", tower, batch, lambda b, mode=mode, inputs=inputs, tower=tower, batch=batch: bench_torch(loaded, tower, batch, inputs, mode=mode, threads=threads, budget_s=b), base))
             for entry in entries:
                 for provider in providers:
-                    if entry["format"] == "tensorrt":
-                        if provider != providers[0]:
-                            continue
-                        rows.append(_bench_plan(model_dir, entry, batch, inputs, threads, budget_s))
+                    if entry["format"] == "tensorrt" and provider != providers[0]:
                         continue
-                    problems = integrity_problems(model_dir, entry)
-                    if problems:
-                        rows.append(BenchRow(entry["path"], "artifact", tower, entry["precision"], provider_name(provider), None, batch, f"unavailable: {'; '.join(problems)}"))
-                        continue
-                    progress(f"{entry['path']} on {provider_name(provider)}, batch {batch}")
-                    rows.append(bench_onnx(model_dir / entry["path"], tower, entry["precision"], provider, batch, inputs, threads=threads, budget_s=budget_s, name=entry["path"]))
+                    base = BenchRow(entry["path"], "artifact", tower, entry["precision"], "tensorrt-runtime" if entry["format"] == "tensorrt" else provider_name(provider), None, batch, "", threads=threads)
+                    plan.append(_PlannedRow(f"{entry['path']} on {base.provider_requested}, batch {batch}", tower, batch, lambda b, entry=entry, provider=provider, inputs=inputs, batch=batch, base=base: _bench_entry(model_dir, entry, provider, batch, inputs, threads, b, base), base))
                 if fused_baseline and entry["precision"] == "fp32" and entry["format"] == "onnx":
-                    rows.append(_bench_fused(model_dir / entry["path"], tower, batch, inputs, threads, budget_s, progress))
-            rows[:] = [_with_ratios(r, torch_p50, flops.get(tower), ceilings, streamed.get(tower)) if r.tower == tower and r.batch == batch else r for r in rows]
-    breakdown_rows: list[StageTimes] = []
-    variant_rows: list[PreprocessRow] = []
-    if breakdown and "visual" in towers:
-        progress("vectorise() breakdown for one PNG and one JPEG")
-        breakdown_rows = vectorise_breakdown(model_dir, manifest, threads, loaded)
-        progress("preprocessing variants: time and fidelity against the reference pipeline")
-        variant_rows = preprocessing_variants(model_dir, manifest, threads)
-    result = BenchResult(model_dir, tuple(rows), machine_info(threads), versions(), ceilings, flops, streamed, tuple(breakdown_rows), tuple(variant_rows), peak_rss_mb=peak_rss_mb(), date=now_iso(), notes=tuple(notes))
-    if write:
-        chart_path = render_chart(result, model_dir / "bench-batch1.png") if chart else None
-        result = BenchResult(**{**result.__dict__, "chart_path": chart_path})
-        report_path = model_dir / "BENCH.md"
-        atomic_write_text(report_path, render_markdown(result))
-        result = BenchResult(**{**result.__dict__, "report_path": report_path})
-        manifest = read_manifest(model_dir)
-        manifest["benchmark"] = {k: v for k, v in to_jsonable(result).items() if k != "model_dir"}
-        write_manifest(model_dir, manifest)
-    return result
+                    base = BenchRow(f"{Path(entry['path']).name} +ort-optimizer", "baseline", tower, "fp32", provider_name("cpu"), None, batch, "", threads=threads)
+                    plan.append(_PlannedRow(f"{entry['path']} with onnxruntime's transformer optimizer, batch {batch}", tower, batch, lambda b, entry=entry, inputs=inputs, batch=batch, tower=tower: _bench_fused(model_dir / entry["path"], tower, batch, inputs, threads, b), base))
+    return plan
+
+
+def _run_plan(plan: Sequence[_PlannedRow], budget_s: float, started: float, deadline: float, progress: Progress) -> list[BenchRow]:
+    """Run the rows in order; each gets at most an equal share of the time left, and rows past the
+    deadline are listed as skipped. The progress line counts rows and estimates the time left."""
+    rows: list[BenchRow] = []
+    first = time.perf_counter()
+    for index, planned in enumerate(plan):
+        now = time.perf_counter()
+        left = len(plan) - index
+        if now >= deadline:
+            rows.append(_skipped(planned.skipped, f"the total time budget ({deadline - started:.0f} s, --max-time) ran out before this row"))
+            continue
+        per_row = (now - first) / index if index else None
+        estimate = min(per_row * left, deadline - now) if per_row is not None else None
+        progress(f"[{index + 1}/{len(plan)}{f', ~{estimate:.0f} s left' if estimate is not None else ''}] {planned.description}")
+        rows.append(planned.measure(max(0.2, min(budget_s, (deadline - now) / left / 2))))
+    return rows
+
+
+def _bench_entry(model_dir: Path, entry: dict[str, Any], provider: str, batch: int, inputs: np.ndarray, threads: int, budget_s: float, base: BenchRow) -> BenchRow:
+    if entry["format"] == "tensorrt":
+        return _bench_plan(model_dir, entry, batch, inputs, threads, budget_s)
+    problems = integrity_problems(model_dir, entry)
+    if problems:
+        return dataclasses.replace(base, status=f"unavailable: {'; '.join(problems)}")
+    return bench_onnx(model_dir / entry["path"], entry["tower"], entry["precision"], provider, batch, inputs, threads=threads, budget_s=budget_s, name=entry["path"])
 
 
 def _bench_plan(model_dir: Path, entry: dict[str, Any], batch: int, inputs: np.ndarray, threads: int, budget_s: float) -> BenchRow:
@@ -340,10 +280,9 @@ def _bench_plan(model_dir: Path, entry: dict[str, Any], batch: int, inputs: np.n
     return BenchRow(**base, provider_ran="tensorrt-runtime (includes host copies)", status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0))
 
 
-def _bench_fused(path: Path, tower: str, batch: int, inputs: np.ndarray, threads: int, budget_s: float, progress: Progress) -> BenchRow:
+def _bench_fused(path: Path, tower: str, batch: int, inputs: np.ndarray, threads: int, budget_s: float) -> BenchRow:
     from .convert import fuse_transformer_ops
 
-    progress(f"{path.name} with onnxruntime's transformer optimizer, batch {batch}")
     optimized, _ = fuse_transformer_ops(path)
     with tempfile.TemporaryDirectory() as tmp:
         fused = Path(tmp) / "fused.onnx"

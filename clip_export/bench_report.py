@@ -1,11 +1,10 @@
 """bench's report: BENCH.md and the batch-1 chart, rendered from a BenchResult."""
 from __future__ import annotations
 
+import os
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-if TYPE_CHECKING:
-    from .bench import BenchResult
+from .bench_rows import BenchResult
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -14,14 +13,22 @@ def _fmt(value: float | None, digits: int = 2) -> str:
     return f"{value:.{digits}f}"
 
 
+def share(value: float | None) -> str:
+    """A ceiling share in percent; above 100% it is flagged, since no row can beat the machine's limit."""
+    if value is None:
+        return "-"
+    return f"{value * 100:.0f}" + (" (>100%: noise)" if value > 1 else "")
+
+
 def render_markdown(result: BenchResult) -> str:
     m = result.machine
     lines = [
         f"# Benchmark of {result.model_dir.name}",
         "",
-        f"Measured {result.date} on {m['cpu']} ({m['cores']} cores, {m['threads_used']} threads pinned{', GPU ' + m['gpu'] if m.get('gpu') else ''}).",
+        f"Measured {result.date} on {m['cpu']} ({m.get('cpu_target', '?')}, {m.get('tier', '?')}; {m['cores']} cores, {m['threads_used']} threads pinned{', GPU ' + m['gpu'] if m.get('gpu') else ''}), in {result.seconds:.0f} s. "
+        "These figures hold for this CPU: onnxruntime and torch pick other kernels on other ones.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in result.versions.items())}.",
-        f"GEMM ceiling through onnxruntime on this machine, same run: fp32 {result.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {result.ceilings_gflops['int8']:.0f} GOP/s.",
+        f"GEMM ceiling through onnxruntime on this machine, the higher of two measurements taken before and after the rows: fp32 {result.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {result.ceilings_gflops['int8']:.0f} GOP/s.",
         "FLOPs per item (torch FlopCounterMode): " + ", ".join(f"{k} {v / 1e9:.2f} GFLOP" for k, v in result.flops_per_item.items()) + ".",
     ]
     if result.streamed_ceilings_gflops:
@@ -40,7 +47,7 @@ def render_markdown(result: BenchResult) -> str:
         lines.append(
             f"| {r.tower} | {r.batch} | {r.name} | {r.precision} | {r.provider_ran or r.provider_requested + ' (did not run)'} | "
             f"{_fmt(lat.p50_ms if lat else None)} | {_fmt(lat.p90_ms if lat else None)} | {_fmt(lat.p99_ms if lat else None)} | {_fmt(r.throughput_per_s, 1)} | "
-            f"{_fmt(r.speedup_vs_torch)} | {_fmt(r.gflops_per_s, 0)} | {_fmt(r.ceiling_share * 100 if r.ceiling_share else None, 0)} | {_fmt(r.streamed_ceiling_share * 100 if r.streamed_ceiling_share else None, 0)} | "
+            f"{_fmt(r.speedup_vs_torch)} | {_fmt(r.gflops_per_s, 0)} | {share(r.ceiling_share)} | {share(r.streamed_ceiling_share)} | "
             f"{_fmt(r.session_create_ms, 0)} | {_fmt(r.first_inference_ms, 1)} | {_fmt(r.copy_overhead_ms)} | {r.status} |"
         )
     if result.breakdown:
@@ -83,6 +90,11 @@ def render_chart(result: BenchResult, path: Path) -> Path | None:
         axis.invert_yaxis()
         axis.tick_params(axis="y", labelsize=8)
     fig.tight_layout()
-    fig.savefig(path, dpi=110)
-    plt.close(fig)
+    staging = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # a reader never sees half a chart
+    try:
+        fig.savefig(staging, dpi=110, format="png")
+        os.replace(staging, path)
+    finally:
+        staging.unlink(missing_ok=True)
+        plt.close(fig)
     return path

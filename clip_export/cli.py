@@ -14,7 +14,7 @@ import click
 from . import __version__
 from .errors import ClipExportError
 from .manifest import to_jsonable
-from .spec import DEFAULT_OPSET, INT8_SCHEME, TOWERS, Int8Scheme
+from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, TOWERS, Int8Scheme
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -381,13 +381,14 @@ def _int_list(value: str, hint: str) -> list[int]:
 @click.option("--precision", "precisions", default=None, help="Only these artifact precisions (comma-separated).")
 @click.option("--threads", type=int, default=None, help="Pinned intra-op threads (default: all cores).")
 @click.option("--budget", type=float, default=2.0, show_default=True, help="Seconds of timed runs per row (after warm-up).")
+@click.option("--max-time", "max_time", type=click.FloatRange(min=0, min_open=True), default=DEFAULT_BENCH_MAX_TIME_S, show_default=True, help="Seconds for the whole run; rows get less time as it runs out, and rows it does not reach are listed as skipped.")
 @click.option("--baselines/--no-baselines", default=True, show_default=True, help="torch eager fp32 and bf16 autocast (and cuda fp16 on GPU) in the same run.")
 @click.option("--compile", "compile_baseline", is_flag=True, help="Add the torch.compile baseline (compiles slowly).")
 @click.option("--fused-baseline", is_flag=True, help="Add fp32 rows run through onnxruntime's transformer optimizer.")
 @click.option("--breakdown/--no-breakdown", default=True, show_default=True, help="vectorise() stage times and preprocessing variants.")
 @json_option
 @quiet_option
-def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, precisions: str | None, threads: int | None, budget: float, baselines: bool, compile_baseline: bool, fused_baseline: bool, breakdown: bool, as_json: bool, quiet: bool) -> None:
+def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, precisions: str | None, threads: int | None, budget: float, max_time: float, baselines: bool, compile_baseline: bool, fused_baseline: bool, breakdown: bool, as_json: bool, quiet: bool) -> None:
     """Measure every artifact × provider × batch size next to torch baselines from the same run.
 
     Writes BENCH.md, bench-batch1.png and the manifest's benchmark section in DIR.
@@ -397,11 +398,12 @@ def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, p
       clip-export bench artifacts/ViT-B-32 --batch-sizes 1 --providers cpu
     """
     from .bench import bench as run_bench
+    from .bench_report import share
 
     chosen = _check_towers(towers)
     sizes = _int_list(batch_sizes, "--batch-sizes")
     results = [
-        run_bench(d, providers=_split_csv(providers), batch_sizes=sizes, towers=chosen, threads=threads, budget_s=budget, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, breakdown=breakdown, precisions=_split_csv(precisions) if precisions else None, progress=_progress(quiet or as_json))
+        run_bench(d, providers=_split_csv(providers), batch_sizes=sizes, towers=chosen, threads=threads, budget_s=budget, max_time_s=max_time, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, breakdown=breakdown, precisions=_split_csv(precisions) if precisions else None, progress=_progress(quiet or as_json))
         for d in resolve_dirs(dirs)
     ]
     if as_json:
@@ -410,11 +412,13 @@ def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, p
     for r in results:
         click.echo(f"{r.model_dir}  ({r.machine['cpu']}, {r.machine['threads_used']} threads; GEMM ceiling fp32 {r.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {r.ceilings_gflops['int8']:.0f} GOP/s)")
         rows = [
-            (row.tower, row.batch, row.name, row.precision, (row.provider_ran or row.provider_requested).replace("ExecutionProvider", ""), row.p50_ms, row.latency.p90_ms if row.latency else None, row.latency.p99_ms if row.latency else None, row.throughput_per_s, row.speedup_vs_torch, f"{row.ceiling_share * 100:.0f}%" if row.ceiling_share else None, f"{row.streamed_ceiling_share * 100:.0f}%" if row.streamed_ceiling_share else None, row.status if row.status != "ok" else "ok")
+            (row.tower, row.batch, row.name, row.precision, (row.provider_ran or row.provider_requested).replace("ExecutionProvider", ""), row.p50_ms, row.latency.p90_ms if row.latency else None, row.latency.p99_ms if row.latency else None, row.throughput_per_s, row.speedup_vs_torch, share(row.ceiling_share) if row.ceiling_share else None, share(row.streamed_ceiling_share) if row.streamed_ceiling_share else None, row.status if row.status != "ok" else "ok")
             for row in r.rows
         ]
         click.echo(table(["tower", "batch", "name", "prec", "provider", "p50 ms", "p90 ms", "p99 ms", "items/s", "x torch", "% ceiling", "% streamed", "status"], rows))
-        click.echo(f"report: {r.report_path}  chart: {r.chart_path}\n")
+        for note in r.notes:
+            click.echo(f"note: {note}")
+        click.echo(f"{len(r.rows)} rows in {r.seconds:.0f} s; figures hold for this CPU ({r.machine.get('tier', '?')}). report: {r.report_path}  chart: {r.chart_path}\n")
 
 
 @main.command(context_settings=CONTEXT)

@@ -22,6 +22,9 @@ REFERENCE_NAME = "reference.npz"
 # it serves: enough to catch kernels that break an artifact here, cheap enough for start-up.
 SERVE_CHECK_ITEMS = 4
 SERVE_CHECK_MODES = ("auto", "always", "off")
+# `clip-export bench` stops starting rows after this many seconds (--max-time): the default run on
+# ViT-B/32 finishes within 5 minutes on 2 cores of either CPU here (docs/benchmarks.md).
+DEFAULT_BENCH_MAX_TIME_S = 240.0
 
 
 @dataclass(frozen=True)

@@ -59,3 +59,9 @@ def time_interleaved(calls: Sequence[Callable[[], Any]], *, rounds: int, warmup:
             times.append(time.perf_counter() - start)
         done += 1
     return [float(np.median(times[warmup:])) * 1e3 for times in samples]
+
+
+def min_runs_for(batch: int) -> int:
+    """Batch-1 rows are the product (p99 matters); larger batches are throughput rows, where a few
+    runs of a second each say enough and ten would take most of the run's time budget."""
+    return 10 if batch == 1 else 4

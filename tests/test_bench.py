@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -132,3 +133,61 @@ def test_time_interleaved_alternates_calls_and_drops_warmup_rounds() -> None:
     order: list[str] = []
     result = time_interleaved([lambda: order.append("a"), lambda: order.append("b")], rounds=4, warmup=2)
     assert order == ["a", "b"] * 6 and len(result) == 2 and all(ms >= 0 for ms in result)
+
+
+def test_no_artifact_row_is_an_error_that_leaves_earlier_results(tiny_vit_copy: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here; this checks what a CPU-only machine reports")
+    (tiny_vit_copy / "BENCH.md").write_text("earlier results\n")
+    before = read_manifest(tiny_vit_copy)
+    result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--providers", "cuda", "--batch-sizes", "1", "--budget", "0.02", "--no-baselines", "--no-breakdown", "-q"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: no artifact row ran, so nothing was written") and "requested provider was CUDAExecutionProvider" in result.stderr
+    assert (tiny_vit_copy / "BENCH.md").read_text() == "earlier results\n" and read_manifest(tiny_vit_copy) == before
+    result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--precision", "int4", "-q"])
+    assert result.exit_code == 1 and "the requested precision(s) int4 match no artifact" in result.stderr and "it has fp32" in result.stderr
+    result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--max-time", "0"])
+    assert result.exit_code == 2 and "--max-time" in result.stderr
+
+
+def test_bf16_without_native_support_is_skipped_with_the_reason(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip_export import bench as bench_module
+
+    monkeypatch.setattr(bench_module, "native_bf16", lambda: False)
+    result = bench(tiny_vit_copy, batch_sizes=[1], budget_s=0.02, breakdown=False, towers=["text"], write=False)
+    bf16 = [r for r in result.rows if r.name == "torch bf16-autocast"]
+    assert len(bf16) == 1 and bf16[0].latency is None and bf16[0].status.startswith("skipped: no native bf16 on this CPU (no avx512_bf16 or AMX)")
+    assert any(n.startswith("no native bf16") for n in result.notes)
+    assert [r.name for r in result.rows if r.latency is not None] == ["torch eager-fp32", "text.onnx"]
+
+
+def test_the_plan_stops_at_the_deadline_and_counts_down() -> None:
+    import time
+
+    from clip_export.bench import BenchRow, _PlannedRow, _run_plan
+
+    def row(name: str) -> BenchRow:
+        return BenchRow(name, "artifact", "text", "fp32", "CPUExecutionProvider", None, 1, "")
+
+    def slow(name: str):  # type: ignore[no-untyped-def]
+        def measure(budget: float) -> BenchRow:
+            time.sleep(0.2)
+            return dataclasses.replace(row(name), status="ok")
+
+        return measure
+
+    plan = [_PlannedRow(f"row {i}", "text", 1, slow(f"r{i}"), row(f"r{i}")) for i in range(4)]
+    messages: list[str] = []
+    started = time.perf_counter()
+    rows = _run_plan(plan, 1.0, started, started + 0.3, messages.append)
+    assert [r.status for r in rows[:2]] == ["ok", "ok"]
+    assert all(r.status.startswith("skipped: the total time budget") and "--max-time" in r.status for r in rows[2:])
+    assert messages[0] == "[1/4] row 0" and messages[1].startswith("[2/4, ~") and messages[1].endswith("s left] row 1")
+
+
+def test_a_share_above_the_ceiling_is_flagged() -> None:
+    from clip_export.bench_report import share
+
+    assert share(0.5) == "50" and share(None) == "-" and share(1.3) == "130 (>100%: noise)"
