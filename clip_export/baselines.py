@@ -10,7 +10,8 @@ import numpy as np
 
 from .bench_rows import BenchRow, rss_mb
 from .environment import current_environment
-from .timing import min_runs_for, time_calls
+from .spec import CPU_PROVIDER
+from .timing import runs_for, time_calls
 
 
 # torch baselines and the precision each runs in.
@@ -54,12 +55,12 @@ def bench_torch(loaded: Any, tower: str, batch: int, inputs: np.ndarray, *, mode
     started = time.perf_counter()
     call()
     first_ms = (time.perf_counter() - started) * 1000.0
-    stats = time_calls(call, budget_s=budget_s, min_runs=min_runs_for(batch))
+    stats = time_calls(call, budget_s=budget_s, **runs_for(batch))
     return BenchRow(**base, provider_ran=f"torch-{device}", status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0), session_create_ms=create_ms, first_inference_ms=first_ms, rss_mb=rss_mb())
 
 
 def native_bf16() -> bool:
     """torch's CPU bf16 autocast is native only with AVX-512 BF16 or AMX; elsewhere it is emulated
     and slower than fp32 (2.9 s against 1.95 s per ViT-B/32 image on a Zen 3), so it is no baseline."""
-    flags = set(current_environment("CPUExecutionProvider").isa_flags)
+    flags = set(current_environment(CPU_PROVIDER).isa_flags)
     return bool(flags & {"avx512_bf16", "amx_bf16"}) or platform.machine() not in ("x86_64", "AMD64")

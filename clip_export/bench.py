@@ -28,15 +28,15 @@ from .manifest import atomic_write_text, integrity_problems, now_iso, read_manif
 from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_variants, vectorise_breakdown
 from .progress import Progress, silent
 from .sessions import SessionOptions, create_session, provider_name
-from .spec import DEFAULT_BENCH_MAX_TIME_S, REFERENCE_NAME, TOWERS
-from .timing import LatencyStats, min_runs_for, time_calls
+from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, REFERENCE_NAME, TOWERS
+from .timing import LatencyStats, runs_for, time_calls
 
 
 # ---- one row ------------------------------------------------------------------------------
 
 
 def _inputs_for(tower: str, ref: dict[str, np.ndarray], batch: int) -> np.ndarray:
-    source = ref["pixel_values"] if tower == "visual" else ref["input_ids"]
+    source = ref[TOWERS[tower].input_name]
     reps = -(-batch // len(source))
     return np.ascontiguousarray(np.concatenate([source] * reps)[:batch])
 
@@ -57,8 +57,8 @@ def bench_onnx(path: Path, tower: str, precision: str, provider: str, batch: int
     session.run(None, {input_name: inputs})
     first_ms = (time.perf_counter() - started) * 1000.0
     copy_ms = None
-    if ran == "CPUExecutionProvider":
-        stats = time_calls(lambda: session.run(None, {input_name: inputs}), budget_s=budget_s, min_runs=min_runs_for(batch))
+    if ran == CPU_PROVIDER:
+        stats = time_calls(lambda: session.run(None, {input_name: inputs}), budget_s=budget_s, **runs_for(batch))
     else:
         stats, end_to_end = _bench_device_resident(session, input_name, inputs, budget_s)
         copy_ms = end_to_end.p50_ms - stats.p50_ms
@@ -170,8 +170,10 @@ def bench(
             if shapes and sum(2.0 * m * k * n for m, k, n in shapes) >= 0.5 * flops[tower]:
                 progress(f"measuring the streamed-weights GEMM limit of the {tower} tower at batch 1")
                 streamed[tower] = streamed_gemm_ceiling(shapes, threads, budget_s=min(1.0, budget_s)) or 0.0
+    # The preprocessing study after the rows takes about half a minute; rows leave it that time.
+    rows_deadline = deadline - (STUDY_RESERVE_S if breakdown and "visual" in towers else 0.0)
     plan = _plan(model_dir, manifest, ref, loaded, providers=providers, batch_sizes=batch_sizes, towers=towers, threads=threads, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, precisions=precisions, progress=progress)
-    rows = _run_plan(plan, budget_s, started, deadline, progress)
+    rows = _run_plan(plan, budget_s, rows_deadline, progress)
     if not any(r.kind == "artifact" and r.latency is not None for r in rows):
         reasons = sorted({r.status for r in rows if r.kind == "artifact"}) or ["no artifact matched"]
         raise ClipExportError(f"no artifact row ran, so nothing was written (earlier results in {model_dir} are untouched): {'; '.join(reasons)}")
@@ -209,6 +211,9 @@ def bench(
     return result
 
 
+STUDY_RESERVE_S = 30.0
+
+
 def _torch_p50(rows: Sequence[BenchRow], row: BenchRow) -> float | None:
     """The torch eager fp32 p50 for the row's tower and batch, measured in the same run."""
     return next((r.p50_ms for r in rows if r.name == "torch eager-fp32" and r.tower == row.tower and r.batch == row.batch and r.latency), None)
@@ -223,7 +228,7 @@ def _plan(model_dir: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray],
         for batch in batch_sizes:
             inputs = _inputs_for(tower, ref, batch)
             if loaded is not None and baselines:
-                modes = ["eager-fp32", "bf16-autocast"] + (["cuda-fp16"] if any(provider_name(p) != "CPUExecutionProvider" for p in providers) else []) + (["compile"] if compile_baseline else [])
+                modes = ["eager-fp32", "bf16-autocast"] + (["cuda-fp16"] if any(provider_name(p) != CPU_PROVIDER for p in providers) else []) + (["compile"] if compile_baseline else [])
                 for mode in modes:
                     base = BenchRow(f"torch {mode}", "baseline", tower, TORCH_MODES[mode], f"torch-{'cuda' if mode == 'cuda-fp16' else 'cpu'}", None, batch, "", threads=threads)
                     if mode == "bf16-autocast" and not bf16_native:
@@ -242,7 +247,7 @@ def _plan(model_dir: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray],
     return plan
 
 
-def _run_plan(plan: Sequence[_PlannedRow], budget_s: float, started: float, deadline: float, progress: Progress) -> list[BenchRow]:
+def _run_plan(plan: Sequence[_PlannedRow], budget_s: float, deadline: float, progress: Progress) -> list[BenchRow]:
     """Run the rows in order; each gets at most an equal share of the time left, and rows past the
     deadline are listed as skipped. The progress line counts rows and estimates the time left."""
     rows: list[BenchRow] = []
@@ -251,7 +256,7 @@ def _run_plan(plan: Sequence[_PlannedRow], budget_s: float, started: float, dead
         now = time.perf_counter()
         left = len(plan) - index
         if now >= deadline:
-            rows.append(_skipped(planned.skipped, f"the total time budget ({deadline - started:.0f} s, --max-time) ran out before this row"))
+            rows.append(_skipped(planned.skipped, "the total time budget (--max-time) ran out before this row"))
             continue
         per_row = (now - first) / index if index else None
         estimate = min(per_row * left, deadline - now) if per_row is not None else None
@@ -296,7 +301,7 @@ def _with_ratios(row: BenchRow, torch_p50: float | None, flops: float | None, ce
     updates: dict[str, Any] = {}
     if torch_p50:
         updates["speedup_vs_torch"] = torch_p50 / row.latency.p50_ms
-    if flops and row.provider_ran in ("CPUExecutionProvider", "torch-cpu"):
+    if flops and row.provider_ran in (CPU_PROVIDER, "torch-cpu"):
         achieved = flops * row.batch / (row.latency.p50_ms / 1000.0) / 1e9
         updates["gflops_per_s"] = achieved
         ceiling = ceilings["int8"] if row.precision == "int8" else ceilings["fp32"]

@@ -5,6 +5,7 @@ import os
 from pathlib import Path
 
 from .bench_rows import BenchResult
+from .spec import provider_label
 
 
 def _fmt(value: float | None, digits: int = 2) -> str:
@@ -79,7 +80,7 @@ def render_chart(result: BenchResult, path: Path) -> Path | None:
     fig, axes = plt.subplots(1, len(towers), figsize=(6 * len(towers), 0.5 * max(len([r for r in rows if r.tower == t]) for t in towers) + 1.8), squeeze=False)
     for axis, tower in zip(axes[0], towers):
         subset = [r for r in rows if r.tower == tower]
-        labels = [f"{r.name}\n{(r.provider_ran or '').replace('ExecutionProvider', '')}" for r in subset]
+        labels = [f"{r.name}\n{provider_label(r.provider_ran)}" for r in subset]
         values = [r.latency.p50_ms for r in subset]  # type: ignore[union-attr]
         colors = ["#999999" if r.kind == "baseline" else "#3b75af" for r in subset]
         axis.barh(labels, values, color=colors)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Any
 
 from .environment import current_environment
+from .spec import CPU_PROVIDER
 from .preprocessing_study import PreprocessRow, StageTimes
 from .timing import LatencyStats
 
@@ -61,7 +62,7 @@ class BenchResult:
 
 def machine_info(threads: int) -> dict[str, Any]:
     """The CPU (and GPU) a run's figures belong to, with the flags that select its kernels."""
-    env = current_environment("CPUExecutionProvider")
+    env = current_environment(CPU_PROVIDER)
     info: dict[str, Any] = {
         "host": platform.node(),
         "cpu": env.cpu,

@@ -6,6 +6,7 @@ from typing import Any, Sequence
 
 import numpy as np
 
+from .spec import CPU_PROVIDER
 from .timing import time_calls
 
 
@@ -31,7 +32,7 @@ def _cpu_session(model: bytes, threads: int) -> Any:
     rt = ort()
     so = rt.SessionOptions()
     so.intra_op_num_threads = threads
-    return rt.InferenceSession(model, so, providers=["CPUExecutionProvider"])
+    return rt.InferenceSession(model, so, providers=[CPU_PROVIDER])
 
 
 def _p50_gflops(session: Any, a: np.ndarray, flops: float, budget_s: float) -> float:

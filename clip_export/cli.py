@@ -14,7 +14,7 @@ import click
 from . import __version__
 from .errors import ClipExportError
 from .manifest import to_jsonable
-from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, TOWERS, Int8Scheme
+from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, TOWERS, Int8Scheme, provider_label
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -412,7 +412,7 @@ def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, p
     for r in results:
         click.echo(f"{r.model_dir}  ({r.machine['cpu']}, {r.machine['threads_used']} threads; GEMM ceiling fp32 {r.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {r.ceilings_gflops['int8']:.0f} GOP/s)")
         rows = [
-            (row.tower, row.batch, row.name, row.precision, (row.provider_ran or row.provider_requested).replace("ExecutionProvider", ""), row.p50_ms, row.latency.p90_ms if row.latency else None, row.latency.p99_ms if row.latency else None, row.throughput_per_s, row.speedup_vs_torch, share(row.ceiling_share) if row.ceiling_share else None, share(row.streamed_ceiling_share) if row.streamed_ceiling_share else None, row.status if row.status != "ok" else "ok")
+            (row.tower, row.batch, row.name, row.precision, provider_label(row.provider_ran or row.provider_requested), row.p50_ms, row.latency.p90_ms if row.latency else None, row.latency.p99_ms if row.latency else None, row.throughput_per_s, row.speedup_vs_torch, share(row.ceiling_share) if row.ceiling_share else None, share(row.streamed_ceiling_share) if row.streamed_ceiling_share else None, row.status if row.status != "ok" else "ok")
             for row in r.rows
         ]
         click.echo(table(["tower", "batch", "name", "prec", "provider", "p50 ms", "p90 ms", "p99 ms", "items/s", "x torch", "% ceiling", "% streamed", "status"], rows))
@@ -445,7 +445,7 @@ def pipeline(model: str, pretrained: str | None, weights: Path | None, random_in
     if as_json:
         emit_json(result)
     else:
-        rows = [(r.artifact, r.tower, r.precision, r.format, human_bytes(r.bytes), r.verdict.upper(), r.mean_abs_normalized, r.min_top1, r.batch1_p50_ms, (r.provider or "").replace("ExecutionProvider", "")) for r in result.summary]
+        rows = [(r.artifact, r.tower, r.precision, r.format, human_bytes(r.bytes), r.verdict.upper(), r.mean_abs_normalized, r.min_top1, r.batch1_p50_ms, provider_label(r.provider)) for r in result.summary]
         resumed = f" (kept from an earlier run: {', '.join(result.resumed)})" if result.resumed else ""
         click.echo(f"{result.model_dir}: stages passed: {', '.join(result.stages_done) or 'none'}{resumed}")
         click.echo(table(["artifact", "tower", "prec", "format", "size", "verdict", "mean |Δ| norm", "top-1 agree", "batch-1 p50 ms", "provider"], rows))

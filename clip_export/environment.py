@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ManifestError
+from .spec import provider_label
 
 # CPUID features that change which onnxruntime/torch kernels run; Linux's /proc/cpuinfo names.
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")
@@ -66,7 +67,7 @@ class Environment:
 
     def describe(self) -> str:
         """One line for tables and error messages."""
-        where = f"{self.cpu} ({self.cpu_target}, {self.tier}), {self.os} {self.arch}, onnxruntime {self.onnxruntime} {self.provider.replace('ExecutionProvider', '')}"
+        where = f"{self.cpu} ({self.cpu_target}, {self.tier}), {self.os} {self.arch}, onnxruntime {self.onnxruntime} {provider_label(self.provider)}"
         if self.gpu:
             where += f", {self.gpu} (sm {self.compute_capability}, driver {self.driver}, CUDA {self.cuda}{', TensorRT ' + self.tensorrt if self.tensorrt else ''})"
         return where

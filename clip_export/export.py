@@ -305,12 +305,14 @@ def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -
 def compute_reference(loaded: LoadedModel, evalset: EvalSet, towers: Sequence[str], normalize: bool) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     if "visual" in towers:
-        arrays["pixel_values"] = preprocess_batch(evalset.open_images(), loaded.preprocess)
-        arrays["image_embeds"] = torch_embed(loaded, "visual", arrays["pixel_values"], normalize)
+        visual = TOWERS["visual"]
+        arrays[visual.input_name] = preprocess_batch(evalset.open_images(), loaded.preprocess)
+        arrays[visual.output_name] = torch_embed(loaded, "visual", arrays[visual.input_name], normalize)
     if "text" in towers:
         ids = loaded.tokenize(list(evalset.captions))
-        arrays["input_ids"] = np.asarray(ids.numpy() if hasattr(ids, "numpy") else ids, dtype=np.int64)
-        arrays["text_embeds"] = torch_embed(loaded, "text", arrays["input_ids"], normalize)
+        text = TOWERS["text"]
+        arrays[text.input_name] = np.asarray(ids.numpy() if hasattr(ids, "numpy") else ids, dtype=np.int64)
+        arrays[text.output_name] = torch_embed(loaded, "text", arrays[text.input_name], normalize)
     return arrays
 
 

@@ -9,7 +9,10 @@ from typing import Any, Callable
 import numpy as np
 
 from .sessions import SessionOptions, create_session
+from .spec import TOWERS
 from .timing import time_calls
+
+VISUAL_INPUT = TOWERS["visual"].input_name
 
 
 @dataclass(frozen=True)
@@ -68,7 +71,7 @@ def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int,
 
         image = load()
         pixels = preprocess_reference(image, config)[None]
-        rows.append(StageTimes(path.name, f"{image.width}x{image.height} {image.mode}", _median_ms(load), _median_ms(lambda: preprocess_reference(image, config)), _median_ms(lambda: session.run(None, {"pixel_values": pixels})), 0.0, "onnxruntime fp32 CPU (output is already numpy)"))
+        rows.append(StageTimes(path.name, f"{image.width}x{image.height} {image.mode}", _median_ms(load), _median_ms(lambda: preprocess_reference(image, config)), _median_ms(lambda: session.run(None, {VISUAL_INPUT: pixels})), 0.0, "onnxruntime fp32 CPU (output is already numpy)"))
         fast_ms = _median_ms(lambda: preprocess_fast(image, config))
         rows.append(StageTimes(path.name, rows[-1].size, rows[-1].load_ms, fast_ms, rows[-1].inference_ms, 0.0, "onnxruntime fp32 CPU, ClipOnnx's default preprocessing (vectorised crop-resize)"))
         if loaded is not None:
@@ -102,7 +105,7 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
         return handle
 
     reference_pixels = np.stack([preprocess_reference(opened(p), config) for p in evalset.image_paths])
-    reference_embeds = run_batches(session, "pixel_values", reference_pixels) if session else None
+    reference_embeds = run_batches(session, VISUAL_INPUT, reference_pixels) if session else None
     png, jpeg = report_images()
     rows = []
     variants: dict[str, Callable[..., np.ndarray]] = {"open_clip torchvision (reference)": _torchvision_transform(config), **VARIANTS}
@@ -120,7 +123,7 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
         embed_delta = top1 = None
         within = None
         if session is not None and reference_embeds is not None:
-            embeds = run_batches(session, "pixel_values", pixels)
+            embeds = run_batches(session, VISUAL_INPUT, pixels)
             embed_delta = float(np.abs(l2_normalize(embeds) - l2_normalize(reference_embeds)).mean())
             top1 = retrieval_agreement(reference_embeds, reference_embeds, embeds, embeds, exclude_self=True).top1_agreement
             from .spec import THRESHOLDS

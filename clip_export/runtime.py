@@ -108,7 +108,7 @@ class ClipOnnx:
         if self._visual is None:
             raise ClipExportError(f"{self.root} has no visual tower")
         pixels = self.pixel_values(images)
-        return self._run(self._visual, "pixel_values", pixels, normalize)
+        return self._run(self._visual, TOWERS["visual"].input_name, pixels, normalize)
 
     def tokenize(self, texts: Any) -> np.ndarray:
         captions = _items(texts, "texts", lambda value: isinstance(value, str))
@@ -123,7 +123,7 @@ class ClipOnnx:
         """One row per caption; a bare string is one caption (a batch of one), never its characters."""
         if self._text is None:
             raise ClipExportError(f"{self.root} has no text tower")
-        return self._run(self._text, "input_ids", self.tokenize(texts), normalize)
+        return self._run(self._text, TOWERS["text"].input_name, self.tokenize(texts), normalize)
 
     def _run(self, session: Any, name: str, inputs: np.ndarray, normalize: bool) -> np.ndarray:
         if not len(inputs):  # an empty batch is a valid request: zero rows of the embedding size

@@ -6,12 +6,8 @@ from pathlib import Path
 from typing import Any
 
 from .errors import ProviderUnavailableError, import_optional
+from .spec import CPU_PROVIDER, PROVIDERS
 
-PROVIDERS = {
-    "cpu": "CPUExecutionProvider",
-    "cuda": "CUDAExecutionProvider",
-    "tensorrt": "TensorrtExecutionProvider",
-}
 # onnxruntime's NchwcTransformer crashes (SIGSEGV) while building CPU sessions for fp16 ViT
 # graphs at the default ORT_ENABLE_ALL level; every fp16 session disables it (docs/convert.md).
 FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
@@ -80,8 +76,8 @@ def create_session(path: Path, options: SessionOptions = SessionOptions()) -> An
     if not options.prepacking:
         so.add_session_config_entry("session.disable_prepacking", "1")
     providers: list[Any] = [(wanted, dict(options.provider_options))] if options.provider_options else [wanted]
-    if wanted != "CPUExecutionProvider":
-        providers.append("CPUExecutionProvider")  # for nodes the accelerator lacks; checked below
+    if wanted != CPU_PROVIDER:
+        providers.append(CPU_PROVIDER)  # for nodes the accelerator lacks; checked below
     kwargs: dict[str, Any] = {}
     if options.precision == "fp16":
         kwargs["disabled_optimizers"] = list(FP16_DISABLED_OPTIMIZERS)

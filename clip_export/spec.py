@@ -6,6 +6,22 @@ from types import MappingProxyType
 from typing import Mapping
 
 BATCH_AXIS = "batch"
+# onnxruntime's execution providers by the short names the CLI takes; the first is the CPU.
+PROVIDERS: Mapping[str, str] = MappingProxyType(
+    {
+        "cpu": "CPUExecutionProvider",
+        "cuda": "CUDAExecutionProvider",
+        "tensorrt": "TensorrtExecutionProvider",
+    }
+)
+CPU_PROVIDER = PROVIDERS["cpu"]
+
+
+def provider_label(name: str | None) -> str:
+    """"CPUExecutionProvider" → "CPU", for tables."""
+    return (name or "").replace("ExecutionProvider", "")
+
+
 # The ONNX precisions export and convert produce (TensorRT engines are "fp32"/"fp16" with format "tensorrt").
 PRECISIONS = ("fp32", "fp16", "int8")
 DEFAULT_OPSET = 20

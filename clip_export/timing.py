@@ -61,7 +61,8 @@ def time_interleaved(calls: Sequence[Callable[[], Any]], *, rounds: int, warmup:
     return [float(np.median(times[warmup:])) * 1e3 for times in samples]
 
 
-def min_runs_for(batch: int) -> int:
-    """Batch-1 rows are the product (p99 matters); larger batches are throughput rows, where a few
-    runs of a second each say enough and ten would take most of the run's time budget."""
-    return 10 if batch == 1 else 4
+def runs_for(batch: int) -> dict[str, int]:
+    """time_calls' warm-up and minimum runs for a row. Batch-1 rows are the product (p99 matters);
+    larger batches are throughput rows, where a few runs of a second each say enough and ten would
+    take most of the run's time budget (the first run is timed apart as "first run ms")."""
+    return {"warmup": 3, "min_runs": 10} if batch == 1 else {"warmup": 1, "min_runs": 3}

@@ -87,16 +87,17 @@ def _structure_problems(session: Any, entry: dict[str, Any]) -> list[str]:
 
 def _retrieval_metrics(tower: str, ref: dict[str, np.ndarray], got: np.ndarray, limits: Thresholds) -> list[Metric]:
     directions: dict[str, Retrieval] = {}
+    image, text = TOWERS["visual"].output_name, TOWERS["text"].output_name
     if tower == "visual":
-        directions["image2image"] = retrieval_agreement(ref["image_embeds"], ref["image_embeds"], got, got, exclude_self=True)
-        if "text_embeds" in ref:
-            directions["text2image"] = retrieval_agreement(ref["text_embeds"], ref["image_embeds"], ref["text_embeds"], got)
-            directions["image2text"] = retrieval_agreement(ref["image_embeds"], ref["text_embeds"], got, ref["text_embeds"])
+        directions["image2image"] = retrieval_agreement(ref[image], ref[image], got, got, exclude_self=True)
+        if text in ref:
+            directions["text2image"] = retrieval_agreement(ref[text], ref[image], ref[text], got)
+            directions["image2text"] = retrieval_agreement(ref[image], ref[text], got, ref[text])
     else:
-        directions["text2text"] = retrieval_agreement(ref["text_embeds"], ref["text_embeds"], got, got, exclude_self=True)
-        if "image_embeds" in ref:
-            directions["text2image"] = retrieval_agreement(ref["text_embeds"], ref["image_embeds"], got, ref["image_embeds"])
-            directions["image2text"] = retrieval_agreement(ref["image_embeds"], ref["text_embeds"], ref["image_embeds"], got)
+        directions["text2text"] = retrieval_agreement(ref[text], ref[text], got, got, exclude_self=True)
+        if image in ref:
+            directions["text2image"] = retrieval_agreement(ref[text], ref[image], got, ref[image])
+            directions["image2text"] = retrieval_agreement(ref[image], ref[text], ref[image], got)
     metrics = []
     for name, r in directions.items():
         metrics += [
@@ -149,8 +150,7 @@ def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: d
     problems = integrity_problems(model_dir, entry)
     if problems:
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=tuple(f"integrity: {p}" for p in problems))
-    input_key = "pixel_values" if tower == "visual" else "input_ids"
-    embed_key = "image_embeds" if tower == "visual" else "text_embeds"
+    input_key, embed_key = TOWERS[tower].input_name, TOWERS[tower].output_name
     if input_key not in ref:
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"the reference has no {tower} tower inputs",))
     inputs, expected = ref[input_key], ref[embed_key]

@@ -181,7 +181,7 @@ def test_the_plan_stops_at_the_deadline_and_counts_down() -> None:
     plan = [_PlannedRow(f"row {i}", "text", 1, slow(f"r{i}"), row(f"r{i}")) for i in range(4)]
     messages: list[str] = []
     started = time.perf_counter()
-    rows = _run_plan(plan, 1.0, started, started + 0.3, messages.append)
+    rows = _run_plan(plan, 1.0, started + 0.3, messages.append)
     assert [r.status for r in rows[:2]] == ["ok", "ok"]
     assert all(r.status.startswith("skipped: the total time budget") and "--max-time" in r.status for r in rows[2:])
     assert messages[0] == "[1/4] row 0" and messages[1].startswith("[2/4, ~") and messages[1].endswith("s left] row 1")
