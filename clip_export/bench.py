@@ -24,11 +24,12 @@ from .bench_rows import BenchResult, BenchRow, machine_info, peak_rss_mb, rss_mb
 from .ceilings import count_tower, gemm_ceiling, streamed_gemm_ceiling
 from .errors import ClipExportError, ProviderUnavailableError
 from .export import versions
-from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, to_jsonable, write_manifest
+from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, resolve_inside, to_jsonable, write_manifest
 from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_variants, vectorise_breakdown
 from .progress import Progress, silent
+from .runner import NotRunnableHereError, open_runner
 from .sessions import SessionOptions, create_session, provider_name
-from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, REFERENCE_NAME, TOWERS
+from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, REFERENCE_NAME, TENSORRT_RUNTIME, TOWERS
 from .timing import LatencyStats, runs_for, time_calls
 
 
@@ -239,7 +240,7 @@ def _plan(model_dir: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray],
                 for provider in providers:
                     if entry["format"] == "tensorrt" and provider != providers[0]:
                         continue
-                    base = BenchRow(entry["path"], "artifact", tower, entry["precision"], "tensorrt-runtime" if entry["format"] == "tensorrt" else provider_name(provider), None, batch, "", threads=threads)
+                    base = BenchRow(entry["path"], "artifact", tower, entry["precision"], TENSORRT_RUNTIME if entry["format"] == "tensorrt" else provider_name(provider), None, batch, "", threads=threads)
                     plan.append(_PlannedRow(f"{entry['path']} on {base.provider_requested}, batch {batch}", tower, batch, lambda b, entry=entry, provider=provider, inputs=inputs, batch=batch, base=base: _bench_entry(model_dir, entry, provider, batch, inputs, threads, b, base), base))
                 if fused_baseline and entry["precision"] == "fp32" and entry["format"] == "onnx":
                     base = BenchRow(f"{Path(entry['path']).name} +ort-optimizer", "baseline", tower, "fp32", provider_name("cpu"), None, batch, "", threads=threads)
@@ -271,18 +272,17 @@ def _bench_entry(model_dir: Path, entry: dict[str, Any], provider: str, batch: i
     problems = integrity_problems(model_dir, entry)
     if problems:
         return dataclasses.replace(base, status=f"unavailable: {'; '.join(problems)}")
-    return bench_onnx(model_dir / entry["path"], entry["tower"], entry["precision"], provider, batch, inputs, threads=threads, budget_s=budget_s, name=entry["path"])
+    return bench_onnx(resolve_inside(model_dir, entry["path"], "the artifact"), entry["tower"], entry["precision"], provider, batch, inputs, threads=threads, budget_s=budget_s, name=entry["path"])
 
 
 def _bench_plan(model_dir: Path, entry: dict[str, Any], batch: int, inputs: np.ndarray, threads: int, budget_s: float) -> BenchRow:
-    from . import tensorrt as trt_stage
-
-    base = dict(name=entry["path"], kind="artifact", tower=entry["tower"], precision=entry["precision"], provider_requested="tensorrt-runtime", batch=batch, threads=threads)
-    runnable, why = trt_stage.runnable_here(entry)
-    if not runnable:
-        return BenchRow(**base, provider_ran=None, status=f"unavailable: {why}")
-    stats = time_calls(lambda: trt_stage.run_engine(model_dir / entry["path"], inputs, batch=batch), budget_s=budget_s)
-    return BenchRow(**base, provider_ran="tensorrt-runtime (includes host copies)", status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0))
+    base = dict(name=entry["path"], kind="artifact", tower=entry["tower"], precision=entry["precision"], provider_requested=TENSORRT_RUNTIME, batch=batch, threads=threads)
+    try:
+        runner = open_runner(model_dir, entry)
+    except NotRunnableHereError as exc:
+        return BenchRow(**base, provider_ran=None, status=f"unavailable: {exc}")
+    stats = time_calls(lambda: runner.run(inputs), budget_s=budget_s, **runs_for(batch))
+    return BenchRow(**base, provider_ran=f"{TENSORRT_RUNTIME} (includes host copies)", status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0))
 
 
 def _bench_fused(path: Path, tower: str, batch: int, inputs: np.ndarray, threads: int, budget_s: float) -> BenchRow:

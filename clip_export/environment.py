@@ -15,13 +15,13 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .errors import ManifestError
-from .spec import provider_label
+from .spec import PROVIDERS, TENSORRT_RUNTIME, provider_label
 
 # CPUID features that change which onnxruntime/torch kernels run; Linux's /proc/cpuinfo names.
 KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")
 # LLVM's names for the same features (llvmlite asks CPUID itself, so an emulated CPU reports its own).
 _LLVM_NAMES = {"avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "avx512bf16": "avx512_bf16", "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16", "neon": "asimd"}
-GPU_PROVIDERS = ("CUDAExecutionProvider", "TensorrtExecutionProvider", "tensorrt-runtime")
+GPU_PROVIDERS = (PROVIDERS["cuda"], PROVIDERS["tensorrt"], TENSORRT_RUNTIME)
 
 
 @dataclass(frozen=True)
@@ -144,7 +144,7 @@ def _gpu(provider: str) -> dict[str, str | None]:
         info["cuda"] = getattr(build, "cuda_version", None)
     except ImportError:
         pass
-    if provider in ("TensorrtExecutionProvider", "tensorrt-runtime"):
+    if provider in (PROVIDERS["tensorrt"], TENSORRT_RUNTIME):
         try:
             import tensorrt
 

@@ -28,7 +28,7 @@ from .manifest import read_manifest, require_intact, resolve_inside
 from .models import PreprocessConfig
 from .preprocess import load_image, preprocess_fast, preprocess_reference
 from .serve_check import ServeCheck, check_here, load_reference_slice, require_mode
-from .sessions import SessionOptions, create_session
+from .runner import open_runner
 from .spec import TOWERS
 
 PREPROCESSORS = {"fast": preprocess_fast, "exact": preprocess_reference}
@@ -74,7 +74,7 @@ class ClipOnnx:
                 continue
             entry = entries[tower] = candidates[0]
             require_intact(root, entry, f"refusing to load {entry['path']}")
-            session = create_session(root / entry["path"], SessionOptions(provider=provider, precision=precision, intra_op_threads=threads, stop_spinning_after_run=True))
+            session = open_runner(root, entry, provider, threads=threads, stop_spinning_after_run=True).session
             sessions[tower] = session
             info[tower] = LoadedArtifact(root / entry["path"], precision, session.get_providers()[0])
         if not sessions:

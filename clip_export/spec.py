@@ -15,6 +15,8 @@ PROVIDERS: Mapping[str, str] = MappingProxyType(
     }
 )
 CPU_PROVIDER = PROVIDERS["cpu"]
+# What runs a TensorRT .plan: TensorRT itself, not an onnxruntime provider.
+TENSORRT_RUNTIME = "tensorrt-runtime"
 
 
 def provider_label(name: str | None) -> str:

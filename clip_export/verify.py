@@ -14,9 +14,10 @@ from .errors import ClipExportError, ProviderUnavailableError
 from .evalset import EvalSet, load_evalset
 from .export import compute_reference, versions
 from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, require_intact, resolve_inside, write_manifest
-from .metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval_agreement, run_batches
+from .metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval_agreement
 from .progress import Progress, silent
-from .sessions import SessionOptions, create_session, provider_name
+from .runner import NotRunnableHereError, open_runner
+from .sessions import provider_name
 from .spec import THRESHOLDS, TOWERS, Thresholds, threshold_key
 
 BATCH_CHECK_SIZE = 7
@@ -109,13 +110,13 @@ def _retrieval_metrics(tower: str, ref: dict[str, np.ndarray], got: np.ndarray, 
     return metrics
 
 
-def _batch_metric(session: Any, input_name: str, inputs: np.ndarray, limits: Thresholds) -> Metric:
+def _batch_metric(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, limits: Thresholds) -> Metric:
     """Rows of one batch of 7 must equal the same inputs run one at a time."""
     sample = inputs[:BATCH_CHECK_SIZE]
     if len(sample) < BATCH_CHECK_SIZE:
         sample = np.concatenate([sample] * (BATCH_CHECK_SIZE // len(sample) + 1))[:BATCH_CHECK_SIZE]
-    batched = session.run(None, {input_name: sample})[0]
-    single = np.concatenate([session.run(None, {input_name: sample[i : i + 1]})[0] for i in range(len(sample))])
+    batched = run(sample)
+    single = np.concatenate([run(sample[i : i + 1]) for i in range(len(sample))])
     delta = float(np.abs(l2_normalize(batched) - l2_normalize(single)).max())
     return Metric("batch7_vs_single_max_abs", delta, limits.max_abs_normalized)
 
@@ -140,10 +141,6 @@ def _load_reference(model_dir: Path, manifest: dict[str, Any], reference: str, e
     return compute_reference(loaded, chosen, towers, bool(manifest.get("normalize"))), chosen.source, "recomputed with torch fp32"
 
 
-def _session_precision(entry: dict[str, Any]) -> str:
-    return "fp16" if entry["precision"] == "fp16" else "fp32"
-
-
 def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: dict[str, np.ndarray], limits: Thresholds) -> ArtifactCheck:
     tower = entry["tower"]
     base = dict(path=entry["path"], tower=tower, precision=entry["precision"], format=entry["format"], provider_requested=provider, sha256=entry["sha256"], threshold_set=threshold_key(entry["precision"], entry["format"]), environment=current_environment(provider))
@@ -154,27 +151,18 @@ def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: d
     if input_key not in ref:
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"the reference has no {tower} tower inputs",))
     inputs, expected = ref[input_key], ref[embed_key]
-    if entry["format"] == "tensorrt":
-        from . import tensorrt as trt_stage
-
-        runnable, why = trt_stage.runnable_here(entry)
-        if not runnable:
-            return ArtifactCheck(**base, provider_ran=None, status="not runnable", failures=(f"not runnable here: {why}",))
-        got = trt_stage.run_engine(resolve_inside(model_dir, entry["path"], "the artifact"), inputs)
-        ran = "tensorrt-runtime"
-        structure: list[str] = []
-        batch_metric = None
-    else:
-        try:
-            session = create_session(resolve_inside(model_dir, entry["path"], "the artifact"), SessionOptions(provider=provider, precision=_session_precision(entry)))
-        except ProviderUnavailableError as exc:
-            return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"provider: {exc}",))
-        ran = session.get_providers()[0]
-        structure = _structure_problems(session, entry)
-        name = TOWERS[tower].input_name
-        got = run_batches(session, name, inputs)
-        batch_metric = _batch_metric(session, name, inputs, limits)
-        del session
+    try:
+        runner = open_runner(model_dir, entry, provider)
+    except NotRunnableHereError as exc:
+        return ArtifactCheck(**base, provider_ran=None, status="not runnable", failures=(f"not runnable here: {exc}",))
+    except ProviderUnavailableError as exc:
+        return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"provider: {exc}",))
+    ran = runner.provider_ran
+    got = np.concatenate([runner.run(inputs[i : i + 8]) for i in range(0, len(inputs), 8)])
+    # An engine's I/O and batch profile are fixed by its build; the structure checks are ONNX's.
+    structure = _structure_problems(runner.session, entry) if runner.session is not None else []
+    batch_metric = _batch_metric(runner.run, inputs, limits) if runner.session is not None else None
+    del runner
     base["environment"] = current_environment(ran)
     metrics = numeric_metrics(expected, got, limits)
     if batch_metric is not None:

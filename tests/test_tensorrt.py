@@ -13,6 +13,7 @@ import pytest
 from click.testing import CliRunner
 
 from clip_export import tensorrt as trt_stage
+from clip_export import trt_runtime
 from clip_export.cli import main
 from clip_export.convert import convert_fp16
 from clip_export.errors import ManifestError, MissingExtraError, TensorRTError
@@ -27,6 +28,7 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> StandInTensorRT:
     fake = StandInTensorRT("10.13.0")
     monkeypatch.setitem(sys.modules, "tensorrt", fake)
     monkeypatch.setattr(trt_stage, "gpu_info", lambda: ("Stand-in GPU (not real)", "9.0"))
+    monkeypatch.setattr(trt_runtime, "gpu_info", lambda: ("Stand-in GPU (not real)", "9.0"))
     return fake
 
 
@@ -107,7 +109,7 @@ def test_epcontext_wraps_the_engine(tiny_vit_copy: Path, standin: StandInTensorR
 
 def test_engine_built_elsewhere_is_not_runnable_here(tiny_vit_copy: Path, standin: StandInTensorRT, monkeypatch: pytest.MonkeyPatch) -> None:
     trt_stage.build_engines(tiny_vit_copy, towers=["visual"], verify_engines=False)
-    monkeypatch.setattr(trt_stage, "gpu_info", lambda: ("Another GPU", "8.6"))
+    monkeypatch.setattr(trt_runtime, "gpu_info", lambda: ("Another GPU", "8.6"))
     result = verify(tiny_vit_copy, write=False)
     row = next(c for c in result.checks if c.format == "tensorrt")
     assert row.status == "not runnable" and "compute capability 9.0" in row.failures[0]
@@ -117,7 +119,7 @@ def test_engine_built_elsewhere_is_not_runnable_here(tiny_vit_copy: Path, standi
 def test_without_tensorrt_the_cli_names_the_extra(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)  # import fails as if not installed
     with pytest.raises(MissingExtraError):
-        trt_stage.import_tensorrt()
+        trt_runtime.import_tensorrt()
     result = CliRunner().invoke(main, ["trt", str(tiny_vit_copy)])
     assert result.exit_code == 1
     assert result.stderr.count("\n") == 1 and "pip install 'clip-export[tensorrt]'" in result.stderr
