@@ -7,7 +7,8 @@ from typing import Mapping
 
 BATCH_AXIS = "batch"
 # The ONNX precisions export and convert produce (TensorRT engines are "fp32"/"fp16" with format "tensorrt").
-PRECISIONS = ("fp32", "fp16", "int8")
+# q4: weight-only 4-bit MatMul weights (onnxruntime MatMulNBits), what transformers.js calls "q4".
+PRECISIONS = ("fp32", "fp16", "int8", "q4")
 DEFAULT_OPSET = 20
 # torch 2.14's dynamo exporter emits opset 18 and newer; onnxruntime 1.3x runs up to 23.
 SUPPORTED_OPSETS = range(18, 24)
@@ -46,6 +47,33 @@ TOWERS: Mapping[str, TowerSpec] = MappingProxyType(
         "text": TowerSpec("text", "input_ids", "int64", "text_embeds"),
     }
 )
+
+# The visual variant with preprocessing inside the graph (clip_export.preprocess_graph): one decoded
+# RGB image of any size in, the family's resize, crop and normalisation in standard ONNX ops, then the
+# tower. Its artifacts have this format, so everything that feeds `pixel_values` skips them.
+PREPROCESSING_FORMAT = "onnx-preprocessing"
+RAW_IMAGE_INPUT = "image_uint8"
+RAW_IMAGE_DTYPE = "uint8"
+RAW_IMAGE_SHAPE: tuple[str | int, ...] = ("height", "width", 3)
+# Resize with antialias needs opset 18; the graph is built at the tower's own opset.
+PREPROCESSING_MIN_OPSET = 18
+# The resize modes the graph implements; others are refused (open_clip's "longest" pads with a fill).
+PREPROCESSING_GRAPH_MODES = ("shortest", "squash")
+
+
+def raw_image_io(embed_dim: int) -> dict[str, list[dict[str, object]]]:
+    """The manifest I/O declaration of a preprocessing graph: one image in, one embedding row out."""
+    return {
+        "inputs": [{"name": RAW_IMAGE_INPUT, "dtype": RAW_IMAGE_DTYPE, "shape": list(RAW_IMAGE_SHAPE)}],
+        "outputs": [{"name": TOWERS["visual"].output_name, "dtype": "float32", "shape": [1, embed_dim]}],
+    }
+
+
+def artifact_file_name(source: str, precision: str | None = None, preprocessing: bool = False) -> str:
+    """The one naming rule for derived ONNX files: visual.onnx → visual.q4.onnx, visual.preprocessing.onnx, visual.int8.preprocessing.onnx."""
+    stem = source[: -len(".onnx")] if source.endswith(".onnx") else source
+    parts = [stem] + ([precision] if precision else []) + (["preprocessing"] if preprocessing else [])
+    return ".".join(parts) + ".onnx"
 
 
 @dataclass(frozen=True)
