@@ -164,13 +164,13 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
 
 
 def test_pipeline_stops_at_the_failed_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clip_export import convert
+    from clip_export import conversion
     from clip_export.verify import ArtifactCheck
 
     def failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
         return ArtifactCheck(entry["path"], entry["tower"], entry["precision"], "onnx", "cpu", "CPUExecutionProvider", "fail", failures=("text2image_top1 = 0.9 (limit >= 0.98)",))
 
-    monkeypatch.setattr(convert, "gate", failing_gate)
+    monkeypatch.setattr(conversion, "gate", failing_gate)
     result = CliRunner().invoke(main, ["pipeline", "tiny-vit", "--random-init", "--precisions", "fp32,int8", "--out", str(tmp_path), "-q"])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: the int8 gate failed") and "text2image_top1" in result.stderr
