@@ -27,7 +27,7 @@ from .manifest import atomic_write_text, integrity_problems, now_iso, read_manif
 from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_variants, vectorise_breakdown
 from .progress import Progress, silent
 from .sessions import SessionOptions, create_session, provider_name
-from .spec import REFERENCE_NAME, TOWERS
+from .spec import PREPROCESSING_FORMAT, REFERENCE_NAME, TOWERS
 from .timing import LatencyStats, time_calls
 
 
@@ -294,6 +294,8 @@ def bench(
                     progress(f"torch {mode}, {tower}, batch {batch}")
                     rows.append(bench_torch(loaded, tower, batch, inputs, mode=mode, threads=threads, budget_s=budget_s))
             for entry in entries:
+                if entry["format"] == PREPROCESSING_FORMAT:
+                    continue  # takes one decoded image, not pixel batches: benchmarks/preprocessing_graph.py times it
                 for provider in providers:
                     if entry["format"] == "tensorrt":
                         if provider != providers[0]:

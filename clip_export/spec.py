@@ -98,6 +98,14 @@ THRESHOLDS: Mapping[str, Thresholds] = MappingProxyType(
         "int8": Thresholds(4e-3, 6e-2, 0.98, 0.98, 0.85),
         "trt-fp32": Thresholds(1e-5, 2e-4, 0.99999, 1.0, 0.99),
         "trt-fp16": Thresholds(3e-4, 5e-3, 0.999, 1.0, 0.95),
+        # 4-bit weights on random-weight towers, the worst case for blockwise scales (docs/metrics.md).
+        "q4": Thresholds(5e-2, 0.25, 0.9, 0.95, 0.7),
+        # Preprocessing graphs: raw files in, against the exact PIL reference. Resize differs from PIL's
+        # fixed-point bicubic by at most a uint8 step or two (more on RGBA, which PIL resamples premultiplied).
+        "preproc-fp32": Thresholds(2e-4, 1e-2, 0.999, 1.0, 0.95),
+        "preproc-fp16": Thresholds(3e-4, 1e-2, 0.999, 1.0, 0.95),
+        "preproc-int8": Thresholds(4e-3, 6e-2, 0.98, 0.98, 0.85),
+        "preproc-q4": Thresholds(5e-2, 0.25, 0.9, 0.95, 0.7),
     }
 )
 
@@ -132,5 +140,19 @@ INT8_CANDIDATE_SCHEMES = (
 )
 
 
+@dataclass(frozen=True)
+class Q4Scheme:
+    """How `clip-export q4` quantizes MatMul weights (onnxruntime MatMulNBits); docs/convert.md has the measurements."""
+
+    block_size: int
+    symmetric: bool
+    accuracy_level: int | None  # 4: int8 activations inside MatMulNBits (faster on VNNI); None: fp32
+
+
+Q4_SCHEME = Q4Scheme(block_size=32, symmetric=True, accuracy_level=4)
+
+
 def threshold_key(precision: str, fmt: str) -> str:
+    if fmt == PREPROCESSING_FORMAT:
+        return f"preproc-{precision}"
     return f"trt-{precision}" if fmt == "tensorrt" else precision
