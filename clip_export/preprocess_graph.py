@@ -54,10 +54,10 @@ def preprocessing_nodes(config: PreprocessConfig, output: str = "pixel_values") 
 
     shape = node("Shape", [RAW_IMAGE_INPUT], "shape")
     hw = node("Slice", [shape, const("0", [0]), const("2", [2])], "hw")  # [H, W] int64
-    # onnxruntime's cubic antialias Resize takes NHWC with the outer and inner scales 1.
-    nhwc = node("Unsqueeze", [RAW_IMAGE_INPUT, const("batch_axis", [0])], "nhwc")
+    # Resampled as float NCHW: onnxruntime's fastest antialias path (uint8 NHWC measured 1.5-2x slower).
+    nchw = node("Transpose", [node("Cast", [node("Unsqueeze", [RAW_IMAGE_INPUT, const("batch_axis", [0])], "nhwc")], "nhwc_f", to=TensorProto.FLOAT)], "nchw", perm=[0, 3, 1, 2])
     if config.resize_mode == "squash":
-        resized = node("Resize", [nhwc, "", "", const("squash_sizes", [1, height, width, 3])], "resized", **_resize_attrs(config))
+        resized = _resample(node, nchw, const("squash_sizes", [1, 3, height, width]), const, config)
         cropped = resized
     else:
         size = height
@@ -73,24 +73,32 @@ def preprocessing_nodes(config: PreprocessConfig, output: str = "pixel_values") 
         new_h = node("Where", [portrait, new_long, const("size_h", [size])], "new_h")
         new_w = node("Where", [portrait, const("size_w", [size]), new_long], "new_w")
         sizes = node("Concat", [new_h, new_w], "sizes", axis=0)
-        full_sizes = node("Concat", [const("1", [1]), sizes, const("3", [3])], "full_sizes", axis=0)
-        resized = node("Resize", [nhwc, "", "", full_sizes], "resized", **_resize_attrs(config))
+        full_sizes = node("Concat", [const("1", [1]), const("3", [3]), sizes], "full_sizes", axis=0)
+        resized = _resample(node, nchw, full_sizes, const, config)
         # torchvision's CenterCrop corner: round((new - crop) / 2), half to even, which ONNX Round also does.
         margin = node("Cast", [node("Sub", [sizes, const("crop", [height, width])], "margin")], "margin_f", to=TensorProto.FLOAT)
         corner = node("Cast", [node("Round", [node("Div", [margin, const("two", [2.0, 2.0], np.float32)], "half_margin")], "corner_f")], "corner", to=TensorProto.INT64)
         end = node("Add", [corner, const("crop_size", [height, width])], "end")
-        cropped = node("Slice", [resized, corner, end, const("axes", [1, 2])], "cropped")
+        cropped = node("Slice", [resized, corner, end, const("axes", [2, 3])], "cropped")
     # ToTensor then Normalize with torchvision's float32 operations: x * (1/255), minus mean, over std.
-    scaled_pixels = node("Mul", [node("Cast", [cropped], "float", to=TensorProto.FLOAT), const("inv255", np.float32(1.0 / 255.0), np.float32)], "unit")
-    normalised = node("Div", [node("Sub", [scaled_pixels, const("mean", config.mean, np.float32)], "centred"), const("std", config.std, np.float32)], "normalised")
-    nodes.append(helper.make_node("Transpose", [normalised], [output], name=PREFIX + "nchw", perm=[0, 3, 1, 2]))
+    scaled_pixels = node("Mul", [cropped, const("inv255", np.float32(1.0 / 255.0), np.float32)], "unit")
+    centred = node("Sub", [scaled_pixels, const("mean", np.reshape(config.mean, (3, 1, 1)), np.float32)], "centred")
+    nodes.append(helper.make_node("Div", [centred, const("std", np.reshape(config.std, (3, 1, 1)), np.float32)], [output], name=PREFIX + "normalised"))
     return nodes, inits
+
+
+def _resample(node: Any, image: str, sizes: str, const: Any, config: PreprocessConfig) -> str:
+    """One float Resize, rounded and clamped to uint8 values as PIL's output is. PIL rounds between
+    its horizontal and vertical passes too; two Resize nodes doing that matched PIL to the last step
+    but lost the speed (docs/benchmarks.md), so the graph differs by up to 2 uint8 steps and is gated."""
+    resized = node("Resize", [image, "", "", sizes], "resized", **_resize_attrs(config))
+    return node("Clip", [node("Round", [resized], "rounded"), const("zero", np.float32(0.0), np.float32), const("max255", np.float32(255.0), np.float32)], "clamped")
 
 
 def _resize_attrs(config: PreprocessConfig) -> dict[str, Any]:
     """PIL's filters: Keys' cubic with a = -0.5 (or the triangle), widened by the scale when
     shrinking (antialias), taps outside the image dropped and the rest renormalised, pixel centres
-    at half-integers; uint8 output rounded and clamped as PIL does."""
+    at half-integers."""
     attrs: dict[str, Any] = {"mode": _RESAMPLE[config.interpolation], "antialias": 1, "exclude_outside": 1, "coordinate_transformation_mode": "half_pixel"}
     if attrs["mode"] == "cubic":
         attrs["cubic_coeff_a"] = -0.5
