@@ -102,8 +102,8 @@ THRESHOLDS: Mapping[str, Thresholds] = MappingProxyType(
         "q4": Thresholds(5e-2, 0.25, 0.9, 0.95, 0.7),
         # Preprocessing graphs: raw files in, against the exact PIL reference. Resize differs from PIL's
         # fixed-point bicubic by at most a uint8 step or two (more on RGBA, which PIL resamples premultiplied).
-        "preproc-fp32": Thresholds(2e-4, 1e-2, 0.999, 1.0, 0.95),
-        "preproc-fp16": Thresholds(3e-4, 1e-2, 0.999, 1.0, 0.95),
+        "preproc-fp32": Thresholds(5e-4, 1e-2, 0.999, 1.0, 0.95),
+        "preproc-fp16": Thresholds(5e-4, 1e-2, 0.999, 1.0, 0.95),
         "preproc-int8": Thresholds(4e-3, 6e-2, 0.98, 0.98, 0.85),
         "preproc-q4": Thresholds(5e-2, 0.25, 0.9, 0.95, 0.7),
     }
