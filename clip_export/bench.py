@@ -29,7 +29,7 @@ from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_varian
 from .progress import Progress, silent
 from .runner import NotRunnableHereError, open_runner
 from .sessions import SessionOptions, create_session, provider_name
-from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, REFERENCE_NAME, TENSORRT_RUNTIME, TOWERS
+from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, PREPROCESSING_FORMAT, REFERENCE_NAME, TENSORRT_RUNTIME, TOWERS
 from .timing import LatencyStats, runs_for, time_calls
 
 
@@ -237,6 +237,8 @@ def _plan(model_dir: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray],
                         continue
                     plan.append(_PlannedRow(f"torch {mode}, {tower}, batch {batch}", tower, batch, lambda b, mode=mode, inputs=inputs, tower=tower, batch=batch: bench_torch(loaded, tower, batch, inputs, mode=mode, threads=threads, budget_s=b), base))
             for entry in entries:
+                if entry["format"] == PREPROCESSING_FORMAT:
+                    continue  # takes one decoded image, not pixel batches: benchmarks/preprocessing_graph.py times it
                 for provider in providers:
                     if entry["format"] == "tensorrt" and provider != providers[0]:
                         continue

@@ -14,7 +14,7 @@ import click
 from . import __version__
 from .errors import ClipExportError
 from .manifest import to_jsonable
-from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, TOWERS, Int8Scheme, provider_label
+from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, Q4_SCHEME, TOWERS, Int8Scheme, provider_label
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -326,6 +326,49 @@ def int8(dirs: Sequence[Path], towers: str, per_channel: bool, weight_type: str,
     chosen = _check_towers(towers)
     scheme = Int8Scheme(weight_type, per_channel=per_channel, reduce_range=reduce_range)
     _render_conversion([quantize_int8(d, towers=chosen, scheme=scheme, exclude_nodes=exclude_nodes, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+
+
+@main.command(context_settings=CONTEXT)
+@dirs_argument
+@_towers_option
+@click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default=str(Q4_SCHEME.block_size), show_default=True, help="Weights per 4-bit scale.")
+@click.option("--force", is_flag=True, help="Rebuild a 4-bit artifact that already exists.")
+@json_option
+@quiet_option
+def q4(dirs: Sequence[Path], towers: str, block_size: str, force: bool, as_json: bool, quiet: bool) -> None:
+    """Quantize MatMul weights to 4 bits (onnxruntime MatMulNBits, transformers.js's "q4"), verified before kept.
+
+    \b
+    Example:
+      clip-export q4 artifacts/ViT-B-32
+    """
+    import dataclasses
+
+    from .quantize4 import quantize_q4
+
+    chosen = _check_towers(towers)
+    scheme = dataclasses.replace(Q4_SCHEME, block_size=int(block_size))
+    _render_conversion([quantize_q4(d, towers=chosen, scheme=scheme, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+
+
+@main.command("preprocessing-graph", context_settings=CONTEXT)
+@dirs_argument
+@click.option("--precisions", default=None, help="Visual precisions to wrap (comma-separated; default: every visual ONNX artifact).")
+@click.option("--force", is_flag=True, help="Rebuild a preprocessing graph that already exists.")
+@json_option
+@quiet_option
+def preprocessing_graph(dirs: Sequence[Path], precisions: str | None, force: bool, as_json: bool, quiet: bool) -> None:
+    """Visual artifacts that take a decoded uint8 RGB image of any size and do the resize, crop and
+    normalisation inside the graph, verified from the raw evaluation images before they are kept.
+
+    \b
+    Example:
+      clip-export preprocessing-graph artifacts/ViT-B-32 --precisions fp32,int8
+    """
+    from .preprocess_stage import add_preprocessing
+
+    chosen = _split_csv(precisions) if precisions else None
+    _render_conversion([r for d in resolve_dirs(dirs) for r in add_preprocessing(d, precisions=chosen, force=force, progress=_progress(quiet or as_json))], as_json)
 
 
 def _parse_profile(value: str) -> tuple[int, int, int]:

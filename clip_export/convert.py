@@ -2,18 +2,15 @@
 from __future__ import annotations
 
 import dataclasses
-import os
-import shutil
-import time
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from .errors import ConversionError, ManifestError, import_optional
-from .manifest import exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, upsert_artifact, write_manifest
+from .conversion import ConvertedArtifact, ConvertResult, Derivation, convert_each, save_model, set_precision_metadata, tool_version
+from .errors import ConversionError, import_optional
 from .progress import Progress, silent
-from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, INT8_SCHEME, Int8Scheme, threshold_key
-from .verify import gate
+from .spec import INT8_SCHEME, Int8Scheme, artifact_file_name
+
+__all__ = ["ConvertedArtifact", "ConvertResult", "convert_fp16", "quantize_int8", "to_fp16", "fuse_attention"]
 
 # Ops kept in fp32 inside the fp16 graph, chosen by measurement (docs/convert.md): LayerNorm and
 # its reductions overflow or lose the mean in fp16, Softmax loses small probabilities. The
@@ -23,27 +20,6 @@ FP16_FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSumSquare
 # MatMul/Gemm weights are quantized; the rest (Conv patch embedding, attention score MatMuls
 # between two activations) stays float. See docs/convert.md for the measurements.
 INT8_OP_TYPES = ("MatMul", "Gemm")
-
-
-@dataclass(frozen=True)
-class ConvertedArtifact:
-    source: str
-    path: str
-    tower: str
-    precision: str
-    bytes: int
-    seconds: float
-    verdict: str
-    mean_abs_normalized: float | None
-    min_top1: float | None
-    details: dict[str, Any]
-
-
-@dataclass(frozen=True)
-class ConvertResult:
-    model_dir: Path
-    precision: str
-    artifacts: tuple[ConvertedArtifact, ...]
 
 
 def _onnx() -> Any:
@@ -97,7 +73,7 @@ def to_fp16(model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: 
         warnings.simplefilter("ignore")  # one warning per clipped constant: thousands of lines
         converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops, node_block_list=nodes)
     _restore_fp32_outputs(converted)
-    return converted, {"tool": f"onnxconverter-common {getattr(float16, '__version__', '') or _version('onnxconverter-common')}", "keep_io_types": True, "fp32_ops": [o for o in ops if o not in float16.DEFAULT_OP_BLOCK_LIST], "fp32_nodes": nodes}
+    return converted, {"tool": f"onnxconverter-common {getattr(float16, '__version__', '') or tool_version('onnxconverter-common')}", "keep_io_types": True, "fp32_ops": [o for o in ops if o not in float16.DEFAULT_OP_BLOCK_LIST], "fp32_nodes": nodes}
 
 
 def _restore_fp32_outputs(model: Any) -> None:
@@ -116,94 +92,6 @@ def _restore_fp32_outputs(model: Any) -> None:
             if attribute.name == "to":
                 attribute.i = onnx.TensorProto.FLOAT
         tensor_type.elem_type = onnx.TensorProto.FLOAT
-
-
-def _version(dist: str) -> str:
-    from importlib.metadata import version
-
-    try:
-        return version(dist)
-    except Exception:
-        return "unknown"
-
-
-def _save_model(model: Any, path: Path) -> None:
-    onnx = _onnx()
-    size = model.ByteSize()
-    if size > EXTERNAL_DATA_THRESHOLD_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data")
-    else:
-        onnx.save_model(model, str(path))
-
-
-def _derived_name(source: str, suffix: str) -> str:
-    stem = source[: -len(".onnx")] if source.endswith(".onnx") else source
-    return f"{stem}.{suffix}.onnx"
-
-
-def _convert_each(
-    model_dir: Path,
-    precision: str,
-    suffix: str,
-    write: Callable[[Path, Path], dict[str, Any]],
-    *,
-    towers: Sequence[str],
-    force: bool,
-    progress: Progress,
-) -> ConvertResult:
-    """Shared loop: integrity, refusal without --force, staged write, verify gate, manifest entry;
-    all under the directory's lock, so two conversions never write the same files at once."""
-    model_dir = Path(model_dir)
-    with exclusive(model_dir):
-        return _convert_locked(model_dir, precision, suffix, write, towers, force, progress)
-
-
-def _convert_locked(model_dir: Path, precision: str, suffix: str, write: Callable[[Path, Path], dict[str, Any]], towers: Sequence[str], force: bool, progress: Progress) -> ConvertResult:
-    manifest = read_manifest(model_dir)
-    sources = [a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx" and a["tower"] in towers]
-    if not sources:
-        raise ManifestError(f"{model_dir} has no fp32 ONNX artifact for tower(s) {', '.join(towers)}")
-    results = []
-    for source in sources:
-        require_intact(model_dir, source)
-        target_name = _derived_name(source["path"], suffix)
-        refuse_existing(manifest, model_dir, target_name, force)
-        started = time.perf_counter()
-        staging = model_dir / f".convert-{os.getpid()}"
-        staging.mkdir(exist_ok=True)
-        progress(f"converting {source['path']} to {precision}")
-        try:
-            details = write(resolve_inside(model_dir, source["path"], "the source artifact"), staging / target_name)
-            data_names = sorted(p.name for p in staging.iterdir() if p.name != target_name)
-            entry = {
-                **file_record(staging / target_name, model_dir),
-                "tower": source["tower"],
-                "precision": precision,
-                "format": "onnx",
-                "opset": source.get("opset"),
-                "inputs": source["inputs"],
-                "outputs": source["outputs"],
-                "external_data": [file_record(staging / n, model_dir) for n in data_names],
-                "derived_from": {"path": source["path"], "sha256": source["sha256"]},
-                "conversion": details,
-            }
-            progress(f"verifying {target_name} against the fp32 reference ({threshold_key(precision, 'onnx')} thresholds)")
-            check = gate(model_dir, entry)
-            if not check.passed:
-                raise ConversionError(f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures))
-            for name in [*data_names, target_name]:  # the graph file last: it is what makes the artifact look complete
-                os.replace(staging / name, model_dir / name)
-            entry.update(file_record(model_dir / target_name, model_dir))
-            entry["external_data"] = [file_record(model_dir / n, model_dir) for n in data_names]
-        finally:
-            shutil.rmtree(staging, ignore_errors=True)
-        manifest = read_manifest(model_dir)
-        upsert_artifact(manifest, entry)
-        write_manifest(model_dir, manifest)
-        results.append(
-            ConvertedArtifact(source["path"], target_name, source["tower"], precision, entry["bytes"], time.perf_counter() - started, check.status, check.metric("mean_abs_normalized"), check.min_top1, details)
-        )
-    return ConvertResult(model_dir, precision, tuple(results))
 
 
 def _constant(model: Any, name: str) -> Any:
@@ -360,7 +248,7 @@ def fused_fp16(source: Path, extra_fp32_ops: Sequence[str] = ()) -> tuple[Any, d
         warnings.simplefilter("ignore")
         optimized.convert_float_to_float16(keep_io_types=True, op_block_list=ops, node_block_list=nodes)
     _restore_fp32_outputs(optimized.model)
-    return optimized.model, {"tool": f"onnxruntime.transformers {_version('onnxruntime')}", "keep_io_types": True, "fp32_ops": ops, "fp32_nodes": nodes, "fusions": fusions}
+    return optimized.model, {"tool": f"onnxruntime.transformers {tool_version('onnxruntime')}", "keep_io_types": True, "fp32_ops": ops, "fp32_nodes": nodes, "fusions": fusions}
 
 
 def fuse_transformer_ops(source: Path | Any) -> tuple[Any, dict[str, int]]:
@@ -391,20 +279,11 @@ def convert_fp16(
             converted, details = fused_fp16(source, extra_fp32_ops)
         else:
             converted, details = to_fp16(onnx.load(str(source)), extra_fp32_ops=extra_fp32_ops)
-        _set_precision_metadata(converted, "fp16")
-        _save_model(converted, target)
+        set_precision_metadata(converted, "fp16")
+        save_model(converted, target)
         return {**details, "fused": fuse}
 
-    return _convert_each(model_dir, "fp16", "fp16", write, towers=towers, force=force, progress=progress)
-
-
-def _set_precision_metadata(model: Any, precision: str) -> None:
-    for prop in model.metadata_props:
-        if prop.key == "clip_export.precision":
-            prop.value = precision
-            return
-    entry = model.metadata_props.add()
-    entry.key, entry.value = "clip_export.precision", precision
+    return convert_each(model_dir, Derivation("fp16", lambda path: artifact_file_name(path, "fp16")), write, towers=towers, force=force, progress=progress)
 
 
 def quantize_int8(
@@ -441,11 +320,11 @@ def quantize_int8(
             extra_options={"MatMulConstBOnly": True},
         )
         quantized = onnx.load(str(target))
-        _set_precision_metadata(quantized, "int8")
+        set_precision_metadata(quantized, "int8")
         onnx.save_model(quantized, str(target))
-        return {"tool": f"onnxruntime.quantization {_version('onnxruntime')}", "mode": "dynamic", "weight_type": scheme.weight_type, "per_channel": scheme.per_channel, "reduce_range": scheme.reduce_range, "op_types": list(INT8_OP_TYPES), "excluded_nodes": excluded}
+        return {"tool": f"onnxruntime.quantization {tool_version('onnxruntime')}", "mode": "dynamic", "weight_type": scheme.weight_type, "per_channel": scheme.per_channel, "reduce_range": scheme.reduce_range, "op_types": list(INT8_OP_TYPES), "excluded_nodes": excluded}
 
-    return _convert_each(model_dir, "int8", "int8", write, towers=towers, force=force, progress=progress)
+    return convert_each(model_dir, Derivation("int8", lambda path: artifact_file_name(path, "int8")), write, towers=towers, force=force, progress=progress)
 
 
 def int8_excluded_nodes(model: Any) -> list[str]:

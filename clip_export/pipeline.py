@@ -60,6 +60,7 @@ def run_pipeline(
     from .bench import bench
     from .convert import convert_fp16, quantize_int8
     from .export import export_onnx
+    from .quantize4 import quantize_q4
     from .verify import verify
 
     done: list[str] = []
@@ -74,7 +75,7 @@ def run_pipeline(
         resumed.append("export")
         done.append("export")
         progress(f"resuming in {model_dir}: the export that passed its gate is kept")
-    for precision, convert in (("fp16", convert_fp16), ("int8", quantize_int8)):
+    for precision, convert in (("fp16", convert_fp16), ("int8", quantize_int8), ("q4", quantize_q4)):
         if precision not in precisions:
             continue
         missing = [t for t in TOWERS if kept is None or t not in kept.converted.get(precision, ())]

@@ -25,6 +25,7 @@ from .manifest import (
 )
 from .models import sha256_file
 from .progress import Progress, silent
+from .spec import PREPROCESSING_FORMAT
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 WEIGHT_LICENCES = {
@@ -72,7 +73,7 @@ def asset_name(slug: str, entry: dict[str, Any]) -> str:
         sm = entry.get("tensorrt", {}).get("compute_capability", "unknown").replace(".", "")
         name = f"{slug}-{entry['tower']}-trt-{entry['precision']}-sm{sm}.plan"
     else:
-        name = f"{slug}-{entry['tower']}-{entry['precision']}.onnx"
+        name = f"{slug}-{entry['tower']}-{entry['precision']}{'-preprocessing' if entry['format'] == PREPROCESSING_FORMAT else ''}.onnx"
     return safe_asset_name(name)
 
 
@@ -172,7 +173,7 @@ def release(
             for entry in merged["artifacts"]:
                 name = asset_name(slug, entry)
                 progress(f"adding {name}")
-                assets += _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name) if entry["format"] == "onnx" else _copy_plain(resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name)
+                assets += _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name) if entry["format"] in ("onnx", PREPROCESSING_FORMAT) else _copy_plain(resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name)
                 renamed[entry["path"]] = name
                 entry["source_path"] = entry["path"]
                 entry.update(file_record(staging / name, staging))
@@ -269,6 +270,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
     for a in manifest["artifacts"]:
         envs = sorted({e.describe() for e in passing_environments(manifest, a)})
         lines.append(f"- `{a['path']}`: " + ("; ".join(envs) if envs else "none"))
+    lines += variant_table(manifest)
     bench = manifest.get("benchmark")
     if bench:
         lines += ["", f"## Batch-1 latency ({bench.get('machine', {}).get('cpu', 'unknown machine')}, {bench.get('date', '')})", "", "| name | tower | provider | p50 ms | × torch eager |", "|---|---|---|---|---|"]
@@ -299,3 +301,37 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
             "computes only the centre crop of Pillow's resize, in vectorised kernels, and `preprocess=\"exact\"` runs PIL itself.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def variant_table(manifest: dict[str, Any]) -> list[str]:
+    """Every variant with its size, batch-1 speed and fidelity next to the fp32 artifact of its tower,
+    so a client choosing fp16, int8 or q4 for a browser or phone sees what each one costs."""
+    bench = manifest.get("benchmark") or {}
+    p50 = {r["name"]: r["latency"]["p50_ms"] for r in bench.get("rows", []) if r.get("batch") == 1 and r.get("latency") and r.get("kind", "artifact") == "artifact"}
+    verdicts: dict[str, dict[str, Any]] = {}
+    for r in (manifest.get("verification") or {}).get("results", []):
+        verdicts.setdefault(r["path"], r)
+    fp32 = {a["tower"]: a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx"}
+    lines = ["", f"## Variants: size, batch-1 speed ({bench.get('machine', {}).get('cpu', 'not benchmarked')}) and fidelity", "",
+             "Fidelity is against the fp32 torch reference on the bundled set; a preprocessing graph is fed the raw image files. "
+             "Speed is the batch-1 p50 of `clip-export bench`; a preprocessing graph's is in docs/benchmarks.md.", "",
+             "| asset | tower | precision | preprocessing in graph | MB | size vs fp32 | batch-1 p50 ms | speed vs fp32 | mean abs diff (norm.) | min cosine | top-1 agreement | verdict |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in manifest["artifacts"]:
+        if a["format"] == "tensorrt":
+            continue
+        base, row = fp32.get(a["tower"]), verdicts.get(a["path"], {})
+        metrics = row.get("metrics", {})
+        top1 = min((v for k, v in metrics.items() if k.endswith("_top1")), default=None)
+        size_ratio = f"{a['bytes'] / base['bytes']:.2f}" if base else "-"
+        ms, base_ms = p50.get(a["path"]), p50.get(base["path"]) if base else None
+        speed = f"{base_ms / ms:.2f}×" if ms and base_ms else "-"
+        lines.append(
+            f"| {a['path']} | {a['tower']} | {a['precision']} | {'yes' if a['format'] == PREPROCESSING_FORMAT else 'no'} | {a['bytes'] / 1e6:.1f} | {size_ratio} | "
+            f"{f'{ms:.2f}' if ms else '-'} | {speed} | {_fmt(metrics.get('mean_abs_normalized'), '.2e')} | {_fmt(metrics.get('min_cosine'), '.5f')} | {_fmt(top1, '.3f')} | {row.get('status', 'not verified')} |"
+        )
+    return lines
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

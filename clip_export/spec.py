@@ -25,7 +25,8 @@ def provider_label(name: str | None) -> str:
 
 
 # The ONNX precisions export and convert produce (TensorRT engines are "fp32"/"fp16" with format "tensorrt").
-PRECISIONS = ("fp32", "fp16", "int8")
+# q4: weight-only 4-bit MatMul weights (onnxruntime MatMulNBits), what transformers.js calls "q4".
+PRECISIONS = ("fp32", "fp16", "int8", "q4")
 DEFAULT_OPSET = 20
 # torch 2.14's dynamo exporter emits opset 18 and newer; onnxruntime 1.3x runs up to 23.
 SUPPORTED_OPSETS = range(18, 24)
@@ -68,6 +69,33 @@ TOWERS: Mapping[str, TowerSpec] = MappingProxyType(
     }
 )
 
+# The visual variant with preprocessing inside the graph (clip_export.preprocess_graph): one decoded
+# RGB image of any size in, the family's resize, crop and normalisation in standard ONNX ops, then the
+# tower. Its artifacts have this format, so everything that feeds `pixel_values` skips them.
+PREPROCESSING_FORMAT = "onnx-preprocessing"
+RAW_IMAGE_INPUT = "image_uint8"
+RAW_IMAGE_DTYPE = "uint8"
+RAW_IMAGE_SHAPE: tuple[str | int, ...] = ("height", "width", 3)
+# Resize with antialias needs opset 18; the graph is built at the tower's own opset.
+PREPROCESSING_MIN_OPSET = 18
+# The resize modes the graph implements; others are refused (open_clip's "longest" pads with a fill).
+PREPROCESSING_GRAPH_MODES = ("shortest", "squash")
+
+
+def raw_image_io(embed_dim: int) -> dict[str, list[dict[str, object]]]:
+    """The manifest I/O declaration of a preprocessing graph: one image in, one embedding row out."""
+    return {
+        "inputs": [{"name": RAW_IMAGE_INPUT, "dtype": RAW_IMAGE_DTYPE, "shape": list(RAW_IMAGE_SHAPE)}],
+        "outputs": [{"name": TOWERS["visual"].output_name, "dtype": "float32", "shape": [1, embed_dim]}],
+    }
+
+
+def artifact_file_name(source: str, precision: str | None = None, preprocessing: bool = False) -> str:
+    """The one naming rule for derived ONNX files: visual.onnx → visual.q4.onnx, visual.preprocessing.onnx, visual.int8.preprocessing.onnx."""
+    stem = source[: -len(".onnx")] if source.endswith(".onnx") else source
+    parts = [stem] + ([precision] if precision else []) + (["preprocessing"] if preprocessing else [])
+    return ".".join(parts) + ".onnx"
+
 
 @dataclass(frozen=True)
 class Thresholds:
@@ -91,6 +119,14 @@ THRESHOLDS: Mapping[str, Thresholds] = MappingProxyType(
         "int8": Thresholds(4e-3, 6e-2, 0.98, 0.98, 0.85),
         "trt-fp32": Thresholds(1e-5, 2e-4, 0.99999, 1.0, 0.99),
         "trt-fp16": Thresholds(3e-4, 5e-3, 0.999, 1.0, 0.95),
+        # 4-bit weights on random-weight towers, the worst case for blockwise scales (docs/metrics.md).
+        "q4": Thresholds(5e-2, 0.25, 0.9, 0.95, 0.7),
+        # Preprocessing graphs: raw files in, against the exact PIL reference. Resize differs from PIL's
+        # fixed-point bicubic by at most a uint8 step or two (more on RGBA, which PIL resamples premultiplied).
+        "preproc-fp32": Thresholds(5e-4, 1e-2, 0.999, 1.0, 0.95),
+        "preproc-fp16": Thresholds(5e-4, 1e-2, 0.999, 1.0, 0.95),
+        "preproc-int8": Thresholds(4e-3, 6e-2, 0.98, 0.98, 0.85),
+        "preproc-q4": Thresholds(5e-2, 0.25, 0.9, 0.95, 0.7),
     }
 )
 
@@ -125,5 +161,19 @@ INT8_CANDIDATE_SCHEMES = (
 )
 
 
+@dataclass(frozen=True)
+class Q4Scheme:
+    """How `clip-export q4` quantizes MatMul weights (onnxruntime MatMulNBits); docs/convert.md has the measurements."""
+
+    block_size: int
+    symmetric: bool
+    accuracy_level: int | None  # 4: int8 activations inside MatMulNBits (faster on VNNI); None: fp32
+
+
+Q4_SCHEME = Q4Scheme(block_size=32, symmetric=True, accuracy_level=4)
+
+
 def threshold_key(precision: str, fmt: str) -> str:
+    if fmt == PREPROCESSING_FORMAT:
+        return f"preproc-{precision}"
     return f"trt-{precision}" if fmt == "tensorrt" else precision

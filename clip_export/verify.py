@@ -9,6 +9,7 @@ from typing import Any, Callable, Sequence
 
 import numpy as np
 
+from . import preprocess_graph
 from .environment import Environment, current_environment, environment_table
 from .errors import ClipExportError, ProviderUnavailableError
 from .evalset import EvalSet, load_evalset
@@ -18,7 +19,7 @@ from .metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval
 from .progress import Progress, silent
 from .runner import NotRunnableHereError, open_runner
 from .sessions import provider_name
-from .spec import THRESHOLDS, TOWERS, Thresholds, threshold_key
+from .spec import PREPROCESSING_FORMAT, THRESHOLDS, TOWERS, Thresholds, threshold_key
 
 BATCH_CHECK_SIZE = 7
 
@@ -141,7 +142,8 @@ def _load_reference(model_dir: Path, manifest: dict[str, Any], reference: str, e
     return compute_reference(loaded, chosen, towers, bool(manifest.get("normalize"))), chosen.source, "recomputed with torch fp32"
 
 
-def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: dict[str, np.ndarray], limits: Thresholds) -> ArtifactCheck:
+def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: dict[str, np.ndarray], limits: Thresholds, images: Sequence[Path] | None = None) -> ArtifactCheck:
+    """One artifact on one provider; `images` are the raw files behind the reference, which a preprocessing graph is fed."""
     tower = entry["tower"]
     base = dict(path=entry["path"], tower=tower, precision=entry["precision"], format=entry["format"], provider_requested=provider, sha256=entry["sha256"], threshold_set=threshold_key(entry["precision"], entry["format"]), environment=current_environment(provider))
     problems = integrity_problems(model_dir, entry)
@@ -151,6 +153,9 @@ def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: d
     if input_key not in ref:
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"the reference has no {tower} tower inputs",))
     inputs, expected = ref[input_key], ref[embed_key]
+    if entry["format"] == PREPROCESSING_FORMAT and (images is None or len(images) != len(expected)):
+        why = "the reference's images are unknown" if images is None else f"{len(images)} raw images for {len(expected)} reference embeddings"
+        return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"a preprocessing graph is checked on the reference's raw images: {why}; verify with --images DIR",))
     try:
         runner = open_runner(model_dir, entry, provider)
     except NotRunnableHereError as exc:
@@ -158,10 +163,15 @@ def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: d
     except ProviderUnavailableError as exc:
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"provider: {exc}",))
     ran = runner.provider_ran
-    got = np.concatenate([runner.run(inputs[i : i + 8]) for i in range(0, len(inputs), 8)])
-    # An engine's I/O and batch profile are fixed by its build; the structure checks are ONNX's.
-    structure = _structure_problems(runner.session, entry) if runner.session is not None else []
-    batch_metric = _batch_metric(runner.run, inputs, limits) if runner.session is not None else None
+    if entry["format"] == PREPROCESSING_FORMAT:  # raw files in, embeddings out: one image of its own size per run
+        structure = preprocess_graph.structure_problems(runner.session)
+        got = preprocess_graph.run_raw(runner.session, preprocess_graph.load_rgb_images(images or ()))
+        batch_metric = None
+    else:
+        got = np.concatenate([runner.run(inputs[i : i + 8]) for i in range(0, len(inputs), 8)])
+        # An engine's I/O and batch profile are fixed by its build; the structure checks are ONNX's.
+        structure = _structure_problems(runner.session, entry) if runner.session is not None else []
+        batch_metric = _batch_metric(runner.run, inputs, limits) if runner.session is not None else None
     del runner
     base["environment"] = current_environment(ran)
     metrics = numeric_metrics(expected, got, limits)
@@ -176,8 +186,15 @@ def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: d
 def gate(model_dir: Path, entry: dict[str, Any], provider: str = "cpu") -> ArtifactCheck:
     """Verify one artifact, not yet in the manifest, with its precision's default thresholds."""
     manifest = read_manifest(model_dir)
-    ref, _, _ = _load_reference(model_dir, manifest, "stored", None)
-    return check_artifact(model_dir, entry, provider, ref, THRESHOLDS[threshold_key(entry["precision"], entry["format"])])
+    ref, source, _ = _load_reference(model_dir, manifest, "stored", None)
+    return check_artifact(model_dir, entry, provider, ref, THRESHOLDS[threshold_key(entry["precision"], entry["format"])], reference_images(source, None))
+
+
+def reference_images(source: str, evalset: EvalSet | None) -> tuple[Path, ...] | None:
+    """The raw image files a reference was computed from, when known: the bundled set or --images."""
+    if evalset is not None:
+        return evalset.image_paths
+    return load_evalset().image_paths if source == "bundled" else None
 
 
 def thresholds_with_overrides(overrides: dict[str, float]) -> dict[str, Thresholds]:
@@ -218,6 +235,7 @@ def verify(
         reference = "torch"
     progress(f"loading the reference for {model_dir.name} ({reference})")
     ref, evalset_source, reference_desc = _load_reference(model_dir, manifest, reference, evalset)
+    images = reference_images(evalset_source, evalset)
     checks = []
     entries = [e for e in manifest["artifacts"] if only is None or only(e)]
     if not entries:
@@ -228,7 +246,7 @@ def verify(
                 continue  # an engine runs on its own runtime; one row is enough
             progress(f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}")
             key = threshold_key(entry["precision"], entry["format"])
-            checks.append(check_artifact(model_dir, entry, provider, ref, limits[key]))
+            checks.append(check_artifact(model_dir, entry, provider, ref, limits[key], images))
     found_versions = versions()
     manifest = read_manifest(model_dir)
     record = merged_verification(manifest, [_check_json(c) for c in checks], evalset_source, reference_desc, found_versions)

@@ -9,7 +9,7 @@ import onnx
 import pytest
 from onnx import TensorProto, helper, numpy_helper
 
-from clip_export import convert
+from clip_export import conversion
 from clip_export.convert import convert_fp16, quantize_int8, to_fp16
 from clip_export.errors import ConversionError, IntegrityError
 from clip_export.manifest import find_artifact, read_manifest
@@ -100,7 +100,7 @@ def test_failed_gate_leaves_no_entry_and_no_file(tiny_vit_copy: Path, monkeypatc
     def failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
         return ArtifactCheck(entry["path"], entry["tower"], entry["precision"], "onnx", "cpu", "CPUExecutionProvider", "fail", failures=("min_cosine = 0.5 (limit >= 0.999)",))
 
-    monkeypatch.setattr(convert, "gate", failing_gate)
+    monkeypatch.setattr(conversion, "gate", failing_gate)
     before = read_manifest(tiny_vit_copy)
     with pytest.raises(ConversionError, match="failed verification.*min_cosine"):
         convert_fp16(tiny_vit_copy, towers=["visual"])

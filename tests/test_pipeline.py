@@ -16,10 +16,10 @@ def _failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> Artifa
 
 
 def test_a_failed_pipeline_shows_what_each_gate_measured_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clip_export import convert
+    from clip_export import conversion
 
     with monkeypatch.context() as patch:
-        patch.setattr(convert, "gate", _failing_gate)
+        patch.setattr(conversion, "gate", _failing_gate)
         failed = CliRunner().invoke(main, ["pipeline", "tiny-vit", "--random-init", "--precisions", "fp32,int8", "--out", str(tmp_path), "--json", "-q"])
     assert failed.exit_code == 1 and failed.stderr.startswith("Error: the int8 gate failed")
     data = json.loads(failed.stdout)

@@ -164,13 +164,13 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
 
 
 def test_pipeline_stops_at_the_failed_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clip_export import convert
+    from clip_export import conversion
     from clip_export.verify import ArtifactCheck
 
     def failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
         return ArtifactCheck(entry["path"], entry["tower"], entry["precision"], "onnx", "cpu", "CPUExecutionProvider", "fail", failures=("text2image_top1 = 0.9 (limit >= 0.98)",))
 
-    monkeypatch.setattr(convert, "gate", failing_gate)
+    monkeypatch.setattr(conversion, "gate", failing_gate)
     result = CliRunner().invoke(main, ["pipeline", "tiny-vit", "--random-init", "--precisions", "fp32,int8", "--out", str(tmp_path), "-q"])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: the int8 gate failed") and "text2image_top1" in result.stderr
@@ -213,3 +213,23 @@ def test_upload_through_gh(verified_dir: Path, tmp_path: Path, monkeypatch: pyte
         assert any(c.startswith("release create v9") for c in calls)
     else:
         assert result.exit_code == 1 and expected in result.stderr and result.stderr.count("\n") == 1
+
+
+def test_model_card_variant_table_has_size_speed_and_fidelity() -> None:
+    from clip_export.release import variant_table
+
+    manifest = {
+        "artifacts": [
+            {"path": "visual.onnx", "tower": "visual", "precision": "fp32", "format": "onnx", "bytes": 400},
+            {"path": "visual.q4.onnx", "tower": "visual", "precision": "q4", "format": "onnx", "bytes": 100},
+            {"path": "visual.preprocessing.onnx", "tower": "visual", "precision": "fp32", "format": "onnx-preprocessing", "bytes": 401},
+        ],
+        "verification": {"results": [{"path": "visual.q4.onnx", "status": "pass", "metrics": {"mean_abs_normalized": 3e-3, "min_cosine": 0.995, "image2image_top1": 1.0, "text2image_top1": 0.96}}]},
+        "benchmark": {"machine": {"cpu": "AMD EPYC"}, "rows": [{"name": "visual.onnx", "kind": "artifact", "batch": 1, "latency": {"p50_ms": 30.0}}, {"name": "visual.q4.onnx", "kind": "artifact", "batch": 1, "latency": {"p50_ms": 20.0}}]},
+    }
+    lines = variant_table(manifest)
+    q4 = next(line for line in lines if line.startswith("| visual.q4.onnx"))
+    assert "| 0.25 |" in q4 and "| 20.00 | 1.50× |" in q4 and "3.00e-03" in q4 and "| 0.960 | pass |" in q4
+    pre = next(line for line in lines if line.startswith("| visual.preprocessing.onnx"))
+    assert "| yes |" in pre and pre.endswith("not verified |")
+    assert "AMD EPYC" in lines[1]
