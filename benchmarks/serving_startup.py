@@ -46,10 +46,11 @@ print(json.dumps({"seconds": caption_done - start, "open_s": opened - start, "ch
 
 
 def without_vocabulary(model_dir: Path, into: Path) -> Path:
-    """The same artifacts (linked, not copied) with a manifest that names no vocabulary."""
+    """The same artifacts (hard-linked, not copied: a manifest's files may not be symlinks leaving
+    its directory) with a manifest that names no vocabulary."""
     for path in model_dir.iterdir():
-        if path.name not in ("manifest.json", "tokenizer-bpe.txt.gz"):
-            (into / path.name).symlink_to(path.resolve())
+        if path.is_file() and path.name not in ("manifest.json", "tokenizer-bpe.txt.gz"):
+            os.link(path, into / path.name)
     manifest = read_manifest(model_dir)
     manifest["tokenizer"].pop("bpe_vocab", None)
     write_manifest(into, manifest)
