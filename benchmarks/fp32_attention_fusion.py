@@ -2,7 +2,7 @@
 
     python benchmarks/fp32_attention_fusion.py [--models ViT-B/32,ViT-L/14] [--runs 40]
 
-Applies `convert.fuse_attention` (com.microsoft.MultiHeadAttention) to the exported fp32 image
+Applies `graph_surgery.fuse_attention` (com.microsoft.MultiHeadAttention) to the exported fp32 image
 tower under benchmarks/.work (run cpu_report.py first), and times it against the plain export at
 batch 1, alternating the two sessions call by call so that drift hits both alike.
 """
@@ -16,7 +16,7 @@ import numpy as np
 import onnx
 
 from clip_export import resolve
-from clip_export.convert import fuse_attention
+from clip_export.graph_surgery import fuse_attention
 from clip_export.sessions import SessionOptions, create_session
 from clip_export.timing import time_interleaved
 

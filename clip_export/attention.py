@@ -9,7 +9,7 @@ projection, one 5-D head split, scaled scores, Softmax, and one merge (docs/benc
 "Export graph"). The export's parity gate then compares the ONNX graph with
 the unpatched model, so the rewrite is checked on every export.
 
-`convert.fuse_attention` recognises exactly the graph this module produces.
+`graph_surgery.fuse_attention` recognises exactly the graph this module produces.
 """
 from __future__ import annotations
 

@@ -288,7 +288,7 @@ def _bench_plan(model_dir: Path, entry: dict[str, Any], batch: int, inputs: np.n
 
 
 def _bench_fused(path: Path, tower: str, batch: int, inputs: np.ndarray, threads: int, budget_s: float) -> BenchRow:
-    from .convert import fuse_transformer_ops
+    from .graph_surgery import fuse_transformer_ops
 
     optimized, _ = fuse_transformer_ops(path)
     with tempfile.TemporaryDirectory() as tmp:
