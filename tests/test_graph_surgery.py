@@ -7,6 +7,7 @@ import onnx
 import pytest
 
 from clip_export.sessions import create_session
+from clip_export.spec import TOWERS
 
 
 @pytest.mark.parametrize("tower", ["visual", "text"])
