@@ -388,9 +388,16 @@ def export_onnx(
     out = Path(out)
     target = out / spec.slug
     results: list[TowerResult] = []
+    created = not out.exists()
     _check_output_dir(out)
-    with exclusive(target):  # a second export into the same place fails here, at once
-        _export_locked(spec, out, target, towers, opset, normalize, force, external_data, evalset, progress, loaded, batch_first_attention, results)
+    try:
+        with exclusive(target):  # a second export into the same place fails here, at once
+            _export_locked(spec, out, target, towers, opset, normalize, force, external_data, evalset, progress, loaded, batch_first_attention, results)
+    except BaseException:
+        if created:  # bad input found while loading leaves no trace, not even an empty OUT
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return ExportResult(spec.name, target, target / "manifest.json", tuple(results), time.perf_counter() - started)
 
 
