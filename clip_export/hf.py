@@ -6,12 +6,10 @@ import json
 from functools import lru_cache
 from typing import Any, Sequence
 
-from .checkpoints import sha256_file
 from .configs import LoadedModel, ModelSpec, PreprocessConfig, TokenizerConfig
 from .errors import WeightsError, import_optional
-from .evalset import load_evalset
 from .families import OPENAI_MEAN, OPENAI_STD
-from .tokenizer_setup import build_checked
+from .tokenizer_setup import finish_loading
 
 
 def load_hf_dir(spec: ModelSpec) -> LoadedModel:
@@ -42,23 +40,8 @@ def load_hf_dir(spec: ModelSpec) -> LoadedModel:
         return tokenizer(list(texts), padding="max_length", truncation=True, max_length=length, return_tensors="pt")["input_ids"]
 
     settings = TokenizerConfig(context_length, int(tokenizer.bos_token_id), int(tokenizer.eos_token_id), "huggingface", int(tokenizer.pad_token_id or 0), len(tokenizer), "none")
-    text_tokenizer = build_checked(tokenize, tokenizer.backend_tokenizer, settings, spec.name, load_evalset().captions)
-
     weight_files = sorted(spec.hf_dir.glob("*.safetensors")) or sorted(spec.hf_dir.glob("*.bin"))
-    with torch.no_grad():
-        embed_dim = int(model.encode_text(tokenize(["a"])).shape[-1])
-    return LoadedModel(
-        spec=spec,
-        model=model,
-        preprocess=preprocess,
-        tokenizer=settings,
-        tokenize=tokenize,
-        embed_dim=embed_dim,
-        checkpoint_sha256=sha256_file(weight_files[0]) if weight_files else None,
-        checkpoint_path=weight_files[0] if weight_files else None,
-        extra={"text_tokenizer": text_tokenizer},
-        family="huggingface-clip",
-    )
+    return finish_loading(spec, model, preprocess, settings, tokenize, tokenizer.backend_tokenizer, weight_files[0] if weight_files else None, family="huggingface-clip")
 
 
 @lru_cache(maxsize=1)

@@ -14,7 +14,7 @@ from .configs import LoadedModel, ModelSpec, PreprocessConfig, TokenizerConfig, 
 from .errors import UnknownModelError, WeightsError, import_optional
 from .families import OPENAI_MEAN, OPENAI_STD, FamilyRules, check_text_config_dir, check_tokenizer_dir, family_for, preprocess_settings
 from .hf import load_hf_dir
-from .tokenizer_setup import build_checked, hub_reachable, reference_tokenizer, require_fits_model, tokenizer_settings
+from .tokenizer_setup import finish_loading, hub_reachable, reference_tokenizer, require_fits_model, tokenizer_settings
 
 __all__ = ["LoadedModel", "ModelSpec", "PreprocessConfig", "TokenizerConfig", "OPENAI_MEAN", "OPENAI_STD", "load_model", "resolve", "sha256_file"]
 
@@ -228,8 +228,6 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         return load_hf_dir(spec)
     import torch
 
-    from .evalset import load_evalset
-
     family, cfg, settings = preflight(spec)
     oc = _open_clip()
     reference = reference_tokenizer(oc, spec.arch, cfg, family, spec.tokenizer_dir)
@@ -273,23 +271,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         return reference(list(texts), context_length=length)
 
     backend = reference.tokenizer.backend_tokenizer if tokenizer_cfg.kind == "hf" else None
-    text_tokenizer = build_checked(tokenize, backend, tokenizer_cfg, spec.arch, load_evalset().captions)
-
-    with torch.no_grad():
-        embed_dim = int(model.encode_text(tokenize(["a"])).shape[-1])
-    return LoadedModel(
-        spec=spec,
-        model=model,
-        preprocess=preprocess,
-        tokenizer=tokenizer_cfg,
-        tokenize=tokenize,
-        embed_dim=embed_dim,
-        checkpoint_sha256=sha256_file(checkpoint) if checkpoint is not None else None,
-        checkpoint_path=checkpoint,
-        extra={"open_clip_tokenizer": reference, "text_tokenizer": text_tokenizer},
-        family=family.name,
-        reparameterized_modules=folded,
-    )
+    return finish_loading(spec, model, preprocess, tokenizer_cfg, tokenize, backend, checkpoint, extra={"open_clip_tokenizer": reference}, family=family.name, reparameterized_modules=folded)
 
 
 @dataclass(frozen=True)

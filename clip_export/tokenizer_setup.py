@@ -10,7 +10,8 @@ from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 
-from .configs import TokenizerConfig
+from .checkpoints import sha256_file
+from .configs import LoadedModel, ModelSpec, PreprocessConfig, TokenizerConfig
 from .errors import ClipExportError, WeightsError
 from .families import FamilyRules
 from .tokenizer import CLEAN_KINDS, PROBE_TEXTS, TextTokenizer, clip_bpe_tokenizer, copy_of, first_disagreement
@@ -100,3 +101,17 @@ def build_checked(reference_ids: Callable[[Sequence[str], int], Any], backend: A
     if problem is not None:
         raise ClipExportError(f"the tokenizer.json built for {arch} does not reproduce its reference tokenizer's ids ({problem}); the runtime would tokenize differently, so nothing was exported")
     return ours
+
+
+def finish_loading(spec: ModelSpec, model: Any, preprocess: PreprocessConfig, settings: TokenizerConfig, tokenize: Callable[..., Any], backend: Any | None, checkpoint: Path | None, **fields: Any) -> LoadedModel:
+    """The LoadedModel of either loader, with its tokenizer.json built and checked and the
+    embedding width read off one caption."""
+    import torch
+
+    from .evalset import load_evalset
+
+    text_tokenizer = build_checked(tokenize, backend, settings, spec.arch if spec.hf_dir is None else spec.name, load_evalset().captions)
+    with torch.no_grad():
+        embed_dim = int(model.encode_text(tokenize(["a"])).shape[-1])
+    extra = {"text_tokenizer": text_tokenizer, **fields.pop("extra", {})}
+    return LoadedModel(spec, model, preprocess, settings, tokenize, embed_dim, sha256_file(checkpoint) if checkpoint is not None else None, checkpoint, extra, **fields)

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import train_unigram_tokenizer
+
 CONFIGS = Path(__file__).parent / "configs"
 
 
@@ -53,32 +55,10 @@ def tiny_vit_copy(tiny_vit_dir: Path, tmp_path: Path) -> Path:
     return target
 
 
-def _train_unigram(directory: Path, specials: list[str], template: str, config: dict[str, object]) -> Path:
-    """A tiny SentencePiece-style (Unigram + Metaspace) tokenizer.json trained here on the bundled
-    captions, so Hugging Face families are tested offline with their own kind of tokenizer."""
-    import json
-
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
-
-    from clip_export.evalset import load_evalset
-
-    tokenizer = Tokenizer(models.Unigram())
-    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
-    tokenizer.decoder = decoders.Metaspace()
-    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=specials, unk_token="<unk>")
-    tokenizer.train_from_iterator(list(load_evalset().captions) * 4, trainer)
-    ids = {token: tokenizer.token_to_id(token) for token in specials}
-    tokenizer.post_processor = processors.TemplateProcessing(single=template, special_tokens=[(t, ids[t]) for t in specials if t in template])
-    directory.mkdir(parents=True, exist_ok=True)
-    tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config}))
-    return directory
-
-
 @pytest.fixture(scope="session")
 def siglip_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SigLIP's layout: <pad> 0, </s> 1, <unk> 2, an end token and no start token."""
-    return _train_unigram(tmp_path_factory.mktemp("siglip-tokenizer"), ["<pad>", "</s>", "<unk>"], "$A </s>", {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})
+    return train_unigram_tokenizer(tmp_path_factory.mktemp("siglip-tokenizer"), ["<pad>", "</s>", "<unk>"], "$A </s>", {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})
 
 
 @pytest.fixture(scope="session")
@@ -86,7 +66,7 @@ def xlmr_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(tokenizer dir, text config dir) of a tiny XLM-RoBERTa: <s> 0, <pad> 1, </s> 2, <unk> 3."""
     from transformers import XLMRobertaConfig
 
-    tokenizer = _train_unigram(
+    tokenizer = train_unigram_tokenizer(
         tmp_path_factory.mktemp("xlmr-tokenizer"), ["<s>", "<pad>", "</s>", "<unk>"], "<s> $A </s>",
         {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"},
     )
