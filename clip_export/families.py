@@ -15,10 +15,10 @@ from types import MappingProxyType
 from typing import Any, Mapping
 
 from .errors import ClipExportError
+from .spec import TOKENIZER_NAME as TOKENIZER_FILE
 
 OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
 OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
-TOKENIZER_FILE = "tokenizer.json"
 
 
 @dataclass(frozen=True)

@@ -23,8 +23,9 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from .errors import ClipExportError, import_optional
+from .spec import TOKENIZER_NAME
 
-TOKENIZER_NAME = "tokenizer.json"
+__all__ = ["TOKENIZER_NAME", "TextTokenizer", "clean_text", "clip_bpe_tokenizer", "first_disagreement"]
 CLEAN_KINDS = ("lower", "whitespace", "canonicalize", "none")  # none: a Hugging Face CLIP directory cleans in its own normalizer
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 WORD_END = "</w>"
