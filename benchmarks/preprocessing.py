@@ -20,7 +20,7 @@ from PIL import Image
 from clip_export.bench import bench
 from clip_export.bench_report import render_markdown
 from clip_export.manifest import read_manifest
-from clip_export.models import PreprocessConfig
+from clip_export.configs import PreprocessConfig
 from clip_export.preprocess import preprocess_fast, preprocess_reference
 from clip_export.timing import time_interleaved
 

@@ -43,7 +43,7 @@ def main() -> None:
         caption = ["a photo of an astronaut riding a horse"]
         ids = runtime.tokenize(caption)
         bare, full = time_interleaved([lambda: text.run(None, {"input_ids": ids}), lambda: runtime.embed_texts(caption)], rounds=20, warmup=3, budget_s=args.budget)
-        tokenizer = "bundled BPE (no torch)" if runtime.manifest["tokenizer"].get("bpe_vocab") else "open_clip tokenizer"
+        tokenizer = "bundled tokenizer.json (no torch)" if runtime.manifest["tokenizer"].get("file") else "open_clip tokenizer"
         rows.append({"input": "one caption", "preprocess": tokenizer, "session_run_ms": bare, "pixel_values_ms": None, "embed_pil_ms": full, "embed_file_ms": None, "overhead_pil": full / bare - 1, "overhead_file": None})
         runtime = None  # one set of sessions alive at a time
     RESULTS.mkdir(exist_ok=True)

@@ -27,7 +27,7 @@ from clip_export import resolve
 from clip_export.environment import current_environment
 from clip_export.manifest import now_iso, read_manifest, write_manifest
 from clip_export.preprocessing_study import report_images
-from clip_export.tokenizer import ClipBpeTokenizer
+from clip_export.tokenizer import TextTokenizer
 
 WORK = Path(__file__).parent / ".work"
 CHILD = """
@@ -49,10 +49,10 @@ def without_vocabulary(model_dir: Path, into: Path) -> Path:
     """The same artifacts (hard-linked, not copied: a manifest's files may not be symlinks leaving
     its directory) with a manifest that names no vocabulary."""
     for path in model_dir.iterdir():
-        if path.is_file() and path.name not in ("manifest.json", "tokenizer-bpe.txt.gz"):
+        if path.is_file() and path.name not in ("manifest.json", "tokenizer.json"):
             os.link(path, into / path.name)
     manifest = read_manifest(model_dir)
-    manifest["tokenizer"].pop("bpe_vocab", None)
+    manifest["tokenizer"].pop("file", None)
     write_manifest(into, manifest)
     return into
 
@@ -97,21 +97,21 @@ def main() -> None:
     args = parser.parse_args()
     spec = resolve(args.model, random_init=True, seed=0)
     model_dir = WORK / spec.slug
-    if not (model_dir / "manifest.json").exists() or "bpe_vocab" not in read_manifest(model_dir)["tokenizer"]:
+    if not (model_dir / "manifest.json").exists() or "file" not in read_manifest(model_dir)["tokenizer"]:
         # In a child: Linux carries a parent's peak RSS over into the processes it forks.
         export = f"from clip_export import export_onnx, resolve; export_onnx(resolve({args.model!r}, random_init=True, seed=0), out={str(WORK)!r}, force=True)"
         subprocess.run([sys.executable, "-c", export], check=True)
     measure(model_dir, 1)  # fills numba's on-disk cache, as the first use after installing does
     rows = {
-        "bundled BPE vocabulary (clip_export.tokenizer), serve-time check off": measure(model_dir, args.runs, check="off"),
-        "bundled BPE vocabulary (clip_export.tokenizer), serve-time check run": measure(model_dir, args.runs),
-        "bundled BPE vocabulary, empty numba cache (first use after installing)": measure(model_dir, args.runs, empty_numba_cache=True),
+        "bundled tokenizer.json (clip_export.tokenizer), serve-time check off": measure(model_dir, args.runs, check="off"),
+        "bundled tokenizer.json (clip_export.tokenizer), serve-time check run": measure(model_dir, args.runs),
+        "bundled tokenizer.json, empty numba cache (first use after installing)": measure(model_dir, args.runs, empty_numba_cache=True),
     }
     with tempfile.TemporaryDirectory() as tmp:
         rows["open_clip tokenizer (older exports)"] = measure(without_vocabulary(model_dir, Path(tmp)), args.runs)
     caption = ["a photo of an astronaut riding a horse"]
     tokenize_us = {
-        "clip_export.tokenizer": per_call_us(ClipBpeTokenizer(model_dir / read_manifest(model_dir)["tokenizer"]["bpe_vocab"]["path"]), caption),
+        "clip_export.tokenizer": per_call_us(TextTokenizer.from_file(model_dir / read_manifest(model_dir)["tokenizer"]["file"]["path"], read_manifest(model_dir)["tokenizer"]), caption),
         "open_clip": per_call_us(open_clip_tokenizer(), caption),
     }
     print(f"{now_iso()}, {args.model} fp32 CPU, median of {args.runs} fresh processes\n")

@@ -15,7 +15,7 @@ from pathlib import Path
 from PIL import Image
 
 from clip_export.manifest import read_manifest
-from clip_export.models import PreprocessConfig
+from clip_export.configs import PreprocessConfig
 from clip_export.preprocess import preprocess_fast
 from clip_export.preprocessing_study import report_images
 from clip_export.sessions import SessionOptions, create_session

@@ -125,6 +125,8 @@ def model_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
             click.option("--weights", metavar="PATH", type=click.Path(path_type=Path), help="Local checkpoint (.pt, .bin, .safetensors) or Hugging Face CLIP directory."),
             click.option("--random-init", is_flag=True, help="The real architecture with seeded random weights (offline demos, tests, benchmarks)."),
             click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init."),
+            click.option("--tokenizer", "tokenizer_dir", metavar="DIR", type=click.Path(path_type=Path), help="Offline: a directory with the model's tokenizer.json (SigLIP, multilingual text towers)."),
+            click.option("--text-config", "text_config_dir", metavar="DIR", type=click.Path(path_type=Path), help="Offline: a local transformers config directory for a Hugging Face text tower (xlm-roberta, roberta, nllb, mt5)."),
         ]
     ):
         func = option(func)
@@ -141,7 +143,7 @@ def model_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
 @click.option("--force", is_flag=True, help="Replace an existing artifact directory.")
 @json_option
 @quiet_option
-def onnx(model: str, pretrained: str | None, weights: Path | None, random_init: bool, seed: int, towers: str, opset: int, out: Path, normalize: bool, external_data: bool | None, force: bool, as_json: bool, quiet: bool) -> None:
+def onnx(model: str, pretrained: str | None, weights: Path | None, random_init: bool, seed: int, tokenizer_dir: Path | None, text_config_dir: Path | None, towers: str, opset: int, out: Path, normalize: bool, external_data: bool | None, force: bool, as_json: bool, quiet: bool) -> None:
     """Export the visual and text towers of MODEL to ONNX, checked against torch fp32.
 
     MODEL is an OpenAI name (ViT-B/32, ViT-L/14@336px, RN50), an open_clip architecture
@@ -155,7 +157,7 @@ def onnx(model: str, pretrained: str | None, weights: Path | None, random_init: 
     from .models import resolve
 
     tower_list = _check_towers(towers)
-    spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed)
+    spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed, tokenizer=tokenizer_dir, text_config=text_config_dir)
     result = export_onnx(spec, out=out, towers=tower_list, opset=opset, normalize=normalize, force=force, external_data=external_data, progress=_progress(quiet or as_json))
     if as_json:
         emit_json(result)
@@ -473,7 +475,7 @@ def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, p
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")
 @json_option
 @quiet_option
-def pipeline(model: str, pretrained: str | None, weights: Path | None, random_init: bool, seed: int, precisions: str, use_trt: bool, providers: str, out: Path, force: bool, as_json: bool, quiet: bool) -> None:
+def pipeline(model: str, pretrained: str | None, weights: Path | None, random_init: bool, seed: int, tokenizer_dir: Path | None, text_config_dir: Path | None, precisions: str, use_trt: bool, providers: str, out: Path, force: bool, as_json: bool, quiet: bool) -> None:
     """Export, convert, verify and bench MODEL in one command; stops at the first failed gate.
 
     \b
@@ -483,7 +485,7 @@ def pipeline(model: str, pretrained: str | None, weights: Path | None, random_in
     from .models import resolve
     from .pipeline import run_pipeline
 
-    spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed)
+    spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed, tokenizer=tokenizer_dir, text_config=text_config_dir)
     result = run_pipeline(spec, out=out, precisions=_split_csv(precisions), trt=use_trt, providers=_split_csv(providers), force=force, progress=_progress(quiet or as_json))
     if as_json:
         emit_json(result)

@@ -21,10 +21,11 @@ from .errors import ClipExportError, ExportParityError, OutputError, Unsupported
 from .evalset import EvalSet, load_evalset
 from .manifest import SCHEMA_VERSION, exclusive, file_record, now_iso, write_manifest
 from .metrics import l2_normalize
-from .models import LoadedModel, ModelSpec, load_model, resolve
+from .models import LoadedModel, ModelSpec, load_model, preflight, resolve
 from .preprocess import preprocess_batch
 from .progress import Progress, silent
 from .sessions import SessionOptions, create_session
+from .tokenizer import TOKENIZER_NAME
 from .spec import (
     BATCH_AXIS,
     DEFAULT_OPSET,
@@ -84,18 +85,23 @@ def tower_module(loaded: LoadedModel, tower: str, normalize: bool) -> Any:
 
 
 def example_input(loaded: LoadedModel, tower: str, batch: int, seed: int = 0) -> np.ndarray:
-    """Deterministic inputs; text rows get SOT, random tokens, EOT at varied positions, then padding."""
+    """Deterministic inputs; text rows get the start id (where the family has one), random ordinary
+    tokens, the end id at varied positions, then the family's padding id."""
     rng = np.random.default_rng(seed)
     if tower == "visual":
         h, w = loaded.preprocess.image_size
         return rng.standard_normal((batch, 3, h, w)).astype(np.float32)
-    ctx, sot, eot = loaded.tokenizer.context_length, loaded.tokenizer.sot_token_id, loaded.tokenizer.eot_token_id
-    ids = np.zeros((batch, ctx), dtype=np.int64)
+    settings = loaded.tokenizer
+    ctx, sot, eot = settings.context_length, settings.sot_token_id, settings.eot_token_id
+    specials = {i for i in (sot, eot, settings.pad_token_id) if i is not None}
+    # CLIP's special ids close its vocabulary; elsewhere they are the first ids, ordinary ones follow.
+    clip_like = sot is not None and eot is not None and min(sot, eot) > (settings.vocab_size or 0) // 2
+    low, high = (1, min(sot, eot) - 1) if clip_like else (max(specials) + 1, settings.vocab_size or max(specials) + 2)
+    ids = np.full((batch, ctx), settings.pad_token_id, dtype=np.int64)
     for row in range(batch):
         length = int(rng.integers(3, ctx + 1))
-        ids[row, 0] = sot
-        ids[row, 1 : length - 1] = rng.integers(1, min(sot, eot) - 1, size=length - 2)
-        ids[row, length - 1] = eot
+        ordinary = rng.integers(low, max(high, low + 1), size=length - (sot is not None) - (eot is not None)).tolist()
+        ids[row, :length] = [*([sot] if sot is not None else []), *ordinary, *([eot] if eot is not None else [])]
     return ids
 
 
@@ -379,12 +385,21 @@ def export_onnx(
     unknown = [t for t in towers if t not in TOWERS]
     if unknown or not towers:
         raise ClipExportError(f"unknown tower(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TOWERS)}")
+    if spec.hf_dir is None and loaded is None:
+        preflight(spec)  # a family rule we cannot follow is refused before OUT is touched
     out = Path(out)
     target = out / spec.slug
     results: list[TowerResult] = []
+    created = not out.exists()
     _check_output_dir(out)
-    with exclusive(target):  # a second export into the same place fails here, at once
-        _export_locked(spec, out, target, towers, opset, normalize, force, external_data, evalset, progress, loaded, batch_first_attention, results)
+    try:
+        with exclusive(target):  # a second export into the same place fails here, at once
+            _export_locked(spec, out, target, towers, opset, normalize, force, external_data, evalset, progress, loaded, batch_first_attention, results)
+    except BaseException:
+        if created:  # bad input found while loading leaves no trace, not even an empty OUT
+            with contextlib.suppress(OSError):
+                out.rmdir()
+        raise
     return ExportResult(spec.name, target, target / "manifest.json", tuple(results), time.perf_counter() - started)
 
 
@@ -468,12 +483,9 @@ def _export_locked(
             "captions": list(evalset.captions) if "text" in towers else [],
             "computed_with": "torch fp32 (CPU)",
         }
-        if "text" in towers and loaded.extra.get("open_clip_tokenizer") is not None:
-            from .tokenizer import bundle_vocab
-
-            vocab = bundle_vocab(loaded.extra["open_clip_tokenizer"], loaded.tokenizer.context_length, evalset.captions, staging)
-            if vocab is not None:  # serving can then tokenize without torch (clip_export.runtime)
-                manifest["tokenizer"]["bpe_vocab"] = file_record(vocab, staging)
+        if "text" in towers and loaded.extra.get("text_tokenizer") is not None:  # checked id for id in load_model
+            loaded.extra["text_tokenizer"].save(staging / TOKENIZER_NAME)
+            manifest["tokenizer"]["file"] = file_record(staging / TOKENIZER_NAME, staging)
         write_manifest(staging, manifest)
         if not existed and not force and _has_content(target):  # written meanwhile by something that ignores the lock
             raise OutputError(f"{target} appeared while this export ran; pass --force to replace it")

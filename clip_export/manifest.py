@@ -11,7 +11,7 @@ from pathlib import Path, PurePosixPath
 from typing import Any, Iterator
 
 from .errors import ConversionError, IntegrityError, ManifestError, OutputError
-from .models import sha256_file
+from .checkpoints import sha256_file
 
 try:  # POSIX only; elsewhere concurrent runs are not detected (docs/reliability.md)
     import fcntl

@@ -1,20 +1,22 @@
 """Model spec and loading: names users type, where weights come from, and how they load safely."""
 from __future__ import annotations
 
+import dataclasses
 import difflib
-import hashlib
-import json
 import logging
 import os
-import re
-import socket
-import zipfile
-from dataclasses import dataclass, field
-from functools import lru_cache
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
-from .errors import UnknownModelError, UnsafeCheckpointError, WeightsError, import_optional
+from .checkpoints import apply_state_dict, read_state_dict, refuse_non_finite, sha256_file
+from .configs import LoadedModel, ModelSpec, PreprocessConfig, TokenizerConfig, require_resize_mode
+from .errors import UnknownModelError, WeightsError, import_optional
+from .families import OPENAI_MEAN, OPENAI_STD, FamilyRules, check_text_config_dir, check_tokenizer_dir, family_for, preprocess_settings
+from .hf import load_hf_dir
+from .tokenizer_setup import finish_loading, hub_reachable, reference_tokenizer, require_fits_model, tokenizer_settings
+
+__all__ = ["LoadedModel", "ModelSpec", "PreprocessConfig", "TokenizerConfig", "OPENAI_MEAN", "OPENAI_STD", "load_model", "resolve", "sha256_file"]
 
 # The names of OpenAI's `clip` package, as users type them, and the open_clip architecture that
 # holds the same graph (OpenAI's weights were trained with QuickGELU).
@@ -29,103 +31,7 @@ OPENAI_NAMES: dict[str, str] = {
     "ViT-L/14": "ViT-L-14-quickgelu",
     "ViT-L/14@336px": "ViT-L-14-336-quickgelu",
 }
-OPENAI_MEAN = (0.48145466, 0.4578275, 0.40821073)
-OPENAI_STD = (0.26862954, 0.26130258, 0.27577711)
 OFFLINE_HINT = "pass --weights PATH for a local checkpoint, or --random-init for seeded random weights"
-
-
-@dataclass(frozen=True)
-class ModelSpec:
-    """What the user asked for, resolved to an open_clip architecture and one weights source."""
-
-    name: str
-    arch: str
-    pretrained: str | None = None
-    weights: Path | None = None
-    random_init: bool = False
-    seed: int = 0
-    hf_dir: Path | None = None
-
-    @property
-    def slug(self) -> str:
-        return "".join(c if c.isalnum() or c in "-_." else "-" for c in self.name).strip("-.")
-
-    @property
-    def source(self) -> str:
-        if self.random_init:
-            return f"random-init(seed={self.seed})"
-        if self.hf_dir is not None:
-            return f"huggingface:{self.hf_dir}"
-        if self.weights is not None:
-            return f"file:{self.weights}"
-        return f"open_clip:{self.arch}:{self.pretrained}"
-
-
-@dataclass(frozen=True)
-class PreprocessConfig:
-    image_size: tuple[int, int]
-    mean: tuple[float, float, float]
-    std: tuple[float, float, float]
-    interpolation: str = "bicubic"
-    resize_mode: str = "shortest"
-
-    def to_json(self) -> dict[str, Any]:
-        return {
-            "image_size": list(self.image_size),
-            "mean": list(self.mean),
-            "std": list(self.std),
-            "interpolation": self.interpolation,
-            "resize_mode": self.resize_mode,
-        }
-
-    @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "PreprocessConfig":
-        return cls(
-            image_size=tuple(data["image_size"]),  # type: ignore[arg-type]
-            mean=tuple(data["mean"]),  # type: ignore[arg-type]
-            std=tuple(data["std"]),  # type: ignore[arg-type]
-            interpolation=data.get("interpolation", "bicubic"),
-            resize_mode=data.get("resize_mode", "shortest"),
-        )
-
-
-@dataclass(frozen=True)
-class TokenizerConfig:
-    context_length: int
-    sot_token_id: int
-    eot_token_id: int
-    kind: str = "open_clip"
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.__dict__)
-
-
-@dataclass
-class LoadedModel:
-    """A model in memory with what export and verify need to know about it."""
-
-    spec: ModelSpec
-    model: Any  # torch.nn.Module with encode_image/encode_text
-    preprocess: PreprocessConfig
-    tokenizer: TokenizerConfig
-    tokenize: Callable[[Sequence[str]], Any]
-    embed_dim: int
-    checkpoint_sha256: str | None = None
-    checkpoint_path: Path | None = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-    def manifest_section(self) -> dict[str, Any]:
-        return {
-            "name": self.spec.name,
-            "arch": self.spec.arch,
-            "pretrained": self.spec.pretrained,
-            "source": self.spec.source,
-            "random_init": self.spec.random_init,
-            "seed": self.spec.seed if self.spec.random_init else None,
-            "checkpoint": str(self.checkpoint_path) if self.checkpoint_path else None,
-            "checkpoint_sha256": self.checkpoint_sha256,
-            "embed_dim": self.embed_dim,
-        }
 
 
 def _open_clip() -> Any:
@@ -146,8 +52,12 @@ def resolve(
     weights: str | Path | None = None,
     random_init: bool = False,
     seed: int = 0,
+    tokenizer: str | Path | None = None,
+    text_config: str | Path | None = None,
 ) -> ModelSpec:
-    """Turn what the user typed into a ModelSpec, or say what exists instead."""
+    """Turn what the user typed into a ModelSpec, or say what exists instead; the offline
+    directories (--tokenizer, --text-config) and the family's rules are checked here, before
+    anything is built or written."""
     chosen = [x for x in (pretrained, weights, random_init or None) if x]
     if len(chosen) > 1:
         raise WeightsError("choose one weights source: --pretrained TAG, --weights PATH or --random-init")
@@ -184,14 +94,20 @@ def resolve(
         )
     if weights is not None and not Path(weights).is_file():
         raise WeightsError(f"--weights {weights}: no such file")
-    return ModelSpec(
+    cfg = model_config(arch)
+    family = family_for(arch, cfg)
+    spec = ModelSpec(
         name=name,
         arch=arch,
         pretrained=tag,
         weights=Path(weights).resolve() if weights is not None else None,
         random_init=random_init,
         seed=seed,
+        tokenizer_dir=check_tokenizer_dir(Path(tokenizer), arch, family) if tokenizer is not None else None,
+        text_config_dir=check_text_config_dir(Path(text_config), arch, cfg, family) if text_config is not None else None,
     )
+    preflight(spec)
+    return spec
 
 
 def pretrained_tags(arch: str) -> list[str]:
@@ -224,19 +140,11 @@ def cached_checkpoint(arch: str, tag: str) -> Path | None:
     return None
 
 
-def _hub_reachable(timeout: float = 3.0) -> bool:
-    try:
-        with socket.create_connection(("huggingface.co", 443), timeout=timeout):
-            return True
-    except OSError:
-        return False
-
-
 def _download_checkpoint(arch: str, tag: str) -> Path:
     cached = cached_checkpoint(arch, tag)
     if cached is not None:
         return cached
-    if os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable():
+    if not hub_reachable():
         raise WeightsError(
             f"the weights for {arch}:{tag} are not in the local cache and the model hub cannot be reached "
             f"(offline?); {OFFLINE_HINT}"
@@ -248,134 +156,81 @@ def _download_checkpoint(arch: str, tag: str) -> Path:
         raise WeightsError(f"could not download the weights for {arch}:{tag}: {exc}; {OFFLINE_HINT}") from None
 
 
-def open_clip_tokenizer(arch: str) -> Any:
-    """open_clip's tokenizer for `arch`. Some architectures (SigLIP, multilingual ones) name a
-    Hugging Face tokenizer that open_clip fetches from the hub even with random weights; offline,
-    only a cached copy is tried (no retry loop against an unreachable hub) and a miss is one error."""
-    oc = _open_clip()
-    hf_name = ((oc.get_model_config(arch) or {}).get("text_cfg") or {}).get("hf_tokenizer_name")
-    if not hf_name:
-        return oc.get_tokenizer(arch)
-    offline = os.environ.get("HF_HUB_OFFLINE") == "1" or not _hub_reachable()
+def model_config(arch: str) -> dict[str, Any]:
+    return dict(_open_clip().get_model_config(arch) or {})
+
+
+def tag_config(arch: str, tag: str | None) -> dict[str, Any]:
+    """The pretrained tag's config; for random or local weights the architecture's first tag's,
+    whose preprocessing is what the weights users load with it expect."""
+    tags = pretrained_tags(arch)
+    chosen = tag or (tags[0] if tags else None)
+    return dict(_open_clip().get_pretrained_cfg(arch, chosen) or {}) if chosen else {}
+
+
+def preflight(spec: ModelSpec) -> tuple[FamilyRules, dict[str, Any], dict[str, Any]]:
+    """Everything that can be refused from configs alone (family, resize mode, the extra a text
+    tower needs), checked before a model is built or a file written."""
+    cfg = model_config(spec.arch)
+    family = family_for(spec.arch, cfg)
+    settings = preprocess_settings(family, cfg, tag_config(spec.arch, spec.pretrained))
+    require_resize_mode(settings["resize_mode"], f"{spec.arch}'s preprocessing")
+    if family.needs_transformers:
+        import_optional("transformers", package="transformers", extra="hf", purpose=f"{spec.arch}'s Hugging Face text tower")
+    return family, cfg, settings
+
+
+def _build(oc: Any, spec: ModelSpec, cfg: dict[str, Any], family: FamilyRules, quick_gelu: bool) -> Any:
+    """open_clip's model; HF text towers from --text-config DIR and never from the hub's weights
+    (the checkpoint, or the seeded random init, supplies them)."""
+    kwargs: dict[str, Any] = {}
+    if family.needs_transformers:
+        text_cfg = dict(cfg.get("text_cfg") or {})
+        if spec.text_config_dir is not None:
+            text_cfg["hf_model_name"] = str(spec.text_config_dir)
+        elif not hub_reachable():
+            from transformers import AutoConfig
+
+            try:
+                AutoConfig.from_pretrained(text_cfg["hf_model_name"], local_files_only=True)
+            except Exception:
+                raise WeightsError(f"{spec.arch}'s text tower is the transformers model {text_cfg['hf_model_name']!r}, whose config is not in the local Hugging Face cache and the hub cannot be reached (offline?); pass --text-config DIR, a directory holding its config.json") from None
+        kwargs = {"text_cfg": {**text_cfg, "hf_model_pretrained": False}, "pretrained_hf": False}
     try:
-        return oc.get_tokenizer(arch, local_files_only=True) if offline else oc.get_tokenizer(arch)
-    except Exception as exc:  # transformers and the hub raise many types
-        where = "is not in the local Hugging Face cache and the hub cannot be reached (offline?)" if offline else f"could not be loaded: {str(exc).splitlines()[0]}"
-        raise WeightsError(f"{arch} tokenizes with the Hugging Face tokenizer {hf_name!r}, which {where}; captions cannot be tokenized for the text tower without it") from None
+        return oc.create_model(spec.arch, pretrained=None, force_quick_gelu=quick_gelu, **kwargs)
+    except (KeyError, RuntimeError, ValueError, OSError) as exc:
+        raise WeightsError(f"could not build {spec.arch} from {spec.source}: {str(exc).splitlines()[0]}") from None
 
 
-def sha256_file(path: Path, chunk: int = 1 << 22) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        while block := handle.read(chunk):
-            digest.update(block)
-    return digest.hexdigest()
+def _text_vocabulary(model: Any) -> tuple[int | None, int | None]:
+    """(embedding rows, padding id the tower masks) of the text tower, where it says."""
+    text = getattr(model, "text", None)
+    config = getattr(text, "config", None)
+    if config is not None:
+        return int(config.vocab_size), config.pad_token_id
+    embedding = getattr(text if text is not None else model, "token_embedding", None)
+    return (int(embedding.num_embeddings) if embedding is not None else None), None
 
 
-def _is_torchscript_archive(path: Path) -> bool:
-    if not zipfile.is_zipfile(path):
-        return False
-    with zipfile.ZipFile(path) as archive:
-        return any(n.endswith("/constants.pkl") or "/code/" in n for n in archive.namelist())
+def reparameterize(model: Any) -> int:
+    """Fold MobileOne/FastViT train-time branches into one conv each (timm's reparameterize_model,
+    what apple's export guide runs); returns how many modules were folded."""
+    from timm.utils.model import reparameterize_model
 
-
-def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
-    """Load tensors without running pickled code; returns (state_dict, is_openai_jit)."""
-    import torch
-
-    try:
-        size = path.stat().st_size
-        with open(path, "rb"):
-            pass
-    except OSError as exc:
-        raise WeightsError(f"{path} cannot be read: {exc.strerror or exc}") from None
-    if size == 0:
-        raise WeightsError(f"{path} is empty (0 bytes); expected a checkpoint (.pt, .bin or .safetensors)")
-    if path.suffix == ".safetensors":
-        from safetensors.torch import load_file
-
-        try:
-            return dict(load_file(str(path))), False
-        except Exception as exc:
-            raise WeightsError(f"{path} is not a readable safetensors file: {_reason(exc)}") from None
-    if _is_torchscript_archive(path):
-        # TorchScript archives are read by TorchScript's own loader, which builds no Python objects.
-        try:
-            return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), True
-        except Exception as exc:
-            raise WeightsError(f"{path} looks like a TorchScript archive but could not be read: {_reason(exc)}") from None
-    try:
-        data = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as exc:
-        if "Unsupported global" in str(exc):  # a class or function to import and run: code, not tensors
-            raise UnsafeCheckpointError(
-                f"refusing to load {path}: it needs arbitrary pickle code execution to unpickle; "
-                "save it as a plain state dict (torch.save(model.state_dict())) or as .safetensors"
-            ) from None
-        raise WeightsError(f"{path} is not a readable checkpoint: {_reason(exc)}") from None
-    if isinstance(data, dict):
-        for key in ("state_dict", "model", "model_state_dict"):
-            if key in data and isinstance(data[key], dict):
-                data = data[key]
-                break
-    if not isinstance(data, dict) or not data:
-        raise WeightsError(f"{path} does not hold a state dict")
-    state = {k.removeprefix("module."): v for k, v in data.items()}
-    return state, False
-
-
-def _reason(exc: BaseException) -> str:
-    """The exception's own words: for torch's weights-only unpickler the line that says what it
-    met (not its advice to disable the check), else the first line, with the type when the words
-    alone say nothing (an EOFError is blank, a KeyError only the key)."""
-    text = str(exc)
-    detail = re.search(r"WeightsUnpickler error:\s*(\S[^\n]*)", text)
-    if detail:
-        return f"not a torch checkpoint ({detail.group(1).strip()})"
-    lines = text.strip().splitlines()
-    if not lines or isinstance(exc, (KeyError, EOFError)):
-        return f"{type(exc).__name__}: {lines[0]}" if lines else type(exc).__name__
-    return lines[0]
-
-
-def refuse_non_finite(state: dict[str, Any], where: Path) -> None:
-    """NaN or Inf weights would only show up as a failed parity check after the whole export."""
-    import torch
-
-    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
-    if bad:
-        shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
-        raise WeightsError(f"the checkpoint {where} holds NaN or Inf values in {len(bad)} tensor(s): {shown}")
-
-
-def _apply_state_dict(model: Any, state: dict[str, Any], where: str, arch: str) -> None:
-    import torch
-
-    own = model.state_dict()
-    missing = sorted(set(own) - set(state))
-    unexpected = sorted(set(state) - set(own))
-    mismatched = [k for k in own if k in state and tuple(own[k].shape) != tuple(state[k].shape)]
-    if missing or unexpected or mismatched:
-        parts = []
-        if mismatched:
-            k = mismatched[0]
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})")
-        if missing:
-            parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
-        if unexpected:
-            parts.append(f"{len(unexpected)} unexpected keys (e.g. {unexpected[0]})")
-        raise WeightsError(f"the checkpoint {where} does not match the architecture {arch}: " + "; ".join(parts))
-    with torch.no_grad():
-        model.load_state_dict({k: v.to(own[k].dtype) if torch.is_floating_point(v) else v for k, v in state.items()})
+    count = sum(1 for m in model.modules() if hasattr(m, "reparameterize"))
+    reparameterize_model(model, inplace=True)
+    return count
 
 
 def load_model(spec: ModelSpec) -> LoadedModel:
     """Build the model in fp32 on CPU, the reference every artifact is compared with."""
     if spec.hf_dir is not None:
-        return _load_hf(spec)
+        return load_hf_dir(spec)
     import torch
 
+    family, cfg, settings = preflight(spec)
     oc = _open_clip()
+    reference = reference_tokenizer(oc, spec.arch, cfg, family, spec.tokenizer_dir)
     pcfg = oc.get_pretrained_cfg(spec.arch, spec.pretrained) if spec.pretrained else {}
     checkpoint: Path | None = None
     if spec.pretrained:
@@ -389,125 +244,34 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         refuse_non_finite(state, checkpoint)
     if spec.random_init:
         torch.manual_seed(spec.seed)
-    try:
-        if is_jit:
-            from open_clip.model import build_model_from_openai_state_dict
+    if is_jit:
+        from open_clip.model import build_model_from_openai_state_dict
 
+        try:
             model = build_model_from_openai_state_dict(state)
-            state = None
-        else:
-            model = oc.create_model(spec.arch, pretrained=None, force_quick_gelu=bool(pcfg.get("quick_gelu")))
-    except (KeyError, RuntimeError, ValueError) as exc:
-        raise WeightsError(f"could not build {spec.arch} from {spec.source}: {exc}") from None
+        except (KeyError, RuntimeError, ValueError) as exc:
+            raise WeightsError(f"could not build {spec.arch} from {spec.source}: {exc}") from None
+        state, reference, family = None, oc.get_tokenizer("ViT-B-32"), family_for("ViT-B-32", {})
+    else:
+        model = _build(oc, spec, cfg, family, bool(pcfg.get("quick_gelu")))
     if state is not None:
-        _apply_state_dict(model, state, str(checkpoint), spec.arch)
+        apply_state_dict(model, state, str(checkpoint), spec.arch)
     model = model.float().eval()
+    folded = reparameterize(model) if family.reparameterize else 0
 
-    base_cfg = dict(getattr(model.visual, "preprocess_cfg", {}) or {})
-    for key in ("mean", "std", "interpolation", "resize_mode"):
-        if pcfg.get(key) is not None:
-            base_cfg[key] = pcfg[key]
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    preprocess = PreprocessConfig(
-        image_size=size,  # type: ignore[arg-type]
-        mean=tuple(base_cfg.get("mean", OPENAI_MEAN)),  # type: ignore[arg-type]
-        std=tuple(base_cfg.get("std", OPENAI_STD)),  # type: ignore[arg-type]
-        interpolation=base_cfg.get("interpolation", "bicubic"),
-        resize_mode=base_cfg.get("resize_mode", "shortest"),
-    )
-    tokenizer = open_clip_tokenizer(spec.arch if not is_jit else "ViT-B-32")
-    context_length = int(getattr(model, "context_length", 77))
-    tokenizer_cfg = TokenizerConfig(
-        context_length=context_length,
-        sot_token_id=int(getattr(tokenizer, "sot_token_id", 49406)),
-        eot_token_id=int(getattr(tokenizer, "eot_token_id", 49407)),
-    )
+    preprocess = PreprocessConfig(size, tuple(settings["mean"]), tuple(settings["std"]), settings["interpolation"], settings["resize_mode"])  # type: ignore[arg-type]
+    context_length = int(getattr(reference, "context_length", None) or getattr(model, "context_length", 77))
+    tokenizer_cfg = tokenizer_settings(oc, reference, family, context_length)
+    where = f"--tokenizer {spec.tokenizer_dir}" if spec.tokenizer_dir else f"the tokenizer of {spec.arch}"
+    require_fits_model(tokenizer_cfg, spec.arch, *_text_vocabulary(model), where)
 
-    def tokenize(texts: Sequence[str]) -> Any:
-        return tokenizer(list(texts), context_length=context_length)
+    def tokenize(texts: Sequence[str], length: int = context_length) -> Any:
+        return reference(list(texts), context_length=length)
 
-    with torch.no_grad():
-        embed_dim = int(model.encode_text(tokenize(["a"])).shape[-1])
-    return LoadedModel(
-        spec=spec,
-        model=model,
-        preprocess=preprocess,
-        tokenizer=tokenizer_cfg,
-        tokenize=tokenize,
-        embed_dim=embed_dim,
-        checkpoint_sha256=sha256_file(checkpoint) if checkpoint is not None else None,
-        checkpoint_path=checkpoint,
-        extra={"open_clip_tokenizer": tokenizer},
-    )
-
-
-def _load_hf(spec: ModelSpec) -> LoadedModel:
-    transformers = import_optional("transformers", package="transformers", extra="hf", purpose="loading a Hugging Face CLIP directory")
-    import torch
-
-    assert spec.hf_dir is not None
-    try:
-        model = transformers.CLIPModel.from_pretrained(str(spec.hf_dir), local_files_only=True, torch_dtype=torch.float32)
-        tokenizer = transformers.CLIPTokenizer.from_pretrained(str(spec.hf_dir), local_files_only=True)
-    except Exception as exc:
-        raise WeightsError(f"could not load the Hugging Face CLIP directory {spec.hf_dir}: {exc}") from None
-    model = _hf_adapter_class()(model).eval()
-    pre = {}
-    pre_file = spec.hf_dir / "preprocessor_config.json"
-    if pre_file.exists():
-        pre = json.loads(pre_file.read_text())
-    crop = pre.get("crop_size", model.hf.config.vision_config.image_size)
-    crop = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
-    preprocess = PreprocessConfig(
-        image_size=crop,
-        mean=tuple(pre.get("image_mean", OPENAI_MEAN)),  # type: ignore[arg-type]
-        std=tuple(pre.get("image_std", OPENAI_STD)),  # type: ignore[arg-type]
-    )
-    context_length = int(model.hf.config.text_config.max_position_embeddings)
-
-    def tokenize(texts: Sequence[str]) -> Any:
-        return tokenizer(list(texts), padding="max_length", truncation=True, max_length=context_length, return_tensors="pt")["input_ids"]
-
-    weight_files = sorted(spec.hf_dir.glob("*.safetensors")) or sorted(spec.hf_dir.glob("*.bin"))
-    with torch.no_grad():
-        embed_dim = int(model.encode_text(tokenize(["a"])).shape[-1])
-    return LoadedModel(
-        spec=spec,
-        model=model,
-        preprocess=preprocess,
-        tokenizer=TokenizerConfig(context_length, int(tokenizer.bos_token_id), int(tokenizer.eos_token_id), kind="huggingface"),
-        tokenize=tokenize,
-        embed_dim=embed_dim,
-        checkpoint_sha256=sha256_file(weight_files[0]) if weight_files else None,
-        checkpoint_path=weight_files[0] if weight_files else None,
-    )
-
-
-@lru_cache(maxsize=1)
-def _hf_adapter_class() -> type:
-    """Built on first use: subclassing torch.nn.Module at import time would import torch with
-    every clip_export module, including the torch-free serving runtime."""
-    import torch
-
-    class HFAdapter(torch.nn.Module):
-        """Gives a transformers CLIPModel the encode_image/encode_text surface of open_clip."""
-
-        def __init__(self, hf_model: Any) -> None:
-            super().__init__()
-            self.hf = hf_model
-
-        def encode_image(self, pixel_values: Any, normalize: bool = False) -> Any:
-            out = self.hf.get_image_features(pixel_values=pixel_values)
-            out = getattr(out, "pooler_output", out)
-            return out / out.norm(dim=-1, keepdim=True) if normalize else out
-
-        def encode_text(self, input_ids: Any, normalize: bool = False) -> Any:
-            out = self.hf.get_text_features(input_ids=input_ids)
-            out = getattr(out, "pooler_output", out)
-            return out / out.norm(dim=-1, keepdim=True) if normalize else out
-
-    return HFAdapter
+    backend = reference.tokenizer.backend_tokenizer if tokenizer_cfg.kind == "hf" else None
+    return finish_loading(spec, model, preprocess, tokenizer_cfg, tokenize, backend, checkpoint, extra={"open_clip_tokenizer": reference}, family=family.name, reparameterized_modules=folded)
 
 
 @dataclass(frozen=True)
@@ -551,5 +315,7 @@ def spec_from_manifest(model: dict[str, Any], verify_checkpoint: bool = True) ->
         weights=None if model.get("pretrained") or model.get("random_init") else checkpoint,
         random_init=bool(model.get("random_init")),
         seed=int(model.get("seed") or 0),
+        tokenizer=model.get("tokenizer_dir"),
+        text_config=model.get("text_config_dir"),
     )
-    return ModelSpec(model.get("name", spec.name), spec.arch, spec.pretrained, spec.weights, spec.random_init, spec.seed, spec.hf_dir)
+    return dataclasses.replace(spec, name=model.get("name", spec.name))

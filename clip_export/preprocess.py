@@ -1,7 +1,7 @@
 """Image preprocessing without torch, exact to open_clip's PIL pipeline, plus faster variants.
 
 The reference is open_clip's eval transform: Resize(short side, bicubic) → CenterCrop → RGB →
-ToTensor → Normalize. torchvision applies PIL's own resize to PIL images, so the same PIL calls
+ToTensor → Normalize, or for "squash" families (SigLIP, DFN) Resize((H, W)) with no crop. torchvision applies PIL's own resize to PIL images, so the same PIL calls
 here give bit-identical pixels; tests hold that. `preprocess_fast` gives the same pixels in a
 fraction of the time (clip_export.resample); the other variants are measured alternatives.
 """
@@ -16,7 +16,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ClipExportError
-from .models import PreprocessConfig
+from .configs import PreprocessConfig, require_resize_mode
 
 _PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
 
@@ -133,15 +133,17 @@ def _normalize(rgb: Image.Image, config: PreprocessConfig) -> np.ndarray:
     return out
 
 
-def _require_shortest_side(config: PreprocessConfig) -> None:
-    if config.resize_mode != "shortest":
-        raise ValueError(f"resize_mode {config.resize_mode!r} is not supported by the numpy preprocessor")
+def _resize_squash(image: Image.Image, height: int, width: int, interpolation: str) -> Image.Image:
+    """torchvision's Resize((H, W)) on a PIL image: PIL's resize to exactly that size, no crop."""
+    return image if image.size == (width, height) else image.resize((width, height), _PIL_FILTERS[interpolation])
 
 
 def preprocess_reference(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
-    """open_clip's order: resize and crop in the image's own mode, then convert to RGB."""
+    """open_clip's order: resize (and crop) in the image's own mode, then convert to RGB."""
     height, width = config.image_size
-    _require_shortest_side(config)
+    require_resize_mode(config.resize_mode, "the preprocessing config")
+    if config.resize_mode == "squash":
+        return _normalize(_resize_squash(image, height, width, config.interpolation).convert("RGB"), config)
     resized = _resize_shortest(image, min(height, width), config.interpolation)
     return _normalize(_center_crop(resized, height, width).convert("RGB"), config)
 
@@ -172,7 +174,8 @@ def preprocess_fast(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
 
     height, width = config.image_size
     img_w, img_h = image.size
-    new_w, new_h = shortest_side_size(img_w, img_h, min(height, width))
+    squash = config.resize_mode == "squash"
+    new_w, new_h = (width, height) if squash else shortest_side_size(img_w, img_h, min(height, width))
     if img_w * img_h > FAST_MAX_PIXELS or not resample.covers(image, config) or (new_w, new_h) == (img_w, img_h) or new_w < width or new_h < height:
         return preprocess_reference(image, config)
     left, top = _crop_offsets(new_w, new_h, width, height)

@@ -56,7 +56,7 @@ def report_images(evalset_dir: Path | None = None) -> list[Path]:
 def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int, loaded: Any | None) -> list[StageTimes]:
     from PIL import Image
 
-    from .models import PreprocessConfig
+    from .configs import PreprocessConfig
     from .preprocess import load_image, preprocess_fast, preprocess_reference
 
     config = PreprocessConfig.from_json(manifest["preprocess"])
@@ -92,7 +92,7 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
 
     from .evalset import load_evalset
     from .metrics import l2_normalize, retrieval_agreement, run_batches
-    from .models import PreprocessConfig
+    from .configs import PreprocessConfig
     from .preprocess import VARIANTS, preprocess_reference
 
     config = PreprocessConfig.from_json(manifest["preprocess"])

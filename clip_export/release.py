@@ -23,7 +23,7 @@ from .manifest import (
     resolve_inside,
     write_manifest,
 )
-from .models import sha256_file
+from .checkpoints import sha256_file
 from .progress import Progress, silent
 from .spec import PREPROCESSING_FORMAT
 
@@ -62,7 +62,7 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
             continue
         if not verified:
             problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
-    for record in (manifest.get("reference"), manifest["tokenizer"].get("bpe_vocab")):
+    for record in (manifest.get("reference"), manifest["tokenizer"].get("file"), manifest["tokenizer"].get("bpe_vocab")):
         for issue in integrity_problems(model_dir, record) if record else []:
             problems.append(f"{model_dir.name}/{issue}")
     return problems
@@ -186,10 +186,11 @@ def release(
                 ref_name = safe_asset_name(f"{slug}-reference.npz")
                 assets += _copy_plain(resolve_inside(dirs[0], merged["reference"]["path"], "the reference"), staging, ref_name)
                 merged["reference"].update(file_record(staging / ref_name, staging))
-            if merged["tokenizer"].get("bpe_vocab"):
-                vocab_name = safe_asset_name(f"{slug}-tokenizer-bpe.txt.gz")
-                assets += _copy_plain(resolve_inside(dirs[0], merged["tokenizer"]["bpe_vocab"]["path"], "the tokenizer vocabulary"), staging, vocab_name)
-                merged["tokenizer"]["bpe_vocab"] = file_record(staging / vocab_name, staging)
+            for key, suffix in (("file", "tokenizer.json"), ("bpe_vocab", "tokenizer-bpe.txt.gz")):
+                if merged["tokenizer"].get(key):
+                    name = safe_asset_name(f"{slug}-{suffix}")
+                    assets += _copy_plain(resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"), staging, name)
+                    merged["tokenizer"][key] = file_record(staging / name, staging)
             merged["release"] = {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]}
             write_manifest(staging, merged)
             atomic_write_text(staging / "MODEL_CARD.md", model_card(merged, slug, tag))

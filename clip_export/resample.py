@@ -25,7 +25,7 @@ import numpy as np
 from numba import njit
 from PIL import Image
 
-from .models import PreprocessConfig
+from .configs import PreprocessConfig
 
 PRECISION_BITS = 32 - 8 - 2  # Pillow's fixed point for 8-bit images
 _CHUNK_BYTES = 4096  # row bytes per chunk: 16 KB of int32 sums, well inside a 32-48 KB L1 cache
@@ -37,7 +37,7 @@ _FILTER_CODES = {"bilinear": 0, "bicubic": 1}
 
 def covers(image: Image.Image, config: PreprocessConfig) -> bool:
     """Whether crop_resize_normalise reproduces PIL for this image (else use PIL's own resize)."""
-    if image.mode not in _RAW or config.interpolation not in FILTER_SUPPORT or config.resize_mode != "shortest":
+    if image.mode not in _RAW or config.interpolation not in FILTER_SUPPORT or config.resize_mode not in ("shortest", "squash"):
         return False
     if pillow_pass_order() is None:
         return False

@@ -5,8 +5,8 @@
     text_vectors = model.embed_texts(["a photo of a cat"])
 
 Hashes are checked on load; preprocessing and tokenization follow the manifest. Captions are
-tokenized with the BPE vocabulary the export bundled (clip_export.tokenizer, no torch), or else
-with open_clip's tokenizer (or the Hugging Face tokenizer a directory export recorded).
+tokenized with the tokenizer.json the export bundled after checking its ids (clip_export.tokenizer:
+the `tokenizers` library, no torch, every family); exports made before that use open_clip's.
 
 Images are preprocessed by default ("fast") with vectorised kernels that resample only what the
 centre crop keeps (clip_export.resample): open_clip's pixels bit for bit, 3-6x (the report's small
@@ -25,7 +25,7 @@ from PIL import Image
 
 from .errors import ClipExportError
 from .manifest import read_manifest, require_intact, resolve_inside
-from .models import PreprocessConfig
+from .configs import PreprocessConfig
 from .preprocess import load_image, preprocess_fast, preprocess_reference
 from .serve_check import ServeCheck, check_here, load_reference_slice, require_mode
 from .runner import open_runner
@@ -82,7 +82,7 @@ class ClipOnnx:
             raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
         reference = functools.cache(lambda: load_reference_slice(root, manifest, set(sessions)))  # read only if a check runs
         checks = {tower: check_here(manifest, entries[tower], sessions[tower], reference, check) for tower in sessions}
-        vocab = manifest["tokenizer"].get("bpe_vocab")
+        vocab = manifest["tokenizer"].get("file") or manifest["tokenizer"].get("bpe_vocab")
         if vocab and "text" in sessions:
             require_intact(root, vocab, "refusing to load the tokenizer")
         model = cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
@@ -155,22 +155,17 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _require_manifest_special_ids(tokenizer: Any, settings: dict[str, Any], which: str) -> None:
-    if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
-        raise ClipExportError(f"{which} does not use the SOT/EOT ids recorded in the manifest")
-
-
 def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
-    """The bundled BPE vocabulary when the export shipped one (no torch needed), else the tokenizer
-    library the manifest names."""
+    """The bundled tokenizer.json (no torch, every family), the CLIP merges file that exports before
+    it bundled, else, for those older exports only, the library the manifest names."""
+    from .tokenizer import TextTokenizer, clip_bpe_tokenizer
+
     settings = manifest["tokenizer"]
     context = int(settings["context_length"])
+    if settings.get("file"):
+        return TextTokenizer.from_file(resolve_inside(root, settings["file"]["path"], "the tokenizer file"), settings)
     if settings.get("bpe_vocab"):
-        from .tokenizer import ClipBpeTokenizer
-
-        tokenizer = ClipBpeTokenizer(resolve_inside(root, settings["bpe_vocab"]["path"], "the tokenizer vocabulary"), context)
-        _require_manifest_special_ids(tokenizer, settings, settings["bpe_vocab"]["path"])
-        return tokenizer
+        return TextTokenizer(clip_bpe_tokenizer(resolve_inside(root, settings["bpe_vocab"]["path"], "the tokenizer vocabulary")), "lower", context, 0)
     if settings.get("kind") == "huggingface":
         from transformers import CLIPTokenizer
 
@@ -178,9 +173,8 @@ def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
         return lambda texts: np.asarray(hf(texts, padding="max_length", truncation=True, max_length=context)["input_ids"], dtype=np.int64)
     import open_clip
 
-    from .models import open_clip_tokenizer
-
     arch = manifest["model"]["arch"]
-    tokenizer = open_clip_tokenizer(arch if arch in open_clip.list_models() else "ViT-B-32")
-    _require_manifest_special_ids(tokenizer, settings, f"the tokenizer for {arch}")
+    tokenizer = open_clip.get_tokenizer(arch if arch in open_clip.list_models() else "ViT-B-32")
+    if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
+        raise ClipExportError(f"the tokenizer for {arch} does not use the SOT/EOT ids recorded in the manifest")
     return lambda texts: tokenizer(texts, context_length=context).numpy().astype(np.int64)

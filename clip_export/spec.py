@@ -37,6 +37,9 @@ EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
 # The fp32 torch embeddings of the evaluation set, stored beside the artifacts so verify and the
 # runtime's serve-time check need no torch.
 REFERENCE_NAME = "reference.npz"
+# The tokenizer every export bundles for the torch-free runtime (clip_export.tokenizer); also the
+# file a --tokenizer DIR must hold.
+TOKENIZER_NAME = "tokenizer.json"
 # How many reference images and captions ClipOnnx.from_release runs through each artifact before
 # it serves: enough to catch kernels that break an artifact here, cheap enough for start-up.
 SERVE_CHECK_ITEMS = 4

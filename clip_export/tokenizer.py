@@ -1,174 +1,158 @@
-"""CLIP's byte-level BPE tokenizer without torch, for serving.
+"""Captions to ids without torch, for every family: Hugging Face `tokenizers` reading a bundled
+tokenizer.json, behind open_clip's own text cleaning.
 
-open_clip's SimpleTokenizer imports torch, which costs a serving process a second of start-up and
-hundreds of MB for what is a string-to-ids function. This one reads the same merges file, and the
-export bundles that file only after checking this tokenizer id for id against open_clip's.
+open_clip cleans each caption in Python before its tokenizer sees it (ftfy's mojibake repair,
+HTML unescaping twice, whitespace, and lower-casing or punctuation removal per family). Those are
+not tokenizer.json normalizers (`tokenizers` has no ftfy and no HTML entity table), so the same
+cleaning runs here, in plain Python, and the tokenizer.json does the rest: for CLIP's BPE the
+vocabulary and merges built the way open_clip's SimpleTokenizer builds them, with its word regex,
+byte-level symbols and `</w>` suffix; for Hugging Face families the fast tokenizer open_clip
+wraps. Truncation and padding are written into the file: truncation leaves room for the special
+tokens the post-processor adds, so CLIP keeps its end-of-text id in the last position.
+The export checks these ids against the reference tokenizer before it spends time on anything.
 """
 from __future__ import annotations
 
 import gzip
 import html
+import string
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import numpy as np
 
-from .errors import ClipExportError
+from .errors import ClipExportError, import_optional
+from .spec import TOKENIZER_NAME
 
-VOCAB_NAME = "tokenizer-bpe.txt.gz"
+__all__ = ["TOKENIZER_NAME", "TextTokenizer", "clean_text", "clip_bpe_tokenizer", "first_disagreement"]
+CLEAN_KINDS = ("lower", "whitespace", "canonicalize", "none")  # none: a Hugging Face CLIP directory cleans in its own normalizer
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 WORD_END = "</w>"
-_MERGE_COUNT = 49152 - 256 - 2  # the merges CLIP was trained with; the file holds more
+_MERGE_COUNT = 49152 - 256 - 2  # the merges CLIP was trained with; open_clip's file holds more
+_CLIP_WORDS = r"""<start_of_text>|<end_of_text>|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
-# Strings that exercise every step of the cleaning and splitting, for the export-time check.
+# Strings that exercise every step of the cleaning, splitting and truncation, for the export-time check.
 PROBE_TEXTS = (
     "a photo of a cat",
     "  Mixed CASE,   extra   spaces\tand\nnewlines  ",
-    "&amp;lt;html&amp;gt; entities &quot;twice&quot;",
+    "&amp;lt;html&amp;gt; entities &quot;twice&quot; &#39;numeric&#39;",
     "mojibake: cafÃ© â€” fixed by ftfy",
     "digits 1234567890 and 3.14159, 'quotes' it's we'll they're I'd",
     "emoji 🐱🚀 and symbols ©®™ ½ ∑",
     "宇宙飛行士の写真, Ελληνικά, русский, עברית, العربية",
     "<start_of_text> and <end_of_text> typed by a user",
+    "<s> </s> <pad> <unk> [CLS] [SEP] <mask> typed by a user",
+    "snake_case and under_scores",
     "",
     "word " * 100,
 )
 
 
-@lru_cache(maxsize=1)
-def byte_symbols() -> tuple[tuple[str, ...], tuple[str, ...]]:
-    """Each byte as a printable character (indexed by byte), and the same symbols in CLIP's
-    vocabulary order: the bytes that print as themselves first, then the rest, shifted past 255
-    so that BPE never sees whitespace or control characters."""
-    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
-    printable_set = set(printable)
-    shifted = [b for b in range(256) if b not in printable_set]
-    symbol = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(shifted)}
-    return tuple(symbol[b] for b in range(256)), tuple(symbol[b] for b in printable + shifted)
+def _tokenizers() -> Any:
+    return import_optional("tokenizers", package="tokenizers", extra="hf", purpose="tokenizing captions")
 
 
-def _text_libraries() -> tuple[Any, Any]:
+def clean_text(text: str, kind: str) -> str:
+    """open_clip's clean functions (open_clip.tokenizer, which imports torch), the same steps."""
+    if kind == "none":
+        return text
     try:
         import ftfy
-        import regex
-    except ImportError as exc:
-        raise ClipExportError(f"tokenizing captions needs '{exc.name}', a dependency of clip-export that is missing; reinstall with: pip install clip-export") from None
-    return ftfy, regex
+    except ImportError:
+        raise ClipExportError("tokenizing captions needs 'ftfy', a dependency of clip-export that is missing; reinstall with: pip install clip-export") from None
+    text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
+    if kind == "canonicalize":  # big_vision's: underscores to spaces, punctuation removed, lower case
+        text = text.replace("_", " ").translate(_PUNCTUATION).lower()
+    text = " ".join(text.split()).strip()
+    return text.lower() if kind == "lower" else text
 
 
-class ClipBpeTokenizer:
-    """Captions to CLIP token ids: the same ids as open_clip's default tokenizer (lower-case
-    cleaning, truncation that keeps the end-of-text token), as an int64 numpy array."""
+_PUNCTUATION = str.maketrans("", "", string.punctuation)
 
-    def __init__(self, vocab_path: Path, context_length: int = 77, cache_limit: int = 100_000) -> None:
-        ftfy, regex = _text_libraries()
-        self._fix_text = ftfy.fix_text
-        with gzip.open(vocab_path, "rt", encoding="utf-8") as handle:
-            lines = handle.read().split("\n")
-        merges = [tuple(line.split()) for line in lines[1 : _MERGE_COUNT + 1]]
-        if len(merges) != _MERGE_COUNT or any(len(m) != 2 for m in merges):
-            raise ClipExportError(f"{vocab_path} is not a CLIP BPE merges file ({len(merges)} merges, {_MERGE_COUNT} expected)")
-        self._byte_to_symbol, ordered = byte_symbols()
-        vocabulary = [*ordered, *(s + WORD_END for s in ordered), *("".join(m) for m in merges), *SPECIAL_TOKENS]
-        self._ids = {token: index for index, token in enumerate(vocabulary)}
-        self._rank = {pair: rank for rank, pair in enumerate(merges)}
-        self._pieces: dict[str, tuple[str, ...]] = {t: (t,) for t in SPECIAL_TOKENS}
-        self._cache_limit = cache_limit  # a server sees unbounded vocabularies of user text
-        self.sot_token_id, self.eot_token_id = self._ids[SPECIAL_TOKENS[0]], self._ids[SPECIAL_TOKENS[1]]
-        self.context_length = context_length
-        self._words = regex.compile(
-            "|".join(regex.escape(t) for t in SPECIAL_TOKENS) + r"""|'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+""",
-            regex.IGNORECASE,
-        )
 
-    def _clean(self, text: str) -> str:
-        text = html.unescape(html.unescape(self._fix_text(text))).strip()
-        return " ".join(text.split()).lower()
+@lru_cache(maxsize=1)
+def byte_symbols() -> tuple[str, ...]:
+    """The 256 byte symbols in CLIP's vocabulary order: bytes that print as themselves first,
+    then the rest shifted past 255 (GPT-2's bytes_to_unicode, as open_clip orders them)."""
+    printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
+    shifted = [b for b in range(256) if b not in set(printable)]
+    symbol = {b: chr(b) for b in printable} | {b: chr(256 + i) for i, b in enumerate(shifted)}
+    return tuple(symbol[b] for b in printable + shifted)
 
-    def _merge(self, word: str) -> tuple[str, ...]:
-        """Apply the learned merges, lowest rank first, until none applies."""
-        known = self._pieces.get(word)
-        if known is not None:
-            return known
-        parts = [*word[:-1], word[-1] + WORD_END]
-        while len(parts) > 1:
-            best = min(zip(parts, parts[1:]), key=lambda pair: self._rank.get(pair, _MERGE_COUNT))
-            if best not in self._rank:
-                break
-            merged: list[str] = []
-            index = 0
-            while index < len(parts):
-                if index + 1 < len(parts) and (parts[index], parts[index + 1]) == best:
-                    merged.append(parts[index] + parts[index + 1])
-                    index += 2
-                else:
-                    merged.append(parts[index])
-                    index += 1
-            parts = merged
-        if len(self._pieces) >= self._cache_limit + len(SPECIAL_TOKENS):
-            self._pieces = {t: (t,) for t in SPECIAL_TOKENS}
-        self._pieces[word] = tuple(parts)
-        return self._pieces[word]
 
-    def encode(self, text: str) -> list[int]:
-        ids: list[int] = []
-        for word in self._words.findall(self._clean(text)):
-            symbols = "".join(self._byte_to_symbol[b] for b in word.encode("utf-8"))
-            ids.extend(self._ids[piece] for piece in self._merge(symbols))
-        return ids
+def clip_bpe_tokenizer(merges_path: Path) -> Any:
+    """A tokenizers.Tokenizer equal to open_clip's SimpleTokenizer from its gzipped merges file."""
+    tk = _tokenizers()
+    with gzip.open(merges_path, "rt", encoding="utf-8") as handle:
+        lines = handle.read().split("\n")
+    merges = [tuple(line.split()) for line in lines[1 : _MERGE_COUNT + 1]]
+    if len(merges) != _MERGE_COUNT or any(len(m) != 2 for m in merges):
+        raise ClipExportError(f"{merges_path} is not a CLIP BPE merges file ({len(merges)} merges, {_MERGE_COUNT} expected)")
+    ordered = byte_symbols()
+    vocabulary = [*ordered, *(s + WORD_END for s in ordered), *("".join(m) for m in merges), *SPECIAL_TOKENS]
+    ids = {token: index for index, token in enumerate(vocabulary)}
+    tokenizer = tk.Tokenizer(tk.models.BPE(vocab=ids, merges=merges, end_of_word_suffix=WORD_END))
+    tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence(
+        [tk.pre_tokenizers.Split(tk.Regex(_CLIP_WORDS), behavior="removed", invert=True), tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+    )
+    tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
+    tokenizer.post_processor = tk.processors.TemplateProcessing(single=f"{SPECIAL_TOKENS[0]} $A {SPECIAL_TOKENS[1]}", special_tokens=[(s, ids[s]) for s in SPECIAL_TOKENS])
+    return tokenizer
+
+
+def copy_of(backend: Any) -> Any:
+    """An independent tokenizers.Tokenizer from a fast tokenizer's backend (settings are per object)."""
+    return _tokenizers().Tokenizer.from_str(backend.to_str())
+
+
+def fix_length(tokenizer: Any, context_length: int, pad_token_id: int) -> Any:
+    """Truncate and pad every caption to `context_length`, as open_clip does; written into the file."""
+    tokenizer.enable_truncation(context_length)
+    pad_token = tokenizer.id_to_token(pad_token_id) or "<pad>"
+    tokenizer.enable_padding(length=context_length, pad_id=pad_token_id, pad_token=pad_token)
+    return tokenizer
+
+
+class TextTokenizer:
+    """open_clip's ids as an int64 [N, context_length] array, from a tokenizer.json: no torch."""
+
+    def __init__(self, tokenizer: Any, clean: str, context_length: int, pad_token_id: int) -> None:
+        if clean not in CLEAN_KINDS:
+            raise ClipExportError(f"the manifest's tokenizer cleaning is {clean!r}; clip-export knows {', '.join(CLEAN_KINDS)}")
+        self._tokenizer = fix_length(tokenizer, context_length, pad_token_id)
+        self.clean, self.context_length, self.pad_token_id = clean, context_length, pad_token_id
+        self._other_lengths: dict[int, Any] = {}
+
+    @classmethod
+    def from_file(cls, path: Path, settings: dict[str, Any]) -> "TextTokenizer":
+        try:
+            tokenizer = _tokenizers().Tokenizer.from_file(str(path))
+        except Exception as exc:  # tokenizers raises a bare Exception for malformed files
+            raise ClipExportError(f"{path.name} is not a tokenizer.json the tokenizers library can read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        return cls(tokenizer, settings.get("clean", "lower"), int(settings["context_length"]), int(settings.get("pad_token_id", 0)))
+
+    def save(self, path: Path) -> None:
+        self._tokenizer.save(str(path))
 
     def __call__(self, texts: Sequence[str], context_length: int | None = None) -> np.ndarray:
+        tokenizer = self._tokenizer
+        if context_length and context_length != self.context_length:
+            if context_length not in self._other_lengths:
+                self._other_lengths[context_length] = fix_length(copy_of(self._tokenizer), context_length, self.pad_token_id)
+            tokenizer = self._other_lengths[context_length]
+        encoded = tokenizer.encode_batch([clean_text(t, self.clean) for t in texts])
         length = context_length or self.context_length
-        out = np.zeros((len(texts), length), dtype=np.int64)
-        for row, text in enumerate(texts):
-            ids = [self.sot_token_id, *self.encode(text), self.eot_token_id]
-            if len(ids) > length:
-                ids = ids[: length - 1] + [self.eot_token_id]
-            out[row, : len(ids)] = ids
-        return out
+        return np.asarray([e.ids for e in encoded], dtype=np.int64).reshape(len(texts), length)
 
 
-def bundled_vocab_source(open_clip_tokenizer: Any) -> Path | None:
-    """open_clip's merges file when its tokenizer is the plain CLIP one this module reproduces;
-    None for anything else (Hugging Face tokenizers, other cleaning, reduction masks)."""
-    try:
-        from open_clip import tokenizer as oc_tokenizer
-    except ImportError:
-        return None
-    plain = (
-        type(open_clip_tokenizer) is oc_tokenizer.SimpleTokenizer
-        and getattr(open_clip_tokenizer, "reduction_fn", None) is None
-        and getattr(open_clip_tokenizer, "clean_fn", None) is getattr(oc_tokenizer, "_clean_lower", object())
-        and getattr(open_clip_tokenizer, "vocab_size", None) == 49408
-    )
-    return Path(oc_tokenizer.default_bpe()) if plain else None
-
-
-def agrees_with(tokenizer: ClipBpeTokenizer, reference: Any, texts: Sequence[str], context_length: int) -> bool:
-    """Id-for-id agreement with open_clip's tokenizer on these texts (and at a short context,
-    which exercises truncation)."""
-    for length in (context_length, 8):
-        expected = np.asarray(reference(list(texts), context_length=length).numpy(), dtype=np.int64)
-        if not np.array_equal(tokenizer(texts, context_length=length), expected):
-            return False
-    return True
-
-
-def bundle_vocab(open_clip_tokenizer: Any, context_length: int, texts: Sequence[str], target_dir: Path) -> Path | None:
-    """Copy the merges file next to the artifacts when this tokenizer gives open_clip's ids on
-    `texts` and the probe strings; otherwise None, and the runtime keeps using open_clip."""
-    import shutil
-
-    source = bundled_vocab_source(open_clip_tokenizer)
-    if source is None:
-        return None
-    try:
-        tokenizer = ClipBpeTokenizer(source, context_length)
-    except ClipExportError:
-        return None  # not bundling leaves serving on open_clip's tokenizer, which works
-    if not agrees_with(tokenizer, open_clip_tokenizer, [*PROBE_TEXTS, *texts], context_length):
-        return None
-    target = Path(target_dir) / VOCAB_NAME
-    shutil.copyfile(source, target)
-    return target
+def first_disagreement(ours: TextTokenizer, reference: Callable[[Sequence[str], int], Any], texts: Sequence[str]) -> str | None:
+    """The first text (at the model's context and at 8, which truncates) whose ids differ, else None."""
+    for length in (ours.context_length, 8):
+        for text in texts:
+            expected = np.asarray(reference([text], length), dtype=np.int64)
+            got = ours([text], length)
+            if not np.array_equal(got, expected):
+                where = int(np.argmax(got[0] != expected[0])) if got.shape == expected.shape else 0
+                return f"{text[:40]!r} at context {length}: id {got[0][where] if got.size else None} at position {where}, the reference gives {expected[0][where] if expected.size else None}"
+    return None

@@ -6,6 +6,8 @@ from pathlib import Path
 
 import pytest
 
+from .helpers import train_unigram_tokenizer
+
 CONFIGS = Path(__file__).parent / "configs"
 
 
@@ -51,3 +53,23 @@ def tiny_vit_copy(tiny_vit_dir: Path, tmp_path: Path) -> Path:
     target = tmp_path / tiny_vit_dir.name
     shutil.copytree(tiny_vit_dir, target)
     return target
+
+
+@pytest.fixture(scope="session")
+def siglip_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """SigLIP's layout: <pad> 0, </s> 1, <unk> 2, an end token and no start token."""
+    return train_unigram_tokenizer(tmp_path_factory.mktemp("siglip-tokenizer"), ["<pad>", "</s>", "<unk>"], "$A </s>", {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})
+
+
+@pytest.fixture(scope="session")
+def xlmr_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tokenizer dir, text config dir) of a tiny XLM-RoBERTa: <s> 0, <pad> 1, </s> 2, <unk> 3."""
+    from transformers import XLMRobertaConfig
+
+    tokenizer = train_unigram_tokenizer(
+        tmp_path_factory.mktemp("xlmr-tokenizer"), ["<s>", "<pad>", "</s>", "<unk>"], "<s> $A </s>",
+        {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"},
+    )
+    config = tmp_path_factory.mktemp("xlmr-config")
+    XLMRobertaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=80, pad_token_id=1, bos_token_id=0, eos_token_id=2).save_pretrained(config)
+    return tokenizer, config

@@ -31,3 +31,25 @@ def flip_byte(path: Path, offset_fraction: float = 0.5) -> None:
     data = bytearray(path.read_bytes())
     data[int(len(data) * offset_fraction)] ^= 0xFF
     path.write_bytes(bytes(data))
+
+
+def train_unigram_tokenizer(directory: Path, specials: list[str], template: str, config: dict[str, object]) -> Path:
+    """A tiny SentencePiece-style (Unigram + Metaspace) tokenizer.json trained here on the bundled
+    captions, so Hugging Face families are tested offline with their own kind of tokenizer."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from clip_export.evalset import load_evalset
+
+    tokenizer = Tokenizer(models.Unigram())
+    tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
+    tokenizer.decoder = decoders.Metaspace()
+    trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=specials, unk_token="<unk>")
+    tokenizer.train_from_iterator(list(load_evalset().captions) * 4, trainer)
+    ids = {token: tokenizer.token_to_id(token) for token in specials}
+    tokenizer.post_processor = processors.TemplateProcessing(single=template, special_tokens=[(t, ids[t]) for t in specials if t in template])
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config}))
+    return directory

@@ -105,7 +105,7 @@ def test_failed_gate_leaves_no_entry_and_no_file(tiny_vit_copy: Path, monkeypatc
     with pytest.raises(ConversionError, match="failed verification.*min_cosine"):
         convert_fp16(tiny_vit_copy, towers=["visual"])
     assert read_manifest(tiny_vit_copy) == before
-    assert sorted(p.name for p in tiny_vit_copy.iterdir()) == sorted(["manifest.json", "reference.npz", "text.onnx", "tokenizer-bpe.txt.gz", "visual.onnx"])
+    assert sorted(p.name for p in tiny_vit_copy.iterdir()) == sorted(["manifest.json", "reference.npz", "text.onnx", "tokenizer.json", "visual.onnx"])
 
 
 def test_int8_is_smaller_and_passes_its_thresholds(tiny_vit_copy: Path) -> None:

@@ -50,5 +50,6 @@ def test_hf_directory_exports_and_verifies(hf_dir: Path, tmp_path: Path) -> None
     result = export_onnx(resolve(str(hf_dir)), out=tmp_path)
     assert all(t.parity_mean_abs <= 1e-5 for t in result.towers)
     assert verify(result.model_dir).passed
-    # The Hugging Face tokenizer is not the one clip_export.tokenizer reproduces: nothing is bundled.
-    assert "bpe_vocab" not in read_manifest(result.model_dir)["tokenizer"]
+    # The directory's own fast tokenizer is bundled as tokenizer.json, checked against it, cleaning left to its normalizer.
+    settings = read_manifest(result.model_dir)["tokenizer"]
+    assert settings["file"]["path"] == "tokenizer.json" and settings["clean"] == "none"

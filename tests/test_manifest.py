@@ -30,8 +30,8 @@ def test_resolve_inside_refuses_what_leaves(tmp_path: Path, path: object, messag
 
 
 def test_named_paths_finds_every_depth() -> None:
-    manifest = {"artifacts": [{"path": "a", "external_data": [{"path": "b"}], "epcontext": {"path": "c"}}], "tokenizer": {"bpe_vocab": {"path": "d"}}}
-    assert list(named_paths(manifest)) == [("artifacts[0].path", "a"), ("artifacts[0].external_data[0].path", "b"), ("artifacts[0].epcontext.path", "c"), ("tokenizer.bpe_vocab.path", "d")]
+    manifest = {"artifacts": [{"path": "a", "external_data": [{"path": "b"}], "epcontext": {"path": "c"}}], "tokenizer": {"file": {"path": "d"}}}
+    assert list(named_paths(manifest)) == [("artifacts[0].path", "a"), ("artifacts[0].external_data[0].path", "b"), ("artifacts[0].epcontext.path", "c"), ("tokenizer.file.path", "d")]
 
 
 def test_exclusive_is_reentrant_in_one_process(tmp_path: Path) -> None:

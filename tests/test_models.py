@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from clip_export import models
+from clip_export import checkpoints, models, tokenizer_setup
 from clip_export.errors import UnknownModelError, UnsafeCheckpointError, WeightsError
 from clip_export.models import load_model, resolve
 
@@ -40,7 +40,7 @@ def test_only_one_weights_source() -> None:
 
 
 def test_offline_failure_names_both_ways_out(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(models, "hub_reachable", lambda timeout=3.0: False)
     monkeypatch.setattr(models, "cached_checkpoint", lambda arch, tag: None)
     with pytest.raises(WeightsError) as info:
         load_model(resolve("ViT-B/32"))
@@ -57,7 +57,7 @@ def test_offline_hugging_face_tokenizer_is_one_clear_error(tmp_path: Path, monke
     config["text_cfg"]["hf_tokenizer_name"] = "clip-export-tests/no-such-tokenizer"
     (tmp_path / "tiny-vit-hf-tokenizer.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path)
-    monkeypatch.setattr(models, "_hub_reachable", lambda timeout=3.0: False)
+    monkeypatch.setattr(tokenizer_setup, "hub_reachable", lambda timeout=3.0: False)
     with pytest.raises(WeightsError, match="'clip-export-tests/no-such-tokenizer', which is not in the local Hugging Face cache and the hub cannot be reached"):
         load_model(resolve("tiny-vit-hf-tokenizer", random_init=True))
 
@@ -144,6 +144,6 @@ def test_openai_torchscript_archive_is_read_without_pickle(tmp_path: Path) -> No
     scripted = open_clip.create_model("tiny-vit", pretrained=None, jit=True)
     path = tmp_path / "openai-style.pt"
     torch.jit.save(scripted, str(path))
-    assert models._is_torchscript_archive(path)
+    assert checkpoints._is_torchscript_archive(path)
     state, is_jit = models.read_state_dict(path)
     assert is_jit and "visual.proj" in state and "text_projection" in state

@@ -5,6 +5,7 @@ import open_clip
 import pytest
 
 from clip_export.evalset import load_evalset
+from clip_export.errors import ClipExportError
 from clip_export.models import PreprocessConfig
 from clip_export.preprocess import VARIANTS, preprocess_reference
 
@@ -44,8 +45,24 @@ def test_variants_share_shape() -> None:
 
 @pytest.mark.parametrize("variant", ["reference-pil", "vectorised-crop-resize"])
 def test_unsupported_resize_modes_are_refused_not_approximated(variant: str) -> None:
-    """The fast path must not apply the shortest-side rule to 'squash'; it hands over and PIL's path refuses."""
-    cfg = PreprocessConfig((224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode="squash")
+    """'longest' (resize the long side, pad) is not implemented: refused by name, never run as another mode."""
+    cfg = PreprocessConfig((224, 224), (0.5, 0.5, 0.5), (0.5, 0.5, 0.5), resize_mode="longest")
     wide = dict(zip(load_evalset().image_names, load_evalset().open_images()))["coffee-and-cat-wide-alpha.png"]
-    with pytest.raises(ValueError, match="resize_mode 'squash' is not supported"):
+    with pytest.raises(ClipExportError, match="resize_mode 'longest'; clip-export implements shortest, squash"):
         VARIANTS[variant](wide, cfg)
+
+
+@pytest.mark.parametrize("interpolation", ["bicubic", "bilinear"])
+@pytest.mark.parametrize("variant", ["reference-pil", "vectorised-crop-resize"])
+def test_squash_matches_open_clip_bit_for_bit(variant: str, interpolation: str) -> None:
+    """SigLIP/DFN's Resize((H, W)) with no crop, on every evaluation image (RGBA, grey, wide, tiny):
+    the resampled uint8 pixels are torchvision's exactly (an identity mean/std shows them, x255);
+    with SigLIP's 0.5/0.5 the float normalisation agrees to the existing 1e-5 bound."""
+    for mean, std in (((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))):
+        cfg = PreprocessConfig((224, 160), mean, std, interpolation=interpolation, resize_mode="squash")
+        transform = open_clip.image_transform((224, 160), is_train=False, mean=mean, std=std, resize_mode="squash", interpolation=interpolation)
+        for image in load_evalset().open_images():
+            got, expected = VARIANTS[variant](image, cfg), transform(image).numpy()
+            if std[0] == 1.0:
+                assert np.array_equal(np.rint(got * 255), np.rint(expected * 255))
+            assert np.abs(got - expected).max() < 1e-5
