@@ -22,8 +22,8 @@ from .baselines import TORCH_MODES, bench_torch, native_bf16
 from .bench_report import render_chart, render_markdown
 from .bench_rows import BenchResult, BenchRow, machine_info, peak_rss_mb, rss_mb
 from .ceilings import count_tower, gemm_ceiling, streamed_gemm_ceiling
+from .environment import versions
 from .errors import ClipExportError, ProviderUnavailableError
-from .export import versions
 from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, resolve_inside, to_jsonable, write_manifest
 from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_variants, vectorise_breakdown
 from .progress import Progress, silent

@@ -68,7 +68,7 @@ def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, i
                 self.shapes.append((int(a.shape[0]), int(a.shape[1]), int(b.shape[1])))
             return func(*args, **(kwargs or {}))
 
-    from .export import example_input
+    from .reference import example_input
 
     x = torch.from_numpy(example_input(loaded, tower, 1))
     encode = loaded.model.encode_image if tower == "visual" else loaded.model.encode_text

@@ -169,3 +169,16 @@ def environment_table(rows: Sequence[dict[str, Any]]) -> list[str]:
         where = Environment.from_json(env, f"the verdict for {r['path']}").describe() if isinstance(env, dict) else "unknown environment (verified before environments were recorded)"
         lines.append(f"| {r['path']} | `{(r.get('sha256') or '')[:12]}` | {where} | {r['status']} | {r.get('date') or '-'} |")
     return lines
+
+
+def versions() -> dict[str, str]:
+    """The library versions a result depends on, recorded beside it."""
+    from . import __version__
+
+    found = {"clip_export": __version__}
+    for module in ("torch", "open_clip", "onnx", "onnxruntime", "onnxscript"):
+        try:
+            found[module] = __import__(module).__version__
+        except ImportError:
+            continue
+    return found

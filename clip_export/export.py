@@ -17,13 +17,15 @@ import numpy as np
 
 from . import __version__
 from . import attention
+from .environment import versions
 from .errors import ClipExportError, ExportParityError, OutputError, UnsupportedOpsetError
 from .evalset import EvalSet, load_evalset
 from .manifest import SCHEMA_VERSION, exclusive, file_record, now_iso, write_manifest
 from .metrics import l2_normalize
 from .models import LoadedModel, ModelSpec, load_model, preflight, resolve
-from .preprocess import preprocess_batch
+from .onnx_files import external_data_files, inline_external_data, make_strided_initializers_lazy
 from .progress import Progress, silent
+from .reference import compute_reference, example_input, torch_embed, tower_module
 from .sessions import SessionOptions, create_session
 from .tokenizer import TOKENIZER_NAME
 from .spec import (
@@ -58,64 +60,6 @@ class ExportResult:
     seconds: float
 
 
-def versions() -> dict[str, str]:
-    found = {"clip_export": __version__}
-    for module in ("torch", "open_clip", "onnx", "onnxruntime", "onnxscript"):
-        try:
-            found[module] = __import__(module).__version__
-        except ImportError:
-            continue
-    return found
-
-
-def tower_module(loaded: LoadedModel, tower: str, normalize: bool) -> Any:
-    """A torch module whose forward is exactly encode_image or encode_text: what gets traced."""
-    import torch
-
-    class Tower(torch.nn.Module):
-        def __init__(self, model: Any) -> None:
-            super().__init__()
-            self.model = model
-
-        def forward(self, x: Any) -> Any:
-            encode = self.model.encode_image if tower == "visual" else self.model.encode_text
-            return encode(x, normalize=normalize)
-
-    return Tower(loaded.model).eval()
-
-
-def example_input(loaded: LoadedModel, tower: str, batch: int, seed: int = 0) -> np.ndarray:
-    """Deterministic inputs; text rows get the start id (where the family has one), random ordinary
-    tokens, the end id at varied positions, then the family's padding id."""
-    rng = np.random.default_rng(seed)
-    if tower == "visual":
-        h, w = loaded.preprocess.image_size
-        return rng.standard_normal((batch, 3, h, w)).astype(np.float32)
-    settings = loaded.tokenizer
-    ctx, sot, eot = settings.context_length, settings.sot_token_id, settings.eot_token_id
-    specials = {i for i in (sot, eot, settings.pad_token_id) if i is not None}
-    # CLIP's special ids close its vocabulary; elsewhere they are the first ids, ordinary ones follow.
-    clip_like = sot is not None and eot is not None and min(sot, eot) > (settings.vocab_size or 0) // 2
-    low, high = (1, min(sot, eot) - 1) if clip_like else (max(specials) + 1, settings.vocab_size or max(specials) + 2)
-    ids = np.full((batch, ctx), settings.pad_token_id, dtype=np.int64)
-    for row in range(batch):
-        length = int(rng.integers(3, ctx + 1))
-        ordinary = rng.integers(low, max(high, low + 1), size=length - (sot is not None) - (eot is not None)).tolist()
-        ids[row, :length] = [*([sot] if sot is not None else []), *ordinary, *([eot] if eot is not None else [])]
-    return ids
-
-
-def torch_embed(loaded: LoadedModel, tower: str, inputs: np.ndarray, normalize: bool, batch: int = 8) -> np.ndarray:
-    import torch
-
-    encode = loaded.model.encode_image if tower == "visual" else loaded.model.encode_text
-    outputs = []
-    with torch.no_grad():
-        for start in range(0, len(inputs), batch):
-            outputs.append(encode(torch.from_numpy(inputs[start : start + batch]), normalize=normalize).float().numpy())
-    return np.concatenate(outputs)
-
-
 def tower_parameter_bytes(loaded: LoadedModel, tower: str) -> int:
     total = sum(p.numel() * 4 for p in loaded.model.parameters())
     visual = sum(p.numel() * 4 for p in loaded.model.visual.parameters()) if hasattr(loaded.model, "visual") else total // 2
@@ -137,109 +81,6 @@ def _metadata(loaded: LoadedModel, tower: str, opset: int, normalize: bool) -> d
         "clip_export.tokenizer": json.dumps(loaded.tokenizer.to_json()),
         "clip_export.created": now_iso(),
     }
-
-
-def external_data_files(onnx_path: Path) -> list[str]:
-    """The external data files an ONNX model refers to, read without loading the weights."""
-    import onnx
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    locations = set()
-    for tensor in model.graph.initializer:
-        for item in tensor.external_data:
-            if item.key == "location":
-                locations.add(item.value)
-    return sorted(locations)
-
-
-def _make_strided_initializers_lazy(model: Any) -> None:
-    """Constant folding leaves transposed weights as strided numpy views, which numpy's tofile
-    writes element by element (seconds per tower). A lazy tensor makes one contiguous copy of one
-    weight at a time while saving, instead of all of them up front."""
-    import onnx_ir as ir
-
-    for value in model.graph.initializers.values():
-        tensor = value.const_value
-        raw = getattr(tensor, "raw", None)
-        if isinstance(tensor, ir.Tensor) and isinstance(raw, np.ndarray) and not raw.flags.c_contiguous:
-            value.const_value = ir.LazyTensor(
-                lambda raw=raw: ir.Tensor(np.ascontiguousarray(raw)), dtype=tensor.dtype, shape=tensor.shape, name=tensor.name
-            )
-
-
-def _varint(value: int) -> bytes:
-    out = bytearray()
-    while True:
-        byte = value & 0x7F
-        value >>= 7
-        out.append(byte | (0x80 if value else 0))
-        if not value:
-            return bytes(out)
-
-
-_GRAPH_FIELD = bytes([(7 << 3) | 2])  # ModelProto.graph
-_INITIALIZER_FIELD = bytes([(5 << 3) | 2])  # GraphProto.initializer
-_RAW_DATA_FIELD = bytes([(9 << 3) | 2])  # TensorProto.raw_data
-
-
-def inline_external_data(onnx_path: Path, chunk: int = 1 << 24) -> None:
-    """Rewrite a model whose initializers live in external files as one self-contained file.
-
-    The protobuf is written field by field, streaming each tensor's bytes from its data file, so
-    memory stays at one chunk instead of two full copies of the weights (a ModelProto and its
-    serialised bytes). Repeated fields may appear in any order, so the initializers are appended
-    after the rest of the graph.
-    """
-    import onnx
-    from onnx import TensorProto
-
-    model = onnx.load(str(onnx_path), load_external_data=False)
-    base = onnx_path.parent
-    external = [t for t in model.graph.initializer if t.data_location == TensorProto.EXTERNAL]
-    if not external:
-        return
-    stubs = []
-    for tensor in external:
-        info = {e.key: e.value for e in tensor.external_data}
-        stub = TensorProto()
-        stub.CopyFrom(tensor)
-        stub.ClearField("external_data")
-        stub.ClearField("data_location")
-        stub.ClearField("raw_data")
-        length = int(info["length"]) if "length" in info else (base / info["location"]).stat().st_size - int(info.get("offset", 0))
-        stubs.append((stub.SerializeToString(), base / info["location"], int(info.get("offset", 0)), length))
-    kept = [t for t in model.graph.initializer if t.data_location != TensorProto.EXTERNAL]
-    del model.graph.initializer[:]
-    model.graph.initializer.extend(kept)
-    graph_head = model.graph.SerializeToString()
-    model.ClearField("graph")
-    model_head = model.SerializeToString()
-    entries = []
-    for stub, _, _, length in stubs:
-        tensor_size = len(stub) + 1 + len(_varint(length)) + length
-        entries.append(tensor_size)
-    graph_size = len(graph_head) + sum(1 + len(_varint(size)) + size for size in entries)
-    tmp = onnx_path.with_name(f".{onnx_path.name}.inline-{os.getpid()}")
-    data_files = {source for _, source, _, _ in stubs}
-    try:
-        with open(tmp, "wb") as out:
-            out.write(model_head + _GRAPH_FIELD + _varint(graph_size) + graph_head)
-            for (stub, source, offset, length), size in zip(stubs, entries):
-                out.write(_INITIALIZER_FIELD + _varint(size) + stub + _RAW_DATA_FIELD + _varint(length))
-                with open(source, "rb") as data:
-                    data.seek(offset)
-                    remaining = length
-                    while remaining:
-                        block = data.read(min(chunk, remaining))
-                        if not block:
-                            raise ClipExportError(f"external data file {source.name} is shorter than its tensors say")
-                        out.write(block)
-                        remaining -= len(block)
-        os.replace(tmp, onnx_path)
-    finally:
-        tmp.unlink(missing_ok=True)
-    for source in data_files:
-        source.unlink(missing_ok=True)
 
 
 def _torch_export(module: Any, example: Any, tower: str, opset: int) -> Any:
@@ -287,7 +128,7 @@ def export_tower(
     use_external = external_data if external_data is not None else tower_parameter_bytes(loaded, tower) > EXTERNAL_DATA_THRESHOLD_BYTES
     # Always stream the weights to a side file first: serialising a whole ModelProto in memory
     # costs two extra copies of the weights. Small towers are then stitched into one file.
-    _make_strided_initializers_lazy(program.model)
+    make_strided_initializers_lazy(program.model)
     program.save(str(path), external_data=True)
     del program
     gc.collect()
@@ -306,20 +147,6 @@ def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -
     del session
     delta = np.abs(l2_normalize(got) - l2_normalize(expected))
     return float(delta.mean()), float(delta.max())
-
-
-def compute_reference(loaded: LoadedModel, evalset: EvalSet, towers: Sequence[str], normalize: bool) -> dict[str, np.ndarray]:
-    arrays: dict[str, np.ndarray] = {}
-    if "visual" in towers:
-        visual = TOWERS["visual"]
-        arrays[visual.input_name] = preprocess_batch(evalset.open_images(), loaded.preprocess)
-        arrays[visual.output_name] = torch_embed(loaded, "visual", arrays[visual.input_name], normalize)
-    if "text" in towers:
-        ids = loaded.tokenize(list(evalset.captions))
-        text = TOWERS["text"]
-        arrays[text.input_name] = np.asarray(ids.numpy() if hasattr(ids, "numpy") else ids, dtype=np.int64)
-        arrays[text.output_name] = torch_embed(loaded, "text", arrays[text.input_name], normalize)
-    return arrays
 
 
 def io_declaration(loaded: LoadedModel, tower: str, dtype_in: str | None = None) -> dict[str, Any]:

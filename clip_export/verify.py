@@ -10,10 +10,10 @@ from typing import Any, Callable, Sequence
 import numpy as np
 
 from . import preprocess_graph
-from .environment import Environment, current_environment, environment_table
+from .environment import Environment, current_environment, environment_table, versions
 from .errors import ClipExportError, ProviderUnavailableError
 from .evalset import EvalSet, load_evalset
-from .export import compute_reference, versions
+from .reference import compute_reference
 from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, require_intact, resolve_inside, write_manifest
 from .metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval_agreement
 from .progress import Progress, silent

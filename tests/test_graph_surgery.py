@@ -14,7 +14,7 @@ from clip_export.spec import TOWERS
 def test_attention_fusion_is_exact_in_fp32(tiny_vit_dir: Path, tower: str) -> None:
     """Each block's attention becomes one MultiHeadAttention with the same outputs (text keeps its causal mask)."""
     from clip_export.graph_surgery import fuse_attention
-    from clip_export.export import example_input
+    from clip_export.reference import example_input
     from clip_export import load_model, resolve
     import onnxruntime
 

@@ -13,7 +13,7 @@ from clip_export import export_onnx, load_model, resolve
 from clip_export.environment import Environment
 from clip_export.cli import main
 from clip_export.errors import ClipExportError, IntegrityError, ReleaseError
-from clip_export.export import torch_embed
+from clip_export.reference import torch_embed
 from clip_export.manifest import read_manifest, write_manifest
 from clip_export.preprocess import preprocess_reference
 from clip_export.release import merge_manifests, release, safe_asset_name
