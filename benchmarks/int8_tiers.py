@@ -4,7 +4,7 @@
 
 Quantizes the fp32 export (benchmarks/.work/<slug>, exported if missing) once per candidate scheme
 (clip_export.spec.INT8_CANDIDATE_SCHEMES), then for each scheme and tower:
-- runs the int8 gate (clip_export.verify.check_artifact, int8 thresholds) on this CPU, natively;
+- runs the int8 gate (clip_export.checks.check_artifact, int8 thresholds) on this CPU, natively;
 - runs the same bytes under `qemu-x86_64 -cpu Haswell` (Debian's qemu-user), where onnxruntime
   selects its AVX2 kernels without VNNI, on the first N reference items (emulation is slow), and
   reports mean |Δ| and min cosine against the stored fp32 reference;
@@ -79,7 +79,7 @@ def main() -> None:
     from clip_export.sessions import SessionOptions, create_session
     from clip_export.spec import INT8_CANDIDATE_SCHEMES, INT8_SCHEME, THRESHOLDS, TOWERS
     from clip_export.timing import time_interleaved
-    from clip_export.verify import check_artifact
+    from clip_export.checks import check_artifact
 
     logging.getLogger().setLevel(logging.ERROR)
     source = exported(args.model)

@@ -14,7 +14,7 @@ from .errors import ConversionError, ManifestError
 from .manifest import exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, upsert_artifact, write_manifest
 from .progress import Progress
 from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
-from .verify import gate
+from .checks import gate
 
 
 @dataclass(frozen=True)

@@ -18,7 +18,7 @@ from .manifest import atomic_write_bytes, exclusive, file_record, read_manifest,
 from .progress import Progress, silent
 from .spec import TOWERS
 from .trt_runtime import gpu_info, import_tensorrt, major_version
-from .verify import gate
+from .checks import gate
 
 TIMING_CACHE_NAME = "tensorrt.timing.cache"
 DEFAULT_PROFILE = (1, 1, 64)

@@ -14,7 +14,8 @@ from clip_export.convert import convert_fp16, quantize_int8, to_fp16
 from clip_export.errors import ConversionError, IntegrityError
 from clip_export.manifest import find_artifact, read_manifest
 from clip_export.sessions import FP16_DISABLED_OPTIMIZERS, SessionOptions, create_session
-from clip_export.verify import ArtifactCheck, verify
+from clip_export.checks import ArtifactCheck
+from clip_export.verify import verify
 
 from .helpers import flip_byte
 

@@ -8,7 +8,7 @@ from click.testing import CliRunner
 
 from clip_export.cli import main
 from clip_export.environment import current_environment
-from clip_export.verify import ArtifactCheck
+from clip_export.checks import ArtifactCheck
 
 
 def _failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:

@@ -165,7 +165,7 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
 
 def test_pipeline_stops_at_the_failed_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from clip_export import conversion
-    from clip_export.verify import ArtifactCheck
+    from clip_export.checks import ArtifactCheck
 
     def failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
         return ArtifactCheck(entry["path"], entry["tower"], entry["precision"], "onnx", "cpu", "CPUExecutionProvider", "fail", failures=("text2image_top1 = 0.9 (limit >= 0.98)",))

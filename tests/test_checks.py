@@ -1,0 +1,41 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from clip_export.checks import check_artifact, gate, load_reference
+from clip_export.environment import current_environment
+from clip_export.manifest import find_artifact, read_manifest
+from clip_export.spec import PREPROCESSING_FORMAT, THRESHOLDS
+
+from .helpers import rewrite_initializer
+
+
+def test_the_gate_passes_a_good_artifact_and_says_where(tiny_vit_copy: Path) -> None:
+    entry = find_artifact(read_manifest(tiny_vit_copy), tower="text", precision="fp32")
+    check = gate(tiny_vit_copy, entry)
+    assert check.passed and check.threshold_set == "fp32" and check.provider_ran == "CPUExecutionProvider"
+    assert check.environment == current_environment("CPUExecutionProvider")
+    assert check.metric("mean_abs_normalized") <= THRESHOLDS["fp32"].mean_abs_normalized
+    assert {"text2text_top1", "text2image_top1", "image2text_top1", "batch7_vs_single_max_abs"} <= {m.name for m in check.metrics}
+
+
+def test_every_failing_metric_is_listed_together(tiny_vit_copy: Path) -> None:
+    rewrite_initializer(tiny_vit_copy, "visual.onnx", lambda w: w * 3.0 + 0.05)
+    manifest = read_manifest(tiny_vit_copy)
+    ref, source, _ = load_reference(tiny_vit_copy, manifest, "stored", None)
+    check = check_artifact(tiny_vit_copy, find_artifact(manifest, path="visual.onnx"), "cpu", ref, THRESHOLDS["fp32"])
+    assert check.status == "fail" and source == "bundled"
+    failed = {f.split(" = ")[0] for f in check.failures}
+    assert {"mean_abs_normalized", "max_abs_normalized", "min_cosine"} <= failed and len(failed) >= 4
+
+
+def test_a_preprocessing_graph_needs_the_raw_images(tiny_vit_copy: Path) -> None:
+    manifest = read_manifest(tiny_vit_copy)
+    ref, _, _ = load_reference(tiny_vit_copy, manifest, "stored", None)
+    entry = {**find_artifact(manifest, path="visual.onnx"), "format": PREPROCESSING_FORMAT}
+    check = check_artifact(tiny_vit_copy, entry, "cpu", ref, THRESHOLDS["fp32"], images=None)
+    assert check.status == "fail" and check.provider_ran is None
+    assert check.failures == ("a preprocessing graph is checked on the reference's raw images: the reference's images are unknown; verify with --images DIR",)
+    assert np.isfinite(ref["image_embeds"]).all()
