@@ -1,7 +1,6 @@
 """The thin Click layer: parse arguments, call one stage function, render its result."""
 from __future__ import annotations
 
-import json
 import os
 import shlex
 import sys
@@ -13,8 +12,9 @@ import click
 
 from . import __version__
 from .errors import ClipExportError
-from .manifest import to_jsonable
-from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, Q4_SCHEME, TOWERS, Int8Scheme, provider_label
+from .cli_parse import check_towers, int_list, parse_profile, parse_thresholds, split_csv
+from .cli_render import bench_text, emit_json, human_bytes, pipeline_text, render_conversion, table, verify_text
+from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, Q4_SCHEME, Int8Scheme
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -49,42 +49,6 @@ def _progress(quiet: bool) -> Callable[[str], None]:
             click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
 
     return report
-
-
-def emit_json(value: Any) -> None:
-    click.echo(json.dumps(to_jsonable(value), indent=2))
-
-
-def table(headers: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
-    cells = [[str(h) for h in headers]] + [[_cell(v) for v in row] for row in rows]
-    widths = [max(len(r[i]) for r in cells) for i in range(len(headers))]
-    lines = ["  ".join(c.ljust(w) for c, w in zip(row, widths)).rstrip() for row in cells]
-    lines.insert(1, "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
-
-
-def _cell(value: Any) -> str:
-    if value is None:
-        return "-"
-    if isinstance(value, float):
-        if value == 0:
-            return "0"
-        return f"{value:.2e}" if abs(value) < 1e-2 or abs(value) >= 1e5 else f"{value:.3f}"
-    return str(value)
-
-
-def human_bytes(n: int) -> str:
-    """Binary units, named as such: 1 MiB is 1024**2 bytes."""
-    size = float(n)
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    return f"{n} B"
-
-
-def _split_csv(value: str) -> list[str]:
-    return [v.strip() for v in value.split(",") if v.strip()]
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -156,7 +120,7 @@ def onnx(model: str, pretrained: str | None, weights: Path | None, random_init: 
     from .export import export_onnx
     from .models import resolve
 
-    tower_list = _check_towers(towers)
+    tower_list = check_towers(towers)
     spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed, tokenizer=tokenizer_dir, text_config=text_config_dir)
     result = export_onnx(spec, out=out, towers=tower_list, opset=opset, normalize=normalize, force=force, external_data=external_data, progress=_progress(quiet or as_json))
     if as_json:
@@ -189,19 +153,6 @@ def models(show_all: bool, as_json: bool) -> None:
         click.echo("\n(--all lists every open_clip architecture; use ARCH:TAG to pick weights)")
 
 
-def _parse_thresholds(values: Sequence[str]) -> dict[str, float]:
-    parsed = {}
-    for item in values:
-        key, sep, value = item.partition("=")
-        try:
-            parsed[key.strip()] = float(value)
-        except ValueError:
-            raise click.BadParameter(f"expected KEY=NUMBER, got '{item}'", param_hint="--threshold") from None
-        if not sep:
-            raise click.BadParameter(f"expected KEY=NUMBER, got '{item}'", param_hint="--threshold")
-    return parsed
-
-
 @main.command(context_settings=CONTEXT)
 @dirs_argument
 @click.option("--providers", default="cpu", show_default=True, help="Comma-separated: cpu, cuda, tensorrt.")
@@ -223,18 +174,18 @@ def verify(dirs: Sequence[Path], providers: str, reference: str, images: Path | 
     """
     from .verify import verify as run_verify
 
-    overrides = _parse_thresholds(thresholds)
-    wanted = set(_split_csv(precisions)) if precisions else None
+    overrides = parse_thresholds(thresholds)
+    wanted = set(split_csv(precisions)) if precisions else None
     results = []
     for model_dir in resolve_dirs(dirs):
         results.append(
-            run_verify(model_dir, providers=_split_csv(providers), reference=reference, images=images, texts=texts, thresholds=overrides, only=(lambda e: e["precision"] in wanted) if wanted else None, progress=_progress(quiet or as_json))
+            run_verify(model_dir, providers=split_csv(providers), reference=reference, images=images, texts=texts, thresholds=overrides, only=(lambda e: e["precision"] in wanted) if wanted else None, progress=_progress(quiet or as_json))
         )
     if as_json:
         emit_json([{"model_dir": r.model_dir, "passed": r.passed, "failures": r.failures, "checks": r.checks, "write_error": r.write_error} for r in results])
     else:
         for r in results:
-            click.echo(_verify_table(r))
+            click.echo(verify_text(r))
     failed = [f for r in results for f in r.failures]
     unwritten = [r.write_error for r in results if r.write_error]
     if unwritten:
@@ -245,45 +196,8 @@ def verify(dirs: Sequence[Path], providers: str, reference: str, images: Path | 
         raise ClipExportError(f"verification failed: {len(failed)} failing check(s), listed {'in the JSON' if as_json else 'above'}")
 
 
-def _verify_table(result: Any) -> str:
-    rows = []
-    for c in result.checks:
-        rows.append((c.path, c.provider_ran or f"{c.provider_requested} (did not run)", c.threshold_set, c.metric("mean_abs_raw"), c.metric("mean_abs_normalized"), c.metric("max_abs_normalized"), c.metric("min_cosine"), c.min_top1, c.status.upper()))
-    header = f"{result.model_dir}  (reference: {result.reference}; set: {result.evalset})"
-    body = table(["artifact", "provider", "limits", "mean |Δ| raw", "mean |Δ| norm", "max |Δ| norm", "min cos", "top-1 agree", "verdict"], rows)
-    where = sorted({c.environment.describe() for c in result.checks if c.environment})
-    others = len({r["environment"]["key"] for r in result.history if isinstance(r.get("environment"), dict)} - {c.environment.key for c in result.checks if c.environment})
-    tail = "verdicts hold for these bytes on: " + "; ".join(where)
-    if others:
-        tail += f"\n(the manifest also keeps verdicts from {others} other environment(s); VERIFY.md lists them)"
-    if result.report_path:
-        tail += f"\nreport: {result.report_path}"
-    return f"{header}\n{body}\n{tail}\n"
-
-
 def _towers_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option("--towers", default="visual,text", show_default=True, help="Comma-separated towers to convert.")(func)
-
-
-def _check_towers(towers: str) -> list[str]:
-    chosen = _split_csv(towers)
-    bad = [t for t in chosen if t not in TOWERS]
-    if bad or not chosen:
-        raise click.BadParameter(f"unknown tower(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TOWERS)}", param_hint="--towers")
-    return chosen
-
-
-def _render_conversion(results: Sequence[Any], as_json: bool) -> None:
-    if as_json:
-        emit_json(results)
-        return
-    for result in results:
-        rows = [(a.source, a.path, human_bytes(a.bytes), a.mean_abs_normalized, a.min_top1, a.verdict.upper(), f"{a.seconds:.1f}s") for a in result.artifacts]
-        click.echo(f"{result.model_dir} ({result.precision})")
-        click.echo(table(["from", "artifact", "size", "mean |Δ| norm", "top-1 agree", "verify", "time"], rows))
-        for a in result.artifacts:
-            if a.details.get("fusions"):
-                click.echo(f"  {a.path} fusions: " + ", ".join(f"{k}={v}" for k, v in a.details["fusions"].items()))
 
 
 @main.command(context_settings=CONTEXT)
@@ -302,8 +216,8 @@ def fp16(dirs: Sequence[Path], towers: str, fuse: bool, force: bool, as_json: bo
     """
     from .convert import convert_fp16
 
-    chosen = _check_towers(towers)
-    _render_conversion([convert_fp16(d, towers=chosen, fuse=fuse, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+    chosen = check_towers(towers)
+    render_conversion([convert_fp16(d, towers=chosen, fuse=fuse, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
 
 
 @main.command(context_settings=CONTEXT)
@@ -325,9 +239,9 @@ def int8(dirs: Sequence[Path], towers: str, per_channel: bool, weight_type: str,
     """
     from .convert import quantize_int8
 
-    chosen = _check_towers(towers)
+    chosen = check_towers(towers)
     scheme = Int8Scheme(weight_type, per_channel=per_channel, reduce_range=reduce_range)
-    _render_conversion([quantize_int8(d, towers=chosen, scheme=scheme, exclude_nodes=exclude_nodes, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+    render_conversion([quantize_int8(d, towers=chosen, scheme=scheme, exclude_nodes=exclude_nodes, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
 
 
 @main.command(context_settings=CONTEXT)
@@ -348,9 +262,9 @@ def q4(dirs: Sequence[Path], towers: str, block_size: str, force: bool, as_json:
 
     from .quantize4 import quantize_q4
 
-    chosen = _check_towers(towers)
+    chosen = check_towers(towers)
     scheme = dataclasses.replace(Q4_SCHEME, block_size=int(block_size))
-    _render_conversion([quantize_q4(d, towers=chosen, scheme=scheme, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+    render_conversion([quantize_q4(d, towers=chosen, scheme=scheme, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
 
 
 @main.command("preprocessing-graph", context_settings=CONTEXT)
@@ -369,16 +283,8 @@ def preprocessing_graph(dirs: Sequence[Path], precisions: str | None, force: boo
     """
     from .preprocess_stage import add_preprocessing
 
-    chosen = _split_csv(precisions) if precisions else None
-    _render_conversion([r for d in resolve_dirs(dirs) for r in add_preprocessing(d, precisions=chosen, force=force, progress=_progress(quiet or as_json))], as_json)
-
-
-def _parse_profile(value: str) -> tuple[int, int, int]:
-    try:
-        lo, opt, hi = (int(v) for v in value.split(":"))
-    except ValueError:
-        raise click.BadParameter(f"expected MIN:OPT:MAX, got '{value}'", param_hint="--batch") from None
-    return lo, opt, hi
+    chosen = split_csv(precisions) if precisions else None
+    render_conversion([r for d in resolve_dirs(dirs) for r in add_preprocessing(d, precisions=chosen, force=force, progress=_progress(quiet or as_json))], as_json)
 
 
 @main.command(context_settings=CONTEXT)
@@ -400,8 +306,8 @@ def trt(dirs: Sequence[Path], towers: str, use_fp16: bool, batch: str, workspace
     """
     from .tensorrt import build_engines
 
-    chosen = _check_towers(towers)
-    profile = _parse_profile(batch)
+    chosen = check_towers(towers)
+    profile = parse_profile(batch)
     results = [build_engines(d, fp16=use_fp16, batch=profile, workspace_gb=workspace_gb, towers=chosen, epcontext=epcontext, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)]
     if as_json:
         emit_json(results)
@@ -409,13 +315,6 @@ def trt(dirs: Sequence[Path], towers: str, use_fp16: bool, batch: str, workspace
     for r in results:
         click.echo(f"{r.model_dir}: TensorRT {r.tensorrt_version} on {r.gpu} (sm {r.compute_capability})")
         click.echo(table(["tower", "engine", "from", "size", "verify", "EPContext", "time"], [(e.tower, e.path, e.source, human_bytes(e.bytes), e.verdict.upper(), e.epcontext, f"{e.seconds:.1f}s") for e in r.engines]))
-
-
-def _int_list(value: str, hint: str) -> list[int]:
-    try:
-        return [int(v) for v in _split_csv(value)]
-    except ValueError:
-        raise click.BadParameter(f"expected comma-separated integers, got '{value}'", param_hint=hint) from None
 
 
 @main.command(context_settings=CONTEXT)
@@ -443,27 +342,18 @@ def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, p
       clip-export bench artifacts/ViT-B-32 --batch-sizes 1 --providers cpu
     """
     from .bench import bench as run_bench
-    from .bench_report import share
 
-    chosen = _check_towers(towers)
-    sizes = _int_list(batch_sizes, "--batch-sizes")
+    chosen = check_towers(towers)
+    sizes = int_list(batch_sizes, "--batch-sizes")
     results = [
-        run_bench(d, providers=_split_csv(providers), batch_sizes=sizes, towers=chosen, threads=threads, budget_s=budget, max_time_s=max_time, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, breakdown=breakdown, precisions=_split_csv(precisions) if precisions else None, progress=_progress(quiet or as_json))
+        run_bench(d, providers=split_csv(providers), batch_sizes=sizes, towers=chosen, threads=threads, budget_s=budget, max_time_s=max_time, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, breakdown=breakdown, precisions=split_csv(precisions) if precisions else None, progress=_progress(quiet or as_json))
         for d in resolve_dirs(dirs)
     ]
     if as_json:
         emit_json(results)
         return
     for r in results:
-        click.echo(f"{r.model_dir}  ({r.machine['cpu']}, {r.machine['threads_used']} threads; GEMM ceiling fp32 {r.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {r.ceilings_gflops['int8']:.0f} GOP/s)")
-        rows = [
-            (row.tower, row.batch, row.name, row.precision, provider_label(row.provider_ran or row.provider_requested), row.p50_ms, row.latency.p90_ms if row.latency else None, row.latency.p99_ms if row.latency else None, row.throughput_per_s, row.speedup_vs_torch, share(row.ceiling_share) if row.ceiling_share else None, share(row.streamed_ceiling_share) if row.streamed_ceiling_share else None, row.status if row.status != "ok" else "ok")
-            for row in r.rows
-        ]
-        click.echo(table(["tower", "batch", "name", "prec", "provider", "p50 ms", "p90 ms", "p99 ms", "items/s", "x torch", "% ceiling", "% streamed", "status"], rows))
-        for note in r.notes:
-            click.echo(f"note: {note}")
-        click.echo(f"{len(r.rows)} rows in {r.seconds:.0f} s; figures hold for this CPU ({r.machine.get('tier', '?')}). report: {r.report_path}  chart: {r.chart_path}\n")
+        click.echo(bench_text(r))
 
 
 @main.command(context_settings=CONTEXT)
@@ -486,16 +376,11 @@ def pipeline(model: str, pretrained: str | None, weights: Path | None, random_in
     from .pipeline import run_pipeline
 
     spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed, tokenizer=tokenizer_dir, text_config=text_config_dir)
-    result = run_pipeline(spec, out=out, precisions=_split_csv(precisions), trt=use_trt, providers=_split_csv(providers), force=force, progress=_progress(quiet or as_json))
+    result = run_pipeline(spec, out=out, precisions=split_csv(precisions), trt=use_trt, providers=split_csv(providers), force=force, progress=_progress(quiet or as_json))
     if as_json:
         emit_json(result)
     else:
-        rows = [(r.artifact, r.tower, r.precision, r.format, human_bytes(r.bytes), r.verdict.upper(), r.mean_abs_normalized, r.min_top1, r.batch1_p50_ms, provider_label(r.provider)) for r in result.summary]
-        resumed = f" (kept from an earlier run: {', '.join(result.resumed)})" if result.resumed else ""
-        click.echo(f"{result.model_dir}: stages passed: {', '.join(result.stages_done) or 'none'}{resumed}")
-        click.echo(table(["artifact", "tower", "prec", "format", "size", "verdict", "mean |Δ| norm", "top-1 agree", "batch-1 p50 ms", "provider"], rows))
-        if result.environments:
-            click.echo("verdicts hold for these bytes on: " + "; ".join(result.environments))
+        click.echo(pipeline_text(result))
     if not result.passed:
         raise ClipExportError(f"the {result.failed_stage} gate failed (artifacts that passed before it are kept): {result.failure}")
 
