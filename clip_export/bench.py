@@ -24,7 +24,7 @@ from .bench_rows import BenchResult, BenchRow, machine_info, peak_rss_mb, rss_mb
 from .ceilings import count_tower, gemm_ceiling, streamed_gemm_ceiling
 from .environment import versions
 from .errors import ClipExportError, ProviderUnavailableError
-from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, resolve_inside, to_jsonable, write_manifest
+from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, resolve_inside, select_artifacts, to_jsonable, write_manifest
 from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_variants, vectorise_breakdown
 from .progress import Progress, silent
 from .runner import NotRunnableHereError, open_runner
@@ -225,7 +225,7 @@ def _plan(model_dir: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray],
     plan: list[_PlannedRow] = []
     bf16_native = native_bf16()
     for tower in towers:
-        entries = [a for a in manifest["artifacts"] if a["tower"] == tower and (precisions is None or a["precision"] in precisions)]
+        entries = select_artifacts(manifest, tower=tower, **({"precision": tuple(precisions)} if precisions is not None else {}))
         for batch in batch_sizes:
             inputs = _inputs_for(tower, ref, batch)
             if loaded is not None and baselines:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 from .errors import ConversionError, ManifestError
-from .manifest import exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, upsert_artifact, write_manifest
+from .manifest import exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, select_artifacts, upsert_artifact, write_manifest
 from .progress import Progress
 from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
 from .checks import gate
@@ -86,7 +86,7 @@ def convert_each(model_dir: Path, derivation: Derivation, write: Callable[[Path,
 
 def _convert_locked(model_dir: Path, how: Derivation, write: Callable[[Path, Path], dict[str, Any]], towers: Sequence[str], force: bool, progress: Progress) -> ConvertResult:
     manifest = read_manifest(model_dir)
-    sources = [a for a in manifest["artifacts"] if a["precision"] == how.source_precision and a["format"] == "onnx" and a["tower"] in towers]
+    sources = select_artifacts(manifest, precision=how.source_precision, format="onnx", tower=tuple(towers))
     if not sources:
         raise ManifestError(f"{model_dir} has no {how.source_precision} ONNX artifact for tower(s) {', '.join(towers)}")
     results = []

@@ -8,7 +8,7 @@ import os
 import tempfile
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Iterator
+from typing import Any, Collection, Iterator
 
 from .errors import ConversionError, IntegrityError, ManifestError, OutputError
 from .checkpoints import sha256_file
@@ -147,11 +147,19 @@ def require_intact(model_dir: Path, entry: dict[str, Any], context: str = "") ->
         raise IntegrityError(f"{context}: {'; '.join(problems)}" if context else "; ".join(problems))
 
 
-def find_artifact(manifest: dict[str, Any], **match: str) -> dict[str, Any] | None:
-    for entry in manifest["artifacts"]:
-        if all(entry.get(k) == v for k, v in match.items()):
-            return entry
-    return None
+def select_artifacts(manifest: dict[str, Any], **match: str | Collection[str]) -> list[dict[str, Any]]:
+    """The manifest's artifacts whose fields equal each given value (or are one of a given tuple,
+    list or set of values): the one place stages filter the artifact list."""
+    def matches(entry: dict[str, Any], key: str, wanted: str | Collection[str]) -> bool:
+        return entry.get(key) in wanted if isinstance(wanted, (tuple, list, set, frozenset)) else entry.get(key) == wanted
+
+    return [entry for entry in manifest["artifacts"] if all(matches(entry, k, v) for k, v in match.items())]
+
+
+def find_artifact(manifest: dict[str, Any], **match: str | Collection[str]) -> dict[str, Any] | None:
+    """The first artifact select_artifacts would return, or None."""
+    found = select_artifacts(manifest, **match)
+    return found[0] if found else None
 
 
 def refuse_existing(manifest: dict[str, Any], model_dir: Path, path: str, force: bool) -> None:

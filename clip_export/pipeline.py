@@ -129,7 +129,7 @@ def resumable(model_dir: Path, spec: ModelSpec) -> Resumable | None:
     """An earlier run's directory for the same model with its fp32 towers intact, or None.
 
     Conversions keep an artifact only after it passed its gate, so what the manifest lists has passed."""
-    from .manifest import integrity_problems, read_manifest
+    from .manifest import integrity_problems, read_manifest, select_artifacts
 
     if not (model_dir / "manifest.json").exists():
         return None
@@ -137,7 +137,7 @@ def resumable(model_dir: Path, spec: ModelSpec) -> Resumable | None:
     model = manifest.get("model", {})
     if (model.get("arch"), model.get("source")) != (spec.arch, spec.source):
         return None
-    fp32 = [a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx"]
+    fp32 = select_artifacts(manifest, precision="fp32", format="onnx")
     if {a["tower"] for a in fp32} != set(TOWERS) or any(integrity_problems(model_dir, a) for a in fp32):
         return None
     converted: dict[str, list[str]] = {}

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from .conversion import ConvertResult, Derivation, convert_each, save_model, tool_version
 from .errors import ManifestError
-from .manifest import read_manifest
+from .manifest import read_manifest, select_artifacts
 from .models import PreprocessConfig
 from .preprocess_graph import preprocessing_nodes, with_preprocessing
 from .progress import Progress, silent
@@ -22,7 +22,7 @@ def add_preprocessing(model_dir: Path, *, precisions: Sequence[str] | None = Non
     manifest = read_manifest(model_dir)
     config = PreprocessConfig.from_json(manifest["preprocess"])
     preprocessing_nodes(config)  # refuses a resize mode or crop the graph does not implement, before any work
-    available = [a["precision"] for a in manifest["artifacts"] if a["tower"] == "visual" and a["format"] == "onnx"]
+    available = [a["precision"] for a in select_artifacts(manifest, tower="visual", format="onnx")]
     chosen = list(precisions) if precisions else list(dict.fromkeys(available))
     missing = [p for p in chosen if p not in available]
     if missing or not chosen:

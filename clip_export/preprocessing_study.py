@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from .manifest import find_artifact
 from .sessions import SessionOptions, create_session
 from .spec import TOWERS
 from .timing import time_calls
@@ -60,7 +61,7 @@ def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int,
     from .preprocess import load_image, preprocess_fast, preprocess_reference
 
     config = PreprocessConfig.from_json(manifest["preprocess"])
-    visual = next((a for a in manifest["artifacts"] if a["tower"] == "visual" and a["precision"] == "fp32" and a["format"] == "onnx"), None)
+    visual = find_artifact(manifest, tower="visual", precision="fp32", format="onnx")
     if visual is None:
         return []
     session = create_session(model_dir / visual["path"], SessionOptions(intra_op_threads=threads))
@@ -97,7 +98,7 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
 
     config = PreprocessConfig.from_json(manifest["preprocess"])
     evalset = load_evalset()
-    visual = next((a for a in manifest["artifacts"] if a["tower"] == "visual" and a["precision"] == "fp32" and a["format"] == "onnx"), None)
+    visual = find_artifact(manifest, tower="visual", precision="fp32", format="onnx")
     session = create_session(model_dir / visual["path"], SessionOptions(intra_op_threads=threads)) if visual else None
 
     def opened(path: Path) -> Image.Image:

@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 
 from .errors import ClipExportError
-from .manifest import read_manifest, require_intact, resolve_inside
+from .manifest import read_manifest, require_intact, resolve_inside, select_artifacts
 from .configs import PreprocessConfig
 from .preprocess import load_image, preprocess_fast, preprocess_reference
 from .serve_check import ServeCheck, check_here, load_reference_slice, require_mode
@@ -69,7 +69,7 @@ class ClipOnnx:
         entries: dict[str, dict[str, Any]] = {}
         info: dict[str, LoadedArtifact] = {}
         for tower in TOWERS:
-            candidates = [a for a in manifest["artifacts"] if a["tower"] == tower and a["format"] == "onnx" and a["precision"] == precision]
+            candidates = select_artifacts(manifest, tower=tower, format="onnx", precision=precision)
             if not candidates:
                 continue
             entry = entries[tower] = candidates[0]

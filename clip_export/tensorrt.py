@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 
 from .errors import ConversionError, ManifestError, TensorRTError
-from .manifest import atomic_write_bytes, exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, upsert_artifact, write_manifest
+from .manifest import atomic_write_bytes, exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, select_artifacts, upsert_artifact, write_manifest
 from .progress import Progress, silent
 from .spec import TOWERS
 from .trt_runtime import gpu_info, import_tensorrt, major_version
@@ -146,7 +146,7 @@ def build_engines(
 def _build_locked(model_dir: Path, fp16: bool, batch: tuple[int, int, int], workspace_gb: float, towers: Sequence[str], epcontext: bool, force: bool, verify_engines: bool, progress: Progress) -> TrtResult:
     manifest = read_manifest(model_dir)
     precision = "fp16" if fp16 else "fp32"
-    sources = [a for a in manifest["artifacts"] if a["format"] == "onnx" and a["precision"] == precision and a["tower"] in towers]
+    sources = select_artifacts(manifest, format="onnx", precision=precision, tower=tuple(towers))
     if not sources:
         hint = "; run 'clip-export fp16' first" if fp16 else ""
         raise ManifestError(f"{model_dir} has no {precision} ONNX artifact for tower(s) {', '.join(towers)}{hint}")

@@ -46,3 +46,18 @@ def test_exclusive_refuses_an_unwritable_parent(tmp_path: Path) -> None:
     with pytest.raises(OutputError, match="is not writable"):
         with exclusive(blocker / "model"):
             pass
+
+
+def test_select_artifacts_matches_values_and_sets_of_values() -> None:
+    from clip_export.manifest import find_artifact, select_artifacts
+
+    manifest = {"artifacts": [
+        {"path": "visual.onnx", "tower": "visual", "precision": "fp32", "format": "onnx"},
+        {"path": "text.onnx", "tower": "text", "precision": "fp32", "format": "onnx"},
+        {"path": "text.int8.onnx", "tower": "text", "precision": "int8", "format": "onnx"},
+        {"path": "visual.trt-fp16.plan", "tower": "visual", "precision": "fp16", "format": "tensorrt"},
+    ]}
+    assert [a["path"] for a in select_artifacts(manifest, tower="text")] == ["text.onnx", "text.int8.onnx"]
+    assert [a["path"] for a in select_artifacts(manifest, precision=("fp16", "int8"), format="onnx")] == ["text.int8.onnx"]
+    assert [a["path"] for a in select_artifacts(manifest, tower=["visual"], precision="fp32")] == ["visual.onnx"]
+    assert find_artifact(manifest, format="tensorrt")["path"] == "visual.trt-fp16.plan" and find_artifact(manifest, precision="q4") is None
