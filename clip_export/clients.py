@@ -109,5 +109,9 @@ def client_check(release_dir: Path, mode: str = "auto") -> dict[str, Any]:
         "image_median_cosine": float(np.median(image)),
         "images_at_target": int(np.sum(image >= IMAGE_TARGET_COSINE)),
     }
-    record["ids_equal_below_context"] = bool(np.array_equal(np.asarray(got["input_ids"])[:-1], ids[:-1]))
+    # Equal ids but for the last position of captions cut at the context, where transformers.js leaves
+    # a word and the text graph puts the end-of-text id back.
+    js_ids, cut = np.asarray(got["input_ids"]), ids[:, -1] != runtime.manifest["tokenizer"].get("pad_token_id", 0)
+    record["ids_equal_but_cut_eot"] = bool(np.array_equal(js_ids[:, :-1], ids[:, :-1]) and np.array_equal(js_ids[~cut, -1], ids[~cut, -1]))
+    record["captions_cut"] = int(cut.sum())
     return record
