@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from .errors import ClipExportError
+from .manifest import read_manifest
 
 SCRIPT = Path(__file__).parent / "js" / "transformers_embed.mjs"
 TRANSFORMERS_JS = "@huggingface/transformers"
@@ -80,6 +81,11 @@ def client_check(release_dir: Path, mode: str = "auto") -> dict[str, Any]:
         raise ClipExportError(f"client check mode {mode!r}: use one of {', '.join(CLIENT_CHECK_MODES)}")
     if mode == "off":
         return {"status": "skipped", "reason": "not requested (--client-check off)"}
+    manifest = read_manifest(release_dir)
+    layout = manifest.get("hf_layout") or {}
+    missing = [name for name in ("vision_model.onnx", "text_model.onnx") if name not in layout.get("onnx", {})]
+    if missing or not manifest["tokenizer"].get("file"):
+        return {"status": "skipped", "reason": f"hf/ lacks {', '.join(missing) or 'tokenizer.json'}: the check needs both fp32 towers and the tokenizer"}
     setup = find_transformers_js()
     if isinstance(setup, str):
         if mode == "require":

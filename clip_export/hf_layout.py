@@ -233,9 +233,12 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
             external[target] = len(renames)
         else:
             _link(source, out)
-    tokenizer = standard_tokenizer(manifest, staging / tok["file"]["path"])
-    tokenizer.save(str(root / TOKENIZER_NAME))
-    for file_name, content in ((CONFIG_NAME, config_json(manifest, external)), (PREPROCESSOR_CONFIG_NAME, preprocessor_config(manifest)), (TOKENIZER_CONFIG_NAME, tokenizer_config(manifest, tokenizer))):
+    configs: list[tuple[str, dict[str, Any]]] = [(CONFIG_NAME, config_json(manifest, external)), (PREPROCESSOR_CONFIG_NAME, preprocessor_config(manifest))]
+    if tok.get("file"):  # exports from before tokenizer.json (a BPE vocabulary only) get no tokenizer files
+        tokenizer = standard_tokenizer(manifest, staging / tok["file"]["path"])
+        tokenizer.save(str(root / TOKENIZER_NAME))
+        configs.append((TOKENIZER_CONFIG_NAME, tokenizer_config(manifest, tokenizer)))
+    for file_name, content in configs:
         (root / file_name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     files = sorted(p for p in root.rglob("*") if p.is_file())
     return {"dir": HF_DIR, "onnx": {name: src for name, src in sorted(names.items())}, "files": [file_record(p, staging) for p in files]}
