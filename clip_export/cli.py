@@ -390,10 +390,11 @@ def pipeline(model: str, pretrained: str | None, weights: Path | None, random_in
 @click.option("--tag", required=True, help="Release tag, e.g. v1.0.0.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("dist"), show_default=True, help="Where the release directory is written.")
 @click.option("--upload", is_flag=True, help="Attach the assets to the GitHub release TAG with the gh CLI.")
+@click.option("--client-check", type=click.Choice(["auto", "require", "off"]), default="auto", show_default=True, help="Embed the bundled set with transformers.js from hf/ and put the cosines in the model card (auto: where Node and the npm packages are installed).")
 @json_option
 @quiet_option
-def release(dirs: Sequence[Path], tag: str, out: Path, upload: bool, as_json: bool, quiet: bool) -> None:
-    """Write release assets (artifacts, SHA256SUMS, manifest.json, MODEL_CARD.md) for verified artifacts.
+def release(dirs: Sequence[Path], tag: str, out: Path, upload: bool, client_check: str, as_json: bool, quiet: bool) -> None:
+    """Write release assets (artifacts, SHA256SUMS, manifest.json, MODEL_CARD.md, and hf/: the Hugging Face layout) for verified artifacts.
 
     Several DIRs of one model (engines built on different GPUs) merge into one release.
 
@@ -406,14 +407,14 @@ def release(dirs: Sequence[Path], tag: str, out: Path, upload: bool, as_json: bo
     chosen = resolve_dirs(dirs)
     if not dirs and len(chosen) > 1:
         raise ClipExportError(f"artifacts/ holds {len(chosen)} models ({', '.join(d.name for d in chosen)}); name the DIR to release")
-    result = make_release(chosen, tag=tag, out=out, upload=upload, progress=_progress(quiet or as_json))
+    result = make_release(chosen, tag=tag, out=out, upload=upload, client_check=client_check, progress=_progress(quiet or as_json))
     if as_json:
         emit_json(result)
         return
     click.echo(f"{result.directory}: {len(result.assets)} assets{' (uploaded)' if result.uploaded else ''}")
     for asset in result.assets:
         click.echo(f"  {asset}")
-    click.echo(f"check them with: (cd {shlex.quote(str(result.directory))} && sha256sum -c SHA256SUMS)")
+    click.echo(f"check them with: (cd {shlex.quote(str(result.directory))} && sha256sum -c SHA256SUMS); hf/ is the Hugging Face layout (transformers.js, optimum)")
 
 
 if __name__ == "__main__":  # pragma: no cover

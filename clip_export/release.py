@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .environment import Environment
+from .hf_layout import HF_DIR, write_layout
 from .errors import ManifestError, ReleaseError
 from .manifest import (
     MANIFEST_NAME,
@@ -147,8 +148,15 @@ def release(
     tag: str,
     out: Path = Path("dist"),
     upload: bool = False,
+    client_check: str = "auto",
     progress: Progress = silent,
 ) -> ReleaseResult:
+    """`client_check`: "auto" measures transformers.js on hf/ where Node and the npm packages are
+    installed and records why not elsewhere, "require" fails without them, "off" skips it."""
+    from .clients import CLIENT_CHECK_MODES, client_check as check_clients
+
+    if client_check not in CLIENT_CHECK_MODES:
+        raise ReleaseError(f"client check {client_check!r}: use one of {', '.join(CLIENT_CHECK_MODES)}")
     if not tag or not SAFE_NAME.match(tag):
         raise ReleaseError(f"invalid tag '{tag}': use letters, digits, '.', '_' and '-'")
     dirs = [Path(d) for d in dirs]
@@ -191,7 +199,13 @@ def release(
                     name = safe_asset_name(f"{slug}-{suffix}")
                     assets += _copy_plain(resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"), staging, name)
                     merged["tokenizer"][key] = file_record(staging / name, staging)
+            progress(f"writing the Hugging Face layout into {HF_DIR}/")
+            merged["hf_layout"] = write_layout(staging, merged)
             merged["release"] = {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]}
+            write_manifest(staging, merged)
+            if client_check != "off":
+                progress("embedding the bundled set with transformers.js from hf/")
+            merged["clients"] = {"transformers.js": check_clients(staging, client_check)}
             write_manifest(staging, merged)
             atomic_write_text(staging / "MODEL_CARD.md", model_card(merged, slug, tag))
             assets += [MANIFEST_NAME, "MODEL_CARD.md"]
@@ -272,6 +286,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
         envs = sorted({e.describe() for e in passing_environments(manifest, a)})
         lines.append(f"- `{a['path']}`: " + ("; ".join(envs) if envs else "none"))
     lines += variant_table(manifest)
+    lines += clients_section(manifest)
     bench = manifest.get("benchmark")
     if bench:
         lines += ["", f"## Batch-1 latency ({bench.get('machine', {}).get('cpu', 'unknown machine')}, {bench.get('date', '')})", "", "| name | tower | provider | p50 ms | × torch eager |", "|---|---|---|---|---|"]
@@ -302,6 +317,32 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
             "computes only the centre crop of Pillow's resize, in vectorised kernels, and `preprocess=\"exact\"` runs PIL itself.",
         ]
     return "\n".join(lines) + "\n"
+
+
+def clients_section(manifest: dict[str, Any]) -> list[str]:
+    """How to load hf/ with Hugging Face tooling, and what transformers.js measured at release time."""
+    layout = manifest.get("hf_layout")
+    if not layout:
+        return []
+    lines = ["", "## Hugging Face layout (`hf/`)", "",
+             "`hf/` holds config.json, preprocessor_config.json, tokenizer.json, tokenizer_config.json and the ONNX files under "
+             "`hf/onnx/` with the names transformers.js looks for: " + ", ".join(f"`{name}` ({source})" for name, source in layout["onnx"].items()) + ".",
+             "", "```js", "import { env, AutoTokenizer, CLIPTextModelWithProjection } from '@huggingface/transformers';",
+             "env.allowRemoteModels = false; env.localModelPath = '/path/to/release';",
+             "const tokenizer = await AutoTokenizer.from_pretrained('hf'); const model = await CLIPTextModelWithProjection.from_pretrained('hf');",
+             "const { text_embeds } = await model(tokenizer(['a photo of a cat'], { padding: 'max_length', truncation: true }));", "```"]
+    record = (manifest.get("clients") or {}).get("transformers.js")
+    if not record:
+        return lines
+    if record.get("status") != "measured":
+        return lines + ["", f"transformers.js was not measured for this release: {record.get('reason')}."]
+    return lines + [
+        "", f"Measured at release time with {record['client']} on {record['environment']}, against `ClipOnnx` on the same release (cosine of the embeddings):", "",
+        "| input | items | cosine |", "|---|---|---|",
+        f"| bundled captions | {record['captions']} | min {record['text_min_cosine']:.7f} |",
+        f"| a caption longer than the context | 1 | {record['long_caption_cosine']:.7f} |",
+        f"| bundled images (sharp's bicubic resize, not PIL's) | {len(record['images'])} | min {record['image_min_cosine']:.5f}, median {record['image_median_cosine']:.5f}; {record['images_at_target']} at 0.999 or above |",
+    ]
 
 
 def variant_table(manifest: dict[str, Any]) -> list[str]:

@@ -93,12 +93,22 @@ def clip_bpe_tokenizer(merges_path: Path) -> Any:
     vocabulary = [*ordered, *(s + WORD_END for s in ordered), *("".join(m) for m in merges), *SPECIAL_TOKENS]
     ids = {token: index for index, token in enumerate(vocabulary)}
     tokenizer = tk.Tokenizer(tk.models.BPE(vocab=ids, merges=merges, end_of_word_suffix=WORD_END))
+    tokenizer.normalizer = clip_normalizer()
     tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence(
         [tk.pre_tokenizers.Split(tk.Regex(_CLIP_WORDS), behavior="removed", invert=True), tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
     )
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
     tokenizer.post_processor = tk.processors.TemplateProcessing(single=f"{SPECIAL_TOKENS[0]} $A {SPECIAL_TOKENS[1]}", special_tokens=[(s, ids[s]) for s in SPECIAL_TOKENS])
     return tokenizer
+
+
+def clip_normalizer() -> Any:
+    """The part of open_clip's "lower" cleaning a tokenizer.json can hold (NFC, as ftfy leaves text;
+    whitespace runs folded to one space; stripped; lower case), so the file alone, read by any
+    ecosystem's tokenizer, gives open_clip's ids except where ftfy or HTML unescaping would change
+    the text (docs/models.md). After clean_text it changes nothing."""
+    tk = _tokenizers()
+    return tk.normalizers.Sequence([tk.normalizers.NFC(), tk.normalizers.Replace(tk.Regex(r"\s+"), " "), tk.normalizers.Strip(), tk.normalizers.Lowercase()])
 
 
 def copy_of(backend: Any) -> Any:
