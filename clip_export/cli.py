@@ -4,7 +4,6 @@ from __future__ import annotations
 import os
 import shlex
 import sys
-import time
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -13,7 +12,7 @@ import click
 from . import __version__
 from .errors import ClipExportError
 from .cli_parse import check_towers, int_list, parse_profile, parse_thresholds, split_csv
-from .cli_render import bench_text, emit_json, human_bytes, pipeline_text, render_conversion, table, verify_text
+from .cli_render import bench_text, progress_printer, emit_json, human_bytes, pipeline_text, render_conversion, table, verify_text
 from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, Q4_SCHEME, Int8Scheme
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
@@ -39,16 +38,6 @@ class _Group(click.Group):
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             click.echo(f"Error: internal error ({type(exc).__name__}: {first}); rerun with CLIP_EXPORT_DEBUG=1 for the traceback", err=True)
             ctx.exit(1)
-
-
-def _progress(quiet: bool) -> Callable[[str], None]:
-    started = time.perf_counter()
-
-    def report(message: str) -> None:
-        if not quiet:
-            click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
-
-    return report
 
 
 json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
@@ -122,7 +111,7 @@ def onnx(model: str, pretrained: str | None, weights: Path | None, random_init: 
 
     tower_list = check_towers(towers)
     spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed, tokenizer=tokenizer_dir, text_config=text_config_dir)
-    result = export_onnx(spec, out=out, towers=tower_list, opset=opset, normalize=normalize, force=force, external_data=external_data, progress=_progress(quiet or as_json))
+    result = export_onnx(spec, out=out, towers=tower_list, opset=opset, normalize=normalize, force=force, external_data=external_data, progress=progress_printer(quiet or as_json))
     if as_json:
         emit_json(result)
         return
@@ -179,7 +168,7 @@ def verify(dirs: Sequence[Path], providers: str, reference: str, images: Path | 
     results = []
     for model_dir in resolve_dirs(dirs):
         results.append(
-            run_verify(model_dir, providers=split_csv(providers), reference=reference, images=images, texts=texts, thresholds=overrides, only=(lambda e: e["precision"] in wanted) if wanted else None, progress=_progress(quiet or as_json))
+            run_verify(model_dir, providers=split_csv(providers), reference=reference, images=images, texts=texts, thresholds=overrides, only=(lambda e: e["precision"] in wanted) if wanted else None, progress=progress_printer(quiet or as_json))
         )
     if as_json:
         emit_json([{"model_dir": r.model_dir, "passed": r.passed, "failures": r.failures, "checks": r.checks, "write_error": r.write_error} for r in results])
@@ -217,7 +206,7 @@ def fp16(dirs: Sequence[Path], towers: str, fuse: bool, force: bool, as_json: bo
     from .convert import convert_fp16
 
     chosen = check_towers(towers)
-    render_conversion([convert_fp16(d, towers=chosen, fuse=fuse, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+    render_conversion([convert_fp16(d, towers=chosen, fuse=fuse, force=force, progress=progress_printer(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
 
 
 @main.command(context_settings=CONTEXT)
@@ -241,7 +230,7 @@ def int8(dirs: Sequence[Path], towers: str, per_channel: bool, weight_type: str,
 
     chosen = check_towers(towers)
     scheme = Int8Scheme(weight_type, per_channel=per_channel, reduce_range=reduce_range)
-    render_conversion([quantize_int8(d, towers=chosen, scheme=scheme, exclude_nodes=exclude_nodes, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+    render_conversion([quantize_int8(d, towers=chosen, scheme=scheme, exclude_nodes=exclude_nodes, force=force, progress=progress_printer(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
 
 
 @main.command(context_settings=CONTEXT)
@@ -264,7 +253,7 @@ def q4(dirs: Sequence[Path], towers: str, block_size: str, force: bool, as_json:
 
     chosen = check_towers(towers)
     scheme = dataclasses.replace(Q4_SCHEME, block_size=int(block_size))
-    render_conversion([quantize_q4(d, towers=chosen, scheme=scheme, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
+    render_conversion([quantize_q4(d, towers=chosen, scheme=scheme, force=force, progress=progress_printer(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
 
 
 @main.command("preprocessing-graph", context_settings=CONTEXT)
@@ -284,7 +273,7 @@ def preprocessing_graph(dirs: Sequence[Path], precisions: str | None, force: boo
     from .preprocess_stage import add_preprocessing
 
     chosen = split_csv(precisions) if precisions else None
-    render_conversion([r for d in resolve_dirs(dirs) for r in add_preprocessing(d, precisions=chosen, force=force, progress=_progress(quiet or as_json))], as_json)
+    render_conversion([r for d in resolve_dirs(dirs) for r in add_preprocessing(d, precisions=chosen, force=force, progress=progress_printer(quiet or as_json))], as_json)
 
 
 @main.command(context_settings=CONTEXT)
@@ -308,7 +297,7 @@ def trt(dirs: Sequence[Path], towers: str, use_fp16: bool, batch: str, workspace
 
     chosen = check_towers(towers)
     profile = parse_profile(batch)
-    results = [build_engines(d, fp16=use_fp16, batch=profile, workspace_gb=workspace_gb, towers=chosen, epcontext=epcontext, force=force, progress=_progress(quiet or as_json)) for d in resolve_dirs(dirs)]
+    results = [build_engines(d, fp16=use_fp16, batch=profile, workspace_gb=workspace_gb, towers=chosen, epcontext=epcontext, force=force, progress=progress_printer(quiet or as_json)) for d in resolve_dirs(dirs)]
     if as_json:
         emit_json(results)
         return
@@ -346,7 +335,7 @@ def bench(dirs: Sequence[Path], providers: str, batch_sizes: str, towers: str, p
     chosen = check_towers(towers)
     sizes = int_list(batch_sizes, "--batch-sizes")
     results = [
-        run_bench(d, providers=split_csv(providers), batch_sizes=sizes, towers=chosen, threads=threads, budget_s=budget, max_time_s=max_time, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, breakdown=breakdown, precisions=split_csv(precisions) if precisions else None, progress=_progress(quiet or as_json))
+        run_bench(d, providers=split_csv(providers), batch_sizes=sizes, towers=chosen, threads=threads, budget_s=budget, max_time_s=max_time, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, breakdown=breakdown, precisions=split_csv(precisions) if precisions else None, progress=progress_printer(quiet or as_json))
         for d in resolve_dirs(dirs)
     ]
     if as_json:
@@ -376,7 +365,7 @@ def pipeline(model: str, pretrained: str | None, weights: Path | None, random_in
     from .pipeline import run_pipeline
 
     spec = resolve(model, pretrained=pretrained, weights=weights, random_init=random_init, seed=seed, tokenizer=tokenizer_dir, text_config=text_config_dir)
-    result = run_pipeline(spec, out=out, precisions=split_csv(precisions), trt=use_trt, providers=split_csv(providers), force=force, progress=_progress(quiet or as_json))
+    result = run_pipeline(spec, out=out, precisions=split_csv(precisions), trt=use_trt, providers=split_csv(providers), force=force, progress=progress_printer(quiet or as_json))
     if as_json:
         emit_json(result)
     else:
@@ -407,7 +396,7 @@ def release(dirs: Sequence[Path], tag: str, out: Path, upload: bool, client_chec
     chosen = resolve_dirs(dirs)
     if not dirs and len(chosen) > 1:
         raise ClipExportError(f"artifacts/ holds {len(chosen)} models ({', '.join(d.name for d in chosen)}); name the DIR to release")
-    result = make_release(chosen, tag=tag, out=out, upload=upload, client_check=client_check, progress=_progress(quiet or as_json))
+    result = make_release(chosen, tag=tag, out=out, upload=upload, client_check=client_check, progress=progress_printer(quiet or as_json))
     if as_json:
         emit_json(result)
         return

@@ -2,7 +2,8 @@
 from __future__ import annotations
 
 import json
-from typing import Any, Sequence
+import time
+from typing import Any, Callable, Sequence
 
 import click
 
@@ -98,3 +99,13 @@ def pipeline_text(result: Any) -> str:
         lines.append("verdicts hold for these bytes on: " + "; ".join(result.environments))
     return "\n".join(lines)
 
+
+def progress_printer(quiet: bool) -> Callable[[str], None]:
+    """Progress lines on stderr with the seconds since the command started; nothing under --quiet."""
+    started = time.perf_counter()
+
+    def report(message: str) -> None:
+        if not quiet:
+            click.echo(f"[{time.perf_counter() - started:6.1f}s] {message}", err=True)
+
+    return report
