@@ -10,7 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Collection, Iterator
 
-from .errors import ConversionError, IntegrityError, ManifestError, OutputError
+from .errors import IntegrityError, ManifestError, OutputError
 from .checkpoints import sha256_file
 
 try:  # POSIX only; elsewhere concurrent runs are not detected (docs/reliability.md)
@@ -165,7 +165,7 @@ def find_artifact(manifest: dict[str, Any], **match: str | Collection[str]) -> d
 def refuse_existing(manifest: dict[str, Any], model_dir: Path, path: str, force: bool) -> None:
     """Converting twice is refused unless --force: the manifest already lists that artifact."""
     if not force and find_artifact(manifest, path=path) is not None:
-        raise ConversionError(f"{Path(model_dir) / path} already exists in the manifest; pass --force to rebuild it")
+        raise OutputError(f"{Path(model_dir) / path} already exists in the manifest; pass --force to rebuild it")
 
 
 def upsert_artifact(manifest: dict[str, Any], entry: dict[str, Any]) -> None:

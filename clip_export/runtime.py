@@ -23,7 +23,7 @@ from typing import Any, Callable
 import numpy as np
 from PIL import Image
 
-from .errors import ClipExportError
+from .errors import ClipExportError, import_optional
 from .manifest import read_manifest, require_intact, resolve_inside, select_artifacts
 from .configs import PreprocessConfig
 from .preprocess import load_image, preprocess_fast, preprocess_reference
@@ -167,9 +167,8 @@ def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
     if settings.get("bpe_vocab"):
         return TextTokenizer(clip_bpe_tokenizer(resolve_inside(root, settings["bpe_vocab"]["path"], "the tokenizer vocabulary")), "lower", context, 0)
     if settings.get("kind") == "huggingface":
-        from transformers import CLIPTokenizer
-
-        hf = CLIPTokenizer.from_pretrained(str(manifest["model"]["source"]).split(":", 1)[1], local_files_only=True)
+        transformers = import_optional("transformers", package="transformers", extra="hf", purpose="the tokenizer of an export made from a Hugging Face directory")
+        hf = transformers.CLIPTokenizer.from_pretrained(str(manifest["model"]["source"]).split(":", 1)[1], local_files_only=True)
         return lambda texts: np.asarray(hf(texts, padding="max_length", truncation=True, max_length=context)["input_ids"], dtype=np.int64)
     import open_clip
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from clip_export import conversion
 from clip_export.convert import convert_fp16, quantize_int8, to_fp16
-from clip_export.errors import ConversionError, IntegrityError
+from clip_export.errors import ConversionError, IntegrityError, OutputError
 from clip_export.manifest import find_artifact, read_manifest
 from clip_export.sessions import FP16_DISABLED_OPTIMIZERS, SessionOptions, create_session
 from clip_export.checks import ArtifactCheck
@@ -84,7 +84,7 @@ def test_source_cast_to_float_stays_float32() -> None:
 
 def test_converting_twice_needs_force(tiny_vit_copy: Path) -> None:
     convert_fp16(tiny_vit_copy, towers=["visual"])
-    with pytest.raises(ConversionError, match="--force"):
+    with pytest.raises(OutputError, match="already exists in the manifest; pass --force"):
         convert_fp16(tiny_vit_copy, towers=["visual"])
     convert_fp16(tiny_vit_copy, towers=["visual"], force=True)
     assert [a["path"] for a in read_manifest(tiny_vit_copy)["artifacts"]].count("visual.fp16.onnx") == 1

@@ -21,14 +21,18 @@ COMMANDS = [
     ("A Hugging Face tokenizer while offline", "env HF_HUB_OFFLINE=1 clip-export onnx ViT-B-16-SigLIP --random-init --out {out}"),
     ("fp16 with fusions", "clip-export fp16 {out}/ViT-B-32 --fuse"),
     ("INT8 for CPU serving", "clip-export int8 {out}/ViT-B-32"),
+    ("4-bit weights", "clip-export q4 {out}/ViT-B-32 --towers visual"),
+    ("A visual graph with preprocessing inside", "clip-export preprocessing-graph {out}/ViT-B-32 --precisions fp32"),
     ("TensorRT on a machine without it", "clip-export trt {out}/ViT-B-32 --fp16"),
     ("Verify every artifact", "clip-export verify {out}/ViT-B-32 -q"),
     ("Verify on a provider that is not there", "clip-export verify {out}/ViT-B-32 --providers cuda --precision fp32 -q"),
     ("Benchmark at batch 1", "clip-export bench {out}/ViT-B-32 --batch-sizes 1 --budget 1 --no-breakdown -q"),
     ("Release", "clip-export release {out}/ViT-B-32 --tag v0.1.0 --out {dist} -q"),
     ("Check the release", "sh -c 'cd {dist}/ViT-B-32-v0.1.0 && sha256sum -c SHA256SUMS'"),
+    ("Serve the release, checked on this machine first", "{python_bin}/python -c \"from clip_export.runtime import ClipOnnx; m = ClipOnnx.from_release('{dist}/ViT-B-32-v0.1.0', precision='int8', check='always'); print({{t: c.status for t, c in m.serve_checks.items()}})\""),
     ("Upload without gh", "env PATH=/nonexistent {python_bin}/clip-export release {out}/ViT-B-32 --tag v0.1.1 --out {dist} --upload -q"),
     ("The whole pipeline", "clip-export pipeline ViT-B/32 --random-init --precisions fp32,int8 --out {out2} -q"),
+    ("The pipeline again: what passed is kept", "clip-export pipeline ViT-B/32 --random-init --precisions fp32,int8 --out {out2} -q"),
 ]
 
 
