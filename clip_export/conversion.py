@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
+from .artifact import ArtifactEntry
 from .errors import ConversionError, ManifestError
 from .manifest import exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, select_artifacts, upsert_artifact, write_manifest
 from .progress import Progress
@@ -102,25 +103,26 @@ def _convert_locked(model_dir: Path, how: Derivation, write: Callable[[Path, Pat
             details = write(resolve_inside(model_dir, source["path"], "the source artifact"), staging / target_name)
             data_names = sorted(p.name for p in staging.iterdir() if p.name != target_name)
             io = how.io(source) if how.io else {"inputs": source["inputs"], "outputs": source["outputs"]}
-            entry = {
+            typed = ArtifactEntry(
                 **file_record(staging / target_name, model_dir),
-                "tower": source["tower"],
-                "precision": how.precision,
-                "format": how.format,
-                "opset": source.get("opset"),
-                **io,
-                "external_data": [file_record(staging / n, model_dir) for n in data_names],
-                "derived_from": {"path": source["path"], "sha256": source["sha256"]},
-                "conversion": details,
-            }
+                tower=source["tower"],
+                precision=how.precision,
+                format=how.format,
+                opset=source.get("opset"),
+                inputs=tuple(io["inputs"]),
+                outputs=tuple(io["outputs"]),
+                external_data=tuple(file_record(staging / n, model_dir) for n in data_names),
+                derived_from={"path": source["path"], "sha256": source["sha256"]},
+                details={"conversion": details},
+            )
+            entry = typed.to_json()
             progress(f"verifying {target_name} against the fp32 reference ({threshold_key(how.precision, how.format)} thresholds)")
             check = gate(model_dir, entry)
             if not check.passed:
                 raise ConversionError(f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures))
             for name in [*data_names, target_name]:  # the graph file last: it is what makes the artifact look complete
                 os.replace(staging / name, model_dir / name)
-            entry.update(file_record(model_dir / target_name, model_dir))
-            entry["external_data"] = [file_record(model_dir / n, model_dir) for n in data_names]
+            entry = typed.moved(file_record(model_dir / target_name, model_dir), tuple(file_record(model_dir / n, model_dir) for n in data_names)).to_json()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         manifest = read_manifest(model_dir)

@@ -17,6 +17,7 @@ import numpy as np
 
 from . import __version__
 from . import attention
+from .artifact import ArtifactEntry
 from .environment import versions
 from .errors import ClipExportError, ExportParityError, OutputError, UnsupportedOpsetError
 from .evalset import EvalSet, load_evalset
@@ -285,20 +286,19 @@ def _export_locked(
                     f"{mean_abs:.2e} > {EXPORT_PARITY_TOLERANCE:.0e}"
                 )
             record = file_record(path, staging)
-            manifest["artifacts"].append(
-                {
-                    **record,
-                    "tower": tower,
-                    "precision": "fp32",
-                    "format": "onnx",
-                    "opset": opset,
-                    **io_declaration(loaded, tower),
-                    "external_data": [file_record(staging / name, staging) for name in data_files],
-                    "derived_from": None,
-                    "export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs},
-                    "batch_first_attention_blocks": rewritten,
-                }
+            io = io_declaration(loaded, tower)
+            entry = ArtifactEntry(
+                **record,
+                tower=tower,
+                precision="fp32",
+                format="onnx",
+                opset=opset,
+                inputs=tuple(io["inputs"]),
+                outputs=tuple(io["outputs"]),
+                external_data=tuple(file_record(staging / name, staging) for name in data_files),
+                details={"export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs}, "batch_first_attention_blocks": rewritten},
             )
+            manifest["artifacts"].append(entry.to_json())
             results.append(TowerResult(tower, target / path.name, record["bytes"], data_files, mean_abs, max_abs, time.perf_counter() - tower_started))
         progress(f"computing fp32 torch reference embeddings for {len(evalset.image_paths)} images and {len(evalset.captions)} captions")
         arrays = compute_reference(loaded, evalset, towers, normalize)

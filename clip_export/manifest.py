@@ -10,6 +10,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any, Collection, Iterator
 
+from .artifact import ArtifactEntry
 from .errors import IntegrityError, ManifestError, OutputError
 from .checkpoints import sha256_file
 
@@ -22,7 +23,6 @@ MANIFEST_NAME = "manifest.json"
 SCHEMA_VERSION = 1
 # What every reader relies on; a manifest without one of these is refused by name, not by KeyError.
 REQUIRED_SECTIONS = ("model", "preprocess", "tokenizer", "artifacts")
-ARTIFACT_KEYS = ("path", "sha256", "bytes", "tower", "precision", "format")
 
 
 def now_iso() -> str:
@@ -66,9 +66,7 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     if missing:
         raise ManifestError(f"{path} is missing the section(s) {', '.join(missing)}; a manifest written by 'clip-export onnx' has {', '.join(REQUIRED_SECTIONS)}")
     for index, entry in enumerate(data["artifacts"]):
-        absent = [k for k in ARTIFACT_KEYS if not isinstance(entry, dict) or k not in entry]
-        if absent:
-            raise ManifestError(f"{path}: artifacts[{index}] has no {', '.join(absent)}")
+        ArtifactEntry.from_json(entry, f"{path}: artifacts[{index}]")
     for where, named in named_paths(data):
         resolve_inside(model_dir, named, f"{path}: {where}")
     return data

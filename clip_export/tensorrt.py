@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any, Sequence
 
 
+from .artifact import ArtifactEntry
 from .errors import ConversionError, ManifestError, TensorRTError
 from .manifest import atomic_write_bytes, exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, select_artifacts, upsert_artifact, write_manifest
 from .progress import Progress, silent
@@ -175,17 +176,16 @@ def _build_locked(model_dir: Path, fp16: bool, batch: tuple[int, int, int], work
         staged = model_dir / f".{name}.partial-{os.getpid()}"
         try:
             atomic_write_bytes(staged, plan)
-            entry = {
+            entry = ArtifactEntry(
                 **file_record(staged, model_dir),
-                "tower": tower,
-                "precision": precision,
-                "format": "tensorrt",
-                "inputs": source["inputs"],
-                "outputs": source["outputs"],
-                "external_data": [],
-                "derived_from": {"path": source["path"], "sha256": source["sha256"]},
-                "tensorrt": {"version": str(trt.__version__), "gpu": gpu, "compute_capability": capability, "profile": list(batch), "workspace_gb": workspace_gb, "strongly_typed": True},
-            }
+                tower=tower,
+                precision=precision,
+                format="tensorrt",
+                inputs=tuple(source["inputs"]),
+                outputs=tuple(source["outputs"]),
+                derived_from={"path": source["path"], "sha256": source["sha256"]},
+                details={"tensorrt": {"version": str(trt.__version__), "gpu": gpu, "compute_capability": capability, "profile": list(batch), "workspace_gb": workspace_gb, "strongly_typed": True}},
+            ).to_json()
             verdict = "not verified"
             if verify_engines:
                 progress(f"verifying {name} against the fp32 reference")
