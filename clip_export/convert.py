@@ -161,7 +161,7 @@ def quantize_int8(
 
         logging.getLogger().setLevel(logging.ERROR)  # the quantizer advises pre-processing through the root logger
         model = onnx.load(str(source))
-        excluded = list(dict.fromkeys([*int8_excluded_nodes(model), *exclude_nodes]))
+        excluded = quantizer_exclusions(model, [*int8_excluded_nodes(model), *exclude_nodes])
         quantize_dynamic(
             model,
             str(target),
@@ -183,3 +183,17 @@ def quantize_int8(
 def int8_excluded_nodes(model: Any) -> list[str]:
     """The final projection stays float: measured to cost retrieval agreement (docs/convert.md)."""
     return final_nodes(model, depth=1)
+
+
+# onnxruntime's dynamic quantizer rewrites every Gemm into a MatMul named `<name>` + this suffix
+# (and an Add for the bias) before it reads nodes_to_exclude (ONNXModel.replace_gemm_with_matmul).
+GEMM_AS_MATMUL_SUFFIX = "_MatMul"
+
+
+def quantizer_exclusions(model: Any, names: Sequence[str]) -> list[str]:
+    """The names quantize_dynamic must be told to skip `names`: a Gemm excluded by its own name was
+    quantized anyway, since the quantizer renames it first. That is how MobileCLIP's projection (a
+    timm Linear, so a Gemm) got quantized and failed the gate (docs/models.md)."""
+    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+    expanded = [alias for name in names for alias in ((name, name + GEMM_AS_MATMUL_SUFFIX) if name in gemms else (name,))]
+    return list(dict.fromkeys(expanded))

@@ -95,6 +95,19 @@ def test_mobileclip_is_reparameterized_before_export_and_matches_the_unfolded_mo
     _serves_like_torch(result.model_dir)
 
 
+def test_mobileclip_int8_keeps_its_linear_projection_float_and_passes(tmp_path: Path) -> None:
+    """timm's head is a Linear, so a Gemm, which onnxruntime's quantizer renamed before reading the
+    exclusions: the projection was quantized with one activation scale per batch and failed (0.074)."""
+    import onnx
+
+    result = export_onnx(resolve("tiny-MobileCLIP", random_init=True), out=tmp_path)
+    converted = quantize_int8(result.model_dir, towers=["visual"])
+    assert converted.artifacts[0].verdict == "pass"
+    graph = onnx.load(str(result.model_dir / "visual.int8.onnx")).graph
+    producer = next(n for n in graph.node if "image_embeds" in n.output)
+    assert producer.op_type in ("MatMul", "Gemm", "Add"), producer.op_type
+
+
 def _refused(args: list[str], message: str, out: Path) -> None:
     result = CliRunner().invoke(main, ["onnx", *args, "--random-init", "--quiet", "--out", str(out)])
     assert result.exit_code == 1, result.output
