@@ -34,6 +34,7 @@ class FamilyRules:
     preprocess: Mapping[str, Any] = field(default_factory=dict)  # defaults below the arch's and the tag's own
     reparameterize: bool = False  # MobileOne/FastViT branches folded (timm's reparameterize_model) before export
     needs_transformers: bool = False  # the text tower is a transformers model
+    tokenizer_language: str | None = None  # the source-language code put before every caption (NLLB), recorded as tokenizer.language
     note: str = ""
 
     def matches(self, arch: str, model_cfg: Mapping[str, Any]) -> bool:
@@ -54,6 +55,15 @@ FAMILIES: tuple[FamilyRules, ...] = (
         timm_prefixes=("fastvit", "mobileone"),
         reparameterize=True,
         note="apple/ml-mobileclip reparameterizes MobileOne/FastViT blocks before export: one conv per block instead of its train-time branches",
+    ),
+    FamilyRules(
+        "nllb",
+        arch_globs=("*nllb*",),
+        tokenizer="hf",
+        text_pool="hf-pooler",
+        needs_transformers=True,
+        tokenizer_language="eng_Latn",
+        note="NLLB's tokenizer starts every caption with a source-language code; captions are taken as English (eng_Latn), the tokenizer's own default, recorded in the manifest",
     ),
     FamilyRules(
         "hf-text",

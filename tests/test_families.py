@@ -74,6 +74,20 @@ def test_xlm_roberta_text_tower_exports_and_serves_offline(xlmr_dirs: tuple[Path
     _serves_like_torch(result.model_dir)
 
 
+def test_nllb_captions_start_with_the_family_language_recorded_in_the_manifest(nllb_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """The tokenizer's own config says fra_Latn; the family rule (eng_Latn) wins, in the checked ids,
+    the bundled tokenizer.json and the manifest."""
+    tokenizer, config = nllb_dirs
+    result = export_onnx(resolve("tiny-nllb-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path)
+    manifest = read_manifest(result.model_dir)
+    assert manifest["model"]["family"] == "nllb" and manifest["tokenizer"]["language"] == "eng_Latn"
+    english = json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"].index(["eng_Latn", 0.0])
+    ids = ClipOnnx.from_release(result.model_dir, check="off").tokenize(["a photo of a cat"])
+    assert ids[0, 0] == english and ids[0, 1] != english
+    assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
+    _serves_like_torch(result.model_dir)
+
+
 def test_mobileclip_is_reparameterized_before_export_and_matches_the_unfolded_model(tmp_path: Path) -> None:
     import torch
 
