@@ -48,6 +48,9 @@ class FamilyRules:
         )
 
 
+# What every transformers text tower shares: its own tokenizer, padding mask and pooler.
+HF_TEXT_TOWER: Mapping[str, Any] = MappingProxyType({"tokenizer": "hf", "text_pool": "hf-pooler", "needs_transformers": True})
+
 FAMILIES: tuple[FamilyRules, ...] = (
     FamilyRules(
         "mobileclip",
@@ -59,18 +62,14 @@ FAMILIES: tuple[FamilyRules, ...] = (
     FamilyRules(
         "nllb",
         arch_globs=("*nllb*",),
-        tokenizer="hf",
-        text_pool="hf-pooler",
-        needs_transformers=True,
+        **HF_TEXT_TOWER,
         tokenizer_language="eng_Latn",
         note="NLLB's tokenizer starts every caption with a source-language code; captions are taken as English (eng_Latn), the tokenizer's own default, recorded in the manifest",
     ),
     FamilyRules(
         "hf-text",
         text_keys=("hf_model_name",),
-        tokenizer="hf",
-        text_pool="hf-pooler",
-        needs_transformers=True,
+        **HF_TEXT_TOWER,
         note="multilingual text towers (XLM-RoBERTa, RoBERTa, NLLB, mT5) from transformers, with their own tokenizer, padding mask and pooler",
     ),
     FamilyRules(
