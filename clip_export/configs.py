@@ -58,6 +58,7 @@ class TokenizerConfig:
     pad_token_id: int = 0
     vocab_size: int | None = None
     clean: str = "lower"  # open_clip's clean function applied before the ids: lower, whitespace, canonicalize; none
+    language: str | None = None  # the source-language code every caption starts with (NLLB); None where ids carry none
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.__dict__)

@@ -7,7 +7,7 @@ from typing import Any, Sequence
 
 from .conversion import ConvertedArtifact, ConvertResult, Derivation, convert_each, save_model, set_precision_metadata, tool_version
 from .errors import ConversionError, import_optional
-from .graph_surgery import fuse_attention, fuse_transformer_ops
+from .graph_surgery import final_nodes, fuse_attention, fuse_transformer_ops, int8_excluded_nodes
 from .progress import Progress, silent
 from .spec import INT8_SCHEME, Int8Scheme, artifact_file_name
 
@@ -37,22 +37,6 @@ def source_cast_to_float_nodes(model: Any) -> list[str]:
         if node.op_type == "Cast" and any(a.name == "to" and a.i == onnx.TensorProto.FLOAT for a in node.attribute):
             names.append(node.name)
     return names
-
-
-def final_nodes(model: Any, depth: int = 2) -> list[str]:
-    """The last nodes before the output (projection and norm), kept in fp32 by default."""
-    producers = {out: node for node in model.graph.node for out in node.output}
-    chosen: list[str] = []
-    frontier = [o.name for o in model.graph.output]
-    for _ in range(depth):
-        next_frontier = []
-        for tensor in frontier:
-            node = producers.get(tensor)
-            if node is not None and node.name not in chosen:
-                chosen.append(node.name)
-                next_frontier.extend(node.input)
-        frontier = next_frontier
-    return chosen
 
 
 def fp32_nodes(model: Any, keep_final_fp32: bool = True) -> list[str]:
@@ -161,7 +145,7 @@ def quantize_int8(
 
         logging.getLogger().setLevel(logging.ERROR)  # the quantizer advises pre-processing through the root logger
         model = onnx.load(str(source))
-        excluded = list(dict.fromkeys([*int8_excluded_nodes(model), *exclude_nodes]))
+        excluded = quantizer_exclusions(model, [*int8_excluded_nodes(model), *exclude_nodes])
         quantize_dynamic(
             model,
             str(target),
@@ -180,6 +164,15 @@ def quantize_int8(
     return convert_each(model_dir, Derivation("int8", lambda path: artifact_file_name(path, "int8")), write, towers=towers, force=force, progress=progress)
 
 
-def int8_excluded_nodes(model: Any) -> list[str]:
-    """The final projection stays float: measured to cost retrieval agreement (docs/convert.md)."""
-    return final_nodes(model, depth=1)
+# onnxruntime's dynamic quantizer rewrites every Gemm into a MatMul named `<name>` + this suffix
+# (and an Add for the bias) before it reads nodes_to_exclude (ONNXModel.replace_gemm_with_matmul).
+GEMM_AS_MATMUL_SUFFIX = "_MatMul"
+
+
+def quantizer_exclusions(model: Any, names: Sequence[str]) -> list[str]:
+    """The names quantize_dynamic must be told to skip `names`: a Gemm excluded by its own name was
+    quantized anyway, since the quantizer renames it first. That is how MobileCLIP's projection (a
+    timm Linear, so a Gemm) got quantized and failed the gate (docs/models.md)."""
+    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+    expanded = [alias for name in names for alias in ((name, name + GEMM_AS_MATMUL_SUFFIX) if name in gemms else (name,))]
+    return list(dict.fromkeys(expanded))

@@ -34,6 +34,7 @@ class FamilyRules:
     preprocess: Mapping[str, Any] = field(default_factory=dict)  # defaults below the arch's and the tag's own
     reparameterize: bool = False  # MobileOne/FastViT branches folded (timm's reparameterize_model) before export
     needs_transformers: bool = False  # the text tower is a transformers model
+    tokenizer_language: str | None = None  # the source-language code put before every caption (NLLB), recorded as tokenizer.language
     note: str = ""
 
     def matches(self, arch: str, model_cfg: Mapping[str, Any]) -> bool:
@@ -47,6 +48,9 @@ class FamilyRules:
         )
 
 
+# What every transformers text tower shares: its own tokenizer, padding mask and pooler.
+HF_TEXT_TOWER: Mapping[str, Any] = MappingProxyType({"tokenizer": "hf", "text_pool": "hf-pooler", "needs_transformers": True})
+
 FAMILIES: tuple[FamilyRules, ...] = (
     FamilyRules(
         "mobileclip",
@@ -56,11 +60,16 @@ FAMILIES: tuple[FamilyRules, ...] = (
         note="apple/ml-mobileclip reparameterizes MobileOne/FastViT blocks before export: one conv per block instead of its train-time branches",
     ),
     FamilyRules(
+        "nllb",
+        arch_globs=("*nllb*",),
+        **HF_TEXT_TOWER,
+        tokenizer_language="eng_Latn",
+        note="NLLB's tokenizer starts every caption with a source-language code; captions are taken as English (eng_Latn), the tokenizer's own default, recorded in the manifest",
+    ),
+    FamilyRules(
         "hf-text",
         text_keys=("hf_model_name",),
-        tokenizer="hf",
-        text_pool="hf-pooler",
-        needs_transformers=True,
+        **HF_TEXT_TOWER,
         note="multilingual text towers (XLM-RoBERTa, RoBERTa, NLLB, mT5) from transformers, with their own tokenizer, padding mask and pooler",
     ),
     FamilyRules(

@@ -1,6 +1,7 @@
-"""Graph surgery on exported ONNX towers: our attention fusion, and onnxruntime's transformer
-optimizer. Shared by the fp16 conversion and bench's fused baseline, so neither stage imports the
-other. Every rewritten graph is verified like any other artifact before it ships."""
+"""Graph surgery on exported ONNX towers: our attention fusion, onnxruntime's transformer
+optimizer, and the nodes a conversion keeps in float. Shared by the fp16, INT8 and q4 stages and
+bench's fused baseline, so no stage imports another. Every rewritten graph is verified like any
+other artifact before it ships."""
 from __future__ import annotations
 
 from pathlib import Path
@@ -155,3 +156,24 @@ def fuse_transformer_ops(source: Path | Any) -> tuple[Any, dict[str, int]]:
     optimized = optimize_model(str(source) if isinstance(source, Path) else source, model_type="clip", num_heads=0, hidden_size=0, opt_level=0)
     stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     return optimized, stats
+
+
+def final_nodes(model: Any, depth: int = 2) -> list[str]:
+    """The last nodes before the output (projection and norm), kept in fp32 by default."""
+    producers = {out: node for node in model.graph.node for out in node.output}
+    chosen: list[str] = []
+    frontier = [o.name for o in model.graph.output]
+    for _ in range(depth):
+        next_frontier = []
+        for tensor in frontier:
+            node = producers.get(tensor)
+            if node is not None and node.name not in chosen:
+                chosen.append(node.name)
+                next_frontier.extend(node.input)
+        frontier = next_frontier
+    return chosen
+
+
+def int8_excluded_nodes(model: Any) -> list[str]:
+    """The final projection stays float: measured to cost retrieval agreement (docs/convert.md)."""
+    return final_nodes(model, depth=1)

@@ -7,8 +7,8 @@ from pathlib import Path
 from typing import Any, Sequence
 
 from .conversion import ConvertResult, Derivation, convert_each, save_model, set_precision_metadata, tool_version
-from .convert import int8_excluded_nodes
 from .errors import import_optional
+from .graph_surgery import int8_excluded_nodes
 from .progress import Progress, silent
 from .spec import Q4_SCHEME, Q4Scheme, artifact_file_name
 

@@ -38,15 +38,32 @@ def reference_tokenizer(oc: Any, arch: str, model_cfg: Mapping[str, Any], family
     kwargs = dict(text_cfg.get("tokenizer_kwargs") or {})
     if tokenizer_dir is not None:
         try:
-            return oc.tokenizer.HFTokenizer(str(tokenizer_dir), context_length=context, local_files_only=True, **kwargs)
+            reference = oc.tokenizer.HFTokenizer(str(tokenizer_dir), context_length=context, local_files_only=True, **kwargs)
         except Exception as exc:  # transformers raises many types for a bad directory
             raise ClipExportError(f"--tokenizer {tokenizer_dir} could not be loaded as a Hugging Face tokenizer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+        return with_language(reference, arch, family)
     offline = not hub_reachable()
     try:
-        return oc.get_tokenizer(arch, local_files_only=True) if offline else oc.get_tokenizer(arch)
+        reference = oc.get_tokenizer(arch, local_files_only=True) if offline else oc.get_tokenizer(arch)
     except Exception as exc:  # transformers and the hub raise many types
         where = "is not in the local Hugging Face cache and the hub cannot be reached (offline?)" if offline else f"could not be loaded: {str(exc).splitlines()[0]}"
         raise WeightsError(f"{arch} tokenizes with the Hugging Face tokenizer {hf_name!r}, which {where}; pass --tokenizer DIR, a directory holding its tokenizer.json") from None
+    return with_language(reference, arch, family)
+
+
+def with_language(reference: Any, arch: str, family: FamilyRules) -> Any:
+    """The family's source-language code (NLLB) set on the reference tokenizer, so the ids checked and
+    the tokenizer.json bundled both start with it. Set through `src_lang`: open_clip's set_language
+    calls set_src_lang_special_tokens, which transformers 5 undoes on the next call (it switches
+    back to `src_lang`, eng_Latn by default)."""
+    language = family.tokenizer_language
+    if language is None:
+        return reference
+    hf = reference.tokenizer
+    if not hasattr(hf, "src_lang") or hf.convert_tokens_to_ids(language) in (None, hf.unk_token_id):
+        raise ClipExportError(f"{arch} is a {family.name} model whose captions start with the language code {language!r}, which its tokenizer ({type(hf).__name__}) does not have")
+    hf.src_lang = language
+    return reference
 
 
 def clean_kind(oc: Any, reference: Any) -> str:
@@ -69,7 +86,7 @@ def tokenizer_settings(oc: Any, reference: Any, family: FamilyRules, context_len
         return None if value is None else int(value)
 
     pad = hf.pad_token_id if hf.pad_token_id is not None else 0
-    return TokenizerConfig(context_length, optional(hf.bos_token_id if hf.bos_token_id is not None else hf.cls_token_id), optional(hf.eos_token_id if hf.eos_token_id is not None else hf.sep_token_id), "hf", int(pad), len(hf), clean)
+    return TokenizerConfig(context_length, optional(hf.bos_token_id if hf.bos_token_id is not None else hf.cls_token_id), optional(hf.eos_token_id if hf.eos_token_id is not None else hf.sep_token_id), "hf", int(pad), len(hf), clean, family.tokenizer_language)
 
 
 def require_fits_model(settings: TokenizerConfig, arch: str, vocab_size: int | None, pad_token_id: int | None, where: str) -> None:

@@ -73,3 +73,24 @@ def xlmr_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     config = tmp_path_factory.mktemp("xlmr-config")
     XLMRobertaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=80, pad_token_id=1, bos_token_id=0, eos_token_id=2).save_pretrained(config)
     return tokenizer, config
+
+
+@pytest.fixture(scope="session")
+def nllb_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tokenizer dir, text config dir) of a tiny NLLB: <s> 0, <pad> 1, </s> 2, <unk> 3, then two
+    language codes, loaded as transformers' NllbTokenizer, which puts the source language first."""
+    import json
+
+    from transformers import M2M100Config
+
+    codes = ["eng_Latn", "fra_Latn"]
+    tokenizer = train_unigram_tokenizer(
+        tmp_path_factory.mktemp("nllb-tokenizer"), ["<s>", "<pad>", "</s>", "<unk>", *codes], "$A </s>",
+        {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"},
+    )
+    settings = json.loads((tokenizer / "tokenizer_config.json").read_text())
+    (tokenizer / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "NllbTokenizer", "extra_special_tokens": codes, "src_lang": "fra_Latn"}))
+    config = tmp_path_factory.mktemp("nllb-config")
+    tiny = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)
+    M2M100Config(vocab_size=128, max_position_embeddings=80, pad_token_id=1, bos_token_id=0, eos_token_id=2, **tiny).save_pretrained(config)
+    return tokenizer, config

@@ -10,7 +10,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from clip_export import conversion
-from clip_export.convert import convert_fp16, quantize_int8, to_fp16
+from clip_export.convert import INT8_OP_TYPES, convert_fp16, quantize_int8, quantizer_exclusions, to_fp16
 from clip_export.errors import ConversionError, IntegrityError, OutputError
 from clip_export.manifest import find_artifact, read_manifest
 from clip_export.sessions import FP16_DISABLED_OPTIMIZERS, SessionOptions, create_session
@@ -119,6 +119,30 @@ def test_int8_is_smaller_and_passes_its_thresholds(tiny_vit_copy: Path) -> None:
     ops = {n.op_type for n in onnx.load(str(tiny_vit_copy / "visual.int8.onnx")).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
     assert verify(tiny_vit_copy).passed
+
+
+def test_an_excluded_gemm_stays_float_although_the_quantizer_renames_it(tmp_path: Path) -> None:
+    """quantize_dynamic turns Gemm `proj` into MatMul `proj_MatMul` before reading nodes_to_exclude."""
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    rng = np.random.default_rng(0)
+    weight = numpy_helper.from_array(rng.standard_normal((8, 4)).astype(np.float32), "w")
+    bias = numpy_helper.from_array(np.zeros(8, np.float32), "b")
+    graph = helper.make_graph(
+        [helper.make_node("Gemm", ["x", "w", "b"], ["y"], name="proj", transB=1)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, ["batch", 4])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, ["batch", 8])],
+        [weight, bias],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    assert quantizer_exclusions(model, ["proj", "other"]) == ["proj", "proj_MatMul", "other"]
+    quantized_ops = {}
+    for label, excluded in (("by name", ["proj"]), ("with its alias", quantizer_exclusions(model, ["proj"]))):
+        quantize_dynamic(model, str(tmp_path / "q.onnx"), weight_type=QuantType.QUInt8, op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_exclude=excluded)
+        quantized_ops[label] = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
+    assert "MatMulInteger" in quantized_ops["by name"]  # the quantizer's behaviour this works around
+    assert not quantized_ops["with its alias"] & {"MatMulInteger", "DynamicQuantizeMatMul"}
 
 
 def test_fuse_reports_fusions(tiny_vit_copy: Path) -> None:

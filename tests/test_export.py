@@ -25,7 +25,7 @@ def test_manifest_describes_every_artifact(tiny_vit_dir: Path) -> None:
     assert manifest["model"]["arch"] == "tiny-vit" and manifest["model"]["random_init"] is True
     assert manifest["preprocess"]["image_size"] == [64, 64]
     vocab = manifest["tokenizer"].pop("file")
-    assert manifest["tokenizer"] == {"context_length": 77, "sot_token_id": 49406, "eot_token_id": 49407, "kind": "clip-bpe", "pad_token_id": 0, "vocab_size": 49408, "clean": "lower"}
+    assert manifest["tokenizer"] == {"context_length": 77, "sot_token_id": 49406, "eot_token_id": 49407, "kind": "clip-bpe", "pad_token_id": 0, "vocab_size": 49408, "clean": "lower", "language": None}
     assert vocab["path"] == "tokenizer.json" and vocab["bytes"] == (tiny_vit_dir / vocab["path"]).stat().st_size
     assert manifest["model"]["family"] == "clip" and manifest["model"]["reparameterized_modules"] == 0
     assert {"torch", "open_clip", "onnx", "onnxruntime"} <= set(manifest["versions"])

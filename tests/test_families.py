@@ -74,6 +74,20 @@ def test_xlm_roberta_text_tower_exports_and_serves_offline(xlmr_dirs: tuple[Path
     _serves_like_torch(result.model_dir)
 
 
+def test_nllb_captions_start_with_the_family_language_recorded_in_the_manifest(nllb_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """The tokenizer's own config says fra_Latn; the family rule (eng_Latn) wins, in the checked ids,
+    the bundled tokenizer.json and the manifest."""
+    tokenizer, config = nllb_dirs
+    result = export_onnx(resolve("tiny-nllb-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path)
+    manifest = read_manifest(result.model_dir)
+    assert manifest["model"]["family"] == "nllb" and manifest["tokenizer"]["language"] == "eng_Latn"
+    english = json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"].index(["eng_Latn", 0.0])
+    ids = ClipOnnx.from_release(result.model_dir, check="off").tokenize(["a photo of a cat"])
+    assert ids[0, 0] == english and ids[0, 1] != english
+    assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
+    _serves_like_torch(result.model_dir)
+
+
 def test_mobileclip_is_reparameterized_before_export_and_matches_the_unfolded_model(tmp_path: Path) -> None:
     import torch
 
@@ -93,6 +107,19 @@ def test_mobileclip_is_reparameterized_before_export_and_matches_the_unfolded_mo
     result = export_onnx(spec, out=tmp_path, loaded=loaded)
     assert read_manifest(result.model_dir)["model"]["reparameterized_modules"] == loaded.reparameterized_modules
     _serves_like_torch(result.model_dir)
+
+
+def test_mobileclip_int8_keeps_its_linear_projection_float_and_passes(tmp_path: Path) -> None:
+    """timm's head is a Linear, so a Gemm, which onnxruntime's quantizer renamed before reading the
+    exclusions: the projection was quantized with one activation scale per batch and failed (0.074)."""
+    import onnx
+
+    result = export_onnx(resolve("tiny-MobileCLIP", random_init=True), out=tmp_path)
+    converted = quantize_int8(result.model_dir, towers=["visual"])
+    assert converted.artifacts[0].verdict == "pass"
+    graph = onnx.load(str(result.model_dir / "visual.int8.onnx")).graph
+    producer = next(n for n in graph.node if "image_embeds" in n.output)
+    assert producer.op_type in ("MatMul", "Gemm", "Add"), producer.op_type
 
 
 def _refused(args: list[str], message: str, out: Path) -> None:

@@ -52,9 +52,7 @@ def test_no_module_imports_upward_and_no_stage_imports_another() -> None:
     assert sorted(wrong) == KNOWN_EXCEPTIONS
 
 
-# quantize4 reuses convert's choice of the nodes INT8 keeps in float; it moves below the stages
-# once the family rules for INT8 exclusions land (they change that function).
-KNOWN_EXCEPTIONS = ["quantize4 imports convert"]
+KNOWN_EXCEPTIONS: list[str] = []
 
 
 def test_there_is_no_import_cycle() -> None:
