@@ -154,7 +154,7 @@ class Int8Scheme:
 # pairs of products in int16 and saturates: QInt8 weights passed the gate on AVX-512 VNNI and failed
 # it under AVX2 (visual mean |Δ| 5.6e-3, min cosine 0.972 on ViT-B/32). uint8 weights run U8U8
 # kernels, which widen to int16 before multiplying and cannot saturate: the best fidelity on both
-# tiers, at 4.2× torch eager on VNNI against 5.4-5.9× for 7-bit QInt8 (reduce_range), which also
+# tiers, at 4.4-4.6× torch eager on VNNI against 6.0-6.1× for 7-bit QInt8 (reduce_range), which also
 # failed the tiny test model's text gate. Measured by benchmarks/int8_tiers.py (docs/convert.md).
 INT8_SCHEME = Int8Scheme("QUInt8", per_channel=True, reduce_range=False)
 INT8_CANDIDATE_SCHEMES = (
