@@ -20,6 +20,7 @@ from .manifest import integrity_problems, read_manifest, require_intact, resolve
 from .metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval_agreement
 from .reference import compute_reference
 from .runner import NotRunnableHereError, open_runner
+from .sessions import provider_name
 from .spec import PREPROCESSING_FORMAT, THRESHOLDS, TOWERS, Thresholds, threshold_key
 
 BATCH_CHECK_SIZE = 7
@@ -126,6 +127,7 @@ def load_reference(model_dir: Path, manifest: dict[str, Any], reference: str, ev
 def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: dict[str, np.ndarray], limits: Thresholds, images: Sequence[Path] | None = None) -> ArtifactCheck:
     """One artifact on one provider; `images` are the raw files behind the reference, which a preprocessing graph is fed."""
     tower = entry["tower"]
+    provider = provider_name(provider)  # "cpu" and "CPUExecutionProvider" are one provider, recorded by its full name
     base = dict(path=entry["path"], tower=tower, precision=entry["precision"], format=entry["format"], provider_requested=provider, sha256=entry["sha256"], threshold_set=threshold_key(entry["precision"], entry["format"]), environment=current_environment(provider))
     problems = integrity_problems(model_dir, entry)
     if problems:
