@@ -150,7 +150,8 @@ def resumable(model_dir: Path, spec: ModelSpec) -> Resumable | None:
 def _gate_outcomes(stage: str, outcome: object, model_dir: Path | None) -> dict[str, tuple[str, float | None, float | None]]:
     """artifact path -> (verdict, mean |Δ| normalised, min top-1) of the gate a stage ran on it."""
     if stage == "export" and model_dir is not None:
-        return {Path(t.path).relative_to(model_dir).as_posix() if Path(t.path).is_absolute() else str(t.path): ("pass (export gate)", t.parity_mean_abs, None) for t in getattr(outcome, "towers", ())}
+        # A tower's path is model_dir / its file, relative or absolute as --out was given.
+        return {Path(t.path).relative_to(model_dir).as_posix(): ("pass (export gate)", t.parity_mean_abs, None) for t in getattr(outcome, "towers", ())}
     return {a.path: (f"{a.verdict} ({stage} gate)", a.mean_abs_normalized, a.min_top1) for a in getattr(outcome, "artifacts", ())}
 
 

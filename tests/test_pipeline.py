@@ -46,3 +46,15 @@ def test_another_model_in_the_way_is_not_resumed(tmp_path: Path) -> None:
     assert first.exit_code == 0
     result = CliRunner().invoke(main, ["pipeline", "tiny-vit", "--random-init", "--precisions", "fp32", "--out", str(tmp_path), "-q"])
     assert result.exit_code == 1 and "already exists" in result.stderr and "--force" in result.stderr
+
+
+def test_gate_verdicts_show_for_a_relative_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """--out as a user types it (relative) must find each tower's export gate all the same."""
+    from clip_export import conversion
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setattr(conversion, "gate", _failing_gate)
+    failed = CliRunner().invoke(main, ["pipeline", "tiny-vit", "--random-init", "--precisions", "fp32,int8", "--out", "artifacts", "--json", "-q"])
+    assert failed.exit_code == 1
+    rows = {r["artifact"]: r["verdict"] for r in json.loads(failed.stdout)["summary"]}
+    assert rows == {"visual.onnx": "pass (export gate)", "text.onnx": "pass (export gate)"}
