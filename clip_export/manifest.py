@@ -145,6 +145,12 @@ def require_intact(model_dir: Path, entry: dict[str, Any], context: str = "") ->
         raise IntegrityError(f"{context}: {'; '.join(problems)}" if context else "; ".join(problems))
 
 
+def passing_rows(manifest: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verification rows that passed for exactly this artifact's bytes, from any environment."""
+    rows = (manifest.get("verification") or {}).get("results", [])
+    return [r for r in rows if r.get("path") == entry["path"] and r.get("sha256") == entry["sha256"] and r.get("status") == "pass"]
+
+
 def select_artifacts(manifest: dict[str, Any], **match: str | Collection[str]) -> list[dict[str, Any]]:
     """The manifest's artifacts whose fields equal each given value (or are one of a given tuple,
     list or set of values): the one place stages filter the artifact list."""

@@ -20,6 +20,7 @@ from .manifest import (
     file_record,
     integrity_problems,
     now_iso,
+    passing_rows,
     read_manifest,
     resolve_inside,
     write_manifest,
@@ -46,9 +47,7 @@ class ReleaseResult:
 def passing_environments(manifest: dict[str, Any], entry: dict[str, Any]) -> list[Environment]:
     """The environments with a passing verify row for exactly this artifact's bytes; a passing row
     that does not say where it was obtained is refused (ManifestError), never counted."""
-    rows = (manifest.get("verification") or {}).get("results", [])
-    mine = [r for r in rows if r.get("path") == entry["path"] and r.get("sha256") == entry["sha256"] and r.get("status") == "pass"]
-    return [Environment.from_json(r.get("environment"), entry["path"]) for r in mine]
+    return [Environment.from_json(r.get("environment"), entry["path"]) for r in passing_rows(manifest, entry)]
 
 
 def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:

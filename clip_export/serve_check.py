@@ -17,7 +17,7 @@ import numpy as np
 
 from .environment import Environment, current_environment
 from .errors import ClipExportError, ManifestError, ServeCheckError
-from .manifest import require_intact
+from .manifest import passing_rows, require_intact
 from .metrics import Metric, numeric_metrics
 from .spec import SERVE_CHECK_ITEMS, SERVE_CHECK_MODES, THRESHOLDS, TOWERS, threshold_key
 
@@ -39,9 +39,7 @@ def require_mode(mode: str) -> str:
 
 def passing_verdict_here(manifest: dict[str, Any], entry: dict[str, Any], env: Environment) -> dict[str, Any] | None:
     """A passing verification row for exactly these bytes in exactly this environment, if any."""
-    for row in (manifest.get("verification") or {}).get("results", []):
-        if row.get("path") != entry["path"] or row.get("sha256") != entry["sha256"] or row.get("status") != "pass":
-            continue
+    for row in passing_rows(manifest, entry):
         recorded = row.get("environment")
         if isinstance(recorded, dict) and Environment.from_json(recorded, f"the verdict for {entry['path']}").key == env.key:
             return row
