@@ -117,8 +117,9 @@ def _center_crop(image: Image.Image, height: int, width: int) -> Image.Image:
 @lru_cache(maxsize=16)
 def _normalization_table(mean: tuple[float, ...], std: tuple[float, ...]) -> np.ndarray:
     """[3, 256] float32: each uint8 value through ToTensor and Normalize, with the same float32
-    operations torchvision applies per pixel, so a table lookup is bit-identical and 8x faster."""
-    values = np.arange(256, dtype=np.float32)[:, None] * np.float32(1.0 / 255.0)
+    operations torchvision applies per pixel (ToTensor divides by 255, it does not multiply by
+    1/255: that differs by an ulp on 325 of the 768 entries), so a table lookup is bit-identical."""
+    values = np.arange(256, dtype=np.float32)[:, None] / np.float32(255.0)
     table = (values - np.asarray(mean, dtype=np.float32)) / np.asarray(std, dtype=np.float32)
     return np.ascontiguousarray(table.T)
 

@@ -66,3 +66,17 @@ def test_squash_matches_open_clip_bit_for_bit(variant: str, interpolation: str) 
             if std[0] == 1.0:
                 assert np.array_equal(np.rint(got * 255), np.rint(expected * 255))
             assert np.abs(got - expected).max() < 1e-5
+
+
+def test_normalization_table_is_torchvision_bit_for_bit() -> None:
+    """Every uint8 value through ToTensor and Normalize, compared exactly: the table must divide by
+    255 as ToTensor does (multiplying by 1/255 misses by an ulp on 325 of the 768 entries)."""
+    from PIL import Image
+    from torchvision import transforms
+
+    from clip_export.preprocess import _normalization_table
+
+    config = PreprocessConfig((224, 224), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
+    ramp = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (1, 1, 3))
+    expected = transforms.Compose([transforms.ToTensor(), transforms.Normalize(config.mean, config.std)])(Image.fromarray(ramp)).numpy()[:, 0, :]
+    np.testing.assert_array_equal(_normalization_table(tuple(config.mean), tuple(config.std)), expected)
