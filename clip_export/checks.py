@@ -21,7 +21,7 @@ from .metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval
 from .reference import compute_reference
 from .runner import NotRunnableHereError, open_runner
 from .sessions import provider_name
-from .spec import PREPROCESSING_FORMAT, THRESHOLDS, TOWERS, Thresholds, threshold_key
+from .spec import CPU_PROVIDER, PREPROCESSING_FORMAT, THRESHOLDS, TOKENIZER_CHECK, TOKENIZER_FORMAT, TOWERS, Thresholds, threshold_key
 
 BATCH_CHECK_SIZE = 7
 
@@ -164,6 +164,34 @@ def check_artifact(model_dir: Path, entry: dict[str, Any], provider: str, ref: d
         metrics += _retrieval_metrics(tower, ref, got, limits)
     failures = [f"structure: {p}" for p in structure] + [m.failure() for m in metrics if not m.passed]
     return ArtifactCheck(**base, provider_ran=ran, status="fail" if failures else "pass", metrics=tuple(metrics), failures=tuple(failures))
+
+
+def check_tokenizer(model_dir: Path, manifest: dict[str, Any], captions: Sequence[str] | None, reference_ids: np.ndarray | None) -> ArtifactCheck | None:
+    """The bundled tokenizer.json on the reference's raw captions, through the runtime's own
+    tokenizer code, against the ids the reference was computed from. None where the export bundles
+    no tokenizer file (no text tower, or an export from before tokenizer.json)."""
+    from .tokenizer import TextTokenizer
+
+    settings = manifest.get("tokenizer") or {}
+    record = settings.get("file")
+    if not record or not any(a["tower"] == "text" for a in manifest["artifacts"]):
+        return None
+    base = dict(path=record["path"], tower="text", precision="-", format=TOKENIZER_FORMAT, provider_requested=CPU_PROVIDER, sha256=record["sha256"], threshold_set=TOKENIZER_CHECK, environment=current_environment(CPU_PROVIDER))
+    problems = [f"integrity: {p}" for p in integrity_problems(model_dir, record)]
+    if not problems and (captions is None or reference_ids is None or len(captions) != len(reference_ids)):
+        problems = [f"the reference's captions are unknown ({'no captions recorded' if captions is None else f'{len(captions)} captions for {0 if reference_ids is None else len(reference_ids)} reference ids'}); verify with --reference torch"]
+    if problems:
+        return ArtifactCheck(**base, provider_ran=None, status="fail", failures=tuple(problems))
+    try:
+        tokenizer = TextTokenizer.from_file(resolve_inside(model_dir, record["path"], "the tokenizer file"), settings)
+        ids = tokenizer(list(captions or ()), context_length=int(reference_ids.shape[1]))
+    except ClipExportError as exc:  # a file tokenizers cannot read is this row's failure, not verify's crash
+        return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"the tokenizer file cannot be used: {exc}",))
+    differing = [i for i in range(len(ids)) if not np.array_equal(ids[i], reference_ids[i])]
+    metric = Metric("captions_with_other_ids", float(len(differing)), 0.0)
+    failures = [f"{metric.failure()} of {len(ids)}; first: caption {differing[0]} {captions[differing[0]][:60]!r}"] if differing else []
+    metrics = (metric, Metric("captions_checked", float(len(ids))))
+    return ArtifactCheck(**base, provider_ran=CPU_PROVIDER, status="fail" if failures else "pass", metrics=metrics, failures=tuple(failures))
 
 
 def gate(model_dir: Path, entry: dict[str, Any], provider: str = "cpu") -> ArtifactCheck:

@@ -176,7 +176,7 @@ def versions() -> dict[str, str]:
     from . import __version__
 
     found = {"clip_export": __version__}
-    for module in ("torch", "open_clip", "onnx", "onnxruntime", "onnxscript"):
+    for module in ("torch", "open_clip", "onnx", "onnxruntime", "onnxscript", "tokenizers"):
         try:
             found[module] = __import__(module).__version__
         except ImportError:

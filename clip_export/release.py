@@ -27,7 +27,7 @@ from .manifest import (
 )
 from .checkpoints import sha256_file
 from .progress import Progress, silent
-from .spec import PREPROCESSING_FORMAT
+from .spec import PREPROCESSING_FORMAT, TOKENIZER_FORMAT
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 WEIGHT_LICENCES = {
@@ -65,6 +65,11 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
     for record in (manifest.get("reference"), manifest["tokenizer"].get("file"), manifest["tokenizer"].get("bpe_vocab")):
         for issue in integrity_problems(model_dir, record) if record else []:
             problems.append(f"{model_dir.name}/{issue}")
+    tokenizer_file = manifest["tokenizer"].get("file")
+    if tokenizer_file:  # verified before verify checked tokenizers: no row; a failed row blocks the release
+        rows = [r for r in (manifest.get("verification") or {}).get("results", []) if r.get("format") == TOKENIZER_FORMAT and r.get("sha256") == tokenizer_file["sha256"]]
+        if rows and not any(r["status"] == "pass" for r in rows):
+            problems.append(f"{model_dir.name}/{tokenizer_file['path']} gave other ids than the reference tokenizer in 'clip-export verify': {'; '.join(f for r in rows for f in r.get('failures', []))}")
     return problems
 
 
@@ -136,7 +141,11 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Pat
             by_path[entry["path"]] = entry
             owners[entry["path"]] = model_dir
             merged["artifacts"].append(entry)
-        merged["verification"]["results"] += [r for r in (manifest.get("verification") or {}).get("results", []) if owners.get(r["path"]) == model_dir]
+        tokenizer_file = (base.get("tokenizer") or {}).get("file") or {}
+        merged["verification"]["results"] += [
+            r for r in (manifest.get("verification") or {}).get("results", [])
+            if owners.get(r["path"]) == model_dir or (model_dir == base_dir and r["path"] == tokenizer_file.get("path") and r.get("sha256") == tokenizer_file.get("sha256"))
+        ]
         merged["verification"]["merged_from"].append({"dir": str(model_dir), "date": (manifest.get("verification") or {}).get("date"), "machine": (manifest.get("verification") or {}).get("machine")})
     return merged, owners
 
@@ -197,6 +206,9 @@ def release(
                 if merged["tokenizer"].get(key):
                     name = safe_asset_name(f"{slug}-{suffix}")
                     assets += _copy_plain(resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"), staging, name)
+                    for row in merged["verification"]["results"]:
+                        if row["path"] == merged["tokenizer"][key]["path"]:
+                            row["path"] = name  # verify's tokenizer row follows its file
                     merged["tokenizer"][key] = file_record(staging / name, staging)
             progress(f"writing the Hugging Face layout into {HF_DIR}/")
             merged["hf_layout"] = write_layout(staging, merged)
@@ -279,6 +291,9 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
         metrics = r.get("metrics", {})
         env = r.get("environment")
         where = Environment.from_json(env, f"the verdict for {r['path']}").describe() if isinstance(env, dict) else "unknown"
+        if r.get("format") == TOKENIZER_FORMAT:
+            lines.append(f"| {r['path']} | ids on {metrics.get('captions_checked', 0):.0f} raw captions | {metrics.get('captions_with_other_ids', float('nan')):.0f} differ | - | {r['status']} | {where} |")
+            continue
         lines.append(f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |")
     lines += ["", "### Environments each asset passed in", ""]
     for a in manifest["artifacts"]:

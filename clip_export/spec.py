@@ -76,6 +76,10 @@ TOWERS: Mapping[str, TowerSpec] = MappingProxyType(
 # RGB image of any size in, the family's resize, crop and normalisation in standard ONNX ops, then the
 # tower. Its artifacts have this format, so everything that feeds `pixel_values` skips them.
 PREPROCESSING_FORMAT = "onnx-preprocessing"
+# verify's row for the bundled tokenizer.json (the runtime's tokenizer, and every client's): its ids
+# on the reference's raw captions must be the reference tokenizer's, id for id; no caption may differ.
+TOKENIZER_FORMAT = "tokenizer"
+TOKENIZER_CHECK = "exact ids"
 RAW_IMAGE_INPUT = "image_uint8"
 RAW_IMAGE_DTYPE = "uint8"
 RAW_IMAGE_SHAPE: tuple[str | int, ...] = ("height", "width", 3)

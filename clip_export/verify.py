@@ -8,14 +8,14 @@ from pathlib import Path
 from typing import Any, Callable, Sequence
 
 
-from .checks import ArtifactCheck, check_artifact, load_reference, reference_images
+from .checks import ArtifactCheck, check_artifact, check_tokenizer, load_reference, reference_images
 from .environment import environment_table, versions
 from .errors import ClipExportError
 from .evalset import load_evalset
 from .manifest import atomic_write_text, now_iso, read_manifest, write_manifest
 from .progress import Progress, silent
 from .sessions import provider_name
-from .spec import THRESHOLDS, Thresholds, threshold_key
+from .spec import THRESHOLDS, TOKENIZER_FORMAT, TOWERS, Thresholds, threshold_key
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -87,6 +87,10 @@ def verify(
             progress(f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}")
             key = threshold_key(entry["precision"], entry["format"])
             checks.append(check_artifact(model_dir, entry, provider, ref, limits[key], images))
+    if only is None:
+        progress("checking the bundled tokenizer.json on the reference's raw captions")
+        tokenizer_check = check_tokenizer(model_dir, manifest, reference_captions(manifest, reference, evalset), ref.get(TOWERS["text"].input_name))
+        checks += [tokenizer_check] if tokenizer_check is not None else []
     found_versions = versions()
     manifest = read_manifest(model_dir)
     record = merged_verification(manifest, [_check_json(c) for c in checks], evalset_source, reference_desc, found_versions)
@@ -103,6 +107,16 @@ def verify(
     return dataclasses.replace(result, report_path=report)
 
 
+def reference_captions(manifest: dict[str, Any], reference: str, evalset: Any) -> tuple[str, ...] | None:
+    """The raw captions behind the reference's ids: --texts, the stored reference's record, or the bundled set."""
+    if evalset is not None:
+        return tuple(evalset.captions)
+    if reference == "stored":
+        captions = (manifest.get("reference") or {}).get("captions")
+        return tuple(captions) if captions is not None else None
+    return tuple(load_evalset().captions)
+
+
 def describe_write_error(exc: OSError, where: Path) -> str:
     """A failed write in words: a full disk and a read-only directory are named as such."""
     reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0, exc.strerror or str(exc))
@@ -116,6 +130,9 @@ def merged_verification(manifest: dict[str, Any], rows: list[dict[str, Any]], ev
     A legacy row that names no environment is replaced by any fresh row for its artifact and provider."""
     date = now_iso()
     current = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
+    tokenizer_file = (manifest.get("tokenizer") or {}).get("file")
+    if tokenizer_file:
+        current[tokenizer_file["path"]] = tokenizer_file["sha256"]
     fresh = {(r["path"], r["provider_requested"], environment_key(r)) for r in rows}
     fresh_any_env = {(path, provider) for path, provider, _ in fresh}
 
@@ -180,6 +197,11 @@ def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
         ran = c.provider_ran or f"{c.provider_requested} (did not run)"
         top1_text = f"{c.min_top1:.3f}" if c.min_top1 is not None else "-"
         lines.append(f"| {c.path} | {ran} | {c.threshold_set} | " + " | ".join(values) + f" | {top1_text} | {c.status} |")
+    for c in result.checks:
+        if c.format == TOKENIZER_FORMAT and c.metric("captions_checked") is not None:
+            lines += ["", f"{c.path}, through the runtime's tokenizer code (the `tokenizers` library and the manifest's cleaning), on the "
+                      f"reference's {c.metric('captions_checked'):.0f} raw captions: {c.metric('captions_with_other_ids'):.0f} give other ids than "
+                      "the reference tokenizer (limit 0). Equal ids make every text row above hold from raw captions too."]
     failures = result.failures
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]

@@ -53,3 +53,21 @@ def train_unigram_tokenizer(directory: Path, specials: list[str], template: str,
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config}))
     return directory
+
+
+def swap_tokenizer_ids(model_dir: Path, first: str = "a</w>", second: str = "the</w>", rehash: bool = True) -> None:
+    """A tokenizer.json that still loads but gives other ids (two vocabulary entries swap ids),
+    re-hashed into the manifest when `rehash`, as a careless re-export would leave it."""
+    import json
+
+    from clip_export.manifest import file_record, read_manifest, write_manifest
+
+    path = model_dir / "tokenizer.json"
+    data = json.loads(path.read_text())
+    vocab = data["model"]["vocab"]
+    vocab[first], vocab[second] = vocab[second], vocab[first]
+    path.write_text(json.dumps(data))
+    if rehash:
+        manifest = read_manifest(model_dir)
+        manifest["tokenizer"]["file"] = file_record(path, model_dir)
+        write_manifest(model_dir, manifest)

@@ -21,7 +21,7 @@ from clip_export.runtime import ClipOnnx
 from clip_export.verify import verify
 from clip_export.spec import THRESHOLDS
 
-from .helpers import flip_byte
+from .helpers import flip_byte, swap_tokenizer_ids
 
 
 @pytest.fixture
@@ -41,6 +41,18 @@ def test_release_writes_checked_assets(verified_dir: Path, tmp_path: Path) -> No
     assert manifest["release"]["tag"] == "v1.0.0"
     card = (result.directory / "MODEL_CARD.md").read_text()
     assert "none: random weights" in card and "import numpy as np, onnxruntime as ort" in card
+    tokenizer_rows = [r for r in manifest["verification"]["results"] if r["format"] == "tokenizer"]
+    assert [(r["path"], r["status"]) for r in tokenizer_rows] == [("tiny-vit-tokenizer.json", "pass")]  # verify's row follows its renamed file
+    assert tokenizer_rows[0]["sha256"] == manifest["tokenizer"]["file"]["sha256"]
+    assert "| tiny-vit-tokenizer.json | ids on 48 raw captions | 0 differ | - | pass |" in card
+
+
+def test_release_refuses_a_tokenizer_that_failed_verify(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    swap_tokenizer_ids(tiny_vit_copy)
+    assert not verify(tiny_vit_copy).passed
+    with pytest.raises(ReleaseError, match="tokenizer.json gave other ids than the reference tokenizer in 'clip-export verify': captions_with_other_ids"):
+        release([tiny_vit_copy], tag="v1", out=tmp_path)
+    assert not (tmp_path / "tiny-vit-v1").exists()
 
 
 def test_release_refuses_unverified_and_tampered(tiny_vit_copy: Path, tmp_path: Path) -> None:

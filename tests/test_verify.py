@@ -16,13 +16,13 @@ from clip_export.environment import Environment, current_environment
 from clip_export.manifest import read_manifest, write_manifest
 from clip_export.verify import thresholds_with_overrides, verify
 
-from .helpers import flip_byte, rewrite_initializer
+from .helpers import flip_byte, rewrite_initializer, swap_tokenizer_ids
 
 
 def test_good_artifacts_pass_and_are_recorded(tiny_vit_copy: Path) -> None:
     result = verify(tiny_vit_copy)
     assert result.passed, result.failures
-    assert {(c.path, c.provider_ran) for c in result.checks} == {("visual.onnx", "CPUExecutionProvider"), ("text.onnx", "CPUExecutionProvider")}
+    assert {(c.path, c.provider_ran) for c in result.checks} == {("visual.onnx", "CPUExecutionProvider"), ("text.onnx", "CPUExecutionProvider"), ("tokenizer.json", "CPUExecutionProvider")}
     visual = next(c for c in result.checks if c.tower == "visual")
     names = {m.name for m in visual.metrics}
     assert {"mean_abs_raw", "mean_abs_normalized", "max_abs_normalized", "min_cosine", "nan_count", "inf_count", "batch7_vs_single_max_abs"} <= names
@@ -30,8 +30,19 @@ def test_good_artifacts_pass_and_are_recorded(tiny_vit_copy: Path) -> None:
     assert visual.metric("mean_abs_normalized") < 1e-5
     manifest = read_manifest(tiny_vit_copy)
     assert manifest["verification"]["passed"] is True
-    assert {r["path"] for r in manifest["verification"]["results"]} == {"visual.onnx", "text.onnx"}
-    assert "**PASS**" in (tiny_vit_copy / "VERIFY.md").read_text()
+    assert {r["path"] for r in manifest["verification"]["results"]} == {"visual.onnx", "text.onnx", "tokenizer.json"}
+    report = (tiny_vit_copy / "VERIFY.md").read_text()
+    assert "**PASS**" in report and "| tokenizer.json | CPUExecutionProvider | exact ids |" in report
+    assert f"on the reference's {len(manifest['reference']['captions'])} raw captions: 0 give other ids" in report
+
+
+def test_a_tokenizer_file_with_other_ids_fails_verify(tiny_vit_copy: Path) -> None:
+    swap_tokenizer_ids(tiny_vit_copy)
+    result = verify(tiny_vit_copy)
+    assert not result.passed
+    assert [f.split(":")[0] for f in result.failures] == ["tokenizer.json [CPUExecutionProvider]"]
+    assert all(c.passed for c in result.checks if c.path != "tokenizer.json")  # the towers themselves still hold on ids
+    assert not verify(tiny_vit_copy, only=lambda e: True).checks[-1].path == "tokenizer.json"  # --precisions checks artifacts only
 
 
 def test_flipped_weight_byte_fails_integrity(tiny_vit_copy: Path) -> None:
@@ -160,7 +171,7 @@ def test_a_second_environment_adds_its_verdicts(tiny_vit_copy: Path) -> None:
     rows = read_manifest(tiny_vit_copy)["verification"]["results"]
     here = current_environment("CPUExecutionProvider")
     assert sorted(r["environment"]["tier"] for r in rows if r["path"] == "visual.onnx") == sorted(["AVX2 without VNNI", here.tier])
-    assert len({r["environment"]["key"] for r in rows}) == 2 and len(result.history) == 4
+    assert len({r["environment"]["key"] for r in rows}) == 2 and len(result.history) == 6  # visual, text and tokenizer rows per environment
     report = (tiny_vit_copy / "VERIFY.md").read_text()
     assert f"for these bytes on: {here.describe()}" in report
     assert report.count("| visual.onnx | `") == 2 and "(znver3, AVX2 without VNNI)" in report
