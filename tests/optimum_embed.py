@@ -44,10 +44,11 @@ def main(hf: str, text_onnx: str, vision_onnx: str, captions_path: str, out: str
     processor = AutoProcessor.from_pretrained(hf)
     text = ORTModelForCustomTasks.from_pretrained(hf, **where(text_onnx))
     vision = ORTModelForCustomTasks.from_pretrained(hf, **where(vision_onnx))
-    ids = processor(text=captions, padding=True, truncation=True, return_tensors="np")["input_ids"]
-    text_embeds = text(input_ids=ids)["text_embeds"]
-    pixels = processor(images=[load_image(p) for p in images], return_tensors="np")["pixel_values"]
-    image_embeds = vision(pixel_values=pixels)["image_embeds"]
+    tokens = processor(text=captions, padding=True, truncation=True, return_tensors="np")
+    text_embeds = text(**tokens)["text_embeds"]  # the attention mask is passed and ignored: the graph takes ids only
+    pixels = processor(images=[load_image(p) for p in images], return_tensors="np")
+    image_embeds = vision(**pixels)["image_embeds"]
+    ids, pixels = tokens["input_ids"], pixels["pixel_values"]
 
     feature = ort_models.ORTModelForFeatureExtraction.from_pretrained(hf, **where(text_onnx))
     zero_shot = ort_models.ORTModelForZeroShotImageClassification
