@@ -61,7 +61,6 @@ def main(hf: str, text_onnx: str, vision_onnx: str, captions_path: str, out: str
         "ORTModelForZeroShotImageClassification(text_model.onnx)": probe(
             lambda: zero_shot.from_pretrained(hf, **where(text_onnx))(input_ids=ids, pixel_values=pixels)),
         "zero_shot_default_file": zero_shot.from_pretrained(hf).path.name,
-        "ORTModelForFeatureExtraction.input_output": f"{list(feature.input_names)} -> {list(feature.output_names)}",
     }
     versions = {name: version(name) for name in ("optimum-onnx", "optimum", "transformers", "tokenizers", "onnxruntime")}
     lengths = [len(row) for row in processor.tokenizer(captions)["input_ids"]]
