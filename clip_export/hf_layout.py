@@ -1,5 +1,6 @@
 """The Hugging Face layout of a release: the file names and config keys transformers.js, optimum
-and the hub expect, declared once here and written by `release` into `hf/` beside the assets.
+and the hub expect, declared once here and written by `release` into `hf/` beside the assets
+(optimum loads each tower by `subfolder`/`file_name`; docs/clients.md says what it cannot load).
 
     hf/config.json                 model_type, projection_dim, text/vision config, provenance
     hf/preprocessor_config.json    the manifest's preprocessing as a CLIPImageProcessor states it
