@@ -2,12 +2,17 @@
 packages .ci/run installs; skipped with the reason without them)."""
 from __future__ import annotations
 
+import json
 from pathlib import Path
 
 import pytest
 
 from clip_export import export_onnx, resolve
-from clip_export.clients import IMAGE_TARGET_COSINE, TEXT_MIN_COSINE, client_check, find_transformers_js
+from clip_export.clients import IMAGE_TARGET_COSINE, TEXT_MIN_COSINE, VARIANT_MIN_COSINE, client_check, find_transformers_js
+from clip_export.convert import convert_fp16, quantize_int8
+from clip_export.hf_layout import PREPROCESSING_MODEL_FILE, TRANSFORMERS_JS_DTYPE
+from clip_export.preprocess_stage import add_preprocessing
+from clip_export.quantize4 import quantize_q4
 from clip_export.errors import ClipExportError
 from clip_export.manifest import read_manifest
 from clip_export.release import release
@@ -19,12 +24,18 @@ pytestmark = pytest.mark.js
 @pytest.fixture(scope="module")
 def released_224(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A tiny ViT at 224 px, the resolution the image figures are about (at 64 px every resampling
-    difference is magnified), released with the transformers.js check required."""
+    difference is magnified), with every variant the tiny model passes verification in (fp16 both
+    towers; INT8 and q4 the visual tower only: the 64-wide random text tower misses their limits) and
+    the preprocessing graphs, released with the transformers.js check required."""
     setup = find_transformers_js()
     if isinstance(setup, str):
         pytest.skip(setup)
     out = tmp_path_factory.mktemp("clients")
     model_dir = export_onnx(resolve("tiny-vit-224", random_init=True, seed=0), out=out / "artifacts").model_dir
+    convert_fp16(model_dir)
+    quantize_int8(model_dir, towers=["visual"])
+    quantize_q4(model_dir, towers=["visual"])
+    add_preprocessing(model_dir)
     assert verify(model_dir).passed
     return release([model_dir], tag="v1", out=out / "dist", client_check="require").directory
 
@@ -35,11 +46,50 @@ def test_transformers_js_matches_the_runtime(released_224: Path) -> None:
     assert record["ids_equal_but_cut_eot"] and record["captions_cut"] == 2  # the bundled long caption and ours
     assert record["text_min_cosine"] >= TEXT_MIN_COSINE
     assert record["long_caption_cosine"] >= TEXT_MIN_COSINE  # 0.199 before the text graph restored EOT
-    # sharp's bicubic is not PIL's: most images reach the issue's 0.999, textures and upscales miss it (docs/clients.md).
+    # AutoProcessor: sharp's bicubic is not PIL's: most images reach the issue's 0.999, textures and upscales miss it (docs/clients.md).
     assert record["image_median_cosine"] >= IMAGE_TARGET_COSINE and record["image_min_cosine"] >= 0.998
     assert record["images_at_target"] >= 0.8 * len(record["images"])
     card = (released_224 / "MODEL_CARD.md").read_text()
     assert f"| a caption longer than the context | 1 | {record['long_caption_cosine']:.7f} |" in card
+
+
+def test_the_preprocessing_graph_gives_transformers_js_every_image_at_target(released_224: Path) -> None:
+    graph = read_manifest(released_224)["clients"]["transformers.js"]["preprocessing_graph"]
+    assert graph["status"] == "measured" and graph["file"] == f"onnx/{PREPROCESSING_MODEL_FILE}.onnx"
+    assert len(graph["images"]) == 26 and min(graph["images"].values()) >= IMAGE_TARGET_COSINE
+    assert graph["images_at_target"] == len(graph["images"])
+    card = (released_224 / "MODEL_CARD.md").read_text()
+    assert f"| bundled images, `{graph['file']}` (open_clip's resize in the graph) | 26 | min {graph['image_min_cosine']:.5f}" in card
+    assert "model_file_name: 'vision_model_preprocessing'" in card
+
+
+def test_transformers_js_loads_every_variant_by_its_dtype(released_224: Path) -> None:
+    manifest = read_manifest(released_224)
+    rows = {row["file"]: row for row in manifest["clients"]["transformers.js"]["variants"]}
+    assert sorted(rows) == sorted(f"onnx/{name}" for name in manifest["hf_layout"]["onnx"])
+    assert {row["dtype"] for row in rows.values()} == {"fp32", "fp16", "uint8", "q4"} <= set(TRANSFORMERS_JS_DTYPE.values())
+    for file, row in rows.items():
+        assert row["within_limit"], row
+        if row["input"] == "image_uint8":  # open_clip's resize in ONNX ops against PIL's
+            assert row["limit"] == IMAGE_TARGET_COSINE and row["at_target"] == row["items"] == 26
+        else:  # the same file on the same inputs: its own precision is the nearest
+            assert row["limit"] == VARIANT_MIN_COSINE and row["min_cosine"] >= VARIANT_MIN_COSINE
+            assert row["nearest_precision"] == row["precision"], file
+    assert rows["onnx/vision_model_uint8.onnx"]["precision"] == "int8" and rows["onnx/text_model_fp16.onnx"]["items"] == 49
+
+
+def test_a_release_without_a_preprocessing_graph_says_so(released_224: Path, tmp_path: Path) -> None:
+    import shutil
+
+    copy = tmp_path / "release"
+    shutil.copytree(released_224, copy)
+    manifest_path = copy / "manifest.json"
+    manifest = json.loads(manifest_path.read_text())
+    manifest["hf_layout"]["onnx"] = {k: v for k, v in manifest["hf_layout"]["onnx"].items() if not k.startswith(PREPROCESSING_MODEL_FILE)}
+    manifest_path.write_text(json.dumps(manifest))
+    record = client_check(copy, "require")
+    assert record["preprocessing_graph"] == {"status": "skipped", "reason": f"hf/onnx/ has no {PREPROCESSING_MODEL_FILE}.onnx: the release has no fp32 preprocessing graph (clip-export preprocessing-graph before release)"}
+    assert not any(row["input"] == "image_uint8" for row in record["variants"])
 
 
 def test_require_without_node_modules_fails_with_the_reason(released_224: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
