@@ -97,3 +97,22 @@ def test_require_without_node_modules_fails_with_the_reason(released_224: Path, 
     assert client_check(released_224, "auto")["reason"].startswith("@huggingface/transformers is not installed in")
     with pytest.raises(ClipExportError, match="--client-check require: @huggingface/transformers is not installed"):
         client_check(released_224, "require")
+
+
+def test_transformers_js_loads_a_release_with_external_data(tmp_path: Path) -> None:
+    """Towers saved with external data (what a model over 2 GiB gets) released: hf/onnx/ renames the
+    data <file>.onnx_data and config.json declares it; transformers.js loads both towers from it."""
+    setup = find_transformers_js()
+    if isinstance(setup, str):
+        pytest.skip(setup)
+    model_dir = export_onnx(resolve("tiny-vit", random_init=True, seed=0), out=tmp_path / "artifacts", external_data=True).model_dir
+    assert verify(model_dir).passed
+    released = release([model_dir], tag="v1", out=tmp_path / "dist", client_check="require").directory
+    config = json.loads((released / "hf" / "config.json").read_text())
+    assert config["transformers.js_config"]["use_external_data_format"] == {"vision_model.onnx": 1, "text_model.onnx": 1}
+    for name in ("vision_model.onnx", "text_model.onnx"):  # the data readable like its graph (onnx writes it 0600)
+        onnx_dir = released / "hf" / "onnx"
+        assert (onnx_dir / f"{name}_data").stat().st_mode == (onnx_dir / name).stat().st_mode
+    record = read_manifest(released)["clients"]["transformers.js"]
+    assert record["status"] == "measured" and record["text_min_cosine"] >= TEXT_MIN_COSINE
+    assert [(row["file"], row["within_limit"], row["nearest_precision"]) for row in record["variants"]] == [("onnx/text_model.onnx", True, "fp32"), ("onnx/vision_model.onnx", True, "fp32")]
