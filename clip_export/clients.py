@@ -27,10 +27,20 @@ TRANSFORMERS_JS = "@huggingface/transformers"
 CLIENT_CHECK_MODES = ("auto", "require", "off")
 # A caption longer than the context (transformers.js truncates it after adding the end-of-text id).
 LONG_CAPTION = " ".join(["a long caption about a grey cat sleeping on a red sofa next to a window"] * 8)
-# What the model card reports against; the text graph is the same graph on the same ids, images go
-# through sharp's bicubic instead of PIL's (docs/clients.md has the per-image figures).
+# What the model card reports against. Text: the same graph on the same ids. Images through
+# AutoProcessor go through sharp's affine bicubic (no antialiasing, corner-aligned, black beyond the
+# edge), not PIL's: most reach the target, textures and upscales miss it; through the preprocessing
+# graph (open_clip's resize inside) every image reaches it (docs/clients.md has the per-image figures).
 TEXT_MIN_COSINE = 0.99999
 IMAGE_TARGET_COSINE = 0.999
+# Each variant in hf/onnx/ loaded by transformers.js's `dtype`, fed the same ids or pixel_values as
+# ClipOnnx running the same precision: the same file on the same inputs, so only the onnxruntime build
+# differs (onnxruntime-node under transformers.js, Python's here); measured ≥ 0.99999990 on every
+# variant. A wrong file shows in the cosine where the variants differ enough (q4 against fp32: 0.997
+# on the tiny model) and always in `nearest_precision`, the ClipOnnx precision closest (mean abs
+# difference) to what transformers.js returned: fp16 and fp32 agree to cosine 0.9999998 on the tiny
+# model but differ by 5.6e-5 mean abs, the same fp16 file under the two builds by 2.2e-5 at most.
+VARIANT_MIN_COSINE = 0.99999
 NODE_TIMEOUT_S = 300
 
 
@@ -54,13 +64,19 @@ def find_transformers_js() -> NodeSetup | str:
     return NodeSetup(node, modules, str(json.loads(package.read_text(encoding="utf-8"))["version"]))
 
 
-def run_transformers_js(setup: NodeSetup, hf_dir: Path, captions: list[str], images: list[Path], dtype: str = "fp32") -> dict[str, Any]:
-    """transformers.js's input_ids and L2-normalised embeddings for `captions` and `images`."""
+def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any], pixel_values: np.ndarray | None = None) -> dict[str, Any]:
+    """transformers.js's input_ids and L2-normalised embeddings for `request` (transformers_embed.mjs
+    documents its keys); `pixel_values` [N, 3, H, W] go to the file the script reads for pixel_dtypes."""
+    request = {**request, "images": [str(Path(p).resolve()) for p in request.get("images", [])]}
     with tempfile.TemporaryDirectory(prefix="clip-export-js-") as tmp:
-        request = Path(tmp) / "request.json"
-        request.write_text(json.dumps({"captions": captions, "images": [str(Path(p).resolve()) for p in images], "dtype": dtype}), encoding="utf-8")
+        if pixel_values is not None:
+            pixels = np.ascontiguousarray(pixel_values, dtype="<f4")
+            pixels.tofile(Path(tmp) / "pixel_values.f32")
+            request["pixel_values"] = {"file": str(Path(tmp) / "pixel_values.f32"), "dims": list(pixels.shape)}
+        request_path = Path(tmp) / "request.json"
+        request_path.write_text(json.dumps(request), encoding="utf-8")
         try:
-            done = subprocess.run([setup.node, str(SCRIPT), str(setup.node_modules), str(Path(hf_dir).resolve()), str(request)], capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
+            done = subprocess.run([setup.node, str(SCRIPT), str(setup.node_modules), str(Path(hf_dir).resolve()), str(request_path)], capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
         except subprocess.TimeoutExpired:
             raise ClipExportError(f"transformers.js did not finish within {NODE_TIMEOUT_S} s on {hf_dir}") from None
     if done.returncode != 0:
@@ -69,18 +85,36 @@ def run_transformers_js(setup: NodeSetup, hf_dir: Path, captions: list[str], ima
     out = json.loads(done.stdout)
     for key in ("text_embeds", "image_embeds"):
         if key in out:
-            rows = np.asarray(out[key], dtype=np.float64)
-            out[key] = rows / np.linalg.norm(rows, axis=1, keepdims=True)
+            out[key] = _l2(out[key])
+    for key in ("text_variants", "pixel_variants", "preprocessing_variants"):
+        out[key] = {dtype: _l2(rows) for dtype, rows in out.get(key, {}).items()}
     return out
+
+
+def _l2(rows: Any) -> np.ndarray:
+    array = np.asarray(rows, dtype=np.float64)
+    return array / np.linalg.norm(array, axis=1, keepdims=True)
+
+
+def _image_figures(cosines: np.ndarray, paths: list[Path]) -> dict[str, Any]:
+    return {
+        "images": {Path(p).name: float(c) for p, c in zip(paths, cosines)},
+        "image_min_cosine": float(cosines.min()),
+        "image_median_cosine": float(np.median(cosines)),
+        "images_at_target": int(np.sum(cosines >= IMAGE_TARGET_COSINE)),
+    }
 
 
 def client_check(release_dir: Path, mode: str = "auto") -> dict[str, Any]:
     """The transformers.js record of a release (its hf/ beside its manifest): cosines against ClipOnnx
-    on the bundled captions, a caption longer than the context and the bundled images, or why not."""
+    on the bundled captions, a caption longer than the context and the bundled images (through
+    AutoProcessor, and through the preprocessing graph where the release has one), and every variant
+    in hf/onnx/ loaded by its dtype against ClipOnnx running the same precision; or why not."""
     if mode not in CLIENT_CHECK_MODES:
         raise ClipExportError(f"client check mode {mode!r}: use one of {', '.join(CLIENT_CHECK_MODES)}")
     if mode == "off":
         return {"status": "skipped", "reason": "not requested (--client-check off)"}
+    release_dir = Path(release_dir)
     manifest = read_manifest(release_dir)
     layout = manifest.get("hf_layout") or {}
     missing = [name for name in ("vision_model.onnx", "text_model.onnx") if name not in layout.get("onnx", {})]
@@ -97,11 +131,14 @@ def client_check(release_dir: Path, mode: str = "auto") -> dict[str, Any]:
     from .runtime import ClipOnnx
 
     evalset = load_evalset()
-    captions = [*evalset.captions, LONG_CAPTION]
-    got = run_transformers_js(setup, release_dir / HF_DIR, captions, list(evalset.image_paths))
+    captions, images = [*evalset.captions, LONG_CAPTION], list(evalset.image_paths)
     runtime = ClipOnnx.from_release(release_dir)
+    pixels = runtime.pixel_values(images)
+    plan = variant_plan(manifest)
+    request = {"captions": captions, "images": images, "dtype": "fp32", **{f"{kind}_dtypes": sorted(files) for kind, files in plan.items()}}
+    got = run_transformers_js(setup, release_dir / HF_DIR, request, pixel_values=pixels)
     text = np.sum(got["text_embeds"] * runtime.embed_texts(captions), axis=1)
-    image = np.sum(got["image_embeds"] * runtime.embed_images(list(evalset.image_paths)), axis=1)
+    image = np.sum(got["image_embeds"] * runtime.embed_images(images), axis=1)
     ids = runtime.tokenize(captions)
     record: dict[str, Any] = {
         "status": "measured",
@@ -110,14 +147,67 @@ def client_check(release_dir: Path, mode: str = "auto") -> dict[str, Any]:
         "captions": len(evalset.captions),
         "text_min_cosine": float(text[:-1].min()),
         "long_caption_cosine": float(text[-1]),
-        "images": {Path(p).name: float(c) for p, c in zip(evalset.image_paths, image)},
-        "image_min_cosine": float(image.min()),
-        "image_median_cosine": float(np.median(image)),
-        "images_at_target": int(np.sum(image >= IMAGE_TARGET_COSINE)),
+        **_image_figures(image, images),
+        "seconds": got.get("seconds", {}),
     }
     # Equal ids but for the last position of captions cut at the context, where transformers.js leaves
     # a word and the text graph puts the end-of-text id back.
     js_ids, cut = np.asarray(got["input_ids"]), ids[:, -1] != runtime.manifest["tokenizer"].get("pad_token_id", 0)
     record["ids_equal_but_cut_eot"] = bool(np.array_equal(js_ids[:, :-1], ids[:, :-1]) and np.array_equal(js_ids[~cut, -1], ids[~cut, -1]))
     record["captions_cut"] = int(cut.sum())
+    record.update(variant_records(release_dir, plan, got, captions, images, pixels))
     return record
+
+
+def variant_plan(manifest: dict[str, Any]) -> dict[str, dict[str, tuple[str, str]]]:
+    """What to ask transformers.js for, per kind of input (text: the ids, pixel: pixel_values,
+    preprocessing: image_uint8): {dtype: (hf/onnx file, the manifest precision of its source)}."""
+    from .hf_layout import MODEL_FILE, PREPROCESSING_MODEL_FILE, transformers_js_load
+
+    precision = {a["path"]: a["precision"] for a in manifest["artifacts"]}
+    kinds = {MODEL_FILE["text"]: "text", MODEL_FILE["visual"]: "pixel", PREPROCESSING_MODEL_FILE: "preprocessing"}
+    plan: dict[str, dict[str, tuple[str, str]]] = {kind: {} for kind in kinds.values()}
+    for name, source in manifest["hf_layout"]["onnx"].items():
+        base, dtype = transformers_js_load(name)
+        plan[kinds[base]][dtype] = (name, precision[source])
+    return plan
+
+
+def variant_records(release_dir: Path, plan: dict[str, dict[str, tuple[str, str]]], got: dict[str, Any], captions: list[str], images: list[Path], pixels: np.ndarray) -> dict[str, Any]:
+    """`preprocessing_graph` (the fp32 graph per image, or why there is none) and `variants`: one row
+    per hf/onnx/ file transformers.js loaded by its dtype, against ClipOnnx at the same precision."""
+    from .hf_layout import ONNX_DIR, PREPROCESSING_MODEL_FILE
+    from .runtime import ClipOnnx
+
+    opened: dict[str, ClipOnnx] = {}
+
+    def runtime(precision: str) -> ClipOnnx:
+        if precision not in opened:
+            opened[precision] = ClipOnnx.from_release(release_dir, precision=precision)
+        return opened[precision]
+
+    ours: dict[str, dict[str, np.ndarray]] = {"text": {}, "pixel": {}, "preprocessing": {}}
+    for kind, files in plan.items():
+        for _, precision in files.values():
+            ours[kind][precision] = runtime(precision).embed_texts(captions) if kind == "text" else runtime(precision).embed_pixels(pixels) if kind == "pixel" else runtime(precision).embed_images(images)
+    inputs = {"text": "input_ids", "pixel": "pixel_values", "preprocessing": "image_uint8"}
+    rows = []
+    for kind, files in plan.items():
+        for dtype, (name, precision) in sorted(files.items()):
+            theirs = got[f"{kind}_variants"][dtype]
+            cosine = np.sum(theirs * ours[kind][precision], axis=1)
+            row: dict[str, Any] = {"file": f"{ONNX_DIR}/{name}", "dtype": dtype, "precision": precision, "input": inputs[kind], "items": len(cosine),
+                                   "min_cosine": float(cosine.min()), "max_abs_diff": float(np.abs(theirs - ours[kind][precision]).max())}
+            if kind == "preprocessing":  # open_clip's resize in ONNX ops against PIL's: the image target applies
+                row.update(limit=IMAGE_TARGET_COSINE, median_cosine=float(np.median(cosine)), at_target=int(np.sum(cosine >= IMAGE_TARGET_COSINE)))
+            else:  # the same file on the same inputs: its own precision must be the nearest
+                row.update(limit=VARIANT_MIN_COSINE, nearest_precision=min(ours[kind], key=lambda p: float(np.abs(theirs - ours[kind][p]).mean())))
+            row["within_limit"] = bool(row["min_cosine"] >= row["limit"] and row.get("nearest_precision", precision) == precision)
+            rows.append(row)
+    fp32 = plan["preprocessing"].get("fp32")
+    if fp32 is None:
+        graph: dict[str, Any] = {"status": "skipped", "reason": f"hf/{ONNX_DIR}/ has no {PREPROCESSING_MODEL_FILE}.onnx: the release has no fp32 preprocessing graph (clip-export preprocessing-graph before release)"}
+    else:
+        cosine = np.sum(got["preprocessing_variants"]["fp32"] * ours["preprocessing"][fp32[1]], axis=1)
+        graph = {"status": "measured", "file": f"{ONNX_DIR}/{fp32[0]}", **_image_figures(cosine, images)}
+    return {"preprocessing_graph": graph, "variants": rows}

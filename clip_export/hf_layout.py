@@ -39,8 +39,11 @@ PREPROCESSING_MODEL_FILE = "vision_model_preprocessing"
 # transformers.js's dtype suffixes (DEFAULT_DTYPE_SUFFIX_MAPPING); int8 goes by its weight type.
 DTYPE_SUFFIX = {"fp32": "", "fp16": "_fp16", "q4": "_q4"}
 INT8_SUFFIX = {"QUInt8": "_uint8", "QInt8": "_int8"}
-# transformers.js reads external data as <file>.onnx_data, <file>.onnx_data_1, … and needs the count.
-EXTERNAL_DATA_SUFFIX = ".onnx_data"
+# The other way: a file's suffix → the `dtype` a transformers.js user passes to load it.
+TRANSFORMERS_JS_DTYPE = {**{suffix: precision for precision, suffix in DTYPE_SUFFIX.items()}, **{suffix: suffix[1:] for suffix in INT8_SUFFIX.values()}}
+# transformers.js reads the external data of vision_model.onnx as vision_model.onnx_data,
+# vision_model.onnx_data_1, … (the file's name + "_data"), and needs the count (config.json).
+EXTERNAL_DATA_SUFFIX = "_data"
 # PIL's resample codes, which preprocessor_config.json states (transformers.js defaults to bilinear).
 PIL_RESAMPLE = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3}
 MODEL_TYPE = {"siglip": "siglip"}  # every other family loads as CLIP
@@ -62,6 +65,16 @@ def onnx_file_name(entry: Mapping[str, Any]) -> str | None:
         raise ReleaseError(f"{entry['path']}: precision {precision} has no transformers.js file name")
     base = PREPROCESSING_MODEL_FILE if entry["format"] == PREPROCESSING_FORMAT else MODEL_FILE[entry["tower"]]
     return f"{base}{suffix}.onnx"
+
+
+def transformers_js_load(file_name: str) -> tuple[str, str]:
+    """(model_file_name, dtype) that make transformers.js load hf/onnx/`file_name`."""
+    stem = file_name.removesuffix(".onnx")
+    for suffix, dtype in sorted(TRANSFORMERS_JS_DTYPE.items(), key=lambda item: -len(item[0])):
+        base = stem.removesuffix(suffix) if suffix else stem
+        if (not suffix or stem.endswith(suffix)) and base in (*MODEL_FILE.values(), PREPROCESSING_MODEL_FILE):
+            return base, dtype
+    raise ReleaseError(f"hf/{ONNX_DIR}/{file_name} is not a name this layout writes")
 
 
 def config_json(manifest: Mapping[str, Any], external_data: Mapping[str, int]) -> dict[str, Any]:
@@ -218,6 +231,7 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
             text_graph_for_clients(model, int(tok["context_length"]), int(tok.get("pad_token_id", 0)), eot)
             if data:
                 onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location=target + EXTERNAL_DATA_SUFFIX)
+                shutil.copymode(out, root / ONNX_DIR / (target + EXTERNAL_DATA_SUFFIX))  # onnx writes it 0600
                 external[target] = 1
             else:
                 onnx.save_model(model, str(out))

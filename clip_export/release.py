@@ -12,6 +12,7 @@ from typing import Any, Sequence
 
 from .environment import Environment
 from .hf_layout import HF_DIR, write_layout
+from .clients_card import clients_section
 from .errors import ManifestError, ReleaseError
 from .manifest import (
     MANIFEST_NAME,
@@ -331,32 +332,6 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
             "computes only the centre crop of Pillow's resize, in vectorised kernels, and `preprocess=\"exact\"` runs PIL itself.",
         ]
     return "\n".join(lines) + "\n"
-
-
-def clients_section(manifest: dict[str, Any]) -> list[str]:
-    """How to load hf/ with Hugging Face tooling, and what transformers.js measured at release time."""
-    layout = manifest.get("hf_layout")
-    if not layout:
-        return []
-    lines = ["", "## Hugging Face layout (`hf/`)", "",
-             "`hf/` holds config.json, preprocessor_config.json, tokenizer.json, tokenizer_config.json and the ONNX files under "
-             "`hf/onnx/` with the names transformers.js looks for: " + ", ".join(f"`{name}` ({source})" for name, source in layout["onnx"].items()) + ".",
-             "", "```js", "import { env, AutoTokenizer, CLIPTextModelWithProjection } from '@huggingface/transformers';",
-             "env.allowRemoteModels = false; env.localModelPath = '/path/to/release';",
-             "const tokenizer = await AutoTokenizer.from_pretrained('hf'); const model = await CLIPTextModelWithProjection.from_pretrained('hf');",
-             "const { text_embeds } = await model(tokenizer(['a photo of a cat'], { padding: 'max_length', truncation: true }));", "```"]
-    record = (manifest.get("clients") or {}).get("transformers.js")
-    if not record:
-        return lines
-    if record.get("status") != "measured":
-        return lines + ["", f"transformers.js was not measured for this release: {record.get('reason')}."]
-    return lines + [
-        "", f"Measured at release time with {record['client']} on {record['environment']}, against `ClipOnnx` on the same release (cosine of the embeddings):", "",
-        "| input | items | cosine |", "|---|---|---|",
-        f"| bundled captions | {record['captions']} | min {record['text_min_cosine']:.7f} |",
-        f"| a caption longer than the context | 1 | {record['long_caption_cosine']:.7f} |",
-        f"| bundled images (sharp's bicubic resize, not PIL's) | {len(record['images'])} | min {record['image_min_cosine']:.5f}, median {record['image_median_cosine']:.5f}; {record['images_at_target']} at 0.999 or above |",
-    ]
 
 
 def variant_table(manifest: dict[str, Any]) -> list[str]:

@@ -110,6 +110,12 @@ class ClipOnnx:
         pixels = self.pixel_values(images)
         return self._run(self._visual, TOWERS["visual"].input_name, pixels, normalize)
 
+    def embed_pixels(self, pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """One row per image of [N, 3, H, W] float32 pixel_values already preprocessed (pixel_values())."""
+        if self._visual is None:
+            raise ClipExportError(f"{self.root} has no visual tower")
+        return self._run(self._visual, TOWERS["visual"].input_name, np.ascontiguousarray(pixels, dtype=np.float32), normalize)
+
     def tokenize(self, texts: Any) -> np.ndarray:
         captions = _items(texts, "texts", lambda value: isinstance(value, str))
         for index, caption in enumerate(captions):

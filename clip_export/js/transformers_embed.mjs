@@ -1,14 +1,23 @@
 // Embed captions and images with transformers.js from a clip-export release's hf/ directory,
 // the way a user of @huggingface/transformers would: local files only, no hub.
 // Run by clip_export.clients: node transformers_embed.mjs NODE_MODULES HF_DIR REQUEST.json → JSON on stdout
-//   REQUEST: {"captions": [...], "images": [paths...], "dtype": "fp32"}
+//   REQUEST: {"captions": [...], "images": [paths...], "dtype": "fp32",
+//             "text_dtypes": [...], "pixel_dtypes": [...], "pixel_values": {"file", "dims"},
+//             "preprocessing_dtypes": [...]}
+//   captions, images: AutoTokenizer + CLIPTextModelWithProjection and AutoProcessor +
+//     CLIPVisionModelWithProjection at `dtype` (what the model card's first table measures).
+//   text_dtypes: the text model at each dtype on the same ids → text_variants[dtype].
+//   pixel_dtypes: the vision model at each dtype fed the float32 [N, 3, H, W] pixel_values read
+//     from `pixel_values.file` (the caller's, so only the file and the feed differ) → pixel_variants.
+//   preprocessing_dtypes: vision_model_preprocessing at each dtype fed each image's decoded RGB as
+//     image_uint8 [H, W, 3] → preprocessing_variants[dtype] (open_clip's resize inside the graph).
 import { readFileSync } from "node:fs";
 import { createRequire } from "node:module";
 import path from "node:path";
 
 const [nodeModules, hfDir, requestPath] = process.argv.slice(2);
 const require = createRequire(path.join(path.resolve(nodeModules), "clip-export.cjs"));
-const { env, AutoTokenizer, AutoProcessor, CLIPTextModelWithProjection, CLIPVisionModelWithProjection, RawImage } = require("@huggingface/transformers");
+const { env, AutoTokenizer, AutoProcessor, CLIPTextModelWithProjection, CLIPVisionModelWithProjection, RawImage, Tensor } = require("@huggingface/transformers");
 const request = JSON.parse(readFileSync(requestPath, "utf8"));
 env.allowRemoteModels = false;
 env.allowLocalModels = true;
@@ -16,17 +25,22 @@ env.localModelPath = path.dirname(path.resolve(hfDir));
 const id = path.basename(path.resolve(hfDir));
 const dtype = request.dtype ?? "fp32";
 const rows = (tensor) => { const [n, d] = tensor.dims; const data = Array.from(tensor.data); return Array.from({ length: n }, (_, i) => data.slice(i * d, (i + 1) * d)); };
+const seconds = (start) => Number(((performance.now() - start) / 1000).toFixed(3));
 
-const out = { version: JSON.parse(readFileSync(path.join(path.resolve(nodeModules), "@huggingface/transformers/package.json"), "utf8")).version };
+const out = { version: JSON.parse(readFileSync(path.join(path.resolve(nodeModules), "@huggingface/transformers/package.json"), "utf8")).version, seconds: {} };
+let inputs;
 if (request.captions?.length) {
+  const start = performance.now();
   const tokenizer = await AutoTokenizer.from_pretrained(id);
   const text = await CLIPTextModelWithProjection.from_pretrained(id, { dtype, device: "cpu" });
   // What a transformers.js user writes: pad to the context, truncate to it.
-  const inputs = tokenizer(request.captions, { padding: "max_length", truncation: true });
+  inputs = tokenizer(request.captions, { padding: "max_length", truncation: true });
   out.input_ids = rows(inputs.input_ids).map((r) => r.map(Number));
   out.text_embeds = rows((await text(inputs)).text_embeds);
+  out.seconds.text = seconds(start);
 }
 if (request.images?.length) {
+  const start = performance.now();
   const processor = await AutoProcessor.from_pretrained(id);
   const vision = await CLIPVisionModelWithProjection.from_pretrained(id, { dtype, device: "cpu" });
   out.image_embeds = [];
@@ -35,5 +49,42 @@ if (request.images?.length) {
     const inputs = await processor(image);
     out.image_embeds.push(rows((await vision(inputs)).image_embeds)[0]);
   }
+  out.seconds.images = seconds(start);
+}
+if (request.text_dtypes?.length) {
+  const start = performance.now();
+  out.text_variants = {};
+  for (const variant of request.text_dtypes) {
+    const text = await CLIPTextModelWithProjection.from_pretrained(id, { dtype: variant, device: "cpu" });
+    out.text_variants[variant] = rows((await text(inputs)).text_embeds);
+  }
+  out.seconds.text_variants = seconds(start);
+}
+if (request.pixel_dtypes?.length) {
+  const start = performance.now();
+  const { file, dims } = request.pixel_values;
+  const bytes = readFileSync(file);
+  const pixels = new Tensor("float32", new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4), dims);
+  out.pixel_variants = {};
+  for (const variant of request.pixel_dtypes) {
+    const vision = await CLIPVisionModelWithProjection.from_pretrained(id, { dtype: variant, device: "cpu" });
+    out.pixel_variants[variant] = rows((await vision({ pixel_values: pixels })).image_embeds);
+  }
+  out.seconds.pixel_variants = seconds(start);
+}
+if (request.preprocessing_dtypes?.length) {
+  const start = performance.now();
+  out.preprocessing_variants = {};
+  for (const variant of request.preprocessing_dtypes) {
+    // The exact path for a transformers.js user: open_clip's resize, crop and normalisation in the graph.
+    const vision = await CLIPVisionModelWithProjection.from_pretrained(id, { model_file_name: "vision_model_preprocessing", dtype: variant, device: "cpu" });
+    out.preprocessing_variants[variant] = [];
+    for (const file of request.images) {
+      const image = (await RawImage.read(file)).rgb();
+      const { image_embeds } = await vision({ image_uint8: new Tensor("uint8", image.data, [image.height, image.width, 3]) });
+      out.preprocessing_variants[variant].push(rows(image_embeds)[0]);
+    }
+  }
+  out.seconds.preprocessing_variants = seconds(start);
 }
 process.stdout.write(JSON.stringify(out));
