@@ -15,10 +15,11 @@ from .spec import Q4_EMBEDDING_BITS, Q4_EMBEDDING_OPSET, Q4_SCHEME, Q4Scheme, ar
 
 
 def embedding_gathers(model: Any) -> list[str]:
-    """Gather nodes that look rows up in a constant float table of rank 2 (a token embedding)."""
+    """Gather nodes that look rows up in a constant fp32 table of rank 2 (the token embedding, and
+    any other embedding table a family's text tower has)."""
     from onnx import TensorProto
 
-    tables = {t.name for t in model.graph.initializer if len(t.dims) == 2 and t.data_type in (TensorProto.FLOAT, TensorProto.FLOAT16)}
+    tables = {t.name for t in model.graph.initializer if len(t.dims) == 2 and t.data_type == TensorProto.FLOAT}
     axis = {n.name: next((a.i for a in n.attribute if a.name == "axis"), 0) for n in model.graph.node if n.op_type == "Gather"}
     return [n.name for n in model.graph.node if n.op_type == "Gather" and n.name and n.input[0] in tables and axis[n.name] == 0]
 

@@ -124,5 +124,9 @@ def test_cli_q4_json_and_bad_tower(tiny_vit_copy: Path) -> None:
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
     assert data[0]["precision"] == "q4" and data[0]["artifacts"][0]["details"]["block_size"] == 16
+    text = CliRunner().invoke(main, ["q4", str(tiny_vit_copy), "--towers", "text", "--embedding", "float", "--json"])
+    assert text.exit_code == 0, text.output
+    details = json.loads(text.stdout)[0]["artifacts"][0]["details"]
+    assert details["embedding_bits"] is None and details["gather_block_quantized_nodes"] == 0 and details["opset"] == DEFAULT_OPSET
     bad = CliRunner().invoke(main, ["q4", str(tiny_vit_copy), "--towers", "audio"])
     assert bad.exit_code == 2 and "unknown tower" in bad.output
