@@ -237,11 +237,13 @@ def int8(dirs: Sequence[Path], towers: str, per_channel: bool, weight_type: str,
 @dirs_argument
 @_towers_option
 @click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default=str(Q4_SCHEME.block_size), show_default=True, help="Weights per 4-bit scale.")
+@click.option("--embedding", "embedding_bits", type=click.Choice(["8", "4", "float"]), default=str(Q4_SCHEME.embedding_bits), show_default=True, help="The token embedding's blocks: 8-bit, 4-bit (opset 21) or float.")
 @click.option("--force", is_flag=True, help="Rebuild a 4-bit artifact that already exists.")
 @json_option
 @quiet_option
-def q4(dirs: Sequence[Path], towers: str, block_size: str, force: bool, as_json: bool, quiet: bool) -> None:
-    """Quantize MatMul weights to 4 bits (onnxruntime MatMulNBits, transformers.js's "q4"), verified before kept.
+def q4(dirs: Sequence[Path], towers: str, block_size: str, embedding_bits: str, force: bool, as_json: bool, quiet: bool) -> None:
+    """Quantize MatMul weights to 4 bits (onnxruntime MatMulNBits, transformers.js's "q4") and the
+    token embedding to 8- or 4-bit blocks (GatherBlockQuantized), verified before kept.
 
     \b
     Example:
@@ -252,7 +254,7 @@ def q4(dirs: Sequence[Path], towers: str, block_size: str, force: bool, as_json:
     from .quantize4 import quantize_q4
 
     chosen = check_towers(towers)
-    scheme = dataclasses.replace(Q4_SCHEME, block_size=int(block_size))
+    scheme = dataclasses.replace(Q4_SCHEME, block_size=int(block_size), embedding_bits=None if embedding_bits == "float" else int(embedding_bits))
     render_conversion([quantize_q4(d, towers=chosen, scheme=scheme, force=force, progress=progress_printer(quiet or as_json)) for d in resolve_dirs(dirs)], as_json)
 
 

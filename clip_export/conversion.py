@@ -108,7 +108,7 @@ def _convert_locked(model_dir: Path, how: Derivation, write: Callable[[Path, Pat
                 tower=source["tower"],
                 precision=how.precision,
                 format=how.format,
-                opset=source.get("opset"),
+                opset=details.get("opset", source.get("opset")),  # a write that raises the opset says so
                 inputs=tuple(io["inputs"]),
                 outputs=tuple(io["outputs"]),
                 external_data=tuple(file_record(staging / n, model_dir) for n in data_names),

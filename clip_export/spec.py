@@ -170,14 +170,25 @@ INT8_CANDIDATE_SCHEMES = (
 
 @dataclass(frozen=True)
 class Q4Scheme:
-    """How `clip-export q4` quantizes MatMul weights (onnxruntime MatMulNBits); docs/convert.md has the measurements."""
+    """How `clip-export q4` quantizes MatMul weights (onnxruntime MatMulNBits) and the token embedding
+    (com.microsoft.GatherBlockQuantized); docs/convert.md has the measurements."""
 
     block_size: int
     symmetric: bool
     accuracy_level: int | None  # 4: int8 activations inside MatMulNBits (faster on VNNI); None: fp32
+    # The text tower's token-embedding table (a Gather, which MatMulNBits does not cover), in blocks
+    # of block_size along each token's row, looked up by com.microsoft.GatherBlockQuantized:
+    # 8: uint8 codes, written by clip-export, opset unchanged; 4: onnxruntime's quantizer, an INT4
+    # initializer at opset Q4_EMBEDDING_OPSET; None: float. docs/convert.md has the measurements.
+    embedding_bits: int | None = 8
 
 
 Q4_SCHEME = Q4Scheme(block_size=32, symmetric=True, accuracy_level=4)
+Q4_EMBEDDING_BITS = (8, 4, None)
+# INT4 initializers are a type of ONNX opset 21: onnxruntime's quantizer raises the default domain to
+# it (from the export's 20 the ops the towers use changed in 21 only by admitting int4/uint4 and
+# float8 types), and the manifest records the new opset.
+Q4_EMBEDDING_OPSET = 21
 
 
 def threshold_key(precision: str, fmt: str) -> str:
