@@ -84,6 +84,11 @@ def test_transformers_js_loads_every_variant_by_its_dtype(released_224: Path) ->
             assert row["nearest_precision"] == row["precision"], file
     assert rows["onnx/vision_model_uint8.onnx"]["precision"] == rows["onnx/text_model_int8.onnx"]["precision"] == "int8"
     assert rows["onnx/text_model_q4.onnx"]["items"] == 49  # the bundled captions and the long one
+    import onnx
+
+    lookups = [n for n in onnx.load(str(released_224 / "hf" / "onnx" / "text_model_q4.onnx")).graph.node if n.op_type == "GatherBlockQuantized"]
+    bits = [next(a.i for a in n.attribute if a.name == "bits") for n in lookups]
+    assert bits == [Q4_SCHEME.embedding_bits]  # the token embedding transformers.js ran is the blockwise lookup
 
 
 def test_a_release_without_a_preprocessing_graph_says_so(released_224: Path, tmp_path: Path) -> None:
