@@ -45,7 +45,7 @@ FULL = DEFAULT + [
     ("clip", "EVA02-B-16", ""),
     ("clip", "convnext_base", ""),
     ("clip", "ViT-S-32", ""),
-    ("clip", "coca_ViT-B-32", ""),
+    ("coca", "coca_ViT-B-32", ""),
     ("clip", "ViTamin-S", ""),
     ("clip", "PE-Core-S-16-384", ""),
     ("clip", "vit_medium_patch16_gap_256", ""),
