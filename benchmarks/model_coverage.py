@@ -44,6 +44,14 @@ FULL = DEFAULT + [
     ("mobileclip", "MobileCLIP-S1", ""),
     ("clip", "EVA02-B-16", ""),
     ("clip", "convnext_base", ""),
+    ("clip", "ViT-S-32", ""),
+    ("coca", "coca_ViT-B-32", ""),
+    ("clip", "ViTamin-S", ""),
+    ("clip", "PE-Core-S-16-384", ""),
+    ("clip", "vit_medium_patch16_gap_256", ""),
+    ("clip", "swin_base_patch4_window7_224", ""),
+    ("siglip", "ViT-B-16-SigLIP2", "siglip2-tokenizer"),
+    ("hf-text", "roberta-ViT-B-32", "roberta-base"),
 ]
 
 
@@ -60,10 +68,20 @@ class Row:
 
 
 def stand_ins(need: str, scratch: Path) -> dict[str, Path]:
-    from tests.helpers import train_unigram_tokenizer
+    from tests.helpers import train_byte_level_bpe_tokenizer, train_unigram_tokenizer
 
     if need == "siglip-tokenizer":
         return {"tokenizer": train_unigram_tokenizer(scratch / "tok", ["<pad>", "</s>", "<unk>"], "$A </s>", {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})}
+    if need == "siglip2-tokenizer":  # Gemma's layout: <pad> 0, <eos> 1, <bos> 2, <unk> 3; no BOS, EOS appended (open_clip's SigLipTokenizer 'gemma')
+        specials = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"}
+        return {"tokenizer": train_unigram_tokenizer(scratch / "tok", ["<pad>", "<eos>", "<bos>", "<unk>"], "$A <eos>", specials)}
+    if need == "roberta-base":  # roberta-base's shape (50265 tokens, 514 positions, 1 token type), ids <s> 0, <pad> 1, </s> 2
+        from transformers import RobertaConfig
+
+        specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"}
+        tokenizer = train_byte_level_bpe_tokenizer(scratch / "tok", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], specials)
+        RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2).save_pretrained(scratch / "cfg")
+        return {"tokenizer": tokenizer, "text_config": scratch / "cfg"}
     if need.startswith("xlmr"):
         from transformers import XLMRobertaConfig
 

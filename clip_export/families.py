@@ -29,6 +29,7 @@ class FamilyRules:
     arch_globs: tuple[str, ...] = ()  # open_clip architecture names
     text_keys: tuple[str, ...] = ()  # text_cfg keys whose presence marks the family
     timm_prefixes: tuple[str, ...] = ()  # vision_cfg.timm_model_name prefixes
+    cfg_keys: tuple[str, ...] = ()  # top-level model config keys whose presence marks the family
     tokenizer: str = "clip-bpe"  # "clip-bpe": open_clip's SimpleTokenizer; "hf": a Hugging Face tokenizer.json
     text_pool: str = "eot-argmax"  # "eot-argmax" over integer ids (never in fp16), "last" token, "hf-pooler"
     preprocess: Mapping[str, Any] = field(default_factory=dict)  # defaults below the arch's and the tag's own
@@ -44,7 +45,8 @@ class FamilyRules:
             any(fnmatch.fnmatchcase(arch, g) for g in self.arch_globs)
             or any(text.get(k) for k in self.text_keys)
             or any(timm_name.startswith(p) for p in self.timm_prefixes)
-            or not (self.arch_globs or self.text_keys or self.timm_prefixes)
+            or any(model_cfg.get(k) for k in self.cfg_keys)
+            or not (self.arch_globs or self.text_keys or self.timm_prefixes or self.cfg_keys)
         )
 
 
@@ -80,6 +82,13 @@ FAMILIES: tuple[FamilyRules, ...] = (
         text_pool="last",
         preprocess=MappingProxyType({"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "resize_mode": "squash"}),
         note="SentencePiece tokenizer with its own padding, last-token pooling (no EOT argmax), squash resize with no centre crop, sigmoid head",
+    ),
+    FamilyRules(
+        "coca",
+        cfg_keys=("multimodal_cfg",),
+        text_pool="last",
+        note="CoCa (open_clip builds CoCa when the config has a multimodal_cfg): the contrastive towers export as CLIP's, traced from encode_image/encode_text; "
+        "the text embedding is the CLS token appended after the caption (last position, ids equal to the pad id 0 masked from attention), not EOT ArgMax; the generative text decoder is not exported",
     ),
     FamilyRules("clip", note="OpenAI CLIP BPE, EOT pooling by ArgMax over the integer ids"),
 )

@@ -71,3 +71,25 @@ def swap_tokenizer_ids(model_dir: Path, first: str = "a</w>", second: str = "the
         manifest = read_manifest(model_dir)
         manifest["tokenizer"]["file"] = file_record(path, model_dir)
         write_manifest(model_dir, manifest)
+
+
+def train_byte_level_bpe_tokenizer(directory: Path, specials: list[str], config: dict[str, object], vocab_size: int = 400) -> Path:
+    """A tiny RoBERTa-style (byte-level BPE, `<s> $A </s>`) tokenizer.json trained here on the
+    bundled captions; `specials` take ids 0.. in order, so they can match a config's pad/bos/eos ids."""
+    import json
+
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+
+    from clip_export.evalset import load_evalset
+
+    tokenizer = Tokenizer(models.BPE())
+    tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tokenizer.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    tokenizer.train_from_iterator(list(load_evalset().captions) * 4, trainer)
+    bos, eos = str(config["bos_token"]), str(config["eos_token"])
+    tokenizer.post_processor = processors.RobertaProcessing((eos, tokenizer.token_to_id(eos)), (bos, tokenizer.token_to_id(bos)), add_prefix_space=False)
+    directory.mkdir(parents=True, exist_ok=True)
+    tokenizer.save(str(directory / "tokenizer.json"))
+    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config}))
+    return directory

@@ -49,6 +49,7 @@ def test_every_family_row_is_declared_once_and_the_default_is_last() -> None:
     assert family_for("nllb-clip-base", model_config("nllb-clip-base")).needs_transformers
     assert family_for("MobileCLIP2-S0", model_config("MobileCLIP2-S0")).reparameterize
     assert family_for("ViT-B-32", model_config("ViT-B-32")).text_pool == "eot-argmax"
+    assert family_for("coca_ViT-B-32", model_config("coca_ViT-B-32")).name == "coca"
 
 
 def test_siglip_exports_converts_verifies_and_serves_offline(siglip_tokenizer_dir: Path, tmp_path: Path) -> None:
@@ -61,6 +62,20 @@ def test_siglip_exports_converts_verifies_and_serves_offline(siglip_tokenizer_di
     quantize_int8(result.model_dir)
     report = verify(result.model_dir)
     assert report.passed, [c for c in report.checks if not c.passed]
+    _serves_like_torch(result.model_dir)
+
+
+def test_coca_text_tower_exports_encode_text_pooling_the_appended_cls_token(tmp_path: Path) -> None:
+    """CoCa's contrastive text embedding is the CLS token open_clip appends after the caption (the
+    last position), not EOT ArgMax: the traced graph is encode_text's, with no ArgMax in it."""
+    import onnx
+
+    result = export_onnx(resolve("tiny-coca", random_init=True), out=tmp_path)
+    manifest = read_manifest(result.model_dir)
+    assert manifest["model"]["family"] == "coca" and manifest["tokenizer"]["context_length"] == 76
+    assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
+    text = next(a for a in manifest["artifacts"] if a["tower"] == "text" and a["format"] == "onnx")
+    assert "ArgMax" not in {n.op_type for n in onnx.load(str(result.model_dir / text["path"])).graph.node}
     _serves_like_torch(result.model_dir)
 
 
