@@ -13,6 +13,8 @@ import os
 import shutil
 import subprocess
 import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +23,7 @@ import numpy as np
 
 from .errors import ClipExportError
 from .manifest import read_manifest
+from .progress import Progress, silent
 
 SCRIPT = Path(__file__).parent / "js" / "transformers_embed.mjs"
 TRANSFORMERS_JS = "@huggingface/transformers"
@@ -42,6 +45,7 @@ IMAGE_TARGET_COSINE = 0.999
 # model but differ by 5.6e-5 mean abs, the same fp16 file under the two builds by 2.2e-5 at most.
 VARIANT_MIN_COSINE = 0.99999
 NODE_TIMEOUT_S = 300
+STEP_MARKER = "clip-export-step"  # transformers_embed.mjs announces each model it runs with it
 
 
 @dataclass(frozen=True)
@@ -64,7 +68,7 @@ def find_transformers_js() -> NodeSetup | str:
     return NodeSetup(node, modules, str(json.loads(package.read_text(encoding="utf-8"))["version"]))
 
 
-def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any], pixel_values: np.ndarray | None = None) -> dict[str, Any]:
+def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any], pixel_values: np.ndarray | None = None, progress: Progress = silent) -> dict[str, Any]:
     """transformers.js's input_ids and L2-normalised embeddings for `request` (transformers_embed.mjs
     documents its keys); `pixel_values` [N, 3, H, W] go to the file the script reads for pixel_dtypes."""
     request = {**request, "images": [str(Path(p).resolve()) for p in request.get("images", [])]}
@@ -75,20 +79,43 @@ def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any],
             request["pixel_values"] = {"file": str(Path(tmp) / "pixel_values.f32"), "dims": list(pixels.shape)}
         request_path = Path(tmp) / "request.json"
         request_path.write_text(json.dumps(request), encoding="utf-8")
-        try:
-            done = subprocess.run([setup.node, str(SCRIPT), str(setup.node_modules), str(Path(hf_dir).resolve()), str(request_path)], capture_output=True, text=True, timeout=NODE_TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            raise ClipExportError(f"transformers.js did not finish within {NODE_TIMEOUT_S} s on {hf_dir}") from None
-    if done.returncode != 0:
-        last = next((line for line in reversed(done.stderr.strip().splitlines()) if line.strip()), f"exit {done.returncode}")
-        raise ClipExportError(f"transformers.js could not load {hf_dir}: {last.strip()}")
-    out = json.loads(done.stdout)
+        stdout_path = Path(tmp) / "out.json"
+        with stdout_path.open("w", encoding="utf-8") as stdout:
+            process = subprocess.Popen([setup.node, str(SCRIPT), str(setup.node_modules), str(Path(hf_dir).resolve()), str(request_path)], stdout=stdout, stderr=subprocess.PIPE, text=True)
+            messages: list[str] = []
+            reader = threading.Thread(target=_read_steps, args=(process.stderr, messages, progress), daemon=True)
+            reader.start()
+            try:
+                returncode = process.wait(timeout=NODE_TIMEOUT_S)
+            except subprocess.TimeoutExpired:
+                process.kill()
+                raise ClipExportError(f"transformers.js did not finish within {NODE_TIMEOUT_S} s on {hf_dir}") from None
+            reader.join()
+        if returncode != 0:
+            last = next((line for line in reversed(messages) if line.strip()), f"exit {returncode}")
+            raise ClipExportError(f"transformers.js could not load {hf_dir}: {last.strip()}")
+        out = json.loads(stdout_path.read_text(encoding="utf-8"))
     for key in ("text_embeds", "image_embeds"):
         if key in out:
             out[key] = _l2(out[key])
     for key in ("text_variants", "pixel_variants", "preprocessing_variants"):
         out[key] = {dtype: _l2(rows) for dtype, rows in out.get(key, {}).items()}
     return out
+
+
+def _read_steps(stream: Any, messages: list[str], progress: Progress) -> None:
+    """The script's "clip-export-step K N LABEL" lines become progress with an estimate of the time
+    left (steps load a model each, so they take alike); anything else is kept for the error message."""
+    start = time.perf_counter()
+    for line in stream:
+        parts = line.rstrip("\n").split(" ", 3)
+        if len(parts) == 4 and parts[0] == STEP_MARKER and parts[1].isdigit() and parts[2].isdigit():
+            done, total = int(parts[1]) - 1, int(parts[2])
+            elapsed = time.perf_counter() - start
+            left = f", ~{elapsed / done * (total - done):.0f} s left" if done else ""
+            progress(f"transformers.js [{done + 1}/{total}{left}] {parts[3]}")
+        else:
+            messages.append(line)
 
 
 def _l2(rows: Any) -> np.ndarray:
@@ -105,7 +132,7 @@ def _image_figures(cosines: np.ndarray, paths: list[Path]) -> dict[str, Any]:
     }
 
 
-def client_check(release_dir: Path, mode: str = "auto") -> dict[str, Any]:
+def client_check(release_dir: Path, mode: str = "auto", progress: Progress = silent) -> dict[str, Any]:
     """The transformers.js record of a release (its hf/ beside its manifest): cosines against ClipOnnx
     on the bundled captions, a caption longer than the context and the bundled images (through
     AutoProcessor, and through the preprocessing graph where the release has one), and every variant
@@ -136,7 +163,7 @@ def client_check(release_dir: Path, mode: str = "auto") -> dict[str, Any]:
     pixels = runtime.pixel_values(images)
     plan = variant_plan(manifest)
     request = {"captions": captions, "images": images, "dtype": "fp32", **{f"{kind}_dtypes": sorted(files) for kind, files in plan.items()}}
-    got = run_transformers_js(setup, release_dir / HF_DIR, request, pixel_values=pixels)
+    got = run_transformers_js(setup, release_dir / HF_DIR, request, pixel_values=pixels, progress=progress)
     text = np.sum(got["text_embeds"] * runtime.embed_texts(captions), axis=1)
     image = np.sum(got["image_embeds"] * runtime.embed_images(images), axis=1)
     ids = runtime.tokenize(captions)

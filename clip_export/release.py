@@ -217,7 +217,7 @@ def release(
             write_manifest(staging, merged)
             if client_check != "off":
                 progress("embedding the bundled set with transformers.js from hf/")
-            merged["clients"] = {"transformers.js": check_clients(staging, client_check)}
+            merged["clients"] = {"transformers.js": check_clients(staging, client_check, progress=progress)}
             write_manifest(staging, merged)
             atomic_write_text(staging / "MODEL_CARD.md", model_card(merged, slug, tag))
             assets += [MANIFEST_NAME, "MODEL_CARD.md"]

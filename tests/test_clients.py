@@ -162,3 +162,12 @@ def test_onnxruntime_node_runs_gather_block_quantized(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-2000:]
     rows = (q.astype(np.float32) - 8) * np.repeat(scales, block, axis=1)
     np.testing.assert_array_equal(np.asarray(json.loads(done.stdout), dtype=np.float32).reshape(2, 3, width), rows[[[1, 5, 63], [0, 2, 7]]])
+
+
+def test_the_check_shows_each_model_it_runs_with_the_time_left(released_224: Path) -> None:
+    messages: list[str] = []
+    record = client_check(released_224, "require", progress=messages.append)
+    steps = [m for m in messages if m.startswith("transformers.js [")]
+    total = 2 + len(record["variants"])  # captions, AutoProcessor images, then one model per hf/onnx/ file
+    assert len(steps) == total and steps[0].startswith(f"transformers.js [1/{total}] captions")
+    assert all(f"[{k}/{total}, ~" in step and " s left] " in step for k, step in enumerate(steps[1:], start=2))

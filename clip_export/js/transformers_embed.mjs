@@ -27,10 +27,17 @@ const dtype = request.dtype ?? "fp32";
 const rows = (tensor) => { const [n, d] = tensor.dims; const data = Array.from(tensor.data); return Array.from({ length: n }, (_, i) => data.slice(i * d, (i + 1) * d)); };
 const seconds = (start) => Number(((performance.now() - start) / 1000).toFixed(3));
 
+// Progress for the caller (clip_export.clients): "clip-export-step K N LABEL" on stderr before each model runs.
+const totalSteps = [request.captions?.length, request.images?.length].filter(Boolean).length
+  + (request.text_dtypes?.length ?? 0) + (request.pixel_dtypes?.length ?? 0) + (request.preprocessing_dtypes?.length ?? 0);
+let stepsDone = 0;
+const step = (label) => process.stderr.write(`clip-export-step ${++stepsDone} ${totalSteps} ${label}\n`);
+
 const out = { version: JSON.parse(readFileSync(path.join(path.resolve(nodeModules), "@huggingface/transformers/package.json"), "utf8")).version, seconds: {} };
 let inputs;
 if (request.captions?.length) {
   const start = performance.now();
+  step("captions through AutoTokenizer and text_model (fp32)");
   const tokenizer = await AutoTokenizer.from_pretrained(id);
   const text = await CLIPTextModelWithProjection.from_pretrained(id, { dtype, device: "cpu" });
   // What a transformers.js user writes: pad to the context, truncate to it.
@@ -41,6 +48,7 @@ if (request.captions?.length) {
 }
 if (request.images?.length) {
   const start = performance.now();
+  step("images through AutoProcessor and vision_model (fp32)");
   const processor = await AutoProcessor.from_pretrained(id);
   const vision = await CLIPVisionModelWithProjection.from_pretrained(id, { dtype, device: "cpu" });
   out.image_embeds = [];
@@ -55,6 +63,7 @@ if (request.text_dtypes?.length) {
   const start = performance.now();
   out.text_variants = {};
   for (const variant of request.text_dtypes) {
+    step(`text_model, dtype ${variant}`);
     const text = await CLIPTextModelWithProjection.from_pretrained(id, { dtype: variant, device: "cpu" });
     out.text_variants[variant] = rows((await text(inputs)).text_embeds);
   }
@@ -67,6 +76,7 @@ if (request.pixel_dtypes?.length) {
   const pixels = new Tensor("float32", new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4), dims);
   out.pixel_variants = {};
   for (const variant of request.pixel_dtypes) {
+    step(`vision_model, dtype ${variant}`);
     const vision = await CLIPVisionModelWithProjection.from_pretrained(id, { dtype: variant, device: "cpu" });
     out.pixel_variants[variant] = rows((await vision({ pixel_values: pixels })).image_embeds);
   }
@@ -76,6 +86,7 @@ if (request.preprocessing_dtypes?.length) {
   const start = performance.now();
   out.preprocessing_variants = {};
   for (const variant of request.preprocessing_dtypes) {
+    step(`vision_model_preprocessing, dtype ${variant}`);
     // The exact path for a transformers.js user: open_clip's resize, crop and normalisation in the graph.
     const vision = await CLIPVisionModelWithProjection.from_pretrained(id, { model_file_name: "vision_model_preprocessing", dtype: variant, device: "cpu" });
     out.preprocessing_variants[variant] = [];
