@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 
 from clip_export.convert import quantize_int8
+from clip_export.quantize4 import quantize_q4
 from clip_export.environment import Environment, current_environment
 from clip_export.errors import ClipExportError, ManifestError, ServeCheckError
 from clip_export.manifest import file_record, read_manifest, write_manifest
@@ -103,19 +104,22 @@ import json, sys
 from clip_export.runtime import ClipOnnx
 from clip_export.verify import verify
 model = ClipOnnx.from_release(sys.argv[1], precision="int8")
-report = verify(sys.argv[1], only=lambda e: e["precision"] == "int8")
-print(json.dumps({"checks": {t: [c.status, c.environment.tier, c.environment.cpu_target] for t, c in model.serve_checks.items()}, "verify": report.passed}))
+report = verify(sys.argv[1], only=lambda e: e["precision"] in ("int8", "q4"))
+rows = {c.path: [c.status, c.environment.tier] for c in report.checks}
+print(json.dumps({"checks": {t: [c.status, c.environment.tier, c.environment.cpu_target] for t, c in model.serve_checks.items()}, "verify": report.passed, "rows": rows}))
 """
 
 
 @pytest.mark.emulated
 def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
     """onnxruntime under qemu's Haswell picks its AVX2 kernels (no VNNI): the INT8 artifact must
-    pass its serve-time check and verify there too, whichever CPU runs the suite."""
+    pass its serve-time check and verify there too, whichever CPU runs the suite; so must q4, whose
+    MatMulNBits computes in int8 (accuracy_level 4) with kernels chosen by the same CPU flags."""
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         pytest.skip("qemu-x86_64 is not installed (apt-get install qemu-user; .ci/run installs it)")
     quantize_int8(tiny_vit_copy)
+    quantize_q4(tiny_vit_copy)
     assert verify(tiny_vit_copy).passed
     done = subprocess.run([qemu, "-cpu", "Haswell", sys.executable, "-c", HASWELL_PROBE, str(tiny_vit_copy)], capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-2000:]
@@ -123,5 +127,6 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
     for tower, (status, tier, target) in result["checks"].items():
         assert (status, tier, target) == ("pass", "AVX2 without VNNI", "haswell"), tower
     assert result["verify"] is True
+    assert result["rows"] == {f"{tower}.{precision}.onnx": ["pass", "AVX2 without VNNI"] for tower in ("visual", "text") for precision in ("int8", "q4")}
     keys = {r["environment"]["key"] for r in read_manifest(tiny_vit_copy)["verification"]["results"] if r["precision"] == "int8"}
     assert len(keys) == 2  # the native verdict and the Haswell one, side by side
