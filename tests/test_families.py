@@ -235,3 +235,12 @@ def test_squash_family_is_served_without_a_crop(siglip_tokenizer_dir: Path) -> N
     with pytest.raises(ClipExportError):
         load_model(resolve("tiny-SigLIP", random_init=True, tokenizer=siglip_tokenizer_dir / "tokenizer.json"))
     assert loaded.preprocess.resize_mode == "squash"
+
+
+def test_a_pretrained_tag_picks_its_own_preprocessing_and_random_weights_take_the_first_tags() -> None:
+    """ViT-H-14-quickgelu's tags disagree: metaclip_fullcc (its first) resizes the shortest side,
+    dfn5b squashes. The tag named wins; --random-init takes the first tag's (configs only, no build)."""
+    from clip_export.models import preflight
+
+    assert preflight(resolve("ViT-H-14-quickgelu:dfn5b"))[2]["resize_mode"] == "squash"
+    assert preflight(resolve("ViT-H-14-quickgelu", random_init=True))[2]["resize_mode"] == "shortest"
