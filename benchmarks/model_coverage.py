@@ -1,7 +1,7 @@
 """Family × stage coverage: export parity, fp16, INT8, verify and the torch-free runtime, measured.
 
     python benchmarks/model_coverage.py            # tiny configs of every family + MobileCLIP2-S0
-    python benchmarks/model_coverage.py --full     # also base-size open_clip architectures (1-3 min each)
+    python benchmarks/model_coverage.py --full     # also base-size open_clip architectures (1-8 min each, ViT-H-14 the longest)
     python benchmarks/model_coverage.py tiny-SigLIP ViT-B-32
 
 Everything runs offline with seeded random weights, one model at a time. Families whose
