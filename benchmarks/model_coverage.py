@@ -1,7 +1,7 @@
 """Family × stage coverage: export parity, fp16, INT8, verify and the torch-free runtime, measured.
 
     python benchmarks/model_coverage.py            # tiny configs of every family + MobileCLIP2-S0
-    python benchmarks/model_coverage.py --full     # also base-size open_clip architectures (1-3 min each)
+    python benchmarks/model_coverage.py --full     # also base-size open_clip architectures (1-8 min each, ViT-H-14 the longest)
     python benchmarks/model_coverage.py tiny-SigLIP ViT-B-32
 
 Everything runs offline with seeded random weights, one model at a time. Families whose
@@ -52,6 +52,9 @@ FULL = DEFAULT + [
     ("clip", "swin_base_patch4_window7_224", ""),
     ("siglip", "ViT-B-16-SigLIP2", "siglip2-tokenizer"),
     ("hf-text", "roberta-ViT-B-32", "roberta-base"),
+    ("nllb", "nllb-clip-base", "nllb-200-distilled-600M"),
+    ("hf-text", "mt5-base-ViT-B-32", "mt5-base"),
+    ("clip", "ViT-H-14-quickgelu", ""),
 ]
 
 
@@ -68,7 +71,7 @@ class Row:
 
 
 def stand_ins(need: str, scratch: Path) -> dict[str, Path]:
-    from tests.helpers import train_byte_level_bpe_tokenizer, train_unigram_tokenizer
+    from tests.helpers import train_byte_level_bpe_tokenizer, train_nllb_tokenizer, train_unigram_tokenizer
 
     if need == "siglip-tokenizer":
         return {"tokenizer": train_unigram_tokenizer(scratch / "tok", ["<pad>", "</s>", "<unk>"], "$A </s>", {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})}
@@ -82,6 +85,18 @@ def stand_ins(need: str, scratch: Path) -> dict[str, Path]:
         tokenizer = train_byte_level_bpe_tokenizer(scratch / "tok", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], specials)
         RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2).save_pretrained(scratch / "cfg")
         return {"tokenizer": tokenizer, "text_config": scratch / "cfg"}
+    if need == "nllb-200-distilled-600M":  # its m2m_100 shape; NLLB's layout <s> 0, <pad> 1, </s> 2, <unk> 3, language codes after
+        from transformers import M2M100Config
+
+        shape = dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096)
+        M2M100Config(vocab_size=256206, max_position_embeddings=1024, scale_embedding=True, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, **shape).save_pretrained(scratch / "cfg")
+        return {"tokenizer": train_nllb_tokenizer(scratch / "tok"), "text_config": scratch / "cfg"}
+    if need == "mt5-base":  # its mt5 shape; mT5's layout <pad> 0, </s> 1, <unk> 2, no BOS, </s> appended
+        from transformers import MT5Config
+
+        MT5Config(vocab_size=250112, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12, feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0).save_pretrained(scratch / "cfg")
+        specials = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
+        return {"tokenizer": train_unigram_tokenizer(scratch / "tok", ["<pad>", "</s>", "<unk>"], "$A </s>", specials), "text_config": scratch / "cfg"}
     if need.startswith("xlmr"):
         from transformers import XLMRobertaConfig
 

@@ -8,6 +8,7 @@ from typing import Any, Sequence
 from .conversion import ConvertedArtifact, ConvertResult, Derivation, convert_each, save_model, set_precision_metadata, tool_version
 from .errors import ConversionError, import_optional
 from .graph_surgery import final_nodes, fuse_attention, fuse_transformer_ops, int8_excluded_nodes
+from .onnx_files import external_data_files
 from .progress import Progress, silent
 from .spec import INT8_SCHEME, Int8Scheme, artifact_file_name
 
@@ -47,7 +48,25 @@ def fp32_nodes(model: Any, keep_final_fp32: bool = True) -> list[str]:
     return nodes
 
 
-def to_fp16(model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: bool = True) -> tuple[Any, dict[str, Any]]:
+def load_with_shapes(source: Path) -> tuple[Any, bool]:
+    """(model, whether its shapes are already inferred). A tower stored with external data (over
+    2 GiB) gets its shapes inferred file to file by onnx's infer_shapes_path, beside the source so
+    the data resolves: onnxconverter-common infers them in memory, which serialises the whole model
+    and fails past protobuf's 2 GiB ('Failed to serialize proto', ViT-H-14's image tower)."""
+    import tempfile
+
+    onnx = _onnx()
+    if not external_data_files(source):
+        return onnx.load(str(source)), False
+    with tempfile.TemporaryDirectory(prefix=f".{source.stem}.shapes-", dir=source.parent) as scratch:
+        inferred = Path(scratch) / source.name
+        onnx.shape_inference.infer_shapes_path(str(source), str(inferred))
+        model = onnx.load(str(inferred), load_external_data=False)
+    onnx.external_data_helper.load_external_data_for_model(model, str(source.parent))
+    return model, True
+
+
+def to_fp16(model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: bool = True, shapes_inferred: bool = False) -> tuple[Any, dict[str, Any]]:
     """Convert float tensors to fp16 with fp32 I/O and the fragile ops blocked."""
     float16 = import_optional("onnxconverter_common.float16", package="onnxconverter-common", extra="cpu", purpose="fp16 conversion")
     import warnings
@@ -56,7 +75,7 @@ def to_fp16(model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: 
     nodes = fp32_nodes(model, keep_final_fp32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per clipped constant: thousands of lines
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, op_block_list=ops, node_block_list=nodes)
+        converted = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=shapes_inferred, op_block_list=ops, node_block_list=nodes)
     _restore_fp32_outputs(converted)
     return converted, {"tool": f"onnxconverter-common {getattr(float16, '__version__', '') or tool_version('onnxconverter-common')}", "keep_io_types": True, "fp32_ops": [o for o in ops if o not in float16.DEFAULT_OP_BLOCK_LIST], "fp32_nodes": nodes}
 
@@ -109,13 +128,13 @@ def convert_fp16(
     progress: Progress = silent,
 ) -> ConvertResult:
     """fp16 weights and compute with fp32 inputs/outputs; fragile ops stay fp32."""
-    onnx = _onnx()
 
     def write(source: Path, target: Path) -> dict[str, Any]:
         if fuse:
             converted, details = fused_fp16(source, extra_fp32_ops)
         else:
-            converted, details = to_fp16(onnx.load(str(source)), extra_fp32_ops=extra_fp32_ops)
+            model, inferred = load_with_shapes(source)
+            converted, details = to_fp16(model, extra_fp32_ops=extra_fp32_ops, shapes_inferred=inferred)
         set_precision_metadata(converted, "fp16")
         save_model(converted, target)
         return {**details, "fused": fuse}

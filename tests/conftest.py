@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from .helpers import train_unigram_tokenizer
+from .helpers import train_nllb_tokenizer, train_unigram_tokenizer
 
 CONFIGS = Path(__file__).parent / "configs"
 
@@ -79,18 +79,23 @@ def xlmr_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 def nllb_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     """(tokenizer dir, text config dir) of a tiny NLLB: <s> 0, <pad> 1, </s> 2, <unk> 3, then two
     language codes, loaded as transformers' NllbTokenizer, which puts the source language first."""
-    import json
-
     from transformers import M2M100Config
 
-    codes = ["eng_Latn", "fra_Latn"]
-    tokenizer = train_unigram_tokenizer(
-        tmp_path_factory.mktemp("nllb-tokenizer"), ["<s>", "<pad>", "</s>", "<unk>", *codes], "$A </s>",
-        {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"},
-    )
-    settings = json.loads((tokenizer / "tokenizer_config.json").read_text())
-    (tokenizer / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "NllbTokenizer", "extra_special_tokens": codes, "src_lang": "fra_Latn"}))
+    tokenizer = train_nllb_tokenizer(tmp_path_factory.mktemp("nllb-tokenizer"))
     config = tmp_path_factory.mktemp("nllb-config")
     tiny = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)
     M2M100Config(vocab_size=128, max_position_embeddings=80, pad_token_id=1, bos_token_id=0, eos_token_id=2, **tiny).save_pretrained(config)
+    return tokenizer, config
+
+
+@pytest.fixture(scope="session")
+def mt5_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
+    """(tokenizer dir, text config dir) of a tiny mT5: <pad> 0, </s> 1, <unk> 2, no start token and
+    </s> appended (SentencePiece-style Unigram), a T5 encoder with gated-GELU feed-forward."""
+    from transformers import MT5Config
+
+    tokenizer = train_unigram_tokenizer(tmp_path_factory.mktemp("mt5-tokenizer"), ["<pad>", "</s>", "<unk>"], "$A </s>", {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})
+    config = tmp_path_factory.mktemp("mt5-config")
+    tiny = dict(d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2)
+    MT5Config(vocab_size=128, feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **tiny).save_pretrained(config)
     return tokenizer, config

@@ -55,6 +55,19 @@ def train_unigram_tokenizer(directory: Path, specials: list[str], template: str,
     return directory
 
 
+def train_nllb_tokenizer(directory: Path, codes: tuple[str, ...] = ("eng_Latn", "fra_Latn"), src_lang: str = "fra_Latn") -> Path:
+    """NLLB's special-token layout (<s> 0, <pad> 1, </s> 2, <unk> 3, then language codes) on a tiny
+    Unigram trained on the captions, loaded as transformers' NllbTokenizer, which puts the source
+    language first; `src_lang` is what the tokenizer would use unless the family rule sets it."""
+    import json
+
+    specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"}
+    train_unigram_tokenizer(directory, ["<s>", "<pad>", "</s>", "<unk>", *codes], "$A </s>", specials)
+    settings = json.loads((directory / "tokenizer_config.json").read_text())
+    (directory / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "NllbTokenizer", "extra_special_tokens": list(codes), "src_lang": src_lang}))
+    return directory
+
+
 def swap_tokenizer_ids(model_dir: Path, first: str = "a</w>", second: str = "the</w>", rehash: bool = True) -> None:
     """A tokenizer.json that still loads but gives other ids (two vocabulary entries swap ids),
     re-hashed into the manifest when `rehash`, as a careless re-export would leave it."""

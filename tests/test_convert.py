@@ -34,6 +34,29 @@ def test_fp16_towers_pass_verify_and_keep_float32_io(tiny_vit_copy: Path) -> Non
     assert verify(tiny_vit_copy).passed
 
 
+def test_fp16_of_a_tower_with_external_data_infers_shapes_from_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Towers over 2 GiB are stored with external data, and onnxconverter-common's in-memory shape
+    inference serialises the whole model, which fails past protobuf's limit ('Failed to serialize
+    proto', ViT-H-14's image tower). Those towers' shapes are inferred file to file; the fp16 graph
+    is the one the in-memory route gives, and nothing is left beside the source."""
+    from clip_export import export_onnx, resolve
+    from clip_export.convert import load_with_shapes
+
+    model_dir = export_onnx(resolve("tiny-vit", random_init=True, seed=0), out=tmp_path, towers=["visual"], external_data=True).model_dir
+    from_file, inferred = load_with_shapes(model_dir / "visual.onnx")
+    assert inferred
+    in_memory = to_fp16(onnx.load(str(model_dir / "visual.onnx")))[0]
+    assert to_fp16(from_file, shapes_inferred=True)[0].graph.SerializeToString() == in_memory.graph.SerializeToString()
+
+    def too_big(*args: object, **kwargs: object) -> None:
+        raise ValueError("Failed to serialize proto")
+
+    monkeypatch.setattr(onnx.shape_inference, "infer_shapes", too_big)
+    before = sorted(p.name for p in model_dir.iterdir())
+    assert convert_fp16(model_dir, towers=["visual"]).artifacts[0].verdict == "pass"
+    assert sorted(p.name for p in model_dir.iterdir()) == sorted([*before, "visual.fp16.onnx"])
+
+
 def test_eot_argmax_never_sees_fp16(tiny_vit_copy: Path) -> None:
     """In fp16, token ids 49406 and 49407 are the same number; pooling must stay on integers."""
     assert np.float16(49406) == np.float16(49407)

@@ -89,6 +89,25 @@ def test_xlm_roberta_text_tower_exports_and_serves_offline(xlmr_dirs: tuple[Path
     _serves_like_torch(result.model_dir)
 
 
+def test_mt5_text_tower_pads_with_0_ends_with_eos_and_mean_pools_under_the_mask(mt5_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+    """mT5 (a T5 encoder) needs no rule of its own: the hf-text row gives it its tokenizer (no start
+    token, </s> appended, <pad> 0, which the tower masks) and open_clip's mean pooler; every
+    precision passes and the runtime serves it."""
+    tokenizer, config = mt5_dirs
+    result = export_onnx(resolve("tiny-mt5-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path)
+    manifest = read_manifest(result.model_dir)
+    assert manifest["model"]["family"] == "hf-text"
+    assert (manifest["tokenizer"]["pad_token_id"], manifest["tokenizer"]["sot_token_id"], manifest["tokenizer"]["eot_token_id"]) == (0, None, 1)
+    ids = ClipOnnx.from_release(result.model_dir, check="off").tokenize(["a photo of a cat"])[0]
+    assert ids[0] not in (0, 1) and list(ids).index(0) - 1 == list(ids).index(1)
+    assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
+    convert_fp16(result.model_dir)
+    quantize_int8(result.model_dir)
+    report = verify(result.model_dir)
+    assert report.passed, [c for c in report.checks if not c.passed]
+    _serves_like_torch(result.model_dir)
+
+
 def test_nllb_captions_start_with_the_family_language_recorded_in_the_manifest(nllb_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     """The tokenizer's own config says fra_Latn; the family rule (eng_Latn) wins, in the checked ids,
     the bundled tokenizer.json and the manifest."""
@@ -216,3 +235,12 @@ def test_squash_family_is_served_without_a_crop(siglip_tokenizer_dir: Path) -> N
     with pytest.raises(ClipExportError):
         load_model(resolve("tiny-SigLIP", random_init=True, tokenizer=siglip_tokenizer_dir / "tokenizer.json"))
     assert loaded.preprocess.resize_mode == "squash"
+
+
+def test_a_pretrained_tag_picks_its_own_preprocessing_and_random_weights_take_the_first_tags() -> None:
+    """ViT-H-14-quickgelu's tags disagree: metaclip_fullcc (its first) resizes the shortest side,
+    dfn5b squashes. The tag named wins; --random-init takes the first tag's (configs only, no build)."""
+    from clip_export.models import preflight
+
+    assert preflight(resolve("ViT-H-14-quickgelu:dfn5b"))[2]["resize_mode"] == "squash"
+    assert preflight(resolve("ViT-H-14-quickgelu", random_init=True))[2]["resize_mode"] == "shortest"
