@@ -21,7 +21,7 @@ from .metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval
 from .reference import compute_reference
 from .runner import NotRunnableHereError, open_runner
 from .sessions import provider_name
-from .spec import CPU_PROVIDER, PREPROCESSING_FORMAT, THRESHOLDS, TOKENIZER_CHECK, TOKENIZER_FORMAT, TOWERS, Thresholds, threshold_key
+from .spec import CAPTIONS_CHECKED, CAPTIONS_WITH_OTHER_IDS, CPU_PROVIDER, PREPROCESSING_FORMAT, THRESHOLDS, TOKENIZER_CHECK, TOKENIZER_FORMAT, TOWERS, Thresholds, threshold_key
 
 BATCH_CHECK_SIZE = 7
 
@@ -185,12 +185,12 @@ def check_tokenizer(model_dir: Path, manifest: dict[str, Any], captions: Sequenc
     try:
         tokenizer = TextTokenizer.from_file(resolve_inside(model_dir, record["path"], "the tokenizer file"), settings)
         ids = tokenizer(list(captions or ()), context_length=int(reference_ids.shape[1]))
-    except ClipExportError as exc:  # a file tokenizers cannot read is this row's failure, not verify's crash
+    except (ClipExportError, KeyError, ValueError) as exc:  # an unreadable file or settings fail this row, not verify
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"the tokenizer file cannot be used: {exc}",))
     differing = [i for i in range(len(ids)) if not np.array_equal(ids[i], reference_ids[i])]
-    metric = Metric("captions_with_other_ids", float(len(differing)), 0.0)
+    metric = Metric(CAPTIONS_WITH_OTHER_IDS, float(len(differing)), 0.0)
     failures = [f"{metric.failure()} of {len(ids)}; first: caption {differing[0]} {captions[differing[0]][:60]!r}"] if differing else []
-    metrics = (metric, Metric("captions_checked", float(len(ids))))
+    metrics = (metric, Metric(CAPTIONS_CHECKED, float(len(ids))))
     return ArtifactCheck(**base, provider_ran=CPU_PROVIDER, status="fail" if failures else "pass", metrics=metrics, failures=tuple(failures))
 
 

@@ -13,7 +13,7 @@ from . import __version__
 from .errors import ClipExportError
 from .cli_parse import check_towers, int_list, parse_profile, parse_thresholds, split_csv
 from .cli_render import bench_text, progress_printer, emit_json, human_bytes, pipeline_text, render_conversion, table, verify_text
-from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, Q4_SCHEME, Int8Scheme
+from .spec import DEFAULT_BENCH_MAX_TIME_S, DEFAULT_OPSET, INT8_SCHEME, Q4_EMBEDDING_BITS, Q4_SCHEME, Int8Scheme
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -237,7 +237,7 @@ def int8(dirs: Sequence[Path], towers: str, per_channel: bool, weight_type: str,
 @dirs_argument
 @_towers_option
 @click.option("--block-size", type=click.Choice(["16", "32", "64", "128"]), default=str(Q4_SCHEME.block_size), show_default=True, help="Weights per 4-bit scale.")
-@click.option("--embedding", "embedding_bits", type=click.Choice(["8", "4", "float"]), default=str(Q4_SCHEME.embedding_bits), show_default=True, help="The token embedding's blocks: 8-bit, 4-bit (opset 21) or float.")
+@click.option("--embedding", "embedding_bits", type=click.Choice([str(b) if b else "float" for b in Q4_EMBEDDING_BITS]), default=str(Q4_SCHEME.embedding_bits), show_default=True, help="The token embedding's blocks: 8-bit, 4-bit (opset 21) or float.")
 @click.option("--force", is_flag=True, help="Rebuild a 4-bit artifact that already exists.")
 @json_option
 @quiet_option

@@ -80,27 +80,43 @@ def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any],
         request_path = Path(tmp) / "request.json"
         request_path.write_text(json.dumps(request), encoding="utf-8")
         stdout_path = Path(tmp) / "out.json"
-        with stdout_path.open("w", encoding="utf-8") as stdout:
-            process = subprocess.Popen([setup.node, str(SCRIPT), str(setup.node_modules), str(Path(hf_dir).resolve()), str(request_path)], stdout=stdout, stderr=subprocess.PIPE, text=True)
-            messages: list[str] = []
+        messages: list[str] = []
+        with stdout_path.open("w", encoding="utf-8") as stdout, subprocess.Popen(
+            [setup.node, str(SCRIPT), str(setup.node_modules), str(Path(hf_dir).resolve()), str(request_path)], stdout=stdout, stderr=subprocess.PIPE, text=True
+        ) as process:
             reader = threading.Thread(target=_read_steps, args=(process.stderr, messages, progress), daemon=True)
             reader.start()
             try:
                 returncode = process.wait(timeout=NODE_TIMEOUT_S)
             except subprocess.TimeoutExpired:
-                process.kill()
                 raise ClipExportError(f"transformers.js did not finish within {NODE_TIMEOUT_S} s on {hf_dir}") from None
-            reader.join()
+            finally:  # never leave Node running: timeout, Ctrl-C or any other exception
+                if process.poll() is None:
+                    process.kill()
+                    process.wait()
+                reader.join(timeout=5)
         if returncode != 0:
-            last = next((line for line in reversed(messages) if line.strip()), f"exit {returncode}")
-            raise ClipExportError(f"transformers.js could not load {hf_dir}: {last.strip()}")
-        out = json.loads(stdout_path.read_text(encoding="utf-8"))
+            raise ClipExportError(f"transformers.js could not load {hf_dir}: {_node_error(messages, returncode)}")
+        try:
+            out = json.loads(stdout_path.read_text(encoding="utf-8"))
+        except json.JSONDecodeError as exc:
+            raise ClipExportError(f"transformers.js wrote no readable result for {hf_dir}: {exc}") from None
     for key in ("text_embeds", "image_embeds"):
         if key in out:
             out[key] = _l2(out[key])
     for key in ("text_variants", "pixel_variants", "preprocessing_variants"):
         out[key] = {dtype: _l2(rows) for dtype, rows in out.get(key, {}).items()}
     return out
+
+
+def _node_error(messages: list[str], returncode: int) -> str:
+    """Node's own error line: its last line is only its version, and the stack follows the error."""
+    lines = [line.strip() for line in messages if line.strip()]
+    error = next((line for line in lines if line.startswith(("Error", "TypeError", "RangeError", "SyntaxError")) or "Error:" in line.split(" ", 1)[0]), None)
+    if error is not None:
+        return error
+    useful = [line for line in lines if not line.startswith(("Node.js v", "at "))]
+    return useful[-1] if useful else f"exit {returncode}"
 
 
 def _read_steps(stream: Any, messages: list[str], progress: Progress) -> None:
@@ -113,7 +129,10 @@ def _read_steps(stream: Any, messages: list[str], progress: Progress) -> None:
             done, total = int(parts[1]) - 1, int(parts[2])
             elapsed = time.perf_counter() - start
             left = f", ~{elapsed / done * (total - done):.0f} s left" if done else ""
-            progress(f"transformers.js [{done + 1}/{total}{left}] {parts[3]}")
+            try:
+                progress(f"transformers.js [{done + 1}/{total}{left}] {parts[3]}")
+            except Exception:  # a failing display must not stop draining Node's stderr
+                pass
         else:
             messages.append(line)
 

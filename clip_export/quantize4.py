@@ -21,7 +21,12 @@ def embedding_gathers(model: Any) -> list[str]:
 
     tables = {t.name for t in model.graph.initializer if len(t.dims) == 2 and t.data_type == TensorProto.FLOAT}
     axis = {n.name: next((a.i for a in n.attribute if a.name == "axis"), 0) for n in model.graph.node if n.op_type == "Gather"}
-    return [n.name for n in model.graph.node if n.op_type == "Gather" and n.name and n.input[0] in tables and axis[n.name] == 0]
+    readers: dict[str, int] = {}
+    for n in model.graph.node:
+        for name in n.input:
+            readers[name] = readers.get(name, 0) + 1
+    # A table read by any other node (tied weights) stays float: replacing it would leave that node without it.
+    return [n.name for n in model.graph.node if n.op_type == "Gather" and n.name and n.input[0] in tables and axis[n.name] == 0 and readers[n.input[0]] == 1]
 
 
 def _schema_changes(model: Any, source_opset: int) -> list[str]:
@@ -70,12 +75,21 @@ def _gather_8bit(model: Any, names: Sequence[str], block_size: int) -> None:
 
 def quantize_file(source: Path, target: Path, scheme: Q4Scheme = Q4_SCHEME) -> dict[str, Any]:
     """Write the 4-bit graph of one fp32 tower; returns what the manifest records of the conversion."""
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs every MatMul through the root logger; the caller's level comes back
+    try:
+        return _quantize_file(source, target, scheme)
+    finally:
+        root.setLevel(previous)
+
+
+def _quantize_file(source: Path, target: Path, scheme: Q4Scheme) -> dict[str, Any]:
     nbits = import_optional("onnxruntime.quantization.matmul_nbits_quantizer", package="onnxruntime", extra="cpu", purpose="4-bit quantization")
     import onnx
 
     if scheme.embedding_bits not in Q4_EMBEDDING_BITS:
         raise ConversionError(f"embedding bits {scheme.embedding_bits} are not one of {', '.join(str(b) for b in Q4_EMBEDDING_BITS)}")
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer logs every MatMul through the root logger
     model = onnx.load(str(source))
     source_opset = _default_opset(model)
     excluded = int8_excluded_nodes(model)

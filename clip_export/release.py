@@ -28,7 +28,7 @@ from .manifest import (
 )
 from .checkpoints import sha256_file
 from .progress import Progress, silent
-from .spec import PREPROCESSING_FORMAT, TOKENIZER_FORMAT
+from .spec import CAPTIONS_CHECKED, CAPTIONS_WITH_OTHER_IDS, PREPROCESSING_FORMAT, TOKENIZER_FORMAT
 
 SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 WEIGHT_LICENCES = {
@@ -67,10 +67,13 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
         for issue in integrity_problems(model_dir, record) if record else []:
             problems.append(f"{model_dir.name}/{issue}")
     tokenizer_file = manifest["tokenizer"].get("file")
-    if tokenizer_file:  # verified before verify checked tokenizers: no row; a failed row blocks the release
-        rows = [r for r in (manifest.get("verification") or {}).get("results", []) if r.get("format") == TOKENIZER_FORMAT and r.get("sha256") == tokenizer_file["sha256"]]
+    verification = manifest.get("verification") or {}
+    if tokenizer_file and any(a["tower"] == "text" for a in manifest["artifacts"]):
+        rows = [r for r in verification.get("results", []) if r.get("format") == TOKENIZER_FORMAT and r.get("sha256") == tokenizer_file["sha256"]]
         if rows and not any(r["status"] == "pass" for r in rows):
-            problems.append(f"{model_dir.name}/{tokenizer_file['path']} gave other ids than the reference tokenizer in 'clip-export verify': {'; '.join(f for r in rows for f in r.get('failures', []))}")
+            problems.append(f"{model_dir.name}/{tokenizer_file['path']} failed its check in 'clip-export verify': {'; '.join(f for r in rows for f in r.get('failures', []))}")
+        elif not rows and "tokenizers" in verification.get("versions", {}):  # a verify that checks tokenizers ran, but not on these bytes
+            problems.append(f"{model_dir.name}/{tokenizer_file['path']} has no verdict for its current bytes; run 'clip-export verify {model_dir}'")
     return problems
 
 
@@ -293,7 +296,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
         env = r.get("environment")
         where = Environment.from_json(env, f"the verdict for {r['path']}").describe() if isinstance(env, dict) else "unknown"
         if r.get("format") == TOKENIZER_FORMAT:
-            lines.append(f"| {r['path']} | ids on {metrics.get('captions_checked', 0):.0f} raw captions | {metrics.get('captions_with_other_ids', float('nan')):.0f} differ | - | {r['status']} | {where} |")
+            lines.append(f"| {r['path']} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | {metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} differ | - | {r['status']} | {where} |")
             continue
         lines.append(f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |")
     lines += ["", "### Environments each asset passed in", ""]

@@ -80,6 +80,8 @@ PREPROCESSING_FORMAT = "onnx-preprocessing"
 # on the reference's raw captions must be the reference tokenizer's, id for id; no caption may differ.
 TOKENIZER_FORMAT = "tokenizer"
 TOKENIZER_CHECK = "exact ids"
+CAPTIONS_WITH_OTHER_IDS = "captions_with_other_ids"  # its gated metric (limit 0)
+CAPTIONS_CHECKED = "captions_checked"
 RAW_IMAGE_INPUT = "image_uint8"
 RAW_IMAGE_DTYPE = "uint8"
 RAW_IMAGE_SHAPE: tuple[str | int, ...] = ("height", "width", 3)

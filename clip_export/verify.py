@@ -15,7 +15,7 @@ from .evalset import load_evalset
 from .manifest import atomic_write_text, now_iso, read_manifest, write_manifest
 from .progress import Progress, silent
 from .sessions import provider_name
-from .spec import THRESHOLDS, TOKENIZER_FORMAT, TOWERS, Thresholds, threshold_key
+from .spec import CAPTIONS_CHECKED, CAPTIONS_WITH_OTHER_IDS, THRESHOLDS, TOKENIZER_FORMAT, TOWERS, Thresholds, threshold_key
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -87,7 +87,7 @@ def verify(
             progress(f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}")
             key = threshold_key(entry["precision"], entry["format"])
             checks.append(check_artifact(model_dir, entry, provider, ref, limits[key], images))
-    if only is None:
+    if any(e["tower"] == "text" for e in entries):  # the tokenizer feeds every text artifact
         progress("checking the bundled tokenizer.json on the reference's raw captions")
         tokenizer_check = check_tokenizer(model_dir, manifest, reference_captions(manifest, reference, evalset), ref.get(TOWERS["text"].input_name))
         checks += [tokenizer_check] if tokenizer_check is not None else []
@@ -198,9 +198,9 @@ def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
         top1_text = f"{c.min_top1:.3f}" if c.min_top1 is not None else "-"
         lines.append(f"| {c.path} | {ran} | {c.threshold_set} | " + " | ".join(values) + f" | {top1_text} | {c.status} |")
     for c in result.checks:
-        if c.format == TOKENIZER_FORMAT and c.metric("captions_checked") is not None:
+        if c.format == TOKENIZER_FORMAT and c.metric(CAPTIONS_CHECKED) is not None:
             lines += ["", f"{c.path}, through the runtime's tokenizer code (the `tokenizers` library and the manifest's cleaning), on the "
-                      f"reference's {c.metric('captions_checked'):.0f} raw captions: {c.metric('captions_with_other_ids'):.0f} give other ids than "
+                      f"reference's {c.metric(CAPTIONS_CHECKED):.0f} raw captions: {c.metric(CAPTIONS_WITH_OTHER_IDS):.0f} give other ids than "
                       "the reference tokenizer (limit 0). Equal ids make every text row above hold from raw captions too."]
     failures = result.failures
     if failures:

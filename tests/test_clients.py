@@ -171,3 +171,11 @@ def test_the_check_shows_each_model_it_runs_with_the_time_left(released_224: Pat
     total = 2 + len(record["variants"])  # captions, AutoProcessor images, then one model per hf/onnx/ file
     assert len(steps) == total and steps[0].startswith(f"transformers.js [1/{total}] captions")
     assert all(f"[{k}/{total}, ~" in step and " s left] " in step for k, step in enumerate(steps[1:], start=2))
+
+
+def test_a_node_failure_names_its_error_not_nodes_version() -> None:
+    from clip_export.clients import _node_error
+
+    stderr = ["file:///x/transformers_embed.mjs:12\n", "    throw new Error('no model file');\n", "Error: no model file\n", "    at main (file:///x.mjs:12:11)\n", "\n", "Node.js v20.20.2\n"]
+    assert _node_error(stderr, 1) == "Error: no model file"
+    assert _node_error(["Node.js v20.20.2\n"], 3) == "exit 3"

@@ -130,3 +130,14 @@ def test_cli_q4_json_and_bad_tower(tiny_vit_copy: Path) -> None:
     assert details["embedding_bits"] is None and details["gather_block_quantized_nodes"] == 0 and details["opset"] == DEFAULT_OPSET
     bad = CliRunner().invoke(main, ["q4", str(tiny_vit_copy), "--towers", "audio"])
     assert bad.exit_code == 2 and "unknown tower" in bad.output
+
+
+def test_a_table_another_node_reads_stays_float() -> None:
+    """Tied weights: a table both looked up and read by another node (a MatMul with it transposed, or a
+    second Gather) is no embedding to replace; it stays float and the graph stays whole."""
+    table = numpy_helper.from_array(np.zeros((10, 8), np.float32), "table")
+    nodes = [helper.make_node("Gather", ["table", "ids"], ["a"], name="first"), helper.make_node("Gather", ["table", "ids"], ["b"], name="second"),
+             helper.make_node("Gather", ["own", "ids"], ["c"], name="untied")]
+    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 8]) for n in "abc"], [table, numpy_helper.from_array(np.zeros((10, 8), np.float32), "own")])
+    assert embedding_gathers(helper.make_model(graph)) == ["untied"]

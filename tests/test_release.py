@@ -50,7 +50,7 @@ def test_release_writes_checked_assets(verified_dir: Path, tmp_path: Path) -> No
 def test_release_refuses_a_tokenizer_that_failed_verify(tiny_vit_copy: Path, tmp_path: Path) -> None:
     swap_tokenizer_ids(tiny_vit_copy)
     assert not verify(tiny_vit_copy).passed
-    with pytest.raises(ReleaseError, match="tokenizer.json gave other ids than the reference tokenizer in 'clip-export verify': captions_with_other_ids"):
+    with pytest.raises(ReleaseError, match="tokenizer.json failed its check in 'clip-export verify': captions_with_other_ids"):
         release([tiny_vit_copy], tag="v1", out=tmp_path)
     assert not (tmp_path / "tiny-vit-v1").exists()
 
@@ -246,3 +246,9 @@ def test_model_card_variant_table_has_size_speed_and_fidelity() -> None:
     pre = next(line for line in lines if line.startswith("| visual.preprocessing.onnx"))
     assert "| yes |" in pre and pre.endswith("not verified |")
     assert "AMD EPYC" in lines[1]
+
+
+def test_release_refuses_a_tokenizer_changed_after_verify(verified_dir: Path, tmp_path: Path) -> None:
+    swap_tokenizer_ids(verified_dir)  # re-hashed: new bytes that no verify has seen
+    with pytest.raises(ReleaseError, match="tokenizer.json has no verdict for its current bytes; run 'clip-export verify"):
+        release([verified_dir], tag="v1", out=tmp_path)
