@@ -17,12 +17,13 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 
 from .errors import ClipExportError
 from .manifest import read_manifest
+from .metrics import l2_normalize
 from .progress import Progress, silent
 
 SCRIPT = Path(__file__).parent / "js" / "transformers_embed.mjs"
@@ -103,9 +104,9 @@ def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any],
             raise ClipExportError(f"transformers.js wrote no readable result for {hf_dir}: {exc}") from None
     for key in ("text_embeds", "image_embeds"):
         if key in out:
-            out[key] = _l2(out[key])
+            out[key] = l2_normalize(np.asarray(out[key]))
     for key in ("text_variants", "pixel_variants", "preprocessing_variants"):
-        out[key] = {dtype: _l2(rows) for dtype, rows in out.get(key, {}).items()}
+        out[key] = {dtype: l2_normalize(np.asarray(rows)) for dtype, rows in out.get(key, {}).items()}
     return out
 
 
@@ -135,11 +136,6 @@ def _read_steps(stream: Any, messages: list[str], progress: Progress) -> None:
                 pass
         else:
             messages.append(line)
-
-
-def _l2(rows: Any) -> np.ndarray:
-    array = np.asarray(rows, dtype=np.float64)
-    return array / np.linalg.norm(array, axis=1, keepdims=True)
 
 
 def _image_figures(cosines: np.ndarray, paths: list[Path]) -> dict[str, Any]:
@@ -183,8 +179,9 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
     plan = variant_plan(manifest)
     request = {"captions": captions, "images": images, "dtype": "fp32", **{f"{kind}_dtypes": sorted(files) for kind, files in plan.items()}}
     got = run_transformers_js(setup, release_dir / HF_DIR, request, pixel_values=pixels, progress=progress)
-    text = np.sum(got["text_embeds"] * runtime.embed_texts(captions), axis=1)
-    image = np.sum(got["image_embeds"] * runtime.embed_images(images), axis=1)
+    ours = _our_embeddings(release_dir, runtime, captions, pixels)
+    text = np.sum(got["text_embeds"] * ours("text", "fp32"), axis=1)
+    image = np.sum(got["image_embeds"] * ours("visual", "fp32"), axis=1)
     ids = runtime.tokenize(captions)
     record: dict[str, Any] = {
         "status": "measured",
@@ -201,8 +198,27 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
     js_ids, cut = np.asarray(got["input_ids"]), ids[:, -1] != runtime.manifest["tokenizer"].get("pad_token_id", 0)
     record["ids_equal_but_cut_eot"] = bool(np.array_equal(js_ids[:, :-1], ids[:, :-1]) and np.array_equal(js_ids[~cut, -1], ids[~cut, -1]))
     record["captions_cut"] = int(cut.sum())
-    record.update(variant_records(release_dir, plan, got, captions, images, pixels))
+    record.update(variant_records(plan, got, images, ours))
     return record
+
+
+def _our_embeddings(release_dir: Path, fp32: Any, captions: list[str], pixels: np.ndarray) -> Callable[[str, str], np.ndarray]:
+    """ClipOnnx's embeddings per (tower, precision), each computed once: the bundled captions, or the
+    images' pixel_values (what embed_images computes, and what a pixel_values or preprocessing-graph
+    file is compared with), from one ClipOnnx per precision, the fp32 one already open."""
+    from .runtime import ClipOnnx
+
+    opened: dict[str, Any] = {"fp32": fp32}
+    done: dict[tuple[str, str], np.ndarray] = {}
+
+    def ours(tower: str, precision: str) -> np.ndarray:
+        if (tower, precision) not in done:
+            if precision not in opened:
+                opened[precision] = ClipOnnx.from_release(release_dir, precision=precision)
+            done[tower, precision] = opened[precision].embed_texts(captions) if tower == "text" else opened[precision].embed_pixels(pixels)
+        return done[tower, precision]
+
+    return ours
 
 
 def variant_plan(manifest: dict[str, Any]) -> dict[str, dict[str, tuple[str, str]]]:
@@ -219,41 +235,31 @@ def variant_plan(manifest: dict[str, Any]) -> dict[str, dict[str, tuple[str, str
     return plan
 
 
-def variant_records(release_dir: Path, plan: dict[str, dict[str, tuple[str, str]]], got: dict[str, Any], captions: list[str], images: list[Path], pixels: np.ndarray) -> dict[str, Any]:
+def variant_records(plan: dict[str, dict[str, tuple[str, str]]], got: dict[str, Any], images: list[Path], ours: Callable[[str, str], np.ndarray]) -> dict[str, Any]:
     """`preprocessing_graph` (the fp32 graph per image, or why there is none) and `variants`: one row
     per hf/onnx/ file transformers.js loaded by its dtype, against ClipOnnx at the same precision."""
     from .hf_layout import ONNX_DIR, PREPROCESSING_MODEL_FILE
-    from .runtime import ClipOnnx
 
-    opened: dict[str, ClipOnnx] = {}
-
-    def runtime(precision: str) -> ClipOnnx:
-        if precision not in opened:
-            opened[precision] = ClipOnnx.from_release(release_dir, precision=precision)
-        return opened[precision]
-
-    ours: dict[str, dict[str, np.ndarray]] = {"text": {}, "pixel": {}, "preprocessing": {}}
-    for kind, files in plan.items():
-        for _, precision in files.values():
-            ours[kind][precision] = runtime(precision).embed_texts(captions) if kind == "text" else runtime(precision).embed_pixels(pixels) if kind == "pixel" else runtime(precision).embed_images(images)
+    tower = {"text": "text", "pixel": "visual", "preprocessing": "visual"}
+    mine = {kind: {precision: ours(tower[kind], precision) for _, precision in files.values()} for kind, files in plan.items()}
     inputs = {"text": "input_ids", "pixel": "pixel_values", "preprocessing": "image_uint8"}
     rows = []
     for kind, files in plan.items():
         for dtype, (name, precision) in sorted(files.items()):
             theirs = got[f"{kind}_variants"][dtype]
-            cosine = np.sum(theirs * ours[kind][precision], axis=1)
+            cosine = np.sum(theirs * mine[kind][precision], axis=1)
             row: dict[str, Any] = {"file": f"{ONNX_DIR}/{name}", "dtype": dtype, "precision": precision, "input": inputs[kind], "items": len(cosine),
-                                   "min_cosine": float(cosine.min()), "max_abs_diff": float(np.abs(theirs - ours[kind][precision]).max())}
+                                   "min_cosine": float(cosine.min()), "max_abs_diff": float(np.abs(theirs - mine[kind][precision]).max())}
             if kind == "preprocessing":  # open_clip's resize in ONNX ops against PIL's: the image target applies
                 row.update(limit=IMAGE_TARGET_COSINE, median_cosine=float(np.median(cosine)), at_target=int(np.sum(cosine >= IMAGE_TARGET_COSINE)))
             else:  # the same file on the same inputs: its own precision must be the nearest
-                row.update(limit=VARIANT_MIN_COSINE, nearest_precision=min(ours[kind], key=lambda p: float(np.abs(theirs - ours[kind][p]).mean())))
+                row.update(limit=VARIANT_MIN_COSINE, nearest_precision=min(mine[kind], key=lambda p: float(np.abs(theirs - mine[kind][p]).mean())))
             row["within_limit"] = bool(row["min_cosine"] >= row["limit"] and row.get("nearest_precision", precision) == precision)
             rows.append(row)
     fp32 = plan["preprocessing"].get("fp32")
     if fp32 is None:
         graph: dict[str, Any] = {"status": "skipped", "reason": f"hf/{ONNX_DIR}/ has no {PREPROCESSING_MODEL_FILE}.onnx: the release has no fp32 preprocessing graph (clip-export preprocessing-graph before release)"}
     else:
-        cosine = np.sum(got["preprocessing_variants"]["fp32"] * ours["preprocessing"][fp32[1]], axis=1)
+        cosine = np.sum(got["preprocessing_variants"]["fp32"] * mine["preprocessing"][fp32[1]], axis=1)
         graph = {"status": "measured", "file": f"{ONNX_DIR}/{fp32[0]}", **_image_figures(cosine, images)}
     return {"preprocessing_graph": graph, "variants": rows}

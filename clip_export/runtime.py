@@ -105,10 +105,9 @@ class ClipOnnx:
         """One row per image. An image is a file path, encoded bytes (what a service receives), an
         HxWx3 uint8 RGB array (HxW grey and HxWx4 RGBA too) or a PIL image; one of them alone is a
         batch of one."""
-        if self._visual is None:
+        if self._visual is None:  # before any image is decoded
             raise ClipExportError(f"{self.root} has no visual tower")
-        pixels = self.pixel_values(images)
-        return self._run(self._visual, TOWERS["visual"].input_name, pixels, normalize)
+        return self.embed_pixels(self.pixel_values(images), normalize)
 
     def embed_pixels(self, pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
         """One row per image of [N, 3, H, W] float32 pixel_values already preprocessed (pixel_values())."""
