@@ -59,43 +59,34 @@ if (request.images?.length) {
   }
   out.seconds.images = seconds(start);
 }
-if (request.text_dtypes?.length) {
+// Each variant file by its dtype: load it, embed, keep the rows under out[key][dtype]; time the kind.
+const eachVariant = async (key, dtypes, label, Model, options, embed) => {
+  if (!dtypes?.length) return;
   const start = performance.now();
-  out.text_variants = {};
-  for (const variant of request.text_dtypes) {
-    step(`text_model, dtype ${variant}`);
-    const text = await CLIPTextModelWithProjection.from_pretrained(id, { dtype: variant, device: "cpu" });
-    out.text_variants[variant] = rows((await text(inputs)).text_embeds);
+  out[key] = {};
+  for (const variant of dtypes) {
+    step(`${label}, dtype ${variant}`);
+    const model = await Model.from_pretrained(id, { ...options, dtype: variant, device: "cpu" });
+    out[key][variant] = await embed(model);
   }
-  out.seconds.text_variants = seconds(start);
-}
+  out.seconds[key] = seconds(start);
+};
+await eachVariant("text_variants", request.text_dtypes, "text_model", CLIPTextModelWithProjection, {}, async (text) => rows((await text(inputs)).text_embeds));
 if (request.pixel_dtypes?.length) {
-  const start = performance.now();
   const { file, dims } = request.pixel_values;
   const bytes = readFileSync(file);
   const pixels = new Tensor("float32", new Float32Array(bytes.buffer, bytes.byteOffset, bytes.byteLength / 4), dims);
-  out.pixel_variants = {};
-  for (const variant of request.pixel_dtypes) {
-    step(`vision_model, dtype ${variant}`);
-    const vision = await CLIPVisionModelWithProjection.from_pretrained(id, { dtype: variant, device: "cpu" });
-    out.pixel_variants[variant] = rows((await vision({ pixel_values: pixels })).image_embeds);
-  }
-  out.seconds.pixel_variants = seconds(start);
+  await eachVariant("pixel_variants", request.pixel_dtypes, "vision_model", CLIPVisionModelWithProjection, {}, async (vision) => rows((await vision({ pixel_values: pixels })).image_embeds));
 }
 if (request.preprocessing_dtypes?.length) {
-  const start = performance.now();
-  out.preprocessing_variants = {};
-  for (const variant of request.preprocessing_dtypes) {
-    step(`vision_model_preprocessing, dtype ${variant}`);
-    // The exact path for a transformers.js user: open_clip's resize, crop and normalisation in the graph.
-    const vision = await CLIPVisionModelWithProjection.from_pretrained(id, { model_file_name: "vision_model_preprocessing", dtype: variant, device: "cpu" });
-    out.preprocessing_variants[variant] = [];
-    for (const file of request.images) {
-      const image = (await RawImage.read(file)).rgb();
-      const { image_embeds } = await vision({ image_uint8: new Tensor("uint8", image.data, [image.height, image.width, 3]) });
-      out.preprocessing_variants[variant].push(rows(image_embeds)[0]);
-    }
-  }
-  out.seconds.preprocessing_variants = seconds(start);
+  // The exact path for a transformers.js user: open_clip's resize, crop and normalisation in the graph.
+  // Each image is decoded once, for every dtype.
+  const decoded = [];
+  for (const file of request.images) decoded.push((await RawImage.read(file)).rgb());
+  await eachVariant("preprocessing_variants", request.preprocessing_dtypes, "vision_model_preprocessing", CLIPVisionModelWithProjection, { model_file_name: "vision_model_preprocessing" }, async (vision) => {
+    const embeds = [];
+    for (const image of decoded) embeds.push(rows((await vision({ image_uint8: new Tensor("uint8", image.data, [image.height, image.width, 3]) })).image_embeds)[0]);
+    return embeds;
+  });
 }
 process.stdout.write(JSON.stringify(out));
