@@ -408,5 +408,10 @@ def release(dirs: Sequence[Path], tag: str, out: Path, upload: bool, client_chec
     click.echo(f"check them with: (cd {shlex.quote(str(result.directory))} && sha256sum -c SHA256SUMS); hf/ is the Hugging Face layout (transformers.js, optimum)")
 
 
+from .cli_embed import compat_command, embed_command  # noqa: E402
+
+main.add_command(embed_command)
+main.add_command(compat_command)
+
 if __name__ == "__main__":  # pragma: no cover
     sys.exit(main())

@@ -197,3 +197,38 @@ def threshold_key(precision: str, fmt: str) -> str:
     if fmt == PREPROCESSING_FORMAT:
         return f"preproc-{precision}"
     return f"trt-{precision}" if fmt == "tensorrt" else precision
+
+
+# `clip-export embed` (docs/embed.md): what it reads, how it writes, which artifact it picks.
+EMBED_CAPTION_SUFFIXES = (".txt",)
+EMBED_TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
+# The report's client batch size (CBS) default, and rows per Parquet chunk: a SIGKILL loses at most
+# the chunk in flight, never a written one.
+EMBED_BATCH_SIZE = 32
+EMBED_CHUNK_ROWS = 4096
+# Threads reading, decoding and preprocessing the next batches while the session runs this one
+# (PIL and the numba kernels release the GIL for most of their time).
+EMBED_DECODE_THREADS = 2
+# Without --precision, the first of these (for the towers needed) that holds here: a passing verdict
+# for its bytes in this environment, or the serve-time check run now. Ordered fastest first on CPU
+# (docs/benchmarks.md: INT8 3.5-6x torch eager, fp32 the baseline, fp16 slower than fp32 on CPUs
+# without fp16 arithmetic, q4 last for its fidelity).
+EMBED_PRECISION_PREFERENCE = ("int8", "fp32", "fp16", "q4")
+EMBED_DATA_DIR = "embeddings"
+EMBED_ERRORS_NAME = "errors.parquet"
+EMBED_MANIFEST_NAME = "dataset.json"
+
+
+@dataclass(frozen=True)
+class CompatThresholds:
+    """When two artifacts' embeddings can share one index (clip-export compat, docs/embed.md):
+    cross retrieval must agree with the all-OLD retrieval this often, and the normalised embeddings
+    stay this close. The INT8 gate's own limits: an artifact that passes it against fp32 torch
+    passes here against fp32."""
+
+    top1_agreement: float
+    top5_overlap: float
+    mean_abs_normalized: float
+
+
+COMPAT_THRESHOLDS = CompatThresholds(top1_agreement=0.98, top5_overlap=0.85, mean_abs_normalized=4e-3)

@@ -99,3 +99,16 @@ def mt5_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     tiny = dict(d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2)
     MT5Config(vocab_size=128, feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **tiny).save_pretrained(config)
     return tokenizer, config
+
+
+@pytest.fixture(scope="session")
+def tiny_vit_int8_dir(tiny_vit_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """The tiny ViT with INT8 towers beside its fp32 ones, shared read-only (embed, compat)."""
+    import shutil
+
+    from clip_export.convert import quantize_int8
+
+    target = tmp_path_factory.mktemp("int8") / tiny_vit_dir.name
+    shutil.copytree(tiny_vit_dir, target)
+    quantize_int8(target)
+    return target

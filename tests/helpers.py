@@ -106,3 +106,23 @@ def train_byte_level_bpe_tokenizer(directory: Path, specials: list[str], config:
     tokenizer.save(str(directory / "tokenizer.json"))
     (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config}))
     return directory
+
+
+def perturbed_release(model_dir: Path, scale: float = 0.5, seed: int = 0) -> None:
+    """A "new release" of the same model: the visual tower's largest weight perturbed, and its
+    stored reference recomputed from the perturbed fp32 graph, so it passes its own checks."""
+    import onnxruntime as ort
+
+    rng = np.random.default_rng(seed)
+    rewrite_initializer(model_dir, "visual.onnx", lambda w: w + rng.normal(0, scale, w.shape))
+    manifest = read_manifest(model_dir)
+    record = manifest["reference"]
+    path = model_dir / record["path"]
+    with np.load(path) as data:
+        arrays = {name: data[name] for name in data.files}
+    session = ort.InferenceSession(str(model_dir / "visual.onnx"), providers=["CPUExecutionProvider"])
+    arrays["image_embeds"] = session.run(None, {"pixel_values": arrays["pixel_values"]})[0]
+    np.savez(path, **arrays)
+    record.update(file_record(path, model_dir))
+    manifest.pop("verification", None)
+    write_manifest(model_dir, manifest)

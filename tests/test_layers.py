@@ -8,11 +8,14 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clip_export"
-CLI = {"cli", "cli_parse", "cli_render"}
+CLI = {"cli", "cli_parse", "cli_render", "cli_embed"}
 PIPELINE = {"pipeline"}
 # One module per stage. The serving runtime (runtime.py) is not a stage but the library's serving
 # API, built only from shared pieces: release's client check compares transformers.js with it.
-STAGES = {"export", "convert", "quantize4", "preprocess_stage", "tensorrt", "verify", "bench", "release"}
+STAGES = {"export", "convert", "quantize4", "preprocess_stage", "tensorrt", "verify", "bench", "release", "embed"}
+# embed's parts are shared pieces: embed_inputs (reader), embed_store (writer), embed_ray (the Ray
+# engine, imported by embed only for --ray) and compat (the interchangeability check that both the
+# compat command and embed run).
 MAX_LINES = 420
 
 
