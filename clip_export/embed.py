@@ -19,7 +19,7 @@ from typing import Any, Callable, Iterator, Sequence
 import numpy as np
 
 from .compat import CompatResult, compare_models
-from .embed_inputs import Item, Loaded, list_items, load
+from .embed_inputs import Item, Loaded, Prepared, list_items, prepare
 from .embed_store import Done, Store, new_manifest
 from .environment import current_environment, versions
 from .errors import ClipExportError, ServeCheckError
@@ -46,15 +46,6 @@ class EmbedResult:
     items_per_s: float
     environment: str
     compat: CompatResult | None = None
-
-
-@dataclass(frozen=True)
-class Prepared:
-    """One item after the reader and the mapper's preprocessing: pixels or tokens, or why not."""
-
-    loaded: Loaded
-    array: np.ndarray | None
-    skip: bool = False
 
 
 def open_model(source: Path, precision: str | None, towers: set[str], threads: int = 0) -> tuple[ClipOnnx, str]:
@@ -133,7 +124,7 @@ def _embed(source: Path, inputs: Sequence[str | Path], out: Path, precision: str
     store.write_manifest(manifest)
     return EmbedResult(Path(out), "ray" if use_ray else "local", chosen, artifact["key"], why, len(items), counts["embedded"], counts["unchanged"], len(errors),
                        tuple((e[0], e[3]) for e in errors[:20]), counts["chunks"], seconds, counts["embedded"] / seconds if seconds else 0.0,
-                       current_environment(model.artifacts[sorted(model.artifacts)[0]].provider).describe(), compat)
+                       current_environment(model.artifacts[min(model.artifacts)].provider).describe(), compat)
 
 
 def _embed_dim(model: ClipOnnx) -> int:
@@ -173,16 +164,11 @@ def _reconcile(store: Store, artifact: dict[str, Any], model: ClipOnnx, dim: int
 
 
 def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:
-    loaded = load(item)
-    previous = done.get(item.id)
-    if loaded.error is None and previous is not None and previous.sha256 == loaded.sha256 and previous.artifact_key in accepted:
-        return Prepared(loaded, None, skip=True)
-    if loaded.error is not None or item.kind == "text":
-        return Prepared(loaded, None)
-    try:
-        return Prepared(loaded, model.pixel_values(loaded.content)[0])
-    except ClipExportError as exc:
-        return Prepared(Loaded(item, loaded.sha256, None, str(exc).removeprefix("images[0]: ")), None)
+    def unchanged(loaded: Loaded) -> bool:
+        previous = done.get(item.id)
+        return previous is not None and previous.sha256 == loaded.sha256 and previous.artifact_key in accepted
+
+    return prepare(model, item, unchanged)
 
 
 def _prefetched(pool: ThreadPoolExecutor, work: Callable[[Item], Prepared], items: Sequence[Item], ahead: int) -> Iterator[Prepared]:

@@ -11,7 +11,9 @@ from __future__ import annotations
 import hashlib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Iterator, Sequence
+from typing import Any, Callable, Iterator, Sequence
+
+import numpy as np
 
 from .errors import ClipExportError, import_optional
 from .evalset import IMAGE_SUFFIXES
@@ -118,3 +120,27 @@ def load(item: Item) -> Loaded:
     if not data:
         return Loaded(item, hashlib.sha256(data).hexdigest(), None, "the file is empty (0 bytes)")
     return Loaded(item, hashlib.sha256(data).hexdigest(), data)
+
+
+@dataclass(frozen=True)
+class Prepared:
+    """One item after the reader and the mapper's preprocessing: pixels (images; captions are
+    tokenized with their batch), or why not, or `skip` when the index already holds it."""
+
+    loaded: Loaded
+    array: np.ndarray | None
+    skip: bool = False
+
+
+def prepare(model: Any, item: Item, unchanged: Callable[[Loaded], bool]) -> Prepared:
+    """Read, hash and (images) decode and preprocess one item with the model's own preprocessing;
+    what fails becomes the item's error. Both engines run this in their workers."""
+    loaded = load(item)
+    if loaded.error is None and unchanged(loaded):
+        return Prepared(loaded, None, skip=True)
+    if loaded.error is not None or item.kind == "text":
+        return Prepared(loaded, None)
+    try:
+        return Prepared(loaded, model.pixel_values(loaded.content)[0])
+    except ClipExportError as exc:
+        return Prepared(Loaded(item, loaded.sha256, None, str(exc).removeprefix("images[0]: ")), None)

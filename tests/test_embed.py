@@ -184,3 +184,9 @@ def test_sigkill_loses_at_most_the_chunk_in_flight_and_a_rerun_completes_it(tiny
     for key, (_, sha, vector) in rows.items():  # batch size does not change an embedding beyond float noise
         assert sha == reference[key][1]
         np.testing.assert_allclose(vector, reference[key][2], atol=1e-5)
+
+
+def test_ray_missing_names_the_extra(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # an import of ray now fails, as where it is not installed
+    with pytest.raises(ClipExportError, match=r"pip install 'clip-export\[ray\]'"):
+        embed(tiny_vit_int8_dir, [photos], tmp_path / "index", precision="fp32", use_ray=True)
