@@ -1,0 +1,189 @@
+"""The report's add_documents table: ms per document when a corpus is indexed in client batches (CBS).
+
+    python benchmarks/add_documents.py                       # ViT-B/32, fp32 and INT8, CBS 1/10/50/100
+    python benchmarks/add_documents.py --model-dir DIR --ray # an existing export; add the Ray engine
+
+Documents: images decoded from files (the bundled photos and the report's two image sizes, a 640×427
+JPEG and a 2162×762 RGBA PNG, written here as in benchmarks/preprocessing.py, repeated under new
+names to at least 112 files) and captions (the bundled ones, repeated to at least 112). In one run,
+interleaved per CBS so drift on a shared machine hits every method alike:
+
+- torch eager: open_clip's model and its PIL preprocessing, decode then embed (the report's load-cpu
+  rows; fp32 only)
+- naive ClipOnnx loop: `embed_images(paths)` per batch, decode then embed, no overlap
+- local engine: `clip-export embed`'s engine (prefetching thread pool, Parquet writer, hashing) on
+  an already opened artifact
+- Ray engine (--ray): `embed --ray` on a local Ray, actor start included
+- pure session.run: the same batches, preprocessed beforehand, through the session alone
+
+Each row's figure is the median over `--repeats` passes over the corpus, divided by the documents.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from PIL import Image
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from cpu_report import prepare  # noqa: E402  (this directory is on sys.path)
+
+from clip_export.embed import _run_local, artifact_record  # noqa: E402
+from clip_export.embed_inputs import list_items  # noqa: E402
+from clip_export.embed_store import Store, new_manifest  # noqa: E402
+from clip_export.evalset import BUNDLED_DIR, load_evalset  # noqa: E402
+from clip_export.manifest import read_manifest  # noqa: E402
+from clip_export.progress import silent  # noqa: E402
+from clip_export.runtime import ClipOnnx  # noqa: E402
+
+RESULTS = Path(__file__).parent / "results"
+CBS = (1, 10, 50, 100)
+MIN_DOCS = 112
+
+
+def corpus(folder: Path) -> tuple[list[str], list[str]]:
+    rng = np.random.default_rng(0)
+    photos = sorted((BUNDLED_DIR / "images").iterdir())
+    Image.fromarray(rng.integers(0, 256, (427, 640, 3), dtype=np.uint8)).save(folder / "report-640x427.jpg", quality=90)
+    Image.fromarray(rng.integers(0, 256, (762, 2162, 4), dtype=np.uint8), "RGBA").save(folder / "report-2162x762.png")
+    sources = photos + [folder / "report-640x427.jpg", folder / "report-2162x762.png"]
+    paths = []
+    while len(paths) < MIN_DOCS:
+        for source in sources:
+            target = folder / f"{len(paths):04d}-{source.name}"
+            target.write_bytes(source.read_bytes())
+            paths.append(str(target))
+    captions = list(load_evalset().captions)
+    texts = (captions * (MIN_DOCS // len(captions) + 1))[: max(MIN_DOCS, len(captions))]
+    return paths, [f"{t} ({n})" for n, t in enumerate(texts)]
+
+
+def batches(values: list[Any], size: int) -> list[list[Any]]:
+    return [values[i : i + size] for i in range(0, len(values), size)]
+
+
+def timed(call: Callable[[], Any]) -> float:
+    started = time.perf_counter()
+    call()
+    return time.perf_counter() - started
+
+
+def torch_loop(model_dir: Path) -> tuple[Callable[[list[str], int], None], Callable[[list[str], int], None]]:
+    import open_clip
+    import torch
+
+    arch = read_manifest(model_dir)["model"]["arch"]
+    model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
+    model.eval()
+    tokenizer = open_clip.get_tokenizer(arch)
+
+    def images(paths: list[str], cbs: int) -> None:
+        with torch.inference_mode():
+            for batch in batches(paths, cbs):
+                model.encode_image(torch.stack([preprocess(Image.open(p)) for p in batch]), normalize=True)
+
+    def texts(captions: list[str], cbs: int) -> None:
+        with torch.inference_mode():
+            for batch in batches(captions, cbs):
+                model.encode_text(tokenizer(batch), normalize=True)
+
+    return images, texts
+
+
+def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int) -> None:
+    items = list_items(inputs)
+    with tempfile.TemporaryDirectory() as out:
+        store = Store(Path(out) / "index")
+        record = artifact_record(model, precision, {"visual", "text"})
+        store.write_manifest(new_manifest(record, 0))
+        _run_local(model, items, {}, {record["key"]}, store, record["key"], cbs, 4096, {"embedded": 0, "unchanged": 0, "chunks": 0}, [], silent)
+
+
+def ray_engine(model_dir: Path, precision: str, inputs: list[Path], cbs: int) -> None:
+    from clip_export.embed import embed
+
+    with tempfile.TemporaryDirectory() as out:
+        embed(model_dir, inputs, Path(out) / "index", precision=precision, batch_size=cbs, use_ray=True)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--model", default="ViT-B/32")
+    parser.add_argument("--model-dir", type=Path, default=None, help="an export with fp32 and INT8 artifacts (default: export --model with random weights)")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--cbs", default=",".join(map(str, CBS)))
+    parser.add_argument("--ray", action="store_true", help="add the Ray engine rows (a local Ray, actor start included)")
+    parser.add_argument("--no-torch", action="store_true")
+    args = parser.parse_args()
+    model_dir = args.model_dir or prepare(args.model)
+    if args.ray:  # one Ray for the run: its rows count actor start (sessions opened), not Ray's own start
+        import ray
+
+        ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}}, log_to_driver=False, include_dashboard=False)
+    sizes = [int(c) for c in args.cbs.split(",")]
+    rows: list[dict[str, Any]] = []
+    with tempfile.TemporaryDirectory(prefix="add-documents-") as tmp:
+        folder = Path(tmp) / "images"
+        folder.mkdir()
+        paths, captions = corpus(folder)
+        caption_file = Path(tmp) / "captions.txt"
+        caption_file.write_text("\n".join(captions) + "\n")
+        torch_images, torch_texts = (None, None) if args.no_torch else torch_loop(model_dir)
+        for precision in ("fp32", "int8"):
+            model = ClipOnnx.from_release(model_dir, precision=precision)
+            pixels = model.pixel_values(paths)
+            tokens = model.tokenize(captions)
+            for cbs in sizes:
+                methods: dict[tuple[str, str], Callable[[], Any]] = {
+                    ("image", "naive ClipOnnx loop"): lambda: [model.embed_images(b) for b in batches(paths, cbs)],
+                    ("image", "local engine"): lambda: local_engine(model, precision, [folder], cbs),
+                    ("image", "pure session.run"): lambda: [model.embed_pixels(pixels[i : i + cbs]) for i in range(0, len(pixels), cbs)],
+                    ("text", "naive ClipOnnx loop"): lambda: [model.embed_texts(b) for b in batches(captions, cbs)],
+                    ("text", "local engine"): lambda: local_engine(model, precision, [caption_file], cbs),
+                    ("text", "pure session.run"): lambda: [model._run(model._text, "input_ids", tokens[i : i + cbs], True) for i in range(0, len(tokens), cbs)],
+                }
+                if torch_images is not None and precision == "fp32":
+                    methods[("image", "torch eager loop")] = lambda: torch_images(paths, cbs)
+                    methods[("text", "torch eager loop")] = lambda: torch_texts(captions, cbs)
+                if args.ray:
+                    methods[("image", "Ray engine (local Ray, actor start incl.)")] = lambda: ray_engine(model_dir, precision, [folder], cbs)
+                samples: dict[tuple[str, str], list[float]] = {k: [] for k in methods}
+                for call in methods.values():  # warm-up pass
+                    call()
+                for _ in range(args.repeats):
+                    for key, call in methods.items():
+                        samples[key].append(timed(call))
+                for (kind, method), values in samples.items():
+                    docs = len(paths) if kind == "image" else len(captions)
+                    rows.append({"precision": precision, "cbs": cbs, "kind": kind, "method": method, "ms_per_doc": 1000 * statistics.median(values) / docs, "docs": docs})
+                    print(f"{precision} CBS {cbs:>3} {kind:5} {method:24} {rows[-1]['ms_per_doc']:7.2f} ms/doc", file=sys.stderr, flush=True)
+    from clip_export.environment import current_environment
+
+    cpu = current_environment("CPUExecutionProvider").describe()
+    meta = {"date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(), "cpu": cpu, "cores": os.cpu_count(), "model_dir": str(model_dir), "images": len(paths), "captions": len(captions), "repeats": args.repeats}
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / "add_documents.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    print(render(meta, rows))
+
+
+def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
+    lines = [f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores; {meta['images']} images decoded from files, {meta['captions']} captions; median of {meta['repeats']} passes", "",
+             "| precision | kind | method | " + " | ".join(f"CBS {c} ms/doc" for c in sorted({r['cbs'] for r in rows})) + " |", "|---|---|---|" + "---|" * len({r["cbs"] for r in rows})]
+    keys = list(dict.fromkeys((r["precision"], r["kind"], r["method"]) for r in rows))
+    for precision, kind, method in keys:
+        cells = {r["cbs"]: r["ms_per_doc"] for r in rows if (r["precision"], r["kind"], r["method"]) == (precision, kind, method)}
+        lines.append(f"| {precision} | {kind} | {method} | " + " | ".join(f"{cells[c]:.1f}" if c in cells else "–" for c in sorted({r['cbs'] for r in rows})) + " |")
+    return "\n".join(lines)
+
+
+if __name__ == "__main__":
+    main()
