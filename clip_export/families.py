@@ -140,7 +140,7 @@ def check_text_config_dir(directory: Path, arch: str, model_cfg: Mapping[str, An
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise ClipExportError(f"--text-config {config_file} is not a JSON object: {exc}") from None
+        raise ClipExportError(f"--text-config {config_file} is not a JSON object: {exc}") from exc
     expected = expected_hf_model_type(hf_name)
     if expected is not None and model_type != expected:
         raise ClipExportError(f"--text-config {directory} is a {model_type!r} config, but {arch}'s text tower is {hf_name} ({expected!r})")
