@@ -22,6 +22,7 @@ from .baselines import TORCH_MODES, bench_torch, native_bf16
 from .bench_report import render_chart, render_markdown
 from .bench_rows import BenchResult, BenchRow, machine_info, peak_rss_mb, rss_mb
 from .ceilings import count_tower, gemm_ceiling, streamed_gemm_ceiling
+from .checks import load_reference
 from .environment import versions
 from .errors import ClipExportError, ProviderUnavailableError
 from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, resolve_inside, select_artifacts, to_jsonable, write_manifest
@@ -29,7 +30,7 @@ from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_varian
 from .progress import Progress, silent
 from .runner import NotRunnableHereError, open_runner
 from .sessions import SessionOptions, create_session, provider_name
-from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, PREPROCESSING_FORMAT, REFERENCE_NAME, TENSORRT_RUNTIME, TOWERS
+from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, PREPROCESSING_FORMAT, TENSORRT_RUNTIME, TOWERS
 from .timing import LatencyStats, runs_for, time_calls
 
 
@@ -146,8 +147,7 @@ def bench(
     present = sorted({a["precision"] for a in manifest["artifacts"]})
     if precisions is not None and not set(precisions) & set(present):
         raise ClipExportError(f"the requested precision(s) {', '.join(precisions)} match no artifact in {model_dir}; it has {', '.join(present)}")
-    with np.load(model_dir / REFERENCE_NAME) as data:
-        ref = {k: data[k] for k in data.files}
+    ref, _, _ = load_reference(model_dir, manifest, "stored", None)  # the manifest's record: release renames the file
     loaded = None
     notes: list[str] = []
     flops: dict[str, float] = {}

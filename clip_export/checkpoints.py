@@ -34,7 +34,7 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
         with open(path, "rb"):
             pass
     except OSError as exc:
-        raise WeightsError(f"{path} cannot be read: {exc.strerror or exc}") from None
+        raise WeightsError(f"{path} cannot be read: {exc.strerror or exc}") from exc
     if size == 0:
         raise WeightsError(f"{path} is empty (0 bytes); expected a checkpoint (.pt, .bin or .safetensors)")
     if path.suffix == ".safetensors":
@@ -43,13 +43,13 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
         try:
             return dict(load_file(str(path))), False
         except Exception as exc:
-            raise WeightsError(f"{path} is not a readable safetensors file: {_reason(exc)}") from None
+            raise WeightsError(f"{path} is not a readable safetensors file: {_reason(exc)}") from exc
     if _is_torchscript_archive(path):
         # TorchScript archives are read by TorchScript's own loader, which builds no Python objects.
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), True
         except Exception as exc:
-            raise WeightsError(f"{path} looks like a TorchScript archive but could not be read: {_reason(exc)}") from None
+            raise WeightsError(f"{path} looks like a TorchScript archive but could not be read: {_reason(exc)}") from exc
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -57,8 +57,8 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it needs arbitrary pickle code execution to unpickle; "
                 "save it as a plain state dict (torch.save(model.state_dict())) or as .safetensors"
-            ) from None
-        raise WeightsError(f"{path} is not a readable checkpoint: {_reason(exc)}") from None
+            ) from exc
+        raise WeightsError(f"{path} is not a readable checkpoint: {_reason(exc)}") from exc
     if isinstance(data, dict):
         for key in ("state_dict", "model", "model_state_dict"):
             if key in data and isinstance(data[key], dict):

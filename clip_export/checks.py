@@ -117,7 +117,7 @@ def load_reference(model_dir: Path, manifest: dict[str, Any], reference: str, ev
     try:
         spec = spec_from_manifest(manifest["model"])
     except ClipExportError as exc:
-        raise ClipExportError(f"--reference torch: {exc}") from None
+        raise ClipExportError(f"--reference torch: {exc}") from exc
     loaded = load_model(spec)
     towers = sorted({a["tower"] for a in manifest["artifacts"]})
     chosen = evalset or load_evalset()

@@ -4,6 +4,7 @@ from __future__ import annotations
 import os
 import shlex
 import sys
+import traceback
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -19,12 +20,15 @@ CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
 
 class _Group(click.Group):
-    """Maps our errors to one `Error:` line and exit 1; Click's usage errors keep exit 2."""
+    """Maps our errors to one `Error:` line and exit 1; Click's usage errors keep exit 2. Under
+    CLIP_EXPORT_DEBUG=1 the traceback comes first, with the library error ours was raised from."""
 
     def invoke(self, ctx: click.Context) -> Any:
         try:
             return super().invoke(ctx)
         except ClipExportError as exc:
+            if os.environ.get("CLIP_EXPORT_DEBUG"):
+                click.echo("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(), err=True)
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(1)
         except KeyboardInterrupt:

@@ -89,8 +89,8 @@ def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any],
             reader.start()
             try:
                 returncode = process.wait(timeout=NODE_TIMEOUT_S)
-            except subprocess.TimeoutExpired:
-                raise ClipExportError(f"transformers.js did not finish within {NODE_TIMEOUT_S} s on {hf_dir}") from None
+            except subprocess.TimeoutExpired as exc:
+                raise ClipExportError(f"transformers.js did not finish within {NODE_TIMEOUT_S} s on {hf_dir}") from exc
             finally:  # never leave Node running: timeout, Ctrl-C or any other exception
                 if process.poll() is None:
                     process.kill()
@@ -101,7 +101,7 @@ def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any],
         try:
             out = json.loads(stdout_path.read_text(encoding="utf-8"))
         except json.JSONDecodeError as exc:
-            raise ClipExportError(f"transformers.js wrote no readable result for {hf_dir}: {exc}") from None
+            raise ClipExportError(f"transformers.js wrote no readable result for {hf_dir}: {exc}") from exc
     for key in ("text_embeds", "image_embeds"):
         if key in out:
             out[key] = l2_normalize(np.asarray(out[key]))

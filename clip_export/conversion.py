@@ -1,6 +1,6 @@
 """The loop every converter shares: integrity, refusal without --force, staged write, verify gate,
 manifest entry, all under the directory's lock. fp16/INT8 (convert), 4-bit (quantize4) and the
-preprocessing graphs (graph_variants) differ only in what `write` does and what the entry declares."""
+preprocessing graphs (preprocess_stage) differ only in what `write` does and what the entry declares."""
 from __future__ import annotations
 
 import os

@@ -77,5 +77,5 @@ def import_optional(module: str, *, package: str, extra: str, purpose: str) -> M
     """Import a heavy optional dependency where it is used; its absence names the pip extra."""
     try:
         return importlib.import_module(module)
-    except ImportError:
-        raise MissingExtraError(package, extra, purpose) from None
+    except ImportError as exc:
+        raise MissingExtraError(package, extra, purpose) from exc

@@ -124,7 +124,7 @@ def export_tower(
             program = _torch_export(module, example, tower, opset)
         rewritten = len(rewritten_blocks)
     except Exception as exc:
-        raise ClipExportError(f"torch.onnx.export failed for the {tower} tower of {loaded.spec.arch}: {str(exc).splitlines()[0]}") from None
+        raise ClipExportError(f"torch.onnx.export failed for the {tower} tower of {loaded.spec.arch}: {str(exc).splitlines()[0]}") from exc
     program.model.metadata_props.update(_metadata(loaded, tower, opset, normalize))
     use_external = external_data if external_data is not None else tower_parameter_bytes(loaded, tower) > EXTERNAL_DATA_THRESHOLD_BYTES
     # Always stream the weights to a side file first: serialising a whole ModelProto in memory
@@ -165,7 +165,7 @@ def _check_output_dir(out: Path) -> None:
         probe.write_bytes(b"")
         probe.unlink()
     except OSError as exc:
-        raise OutputError(f"--out {out} is not writable: {exc.strerror or exc}") from None
+        raise OutputError(f"--out {out} is not writable: {exc.strerror or exc}") from exc
 
 
 def _remove_abandoned_staging(out: Path, slug: str) -> None:

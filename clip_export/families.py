@@ -1,8 +1,9 @@
 """Family rules as data: what a faithful export of each open_clip family must do differently.
 
 One declared row per family, next to the model spec (clip_export.models reads it): how captions
-are tokenized, where the text tower pools, which preprocessing applies when no pretrained tag
-says otherwise, and whether blocks are reparameterized before tracing. open_clip's own data
+are tokenized, which preprocessing applies when no pretrained tag says otherwise, and whether
+blocks are reparameterized before tracing. Where the text tower pools is open_clip's own (the
+trace follows encode_text); each row's `note` says where, for docs/models.md. open_clip's own data
 (an architecture's `preprocess_cfg`, a pretrained tag's config) still wins where it speaks.
 """
 from __future__ import annotations
@@ -31,7 +32,6 @@ class FamilyRules:
     timm_prefixes: tuple[str, ...] = ()  # vision_cfg.timm_model_name prefixes
     cfg_keys: tuple[str, ...] = ()  # top-level model config keys whose presence marks the family
     tokenizer: str = "clip-bpe"  # "clip-bpe": open_clip's SimpleTokenizer; "hf": a Hugging Face tokenizer.json
-    text_pool: str = "eot-argmax"  # "eot-argmax" over integer ids (never in fp16), "last" token, "hf-pooler"
     preprocess: Mapping[str, Any] = field(default_factory=dict)  # defaults below the arch's and the tag's own
     reparameterize: bool = False  # MobileOne/FastViT branches folded (timm's reparameterize_model) before export
     needs_transformers: bool = False  # the text tower is a transformers model
@@ -51,7 +51,7 @@ class FamilyRules:
 
 
 # What every transformers text tower shares: its own tokenizer, padding mask and pooler.
-HF_TEXT_TOWER: Mapping[str, Any] = MappingProxyType({"tokenizer": "hf", "text_pool": "hf-pooler", "needs_transformers": True})
+HF_TEXT_TOWER: Mapping[str, Any] = MappingProxyType({"tokenizer": "hf", "needs_transformers": True})
 
 FAMILIES: tuple[FamilyRules, ...] = (
     FamilyRules(
@@ -79,14 +79,12 @@ FAMILIES: tuple[FamilyRules, ...] = (
         arch_globs=("*SigLIP*",),
         text_keys=("hf_tokenizer_name",),
         tokenizer="hf",
-        text_pool="last",
         preprocess=MappingProxyType({"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "resize_mode": "squash"}),
         note="SentencePiece tokenizer with its own padding, last-token pooling (no EOT argmax), squash resize with no centre crop, sigmoid head",
     ),
     FamilyRules(
         "coca",
         cfg_keys=("multimodal_cfg",),
-        text_pool="last",
         note="CoCa (open_clip builds CoCa when the config has a multimodal_cfg): the contrastive towers export as CLIP's, traced from encode_image/encode_text; "
         "the text embedding is the CLS token appended after the caption (last position, ids equal to the pad id 0 masked from attention), not EOT ArgMax; the generative text decoder is not exported",
     ),
@@ -140,7 +138,7 @@ def check_text_config_dir(directory: Path, arch: str, model_cfg: Mapping[str, An
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
-        raise ClipExportError(f"--text-config {config_file} is not a JSON object: {exc}") from None
+        raise ClipExportError(f"--text-config {config_file} is not a JSON object: {exc}") from exc
     expected = expected_hf_model_type(hf_name)
     if expected is not None and model_type != expected:
         raise ClipExportError(f"--text-config {directory} is a {model_type!r} config, but {arch}'s text tower is {hf_name} ({expected!r})")

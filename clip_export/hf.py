@@ -21,7 +21,7 @@ def load_hf_dir(spec: ModelSpec) -> LoadedModel:
         model = transformers.CLIPModel.from_pretrained(str(spec.hf_dir), local_files_only=True, torch_dtype=torch.float32)
         tokenizer = transformers.CLIPTokenizer.from_pretrained(str(spec.hf_dir), local_files_only=True)
     except Exception as exc:
-        raise WeightsError(f"could not load the Hugging Face CLIP directory {spec.hf_dir}: {exc}") from None
+        raise WeightsError(f"could not load the Hugging Face CLIP directory {spec.hf_dir}: {exc}") from exc
     model = _hf_adapter_class()(model).eval()
     pre = {}
     pre_file = spec.hf_dir / "preprocessor_config.json"

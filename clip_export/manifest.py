@@ -56,7 +56,7 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
     try:
         data = json.loads(path.read_text())
     except (json.JSONDecodeError, UnicodeDecodeError) as exc:
-        raise ManifestError(f"{path} is not valid JSON: {exc}") from None
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
     if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
         raise ManifestError(f"{path} is not a clip-export manifest (no 'artifacts' list)")
     if data.get("schema") != SCHEMA_VERSION:
@@ -246,13 +246,13 @@ def _take_lock(lock_path: Path, target: Path) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise OutputError(f"{target.parent} is not writable (the lock file {lock_path.name}: {exc.strerror or exc})") from None
+            raise OutputError(f"{target.parent} is not writable (the lock file {lock_path.name}: {exc.strerror or exc})") from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+        except BlockingIOError as exc:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise OutputError(f"another clip-export run (pid {holder}) is writing {target}; wait for it to finish, or write somewhere else") from None
+            raise OutputError(f"another clip-export run (pid {holder}) is writing {target}; wait for it to finish, or write somewhere else") from exc
         try:
             same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

@@ -153,7 +153,7 @@ def _download_checkpoint(arch: str, tag: str) -> Path:
     try:
         return Path(oc.pretrained.download_pretrained(oc.get_pretrained_cfg(arch, tag)))
     except Exception as exc:  # network and hub errors come in many types
-        raise WeightsError(f"could not download the weights for {arch}:{tag}: {exc}; {OFFLINE_HINT}") from None
+        raise WeightsError(f"could not download the weights for {arch}:{tag}: {exc}; {OFFLINE_HINT}") from exc
 
 
 def model_config(arch: str) -> dict[str, Any]:
@@ -193,13 +193,13 @@ def _build(oc: Any, spec: ModelSpec, cfg: dict[str, Any], family: FamilyRules, q
 
             try:
                 AutoConfig.from_pretrained(text_cfg["hf_model_name"], local_files_only=True)
-            except Exception:
-                raise WeightsError(f"{spec.arch}'s text tower is the transformers model {text_cfg['hf_model_name']!r}, whose config is not in the local Hugging Face cache and the hub cannot be reached (offline?); pass --text-config DIR, a directory holding its config.json") from None
+            except Exception as exc:
+                raise WeightsError(f"{spec.arch}'s text tower is the transformers model {text_cfg['hf_model_name']!r}, whose config is not in the local Hugging Face cache and the hub cannot be reached (offline?); pass --text-config DIR, a directory holding its config.json") from exc
         kwargs = {"text_cfg": {**text_cfg, "hf_model_pretrained": False}, "pretrained_hf": False}
     try:
         return oc.create_model(spec.arch, pretrained=None, force_quick_gelu=quick_gelu, **kwargs)
     except (KeyError, RuntimeError, ValueError, OSError) as exc:
-        raise WeightsError(f"could not build {spec.arch} from {spec.source}: {str(exc).splitlines()[0]}") from None
+        raise WeightsError(f"could not build {spec.arch} from {spec.source}: {str(exc).splitlines()[0]}") from exc
 
 
 def _text_vocabulary(model: Any) -> tuple[int | None, int | None]:
@@ -250,7 +250,7 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         try:
             model = build_model_from_openai_state_dict(state)
         except (KeyError, RuntimeError, ValueError) as exc:
-            raise WeightsError(f"could not build {spec.arch} from {spec.source}: {exc}") from None
+            raise WeightsError(f"could not build {spec.arch} from {spec.source}: {exc}") from exc
         state, reference, family = None, oc.get_tokenizer("ViT-B-32"), family_for("ViT-B-32", {})
     else:
         model = _build(oc, spec, cfg, family, bool(pcfg.get("quick_gelu")))

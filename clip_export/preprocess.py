@@ -70,12 +70,12 @@ def _decode(source: str | Path | io.BytesIO, name: str) -> Image.Image:
         except BaseException:
             handle.close()
             raise
-    except Image.UnidentifiedImageError:
-        raise ClipExportError(f"the image {name} is in no format Pillow can decode") from None
+    except Image.UnidentifiedImageError as exc:
+        raise ClipExportError(f"the image {name} is in no format Pillow can decode") from exc
     except Image.DecompressionBombError as exc:
-        raise ClipExportError(f"the image {name} is too large to decode safely: {exc}") from None
+        raise ClipExportError(f"the image {name} is too large to decode safely: {exc}") from exc
     except Exception as exc:  # Pillow's decoders raise OSError, ValueError, SyntaxError, EOFError...
-        raise ClipExportError(f"cannot read the image {name}: {str(exc) or type(exc).__name__}") from None
+        raise ClipExportError(f"cannot read the image {name}: {str(exc) or type(exc).__name__}") from exc
     if isinstance(source, io.BytesIO) or getattr(handle, "fp", None) is None:
         return handle  # single-frame files are closed once loaded; bytes hold no file
     with handle:  # multi-frame formats keep their file open: keep a copy, close the file

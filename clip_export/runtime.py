@@ -96,7 +96,7 @@ class ClipOnnx:
             try:
                 rows.append(self._preprocess(load_image(item), self.preprocess_config))
             except ClipExportError as exc:
-                raise ClipExportError(f"images[{index}]: {exc}") from None
+                raise ClipExportError(f"images[{index}]: {exc}") from exc
         if not rows:
             return np.zeros((0, 3, *self.preprocess_config.image_size), dtype=np.float32)
         return rows[0][None] if len(rows) == 1 else np.stack(rows)  # one image: no stacking copy

@@ -84,7 +84,7 @@ def create_session(path: Path, options: SessionOptions = SessionOptions()) -> An
     try:
         session = rt.InferenceSession(str(path), sess_options=so, providers=providers, **kwargs)
     except Exception as exc:
-        raise ProviderUnavailableError(f"could not create a {wanted} session for {Path(path).name}: {str(exc).splitlines()[0]}") from None
+        raise ProviderUnavailableError(f"could not create a {wanted} session for {Path(path).name}: {str(exc).splitlines()[0]}") from exc
     active = session.get_providers()
     if not active or active[0] != wanted:
         raise ProviderUnavailableError(

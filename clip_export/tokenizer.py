@@ -59,8 +59,8 @@ def clean_text(text: str, kind: str) -> str:
         return text
     try:
         import ftfy
-    except ImportError:
-        raise ClipExportError("tokenizing captions needs 'ftfy', a dependency of clip-export that is missing; reinstall with: pip install clip-export") from None
+    except ImportError as exc:
+        raise ClipExportError("tokenizing captions needs 'ftfy', a dependency of clip-export that is missing; reinstall with: pip install clip-export") from exc
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     if kind == "canonicalize":  # big_vision's: underscores to spaces, punctuation removed, lower case
         text = text.replace("_", " ").translate(_PUNCTUATION).lower()
@@ -139,7 +139,7 @@ class TextTokenizer:
         try:
             tokenizer = _tokenizers().Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-            raise ClipExportError(f"{path.name} is not a tokenizer.json the tokenizers library can read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise ClipExportError(f"{path.name} is not a tokenizer.json the tokenizers library can read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         return cls(tokenizer, settings.get("clean", "lower"), int(settings["context_length"]), int(settings.get("pad_token_id", 0)))
 
     def save(self, path: Path) -> None:

@@ -40,14 +40,14 @@ def reference_tokenizer(oc: Any, arch: str, model_cfg: Mapping[str, Any], family
         try:
             reference = oc.tokenizer.HFTokenizer(str(tokenizer_dir), context_length=context, local_files_only=True, **kwargs)
         except Exception as exc:  # transformers raises many types for a bad directory
-            raise ClipExportError(f"--tokenizer {tokenizer_dir} could not be loaded as a Hugging Face tokenizer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from None
+            raise ClipExportError(f"--tokenizer {tokenizer_dir} could not be loaded as a Hugging Face tokenizer: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
         return with_language(reference, arch, family)
     offline = not hub_reachable()
     try:
         reference = oc.get_tokenizer(arch, local_files_only=True) if offline else oc.get_tokenizer(arch)
     except Exception as exc:  # transformers and the hub raise many types
         where = "is not in the local Hugging Face cache and the hub cannot be reached (offline?)" if offline else f"could not be loaded: {str(exc).splitlines()[0]}"
-        raise WeightsError(f"{arch} tokenizes with the Hugging Face tokenizer {hf_name!r}, which {where}; pass --tokenizer DIR, a directory holding its tokenizer.json") from None
+        raise WeightsError(f"{arch} tokenizes with the Hugging Face tokenizer {hf_name!r}, which {where}; pass --tokenizer DIR, a directory holding its tokenizer.json") from exc
     return with_language(reference, arch, family)
 
 

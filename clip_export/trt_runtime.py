@@ -21,8 +21,8 @@ def import_tensorrt() -> Any:
 def major_version(trt: Any) -> int:
     try:
         major = int(str(trt.__version__).split(".")[0])
-    except ValueError:
-        raise TensorRTError(f"cannot read the TensorRT version from '{trt.__version__}'") from None
+    except ValueError as exc:
+        raise TensorRTError(f"cannot read the TensorRT version from '{trt.__version__}'") from exc
     if major not in SUPPORTED_MAJORS:
         raise TensorRTError(f"TensorRT {trt.__version__} is not supported; supported: {', '.join(map(str, SUPPORTED_MAJORS))}.x")
     return major
@@ -32,8 +32,8 @@ def gpu_info() -> tuple[str, str]:
     """(name, compute capability) of CUDA device 0, or TensorRTError when there is none."""
     try:
         import torch
-    except ImportError:  # pragma: no cover - torch is a core dependency
-        raise TensorRTError("no CUDA GPU can be queried (torch is missing)") from None
+    except ImportError as exc:  # pragma: no cover - torch is a core dependency
+        raise TensorRTError("no CUDA GPU can be queried (torch is missing)") from exc
     if not torch.cuda.is_available():
         raise TensorRTError("TensorRT engines need a CUDA GPU, and none is visible here; install 'clip-export[tensorrt]' on a GPU machine")
     major, minor = torch.cuda.get_device_capability(0)

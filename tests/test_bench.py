@@ -10,7 +10,7 @@ from click.testing import CliRunner
 
 from clip_export.bench import bench, bench_onnx
 from clip_export.cli import main
-from clip_export.manifest import read_manifest
+from clip_export.manifest import read_manifest, write_manifest
 from clip_export.timing import latency_stats, time_calls
 
 
@@ -82,6 +82,17 @@ def test_bench_table_output(tiny_vit_copy: Path) -> None:
     result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--batch-sizes", "1", "--budget", "0.02", "--no-breakdown", "--no-baselines", "--towers", "text", "-q"])
     assert result.exit_code == 0, result.output
     assert "text.onnx" in result.stdout and "p50 ms" in result.stdout
+
+
+def test_bench_reads_the_reference_the_manifest_records(tiny_vit_copy: Path) -> None:
+    """release renames reference.npz to <slug>-reference.npz and records the new name; bench follows the record."""
+    manifest = read_manifest(tiny_vit_copy)
+    renamed = f"{tiny_vit_copy.name}-reference.npz"
+    (tiny_vit_copy / manifest["reference"]["path"]).rename(tiny_vit_copy / renamed)
+    manifest["reference"]["path"] = renamed
+    write_manifest(tiny_vit_copy, manifest)
+    result = bench(tiny_vit_copy, batch_sizes=[1], budget_s=0.02, breakdown=False, baselines=False, towers=["text"], write=False)
+    assert [r.name for r in result.rows if r.latency is not None] == ["text.onnx"]
 
 
 def test_bad_batch_sizes(tiny_vit_copy: Path) -> None:

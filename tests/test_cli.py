@@ -15,6 +15,18 @@ def run(*args: str) -> "CliRunner.invoke":
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
+def test_debug_shows_the_library_error_our_error_was_raised_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    (tmp_path / "manifest.json").write_text("{not json")
+    monkeypatch.delenv("CLIP_EXPORT_DEBUG", raising=False)
+    quiet = run("verify", str(tmp_path))
+    assert quiet.exit_code == 1 and quiet.stderr.startswith("Error: ") and "Traceback" not in quiet.stderr
+    monkeypatch.setenv("CLIP_EXPORT_DEBUG", "1")
+    loud = run("verify", str(tmp_path))
+    assert loud.exit_code == 1 and loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
+    cause, _, ours = loud.stderr.partition("The above exception was the direct cause of the following exception:")
+    assert "json.decoder.JSONDecodeError" in cause and "clip_export.errors.ManifestError" in ours
+
+
 def test_version_and_help_with_examples() -> None:
     assert run("--version").output.strip().endswith(__version__)
     for command in ([], ["onnx"], ["models"]):

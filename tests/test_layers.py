@@ -3,6 +3,7 @@ no module much over 400 lines (docs/pipeline.md draws the map)."""
 from __future__ import annotations
 
 import ast
+import re
 from pathlib import Path
 
 import pytest
@@ -76,3 +77,25 @@ def test_modules_stay_small(path: Path) -> None:
 
 
 OVER_SIZE: set[str] = set()
+
+
+def test_every_module_a_docstring_names_exists() -> None:
+    """`(graph_variants)` named a module that never existed: a docstring's `(snake_name)` or
+    `clip_export.name` must be a module of the package (or, for the first form, a name it defines)."""
+    modules = {p.stem for p in PACKAGE.rglob("*.py")}
+    defined = set()
+    trees = {path: ast.parse(path.read_text()) for path in PACKAGE.rglob("*.py")}
+    for tree in trees.values():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.FunctionDef, ast.ClassDef)):
+                defined.add(node.name)
+            elif isinstance(node, ast.Name):
+                defined.add(node.id)
+    wrong = []
+    for path, tree in trees.items():
+        for node in ast.walk(tree):
+            if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)):
+                doc = ast.get_docstring(node) or ""
+                wrong += [f"{path.name}: ({m})" for m in re.findall(r"\(([a-z]+_[a-z0-9_]+)\)", doc) if m not in modules | defined]
+                wrong += [f"{path.name}: clip_export.{m}" for m in re.findall(r"clip_export\.(\w+)", doc) if m not in modules | {"core", "stages", "runtime"}]
+    assert wrong == []
