@@ -18,6 +18,7 @@ interleaved per CBS so drift on a shared machine hits every method alike:
 
 Each row's figure is the median over `--repeats` passes over the corpus, divided by the documents.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -27,9 +28,10 @@ import statistics
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -105,7 +107,19 @@ def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int) 
         store = Store(Path(out) / "index")
         record = artifact_record(model, precision, {"visual", "text"})
         store.write_manifest(new_manifest(record, 0))
-        _run_local(model, items, {}, {record["key"]}, store, record["key"], cbs, 4096, {"embedded": 0, "unchanged": 0, "chunks": 0}, [], silent)
+        _run_local(
+            model,
+            items,
+            {},
+            {record["key"]},
+            store,
+            record["key"],
+            cbs,
+            4096,
+            {"embedded": 0, "unchanged": 0, "chunks": 0},
+            [],
+            silent,
+        )
 
 
 def ray_engine(model_dir: Path, precision: str, inputs: list[Path], cbs: int) -> None:
@@ -118,17 +132,28 @@ def ray_engine(model_dir: Path, precision: str, inputs: list[Path], cbs: int) ->
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="ViT-B/32")
-    parser.add_argument("--model-dir", type=Path, default=None, help="an export with fp32 and INT8 artifacts (default: export --model with random weights)")
+    parser.add_argument(
+        "--model-dir",
+        type=Path,
+        default=None,
+        help="an export with fp32 and INT8 artifacts (default: export --model with random weights)",
+    )
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--cbs", default=",".join(map(str, CBS)))
-    parser.add_argument("--ray", action="store_true", help="add the Ray engine rows (a local Ray, actor start included)")
+    parser.add_argument(
+        "--ray", action="store_true", help="add the Ray engine rows (a local Ray, actor start included)"
+    )
     parser.add_argument("--no-torch", action="store_true")
     args = parser.parse_args()
     model_dir = args.model_dir or prepare(args.model)
     if args.ray:  # one Ray for the run: its rows count actor start (sessions opened), not Ray's own start
         import ray
 
-        ray.init(runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}}, log_to_driver=False, include_dashboard=False)
+        ray.init(
+            runtime_env={"env_vars": {"PYTHONPATH": str(Path(__file__).resolve().parent.parent)}},
+            log_to_driver=False,
+            include_dashboard=False,
+        )
     sizes = [int(c) for c in args.cbs.split(",")]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="add-documents-") as tmp:
@@ -146,16 +171,23 @@ def main() -> None:
                 methods: dict[tuple[str, str], Callable[[], Any]] = {
                     ("image", "naive ClipOnnx loop"): lambda: [model.embed_images(b) for b in batches(paths, cbs)],
                     ("image", "local engine"): lambda: local_engine(model, precision, [folder], cbs),
-                    ("image", "pure session.run"): lambda: [model.embed_pixels(pixels[i : i + cbs]) for i in range(0, len(pixels), cbs)],
+                    ("image", "pure session.run"): lambda: [
+                        model.embed_pixels(pixels[i : i + cbs]) for i in range(0, len(pixels), cbs)
+                    ],
                     ("text", "naive ClipOnnx loop"): lambda: [model.embed_texts(b) for b in batches(captions, cbs)],
                     ("text", "local engine"): lambda: local_engine(model, precision, [caption_file], cbs),
-                    ("text", "pure session.run"): lambda: [model._run(model._text, "input_ids", tokens[i : i + cbs], True) for i in range(0, len(tokens), cbs)],
+                    ("text", "pure session.run"): lambda: [
+                        model._run(model._text, "input_ids", tokens[i : i + cbs], True)
+                        for i in range(0, len(tokens), cbs)
+                    ],
                 }
                 if torch_images is not None and precision == "fp32":
                     methods[("image", "torch eager loop")] = lambda: torch_images(paths, cbs)
                     methods[("text", "torch eager loop")] = lambda: torch_texts(captions, cbs)
                 if args.ray:
-                    methods[("image", "Ray engine (local Ray, actor start incl.)")] = lambda: ray_engine(model_dir, precision, [folder], cbs)
+                    methods[("image", "Ray engine (local Ray, actor start incl.)")] = lambda: ray_engine(
+                        model_dir, precision, [folder], cbs
+                    )
                 samples: dict[tuple[str, str], list[float]] = {k: [] for k in methods}
                 for call in methods.values():  # warm-up pass
                     call()
@@ -164,24 +196,59 @@ def main() -> None:
                         samples[key].append(timed(call))
                 for (kind, method), values in samples.items():
                     docs = len(paths) if kind == "image" else len(captions)
-                    rows.append({"precision": precision, "cbs": cbs, "kind": kind, "method": method, "ms_per_doc": 1000 * statistics.median(values) / docs, "docs": docs})
-                    print(f"{precision} CBS {cbs:>3} {kind:5} {method:24} {rows[-1]['ms_per_doc']:7.2f} ms/doc", file=sys.stderr, flush=True)
+                    rows.append(
+                        {
+                            "precision": precision,
+                            "cbs": cbs,
+                            "kind": kind,
+                            "method": method,
+                            "ms_per_doc": 1000 * statistics.median(values) / docs,
+                            "docs": docs,
+                        }
+                    )
+                    print(
+                        f"{precision} CBS {cbs:>3} {kind:5} {method:24} {rows[-1]['ms_per_doc']:7.2f} ms/doc",
+                        file=sys.stderr,
+                        flush=True,
+                    )
     from clip_export.environment import current_environment
 
     cpu = current_environment("CPUExecutionProvider").describe()
-    meta = {"date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(), "cpu": cpu, "cores": os.cpu_count(), "model_dir": str(model_dir), "images": len(paths), "captions": len(captions), "repeats": args.repeats}
+    meta = {
+        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "cpu": cpu,
+        "cores": os.cpu_count(),
+        "model_dir": str(model_dir),
+        "images": len(paths),
+        "captions": len(captions),
+        "repeats": args.repeats,
+    }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / "add_documents.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
     print(render(meta, rows))
 
 
 def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
-    lines = [f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores; {meta['images']} images decoded from files, {meta['captions']} captions; median of {meta['repeats']} passes", "",
-             "| precision | kind | method | " + " | ".join(f"CBS {c} ms/doc" for c in sorted({r['cbs'] for r in rows})) + " |", "|---|---|---|" + "---|" * len({r["cbs"] for r in rows})]
+    lines = [
+        f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores; {meta['images']} images decoded from files, {meta['captions']} captions; median of {meta['repeats']} passes",
+        "",
+        "| precision | kind | method | "
+        + " | ".join(f"CBS {c} ms/doc" for c in sorted({r["cbs"] for r in rows}))
+        + " |",
+        "|---|---|---|" + "---|" * len({r["cbs"] for r in rows}),
+    ]
     keys = list(dict.fromkeys((r["precision"], r["kind"], r["method"]) for r in rows))
     for precision, kind, method in keys:
-        cells = {r["cbs"]: r["ms_per_doc"] for r in rows if (r["precision"], r["kind"], r["method"]) == (precision, kind, method)}
-        lines.append(f"| {precision} | {kind} | {method} | " + " | ".join(f"{cells[c]:.1f}" if c in cells else "–" for c in sorted({r['cbs'] for r in rows})) + " |")
+        cells = {
+            r["cbs"]: r["ms_per_doc"]
+            for r in rows
+            if (r["precision"], r["kind"], r["method"]) == (precision, kind, method)
+        }
+        lines.append(
+            f"| {precision} | {kind} | {method} | "
+            + " | ".join(f"{cells[c]:.1f}" if c in cells else "–" for c in sorted({r["cbs"] for r in rows}))
+            + " |"
+        )
     return "\n".join(lines)
 
 

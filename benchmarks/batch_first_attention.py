@@ -7,6 +7,7 @@ nn.MultiheadAttention as torch traces it; True, the default, traces it batch-fir
 both to INT8 with `clip-export int8` (verify gate included), and times each pair at batch 1 on the CPU, alternating the two sessions call by call so
 that drift hits both alike. Writes benchmarks/results/batch_first_attention.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,12 +34,18 @@ def main() -> None:
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--keep", action="store_true", help="keep the exports under benchmarks/.work/attention")
     args = parser.parse_args()
-    lines = [f"{now_iso()}, {machine_info(2)['cpu']}, 2 threads, spinning off, {args.runs} alternating runs each, batch 1, random weights", "",
-             "| model | tower | precision | nodes, torch's trace → batch-first | torch's trace p50 ms | batch-first p50 ms | batch-first / torch's trace | max abs Δ |",
-             "|---|---|---|---|---|---|---|---|"]
+    lines = [
+        f"{now_iso()}, {machine_info(2)['cpu']}, 2 threads, spinning off, {args.runs} alternating runs each, batch 1, random weights",
+        "",
+        "| model | tower | precision | nodes, torch's trace → batch-first | torch's trace p50 ms | batch-first p50 ms | batch-first / torch's trace | max abs Δ |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
     rng = np.random.default_rng(0)
     for model in args.models.split(","):
-        dirs = [prepare(model, WORK / variant, batch_first_attention=variant == "batch-first") for variant in ("torch-mha", "batch-first")]
+        dirs = [
+            prepare(model, WORK / variant, batch_first_attention=variant == "batch-first")
+            for variant in ("torch-mha", "batch-first")
+        ]
         for tower, name in (("visual", "pixel_values"), ("text", "input_ids")):
             if tower == "visual":
                 feed = rng.standard_normal((1, 3, 224, 224)).astype(np.float32)
@@ -49,11 +56,18 @@ def main() -> None:
                 paths = [d / f"{tower}{suffix}.onnx" for d in dirs]
                 nodes = [len(onnx.load(str(p), load_external_data=False).graph.node) for p in paths]
                 # Two sessions alive at once: spinning workers would slow each other.
-                sessions = [create_session(p, SessionOptions(intra_op_threads=2, allow_spinning=False, precision=precision)) for p in paths]
+                sessions = [
+                    create_session(p, SessionOptions(intra_op_threads=2, allow_spinning=False, precision=precision))
+                    for p in paths
+                ]
                 outputs = [s.run(None, {name: feed})[0] for s in sessions]
-                before, after = time_interleaved([lambda s=s: s.run(None, {name: feed}) for s in sessions], rounds=args.runs, warmup=3)
+                before, after = time_interleaved(
+                    [lambda s=s: s.run(None, {name: feed}) for s in sessions], rounds=args.runs, warmup=3
+                )
                 delta = np.abs(outputs[0] - outputs[1]).max()
-                lines.append(f"| {model} | {tower} | {precision} | {nodes[0]} → {nodes[1]} | {before:.2f} | {after:.2f} | {after / before:.3f} | {delta:.1e} |")
+                lines.append(
+                    f"| {model} | {tower} | {precision} | {nodes[0]} → {nodes[1]} | {before:.2f} | {after:.2f} | {after / before:.3f} | {delta:.1e} |"
+                )
                 print(lines[-1], file=sys.stderr)
                 del sessions
     RESULTS.mkdir(exist_ok=True)

@@ -7,6 +7,7 @@ Prepares benchmarks/.work/<slug> (export, INT8, fp16, each only if missing), the
 `clip-export bench DIR` exactly as a user would, with its defaults, and prints one Markdown row:
 wall time, rows measured and skipped, whether bf16 autocast ran natively, and the CPU.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -33,7 +34,11 @@ def main() -> None:
     if find_artifact(read_manifest(model_dir), precision="fp16") is None:
         convert_fp16(model_dir)
     started = time.perf_counter()
-    done = subprocess.run([sys.executable, "-m", "clip_export.cli", "bench", str(model_dir), "--json", "-q"], capture_output=True, text=True)
+    done = subprocess.run(
+        [sys.executable, "-m", "clip_export.cli", "bench", str(model_dir), "--json", "-q"],
+        capture_output=True,
+        text=True,
+    )
     seconds = time.perf_counter() - started
     if done.returncode != 0:
         sys.exit(f"bench failed after {seconds:.0f} s: {done.stderr.strip()}")
@@ -44,10 +49,14 @@ def main() -> None:
     budget = [r for r in skipped if "total time budget" in r["status"]]
     bf16 = "skipped (no native bf16)" if any("no native bf16" in r["status"] for r in skipped) else "ran"
     env = current_environment("CPUExecutionProvider")
-    print("| date | CPU | model | wall time (s) | rows measured | skipped: no native bf16 | skipped: time budget | preprocessing study |")
+    print(
+        "| date | CPU | model | wall time (s) | rows measured | skipped: no native bf16 | skipped: time budget | preprocessing study |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     study = "done" if result["breakdown"] and result["preprocessing"] else "skipped (budget)"
-    print(f"| {now_iso()} | {env.cpu} ({env.cpu_target}, {env.tier}) | {args.model} | {seconds:.0f} | {measured} of {len(rows)} | {len(skipped) - len(budget)} ({bf16}) | {len(budget)} | {study} |")
+    print(
+        f"| {now_iso()} | {env.cpu} ({env.cpu_target}, {env.tier}) | {args.model} | {seconds:.0f} | {measured} of {len(rows)} | {len(skipped) - len(budget)} ({bf16}) | {len(budget)} | {study} |"
+    )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Applies `graph_surgery.fuse_attention` (com.microsoft.MultiHeadAttention) to the
 tower under benchmarks/.work (run cpu_report.py first), and times it against the plain export at
 batch 1, alternating the two sessions call by call so that drift hits both alike.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -43,8 +44,12 @@ def main() -> None:
             sessions = [create_session(plain_path, options), create_session(fused_path, options)]
             pixels = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
             outputs = [s.run(None, {"pixel_values": pixels})[0] for s in sessions]
-            plain, fused = time_interleaved([lambda s=s: s.run(None, {"pixel_values": pixels}) for s in sessions], rounds=args.runs)
-            print(f"| {name} | {plain:.1f} | {fused:.1f} | {fused / plain:.3f} | {fused_count} | {np.abs(outputs[0] - outputs[1]).max():.1e} |")
+            plain, fused = time_interleaved(
+                [lambda s=s: s.run(None, {"pixel_values": pixels}) for s in sessions], rounds=args.runs
+            )
+            print(
+                f"| {name} | {plain:.1f} | {fused:.1f} | {fused / plain:.3f} | {fused_count} | {np.abs(outputs[0] - outputs[1]).max():.1e} |"
+            )
 
 
 if __name__ == "__main__":

@@ -5,6 +5,7 @@
 Uses the artifacts under benchmarks/.work (run benchmarks/cpu_report.py first) and prints the
 share of node time per op type, for the fp32 and the INT8 visual tower.
 """
+
 from __future__ import annotations
 
 import argparse

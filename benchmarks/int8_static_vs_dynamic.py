@@ -5,6 +5,7 @@
 Needs benchmarks/.work/ViT-B-32 from benchmarks/cpu_report.py. Calibrates on the bundled set's
 pixel values and compares with the dynamic INT8 artifact and the fp32 export in one process.
 """
+
 from __future__ import annotations
 
 import logging
@@ -52,10 +53,24 @@ def main() -> None:
         pixels, reference = data["pixel_values"], data["image_embeds"]
     prepared = MODEL_DIR / ".visual.pre.onnx"
     quant_pre_process(str(MODEL_DIR / "visual.onnx"), str(prepared))
-    candidates = {"fp32 ONNX": MODEL_DIR / "visual.onnx", "dynamic INT8 (clip-export int8)": MODEL_DIR / "visual.int8.onnx"}
+    candidates = {
+        "fp32 ONNX": MODEL_DIR / "visual.onnx",
+        "dynamic INT8 (clip-export int8)": MODEL_DIR / "visual.int8.onnx",
+    }
     for fmt in (QuantFormat.QOperator, QuantFormat.QDQ):
         target = MODEL_DIR / f".visual.static-{fmt.name}.onnx"
-        quantize_static(str(prepared), str(target), BundledPixels(pixels), quant_format=fmt, per_channel=True, weight_type=QuantType.QInt8, activation_type=QuantType.QUInt8, op_types_to_quantize=["MatMul", "Gemm"], calibrate_method=CalibrationMethod.MinMax, extra_options={"MatMulConstBOnly": True})
+        quantize_static(
+            str(prepared),
+            str(target),
+            BundledPixels(pixels),
+            quant_format=fmt,
+            per_channel=True,
+            weight_type=QuantType.QInt8,
+            activation_type=QuantType.QUInt8,
+            op_types_to_quantize=["MatMul", "Gemm"],
+            calibrate_method=CalibrationMethod.MinMax,
+            extra_options={"MatMulConstBOnly": True},
+        )
         candidates[f"static INT8, {fmt.name}"] = target
     print("| artifact | p50 ms | normalised mean abs diff | min cosine |\n|---|---|---|---|")
     for name, path in candidates.items():

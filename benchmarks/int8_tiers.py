@@ -12,6 +12,7 @@ Quantizes the fp32 export (benchmarks/.work/<slug>, exported if missing) once pe
 Prints Markdown with the CPU named. Speed under emulation means nothing, so AVX2 speed is only
 measured when this script runs on an AVX2 machine.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -40,7 +41,11 @@ def fidelity(path: Path, tower: str, reference: Path, items: int) -> dict[str, f
     got = np.concatenate([session.run(None, {spec.input_name: inputs[i : i + 1]})[0] for i in range(len(inputs))])
     got_n = got / np.linalg.norm(got, axis=1, keepdims=True)
     ref_n = expected / np.linalg.norm(expected, axis=1, keepdims=True)
-    return {"mean_abs_normalized": float(np.abs(got_n - ref_n).mean()), "min_cosine": float((got_n * ref_n).sum(1).min()), "items": len(inputs)}
+    return {
+        "mean_abs_normalized": float(np.abs(got_n - ref_n).mean()),
+        "min_cosine": float((got_n * ref_n).sum(1).min()),
+        "items": len(inputs),
+    }
 
 
 def emulated(path: Path, tower: str, reference: Path, items: int) -> dict[str, float] | str:
@@ -48,7 +53,18 @@ def emulated(path: Path, tower: str, reference: Path, items: int) -> dict[str, f
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         return "qemu-x86_64 not installed (apt-get install qemu-user)"
-    command = [qemu, "-cpu", "Haswell", sys.executable, __file__, "--fidelity-only", str(path), tower, str(reference), str(items)]
+    command = [
+        qemu,
+        "-cpu",
+        "Haswell",
+        sys.executable,
+        __file__,
+        "--fidelity-only",
+        str(path),
+        tower,
+        str(reference),
+        str(items),
+    ]
     done = subprocess.run(command, capture_output=True, text=True, timeout=3600)
     if done.returncode != 0:
         return f"failed under qemu: {(done.stderr.strip().splitlines() or ['?'])[-1]}"
@@ -61,7 +77,9 @@ def main() -> None:
     parser.add_argument("--no-emulate", action="store_true")
     parser.add_argument("--emulated-items", type=int, default=8)
     parser.add_argument("--rounds", type=int, default=30)
-    parser.add_argument("--fidelity-only", nargs=4, metavar=("PATH", "TOWER", "REFERENCE", "ITEMS"), help=argparse.SUPPRESS)
+    parser.add_argument(
+        "--fidelity-only", nargs=4, metavar=("PATH", "TOWER", "REFERENCE", "ITEMS"), help=argparse.SUPPRESS
+    )
     args = parser.parse_args()
     if args.fidelity_only:
         path, tower, reference, items = args.fidelity_only
@@ -72,6 +90,7 @@ def main() -> None:
 
     from cpu_report import exported
 
+    from clip_export.checks import check_artifact
     from clip_export.convert import quantize_int8
     from clip_export.environment import current_environment
     from clip_export.manifest import find_artifact, now_iso, read_manifest
@@ -79,7 +98,6 @@ def main() -> None:
     from clip_export.sessions import SessionOptions, create_session
     from clip_export.spec import INT8_CANDIDATE_SCHEMES, INT8_SCHEME, THRESHOLDS, TOWERS
     from clip_export.timing import time_interleaved
-    from clip_export.checks import check_artifact
 
     logging.getLogger().setLevel(logging.ERROR)
     source = exported(args.model)
@@ -93,7 +111,9 @@ def main() -> None:
         work = source.parent / f"{source.name}-int8-{scheme.weight_type}-{'rr' if scheme.reduce_range else 'full'}"
         if not (work / "manifest.json").exists():
             shutil.rmtree(work, ignore_errors=True)
-            shutil.copytree(source, work, ignore=shutil.ignore_patterns("*.int8.onnx", "*.fp16.onnx", "BENCH.md", "*.png"))
+            shutil.copytree(
+                source, work, ignore=shutil.ignore_patterns("*.int8.onnx", "*.fp16.onnx", "BENCH.md", "*.png")
+            )
             manifest_path = work / "manifest.json"
             manifest = json.loads(manifest_path.read_text())
             manifest["artifacts"] = [a for a in manifest["artifacts"] if a["precision"] == "fp32"]
@@ -109,7 +129,11 @@ def main() -> None:
             entry = find_artifact(manifest, tower=tower, precision="int8")
             fp32 = find_artifact(manifest, tower=tower, precision="fp32")
             check = check_artifact(work, entry, "cpu", ref, THRESHOLDS["int8"])
-            emu = "not run" if args.no_emulate else emulated(work / entry["path"], tower, work / "reference.npz", args.emulated_items)
+            emu = (
+                "not run"
+                if args.no_emulate
+                else emulated(work / entry["path"], tower, work / "reference.npz", args.emulated_items)
+            )
             name = TOWERS[tower].input_name
             one = ref[name][:1]
             int8_session = create_session(work / entry["path"], SessionOptions(intra_op_threads=2))
@@ -124,11 +148,19 @@ def main() -> None:
                 with torch.no_grad():
                     encode(x)
 
-            p50 = time_interleaved([lambda: int8_session.run(None, {name: one}), lambda: fp32_session.run(None, {name: one}), eager], rounds=args.rounds, warmup=3)
+            p50 = time_interleaved(
+                [lambda: int8_session.run(None, {name: one}), lambda: fp32_session.run(None, {name: one}), eager],
+                rounds=args.rounds,
+                warmup=3,
+            )
             int8_session = fp32_session = None  # one model in memory at a time
             rows.append((scheme, tower, check, emu, p50))
-    print(f"\n{now_iso()}, {env.cpu} ({env.cpu_target}, {env.tier}); flags that select kernels: {', '.join(env.isa_flags) or 'none'}; onnxruntime {env.onnxruntime}; 2 threads.\n")
-    print("| scheme | tower | native: gate | native mean abs Δ (norm.) | native min cosine | Haswell (qemu, AVX2) mean abs Δ | Haswell min cosine | Haswell vs int8 limits | INT8 p50 ms | fp32 ONNX p50 ms | torch eager p50 ms | INT8 × torch | INT8 × fp32 ONNX |")
+    print(
+        f"\n{now_iso()}, {env.cpu} ({env.cpu_target}, {env.tier}); flags that select kernels: {', '.join(env.isa_flags) or 'none'}; onnxruntime {env.onnxruntime}; 2 threads.\n"
+    )
+    print(
+        "| scheme | tower | native: gate | native mean abs Δ (norm.) | native min cosine | Haswell (qemu, AVX2) mean abs Δ | Haswell min cosine | Haswell vs int8 limits | INT8 p50 ms | fp32 ONNX p50 ms | torch eager p50 ms | INT8 × torch | INT8 × fp32 ONNX |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     limits = THRESHOLDS["int8"]
     for scheme, tower, check, emu, (p_int8, p_fp32, p_torch) in rows:
@@ -138,7 +170,9 @@ def main() -> None:
         else:
             emu_cells = f"- | - | {emu}"
         marker = " (default)" if scheme == INT8_SCHEME else ""
-        print(f"| {scheme.label}{marker} | {tower} | {check.status} | {check.metric('mean_abs_normalized'):.1e} | {check.metric('min_cosine'):.4f} | {emu_cells} | {p_int8:.1f} | {p_fp32:.1f} | {p_torch:.1f} | {p_torch / p_int8:.2f} | {p_fp32 / p_int8:.2f} |")
+        print(
+            f"| {scheme.label}{marker} | {tower} | {check.status} | {check.metric('mean_abs_normalized'):.1e} | {check.metric('min_cosine'):.4f} | {emu_cells} | {p_int8:.1f} | {p_fp32:.1f} | {p_torch:.1f} | {p_torch / p_int8:.2f} | {p_fp32 / p_int8:.2f} |"
+        )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@
 Random weights, offline; one onnxruntime session at a time (2-core machines lose p50 to spinning
 threads of idle sessions). Prints Markdown for docs/models.md.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -41,7 +42,10 @@ def main(model: str = "MobileCLIP2-S0", runs: int = 60) -> None:
         b = unfolded.model.encode_image(torch.from_numpy(pixels), normalize=True)
     rows = []
     with tempfile.TemporaryDirectory() as scratch:
-        for label, loaded in (("as trained", unfolded), (f"reparameterized ({folded.reparameterized_modules} modules)", folded)):
+        for label, loaded in (
+            ("as trained", unfolded),
+            (f"reparameterized ({folded.reparameterized_modules} modules)", folded),
+        ):
             path = Path(scratch) / f"{len(rows)}.onnx"
             export_tower(loaded, "visual", path)
             nodes = len(onnx.load(str(path), load_external_data=False).graph.node)
@@ -55,8 +59,19 @@ def main(model: str = "MobileCLIP2-S0", runs: int = 60) -> None:
                 session.run(None, {"pixel_values": pixels})
                 times.append((time.perf_counter() - started) * 1e3)
             del session
-            rows.append((label, nodes, path.stat().st_size / 1e6, float(np.percentile(times, 50)), float(np.percentile(times, 90)), parity))
-    print(f"{model} image tower, {h}x{w}, batch 1, onnxruntime CPU fp32, {runs} runs after 5 warm-up; torch folded vs unfolded mean |Δ| {float((a - b).abs().mean()):.1e}\n")
+            rows.append(
+                (
+                    label,
+                    nodes,
+                    path.stat().st_size / 1e6,
+                    float(np.percentile(times, 50)),
+                    float(np.percentile(times, 90)),
+                    parity,
+                )
+            )
+    print(
+        f"{model} image tower, {h}x{w}, batch 1, onnxruntime CPU fp32, {runs} runs after 5 warm-up; torch folded vs unfolded mean |Δ| {float((a - b).abs().mean()):.1e}\n"
+    )
     print("| graph | ONNX nodes | MB | p50 ms | p90 ms | export parity mean \\|Δ\\| |")
     print("|---|---|---|---|---|---|")
     for label, nodes, mb, p50, p90, parity in rows:

@@ -9,6 +9,7 @@ tokenizer or text config lives on the Hugging Face hub get local stand-ins built
 tokenizer trained on the bundled captions, a transformers config of the real shape), which test the
 export path, not the real tokenizer's vocabulary. Prints Markdown for docs/models.md.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,10 +19,11 @@ import sys
 import tempfile
 import time
 import traceback
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -74,36 +76,120 @@ def stand_ins(need: str, scratch: Path) -> dict[str, Path]:
     from tests.helpers import train_byte_level_bpe_tokenizer, train_nllb_tokenizer, train_unigram_tokenizer
 
     if need == "siglip-tokenizer":
-        return {"tokenizer": train_unigram_tokenizer(scratch / "tok", ["<pad>", "</s>", "<unk>"], "$A </s>", {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})}
-    if need == "siglip2-tokenizer":  # Gemma's layout: <pad> 0, <eos> 1, <bos> 2, <unk> 3; no BOS, EOS appended (open_clip's SigLipTokenizer 'gemma')
+        return {
+            "tokenizer": train_unigram_tokenizer(
+                scratch / "tok",
+                ["<pad>", "</s>", "<unk>"],
+                "$A </s>",
+                {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
+            )
+        }
+    if (
+        need == "siglip2-tokenizer"
+    ):  # Gemma's layout: <pad> 0, <eos> 1, <bos> 2, <unk> 3; no BOS, EOS appended (open_clip's SigLipTokenizer 'gemma')
         specials = {"pad_token": "<pad>", "eos_token": "<eos>", "bos_token": "<bos>", "unk_token": "<unk>"}
-        return {"tokenizer": train_unigram_tokenizer(scratch / "tok", ["<pad>", "<eos>", "<bos>", "<unk>"], "$A <eos>", specials)}
-    if need == "roberta-base":  # roberta-base's shape (50265 tokens, 514 positions, 1 token type), ids <s> 0, <pad> 1, </s> 2
+        return {
+            "tokenizer": train_unigram_tokenizer(
+                scratch / "tok", ["<pad>", "<eos>", "<bos>", "<unk>"], "$A <eos>", specials
+            )
+        }
+    if (
+        need == "roberta-base"
+    ):  # roberta-base's shape (50265 tokens, 514 positions, 1 token type), ids <s> 0, <pad> 1, </s> 2
         from transformers import RobertaConfig
 
-        specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>", "mask_token": "<mask>"}
-        tokenizer = train_byte_level_bpe_tokenizer(scratch / "tok", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], specials)
-        RobertaConfig(vocab_size=50265, max_position_embeddings=514, type_vocab_size=1, layer_norm_eps=1e-5, pad_token_id=1, bos_token_id=0, eos_token_id=2).save_pretrained(scratch / "cfg")
+        specials = {
+            "bos_token": "<s>",
+            "pad_token": "<pad>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "cls_token": "<s>",
+            "sep_token": "</s>",
+            "mask_token": "<mask>",
+        }
+        tokenizer = train_byte_level_bpe_tokenizer(
+            scratch / "tok", ["<s>", "<pad>", "</s>", "<unk>", "<mask>"], specials
+        )
+        RobertaConfig(
+            vocab_size=50265,
+            max_position_embeddings=514,
+            type_vocab_size=1,
+            layer_norm_eps=1e-5,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+        ).save_pretrained(scratch / "cfg")
         return {"tokenizer": tokenizer, "text_config": scratch / "cfg"}
-    if need == "nllb-200-distilled-600M":  # its m2m_100 shape; NLLB's layout <s> 0, <pad> 1, </s> 2, <unk> 3, language codes after
+    if (
+        need == "nllb-200-distilled-600M"
+    ):  # its m2m_100 shape; NLLB's layout <s> 0, <pad> 1, </s> 2, <unk> 3, language codes after
         from transformers import M2M100Config
 
-        shape = dict(d_model=1024, encoder_layers=12, decoder_layers=12, encoder_attention_heads=16, decoder_attention_heads=16, encoder_ffn_dim=4096, decoder_ffn_dim=4096)
-        M2M100Config(vocab_size=256206, max_position_embeddings=1024, scale_embedding=True, pad_token_id=1, bos_token_id=0, eos_token_id=2, decoder_start_token_id=2, **shape).save_pretrained(scratch / "cfg")
+        shape = dict(
+            d_model=1024,
+            encoder_layers=12,
+            decoder_layers=12,
+            encoder_attention_heads=16,
+            decoder_attention_heads=16,
+            encoder_ffn_dim=4096,
+            decoder_ffn_dim=4096,
+        )
+        M2M100Config(
+            vocab_size=256206,
+            max_position_embeddings=1024,
+            scale_embedding=True,
+            pad_token_id=1,
+            bos_token_id=0,
+            eos_token_id=2,
+            decoder_start_token_id=2,
+            **shape,
+        ).save_pretrained(scratch / "cfg")
         return {"tokenizer": train_nllb_tokenizer(scratch / "tok"), "text_config": scratch / "cfg"}
     if need == "mt5-base":  # its mt5 shape; mT5's layout <pad> 0, </s> 1, <unk> 2, no BOS, </s> appended
         from transformers import MT5Config
 
-        MT5Config(vocab_size=250112, d_model=768, d_kv=64, d_ff=2048, num_layers=12, num_decoder_layers=12, num_heads=12, feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0).save_pretrained(scratch / "cfg")
+        MT5Config(
+            vocab_size=250112,
+            d_model=768,
+            d_kv=64,
+            d_ff=2048,
+            num_layers=12,
+            num_decoder_layers=12,
+            num_heads=12,
+            feed_forward_proj="gated-gelu",
+            tie_word_embeddings=False,
+            pad_token_id=0,
+            eos_token_id=1,
+            decoder_start_token_id=0,
+        ).save_pretrained(scratch / "cfg")
         specials = {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}
-        return {"tokenizer": train_unigram_tokenizer(scratch / "tok", ["<pad>", "</s>", "<unk>"], "$A </s>", specials), "text_config": scratch / "cfg"}
+        return {
+            "tokenizer": train_unigram_tokenizer(scratch / "tok", ["<pad>", "</s>", "<unk>"], "$A </s>", specials),
+            "text_config": scratch / "cfg",
+        }
     if need.startswith("xlmr"):
         from transformers import XLMRobertaConfig
 
-        specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"}
+        specials = {
+            "bos_token": "<s>",
+            "pad_token": "<pad>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "cls_token": "<s>",
+            "sep_token": "</s>",
+        }
         tokenizer = train_unigram_tokenizer(scratch / "tok", ["<s>", "<pad>", "</s>", "<unk>"], "<s> $A </s>", specials)
-        tiny = dict(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=80)
-        XLMRobertaConfig(**(tiny if need == "xlmr-tiny" else {}), pad_token_id=1, bos_token_id=0, eos_token_id=2).save_pretrained(scratch / "cfg")
+        tiny = dict(
+            vocab_size=128,
+            hidden_size=32,
+            num_hidden_layers=2,
+            num_attention_heads=2,
+            intermediate_size=64,
+            max_position_embeddings=80,
+        )
+        XLMRobertaConfig(
+            **(tiny if need == "xlmr-tiny" else {}), pad_token_id=1, bos_token_id=0, eos_token_id=2
+        ).save_pretrained(scratch / "cfg")
         return {"tokenizer": tokenizer, "text_config": scratch / "cfg"}
     return {}
 
@@ -125,7 +211,10 @@ def runtime_delta(model_dir: Path) -> str:
     evalset = load_evalset()
     same_ids = np.array_equal(runtime.tokenize(list(evalset.captions)), reference["input_ids"])
     deltas = []
-    for got, expected in ((runtime.embed_images(evalset.open_images()), reference["image_embeds"]), (runtime.embed_texts(list(evalset.captions)), reference["text_embeds"])):
+    for got, expected in (
+        (runtime.embed_images(evalset.open_images()), reference["image_embeds"]),
+        (runtime.embed_texts(list(evalset.captions)), reference["text_embeds"]),
+    ):
         deltas.append(float(np.abs(got - expected / np.linalg.norm(expected, axis=-1, keepdims=True)).mean()))
     return f"{'ids equal' if same_ids else 'IDS DIFFER'}, {max(deltas):.1e}"
 
@@ -157,13 +246,32 @@ def run_one(family: str, model: str, need: str, scratch: Path) -> Row:
     def verified() -> str:
         report = verify(state["dir"])
         by_precision = {c.precision: c for c in report.checks if c.format == "onnx"}
-        worst = {p: max((c for c in report.checks if c.precision == p and c.format == "onnx"), key=lambda c: c.metric("mean_abs_normalized") or 0) for p in by_precision}
+        worst = {
+            p: max(
+                (c for c in report.checks if c.precision == p and c.format == "onnx"),
+                key=lambda c: c.metric("mean_abs_normalized") or 0,
+            )
+            for p in by_precision
+        }
         for precision in ("fp16", "int8"):  # a conversion that failed its own gate keeps its FAIL
             if not getattr(row, precision).startswith("FAIL"):
                 setattr(row, precision, _cell(worst[precision]) if precision in worst else "not run")
-        return "pass" if report.passed else "FAIL: " + "; ".join(f"{c.tower} {c.precision}: {', '.join(c.failures)}" for c in report.checks if c.status != "pass")
+        return (
+            "pass"
+            if report.passed
+            else "FAIL: "
+            + "; ".join(
+                f"{c.tower} {c.precision}: {', '.join(c.failures)}" for c in report.checks if c.status != "pass"
+            )
+        )
 
-    steps = [("export", export), ("fp16", fp16), ("int8", int8), ("verify", verified), ("runtime", lambda: runtime_delta(state["dir"]))]
+    steps = [
+        ("export", export),
+        ("fp16", fp16),
+        ("int8", int8),
+        ("verify", verified),
+        ("runtime", lambda: runtime_delta(state["dir"])),
+    ]
     for name, step in steps:
         try:
             value = step()
@@ -180,7 +288,10 @@ def run_one(family: str, model: str, need: str, scratch: Path) -> Row:
 
 def cpu() -> str:
     info = Path("/proc/cpuinfo").read_text() if Path("/proc/cpuinfo").exists() else ""
-    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), platform.processor())
+    name = next(
+        (line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")),
+        platform.processor(),
+    )
     flags = next((set(line.split(":", 1)[1].split()) for line in info.splitlines() if line.startswith("flags")), set())
     return f"{name}; avx512f: {'yes' if 'avx512f' in flags else 'no'}, avx512_vnni: {'yes' if 'avx512_vnni' in flags else 'no'}"
 
@@ -204,11 +315,17 @@ def main() -> None:
             traceback.print_exc()
         finally:
             shutil.rmtree(scratch, ignore_errors=True)
-    print(f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {cpu()}, {len(__import__('os').sched_getaffinity(0))} cores; random weights, offline.\n")
-    print("| family | model | export parity (mean \\|Δ\\|) | fp16 verify (mean \\|Δ\\|) | INT8 verify (mean \\|Δ\\|) | verify | runtime from raw inputs (max tower mean \\|Δ\\|) | time |")
+    print(
+        f"Measured {datetime.now(timezone.utc):%Y-%m-%d} on {cpu()}, {len(__import__('os').sched_getaffinity(0))} cores; random weights, offline.\n"
+    )
+    print(
+        "| family | model | export parity (mean \\|Δ\\|) | fp16 verify (mean \\|Δ\\|) | INT8 verify (mean \\|Δ\\|) | verify | runtime from raw inputs (max tower mean \\|Δ\\|) | time |"
+    )
     print("|---|---|---|---|---|---|---|---|")
     for r in rows:
-        print(f"| {r.family} | {r.model} | {r.export} | {r.fp16} | {r.int8} | {r.verify} | {r.runtime} | {r.seconds:.0f} s |")
+        print(
+            f"| {r.family} | {r.model} | {r.export} | {r.fp16} | {r.int8} | {r.verify} | {r.runtime} | {r.seconds:.0f} s |"
+        )
 
 
 if __name__ == "__main__":

@@ -6,6 +6,7 @@ Resizes the report's 640×427 JPEG to the reference's 335×224 with PIL's bicubi
 ONNX Resize (cubic, a = -0.5, antialias, uint8 NHWC) in onnxruntime on 2 threads, and compares the
 pixels and the median time of each, the calls alternated.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,8 +22,25 @@ from clip_export.timing import time_interleaved
 
 
 def resize_model() -> bytes:
-    node = helper.make_node("Resize", ["x", "", "", "sizes"], ["y"], mode="cubic", antialias=1, cubic_coeff_a=-0.5, exclude_outside=1, coordinate_transformation_mode="half_pixel")
-    graph = helper.make_graph([node], "resize", [helper.make_tensor_value_info("x", TensorProto.UINT8, [None, None, None, None]), helper.make_tensor_value_info("sizes", TensorProto.INT64, [4])], [helper.make_tensor_value_info("y", TensorProto.UINT8, None)])
+    node = helper.make_node(
+        "Resize",
+        ["x", "", "", "sizes"],
+        ["y"],
+        mode="cubic",
+        antialias=1,
+        cubic_coeff_a=-0.5,
+        exclude_outside=1,
+        coordinate_transformation_mode="half_pixel",
+    )
+    graph = helper.make_graph(
+        [node],
+        "resize",
+        [
+            helper.make_tensor_value_info("x", TensorProto.UINT8, [None, None, None, None]),
+            helper.make_tensor_value_info("sizes", TensorProto.INT64, [4]),
+        ],
+        [helper.make_tensor_value_info("y", TensorProto.UINT8, None)],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 19)]).SerializeToString()
 
 
@@ -40,9 +58,17 @@ def main() -> None:
     reference = np.asarray(image.resize((width, height), Image.BICUBIC)).astype(np.int16)
     ours = session.run(None, {"x": pixels, "sizes": sizes})[0][0].astype(np.int16)
     delta = np.abs(ours - reference)
-    pil_ms, ort_ms = time_interleaved([lambda: image.resize((width, height), Image.BICUBIC), lambda: session.run(None, {"x": pixels, "sizes": sizes})], rounds=args.runs)
-    print(f"{image.size[0]}x{image.size[1]} -> {width}x{height}: PIL {pil_ms:.2f} ms, onnxruntime Resize {ort_ms:.2f} ms; "
-          f"max pixel difference {delta.max()} uint8 steps on {(delta > 0).mean() * 100:.3f}% of values")
+    pil_ms, ort_ms = time_interleaved(
+        [
+            lambda: image.resize((width, height), Image.BICUBIC),
+            lambda: session.run(None, {"x": pixels, "sizes": sizes}),
+        ],
+        rounds=args.runs,
+    )
+    print(
+        f"{image.size[0]}x{image.size[1]} -> {width}x{height}: PIL {pil_ms:.2f} ms, onnxruntime Resize {ort_ms:.2f} ms; "
+        f"max pixel difference {delta.max()} uint8 steps on {(delta > 0).mean() * 100:.3f}% of values"
+    )
 
 
 if __name__ == "__main__":

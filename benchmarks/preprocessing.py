@@ -9,6 +9,7 @@ open_clip's own transform on the bundled images. Then the runtime's default prep
 PIL's on decoded photos of common sizes (seeded random pixels, checked equal bit for bit). Prints
 the Markdown that docs/benchmarks.md quotes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -19,8 +20,8 @@ from PIL import Image
 
 from clip_export.bench import bench
 from clip_export.bench_report import render_markdown
-from clip_export.manifest import read_manifest
 from clip_export.configs import PreprocessConfig
+from clip_export.manifest import read_manifest
 from clip_export.preprocess import preprocess_fast, preprocess_reference
 from clip_export.timing import time_interleaved
 
@@ -33,7 +34,16 @@ def main() -> None:
     parser.add_argument("--budget", type=float, default=2.0, help="seconds per timed row")
     args = parser.parse_args()
     model_dir = exported(args.model)
-    result = bench(model_dir, batch_sizes=(1,), towers=("visual",), precisions=("fp32",), threads=2, budget_s=args.budget, write=False, chart=False)
+    result = bench(
+        model_dir,
+        batch_sizes=(1,),
+        towers=("visual",),
+        precisions=("fp32",),
+        threads=2,
+        budget_s=args.budget,
+        write=False,
+        chart=False,
+    )
     print(render_markdown(result))
     config = PreprocessConfig.from_json(read_manifest(model_dir)["preprocess"])
     rng = np.random.default_rng(0)
@@ -44,8 +54,15 @@ def main() -> None:
         for mode in ("RGB", "RGBA"):
             image = Image.fromarray(rng.integers(0, 256, (size[1], size[0], 4), dtype=np.uint8), "RGBA").convert(mode)
             equal = np.array_equal(preprocess_fast(image, config), preprocess_reference(image, config))
-            exact_ms, fast_ms = time_interleaved([lambda: preprocess_reference(image, config), lambda: preprocess_fast(image, config)], rounds=10, warmup=2, budget_s=3.0)
-            print(f"| {size[0]}×{size[1]} | {mode} | {exact_ms:.2f} | {fast_ms:.2f} | {exact_ms / fast_ms:.1f}× | {'yes' if equal else 'NO'} |")
+            exact_ms, fast_ms = time_interleaved(
+                [lambda: preprocess_reference(image, config), lambda: preprocess_fast(image, config)],
+                rounds=10,
+                warmup=2,
+                budget_s=3.0,
+            )
+            print(
+                f"| {size[0]}×{size[1]} | {mode} | {exact_ms:.2f} | {fast_ms:.2f} | {exact_ms / fast_ms:.1f}× | {'yes' if equal else 'NO'} |"
+            )
 
 
 if __name__ == "__main__":

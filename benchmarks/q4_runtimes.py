@@ -8,6 +8,7 @@ npm packages in ./node_modules or $CLIP_EXPORT_NODE_MODULES) and prints, per run
 difference from Python onnxruntime's output and the smallest cosine to it and to the fp32 torch
 reference.
 """
+
 from __future__ import annotations
 
 import json
@@ -33,8 +34,12 @@ def main() -> None:
         (Path(tmp) / "ids.json").write_text(json.dumps({"input_ids": ids.tolist()}))
         for model in sys.argv[2:]:
             py = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
-            subprocess.run(["node", str(SCRIPT), model, str(Path(tmp) / "ids.json"), str(Path(tmp) / "out.json")], check=True)
-            print(f"{Path(model).name} ({len(ids)} captions): python onnxruntime {ort.__version__}: min cosine to torch fp32 {cosine(py, torch_embeds).min():.4f}")
+            subprocess.run(
+                ["node", str(SCRIPT), model, str(Path(tmp) / "ids.json"), str(Path(tmp) / "out.json")], check=True
+            )
+            print(
+                f"{Path(model).name} ({len(ids)} captions): python onnxruntime {ort.__version__}: min cosine to torch fp32 {cosine(py, torch_embeds).min():.4f}"
+            )
             for name, run in json.loads((Path(tmp) / "out.json").read_text()).items():
                 if "error" in run:
                     print(f"  {name} {run['version']}: FAILED: {run['error']}")

@@ -9,6 +9,7 @@ touched); the text tower once per token-embedding choice: 8-bit and 4-bit Gather
 float (MatMulNBits only, the scheme before 2026-11-30). Each tower's files run interleaved at batch 1
 on 2 threads, so their ratios share the machine's drift.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -35,19 +36,25 @@ def main() -> None:
     args = parser.parse_args()
     limits = THRESHOLDS["q4"]
     print(f"q4 limits today: {limits}")
-    print("| model | tower | artifact | MB | size ÷ fp32 | batch-1 p50 ms | fp32 ÷ this | mean abs (norm.) | max abs (norm.) | min cosine | min top-1 | min top-5 | opset | gate |")
+    print(
+        "| model | tower | artifact | MB | size ÷ fp32 | batch-1 p50 ms | fp32 ÷ this | mean abs (norm.) | max abs (norm.) | min cosine | min top-1 | min top-5 | opset | gate |"
+    )
     print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     for model_dir in args.dirs:
         manifest = read_manifest(model_dir)
         ref, _, _ = load_reference(model_dir, manifest, "stored", None)
         for source in select_artifacts(manifest, precision="fp32", format="onnx"):
             tower = source["tower"]
-            rows: list[tuple[str, dict, object, int | None]] = [("fp32", source, check_artifact(model_dir, source, "cpu", ref, THRESHOLDS["fp32"]), source.get("opset"))]
+            rows: list[tuple[str, dict, object, int | None]] = [
+                ("fp32", source, check_artifact(model_dir, source, "cpu", ref, THRESHOLDS["fp32"]), source.get("opset"))
+            ]
             scratch = []
             for block in (int(b) for b in args.block_sizes.split(",")):
-                for bits in (Q4_EMBEDDING_BITS if tower == "text" else (None,)):
+                for bits in Q4_EMBEDDING_BITS if tower == "text" else (None,):
                     scheme = dataclasses.replace(Q4_SCHEME, block_size=block, embedding_bits=bits)
-                    label = f"q4 b{block}" + (f", {bits}-bit embedding" if bits else (", float embedding" if tower == "text" else ""))
+                    label = f"q4 b{block}" + (
+                        f", {bits}-bit embedding" if bits else (", float embedding" if tower == "text" else "")
+                    )
                     target = model_dir / f".q4bench-{tower}-b{block}-{bits}.onnx"
                     scratch.append(target)
                     details = quantize_file(model_dir / source["path"], target, scheme)
@@ -56,8 +63,12 @@ def main() -> None:
             try:
                 name = TOWERS[tower].input_name
                 x = ref[name][:1]
-                sessions = [create_session(model_dir / e["path"], SessionOptions(intra_op_threads=2)) for _, e, _, _ in rows]
-                times = time_interleaved([lambda s=s: s.run(None, {name: x}) for s in sessions], rounds=args.rounds, warmup=3)
+                sessions = [
+                    create_session(model_dir / e["path"], SessionOptions(intra_op_threads=2)) for _, e, _, _ in rows
+                ]
+                times = time_interleaved(
+                    [lambda s=s: s.run(None, {name: x}) for s in sessions], rounds=args.rounds, warmup=3
+                )
                 del sessions
                 for (label, entry, check, opset), ms in zip(rows, times):
                     top1 = min(m.value for m in check.metrics if m.name.endswith("_top1"))

@@ -10,6 +10,7 @@ The serve-time check (ClipOnnx.from_release's `check`) runs in every row but the
 of the first image embedding (numba's import and compiled kernels, from its on-disk cache, or
 compiled afresh with an empty cache directory), the peak RSS, and whether torch was imported.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -62,7 +63,13 @@ def measure(directory: Path, runs: int, empty_numba_cache: bool = False, check: 
     for _ in range(runs):
         with tempfile.TemporaryDirectory() as cache:
             env = {**os.environ, "NUMBA_CACHE_DIR": cache} if empty_numba_cache else None
-            done = subprocess.run([sys.executable, "-c", CHILD, str(directory), str(report_images()[1]), check], capture_output=True, text=True, check=True, env=env)
+            done = subprocess.run(
+                [sys.executable, "-c", CHILD, str(directory), str(report_images()[1]), check],
+                capture_output=True,
+                text=True,
+                check=True,
+                env=env,
+            )
         samples.append(json.loads(done.stdout.strip().splitlines()[-1]))
     return {
         "seconds": statistics.median(s["seconds"] for s in samples),
@@ -103,26 +110,42 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", export], check=True)
     measure(model_dir, 1)  # fills numba's on-disk cache, as the first use after installing does
     rows = {
-        "bundled tokenizer.json (clip_export.tokenizer), serve-time check off": measure(model_dir, args.runs, check="off"),
+        "bundled tokenizer.json (clip_export.tokenizer), serve-time check off": measure(
+            model_dir, args.runs, check="off"
+        ),
         "bundled tokenizer.json (clip_export.tokenizer), serve-time check run": measure(model_dir, args.runs),
-        "bundled tokenizer.json, empty numba cache (first use after installing)": measure(model_dir, args.runs, empty_numba_cache=True),
+        "bundled tokenizer.json, empty numba cache (first use after installing)": measure(
+            model_dir, args.runs, empty_numba_cache=True
+        ),
     }
     with tempfile.TemporaryDirectory() as tmp:
         rows["open_clip tokenizer (older exports)"] = measure(without_vocabulary(model_dir, Path(tmp)), args.runs)
     caption = ["a photo of an astronaut riding a horse"]
     tokenize_us = {
-        "clip_export.tokenizer": per_call_us(TextTokenizer.from_file(model_dir / read_manifest(model_dir)["tokenizer"]["file"]["path"], read_manifest(model_dir)["tokenizer"]), caption),
+        "clip_export.tokenizer": per_call_us(
+            TextTokenizer.from_file(
+                model_dir / read_manifest(model_dir)["tokenizer"]["file"]["path"], read_manifest(model_dir)["tokenizer"]
+            ),
+            caption,
+        ),
         "open_clip": per_call_us(open_clip_tokenizer(), caption),
     }
     print(f"{now_iso()}, {args.model} fp32 CPU, median of {args.runs} fresh processes\n")
     env = current_environment("CPUExecutionProvider")
     print(f"CPU: {env.cpu} ({env.cpu_target}, {env.tier})\n")
-    print("| tokenizer | import → from_release returned s | of which the serve-time check s | import → first caption embedding s | then the first image (JPEG) s | peak RSS MB | torch imported |")
+    print(
+        "| tokenizer | import → from_release returned s | of which the serve-time check s | import → first caption embedding s | then the first image (JPEG) s | peak RSS MB | torch imported |"
+    )
     print("|---|---|---|---|---|---|---|")
     for label, row in rows.items():
         check = f"{row['check_s']:.3f}" if row["check"] == "pass" else row["check"]
-        print(f"| {label} | {row['open_s']:.2f} | {check} | {row['seconds']:.2f} | {row['first_image_s']:.2f} | {row['peak_rss_mb']:.0f} | {'yes' if row['torch_imported'] else 'no'} |")
-    print("\nTokenizing one caption, median of 1000 calls (warm cache): " + ", ".join(f"{k} {v:.1f} µs" for k, v in tokenize_us.items()))
+        print(
+            f"| {label} | {row['open_s']:.2f} | {check} | {row['seconds']:.2f} | {row['first_image_s']:.2f} | {row['peak_rss_mb']:.0f} | {'yes' if row['torch_imported'] else 'no'} |"
+        )
+    print(
+        "\nTokenizing one caption, median of 1000 calls (warm cache): "
+        + ", ".join(f"{k} {v:.1f} µs" for k, v in tokenize_us.items())
+    )
 
 
 if __name__ == "__main__":

@@ -7,6 +7,7 @@ one session at a time: the session run, then straight after it the runtime's def
 (preprocess_fast) of the report's RGBA PNG, alternated, for onnxruntime workers left spinning, parked after each run
 (session.force_spinning_stop), and spinning disabled.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -14,8 +15,8 @@ from pathlib import Path
 
 from PIL import Image
 
-from clip_export.manifest import read_manifest
 from clip_export.configs import PreprocessConfig
+from clip_export.manifest import read_manifest
 from clip_export.preprocess import preprocess_fast
 from clip_export.preprocessing_study import report_images
 from clip_export.sessions import SessionOptions, create_session
@@ -41,7 +42,11 @@ def main() -> None:
     print("|---|---|---|")
     for label, options in SETTINGS.items():
         session = create_session(MODEL_DIR / "visual.onnx", options)
-        run_ms, resize_ms = time_interleaved([lambda: session.run(None, {"pixel_values": pixels}), lambda: preprocess_fast(png, config)], rounds=args.runs, warmup=5)
+        run_ms, resize_ms = time_interleaved(
+            [lambda: session.run(None, {"pixel_values": pixels}), lambda: preprocess_fast(png, config)],
+            rounds=args.runs,
+            warmup=5,
+        )
         print(f"| {label} | {run_ms:.2f} | {resize_ms:.2f} |")
         session = None  # one session alive at a time
 

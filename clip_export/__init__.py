@@ -1,4 +1,5 @@
 """clip-export: CLIP towers to verified ONNX, fp16, INT8 and TensorRT artifacts."""
+
 from __future__ import annotations
 
 from importlib.metadata import PackageNotFoundError, version

@@ -1,10 +1,12 @@
 """One artifact as the manifest records it: built in one place by every stage that makes one, and
 read back with its keys checked. The JSON form (`to_json`) is the on-disk contract other tools read."""
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ManifestError
 
@@ -30,14 +32,26 @@ class ArtifactEntry:
     details: Mapping[str, Any] = field(default_factory=dict)
 
     def to_json(self) -> dict[str, Any]:
-        data: dict[str, Any] = {"path": self.path, "sha256": self.sha256, "bytes": self.bytes, "tower": self.tower, "precision": self.precision, "format": self.format}
+        data: dict[str, Any] = {
+            "path": self.path,
+            "sha256": self.sha256,
+            "bytes": self.bytes,
+            "tower": self.tower,
+            "precision": self.precision,
+            "format": self.format,
+        }
         if self.opset is not None:
             data["opset"] = self.opset
-        data.update(inputs=list(self.inputs), outputs=list(self.outputs), external_data=list(self.external_data), derived_from=self.derived_from)
+        data.update(
+            inputs=list(self.inputs),
+            outputs=list(self.outputs),
+            external_data=list(self.external_data),
+            derived_from=self.derived_from,
+        )
         return {**data, **self.details}
 
     @classmethod
-    def from_json(cls, data: Any, where: str) -> "ArtifactEntry":
+    def from_json(cls, data: Any, where: str) -> ArtifactEntry:
         """ManifestError naming the entry and every key it lacks."""
         absent = [k for k in ARTIFACT_KEYS if not isinstance(data, dict) or k not in data]
         if absent:
@@ -46,6 +60,8 @@ class ArtifactEntry:
         values = {k: (tuple(v or ()) if k in _SEQUENCES else v) for k, v in data.items() if k in own}
         return cls(**values, details={k: v for k, v in data.items() if k not in own})
 
-    def moved(self, record: Mapping[str, Any], external_data: tuple[dict[str, Any], ...]) -> "ArtifactEntry":
+    def moved(self, record: Mapping[str, Any], external_data: tuple[dict[str, Any], ...]) -> ArtifactEntry:
         """The same artifact after its files were renamed into place (a new path and file records)."""
-        return dataclasses.replace(self, path=record["path"], sha256=record["sha256"], bytes=record["bytes"], external_data=external_data)
+        return dataclasses.replace(
+            self, path=record["path"], sha256=record["sha256"], bytes=record["bytes"], external_data=external_data
+        )

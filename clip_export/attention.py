@@ -11,10 +11,12 @@ the unpatched model, so the rewrite is checked on every export.
 
 `graph_surgery.fuse_attention` recognises exactly the graph this module produces.
 """
+
 from __future__ import annotations
 
 import contextlib
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 
 def _patchable(module: Any) -> bool:
@@ -54,7 +56,16 @@ def _batch_first_forward(mha: Any, original: Any, used: set[int]) -> Any:
             or (mha.training and mha.dropout > 0)
             or query.dim() != 3
         ):  # anything but open_clip's eval-time self-attention keeps torch's own path
-            return original(query, key, value, key_padding_mask=key_padding_mask, need_weights=need_weights, attn_mask=attn_mask, average_attn_weights=average_attn_weights, is_causal=is_causal)
+            return original(
+                query,
+                key,
+                value,
+                key_padding_mask=key_padding_mask,
+                need_weights=need_weights,
+                attn_mask=attn_mask,
+                average_attn_weights=average_attn_weights,
+                is_causal=is_causal,
+            )
         used.add(id(mha))
         batch, length, width = query.shape
         packed = F.linear(query, mha.in_proj_weight, mha.in_proj_bias)
@@ -62,7 +73,9 @@ def _batch_first_forward(mha: Any, original: Any, used: set[int]) -> Any:
         scores = torch.matmul(q * scale, k.transpose(-2, -1))
         if attn_mask is not None:
             if attn_mask.dtype == torch.bool:  # True means "may not attend" in nn.MultiheadAttention
-                attn_mask = torch.zeros(attn_mask.shape, dtype=scores.dtype, device=scores.device).masked_fill(attn_mask, float("-inf"))
+                attn_mask = torch.zeros(attn_mask.shape, dtype=scores.dtype, device=scores.device).masked_fill(
+                    attn_mask, float("-inf")
+                )
             if attn_mask.dim() == 3:  # [batch * heads, L, S]
                 attn_mask = attn_mask.view(batch, mha.num_heads, length, length)
             scores = scores + attn_mask

@@ -1,5 +1,6 @@
 """bench's torch baselines, run in the same process as the artifacts: eager fp32 (the report's
 load:cpu), bf16 autocast where the CPU has native bf16, cuda fp16 and torch.compile."""
+
 from __future__ import annotations
 
 import platform
@@ -13,16 +14,19 @@ from .environment import current_environment
 from .spec import CPU_PROVIDER
 from .timing import runs_for, time_calls
 
-
 # torch baselines and the precision each runs in.
 TORCH_MODES = {"eager-fp32": "fp32", "bf16-autocast": "bf16", "cuda-fp16": "fp16", "compile": "fp32"}
 
 
-def bench_torch(loaded: Any, tower: str, batch: int, inputs: np.ndarray, *, mode: str, threads: int, budget_s: float) -> BenchRow:
+def bench_torch(
+    loaded: Any, tower: str, batch: int, inputs: np.ndarray, *, mode: str, threads: int, budget_s: float
+) -> BenchRow:
     """torch baselines: eager fp32 (the report's load:cpu), bf16 autocast, cuda fp16, torch.compile."""
     import torch
 
-    base = dict(name=f"torch {mode}", kind="baseline", tower=tower, precision=TORCH_MODES[mode], batch=batch, threads=threads)
+    base = dict(
+        name=f"torch {mode}", kind="baseline", tower=tower, precision=TORCH_MODES[mode], batch=batch, threads=threads
+    )
     device = "cuda" if mode == "cuda-fp16" else "cpu"
     base["provider_requested"] = f"torch-{device}"
     if device == "cuda" and not torch.cuda.is_available():
@@ -56,7 +60,16 @@ def bench_torch(loaded: Any, tower: str, batch: int, inputs: np.ndarray, *, mode
     call()
     first_ms = (time.perf_counter() - started) * 1000.0
     stats = time_calls(call, budget_s=budget_s, **runs_for(batch))
-    return BenchRow(**base, provider_ran=f"torch-{device}", status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0), session_create_ms=create_ms, first_inference_ms=first_ms, rss_mb=rss_mb())
+    return BenchRow(
+        **base,
+        provider_ran=f"torch-{device}",
+        status="ok",
+        latency=stats,
+        throughput_per_s=batch / (stats.p50_ms / 1000.0),
+        session_create_ms=create_ms,
+        first_inference_ms=first_ms,
+        rss_mb=rss_mb(),
+    )
 
 
 def native_bf16() -> bool:

@@ -5,6 +5,7 @@ minimum count), one onnxruntime session is alive at a time, thread counts are pi
 and on CUDA the inputs and outputs stay on the device through IO binding, with the host↔device
 copy cost measured separately.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,9 +13,10 @@ import gc
 import os
 import tempfile
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,14 +27,22 @@ from .ceilings import count_tower, gemm_ceiling, streamed_gemm_ceiling
 from .checks import load_reference
 from .environment import versions
 from .errors import ClipExportError, ProviderUnavailableError
-from .manifest import atomic_write_text, integrity_problems, now_iso, read_manifest, resolve_inside, select_artifacts, to_jsonable, write_manifest
+from .manifest import (
+    atomic_write_text,
+    integrity_problems,
+    now_iso,
+    read_manifest,
+    resolve_inside,
+    select_artifacts,
+    to_jsonable,
+    write_manifest,
+)
 from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_variants, vectorise_breakdown
 from .progress import Progress, silent
 from .runner import NotRunnableHereError, open_runner
 from .sessions import SessionOptions, create_session, provider_name
 from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, PREPROCESSING_FORMAT, TENSORRT_RUNTIME, TOWERS
 from .timing import LatencyStats, runs_for, time_calls
-
 
 # ---- one row ------------------------------------------------------------------------------
 
@@ -43,10 +53,35 @@ def _inputs_for(tower: str, ref: dict[str, np.ndarray], batch: int) -> np.ndarra
     return np.ascontiguousarray(np.concatenate([source] * reps)[:batch])
 
 
-def bench_onnx(path: Path, tower: str, precision: str, provider: str, batch: int, inputs: np.ndarray, *, threads: int, budget_s: float, name: str, kind: str = "artifact") -> BenchRow:
+def bench_onnx(
+    path: Path,
+    tower: str,
+    precision: str,
+    provider: str,
+    batch: int,
+    inputs: np.ndarray,
+    *,
+    threads: int,
+    budget_s: float,
+    name: str,
+    kind: str = "artifact",
+) -> BenchRow:
     """Latency of one ONNX artifact on one provider; an unavailable provider yields a row without numbers."""
-    base = dict(name=name, kind=kind, tower=tower, precision=precision, provider_requested=provider_name(provider), batch=batch, threads=threads)
-    options = SessionOptions(provider=provider, intra_op_threads=threads, precision=precision, provider_options=_provider_options(provider, precision, path))
+    base = dict(
+        name=name,
+        kind=kind,
+        tower=tower,
+        precision=precision,
+        provider_requested=provider_name(provider),
+        batch=batch,
+        threads=threads,
+    )
+    options = SessionOptions(
+        provider=provider,
+        intra_op_threads=threads,
+        precision=precision,
+        provider_options=_provider_options(provider, precision, path),
+    )
     started = time.perf_counter()
     try:
         session = create_session(path, options)
@@ -67,17 +102,34 @@ def bench_onnx(path: Path, tower: str, precision: str, provider: str, batch: int
     rss = rss_mb()
     session = None  # release the weights before the next session is created
     gc.collect()
-    return BenchRow(**base, provider_ran=ran, status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0), session_create_ms=create_ms, first_inference_ms=first_ms, copy_overhead_ms=copy_ms, rss_mb=rss)
+    return BenchRow(
+        **base,
+        provider_ran=ran,
+        status="ok",
+        latency=stats,
+        throughput_per_s=batch / (stats.p50_ms / 1000.0),
+        session_create_ms=create_ms,
+        first_inference_ms=first_ms,
+        copy_overhead_ms=copy_ms,
+        rss_mb=rss,
+    )
 
 
 def _provider_options(provider: str, precision: str, path: Path) -> tuple[tuple[str, str], ...]:
     if provider_name(provider) == "TensorrtExecutionProvider":
         cache = Path(tempfile.gettempdir()) / "clip-export-trt-ep-cache"
-        return (("trt_engine_cache_enable", "True"), ("trt_engine_cache_path", str(cache)), ("trt_timing_cache_enable", "True"), ("trt_fp16_enable", "True" if precision == "fp16" else "False"))
+        return (
+            ("trt_engine_cache_enable", "True"),
+            ("trt_engine_cache_path", str(cache)),
+            ("trt_timing_cache_enable", "True"),
+            ("trt_fp16_enable", "True" if precision == "fp16" else "False"),
+        )
     return ()
 
 
-def _bench_device_resident(session: Any, input_name: str, inputs: np.ndarray, budget_s: float) -> tuple[LatencyStats, LatencyStats]:
+def _bench_device_resident(
+    session: Any, input_name: str, inputs: np.ndarray, budget_s: float
+) -> tuple[LatencyStats, LatencyStats]:
     """GPU timing with IO binding (no copies), and end to end with numpy in/out for the copy cost."""
     from .sessions import ort
 
@@ -146,7 +198,9 @@ def bench(
         provider_name(p)
     present = sorted({a["precision"] for a in manifest["artifacts"]})
     if precisions is not None and not set(precisions) & set(present):
-        raise ClipExportError(f"the requested precision(s) {', '.join(precisions)} match no artifact in {model_dir}; it has {', '.join(present)}")
+        raise ClipExportError(
+            f"the requested precision(s) {', '.join(precisions)} match no artifact in {model_dir}; it has {', '.join(present)}"
+        )
     ref, _, _ = load_reference(model_dir, manifest, "stored", None)  # the manifest's record: release renames the file
     loaded = None
     notes: list[str] = []
@@ -163,7 +217,10 @@ def bench(
         except ImportError as exc:
             notes.append(f"torch baselines skipped: {exc}")
     progress("measuring the GEMM ceiling (fp32, int8) through onnxruntime")
-    ceilings_before = {"fp32": gemm_ceiling(threads, budget_s=0.75), "int8": gemm_ceiling(threads, int8=True, budget_s=0.75)}
+    ceilings_before = {
+        "fp32": gemm_ceiling(threads, budget_s=0.75),
+        "int8": gemm_ceiling(threads, int8=True, budget_s=0.75),
+    }
     streamed: dict[str, float] = {}
     if 1 in batch_sizes:
         for tower, shapes in products.items():
@@ -173,33 +230,72 @@ def bench(
                 streamed[tower] = streamed_gemm_ceiling(shapes, threads, budget_s=min(1.0, budget_s)) or 0.0
     # The preprocessing study after the rows takes about half a minute; rows leave it that time.
     rows_deadline = deadline - (STUDY_RESERVE_S if breakdown and "visual" in towers else 0.0)
-    plan = _plan(model_dir, manifest, ref, loaded, providers=providers, batch_sizes=batch_sizes, towers=towers, threads=threads, baselines=baselines, compile_baseline=compile_baseline, fused_baseline=fused_baseline, precisions=precisions, progress=progress)
+    plan = _plan(
+        model_dir,
+        manifest,
+        ref,
+        loaded,
+        providers=providers,
+        batch_sizes=batch_sizes,
+        towers=towers,
+        threads=threads,
+        baselines=baselines,
+        compile_baseline=compile_baseline,
+        fused_baseline=fused_baseline,
+        precisions=precisions,
+        progress=progress,
+    )
     rows = _run_plan(plan, budget_s, rows_deadline, progress)
     if not any(r.kind == "artifact" and r.latency is not None for r in rows):
         reasons = sorted({r.status for r in rows if r.kind == "artifact"}) or ["no artifact matched"]
-        raise ClipExportError(f"no artifact row ran, so nothing was written (earlier results in {model_dir} are untouched): {'; '.join(reasons)}")
+        raise ClipExportError(
+            f"no artifact row ran, so nothing was written (earlier results in {model_dir} are untouched): {'; '.join(reasons)}"
+        )
     progress("measuring the GEMM ceiling again, after the rows")
-    ceilings_after = {"fp32": gemm_ceiling(threads, budget_s=0.75), "int8": gemm_ceiling(threads, int8=True, budget_s=0.75)}
+    ceilings_after = {
+        "fp32": gemm_ceiling(threads, budget_s=0.75),
+        "int8": gemm_ceiling(threads, int8=True, budget_s=0.75),
+    }
     # The higher of the two is the machine's limit under the rows' conditions; a share above 100% is flagged.
     ceilings = {k: max(ceilings_before[k], ceilings_after[k]) for k in ceilings_before}
     rows = [_with_ratios(r, _torch_p50(rows, r), flops.get(r.tower), ceilings, streamed.get(r.tower)) for r in rows]
     if any((r.ceiling_share or 0) > 1 or (r.streamed_ceiling_share or 0) > 1 for r in rows):
-        notes.append("rows marked '>100%' beat a ceiling measured in the same run: the machine was faster during that row than during the ceiling's, so those shares are noise, not fact")
+        notes.append(
+            "rows marked '>100%' beat a ceiling measured in the same run: the machine was faster during that row than during the ceiling's, so those shares are noise, not fact"
+        )
     breakdown_rows: list[StageTimes] = []
     variant_rows: list[PreprocessRow] = []
     if breakdown and "visual" in towers:
         if time.perf_counter() < deadline:
-            progress(f"vectorise() breakdown for one PNG and one JPEG (~{max(0.0, deadline - time.perf_counter()):.0f} s of the budget left)")
+            progress(
+                f"vectorise() breakdown for one PNG and one JPEG (~{max(0.0, deadline - time.perf_counter()):.0f} s of the budget left)"
+            )
             breakdown_rows = vectorise_breakdown(model_dir, manifest, threads, loaded)
         if time.perf_counter() < deadline:
             progress("preprocessing variants: time and fidelity against the reference pipeline")
             variant_rows = preprocessing_variants(model_dir, manifest, threads)
         if not breakdown_rows or not variant_rows:
-            notes.append(f"the total time budget ({max_time_s:g} s) ran out before the preprocessing study; rerun with a larger --max-time")
+            notes.append(
+                f"the total time budget ({max_time_s:g} s) ran out before the preprocessing study; rerun with a larger --max-time"
+            )
     skipped_baseline = [r for r in rows if r.status.startswith("skipped: no native bf16")]
     if skipped_baseline:
         notes.append(skipped_baseline[0].status.removeprefix("skipped: "))
-    result = BenchResult(model_dir, tuple(rows), machine_info(threads), versions(), ceilings, flops, streamed, tuple(breakdown_rows), tuple(variant_rows), peak_rss_mb=peak_rss_mb(), date=now_iso(), notes=tuple(notes), seconds=time.perf_counter() - started)
+    result = BenchResult(
+        model_dir,
+        tuple(rows),
+        machine_info(threads),
+        versions(),
+        ceilings,
+        flops,
+        streamed,
+        tuple(breakdown_rows),
+        tuple(variant_rows),
+        peak_rss_mb=peak_rss_mb(),
+        date=now_iso(),
+        notes=tuple(notes),
+        seconds=time.perf_counter() - started,
+    )
     if not write:
         return result
     chart_path = render_chart(result, model_dir / "bench-batch1.png") if chart else None
@@ -217,36 +313,135 @@ STUDY_RESERVE_S = 30.0
 
 def _torch_p50(rows: Sequence[BenchRow], row: BenchRow) -> float | None:
     """The torch eager fp32 p50 for the row's tower and batch, measured in the same run."""
-    return next((r.p50_ms for r in rows if r.name == "torch eager-fp32" and r.tower == row.tower and r.batch == row.batch and r.latency), None)
+    return next(
+        (
+            r.p50_ms
+            for r in rows
+            if r.name == "torch eager-fp32" and r.tower == row.tower and r.batch == row.batch and r.latency
+        ),
+        None,
+    )
 
 
-def _plan(model_dir: Path, manifest: dict[str, Any], ref: dict[str, np.ndarray], loaded: Any, *, providers: Sequence[str], batch_sizes: Sequence[int], towers: Sequence[str], threads: int, baselines: bool, compile_baseline: bool, fused_baseline: bool, precisions: Sequence[str] | None, progress: Progress) -> list[_PlannedRow]:
+def _plan(
+    model_dir: Path,
+    manifest: dict[str, Any],
+    ref: dict[str, np.ndarray],
+    loaded: Any,
+    *,
+    providers: Sequence[str],
+    batch_sizes: Sequence[int],
+    towers: Sequence[str],
+    threads: int,
+    baselines: bool,
+    compile_baseline: bool,
+    fused_baseline: bool,
+    precisions: Sequence[str] | None,
+    progress: Progress,
+) -> list[_PlannedRow]:
     """Every row of the run, in order, so the progress line can count them and estimate the time left."""
     plan: list[_PlannedRow] = []
     bf16_native = native_bf16()
     for tower in towers:
-        entries = select_artifacts(manifest, tower=tower, **({"precision": tuple(precisions)} if precisions is not None else {}))
+        entries = select_artifacts(
+            manifest, tower=tower, **({"precision": tuple(precisions)} if precisions is not None else {})
+        )
         for batch in batch_sizes:
             inputs = _inputs_for(tower, ref, batch)
             if loaded is not None and baselines:
-                modes = ["eager-fp32", "bf16-autocast"] + (["cuda-fp16"] if any(provider_name(p) != CPU_PROVIDER for p in providers) else []) + (["compile"] if compile_baseline else [])
+                modes = (
+                    ["eager-fp32", "bf16-autocast"]
+                    + (["cuda-fp16"] if any(provider_name(p) != CPU_PROVIDER for p in providers) else [])
+                    + (["compile"] if compile_baseline else [])
+                )
                 for mode in modes:
-                    base = BenchRow(f"torch {mode}", "baseline", tower, TORCH_MODES[mode], f"torch-{'cuda' if mode == 'cuda-fp16' else 'cpu'}", None, batch, "", threads=threads)
+                    base = BenchRow(
+                        f"torch {mode}",
+                        "baseline",
+                        tower,
+                        TORCH_MODES[mode],
+                        f"torch-{'cuda' if mode == 'cuda-fp16' else 'cpu'}",
+                        None,
+                        batch,
+                        "",
+                        threads=threads,
+                    )
                     if mode == "bf16-autocast" and not bf16_native:
-                        plan.append(_PlannedRow(f"torch {mode}, {tower}, batch {batch}", tower, batch, lambda _b, base=base: _skipped(base, "no native bf16 on this CPU (no avx512_bf16 or AMX): torch emulates it, slower than fp32, so it is no baseline here"), base))
+                        plan.append(
+                            _PlannedRow(
+                                f"torch {mode}, {tower}, batch {batch}",
+                                tower,
+                                batch,
+                                lambda _b, base=base: _skipped(
+                                    base,
+                                    "no native bf16 on this CPU (no avx512_bf16 or AMX): torch emulates it, slower than fp32, so it is no baseline here",
+                                ),
+                                base,
+                            )
+                        )
                         continue
-                    plan.append(_PlannedRow(f"torch {mode}, {tower}, batch {batch}", tower, batch, lambda b, mode=mode, inputs=inputs, tower=tower, batch=batch: bench_torch(loaded, tower, batch, inputs, mode=mode, threads=threads, budget_s=b), base))
+                    plan.append(
+                        _PlannedRow(
+                            f"torch {mode}, {tower}, batch {batch}",
+                            tower,
+                            batch,
+                            lambda b, mode=mode, inputs=inputs, tower=tower, batch=batch: bench_torch(
+                                loaded, tower, batch, inputs, mode=mode, threads=threads, budget_s=b
+                            ),
+                            base,
+                        )
+                    )
             for entry in entries:
                 if entry["format"] == PREPROCESSING_FORMAT:
                     continue  # takes one decoded image, not pixel batches: benchmarks/preprocessing_graph.py times it
                 for provider in providers:
                     if entry["format"] == "tensorrt" and provider != providers[0]:
                         continue
-                    base = BenchRow(entry["path"], "artifact", tower, entry["precision"], TENSORRT_RUNTIME if entry["format"] == "tensorrt" else provider_name(provider), None, batch, "", threads=threads)
-                    plan.append(_PlannedRow(f"{entry['path']} on {base.provider_requested}, batch {batch}", tower, batch, lambda b, entry=entry, provider=provider, inputs=inputs, batch=batch, base=base: _bench_entry(model_dir, entry, provider, batch, inputs, threads, b, base), base))
+                    base = BenchRow(
+                        entry["path"],
+                        "artifact",
+                        tower,
+                        entry["precision"],
+                        TENSORRT_RUNTIME if entry["format"] == "tensorrt" else provider_name(provider),
+                        None,
+                        batch,
+                        "",
+                        threads=threads,
+                    )
+                    plan.append(
+                        _PlannedRow(
+                            f"{entry['path']} on {base.provider_requested}, batch {batch}",
+                            tower,
+                            batch,
+                            lambda b, entry=entry, provider=provider, inputs=inputs, batch=batch, base=base: (
+                                _bench_entry(model_dir, entry, provider, batch, inputs, threads, b, base)
+                            ),
+                            base,
+                        )
+                    )
                 if fused_baseline and entry["precision"] == "fp32" and entry["format"] == "onnx":
-                    base = BenchRow(f"{Path(entry['path']).name} +ort-optimizer", "baseline", tower, "fp32", provider_name("cpu"), None, batch, "", threads=threads)
-                    plan.append(_PlannedRow(f"{entry['path']} with onnxruntime's transformer optimizer, batch {batch}", tower, batch, lambda b, entry=entry, inputs=inputs, batch=batch, tower=tower: _bench_fused(model_dir / entry["path"], tower, batch, inputs, threads, b), base))
+                    base = BenchRow(
+                        f"{Path(entry['path']).name} +ort-optimizer",
+                        "baseline",
+                        tower,
+                        "fp32",
+                        provider_name("cpu"),
+                        None,
+                        batch,
+                        "",
+                        threads=threads,
+                    )
+                    plan.append(
+                        _PlannedRow(
+                            f"{entry['path']} with onnxruntime's transformer optimizer, batch {batch}",
+                            tower,
+                            batch,
+                            lambda b, entry=entry, inputs=inputs, batch=batch, tower=tower: _bench_fused(
+                                model_dir / entry["path"], tower, batch, inputs, threads, b
+                            ),
+                            base,
+                        )
+                    )
     return plan
 
 
@@ -263,28 +458,65 @@ def _run_plan(plan: Sequence[_PlannedRow], budget_s: float, deadline: float, pro
             continue
         per_row = (now - first) / index if index else None
         estimate = min(per_row * left, deadline - now) if per_row is not None else None
-        progress(f"[{index + 1}/{len(plan)}{f', ~{estimate:.0f} s left' if estimate is not None else ''}] {planned.description}")
+        progress(
+            f"[{index + 1}/{len(plan)}{f', ~{estimate:.0f} s left' if estimate is not None else ''}] {planned.description}"
+        )
         rows.append(planned.measure(max(0.2, min(budget_s, (deadline - now) / left / 2))))
     return rows
 
 
-def _bench_entry(model_dir: Path, entry: dict[str, Any], provider: str, batch: int, inputs: np.ndarray, threads: int, budget_s: float, base: BenchRow) -> BenchRow:
+def _bench_entry(
+    model_dir: Path,
+    entry: dict[str, Any],
+    provider: str,
+    batch: int,
+    inputs: np.ndarray,
+    threads: int,
+    budget_s: float,
+    base: BenchRow,
+) -> BenchRow:
     if entry["format"] == "tensorrt":
         return _bench_plan(model_dir, entry, batch, inputs, threads, budget_s)
     problems = integrity_problems(model_dir, entry)
     if problems:
         return dataclasses.replace(base, status=f"unavailable: {'; '.join(problems)}")
-    return bench_onnx(resolve_inside(model_dir, entry["path"], "the artifact"), entry["tower"], entry["precision"], provider, batch, inputs, threads=threads, budget_s=budget_s, name=entry["path"])
+    return bench_onnx(
+        resolve_inside(model_dir, entry["path"], "the artifact"),
+        entry["tower"],
+        entry["precision"],
+        provider,
+        batch,
+        inputs,
+        threads=threads,
+        budget_s=budget_s,
+        name=entry["path"],
+    )
 
 
-def _bench_plan(model_dir: Path, entry: dict[str, Any], batch: int, inputs: np.ndarray, threads: int, budget_s: float) -> BenchRow:
-    base = dict(name=entry["path"], kind="artifact", tower=entry["tower"], precision=entry["precision"], provider_requested=TENSORRT_RUNTIME, batch=batch, threads=threads)
+def _bench_plan(
+    model_dir: Path, entry: dict[str, Any], batch: int, inputs: np.ndarray, threads: int, budget_s: float
+) -> BenchRow:
+    base = dict(
+        name=entry["path"],
+        kind="artifact",
+        tower=entry["tower"],
+        precision=entry["precision"],
+        provider_requested=TENSORRT_RUNTIME,
+        batch=batch,
+        threads=threads,
+    )
     try:
         runner = open_runner(model_dir, entry)
     except NotRunnableHereError as exc:
         return BenchRow(**base, provider_ran=None, status=f"unavailable: {exc}")
     stats = time_calls(lambda: runner.run(inputs), budget_s=budget_s, **runs_for(batch))
-    return BenchRow(**base, provider_ran=f"{TENSORRT_RUNTIME} (includes host copies)", status="ok", latency=stats, throughput_per_s=batch / (stats.p50_ms / 1000.0))
+    return BenchRow(
+        **base,
+        provider_ran=f"{TENSORRT_RUNTIME} (includes host copies)",
+        status="ok",
+        latency=stats,
+        throughput_per_s=batch / (stats.p50_ms / 1000.0),
+    )
 
 
 def _bench_fused(path: Path, tower: str, batch: int, inputs: np.ndarray, threads: int, budget_s: float) -> BenchRow:
@@ -294,10 +526,27 @@ def _bench_fused(path: Path, tower: str, batch: int, inputs: np.ndarray, threads
     with tempfile.TemporaryDirectory() as tmp:
         fused = Path(tmp) / "fused.onnx"
         optimized.save_model_to_file(str(fused))
-        return bench_onnx(fused, tower, "fp32", "cpu", batch, inputs, threads=threads, budget_s=budget_s, name=f"{path.name} +ort-optimizer", kind="baseline")
+        return bench_onnx(
+            fused,
+            tower,
+            "fp32",
+            "cpu",
+            batch,
+            inputs,
+            threads=threads,
+            budget_s=budget_s,
+            name=f"{path.name} +ort-optimizer",
+            kind="baseline",
+        )
 
 
-def _with_ratios(row: BenchRow, torch_p50: float | None, flops: float | None, ceilings: dict[str, float], streamed: float | None = None) -> BenchRow:
+def _with_ratios(
+    row: BenchRow,
+    torch_p50: float | None,
+    flops: float | None,
+    ceilings: dict[str, float],
+    streamed: float | None = None,
+) -> BenchRow:
     if row.latency is None:
         return row
     updates: dict[str, Any] = {}
@@ -311,5 +560,3 @@ def _with_ratios(row: BenchRow, torch_p50: float | None, flops: float | None, ce
         if streamed and row.batch == 1 and row.precision == "fp32":
             updates["streamed_ceiling_share"] = achieved / streamed
     return BenchRow(**{**row.__dict__, **updates})
-
-

@@ -1,4 +1,5 @@
 """bench's report: BENCH.md and the batch-1 chart, rendered from a BenchResult."""
+
 from __future__ import annotations
 
 import os
@@ -30,13 +31,15 @@ def render_markdown(result: BenchResult) -> str:
         "These figures hold for this CPU: onnxruntime and torch pick other kernels on other ones.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in result.versions.items())}.",
         f"GEMM ceiling through onnxruntime on this machine, the higher of two measurements taken before and after the rows: fp32 {result.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {result.ceilings_gflops['int8']:.0f} GOP/s.",
-        "FLOPs per item (torch FlopCounterMode): " + ", ".join(f"{k} {v / 1e9:.2f} GFLOP" for k, v in result.flops_per_item.items()) + ".",
+        "FLOPs per item (torch FlopCounterMode): "
+        + ", ".join(f"{k} {v / 1e9:.2f} GFLOP" for k, v in result.flops_per_item.items())
+        + ".",
     ]
     if result.streamed_ceilings_gflops:
         lines.append(
             "Streamed-weights limit at batch 1 (the tower's own weight products, each weight read from memory once per item, as one document at a time must): "
             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.streamed_ceilings_gflops.items())
-            + "; \"% of streamed\" compares fp32 batch-1 rows with it."
+            + '; "% of streamed" compares fp32 batch-1 rows with it.'
         )
     lines += [
         "",
@@ -52,13 +55,29 @@ def render_markdown(result: BenchResult) -> str:
             f"{_fmt(r.session_create_ms, 0)} | {_fmt(r.first_inference_ms, 1)} | {_fmt(r.copy_overhead_ms)} | {r.status} |"
         )
     if result.breakdown:
-        lines += ["", "## vectorise() for one image", "", "| image | size | engine | load ms | preprocess ms | inference ms | to numpy ms | total ms |", "|---|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## vectorise() for one image",
+            "",
+            "| image | size | engine | load ms | preprocess ms | inference ms | to numpy ms | total ms |",
+            "|---|---|---|---|---|---|---|---|",
+        ]
         for s in result.breakdown:
-            lines.append(f"| {s.image} | {s.size} | {s.engine} | {_fmt(s.load_ms)} | {_fmt(s.preprocess_ms)} | {_fmt(s.inference_ms)} | {_fmt(s.to_numpy_ms, 3)} | {_fmt(s.total_ms)} |")
+            lines.append(
+                f"| {s.image} | {s.size} | {s.engine} | {_fmt(s.load_ms)} | {_fmt(s.preprocess_ms)} | {_fmt(s.inference_ms)} | {_fmt(s.to_numpy_ms, 3)} | {_fmt(s.total_ms)} |"
+            )
     if result.preprocessing:
-        lines += ["", "## Preprocessing variants", "", "| variant | PNG 2162×762 RGBA ms | JPEG 640×427 ms | max pixel |Δ| | embedding mean |Δ| (norm.) | image→image top-1 | within fp32 tolerance |", "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "## Preprocessing variants",
+            "",
+            "| variant | PNG 2162×762 RGBA ms | JPEG 640×427 ms | max pixel |Δ| | embedding mean |Δ| (norm.) | image→image top-1 | within fp32 tolerance |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for p in result.preprocessing:
-            lines.append(f"| {p.variant} | {_fmt(p.png_ms)} | {_fmt(p.jpeg_ms)} | {_fmt(p.pixel_max_abs, 4)} | {'-' if p.embed_mean_abs_normalized is None else f'{p.embed_mean_abs_normalized:.2e}'} | {_fmt(p.image2image_top1, 3)} | {'-' if p.within_fp32_tolerance is None else ('yes' if p.within_fp32_tolerance else 'no')} |")
+            lines.append(
+                f"| {p.variant} | {_fmt(p.png_ms)} | {_fmt(p.jpeg_ms)} | {_fmt(p.pixel_max_abs, 4)} | {'-' if p.embed_mean_abs_normalized is None else f'{p.embed_mean_abs_normalized:.2e}'} | {_fmt(p.image2image_top1, 3)} | {'-' if p.within_fp32_tolerance is None else ('yes' if p.within_fp32_tolerance else 'no')} |"
+            )
     lines += ["", f"Peak RSS of the benchmark process: {result.peak_rss_mb:.0f} MB."]
     lines += [f"Note: {n}" for n in result.notes]
     return "\n".join(lines) + "\n"
@@ -77,7 +96,12 @@ def render_chart(result: BenchResult, path: Path) -> Path | None:
     if not rows:
         return None
     towers = sorted({r.tower for r in rows})
-    fig, axes = plt.subplots(1, len(towers), figsize=(6 * len(towers), 0.5 * max(len([r for r in rows if r.tower == t]) for t in towers) + 1.8), squeeze=False)
+    fig, axes = plt.subplots(
+        1,
+        len(towers),
+        figsize=(6 * len(towers), 0.5 * max(len([r for r in rows if r.tower == t]) for t in towers) + 1.8),
+        squeeze=False,
+    )
     for axis, tower in zip(axes[0], towers):
         subset = [r for r in rows if r.tower == tower]
         labels = [f"{r.name}\n{provider_label(r.provider_ran)}" for r in subset]

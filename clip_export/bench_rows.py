@@ -1,4 +1,5 @@
 """What one bench run measured: its rows, its result, and the machine it ran on."""
+
 from __future__ import annotations
 
 import os
@@ -9,8 +10,8 @@ from pathlib import Path
 from typing import Any
 
 from .environment import current_environment
-from .spec import CPU_PROVIDER
 from .preprocessing_study import PreprocessRow, StageTimes
+from .spec import CPU_PROVIDER
 from .timing import LatencyStats
 
 

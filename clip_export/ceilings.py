@@ -1,8 +1,10 @@
 """What the CPU allows: the GEMM ceiling through onnxruntime, a tower's FLOPs, and the streamed-weights
 limit at batch 1, so bench can say how far each row is from the machine's physical limit."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -22,7 +24,13 @@ def _matmul_model(m: int, k: int, n: int, int8: bool) -> bytes:
         weight = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
         node = helper.make_node("MatMul", ["a", "w"], ["y"])
         a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
-    graph = helper.make_graph([node], "gemm", [helper.make_tensor_value_info("a", a_type, [m, k])], [helper.make_tensor_value_info("y", y_type, [m, n])], [weight])
+    graph = helper.make_graph(
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("a", a_type, [m, k])],
+        [helper.make_tensor_value_info("y", y_type, [m, n])],
+        [weight],
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
 
 
@@ -41,10 +49,16 @@ def _p50_gflops(session: Any, a: np.ndarray, flops: float, budget_s: float) -> f
     return flops / (stats.p50_ms / 1000.0) / 1e9
 
 
-def gemm_ceiling(threads: int, int8: bool = False, size: tuple[int, int, int] = (512, 2048, 2048), budget_s: float = 1.5) -> float:
+def gemm_ceiling(
+    threads: int, int8: bool = False, size: tuple[int, int, int] = (512, 2048, 2048), budget_s: float = 1.5
+) -> float:
     """GFLOP/s (GOP/s for int8) of one large MatMul through onnxruntime's CPU provider."""
     m, k, n = size
-    a = np.random.default_rng(1).integers(0, 255, (m, k), dtype=np.uint8) if int8 else np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    a = (
+        np.random.default_rng(1).integers(0, 255, (m, k), dtype=np.uint8)
+        if int8
+        else np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    )
     return _p50_gflops(_cpu_session(_matmul_model(m, k, n, int8), threads), a, 2.0 * m * k * n, budget_s)
 
 
@@ -84,7 +98,9 @@ def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, i
     return float(counter.get_total_flops()), tuple(products.shapes)
 
 
-def _streamed_chain_model(shapes: Sequence[tuple[int, int, int]], min_weight_bytes: int, max_nodes: int) -> tuple[bytes, int, int, float]:
+def _streamed_chain_model(
+    shapes: Sequence[tuple[int, int, int]], min_weight_bytes: int, max_nodes: int
+) -> tuple[bytes, int, int, float]:
     """The tower's weight products as one chain, each with its own random weight, repeated until
     the weights outgrow any cache. Slice/Pad adapt one product's width to the next one's depth."""
     from onnx import TensorProto, helper, numpy_helper
@@ -112,12 +128,33 @@ def _streamed_chain_model(shapes: Sequence[tuple[int, int, int]], min_weight_byt
         flops += 2.0 * m * k * n
         weight_bytes += 4 * k * n
         index += 1
-    weights += [numpy_helper.from_array(np.asarray([0], np.int64), "zero"), numpy_helper.from_array(np.asarray([1], np.int64), "last")]
-    graph = helper.make_graph(nodes, "streamed", [helper.make_tensor_value_info("a", TensorProto.FLOAT, [first_m, first_k])], [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)], weights)
-    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(), first_m, first_k, flops
+    weights += [
+        numpy_helper.from_array(np.asarray([0], np.int64), "zero"),
+        numpy_helper.from_array(np.asarray([1], np.int64), "last"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "streamed",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [first_m, first_k])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)],
+        weights,
+    )
+    return (
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+        first_m,
+        first_k,
+        flops,
+    )
 
 
-def streamed_gemm_ceiling(shapes: Sequence[tuple[int, int, int]], threads: int, *, min_weight_bytes: int = 256 * 2**20, max_nodes: int = 400, budget_s: float = 1.0) -> float | None:
+def streamed_gemm_ceiling(
+    shapes: Sequence[tuple[int, int, int]],
+    threads: int,
+    *,
+    min_weight_bytes: int = 256 * 2**20,
+    max_nodes: int = 400,
+    budget_s: float = 1.0,
+) -> float | None:
     """GFLOP/s of the tower's own weight products at batch 1 through onnxruntime, each weight read
     from memory as a one-document run must: the limit when weights, not arithmetic, are the cost."""
     if not shapes:

@@ -1,4 +1,5 @@
 """Reading checkpoints safely: tensors only, never pickled code, refused by name when they do not fit."""
+
 from __future__ import annotations
 
 import hashlib
@@ -49,7 +50,9 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
         try:
             return dict(torch.jit.load(str(path), map_location="cpu").state_dict()), True
         except Exception as exc:
-            raise WeightsError(f"{path} looks like a TorchScript archive but could not be read: {_reason(exc)}") from exc
+            raise WeightsError(
+                f"{path} looks like a TorchScript archive but could not be read: {_reason(exc)}"
+            ) from exc
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
@@ -88,7 +91,11 @@ def refuse_non_finite(state: dict[str, Any], where: Path) -> None:
     """NaN or Inf weights would only show up as a failed parity check after the whole export."""
     import torch
 
-    bad = [k for k, v in state.items() if isinstance(v, torch.Tensor) and torch.is_floating_point(v) and not bool(torch.isfinite(v).all())]
+    bad = [
+        k
+        for k, v in state.items()
+        if isinstance(v, torch.Tensor) and torch.is_floating_point(v) and not bool(torch.isfinite(v).all())
+    ]
     if bad:
         shown = ", ".join(bad[:5]) + (f" and {len(bad) - 5} more" if len(bad) > 5 else "")
         raise WeightsError(f"the checkpoint {where} holds NaN or Inf values in {len(bad)} tensor(s): {shown}")
@@ -105,7 +112,9 @@ def apply_state_dict(model: Any, state: dict[str, Any], where: str, arch: str) -
         parts = []
         if mismatched:
             k = mismatched[0]
-            parts.append(f"{len(mismatched)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})")
+            parts.append(
+                f"{len(mismatched)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+            )
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")
         if unexpected:

@@ -1,8 +1,9 @@
 """`clip-export embed` and `clip-export compat`: parse, call one function, render (cli.py registers them)."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Sequence
 
 import click
 
@@ -17,17 +18,72 @@ LOCAL_RAY = "local"
 @click.command("embed", context_settings=CONTEXT)
 @click.argument("source", type=click.Path(path_type=Path))
 @click.argument("inputs", nargs=-1, required=True)
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="The dataset directory: dataset.json, embeddings/part-*.parquet, errors.parquet.")
-@click.option("--precision", type=click.Choice(PRECISIONS), default=None, help="Embed with this artifact (default: the fastest that holds in this environment).")
-@click.option("--batch-size", type=click.IntRange(min=1), default=EMBED_BATCH_SIZE, show_default=True, help="Items per session run (the report's client batch size, CBS).")
-@click.option("--column", default=None, help="The table column with image paths, image bytes or captions (Parquet, CSV, JSONL inputs).")
-@click.option("--chunk-rows", type=click.IntRange(min=1), default=EMBED_CHUNK_ROWS, show_default=True, help="Rows per Parquet chunk: a kill loses at most one chunk's work.")
-@click.option("--threads", type=click.IntRange(min=0), default=0, show_default=True, help="Intra-op threads per session (0: onnxruntime's default).")
-@click.option("--ray", "ray_address", is_flag=False, flag_value=LOCAL_RAY, default=None, metavar="[ADDRESS]", help="Run on Ray Data: a cluster's ADDRESS, or a local Ray with no ADDRESS (pip install 'clip-export[ray]').")
-@click.option("--reembed", is_flag=True, help="Embed everything again with this artifact when the dataset was built by another.")
+@click.option(
+    "--out",
+    type=click.Path(path_type=Path),
+    required=True,
+    help="The dataset directory: dataset.json, embeddings/part-*.parquet, errors.parquet.",
+)
+@click.option(
+    "--precision",
+    type=click.Choice(PRECISIONS),
+    default=None,
+    help="Embed with this artifact (default: the fastest that holds in this environment).",
+)
+@click.option(
+    "--batch-size",
+    type=click.IntRange(min=1),
+    default=EMBED_BATCH_SIZE,
+    show_default=True,
+    help="Items per session run (the report's client batch size, CBS).",
+)
+@click.option(
+    "--column",
+    default=None,
+    help="The table column with image paths, image bytes or captions (Parquet, CSV, JSONL inputs).",
+)
+@click.option(
+    "--chunk-rows",
+    type=click.IntRange(min=1),
+    default=EMBED_CHUNK_ROWS,
+    show_default=True,
+    help="Rows per Parquet chunk: a kill loses at most one chunk's work.",
+)
+@click.option(
+    "--threads",
+    type=click.IntRange(min=0),
+    default=0,
+    show_default=True,
+    help="Intra-op threads per session (0: onnxruntime's default).",
+)
+@click.option(
+    "--ray",
+    "ray_address",
+    is_flag=False,
+    flag_value=LOCAL_RAY,
+    default=None,
+    metavar="[ADDRESS]",
+    help="Run on Ray Data: a cluster's ADDRESS, or a local Ray with no ADDRESS (pip install 'clip-export[ray]').",
+)
+@click.option(
+    "--reembed", is_flag=True, help="Embed everything again with this artifact when the dataset was built by another."
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
-def embed_command(source: Path, inputs: Sequence[str], out: Path, precision: str | None, batch_size: int, column: str | None, chunk_rows: int, threads: int, ray_address: str | None, reembed: bool, as_json: bool, quiet: bool) -> None:
+def embed_command(
+    source: Path,
+    inputs: Sequence[str],
+    out: Path,
+    precision: str | None,
+    batch_size: int,
+    column: str | None,
+    chunk_rows: int,
+    threads: int,
+    ray_address: str | None,
+    reembed: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
     """Embed images and captions with an export or release into a resumable Parquet index.
 
     INPUT: image files, folders (recursive), a .txt with one caption a line, or a
@@ -39,12 +95,26 @@ def embed_command(source: Path, inputs: Sequence[str], out: Path, precision: str
     """
     from .embed import embed
 
-    result = embed(source, inputs, out, precision=precision, batch_size=batch_size, column=column, chunk_rows=chunk_rows, reembed=reembed, threads=threads,
-                   use_ray=ray_address is not None, ray_address=None if ray_address in (None, LOCAL_RAY) else ray_address, progress=progress_printer(quiet or as_json))
+    result = embed(
+        source,
+        inputs,
+        out,
+        precision=precision,
+        batch_size=batch_size,
+        column=column,
+        chunk_rows=chunk_rows,
+        reembed=reembed,
+        threads=threads,
+        use_ray=ray_address is not None,
+        ray_address=None if ray_address in (None, LOCAL_RAY) else ray_address,
+        progress=progress_printer(quiet or as_json),
+    )
     if as_json:
         emit_json(result)
     else:
-        click.echo(f"{result.out}: {result.embedded} embedded, {result.unchanged} unchanged, {result.failed} failed of {result.items} items in {result.seconds:.1f} s ({result.items_per_s:.1f} items/s, {result.engine} engine)")
+        click.echo(
+            f"{result.out}: {result.embedded} embedded, {result.unchanged} unchanged, {result.failed} failed of {result.items} items in {result.seconds:.1f} s ({result.items_per_s:.1f} items/s, {result.engine} engine)"
+        )
         click.echo(f"artifact {result.artifact_key}: {result.why_this_artifact}")
         click.echo(f"measured on {result.environment}")
         if result.compat:
@@ -52,7 +122,9 @@ def embed_command(source: Path, inputs: Sequence[str], out: Path, precision: str
         if result.errors:
             click.echo(table(["item", "reason"], list(result.errors)))
     if result.failed:
-        raise ClipExportError(f"{result.failed} of {result.items} items could not be embedded; {out / EMBED_ERRORS_NAME} lists them with the reason")
+        raise ClipExportError(
+            f"{result.failed} of {result.items} items could not be embedded; {out / EMBED_ERRORS_NAME} lists them with the reason"
+        )
 
 
 @click.command("compat", context_settings=CONTEXT)
@@ -72,7 +144,10 @@ def compat_command(old: str, new: str, as_json: bool) -> None:
     if as_json:
         emit_json(result)
         return
-    rows = [(m.name, cell(m.value), f"{m.direction} {cell(m.limit)}", "pass" if m.passed else "FAIL") for m in result.metrics]
+    rows = [
+        (m.name, cell(m.value), f"{m.direction} {cell(m.limit)}", "pass" if m.passed else "FAIL")
+        for m in result.metrics
+    ]
     click.echo(f"{result.new} against {result.old} ({result.items})")
     click.echo(table(["metric", "value", "limit", ""], rows))
     click.echo(f"verdict: {result.verdict.upper()}; it holds for these bytes on {result.environment}")

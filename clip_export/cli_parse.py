@@ -1,8 +1,9 @@
 """How the CLI reads its options: comma lists, thresholds, batch profiles, towers; a bad value is a
 usage error (exit 2) naming the option."""
+
 from __future__ import annotations
 
-from typing import Sequence
+from collections.abc import Sequence
 
 import click
 
@@ -30,7 +31,9 @@ def check_towers(towers: str) -> list[str]:
     chosen = split_csv(towers)
     bad = [t for t in chosen if t not in TOWERS]
     if bad or not chosen:
-        raise click.BadParameter(f"unknown tower(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TOWERS)}", param_hint="--towers")
+        raise click.BadParameter(
+            f"unknown tower(s) {', '.join(bad) or '(none)'}; choose from {', '.join(TOWERS)}", param_hint="--towers"
+        )
     return chosen
 
 

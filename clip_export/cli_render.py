@@ -1,9 +1,11 @@
 """What the CLI prints: JSON, aligned tables, sizes in binary units, and each command's result."""
+
 from __future__ import annotations
 
 import json
 import time
-from typing import Any, Callable, Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import click
 
@@ -46,11 +48,39 @@ def human_bytes(n: int) -> str:
 def verify_text(result: Any) -> str:
     rows = []
     for c in result.checks:
-        rows.append((c.path, c.provider_ran or f"{c.provider_requested} (did not run)", c.threshold_set, c.metric("mean_abs_raw"), c.metric("mean_abs_normalized"), c.metric("max_abs_normalized"), c.metric("min_cosine"), c.min_top1, c.status.upper()))
+        rows.append(
+            (
+                c.path,
+                c.provider_ran or f"{c.provider_requested} (did not run)",
+                c.threshold_set,
+                c.metric("mean_abs_raw"),
+                c.metric("mean_abs_normalized"),
+                c.metric("max_abs_normalized"),
+                c.metric("min_cosine"),
+                c.min_top1,
+                c.status.upper(),
+            )
+        )
     header = f"{result.model_dir}  (reference: {result.reference}; set: {result.evalset})"
-    body = table(["artifact", "provider", "limits", "mean |Δ| raw", "mean |Δ| norm", "max |Δ| norm", "min cos", "top-1 agree", "verdict"], rows)
+    body = table(
+        [
+            "artifact",
+            "provider",
+            "limits",
+            "mean |Δ| raw",
+            "mean |Δ| norm",
+            "max |Δ| norm",
+            "min cos",
+            "top-1 agree",
+            "verdict",
+        ],
+        rows,
+    )
     where = sorted({c.environment.describe() for c in result.checks if c.environment})
-    others = len({r["environment"]["key"] for r in result.history if isinstance(r.get("environment"), dict)} - {c.environment.key for c in result.checks if c.environment})
+    others = len(
+        {r["environment"]["key"] for r in result.history if isinstance(r.get("environment"), dict)}
+        - {c.environment.key for c in result.checks if c.environment}
+    )
     tail = "verdicts hold for these bytes on: " + "; ".join(where)
     if others:
         tail += f"\n(the manifest also keeps verdicts from {others} other environment(s); VERIFY.md lists them)"
@@ -64,7 +94,18 @@ def render_conversion(results: Sequence[Any], as_json: bool) -> None:
         emit_json(results)
         return
     for result in results:
-        rows = [(a.source, a.path, human_bytes(a.bytes), a.mean_abs_normalized, a.min_top1, a.verdict.upper(), f"{a.seconds:.1f}s") for a in result.artifacts]
+        rows = [
+            (
+                a.source,
+                a.path,
+                human_bytes(a.bytes),
+                a.mean_abs_normalized,
+                a.min_top1,
+                a.verdict.upper(),
+                f"{a.seconds:.1f}s",
+            )
+            for a in result.artifacts
+        ]
         click.echo(f"{result.model_dir} ({result.precision})")
         click.echo(table(["from", "artifact", "size", "mean |Δ| norm", "top-1 agree", "verify", "time"], rows))
         for a in result.artifacts:
@@ -77,12 +118,43 @@ def bench_text(r: Any) -> str:
     from .bench_report import share
 
     rows = [
-        (row.tower, row.batch, row.name, row.precision, provider_label(row.provider_ran or row.provider_requested), row.p50_ms, row.latency.p90_ms if row.latency else None, row.latency.p99_ms if row.latency else None, row.throughput_per_s, row.speedup_vs_torch, share(row.ceiling_share) if row.ceiling_share else None, share(row.streamed_ceiling_share) if row.streamed_ceiling_share else None, row.status)
+        (
+            row.tower,
+            row.batch,
+            row.name,
+            row.precision,
+            provider_label(row.provider_ran or row.provider_requested),
+            row.p50_ms,
+            row.latency.p90_ms if row.latency else None,
+            row.latency.p99_ms if row.latency else None,
+            row.throughput_per_s,
+            row.speedup_vs_torch,
+            share(row.ceiling_share) if row.ceiling_share else None,
+            share(row.streamed_ceiling_share) if row.streamed_ceiling_share else None,
+            row.status,
+        )
         for row in r.rows
     ]
     lines = [
         f"{r.model_dir}  ({r.machine['cpu']}, {r.machine['threads_used']} threads; GEMM ceiling fp32 {r.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {r.ceilings_gflops['int8']:.0f} GOP/s)",
-        table(["tower", "batch", "name", "prec", "provider", "p50 ms", "p90 ms", "p99 ms", "items/s", "x torch", "% ceiling", "% streamed", "status"], rows),
+        table(
+            [
+                "tower",
+                "batch",
+                "name",
+                "prec",
+                "provider",
+                "p50 ms",
+                "p90 ms",
+                "p99 ms",
+                "items/s",
+                "x torch",
+                "% ceiling",
+                "% streamed",
+                "status",
+            ],
+            rows,
+        ),
         *[f"note: {note}" for note in r.notes],
         f"{len(r.rows)} rows in {r.seconds:.0f} s; figures hold for this CPU ({r.machine.get('tier', '?')}). report: {r.report_path}  chart: {r.chart_path}\n",
     ]
@@ -92,9 +164,40 @@ def bench_text(r: Any) -> str:
 def pipeline_text(result: Any) -> str:
     """The pipeline's summary: stages passed (and kept from an earlier run), one row per artifact
     with what its gate measured, and the environment the verdicts hold for."""
-    rows = [(r.artifact, r.tower, r.precision, r.format, human_bytes(r.bytes), r.verdict.upper(), r.mean_abs_normalized, r.min_top1, r.batch1_p50_ms, provider_label(r.provider)) for r in result.summary]
+    rows = [
+        (
+            r.artifact,
+            r.tower,
+            r.precision,
+            r.format,
+            human_bytes(r.bytes),
+            r.verdict.upper(),
+            r.mean_abs_normalized,
+            r.min_top1,
+            r.batch1_p50_ms,
+            provider_label(r.provider),
+        )
+        for r in result.summary
+    ]
     resumed = f" (kept from an earlier run: {', '.join(result.resumed)})" if result.resumed else ""
-    lines = [f"{result.model_dir}: stages passed: {', '.join(result.stages_done) or 'none'}{resumed}", table(["artifact", "tower", "prec", "format", "size", "verdict", "mean |Δ| norm", "top-1 agree", "batch-1 p50 ms", "provider"], rows)]
+    lines = [
+        f"{result.model_dir}: stages passed: {', '.join(result.stages_done) or 'none'}{resumed}",
+        table(
+            [
+                "artifact",
+                "tower",
+                "prec",
+                "format",
+                "size",
+                "verdict",
+                "mean |Δ| norm",
+                "top-1 agree",
+                "batch-1 p50 ms",
+                "provider",
+            ],
+            rows,
+        ),
+    ]
     if result.environments:
         lines.append("verdicts hold for these bytes on: " + "; ".join(result.environments))
     return "\n".join(lines)

@@ -6,6 +6,7 @@ Node and `@huggingface/transformers` come from npm (`package.json` at the reposi
 installed by `.ci/run`); they are found through $CLIP_EXPORT_NODE_MODULES or the repository's
 `node_modules`. Where they are missing, `client_check` returns a skipped record with the reason.
 """
+
 from __future__ import annotations
 
 import json
@@ -15,9 +16,10 @@ import subprocess
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -69,7 +71,13 @@ def find_transformers_js() -> NodeSetup | str:
     return NodeSetup(node, modules, str(json.loads(package.read_text(encoding="utf-8"))["version"]))
 
 
-def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any], pixel_values: np.ndarray | None = None, progress: Progress = silent) -> dict[str, Any]:
+def run_transformers_js(
+    setup: NodeSetup,
+    hf_dir: Path,
+    request: dict[str, Any],
+    pixel_values: np.ndarray | None = None,
+    progress: Progress = silent,
+) -> dict[str, Any]:
     """transformers.js's input_ids and L2-normalised embeddings for `request` (transformers_embed.mjs
     documents its keys); `pixel_values` [N, 3, H, W] go to the file the script reads for pixel_dtypes."""
     request = {**request, "images": [str(Path(p).resolve()) for p in request.get("images", [])]}
@@ -82,9 +90,15 @@ def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any],
         request_path.write_text(json.dumps(request), encoding="utf-8")
         stdout_path = Path(tmp) / "out.json"
         messages: list[str] = []
-        with stdout_path.open("w", encoding="utf-8") as stdout, subprocess.Popen(
-            [setup.node, str(SCRIPT), str(setup.node_modules), str(Path(hf_dir).resolve()), str(request_path)], stdout=stdout, stderr=subprocess.PIPE, text=True
-        ) as process:
+        with (
+            stdout_path.open("w", encoding="utf-8") as stdout,
+            subprocess.Popen(
+                [setup.node, str(SCRIPT), str(setup.node_modules), str(Path(hf_dir).resolve()), str(request_path)],
+                stdout=stdout,
+                stderr=subprocess.PIPE,
+                text=True,
+            ) as process,
+        ):
             reader = threading.Thread(target=_read_steps, args=(process.stderr, messages, progress), daemon=True)
             reader.start()
             try:
@@ -113,7 +127,14 @@ def run_transformers_js(setup: NodeSetup, hf_dir: Path, request: dict[str, Any],
 def _node_error(messages: list[str], returncode: int) -> str:
     """Node's own error line: its last line is only its version, and the stack follows the error."""
     lines = [line.strip() for line in messages if line.strip()]
-    error = next((line for line in lines if line.startswith(("Error", "TypeError", "RangeError", "SyntaxError")) or "Error:" in line.split(" ", 1)[0]), None)
+    error = next(
+        (
+            line
+            for line in lines
+            if line.startswith(("Error", "TypeError", "RangeError", "SyntaxError")) or "Error:" in line.split(" ", 1)[0]
+        ),
+        None,
+    )
     if error is not None:
         return error
     useful = [line for line in lines if not line.startswith(("Node.js v", "at "))]
@@ -161,7 +182,10 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
     layout = manifest.get("hf_layout") or {}
     missing = [name for name in ("vision_model.onnx", "text_model.onnx") if name not in layout.get("onnx", {})]
     if missing or not manifest["tokenizer"].get("file"):
-        return {"status": "skipped", "reason": f"hf/ lacks {', '.join(missing) or 'tokenizer.json'}: the check needs both fp32 towers and the tokenizer"}
+        return {
+            "status": "skipped",
+            "reason": f"hf/ lacks {', '.join(missing) or 'tokenizer.json'}: the check needs both fp32 towers and the tokenizer",
+        }
     setup = find_transformers_js()
     if isinstance(setup, str):
         if mode == "require":
@@ -177,7 +201,12 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
     runtime = ClipOnnx.from_release(release_dir)
     pixels = runtime.pixel_values(images)
     plan = variant_plan(manifest)
-    request = {"captions": captions, "images": images, "dtype": "fp32", **{f"{kind}_dtypes": sorted(files) for kind, files in plan.items()}}
+    request = {
+        "captions": captions,
+        "images": images,
+        "dtype": "fp32",
+        **{f"{kind}_dtypes": sorted(files) for kind, files in plan.items()},
+    }
     got = run_transformers_js(setup, release_dir / HF_DIR, request, pixel_values=pixels, progress=progress)
     ours = _our_embeddings(release_dir, runtime, captions, pixels)
     text = np.sum(got["text_embeds"] * ours("text", "fp32"), axis=1)
@@ -196,13 +225,17 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
     # Equal ids but for the last position of captions cut at the context, where transformers.js leaves
     # a word and the text graph puts the end-of-text id back.
     js_ids, cut = np.asarray(got["input_ids"]), ids[:, -1] != runtime.manifest["tokenizer"].get("pad_token_id", 0)
-    record["ids_equal_but_cut_eot"] = bool(np.array_equal(js_ids[:, :-1], ids[:, :-1]) and np.array_equal(js_ids[~cut, -1], ids[~cut, -1]))
+    record["ids_equal_but_cut_eot"] = bool(
+        np.array_equal(js_ids[:, :-1], ids[:, :-1]) and np.array_equal(js_ids[~cut, -1], ids[~cut, -1])
+    )
     record["captions_cut"] = int(cut.sum())
     record.update(variant_records(plan, got, images, ours))
     return record
 
 
-def _our_embeddings(release_dir: Path, fp32: Any, captions: list[str], pixels: np.ndarray) -> Callable[[str, str], np.ndarray]:
+def _our_embeddings(
+    release_dir: Path, fp32: Any, captions: list[str], pixels: np.ndarray
+) -> Callable[[str, str], np.ndarray]:
     """ClipOnnx's embeddings per (tower, precision), each computed once: the bundled captions, or the
     images' pixel_values (what embed_images computes, and what a pixel_values or preprocessing-graph
     file is compared with), from one ClipOnnx per precision, the fp32 one already open."""
@@ -215,7 +248,9 @@ def _our_embeddings(release_dir: Path, fp32: Any, captions: list[str], pixels: n
         if (tower, precision) not in done:
             if precision not in opened:
                 opened[precision] = ClipOnnx.from_release(release_dir, precision=precision)
-            done[tower, precision] = opened[precision].embed_texts(captions) if tower == "text" else opened[precision].embed_pixels(pixels)
+            done[tower, precision] = (
+                opened[precision].embed_texts(captions) if tower == "text" else opened[precision].embed_pixels(pixels)
+            )
         return done[tower, precision]
 
     return ours
@@ -235,30 +270,57 @@ def variant_plan(manifest: dict[str, Any]) -> dict[str, dict[str, tuple[str, str
     return plan
 
 
-def variant_records(plan: dict[str, dict[str, tuple[str, str]]], got: dict[str, Any], images: list[Path], ours: Callable[[str, str], np.ndarray]) -> dict[str, Any]:
+def variant_records(
+    plan: dict[str, dict[str, tuple[str, str]]],
+    got: dict[str, Any],
+    images: list[Path],
+    ours: Callable[[str, str], np.ndarray],
+) -> dict[str, Any]:
     """`preprocessing_graph` (the fp32 graph per image, or why there is none) and `variants`: one row
     per hf/onnx/ file transformers.js loaded by its dtype, against ClipOnnx at the same precision."""
     from .hf_layout import ONNX_DIR, PREPROCESSING_MODEL_FILE
 
     tower = {"text": "text", "pixel": "visual", "preprocessing": "visual"}
-    mine = {kind: {precision: ours(tower[kind], precision) for _, precision in files.values()} for kind, files in plan.items()}
+    mine = {
+        kind: {precision: ours(tower[kind], precision) for _, precision in files.values()}
+        for kind, files in plan.items()
+    }
     inputs = {"text": "input_ids", "pixel": "pixel_values", "preprocessing": "image_uint8"}
     rows = []
     for kind, files in plan.items():
         for dtype, (name, precision) in sorted(files.items()):
             theirs = got[f"{kind}_variants"][dtype]
             cosine = np.sum(theirs * mine[kind][precision], axis=1)
-            row: dict[str, Any] = {"file": f"{ONNX_DIR}/{name}", "dtype": dtype, "precision": precision, "input": inputs[kind], "items": len(cosine),
-                                   "min_cosine": float(cosine.min()), "max_abs_diff": float(np.abs(theirs - mine[kind][precision]).max())}
+            row: dict[str, Any] = {
+                "file": f"{ONNX_DIR}/{name}",
+                "dtype": dtype,
+                "precision": precision,
+                "input": inputs[kind],
+                "items": len(cosine),
+                "min_cosine": float(cosine.min()),
+                "max_abs_diff": float(np.abs(theirs - mine[kind][precision]).max()),
+            }
             if kind == "preprocessing":  # open_clip's resize in ONNX ops against PIL's: the image target applies
-                row.update(limit=IMAGE_TARGET_COSINE, median_cosine=float(np.median(cosine)), at_target=int(np.sum(cosine >= IMAGE_TARGET_COSINE)))
+                row.update(
+                    limit=IMAGE_TARGET_COSINE,
+                    median_cosine=float(np.median(cosine)),
+                    at_target=int(np.sum(cosine >= IMAGE_TARGET_COSINE)),
+                )
             else:  # the same file on the same inputs: its own precision must be the nearest
-                row.update(limit=VARIANT_MIN_COSINE, nearest_precision=min(mine[kind], key=lambda p: float(np.abs(theirs - mine[kind][p]).mean())))
-            row["within_limit"] = bool(row["min_cosine"] >= row["limit"] and row.get("nearest_precision", precision) == precision)
+                row.update(
+                    limit=VARIANT_MIN_COSINE,
+                    nearest_precision=min(mine[kind], key=lambda p: float(np.abs(theirs - mine[kind][p]).mean())),
+                )
+            row["within_limit"] = bool(
+                row["min_cosine"] >= row["limit"] and row.get("nearest_precision", precision) == precision
+            )
             rows.append(row)
     fp32 = plan["preprocessing"].get("fp32")
     if fp32 is None:
-        graph: dict[str, Any] = {"status": "skipped", "reason": f"hf/{ONNX_DIR}/ has no {PREPROCESSING_MODEL_FILE}.onnx: the release has no fp32 preprocessing graph (clip-export preprocessing-graph before release)"}
+        graph: dict[str, Any] = {
+            "status": "skipped",
+            "reason": f"hf/{ONNX_DIR}/ has no {PREPROCESSING_MODEL_FILE}.onnx: the release has no fp32 preprocessing graph (clip-export preprocessing-graph before release)",
+        }
     else:
         cosine = np.sum(got["preprocessing_variants"]["fp32"] * mine["preprocessing"][fp32[1]], axis=1)
         graph = {"status": "measured", "file": f"{ONNX_DIR}/{fp32[0]}", **_image_figures(cosine, images)}

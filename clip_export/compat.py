@@ -8,6 +8,7 @@ normalised embeddings. Against spec.COMPAT_THRESHOLDS: interchangeable, or re-in
 
 A shared piece, not a stage: `embed` runs it when a dataset is extended with another artifact.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -37,7 +38,11 @@ class CompatResult:
 
     def summary(self) -> str:
         failing = [m.failure() for m in self.metrics if not m.passed]
-        return f"{self.new} against {self.old}: {self.verdict}" + (f" ({'; '.join(failing)})" if failing else "") + f", measured on {self.environment}"
+        return (
+            f"{self.new} against {self.old}: {self.verdict}"
+            + (f" ({'; '.join(failing)})" if failing else "")
+            + f", measured on {self.environment}"
+        )
 
 
 def _embed_both(model: ClipOnnx, images: list, captions: list[str]) -> tuple[np.ndarray | None, np.ndarray | None]:
@@ -49,7 +54,9 @@ def _embed_both(model: ClipOnnx, images: list, captions: list[str]) -> tuple[np.
 def compare_models(old: ClipOnnx, new: ClipOnnx, old_label: str, new_label: str) -> CompatResult:
     old_model, new_model = old.manifest["model"], new.manifest["model"]
     if old_model.get("arch") != new_model.get("arch"):
-        raise ClipExportError(f"{old_label} is {old_model.get('arch')} and {new_label} is {new_model.get('arch')}: different models never share an index")
+        raise ClipExportError(
+            f"{old_label} is {old_model.get('arch')} and {new_label} is {new_model.get('arch')}: different models never share an index"
+        )
     evalset = load_evalset()
     images = [str(p) for p in evalset.image_paths]
     captions = list(evalset.captions)
@@ -57,25 +64,41 @@ def compare_models(old: ClipOnnx, new: ClipOnnx, old_label: str, new_label: str)
     new_img, new_txt = _embed_both(new, images, captions)
     for name, a, b in (("image", old_img, new_img), ("text", old_txt, new_txt)):
         if a is not None and b is not None and a.shape[1] != b.shape[1]:
-            raise ClipExportError(f"{old_label} embeds {name}s in {a.shape[1]} dimensions and {new_label} in {b.shape[1]}: different embedding spaces never share an index")
+            raise ClipExportError(
+                f"{old_label} embeds {name}s in {a.shape[1]} dimensions and {new_label} in {b.shape[1]}: different embedding spaces never share an index"
+            )
     limits = COMPAT_THRESHOLDS
     metrics: list[Metric] = []
     if old_img is not None and new_img is not None:
         if old_txt is not None and new_txt is not None:
             forward = retrieval_agreement(old_txt, old_img, new_txt, old_img)
             reverse = retrieval_agreement(old_txt, old_img, old_txt, new_img)
-            metrics += [Metric("text_new_to_image_old_top1", forward.top1_agreement, limits.top1_agreement, ">="), Metric("text_new_to_image_old_top5", forward.top5_overlap, limits.top5_overlap, ">="),
-                        Metric("text_old_to_image_new_top1", reverse.top1_agreement, limits.top1_agreement, ">="), Metric("text_old_to_image_new_top5", reverse.top5_overlap, limits.top5_overlap, ">=")]
+            metrics += [
+                Metric("text_new_to_image_old_top1", forward.top1_agreement, limits.top1_agreement, ">="),
+                Metric("text_new_to_image_old_top5", forward.top5_overlap, limits.top5_overlap, ">="),
+                Metric("text_old_to_image_new_top1", reverse.top1_agreement, limits.top1_agreement, ">="),
+                Metric("text_old_to_image_new_top5", reverse.top5_overlap, limits.top5_overlap, ">="),
+            ]
         image = retrieval_agreement(old_img, old_img, new_img, old_img, exclude_self=True)
-        metrics += [Metric("image_new_to_image_old_top1", image.top1_agreement, limits.top1_agreement, ">="), Metric("image_new_to_image_old_top5", image.top5_overlap, limits.top5_overlap, ">="),
-                    Metric("image_mean_abs_normalized", _mean_abs(old_img, new_img), limits.mean_abs_normalized)]
+        metrics += [
+            Metric("image_new_to_image_old_top1", image.top1_agreement, limits.top1_agreement, ">="),
+            Metric("image_new_to_image_old_top5", image.top5_overlap, limits.top5_overlap, ">="),
+            Metric("image_mean_abs_normalized", _mean_abs(old_img, new_img), limits.mean_abs_normalized),
+        ]
     if old_txt is not None and new_txt is not None:
         metrics.append(Metric("text_mean_abs_normalized", _mean_abs(old_txt, new_txt), limits.mean_abs_normalized))
     if not metrics:
         raise ClipExportError(f"{old_label} and {new_label} share no tower to compare")
     verdict = INTERCHANGEABLE if all(m.passed for m in metrics) else REINDEX
     provider = next(iter(new.artifacts.values())).provider
-    return CompatResult(old_label, new_label, tuple(metrics), verdict, current_environment(provider).describe(), f"{len(images)} images, {len(captions)} captions ({evalset.source})")
+    return CompatResult(
+        old_label,
+        new_label,
+        tuple(metrics),
+        verdict,
+        current_environment(provider).describe(),
+        f"{len(images)} images, {len(captions)} captions ({evalset.source})",
+    )
 
 
 def _mean_abs(a: np.ndarray, b: np.ndarray) -> float:

@@ -1,10 +1,12 @@
 """The preprocessing and tokenizer settings an export records: plain data, torch-free, so the
 serving runtime reads them without importing the model loaders."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .errors import ClipExportError
 
@@ -31,7 +33,7 @@ class PreprocessConfig:
         }
 
     @classmethod
-    def from_json(cls, data: dict[str, Any]) -> "PreprocessConfig":
+    def from_json(cls, data: dict[str, Any]) -> PreprocessConfig:
         return cls(
             image_size=tuple(data["image_size"]),  # type: ignore[arg-type]
             mean=tuple(data["mean"]),  # type: ignore[arg-type]
@@ -44,7 +46,9 @@ class PreprocessConfig:
 def require_resize_mode(resize_mode: str, where: str) -> None:
     """A resize mode we do not implement is refused by name, never approximated."""
     if resize_mode not in RESIZE_MODES:
-        raise ClipExportError(f"{where} asks for resize_mode {resize_mode!r}; clip-export implements {', '.join(RESIZE_MODES)}")
+        raise ClipExportError(
+            f"{where} asks for resize_mode {resize_mode!r}; clip-export implements {', '.join(RESIZE_MODES)}"
+        )
 
 
 @dataclass(frozen=True)

@@ -1,21 +1,33 @@
 """The loop every converter shares: integrity, refusal without --force, staged write, verify gate,
 manifest entry, all under the directory's lock. fp16/INT8 (convert), 4-bit (quantize4) and the
 preprocessing graphs (preprocess_stage) differ only in what `write` does and what the entry declares."""
+
 from __future__ import annotations
 
 import os
 import shutil
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from .artifact import ArtifactEntry
+from .checks import gate
 from .errors import ConversionError, ManifestError
-from .manifest import exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, select_artifacts, upsert_artifact, write_manifest
+from .manifest import (
+    exclusive,
+    file_record,
+    read_manifest,
+    refuse_existing,
+    require_intact,
+    resolve_inside,
+    select_artifacts,
+    upsert_artifact,
+    write_manifest,
+)
 from .progress import Progress
 from .spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
-from .checks import gate
 
 
 @dataclass(frozen=True)
@@ -47,7 +59,9 @@ class Derivation:
     name: Callable[[str], str]  # source path → target file name (spec.artifact_file_name)
     source_precision: str = "fp32"
     format: str = "onnx"
-    io: Callable[[dict[str, Any]], dict[str, Any]] | None = None  # source entry → {"inputs", "outputs"} when they change
+    io: Callable[[dict[str, Any]], dict[str, Any]] | None = (
+        None  # source entry → {"inputs", "outputs"} when they change
+    )
 
 
 def tool_version(dist: str) -> str:
@@ -64,7 +78,9 @@ def save_model(model: Any, path: Path) -> None:
 
     size = model.ByteSize()
     if size > EXTERNAL_DATA_THRESHOLD_BYTES:
-        onnx.save_model(model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data")
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data"
+        )
     else:
         onnx.save_model(model, str(path))
 
@@ -78,14 +94,29 @@ def set_precision_metadata(model: Any, precision: str) -> None:
     entry.key, entry.value = "clip_export.precision", precision
 
 
-def convert_each(model_dir: Path, derivation: Derivation, write: Callable[[Path, Path], dict[str, Any]], *, towers: Sequence[str], force: bool, progress: Progress) -> ConvertResult:
+def convert_each(
+    model_dir: Path,
+    derivation: Derivation,
+    write: Callable[[Path, Path], dict[str, Any]],
+    *,
+    towers: Sequence[str],
+    force: bool,
+    progress: Progress,
+) -> ConvertResult:
     """Derive one artifact from each ONNX source of `derivation.source_precision`, gated by verify."""
     model_dir = Path(model_dir)
     with exclusive(model_dir):
         return _convert_locked(model_dir, derivation, write, towers, force, progress)
 
 
-def _convert_locked(model_dir: Path, how: Derivation, write: Callable[[Path, Path], dict[str, Any]], towers: Sequence[str], force: bool, progress: Progress) -> ConvertResult:
+def _convert_locked(
+    model_dir: Path,
+    how: Derivation,
+    write: Callable[[Path, Path], dict[str, Any]],
+    towers: Sequence[str],
+    force: bool,
+    progress: Progress,
+) -> ConvertResult:
     manifest = read_manifest(model_dir)
     sources = select_artifacts(manifest, precision=how.source_precision, format="onnx", tower=tuple(towers))
     if not sources:
@@ -116,19 +147,37 @@ def _convert_locked(model_dir: Path, how: Derivation, write: Callable[[Path, Pat
                 details={"conversion": details},
             )
             entry = typed.to_json()
-            progress(f"verifying {target_name} against the fp32 reference ({threshold_key(how.precision, how.format)} thresholds)")
+            progress(
+                f"verifying {target_name} against the fp32 reference ({threshold_key(how.precision, how.format)} thresholds)"
+            )
             check = gate(model_dir, entry)
             if not check.passed:
-                raise ConversionError(f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures))
+                raise ConversionError(
+                    f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures)
+                )
             for name in [*data_names, target_name]:  # the graph file last: it is what makes the artifact look complete
                 os.replace(staging / name, model_dir / name)
-            entry = typed.moved(file_record(model_dir / target_name, model_dir), tuple(file_record(model_dir / n, model_dir) for n in data_names)).to_json()
+            entry = typed.moved(
+                file_record(model_dir / target_name, model_dir),
+                tuple(file_record(model_dir / n, model_dir) for n in data_names),
+            ).to_json()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         manifest = read_manifest(model_dir)
         upsert_artifact(manifest, entry)
         write_manifest(model_dir, manifest)
         results.append(
-            ConvertedArtifact(source["path"], target_name, source["tower"], how.precision, entry["bytes"], time.perf_counter() - started, check.status, check.metric("mean_abs_normalized"), check.min_top1, details)
+            ConvertedArtifact(
+                source["path"],
+                target_name,
+                source["tower"],
+                how.precision,
+                entry["bytes"],
+                time.perf_counter() - started,
+                check.status,
+                check.metric("mean_abs_normalized"),
+                check.min_top1,
+                details,
+            )
         )
     return ConvertResult(model_dir, how.precision, tuple(results))

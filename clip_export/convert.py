@@ -1,11 +1,21 @@
 """Convert stage: fp16 and INT8 ONNX artifacts derived from the fp32 export, each gated by verify."""
+
 from __future__ import annotations
 
 import dataclasses
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .conversion import ConvertedArtifact, ConvertResult, Derivation, convert_each, save_model, set_precision_metadata, tool_version
+from .conversion import (
+    ConvertedArtifact,
+    ConvertResult,
+    Derivation,
+    convert_each,
+    save_model,
+    set_precision_metadata,
+    tool_version,
+)
 from .errors import ConversionError, import_optional
 from .graph_surgery import final_nodes, fuse_attention, fuse_transformer_ops, int8_excluded_nodes
 from .onnx_files import external_data_files
@@ -66,18 +76,29 @@ def load_with_shapes(source: Path) -> tuple[Any, bool]:
     return model, True
 
 
-def to_fp16(model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: bool = True, shapes_inferred: bool = False) -> tuple[Any, dict[str, Any]]:
+def to_fp16(
+    model: Any, *, extra_fp32_ops: Sequence[str] = (), keep_final_fp32: bool = True, shapes_inferred: bool = False
+) -> tuple[Any, dict[str, Any]]:
     """Convert float tensors to fp16 with fp32 I/O and the fragile ops blocked."""
-    float16 = import_optional("onnxconverter_common.float16", package="onnxconverter-common", extra="cpu", purpose="fp16 conversion")
+    float16 = import_optional(
+        "onnxconverter_common.float16", package="onnxconverter-common", extra="cpu", purpose="fp16 conversion"
+    )
     import warnings
 
     ops = list(dict.fromkeys([*float16.DEFAULT_OP_BLOCK_LIST, *FP16_FP32_OPS, *extra_fp32_ops]))
     nodes = fp32_nodes(model, keep_final_fp32)
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")  # one warning per clipped constant: thousands of lines
-        converted = float16.convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=shapes_inferred, op_block_list=ops, node_block_list=nodes)
+        converted = float16.convert_float_to_float16(
+            model, keep_io_types=True, disable_shape_infer=shapes_inferred, op_block_list=ops, node_block_list=nodes
+        )
     _restore_fp32_outputs(converted)
-    return converted, {"tool": f"onnxconverter-common {getattr(float16, '__version__', '') or tool_version('onnxconverter-common')}", "keep_io_types": True, "fp32_ops": [o for o in ops if o not in float16.DEFAULT_OP_BLOCK_LIST], "fp32_nodes": nodes}
+    return converted, {
+        "tool": f"onnxconverter-common {getattr(float16, '__version__', '') or tool_version('onnxconverter-common')}",
+        "keep_io_types": True,
+        "fp32_ops": [o for o in ops if o not in float16.DEFAULT_OP_BLOCK_LIST],
+        "fp32_nodes": nodes,
+    }
 
 
 def _restore_fp32_outputs(model: Any) -> None:
@@ -91,7 +112,9 @@ def _restore_fp32_outputs(model: Any) -> None:
             continue
         node = producers.get(output.name)
         if node is None or node.op_type != "Cast":
-            raise ConversionError(f"fp16 conversion left output {output.name} as {onnx.TensorProto.DataType.Name(tensor_type.elem_type)}")
+            raise ConversionError(
+                f"fp16 conversion left output {output.name} as {onnx.TensorProto.DataType.Name(tensor_type.elem_type)}"
+            )
         for attribute in node.attribute:
             if attribute.name == "to":
                 attribute.i = onnx.TensorProto.FLOAT
@@ -115,7 +138,13 @@ def fused_fp16(source: Path, extra_fp32_ops: Sequence[str] = ()) -> tuple[Any, d
         warnings.simplefilter("ignore")
         optimized.convert_float_to_float16(keep_io_types=True, op_block_list=ops, node_block_list=nodes)
     _restore_fp32_outputs(optimized.model)
-    return optimized.model, {"tool": f"onnxruntime.transformers {tool_version('onnxruntime')}", "keep_io_types": True, "fp32_ops": ops, "fp32_nodes": nodes, "fusions": fusions}
+    return optimized.model, {
+        "tool": f"onnxruntime.transformers {tool_version('onnxruntime')}",
+        "keep_io_types": True,
+        "fp32_ops": ops,
+        "fp32_nodes": nodes,
+        "fusions": fusions,
+    }
 
 
 def convert_fp16(
@@ -139,7 +168,14 @@ def convert_fp16(
         save_model(converted, target)
         return {**details, "fused": fuse}
 
-    return convert_each(model_dir, Derivation("fp16", lambda path: artifact_file_name(path, "fp16")), write, towers=towers, force=force, progress=progress)
+    return convert_each(
+        model_dir,
+        Derivation("fp16", lambda path: artifact_file_name(path, "fp16")),
+        write,
+        towers=towers,
+        force=force,
+        progress=progress,
+    )
 
 
 def quantize_int8(
@@ -155,7 +191,9 @@ def quantize_int8(
     """Dynamic INT8 quantization of MatMul/Gemm weights for CPU serving; `per_channel`, when given, overrides the scheme's."""
     if per_channel is not None:
         scheme = dataclasses.replace(scheme, per_channel=per_channel)
-    quantization = import_optional("onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization")
+    quantization = import_optional(
+        "onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization"
+    )
     QuantType, quantize_dynamic = quantization.QuantType, quantization.quantize_dynamic
     onnx = _onnx()
 
@@ -178,9 +216,24 @@ def quantize_int8(
         quantized = onnx.load(str(target))
         set_precision_metadata(quantized, "int8")
         onnx.save_model(quantized, str(target))
-        return {"tool": f"onnxruntime.quantization {tool_version('onnxruntime')}", "mode": "dynamic", "weight_type": scheme.weight_type, "per_channel": scheme.per_channel, "reduce_range": scheme.reduce_range, "op_types": list(INT8_OP_TYPES), "excluded_nodes": excluded}
+        return {
+            "tool": f"onnxruntime.quantization {tool_version('onnxruntime')}",
+            "mode": "dynamic",
+            "weight_type": scheme.weight_type,
+            "per_channel": scheme.per_channel,
+            "reduce_range": scheme.reduce_range,
+            "op_types": list(INT8_OP_TYPES),
+            "excluded_nodes": excluded,
+        }
 
-    return convert_each(model_dir, Derivation("int8", lambda path: artifact_file_name(path, "int8")), write, towers=towers, force=force, progress=progress)
+    return convert_each(
+        model_dir,
+        Derivation("int8", lambda path: artifact_file_name(path, "int8")),
+        write,
+        towers=towers,
+        force=force,
+        progress=progress,
+    )
 
 
 # onnxruntime's dynamic quantizer rewrites every Gemm into a MatMul named `<name>` + this suffix
@@ -193,5 +246,7 @@ def quantizer_exclusions(model: Any, names: Sequence[str]) -> list[str]:
     quantized anyway, since the quantizer renames it first. That is how MobileCLIP's projection (a
     timm Linear, so a Gemm) got quantized and failed the gate (docs/models.md)."""
     gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
-    expanded = [alias for name in names for alias in ((name, name + GEMM_AS_MATMUL_SUFFIX) if name in gemms else (name,))]
+    expanded = [
+        alias for name in names for alias in ((name, name + GEMM_AS_MATMUL_SUFFIX) if name in gemms else (name,))
+    ]
     return list(dict.fromkeys(expanded))

@@ -7,14 +7,16 @@ the mapper (ClipOnnx: the release's own preprocessing, tokenizer and sessions) a
 fourth: the local engine below (a thread pool decodes and preprocesses the next batches while the
 session runs this one) or Ray Data (embed_ray, imported only for --ray).
 """
+
 from __future__ import annotations
 
 import hashlib
 import time
+from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -51,7 +53,9 @@ class EmbedResult:
 def open_model(source: Path, precision: str | None, towers: set[str], threads: int = 0) -> tuple[ClipOnnx, str]:
     """The artifact to embed with and why: --precision, else the fastest that holds here."""
     if precision:
-        return ClipOnnx.from_release(source, precision=precision, threads=threads), f"{precision}: asked for with --precision"
+        return ClipOnnx.from_release(
+            source, precision=precision, threads=threads
+        ), f"{precision}: asked for with --precision"
     manifest = read_manifest(source)
     refused = []
     for candidate in EMBED_PRECISION_PREFERENCE:
@@ -64,8 +68,13 @@ def open_model(source: Path, precision: str | None, towers: set[str], threads: i
             refused.append(f"{candidate} fails here ({str(exc).split(':')[0]})")
             continue
         how = "; ".join(f"{t}: {c.status}" for t, c in sorted(model.serve_checks.items()) if t in towers)
-        return model, f"{candidate}: the fastest that holds here ({how})" + (f"; {'; '.join(refused)}" if refused else "")
-    raise ClipExportError(f"{source} has no artifact for {', '.join(sorted(towers))} that holds in this environment" + (f": {'; '.join(refused)}" if refused else ""))
+        return model, f"{candidate}: the fastest that holds here ({how})" + (
+            f"; {'; '.join(refused)}" if refused else ""
+        )
+    raise ClipExportError(
+        f"{source} has no artifact for {', '.join(sorted(towers))} that holds in this environment"
+        + (f": {'; '.join(refused)}" if refused else "")
+    )
 
 
 def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[str, Any]:
@@ -78,22 +87,69 @@ def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[s
     provider = next(iter(model.artifacts.values())).provider
     info = model.manifest["model"]
     return {
-        "key": key, "source": str(Path(model.root).resolve()), "model": {k: info.get(k) for k in ("name", "arch", "pretrained", "source", "seed", "checkpoint_sha256") if k in info},
-        "precision": precision, "preprocess": model.manifest["preprocess"], "preprocess_impl": "fast", "tokenizer": model.manifest["tokenizer"].get("file", {}).get("sha256"),
-        "onnx": onnx, "environment": current_environment(provider).to_json(), "versions": versions(),
+        "key": key,
+        "source": str(Path(model.root).resolve()),
+        "model": {
+            k: info.get(k) for k in ("name", "arch", "pretrained", "source", "seed", "checkpoint_sha256") if k in info
+        },
+        "precision": precision,
+        "preprocess": model.manifest["preprocess"],
+        "preprocess_impl": "fast",
+        "tokenizer": model.manifest["tokenizer"].get("file", {}).get("sha256"),
+        "onnx": onnx,
+        "environment": current_environment(provider).to_json(),
+        "versions": versions(),
     }
 
 
-def embed(source: Path, inputs: Sequence[str | Path], out: Path, *, precision: str | None = None, batch_size: int = EMBED_BATCH_SIZE, column: str | None = None,
-          chunk_rows: int = EMBED_CHUNK_ROWS, reembed: bool = False, ray_address: str | None = None, use_ray: bool = False, threads: int = 0, progress: Progress = silent) -> EmbedResult:
+def embed(
+    source: Path,
+    inputs: Sequence[str | Path],
+    out: Path,
+    *,
+    precision: str | None = None,
+    batch_size: int = EMBED_BATCH_SIZE,
+    column: str | None = None,
+    chunk_rows: int = EMBED_CHUNK_ROWS,
+    reembed: bool = False,
+    ray_address: str | None = None,
+    use_ray: bool = False,
+    threads: int = 0,
+    progress: Progress = silent,
+) -> EmbedResult:
     if batch_size < 1 or chunk_rows < 1:
         raise ClipExportError(f"--batch-size and --chunk-rows must be at least 1 (got {batch_size}, {chunk_rows})")
     with exclusive(Path(out)):  # a second run on the same --out fails at once, before any work
-        return _embed(source, inputs, out, precision, batch_size, column, chunk_rows, reembed, ray_address, use_ray, threads, progress)
+        return _embed(
+            source,
+            inputs,
+            out,
+            precision,
+            batch_size,
+            column,
+            chunk_rows,
+            reembed,
+            ray_address,
+            use_ray,
+            threads,
+            progress,
+        )
 
 
-def _embed(source: Path, inputs: Sequence[str | Path], out: Path, precision: str | None, batch_size: int, column: str | None, chunk_rows: int, reembed: bool,
-           ray_address: str | None, use_ray: bool, threads: int, progress: Progress) -> EmbedResult:
+def _embed(
+    source: Path,
+    inputs: Sequence[str | Path],
+    out: Path,
+    precision: str | None,
+    batch_size: int,
+    column: str | None,
+    chunk_rows: int,
+    reembed: bool,
+    ray_address: str | None,
+    use_ray: bool,
+    threads: int,
+    progress: Progress,
+) -> EmbedResult:
     started = time.perf_counter()
     items = list_items(inputs, column)
     towers = {"visual" if i.kind == "image" else "text" for i in items}
@@ -112,19 +168,58 @@ def _embed(source: Path, inputs: Sequence[str | Path], out: Path, precision: str
     if use_ray:
         from .embed_ray import run_ray
 
-        run_ray(source=Path(source), precision=chosen, items=items, done={k: v.sha256 for k, v in done.items() if v.artifact_key in accepted}, store=store, key=artifact["key"],
-                batch_size=batch_size, chunk_rows=chunk_rows, address=ray_address, counts=counts, errors=errors, progress=progress)
+        run_ray(
+            source=Path(source),
+            precision=chosen,
+            items=items,
+            done={k: v.sha256 for k, v in done.items() if v.artifact_key in accepted},
+            store=store,
+            key=artifact["key"],
+            batch_size=batch_size,
+            chunk_rows=chunk_rows,
+            address=ray_address,
+            counts=counts,
+            errors=errors,
+            progress=progress,
+        )
     else:
-        _run_local(model, items, done, accepted, store, artifact["key"], batch_size, chunk_rows, counts, errors, progress)
+        _run_local(
+            model, items, done, accepted, store, artifact["key"], batch_size, chunk_rows, counts, errors, progress
+        )
     store.write_errors(errors)
     store.compact(keep_keys=accepted if reembed else None)
     seconds = time.perf_counter() - started
     manifest = store.manifest or new_manifest(artifact, dim)
-    manifest["runs"].append({"date": now_iso(), "engine": "ray" if use_ray else "local", "artifact_key": artifact["key"], "items": len(items), "embedded": counts["embedded"], "unchanged": counts["unchanged"], "failed": len(errors), "seconds": round(seconds, 3)})
+    manifest["runs"].append(
+        {
+            "date": now_iso(),
+            "engine": "ray" if use_ray else "local",
+            "artifact_key": artifact["key"],
+            "items": len(items),
+            "embedded": counts["embedded"],
+            "unchanged": counts["unchanged"],
+            "failed": len(errors),
+            "seconds": round(seconds, 3),
+        }
+    )
     store.write_manifest(manifest)
-    return EmbedResult(Path(out), "ray" if use_ray else "local", chosen, artifact["key"], why, len(items), counts["embedded"], counts["unchanged"], len(errors),
-                       tuple((e[0], e[3]) for e in errors[:20]), counts["chunks"], seconds, counts["embedded"] / seconds if seconds else 0.0,
-                       current_environment(model.artifacts[min(model.artifacts)].provider).describe(), compat)
+    return EmbedResult(
+        Path(out),
+        "ray" if use_ray else "local",
+        chosen,
+        artifact["key"],
+        why,
+        len(items),
+        counts["embedded"],
+        counts["unchanged"],
+        len(errors),
+        tuple((e[0], e[3]) for e in errors[:20]),
+        counts["chunks"],
+        seconds,
+        counts["embedded"] / seconds if seconds else 0.0,
+        current_environment(model.artifacts[min(model.artifacts)].provider).describe(),
+        compat,
+    )
 
 
 def _embed_dim(model: ClipOnnx) -> int:
@@ -132,7 +227,9 @@ def _embed_dim(model: ClipOnnx) -> int:
     return int(session.get_outputs()[0].shape[-1])
 
 
-def _reconcile(store: Store, artifact: dict[str, Any], model: ClipOnnx, dim: int, reembed: bool, progress: Progress) -> tuple[CompatResult | None, set[str]]:
+def _reconcile(
+    store: Store, artifact: dict[str, Any], model: ClipOnnx, dim: int, reembed: bool, progress: Progress
+) -> tuple[CompatResult | None, set[str]]:
     """The artifacts whose rows this run keeps. A dataset built by another artifact is extended only
     when `compat` finds the two interchangeable here; --reembed replaces its rows instead."""
     if store.manifest is None:
@@ -144,20 +241,30 @@ def _reconcile(store: Store, artifact: dict[str, Any], model: ClipOnnx, dim: int
     if artifact["key"] in keys:
         return None, keys
     if reembed:
-        progress(f"--reembed: every item is embedded again with {artifact['precision']} ({artifact['key']}); rows of {old['precision']} ({old['key']}) go as they are replaced")
+        progress(
+            f"--reembed: every item is embedded again with {artifact['precision']} ({artifact['key']}); rows of {old['precision']} ({old['key']}) go as they are replaced"
+        )
         manifest.update(artifact=artifact, accepted=[], embedding_dim=dim, reembedded_from=old)
         store.write_manifest(manifest)
         return None, {artifact["key"]}
     if manifest.get("embedding_dim") != dim or old["model"].get("arch") != artifact["model"].get("arch"):
-        raise ClipExportError(f"{store.out} was built by {old['model'].get('arch')} ({manifest.get('embedding_dim')}-d); this is {artifact['model'].get('arch')} ({dim}-d): different embedding spaces never share an index; use another --out or --reembed")
-    progress(f"{store.out} was built by {old['precision']} ({old['key']}); checking that {artifact['precision']} is interchangeable with it")
+        raise ClipExportError(
+            f"{store.out} was built by {old['model'].get('arch')} ({manifest.get('embedding_dim')}-d); this is {artifact['model'].get('arch')} ({dim}-d): different embedding spaces never share an index; use another --out or --reembed"
+        )
+    progress(
+        f"{store.out} was built by {old['precision']} ({old['key']}); checking that {artifact['precision']} is interchangeable with it"
+    )
     try:
         previous = ClipOnnx.from_release(old["source"], precision=old["precision"], check="off")
     except ClipExportError as exc:
-        raise ClipExportError(f"{store.out} was built by {old['precision']} from {old['source']}, which cannot be opened to check compatibility ({exc}); pass --reembed to re-index") from None
+        raise ClipExportError(
+            f"{store.out} was built by {old['precision']} from {old['source']}, which cannot be opened to check compatibility ({exc}); pass --reembed to re-index"
+        ) from None
     result = compare_models(previous, model, old["precision"], artifact["precision"])
     if result.verdict != "interchangeable":
-        raise ClipExportError(f"refusing to extend {store.out}: {result.summary()}; pass --reembed to re-index with {artifact['precision']}")
+        raise ClipExportError(
+            f"refusing to extend {store.out}: {result.summary()}; pass --reembed to re-index with {artifact['precision']}"
+        )
     manifest.setdefault("accepted", []).append({**artifact, "compat": result})
     store.write_manifest(manifest)
     return result, keys | {artifact["key"]}
@@ -171,7 +278,9 @@ def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[s
     return prepare(model, item, unchanged)
 
 
-def _prefetched(pool: ThreadPoolExecutor, work: Callable[[Item], Prepared], items: Sequence[Item], ahead: int) -> Iterator[Prepared]:
+def _prefetched(
+    pool: ThreadPoolExecutor, work: Callable[[Item], Prepared], items: Sequence[Item], ahead: int
+) -> Iterator[Prepared]:
     """work(item) for each item in order, with up to `ahead` items in flight on the pool."""
     pending: list[Future[Prepared]] = []
     position = 0
@@ -182,8 +291,19 @@ def _prefetched(pool: ThreadPoolExecutor, work: Callable[[Item], Prepared], item
         yield pending.pop(0).result()
 
 
-def _run_local(model: ClipOnnx, items: Sequence[Item], done: dict[str, Done], accepted: set[str], store: Store, key: str, batch_size: int, chunk_rows: int,
-               counts: dict[str, int], errors: list[tuple[str, str, str, str]], progress: Progress) -> None:
+def _run_local(
+    model: ClipOnnx,
+    items: Sequence[Item],
+    done: dict[str, Done],
+    accepted: set[str],
+    store: Store,
+    key: str,
+    batch_size: int,
+    chunk_rows: int,
+    counts: dict[str, int],
+    errors: list[tuple[str, str, str, str]],
+    progress: Progress,
+) -> None:
     rows: dict[str, list[Any]] = {"ids": [], "kinds": [], "shas": [], "vectors": []}
     started, last = time.perf_counter(), 0.0
 
@@ -220,7 +340,9 @@ def _run_local(model: ClipOnnx, items: Sequence[Item], done: dict[str, Done], ac
         for kind in ("image", "text"):
             group = [i for i in items if i.kind == kind]
             batch: list[Prepared] = []
-            for seen, prepared in enumerate(_prefetched(pool, lambda item: _prepare(model, item, done, accepted), group, 2 * batch_size), 1):
+            for prepared in _prefetched(
+                pool, lambda item: _prepare(model, item, done, accepted), group, 2 * batch_size
+            ):
                 if prepared.skip:
                     counts["unchanged"] += 1
                 elif prepared.loaded.error is not None:
@@ -233,6 +355,8 @@ def _run_local(model: ClipOnnx, items: Sequence[Item], done: dict[str, Done], ac
                 if now - last >= 1.0:
                     last = now
                     finished = counts["embedded"] + counts["unchanged"] + len(errors)
-                    progress(f"{finished}/{len(items)} items ({counts['embedded']} embedded, {len(errors)} failed); {rate_and_eta(counts['embedded'], len(items) - finished, now - started)}")
+                    progress(
+                        f"{finished}/{len(items)} items ({counts['embedded']} embedded, {len(errors)} failed); {rate_and_eta(counts['embedded'], len(items) - finished, now - started)}"
+                    )
             run(batch)
     flush()

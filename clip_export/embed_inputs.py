@@ -6,12 +6,14 @@ captions. Each becomes Items: an id (the path, or `table#row` / `file#line`), a 
 text) and where its content comes from. Content is read and hashed later (`load`), in the engine's
 worker threads, so listing a million files costs a directory walk and nothing more.
 """
+
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Iterator, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -58,7 +60,13 @@ def list_items(inputs: Sequence[str | Path], column: str | None = None) -> list[
 
 def _items_of(path: Path, column: str | None) -> Iterator[Item]:
     if path.is_dir():
-        files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES and not any(part.startswith(".") for part in p.relative_to(path).parts))
+        files = sorted(
+            p
+            for p in path.rglob("*")
+            if p.is_file()
+            and p.suffix.lower() in IMAGE_SUFFIXES
+            and not any(part.startswith(".") for part in p.relative_to(path).parts)
+        )
         yield from (Item(str(p), "image", path=str(p)) for p in files)
         return
     if not path.is_file():
@@ -73,20 +81,28 @@ def _items_of(path: Path, column: str | None) -> Iterator[Item]:
         yield from _table_items(path, column)
     else:
         known = ", ".join(IMAGE_SUFFIXES + EMBED_CAPTION_SUFFIXES + EMBED_TABLE_SUFFIXES)
-        raise ClipExportError(f"INPUT {path}: {suffix or 'no suffix'} is not an input embed reads; use a folder or one of {known}")
+        raise ClipExportError(
+            f"INPUT {path}: {suffix or 'no suffix'} is not an input embed reads; use a folder or one of {known}"
+        )
 
 
 def _table_items(path: Path, column: str | None) -> Iterator[Item]:
     pa = pyarrow_module(f"reading the table {path.name}")
     suffix = path.suffix.lower()
     if suffix == ".parquet":
-        table = import_optional("pyarrow.parquet", package="pyarrow", extra="embed", purpose="reading Parquet").read_table(path)
+        table = import_optional(
+            "pyarrow.parquet", package="pyarrow", extra="embed", purpose="reading Parquet"
+        ).read_table(path)
     elif suffix == ".csv":
         table = import_optional("pyarrow.csv", package="pyarrow", extra="embed", purpose="reading CSV").read_csv(path)
     else:
-        table = import_optional("pyarrow.json", package="pyarrow", extra="embed", purpose="reading JSONL").read_json(path)
+        table = import_optional("pyarrow.json", package="pyarrow", extra="embed", purpose="reading JSONL").read_json(
+            path
+        )
     if not column:
-        raise ClipExportError(f"INPUT {path} is a table: name the column with image paths, image bytes or captions with --column (it has: {', '.join(table.column_names)})")
+        raise ClipExportError(
+            f"INPUT {path} is a table: name the column with image paths, image bytes or captions with --column (it has: {', '.join(table.column_names)})"
+        )
     if column not in table.column_names:
         raise ClipExportError(f"INPUT {path} has no column {column!r}; it has: {', '.join(table.column_names)}")
     field = table.schema.field(column).type
@@ -95,7 +111,9 @@ def _table_items(path: Path, column: str | None) -> Iterator[Item]:
         yield from (Item(f"{path}#{row}", "image", data=value) for row, value in enumerate(values) if value is not None)
         return
     if not (pa.types.is_string(field) or pa.types.is_large_string(field)):
-        raise ClipExportError(f"column {column!r} of {path} holds {field}; embed reads image paths, image bytes or captions")
+        raise ClipExportError(
+            f"column {column!r} of {path} holds {field}; embed reads image paths, image bytes or captions"
+        )
     strings = [v for v in values if v]
     if strings and all(Path(v).suffix.lower() in IMAGE_SUFFIXES for v in strings):
         base = path.parent

@@ -10,21 +10,23 @@ its Parquet metadata): the index of what is done is read back from the chunks th
 content hash, so a re-run embeds only new or changed items. A later chunk supersedes an earlier
 row with the same id; compaction rewrites chunks without their superseded rows.
 """
+
 from __future__ import annotations
 
 import io
 import json
 import re
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
+from .embed_inputs import pyarrow_module
 from .errors import ClipExportError, OutputError
 from .manifest import atomic_write_bytes, atomic_write_text, now_iso, to_jsonable
 from .spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_MANIFEST_NAME
-from .embed_inputs import pyarrow_module
 
 FORMAT = "clip-export embeddings"
 SCHEMA_VERSION = 1
@@ -48,7 +50,12 @@ def _pq() -> Any:
 
 def _schema(dim: int, key: str) -> Any:
     pa = pyarrow_module("writing embeddings")
-    fields = [pa.field("id", pa.string()), pa.field("kind", pa.string()), pa.field("sha256", pa.string()), pa.field("embedding", pa.list_(pa.float32(), dim))]
+    fields = [
+        pa.field("id", pa.string()),
+        pa.field("kind", pa.string()),
+        pa.field("sha256", pa.string()),
+        pa.field("embedding", pa.list_(pa.float32(), dim)),
+    ]
     return pa.schema(fields, metadata={ARTIFACT_KEY: key.encode()})
 
 
@@ -60,8 +67,14 @@ class Store:
         self.data = self.out / EMBED_DATA_DIR
         if self.out.exists() and not self.out.is_dir():
             raise OutputError(f"--out {self.out} is a file, not a directory")
-        if self.out.is_dir() and any(not p.name.startswith(".") for p in self.out.iterdir()) and not (self.out / EMBED_MANIFEST_NAME).exists():
-            raise OutputError(f"--out {self.out} holds files but no {EMBED_MANIFEST_NAME}: not an embeddings dataset; choose an empty or new directory")
+        if (
+            self.out.is_dir()
+            and any(not p.name.startswith(".") for p in self.out.iterdir())
+            and not (self.out / EMBED_MANIFEST_NAME).exists()
+        ):
+            raise OutputError(
+                f"--out {self.out} holds files but no {EMBED_MANIFEST_NAME}: not an embeddings dataset; choose an empty or new directory"
+            )
         self.manifest: dict[str, Any] | None = self._read_manifest()
 
     def _read_manifest(self) -> dict[str, Any] | None:
@@ -71,7 +84,9 @@ class Store:
         try:
             manifest = json.loads(path.read_text(encoding="utf-8"))
         except (OSError, ValueError) as exc:
-            raise OutputError(f"{path} cannot be read as JSON ({exc}); it was not written by clip-export embed") from None
+            raise OutputError(
+                f"{path} cannot be read as JSON ({exc}); it was not written by clip-export embed"
+            ) from None
         if manifest.get("format") != FORMAT or "artifact" not in manifest:
             raise OutputError(f"{path} is not a clip-export embeddings manifest")
         return manifest
@@ -79,7 +94,15 @@ class Store:
     def remove_stale_temporaries(self) -> int:
         """A killed run's half-written chunk lies under a hidden .tmp name no reader opens; the next
         run (holding the directory's lock) removes it."""
-        stale = [*self.data.glob(".part-*.tmp"), *self.out.glob(f".{EMBED_ERRORS_NAME}.*.tmp"), *self.out.glob(f".{EMBED_MANIFEST_NAME}.*.tmp")] if self.out.is_dir() and self.data.is_dir() else []
+        stale = (
+            [
+                *self.data.glob(".part-*.tmp"),
+                *self.out.glob(f".{EMBED_ERRORS_NAME}.*.tmp"),
+                *self.out.glob(f".{EMBED_MANIFEST_NAME}.*.tmp"),
+            ]
+            if self.out.is_dir() and self.data.is_dir()
+            else []
+        )
         for path in stale:
             path.unlink(missing_ok=True)
         return len(stale)
@@ -97,12 +120,22 @@ class Store:
                 done[item_id] = Done(sha, key)
         return done
 
-    def write_chunk(self, ids: Sequence[str], kinds: Sequence[str], shas: Sequence[str], embeddings: np.ndarray, key: str) -> Path:
+    def write_chunk(
+        self, ids: Sequence[str], kinds: Sequence[str], shas: Sequence[str], embeddings: np.ndarray, key: str
+    ) -> Path:
         pa, pq = pyarrow_module("writing embeddings"), _pq()
         matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
         dim = matrix.shape[1]
         flat = pa.array(matrix.reshape(-1), type=pa.float32())
-        table = pa.table([pa.array(list(ids), pa.string()), pa.array(list(kinds), pa.string()), pa.array(list(shas), pa.string()), pa.FixedSizeListArray.from_arrays(flat, dim)], schema=_schema(dim, key))
+        table = pa.table(
+            [
+                pa.array(list(ids), pa.string()),
+                pa.array(list(kinds), pa.string()),
+                pa.array(list(shas), pa.string()),
+                pa.FixedSizeListArray.from_arrays(flat, dim),
+            ],
+            schema=_schema(dim, key),
+        )
         existing = self.parts()
         number = int(_PART.match(existing[-1].name).group(1)) + 1 if existing else 0  # type: ignore[union-attr]
         path = self.data / f"part-{number:08d}.parquet"
@@ -117,7 +150,12 @@ class Store:
             return
         pa = pyarrow_module("writing the errors table")
         columns = list(zip(*errors))
-        table = pa.table({name: pa.array(list(values), pa.string()) for name, values in zip(("id", "kind", "sha256", "reason"), columns)})
+        table = pa.table(
+            {
+                name: pa.array(list(values), pa.string())
+                for name, values in zip(("id", "kind", "sha256", "reason"), columns)
+            }
+        )
         atomic_write_bytes(path, _parquet_bytes(_pq(), table))
 
     def compact(self, keep_keys: set[str] | None = None) -> int:
@@ -149,7 +187,17 @@ class Store:
 
 
 def new_manifest(artifact: dict[str, Any], dim: int) -> dict[str, Any]:
-    return {"format": FORMAT, "schema_version": SCHEMA_VERSION, "created": now_iso(), "columns": list(COLUMNS), "embedding_dim": dim, "normalized": "l2", "artifact": artifact, "accepted": [], "runs": []}
+    return {
+        "format": FORMAT,
+        "schema_version": SCHEMA_VERSION,
+        "created": now_iso(),
+        "columns": list(COLUMNS),
+        "embedding_dim": dim,
+        "normalized": "l2",
+        "artifact": artifact,
+        "accepted": [],
+        "runs": [],
+    }
 
 
 def read_embeddings(out: Path) -> Any:

@@ -4,23 +4,48 @@ A verdict is a claim about a machine: onnxruntime picks its kernels from what CP
 (AVX2 without VNNI saturates INT8 sums that VNNI does not), so every verification row carries the
 environment it ran in, and a pass is only reused where that environment is the same.
 """
+
 from __future__ import annotations
 
 import platform
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .errors import ManifestError
 from .spec import PROVIDERS, TENSORRT_RUNTIME, provider_label
 
 # CPUID features that change which onnxruntime/torch kernels run; Linux's /proc/cpuinfo names.
-KERNEL_FLAGS = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx_vnni", "avx512_bf16", "amx_tile", "amx_int8", "amx_bf16", "asimd", "sve", "i8mm", "bf16")
+KERNEL_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "sve",
+    "i8mm",
+    "bf16",
+)
 # LLVM's names for the same features (llvmlite asks CPUID itself, so an emulated CPU reports its own).
-_LLVM_NAMES = {"avx512vnni": "avx512_vnni", "avxvnni": "avx_vnni", "avx512bf16": "avx512_bf16", "amx-tile": "amx_tile", "amx-int8": "amx_int8", "amx-bf16": "amx_bf16", "neon": "asimd"}
+_LLVM_NAMES = {
+    "avx512vnni": "avx512_vnni",
+    "avxvnni": "avx_vnni",
+    "avx512bf16": "avx512_bf16",
+    "amx-tile": "amx_tile",
+    "amx-int8": "amx_int8",
+    "amx-bf16": "amx_bf16",
+    "neon": "asimd",
+}
 GPU_PROVIDERS = (PROVIDERS["cuda"], PROVIDERS["tensorrt"], TENSORRT_RUNTIME)
 
 
@@ -60,9 +85,22 @@ class Environment:
     @property
     def key(self) -> str:
         """Equal keys mean the same kernels on the same bytes: the ground for reusing a verdict."""
-        parts = [self.arch, self.cpu_target, ",".join(self.isa_flags), self.os.split(" ")[0], self.onnxruntime, self.provider]
+        parts = [
+            self.arch,
+            self.cpu_target,
+            ",".join(self.isa_flags),
+            self.os.split(" ")[0],
+            self.onnxruntime,
+            self.provider,
+        ]
         if self.provider in GPU_PROVIDERS:
-            parts += [self.gpu or "?", self.compute_capability or "?", self.driver or "?", self.cuda or "?", self.tensorrt or "-"]
+            parts += [
+                self.gpu or "?",
+                self.compute_capability or "?",
+                self.driver or "?",
+                self.cuda or "?",
+                self.tensorrt or "-",
+            ]
         return "|".join(parts)
 
     def describe(self) -> str:
@@ -80,18 +118,22 @@ class Environment:
         return data
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "the manifest") -> "Environment":
+    def from_json(cls, data: Any, where: str = "the manifest") -> Environment:
         """Refuses a record that does not say where it was obtained: such a verdict proves nothing here."""
         names = {f.name for f in fields(cls)}
         required = {"cpu", "cpu_target", "isa_flags", "os", "arch", "onnxruntime", "provider"}
         if not isinstance(data, dict) or not required <= set(data):
             missing = sorted(required - set(data)) if isinstance(data, dict) else sorted(required)
-            raise ManifestError(f"{where} has a verdict from an unknown environment (missing {', '.join(missing)}); run 'clip-export verify' on this machine")
+            raise ManifestError(
+                f"{where} has a verdict from an unknown environment (missing {', '.join(missing)}); run 'clip-export verify' on this machine"
+            )
         values = {k: v for k, v in data.items() if k in names}
         values["isa_flags"] = tuple(values["isa_flags"])
         env = cls(**values)
         if data.get("key") not in (None, env.key):
-            raise ManifestError(f"{where} has a verdict whose environment key does not match its own fields (edited by hand?); run 'clip-export verify' again")
+            raise ManifestError(
+                f"{where} has a verdict whose environment key does not match its own fields (edited by hand?); run 'clip-export verify' again"
+            )
         return env
 
 
@@ -134,7 +176,12 @@ def _gpu(provider: str) -> dict[str, str | None]:
     info: dict[str, str | None] = {}
     smi = shutil.which("nvidia-smi")
     if smi:
-        done = subprocess.run([smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"], capture_output=True, text=True, timeout=20)
+        done = subprocess.run(
+            [smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
         if done.returncode == 0 and done.stdout.strip():
             name, cc, driver = [part.strip() for part in done.stdout.strip().splitlines()[0].split(",")][:3]
             info.update(gpu=name, compute_capability=cc, driver=driver)
@@ -158,7 +205,16 @@ def current_environment(provider: str) -> Environment:
     """This process's environment for `provider`, the onnxruntime provider (or runtime) that ran."""
     name, target, flags = _cpu()
     gpu = _gpu(provider) if provider in GPU_PROVIDERS else {}
-    return Environment(name, target, flags, f"{platform.system()} {platform.release()}", platform.machine(), _onnxruntime_version(), provider, **gpu)
+    return Environment(
+        name,
+        target,
+        flags,
+        f"{platform.system()} {platform.release()}",
+        platform.machine(),
+        _onnxruntime_version(),
+        provider,
+        **gpu,
+    )
 
 
 def environment_table(rows: Sequence[dict[str, Any]]) -> list[str]:
@@ -166,8 +222,14 @@ def environment_table(rows: Sequence[dict[str, Any]]) -> list[str]:
     lines = ["| artifact | sha256 | environment | verdict | date |", "|---|---|---|---|---|"]
     for r in sorted(rows, key=lambda r: (r["path"], r.get("date") or "")):
         env = r.get("environment")
-        where = Environment.from_json(env, f"the verdict for {r['path']}").describe() if isinstance(env, dict) else "unknown environment (verified before environments were recorded)"
-        lines.append(f"| {r['path']} | `{(r.get('sha256') or '')[:12]}` | {where} | {r['status']} | {r.get('date') or '-'} |")
+        where = (
+            Environment.from_json(env, f"the verdict for {r['path']}").describe()
+            if isinstance(env, dict)
+            else "unknown environment (verified before environments were recorded)"
+        )
+        lines.append(
+            f"| {r['path']} | `{(r.get('sha256') or '')[:12]}` | {where} | {r['status']} | {r.get('date') or '-'} |"
+        )
     return lines
 
 

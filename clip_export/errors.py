@@ -1,4 +1,5 @@
 """One error hierarchy: the CLI turns any of these into a single `Error: …` line and exit 1."""
+
 from __future__ import annotations
 
 import importlib

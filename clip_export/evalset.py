@@ -1,4 +1,5 @@
 """The bundled evaluation set: real photographs and captions that every artifact is checked on."""
+
 from __future__ import annotations
 
 import json

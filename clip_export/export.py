@@ -1,4 +1,5 @@
 """Export stage: open_clip towers → ONNX with a dynamic batch, checked against torch right away."""
+
 from __future__ import annotations
 
 import contextlib
@@ -9,14 +10,14 @@ import os
 import shutil
 import time
 import warnings
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
-from . import __version__
-from . import attention
+from . import __version__, attention
 from .artifact import ArtifactEntry
 from .environment import versions
 from .errors import ClipExportError, ExportParityError, OutputError, UnsupportedOpsetError
@@ -28,7 +29,6 @@ from .onnx_files import external_data_files, inline_external_data, make_strided_
 from .progress import Progress, silent
 from .reference import compute_reference, example_input, torch_embed, tower_module
 from .sessions import SessionOptions, create_session
-from .tokenizer import TOKENIZER_NAME
 from .spec import (
     BATCH_AXIS,
     DEFAULT_OPSET,
@@ -39,6 +39,7 @@ from .spec import (
     SUPPORTED_OPSETS,
     TOWERS,
 )
+from .tokenizer import TOKENIZER_NAME
 
 
 @dataclass(frozen=True)
@@ -63,7 +64,9 @@ class ExportResult:
 
 def tower_parameter_bytes(loaded: LoadedModel, tower: str) -> int:
     total = sum(p.numel() * 4 for p in loaded.model.parameters())
-    visual = sum(p.numel() * 4 for p in loaded.model.visual.parameters()) if hasattr(loaded.model, "visual") else total // 2
+    visual = (
+        sum(p.numel() * 4 for p in loaded.model.visual.parameters()) if hasattr(loaded.model, "visual") else total // 2
+    )
     return visual if tower == "visual" else total - visual
 
 
@@ -120,13 +123,23 @@ def export_tower(
     module = tower_module(loaded, tower, normalize)
     example = torch.from_numpy(example_input(loaded, tower, EXPORT_EXAMPLE_BATCH, seed=1))
     try:
-        with attention.batch_first_attention(module) if batch_first_attention else contextlib.nullcontext(set()) as rewritten_blocks:
+        with (
+            attention.batch_first_attention(module)
+            if batch_first_attention
+            else contextlib.nullcontext(set()) as rewritten_blocks
+        ):
             program = _torch_export(module, example, tower, opset)
         rewritten = len(rewritten_blocks)
     except Exception as exc:
-        raise ClipExportError(f"torch.onnx.export failed for the {tower} tower of {loaded.spec.arch}: {str(exc).splitlines()[0]}") from exc
+        raise ClipExportError(
+            f"torch.onnx.export failed for the {tower} tower of {loaded.spec.arch}: {str(exc).splitlines()[0]}"
+        ) from exc
     program.model.metadata_props.update(_metadata(loaded, tower, opset, normalize))
-    use_external = external_data if external_data is not None else tower_parameter_bytes(loaded, tower) > EXTERNAL_DATA_THRESHOLD_BYTES
+    use_external = (
+        external_data
+        if external_data is not None
+        else tower_parameter_bytes(loaded, tower) > EXTERNAL_DATA_THRESHOLD_BYTES
+    )
     # Always stream the weights to a side file first: serialising a whole ModelProto in memory
     # costs two extra copies of the weights. Small towers are then stitched into one file.
     make_strided_initializers_lazy(program.model)
@@ -153,7 +166,13 @@ def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -
 def io_declaration(loaded: LoadedModel, tower: str, dtype_in: str | None = None) -> dict[str, Any]:
     spec = TOWERS[tower]
     return {
-        "inputs": [{"name": spec.input_name, "dtype": dtype_in or spec.input_dtype, "shape": spec.input_shape(loaded.tokenizer.context_length, loaded.preprocess.image_size)}],
+        "inputs": [
+            {
+                "name": spec.input_name,
+                "dtype": dtype_in or spec.input_dtype,
+                "shape": spec.input_shape(loaded.tokenizer.context_length, loaded.preprocess.image_size),
+            }
+        ],
         "outputs": [{"name": spec.output_name, "dtype": "float32", "shape": spec.output_shape(loaded.embed_dim)}],
     }
 
@@ -209,7 +228,9 @@ def export_onnx(
     started = time.perf_counter()
     spec = resolve(model) if isinstance(model, str) else model
     if opset not in SUPPORTED_OPSETS:
-        raise UnsupportedOpsetError(f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})")
+        raise UnsupportedOpsetError(
+            f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})"
+        )
     unknown = [t for t in towers if t not in TOWERS]
     if unknown or not towers:
         raise ClipExportError(f"unknown tower(s) {', '.join(unknown) or '(none)'}; choose from {', '.join(TOWERS)}")
@@ -222,7 +243,21 @@ def export_onnx(
     _check_output_dir(out)
     try:
         with exclusive(target):  # a second export into the same place fails here, at once
-            _export_locked(spec, out, target, towers, opset, normalize, force, external_data, evalset, progress, loaded, batch_first_attention, results)
+            _export_locked(
+                spec,
+                out,
+                target,
+                towers,
+                opset,
+                normalize,
+                force,
+                external_data,
+                evalset,
+                progress,
+                loaded,
+                batch_first_attention,
+                results,
+            )
     except BaseException:
         if created:  # bad input found while loading leaves no trace, not even an empty OUT
             with contextlib.suppress(OSError):
@@ -277,7 +312,15 @@ def _export_locked(
             tower_started = time.perf_counter()
             path = staging / f"{tower}.onnx"
             progress(f"exporting the {tower} tower (torch.onnx, dynamo, opset {opset})")
-            data_files, rewritten = export_tower(loaded, tower, path, opset=opset, normalize=normalize, external_data=external_data, batch_first_attention=batch_first_attention)
+            data_files, rewritten = export_tower(
+                loaded,
+                tower,
+                path,
+                opset=opset,
+                normalize=normalize,
+                external_data=external_data,
+                batch_first_attention=batch_first_attention,
+            )
             progress(f"checking the {tower} tower against torch fp32 in onnxruntime")
             mean_abs, max_abs = parity_check(loaded, tower, path, normalize)
             if not mean_abs <= EXPORT_PARITY_TOLERANCE:
@@ -296,11 +339,26 @@ def _export_locked(
                 inputs=tuple(io["inputs"]),
                 outputs=tuple(io["outputs"]),
                 external_data=tuple(file_record(staging / name, staging) for name in data_files),
-                details={"export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs}, "batch_first_attention_blocks": rewritten},
+                details={
+                    "export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs},
+                    "batch_first_attention_blocks": rewritten,
+                },
             )
             manifest["artifacts"].append(entry.to_json())
-            results.append(TowerResult(tower, target / path.name, record["bytes"], data_files, mean_abs, max_abs, time.perf_counter() - tower_started))
-        progress(f"computing fp32 torch reference embeddings for {len(evalset.image_paths)} images and {len(evalset.captions)} captions")
+            results.append(
+                TowerResult(
+                    tower,
+                    target / path.name,
+                    record["bytes"],
+                    data_files,
+                    mean_abs,
+                    max_abs,
+                    time.perf_counter() - tower_started,
+                )
+            )
+        progress(
+            f"computing fp32 torch reference embeddings for {len(evalset.image_paths)} images and {len(evalset.captions)} captions"
+        )
         arrays = compute_reference(loaded, evalset, towers, normalize)
         np.savez(staging / REFERENCE_NAME, **arrays)
         manifest["reference"] = {

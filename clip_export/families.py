@@ -6,14 +6,16 @@ blocks are reparameterized before tracing. Where the text tower pools is open_cl
 trace follows encode_text); each row's `note` says where, for docs/models.md. open_clip's own data
 (an architecture's `preprocess_cfg`, a pretrained tag's config) still wins where it speaks.
 """
+
 from __future__ import annotations
 
 import fnmatch
 import json
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ClipExportError
 from .spec import TOKENIZER_NAME as TOKENIZER_FILE
@@ -35,7 +37,9 @@ class FamilyRules:
     preprocess: Mapping[str, Any] = field(default_factory=dict)  # defaults below the arch's and the tag's own
     reparameterize: bool = False  # MobileOne/FastViT branches folded (timm's reparameterize_model) before export
     needs_transformers: bool = False  # the text tower is a transformers model
-    tokenizer_language: str | None = None  # the source-language code put before every caption (NLLB), recorded as tokenizer.language
+    tokenizer_language: str | None = (
+        None  # the source-language code put before every caption (NLLB), recorded as tokenizer.language
+    )
     note: str = ""
 
     def matches(self, arch: str, model_cfg: Mapping[str, Any]) -> bool:
@@ -79,7 +83,9 @@ FAMILIES: tuple[FamilyRules, ...] = (
         arch_globs=("*SigLIP*",),
         text_keys=("hf_tokenizer_name",),
         tokenizer="hf",
-        preprocess=MappingProxyType({"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "resize_mode": "squash"}),
+        preprocess=MappingProxyType(
+            {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "resize_mode": "squash"}
+        ),
         note="SentencePiece tokenizer with its own padding, last-token pooling (no EOT argmax), squash resize with no centre crop, sigmoid head",
     ),
     FamilyRules(
@@ -92,16 +98,29 @@ FAMILIES: tuple[FamilyRules, ...] = (
 )
 
 # transformers model_type a text tower's hf_model_name stands for: a --text-config of another type is refused.
-HF_MODEL_TYPES: tuple[tuple[str, str], ...] = (("xlm-roberta", "xlm-roberta"), ("roberta", "roberta"), ("nllb", "m2m_100"), ("mt5", "mt5"), ("bert", "bert"))
+HF_MODEL_TYPES: tuple[tuple[str, str], ...] = (
+    ("xlm-roberta", "xlm-roberta"),
+    ("roberta", "roberta"),
+    ("nllb", "m2m_100"),
+    ("mt5", "mt5"),
+    ("bert", "bert"),
+)
 
 
 def family_for(arch: str, model_cfg: Mapping[str, Any]) -> FamilyRules:
     return next(f for f in FAMILIES if f.matches(arch, model_cfg))
 
 
-def preprocess_settings(family: FamilyRules, model_cfg: Mapping[str, Any], tag_cfg: Mapping[str, Any]) -> dict[str, Any]:
+def preprocess_settings(
+    family: FamilyRules, model_cfg: Mapping[str, Any], tag_cfg: Mapping[str, Any]
+) -> dict[str, Any]:
     """open_clip's defaults < the family's rule < the architecture's preprocess_cfg < the pretrained tag."""
-    settings: dict[str, Any] = {"mean": OPENAI_MEAN, "std": OPENAI_STD, "interpolation": "bicubic", "resize_mode": "shortest"}
+    settings: dict[str, Any] = {
+        "mean": OPENAI_MEAN,
+        "std": OPENAI_STD,
+        "interpolation": "bicubic",
+        "resize_mode": "shortest",
+    }
     settings.update(family.preprocess)
     for source in (model_cfg.get("preprocess_cfg") or {}, tag_cfg):
         settings.update({k: source[k] for k in settings if source.get(k) is not None})
@@ -117,12 +136,16 @@ def check_tokenizer_dir(directory: Path, arch: str, family: FamilyRules) -> Path
     """--tokenizer DIR: only for families that tokenize with a Hugging Face tokenizer, and only a
     directory that holds a tokenizer.json."""
     if family.tokenizer != "hf":
-        raise ClipExportError(f"--tokenizer {directory}: {arch} is a {family.name} model that tokenizes with open_clip's bundled CLIP BPE; --tokenizer is for models that name a Hugging Face tokenizer (SigLIP, multilingual text towers)")
+        raise ClipExportError(
+            f"--tokenizer {directory}: {arch} is a {family.name} model that tokenizes with open_clip's bundled CLIP BPE; --tokenizer is for models that name a Hugging Face tokenizer (SigLIP, multilingual text towers)"
+        )
     if not directory.is_dir():
         raise ClipExportError(f"--tokenizer {directory}: no such directory; pass a directory holding {TOKENIZER_FILE}")
     if not (directory / TOKENIZER_FILE).is_file():
         found = ", ".join(sorted(p.name for p in directory.iterdir())[:8]) or "nothing"
-        raise ClipExportError(f"--tokenizer {directory} has no {TOKENIZER_FILE} (it holds: {found}); save one with tokenizer.save_pretrained(DIR) or tokenizers' Tokenizer.save")
+        raise ClipExportError(
+            f"--tokenizer {directory} has no {TOKENIZER_FILE} (it holds: {found}); save one with tokenizer.save_pretrained(DIR) or tokenizers' Tokenizer.save"
+        )
     return directory.resolve()
 
 
@@ -131,15 +154,21 @@ def check_text_config_dir(directory: Path, arch: str, model_cfg: Mapping[str, An
     text tower is, read as JSON (no transformers needed to refuse it)."""
     hf_name = str((model_cfg.get("text_cfg") or {}).get("hf_model_name") or "")
     if not hf_name:
-        raise ClipExportError(f"--text-config {directory}: {arch} is a {family.name} model whose text tower is open_clip's own; --text-config is for Hugging Face text towers (xlm-roberta, roberta, nllb, mt5 architectures)")
+        raise ClipExportError(
+            f"--text-config {directory}: {arch} is a {family.name} model whose text tower is open_clip's own; --text-config is for Hugging Face text towers (xlm-roberta, roberta, nllb, mt5 architectures)"
+        )
     config_file = directory / "config.json"
     if not config_file.is_file():
-        raise ClipExportError(f"--text-config {directory} has no config.json; save one with transformers' AutoConfig.save_pretrained(DIR)")
+        raise ClipExportError(
+            f"--text-config {directory} has no config.json; save one with transformers' AutoConfig.save_pretrained(DIR)"
+        )
     try:
         model_type = json.loads(config_file.read_text()).get("model_type")
     except (json.JSONDecodeError, UnicodeDecodeError, AttributeError) as exc:
         raise ClipExportError(f"--text-config {config_file} is not a JSON object: {exc}") from exc
     expected = expected_hf_model_type(hf_name)
     if expected is not None and model_type != expected:
-        raise ClipExportError(f"--text-config {directory} is a {model_type!r} config, but {arch}'s text tower is {hf_name} ({expected!r})")
+        raise ClipExportError(
+            f"--text-config {directory} is a {model_type!r} config, but {arch}'s text tower is {hf_name} ({expected!r})"
+        )
     return directory.resolve()

@@ -2,6 +2,7 @@
 optimizer, and the nodes a conversion keeps in float. Shared by the fp16, INT8 and q4 stages and
 bench's fused baseline, so no stage imports another. Every rewritten graph is verified like any
 other artifact before it ships."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -64,7 +65,12 @@ def fuse_attention(model: Any) -> int:
         """(the head split it comes from, which part) for Squeeze(Slice(split, [i], [i + 1]), axis 0)."""
         squeeze = made_by(name, "Squeeze")
         part = made_by(squeeze.input[0], "Slice") if squeeze is not None and len(squeeze.input) > 1 else None
-        if part is None or scalar(squeeze.input[1]) != 0 or len(part.input) > 4 or (len(part.input) == 4 and scalar(part.input[3]) != 0):
+        if (
+            part is None
+            or scalar(squeeze.input[1]) != 0
+            or len(part.input) > 4
+            or (len(part.input) == 4 and scalar(part.input[3]) != 0)
+        ):
             return None
         start, stop = scalar(part.input[1]), scalar(part.input[2])
         return (part.input[0], int(start)) if start is not None and stop == start + 1 else None
@@ -72,7 +78,11 @@ def fuse_attention(model: Any) -> int:
     added: list[Any] = []
     for index, softmax in enumerate([n for n in graph.node if n.op_type == "Softmax"]):
         context = only_consumer(softmax.output[0], "MatMul")
-        back = only_consumer(context.output[0], "Transpose") if context is not None and context.input[0] == softmax.output[0] else None
+        back = (
+            only_consumer(context.output[0], "Transpose")
+            if context is not None and context.input[0] == softmax.output[0]
+            else None
+        )
         if back is None or not has_perm(back, [0, 2, 1, 3]):
             continue
         merge = only_consumer(back.output[0], "Reshape")
@@ -104,12 +114,34 @@ def fuse_attention(model: Any) -> int:
         added.append(helper.make_node("Constant", [], [f"{prefix}_sizes"], value=sizes, name=f"{prefix}_sizes"))
         if mask_rank == 2:
             axes = helper.make_tensor(f"{prefix}_mask_axes", TensorProto.INT64, [2], [0, 1])
-            added.append(helper.make_node("Constant", [], [f"{prefix}_mask_axes"], value=axes, name=f"{prefix}_mask_axes"))
-            added.append(helper.make_node("Unsqueeze", [mask, f"{prefix}_mask_axes"], [f"{prefix}_mask"], name=f"{prefix}_mask"))
+            added.append(
+                helper.make_node("Constant", [], [f"{prefix}_mask_axes"], value=axes, name=f"{prefix}_mask_axes")
+            )
+            added.append(
+                helper.make_node("Unsqueeze", [mask, f"{prefix}_mask_axes"], [f"{prefix}_mask"], name=f"{prefix}_mask")
+            )
             mask = f"{prefix}_mask"
-        added.append(helper.make_node("Split", [view.input[0], f"{prefix}_sizes"], [f"{prefix}_q", f"{prefix}_k", f"{prefix}_v"], axis=-1, name=f"{prefix}_qkv"))
+        added.append(
+            helper.make_node(
+                "Split",
+                [view.input[0], f"{prefix}_sizes"],
+                [f"{prefix}_q", f"{prefix}_k", f"{prefix}_v"],
+                axis=-1,
+                name=f"{prefix}_qkv",
+            )
+        )
         inputs = [f"{prefix}_q", f"{prefix}_k", f"{prefix}_v"] + (["", "", mask] if mask else [])
-        added.append(helper.make_node("MultiHeadAttention", inputs, [merge.output[0]], domain="com.microsoft", num_heads=heads, scale=scale, name=prefix))
+        added.append(
+            helper.make_node(
+                "MultiHeadAttention",
+                inputs,
+                [merge.output[0]],
+                domain="com.microsoft",
+                num_heads=heads,
+                scale=scale,
+                name=prefix,
+            )
+        )
         merge.output[0] = f"{prefix}_replaced"
     if not added:
         return 0
@@ -149,11 +181,15 @@ def _remove_dead_nodes_and_sort(graph: Any) -> None:
 
 def fuse_transformer_ops(source: Path | Any) -> tuple[Any, dict[str, int]]:
     """onnxruntime's transformer optimizer; returns the optimizer's model wrapper and what it fused."""
-    optimize_model = import_optional("onnxruntime.transformers.optimizer", package="onnxruntime", extra="cpu", purpose="--fuse").optimize_model
+    optimize_model = import_optional(
+        "onnxruntime.transformers.optimizer", package="onnxruntime", extra="cpu", purpose="--fuse"
+    ).optimize_model
     import logging
 
     logging.getLogger("onnxruntime.transformers").setLevel(logging.ERROR)
-    optimized = optimize_model(str(source) if isinstance(source, Path) else source, model_type="clip", num_heads=0, hidden_size=0, opt_level=0)
+    optimized = optimize_model(
+        str(source) if isinstance(source, Path) else source, model_type="clip", num_heads=0, hidden_size=0, opt_level=0
+    )
     stats = {k: int(v) for k, v in optimized.get_fused_operator_statistics().items() if v}
     return optimized, stats
 

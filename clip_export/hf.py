@@ -1,10 +1,12 @@
 """Hugging Face CLIP directories (config.json, weights, tokenizer files), loaded offline through
 transformers (`pip install 'clip-export[hf]'`) and given open_clip's encode_image/encode_text."""
+
 from __future__ import annotations
 
 import json
+from collections.abc import Sequence
 from functools import lru_cache
-from typing import Any, Sequence
+from typing import Any
 
 from .configs import LoadedModel, ModelSpec, PreprocessConfig, TokenizerConfig
 from .errors import WeightsError, import_optional
@@ -13,12 +15,16 @@ from .tokenizer_setup import finish_loading
 
 
 def load_hf_dir(spec: ModelSpec) -> LoadedModel:
-    transformers = import_optional("transformers", package="transformers", extra="hf", purpose="loading a Hugging Face CLIP directory")
+    transformers = import_optional(
+        "transformers", package="transformers", extra="hf", purpose="loading a Hugging Face CLIP directory"
+    )
     import torch
 
     assert spec.hf_dir is not None
     try:
-        model = transformers.CLIPModel.from_pretrained(str(spec.hf_dir), local_files_only=True, torch_dtype=torch.float32)
+        model = transformers.CLIPModel.from_pretrained(
+            str(spec.hf_dir), local_files_only=True, torch_dtype=torch.float32
+        )
         tokenizer = transformers.CLIPTokenizer.from_pretrained(str(spec.hf_dir), local_files_only=True)
     except Exception as exc:
         raise WeightsError(f"could not load the Hugging Face CLIP directory {spec.hf_dir}: {exc}") from exc
@@ -37,11 +43,30 @@ def load_hf_dir(spec: ModelSpec) -> LoadedModel:
     context_length = int(model.hf.config.text_config.max_position_embeddings)
 
     def tokenize(texts: Sequence[str], length: int = context_length) -> Any:
-        return tokenizer(list(texts), padding="max_length", truncation=True, max_length=length, return_tensors="pt")["input_ids"]
+        return tokenizer(list(texts), padding="max_length", truncation=True, max_length=length, return_tensors="pt")[
+            "input_ids"
+        ]
 
-    settings = TokenizerConfig(context_length, int(tokenizer.bos_token_id), int(tokenizer.eos_token_id), "huggingface", int(tokenizer.pad_token_id or 0), len(tokenizer), "none")
+    settings = TokenizerConfig(
+        context_length,
+        int(tokenizer.bos_token_id),
+        int(tokenizer.eos_token_id),
+        "huggingface",
+        int(tokenizer.pad_token_id or 0),
+        len(tokenizer),
+        "none",
+    )
     weight_files = sorted(spec.hf_dir.glob("*.safetensors")) or sorted(spec.hf_dir.glob("*.bin"))
-    return finish_loading(spec, model, preprocess, settings, tokenize, tokenizer.backend_tokenizer, weight_files[0] if weight_files else None, family="huggingface-clip")
+    return finish_loading(
+        spec,
+        model,
+        preprocess,
+        settings,
+        tokenize,
+        tokenizer.backend_tokenizer,
+        weight_files[0] if weight_files else None,
+        family="huggingface-clip",
+    )
 
 
 @lru_cache(maxsize=1)

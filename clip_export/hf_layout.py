@@ -17,13 +17,15 @@ id back in the last position when the ids were cut (transformers.js truncates af
 end in EOT or padding the prefix changes nothing, so the embeddings are the verified graph's
 (tests/test_hf_layout.py checks them equal).
 """
+
 from __future__ import annotations
 
 import json
 import os
 import shutil
+from collections.abc import Mapping
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any
 
 from .errors import ReleaseError
 from .manifest import MANIFEST_NAME
@@ -40,7 +42,10 @@ PREPROCESSING_MODEL_FILE = "vision_model_preprocessing"
 DTYPE_SUFFIX = {"fp32": "", "fp16": "_fp16", "q4": "_q4"}
 INT8_SUFFIX = {"QUInt8": "_uint8", "QInt8": "_int8"}
 # The other way: a file's suffix → the `dtype` a transformers.js user passes to load it.
-TRANSFORMERS_JS_DTYPE = {**{suffix: precision for precision, suffix in DTYPE_SUFFIX.items()}, **{suffix: suffix[1:] for suffix in INT8_SUFFIX.values()}}
+TRANSFORMERS_JS_DTYPE = {
+    **{suffix: precision for precision, suffix in DTYPE_SUFFIX.items()},
+    **{suffix: suffix[1:] for suffix in INT8_SUFFIX.values()},
+}
 # transformers.js reads the external data of vision_model.onnx as vision_model.onnx_data,
 # vision_model.onnx_data_1, … (the file's name + "_data"), and needs the count (config.json).
 EXTERNAL_DATA_SUFFIX = "_data"
@@ -84,10 +89,20 @@ def config_json(manifest: Mapping[str, Any], external_data: Mapping[str, int]) -
         "architectures": ["SiglipModel" if family == "siglip" else "CLIPModel"],
         "model_type": MODEL_TYPE.get(family, "clip"),
         "projection_dim": model.get("embed_dim"),
-        "text_config": {"max_position_embeddings": tok["context_length"], "vocab_size": tok.get("vocab_size"), "bos_token_id": tok.get("sot_token_id"), "eos_token_id": tok.get("eot_token_id"), "pad_token_id": tok.get("pad_token_id", 0), "projection_dim": model.get("embed_dim")},
+        "text_config": {
+            "max_position_embeddings": tok["context_length"],
+            "vocab_size": tok.get("vocab_size"),
+            "bos_token_id": tok.get("sot_token_id"),
+            "eos_token_id": tok.get("eot_token_id"),
+            "pad_token_id": tok.get("pad_token_id", 0),
+            "projection_dim": model.get("embed_dim"),
+        },
         "vision_config": {"image_size": int(pre["image_size"][0]), "projection_dim": model.get("embed_dim")},
         "clip_export": {
-            "model": model["name"], "arch": model["arch"], "pretrained": model.get("pretrained"), "source": model.get("source"),
+            "model": model["name"],
+            "arch": model["arch"],
+            "pretrained": model.get("pretrained"),
+            "source": model.get("source"),
             "manifest": f"../{MANIFEST_NAME}",
             "text_model_input": f"input_ids int64 [batch, any length], padded with id {tok.get('pad_token_id', 0)} or truncated to {tok['context_length']} in the graph",
             "onnx_only": "config.json describes the ONNX files under onnx/; there are no PyTorch weights",
@@ -104,14 +119,28 @@ def preprocessor_config(manifest: Mapping[str, Any]) -> dict[str, Any]:
     pre, family = manifest["preprocess"], manifest["model"].get("family", "clip")
     height, width = (int(v) for v in pre["image_size"])
     if pre["interpolation"] not in PIL_RESAMPLE:
-        raise ReleaseError(f"interpolation {pre['interpolation']!r} has no PIL resample code for preprocessor_config.json")
-    config: dict[str, Any] = {"image_processor_type": IMAGE_PROCESSOR.get(family, "CLIPImageProcessor"), "do_resize": True, "resample": PIL_RESAMPLE[pre["interpolation"]], "do_convert_rgb": True, "do_rescale": True, "rescale_factor": 1 / 255, "do_normalize": True, "image_mean": list(pre["mean"]), "image_std": list(pre["std"])}
+        raise ReleaseError(
+            f"interpolation {pre['interpolation']!r} has no PIL resample code for preprocessor_config.json"
+        )
+    config: dict[str, Any] = {
+        "image_processor_type": IMAGE_PROCESSOR.get(family, "CLIPImageProcessor"),
+        "do_resize": True,
+        "resample": PIL_RESAMPLE[pre["interpolation"]],
+        "do_convert_rgb": True,
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(pre["mean"]),
+        "image_std": list(pre["std"]),
+    }
     if pre["resize_mode"] == "squash":
         config.update(size={"height": height, "width": width}, do_center_crop=False)
     elif pre["resize_mode"] == "shortest" and height == width:
         config.update(size={"shortest_edge": height}, do_center_crop=True, crop_size={"height": height, "width": width})
     else:
-        raise ReleaseError(f"resize mode {pre['resize_mode']!r} with a {height}x{width} crop has no CLIPImageProcessor equivalent")
+        raise ReleaseError(
+            f"resize mode {pre['resize_mode']!r} with a {height}x{width} crop has no CLIPImageProcessor equivalent"
+        )
     return config
 
 
@@ -128,7 +157,10 @@ def tokenizer_config(manifest: Mapping[str, Any], tokenizer: Any) -> dict[str, A
         "model_max_length": tok["context_length"],
         "pad_token": name(tok.get("pad_token_id", 0)),
         "clean_up_tokenization_spaces": False,
-        "added_tokens_decoder": {str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")} for t in json.loads(tokenizer.to_str())["added_tokens"]},
+        "added_tokens_decoder": {
+            str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
+            for t in json.loads(tokenizer.to_str())["added_tokens"]
+        },
     }
     for key, token_id in (("bos_token", tok.get("sot_token_id")), ("eos_token", tok.get("eot_token_id"))):
         if name(token_id) is not None:
@@ -143,7 +175,11 @@ def standard_tokenizer(manifest: Mapping[str, Any], path: Path) -> Any:
     from .tokenizer import _tokenizers, clip_normalizer
 
     tokenizer = _tokenizers().Tokenizer.from_file(str(path))
-    if manifest["tokenizer"].get("kind") == "clip-bpe" and manifest["tokenizer"].get("clean") == "lower" and tokenizer.normalizer is None:
+    if (
+        manifest["tokenizer"].get("kind") == "clip-bpe"
+        and manifest["tokenizer"].get("clean") == "lower"
+        and tokenizer.normalizer is None
+    ):
         tokenizer.normalizer = clip_normalizer()
     return tokenizer
 
@@ -176,15 +212,38 @@ def text_graph_for_clients(model: Any, context_length: int, pad_token_id: int, e
         return TEXT_PREFIX + key
 
     length = node("Slice", [node("Shape", [name], "shape"), const("one", [1]), const("two", [2])], "length")
-    missing = node("Max", [node("Sub", [const("context", [context_length]), length], "short_by"), const("zero", [0])], "missing")
+    missing = node(
+        "Max", [node("Sub", [const("context", [context_length]), length], "short_by"), const("zero", [0])], "missing"
+    )
     pads = node("Concat", [const("zeros3", [0, 0, 0]), missing], "pads", axis=0)
     padded = node("Pad", [name, pads, const("pad_id", pad_token_id)], "padded", mode="constant")
     if eot_token_id is None:
-        nodes.append(helper.make_node("Slice", [padded, const("start", [0]), const("end", [context_length]), const("axis", [1])], [inner], name=inner))
+        nodes.append(
+            helper.make_node(
+                "Slice",
+                [padded, const("start", [0]), const("end", [context_length]), const("axis", [1])],
+                [inner],
+                name=inner,
+            )
+        )
     else:
-        head = node("Slice", [padded, const("start", [0]), const("head_end", [context_length - 1]), const("axis", [1])], "head")
-        last = node("Slice", [padded, const("last_start", [context_length - 1]), const("end", [context_length]), const("axis2", [1])], "last")
-        kept = node("Where", [node("Equal", [last, const("pad_id_1", [[pad_token_id]])], "is_pad"), last, const("eot", [[eot_token_id]])], "last_fixed")
+        head = node(
+            "Slice", [padded, const("start", [0]), const("head_end", [context_length - 1]), const("axis", [1])], "head"
+        )
+        last = node(
+            "Slice",
+            [padded, const("last_start", [context_length - 1]), const("end", [context_length]), const("axis2", [1])],
+            "last",
+        )
+        kept = node(
+            "Where",
+            [
+                node("Equal", [last, const("pad_id_1", [[pad_token_id]])], "is_pad"),
+                last,
+                const("eot", [[eot_token_id]]),
+            ],
+            "last_fixed",
+        )
         nodes.append(helper.make_node("Concat", [head, kept], [inner], name=inner, axis=1))
     existing = list(graph.node)
     del graph.node[:]
@@ -220,7 +279,9 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
         if target is None:
             continue
         if target in names:
-            raise ReleaseError(f"{entry['path']} and {names[target]} would both be hf/{ONNX_DIR}/{target}; release one of them")
+            raise ReleaseError(
+                f"{entry['path']} and {names[target]} would both be hf/{ONNX_DIR}/{target}; release one of them"
+            )
         names[target] = entry["path"]
         source = staging / entry["path"]
         out = root / ONNX_DIR / target
@@ -230,14 +291,23 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
             eot = tok.get("eot_token_id") if tok.get("kind") == "clip-bpe" else None
             text_graph_for_clients(model, int(tok["context_length"]), int(tok.get("pad_token_id", 0)), eot)
             if data:
-                onnx.save_model(model, str(out), save_as_external_data=True, all_tensors_to_one_file=True, location=target + EXTERNAL_DATA_SUFFIX)
+                onnx.save_model(
+                    model,
+                    str(out),
+                    save_as_external_data=True,
+                    all_tensors_to_one_file=True,
+                    location=target + EXTERNAL_DATA_SUFFIX,
+                )
                 shutil.copymode(out, root / ONNX_DIR / (target + EXTERNAL_DATA_SUFFIX))  # onnx writes it 0600
                 external[target] = 1
             else:
                 onnx.save_model(model, str(out))
         elif data:
             model = onnx.load(str(source), load_external_data=False)
-            renames = {Path(r["path"]).name: target + EXTERNAL_DATA_SUFFIX + ("" if i == 0 else f"_{i}") for i, r in enumerate(data)}
+            renames = {
+                Path(r["path"]).name: target + EXTERNAL_DATA_SUFFIX + ("" if i == 0 else f"_{i}")
+                for i, r in enumerate(data)
+            }
             for tensor in model.graph.initializer:
                 for item in tensor.external_data:
                     if item.key == "location":
@@ -248,7 +318,10 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
             external[target] = len(renames)
         else:
             _link(source, out)
-    configs: list[tuple[str, dict[str, Any]]] = [(CONFIG_NAME, config_json(manifest, external)), (PREPROCESSOR_CONFIG_NAME, preprocessor_config(manifest))]
+    configs: list[tuple[str, dict[str, Any]]] = [
+        (CONFIG_NAME, config_json(manifest, external)),
+        (PREPROCESSOR_CONFIG_NAME, preprocessor_config(manifest)),
+    ]
     if tok.get("file"):  # exports from before tokenizer.json (a BPE vocabulary only) get no tokenizer files
         tokenizer = standard_tokenizer(manifest, staging / tok["file"]["path"])
         tokenizer.save(str(root / TOKENIZER_NAME))
@@ -256,4 +329,8 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
     for file_name, content in configs:
         (root / file_name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     files = sorted(p for p in root.rglob("*") if p.is_file())
-    return {"dir": HF_DIR, "onnx": {name: src for name, src in sorted(names.items())}, "files": [file_record(p, staging) for p in files]}
+    return {
+        "dir": HF_DIR,
+        "onnx": {name: src for name, src in sorted(names.items())},
+        "files": [file_record(p, staging) for p in files],
+    }

@@ -1,4 +1,5 @@
 """manifest.json, the one source of truth: atomic writes, file hashes and integrity checks."""
+
 from __future__ import annotations
 
 import contextlib
@@ -6,13 +7,14 @@ import dataclasses
 import json
 import os
 import tempfile
+from collections.abc import Collection, Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
-from typing import Any, Collection, Iterator
+from typing import Any
 
 from .artifact import ArtifactEntry
-from .errors import IntegrityError, ManifestError, OutputError
 from .checkpoints import sha256_file
+from .errors import IntegrityError, ManifestError, OutputError
 
 try:  # POSIX only; elsewhere concurrent runs are not detected (docs/reliability.md)
     import fcntl
@@ -64,7 +66,9 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
         raise ManifestError(f"{path} has {found}; this clip-export reads manifest schema {SCHEMA_VERSION} only")
     missing = [s for s in REQUIRED_SECTIONS if not isinstance(data.get(s), (list if s == "artifacts" else dict))]
     if missing:
-        raise ManifestError(f"{path} is missing the section(s) {', '.join(missing)}; a manifest written by 'clip-export onnx' has {', '.join(REQUIRED_SECTIONS)}")
+        raise ManifestError(
+            f"{path} is missing the section(s) {', '.join(missing)}; a manifest written by 'clip-export onnx' has {', '.join(REQUIRED_SECTIONS)}"
+        )
     for index, entry in enumerate(data["artifacts"]):
         ArtifactEntry.from_json(entry, f"{path}: artifacts[{index}]")
     for where, named in named_paths(data):
@@ -98,7 +102,9 @@ def resolve_inside(model_dir: Path, record_path: Any, what: str) -> Path:
         raise ManifestError(f"{what} is {record_path!r}, not a file name inside {model_dir}")
     pure = PurePosixPath(record_path)
     if pure.is_absolute():
-        raise ManifestError(f"{what} is the absolute path {record_path!r}; every file a manifest names must lie inside {model_dir}")
+        raise ManifestError(
+            f"{what} is the absolute path {record_path!r}; every file a manifest names must lie inside {model_dir}"
+        )
     if ".." in pure.parts:
         raise ManifestError(f"{what} is {record_path!r}, which climbs out of {model_dir} with '..'")
     candidate = Path(model_dir) / pure
@@ -131,7 +137,9 @@ def integrity_problems(model_dir: Path, entry: dict[str, Any]) -> list[str]:
             continue
         size = path.stat().st_size
         if size != record["bytes"]:
-            problems.append(f"{record['path']} has {size} bytes, the manifest says {record['bytes']} (truncated or replaced)")
+            problems.append(
+                f"{record['path']} has {size} bytes, the manifest says {record['bytes']} (truncated or replaced)"
+            )
             continue
         if sha256_file(path) != record["sha256"]:
             problems.append(f"{record['path']} does not match its sha256 in the manifest (modified)")
@@ -148,14 +156,21 @@ def require_intact(model_dir: Path, entry: dict[str, Any], context: str = "") ->
 def passing_rows(manifest: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
     """The verification rows that passed for exactly this artifact's bytes, from any environment."""
     rows = (manifest.get("verification") or {}).get("results", [])
-    return [r for r in rows if r.get("path") == entry["path"] and r.get("sha256") == entry["sha256"] and r.get("status") == "pass"]
+    return [
+        r
+        for r in rows
+        if r.get("path") == entry["path"] and r.get("sha256") == entry["sha256"] and r.get("status") == "pass"
+    ]
 
 
 def select_artifacts(manifest: dict[str, Any], **match: str | Collection[str]) -> list[dict[str, Any]]:
     """The manifest's artifacts whose fields equal each given value (or are one of a given tuple,
     list or set of values): the one place stages filter the artifact list."""
+
     def matches(entry: dict[str, Any], key: str, wanted: str | Collection[str]) -> bool:
-        return entry.get(key) in wanted if isinstance(wanted, (tuple, list, set, frozenset)) else entry.get(key) == wanted
+        return (
+            entry.get(key) in wanted if isinstance(wanted, (tuple, list, set, frozenset)) else entry.get(key) == wanted
+        )
 
     return [entry for entry in manifest["artifacts"] if all(matches(entry, k, v) for k, v in match.items())]
 
@@ -184,7 +199,9 @@ def model_dirs(root: Path) -> list[Path]:
     # Hidden directories are staging areas of exports in progress (or killed): never artifacts.
     dirs = sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}") if not p.parent.name.startswith("."))
     if not dirs:
-        raise ManifestError(f"no artifact directory (with {MANIFEST_NAME}) under {root}; run 'clip-export onnx MODEL' first")
+        raise ManifestError(
+            f"no artifact directory (with {MANIFEST_NAME}) under {root}; run 'clip-export onnx MODEL' first"
+        )
     return dirs
 
 
@@ -246,13 +263,17 @@ def _take_lock(lock_path: Path, target: Path) -> int:
             target.parent.mkdir(parents=True, exist_ok=True)
             fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
         except OSError as exc:
-            raise OutputError(f"{target.parent} is not writable (the lock file {lock_path.name}: {exc.strerror or exc})") from exc
+            raise OutputError(
+                f"{target.parent} is not writable (the lock file {lock_path.name}: {exc.strerror or exc})"
+            ) from exc
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError as exc:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
-            raise OutputError(f"another clip-export run (pid {holder}) is writing {target}; wait for it to finish, or write somewhere else") from exc
+            raise OutputError(
+                f"another clip-export run (pid {holder}) is writing {target}; wait for it to finish, or write somewhere else"
+            ) from exc
         try:
             same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
         except FileNotFoundError:

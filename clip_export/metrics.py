@@ -3,6 +3,7 @@
 Shared by the export gate, verify, bench's preprocessing study and the runtime's serve-time check,
 so one definition of "how far from the reference" holds everywhere.
 """
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -45,7 +46,9 @@ class Metric:
 
 
 def run_batches(session: Any, input_name: str, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
-    return np.concatenate([session.run(None, {input_name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)])
+    return np.concatenate(
+        [session.run(None, {input_name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
+    )
 
 
 @dataclass(frozen=True)
@@ -56,7 +59,9 @@ class Retrieval:
     ties: int
 
 
-def retrieval_agreement(ref_q: np.ndarray, ref_g: np.ndarray, art_q: np.ndarray, art_g: np.ndarray, exclude_self: bool = False) -> Retrieval:
+def retrieval_agreement(
+    ref_q: np.ndarray, ref_g: np.ndarray, art_q: np.ndarray, art_g: np.ndarray, exclude_self: bool = False
+) -> Retrieval:
     """How often the artifact's ranking of the gallery matches the reference ranking, per query."""
     ref_scores = l2_normalize(ref_q) @ l2_normalize(ref_g).T
     art_scores = l2_normalize(art_q) @ l2_normalize(art_g).T
@@ -94,8 +99,16 @@ def numeric_metrics(ref: np.ndarray, got: np.ndarray, limits: Thresholds) -> lis
     cosine = np.sum(ref_n * got_n, axis=1)
     return [
         Metric("mean_abs_raw", float(np.abs(ref.astype(np.float64) - safe).mean())),
-        Metric("mean_abs_normalized", float(np.abs(ref_n - got_n).mean()) if finite.all() else float("nan"), limits.mean_abs_normalized),
-        Metric("max_abs_normalized", float(np.abs(ref_n - got_n).max()) if finite.all() else float("nan"), limits.max_abs_normalized),
+        Metric(
+            "mean_abs_normalized",
+            float(np.abs(ref_n - got_n).mean()) if finite.all() else float("nan"),
+            limits.mean_abs_normalized,
+        ),
+        Metric(
+            "max_abs_normalized",
+            float(np.abs(ref_n - got_n).max()) if finite.all() else float("nan"),
+            limits.max_abs_normalized,
+        ),
         Metric("min_cosine", float(cosine.min()), limits.min_cosine, ">="),
         Metric("nan_count", float(nan_count), 0.0),
         Metric("inf_count", float(inf_count), 0.0),

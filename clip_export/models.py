@@ -1,22 +1,42 @@
 """Model spec and loading: names users type, where weights come from, and how they load safely."""
+
 from __future__ import annotations
 
 import dataclasses
 import difflib
 import logging
 import os
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .checkpoints import apply_state_dict, read_state_dict, refuse_non_finite, sha256_file
 from .configs import LoadedModel, ModelSpec, PreprocessConfig, TokenizerConfig, require_resize_mode
 from .errors import UnknownModelError, WeightsError, import_optional
-from .families import OPENAI_MEAN, OPENAI_STD, FamilyRules, check_text_config_dir, check_tokenizer_dir, family_for, preprocess_settings
+from .families import (
+    OPENAI_MEAN,
+    OPENAI_STD,
+    FamilyRules,
+    check_text_config_dir,
+    check_tokenizer_dir,
+    family_for,
+    preprocess_settings,
+)
 from .hf import load_hf_dir
 from .tokenizer_setup import finish_loading, hub_reachable, reference_tokenizer, require_fits_model, tokenizer_settings
 
-__all__ = ["LoadedModel", "ModelSpec", "PreprocessConfig", "TokenizerConfig", "OPENAI_MEAN", "OPENAI_STD", "load_model", "resolve", "sha256_file"]
+__all__ = [
+    "LoadedModel",
+    "ModelSpec",
+    "PreprocessConfig",
+    "TokenizerConfig",
+    "OPENAI_MEAN",
+    "OPENAI_STD",
+    "load_model",
+    "resolve",
+    "sha256_file",
+]
 
 # The names of OpenAI's `clip` package, as users type them, and the open_clip architecture that
 # holds the same graph (OpenAI's weights were trained with QuickGELU).
@@ -66,7 +86,9 @@ def resolve(
         return ModelSpec(name=candidate_dir.name, arch="hf-clip", hf_dir=candidate_dir.resolve())
     if weights is not None and Path(weights).is_dir():
         if not (Path(weights) / "config.json").exists():
-            raise WeightsError(f"--weights {weights} is a directory without config.json; expected a Hugging Face CLIP directory")
+            raise WeightsError(
+                f"--weights {weights} is a directory without config.json; expected a Hugging Face CLIP directory"
+            )
         return ModelSpec(name=name, arch="hf-clip", hf_dir=Path(weights).resolve())
 
     arch, tag = name, None
@@ -104,7 +126,9 @@ def resolve(
         random_init=random_init,
         seed=seed,
         tokenizer_dir=check_tokenizer_dir(Path(tokenizer), arch, family) if tokenizer is not None else None,
-        text_config_dir=check_text_config_dir(Path(text_config), arch, cfg, family) if text_config is not None else None,
+        text_config_dir=check_text_config_dir(Path(text_config), arch, cfg, family)
+        if text_config is not None
+        else None,
     )
     preflight(spec)
     return spec
@@ -176,7 +200,9 @@ def preflight(spec: ModelSpec) -> tuple[FamilyRules, dict[str, Any], dict[str, A
     settings = preprocess_settings(family, cfg, tag_config(spec.arch, spec.pretrained))
     require_resize_mode(settings["resize_mode"], f"{spec.arch}'s preprocessing")
     if family.needs_transformers:
-        import_optional("transformers", package="transformers", extra="hf", purpose=f"{spec.arch}'s Hugging Face text tower")
+        import_optional(
+            "transformers", package="transformers", extra="hf", purpose=f"{spec.arch}'s Hugging Face text tower"
+        )
     return family, cfg, settings
 
 
@@ -194,7 +220,9 @@ def _build(oc: Any, spec: ModelSpec, cfg: dict[str, Any], family: FamilyRules, q
             try:
                 AutoConfig.from_pretrained(text_cfg["hf_model_name"], local_files_only=True)
             except Exception as exc:
-                raise WeightsError(f"{spec.arch}'s text tower is the transformers model {text_cfg['hf_model_name']!r}, whose config is not in the local Hugging Face cache and the hub cannot be reached (offline?); pass --text-config DIR, a directory holding its config.json") from exc
+                raise WeightsError(
+                    f"{spec.arch}'s text tower is the transformers model {text_cfg['hf_model_name']!r}, whose config is not in the local Hugging Face cache and the hub cannot be reached (offline?); pass --text-config DIR, a directory holding its config.json"
+                ) from exc
         kwargs = {"text_cfg": {**text_cfg, "hf_model_pretrained": False}, "pretrained_hf": False}
     try:
         return oc.create_model(spec.arch, pretrained=None, force_quick_gelu=quick_gelu, **kwargs)
@@ -261,7 +289,9 @@ def load_model(spec: ModelSpec) -> LoadedModel:
 
     size = model.visual.image_size
     size = (size, size) if isinstance(size, int) else tuple(size)
-    preprocess = PreprocessConfig(size, tuple(settings["mean"]), tuple(settings["std"]), settings["interpolation"], settings["resize_mode"])  # type: ignore[arg-type]
+    preprocess = PreprocessConfig(
+        size, tuple(settings["mean"]), tuple(settings["std"]), settings["interpolation"], settings["resize_mode"]
+    )  # type: ignore[arg-type]
     context_length = int(getattr(reference, "context_length", None) or getattr(model, "context_length", 77))
     tokenizer_cfg = tokenizer_settings(oc, reference, family, context_length)
     where = f"--tokenizer {spec.tokenizer_dir}" if spec.tokenizer_dir else f"the tokenizer of {spec.arch}"
@@ -271,7 +301,18 @@ def load_model(spec: ModelSpec) -> LoadedModel:
         return reference(list(texts), context_length=length)
 
     backend = reference.tokenizer.backend_tokenizer if tokenizer_cfg.kind == "hf" else None
-    return finish_loading(spec, model, preprocess, tokenizer_cfg, tokenize, backend, checkpoint, extra={"open_clip_tokenizer": reference}, family=family.name, reparameterized_modules=folded)
+    return finish_loading(
+        spec,
+        model,
+        preprocess,
+        tokenizer_cfg,
+        tokenize,
+        backend,
+        checkpoint,
+        extra={"open_clip_tokenizer": reference},
+        family=family.name,
+        reparameterized_modules=folded,
+    )
 
 
 @dataclass(frozen=True)

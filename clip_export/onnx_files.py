@@ -1,5 +1,6 @@
 """ONNX file utilities: which external-data files a graph names, and inlining external data back
 into one protobuf without holding two copies of the weights in memory."""
+
 from __future__ import annotations
 
 import os
@@ -35,7 +36,10 @@ def make_strided_initializers_lazy(model: Any) -> None:
         raw = getattr(tensor, "raw", None)
         if isinstance(tensor, ir.Tensor) and isinstance(raw, np.ndarray) and not raw.flags.c_contiguous:
             value.const_value = ir.LazyTensor(
-                lambda raw=raw: ir.Tensor(np.ascontiguousarray(raw)), dtype=tensor.dtype, shape=tensor.shape, name=tensor.name
+                lambda raw=raw: ir.Tensor(np.ascontiguousarray(raw)),
+                dtype=tensor.dtype,
+                shape=tensor.shape,
+                name=tensor.name,
             )
 
 
@@ -78,7 +82,11 @@ def inline_external_data(onnx_path: Path, chunk: int = 1 << 24) -> None:
         stub.ClearField("external_data")
         stub.ClearField("data_location")
         stub.ClearField("raw_data")
-        length = int(info["length"]) if "length" in info else (base / info["location"]).stat().st_size - int(info.get("offset", 0))
+        length = (
+            int(info["length"])
+            if "length" in info
+            else (base / info["location"]).stat().st_size - int(info.get("offset", 0))
+        )
         stubs.append((stub.SerializeToString(), base / info["location"], int(info.get("offset", 0)), length))
     kept = [t for t in model.graph.initializer if t.data_location != TensorProto.EXTERNAL]
     del model.graph.initializer[:]

@@ -1,9 +1,10 @@
 """The release-day pipeline: export, convert, verify and bench in one call, stopping at a failed gate."""
+
 from __future__ import annotations
 
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
 
 from .environment import current_environment
 from .errors import ClipExportError
@@ -83,11 +84,20 @@ def run_pipeline(
             resumed.append(precision)
             done.append(precision)
             continue
-        steps.append((precision, lambda convert=convert, missing=missing: convert(model_dir, towers=missing, force=force, progress=progress)))  # type: ignore[arg-type, misc]
+        steps.append(
+            (
+                precision,
+                lambda convert=convert, missing=missing: convert(
+                    model_dir, towers=missing, force=force, progress=progress
+                ),
+            )
+        )  # type: ignore[arg-type, misc]
     if trt:
         from .tensorrt import build_engines
 
-        steps.append(("trt", lambda: build_engines(model_dir, fp16="fp16" in precisions, force=force, progress=progress)))  # type: ignore[arg-type]
+        steps.append(
+            ("trt", lambda: build_engines(model_dir, fp16="fp16" in precisions, force=force, progress=progress))
+        )  # type: ignore[arg-type]
     failed = failure = None
     verify_result = bench_result = None
     gates: dict[str, tuple[str, float | None, float | None]] = {}
@@ -104,18 +114,28 @@ def run_pipeline(
         done.append(name)
     if failed is None and model_dir is not None:
         progress("pipeline stage: verify")
-        only = (lambda e: e["precision"] in precisions or e["format"] == "tensorrt")
+        only = lambda e: e["precision"] in precisions or e["format"] == "tensorrt"
         verify_result = verify(model_dir, providers=providers, only=only, progress=progress)
         done.append("verify")
         if not verify_result.passed:
             failed, failure = "verify", "; ".join(verify_result.failures)
     if failed is None and model_dir is not None:
         progress("pipeline stage: bench")
-        bench_result = bench(model_dir, providers=providers, batch_sizes=(1,), budget_s=bench_budget_s, precisions=list(precisions), breakdown=False, progress=progress)
+        bench_result = bench(
+            model_dir,
+            providers=providers,
+            batch_sizes=(1,),
+            budget_s=bench_budget_s,
+            precisions=list(precisions),
+            breakdown=False,
+            progress=progress,
+        )
         done.append("bench")
     summary = _summary(model_dir, verify_result, bench_result, gates) if model_dir is not None else ()
     checks = getattr(verify_result, "checks", ())
-    environments = sorted({c.environment.describe() for c in checks if c.environment}) or ([current_environment(provider_name("cpu")).describe()] if gates else [])
+    environments = sorted({c.environment.describe() for c in checks if c.environment}) or (
+        [current_environment(provider_name("cpu")).describe()] if gates else []
+    )
     return PipelineResult(model_dir, tuple(done), failed, failure, tuple(summary), tuple(environments), tuple(resumed))
 
 
@@ -147,29 +167,65 @@ def resumable(model_dir: Path, spec: ModelSpec) -> Resumable | None:
     return Resumable(model_dir, {k: tuple(v) for k, v in converted.items()})
 
 
-def _gate_outcomes(stage: str, outcome: object, model_dir: Path | None) -> dict[str, tuple[str, float | None, float | None]]:
+def _gate_outcomes(
+    stage: str, outcome: object, model_dir: Path | None
+) -> dict[str, tuple[str, float | None, float | None]]:
     """artifact path -> (verdict, mean |Δ| normalised, min top-1) of the gate a stage ran on it."""
     if stage == "export" and model_dir is not None:
         # A tower's path is model_dir / its file, relative or absolute as --out was given.
-        return {Path(t.path).relative_to(model_dir).as_posix(): ("pass (export gate)", t.parity_mean_abs, None) for t in getattr(outcome, "towers", ())}
-    return {a.path: (f"{a.verdict} ({stage} gate)", a.mean_abs_normalized, a.min_top1) for a in getattr(outcome, "artifacts", ())}
+        return {
+            Path(t.path).relative_to(model_dir).as_posix(): ("pass (export gate)", t.parity_mean_abs, None)
+            for t in getattr(outcome, "towers", ())
+        }
+    return {
+        a.path: (f"{a.verdict} ({stage} gate)", a.mean_abs_normalized, a.min_top1)
+        for a in getattr(outcome, "artifacts", ())
+    }
 
 
-def _summary(model_dir: Path, verify_result: object, bench_result: object, gates: dict[str, tuple[str, float | None, float | None]]) -> list[SummaryRow]:
+def _summary(
+    model_dir: Path,
+    verify_result: object,
+    bench_result: object,
+    gates: dict[str, tuple[str, float | None, float | None]],
+) -> list[SummaryRow]:
     """One row per artifact: verify's verdict when it ran, else what the artifact's own gate measured."""
     from .manifest import read_manifest
 
     manifest = read_manifest(model_dir)
     checks = {c.path: c for c in getattr(verify_result, "checks", ())}
-    latency = {(r.name, r.provider_ran): r.p50_ms for r in getattr(bench_result, "rows", ()) if r.kind == "artifact" and r.latency is not None}
+    latency = {
+        (r.name, r.provider_ran): r.p50_ms
+        for r in getattr(bench_result, "rows", ())
+        if r.kind == "artifact" and r.latency is not None
+    }
     rows = []
     for entry in manifest["artifacts"]:
         check = checks.get(entry["path"])
         ran = check.provider_ran if check else None
-        p50 = latency.get((entry["path"], ran)) if ran else next((v for (n, _), v in latency.items() if n == entry["path"]), None)
+        p50 = (
+            latency.get((entry["path"], ran))
+            if ran
+            else next((v for (n, _), v in latency.items() if n == entry["path"]), None)
+        )
         if check:
             verdict, mean_abs, top1 = check.status, check.metric("mean_abs_normalized"), check.min_top1
         else:
-            verdict, mean_abs, top1 = gates.get(entry["path"], ("kept from an earlier run (passed its gate then)", None, None))
-        rows.append(SummaryRow(entry["path"], entry["tower"], entry["precision"], entry["format"], entry["bytes"], verdict, mean_abs, top1, p50, ran))
+            verdict, mean_abs, top1 = gates.get(
+                entry["path"], ("kept from an earlier run (passed its gate then)", None, None)
+            )
+        rows.append(
+            SummaryRow(
+                entry["path"],
+                entry["tower"],
+                entry["precision"],
+                entry["format"],
+                entry["bytes"],
+                verdict,
+                mean_abs,
+                top1,
+                p50,
+                ran,
+            )
+        )
     return rows

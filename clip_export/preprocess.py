@@ -5,20 +5,27 @@ ToTensor → Normalize, or for "squash" families (SigLIP, DFN) Resize((H, W)) wi
 here give bit-identical pixels; tests hold that. `preprocess_fast` gives the same pixels in a
 fraction of the time (clip_export.resample); the other variants are measured alternatives.
 """
+
 from __future__ import annotations
 
 import io
+from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
-from .errors import ClipExportError
 from .configs import PreprocessConfig, require_resize_mode
+from .errors import ClipExportError
 
-_PIL_FILTERS = {"bicubic": Image.BICUBIC, "bilinear": Image.BILINEAR, "nearest": Image.NEAREST, "lanczos": Image.LANCZOS}
+_PIL_FILTERS = {
+    "bicubic": Image.BICUBIC,
+    "bilinear": Image.BILINEAR,
+    "nearest": Image.NEAREST,
+    "lanczos": Image.LANCZOS,
+}
 
 
 def shortest_side_size(width: int, height: int, size: int) -> tuple[int, int]:
@@ -57,7 +64,9 @@ def load_image(item: Any) -> Image.Image:
         raise ClipExportError(f"the image is {width}x{height} pixels: there is nothing to embed")
     limit = pixel_limit()
     if limit is not None and width * height > limit:
-        raise ClipExportError(f"the image is {width}x{height} pixels, over the {limit} pixel limit against decompression bombs (PIL.Image.MAX_IMAGE_PIXELS x 2); downscale it first")
+        raise ClipExportError(
+            f"the image is {width}x{height} pixels, over the {limit} pixel limit against decompression bombs (PIL.Image.MAX_IMAGE_PIXELS x 2); downscale it first"
+        )
     return image
 
 
@@ -85,13 +94,17 @@ def _decode(source: str | Path | io.BytesIO, name: str) -> Image.Image:
 def _from_array(array: np.ndarray) -> Image.Image:
     mode = "L" if array.ndim == 2 else {3: "RGB", 4: "RGBA"}.get(array.shape[-1]) if array.ndim == 3 else None
     if array.dtype != np.uint8 or mode is None:
-        raise ClipExportError(f"a numpy array of shape {array.shape} and dtype {array.dtype} is not an image; pass {IMAGE_KINDS} (or HxW grey, HxWx4 RGBA)")
+        raise ClipExportError(
+            f"a numpy array of shape {array.shape} and dtype {array.dtype} is not an image; pass {IMAGE_KINDS} (or HxW grey, HxWx4 RGBA)"
+        )
     if array.size == 0:
         raise ClipExportError(f"the image is {array.shape[1]}x{array.shape[0]} pixels: there is nothing to embed")
     return Image.fromarray(np.ascontiguousarray(array))  # uint8 HxW, HxWx3, HxWx4: L, RGB, RGBA
 
 
-def _resize_shortest(image: Image.Image, size: int, interpolation: str, reducing_gap: float | None = None) -> Image.Image:
+def _resize_shortest(
+    image: Image.Image, size: int, interpolation: str, reducing_gap: float | None = None
+) -> Image.Image:
     width, height = image.size
     new_w, new_h = shortest_side_size(width, height, size)
     if (new_w, new_h) == (width, height):
@@ -177,11 +190,19 @@ def preprocess_fast(image: Image.Image, config: PreprocessConfig) -> np.ndarray:
     img_w, img_h = image.size
     squash = config.resize_mode == "squash"
     new_w, new_h = (width, height) if squash else shortest_side_size(img_w, img_h, min(height, width))
-    if img_w * img_h > FAST_MAX_PIXELS or not resample.covers(image, config) or (new_w, new_h) == (img_w, img_h) or new_w < width or new_h < height:
+    if (
+        img_w * img_h > FAST_MAX_PIXELS
+        or not resample.covers(image, config)
+        or (new_w, new_h) == (img_w, img_h)
+        or new_w < width
+        or new_h < height
+    ):
         return preprocess_reference(image, config)
     left, top = _crop_offsets(new_w, new_h, width, height)
     table = _normalization_table(tuple(config.mean), tuple(config.std))
-    return resample.crop_resize_normalise(image, (new_w, new_h), (left, top, left + width, top + height), config.interpolation, table)
+    return resample.crop_resize_normalise(
+        image, (new_w, new_h), (left, top, left + width, top + height), config.interpolation, table
+    )
 
 
 def preprocess_opencv(image: Image.Image, config: PreprocessConfig) -> np.ndarray:

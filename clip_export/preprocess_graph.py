@@ -8,10 +8,12 @@ round((size - crop) / 2) half to even (ONNX Round does the same). The resample i
 cubic Resize with antialias (a = -0.5, PIL's kernel), close to PIL's fixed-point bicubic but not
 identical, so such artifacts are gated against the exact PIL reference (docs/metrics.md).
 """
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -25,12 +27,18 @@ _RESAMPLE = {"bicubic": "cubic", "bilinear": "linear"}
 
 def _check_config(config: PreprocessConfig) -> tuple[int, int]:
     if config.resize_mode not in PREPROCESSING_GRAPH_MODES:
-        raise ClipExportError(f"resize_mode {config.resize_mode!r} has no preprocessing graph; the graph implements {', '.join(PREPROCESSING_GRAPH_MODES)}")
+        raise ClipExportError(
+            f"resize_mode {config.resize_mode!r} has no preprocessing graph; the graph implements {', '.join(PREPROCESSING_GRAPH_MODES)}"
+        )
     if config.interpolation not in _RESAMPLE:
-        raise ClipExportError(f"interpolation {config.interpolation!r} has no preprocessing graph; it implements {', '.join(_RESAMPLE)}")
+        raise ClipExportError(
+            f"interpolation {config.interpolation!r} has no preprocessing graph; it implements {', '.join(_RESAMPLE)}"
+        )
     height, width = (int(v) for v in config.image_size)
     if config.resize_mode == "shortest" and height != width:
-        raise ClipExportError(f"a {height}x{width} crop after a shortest-side resize needs padding, which the preprocessing graph does not implement")
+        raise ClipExportError(
+            f"a {height}x{width} crop after a shortest-side resize needs padding, which the preprocessing graph does not implement"
+        )
     return height, width
 
 
@@ -55,7 +63,19 @@ def preprocessing_nodes(config: PreprocessConfig, output: str = "pixel_values") 
     shape = node("Shape", [RAW_IMAGE_INPUT], "shape")
     hw = node("Slice", [shape, const("0", [0]), const("2", [2])], "hw")  # [H, W] int64
     # Resampled as float NCHW: onnxruntime's fastest antialias path (uint8 NHWC measured 1.5-2x slower).
-    nchw = node("Transpose", [node("Cast", [node("Unsqueeze", [RAW_IMAGE_INPUT, const("batch_axis", [0])], "nhwc")], "nhwc_f", to=TensorProto.FLOAT)], "nchw", perm=[0, 3, 1, 2])
+    nchw = node(
+        "Transpose",
+        [
+            node(
+                "Cast",
+                [node("Unsqueeze", [RAW_IMAGE_INPUT, const("batch_axis", [0])], "nhwc")],
+                "nhwc_f",
+                to=TensorProto.FLOAT,
+            )
+        ],
+        "nchw",
+        perm=[0, 3, 1, 2],
+    )
     if config.resize_mode == "squash":
         resized = _resample(node, nchw, const("squash_sizes", [1, 3, height, width]), const, config)
         cropped = resized
@@ -66,7 +86,12 @@ def preprocessing_nodes(config: PreprocessConfig, output: str = "pixel_values") 
         short = node("Min", [h, w], "short")
         long = node("Max", [h, w], "long")
         # int(size * long / short): the product is exact in int64, the quotient one IEEE division in float64, as in Python.
-        scaled = node("Cast", [node("Mul", [long, const("size", [size])], "size_times_long")], "size_times_long_f64", to=TensorProto.DOUBLE)
+        scaled = node(
+            "Cast",
+            [node("Mul", [long, const("size", [size])], "size_times_long")],
+            "size_times_long_f64",
+            to=TensorProto.DOUBLE,
+        )
         quotient = node("Div", [scaled, node("Cast", [short], "short_f64", to=TensorProto.DOUBLE)], "quotient")
         new_long = node("Cast", [node("Floor", [quotient], "floor")], "new_long", to=TensorProto.INT64)
         portrait = node("LessOrEqual", [w, h], "portrait")  # w <= h: the width is the short side
@@ -76,14 +101,28 @@ def preprocessing_nodes(config: PreprocessConfig, output: str = "pixel_values") 
         full_sizes = node("Concat", [const("1", [1]), const("3", [3]), sizes], "full_sizes", axis=0)
         resized = _resample(node, nchw, full_sizes, const, config)
         # torchvision's CenterCrop corner: round((new - crop) / 2), half to even, which ONNX Round also does.
-        margin = node("Cast", [node("Sub", [sizes, const("crop", [height, width])], "margin")], "margin_f", to=TensorProto.FLOAT)
-        corner = node("Cast", [node("Round", [node("Div", [margin, const("two", [2.0, 2.0], np.float32)], "half_margin")], "corner_f")], "corner", to=TensorProto.INT64)
+        margin = node(
+            "Cast", [node("Sub", [sizes, const("crop", [height, width])], "margin")], "margin_f", to=TensorProto.FLOAT
+        )
+        corner = node(
+            "Cast",
+            [node("Round", [node("Div", [margin, const("two", [2.0, 2.0], np.float32)], "half_margin")], "corner_f")],
+            "corner",
+            to=TensorProto.INT64,
+        )
         end = node("Add", [corner, const("crop_size", [height, width])], "end")
         cropped = node("Slice", [resized, corner, end, const("axes", [2, 3])], "cropped")
     # ToTensor then Normalize with torchvision's float32 operations: x * (1/255), minus mean, over std.
     scaled_pixels = node("Mul", [cropped, const("inv255", np.float32(1.0 / 255.0), np.float32)], "unit")
     centred = node("Sub", [scaled_pixels, const("mean", np.reshape(config.mean, (3, 1, 1)), np.float32)], "centred")
-    nodes.append(helper.make_node("Div", [centred, const("std", np.reshape(config.std, (3, 1, 1)), np.float32)], [output], name=PREFIX + "normalised"))
+    nodes.append(
+        helper.make_node(
+            "Div",
+            [centred, const("std", np.reshape(config.std, (3, 1, 1)), np.float32)],
+            [output],
+            name=PREFIX + "normalised",
+        )
+    )
     return nodes, inits
 
 
@@ -92,14 +131,27 @@ def _resample(node: Any, image: str, sizes: str, const: Any, config: PreprocessC
     its horizontal and vertical passes too; two Resize nodes doing that matched PIL to the last step
     but lost the speed (docs/benchmarks.md), so the graph differs by up to 2 uint8 steps and is gated."""
     resized = node("Resize", [image, "", "", sizes], "resized", **_resize_attrs(config))
-    return node("Clip", [node("Round", [resized], "rounded"), const("zero", np.float32(0.0), np.float32), const("max255", np.float32(255.0), np.float32)], "clamped")
+    return node(
+        "Clip",
+        [
+            node("Round", [resized], "rounded"),
+            const("zero", np.float32(0.0), np.float32),
+            const("max255", np.float32(255.0), np.float32),
+        ],
+        "clamped",
+    )
 
 
 def _resize_attrs(config: PreprocessConfig) -> dict[str, Any]:
     """PIL's filters: Keys' cubic with a = -0.5 (or the triangle), widened by the scale when
     shrinking (antialias), taps outside the image dropped and the rest renormalised, pixel centres
     at half-integers."""
-    attrs: dict[str, Any] = {"mode": _RESAMPLE[config.interpolation], "antialias": 1, "exclude_outside": 1, "coordinate_transformation_mode": "half_pixel"}
+    attrs: dict[str, Any] = {
+        "mode": _RESAMPLE[config.interpolation],
+        "antialias": 1,
+        "exclude_outside": 1,
+        "coordinate_transformation_mode": "half_pixel",
+    }
     if attrs["mode"] == "cubic":
         attrs["cubic_coeff_a"] = -0.5
     return attrs
@@ -110,7 +162,13 @@ def preprocessing_model(config: PreprocessConfig, opset: int = PREPROCESSING_MIN
     from onnx import TensorProto, helper
 
     nodes, inits = preprocessing_nodes(config)
-    graph = helper.make_graph(nodes, "clip_export_preprocess", [_raw_input()], [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, 3, *config.image_size])], inits)
+    graph = helper.make_graph(
+        nodes,
+        "clip_export_preprocess",
+        [_raw_input()],
+        [helper.make_tensor_value_info("pixel_values", TensorProto.FLOAT, [1, 3, *config.image_size])],
+        inits,
+    )
     return helper.make_model(graph, opset_imports=[helper.make_opsetid("", max(opset, PREPROCESSING_MIN_OPSET))])
 
 
@@ -129,7 +187,9 @@ def with_preprocessing(model: Any, config: PreprocessConfig) -> Any:
         raise ConversionError(f"the visual graph's inputs are {[i.name for i in graph.input]}, expected [{pixel_name}]")
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < PREPROCESSING_MIN_OPSET:
-        raise ConversionError(f"the visual graph uses opset {opset}; the preprocessing graph needs {PREPROCESSING_MIN_OPSET} or newer (Resize with antialias): re-export with --opset {PREPROCESSING_MIN_OPSET} or newer")
+        raise ConversionError(
+            f"the visual graph uses opset {opset}; the preprocessing graph needs {PREPROCESSING_MIN_OPSET} or newer (Resize with antialias): re-export with --opset {PREPROCESSING_MIN_OPSET} or newer"
+        )
     nodes, inits = preprocessing_nodes(config, output=pixel_name)
     existing = list(graph.node)
     del graph.node[:]
@@ -141,7 +201,10 @@ def with_preprocessing(model: Any, config: PreprocessConfig) -> Any:
     graph.output[0].type.tensor_type.shape.dim[0].dim_value = 1
     props = {p.key: p for p in model.metadata_props}
     entry = props.get("clip_export.preprocessing") or model.metadata_props.add()
-    entry.key, entry.value = "clip_export.preprocessing", f"in graph: {config.resize_mode} resize ({config.interpolation}, antialias), crop {config.image_size[0]}x{config.image_size[1]}, mean {list(config.mean)}, std {list(config.std)}"
+    entry.key, entry.value = (
+        "clip_export.preprocessing",
+        f"in graph: {config.resize_mode} resize ({config.interpolation}, antialias), crop {config.image_size[0]}x{config.image_size[1]}, mean {list(config.mean)}, std {list(config.std)}",
+    )
     return model
 
 

@@ -1,9 +1,11 @@
 """Stage: visual artifacts with the preprocessing inside the graph, one per visual precision, each
 gated against the exact PIL reference from the bundled raw image files."""
+
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
 from .conversion import ConvertResult, Derivation, convert_each, save_model, tool_version
 from .errors import ManifestError
@@ -14,7 +16,9 @@ from .progress import Progress, silent
 from .spec import PREPROCESSING_FORMAT, artifact_file_name, raw_image_io
 
 
-def add_preprocessing(model_dir: Path, *, precisions: Sequence[str] | None = None, force: bool = False, progress: Progress = silent) -> list[ConvertResult]:
+def add_preprocessing(
+    model_dir: Path, *, precisions: Sequence[str] | None = None, force: bool = False, progress: Progress = silent
+) -> list[ConvertResult]:
     """A preprocessing graph for each visual ONNX artifact of `precisions` (default: every one there)."""
     import onnx
 
@@ -26,17 +30,28 @@ def add_preprocessing(model_dir: Path, *, precisions: Sequence[str] | None = Non
     chosen = list(precisions) if precisions else list(dict.fromkeys(available))
     missing = [p for p in chosen if p not in available]
     if missing or not chosen:
-        raise ManifestError(f"{model_dir} has no visual ONNX artifact in {', '.join(missing or ['any precision'])}; it has {', '.join(available) or 'none'}")
+        raise ManifestError(
+            f"{model_dir} has no visual ONNX artifact in {', '.join(missing or ['any precision'])}; it has {', '.join(available) or 'none'}"
+        )
 
     def write(source: Path, target: Path) -> dict[str, Any]:
         save_model(with_preprocessing(onnx.load(str(source)), config), target)
-        return {"tool": f"clip-export preprocess_graph, onnx {tool_version('onnx')}", "preprocessing": {**config.to_json(), "resample": "onnx Resize, antialias, half_pixel, exclude_outside"}}
+        return {
+            "tool": f"clip-export preprocess_graph, onnx {tool_version('onnx')}",
+            "preprocessing": {**config.to_json(), "resample": "onnx Resize, antialias, half_pixel, exclude_outside"},
+        }
 
     def io(source: dict[str, Any]) -> dict[str, Any]:
         return raw_image_io(int(source["outputs"][0]["shape"][-1]))
 
     results = []
     for precision in chosen:
-        how = Derivation(precision, lambda path: artifact_file_name(path, preprocessing=True), source_precision=precision, format=PREPROCESSING_FORMAT, io=io)
+        how = Derivation(
+            precision,
+            lambda path: artifact_file_name(path, preprocessing=True),
+            source_precision=precision,
+            format=PREPROCESSING_FORMAT,
+            io=io,
+        )
         results.append(convert_each(model_dir, how, write, towers=("visual",), force=force, progress=progress))
     return results

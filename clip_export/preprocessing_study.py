@@ -1,10 +1,12 @@
 """bench's preprocessing study: the vectorise() breakdown for the report's two images, and the time
 and fidelity of each preprocessing variant against the reference PIL pipeline."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -50,11 +52,13 @@ def report_images(evalset_dir: Path | None = None) -> list[Path]:
     """The report's two image kinds from the bundled set: a wide RGBA PNG and a small JPEG."""
     from .evalset import BUNDLED_DIR
 
-    images = (evalset_dir or BUNDLED_DIR / "images")
+    images = evalset_dir or BUNDLED_DIR / "images"
     return [images / "coffee-and-cat-wide-alpha.png", images / "rocket-small.jpg"]
 
 
-def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int, loaded: Any | None) -> list[StageTimes]:
+def vectorise_breakdown(
+    model_dir: Path, manifest: dict[str, Any], threads: int, loaded: Any | None
+) -> list[StageTimes]:
     from PIL import Image
 
     from .configs import PreprocessConfig
@@ -67,14 +71,35 @@ def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int,
     session = create_session(model_dir / visual["path"], SessionOptions(intra_op_threads=threads))
     rows = []
     for path in report_images():
+
         def load() -> Image.Image:
             return load_image(path)
 
         image = load()
         pixels = preprocess_reference(image, config)[None]
-        rows.append(StageTimes(path.name, f"{image.width}x{image.height} {image.mode}", _median_ms(load), _median_ms(lambda: preprocess_reference(image, config)), _median_ms(lambda: session.run(None, {VISUAL_INPUT: pixels})), 0.0, "onnxruntime fp32 CPU (output is already numpy)"))
+        rows.append(
+            StageTimes(
+                path.name,
+                f"{image.width}x{image.height} {image.mode}",
+                _median_ms(load),
+                _median_ms(lambda: preprocess_reference(image, config)),
+                _median_ms(lambda: session.run(None, {VISUAL_INPUT: pixels})),
+                0.0,
+                "onnxruntime fp32 CPU (output is already numpy)",
+            )
+        )
         fast_ms = _median_ms(lambda: preprocess_fast(image, config))
-        rows.append(StageTimes(path.name, rows[-1].size, rows[-1].load_ms, fast_ms, rows[-1].inference_ms, 0.0, "onnxruntime fp32 CPU, ClipOnnx's default preprocessing (vectorised crop-resize)"))
+        rows.append(
+            StageTimes(
+                path.name,
+                rows[-1].size,
+                rows[-1].load_ms,
+                fast_ms,
+                rows[-1].inference_ms,
+                0.0,
+                "onnxruntime fp32 CPU, ClipOnnx's default preprocessing (vectorised crop-resize)",
+            )
+        )
         if loaded is not None:
             import torch
 
@@ -82,7 +107,17 @@ def vectorise_breakdown(model_dir: Path, manifest: dict[str, Any], threads: int,
             with torch.no_grad():
                 out = loaded.model.encode_image(x)
                 infer = _median_ms(lambda: loaded.model.encode_image(x))
-            rows.append(StageTimes(path.name, rows[-1].size, rows[-1].load_ms, rows[-2].preprocess_ms, infer, _median_ms(lambda: out.numpy(), runs=50), "torch eager fp32 CPU"))
+            rows.append(
+                StageTimes(
+                    path.name,
+                    rows[-1].size,
+                    rows[-1].load_ms,
+                    rows[-2].preprocess_ms,
+                    infer,
+                    _median_ms(lambda: out.numpy(), runs=50),
+                    "torch eager fp32 CPU",
+                )
+            )
     session = None  # release the weights before the next session is created
     return rows
 
@@ -91,9 +126,9 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
     """Time and fidelity of each preprocessing variant against the reference PIL pipeline."""
     from PIL import Image
 
+    from .configs import PreprocessConfig
     from .evalset import load_evalset
     from .metrics import l2_normalize, retrieval_agreement, run_batches
-    from .configs import PreprocessConfig
     from .preprocess import VARIANTS, preprocess_reference
 
     config = PreprocessConfig.from_json(manifest["preprocess"])
@@ -109,7 +144,10 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
     reference_embeds = run_batches(session, VISUAL_INPUT, reference_pixels) if session else None
     png, jpeg = report_images()
     rows = []
-    variants: dict[str, Callable[..., np.ndarray]] = {"open_clip torchvision (reference)": _torchvision_transform(config), **VARIANTS}
+    variants: dict[str, Callable[..., np.ndarray]] = {
+        "open_clip torchvision (reference)": _torchvision_transform(config),
+        **VARIANTS,
+    }
     for name, fn in variants.items():
         if fn is None:
             continue
@@ -118,7 +156,17 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
             jpeg_ms = _median_ms(lambda: fn(opened(jpeg), config), runs=15)
             pixels = np.stack([fn(opened(p), config) for p in evalset.image_paths]).astype(np.float32)
         except ImportError as exc:
-            rows.append(PreprocessRow(f"{name} (unavailable: {exc.name} not installed)", float("nan"), float("nan"), float("nan"), None, None, None))
+            rows.append(
+                PreprocessRow(
+                    f"{name} (unavailable: {exc.name} not installed)",
+                    float("nan"),
+                    float("nan"),
+                    float("nan"),
+                    None,
+                    None,
+                    None,
+                )
+            )
             continue
         pixel_delta = float(np.abs(pixels - reference_pixels).max())
         embed_delta = top1 = None
@@ -126,7 +174,9 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
         if session is not None and reference_embeds is not None:
             embeds = run_batches(session, VISUAL_INPUT, pixels)
             embed_delta = float(np.abs(l2_normalize(embeds) - l2_normalize(reference_embeds)).mean())
-            top1 = retrieval_agreement(reference_embeds, reference_embeds, embeds, embeds, exclude_self=True).top1_agreement
+            top1 = retrieval_agreement(
+                reference_embeds, reference_embeds, embeds, embeds, exclude_self=True
+            ).top1_agreement
             from .spec import THRESHOLDS
 
             within = embed_delta <= THRESHOLDS["fp32"].mean_abs_normalized
@@ -139,5 +189,12 @@ def _torchvision_transform(config: Any) -> Callable[..., np.ndarray] | None:
         import open_clip
     except ImportError:
         return None
-    transform = open_clip.image_transform(config.image_size, is_train=False, mean=config.mean, std=config.std, resize_mode=config.resize_mode, interpolation=config.interpolation)
+    transform = open_clip.image_transform(
+        config.image_size,
+        is_train=False,
+        mean=config.mean,
+        std=config.std,
+        resize_mode=config.resize_mode,
+        interpolation=config.interpolation,
+    )
     return lambda image, _config: transform(image).numpy()

@@ -1,7 +1,8 @@
 """Progress reporting: stages call a callback with a message; the CLI decides what to show."""
+
 from __future__ import annotations
 
-from typing import Callable
+from collections.abc import Callable
 
 Progress = Callable[[str], None]
 
@@ -11,7 +12,7 @@ def silent(_: str) -> None:
 
 
 def rate_and_eta(done: int, left: int, seconds: float) -> str:
-    """"12.3 items/s, about 40 s left" from work done so far; unknown until something is done."""
+    """ "12.3 items/s, about 40 s left" from work done so far; unknown until something is done."""
     if done <= 0 or seconds <= 0:
         return "rate unknown yet"
     rate = done / seconds

@@ -1,9 +1,11 @@
 """The torch fp32 reference: the towers as torch modules, deterministic example inputs, and the
 reference embeddings of the evaluation set that every gate compares with. Shared by export (its
 parity gate and reference.npz), verify (--reference torch) and bench (FLOP counting)."""
+
 from __future__ import annotations
 
-from typing import Any, Sequence
+from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
 
@@ -61,7 +63,9 @@ def torch_embed(loaded: LoadedModel, tower: str, inputs: np.ndarray, normalize: 
     return np.concatenate(outputs)
 
 
-def compute_reference(loaded: LoadedModel, evalset: EvalSet, towers: Sequence[str], normalize: bool) -> dict[str, np.ndarray]:
+def compute_reference(
+    loaded: LoadedModel, evalset: EvalSet, towers: Sequence[str], normalize: bool
+) -> dict[str, np.ndarray]:
     arrays: dict[str, np.ndarray] = {}
     if "visual" in towers:
         visual = TOWERS["visual"]

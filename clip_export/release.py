@@ -1,4 +1,5 @@
 """Release: the assets a maintainer attaches on release day, checked and hashed."""
+
 from __future__ import annotations
 
 import json
@@ -6,14 +7,16 @@ import os
 import re
 import shutil
 import subprocess
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any
 
-from .environment import Environment
-from .hf_layout import HF_DIR, write_layout
+from .checkpoints import sha256_file
 from .clients_card import clients_section
+from .environment import Environment
 from .errors import ManifestError, ReleaseError
+from .hf_layout import HF_DIR, write_layout
 from .manifest import (
     MANIFEST_NAME,
     atomic_write_text,
@@ -26,7 +29,6 @@ from .manifest import (
     resolve_inside,
     write_manifest,
 )
-from .checkpoints import sha256_file
 from .progress import Progress, silent
 from .spec import CAPTIONS_CHECKED, CAPTIONS_WITH_OTHER_IDS, PREPROCESSING_FORMAT, TOKENIZER_FORMAT
 
@@ -63,17 +65,31 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
             continue
         if not verified:
             problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
-    for record in (manifest.get("reference"), manifest["tokenizer"].get("file"), manifest["tokenizer"].get("bpe_vocab")):
+    for record in (
+        manifest.get("reference"),
+        manifest["tokenizer"].get("file"),
+        manifest["tokenizer"].get("bpe_vocab"),
+    ):
         for issue in integrity_problems(model_dir, record) if record else []:
             problems.append(f"{model_dir.name}/{issue}")
     tokenizer_file = manifest["tokenizer"].get("file")
     verification = manifest.get("verification") or {}
     if tokenizer_file and any(a["tower"] == "text" for a in manifest["artifacts"]):
-        rows = [r for r in verification.get("results", []) if r.get("format") == TOKENIZER_FORMAT and r.get("sha256") == tokenizer_file["sha256"]]
+        rows = [
+            r
+            for r in verification.get("results", [])
+            if r.get("format") == TOKENIZER_FORMAT and r.get("sha256") == tokenizer_file["sha256"]
+        ]
         if rows and not any(r["status"] == "pass" for r in rows):
-            problems.append(f"{model_dir.name}/{tokenizer_file['path']} failed its check in 'clip-export verify': {'; '.join(f for r in rows for f in r.get('failures', []))}")
-        elif not rows and "tokenizers" in verification.get("versions", {}):  # a verify that checks tokenizers ran, but not on these bytes
-            problems.append(f"{model_dir.name}/{tokenizer_file['path']} has no verdict for its current bytes; run 'clip-export verify {model_dir}'")
+            problems.append(
+                f"{model_dir.name}/{tokenizer_file['path']} failed its check in 'clip-export verify': {'; '.join(f for r in rows for f in r.get('failures', []))}"
+            )
+        elif not rows and "tokenizers" in verification.get(
+            "versions", {}
+        ):  # a verify that checks tokenizers ran, but not on these bytes
+            problems.append(
+                f"{model_dir.name}/{tokenizer_file['path']} has no verdict for its current bytes; run 'clip-export verify {model_dir}'"
+            )
     return problems
 
 
@@ -88,7 +104,9 @@ def asset_name(slug: str, entry: dict[str, Any]) -> str:
 
 def safe_asset_name(name: str) -> str:
     if not SAFE_NAME.match(name) or ".." in name:
-        raise ReleaseError(f"unsafe asset name '{name}': only letters, digits, '.', '_' and '-' are allowed, with no path parts")
+        raise ReleaseError(
+            f"unsafe asset name '{name}': only letters, digits, '.', '_' and '-' are allowed, with no path parts"
+        )
     return name
 
 
@@ -125,7 +143,12 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Pat
     """One manifest for several artifact directories of the same model (e.g. engines per GPU)."""
     manifests = [(d, read_manifest(d)) for d in dirs]
     base_dir, base = manifests[0]
-    key = lambda m: (m["model"]["arch"], m["model"].get("pretrained"), m["model"].get("checkpoint_sha256"), m["model"].get("seed"))
+    key = lambda m: (
+        m["model"]["arch"],
+        m["model"].get("pretrained"),
+        m["model"].get("checkpoint_sha256"),
+        m["model"].get("seed"),
+    )
     merged = json.loads(json.dumps(base))
     merged["artifacts"] = []
     merged["verification"] = {"date": now_iso(), "results": [], "merged_from": []}
@@ -133,24 +156,42 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Pat
     by_path: dict[str, dict[str, Any]] = {}
     for model_dir, manifest in manifests:
         if key(manifest) != key(base):
-            raise ReleaseError(f"{model_dir} holds another model ({manifest['model']['arch']}) than {base_dir} ({base['model']['arch']}); merge only builds of one model")
+            raise ReleaseError(
+                f"{model_dir} holds another model ({manifest['model']['arch']}) than {base_dir} ({base['model']['arch']}); merge only builds of one model"
+            )
         for entry in manifest["artifacts"]:
             existing = by_path.get(entry["path"])
             if existing is not None:
                 if existing["sha256"] == entry["sha256"]:
                     continue
                 if entry["format"] == "tensorrt":
-                    raise ReleaseError(f"{entry['path']} exists in two directories with different bytes; engines for different GPUs must differ in compute capability")
-                raise ReleaseError(f"{entry['path']} differs between {owners[entry['path']]} and {model_dir}; one model's ONNX artifacts must be identical to merge")
+                    raise ReleaseError(
+                        f"{entry['path']} exists in two directories with different bytes; engines for different GPUs must differ in compute capability"
+                    )
+                raise ReleaseError(
+                    f"{entry['path']} differs between {owners[entry['path']]} and {model_dir}; one model's ONNX artifacts must be identical to merge"
+                )
             by_path[entry["path"]] = entry
             owners[entry["path"]] = model_dir
             merged["artifacts"].append(entry)
         tokenizer_file = (base.get("tokenizer") or {}).get("file") or {}
         merged["verification"]["results"] += [
-            r for r in (manifest.get("verification") or {}).get("results", [])
-            if owners.get(r["path"]) == model_dir or (model_dir == base_dir and r["path"] == tokenizer_file.get("path") and r.get("sha256") == tokenizer_file.get("sha256"))
+            r
+            for r in (manifest.get("verification") or {}).get("results", [])
+            if owners.get(r["path"]) == model_dir
+            or (
+                model_dir == base_dir
+                and r["path"] == tokenizer_file.get("path")
+                and r.get("sha256") == tokenizer_file.get("sha256")
+            )
         ]
-        merged["verification"]["merged_from"].append({"dir": str(model_dir), "date": (manifest.get("verification") or {}).get("date"), "machine": (manifest.get("verification") or {}).get("machine")})
+        merged["verification"]["merged_from"].append(
+            {
+                "dir": str(model_dir),
+                "date": (manifest.get("verification") or {}).get("date"),
+                "machine": (manifest.get("verification") or {}).get("machine"),
+            }
+        )
     return merged, owners
 
 
@@ -165,7 +206,8 @@ def release(
 ) -> ReleaseResult:
     """`client_check`: "auto" measures transformers.js on hf/ where Node and the npm packages are
     installed and records why not elsewhere, "require" fails without them, "off" skips it."""
-    from .clients import CLIENT_CHECK_MODES, client_check as check_clients
+    from .clients import CLIENT_CHECK_MODES
+    from .clients import client_check as check_clients
 
     if client_check not in CLIENT_CHECK_MODES:
         raise ReleaseError(f"client check {client_check!r}: use one of {', '.join(CLIENT_CHECK_MODES)}")
@@ -193,23 +235,35 @@ def release(
             for entry in merged["artifacts"]:
                 name = asset_name(slug, entry)
                 progress(f"adding {name}")
-                assets += _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name) if entry["format"] in ("onnx", PREPROCESSING_FORMAT) else _copy_plain(resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name)
+                assets += (
+                    _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name)
+                    if entry["format"] in ("onnx", PREPROCESSING_FORMAT)
+                    else _copy_plain(
+                        resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name
+                    )
+                )
                 renamed[entry["path"]] = name
                 entry["source_path"] = entry["path"]
                 entry.update(file_record(staging / name, staging))
-                entry["external_data"] = [file_record(staging / n, staging) for n in assets if n.startswith(f"{name}.data")]
+                entry["external_data"] = [
+                    file_record(staging / n, staging) for n in assets if n.startswith(f"{name}.data")
+                ]
             for row in merged["verification"]["results"]:
                 if row["path"] in renamed:
                     row["path"] = renamed[row["path"]]
                     row["sha256"] = next(e["sha256"] for e in merged["artifacts"] if e["path"] == row["path"])
             if merged.get("reference"):
                 ref_name = safe_asset_name(f"{slug}-reference.npz")
-                assets += _copy_plain(resolve_inside(dirs[0], merged["reference"]["path"], "the reference"), staging, ref_name)
+                assets += _copy_plain(
+                    resolve_inside(dirs[0], merged["reference"]["path"], "the reference"), staging, ref_name
+                )
                 merged["reference"].update(file_record(staging / ref_name, staging))
             for key, suffix in (("file", "tokenizer.json"), ("bpe_vocab", "tokenizer-bpe.txt.gz")):
                 if merged["tokenizer"].get(key):
                     name = safe_asset_name(f"{slug}-{suffix}")
-                    assets += _copy_plain(resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"), staging, name)
+                    assets += _copy_plain(
+                        resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"), staging, name
+                    )
                     for row in merged["verification"]["results"]:
                         if row["path"] == merged["tokenizer"][key]["path"]:
                             row["path"] = name  # verify's tokenizer row follows its file
@@ -249,26 +303,58 @@ def upload_with_gh(directory: Path, tag: str, assets: Sequence[str]) -> None:
     """All assets in one `gh release upload`; any failure is an error, never a partial success."""
     gh = shutil.which("gh")
     if gh is None:
-        raise ReleaseError(f"--upload needs the GitHub CLI 'gh', which is not installed; the assets are ready in {directory}")
+        raise ReleaseError(
+            f"--upload needs the GitHub CLI 'gh', which is not installed; the assets are ready in {directory}"
+        )
     auth = subprocess.run([gh, "auth", "status"], capture_output=True, text=True)
     if auth.returncode != 0:
-        raise ReleaseError(f"--upload: gh is not authenticated (run 'gh auth login'); the assets are ready in {directory}")
+        raise ReleaseError(
+            f"--upload: gh is not authenticated (run 'gh auth login'); the assets are ready in {directory}"
+        )
     view = subprocess.run([gh, "release", "view", tag], capture_output=True, text=True)
     if view.returncode != 0:
-        created = subprocess.run([gh, "release", "create", tag, "--title", tag, "--notes-file", str(directory / "MODEL_CARD.md")], capture_output=True, text=True)
+        created = subprocess.run(
+            [gh, "release", "create", tag, "--title", tag, "--notes-file", str(directory / "MODEL_CARD.md")],
+            capture_output=True,
+            text=True,
+        )
         if created.returncode != 0:
-            raise ReleaseError(f"gh release create {tag} failed: {created.stderr.strip().splitlines()[-1] if created.stderr.strip() else created.returncode}")
-    done = subprocess.run([gh, "release", "upload", tag, *[str(directory / a) for a in assets]], capture_output=True, text=True)
+            raise ReleaseError(
+                f"gh release create {tag} failed: {created.stderr.strip().splitlines()[-1] if created.stderr.strip() else created.returncode}"
+            )
+    done = subprocess.run(
+        [gh, "release", "upload", tag, *[str(directory / a) for a in assets]], capture_output=True, text=True
+    )
     if done.returncode != 0:
-        raise ReleaseError(f"gh release upload {tag} failed, check the release for partial assets: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}")
+        raise ReleaseError(
+            f"gh release upload {tag} failed, check the release for partial assets: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+        )
 
 
 def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
     model = manifest["model"]
-    licence = "none: random weights" if model.get("random_init") else WEIGHT_LICENCES.get(model.get("pretrained") or "", "check the licence of the weights source")
+    licence = (
+        "none: random weights"
+        if model.get("random_init")
+        else WEIGHT_LICENCES.get(model.get("pretrained") or "", "check the licence of the weights source")
+    )
     pre, tok = manifest["preprocess"], manifest["tokenizer"]
-    visual = next((a for a in manifest["artifacts"] if a["tower"] == "visual" and a["format"] == "onnx" and a["precision"] == "fp32"), None)
-    text = next((a for a in manifest["artifacts"] if a["tower"] == "text" and a["format"] == "onnx" and a["precision"] == "fp32"), None)
+    visual = next(
+        (
+            a
+            for a in manifest["artifacts"]
+            if a["tower"] == "visual" and a["format"] == "onnx" and a["precision"] == "fp32"
+        ),
+        None,
+    )
+    text = next(
+        (
+            a
+            for a in manifest["artifacts"]
+            if a["tower"] == "text" and a["format"] == "onnx" and a["precision"] == "fp32"
+        ),
+        None,
+    )
     lines = [
         f"# {model['name']} — clip-export release {tag}",
         "",
@@ -285,20 +371,39 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
     ]
     for a in manifest["artifacts"]:
         i, o = a["inputs"][0], a["outputs"][0]
-        lines.append(f"| {a['path']} | {a['tower']} | {a['precision']} | {a['format']} | `{i['name']}` {i['dtype']} {i['shape']} | `{o['name']}` {o['dtype']} {o['shape']} | {a['bytes']} | `{a['sha256'][:16]}…` |")
+        lines.append(
+            f"| {a['path']} | {a['tower']} | {a['precision']} | {a['format']} | `{i['name']}` {i['dtype']} {i['shape']} | `{o['name']}` {o['dtype']} {o['shape']} | {a['bytes']} | `{a['sha256'][:16]}…` |"
+        )
     rows = manifest.get("verification", {}).get("results", [])
-    lines += ["", "## Verification", "", "A verdict holds for the bytes and the environment it names: onnxruntime picks its kernels from the CPU "
-              "(AVX2, AVX-512, VNNI) and provider, so serve from an environment listed here, or let `ClipOnnx.from_release` "
-              "check the artifact on the serving machine (it does by default).", ""]
-    lines += ["| asset | provider | mean abs diff (norm.) | min cosine | verdict | environment |", "|---|---|---|---|---|---|"]
+    lines += [
+        "",
+        "## Verification",
+        "",
+        "A verdict holds for the bytes and the environment it names: onnxruntime picks its kernels from the CPU "
+        "(AVX2, AVX-512, VNNI) and provider, so serve from an environment listed here, or let `ClipOnnx.from_release` "
+        "check the artifact on the serving machine (it does by default).",
+        "",
+    ]
+    lines += [
+        "| asset | provider | mean abs diff (norm.) | min cosine | verdict | environment |",
+        "|---|---|---|---|---|---|",
+    ]
     for r in rows:
         metrics = r.get("metrics", {})
         env = r.get("environment")
-        where = Environment.from_json(env, f"the verdict for {r['path']}").describe() if isinstance(env, dict) else "unknown"
+        where = (
+            Environment.from_json(env, f"the verdict for {r['path']}").describe()
+            if isinstance(env, dict)
+            else "unknown"
+        )
         if r.get("format") == TOKENIZER_FORMAT:
-            lines.append(f"| {r['path']} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | {metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} differ | - | {r['status']} | {where} |")
+            lines.append(
+                f"| {r['path']} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | {metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} differ | - | {r['status']} | {where} |"
+            )
             continue
-        lines.append(f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |")
+        lines.append(
+            f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |"
+        )
     lines += ["", "### Environments each asset passed in", ""]
     for a in manifest["artifacts"]:
         envs = sorted({e.describe() for e in passing_environments(manifest, a)})
@@ -307,11 +412,19 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
     lines += clients_section(manifest)
     bench = manifest.get("benchmark")
     if bench:
-        lines += ["", f"## Batch-1 latency ({bench.get('machine', {}).get('cpu', 'unknown machine')}, {bench.get('date', '')})", "", "| name | tower | provider | p50 ms | × torch eager |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            f"## Batch-1 latency ({bench.get('machine', {}).get('cpu', 'unknown machine')}, {bench.get('date', '')})",
+            "",
+            "| name | tower | provider | p50 ms | × torch eager |",
+            "|---|---|---|---|---|",
+        ]
         for r in bench.get("rows", []):
             if r["batch"] == 1 and r.get("latency"):
                 ratio = r.get("speedup_vs_torch")
-                lines.append(f"| {r['name']} | {r['tower']} | {r.get('provider_ran')} | {r['latency']['p50_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} |")
+                lines.append(
+                    f"| {r['name']} | {r['tower']} | {r.get('provider_ran')} | {r['latency']['p50_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} |"
+                )
     if visual and text:
         lines += [
             "",
@@ -331,8 +444,8 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
             "```",
             "",
             "`clip_export.runtime.ClipOnnx.from_release(path)` does the same with hash checks and the exact resize rule (short side to "
-            f"{pre['image_size'][0]}, long side truncated), giving open_clip's pixels bit for bit; its default `preprocess=\"fast\"` "
-            "computes only the centre crop of Pillow's resize, in vectorised kernels, and `preprocess=\"exact\"` runs PIL itself.",
+            f'{pre["image_size"][0]}, long side truncated), giving open_clip\'s pixels bit for bit; its default `preprocess="fast"` '
+            'computes only the centre crop of Pillow\'s resize, in vectorised kernels, and `preprocess="exact"` runs PIL itself.',
         ]
     return "\n".join(lines) + "\n"
 
@@ -341,16 +454,25 @@ def variant_table(manifest: dict[str, Any]) -> list[str]:
     """Every variant with its size, batch-1 speed and fidelity next to the fp32 artifact of its tower,
     so a client choosing fp16, int8 or q4 for a browser or phone sees what each one costs."""
     bench = manifest.get("benchmark") or {}
-    p50 = {r["name"]: r["latency"]["p50_ms"] for r in bench.get("rows", []) if r.get("batch") == 1 and r.get("latency") and r.get("kind", "artifact") == "artifact"}
+    p50 = {
+        r["name"]: r["latency"]["p50_ms"]
+        for r in bench.get("rows", [])
+        if r.get("batch") == 1 and r.get("latency") and r.get("kind", "artifact") == "artifact"
+    }
     verdicts: dict[str, dict[str, Any]] = {}
     for r in (manifest.get("verification") or {}).get("results", []):
         verdicts.setdefault(r["path"], r)
     fp32 = {a["tower"]: a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx"}
-    lines = ["", f"## Variants: size, batch-1 speed ({bench.get('machine', {}).get('cpu', 'not benchmarked')}) and fidelity", "",
-             "Fidelity is against the fp32 torch reference on the bundled set; a preprocessing graph is fed the raw image files. "
-             "Speed is the batch-1 p50 of `clip-export bench`; a preprocessing graph's is in docs/benchmarks.md.", "",
-             "| asset | tower | precision | preprocessing in graph | MB | size vs fp32 | batch-1 p50 ms | speed vs fp32 | mean abs diff (norm.) | min cosine | top-1 agreement | verdict |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    lines = [
+        "",
+        f"## Variants: size, batch-1 speed ({bench.get('machine', {}).get('cpu', 'not benchmarked')}) and fidelity",
+        "",
+        "Fidelity is against the fp32 torch reference on the bundled set; a preprocessing graph is fed the raw image files. "
+        "Speed is the batch-1 p50 of `clip-export bench`; a preprocessing graph's is in docs/benchmarks.md.",
+        "",
+        "| asset | tower | precision | preprocessing in graph | MB | size vs fp32 | batch-1 p50 ms | speed vs fp32 | mean abs diff (norm.) | min cosine | top-1 agreement | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
     for a in manifest["artifacts"]:
         if a["format"] == "tensorrt":
             continue

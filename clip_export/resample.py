@@ -14,12 +14,13 @@ a table that Pillow itself fills), and whether it pastes correctly into numpy's 
 filters, geometries and Pillows outside `covers()` go through PIL's own code
 (clip_export.preprocess.preprocess_reference).
 """
+
 from __future__ import annotations
 
 import math
 import threading
+from collections.abc import Callable
 from functools import lru_cache
-from typing import Callable
 
 import numpy as np
 from numba import njit
@@ -37,7 +38,11 @@ _FILTER_CODES = {"bilinear": 0, "bicubic": 1}
 
 def covers(image: Image.Image, config: PreprocessConfig) -> bool:
     """Whether crop_resize_normalise reproduces PIL for this image (else use PIL's own resize)."""
-    if image.mode not in _RAW or config.interpolation not in FILTER_SUPPORT or config.resize_mode not in ("shortest", "squash"):
+    if (
+        image.mode not in _RAW
+        or config.interpolation not in FILTER_SUPPORT
+        or config.resize_mode not in ("shortest", "squash")
+    ):
         return False
     if pillow_pass_order() is None:
         return False
@@ -59,7 +64,9 @@ def _filter(code: int, x: float) -> float:
 
 
 @njit(nogil=True, cache=True)
-def _pillow_weights(in_size: int, out_size: int, code: int, support_at_1: float, weights: np.ndarray, bounds: np.ndarray) -> None:
+def _pillow_weights(
+    in_size: int, out_size: int, code: int, support_at_1: float, weights: np.ndarray, bounds: np.ndarray
+) -> None:
     """Pillow's precompute_coeffs and normalize_coeffs_8bpc for the box (0, in_size), operation
     for operation in double precision, so every rounded weight is Pillow's."""
     scale = in_size / out_size
@@ -234,7 +241,9 @@ def alpha_tables() -> tuple[np.ndarray, np.ndarray] | None:
     grid[..., 0] = np.arange(256, dtype=np.uint8)[None, :]
     grid[..., 3] = np.arange(256, dtype=np.uint8)[:, None]
     premultiply = np.asarray(Image.fromarray(grid, "RGBA").convert("RGBa"))[..., 0]
-    unpremultiply = np.ascontiguousarray(np.asarray(Image.frombytes("RGBa", (256, 256), grid.tobytes()).convert("RGBA"))[..., 0])
+    unpremultiply = np.ascontiguousarray(
+        np.asarray(Image.frombytes("RGBa", (256, 256), grid.tobytes()).convert("RGBA"))[..., 0]
+    )
     if not np.array_equal(premultiply, _muldiv255(grid[..., 0], grid[..., 3].astype(np.uint32))):
         return None
     return premultiply, unpremultiply
@@ -280,7 +289,13 @@ def pillow_pass_order() -> Callable[[int, int, int, int], bool] | None:
     return None
 
 
-def crop_resize_normalise(image: Image.Image, new_size: tuple[int, int], crop: tuple[int, int, int, int], interpolation: str, table: np.ndarray) -> np.ndarray:
+def crop_resize_normalise(
+    image: Image.Image,
+    new_size: tuple[int, int],
+    crop: tuple[int, int, int, int],
+    interpolation: str,
+    table: np.ndarray,
+) -> np.ndarray:
     """[3, crop height, crop width] float32 equal to normalising
     image.resize(new_size, filter).crop(crop).convert("RGB"), for an image that covers() accepts.
 

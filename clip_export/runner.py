@@ -5,11 +5,13 @@ inside its directory, a session runs on exactly the requested provider or not at
 sessions avoid onnxruntime's crashing optimizer, and an engine runs only with the TensorRT
 version and GPU it was built for.
 """
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -36,7 +38,15 @@ def session_precision(entry: dict[str, Any]) -> str:
     return "fp16" if entry["precision"] == "fp16" else "fp32"
 
 
-def open_runner(model_dir: Path, entry: dict[str, Any], provider: str = "cpu", *, threads: int = 0, provider_options: tuple[tuple[str, str], ...] = (), stop_spinning_after_run: bool = False) -> ArtifactRunner:
+def open_runner(
+    model_dir: Path,
+    entry: dict[str, Any],
+    provider: str = "cpu",
+    *,
+    threads: int = 0,
+    provider_options: tuple[tuple[str, str], ...] = (),
+    stop_spinning_after_run: bool = False,
+) -> ArtifactRunner:
     """A runner for one manifest entry; ProviderUnavailableError or NotRunnableHereError otherwise."""
     path = resolve_inside(Path(model_dir), entry["path"], "the artifact")
     if entry["format"] == "tensorrt":
@@ -45,8 +55,18 @@ def open_runner(model_dir: Path, entry: dict[str, Any], provider: str = "cpu", *
         runnable, why = trt_runtime.runnable_here(entry)
         if not runnable:
             raise NotRunnableHereError(why)
-        return ArtifactRunner(path, TENSORRT_RUNTIME, lambda inputs: trt_runtime.run_engine(path, inputs, batch=len(inputs)))
-    options = SessionOptions(provider=provider, precision=session_precision(entry), intra_op_threads=threads, provider_options=provider_options, stop_spinning_after_run=stop_spinning_after_run)
+        return ArtifactRunner(
+            path, TENSORRT_RUNTIME, lambda inputs: trt_runtime.run_engine(path, inputs, batch=len(inputs))
+        )
+    options = SessionOptions(
+        provider=provider,
+        precision=session_precision(entry),
+        intra_op_threads=threads,
+        provider_options=provider_options,
+        stop_spinning_after_run=stop_spinning_after_run,
+    )
     session = create_session(path, options)
     input_name = session.get_inputs()[0].name
-    return ArtifactRunner(path, session.get_providers()[0], lambda inputs: session.run(None, {input_name: inputs})[0], session)
+    return ArtifactRunner(
+        path, session.get_providers()[0], lambda inputs: session.run(None, {input_name: inputs})[0], session
+    )

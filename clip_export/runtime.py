@@ -13,22 +13,24 @@ centre crop keeps (clip_export.resample): open_clip's pixels bit for bit, 3-6x (
 JPEG) to 9-14x (its wide RGBA PNG) faster than PIL's own resize (docs/benchmarks.md).
 `preprocess="exact"` runs PIL's own code, for comparison.
 """
+
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 from PIL import Image
 
+from .configs import PreprocessConfig
 from .errors import ClipExportError, import_optional
 from .manifest import read_manifest, require_intact, resolve_inside, select_artifacts
-from .configs import PreprocessConfig
 from .preprocess import load_image, preprocess_fast, preprocess_reference
-from .serve_check import ServeCheck, check_here, load_reference_slice, require_mode
 from .runner import open_runner
+from .serve_check import ServeCheck, check_here, load_reference_slice, require_mode
 from .spec import TOWERS
 
 PREPROCESSORS = {"fast": preprocess_fast, "exact": preprocess_reference}
@@ -44,7 +46,15 @@ class LoadedArtifact:
 class ClipOnnx:
     """Both towers of one release, ready to embed one document at a time or in batches."""
 
-    def __init__(self, root: Path, manifest: dict[str, Any], visual: Any, text: Any, info: dict[str, LoadedArtifact], preprocess: str = "fast") -> None:
+    def __init__(
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        visual: Any,
+        text: Any,
+        info: dict[str, LoadedArtifact],
+        preprocess: str = "fast",
+    ) -> None:
         self.root = root
         self.manifest = manifest
         self._visual = visual
@@ -57,7 +67,15 @@ class ClipOnnx:
         self.serve_checks: dict[str, ServeCheck] = {}  # per tower: what from_release checked here, or why it skipped
 
     @classmethod
-    def from_release(cls, path: str | Path, provider: str = "cpu", precision: str = "fp32", threads: int = 0, preprocess: str = "fast", check: str = "auto") -> "ClipOnnx":
+    def from_release(
+        cls,
+        path: str | Path,
+        provider: str = "cpu",
+        precision: str = "fp32",
+        threads: int = 0,
+        preprocess: str = "fast",
+        check: str = "auto",
+    ) -> ClipOnnx:
         """Open a release directory (or an artifact directory), check every file it will use, and
         check each artifact's numbers here (serve_check): "auto" skips that where this exact
         environment already has a passing verdict, "always" runs it, "off" serves unchecked."""
@@ -80,7 +98,9 @@ class ClipOnnx:
         if not sessions:
             available = sorted({f"{a['precision']}/{a['format']}" for a in manifest["artifacts"]})
             raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
-        reference = functools.cache(lambda: load_reference_slice(root, manifest, set(sessions)))  # read only if a check runs
+        reference = functools.cache(
+            lambda: load_reference_slice(root, manifest, set(sessions))
+        )  # read only if a check runs
         checks = {tower: check_here(manifest, entries[tower], sessions[tower], reference, check) for tower in sessions}
         vocab = manifest["tokenizer"].get("file") or manifest["tokenizer"].get("bpe_vocab")
         if vocab and "text" in sessions:
@@ -113,7 +133,9 @@ class ClipOnnx:
         """One row per image of [N, 3, H, W] float32 pixel_values already preprocessed (pixel_values())."""
         if self._visual is None:
             raise ClipExportError(f"{self.root} has no visual tower")
-        return self._run(self._visual, TOWERS["visual"].input_name, np.ascontiguousarray(pixels, dtype=np.float32), normalize)
+        return self._run(
+            self._visual, TOWERS["visual"].input_name, np.ascontiguousarray(pixels, dtype=np.float32), normalize
+        )
 
     def tokenize(self, texts: Any) -> np.ndarray:
         captions = _items(texts, "texts", lambda value: isinstance(value, str))
@@ -138,7 +160,9 @@ class ClipOnnx:
 
 
 def _is_one_image(value: Any) -> bool:
-    return isinstance(value, (str, Path, bytes, bytearray, memoryview, Image.Image)) or (isinstance(value, np.ndarray) and value.ndim in (2, 3))
+    return isinstance(value, (str, Path, bytes, bytearray, memoryview, Image.Image)) or (
+        isinstance(value, np.ndarray) and value.ndim in (2, 3)
+    )
 
 
 def _items(values: Any, what: str, is_one: Callable[[Any], bool]) -> list[Any]:
@@ -170,11 +194,25 @@ def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
     if settings.get("file"):
         return TextTokenizer.from_file(resolve_inside(root, settings["file"]["path"], "the tokenizer file"), settings)
     if settings.get("bpe_vocab"):
-        return TextTokenizer(clip_bpe_tokenizer(resolve_inside(root, settings["bpe_vocab"]["path"], "the tokenizer vocabulary")), "lower", context, 0)
+        return TextTokenizer(
+            clip_bpe_tokenizer(resolve_inside(root, settings["bpe_vocab"]["path"], "the tokenizer vocabulary")),
+            "lower",
+            context,
+            0,
+        )
     if settings.get("kind") == "huggingface":
-        transformers = import_optional("transformers", package="transformers", extra="hf", purpose="the tokenizer of an export made from a Hugging Face directory")
-        hf = transformers.CLIPTokenizer.from_pretrained(str(manifest["model"]["source"]).split(":", 1)[1], local_files_only=True)
-        return lambda texts: np.asarray(hf(texts, padding="max_length", truncation=True, max_length=context)["input_ids"], dtype=np.int64)
+        transformers = import_optional(
+            "transformers",
+            package="transformers",
+            extra="hf",
+            purpose="the tokenizer of an export made from a Hugging Face directory",
+        )
+        hf = transformers.CLIPTokenizer.from_pretrained(
+            str(manifest["model"]["source"]).split(":", 1)[1], local_files_only=True
+        )
+        return lambda texts: np.asarray(
+            hf(texts, padding="max_length", truncation=True, max_length=context)["input_ids"], dtype=np.int64
+        )
     import open_clip
 
     arch = manifest["model"]["arch"]

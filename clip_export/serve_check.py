@@ -6,12 +6,14 @@ first SERVE_CHECK_ITEMS reference images or captions on the session it will serv
 meet its precision's thresholds here; "auto" skips that where the manifest already holds a passing
 verdict for these bytes in exactly this environment.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 
@@ -33,7 +35,9 @@ class ServeCheck:
 
 def require_mode(mode: str) -> str:
     if mode not in SERVE_CHECK_MODES:
-        raise ClipExportError(f"the requested serve-time check was {mode!r}; choose from {', '.join(SERVE_CHECK_MODES)}")
+        raise ClipExportError(
+            f"the requested serve-time check was {mode!r}; choose from {', '.join(SERVE_CHECK_MODES)}"
+        )
     return mode
 
 
@@ -41,7 +45,10 @@ def passing_verdict_here(manifest: dict[str, Any], entry: dict[str, Any], env: E
     """A passing verification row for exactly these bytes in exactly this environment, if any."""
     for row in passing_rows(manifest, entry):
         recorded = row.get("environment")
-        if isinstance(recorded, dict) and Environment.from_json(recorded, f"the verdict for {entry['path']}").key == env.key:
+        if (
+            isinstance(recorded, dict)
+            and Environment.from_json(recorded, f"the verdict for {entry['path']}").key == env.key
+        ):
             return row
     return None
 
@@ -50,7 +57,9 @@ def load_reference_slice(root: Path, manifest: dict[str, Any], towers: set[str])
     """The first SERVE_CHECK_ITEMS inputs and fp32 embeddings of each loaded tower, hash-checked."""
     record = manifest.get("reference")
     if not record:
-        raise ManifestError(f"{root} carries no stored reference, so the serve-time check cannot run; re-release it with clip-export 0.1+ or pass check='off' to serve unchecked")
+        raise ManifestError(
+            f"{root} carries no stored reference, so the serve-time check cannot run; re-release it with clip-export 0.1+ or pass check='off' to serve unchecked"
+        )
     require_intact(root, record, "refusing the serve-time check's reference")
     wanted = [name for tower in sorted(towers) for name in (TOWERS[tower].input_name, TOWERS[tower].output_name)]
     sliced: dict[str, np.ndarray] = {}
@@ -58,12 +67,20 @@ def load_reference_slice(root: Path, manifest: dict[str, Any], towers: set[str])
         for name in wanted:
             if name not in data.files or len(data[name]) < SERVE_CHECK_ITEMS:
                 found = len(data[name]) if name in data.files else 0
-                raise ManifestError(f"the stored reference {record['path']} holds {found} '{name}' rows; the serve-time check needs {SERVE_CHECK_ITEMS}")
+                raise ManifestError(
+                    f"the stored reference {record['path']} holds {found} '{name}' rows; the serve-time check needs {SERVE_CHECK_ITEMS}"
+                )
             sliced[name] = data[name][:SERVE_CHECK_ITEMS]
     return sliced
 
 
-def check_here(manifest: dict[str, Any], entry: dict[str, Any], session: Any, reference: Callable[[], dict[str, np.ndarray]], mode: str) -> ServeCheck:
+def check_here(
+    manifest: dict[str, Any],
+    entry: dict[str, Any],
+    session: Any,
+    reference: Callable[[], dict[str, np.ndarray]],
+    mode: str,
+) -> ServeCheck:
     """Run the reference slice (loaded on demand) through `session`; ServeCheckError names every metric it misses."""
     env = current_environment(session.get_providers()[0])
     if mode == "off":
@@ -71,7 +88,9 @@ def check_here(manifest: dict[str, Any], entry: dict[str, Any], session: Any, re
     if mode == "auto":
         row = passing_verdict_here(manifest, entry, env)
         if row is not None:
-            return ServeCheck(entry["path"], f"skipped: verified in this environment on {row.get('date', 'an earlier run')}", env)
+            return ServeCheck(
+                entry["path"], f"skipped: verified in this environment on {row.get('date', 'an earlier run')}", env
+            )
     started = time.perf_counter()
     tower, sliced = TOWERS[entry["tower"]], reference()
     got = session.run(None, {tower.input_name: sliced[tower.input_name]})[0]

@@ -1,4 +1,5 @@
 """onnxruntime sessions: provider names, honest provider checks, and the fp16 CPU workaround."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -35,7 +36,10 @@ def check_available(short: str) -> str:
     wanted = provider_name(short)
     available = available_providers()
     if wanted not in available:
-        extra = {"CUDAExecutionProvider": " (pip install 'clip-export[gpu]' on a CUDA machine)", "TensorrtExecutionProvider": " (needs onnxruntime-gpu and TensorRT 10 libraries)"}.get(wanted, "")
+        extra = {
+            "CUDAExecutionProvider": " (pip install 'clip-export[gpu]' on a CUDA machine)",
+            "TensorrtExecutionProvider": " (needs onnxruntime-gpu and TensorRT 10 libraries)",
+        }.get(wanted, "")
         raise ProviderUnavailableError(f"the requested provider was {wanted}; available: {', '.join(available)}{extra}")
     return wanted
 
@@ -84,7 +88,9 @@ def create_session(path: Path, options: SessionOptions = SessionOptions()) -> An
     try:
         session = rt.InferenceSession(str(path), sess_options=so, providers=providers, **kwargs)
     except Exception as exc:
-        raise ProviderUnavailableError(f"could not create a {wanted} session for {Path(path).name}: {str(exc).splitlines()[0]}") from exc
+        raise ProviderUnavailableError(
+            f"could not create a {wanted} session for {Path(path).name}: {str(exc).splitlines()[0]}"
+        ) from exc
     active = session.get_providers()
     if not active or active[0] != wanted:
         raise ProviderUnavailableError(

@@ -1,9 +1,10 @@
 """The facts that export, convert, verify and bench all read: declared once, here."""
+
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Mapping
 
 BATCH_AXIS = "batch"
 # onnxruntime's execution providers by the short names the CLI takes; the first is the CPU.
@@ -20,7 +21,7 @@ TENSORRT_RUNTIME = "tensorrt-runtime"
 
 
 def provider_label(name: str | None) -> str:
-    """"CPUExecutionProvider" → "CPU", for tables."""
+    """ "CPUExecutionProvider" → "CPU", for tables."""
     return (name or "").replace("ExecutionProvider", "")
 
 
@@ -116,7 +117,7 @@ class Thresholds:
     top1_agreement: float
     top5_overlap: float
 
-    def replace(self, **changes: float) -> "Thresholds":
+    def replace(self, **changes: float) -> Thresholds:
         values = {**self.__dict__, **{k: v for k, v in changes.items() if v is not None}}
         return Thresholds(**values)
 

@@ -4,22 +4,34 @@ TensorRT 11 removed weak typing (BuilderFlag.FP16, precision constraints, EXPLIC
 network is strongly typed, so an fp16 engine comes from our verified fp16 ONNX. On 10 we ask for
 STRONGLY_TYPED explicitly, so both versions build the graph with the precisions it declares.
 """
+
 from __future__ import annotations
 
 import os
 import time
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
-
+from typing import Any
 
 from .artifact import ArtifactEntry
+from .checks import gate
 from .errors import ConversionError, ManifestError, TensorRTError
-from .manifest import atomic_write_bytes, exclusive, file_record, read_manifest, refuse_existing, require_intact, resolve_inside, select_artifacts, upsert_artifact, write_manifest
+from .manifest import (
+    atomic_write_bytes,
+    exclusive,
+    file_record,
+    read_manifest,
+    refuse_existing,
+    require_intact,
+    resolve_inside,
+    select_artifacts,
+    upsert_artifact,
+    write_manifest,
+)
 from .progress import Progress, silent
 from .spec import TOWERS
 from .trt_runtime import gpu_info, import_tensorrt, major_version
-from .checks import gate
 
 TIMING_CACHE_NAME = "tensorrt.timing.cache"
 DEFAULT_PROFILE = (1, 1, 64)
@@ -52,7 +64,9 @@ def network_flags(trt: Any, major: int) -> int:
     return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
 
 
-def profile_shapes(tower: str, batch: tuple[int, int, int], image_size: Sequence[int], context_length: int) -> tuple[tuple[int, ...], ...]:
+def profile_shapes(
+    tower: str, batch: tuple[int, int, int], image_size: Sequence[int], context_length: int
+) -> tuple[tuple[int, ...], ...]:
     tail = (3, int(image_size[0]), int(image_size[1])) if tower == "visual" else (int(context_length),)
     return tuple((b, *tail) for b in batch)
 
@@ -91,7 +105,9 @@ def build_engine(
     config.set_timing_cache(cache, ignore_mismatch=False)
     plan = builder.build_serialized_network(network, config)
     if plan is None:
-        raise TensorRTError(f"TensorRT failed to build an engine for {onnx_path.name} (build_serialized_network returned None)")
+        raise TensorRTError(
+            f"TensorRT failed to build an engine for {onnx_path.name} (build_serialized_network returned None)"
+        )
     atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
     return bytes(memoryview(plan))
 
@@ -120,7 +136,9 @@ def epcontext_model(engine_name: str, entry: dict[str, Any], trt_version: str, c
         [helper.make_tensor_value_info(inp["name"], dtype[inp["dtype"]], inp["shape"])],
         [helper.make_tensor_value_info(out["name"], dtype[out["dtype"]], out["shape"])],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
     return model
 
 
@@ -144,7 +162,17 @@ def build_engines(
         return _build_locked(model_dir, fp16, batch, workspace_gb, towers, epcontext, force, verify_engines, progress)
 
 
-def _build_locked(model_dir: Path, fp16: bool, batch: tuple[int, int, int], workspace_gb: float, towers: Sequence[str], epcontext: bool, force: bool, verify_engines: bool, progress: Progress) -> TrtResult:
+def _build_locked(
+    model_dir: Path,
+    fp16: bool,
+    batch: tuple[int, int, int],
+    workspace_gb: float,
+    towers: Sequence[str],
+    epcontext: bool,
+    force: bool,
+    verify_engines: bool,
+    progress: Progress,
+) -> TrtResult:
     manifest = read_manifest(model_dir)
     precision = "fp16" if fp16 else "fp32"
     sources = select_artifacts(manifest, format="onnx", precision=precision, tower=tuple(towers))
@@ -160,7 +188,9 @@ def _build_locked(model_dir: Path, fp16: bool, batch: tuple[int, int, int], work
         tower = source["tower"]
         name = f"{tower}.trt-{precision}.plan"
         refuse_existing(manifest, model_dir, name, force)
-        progress(f"building the {tower} TensorRT engine from {source['path']} (profile {batch[0]}:{batch[1]}:{batch[2]})")
+        progress(
+            f"building the {tower} TensorRT engine from {source['path']} (profile {batch[0]}:{batch[1]}:{batch[2]})"
+        )
         started = time.perf_counter()
         plan = build_engine(
             trt,
@@ -184,14 +214,25 @@ def _build_locked(model_dir: Path, fp16: bool, batch: tuple[int, int, int], work
                 inputs=tuple(source["inputs"]),
                 outputs=tuple(source["outputs"]),
                 derived_from={"path": source["path"], "sha256": source["sha256"]},
-                details={"tensorrt": {"version": str(trt.__version__), "gpu": gpu, "compute_capability": capability, "profile": list(batch), "workspace_gb": workspace_gb, "strongly_typed": True}},
+                details={
+                    "tensorrt": {
+                        "version": str(trt.__version__),
+                        "gpu": gpu,
+                        "compute_capability": capability,
+                        "profile": list(batch),
+                        "workspace_gb": workspace_gb,
+                        "strongly_typed": True,
+                    }
+                },
             ).to_json()
             verdict = "not verified"
             if verify_engines:
                 progress(f"verifying {name} against the fp32 reference")
                 check = gate(model_dir, entry)
                 if not check.passed:
-                    raise ConversionError(f"{name} failed verification, so it was not kept: " + "; ".join(check.failures))
+                    raise ConversionError(
+                        f"{name} failed verification, so it was not kept: " + "; ".join(check.failures)
+                    )
                 verdict = check.status
             os.replace(staged, model_dir / name)
             entry.update(file_record(model_dir / name, model_dir))
@@ -200,10 +241,24 @@ def _build_locked(model_dir: Path, fp16: bool, batch: tuple[int, int, int], work
         epcontext_name = None
         if epcontext:
             epcontext_name = f"{tower}.trt-{precision}.epcontext.onnx"
-            atomic_write_bytes(model_dir / epcontext_name, epcontext_model(name, source, str(trt.__version__), capability).SerializeToString())
+            atomic_write_bytes(
+                model_dir / epcontext_name,
+                epcontext_model(name, source, str(trt.__version__), capability).SerializeToString(),
+            )
             entry["epcontext"] = file_record(model_dir / epcontext_name, model_dir)
         manifest = read_manifest(model_dir)
         upsert_artifact(manifest, entry)
         write_manifest(model_dir, manifest)
-        engines.append(EngineResult(tower, name, source["path"], precision, entry["bytes"], time.perf_counter() - started, verdict, epcontext_name))
+        engines.append(
+            EngineResult(
+                tower,
+                name,
+                source["path"],
+                precision,
+                entry["bytes"],
+                time.perf_counter() - started,
+                verdict,
+                epcontext_name,
+            )
+        )
     return TrtResult(model_dir, str(trt.__version__), gpu, capability, tuple(engines))

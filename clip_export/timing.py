@@ -3,11 +3,13 @@
 Timings on a shared 2-core machine drift; calls timed in interleaved rounds drift together, so
 their ratios are what the benchmarks report.
 """
+
 from __future__ import annotations
 
 import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -31,7 +33,9 @@ def latency_stats(samples_s: Sequence[float], warmup: int) -> LatencyStats:
     return LatencyStats(float(p50), float(p90), float(p99), float(kept.mean()), int(kept.size), warmup)
 
 
-def time_calls(fn: Callable[[], Any], *, warmup: int = 3, budget_s: float = 2.0, min_runs: int = 10, max_runs: int = 1000) -> LatencyStats:
+def time_calls(
+    fn: Callable[[], Any], *, warmup: int = 3, budget_s: float = 2.0, min_runs: int = 10, max_runs: int = 1000
+) -> LatencyStats:
     samples: list[float] = []
     deadline = None
     while len(samples) < max_runs:
@@ -45,7 +49,9 @@ def time_calls(fn: Callable[[], Any], *, warmup: int = 3, budget_s: float = 2.0,
     return latency_stats(samples, warmup)
 
 
-def time_interleaved(calls: Sequence[Callable[[], Any]], *, rounds: int, warmup: int = 0, budget_s: float = 0.0) -> list[float]:
+def time_interleaved(
+    calls: Sequence[Callable[[], Any]], *, rounds: int, warmup: int = 0, budget_s: float = 0.0
+) -> list[float]:
     """p50 ms of each call, the calls run one after another in rounds (the first `warmup` rounds
     dropped) until `warmup + rounds` rounds and `budget_s` seconds are both done: drift on a shared
     machine then hits every call alike, which makes their ratios trustworthy."""

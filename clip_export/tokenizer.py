@@ -11,14 +11,16 @@ wraps. Truncation and padding are written into the file: truncation leaves room 
 tokens the post-processor adds, so CLIP keeps its end-of-text id in the last position.
 The export checks these ids against the reference tokenizer before it spends time on anything.
 """
+
 from __future__ import annotations
 
 import gzip
 import html
 import string
+from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 import numpy as np
 
@@ -26,7 +28,12 @@ from .errors import ClipExportError, import_optional
 from .spec import TOKENIZER_NAME
 
 __all__ = ["TOKENIZER_NAME", "TextTokenizer", "clean_text", "clip_bpe_tokenizer", "first_disagreement"]
-CLEAN_KINDS = ("lower", "whitespace", "canonicalize", "none")  # none: a Hugging Face CLIP directory cleans in its own normalizer
+CLEAN_KINDS = (
+    "lower",
+    "whitespace",
+    "canonicalize",
+    "none",
+)  # none: a Hugging Face CLIP directory cleans in its own normalizer
 SPECIAL_TOKENS = ("<start_of_text>", "<end_of_text>")
 WORD_END = "</w>"
 _MERGE_COUNT = 49152 - 256 - 2  # the merges CLIP was trained with; open_clip's file holds more
@@ -60,7 +67,9 @@ def clean_text(text: str, kind: str) -> str:
     try:
         import ftfy
     except ImportError as exc:
-        raise ClipExportError("tokenizing captions needs 'ftfy', a dependency of clip-export that is missing; reinstall with: pip install clip-export") from exc
+        raise ClipExportError(
+            "tokenizing captions needs 'ftfy', a dependency of clip-export that is missing; reinstall with: pip install clip-export"
+        ) from exc
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     if kind == "canonicalize":  # big_vision's: underscores to spaces, punctuation removed, lower case
         text = text.replace("_", " ").translate(_PUNCTUATION).lower()
@@ -88,17 +97,24 @@ def clip_bpe_tokenizer(merges_path: Path) -> Any:
         lines = handle.read().split("\n")
     merges = [tuple(line.split()) for line in lines[1 : _MERGE_COUNT + 1]]
     if len(merges) != _MERGE_COUNT or any(len(m) != 2 for m in merges):
-        raise ClipExportError(f"{merges_path} is not a CLIP BPE merges file ({len(merges)} merges, {_MERGE_COUNT} expected)")
+        raise ClipExportError(
+            f"{merges_path} is not a CLIP BPE merges file ({len(merges)} merges, {_MERGE_COUNT} expected)"
+        )
     ordered = byte_symbols()
     vocabulary = [*ordered, *(s + WORD_END for s in ordered), *("".join(m) for m in merges), *SPECIAL_TOKENS]
     ids = {token: index for index, token in enumerate(vocabulary)}
     tokenizer = tk.Tokenizer(tk.models.BPE(vocab=ids, merges=merges, end_of_word_suffix=WORD_END))
     tokenizer.normalizer = clip_normalizer()
     tokenizer.pre_tokenizer = tk.pre_tokenizers.Sequence(
-        [tk.pre_tokenizers.Split(tk.Regex(_CLIP_WORDS), behavior="removed", invert=True), tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False)]
+        [
+            tk.pre_tokenizers.Split(tk.Regex(_CLIP_WORDS), behavior="removed", invert=True),
+            tk.pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+        ]
     )
     tokenizer.add_special_tokens(list(SPECIAL_TOKENS))
-    tokenizer.post_processor = tk.processors.TemplateProcessing(single=f"{SPECIAL_TOKENS[0]} $A {SPECIAL_TOKENS[1]}", special_tokens=[(s, ids[s]) for s in SPECIAL_TOKENS])
+    tokenizer.post_processor = tk.processors.TemplateProcessing(
+        single=f"{SPECIAL_TOKENS[0]} $A {SPECIAL_TOKENS[1]}", special_tokens=[(s, ids[s]) for s in SPECIAL_TOKENS]
+    )
     return tokenizer
 
 
@@ -108,7 +124,14 @@ def clip_normalizer() -> Any:
     ecosystem's tokenizer, gives open_clip's ids except where ftfy or HTML unescaping would change
     the text (docs/models.md). After clean_text it changes nothing."""
     tk = _tokenizers()
-    return tk.normalizers.Sequence([tk.normalizers.NFC(), tk.normalizers.Replace(tk.Regex(r"\s+"), " "), tk.normalizers.Strip(), tk.normalizers.Lowercase()])
+    return tk.normalizers.Sequence(
+        [
+            tk.normalizers.NFC(),
+            tk.normalizers.Replace(tk.Regex(r"\s+"), " "),
+            tk.normalizers.Strip(),
+            tk.normalizers.Lowercase(),
+        ]
+    )
 
 
 def copy_of(backend: Any) -> Any:
@@ -129,18 +152,27 @@ class TextTokenizer:
 
     def __init__(self, tokenizer: Any, clean: str, context_length: int, pad_token_id: int) -> None:
         if clean not in CLEAN_KINDS:
-            raise ClipExportError(f"the manifest's tokenizer cleaning is {clean!r}; clip-export knows {', '.join(CLEAN_KINDS)}")
+            raise ClipExportError(
+                f"the manifest's tokenizer cleaning is {clean!r}; clip-export knows {', '.join(CLEAN_KINDS)}"
+            )
         self._tokenizer = fix_length(tokenizer, context_length, pad_token_id)
         self.clean, self.context_length, self.pad_token_id = clean, context_length, pad_token_id
         self._other_lengths: dict[int, Any] = {}
 
     @classmethod
-    def from_file(cls, path: Path, settings: dict[str, Any]) -> "TextTokenizer":
+    def from_file(cls, path: Path, settings: dict[str, Any]) -> TextTokenizer:
         try:
             tokenizer = _tokenizers().Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for malformed files
-            raise ClipExportError(f"{path.name} is not a tokenizer.json the tokenizers library can read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}") from exc
-        return cls(tokenizer, settings.get("clean", "lower"), int(settings["context_length"]), int(settings.get("pad_token_id", 0)))
+            raise ClipExportError(
+                f"{path.name} is not a tokenizer.json the tokenizers library can read: {str(exc).splitlines()[0] if str(exc) else type(exc).__name__}"
+            ) from exc
+        return cls(
+            tokenizer,
+            settings.get("clean", "lower"),
+            int(settings["context_length"]),
+            int(settings.get("pad_token_id", 0)),
+        )
 
     def save(self, path: Path) -> None:
         self._tokenizer.save(str(path))
@@ -149,14 +181,18 @@ class TextTokenizer:
         tokenizer = self._tokenizer
         if context_length and context_length != self.context_length:
             if context_length not in self._other_lengths:
-                self._other_lengths[context_length] = fix_length(copy_of(self._tokenizer), context_length, self.pad_token_id)
+                self._other_lengths[context_length] = fix_length(
+                    copy_of(self._tokenizer), context_length, self.pad_token_id
+                )
             tokenizer = self._other_lengths[context_length]
         encoded = tokenizer.encode_batch([clean_text(t, self.clean) for t in texts])
         length = context_length or self.context_length
         return np.asarray([e.ids for e in encoded], dtype=np.int64).reshape(len(texts), length)
 
 
-def first_disagreement(ours: TextTokenizer, reference: Callable[[Sequence[str], int], Any], texts: Sequence[str]) -> str | None:
+def first_disagreement(
+    ours: TextTokenizer, reference: Callable[[Sequence[str], int], Any], texts: Sequence[str]
+) -> str | None:
     """The first text (at the model's context and at 8, which truncates) whose ids differ, else None."""
     for length in (ours.context_length, 8):
         for text in texts:

@@ -2,6 +2,7 @@
 execution. Separate from the build stage (tensorrt.py) so that verify, bench and the runner can run
 an engine without importing the stage that builds one. Unverified on real TensorRT here: no GPU
 machine of this project has had TensorRT installed (tests use tests/trt_standin.py)."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -15,7 +16,12 @@ SUPPORTED_MAJORS = (10, 11)
 
 
 def import_tensorrt() -> Any:
-    return import_optional("tensorrt", package="tensorrt", extra="tensorrt", purpose="building TensorRT engines (GPU only; its wheels come from NVIDIA's index)")
+    return import_optional(
+        "tensorrt",
+        package="tensorrt",
+        extra="tensorrt",
+        purpose="building TensorRT engines (GPU only; its wheels come from NVIDIA's index)",
+    )
 
 
 def major_version(trt: Any) -> int:
@@ -24,7 +30,9 @@ def major_version(trt: Any) -> int:
     except ValueError as exc:
         raise TensorRTError(f"cannot read the TensorRT version from '{trt.__version__}'") from exc
     if major not in SUPPORTED_MAJORS:
-        raise TensorRTError(f"TensorRT {trt.__version__} is not supported; supported: {', '.join(map(str, SUPPORTED_MAJORS))}.x")
+        raise TensorRTError(
+            f"TensorRT {trt.__version__} is not supported; supported: {', '.join(map(str, SUPPORTED_MAJORS))}.x"
+        )
     return major
 
 
@@ -35,7 +43,9 @@ def gpu_info() -> tuple[str, str]:
     except ImportError as exc:  # pragma: no cover - torch is a core dependency
         raise TensorRTError("no CUDA GPU can be queried (torch is missing)") from exc
     if not torch.cuda.is_available():
-        raise TensorRTError("TensorRT engines need a CUDA GPU, and none is visible here; install 'clip-export[tensorrt]' on a GPU machine")
+        raise TensorRTError(
+            "TensorRT engines need a CUDA GPU, and none is visible here; install 'clip-export[tensorrt]' on a GPU machine"
+        )
     major, minor = torch.cuda.get_device_capability(0)
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
@@ -54,7 +64,10 @@ def runnable_here(entry: dict[str, Any]) -> tuple[bool, str]:
     if built.get("version") != str(trt.__version__):
         return False, f"built with TensorRT {built.get('version')}, this machine has {trt.__version__}"
     if built.get("compute_capability") != capability:
-        return False, f"built for compute capability {built.get('compute_capability')} ({built.get('gpu')}), this GPU is {capability} ({gpu})"
+        return (
+            False,
+            f"built for compute capability {built.get('compute_capability')} ({built.get('gpu')}), this GPU is {capability} ({gpu})",
+        )
     return True, ""
 
 

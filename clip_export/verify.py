@@ -1,12 +1,13 @@
 """Verify stage: every artifact in a manifest against the fp32 torch reference, all metrics at once."""
+
 from __future__ import annotations
 
 import dataclasses
 import errno
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any, Callable, Sequence
-
+from typing import Any
 
 from .checks import ArtifactCheck, check_artifact, check_tokenizer, load_reference, reference_images
 from .environment import environment_table, versions
@@ -15,7 +16,16 @@ from .evalset import load_evalset
 from .manifest import atomic_write_text, now_iso, read_manifest, write_manifest
 from .progress import Progress, silent
 from .sessions import provider_name
-from .spec import CAPTIONS_CHECKED, CAPTIONS_WITH_OTHER_IDS, THRESHOLDS, TOKENIZER_FORMAT, TOWERS, Thresholds, threshold_key
+from .spec import (
+    CAPTIONS_CHECKED,
+    CAPTIONS_WITH_OTHER_IDS,
+    THRESHOLDS,
+    TOKENIZER_FORMAT,
+    TOWERS,
+    Thresholds,
+    threshold_key,
+)
+
 
 @dataclass(frozen=True)
 class VerifyResult:
@@ -43,9 +53,13 @@ def thresholds_with_overrides(overrides: dict[str, float]) -> dict[str, Threshol
     for key, value in overrides.items():
         precision, _, metric = key.rpartition(".")
         if metric not in Thresholds.__dataclass_fields__:
-            raise ClipExportError(f"unknown threshold '{metric}'; choose from {', '.join(Thresholds.__dataclass_fields__)}")
+            raise ClipExportError(
+                f"unknown threshold '{metric}'; choose from {', '.join(Thresholds.__dataclass_fields__)}"
+            )
         if precision and precision not in table:
-            raise ClipExportError(f"unknown precision '{precision}' in threshold '{key}'; choose from {', '.join(table)}")
+            raise ClipExportError(
+                f"unknown precision '{precision}' in threshold '{key}'; choose from {', '.join(table)}"
+            )
         for name in [precision] if precision else list(table):
             table[name] = table[name].replace(**{metric: value})
     return table
@@ -84,17 +98,30 @@ def verify(
         for provider in provider_names:
             if entry["format"] == "tensorrt" and provider != provider_names[0]:
                 continue  # an engine runs on its own runtime; one row is enough
-            progress(f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}")
+            progress(
+                f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}"
+            )
             key = threshold_key(entry["precision"], entry["format"])
             checks.append(check_artifact(model_dir, entry, provider, ref, limits[key], images))
     if any(e["tower"] == "text" for e in entries):  # the tokenizer feeds every text artifact
         progress("checking the bundled tokenizer.json on the reference's raw captions")
-        tokenizer_check = check_tokenizer(model_dir, manifest, reference_captions(manifest, reference, evalset), ref.get(TOWERS["text"].input_name))
+        tokenizer_check = check_tokenizer(
+            model_dir, manifest, reference_captions(manifest, reference, evalset), ref.get(TOWERS["text"].input_name)
+        )
         checks += [tokenizer_check] if tokenizer_check is not None else []
     found_versions = versions()
     manifest = read_manifest(model_dir)
-    record = merged_verification(manifest, [_check_json(c) for c in checks], evalset_source, reference_desc, found_versions)
-    result = VerifyResult(model_dir, tuple(checks), evalset_source, reference_desc, versions=found_versions, history=tuple(record["results"]))
+    record = merged_verification(
+        manifest, [_check_json(c) for c in checks], evalset_source, reference_desc, found_versions
+    )
+    result = VerifyResult(
+        model_dir,
+        tuple(checks),
+        evalset_source,
+        reference_desc,
+        versions=found_versions,
+        history=tuple(record["results"]),
+    )
     if not write:
         return result
     report = model_dir / "VERIFY.md"
@@ -119,11 +146,19 @@ def reference_captions(manifest: dict[str, Any], reference: str, evalset: Any) -
 
 def describe_write_error(exc: OSError, where: Path) -> str:
     """A failed write in words: a full disk and a read-only directory are named as such."""
-    reason = {errno.ENOSPC: "the disk is full", errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied", errno.EPERM: "permission denied", errno.EDQUOT: "the disk quota is exceeded"}.get(exc.errno or 0, exc.strerror or str(exc))
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EDQUOT: "the disk quota is exceeded",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
     return f"could not write VERIFY.md and the manifest's verification section in {where}: {reason}"
 
 
-def merged_verification(manifest: dict[str, Any], rows: list[dict[str, Any]], evalset: str, reference: str, found_versions: dict[str, str]) -> dict[str, Any]:
+def merged_verification(
+    manifest: dict[str, Any], rows: list[dict[str, Any]], evalset: str, reference: str, found_versions: dict[str, str]
+) -> dict[str, Any]:
     """This run's rows replace earlier rows for the same artifact, provider and environment; rows
     from other environments, providers or artifacts stay while their artifact's bytes are
     unchanged, so verifying on a second machine adds its verdicts instead of erasing the first's.
@@ -138,7 +173,9 @@ def merged_verification(manifest: dict[str, Any], rows: list[dict[str, Any]], ev
 
     def superseded(r: dict[str, Any]) -> bool:
         key = environment_key(r)
-        return (r["path"], r["provider_requested"], key) in fresh or (key is None and (r["path"], r["provider_requested"]) in fresh_any_env)
+        return (r["path"], r["provider_requested"], key) in fresh or (
+            key is None and (r["path"], r["provider_requested"]) in fresh_any_env
+        )
 
     previous = (manifest.get("verification") or {}).get("results", [])
     kept = [r for r in previous if not superseded(r) and current.get(r["path"]) == r.get("sha256")]
@@ -176,7 +213,14 @@ def _check_json(check: ArtifactCheck) -> dict[str, Any]:
     }
 
 
-SUMMARY_METRICS = ("mean_abs_raw", "mean_abs_normalized", "max_abs_normalized", "min_cosine", "nan_count", "batch7_vs_single_max_abs")
+SUMMARY_METRICS = (
+    "mean_abs_raw",
+    "mean_abs_normalized",
+    "max_abs_normalized",
+    "min_cosine",
+    "nan_count",
+    "batch7_vs_single_max_abs",
+)
 
 
 def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
@@ -189,25 +233,44 @@ def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
         f"Reference: {result.reference}; evaluation set: {result.evalset}.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in result.versions.items())}.",
         "",
-        "| artifact | provider ran | thresholds | " + " | ".join(SUMMARY_METRICS) + " | top-1 agreement (min) | verdict |",
+        "| artifact | provider ran | thresholds | "
+        + " | ".join(SUMMARY_METRICS)
+        + " | top-1 agreement (min) | verdict |",
         "|---" * (len(SUMMARY_METRICS) + 5) + "|",
     ]
     for c in result.checks:
         values = [f"{c.metric(m):.3g}" if c.metric(m) is not None else "-" for m in SUMMARY_METRICS]
         ran = c.provider_ran or f"{c.provider_requested} (did not run)"
         top1_text = f"{c.min_top1:.3f}" if c.min_top1 is not None else "-"
-        lines.append(f"| {c.path} | {ran} | {c.threshold_set} | " + " | ".join(values) + f" | {top1_text} | {c.status} |")
+        lines.append(
+            f"| {c.path} | {ran} | {c.threshold_set} | " + " | ".join(values) + f" | {top1_text} | {c.status} |"
+        )
     for c in result.checks:
         if c.format == TOKENIZER_FORMAT and c.metric(CAPTIONS_CHECKED) is not None:
-            lines += ["", f"{c.path}, through the runtime's tokenizer code (the `tokenizers` library and the manifest's cleaning), on the "
-                      f"reference's {c.metric(CAPTIONS_CHECKED):.0f} raw captions: {c.metric(CAPTIONS_WITH_OTHER_IDS):.0f} give other ids than "
-                      "the reference tokenizer (limit 0). Equal ids make every text row above hold from raw captions too."]
+            lines += [
+                "",
+                f"{c.path}, through the runtime's tokenizer code (the `tokenizers` library and the manifest's cleaning), on the "
+                f"reference's {c.metric(CAPTIONS_CHECKED):.0f} raw captions: {c.metric(CAPTIONS_WITH_OTHER_IDS):.0f} give other ids than "
+                "the reference tokenizer (limit 0). Equal ids make every text row above hold from raw captions too.",
+            ]
     failures = result.failures
     if failures:
         lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
-    lines += ["", "## Environments each artifact was verified in", "", "Every run on another machine or provider adds its rows here; a row holds for the bytes whose sha256 it names.", ""]
+    lines += [
+        "",
+        "## Environments each artifact was verified in",
+        "",
+        "Every run on another machine or provider adds its rows here; a row holds for the bytes whose sha256 it names.",
+        "",
+    ]
     lines += environment_table(result.history)
-    lines += ["", "## Thresholds", "", "| set | " + " | ".join(Thresholds.__dataclass_fields__) + " |", "|---" * (len(Thresholds.__dataclass_fields__) + 1) + "|"]
+    lines += [
+        "",
+        "## Thresholds",
+        "",
+        "| set | " + " | ".join(Thresholds.__dataclass_fields__) + " |",
+        "|---" * (len(Thresholds.__dataclass_fields__) + 1) + "|",
+    ]
     for name, t in limits.items():
         lines.append(f"| {name} | " + " | ".join(f"{getattr(t, f):g}" for f in Thresholds.__dataclass_fields__) + " |")
     return "\n".join(lines) + "\n"

@@ -1,4 +1,5 @@
 """Shared fixtures: tiny random-weight CLIP configs registered with open_clip, and one export."""
+
 from __future__ import annotations
 
 import platform
@@ -58,7 +59,12 @@ def tiny_vit_copy(tiny_vit_dir: Path, tmp_path: Path) -> Path:
 @pytest.fixture(scope="session")
 def siglip_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """SigLIP's layout: <pad> 0, </s> 1, <unk> 2, an end token and no start token."""
-    return train_unigram_tokenizer(tmp_path_factory.mktemp("siglip-tokenizer"), ["<pad>", "</s>", "<unk>"], "$A </s>", {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})
+    return train_unigram_tokenizer(
+        tmp_path_factory.mktemp("siglip-tokenizer"),
+        ["<pad>", "</s>", "<unk>"],
+        "$A </s>",
+        {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
+    )
 
 
 @pytest.fixture(scope="session")
@@ -67,11 +73,30 @@ def xlmr_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     from transformers import XLMRobertaConfig
 
     tokenizer = train_unigram_tokenizer(
-        tmp_path_factory.mktemp("xlmr-tokenizer"), ["<s>", "<pad>", "</s>", "<unk>"], "<s> $A </s>",
-        {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"},
+        tmp_path_factory.mktemp("xlmr-tokenizer"),
+        ["<s>", "<pad>", "</s>", "<unk>"],
+        "<s> $A </s>",
+        {
+            "bos_token": "<s>",
+            "pad_token": "<pad>",
+            "eos_token": "</s>",
+            "unk_token": "<unk>",
+            "cls_token": "<s>",
+            "sep_token": "</s>",
+        },
     )
     config = tmp_path_factory.mktemp("xlmr-config")
-    XLMRobertaConfig(vocab_size=128, hidden_size=32, num_hidden_layers=2, num_attention_heads=2, intermediate_size=64, max_position_embeddings=80, pad_token_id=1, bos_token_id=0, eos_token_id=2).save_pretrained(config)
+    XLMRobertaConfig(
+        vocab_size=128,
+        hidden_size=32,
+        num_hidden_layers=2,
+        num_attention_heads=2,
+        intermediate_size=64,
+        max_position_embeddings=80,
+        pad_token_id=1,
+        bos_token_id=0,
+        eos_token_id=2,
+    ).save_pretrained(config)
     return tokenizer, config
 
 
@@ -83,8 +108,18 @@ def nllb_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 
     tokenizer = train_nllb_tokenizer(tmp_path_factory.mktemp("nllb-tokenizer"))
     config = tmp_path_factory.mktemp("nllb-config")
-    tiny = dict(d_model=32, encoder_layers=2, decoder_layers=2, encoder_attention_heads=2, decoder_attention_heads=2, encoder_ffn_dim=64, decoder_ffn_dim=64)
-    M2M100Config(vocab_size=128, max_position_embeddings=80, pad_token_id=1, bos_token_id=0, eos_token_id=2, **tiny).save_pretrained(config)
+    tiny = dict(
+        d_model=32,
+        encoder_layers=2,
+        decoder_layers=2,
+        encoder_attention_heads=2,
+        decoder_attention_heads=2,
+        encoder_ffn_dim=64,
+        decoder_ffn_dim=64,
+    )
+    M2M100Config(
+        vocab_size=128, max_position_embeddings=80, pad_token_id=1, bos_token_id=0, eos_token_id=2, **tiny
+    ).save_pretrained(config)
     return tokenizer, config
 
 
@@ -94,10 +129,23 @@ def mt5_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
     </s> appended (SentencePiece-style Unigram), a T5 encoder with gated-GELU feed-forward."""
     from transformers import MT5Config
 
-    tokenizer = train_unigram_tokenizer(tmp_path_factory.mktemp("mt5-tokenizer"), ["<pad>", "</s>", "<unk>"], "$A </s>", {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"})
+    tokenizer = train_unigram_tokenizer(
+        tmp_path_factory.mktemp("mt5-tokenizer"),
+        ["<pad>", "</s>", "<unk>"],
+        "$A </s>",
+        {"pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"},
+    )
     config = tmp_path_factory.mktemp("mt5-config")
     tiny = dict(d_model=32, d_kv=16, d_ff=64, num_layers=2, num_decoder_layers=2, num_heads=2)
-    MT5Config(vocab_size=128, feed_forward_proj="gated-gelu", tie_word_embeddings=False, pad_token_id=0, eos_token_id=1, decoder_start_token_id=0, **tiny).save_pretrained(config)
+    MT5Config(
+        vocab_size=128,
+        feed_forward_proj="gated-gelu",
+        tie_word_embeddings=False,
+        pad_token_id=0,
+        eos_token_id=1,
+        decoder_start_token_id=0,
+        **tiny,
+    ).save_pretrained(config)
     return tokenizer, config
 
 

@@ -1,8 +1,9 @@
 """Test helpers that tamper with artifacts the way real damage or bugs would."""
+
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import onnx
@@ -11,11 +12,20 @@ from onnx import numpy_helper
 from clip_export.manifest import file_record, find_artifact, read_manifest, write_manifest
 
 
-def rewrite_initializer(model_dir: Path, artifact_path: str, change: Callable[[np.ndarray], np.ndarray], pick: Callable[[onnx.TensorProto], bool] | None = None) -> str:
+def rewrite_initializer(
+    model_dir: Path,
+    artifact_path: str,
+    change: Callable[[np.ndarray], np.ndarray],
+    pick: Callable[[onnx.TensorProto], bool] | None = None,
+) -> str:
     """Change one float initializer and re-hash it in the manifest, so only the numbers are wrong."""
     path = model_dir / artifact_path
     model = onnx.load(str(path))
-    candidates = [t for t in model.graph.initializer if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and (pick is None or pick(t))]
+    candidates = [
+        t
+        for t in model.graph.initializer
+        if t.data_type == onnx.TensorProto.FLOAT and len(t.dims) == 2 and (pick is None or pick(t))
+    ]
     target = max(candidates, key=lambda t: int(np.prod(t.dims)))
     target.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(target)).astype(np.float32), target.name))
     onnx.save(model, str(path))
@@ -48,23 +58,40 @@ def train_unigram_tokenizer(directory: Path, specials: list[str], template: str,
     trainer = trainers.UnigramTrainer(vocab_size=120, special_tokens=specials, unk_token="<unk>")
     tokenizer.train_from_iterator(list(load_evalset().captions) * 4, trainer)
     ids = {token: tokenizer.token_to_id(token) for token in specials}
-    tokenizer.post_processor = processors.TemplateProcessing(single=template, special_tokens=[(t, ids[t]) for t in specials if t in template])
+    tokenizer.post_processor = processors.TemplateProcessing(
+        single=template, special_tokens=[(t, ids[t]) for t in specials if t in template]
+    )
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config})
+    )
     return directory
 
 
-def train_nllb_tokenizer(directory: Path, codes: tuple[str, ...] = ("eng_Latn", "fra_Latn"), src_lang: str = "fra_Latn") -> Path:
+def train_nllb_tokenizer(
+    directory: Path, codes: tuple[str, ...] = ("eng_Latn", "fra_Latn"), src_lang: str = "fra_Latn"
+) -> Path:
     """NLLB's special-token layout (<s> 0, <pad> 1, </s> 2, <unk> 3, then language codes) on a tiny
     Unigram trained on the captions, loaded as transformers' NllbTokenizer, which puts the source
     language first; `src_lang` is what the tokenizer would use unless the family rule sets it."""
     import json
 
-    specials = {"bos_token": "<s>", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>", "cls_token": "<s>", "sep_token": "</s>"}
+    specials = {
+        "bos_token": "<s>",
+        "pad_token": "<pad>",
+        "eos_token": "</s>",
+        "unk_token": "<unk>",
+        "cls_token": "<s>",
+        "sep_token": "</s>",
+    }
     train_unigram_tokenizer(directory, ["<s>", "<pad>", "</s>", "<unk>", *codes], "$A </s>", specials)
     settings = json.loads((directory / "tokenizer_config.json").read_text())
-    (directory / "tokenizer_config.json").write_text(json.dumps({**settings, "tokenizer_class": "NllbTokenizer", "extra_special_tokens": list(codes), "src_lang": src_lang}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps(
+            {**settings, "tokenizer_class": "NllbTokenizer", "extra_special_tokens": list(codes), "src_lang": src_lang}
+        )
+    )
     return directory
 
 
@@ -86,7 +113,9 @@ def swap_tokenizer_ids(model_dir: Path, first: str = "a</w>", second: str = "the
         write_manifest(model_dir, manifest)
 
 
-def train_byte_level_bpe_tokenizer(directory: Path, specials: list[str], config: dict[str, object], vocab_size: int = 400) -> Path:
+def train_byte_level_bpe_tokenizer(
+    directory: Path, specials: list[str], config: dict[str, object], vocab_size: int = 400
+) -> Path:
     """A tiny RoBERTa-style (byte-level BPE, `<s> $A </s>`) tokenizer.json trained here on the
     bundled captions; `specials` take ids 0.. in order, so they can match a config's pad/bos/eos ids."""
     import json
@@ -98,13 +127,19 @@ def train_byte_level_bpe_tokenizer(directory: Path, specials: list[str], config:
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tokenizer.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size, special_tokens=specials, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tokenizer.train_from_iterator(list(load_evalset().captions) * 4, trainer)
     bos, eos = str(config["bos_token"]), str(config["eos_token"])
-    tokenizer.post_processor = processors.RobertaProcessing((eos, tokenizer.token_to_id(eos)), (bos, tokenizer.token_to_id(bos)), add_prefix_space=False)
+    tokenizer.post_processor = processors.RobertaProcessing(
+        (eos, tokenizer.token_to_id(eos)), (bos, tokenizer.token_to_id(bos)), add_prefix_space=False
+    )
     directory.mkdir(parents=True, exist_ok=True)
     tokenizer.save(str(directory / "tokenizer.json"))
-    (directory / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config}))
+    (directory / "tokenizer_config.json").write_text(
+        json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", **config})
+    )
     return directory
 
 

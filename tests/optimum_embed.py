@@ -9,6 +9,7 @@ which our venv's transformers 5 cannot host) ahead of the venv. Imports nothing 
 
 writes the embeddings, input_ids, pixel_values, the captions' untruncated lengths, the versions and what the other optimum classes do
 with the layout (probes.json inside the npz as a string)."""
+
 from __future__ import annotations
 
 import json
@@ -59,12 +60,24 @@ def main(hf: str, text_onnx: str, vision_onnx: str, captions_path: str, out: str
         "image_processor": type(processor.image_processor).__name__,
         "ORTModelForFeatureExtraction(text_model.onnx)": probe(lambda: feature(input_ids=ids)),
         "ORTModelForZeroShotImageClassification(text_model.onnx)": probe(
-            lambda: zero_shot.from_pretrained(hf, **where(text_onnx))(input_ids=ids, pixel_values=pixels)),
+            lambda: zero_shot.from_pretrained(hf, **where(text_onnx))(input_ids=ids, pixel_values=pixels)
+        ),
         "zero_shot_default_file": zero_shot.from_pretrained(hf).path.name,
     }
-    versions = {name: version(name) for name in ("optimum-onnx", "optimum", "transformers", "tokenizers", "onnxruntime")}
+    versions = {
+        name: version(name) for name in ("optimum-onnx", "optimum", "transformers", "tokenizers", "onnxruntime")
+    }
     lengths = [len(row) for row in processor.tokenizer(captions)["input_ids"]]
-    np.savez(out, text_embeds=text_embeds, image_embeds=image_embeds, input_ids=ids, pixel_values=pixels, untruncated_lengths=np.array(lengths), probes=json.dumps(probes), versions=json.dumps(versions))
+    np.savez(
+        out,
+        text_embeds=text_embeds,
+        image_embeds=image_embeds,
+        input_ids=ids,
+        pixel_values=pixels,
+        untruncated_lengths=np.array(lengths),
+        probes=json.dumps(probes),
+        versions=json.dumps(versions),
+    )
 
 
 if __name__ == "__main__":

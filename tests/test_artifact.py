@@ -24,8 +24,20 @@ def test_a_missing_key_is_named_with_the_entry() -> None:
 
 
 def test_moving_keeps_everything_but_the_files() -> None:
-    entry = ArtifactEntry("staging/v.onnx", "a" * 64, 10, "visual", "int8", "onnx", opset=20, derived_from={"path": "v.onnx", "sha256": "b" * 64}, details={"conversion": {"mode": "dynamic"}})
+    entry = ArtifactEntry(
+        "staging/v.onnx",
+        "a" * 64,
+        10,
+        "visual",
+        "int8",
+        "onnx",
+        opset=20,
+        derived_from={"path": "v.onnx", "sha256": "b" * 64},
+        details={"conversion": {"mode": "dynamic"}},
+    )
     moved = entry.moved({"path": "v.int8.onnx", "sha256": "c" * 64, "bytes": 11}, ())
     assert (moved.path, moved.sha256, moved.bytes) == ("v.int8.onnx", "c" * 64, 11)
     assert moved.to_json()["conversion"] == {"mode": "dynamic"} and moved.derived_from == entry.derived_from
-    assert "opset" not in ArtifactEntry("e.plan", "d" * 64, 1, "text", "fp16", "tensorrt").to_json()  # engines have no opset
+    assert (
+        "opset" not in ArtifactEntry("e.plan", "d" * 64, 1, "text", "fp16", "tensorrt").to_json()
+    )  # engines have no opset

@@ -1,4 +1,5 @@
 """The export-time batch-first attention: same numbers as torch's own path, undone after export."""
+
 from __future__ import annotations
 
 import json
@@ -23,7 +24,12 @@ def _causal_float(length: int) -> torch.Tensor:
 
 @pytest.mark.parametrize(
     "mask",
-    [None, _causal_float(7), torch.ones(7, 7, dtype=torch.bool).triu(1), torch.randn(2 * 4, 7, 7, generator=torch.Generator().manual_seed(1))],
+    [
+        None,
+        _causal_float(7),
+        torch.ones(7, 7, dtype=torch.bool).triu(1),
+        torch.randn(2 * 4, 7, 7, generator=torch.Generator().manual_seed(1)),
+    ],
     ids=["no-mask", "float-causal", "bool-causal", "per-head-3d"],
 )
 def test_matches_torch_self_attention(mask: torch.Tensor | None) -> None:
@@ -54,7 +60,9 @@ def test_other_calls_keep_torch_path_and_the_patch_is_undone() -> None:
 
 def test_export_traces_batch_first_and_records_it(tiny_vit_dir: Path) -> None:
     manifest = json.loads((tiny_vit_dir / "manifest.json").read_text())
-    assert {a["tower"]: a["batch_first_attention_blocks"] for a in manifest["artifacts"] if a["precision"] == "fp32"} == {"visual": 2, "text": 2}
+    assert {
+        a["tower"]: a["batch_first_attention_blocks"] for a in manifest["artifacts"] if a["precision"] == "fp32"
+    } == {"visual": 2, "text": 2}
     for tower in ("visual", "text"):
         graph = onnx.load(str(tiny_vit_dir / f"{tower}.onnx")).graph
         perms = [list(a.ints) for n in graph.node if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
@@ -81,5 +89,11 @@ def test_export_can_keep_torchs_trace(tmp_path: Path) -> None:
 
     loaded = load_model(resolve("tiny-vit", random_init=True, seed=0))
     _, rewritten = export_tower(loaded, "text", tmp_path / "text.onnx", batch_first_attention=False)
-    perms = [list(a.ints) for n in onnx.load(str(tmp_path / "text.onnx")).graph.node if n.op_type == "Transpose" for a in n.attribute if a.name == "perm"]
+    perms = [
+        list(a.ints)
+        for n in onnx.load(str(tmp_path / "text.onnx")).graph.node
+        if n.op_type == "Transpose"
+        for a in n.attribute
+        if a.name == "perm"
+    ]
     assert rewritten == 0 and [1, 0, 2] in perms and [2, 0, 3, 1, 4] not in perms

@@ -37,13 +37,37 @@ def test_cuda_request_on_a_cpu_machine_is_a_row_without_numbers(tiny_vit_dir: Pa
 
     if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
         pytest.skip("CUDA is available here; this checks the CPU-only honesty rule")
-    row = bench_onnx(tiny_vit_dir / "visual.onnx", "visual", "fp32", "cuda", 1, np.zeros((1, 3, 64, 64), np.float32), threads=1, budget_s=0.01, name="visual.onnx")
+    row = bench_onnx(
+        tiny_vit_dir / "visual.onnx",
+        "visual",
+        "fp32",
+        "cuda",
+        1,
+        np.zeros((1, 3, 64, 64), np.float32),
+        threads=1,
+        budget_s=0.01,
+        name="visual.onnx",
+    )
     assert row.status.startswith("unavailable: the requested provider was CUDAExecutionProvider")
     assert row.latency is None and row.provider_ran is None and row.p50_ms is None
 
 
 def test_bench_end_to_end_through_the_cli(tiny_vit_copy: Path) -> None:
-    result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--batch-sizes", "1,2", "--budget", "0.05", "--providers", "cpu,cuda", "--json", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(tiny_vit_copy),
+            "--batch-sizes",
+            "1,2",
+            "--budget",
+            "0.05",
+            "--providers",
+            "cpu,cuda",
+            "--json",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     (data,) = json.loads(result.stdout)
     rows = data["rows"]
@@ -65,13 +89,22 @@ def test_bench_end_to_end_through_the_cli(tiny_vit_copy: Path) -> None:
     eager = next(r for r in rows if r["name"] == "torch eager-fp32" and r["batch"] == 1 and r["tower"] == "visual")
     assert eager["speedup_vs_torch"] == pytest.approx(1.0)
     assert data["ceilings_gflops"]["fp32"] > 0 and data["flops_per_item"]["visual"] > 0
-    assert set(data["streamed_ceilings_gflops"]) == {"visual", "text"} and min(data["streamed_ceilings_gflops"].values()) > 0
+    assert (
+        set(data["streamed_ceilings_gflops"]) == {"visual", "text"}
+        and min(data["streamed_ceilings_gflops"].values()) > 0
+    )
     assert data["machine"]["cores"] >= 1 and "onnxruntime" in data["versions"]
     assert {s["image"] for s in data["breakdown"]} == {"coffee-and-cat-wide-alpha.png", "rocket-small.jpg"}
-    assert {s["engine"] for s in data["breakdown"]} == {"onnxruntime fp32 CPU (output is already numpy)", "onnxruntime fp32 CPU, ClipOnnx's default preprocessing (vectorised crop-resize)", "torch eager fp32 CPU"}
+    assert {s["engine"] for s in data["breakdown"]} == {
+        "onnxruntime fp32 CPU (output is already numpy)",
+        "onnxruntime fp32 CPU, ClipOnnx's default preprocessing (vectorised crop-resize)",
+        "torch eager fp32 CPU",
+    }
     assert all(s["load_ms"] > 0 and s["preprocess_ms"] > 0 and s["inference_ms"] > 0 for s in data["breakdown"])
     variants = {p["variant"]: p for p in data["preprocessing"]}
-    assert variants["reference-pil"]["pixel_max_abs"] == 0.0 and variants["reference-pil"]["within_fp32_tolerance"] is True
+    assert (
+        variants["reference-pil"]["pixel_max_abs"] == 0.0 and variants["reference-pil"]["within_fp32_tolerance"] is True
+    )
     assert variants["opencv"]["pixel_max_abs"] > 0.1
     assert (tiny_vit_copy / "BENCH.md").read_text().count("| visual |") >= 2
     assert (tiny_vit_copy / "bench-batch1.png").read_bytes()[:4] == b"\x89PNG"
@@ -79,7 +112,22 @@ def test_bench_end_to_end_through_the_cli(tiny_vit_copy: Path) -> None:
 
 
 def test_bench_table_output(tiny_vit_copy: Path) -> None:
-    result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--batch-sizes", "1", "--budget", "0.02", "--no-breakdown", "--no-baselines", "--towers", "text", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(tiny_vit_copy),
+            "--batch-sizes",
+            "1",
+            "--budget",
+            "0.02",
+            "--no-breakdown",
+            "--no-baselines",
+            "--towers",
+            "text",
+            "-q",
+        ],
+    )
     assert result.exit_code == 0, result.output
     assert "text.onnx" in result.stdout and "p50 ms" in result.stdout
 
@@ -91,7 +139,9 @@ def test_bench_reads_the_reference_the_manifest_records(tiny_vit_copy: Path) -> 
     (tiny_vit_copy / manifest["reference"]["path"]).rename(tiny_vit_copy / renamed)
     manifest["reference"]["path"] = renamed
     write_manifest(tiny_vit_copy, manifest)
-    result = bench(tiny_vit_copy, batch_sizes=[1], budget_s=0.02, breakdown=False, baselines=False, towers=["text"], write=False)
+    result = bench(
+        tiny_vit_copy, batch_sizes=[1], budget_s=0.02, breakdown=False, baselines=False, towers=["text"], write=False
+    )
     assert [r.name for r in result.rows if r.latency is not None] == ["text.onnx"]
 
 
@@ -153,23 +203,51 @@ def test_no_artifact_row_is_an_error_that_leaves_earlier_results(tiny_vit_copy: 
         pytest.skip("CUDA is available here; this checks what a CPU-only machine reports")
     (tiny_vit_copy / "BENCH.md").write_text("earlier results\n")
     before = read_manifest(tiny_vit_copy)
-    result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--providers", "cuda", "--batch-sizes", "1", "--budget", "0.02", "--no-baselines", "--no-breakdown", "-q"])
+    result = CliRunner().invoke(
+        main,
+        [
+            "bench",
+            str(tiny_vit_copy),
+            "--providers",
+            "cuda",
+            "--batch-sizes",
+            "1",
+            "--budget",
+            "0.02",
+            "--no-baselines",
+            "--no-breakdown",
+            "-q",
+        ],
+    )
     assert result.exit_code == 1
-    assert result.stderr.startswith("Error: no artifact row ran, so nothing was written") and "requested provider was CUDAExecutionProvider" in result.stderr
+    assert (
+        result.stderr.startswith("Error: no artifact row ran, so nothing was written")
+        and "requested provider was CUDAExecutionProvider" in result.stderr
+    )
     assert (tiny_vit_copy / "BENCH.md").read_text() == "earlier results\n" and read_manifest(tiny_vit_copy) == before
     result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--precision", "int4", "-q"])
-    assert result.exit_code == 1 and "the requested precision(s) int4 match no artifact" in result.stderr and "it has fp32" in result.stderr
+    assert (
+        result.exit_code == 1
+        and "the requested precision(s) int4 match no artifact" in result.stderr
+        and "it has fp32" in result.stderr
+    )
     result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "--max-time", "0"])
     assert result.exit_code == 2 and "--max-time" in result.stderr
 
 
-def test_bf16_without_native_support_is_skipped_with_the_reason(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bf16_without_native_support_is_skipped_with_the_reason(
+    tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     from clip_export import bench as bench_module
 
     monkeypatch.setattr(bench_module, "native_bf16", lambda: False)
     result = bench(tiny_vit_copy, batch_sizes=[1], budget_s=0.02, breakdown=False, towers=["text"], write=False)
     bf16 = [r for r in result.rows if r.name == "torch bf16-autocast"]
-    assert len(bf16) == 1 and bf16[0].latency is None and bf16[0].status.startswith("skipped: no native bf16 on this CPU (no avx512_bf16 or AMX)")
+    assert (
+        len(bf16) == 1
+        and bf16[0].latency is None
+        and bf16[0].status.startswith("skipped: no native bf16 on this CPU (no avx512_bf16 or AMX)")
+    )
     assert any(n.startswith("no native bf16") for n in result.notes)
     assert [r.name for r in result.rows if r.latency is not None] == ["torch eager-fp32", "text.onnx"]
 

@@ -18,7 +18,9 @@ def test_the_gate_passes_a_good_artifact_and_says_where(tiny_vit_copy: Path) -> 
     assert check.passed and check.threshold_set == "fp32" and check.provider_ran == "CPUExecutionProvider"
     assert check.environment == current_environment("CPUExecutionProvider")
     assert check.metric("mean_abs_normalized") <= THRESHOLDS["fp32"].mean_abs_normalized
-    assert {"text2text_top1", "text2image_top1", "image2text_top1", "batch7_vs_single_max_abs"} <= {m.name for m in check.metrics}
+    assert {"text2text_top1", "text2image_top1", "image2text_top1", "batch7_vs_single_max_abs"} <= {
+        m.name for m in check.metrics
+    }
 
 
 def test_every_failing_metric_is_listed_together(tiny_vit_copy: Path) -> None:
@@ -37,7 +39,9 @@ def test_a_preprocessing_graph_needs_the_raw_images(tiny_vit_copy: Path) -> None
     entry = {**find_artifact(manifest, path="visual.onnx"), "format": PREPROCESSING_FORMAT}
     check = check_artifact(tiny_vit_copy, entry, "cpu", ref, THRESHOLDS["fp32"], images=None)
     assert check.status == "fail" and check.provider_ran is None
-    assert check.failures == ("a preprocessing graph is checked on the reference's raw images: the reference's images are unknown; verify with --images DIR",)
+    assert check.failures == (
+        "a preprocessing graph is checked on the reference's raw images: the reference's images are unknown; verify with --images DIR",
+    )
     assert np.isfinite(ref["image_embeds"]).all()
 
 
@@ -49,8 +53,15 @@ def _tokenizer_check(model_dir: Path):  # type: ignore[no-untyped-def]
 
 def test_the_bundled_tokenizer_gives_the_reference_ids_on_the_raw_captions(tiny_vit_copy: Path) -> None:
     check = _tokenizer_check(tiny_vit_copy)
-    assert check is not None and check.passed and check.format == TOKENIZER_FORMAT and check.threshold_set == TOKENIZER_CHECK
-    assert check.metric("captions_with_other_ids") == 0 and check.metric("captions_checked") == len(read_manifest(tiny_vit_copy)["reference"]["captions"])
+    assert (
+        check is not None
+        and check.passed
+        and check.format == TOKENIZER_FORMAT
+        and check.threshold_set == TOKENIZER_CHECK
+    )
+    assert check.metric("captions_with_other_ids") == 0 and check.metric("captions_checked") == len(
+        read_manifest(tiny_vit_copy)["reference"]["captions"]
+    )
 
 
 def test_a_tokenizer_that_gives_other_ids_fails_and_names_the_first_caption(tiny_vit_copy: Path) -> None:

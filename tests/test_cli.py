@@ -11,11 +11,13 @@ from clip_export import __version__, load_model, resolve
 from clip_export.cli import main
 
 
-def run(*args: str) -> "CliRunner.invoke":
+def run(*args: str) -> CliRunner.invoke:
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
 
 
-def test_debug_shows_the_library_error_our_error_was_raised_from(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_debug_shows_the_library_error_our_error_was_raised_from(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     (tmp_path / "manifest.json").write_text("{not json")
     monkeypatch.delenv("CLIP_EXPORT_DEBUG", raising=False)
     quiet = run("verify", str(tmp_path))

@@ -1,4 +1,5 @@
 """The embed command as a user runs it: exit codes, the summary, --json, --quiet, usage errors."""
+
 from __future__ import annotations
 
 import json
@@ -18,14 +19,21 @@ def test_embed_prints_a_summary_and_exits_1_naming_the_failed_items(tiny_vit_int
         shutil.copy(path, photos / path.name)
     (photos / "broken.jpg").write_bytes(b"")
     out = tmp_path / "index"
-    done = CliRunner().invoke(main, ["embed", str(tiny_vit_int8_dir), str(photos), "--out", str(out), "--batch-size", "2"])
+    done = CliRunner().invoke(
+        main, ["embed", str(tiny_vit_int8_dir), str(photos), "--out", str(out), "--batch-size", "2"]
+    )
     assert done.exit_code == 1
     assert "4 embedded, 0 unchanged, 1 failed of 5 items" in done.output
     assert "broken.jpg" in done.output and "the file is empty (0 bytes)" in done.output
-    assert done.output.rstrip().splitlines()[-1] == f"Error: 1 of 5 items could not be embedded; {out / 'errors.parquet'} lists them with the reason"
+    assert (
+        done.output.rstrip().splitlines()[-1]
+        == f"Error: 1 of 5 items could not be embedded; {out / 'errors.parquet'} lists them with the reason"
+    )
     assert "5 items, 0 already in" in done.output  # progress, on stderr
     (photos / "broken.jpg").unlink()
-    again = CliRunner().invoke(main, ["embed", str(tiny_vit_int8_dir), str(photos), "--out", str(out), "--json", "--quiet"])
+    again = CliRunner().invoke(
+        main, ["embed", str(tiny_vit_int8_dir), str(photos), "--out", str(out), "--json", "--quiet"]
+    )
     assert again.exit_code == 0, again.output
     summary = json.loads(again.output)
     assert (summary["embedded"], summary["unchanged"], summary["failed"], summary["precision"]) == (0, 4, 0, "int8")
@@ -33,6 +41,15 @@ def test_embed_prints_a_summary_and_exits_1_naming_the_failed_items(tiny_vit_int
 
 def test_usage_errors_exit_2_and_bad_sources_exit_1(tiny_vit_int8_dir: Path, tmp_path: Path) -> None:
     assert CliRunner().invoke(main, ["embed", str(tiny_vit_int8_dir), str(tmp_path)]).exit_code == 2  # no --out
-    assert CliRunner().invoke(main, ["embed", str(tiny_vit_int8_dir), str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "0"]).exit_code == 2
-    missing = CliRunner().invoke(main, ["embed", str(tmp_path / "nothing"), str(tmp_path), "--out", str(tmp_path / "o")])
+    assert (
+        CliRunner()
+        .invoke(
+            main, ["embed", str(tiny_vit_int8_dir), str(tmp_path), "--out", str(tmp_path / "o"), "--batch-size", "0"]
+        )
+        .exit_code
+        == 2
+    )
+    missing = CliRunner().invoke(
+        main, ["embed", str(tmp_path / "nothing"), str(tmp_path), "--out", str(tmp_path / "o")]
+    )
     assert missing.exit_code == 1 and missing.output.startswith("Error: ") and "Traceback" not in missing.output

@@ -8,7 +8,10 @@ from clip_export.cli_parse import check_towers, int_list, parse_profile, parse_t
 
 def test_values_are_read() -> None:
     assert split_csv(" cpu, ,cuda ") == ["cpu", "cuda"]
-    assert parse_thresholds(["fp16.min_cosine=0.99", "top5_overlap = 0.5"]) == {"fp16.min_cosine": 0.99, "top5_overlap": 0.5}
+    assert parse_thresholds(["fp16.min_cosine=0.99", "top5_overlap = 0.5"]) == {
+        "fp16.min_cosine": 0.99,
+        "top5_overlap": 0.5,
+    }
     assert parse_profile("1:8:64") == (1, 8, 64)
     assert int_list("1,8", "--batch-sizes") == [1, 8]
     assert check_towers("text") == ["text"]

@@ -8,6 +8,13 @@ def test_sizes_are_binary_units() -> None:
 
 
 def test_cells_and_alignment() -> None:
-    assert [cell(v) for v in (None, 0.0, 1.5e-5, 0.25, 123456.0, "x")] == ["-", "0", "1.50e-05", "0.250", "1.23e+05", "x"]
+    assert [cell(v) for v in (None, 0.0, 1.5e-5, 0.25, 123456.0, "x")] == [
+        "-",
+        "0",
+        "1.50e-05",
+        "0.250",
+        "1.23e+05",
+        "x",
+    ]
     lines = table(["name", "ms"], [("visual.onnx", 1.5), ("t", None)]).splitlines()
     assert lines == ["name         ms", "-----------  -----", "visual.onnx  1.500", "t            -"]

@@ -1,5 +1,6 @@
 """transformers.js in Node loads a release's hf/ and matches ClipOnnx (marker js: needs the npm
 packages .ci/run installs; skipped with the reason without them)."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -9,13 +10,19 @@ from pathlib import Path
 import pytest
 
 from clip_export import export_onnx, resolve
-from clip_export.clients import IMAGE_TARGET_COSINE, TEXT_MIN_COSINE, VARIANT_MIN_COSINE, client_check, find_transformers_js
+from clip_export.clients import (
+    IMAGE_TARGET_COSINE,
+    TEXT_MIN_COSINE,
+    VARIANT_MIN_COSINE,
+    client_check,
+    find_transformers_js,
+)
 from clip_export.convert import convert_fp16, quantize_int8
+from clip_export.errors import ClipExportError
 from clip_export.hf_layout import PREPROCESSING_MODEL_FILE, TRANSFORMERS_JS_DTYPE
+from clip_export.manifest import read_manifest
 from clip_export.preprocess_stage import add_preprocessing
 from clip_export.quantize4 import quantize_q4
-from clip_export.errors import ClipExportError
-from clip_export.manifest import read_manifest
 from clip_export.release import release
 from clip_export.spec import INT8_SCHEME, Q4_SCHEME
 from clip_export.verify import verify
@@ -66,7 +73,10 @@ def test_the_preprocessing_graph_gives_transformers_js_every_image_at_target(rel
     assert len(graph["images"]) == 26 and min(graph["images"].values()) >= IMAGE_TARGET_COSINE
     assert graph["images_at_target"] == len(graph["images"])
     card = (released_224 / "MODEL_CARD.md").read_text()
-    assert f"| bundled images, `{graph['file']}` (open_clip's resize in the graph) | 26 | min {graph['image_min_cosine']:.5f}" in card
+    assert (
+        f"| bundled images, `{graph['file']}` (open_clip's resize in the graph) | 26 | min {graph['image_min_cosine']:.5f}"
+        in card
+    )
     assert "model_file_name: 'vision_model_preprocessing'" in card
 
 
@@ -74,7 +84,11 @@ def test_transformers_js_loads_every_variant_by_its_dtype(released_224: Path) ->
     manifest = read_manifest(released_224)
     rows = {row["file"]: row for row in manifest["clients"]["transformers.js"]["variants"]}
     assert sorted(rows) == sorted(f"onnx/{name}" for name in manifest["hf_layout"]["onnx"])
-    assert {row["dtype"] for row in rows.values()} == {"fp32", "fp16", "uint8", "int8", "q4"} == set(TRANSFORMERS_JS_DTYPE.values())
+    assert (
+        {row["dtype"] for row in rows.values()}
+        == {"fp32", "fp16", "uint8", "int8", "q4"}
+        == set(TRANSFORMERS_JS_DTYPE.values())
+    )
     for file, row in rows.items():
         assert row["within_limit"], row
         if row["input"] == "image_uint8":  # open_clip's resize in ONNX ops against PIL's
@@ -86,7 +100,11 @@ def test_transformers_js_loads_every_variant_by_its_dtype(released_224: Path) ->
     assert rows["onnx/text_model_q4.onnx"]["items"] == 49  # the bundled captions and the long one
     import onnx
 
-    lookups = [n for n in onnx.load(str(released_224 / "hf" / "onnx" / "text_model_q4.onnx")).graph.node if n.op_type == "GatherBlockQuantized"]
+    lookups = [
+        n
+        for n in onnx.load(str(released_224 / "hf" / "onnx" / "text_model_q4.onnx")).graph.node
+        if n.op_type == "GatherBlockQuantized"
+    ]
     bits = [next(a.i for a in n.attribute if a.name == "bits") for n in lookups]
     assert bits == [Q4_SCHEME.embedding_bits]  # the token embedding transformers.js ran is the blockwise lookup
 
@@ -98,14 +116,21 @@ def test_a_release_without_a_preprocessing_graph_says_so(released_224: Path, tmp
     shutil.copytree(released_224, copy)
     manifest_path = copy / "manifest.json"
     manifest = json.loads(manifest_path.read_text())
-    manifest["hf_layout"]["onnx"] = {k: v for k, v in manifest["hf_layout"]["onnx"].items() if not k.startswith(PREPROCESSING_MODEL_FILE)}
+    manifest["hf_layout"]["onnx"] = {
+        k: v for k, v in manifest["hf_layout"]["onnx"].items() if not k.startswith(PREPROCESSING_MODEL_FILE)
+    }
     manifest_path.write_text(json.dumps(manifest))
     record = client_check(copy, "require")
-    assert record["preprocessing_graph"] == {"status": "skipped", "reason": f"hf/onnx/ has no {PREPROCESSING_MODEL_FILE}.onnx: the release has no fp32 preprocessing graph (clip-export preprocessing-graph before release)"}
+    assert record["preprocessing_graph"] == {
+        "status": "skipped",
+        "reason": f"hf/onnx/ has no {PREPROCESSING_MODEL_FILE}.onnx: the release has no fp32 preprocessing graph (clip-export preprocessing-graph before release)",
+    }
     assert not any(row["input"] == "image_uint8" for row in record["variants"])
 
 
-def test_require_without_node_modules_fails_with_the_reason(released_224: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+def test_require_without_node_modules_fails_with_the_reason(
+    released_224: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
     monkeypatch.setenv("CLIP_EXPORT_NODE_MODULES", str(tmp_path / "missing"))
     assert client_check(released_224, "auto")["reason"].startswith("@huggingface/transformers is not installed in")
     with pytest.raises(ClipExportError, match="--client-check require: @huggingface/transformers is not installed"):
@@ -118,17 +143,25 @@ def test_transformers_js_loads_a_release_with_external_data(tmp_path: Path) -> N
     setup = find_transformers_js()
     if isinstance(setup, str):
         pytest.skip(setup)
-    model_dir = export_onnx(resolve("tiny-vit", random_init=True, seed=0), out=tmp_path / "artifacts", external_data=True).model_dir
+    model_dir = export_onnx(
+        resolve("tiny-vit", random_init=True, seed=0), out=tmp_path / "artifacts", external_data=True
+    ).model_dir
     assert verify(model_dir).passed
     released = release([model_dir], tag="v1", out=tmp_path / "dist", client_check="require").directory
     config = json.loads((released / "hf" / "config.json").read_text())
-    assert config["transformers.js_config"]["use_external_data_format"] == {"vision_model.onnx": 1, "text_model.onnx": 1}
+    assert config["transformers.js_config"]["use_external_data_format"] == {
+        "vision_model.onnx": 1,
+        "text_model.onnx": 1,
+    }
     for name in ("vision_model.onnx", "text_model.onnx"):  # the data readable like its graph (onnx writes it 0600)
         onnx_dir = released / "hf" / "onnx"
         assert (onnx_dir / f"{name}_data").stat().st_mode == (onnx_dir / name).stat().st_mode
     record = read_manifest(released)["clients"]["transformers.js"]
     assert record["status"] == "measured" and record["text_min_cosine"] >= TEXT_MIN_COSINE
-    assert [(row["file"], row["within_limit"], row["nearest_precision"]) for row in record["variants"]] == [("onnx/text_model.onnx", True, "fp32"), ("onnx/vision_model.onnx", True, "fp32")]
+    assert [(row["file"], row["within_limit"], row["nearest_precision"]) for row in record["variants"]] == [
+        ("onnx/text_model.onnx", True, "fp32"),
+        ("onnx/vision_model.onnx", True, "fp32"),
+    ]
 
 
 GATHER_BLOCK_QUANTIZED_JS = """
@@ -153,15 +186,38 @@ def test_onnxruntime_node_runs_gather_block_quantized(tmp_path: Path) -> None:
     vocab, width, block = 64, 64, 32
     q = np.random.default_rng(0).integers(0, 16, size=(vocab, width), dtype=np.uint8)  # uint4, zero point 8
     scales = np.random.default_rng(1).uniform(0.01, 0.1, size=(vocab, width // block)).astype(np.float32)
-    node = helper.make_node("GatherBlockQuantized", ["data", "ids", "scales"], ["out"], domain="com.microsoft", bits=4, block_size=block, gather_axis=0, quantize_axis=1)
-    graph = helper.make_graph([node], "gbq", [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])], [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "s", width])],
-                              [numpy_helper.from_array(q[:, 0::2] | (q[:, 1::2] << 4), "data"), numpy_helper.from_array(scales, "scales")])
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)], ir_version=10)
+    node = helper.make_node(
+        "GatherBlockQuantized",
+        ["data", "ids", "scales"],
+        ["out"],
+        domain="com.microsoft",
+        bits=4,
+        block_size=block,
+        gather_axis=0,
+        quantize_axis=1,
+    )
+    graph = helper.make_graph(
+        [node],
+        "gbq",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, ["b", "s"])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, ["b", "s", width])],
+        [numpy_helper.from_array(q[:, 0::2] | (q[:, 1::2] << 4), "data"), numpy_helper.from_array(scales, "scales")],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 20), helper.make_opsetid("com.microsoft", 1)], ir_version=10
+    )
     onnx.save(model, str(tmp_path / "gbq.onnx"))
-    done = subprocess.run([setup.node, "-e", GATHER_BLOCK_QUANTIZED_JS, str(setup.node_modules), str(tmp_path / "gbq.onnx")], capture_output=True, text=True, timeout=60)
+    done = subprocess.run(
+        [setup.node, "-e", GATHER_BLOCK_QUANTIZED_JS, str(setup.node_modules), str(tmp_path / "gbq.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert done.returncode == 0, done.stderr[-2000:]
     rows = (q.astype(np.float32) - 8) * np.repeat(scales, block, axis=1)
-    np.testing.assert_array_equal(np.asarray(json.loads(done.stdout), dtype=np.float32).reshape(2, 3, width), rows[[[1, 5, 63], [0, 2, 7]]])
+    np.testing.assert_array_equal(
+        np.asarray(json.loads(done.stdout), dtype=np.float32).reshape(2, 3, width), rows[[[1, 5, 63], [0, 2, 7]]]
+    )
 
 
 def test_the_check_shows_each_model_it_runs_with_the_time_left(released_224: Path) -> None:
@@ -176,6 +232,13 @@ def test_the_check_shows_each_model_it_runs_with_the_time_left(released_224: Pat
 def test_a_node_failure_names_its_error_not_nodes_version() -> None:
     from clip_export.clients import _node_error
 
-    stderr = ["file:///x/transformers_embed.mjs:12\n", "    throw new Error('no model file');\n", "Error: no model file\n", "    at main (file:///x.mjs:12:11)\n", "\n", "Node.js v20.20.2\n"]
+    stderr = [
+        "file:///x/transformers_embed.mjs:12\n",
+        "    throw new Error('no model file');\n",
+        "Error: no model file\n",
+        "    at main (file:///x.mjs:12:11)\n",
+        "\n",
+        "Node.js v20.20.2\n",
+    ]
     assert _node_error(stderr, 1) == "Error: no model file"
     assert _node_error(["Node.js v20.20.2\n"], 3) == "exit 3"

@@ -1,4 +1,5 @@
 """compat: fp32 and INT8 of one export share an index; a perturbed release or another model does not."""
+
 from __future__ import annotations
 
 import json
@@ -17,14 +18,22 @@ from .helpers import perturbed_release
 def test_int8_is_interchangeable_with_fp32_on_this_machine(tiny_vit_int8_dir: Path) -> None:
     result = compat(f"{tiny_vit_int8_dir}:fp32", f"{tiny_vit_int8_dir}:int8")
     names = {m.name for m in result.metrics}
-    assert {"text_new_to_image_old_top1", "text_old_to_image_new_top5", "image_new_to_image_old_top1", "image_mean_abs_normalized", "text_mean_abs_normalized"} <= names
+    assert {
+        "text_new_to_image_old_top1",
+        "text_old_to_image_new_top5",
+        "image_new_to_image_old_top1",
+        "image_mean_abs_normalized",
+        "text_mean_abs_normalized",
+    } <= names
     assert result.verdict == INTERCHANGEABLE, result.summary()
     assert "AVX" in result.environment or "CPU" in result.environment
     limits = {m.name: m.limit for m in result.metrics}
     assert limits["image_mean_abs_normalized"] == COMPAT_THRESHOLDS.mean_abs_normalized
 
 
-def test_a_perturbed_release_needs_a_reindex_and_says_which_metrics_fail(tiny_vit_dir: Path, tiny_vit_copy: Path) -> None:
+def test_a_perturbed_release_needs_a_reindex_and_says_which_metrics_fail(
+    tiny_vit_dir: Path, tiny_vit_copy: Path
+) -> None:
     perturbed_release(tiny_vit_copy)
     result = compat(str(tiny_vit_dir), str(tiny_vit_copy))
     assert result.verdict == REINDEX
@@ -57,5 +66,7 @@ def test_the_cli_prints_the_verdict_with_its_environment_and_json(tiny_vit_int8_
     assert "verdict: INTERCHANGEABLE; it holds for these bytes on" in done.output
     as_json = CliRunner().invoke(main, ["compat", f"{tiny_vit_int8_dir}:fp32", f"{tiny_vit_int8_dir}:q4", "--json"])
     assert as_json.exit_code == 1 and as_json.output.startswith("Error: ") and "no q4 ONNX artifacts" in as_json.output
-    parsed = json.loads(CliRunner().invoke(main, ["compat", str(tiny_vit_int8_dir), f"{tiny_vit_int8_dir}:int8", "--json"]).output)
+    parsed = json.loads(
+        CliRunner().invoke(main, ["compat", str(tiny_vit_int8_dir), f"{tiny_vit_int8_dir}:int8", "--json"]).output
+    )
     assert parsed["verdict"] == INTERCHANGEABLE and len(parsed["metrics"]) == 8

@@ -10,11 +10,11 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from clip_export import conversion
+from clip_export.checks import ArtifactCheck
 from clip_export.convert import INT8_OP_TYPES, convert_fp16, quantize_int8, quantizer_exclusions, to_fp16
 from clip_export.errors import ConversionError, IntegrityError, OutputError
 from clip_export.manifest import find_artifact, read_manifest
 from clip_export.sessions import FP16_DISABLED_OPTIMIZERS, SessionOptions, create_session
-from clip_export.checks import ArtifactCheck
 from clip_export.verify import verify
 
 from .helpers import flip_byte
@@ -34,7 +34,9 @@ def test_fp16_towers_pass_verify_and_keep_float32_io(tiny_vit_copy: Path) -> Non
     assert verify(tiny_vit_copy).passed
 
 
-def test_fp16_of_a_tower_with_external_data_infers_shapes_from_the_file(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_fp16_of_a_tower_with_external_data_infers_shapes_from_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     """Towers over 2 GiB are stored with external data, and onnxconverter-common's in-memory shape
     inference serialises the whole model, which fails past protobuf's limit ('Failed to serialize
     proto', ViT-H-14's image tower). Those towers' shapes are inferred file to file; the fp16 graph
@@ -42,7 +44,9 @@ def test_fp16_of_a_tower_with_external_data_infers_shapes_from_the_file(tmp_path
     from clip_export import export_onnx, resolve
     from clip_export.convert import load_with_shapes
 
-    model_dir = export_onnx(resolve("tiny-vit", random_init=True, seed=0), out=tmp_path, towers=["visual"], external_data=True).model_dir
+    model_dir = export_onnx(
+        resolve("tiny-vit", random_init=True, seed=0), out=tmp_path, towers=["visual"], external_data=True
+    ).model_dir
     from_file, inferred = load_with_shapes(model_dir / "visual.onnx")
     assert inferred
     in_memory = to_fp16(onnx.load(str(model_dir / "visual.onnx")))[0]
@@ -80,7 +84,12 @@ def test_fp16_session_avoids_the_nchwc_crash(tiny_vit_copy: Path, tmp_path: Path
         "s = create_session(sys.argv[1], SessionOptions(precision='fp16'))\n"
         "print(s.run(None, {'pixel_values': np.zeros((1, 3, 64, 64), np.float32)})[0].shape)\n"
     )
-    done = subprocess.run([sys.executable, "-c", script, str(tiny_vit_copy / "visual.fp16.onnx")], capture_output=True, text=True, timeout=120)
+    done = subprocess.run(
+        [sys.executable, "-c", script, str(tiny_vit_copy / "visual.fp16.onnx")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert done.returncode == 0, done.stderr
     assert "(1, 32)" in done.stdout
 
@@ -89,7 +98,10 @@ def test_source_cast_to_float_stays_float32() -> None:
     """onnxconverter-common 1.15+ retypes a source Cast(to=float) to fp16; we keep it fp32."""
     weight = numpy_helper.from_array(np.ones((4, 2), np.float32), "w")
     graph = helper.make_graph(
-        [helper.make_node("Cast", ["ids"], ["as_float"], name="cast_ids", to=TensorProto.FLOAT), helper.make_node("MatMul", ["as_float", "w"], ["out"], name="mm")],
+        [
+            helper.make_node("Cast", ["ids"], ["as_float"], name="cast_ids", to=TensorProto.FLOAT),
+            helper.make_node("MatMul", ["as_float", "w"], ["out"], name="mm"),
+        ],
         "g",
         [helper.make_tensor_value_info("ids", TensorProto.INT64, [None, 4])],
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 2])],
@@ -122,14 +134,25 @@ def test_tampered_source_refuses_to_start(tiny_vit_copy: Path) -> None:
 
 def test_failed_gate_leaves_no_entry_and_no_file(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     def failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
-        return ArtifactCheck(entry["path"], entry["tower"], entry["precision"], "onnx", "cpu", "CPUExecutionProvider", "fail", failures=("min_cosine = 0.5 (limit >= 0.999)",))
+        return ArtifactCheck(
+            entry["path"],
+            entry["tower"],
+            entry["precision"],
+            "onnx",
+            "cpu",
+            "CPUExecutionProvider",
+            "fail",
+            failures=("min_cosine = 0.5 (limit >= 0.999)",),
+        )
 
     monkeypatch.setattr(conversion, "gate", failing_gate)
     before = read_manifest(tiny_vit_copy)
     with pytest.raises(ConversionError, match="failed verification.*min_cosine"):
         convert_fp16(tiny_vit_copy, towers=["visual"])
     assert read_manifest(tiny_vit_copy) == before
-    assert sorted(p.name for p in tiny_vit_copy.iterdir()) == sorted(["manifest.json", "reference.npz", "text.onnx", "tokenizer.json", "visual.onnx"])
+    assert sorted(p.name for p in tiny_vit_copy.iterdir()) == sorted(
+        ["manifest.json", "reference.npz", "text.onnx", "tokenizer.json", "visual.onnx"]
+    )
 
 
 def test_int8_is_smaller_and_passes_its_thresholds(tiny_vit_copy: Path) -> None:
@@ -162,7 +185,13 @@ def test_an_excluded_gemm_stays_float_although_the_quantizer_renames_it(tmp_path
     assert quantizer_exclusions(model, ["proj", "other"]) == ["proj", "proj_MatMul", "other"]
     quantized_ops = {}
     for label, excluded in (("by name", ["proj"]), ("with its alias", quantizer_exclusions(model, ["proj"]))):
-        quantize_dynamic(model, str(tmp_path / "q.onnx"), weight_type=QuantType.QUInt8, op_types_to_quantize=list(INT8_OP_TYPES), nodes_to_exclude=excluded)
+        quantize_dynamic(
+            model,
+            str(tmp_path / "q.onnx"),
+            weight_type=QuantType.QUInt8,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            nodes_to_exclude=excluded,
+        )
         quantized_ops[label] = {n.op_type for n in onnx.load(str(tmp_path / "q.onnx")).graph.node}
     assert "MatMulInteger" in quantized_ops["by name"]  # the quantizer's behaviour this works around
     assert not quantized_ops["with its alias"] & {"MatMulInteger", "DynamicQuantizeMatMul"}

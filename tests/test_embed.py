@@ -1,4 +1,5 @@
 """The embed stage: what it writes, what a re-run does, bad items, a kill, and mixed datasets."""
+
 from __future__ import annotations
 
 import os
@@ -48,7 +49,9 @@ def by_id(out: Path) -> dict[str, tuple[str, str, np.ndarray]]:
     return {row["id"]: (row["kind"], row["sha256"], np.asarray(row["embedding"], dtype=np.float32)) for row in table}
 
 
-def test_images_and_captions_become_normalised_rows_with_the_runtimes_embeddings(tiny_vit_int8_dir: Path, photos: Path, captions: Path, tmp_path: Path) -> None:
+def test_images_and_captions_become_normalised_rows_with_the_runtimes_embeddings(
+    tiny_vit_int8_dir: Path, photos: Path, captions: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "index"
     result = embed(tiny_vit_int8_dir, [photos, captions], out, batch_size=3, chunk_rows=5)
     assert (result.items, result.embedded, result.unchanged, result.failed) == (11, 11, 0, 0)
@@ -64,7 +67,9 @@ def test_images_and_captions_become_normalised_rows_with_the_runtimes_embeddings
     images = sorted(str(p) for p in photos.rglob("*") if p.is_file())
     np.testing.assert_allclose(np.stack([rows[i][2] for i in images]), model.embed_images(images), atol=1e-5)
     texts = [rows[f"{captions}#{n}"] for n in (1, 2, 3)]
-    np.testing.assert_allclose(np.stack([t[2] for t in texts]), model.embed_texts(captions.read_text().splitlines()), atol=1e-5)
+    np.testing.assert_allclose(
+        np.stack([t[2] for t in texts]), model.embed_texts(captions.read_text().splitlines()), atol=1e-5
+    )
     assert {t[0] for t in texts} == {"text"} and {rows[i][0] for i in images} == {"image"}
     manifest = Store(out).manifest
     assert manifest is not None and manifest["artifact"]["precision"] == "int8"
@@ -91,7 +96,9 @@ def test_a_rerun_embeds_only_new_or_changed_items(tiny_vit_int8_dir: Path, photo
     assert all(np.array_equal(after[k][2], before[k][2]) for k in untouched)
 
 
-def test_bad_items_go_to_the_errors_table_and_the_rest_is_embedded(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path) -> None:
+def test_bad_items_go_to_the_errors_table_and_the_rest_is_embedded(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
+) -> None:
     (photos / "empty.jpg").write_bytes(b"")
     (photos / "truncated.jpg").write_bytes(PHOTOS[0].read_bytes()[:2000])
     (photos / "not-an-image.png").write_bytes(b"hello, world")
@@ -113,7 +120,9 @@ def test_bad_items_go_to_the_errors_table_and_the_rest_is_embedded(tiny_vit_int8
     assert clean.failed == 0 and not (out / EMBED_ERRORS_NAME).exists()
 
 
-def test_a_dataset_is_extended_by_an_interchangeable_artifact_and_refuses_another(tiny_vit_int8_dir: Path, tiny_vit_copy: Path, photos: Path, tmp_path: Path) -> None:
+def test_a_dataset_is_extended_by_an_interchangeable_artifact_and_refuses_another(
+    tiny_vit_int8_dir: Path, tiny_vit_copy: Path, photos: Path, tmp_path: Path
+) -> None:
     out = tmp_path / "index"
     embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
     extended = embed(tiny_vit_int8_dir, [photos], out, precision="int8")
@@ -131,7 +140,9 @@ def test_a_dataset_is_extended_by_an_interchangeable_artifact_and_refuses_anothe
     assert manifest is not None and manifest["artifact"]["key"] == replaced.artifact_key and manifest["accepted"] == []
 
 
-def test_a_dataset_of_another_model_is_refused_in_one_line(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path) -> None:
+def test_a_dataset_of_another_model_is_refused_in_one_line(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
+) -> None:
     import json
 
     out = tmp_path / "index"
@@ -143,14 +154,18 @@ def test_a_dataset_of_another_model_is_refused_in_one_line(tiny_vit_int8_dir: Pa
         embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
 
 
-def test_an_output_directory_that_is_not_a_dataset_is_refused(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path) -> None:
+def test_an_output_directory_that_is_not_a_dataset_is_refused(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
+) -> None:
     (tmp_path / "busy").mkdir()
     (tmp_path / "busy" / "thesis.tex").write_text("x")
     with pytest.raises(ClipExportError, match="not an embeddings dataset"):
         embed(tiny_vit_int8_dir, [photos], tmp_path / "busy")
 
 
-def test_sigkill_loses_at_most_the_chunk_in_flight_and_a_rerun_completes_it(tiny_vit_int8_dir: Path, tmp_path: Path) -> None:
+def test_sigkill_loses_at_most_the_chunk_in_flight_and_a_rerun_completes_it(
+    tiny_vit_int8_dir: Path, tmp_path: Path
+) -> None:
     folder = tmp_path / "many"
     folder.mkdir()
     for copy in range(8):
@@ -158,10 +173,30 @@ def test_sigkill_loses_at_most_the_chunk_in_flight_and_a_rerun_completes_it(tiny
             shutil.copy(path, folder / f"{copy}-{path.name}")
     out = tmp_path / "index"
     env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parent.parent)}
-    command = [sys.executable, "-m", "clip_export.cli", "embed", str(tiny_vit_int8_dir), str(folder), "--out", str(out), "--precision", "fp32", "--batch-size", "2", "--chunk-rows", "4", "--quiet"]
+    command = [
+        sys.executable,
+        "-m",
+        "clip_export.cli",
+        "embed",
+        str(tiny_vit_int8_dir),
+        str(folder),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+        "--batch-size",
+        "2",
+        "--chunk-rows",
+        "4",
+        "--quiet",
+    ]
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(list((out / EMBED_DATA_DIR).glob("part-*.parquet"))) < 3 and process.poll() is None:
+    while (
+        time.monotonic() < deadline
+        and len(list((out / EMBED_DATA_DIR).glob("part-*.parquet"))) < 3
+        and process.poll() is None
+    ):
         time.sleep(0.02)
     process.send_signal(signal.SIGKILL)
     process.wait()
@@ -186,7 +221,9 @@ def test_sigkill_loses_at_most_the_chunk_in_flight_and_a_rerun_completes_it(tiny
         np.testing.assert_allclose(vector, reference[key][2], atol=1e-5)
 
 
-def test_ray_missing_names_the_extra(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_ray_missing_names_the_extra(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     monkeypatch.setitem(sys.modules, "ray", None)  # an import of ray now fails, as where it is not installed
     with pytest.raises(ClipExportError, match=r"pip install 'clip-export\[ray\]'"):
         embed(tiny_vit_int8_dir, [photos], tmp_path / "index", precision="fp32", use_ray=True)

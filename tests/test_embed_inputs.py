@@ -1,4 +1,5 @@
 """The reader: which INPUTs become which items, and how content is read and hashed."""
+
 from __future__ import annotations
 
 import hashlib
@@ -31,7 +32,10 @@ def test_a_text_file_is_one_caption_a_line_and_blank_lines_are_skipped(tmp_path:
     captions = tmp_path / "captions.txt"
     captions.write_text("a cat\n\n  \na dog on a beach\n", encoding="utf-8")
     items = list_items([captions])
-    assert [(i.id, i.kind, i.text) for i in items] == [(f"{captions}#1", "text", "a cat"), (f"{captions}#4", "text", "a dog on a beach")]
+    assert [(i.id, i.kind, i.text) for i in items] == [
+        (f"{captions}#1", "text", "a cat"),
+        (f"{captions}#4", "text", "a dog on a beach"),
+    ]
 
 
 def test_tables_give_paths_bytes_or_captions_by_column(tmp_path: Path) -> None:
@@ -48,7 +52,10 @@ def test_tables_give_paths_bytes_or_captions_by_column(tmp_path: Path) -> None:
     (tmp_path / "t.csv").write_text("caption,n\na red car,1\na blue sky,2\n")
     assert [i.text for i in list_items([tmp_path / "t.csv"], column="caption")] == ["a red car", "a blue sky"]
     (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"caption": c}) for c in ["x y", "z"]) + "\n")
-    assert [(i.kind, i.text) for i in list_items([tmp_path / "t.jsonl"], column="caption")] == [("text", "x y"), ("text", "z")]
+    assert [(i.kind, i.text) for i in list_items([tmp_path / "t.jsonl"], column="caption")] == [
+        ("text", "x y"),
+        ("text", "z"),
+    ]
 
 
 def test_a_table_without_the_column_is_refused_by_name(tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The Ray engine on a real two-node cluster on this machine (ray.cluster_utils.Cluster: a head and a
 second node, each its own raylet process with 1 CPU): the same rows as the local engine, and a
 worker process killed by pid mid-job loses nothing."""
+
 from __future__ import annotations
 
 import os
@@ -8,8 +9,9 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any, Iterator
+from typing import Any
 
 import numpy as np
 import psutil
@@ -20,7 +22,9 @@ from clip_export.embed_store import read_embeddings
 from clip_export.evalset import BUNDLED_DIR
 from clip_export.spec import EMBED_DATA_DIR
 
-ray = pytest.importorskip("ray", reason="ray[data] is not installed (pip install 'clip-export[ray]'; .ci/run installs it)")
+ray = pytest.importorskip(
+    "ray", reason="ray[data] is not installed (pip install 'clip-export[ray]'; .ci/run installs it)"
+)
 pytest.importorskip("ray.data", reason="ray is installed without ray[data]")
 
 
@@ -41,7 +45,9 @@ def cluster() -> Iterator[Any]:
 
 
 def rows(out: Path) -> dict[str, tuple[str, np.ndarray]]:
-    return {r["id"]: (r["sha256"], np.asarray(r["embedding"], dtype=np.float32)) for r in read_embeddings(out).to_pylist()}
+    return {
+        r["id"]: (r["sha256"], np.asarray(r["embedding"], dtype=np.float32)) for r in read_embeddings(out).to_pylist()
+    }
 
 
 def mapper_workers() -> list[psutil.Process]:
@@ -56,7 +62,9 @@ def mapper_workers() -> list[psutil.Process]:
     return found
 
 
-def test_ray_on_two_nodes_writes_the_local_engines_rows_and_survives_a_killed_worker(cluster: Any, tiny_vit_int8_dir: Path, tmp_path: Path) -> None:
+def test_ray_on_two_nodes_writes_the_local_engines_rows_and_survives_a_killed_worker(
+    cluster: Any, tiny_vit_int8_dir: Path, tmp_path: Path
+) -> None:
     assert len([n for n in ray.nodes() if n["Alive"]]) == 2
     folder = tmp_path / "corpus"
     folder.mkdir()
@@ -70,7 +78,13 @@ def test_ray_on_two_nodes_writes_the_local_engines_rows_and_survives_a_killed_wo
     assert local.embedded >= 300 and local.failed == 0
 
     result: dict[str, Any] = {}
-    job = threading.Thread(target=lambda: result.update(r=embed(tiny_vit_int8_dir, inputs, tmp_path / "ray", precision="fp32", batch_size=8, chunk_rows=16, use_ray=True)))
+    job = threading.Thread(
+        target=lambda: result.update(
+            r=embed(
+                tiny_vit_int8_dir, inputs, tmp_path / "ray", precision="fp32", batch_size=8, chunk_rows=16, use_ray=True
+            )
+        )
+    )
     job.start()
     killed = None
     deadline = time.monotonic() + 300

@@ -1,4 +1,5 @@
 """The writer: whole chunks only, latest row wins, compaction, stale temporaries, foreign folders."""
+
 from __future__ import annotations
 
 from pathlib import Path

@@ -28,7 +28,12 @@ def test_the_kernel_flags_agree_with_the_kernel() -> None:
 def test_the_key_changes_with_what_selects_kernels() -> None:
     env = current_environment("CPUExecutionProvider")
     assert env.key == current_environment("CPUExecutionProvider").key
-    for change in ({"provider": "CUDAExecutionProvider"}, {"isa_flags": ("avx2", "fma")}, {"onnxruntime": "0.1"}, {"cpu_target": "haswell"}):
+    for change in (
+        {"provider": "CUDAExecutionProvider"},
+        {"isa_flags": ("avx2", "fma")},
+        {"onnxruntime": "0.1"},
+        {"cpu_target": "haswell"},
+    ):
         assert dataclasses.replace(env, **change).key != env.key, change
     assert dataclasses.replace(env, cpu="renamed host").key == env.key  # the marketing name selects nothing
 
@@ -54,7 +59,9 @@ def test_round_trip_and_refusals() -> None:
     assert Environment.from_json(env.to_json()) == env
     partial = env.to_json()
     del partial["isa_flags"], partial["provider"]
-    with pytest.raises(ManifestError, match=r"text.onnx has a verdict from an unknown environment \(missing isa_flags, provider\)"):
+    with pytest.raises(
+        ManifestError, match=r"text.onnx has a verdict from an unknown environment \(missing isa_flags, provider\)"
+    ):
         Environment.from_json(partial, "text.onnx")
     with pytest.raises(ManifestError, match="unknown environment"):
         Environment.from_json(None, "text.onnx")
@@ -66,7 +73,13 @@ def test_round_trip_and_refusals() -> None:
 def test_environment_table_names_each_environment() -> None:
     env = current_environment("CPUExecutionProvider")
     rows = [
-        {"path": "visual.onnx", "sha256": "ab" * 32, "status": "pass", "date": "2026-11-30", "environment": env.to_json()},
+        {
+            "path": "visual.onnx",
+            "sha256": "ab" * 32,
+            "status": "pass",
+            "date": "2026-11-30",
+            "environment": env.to_json(),
+        },
         {"path": "visual.onnx", "sha256": "ab" * 32, "status": "fail", "date": "2026-11-29"},
     ]
     lines = environment_table(rows)

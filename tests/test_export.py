@@ -25,7 +25,16 @@ def test_manifest_describes_every_artifact(tiny_vit_dir: Path) -> None:
     assert manifest["model"]["arch"] == "tiny-vit" and manifest["model"]["random_init"] is True
     assert manifest["preprocess"]["image_size"] == [64, 64]
     vocab = manifest["tokenizer"].pop("file")
-    assert manifest["tokenizer"] == {"context_length": 77, "sot_token_id": 49406, "eot_token_id": 49407, "kind": "clip-bpe", "pad_token_id": 0, "vocab_size": 49408, "clean": "lower", "language": None}
+    assert manifest["tokenizer"] == {
+        "context_length": 77,
+        "sot_token_id": 49406,
+        "eot_token_id": 49407,
+        "kind": "clip-bpe",
+        "pad_token_id": 0,
+        "vocab_size": 49408,
+        "clean": "lower",
+        "language": None,
+    }
     assert vocab["path"] == "tokenizer.json" and vocab["bytes"] == (tiny_vit_dir / vocab["path"]).stat().st_size
     assert manifest["model"]["family"] == "clip" and manifest["model"]["reparameterized_modules"] == 0
     assert {"torch", "open_clip", "onnx", "onnxruntime"} <= set(manifest["versions"])
@@ -91,13 +100,19 @@ def test_resnet_towers_export_with_parity(tmp_path: Path) -> None:
 
 def test_normalize_bakes_l2_norm(tmp_path: Path) -> None:
     result = export_onnx(resolve("tiny-vit", random_init=True), out=tmp_path, towers=["visual"], normalize=True)
-    out = _run(result.model_dir / "visual.onnx", "visual", np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32))
+    out = _run(
+        result.model_dir / "visual.onnx",
+        "visual",
+        np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32),
+    )
     np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
     assert read_manifest(result.model_dir)["normalize"] is True
 
 
 def test_external_data_loads_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    result = export_onnx(resolve("tiny-vit", random_init=True), out=tmp_path / "out", towers=["visual"], external_data=True)
+    result = export_onnx(
+        resolve("tiny-vit", random_init=True), out=tmp_path / "out", towers=["visual"], external_data=True
+    )
     manifest = read_manifest(result.model_dir)
     entry = manifest["artifacts"][0]
     assert [d["path"] for d in entry["external_data"]] == ["visual.onnx.data"]
@@ -105,7 +120,9 @@ def test_external_data_loads_from_any_working_directory(tmp_path: Path, monkeypa
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
-    out = create_session(result.model_dir / "visual.onnx").run(None, {"pixel_values": np.zeros((1, 3, 64, 64), np.float32)})[0]
+    out = create_session(result.model_dir / "visual.onnx").run(
+        None, {"pixel_values": np.zeros((1, 3, 64, 64), np.float32)}
+    )[0]
     assert out.shape == (1, 32) and np.isfinite(out).all()
 
 

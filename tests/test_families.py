@@ -1,5 +1,6 @@
 """Each family end to end offline (tiny configs, tokenizers built here), and bad input refused
 with one line before any export time is spent and nothing written."""
+
 from __future__ import annotations
 
 import ast
@@ -58,7 +59,12 @@ def test_every_family_row_is_declared_once_and_the_default_is_last() -> None:
 def test_every_family_rule_but_its_note_drives_code() -> None:
     """A rule no code reads is a claim nothing checks (text_pool was one): each field is read somewhere."""
     package = Path(clip_export.__file__).parent
-    read = {node.attr for path in package.rglob("*.py") for node in ast.walk(ast.parse(path.read_text())) if isinstance(node, ast.Attribute)}
+    read = {
+        node.attr
+        for path in package.rglob("*.py")
+        for node in ast.walk(ast.parse(path.read_text()))
+        if isinstance(node, ast.Attribute)
+    }
     assert sorted(f.name for f in dataclasses.fields(FamilyRules) if f.name not in read) == ["note"]
 
 
@@ -91,7 +97,9 @@ def test_coca_text_tower_exports_encode_text_pooling_the_appended_cls_token(tmp_
 
 def test_xlm_roberta_text_tower_exports_and_serves_offline(xlmr_dirs: tuple[Path, Path], tmp_path: Path) -> None:
     tokenizer, config = xlmr_dirs
-    result = export_onnx(resolve("tiny-xlm-roberta-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path)
+    result = export_onnx(
+        resolve("tiny-xlm-roberta-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path
+    )
     assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
     manifest = read_manifest(result.model_dir)
     assert manifest["model"]["family"] == "hf-text" and manifest["tokenizer"]["pad_token_id"] == 1
@@ -99,15 +107,23 @@ def test_xlm_roberta_text_tower_exports_and_serves_offline(xlmr_dirs: tuple[Path
     _serves_like_torch(result.model_dir)
 
 
-def test_mt5_text_tower_pads_with_0_ends_with_eos_and_mean_pools_under_the_mask(mt5_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_mt5_text_tower_pads_with_0_ends_with_eos_and_mean_pools_under_the_mask(
+    mt5_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
     """mT5 (a T5 encoder) needs no rule of its own: the hf-text row gives it its tokenizer (no start
     token, </s> appended, <pad> 0, which the tower masks) and open_clip's mean pooler; every
     precision passes and the runtime serves it."""
     tokenizer, config = mt5_dirs
-    result = export_onnx(resolve("tiny-mt5-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path)
+    result = export_onnx(
+        resolve("tiny-mt5-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path
+    )
     manifest = read_manifest(result.model_dir)
     assert manifest["model"]["family"] == "hf-text"
-    assert (manifest["tokenizer"]["pad_token_id"], manifest["tokenizer"]["sot_token_id"], manifest["tokenizer"]["eot_token_id"]) == (0, None, 1)
+    assert (
+        manifest["tokenizer"]["pad_token_id"],
+        manifest["tokenizer"]["sot_token_id"],
+        manifest["tokenizer"]["eot_token_id"],
+    ) == (0, None, 1)
     ids = ClipOnnx.from_release(result.model_dir, check="off").tokenize(["a photo of a cat"])[0]
     assert ids[0] not in (0, 1) and list(ids).index(0) - 1 == list(ids).index(1)
     assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
@@ -118,11 +134,15 @@ def test_mt5_text_tower_pads_with_0_ends_with_eos_and_mean_pools_under_the_mask(
     _serves_like_torch(result.model_dir)
 
 
-def test_nllb_captions_start_with_the_family_language_recorded_in_the_manifest(nllb_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_nllb_captions_start_with_the_family_language_recorded_in_the_manifest(
+    nllb_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
     """The tokenizer's own config says fra_Latn; the family rule (eng_Latn) wins, in the checked ids,
     the bundled tokenizer.json and the manifest."""
     tokenizer, config = nllb_dirs
-    result = export_onnx(resolve("tiny-nllb-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path)
+    result = export_onnx(
+        resolve("tiny-nllb-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path
+    )
     manifest = read_manifest(result.model_dir)
     assert manifest["model"]["family"] == "nllb" and manifest["tokenizer"]["language"] == "eng_Latn"
     english = json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"].index(["eng_Latn", 0.0])
@@ -188,12 +208,22 @@ def test_a_tokenizer_dir_without_tokenizer_json_is_refused(tmp_path: Path) -> No
 
 
 def test_a_tokenizer_for_a_clip_bpe_model_is_refused(siglip_tokenizer_dir: Path, tmp_path: Path) -> None:
-    _refused(["tiny-vit", "--tokenizer", str(siglip_tokenizer_dir)], "tokenizes with open_clip's bundled CLIP BPE", tmp_path / "out")
+    _refused(
+        ["tiny-vit", "--tokenizer", str(siglip_tokenizer_dir)],
+        "tokenizes with open_clip's bundled CLIP BPE",
+        tmp_path / "out",
+    )
 
 
-def test_a_tokenizer_of_another_model_is_refused(xlmr_dirs: tuple[Path, Path], siglip_tokenizer_dir: Path, tmp_path: Path) -> None:
+def test_a_tokenizer_of_another_model_is_refused(
+    xlmr_dirs: tuple[Path, Path], siglip_tokenizer_dir: Path, tmp_path: Path
+) -> None:
     """SigLIP's tokenizer pads with 0, the XLM-R tower masks 1: refused before tracing."""
-    _refused(["tiny-xlm-roberta-ViT", "--tokenizer", str(siglip_tokenizer_dir), "--text-config", str(xlmr_dirs[1])], "pads with id 0, but tiny-xlm-roberta-ViT's text tower masks id 1", tmp_path / "out")
+    _refused(
+        ["tiny-xlm-roberta-ViT", "--tokenizer", str(siglip_tokenizer_dir), "--text-config", str(xlmr_dirs[1])],
+        "pads with id 0, but tiny-xlm-roberta-ViT's text tower masks id 1",
+        tmp_path / "out",
+    )
 
 
 def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path: Path) -> None:
@@ -204,22 +234,47 @@ def test_a_tokenizer_larger_than_the_embedding_is_refused(tmp_path: Path) -> Non
     tokenizer.pre_tokenizer = pre_tokenizers.Whitespace()
     (tmp_path / "big").mkdir()
     tokenizer.save(str(tmp_path / "big" / "tokenizer.json"))
-    (tmp_path / "big" / "tokenizer_config.json").write_text(json.dumps({"tokenizer_class": "PreTrainedTokenizerFast", "pad_token": "<pad>", "eos_token": "</s>", "unk_token": "<unk>"}))
-    _refused(["tiny-SigLIP", "--tokenizer", str(tmp_path / "big")], "has 303 tokens, but tiny-SigLIP's text tower embeds 128", tmp_path / "out")
+    (tmp_path / "big" / "tokenizer_config.json").write_text(
+        json.dumps(
+            {
+                "tokenizer_class": "PreTrainedTokenizerFast",
+                "pad_token": "<pad>",
+                "eos_token": "</s>",
+                "unk_token": "<unk>",
+            }
+        )
+    )
+    _refused(
+        ["tiny-SigLIP", "--tokenizer", str(tmp_path / "big")],
+        "has 303 tokens, but tiny-SigLIP's text tower embeds 128",
+        tmp_path / "out",
+    )
 
 
 def test_a_text_config_of_another_family_is_refused(tmp_path: Path) -> None:
     from transformers import BertConfig
 
-    BertConfig(vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64).save_pretrained(tmp_path / "bert")
-    _refused(["tiny-xlm-roberta-ViT", "--text-config", str(tmp_path / "bert")], "is a 'bert' config, but tiny-xlm-roberta-ViT's text tower is xlm-roberta-base ('xlm-roberta')", tmp_path / "out")
+    BertConfig(
+        vocab_size=128, hidden_size=32, num_hidden_layers=1, num_attention_heads=2, intermediate_size=64
+    ).save_pretrained(tmp_path / "bert")
+    _refused(
+        ["tiny-xlm-roberta-ViT", "--text-config", str(tmp_path / "bert")],
+        "is a 'bert' config, but tiny-xlm-roberta-ViT's text tower is xlm-roberta-base ('xlm-roberta')",
+        tmp_path / "out",
+    )
 
 
 def test_a_text_config_for_an_open_clip_text_tower_is_refused(xlmr_dirs: tuple[Path, Path], tmp_path: Path) -> None:
-    _refused(["tiny-vit", "--text-config", str(xlmr_dirs[1])], "--text-config is for Hugging Face text towers", tmp_path / "out")
+    _refused(
+        ["tiny-vit", "--text-config", str(xlmr_dirs[1])],
+        "--text-config is for Hugging Face text towers",
+        tmp_path / "out",
+    )
 
 
-def test_an_hf_text_tower_without_its_config_offline_says_how_to_pass_one(xlmr_dirs: tuple[Path, Path], tmp_path: Path) -> None:
+def test_an_hf_text_tower_without_its_config_offline_says_how_to_pass_one(
+    xlmr_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
     _refused(["tiny-xlm-roberta-ViT", "--tokenizer", str(xlmr_dirs[0])], "pass --text-config DIR", tmp_path / "out")
 
 
@@ -228,14 +283,21 @@ def test_a_resize_mode_we_do_not_implement_is_refused(tmp_path: Path) -> None:
 
     config = json.loads((Path(__file__).parent / "configs" / "tiny-vit.json").read_text())
     (tmp_path / "cfg").mkdir()
-    (tmp_path / "cfg" / "tiny-longest.json").write_text(json.dumps({**config, "preprocess_cfg": {"resize_mode": "longest"}}))
+    (tmp_path / "cfg" / "tiny-longest.json").write_text(
+        json.dumps({**config, "preprocess_cfg": {"resize_mode": "longest"}})
+    )
     open_clip.add_model_config(tmp_path / "cfg")
-    _refused(["tiny-longest"], "asks for resize_mode 'longest'; clip-export implements shortest, squash", tmp_path / "out")
+    _refused(
+        ["tiny-longest"], "asks for resize_mode 'longest'; clip-export implements shortest, squash", tmp_path / "out"
+    )
 
 
 def test_a_missing_transformers_names_our_extra(monkeypatch: pytest.MonkeyPatch, xlmr_dirs: tuple[Path, Path]) -> None:
     monkeypatch.setitem(sys.modules, "transformers", None)
-    with pytest.raises(MissingExtraError, match=r"needs the 'transformers' package, which is not installed; install it with: pip install 'clip-export\[hf\]'"):
+    with pytest.raises(
+        MissingExtraError,
+        match=r"needs the 'transformers' package, which is not installed; install it with: pip install 'clip-export\[hf\]'",
+    ):
         resolve("tiny-xlm-roberta-ViT", random_init=True, text_config=xlmr_dirs[1])
 
 

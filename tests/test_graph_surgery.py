@@ -13,20 +13,25 @@ from clip_export.spec import TOWERS
 @pytest.mark.parametrize("tower", ["visual", "text"])
 def test_attention_fusion_is_exact_in_fp32(tiny_vit_dir: Path, tower: str) -> None:
     """Each block's attention becomes one MultiHeadAttention with the same outputs (text keeps its causal mask)."""
+    import onnxruntime
+
+    from clip_export import load_model, resolve
     from clip_export.graph_surgery import fuse_attention
     from clip_export.reference import example_input
-    from clip_export import load_model, resolve
-    import onnxruntime
 
     model = onnx.load(str(tiny_vit_dir / f"{tower}.onnx"))
     assert fuse_attention(model) == 2
     heads = [n for n in model.graph.node if n.op_type == "MultiHeadAttention"]
-    assert all(onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "num_heads")) == 2 for n in heads)
+    assert all(
+        onnx.helper.get_attribute_value(next(a for a in n.attribute if a.name == "num_heads")) == 2 for n in heads
+    )
     assert (len(heads[0].input) == 6) == (tower == "text")
     loaded = load_model(resolve("tiny-vit", random_init=True, seed=0))
     name = TOWERS[tower].input_name
     inputs = example_input(loaded, tower, 3, seed=2)
-    fused = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {name: inputs})[0]
+    fused = onnxruntime.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(
+        None, {name: inputs}
+    )[0]
     plain = create_session(tiny_vit_dir / f"{tower}.onnx").run(None, {name: inputs})[0]
     np.testing.assert_allclose(fused, plain, atol=1e-5)
 

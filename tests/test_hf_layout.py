@@ -1,4 +1,5 @@
 """hf/: the Hugging Face layout release writes (no Node needed; tests/test_clients.py runs transformers.js)."""
+
 from __future__ import annotations
 
 import json
@@ -27,12 +28,23 @@ def released(tiny_vit_copy: Path, tmp_path: Path) -> Path:
 def test_release_writes_the_hugging_face_layout(released: Path) -> None:
     hf = released / HF_DIR
     assert {p.relative_to(hf).as_posix() for p in hf.rglob("*") if p.is_file()} == {
-        "config.json", "preprocessor_config.json", "tokenizer.json", "tokenizer_config.json", "onnx/vision_model.onnx", "onnx/text_model.onnx"}
+        "config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "onnx/vision_model.onnx",
+        "onnx/text_model.onnx",
+    }
     manifest = read_manifest(released)
-    assert manifest["hf_layout"]["onnx"] == {"text_model.onnx": "tiny-vit-text-fp32.onnx", "vision_model.onnx": "tiny-vit-visual-fp32.onnx"}
+    assert manifest["hf_layout"]["onnx"] == {
+        "text_model.onnx": "tiny-vit-text-fp32.onnx",
+        "vision_model.onnx": "tiny-vit-visual-fp32.onnx",
+    }
     for record in manifest["hf_layout"]["files"]:
         assert sha256_file(released / record["path"]) == record["sha256"], record["path"]
-    assert (hf / ONNX_DIR / "vision_model.onnx").stat().st_ino == (released / "tiny-vit-visual-fp32.onnx").stat().st_ino  # a link, not a copy
+    assert (hf / ONNX_DIR / "vision_model.onnx").stat().st_ino == (
+        released / "tiny-vit-visual-fp32.onnx"
+    ).stat().st_ino  # a link, not a copy
     pre = json.loads((hf / "preprocessor_config.json").read_text())
     assert pre["do_center_crop"] is True and pre["do_normalize"] is True and pre["resample"] == 3
     assert pre["size"] == {"shortest_edge": 64} and pre["crop_size"] == {"height": 64, "width": 64}
@@ -50,7 +62,10 @@ def test_tokenizer_config_names_the_pad_token_without_adding_it(released: Path) 
     config = json.loads((hf / "tokenizer_config.json").read_text())
     assert config["model_max_length"] == 77 and config["pad_token"] == "!" and config["eos_token"] == "<end_of_text>"
     tokenizer = Tokenizer.from_file(str(hf / "tokenizer.json"))
-    assert {t["content"] for t in json.loads(tokenizer.to_str())["added_tokens"]} == {"<start_of_text>", "<end_of_text>"}
+    assert {t["content"] for t in json.loads(tokenizer.to_str())["added_tokens"]} == {
+        "<start_of_text>",
+        "<end_of_text>",
+    }
     assert set(config["added_tokens_decoder"]) == {"49406", "49407"}
     assert tokenizer.encode("wow! a cat.").ids[:4] == [49406, 2781, 256, 320]
 
@@ -78,18 +93,48 @@ def test_text_graph_pads_truncates_and_restores_the_end_of_text_id(released: Pat
     np.testing.assert_array_equal(clients.run(None, {"input_ids": cut})[0], verified)
     short = ids[:1, :8]  # not padded
     np.testing.assert_array_equal(clients.run(None, {"input_ids": short})[0], verified[:1])
-    long = np.concatenate([ids[1:, :-1], np.full((1, 30), ids[1, 5]), ids[1:, -1:]], axis=1)  # untruncated, EOT at the end
+    long = np.concatenate(
+        [ids[1:, :-1], np.full((1, 30), ids[1, 5]), ids[1:, -1:]], axis=1
+    )  # untruncated, EOT at the end
     np.testing.assert_array_equal(clients.run(None, {"input_ids": long})[0], verified[1:])
 
 
 def test_squash_families_state_no_centre_crop() -> None:
-    manifest = {"model": {"family": "siglip"}, "preprocess": {"image_size": [256, 256], "resize_mode": "squash", "interpolation": "bicubic", "mean": [0.5] * 3, "std": [0.5] * 3}}
+    manifest = {
+        "model": {"family": "siglip"},
+        "preprocess": {
+            "image_size": [256, 256],
+            "resize_mode": "squash",
+            "interpolation": "bicubic",
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+        },
+    }
     config = preprocessor_config(manifest)
-    assert config["do_center_crop"] is False and config["size"] == {"height": 256, "width": 256} and config["image_processor_type"] == "SiglipImageProcessor"
+    assert (
+        config["do_center_crop"] is False
+        and config["size"] == {"height": 256, "width": 256}
+        and config["image_processor_type"] == "SiglipImageProcessor"
+    )
 
 
 def test_file_names_follow_transformers_js_dtype_suffixes() -> None:
-    names = [onnx_file_name({"path": "x", "tower": tower, "precision": precision, "format": fmt, "conversion": conversion}) for tower, precision, fmt, conversion in (
-        ("visual", "fp16", "onnx", None), ("text", "int8", "onnx", {"weight_type": "QUInt8"}), ("text", "int8", "onnx", {"weight_type": "QInt8"}),
-        ("visual", "q4", "onnx", None), ("visual", "q4", "onnx-preprocessing", None), ("visual", "fp16", "tensorrt", None))]
-    assert names == ["vision_model_fp16.onnx", "text_model_uint8.onnx", "text_model_int8.onnx", "vision_model_q4.onnx", "vision_model_preprocessing_q4.onnx", None]
+    names = [
+        onnx_file_name({"path": "x", "tower": tower, "precision": precision, "format": fmt, "conversion": conversion})
+        for tower, precision, fmt, conversion in (
+            ("visual", "fp16", "onnx", None),
+            ("text", "int8", "onnx", {"weight_type": "QUInt8"}),
+            ("text", "int8", "onnx", {"weight_type": "QInt8"}),
+            ("visual", "q4", "onnx", None),
+            ("visual", "q4", "onnx-preprocessing", None),
+            ("visual", "fp16", "tensorrt", None),
+        )
+    ]
+    assert names == [
+        "vision_model_fp16.onnx",
+        "text_model_uint8.onnx",
+        "text_model_int8.onnx",
+        "vision_model_q4.onnx",
+        "vision_model_preprocessing_q4.onnx",
+        None,
+    ]

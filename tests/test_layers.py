@@ -1,5 +1,6 @@
 """The house rule, checked: cli → pipeline → stages → shared pieces, no arrow back, no cycle, and
 no module much over 400 lines (docs/pipeline.md draws the map)."""
+
 from __future__ import annotations
 
 import ast
@@ -73,7 +74,9 @@ def test_there_is_no_import_cycle() -> None:
 
 @pytest.mark.parametrize("path", sorted(PACKAGE.glob("*.py")), ids=lambda p: p.name)
 def test_modules_stay_small(path: Path) -> None:
-    assert len(path.read_text().splitlines()) <= MAX_LINES or path.stem in OVER_SIZE, f"{path.name} has grown past {MAX_LINES} lines: split it"
+    assert len(path.read_text().splitlines()) <= MAX_LINES or path.stem in OVER_SIZE, (
+        f"{path.name} has grown past {MAX_LINES} lines: split it"
+    )
 
 
 OVER_SIZE: set[str] = set()
@@ -96,6 +99,14 @@ def test_every_module_a_docstring_names_exists() -> None:
         for node in ast.walk(tree):
             if isinstance(node, (ast.Module, ast.FunctionDef, ast.ClassDef)):
                 doc = ast.get_docstring(node) or ""
-                wrong += [f"{path.name}: ({m})" for m in re.findall(r"\(([a-z]+_[a-z0-9_]+)\)", doc) if m not in modules | defined]
-                wrong += [f"{path.name}: clip_export.{m}" for m in re.findall(r"clip_export\.(\w+)", doc) if m not in modules | {"core", "stages", "runtime"}]
+                wrong += [
+                    f"{path.name}: ({m})"
+                    for m in re.findall(r"\(([a-z]+_[a-z0-9_]+)\)", doc)
+                    if m not in modules | defined
+                ]
+                wrong += [
+                    f"{path.name}: clip_export.{m}"
+                    for m in re.findall(r"clip_export\.(\w+)", doc)
+                    if m not in modules | {"core", "stages", "runtime"}
+                ]
     assert wrong == []

@@ -19,7 +19,15 @@ def test_resolve_inside_accepts_files_and_inner_symlinks(tmp_path: Path) -> None
 
 @pytest.mark.parametrize(
     ("path", "message"),
-    [("/etc/passwd", "absolute path"), ("../x.onnx", "climbs out"), ("sub/../../x", "climbs out"), ("", "not a file name"), (None, "not a file name"), ("a\x00b", "not a file name"), ("escape/x.onnx", "symlink that leads outside")],
+    [
+        ("/etc/passwd", "absolute path"),
+        ("../x.onnx", "climbs out"),
+        ("sub/../../x", "climbs out"),
+        ("", "not a file name"),
+        (None, "not a file name"),
+        ("a\x00b", "not a file name"),
+        ("escape/x.onnx", "symlink that leads outside"),
+    ],
 )
 def test_resolve_inside_refuses_what_leaves(tmp_path: Path, path: object, message: str) -> None:
     inside = tmp_path / "model"
@@ -30,8 +38,16 @@ def test_resolve_inside_refuses_what_leaves(tmp_path: Path, path: object, messag
 
 
 def test_named_paths_finds_every_depth() -> None:
-    manifest = {"artifacts": [{"path": "a", "external_data": [{"path": "b"}], "epcontext": {"path": "c"}}], "tokenizer": {"file": {"path": "d"}}}
-    assert list(named_paths(manifest)) == [("artifacts[0].path", "a"), ("artifacts[0].external_data[0].path", "b"), ("artifacts[0].epcontext.path", "c"), ("tokenizer.file.path", "d")]
+    manifest = {
+        "artifacts": [{"path": "a", "external_data": [{"path": "b"}], "epcontext": {"path": "c"}}],
+        "tokenizer": {"file": {"path": "d"}},
+    }
+    assert list(named_paths(manifest)) == [
+        ("artifacts[0].path", "a"),
+        ("artifacts[0].external_data[0].path", "b"),
+        ("artifacts[0].epcontext.path", "c"),
+        ("tokenizer.file.path", "d"),
+    ]
 
 
 def test_exclusive_is_reentrant_in_one_process(tmp_path: Path) -> None:
@@ -51,13 +67,20 @@ def test_exclusive_refuses_an_unwritable_parent(tmp_path: Path) -> None:
 def test_select_artifacts_matches_values_and_sets_of_values() -> None:
     from clip_export.manifest import find_artifact, select_artifacts
 
-    manifest = {"artifacts": [
-        {"path": "visual.onnx", "tower": "visual", "precision": "fp32", "format": "onnx"},
-        {"path": "text.onnx", "tower": "text", "precision": "fp32", "format": "onnx"},
-        {"path": "text.int8.onnx", "tower": "text", "precision": "int8", "format": "onnx"},
-        {"path": "visual.trt-fp16.plan", "tower": "visual", "precision": "fp16", "format": "tensorrt"},
-    ]}
+    manifest = {
+        "artifacts": [
+            {"path": "visual.onnx", "tower": "visual", "precision": "fp32", "format": "onnx"},
+            {"path": "text.onnx", "tower": "text", "precision": "fp32", "format": "onnx"},
+            {"path": "text.int8.onnx", "tower": "text", "precision": "int8", "format": "onnx"},
+            {"path": "visual.trt-fp16.plan", "tower": "visual", "precision": "fp16", "format": "tensorrt"},
+        ]
+    }
     assert [a["path"] for a in select_artifacts(manifest, tower="text")] == ["text.onnx", "text.int8.onnx"]
-    assert [a["path"] for a in select_artifacts(manifest, precision=("fp16", "int8"), format="onnx")] == ["text.int8.onnx"]
+    assert [a["path"] for a in select_artifacts(manifest, precision=("fp16", "int8"), format="onnx")] == [
+        "text.int8.onnx"
+    ]
     assert [a["path"] for a in select_artifacts(manifest, tower=["visual"], precision="fp32")] == ["visual.onnx"]
-    assert find_artifact(manifest, format="tensorrt")["path"] == "visual.trt-fp16.plan" and find_artifact(manifest, precision="q4") is None
+    assert (
+        find_artifact(manifest, format="tensorrt")["path"] == "visual.trt-fp16.plan"
+        and find_artifact(manifest, precision="q4") is None
+    )

@@ -31,7 +31,9 @@ def test_numeric_metrics_fail_on_nan_and_distance() -> None:
     assert all(m.passed for m in close.values()) and close["mean_abs_normalized"].value == 0.0
     far = {m.name: m for m in numeric_metrics(ref, np.array([[1.0, 0.1, 0.0], [0.0, 1.0, np.nan]]), THRESHOLDS["fp32"])}
     assert not far["nan_count"].passed and far["nan_count"].value == 1.0
-    assert far["mean_abs_normalized"].value != far["mean_abs_normalized"].value and not far["mean_abs_normalized"].passed  # NaN never passes
+    assert (
+        far["mean_abs_normalized"].value != far["mean_abs_normalized"].value and not far["mean_abs_normalized"].passed
+    )  # NaN never passes
 
 
 def test_metric_directions_and_messages() -> None:

@@ -58,7 +58,10 @@ def test_offline_hugging_face_tokenizer_is_one_clear_error(tmp_path: Path, monke
     (tmp_path / "tiny-vit-hf-tokenizer.json").write_text(json.dumps(config))
     open_clip.add_model_config(tmp_path)
     monkeypatch.setattr(tokenizer_setup, "hub_reachable", lambda timeout=3.0: False)
-    with pytest.raises(WeightsError, match="'clip-export-tests/no-such-tokenizer', which is not in the local Hugging Face cache and the hub cannot be reached"):
+    with pytest.raises(
+        WeightsError,
+        match="'clip-export-tests/no-such-tokenizer', which is not in the local Hugging Face cache and the hub cannot be reached",
+    ):
         load_model(resolve("tiny-vit-hf-tokenizer", random_init=True))
 
 
@@ -132,7 +135,11 @@ def test_preprocess_and_tokenizer_facts() -> None:
     loaded = load_model(resolve("ViT-B/32", random_init=True))
     assert loaded.preprocess.image_size == (224, 224)
     assert loaded.preprocess.interpolation == "bicubic"
-    assert (loaded.tokenizer.context_length, loaded.tokenizer.sot_token_id, loaded.tokenizer.eot_token_id) == (77, 49406, 49407)
+    assert (loaded.tokenizer.context_length, loaded.tokenizer.sot_token_id, loaded.tokenizer.eot_token_id) == (
+        77,
+        49406,
+        49407,
+    )
     ids = np.asarray(loaded.tokenize(["a photo"]))
     assert ids[0, 0] == 49406 and 49407 in ids[0]
 

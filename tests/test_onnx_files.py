@@ -12,9 +12,22 @@ from clip_export.onnx_files import external_data_files, inline_external_data
 
 def _external_model(tmp_path: Path) -> tuple[Path, np.ndarray]:
     weight = np.random.default_rng(0).standard_normal((64, 32)).astype(np.float32)
-    graph = helper.make_graph([helper.make_node("MatMul", ["x", "w"], ["y"])], "g", [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])], [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])], [numpy_helper.from_array(weight, "w")])
+    graph = helper.make_graph(
+        [helper.make_node("MatMul", ["x", "w"], ["y"])],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [None, 64])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [None, 32])],
+        [numpy_helper.from_array(weight, "w")],
+    )
     path = tmp_path / "tower.onnx"
-    onnx.save_model(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]), str(path), save_as_external_data=True, all_tensors_to_one_file=True, location="tower.onnx.data", size_threshold=0)
+    onnx.save_model(
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]),
+        str(path),
+        save_as_external_data=True,
+        all_tensors_to_one_file=True,
+        location="tower.onnx.data",
+        size_threshold=0,
+    )
     return path, weight
 
 

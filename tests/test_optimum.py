@@ -2,6 +2,7 @@
 matches ClipOnnx (marker clients: needs the isolated install .ci/run puts in .clients/optimum, since
 optimum-onnx 0.1 requires transformers<4.58 and our venv has 5; skipped with the reason without it).
 tests/optimum_embed.py runs in a subprocess with that install first on its path."""
+
 from __future__ import annotations
 
 import json
@@ -56,23 +57,45 @@ def measured(tmp_path_factory: pytest.TempPathFactory) -> dict:
     captions = out / "captions.json"
     captions.write_text(json.dumps(list(evalset.captions)), encoding="utf-8")
     env = {**os.environ, "PYTHONPATH": str(install), "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    result = subprocess.run([sys.executable, str(SCRIPT), str(released / HF_DIR), *(f"{ONNX_DIR}/{MODEL_FILE[t]}.onnx" for t in ("text", "visual")), str(captions), str(out / "optimum.npz"), *map(str, evalset.image_paths)],
-                            env=env, capture_output=True, text=True, timeout=600)
+    result = subprocess.run(
+        [
+            sys.executable,
+            str(SCRIPT),
+            str(released / HF_DIR),
+            *(f"{ONNX_DIR}/{MODEL_FILE[t]}.onnx" for t in ("text", "visual")),
+            str(captions),
+            str(out / "optimum.npz"),
+            *map(str, evalset.image_paths),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert result.returncode == 0, result.stderr[-4000:]
     got = np.load(out / "optimum.npz")
     runtime = ClipOnnx.from_release(released)
     return {
-        "got": got, "runtime": runtime, "evalset": evalset,
-        "probes": json.loads(str(got["probes"])), "versions": json.loads(str(got["versions"])),
+        "got": got,
+        "runtime": runtime,
+        "evalset": evalset,
+        "probes": json.loads(str(got["probes"])),
+        "versions": json.loads(str(got["versions"])),
         "text_cosine": (l2_normalize(got["text_embeds"]) * runtime.embed_texts(list(evalset.captions))).sum(axis=1),
-        "image_cosine": (l2_normalize(got["image_embeds"]) * runtime.embed_images(list(evalset.image_paths))).sum(axis=1),
+        "image_cosine": (l2_normalize(got["image_embeds"]) * runtime.embed_images(list(evalset.image_paths))).sum(
+            axis=1
+        ),
     }
 
 
 def test_optimum_loads_the_layout_with_clip_classes(measured: dict) -> None:
     assert measured["versions"]["optimum-onnx"] == "0.1.0" and measured["versions"]["transformers"].startswith("4.57.")
     assert {k: measured["probes"][k] for k in ("config", "processor", "tokenizer", "image_processor")} == {
-        "config": "CLIPConfig", "processor": "CLIPProcessor", "tokenizer": "CLIPTokenizerFast", "image_processor": "CLIPImageProcessor"}
+        "config": "CLIPConfig",
+        "processor": "CLIPProcessor",
+        "tokenizer": "CLIPTokenizerFast",
+        "image_processor": "CLIPImageProcessor",
+    }
 
 
 def test_optimum_text_embeddings_match_the_runtime(measured: dict) -> None:

@@ -4,8 +4,8 @@ import numpy as np
 import open_clip
 import pytest
 
-from clip_export.evalset import load_evalset
 from clip_export.errors import ClipExportError
+from clip_export.evalset import load_evalset
 from clip_export.models import PreprocessConfig
 from clip_export.preprocess import VARIANTS, preprocess_reference
 
@@ -13,7 +13,9 @@ from clip_export.preprocess import VARIANTS, preprocess_reference
 @pytest.mark.parametrize("size", [224, 64])
 def test_numpy_preprocessing_is_exact_to_open_clip(size: int) -> None:
     cfg = PreprocessConfig((size, size), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
-    transform = open_clip.image_transform(size, is_train=False, mean=cfg.mean, std=cfg.std, resize_mode="shortest", interpolation="bicubic")
+    transform = open_clip.image_transform(
+        size, is_train=False, mean=cfg.mean, std=cfg.std, resize_mode="shortest", interpolation="bicubic"
+    )
     for image in load_evalset().open_images():
         expected = transform(image).numpy()
         got = preprocess_reference(image, cfg)
@@ -60,7 +62,9 @@ def test_squash_matches_open_clip_bit_for_bit(variant: str, interpolation: str) 
     with SigLIP's 0.5/0.5 the float normalisation agrees to the existing 1e-5 bound."""
     for mean, std in (((0.0, 0.0, 0.0), (1.0, 1.0, 1.0)), ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5))):
         cfg = PreprocessConfig((224, 160), mean, std, interpolation=interpolation, resize_mode="squash")
-        transform = open_clip.image_transform((224, 160), is_train=False, mean=mean, std=std, resize_mode="squash", interpolation=interpolation)
+        transform = open_clip.image_transform(
+            (224, 160), is_train=False, mean=mean, std=std, resize_mode="squash", interpolation=interpolation
+        )
         for image in load_evalset().open_images():
             got, expected = VARIANTS[variant](image, cfg), transform(image).numpy()
             if std[0] == 1.0:
@@ -78,5 +82,7 @@ def test_normalization_table_is_torchvision_bit_for_bit() -> None:
 
     config = PreprocessConfig((224, 224), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
     ramp = np.tile(np.arange(256, dtype=np.uint8)[None, :, None], (1, 1, 3))
-    expected = transforms.Compose([transforms.ToTensor(), transforms.Normalize(config.mean, config.std)])(Image.fromarray(ramp)).numpy()[:, 0, :]
+    expected = transforms.Compose([transforms.ToTensor(), transforms.Normalize(config.mean, config.std)])(
+        Image.fromarray(ramp)
+    ).numpy()[:, 0, :]
     np.testing.assert_array_equal(_normalization_table(tuple(config.mean), tuple(config.std)), expected)

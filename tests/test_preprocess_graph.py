@@ -1,4 +1,5 @@
 """The preprocessing graph against PIL's exact pipeline: size rule, crop, pixels, bad input."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -53,7 +54,19 @@ def test_size_rule_and_crop_corner_match_torchvision() -> None:
     for name in ("sizes", "corner"):
         model.graph.output.append(onnx.helper.make_tensor_value_info(PREFIX + name, onnx.TensorProto.INT64, [2]))
     s = session(model)
-    shapes = [(1, 1), (224, 224), (225, 224), (5, 1000), (1000, 5), (762, 2162), (427, 640), (3, 7), (299, 301), (300, 301), (10000, 3)]
+    shapes = [
+        (1, 1),
+        (224, 224),
+        (225, 224),
+        (5, 1000),
+        (1000, 5),
+        (762, 2162),
+        (427, 640),
+        (3, 7),
+        (299, 301),
+        (300, 301),
+        (10000, 3),
+    ]
     for height, width in shapes:
         _, sizes, corner = s.run(None, {RAW_IMAGE_INPUT: np.zeros((height, width, 3), np.uint8)})
         new_w, new_h = shortest_side_size(width, height, 224)
@@ -75,12 +88,25 @@ def test_squash_resizes_to_the_exact_size(graph: ort.InferenceSession) -> None:
     s = session(preprocessing_model(config))
     image = np.asarray(Image.open(load_evalset().image_paths[0]).convert("RGB"))
     expected = np.asarray(Image.fromarray(image).resize((96, 64), Image.BICUBIC), dtype=np.float32) / 255.0
-    expected = ((expected - np.asarray(CONFIG.mean, np.float32)) / np.asarray(CONFIG.std, np.float32)).transpose(2, 0, 1)
+    expected = ((expected - np.asarray(CONFIG.mean, np.float32)) / np.asarray(CONFIG.std, np.float32)).transpose(
+        2, 0, 1
+    )
     got = pixels(s, image)
-    assert got.shape == (3, 64, 96) and np.abs(got - expected).mean() < 3e-3 and np.abs(got - expected).max() <= 16 * ONE_STEP
+    assert (
+        got.shape == (3, 64, 96)
+        and np.abs(got - expected).mean() < 3e-3
+        and np.abs(got - expected).max() <= 16 * ONE_STEP
+    )
 
 
-@pytest.mark.parametrize("change, message", [({"resize_mode": "longest"}, "resize_mode 'longest'"), ({"interpolation": "lanczos"}, "interpolation 'lanczos'"), ({"image_size": (224, 192)}, "needs padding")])
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        ({"resize_mode": "longest"}, "resize_mode 'longest'"),
+        ({"interpolation": "lanczos"}, "interpolation 'lanczos'"),
+        ({"image_size": (224, 192)}, "needs padding"),
+    ],
+)
 def test_refuses_what_it_does_not_implement(change: dict, message: str) -> None:
     with pytest.raises(ClipExportError, match=message):
         preprocessing_model(dataclasses.replace(CONFIG, **change))
@@ -88,7 +114,12 @@ def test_refuses_what_it_does_not_implement(change: dict, message: str) -> None:
 
 def test_bad_input_to_the_graph_is_refused_by_onnxruntime(graph: ort.InferenceSession) -> None:
     """The documented behaviour (docs/reliability.md): onnxruntime refuses, naming the input."""
-    for bad, message in [(np.zeros((8, 8, 4), np.uint8), "index: 2 Got: 4 Expected: 3"), (np.zeros((8, 8), np.uint8), "Invalid rank"), (np.zeros((8, 8, 3), np.float32), "expected: \\(tensor\\(uint8\\)\\)"), (np.zeros((0, 8, 3), np.uint8), "Input dim is zero")]:
+    for bad, message in [
+        (np.zeros((8, 8, 4), np.uint8), "index: 2 Got: 4 Expected: 3"),
+        (np.zeros((8, 8), np.uint8), "Invalid rank"),
+        (np.zeros((8, 8, 3), np.float32), "expected: \\(tensor\\(uint8\\)\\)"),
+        (np.zeros((0, 8, 3), np.uint8), "Input dim is zero"),
+    ]:
         with pytest.raises(Exception, match=message):
             graph.run(None, {RAW_IMAGE_INPUT: bad})
 
@@ -107,7 +138,12 @@ def test_splice_refuses_an_old_opset_and_a_foreign_graph() -> None:
     with pytest.raises(ConversionError, match="expected \\[pixel_values\\]"):
         with_preprocessing(model, CONFIG)
     identity = onnx.helper.make_model(
-        onnx.helper.make_graph([onnx.helper.make_node("Identity", ["pixel_values"], ["image_embeds"])], "g", [onnx.helper.make_tensor_value_info("pixel_values", onnx.TensorProto.FLOAT, ["batch", 3, 224, 224])], [onnx.helper.make_tensor_value_info("image_embeds", onnx.TensorProto.FLOAT, ["batch", 3, 224, 224])]),
+        onnx.helper.make_graph(
+            [onnx.helper.make_node("Identity", ["pixel_values"], ["image_embeds"])],
+            "g",
+            [onnx.helper.make_tensor_value_info("pixel_values", onnx.TensorProto.FLOAT, ["batch", 3, 224, 224])],
+            [onnx.helper.make_tensor_value_info("image_embeds", onnx.TensorProto.FLOAT, ["batch", 3, 224, 224])],
+        ),
         opset_imports=[onnx.helper.make_opsetid("", 17)],
     )
     with pytest.raises(ConversionError, match="opset 17"):

@@ -1,4 +1,5 @@
 """Preprocessing-graph artifacts: gated from raw files, recorded like the others, shown by verify."""
+
 from __future__ import annotations
 
 import json
@@ -74,7 +75,9 @@ def test_cli_json_and_verify_needs_the_raw_images(tiny_vit_copy: Path, tmp_path:
     result = CliRunner().invoke(main, ["preprocessing-graph", str(tiny_vit_copy), "--precisions", "fp32", "--json"])
     assert result.exit_code == 0, result.output
     data = json.loads(result.stdout)
-    assert data[0]["artifacts"][0]["path"] == "visual.preprocessing.onnx" and data[0]["artifacts"][0]["verdict"] == "pass"
+    assert (
+        data[0]["artifacts"][0]["path"] == "visual.preprocessing.onnx" and data[0]["artifacts"][0]["verdict"] == "pass"
+    )
     again = CliRunner().invoke(main, ["preprocessing-graph", str(tiny_vit_copy), "--precisions", "fp32", "-q"])
     assert again.exit_code == 1 and "--force" in again.output
     manifest = read_manifest(tiny_vit_copy)

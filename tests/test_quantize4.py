@@ -1,5 +1,6 @@
 """4-bit MatMulNBits artifacts: smaller, gated by their own thresholds, composable with preprocessing;
 the token embedding in 8-bit (default) or 4-bit GatherBlockQuantized blocks."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -43,7 +44,11 @@ def test_q4_text_embedding_is_8bit_blocks_and_the_file_a_third_of_fp32(tiny_vit_
     MatMulNBits does not cover: it becomes one GatherBlockQuantized over uint8 codes, one byte per
     weight and a float scale per block, so the file falls below the issue's third of fp32."""
     fp32 = onnx.load(str(tiny_vit_copy / "text.onnx"))
-    [table] = [t for t in fp32.graph.initializer if t.name == next(n for n in fp32.graph.node if n.name in embedding_gathers(fp32)).input[0]]
+    [table] = [
+        t
+        for t in fp32.graph.initializer
+        if t.name == next(n for n in fp32.graph.node if n.name in embedding_gathers(fp32)).input[0]
+    ]
     rows, width = table.dims
     [result] = quantize_q4(tiny_vit_copy, towers=("text",)).artifacts
     model = onnx.load(str(tiny_vit_copy / result.path))
@@ -75,7 +80,9 @@ def test_8bit_lookup_is_within_half_a_step_of_the_table_on_a_ragged_width() -> N
         [helper.make_tensor_value_info("out", TensorProto.FLOAT, [None, 40])],
         [numpy_helper.from_array(table, "table")],
     )
-    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET), helper.make_opsetid("com.microsoft", 1)])
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", DEFAULT_OPSET), helper.make_opsetid("com.microsoft", 1)]
+    )
     _gather_8bit(model, ["lookup"], 16)
     ids = np.arange(10, dtype=np.int64)
     got = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {"ids": ids})[0]
@@ -96,21 +103,35 @@ def test_4bit_embedding_is_int4_at_opset_21(tiny_vit_dir: Path, tmp_path: Path) 
     assert next(t for t in model.graph.initializer if t.name == lookup.input[0]).data_type == TensorProto.INT4
     assert details["opset"] == Q4_EMBEDDING_OPSET and details["embedding_bits"] == 4
     ids = np.load(tiny_vit_dir / "reference.npz")["input_ids"][:2]
-    assert np.isfinite(ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]).all()
+    assert np.isfinite(
+        ort.InferenceSession(str(target), providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
+    ).all()
 
 
 def test_float_embedding_keeps_the_gather_and_the_opset(tiny_vit_dir: Path, tmp_path: Path) -> None:
-    details = quantize_file(tiny_vit_dir / "text.onnx", tmp_path / "t.onnx", dataclasses.replace(Q4_SCHEME, embedding_bits=None))
+    details = quantize_file(
+        tiny_vit_dir / "text.onnx", tmp_path / "t.onnx", dataclasses.replace(Q4_SCHEME, embedding_bits=None)
+    )
     ops = [n.op_type for n in onnx.load(str(tmp_path / "t.onnx")).graph.node]
     assert "GatherBlockQuantized" not in ops and "Gather" in ops
-    assert details["opset"] == DEFAULT_OPSET and details["embedding_bits"] is None and details["gather_block_quantized_nodes"] == 0
+    assert (
+        details["opset"] == DEFAULT_OPSET
+        and details["embedding_bits"] is None
+        and details["gather_block_quantized_nodes"] == 0
+    )
     with pytest.raises(ConversionError, match="embedding bits 2"):
         quantize_file(tiny_vit_dir / "text.onnx", tmp_path / "u.onnx", Q4Scheme(32, True, 4, embedding_bits=2))
 
 
 def test_visual_has_no_embedding_and_keeps_its_opset(tiny_vit_dir: Path, tmp_path: Path) -> None:
-    details = quantize_file(tiny_vit_dir / "visual.onnx", tmp_path / "v.onnx", dataclasses.replace(Q4_SCHEME, embedding_bits=4))
-    assert details["gather_block_quantized_nodes"] == 0 and details["embedding_bits"] is None and details["opset"] == DEFAULT_OPSET
+    details = quantize_file(
+        tiny_vit_dir / "visual.onnx", tmp_path / "v.onnx", dataclasses.replace(Q4_SCHEME, embedding_bits=4)
+    )
+    assert (
+        details["gather_block_quantized_nodes"] == 0
+        and details["embedding_bits"] is None
+        and details["opset"] == DEFAULT_OPSET
+    )
 
 
 def test_q4_composes_with_the_preprocessing_graph(tiny_vit_copy: Path) -> None:
@@ -127,7 +148,11 @@ def test_cli_q4_json_and_bad_tower(tiny_vit_copy: Path) -> None:
     text = CliRunner().invoke(main, ["q4", str(tiny_vit_copy), "--towers", "text", "--embedding", "float", "--json"])
     assert text.exit_code == 0, text.output
     details = json.loads(text.stdout)[0]["artifacts"][0]["details"]
-    assert details["embedding_bits"] is None and details["gather_block_quantized_nodes"] == 0 and details["opset"] == DEFAULT_OPSET
+    assert (
+        details["embedding_bits"] is None
+        and details["gather_block_quantized_nodes"] == 0
+        and details["opset"] == DEFAULT_OPSET
+    )
     bad = CliRunner().invoke(main, ["q4", str(tiny_vit_copy), "--towers", "audio"])
     assert bad.exit_code == 2 and "unknown tower" in bad.output
 
@@ -136,8 +161,16 @@ def test_a_table_another_node_reads_stays_float() -> None:
     """Tied weights: a table both looked up and read by another node (a MatMul with it transposed, or a
     second Gather) is no embedding to replace; it stays float and the graph stays whole."""
     table = numpy_helper.from_array(np.zeros((10, 8), np.float32), "table")
-    nodes = [helper.make_node("Gather", ["table", "ids"], ["a"], name="first"), helper.make_node("Gather", ["table", "ids"], ["b"], name="second"),
-             helper.make_node("Gather", ["own", "ids"], ["c"], name="untied")]
-    graph = helper.make_graph(nodes, "g", [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
-                              [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 8]) for n in "abc"], [table, numpy_helper.from_array(np.zeros((10, 8), np.float32), "own")])
+    nodes = [
+        helper.make_node("Gather", ["table", "ids"], ["a"], name="first"),
+        helper.make_node("Gather", ["table", "ids"], ["b"], name="second"),
+        helper.make_node("Gather", ["own", "ids"], ["c"], name="untied"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("ids", TensorProto.INT64, [None])],
+        [helper.make_tensor_value_info(n, TensorProto.FLOAT, [None, 8]) for n in "abc"],
+        [table, numpy_helper.from_array(np.zeros((10, 8), np.float32), "own")],
+    )
     assert embedding_gathers(helper.make_model(graph)) == ["untied"]

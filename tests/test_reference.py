@@ -14,7 +14,9 @@ def test_example_inputs_are_deterministic_and_end_with_the_eot() -> None:
     assert np.array_equal(ids, example_input(loaded, "text", 4, seed=3)) and ids.dtype == np.int64
     settings = loaded.tokenizer
     assert ids.shape == (4, settings.context_length) and (ids[:, 0] == settings.sot_token_id).all()
-    assert ((ids == settings.eot_token_id).sum(axis=1) == 1).all()  # exactly one end token per row, for the ArgMax pooling
+    assert (
+        (ids == settings.eot_token_id).sum(axis=1) == 1
+    ).all()  # exactly one end token per row, for the ArgMax pooling
     pixels = example_input(loaded, "visual", 2)
     assert pixels.shape == (2, 3, *loaded.preprocess.image_size) and pixels.dtype == np.float32
 

@@ -3,6 +3,7 @@
 Regenerate the table with `python tools/reliability_table.py`; test_reliability_doc_is_current
 fails when the doc and CASES drift apart.
 """
+
 from __future__ import annotations
 
 import io
@@ -12,9 +13,10 @@ import subprocess
 import sys
 import time
 import zlib
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 import numpy as np
 import pytest
@@ -129,11 +131,20 @@ def child(code: str, *args: str) -> subprocess.Popen[str]:
     """A second, real clip-export process (the tiny configs registered, this checkout imported)."""
     prelude = f"import open_clip; open_clip.add_model_config({str(TINY_CONFIGS)!r}); "
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    return subprocess.Popen([sys.executable, "-c", prelude + code, *args], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    return subprocess.Popen(
+        [sys.executable, "-c", prelude + code, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+    )
 
 
 def convert_while_another_process_holds_the_lock(ctx: Ctx) -> None:
-    holder = child("import sys, time; from pathlib import Path; from clip_export.manifest import exclusive\nwith exclusive(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)", str(ctx.model_dir))
+    holder = child(
+        "import sys, time; from pathlib import Path; from clip_export.manifest import exclusive\nwith exclusive(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)",
+        str(ctx.model_dir),
+    )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "locked"
         convert_fp16(ctx.model_dir, towers=["visual"])
@@ -145,7 +156,9 @@ def convert_while_another_process_holds_the_lock(ctx: Ctx) -> None:
 def export_while_another_export_runs(ctx: Ctx) -> None:
     """Two real exports into one --out: the second fails at once; the first finishes untouched."""
     out = ctx.tmp / "out"
-    first = child("from clip_export.cli import main; main()", "onnx", "tiny-vit", "--random-init", "--out", str(out), "--quiet")
+    first = child(
+        "from clip_export.cli import main; main()", "onnx", "tiny-vit", "--random-init", "--out", str(out), "--quiet"
+    )
     deadline = time.monotonic() + 120
     while not list(out.glob(".tiny-vit.partial-*")) and first.poll() is None and time.monotonic() < deadline:
         time.sleep(0.05)
@@ -175,68 +188,241 @@ def embed_array_and_bytes(ctx: Ctx) -> None:
 def huge_photo_takes_the_exact_path(ctx: Ctx) -> None:
     from clip_export import resample
 
-    ctx.monkeypatch.setattr(resample, "crop_resize_normalise", lambda *a: pytest.fail("the vectorised kernels ran on a huge image"))
+    ctx.monkeypatch.setattr(
+        resample, "crop_resize_normalise", lambda *a: pytest.fail("the vectorised kernels ran on a huge image")
+    )
     photo = np.zeros((4000, 6001, 3), np.uint8)
     photo[:, ::7] = 255
     model = ctx.runtime()
-    np.testing.assert_array_equal(model.pixel_values(photo), ClipOnnx.from_release(ctx.shared_dir, preprocess="exact").pixel_values(photo))
+    np.testing.assert_array_equal(
+        model.pixel_values(photo), ClipOnnx.from_release(ctx.shared_dir, preprocess="exact").pixel_values(photo)
+    )
 
 
 CASES: list[Case] = [
-    Case("artifact path is an absolute path to a local file, with its true sha256 and size", "`clip-export release`", ManifestError, "artifacts\\[0\\]\\.path is the absolute path",
-         lambda ctx: (point_artifact_outside(ctx), release([ctx.model_dir], tag="v1", out=ctx.tmp / "dist"))),
-    Case("artifact path climbs out with `../`", "`clip-export verify`", ManifestError, "artifacts\\[1\\]\\.path is '\\.\\./.*', which climbs out",
-         lambda ctx: (edit_manifest(ctx.model_dir, lambda m: m["artifacts"][1].update(path="../../outside/text.onnx")), verify(ctx.model_dir))),
-    Case("artifact file is a symlink to an identical file outside the directory", "`ClipOnnx.from_release`", ManifestError, "artifacts\\[1\\]\\.path is 'text\\.onnx', a symlink that leads outside",
-         lambda ctx: (symlink_artifact_outside(ctx), ClipOnnx.from_release(ctx.model_dir))),
-    Case("external data entry is an absolute path", "`clip-export fp16`", ManifestError, "external_data\\[0\\]\\.path is the absolute path",
-         lambda ctx: (edit_manifest(ctx.model_dir, lambda m: m["artifacts"][0].update(external_data=[{"path": str(outside_file(ctx)[0]), **outside_file(ctx)[1]}])), convert_fp16(ctx.model_dir))),
-    Case("tokenizer file path climbs out", "`ClipOnnx.from_release`", ManifestError, "tokenizer\\.file\\.path is '\\.\\./tokenizer\\.json', which climbs out",
-         lambda ctx: (edit_manifest(ctx.model_dir, lambda m: m["tokenizer"]["file"].update(path="../tokenizer.json")), ClipOnnx.from_release(ctx.model_dir))),
-    Case("reference path is absolute", "`clip-export verify`", ManifestError, "reference\\.path is the absolute path",
-         lambda ctx: (edit_manifest(ctx.model_dir, lambda m: m["reference"].update(path="/etc/hostname")), verify(ctx.model_dir))),
-    Case("any other entry's path (here an EPContext wrapper) climbs out", "`clip-export release`", ManifestError, "artifacts\\[0\\]\\.epcontext\\.path is '\\.\\./x\\.onnx', which climbs out",
-         lambda ctx: (edit_manifest(ctx.model_dir, lambda m: m["artifacts"][0].update(epcontext={"path": "../x.onnx"})), release([ctx.model_dir], tag="v1", out=ctx.tmp / "dist"))),
-    Case("manifest of an unknown schema (99)", "`clip-export verify`", ManifestError, "has schema 99; this clip-export reads manifest schema 1 only",
-         lambda ctx: (edit_manifest(ctx.model_dir, lambda m: m.update(schema=99)), verify(ctx.model_dir))),
-    Case("minimal manifest: schema and artifacts only", "`ClipOnnx.from_release`", ManifestError, "is missing the section\\(s\\) model, preprocess, tokenizer",
-         lambda ctx: ((ctx.model_dir / "manifest.json").write_text('{"schema": 1, "artifacts": []}'), ClipOnnx.from_release(ctx.model_dir))),
-    Case("artifact entry without a sha256", "`clip-export release`", ManifestError, "artifacts\\[0\\] has no sha256",
-         lambda ctx: (edit_manifest(ctx.model_dir, lambda m: m["artifacts"][0].pop("sha256")), release([ctx.model_dir], tag="v1", out=ctx.tmp / "dist"))),
-    Case("a second export into the same `--out` while the first runs (two processes)", "`clip-export onnx`", CliError, "Error: another clip-export run \\(pid \\d+\\) is writing .*tiny-vit; wait for it to finish",
-         export_while_another_export_runs),
-    Case("a conversion while another process writes the same directory", "`clip-export fp16`", OutputError, "another clip-export run \\(pid \\d+\\) is writing",
-         convert_while_another_process_holds_the_lock),
-    Case("`--weights` is an empty file", "`clip-export onnx`", CliError, "Error: .*empty\\.pt is empty \\(0 bytes\\)",
-         lambda ctx: ((ctx.tmp / "empty.pt").write_bytes(b""), cli("onnx", "tiny-vit", "--weights", str(ctx.tmp / "empty.pt"), "--out", str(ctx.tmp / "out"), "-q"))),
-    Case("`--weights` is not a checkpoint", "`clip-export onnx`", CliError, "Error: .*junk\\.pt is not a readable checkpoint: \\S",
-         lambda ctx: ((ctx.tmp / "junk.pt").write_bytes(b"\x00junk" * 10), cli("onnx", "tiny-vit", "--weights", str(ctx.tmp / "junk.pt"), "--out", str(ctx.tmp / "out"), "-q"))),
-    Case("`--weights` holds NaN", "`clip-export onnx`", CliError, "Error: the checkpoint .*nan\\.pt holds NaN or Inf values in 1 tensor\\(s\\): visual\\.proj",
-         lambda ctx: cli("onnx", "tiny-vit", "--weights", str(checkpoint_with_nan(ctx)), "--out", str(ctx.tmp / "out"), "-q")),
-    Case("a bare string caption: `embed_texts(\"a cat\")`", "`ClipOnnx.embed_texts`", None, "one caption: one row, the same as `[\"a cat\"]`", embed_one_caption),
-    Case("a caption that is not a str: `embed_texts([123])`", "`ClipOnnx.embed_texts`", ClipExportError, "texts\\[0\\]: type int is not a caption",
-         lambda ctx: ctx.runtime().embed_texts([123])),
-    Case("no list at all: `embed_texts(None)`", "`ClipOnnx.embed_texts`", ClipExportError, "texts must be one item or a list of them, not type NoneType",
-         lambda ctx: ctx.runtime().embed_texts(None)),
-    Case("an HxWx3 uint8 numpy array, or encoded PNG/JPEG bytes", "`ClipOnnx.embed_images`", None, "accepted: one row each, the same embedding", embed_array_and_bytes),
-    Case("one unreadable image in a batch: `[ok, b\"junk\"]`", "`ClipOnnx.embed_images`", ClipExportError, "images\\[1\\]: the image of 5 bytes is in no format Pillow can decode",
-         lambda ctx: ctx.runtime().embed_images([png_bytes(), b"junk!"])),
-    Case("a float numpy array", "`ClipOnnx.embed_images`", ClipExportError, "images\\[0\\]: a numpy array of shape \\(4, 4, 3\\) and dtype float64 is not an image",
-         lambda ctx: ctx.runtime().embed_images([np.zeros((4, 4, 3))])),
-    Case("a 0x0 image", "`ClipOnnx.embed_images`", ClipExportError, "images\\[0\\]: the image is 0x0 pixels",
-         lambda ctx: ctx.runtime().embed_images([Image.new("RGB", (0, 0))])),
-    Case("a PNG claiming 40000x40000 pixels (a decompression bomb)", "`ClipOnnx.embed_images`", ClipExportError, "images\\[1\\]: the image of \\d+ bytes is too large to decode safely",
-         lambda ctx: ctx.runtime().embed_images([png_bytes(), png_header_claiming(40000, 40000)])),
-    Case("a path with a NUL byte", "`ClipOnnx.embed_images`", ClipExportError, "images\\[0\\]: cannot read the image .*: embedded null byte",
-         lambda ctx: ctx.runtime().embed_images(["photo\x00.jpg"])),
-    Case("something that is no image: `embed_images([42])`", "`ClipOnnx.embed_images`", ClipExportError, "images\\[0\\]: type int is not an image; pass a file path, encoded image bytes",
-         lambda ctx: ctx.runtime().embed_images([42])),
-    Case("a photo over 24 MP (6001x4000)", "`ClipOnnx.embed_images`", None, "accepted: the default path runs PIL's own resize, as \"exact\" does", huge_photo_takes_the_exact_path),
+    Case(
+        "artifact path is an absolute path to a local file, with its true sha256 and size",
+        "`clip-export release`",
+        ManifestError,
+        "artifacts\\[0\\]\\.path is the absolute path",
+        lambda ctx: (point_artifact_outside(ctx), release([ctx.model_dir], tag="v1", out=ctx.tmp / "dist")),
+    ),
+    Case(
+        "artifact path climbs out with `../`",
+        "`clip-export verify`",
+        ManifestError,
+        "artifacts\\[1\\]\\.path is '\\.\\./.*', which climbs out",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["artifacts"][1].update(path="../../outside/text.onnx")),
+            verify(ctx.model_dir),
+        ),
+    ),
+    Case(
+        "artifact file is a symlink to an identical file outside the directory",
+        "`ClipOnnx.from_release`",
+        ManifestError,
+        "artifacts\\[1\\]\\.path is 'text\\.onnx', a symlink that leads outside",
+        lambda ctx: (symlink_artifact_outside(ctx), ClipOnnx.from_release(ctx.model_dir)),
+    ),
+    Case(
+        "external data entry is an absolute path",
+        "`clip-export fp16`",
+        ManifestError,
+        "external_data\\[0\\]\\.path is the absolute path",
+        lambda ctx: (
+            edit_manifest(
+                ctx.model_dir,
+                lambda m: m["artifacts"][0].update(
+                    external_data=[{"path": str(outside_file(ctx)[0]), **outside_file(ctx)[1]}]
+                ),
+            ),
+            convert_fp16(ctx.model_dir),
+        ),
+    ),
+    Case(
+        "tokenizer file path climbs out",
+        "`ClipOnnx.from_release`",
+        ManifestError,
+        "tokenizer\\.file\\.path is '\\.\\./tokenizer\\.json', which climbs out",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["tokenizer"]["file"].update(path="../tokenizer.json")),
+            ClipOnnx.from_release(ctx.model_dir),
+        ),
+    ),
+    Case(
+        "reference path is absolute",
+        "`clip-export verify`",
+        ManifestError,
+        "reference\\.path is the absolute path",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["reference"].update(path="/etc/hostname")),
+            verify(ctx.model_dir),
+        ),
+    ),
+    Case(
+        "any other entry's path (here an EPContext wrapper) climbs out",
+        "`clip-export release`",
+        ManifestError,
+        "artifacts\\[0\\]\\.epcontext\\.path is '\\.\\./x\\.onnx', which climbs out",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["artifacts"][0].update(epcontext={"path": "../x.onnx"})),
+            release([ctx.model_dir], tag="v1", out=ctx.tmp / "dist"),
+        ),
+    ),
+    Case(
+        "manifest of an unknown schema (99)",
+        "`clip-export verify`",
+        ManifestError,
+        "has schema 99; this clip-export reads manifest schema 1 only",
+        lambda ctx: (edit_manifest(ctx.model_dir, lambda m: m.update(schema=99)), verify(ctx.model_dir)),
+    ),
+    Case(
+        "minimal manifest: schema and artifacts only",
+        "`ClipOnnx.from_release`",
+        ManifestError,
+        "is missing the section\\(s\\) model, preprocess, tokenizer",
+        lambda ctx: (
+            (ctx.model_dir / "manifest.json").write_text('{"schema": 1, "artifacts": []}'),
+            ClipOnnx.from_release(ctx.model_dir),
+        ),
+    ),
+    Case(
+        "artifact entry without a sha256",
+        "`clip-export release`",
+        ManifestError,
+        "artifacts\\[0\\] has no sha256",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["artifacts"][0].pop("sha256")),
+            release([ctx.model_dir], tag="v1", out=ctx.tmp / "dist"),
+        ),
+    ),
+    Case(
+        "a second export into the same `--out` while the first runs (two processes)",
+        "`clip-export onnx`",
+        CliError,
+        "Error: another clip-export run \\(pid \\d+\\) is writing .*tiny-vit; wait for it to finish",
+        export_while_another_export_runs,
+    ),
+    Case(
+        "a conversion while another process writes the same directory",
+        "`clip-export fp16`",
+        OutputError,
+        "another clip-export run \\(pid \\d+\\) is writing",
+        convert_while_another_process_holds_the_lock,
+    ),
+    Case(
+        "`--weights` is an empty file",
+        "`clip-export onnx`",
+        CliError,
+        "Error: .*empty\\.pt is empty \\(0 bytes\\)",
+        lambda ctx: (
+            (ctx.tmp / "empty.pt").write_bytes(b""),
+            cli("onnx", "tiny-vit", "--weights", str(ctx.tmp / "empty.pt"), "--out", str(ctx.tmp / "out"), "-q"),
+        ),
+    ),
+    Case(
+        "`--weights` is not a checkpoint",
+        "`clip-export onnx`",
+        CliError,
+        "Error: .*junk\\.pt is not a readable checkpoint: \\S",
+        lambda ctx: (
+            (ctx.tmp / "junk.pt").write_bytes(b"\x00junk" * 10),
+            cli("onnx", "tiny-vit", "--weights", str(ctx.tmp / "junk.pt"), "--out", str(ctx.tmp / "out"), "-q"),
+        ),
+    ),
+    Case(
+        "`--weights` holds NaN",
+        "`clip-export onnx`",
+        CliError,
+        "Error: the checkpoint .*nan\\.pt holds NaN or Inf values in 1 tensor\\(s\\): visual\\.proj",
+        lambda ctx: cli(
+            "onnx", "tiny-vit", "--weights", str(checkpoint_with_nan(ctx)), "--out", str(ctx.tmp / "out"), "-q"
+        ),
+    ),
+    Case(
+        'a bare string caption: `embed_texts("a cat")`',
+        "`ClipOnnx.embed_texts`",
+        None,
+        'one caption: one row, the same as `["a cat"]`',
+        embed_one_caption,
+    ),
+    Case(
+        "a caption that is not a str: `embed_texts([123])`",
+        "`ClipOnnx.embed_texts`",
+        ClipExportError,
+        "texts\\[0\\]: type int is not a caption",
+        lambda ctx: ctx.runtime().embed_texts([123]),
+    ),
+    Case(
+        "no list at all: `embed_texts(None)`",
+        "`ClipOnnx.embed_texts`",
+        ClipExportError,
+        "texts must be one item or a list of them, not type NoneType",
+        lambda ctx: ctx.runtime().embed_texts(None),
+    ),
+    Case(
+        "an HxWx3 uint8 numpy array, or encoded PNG/JPEG bytes",
+        "`ClipOnnx.embed_images`",
+        None,
+        "accepted: one row each, the same embedding",
+        embed_array_and_bytes,
+    ),
+    Case(
+        'one unreadable image in a batch: `[ok, b"junk"]`',
+        "`ClipOnnx.embed_images`",
+        ClipExportError,
+        "images\\[1\\]: the image of 5 bytes is in no format Pillow can decode",
+        lambda ctx: ctx.runtime().embed_images([png_bytes(), b"junk!"]),
+    ),
+    Case(
+        "a float numpy array",
+        "`ClipOnnx.embed_images`",
+        ClipExportError,
+        "images\\[0\\]: a numpy array of shape \\(4, 4, 3\\) and dtype float64 is not an image",
+        lambda ctx: ctx.runtime().embed_images([np.zeros((4, 4, 3))]),
+    ),
+    Case(
+        "a 0x0 image",
+        "`ClipOnnx.embed_images`",
+        ClipExportError,
+        "images\\[0\\]: the image is 0x0 pixels",
+        lambda ctx: ctx.runtime().embed_images([Image.new("RGB", (0, 0))]),
+    ),
+    Case(
+        "a PNG claiming 40000x40000 pixels (a decompression bomb)",
+        "`ClipOnnx.embed_images`",
+        ClipExportError,
+        "images\\[1\\]: the image of \\d+ bytes is too large to decode safely",
+        lambda ctx: ctx.runtime().embed_images([png_bytes(), png_header_claiming(40000, 40000)]),
+    ),
+    Case(
+        "a path with a NUL byte",
+        "`ClipOnnx.embed_images`",
+        ClipExportError,
+        "images\\[0\\]: cannot read the image .*: embedded null byte",
+        lambda ctx: ctx.runtime().embed_images(["photo\x00.jpg"]),
+    ),
+    Case(
+        "something that is no image: `embed_images([42])`",
+        "`ClipOnnx.embed_images`",
+        ClipExportError,
+        "images\\[0\\]: type int is not an image; pass a file path, encoded image bytes",
+        lambda ctx: ctx.runtime().embed_images([42]),
+    ),
+    Case(
+        "a photo over 24 MP (6001x4000)",
+        "`ClipOnnx.embed_images`",
+        None,
+        'accepted: the default path runs PIL\'s own resize, as "exact" does',
+        huge_photo_takes_the_exact_path,
+    ),
 ]
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.bad_input[:60] for c in CASES])
-def test_bad_input_gets_what_the_table_says(case: Case, tiny_vit_copy: Path, tiny_vit_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bad_input_gets_what_the_table_says(
+    case: Case, tiny_vit_copy: Path, tiny_vit_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     ctx = Ctx(tiny_vit_copy, tmp_path, tiny_vit_dir, monkeypatch)
     if case.error is None:
         case.run(ctx)

@@ -1,4 +1,5 @@
 """The vectorised resize must give PIL's pixels bit for bit, or hand the image to PIL."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -27,7 +28,19 @@ def _random_image(rng: np.random.Generator, mode: str, size: tuple[int, int]) ->
 # (width, height): downscales wide and tall, an upscale, one side already at the target (PIL
 # skips that pass), odd sizes, a steep reduction, and tall images whose height shrinks by more
 # than twice the width's pixels (Pillow 13 then runs the vertical pass first).
-GEOMETRIES = [(2162, 762), (427, 640), (150, 300), (224, 500), (700, 224), (333, 229), (4000, 260), (225, 225), (96, 96), (300, 1000), (260, 700)]
+GEOMETRIES = [
+    (2162, 762),
+    (427, 640),
+    (150, 300),
+    (224, 500),
+    (700, 224),
+    (333, 229),
+    (4000, 260),
+    (225, 225),
+    (96, 96),
+    (300, 1000),
+    (260, 700),
+]
 
 
 @pytest.mark.parametrize("mode", ["RGB", "RGBA", "L"])
@@ -68,7 +81,11 @@ def test_threads_and_the_copying_reader_give_the_same_pixels(monkeypatch: pytest
 
     config = PreprocessConfig((224, 224), *OPENAI)
     rng = np.random.default_rng(4)
-    images = [_random_image(rng, mode, size) for mode in ("RGB", "RGBA", "L") for size in ((2162, 762), (427, 640), (300, 1000))]
+    images = [
+        _random_image(rng, mode, size)
+        for mode in ("RGB", "RGBA", "L")
+        for size in ((2162, 762), (427, 640), (300, 1000))
+    ]
     expected = [preprocess_reference(image, config) for image in images]
     with ThreadPoolExecutor(max_workers=3) as pool:
         for _ in range(3):
@@ -119,7 +136,9 @@ def test_premultiplying_matches_the_installed_pillow_for_every_value_and_alpha()
     grid[:] = values[None, :] | (values[None, :] << 8) | (values[None, :] << 16) | (values[:, None] << 24)
     resample._premultiply_words(grid)
     assert np.array_equal((grid & 255).astype(np.uint8), tables[0])
-    assert np.array_equal((grid >> 24).astype(np.uint8), np.repeat(np.arange(256, dtype=np.uint8)[:, None], 256, axis=1))
+    assert np.array_equal(
+        (grid >> 24).astype(np.uint8), np.repeat(np.arange(256, dtype=np.uint8)[:, None], 256, axis=1)
+    )
 
 
 def test_filter_weights_sum_to_one_in_fixed_point() -> None:

@@ -21,7 +21,11 @@ def test_an_onnx_artifact_runs_one_batch_on_the_cpu(tiny_vit_dir: Path) -> None:
         ids, expected = data[TOWERS["text"].input_name][:3], data[TOWERS["text"].output_name][:3]
     got = runner.run(ids)
     assert runner.provider_ran == CPU_PROVIDER and runner.session is not None and got.shape == expected.shape
-    assert np.allclose(got / np.linalg.norm(got, axis=1, keepdims=True), expected / np.linalg.norm(expected, axis=1, keepdims=True), atol=1e-4)
+    assert np.allclose(
+        got / np.linalg.norm(got, axis=1, keepdims=True),
+        expected / np.linalg.norm(expected, axis=1, keepdims=True),
+        atol=1e-4,
+    )
 
 
 def test_a_missing_provider_is_refused_not_replaced(tiny_vit_dir: Path) -> None:
@@ -34,8 +38,14 @@ def test_a_missing_provider_is_refused_not_replaced(tiny_vit_dir: Path) -> None:
 
 def test_an_engine_without_tensorrt_is_not_runnable_here(tiny_vit_dir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setitem(sys.modules, "tensorrt", None)
-    entry = {**find_artifact(read_manifest(tiny_vit_dir), tower="visual", precision="fp32"), "format": "tensorrt", "path": "visual.onnx"}
-    with pytest.raises(NotRunnableHereError, match=r"the tensorrt package is not installed \(pip install 'clip-export\[tensorrt\]'"):
+    entry = {
+        **find_artifact(read_manifest(tiny_vit_dir), tower="visual", precision="fp32"),
+        "format": "tensorrt",
+        "path": "visual.onnx",
+    }
+    with pytest.raises(
+        NotRunnableHereError, match=r"the tensorrt package is not installed \(pip install 'clip-export\[tensorrt\]'"
+    ):
         open_runner(tiny_vit_dir, entry)
     assert TENSORRT_RUNTIME == "tensorrt-runtime"
 

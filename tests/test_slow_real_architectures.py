@@ -1,4 +1,5 @@
 """Real architectures with random weights, end to end. Minutes on 2 cores: `pytest -m slow`."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -7,8 +8,8 @@ import pytest
 
 from clip_export import export_onnx, resolve
 from clip_export.convert import convert_fp16, quantize_int8
-from clip_export.verify import verify
 from clip_export.spec import EXPORT_PARITY_TOLERANCE
+from clip_export.verify import verify
 
 pytestmark = pytest.mark.slow
 

@@ -3,6 +3,7 @@
 The stand-in is not TensorRT: these tests check what clip-export asks of the API, never that an
 engine works. Real engines are covered by the `tensorrt`-marked test, which needs a GPU.
 """
+
 from __future__ import annotations
 
 import sys
@@ -32,7 +33,9 @@ def standin(monkeypatch: pytest.MonkeyPatch) -> StandInTensorRT:
     return fake
 
 
-def test_tensorrt_10_builds_strongly_typed_with_profile_and_cache(tiny_vit_copy: Path, standin: StandInTensorRT) -> None:
+def test_tensorrt_10_builds_strongly_typed_with_profile_and_cache(
+    tiny_vit_copy: Path, standin: StandInTensorRT
+) -> None:
     convert_fp16(tiny_vit_copy)
     result = trt_stage.build_engines(tiny_vit_copy, fp16=True, verify_engines=False)
     assert {e.path for e in result.engines} == {"visual.trt-fp16.plan", "text.trt-fp16.plan"}
@@ -50,7 +53,14 @@ def test_tensorrt_10_builds_strongly_typed_with_profile_and_cache(tiny_vit_copy:
     assert "FP16" not in standin.recorded("set_flag")  # precision comes from the typed graph
     entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.trt-fp16.plan")
     assert entry is not None and entry["format"] == "tensorrt" and entry["derived_from"]["path"] == "visual.fp16.onnx"
-    assert entry["tensorrt"] == {"version": "10.13.0", "gpu": "Stand-in GPU (not real)", "compute_capability": "9.0", "profile": [1, 1, 64], "workspace_gb": 4.0, "strongly_typed": True}
+    assert entry["tensorrt"] == {
+        "version": "10.13.0",
+        "gpu": "Stand-in GPU (not real)",
+        "compute_capability": "9.0",
+        "profile": [1, 1, 64],
+        "workspace_gb": 4.0,
+        "strongly_typed": True,
+    }
 
 
 def test_tensorrt_11_passes_no_removed_flags(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -103,11 +113,19 @@ def test_epcontext_wraps_the_engine(tiny_vit_copy: Path, standin: StandInTensorR
     (node,) = model.graph.node
     attrs = {a.name: onnx.helper.get_attribute_value(a) for a in node.attribute}
     assert (node.op_type, node.domain) == ("EPContext", "com.microsoft")
-    assert attrs["ep_cache_context"] == b"visual.trt-fp32.plan" and attrs["embed_mode"] == 0 and attrs["hardware_architecture"] == b"90"
-    assert [i.name for i in model.graph.input] == ["pixel_values"] and [o.name for o in model.graph.output] == ["image_embeds"]
+    assert (
+        attrs["ep_cache_context"] == b"visual.trt-fp32.plan"
+        and attrs["embed_mode"] == 0
+        and attrs["hardware_architecture"] == b"90"
+    )
+    assert [i.name for i in model.graph.input] == ["pixel_values"] and [o.name for o in model.graph.output] == [
+        "image_embeds"
+    ]
 
 
-def test_engine_built_elsewhere_is_not_runnable_here(tiny_vit_copy: Path, standin: StandInTensorRT, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_engine_built_elsewhere_is_not_runnable_here(
+    tiny_vit_copy: Path, standin: StandInTensorRT, monkeypatch: pytest.MonkeyPatch
+) -> None:
     trt_stage.build_engines(tiny_vit_copy, towers=["visual"], verify_engines=False)
     monkeypatch.setattr(trt_runtime, "gpu_info", lambda: ("Another GPU", "8.6"))
     result = verify(tiny_vit_copy, write=False)

@@ -1,4 +1,5 @@
 """The torch-free tokenizer: open_clip's ids from a bundled tokenizer.json, every family."""
+
 from __future__ import annotations
 
 import subprocess
@@ -37,11 +38,15 @@ def test_clip_bpe_gives_open_clips_ids(reference_tokenizer, clip_tokenizer: Text
     puts the end-of-text id back in the last position."""
     texts = [*PROBE_TEXTS, *load_evalset().captions]
     got = clip_tokenizer(texts, context_length)
-    assert got.dtype == np.int64 and np.array_equal(got, reference_tokenizer(texts, context_length=context_length).numpy())
+    assert got.dtype == np.int64 and np.array_equal(
+        got, reference_tokenizer(texts, context_length=context_length).numpy()
+    )
     assert got[texts.index("word " * 100)][-1] == 49407
 
 
-def test_without_python_cleaning_tokenizers_alone_differs_on_entities_and_mojibake(reference_tokenizer, clip_tokenizer: TextTokenizer) -> None:  # type: ignore[no-untyped-def]
+def test_without_python_cleaning_tokenizers_alone_differs_on_entities_and_mojibake(
+    reference_tokenizer, clip_tokenizer: TextTokenizer
+) -> None:  # type: ignore[no-untyped-def]
     """Why the cleaning stays in Python: a tokenizer.json has no ftfy and no HTML entity table. The
     file alone (its normalizer lower-cases and folds whitespace), as another ecosystem reads it,
     differs on exactly these probes (docs/models.md)."""
@@ -91,7 +96,9 @@ def test_release_ships_it_and_the_runtime_tokenizes_without_torch(tiny_vit_copy:
 
 def test_runtime_refuses_a_tampered_tokenizer(tiny_vit_copy: Path) -> None:
     flip_byte(tiny_vit_copy / TOKENIZER_NAME)
-    with pytest.raises(IntegrityError, match="refusing to load the tokenizer: tokenizer.json does not match its sha256"):
+    with pytest.raises(
+        IntegrityError, match="refusing to load the tokenizer: tokenizer.json does not match its sha256"
+    ):
         ClipOnnx.from_release(tiny_vit_copy)
 
 

@@ -11,8 +11,8 @@ from click.testing import CliRunner
 
 from clip_export import export_onnx, resolve
 from clip_export.cli import main
-from clip_export.errors import ClipExportError
 from clip_export.environment import Environment, current_environment
+from clip_export.errors import ClipExportError
 from clip_export.manifest import read_manifest, write_manifest
 from clip_export.verify import thresholds_with_overrides, verify
 
@@ -22,11 +22,29 @@ from .helpers import flip_byte, rewrite_initializer, swap_tokenizer_ids
 def test_good_artifacts_pass_and_are_recorded(tiny_vit_copy: Path) -> None:
     result = verify(tiny_vit_copy)
     assert result.passed, result.failures
-    assert {(c.path, c.provider_ran) for c in result.checks} == {("visual.onnx", "CPUExecutionProvider"), ("text.onnx", "CPUExecutionProvider"), ("tokenizer.json", "CPUExecutionProvider")}
+    assert {(c.path, c.provider_ran) for c in result.checks} == {
+        ("visual.onnx", "CPUExecutionProvider"),
+        ("text.onnx", "CPUExecutionProvider"),
+        ("tokenizer.json", "CPUExecutionProvider"),
+    }
     visual = next(c for c in result.checks if c.tower == "visual")
     names = {m.name for m in visual.metrics}
-    assert {"mean_abs_raw", "mean_abs_normalized", "max_abs_normalized", "min_cosine", "nan_count", "inf_count", "batch7_vs_single_max_abs"} <= names
-    assert {"image2image_top1", "text2image_top1", "image2text_top1", "text2image_top5_overlap", "image2text_ranking_changed"} <= names
+    assert {
+        "mean_abs_raw",
+        "mean_abs_normalized",
+        "max_abs_normalized",
+        "min_cosine",
+        "nan_count",
+        "inf_count",
+        "batch7_vs_single_max_abs",
+    } <= names
+    assert {
+        "image2image_top1",
+        "text2image_top1",
+        "image2text_top1",
+        "text2image_top5_overlap",
+        "image2text_ranking_changed",
+    } <= names
     assert visual.metric("mean_abs_normalized") < 1e-5
     manifest = read_manifest(tiny_vit_copy)
     assert manifest["verification"]["passed"] is True
@@ -63,7 +81,9 @@ def test_missing_file_is_named(tiny_vit_copy: Path) -> None:
 
 
 def test_truncated_external_data(tmp_path: Path) -> None:
-    model_dir = export_onnx(resolve("tiny-vit", random_init=True), out=tmp_path, towers=["visual"], external_data=True).model_dir
+    model_dir = export_onnx(
+        resolve("tiny-vit", random_init=True), out=tmp_path, towers=["visual"], external_data=True
+    ).model_dir
     data = model_dir / "visual.onnx.data"
     data.write_bytes(data.read_bytes()[: data.stat().st_size // 2])
     result = verify(model_dir)
@@ -160,7 +180,9 @@ def test_a_partial_verify_keeps_the_other_records(tiny_vit_copy: Path) -> None:
         assert by_key[("text.onnx", "CUDAExecutionProvider")] in ("pass", "fail")
     verify(tiny_vit_copy, thresholds={"mean_abs_normalized": 1e-12}, only=lambda e: e["tower"] == "visual")
     rows = read_manifest(tiny_vit_copy)["verification"]["results"]
-    assert {(r["path"], r["provider_requested"]): r["status"] for r in rows}[("visual.onnx", "CPUExecutionProvider")] == "fail"
+    assert {(r["path"], r["provider_requested"]): r["status"] for r in rows}[
+        ("visual.onnx", "CPUExecutionProvider")
+    ] == "fail"
 
 
 def test_a_second_environment_adds_its_verdicts(tiny_vit_copy: Path) -> None:
@@ -168,19 +190,27 @@ def test_a_second_environment_adds_its_verdicts(tiny_vit_copy: Path) -> None:
     assert verify(tiny_vit_copy).passed
     manifest = read_manifest(tiny_vit_copy)
     for row in manifest["verification"]["results"]:
-        row["environment"] = dataclasses.replace(Environment.from_json(row["environment"]), cpu_target="znver3", isa_flags=("avx2", "fma")).to_json()
+        row["environment"] = dataclasses.replace(
+            Environment.from_json(row["environment"]), cpu_target="znver3", isa_flags=("avx2", "fma")
+        ).to_json()
     write_manifest(tiny_vit_copy, manifest)
     result = verify(tiny_vit_copy)
     rows = read_manifest(tiny_vit_copy)["verification"]["results"]
     here = current_environment("CPUExecutionProvider")
-    assert sorted(r["environment"]["tier"] for r in rows if r["path"] == "visual.onnx") == sorted(["AVX2 without VNNI", here.tier])
-    assert len({r["environment"]["key"] for r in rows}) == 2 and len(result.history) == 6  # visual, text and tokenizer rows per environment
+    assert sorted(r["environment"]["tier"] for r in rows if r["path"] == "visual.onnx") == sorted(
+        ["AVX2 without VNNI", here.tier]
+    )
+    assert (
+        len({r["environment"]["key"] for r in rows}) == 2 and len(result.history) == 6
+    )  # visual, text and tokenizer rows per environment
     report = (tiny_vit_copy / "VERIFY.md").read_text()
     assert f"for these bytes on: {here.describe()}" in report
     assert report.count("| visual.onnx | `") == 2 and "(znver3, AVX2 without VNNI)" in report
 
 
-def test_a_report_that_cannot_be_written_still_shows_the_verdicts(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_a_report_that_cannot_be_written_still_shows_the_verdicts(
+    tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import errno
 
     from clip_export import verify as verify_module
@@ -193,6 +223,9 @@ def test_a_report_that_cannot_be_written_still_shows_the_verdicts(tiny_vit_copy:
     result = CliRunner().invoke(main, ["verify", str(tiny_vit_copy), "-q"])
     assert result.exit_code == 1
     assert "visual.onnx" in result.stdout and "PASS" in result.stdout
-    assert result.stderr.startswith("Error: could not write VERIFY.md and the manifest's verification section") and "the disk is full" in result.stderr
+    assert (
+        result.stderr.startswith("Error: could not write VERIFY.md and the manifest's verification section")
+        and "the disk is full" in result.stderr
+    )
     assert "the verdicts above were computed but not recorded" in result.stderr and result.stderr.count("\n") == 1
     assert read_manifest(tiny_vit_copy) == before

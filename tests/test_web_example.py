@@ -1,5 +1,6 @@
 """examples/web: the search page runs a release in headless Chromium with onnxruntime-web, and ranks
 the images as Python does on the same artifacts (marker js; skipped without node_modules or chromium)."""
+
 from __future__ import annotations
 
 import functools
@@ -59,12 +60,19 @@ def test_web_page_ranks_images_like_python(tmp_path: Path) -> None:
     released = release([model_dir], tag="v1", out=tmp_path / "dist", client_check="off").directory
     site = tmp_path / "site"
     site.mkdir()
-    for name, target in (("examples", ROOT / "examples"), ("node_modules", NODE_MODULES), ("release", released), ("images", BUNDLED_DIR / "images")):
+    for name, target in (
+        ("examples", ROOT / "examples"),
+        ("node_modules", NODE_MODULES),
+        ("release", released),
+        ("images", BUNDLED_DIR / "images"),
+    ):
         (site / name).symlink_to(target)
 
     hf = released / HF_DIR / ONNX_DIR
     vision = ort.InferenceSession(str(hf / "vision_model_preprocessing.onnx"))
-    images = np.concatenate([vision.run(None, {"image_uint8": rgb_uint8(BUNDLED_DIR / "images" / name)})[0] for name in IMAGES])
+    images = np.concatenate(
+        [vision.run(None, {"image_uint8": rgb_uint8(BUNDLED_DIR / "images" / name)})[0] for name in IMAGES]
+    )
     ids = ClipOnnx.from_release(released).tokenize([CAPTION])
     query = ort.InferenceSession(str(hf / "text_model.onnx")).run(None, {"input_ids": ids})[0][0]
     scores = (images / np.linalg.norm(images, axis=1, keepdims=True)) @ (query / np.linalg.norm(query))
@@ -74,9 +82,24 @@ def test_web_page_ranks_images_like_python(tmp_path: Path) -> None:
     thread = threading.Thread(target=server.serve_forever, daemon=True)
     thread.start()
     try:
-        url = f"http://127.0.0.1:{server.server_port}/examples/web/index.html?release=/release/{HF_DIR}&caption={quote(CAPTION)}&images=" + ",".join(f"/images/{n}" for n in IMAGES)
+        url = (
+            f"http://127.0.0.1:{server.server_port}/examples/web/index.html?release=/release/{HF_DIR}&caption={quote(CAPTION)}&images="
+            + ",".join(f"/images/{n}" for n in IMAGES)
+        )
         shot = tmp_path / "web-search.png"
-        done = subprocess.run(["node", str(ROOT / "tests" / "js" / "drive_web.mjs"), url, str(shot), shutil.which("chromium") or "chromium"], capture_output=True, text=True, timeout=240, cwd=ROOT)
+        done = subprocess.run(
+            [
+                "node",
+                str(ROOT / "tests" / "js" / "drive_web.mjs"),
+                url,
+                str(shot),
+                shutil.which("chromium") or "chromium",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=240,
+            cwd=ROOT,
+        )
     finally:
         server.shutdown()
         thread.join(timeout=10)

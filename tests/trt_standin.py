@@ -4,6 +4,7 @@ It is NOT TensorRT and builds nothing: it records what clip-export asks of the T
 Python API (network flags, profiles, workspace, timing cache, builder flags) and lets tests force
 the failure paths. Passing tests here are never evidence that a real engine works.
 """
+
 from __future__ import annotations
 
 import enum
@@ -24,10 +25,14 @@ class StandInTensorRT(types.ModuleType):
         self.TensorIOMode = enum.Enum("TensorIOMode", "INPUT OUTPUT")
         if major >= 11:
             self.BuilderFlag = enum.IntEnum("BuilderFlag", "TF32 REFIT")  # FP16/INT8 removed in 11
-            self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", "PREFER_JIT_PYTHON_PLUGINS")
+            self.NetworkDefinitionCreationFlag = enum.IntEnum(
+                "NetworkDefinitionCreationFlag", "PREFER_JIT_PYTHON_PLUGINS"
+            )
         else:
             self.BuilderFlag = enum.IntEnum("BuilderFlag", "FP16 INT8 TF32 OBEY_PRECISION_CONSTRAINTS")
-            self.NetworkDefinitionCreationFlag = enum.IntEnum("NetworkDefinitionCreationFlag", "EXPLICIT_BATCH STRONGLY_TYPED", start=0)
+            self.NetworkDefinitionCreationFlag = enum.IntEnum(
+                "NetworkDefinitionCreationFlag", "EXPLICIT_BATCH STRONGLY_TYPED", start=0
+            )
         recorder = self
 
         class Builder:

@@ -3,6 +3,7 @@
 Run once by a maintainer (`python tools/make_evalset.py`); the output is committed so that
 users need neither scikit-image nor a network. Licences are listed in docs/evalset.md.
 """
+
 from __future__ import annotations
 
 import os

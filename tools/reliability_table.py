@@ -5,6 +5,7 @@
 tests/test_reliability.py::test_reliability_doc_is_current fails until this has been run after a
 case was added or changed, so the doc cannot drift from what the tests check.
 """
+
 from __future__ import annotations
 
 import sys

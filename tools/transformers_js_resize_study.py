@@ -7,6 +7,7 @@ itself; and of transformers.js through vision_model_preprocessing.onnx.
 
     python tools/transformers_js_resize_study.py RELEASE_DIR   (needs Node and the npm packages)
 """
+
 from __future__ import annotations
 
 import json
@@ -26,7 +27,9 @@ from clip_export.runtime import ClipOnnx
 
 def catmull_rom(t: np.ndarray, a: float = -0.5) -> np.ndarray:
     t = np.abs(t)
-    return np.where(t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1, np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0))
+    return np.where(
+        t <= 1, (a + 2) * t**3 - (a + 3) * t**2 + 1, np.where(t < 2, a * t**3 - 5 * a * t**2 + 8 * a * t - 4 * a, 0.0)
+    )
 
 
 def affine_weights(n_in: int, n_out: int) -> np.ndarray:
@@ -49,10 +52,12 @@ def sharp_pixels(path: Path, runtime: ClipOnnx) -> np.ndarray:
     height, width = rgb.shape[:2]
     scale = size / min(width, height)
     new_w, new_h = (int(np.floor(float(f"{n * scale:.2f}"))) for n in (width, height))  # transformers.js's rounding
-    resized = np.einsum("xj,yjc->yxc", affine_weights(width, new_w), np.einsum("yi,ijc->yjc", affine_weights(height, new_h), rgb))
+    resized = np.einsum(
+        "xj,yjc->yxc", affine_weights(width, new_w), np.einsum("yi,ijc->yjc", affine_weights(height, new_h), rgb)
+    )
     resized = np.clip(np.round(resized), 0, 255)
     left, top = (new_w - size) // 2, (new_h - size) // 2  # center_crop floors the offset
-    crop = resized[top:top + size, left:left + size] / 255
+    crop = resized[top : top + size, left : left + size] / 255
     return ((crop - np.asarray(config.mean)) / np.asarray(config.std)).transpose(2, 0, 1)[None].astype(np.float32)
 
 
@@ -70,20 +75,28 @@ def main(release: Path) -> None:
             shutil.copytree(release / "hf", hf)
             config = json.loads((hf / "preprocessor_config.json").read_text())
             (hf / "preprocessor_config.json").write_text(json.dumps({**config, "resample": resample}))
-            got = run_transformers_js(setup, hf, {"images": images, "preprocessing_dtypes": ["fp32"] if resample == 3 else []})
+            got = run_transformers_js(
+                setup, hf, {"images": images, "preprocessing_dtypes": ["fp32"] if resample == 3 else []}
+            )
             columns[f"resample {resample}"] = got["image_embeds"]
             if resample == 3:
                 columns["graph"] = got["preprocessing_variants"]["fp32"]
     emulated = np.concatenate([runtime.embed_pixels(sharp_pixels(p, runtime)) for p in images])
-    print("| image | size | AutoProcessor, resample 3 (shipped) | resample 1 (lanczos) | emulated sharp affine vs transformers.js | vision_model_preprocessing |")
+    print(
+        "| image | size | AutoProcessor, resample 3 (shipped) | resample 1 (lanczos) | emulated sharp affine vs transformers.js | vision_model_preprocessing |"
+    )
     print("|---|---|---|---|---|---|")
     cos = {key: np.sum(value * ours, axis=1) for key, value in columns.items()}
     emu = np.sum(emulated * columns["resample 3"], axis=1)
     for i, path in enumerate(images):
         w, h = Image.open(path).size
-        print(f"| {Path(path).name} | {w}×{h} | {cos['resample 3'][i]:.5f} | {cos['resample 1'][i]:.5f} | {emu[i]:.7f} | {cos['graph'][i]:.6f} |")
+        print(
+            f"| {Path(path).name} | {w}×{h} | {cos['resample 3'][i]:.5f} | {cos['resample 1'][i]:.5f} | {emu[i]:.7f} | {cos['graph'][i]:.6f} |"
+        )
     row = lambda c, d: f"min {c.min():.{d}f}, {int(np.sum(c >= 0.999))} of {len(c)} ≥ 0.999"
-    print(f"| all | | {row(cos['resample 3'], 5)} | {row(cos['resample 1'], 5)} | min {emu.min():.7f} | {row(cos['graph'], 6)} |")
+    print(
+        f"| all | | {row(cos['resample 3'], 5)} | {row(cos['resample 1'], 5)} | min {emu.min():.7f} | {row(cos['graph'], 6)} |"
+    )
 
 
 if __name__ == "__main__":
