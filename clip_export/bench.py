@@ -9,9 +9,7 @@ copy cost measured separately.
 from __future__ import annotations
 
 import dataclasses
-import gc
 import os
-import tempfile
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -21,12 +19,13 @@ from typing import Any
 import numpy as np
 
 from .baselines import TORCH_MODES, bench_torch, native_bf16
+from .bench_one import bench_fused, bench_onnx, inputs_for, with_ratios
 from .bench_report import render_chart, render_markdown
-from .bench_rows import BenchResult, BenchRow, machine_info, peak_rss_mb, rss_mb
+from .bench_rows import BenchResult, BenchRow, machine_info, peak_rss_mb
 from .ceilings import count_tower, gemm_ceiling, streamed_gemm_ceiling
 from .checks import load_reference
 from .environment import versions
-from .errors import ClipExportError, ProviderUnavailableError
+from .errors import ClipExportError
 from .manifest import (
     atomic_write_text,
     integrity_problems,
@@ -40,112 +39,9 @@ from .manifest import (
 from .preprocessing_study import PreprocessRow, StageTimes, preprocessing_variants, vectorise_breakdown
 from .progress import Progress, silent
 from .runner import NotRunnableHereError, open_runner
-from .sessions import SessionOptions, create_session, provider_name
-from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, PREPROCESSING_FORMAT, TENSORRT_RUNTIME, TOWERS
-from .timing import LatencyStats, runs_for, time_calls
-
-# ---- one row ------------------------------------------------------------------------------
-
-
-def _inputs_for(tower: str, ref: dict[str, np.ndarray], batch: int) -> np.ndarray:
-    source = ref[TOWERS[tower].input_name]
-    reps = -(-batch // len(source))
-    return np.ascontiguousarray(np.concatenate([source] * reps)[:batch])
-
-
-def bench_onnx(
-    path: Path,
-    tower: str,
-    precision: str,
-    provider: str,
-    batch: int,
-    inputs: np.ndarray,
-    *,
-    threads: int,
-    budget_s: float,
-    name: str,
-    kind: str = "artifact",
-) -> BenchRow:
-    """Latency of one ONNX artifact on one provider; an unavailable provider yields a row without numbers."""
-    base = dict(
-        name=name,
-        kind=kind,
-        tower=tower,
-        precision=precision,
-        provider_requested=provider_name(provider),
-        batch=batch,
-        threads=threads,
-    )
-    options = SessionOptions(
-        provider=provider,
-        intra_op_threads=threads,
-        precision=precision,
-        provider_options=_provider_options(provider, precision, path),
-    )
-    started = time.perf_counter()
-    try:
-        session = create_session(path, options)
-    except ProviderUnavailableError as exc:
-        return BenchRow(**base, provider_ran=None, status=f"unavailable: {exc}")
-    create_ms = (time.perf_counter() - started) * 1000.0
-    ran = session.get_providers()[0]
-    input_name = TOWERS[tower].input_name
-    started = time.perf_counter()
-    session.run(None, {input_name: inputs})
-    first_ms = (time.perf_counter() - started) * 1000.0
-    copy_ms = None
-    if ran == CPU_PROVIDER:
-        stats = time_calls(lambda: session.run(None, {input_name: inputs}), budget_s=budget_s, **runs_for(batch))
-    else:
-        stats, end_to_end = _bench_device_resident(session, input_name, inputs, budget_s)
-        copy_ms = end_to_end.p50_ms - stats.p50_ms
-    rss = rss_mb()
-    session = None  # release the weights before the next session is created
-    gc.collect()
-    return BenchRow(
-        **base,
-        provider_ran=ran,
-        status="ok",
-        latency=stats,
-        throughput_per_s=batch / (stats.p50_ms / 1000.0),
-        session_create_ms=create_ms,
-        first_inference_ms=first_ms,
-        copy_overhead_ms=copy_ms,
-        rss_mb=rss,
-    )
-
-
-def _provider_options(provider: str, precision: str, path: Path) -> tuple[tuple[str, str], ...]:
-    if provider_name(provider) == "TensorrtExecutionProvider":
-        cache = Path(tempfile.gettempdir()) / "clip-export-trt-ep-cache"
-        return (
-            ("trt_engine_cache_enable", "True"),
-            ("trt_engine_cache_path", str(cache)),
-            ("trt_timing_cache_enable", "True"),
-            ("trt_fp16_enable", "True" if precision == "fp16" else "False"),
-        )
-    return ()
-
-
-def _bench_device_resident(
-    session: Any, input_name: str, inputs: np.ndarray, budget_s: float
-) -> tuple[LatencyStats, LatencyStats]:
-    """GPU timing with IO binding (no copies), and end to end with numpy in/out for the copy cost."""
-    from .sessions import ort
-
-    rt = ort()
-    binding = session.io_binding()
-    binding.bind_ortvalue_input(input_name, rt.OrtValue.ortvalue_from_numpy(inputs, "cuda", 0))
-    binding.bind_output(session.get_outputs()[0].name, "cuda")
-
-    def resident() -> None:
-        session.run_with_iobinding(binding)
-        binding.synchronize_outputs()
-
-    device = time_calls(resident, budget_s=budget_s)
-    end_to_end = time_calls(lambda: session.run(None, {input_name: inputs}), budget_s=budget_s / 2)
-    return device, end_to_end
-
+from .sessions import provider_name
+from .spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, PREPROCESSING_FORMAT, TENSORRT_RUNTIME
+from .timing import runs_for, time_calls
 
 # ---- the stage ----------------------------------------------------------------------------
 
@@ -258,7 +154,7 @@ def bench(
     }
     # The higher of the two is the machine's limit under the rows' conditions; a share above 100% is flagged.
     ceilings = {k: max(ceilings_before[k], ceilings_after[k]) for k in ceilings_before}
-    rows = [_with_ratios(r, _torch_p50(rows, r), flops.get(r.tower), ceilings, streamed.get(r.tower)) for r in rows]
+    rows = [with_ratios(r, _torch_p50(rows, r), flops.get(r.tower), ceilings, streamed.get(r.tower)) for r in rows]
     if any((r.ceiling_share or 0) > 1 or (r.streamed_ceiling_share or 0) > 1 for r in rows):
         notes.append(
             "rows marked '>100%' beat a ceiling measured in the same run: the machine was faster during that row than during the ceiling's, so those shares are noise, not fact"
@@ -347,7 +243,7 @@ def _plan(
             manifest, tower=tower, **({"precision": tuple(precisions)} if precisions is not None else {})
         )
         for batch in batch_sizes:
-            inputs = _inputs_for(tower, ref, batch)
+            inputs = inputs_for(tower, ref, batch)
             if loaded is not None and baselines:
                 modes = (
                     ["eager-fp32", "bf16-autocast"]
@@ -436,7 +332,7 @@ def _plan(
                             f"{entry['path']} with onnxruntime's transformer optimizer, batch {batch}",
                             tower,
                             batch,
-                            lambda b, entry=entry, inputs=inputs, batch=batch, tower=tower: _bench_fused(
+                            lambda b, entry=entry, inputs=inputs, batch=batch, tower=tower: bench_fused(
                                 model_dir / entry["path"], tower, batch, inputs, threads, b
                             ),
                             base,
@@ -517,46 +413,3 @@ def _bench_plan(
         latency=stats,
         throughput_per_s=batch / (stats.p50_ms / 1000.0),
     )
-
-
-def _bench_fused(path: Path, tower: str, batch: int, inputs: np.ndarray, threads: int, budget_s: float) -> BenchRow:
-    from .graph_surgery import fuse_transformer_ops
-
-    optimized, _ = fuse_transformer_ops(path)
-    with tempfile.TemporaryDirectory() as tmp:
-        fused = Path(tmp) / "fused.onnx"
-        optimized.save_model_to_file(str(fused))
-        return bench_onnx(
-            fused,
-            tower,
-            "fp32",
-            "cpu",
-            batch,
-            inputs,
-            threads=threads,
-            budget_s=budget_s,
-            name=f"{path.name} +ort-optimizer",
-            kind="baseline",
-        )
-
-
-def _with_ratios(
-    row: BenchRow,
-    torch_p50: float | None,
-    flops: float | None,
-    ceilings: dict[str, float],
-    streamed: float | None = None,
-) -> BenchRow:
-    if row.latency is None:
-        return row
-    updates: dict[str, Any] = {}
-    if torch_p50:
-        updates["speedup_vs_torch"] = torch_p50 / row.latency.p50_ms
-    if flops and row.provider_ran in (CPU_PROVIDER, "torch-cpu"):
-        achieved = flops * row.batch / (row.latency.p50_ms / 1000.0) / 1e9
-        updates["gflops_per_s"] = achieved
-        ceiling = ceilings["int8"] if row.precision == "int8" else ceilings["fp32"]
-        updates["ceiling_share"] = achieved / ceiling
-        if streamed and row.batch == 1 and row.precision == "fp32":
-            updates["streamed_ceiling_share"] = achieved / streamed
-    return BenchRow(**{**row.__dict__, **updates})

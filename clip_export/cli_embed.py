@@ -7,11 +7,11 @@ from pathlib import Path
 
 import click
 
+from .cli_parse import CONTEXT
 from .cli_render import cell, emit_json, progress_printer, table
 from .errors import ClipExportError
 from .spec import EMBED_BATCH_SIZE, EMBED_CHUNK_ROWS, EMBED_ERRORS_NAME, PRECISIONS
 
-CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 LOCAL_RAY = "local"
 
 

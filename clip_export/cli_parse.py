@@ -3,11 +3,73 @@ usage error (exit 2) naming the option."""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
 
 import click
 
 from .spec import TOWERS
+
+CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print the result as JSON on stdout.")
+quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
+
+
+def dirs_argument(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.argument("dirs", nargs=-1, type=click.Path(path_type=Path))(func)
+
+
+def resolve_dirs(dirs: Sequence[Path]) -> list[Path]:
+    from .manifest import model_dirs
+
+    found: list[Path] = []
+    for d in dirs or [Path("artifacts")]:
+        found.extend(model_dirs(d))
+    return found
+
+
+def model_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
+    """MODEL and where its weights come from: the same for `onnx` and `pipeline`."""
+    for option in reversed(
+        [
+            click.argument("model"),
+            click.option(
+                "--pretrained",
+                metavar="TAG",
+                help="open_clip pretrained tag (default: the model's first tag, 'openai' for OpenAI names).",
+            ),
+            click.option(
+                "--weights",
+                metavar="PATH",
+                type=click.Path(path_type=Path),
+                help="Local checkpoint (.pt, .bin, .safetensors) or Hugging Face CLIP directory.",
+            ),
+            click.option(
+                "--random-init",
+                is_flag=True,
+                help="The real architecture with seeded random weights (offline demos, tests, benchmarks).",
+            ),
+            click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init."),
+            click.option(
+                "--tokenizer",
+                "tokenizer_dir",
+                metavar="DIR",
+                type=click.Path(path_type=Path),
+                help="Offline: a directory with the model's tokenizer.json (SigLIP, multilingual text towers).",
+            ),
+            click.option(
+                "--text-config",
+                "text_config_dir",
+                metavar="DIR",
+                type=click.Path(path_type=Path),
+                help="Offline: a local transformers config directory for a Hugging Face text tower (xlm-roberta, roberta, nllb, mt5).",
+            ),
+        ]
+    ):
+        func = option(func)
+    return func
 
 
 def split_csv(value: str) -> list[str]:

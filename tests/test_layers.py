@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 
 PACKAGE = Path(__file__).resolve().parent.parent / "clip_export"
-CLI = {"cli", "cli_parse", "cli_render", "cli_embed"}
+CLI = {"cli", "cli_parse", "cli_render", "cli_embed", "cli_convert", "cli_run"}
 PIPELINE = {"pipeline"}
 # One module per stage. The serving runtime (runtime.py) is not a stage but the library's serving
 # API, built only from shared pieces: release's client check compares transformers.js with it.

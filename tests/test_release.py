@@ -326,7 +326,7 @@ def test_upload_through_gh(
 
 
 def test_model_card_variant_table_has_size_speed_and_fidelity() -> None:
-    from clip_export.release import variant_table
+    from clip_export.model_card import variant_table
 
     manifest = {
         "artifacts": [

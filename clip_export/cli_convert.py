@@ -1,0 +1,279 @@
+"""`clip-export fp16|int8|q4|preprocessing-graph|trt`: parse, call one conversion, render (cli.py registers them)."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import click
+
+from .cli_parse import (
+    CONTEXT,
+    check_towers,
+    dirs_argument,
+    json_option,
+    parse_profile,
+    quiet_option,
+    resolve_dirs,
+    split_csv,
+)
+from .cli_render import (
+    emit_json,
+    human_bytes,
+    progress_printer,
+    render_conversion,
+    table,
+)
+from .spec import INT8_SCHEME, Q4_EMBEDDING_BITS, Q4_SCHEME, Int8Scheme
+
+
+def _towers_option(func: Callable[..., Any]) -> Callable[..., Any]:
+    return click.option(
+        "--towers", default="visual,text", show_default=True, help="Comma-separated towers to convert."
+    )(func)
+
+
+@click.command(context_settings=CONTEXT)
+@dirs_argument
+@_towers_option
+@click.option(
+    "--fuse", is_flag=True, help="Run onnxruntime's transformer optimizer first and report which fusions happened."
+)
+@click.option("--force", is_flag=True, help="Rebuild an fp16 artifact that already exists.")
+@json_option
+@quiet_option
+def fp16(dirs: Sequence[Path], towers: str, fuse: bool, force: bool, as_json: bool, quiet: bool) -> None:
+    """Convert the fp32 ONNX towers to fp16 (fp32 inputs and outputs), verified before they are kept.
+
+    \b
+    Example:
+      clip-export fp16 artifacts/ViT-L-14
+    """
+    from .convert import convert_fp16
+
+    chosen = check_towers(towers)
+    render_conversion(
+        [
+            convert_fp16(d, towers=chosen, fuse=fuse, force=force, progress=progress_printer(quiet or as_json))
+            for d in resolve_dirs(dirs)
+        ],
+        as_json,
+    )
+
+
+@click.command(context_settings=CONTEXT)
+@dirs_argument
+@_towers_option
+@click.option(
+    "--per-channel/--per-tensor",
+    default=True,
+    show_default=True,
+    help="Weight scales per output channel (measured more faithful) or per tensor.",
+)
+@click.option(
+    "--weight-type",
+    type=click.Choice(["QUInt8", "QInt8"]),
+    default=INT8_SCHEME.weight_type,
+    show_default=True,
+    help="QUInt8 holds on every x86 tier; QInt8 is faster with VNNI but saturates on AVX2 without it (docs/convert.md).",
+)
+@click.option(
+    "--reduce-range", is_flag=True, help="7-bit weights: keeps QInt8 from saturating on AVX2, at some fidelity."
+)
+@click.option("--exclude", "exclude_nodes", multiple=True, metavar="NODE", help="Keep this node in float. Repeatable.")
+@click.option("--force", is_flag=True, help="Rebuild an INT8 artifact that already exists.")
+@json_option
+@quiet_option
+def int8(
+    dirs: Sequence[Path],
+    towers: str,
+    per_channel: bool,
+    weight_type: str,
+    reduce_range: bool,
+    exclude_nodes: Sequence[str],
+    force: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Quantize MatMul/Gemm weights to INT8 for CPU serving (dynamic activations), verified before kept.
+
+    \b
+    Example:
+      clip-export int8 artifacts/ViT-B-32 --towers visual
+    """
+    from .convert import quantize_int8
+
+    chosen = check_towers(towers)
+    scheme = Int8Scheme(weight_type, per_channel=per_channel, reduce_range=reduce_range)
+    render_conversion(
+        [
+            quantize_int8(
+                d,
+                towers=chosen,
+                scheme=scheme,
+                exclude_nodes=exclude_nodes,
+                force=force,
+                progress=progress_printer(quiet or as_json),
+            )
+            for d in resolve_dirs(dirs)
+        ],
+        as_json,
+    )
+
+
+@click.command(context_settings=CONTEXT)
+@dirs_argument
+@_towers_option
+@click.option(
+    "--block-size",
+    type=click.Choice(["16", "32", "64", "128"]),
+    default=str(Q4_SCHEME.block_size),
+    show_default=True,
+    help="Weights per 4-bit scale.",
+)
+@click.option(
+    "--embedding",
+    "embedding_bits",
+    type=click.Choice([str(b) if b else "float" for b in Q4_EMBEDDING_BITS]),
+    default=str(Q4_SCHEME.embedding_bits),
+    show_default=True,
+    help="The token embedding's blocks: 8-bit, 4-bit (opset 21) or float.",
+)
+@click.option("--force", is_flag=True, help="Rebuild a 4-bit artifact that already exists.")
+@json_option
+@quiet_option
+def q4(
+    dirs: Sequence[Path], towers: str, block_size: str, embedding_bits: str, force: bool, as_json: bool, quiet: bool
+) -> None:
+    """Quantize MatMul weights to 4 bits (onnxruntime MatMulNBits, transformers.js's "q4") and the
+    token embedding to 8- or 4-bit blocks (GatherBlockQuantized), verified before kept.
+
+    \b
+    Example:
+      clip-export q4 artifacts/ViT-B-32
+    """
+    import dataclasses
+
+    from .quantize4 import quantize_q4
+
+    chosen = check_towers(towers)
+    scheme = dataclasses.replace(
+        Q4_SCHEME, block_size=int(block_size), embedding_bits=None if embedding_bits == "float" else int(embedding_bits)
+    )
+    render_conversion(
+        [
+            quantize_q4(d, towers=chosen, scheme=scheme, force=force, progress=progress_printer(quiet or as_json))
+            for d in resolve_dirs(dirs)
+        ],
+        as_json,
+    )
+
+
+@click.command("preprocessing-graph", context_settings=CONTEXT)
+@dirs_argument
+@click.option(
+    "--precisions",
+    default=None,
+    help="Visual precisions to wrap (comma-separated; default: every visual ONNX artifact).",
+)
+@click.option("--force", is_flag=True, help="Rebuild a preprocessing graph that already exists.")
+@json_option
+@quiet_option
+def preprocessing_graph(dirs: Sequence[Path], precisions: str | None, force: bool, as_json: bool, quiet: bool) -> None:
+    """Visual artifacts that take a decoded uint8 RGB image of any size and do the resize, crop and
+    normalisation inside the graph, verified from the raw evaluation images before they are kept.
+
+    \b
+    Example:
+      clip-export preprocessing-graph artifacts/ViT-B-32 --precisions fp32,int8
+    """
+    from .preprocess_stage import add_preprocessing
+
+    chosen = split_csv(precisions) if precisions else None
+    render_conversion(
+        [
+            r
+            for d in resolve_dirs(dirs)
+            for r in add_preprocessing(d, precisions=chosen, force=force, progress=progress_printer(quiet or as_json))
+        ],
+        as_json,
+    )
+
+
+@click.command(context_settings=CONTEXT)
+@dirs_argument
+@_towers_option
+@click.option(
+    "--fp16", "use_fp16", is_flag=True, help="Build from the verified fp16 ONNX (strongly typed on TensorRT 10 and 11)."
+)
+@click.option(
+    "--batch",
+    "batch",
+    default="1:1:64",
+    show_default=True,
+    help="Optimization profile for the batch axis, MIN:OPT:MAX.",
+)
+@click.option(
+    "--workspace", "workspace_gb", type=float, default=4.0, show_default=True, help="Builder workspace in GiB."
+)
+@click.option("--epcontext", is_flag=True, help="Also write an onnxruntime EPContext model that wraps each engine.")
+@click.option("--force", is_flag=True, help="Rebuild an engine that already exists.")
+@json_option
+@quiet_option
+def trt(
+    dirs: Sequence[Path],
+    towers: str,
+    use_fp16: bool,
+    batch: str,
+    workspace_gb: float,
+    epcontext: bool,
+    force: bool,
+    as_json: bool,
+    quiet: bool,
+) -> None:
+    """Build one TensorRT engine (.plan) per tower; needs a CUDA GPU and 'clip-export[tensorrt]'.
+
+    \b
+    Example:
+      clip-export fp16 artifacts/ViT-L-14 && clip-export trt artifacts/ViT-L-14 --fp16
+    """
+    from .tensorrt import build_engines
+
+    chosen = check_towers(towers)
+    profile = parse_profile(batch)
+    results = [
+        build_engines(
+            d,
+            fp16=use_fp16,
+            batch=profile,
+            workspace_gb=workspace_gb,
+            towers=chosen,
+            epcontext=epcontext,
+            force=force,
+            progress=progress_printer(quiet or as_json),
+        )
+        for d in resolve_dirs(dirs)
+    ]
+    if as_json:
+        emit_json(results)
+        return
+    for r in results:
+        click.echo(f"{r.model_dir}: TensorRT {r.tensorrt_version} on {r.gpu} (sm {r.compute_capability})")
+        click.echo(
+            table(
+                ["tower", "engine", "from", "size", "verify", "EPContext", "time"],
+                [
+                    (
+                        e.tower,
+                        e.path,
+                        e.source,
+                        human_bytes(e.bytes),
+                        e.verdict.upper(),
+                        e.epcontext,
+                        f"{e.seconds:.1f}s",
+                    )
+                    for e in r.engines
+                ],
+            )
+        )
