@@ -39,13 +39,13 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_report import prepare  # noqa: E402  (this directory is on sys.path)
 
-from clip_export.embed import _run_local, artifact_record  # noqa: E402
-from clip_export.embed_inputs import list_items  # noqa: E402
-from clip_export.embed_store import Store, new_manifest  # noqa: E402
-from clip_export.evalset import BUNDLED_DIR, load_evalset  # noqa: E402
-from clip_export.manifest import read_manifest  # noqa: E402
-from clip_export.progress import silent  # noqa: E402
+from clip_export.core.evalset import BUNDLED_DIR, load_evalset  # noqa: E402
+from clip_export.core.manifest import read_manifest  # noqa: E402
+from clip_export.core.progress import silent  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
+from clip_export.stages.embed.embed import _run_local, artifact_record  # noqa: E402
+from clip_export.stages.embed.embed_inputs import list_items  # noqa: E402
+from clip_export.stages.embed.embed_store import Store, new_manifest  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 CBS = (1, 10, 50, 100)
@@ -123,7 +123,7 @@ def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int) 
 
 
 def ray_engine(model_dir: Path, precision: str, inputs: list[Path], cbs: int) -> None:
-    from clip_export.embed import embed
+    from clip_export.stages.embed.embed import embed
 
     with tempfile.TemporaryDirectory() as out:
         embed(model_dir, inputs, Path(out) / "index", precision=precision, batch_size=cbs, use_ray=True)
@@ -211,7 +211,7 @@ def main() -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-    from clip_export.environment import current_environment
+    from clip_export.core.environment import current_environment
 
     cpu = current_environment("CPUExecutionProvider").describe()
     meta = {

@@ -1,4 +1,4 @@
-"""What the batch-first attention export (clip_export.attention) buys, against torch's own trace.
+"""What the batch-first attention export (clip_export.core.attention) buys, against torch's own trace.
 
     python benchmarks/batch_first_attention.py [--models ViT-B/32,ViT-L/14] [--runs 30]
 
@@ -19,10 +19,10 @@ import numpy as np
 import onnx
 from cpu_report import prepare  # this directory is on sys.path when a script here runs
 
-from clip_export.bench_rows import machine_info
-from clip_export.manifest import now_iso
-from clip_export.sessions import SessionOptions, create_session
-from clip_export.timing import time_interleaved
+from clip_export.core.manifest import now_iso
+from clip_export.core.sessions import SessionOptions, create_session
+from clip_export.stages.bench.bench_rows import machine_info
+from clip_export.stages.bench.timing import time_interleaved
 
 WORK = Path(__file__).parent / ".work" / "attention"
 RESULTS = Path(__file__).parent / "results"

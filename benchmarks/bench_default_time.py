@@ -21,9 +21,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from cpu_report import prepare  # noqa: E402
 
-from clip_export.convert import convert_fp16  # noqa: E402
-from clip_export.environment import current_environment  # noqa: E402
-from clip_export.manifest import find_artifact, now_iso, read_manifest  # noqa: E402
+from clip_export.core.environment import current_environment  # noqa: E402
+from clip_export.core.manifest import find_artifact, now_iso, read_manifest  # noqa: E402
+from clip_export.stages.convert import convert_fp16  # noqa: E402
 
 
 def main() -> None:

@@ -16,9 +16,9 @@ import sys
 from pathlib import Path
 
 from clip_export import export_onnx, resolve
-from clip_export.bench import bench
-from clip_export.convert import quantize_int8
-from clip_export.manifest import find_artifact, read_manifest, to_jsonable
+from clip_export.core.manifest import find_artifact, read_manifest, to_jsonable
+from clip_export.stages.bench.bench import bench
+from clip_export.stages.convert import quantize_int8
 
 WORK = Path(__file__).parent / ".work"
 RESULTS = Path(__file__).parent / "results"

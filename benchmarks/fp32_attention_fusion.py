@@ -17,9 +17,9 @@ import numpy as np
 import onnx
 
 from clip_export import resolve
-from clip_export.graph_surgery import fuse_attention
-from clip_export.sessions import SessionOptions, create_session
-from clip_export.timing import time_interleaved
+from clip_export.core.graph_surgery import fuse_attention
+from clip_export.core.sessions import SessionOptions, create_session
+from clip_export.stages.bench.timing import time_interleaved
 
 WORK = Path(__file__).parent / ".work"
 

@@ -15,8 +15,8 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_export.models import resolve
-from clip_export.sessions import ort
+from clip_export.core.models import resolve
+from clip_export.core.sessions import ort
 
 WORK = Path(__file__).parent / ".work"
 

@@ -17,7 +17,7 @@ import onnxruntime as ort
 from onnxruntime.quantization import CalibrationDataReader, CalibrationMethod, QuantFormat, QuantType, quantize_static
 from onnxruntime.quantization.shape_inference import quant_pre_process
 
-from clip_export.metrics import l2_normalize
+from clip_export.core.metrics import l2_normalize
 
 MODEL_DIR = Path(__file__).parent / ".work" / "ViT-B-32"
 

@@ -3,8 +3,8 @@
     python benchmarks/int8_tiers.py [--model ViT-B/32] [--no-emulate] [--emulated-items 8]
 
 Quantizes the fp32 export (benchmarks/.work/<slug>, exported if missing) once per candidate scheme
-(clip_export.spec.INT8_CANDIDATE_SCHEMES), then for each scheme and tower:
-- runs the int8 gate (clip_export.checks.check_artifact, int8 thresholds) on this CPU, natively;
+(clip_export.core.spec.INT8_CANDIDATE_SCHEMES), then for each scheme and tower:
+- runs the int8 gate (clip_export.core.checks.check_artifact, int8 thresholds) on this CPU, natively;
 - runs the same bytes under `qemu-x86_64 -cpu Haswell` (Debian's qemu-user), where onnxruntime
   selects its AVX2 kernels without VNNI, on the first N reference items (emulation is slow), and
   reports mean |Δ| and min cosine against the stored fp32 reference;
@@ -32,7 +32,7 @@ def fidelity(path: Path, tower: str, reference: Path, items: int) -> dict[str, f
     """mean |Δ| (normalised) and min cosine of one artifact on the first `items` reference inputs."""
     import onnxruntime as ort
 
-    from clip_export.spec import TOWERS
+    from clip_export.core.spec import TOWERS
 
     spec = TOWERS[tower]
     with np.load(reference) as data:
@@ -90,14 +90,14 @@ def main() -> None:
 
     from cpu_report import exported
 
-    from clip_export.checks import check_artifact
-    from clip_export.convert import quantize_int8
-    from clip_export.environment import current_environment
-    from clip_export.manifest import find_artifact, now_iso, read_manifest
-    from clip_export.models import load_model, spec_from_manifest
-    from clip_export.sessions import SessionOptions, create_session
-    from clip_export.spec import INT8_CANDIDATE_SCHEMES, INT8_SCHEME, THRESHOLDS, TOWERS
-    from clip_export.timing import time_interleaved
+    from clip_export.core.checks import check_artifact
+    from clip_export.core.environment import current_environment
+    from clip_export.core.manifest import find_artifact, now_iso, read_manifest
+    from clip_export.core.models import load_model, spec_from_manifest
+    from clip_export.core.sessions import SessionOptions, create_session
+    from clip_export.core.spec import INT8_CANDIDATE_SCHEMES, INT8_SCHEME, THRESHOLDS, TOWERS
+    from clip_export.stages.bench.timing import time_interleaved
+    from clip_export.stages.convert import quantize_int8
 
     logging.getLogger().setLevel(logging.ERROR)
     source = exported(args.model)

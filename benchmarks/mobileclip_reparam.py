@@ -27,9 +27,9 @@ def main(model: str = "MobileCLIP2-S0", runs: int = 60) -> None:
     import open_clip
     import torch
 
-    from clip_export.export import export_tower, parity_check
-    from clip_export.models import load_model, resolve
-    from clip_export.sessions import SessionOptions, create_session
+    from clip_export.core.models import load_model, resolve
+    from clip_export.core.sessions import SessionOptions, create_session
+    from clip_export.stages.export import export_tower, parity_check
 
     spec = resolve(model, random_init=True)
     folded = load_model(spec)

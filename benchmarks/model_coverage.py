@@ -201,8 +201,8 @@ def _cell(check: Any) -> str:
 
 def runtime_delta(model_dir: Path) -> str:
     """ClipOnnx (no torch in its path) from raw images and captions against the stored torch reference."""
-    from clip_export.evalset import load_evalset
-    from clip_export.manifest import read_manifest
+    from clip_export.core.evalset import load_evalset
+    from clip_export.core.manifest import read_manifest
     from clip_export.runtime import ClipOnnx
 
     manifest = read_manifest(model_dir)
@@ -220,10 +220,10 @@ def runtime_delta(model_dir: Path) -> str:
 
 
 def run_one(family: str, model: str, need: str, scratch: Path) -> Row:
-    from clip_export.convert import convert_fp16, quantize_int8
-    from clip_export.export import export_onnx
-    from clip_export.models import resolve
-    from clip_export.verify import verify
+    from clip_export.core.models import resolve
+    from clip_export.stages.convert import convert_fp16, quantize_int8
+    from clip_export.stages.export import export_onnx
+    from clip_export.stages.verify import verify
 
     row = Row(family, model)
     started = time.perf_counter()

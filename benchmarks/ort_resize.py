@@ -16,9 +16,9 @@ import onnxruntime as ort
 from onnx import TensorProto, helper
 from PIL import Image
 
-from clip_export.preprocess import shortest_side_size
-from clip_export.preprocessing_study import report_images
-from clip_export.timing import time_interleaved
+from clip_export.core.preprocess import shortest_side_size
+from clip_export.stages.bench.preprocessing_study import report_images
+from clip_export.stages.bench.timing import time_interleaved
 
 
 def resize_model() -> bytes:

@@ -18,12 +18,12 @@ import numpy as np
 from cpu_report import exported  # this directory is on sys.path when a script here runs
 from PIL import Image
 
-from clip_export.bench import bench
-from clip_export.bench_report import render_markdown
-from clip_export.configs import PreprocessConfig
-from clip_export.manifest import read_manifest
-from clip_export.preprocess import preprocess_fast, preprocess_reference
-from clip_export.timing import time_interleaved
+from clip_export.core.configs import PreprocessConfig
+from clip_export.core.manifest import read_manifest
+from clip_export.core.preprocess import preprocess_fast, preprocess_reference
+from clip_export.stages.bench.bench import bench
+from clip_export.stages.bench.bench_report import render_markdown
+from clip_export.stages.bench.timing import time_interleaved
 
 PHOTO_SIZES = [(640, 427), (1024, 768), (1920, 1080), (4032, 3024), (6000, 4000), (1080, 1920)]
 

@@ -15,12 +15,12 @@ import platform
 import numpy as np
 import onnxruntime as ort
 
-from clip_export.models import PreprocessConfig
-from clip_export.preprocess import load_image, preprocess_fast, preprocess_reference
-from clip_export.preprocess_graph import preprocessing_model, rgb_uint8
-from clip_export.preprocessing_study import report_images
-from clip_export.spec import RAW_IMAGE_INPUT
-from clip_export.timing import time_interleaved
+from clip_export.core.models import PreprocessConfig
+from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
+from clip_export.core.preprocess_graph import preprocessing_model, rgb_uint8
+from clip_export.core.spec import RAW_IMAGE_INPUT
+from clip_export.stages.bench.preprocessing_study import report_images
+from clip_export.stages.bench.timing import time_interleaved
 
 CONFIG = PreprocessConfig((224, 224), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 

@@ -18,12 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_export.checks import check_artifact, load_reference
-from clip_export.manifest import file_record, read_manifest, select_artifacts
-from clip_export.quantize4 import quantize_file
-from clip_export.sessions import SessionOptions, create_session
-from clip_export.spec import Q4_EMBEDDING_BITS, Q4_SCHEME, THRESHOLDS, TOWERS
-from clip_export.timing import time_interleaved
+from clip_export.core.checks import check_artifact, load_reference
+from clip_export.core.manifest import file_record, read_manifest, select_artifacts
+from clip_export.core.sessions import SessionOptions, create_session
+from clip_export.core.spec import Q4_EMBEDDING_BITS, Q4_SCHEME, THRESHOLDS, TOWERS
+from clip_export.stages.bench.timing import time_interleaved
+from clip_export.stages.quantize4 import quantize_file
 
 GATE = ("mean_abs_normalized", "max_abs_normalized", "min_cosine")
 

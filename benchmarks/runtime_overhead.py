@@ -17,10 +17,10 @@ from pathlib import Path
 from cpu_report import exported  # this directory is on sys.path when a script here runs
 from PIL import Image
 
-from clip_export.manifest import now_iso
-from clip_export.preprocessing_study import report_images
+from clip_export.core.manifest import now_iso
 from clip_export.runtime import ClipOnnx
-from clip_export.timing import time_interleaved
+from clip_export.stages.bench.preprocessing_study import report_images
+from clip_export.stages.bench.timing import time_interleaved
 
 RESULTS = Path(__file__).parent / "results"
 

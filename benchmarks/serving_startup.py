@@ -25,10 +25,10 @@ from pathlib import Path
 from typing import Any
 
 from clip_export import resolve
-from clip_export.environment import current_environment
-from clip_export.manifest import now_iso, read_manifest, write_manifest
-from clip_export.preprocessing_study import report_images
-from clip_export.tokenizer import TextTokenizer
+from clip_export.core.environment import current_environment
+from clip_export.core.manifest import now_iso, read_manifest, write_manifest
+from clip_export.core.tokenizer import TextTokenizer
+from clip_export.stages.bench.preprocessing_study import report_images
 
 WORK = Path(__file__).parent / ".work"
 CHILD = """
@@ -110,10 +110,10 @@ def main() -> None:
         subprocess.run([sys.executable, "-c", export], check=True)
     measure(model_dir, 1)  # fills numba's on-disk cache, as the first use after installing does
     rows = {
-        "bundled tokenizer.json (clip_export.tokenizer), serve-time check off": measure(
+        "bundled tokenizer.json (clip_export.core.tokenizer), serve-time check off": measure(
             model_dir, args.runs, check="off"
         ),
-        "bundled tokenizer.json (clip_export.tokenizer), serve-time check run": measure(model_dir, args.runs),
+        "bundled tokenizer.json (clip_export.core.tokenizer), serve-time check run": measure(model_dir, args.runs),
         "bundled tokenizer.json, empty numba cache (first use after installing)": measure(
             model_dir, args.runs, empty_numba_cache=True
         ),
@@ -122,7 +122,7 @@ def main() -> None:
         rows["open_clip tokenizer (older exports)"] = measure(without_vocabulary(model_dir, Path(tmp)), args.runs)
     caption = ["a photo of an astronaut riding a horse"]
     tokenize_us = {
-        "clip_export.tokenizer": per_call_us(
+        "clip_export.core.tokenizer": per_call_us(
             TextTokenizer.from_file(
                 model_dir / read_manifest(model_dir)["tokenizer"]["file"]["path"], read_manifest(model_dir)["tokenizer"]
             ),

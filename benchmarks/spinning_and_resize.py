@@ -15,12 +15,12 @@ from pathlib import Path
 
 from PIL import Image
 
-from clip_export.configs import PreprocessConfig
-from clip_export.manifest import read_manifest
-from clip_export.preprocess import preprocess_fast
-from clip_export.preprocessing_study import report_images
-from clip_export.sessions import SessionOptions, create_session
-from clip_export.timing import time_interleaved
+from clip_export.core.configs import PreprocessConfig
+from clip_export.core.manifest import read_manifest
+from clip_export.core.preprocess import preprocess_fast
+from clip_export.core.sessions import SessionOptions, create_session
+from clip_export.stages.bench.preprocessing_study import report_images
+from clip_export.stages.bench.timing import time_interleaved
 
 MODEL_DIR = Path(__file__).parent / ".work" / "ViT-B-32"
 SETTINGS = {

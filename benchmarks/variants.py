@@ -13,10 +13,10 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_export.manifest import read_manifest
-from clip_export.sessions import SessionOptions, create_session
-from clip_export.timing import time_interleaved
-from clip_export.verify import verify
+from clip_export.core.manifest import read_manifest
+from clip_export.core.sessions import SessionOptions, create_session
+from clip_export.stages.bench.timing import time_interleaved
+from clip_export.stages.verify import verify
 
 
 def main() -> None:

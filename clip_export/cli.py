@@ -11,22 +11,22 @@ from typing import Any
 
 import click
 
-from . import __version__
-from .cli_parse import (
+from clip_export import __version__
+from clip_export.cli_parse import (
     CONTEXT,
     check_towers,
     json_option,
     model_arguments,
     quiet_option,
 )
-from .cli_render import (
+from clip_export.cli_render import (
     emit_json,
     human_bytes,
     progress_printer,
     table,
 )
-from .errors import ClipExportError
-from .spec import DEFAULT_OPSET
+from clip_export.core.errors import ClipExportError
+from clip_export.core.spec import DEFAULT_OPSET
 
 
 class _Group(click.Group):
@@ -115,8 +115,8 @@ def onnx(
     Example:
       clip-export onnx ViT-B/32 --random-init --out artifacts
     """
-    from .export import export_onnx
-    from .models import resolve
+    from clip_export.core.models import resolve
+    from clip_export.stages.export import export_onnx
 
     tower_list = check_towers(towers)
     spec = resolve(
@@ -169,7 +169,7 @@ def models(show_all: bool, as_json: bool) -> None:
     Example:
       clip-export models --all
     """
-    from .models import list_models
+    from clip_export.core.models import list_models
 
     listing = list_models(include_archs=show_all or as_json)
     if as_json:
@@ -184,9 +184,9 @@ def models(show_all: bool, as_json: bool) -> None:
         click.echo("\n(--all lists every open_clip architecture; use ARCH:TAG to pick weights)")
 
 
-from .cli_convert import fp16, int8, preprocessing_graph, q4, trt  # noqa: E402
-from .cli_embed import compat_command, embed_command  # noqa: E402
-from .cli_run import bench, pipeline, release, verify  # noqa: E402
+from clip_export.cli_convert import fp16, int8, preprocessing_graph, q4, trt  # noqa: E402
+from clip_export.cli_embed import compat_command, embed_command  # noqa: E402
+from clip_export.cli_run import bench, pipeline, release, verify  # noqa: E402
 
 for command in (verify, fp16, int8, q4, preprocessing_graph, trt, bench, pipeline, release):
     main.add_command(command)

@@ -8,7 +8,7 @@ from typing import Any
 
 import click
 
-from .cli_parse import (
+from clip_export.cli_parse import (
     CONTEXT,
     check_towers,
     dirs_argument,
@@ -18,14 +18,14 @@ from .cli_parse import (
     resolve_dirs,
     split_csv,
 )
-from .cli_render import (
+from clip_export.cli_render import (
     emit_json,
     human_bytes,
     progress_printer,
     render_conversion,
     table,
 )
-from .spec import INT8_SCHEME, Q4_EMBEDDING_BITS, Q4_SCHEME, Int8Scheme
+from clip_export.core.spec import INT8_SCHEME, Q4_EMBEDDING_BITS, Q4_SCHEME, Int8Scheme
 
 
 def _towers_option(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -50,7 +50,7 @@ def fp16(dirs: Sequence[Path], towers: str, fuse: bool, force: bool, as_json: bo
     Example:
       clip-export fp16 artifacts/ViT-L-14
     """
-    from .convert import convert_fp16
+    from clip_export.stages.convert import convert_fp16
 
     chosen = check_towers(towers)
     render_conversion(
@@ -102,7 +102,7 @@ def int8(
     Example:
       clip-export int8 artifacts/ViT-B-32 --towers visual
     """
-    from .convert import quantize_int8
+    from clip_export.stages.convert import quantize_int8
 
     chosen = check_towers(towers)
     scheme = Int8Scheme(weight_type, per_channel=per_channel, reduce_range=reduce_range)
@@ -155,7 +155,7 @@ def q4(
     """
     import dataclasses
 
-    from .quantize4 import quantize_q4
+    from clip_export.stages.quantize4 import quantize_q4
 
     chosen = check_towers(towers)
     scheme = dataclasses.replace(
@@ -188,7 +188,7 @@ def preprocessing_graph(dirs: Sequence[Path], precisions: str | None, force: boo
     Example:
       clip-export preprocessing-graph artifacts/ViT-B-32 --precisions fp32,int8
     """
-    from .preprocess_stage import add_preprocessing
+    from clip_export.stages.preprocess_stage import add_preprocessing
 
     chosen = split_csv(precisions) if precisions else None
     render_conversion(
@@ -238,7 +238,7 @@ def trt(
     Example:
       clip-export fp16 artifacts/ViT-L-14 && clip-export trt artifacts/ViT-L-14 --fp16
     """
-    from .tensorrt import build_engines
+    from clip_export.stages.tensorrt import build_engines
 
     chosen = check_towers(towers)
     profile = parse_profile(batch)

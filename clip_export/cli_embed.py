@@ -7,10 +7,10 @@ from pathlib import Path
 
 import click
 
-from .cli_parse import CONTEXT
-from .cli_render import cell, emit_json, progress_printer, table
-from .errors import ClipExportError
-from .spec import EMBED_BATCH_SIZE, EMBED_CHUNK_ROWS, EMBED_ERRORS_NAME, PRECISIONS
+from clip_export.cli_parse import CONTEXT
+from clip_export.cli_render import cell, emit_json, progress_printer, table
+from clip_export.core.errors import ClipExportError
+from clip_export.core.spec import EMBED_BATCH_SIZE, EMBED_CHUNK_ROWS, EMBED_ERRORS_NAME, PRECISIONS
 
 LOCAL_RAY = "local"
 
@@ -93,7 +93,7 @@ def embed_command(
     Example:
       clip-export embed dist/ViT-B-32-v1 photos/ --out index/
     """
-    from .embed import embed
+    from clip_export.stages.embed.embed import embed
 
     result = embed(
         source,
@@ -138,7 +138,7 @@ def compat_command(old: str, new: str, as_json: bool) -> None:
     Example:
       clip-export compat dist/ViT-B-32-v1:fp32 dist/ViT-B-32-v1:int8
     """
-    from .compat import compat
+    from clip_export.stages.embed.compat import compat
 
     result = compat(old, new)
     if as_json:

@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from .spec import TOWERS
+from clip_export.core.spec import TOWERS
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -22,7 +22,7 @@ def dirs_argument(func: Callable[..., Any]) -> Callable[..., Any]:
 
 
 def resolve_dirs(dirs: Sequence[Path]) -> list[Path]:
-    from .manifest import model_dirs
+    from clip_export.core.manifest import model_dirs
 
     found: list[Path] = []
     for d in dirs or [Path("artifacts")]:

@@ -9,8 +9,8 @@ from typing import Any
 
 import click
 
-from .manifest import to_jsonable
-from .spec import provider_label
+from clip_export.core.manifest import to_jsonable
+from clip_export.core.spec import provider_label
 
 
 def emit_json(value: Any) -> None:
@@ -115,7 +115,7 @@ def render_conversion(results: Sequence[Any], as_json: bool) -> None:
 
 def bench_text(r: Any) -> str:
     """One bench result as the table a terminal shows, with its notes and where it was measured."""
-    from .bench_report import share
+    from clip_export.stages.bench.bench_report import share
 
     rows = [
         (

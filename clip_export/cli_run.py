@@ -8,7 +8,7 @@ from pathlib import Path
 
 import click
 
-from .cli_parse import (
+from clip_export.cli_parse import (
     CONTEXT,
     check_towers,
     dirs_argument,
@@ -20,15 +20,15 @@ from .cli_parse import (
     resolve_dirs,
     split_csv,
 )
-from .cli_render import (
+from clip_export.cli_render import (
     bench_text,
     emit_json,
     pipeline_text,
     progress_printer,
     verify_text,
 )
-from .errors import ClipExportError
-from .spec import DEFAULT_BENCH_MAX_TIME_S
+from clip_export.core.errors import ClipExportError
+from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S
 
 
 @click.command(context_settings=CONTEXT)
@@ -80,7 +80,7 @@ def verify(
     Example:
       clip-export verify artifacts/ViT-B-32 --providers cpu
     """
-    from .verify import verify as run_verify
+    from clip_export.stages.verify import verify as run_verify
 
     overrides = parse_thresholds(thresholds)
     wanted = set(split_csv(precisions)) if precisions else None
@@ -186,7 +186,7 @@ def bench(
     Example:
       clip-export bench artifacts/ViT-B-32 --batch-sizes 1 --providers cpu
     """
-    from .bench import bench as run_bench
+    from clip_export.stages.bench.bench import bench as run_bench
 
     chosen = check_towers(towers)
     sizes = int_list(batch_sizes, "--batch-sizes")
@@ -246,8 +246,8 @@ def pipeline(
     Example:
       clip-export pipeline ViT-B/32 --random-init --precisions fp32,int8
     """
-    from .models import resolve
-    from .pipeline import run_pipeline
+    from clip_export.core.models import resolve
+    from clip_export.pipeline import run_pipeline
 
     spec = resolve(
         model,
@@ -308,7 +308,7 @@ def release(
     Example:
       clip-export release artifacts/ViT-B-32 --tag v1.0.0 --out dist
     """
-    from .release import release as make_release
+    from clip_export.stages.release.release import release as make_release
 
     chosen = resolve_dirs(dirs)
     if not dirs and len(chosen) > 1:

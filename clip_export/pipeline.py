@@ -6,12 +6,12 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from .environment import current_environment
-from .errors import ClipExportError
-from .models import ModelSpec
-from .progress import Progress, silent
-from .sessions import provider_name
-from .spec import PRECISIONS, TOWERS
+from clip_export.core.environment import current_environment
+from clip_export.core.errors import ClipExportError
+from clip_export.core.models import ModelSpec
+from clip_export.core.progress import Progress, silent
+from clip_export.core.sessions import provider_name
+from clip_export.core.spec import PRECISIONS, TOWERS
 
 
 @dataclass(frozen=True)
@@ -58,11 +58,11 @@ def run_pipeline(
     unknown = [p for p in precisions if p not in PRECISIONS]
     if unknown:
         raise ClipExportError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
-    from .bench import bench
-    from .convert import convert_fp16, quantize_int8
-    from .export import export_onnx
-    from .quantize4 import quantize_q4
-    from .verify import verify
+    from clip_export.stages.bench.bench import bench
+    from clip_export.stages.convert import convert_fp16, quantize_int8
+    from clip_export.stages.export import export_onnx
+    from clip_export.stages.quantize4 import quantize_q4
+    from clip_export.stages.verify import verify
 
     done: list[str] = []
     model_dir: Path | None = None
@@ -93,7 +93,7 @@ def run_pipeline(
             )
         )  # type: ignore[arg-type, misc]
     if trt:
-        from .tensorrt import build_engines
+        from clip_export.stages.tensorrt import build_engines
 
         steps.append(
             ("trt", lambda: build_engines(model_dir, fp16="fp16" in precisions, force=force, progress=progress))
@@ -149,7 +149,7 @@ def resumable(model_dir: Path, spec: ModelSpec) -> Resumable | None:
     """An earlier run's directory for the same model with its fp32 towers intact, or None.
 
     Conversions keep an artifact only after it passed its gate, so what the manifest lists has passed."""
-    from .manifest import integrity_problems, read_manifest, select_artifacts
+    from clip_export.core.manifest import integrity_problems, read_manifest, select_artifacts
 
     if not (model_dir / "manifest.json").exists():
         return None
@@ -190,7 +190,7 @@ def _summary(
     gates: dict[str, tuple[str, float | None, float | None]],
 ) -> list[SummaryRow]:
     """One row per artifact: verify's verdict when it ran, else what the artifact's own gate measured."""
-    from .manifest import read_manifest
+    from clip_export.core.manifest import read_manifest
 
     manifest = read_manifest(model_dir)
     checks = {c.path: c for c in getattr(verify_result, "checks", ())}

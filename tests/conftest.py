@@ -154,7 +154,7 @@ def tiny_vit_int8_dir(tiny_vit_dir: Path, tmp_path_factory: pytest.TempPathFacto
     """The tiny ViT with INT8 towers beside its fp32 ones, shared read-only (embed, compat)."""
     import shutil
 
-    from clip_export.convert import quantize_int8
+    from clip_export.stages.convert import quantize_int8
 
     target = tmp_path_factory.mktemp("int8") / tiny_vit_dir.name
     shutil.copytree(tiny_vit_dir, target)

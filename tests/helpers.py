@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from clip_export.manifest import file_record, find_artifact, read_manifest, write_manifest
+from clip_export.core.manifest import file_record, find_artifact, read_manifest, write_manifest
 
 
 def rewrite_initializer(
@@ -50,7 +50,7 @@ def train_unigram_tokenizer(directory: Path, specials: list[str], template: str,
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from clip_export.evalset import load_evalset
+    from clip_export.core.evalset import load_evalset
 
     tokenizer = Tokenizer(models.Unigram())
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
@@ -100,7 +100,7 @@ def swap_tokenizer_ids(model_dir: Path, first: str = "a</w>", second: str = "the
     re-hashed into the manifest when `rehash`, as a careless re-export would leave it."""
     import json
 
-    from clip_export.manifest import file_record, read_manifest, write_manifest
+    from clip_export.core.manifest import file_record, read_manifest, write_manifest
 
     path = model_dir / "tokenizer.json"
     data = json.loads(path.read_text())
@@ -122,7 +122,7 @@ def train_byte_level_bpe_tokenizer(
 
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
 
-    from clip_export.evalset import load_evalset
+    from clip_export.core.evalset import load_evalset
 
     tokenizer = Tokenizer(models.BPE())
     tokenizer.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)

@@ -5,7 +5,7 @@ which our venv's transformers 5 cannot host) ahead of the venv. Imports nothing 
 
     python optimum_embed.py HF_DIR TEXT_ONNX VISION_ONNX CAPTIONS_JSON OUT_NPZ IMAGE...
 
-(the ONNX paths relative to HF_DIR, as clip_export.hf_layout names them)
+(the ONNX paths relative to HF_DIR, as clip_export.stages.release.hf_layout names them)
 
 writes the embeddings, input_ids, pixel_values, the captions' untruncated lengths, the versions and what the other optimum classes do
 with the layout (probes.json inside the npz as a string)."""

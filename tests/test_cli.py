@@ -26,7 +26,7 @@ def test_debug_shows_the_library_error_our_error_was_raised_from(
     loud = run("verify", str(tmp_path))
     assert loud.exit_code == 1 and loud.stderr.strip().splitlines()[-1] == quiet.stderr.strip()
     cause, _, ours = loud.stderr.partition("The above exception was the direct cause of the following exception:")
-    assert "json.decoder.JSONDecodeError" in cause and "clip_export.errors.ManifestError" in ours
+    assert "json.decoder.JSONDecodeError" in cause and "clip_export.core.errors.ManifestError" in ours
 
 
 def test_version_and_help_with_examples() -> None:

@@ -9,7 +9,7 @@ from pathlib import Path
 from click.testing import CliRunner
 
 from clip_export.cli import main
-from clip_export.evalset import BUNDLED_DIR
+from clip_export.core.evalset import BUNDLED_DIR
 
 
 def test_embed_prints_a_summary_and_exits_1_naming_the_failed_items(tiny_vit_int8_dir: Path, tmp_path: Path) -> None:

@@ -15,13 +15,13 @@ import numpy as np
 import pytest
 
 from clip_export import export_onnx, resolve
-from clip_export.clients import IMAGE_TARGET_COSINE, TEXT_MIN_COSINE
-from clip_export.evalset import load_evalset
-from clip_export.hf_layout import HF_DIR, MODEL_FILE, ONNX_DIR
-from clip_export.metrics import l2_normalize
-from clip_export.release import release
+from clip_export.core.evalset import load_evalset
+from clip_export.core.metrics import l2_normalize
 from clip_export.runtime import ClipOnnx
-from clip_export.verify import verify
+from clip_export.stages.release.clients import IMAGE_TARGET_COSINE, TEXT_MIN_COSINE
+from clip_export.stages.release.hf_layout import HF_DIR, MODEL_FILE, ONNX_DIR
+from clip_export.stages.release.release import release
+from clip_export.stages.verify import verify
 
 pytestmark = pytest.mark.clients
 

@@ -6,10 +6,10 @@ from pathlib import Path
 import pytest
 from click.testing import CliRunner
 
-from clip_export.checks import ArtifactCheck
 from clip_export.cli import main
-from clip_export.environment import current_environment
-from clip_export.spec import EXPORT_PARITY_TOLERANCE
+from clip_export.core.checks import ArtifactCheck
+from clip_export.core.environment import current_environment
+from clip_export.core.spec import EXPORT_PARITY_TOLERANCE
 
 
 def _failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
@@ -28,7 +28,7 @@ def _failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> Artifa
 def test_a_failed_pipeline_shows_what_each_gate_measured_and_resumes(
     tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from clip_export import conversion
+    from clip_export.core import conversion
 
     with monkeypatch.context() as patch:
         patch.setattr(conversion, "gate", _failing_gate)
@@ -86,7 +86,7 @@ def test_another_model_in_the_way_is_not_resumed(tmp_path: Path) -> None:
 
 def test_gate_verdicts_show_for_a_relative_out(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """--out as a user types it (relative) must find each tower's export gate all the same."""
-    from clip_export import conversion
+    from clip_export.core import conversion
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setattr(conversion, "gate", _failing_gate)

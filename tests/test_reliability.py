@@ -24,13 +24,13 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clip_export.cli import main
-from clip_export.convert import convert_fp16
-from clip_export.errors import ClipExportError, ManifestError, OutputError
-from clip_export.manifest import read_manifest
-from clip_export.models import sha256_file
-from clip_export.release import release
+from clip_export.core.errors import ClipExportError, ManifestError, OutputError
+from clip_export.core.manifest import read_manifest
+from clip_export.core.models import sha256_file
 from clip_export.runtime import ClipOnnx
-from clip_export.verify import verify
+from clip_export.stages.convert import convert_fp16
+from clip_export.stages.release.release import release
+from clip_export.stages.verify import verify
 
 ROOT = Path(__file__).resolve().parents[1]
 DOC = ROOT / "docs" / "reliability.md"
@@ -142,7 +142,7 @@ def child(code: str, *args: str) -> subprocess.Popen[str]:
 
 def convert_while_another_process_holds_the_lock(ctx: Ctx) -> None:
     holder = child(
-        "import sys, time; from pathlib import Path; from clip_export.manifest import exclusive\nwith exclusive(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)",
+        "import sys, time; from pathlib import Path; from clip_export.core.manifest import exclusive\nwith exclusive(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)",
         str(ctx.model_dir),
     )
     try:
@@ -186,7 +186,7 @@ def embed_array_and_bytes(ctx: Ctx) -> None:
 
 
 def huge_photo_takes_the_exact_path(ctx: Ctx) -> None:
-    from clip_export import resample
+    from clip_export.core import resample
 
     ctx.monkeypatch.setattr(
         resample, "crop_resize_normalise", lambda *a: pytest.fail("the vectorised kernels ran on a huge image")

@@ -7,9 +7,9 @@ from pathlib import Path
 import pytest
 
 from clip_export import export_onnx, resolve
-from clip_export.convert import convert_fp16, quantize_int8
-from clip_export.spec import EXPORT_PARITY_TOLERANCE
-from clip_export.verify import verify
+from clip_export.core.spec import EXPORT_PARITY_TOLERANCE
+from clip_export.stages.convert import convert_fp16, quantize_int8
+from clip_export.stages.verify import verify
 
 pytestmark = pytest.mark.slow
 

@@ -18,13 +18,13 @@ import onnxruntime as ort
 import pytest
 
 from clip_export import export_onnx, resolve
-from clip_export.evalset import BUNDLED_DIR
-from clip_export.hf_layout import HF_DIR, ONNX_DIR
-from clip_export.preprocess_graph import rgb_uint8
-from clip_export.preprocess_stage import add_preprocessing
-from clip_export.release import release
+from clip_export.core.evalset import BUNDLED_DIR
+from clip_export.core.preprocess_graph import rgb_uint8
 from clip_export.runtime import ClipOnnx
-from clip_export.verify import verify
+from clip_export.stages.preprocess_stage import add_preprocessing
+from clip_export.stages.release.hf_layout import HF_DIR, ONNX_DIR
+from clip_export.stages.release.release import release
+from clip_export.stages.verify import verify
 
 pytestmark = pytest.mark.js
 ROOT = Path(__file__).resolve().parent.parent

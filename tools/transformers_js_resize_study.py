@@ -19,10 +19,10 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
-from clip_export.clients import find_transformers_js, run_transformers_js
-from clip_export.evalset import load_evalset
-from clip_export.preprocess import load_image
+from clip_export.core.evalset import load_evalset
+from clip_export.core.preprocess import load_image
 from clip_export.runtime import ClipOnnx
+from clip_export.stages.release.clients import find_transformers_js, run_transformers_js
 
 
 def catmull_rom(t: np.ndarray, a: float = -0.5) -> np.ndarray:

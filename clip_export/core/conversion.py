@@ -1,0 +1,183 @@
+"""The loop every converter shares: integrity, refusal without --force, staged write, verify gate,
+manifest entry, all under the directory's lock. fp16/INT8 (convert), 4-bit (quantize4) and the
+preprocessing graphs (preprocess_stage) differ only in what `write` does and what the entry declares."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clip_export.core.artifact import ArtifactEntry
+from clip_export.core.checks import gate
+from clip_export.core.errors import ConversionError, ManifestError
+from clip_export.core.manifest import (
+    exclusive,
+    file_record,
+    read_manifest,
+    refuse_existing,
+    require_intact,
+    resolve_inside,
+    select_artifacts,
+    upsert_artifact,
+    write_manifest,
+)
+from clip_export.core.progress import Progress
+from clip_export.core.spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
+
+
+@dataclass(frozen=True)
+class ConvertedArtifact:
+    source: str
+    path: str
+    tower: str
+    precision: str
+    bytes: int
+    seconds: float
+    verdict: str
+    mean_abs_normalized: float | None
+    min_top1: float | None
+    details: dict[str, Any]
+
+
+@dataclass(frozen=True)
+class ConvertResult:
+    model_dir: Path
+    precision: str
+    artifacts: tuple[ConvertedArtifact, ...]
+
+
+@dataclass(frozen=True)
+class Derivation:
+    """What one conversion makes of each source: its precision, format, file name and I/O."""
+
+    precision: str
+    name: Callable[[str], str]  # source path → target file name (spec.artifact_file_name)
+    source_precision: str = "fp32"
+    format: str = "onnx"
+    io: Callable[[dict[str, Any]], dict[str, Any]] | None = (
+        None  # source entry → {"inputs", "outputs"} when they change
+    )
+
+
+def tool_version(dist: str) -> str:
+    from importlib.metadata import version
+
+    try:
+        return version(dist)
+    except Exception:
+        return "unknown"
+
+
+def save_model(model: Any, path: Path) -> None:
+    import onnx
+
+    size = model.ByteSize()
+    if size > EXTERNAL_DATA_THRESHOLD_BYTES:
+        onnx.save_model(
+            model, str(path), save_as_external_data=True, all_tensors_to_one_file=True, location=f"{path.name}.data"
+        )
+    else:
+        onnx.save_model(model, str(path))
+
+
+def set_precision_metadata(model: Any, precision: str) -> None:
+    for prop in model.metadata_props:
+        if prop.key == "clip_export.precision":
+            prop.value = precision
+            return
+    entry = model.metadata_props.add()
+    entry.key, entry.value = "clip_export.precision", precision
+
+
+def convert_each(
+    model_dir: Path,
+    derivation: Derivation,
+    write: Callable[[Path, Path], dict[str, Any]],
+    *,
+    towers: Sequence[str],
+    force: bool,
+    progress: Progress,
+) -> ConvertResult:
+    """Derive one artifact from each ONNX source of `derivation.source_precision`, gated by verify."""
+    model_dir = Path(model_dir)
+    with exclusive(model_dir):
+        return _convert_locked(model_dir, derivation, write, towers, force, progress)
+
+
+def _convert_locked(
+    model_dir: Path,
+    how: Derivation,
+    write: Callable[[Path, Path], dict[str, Any]],
+    towers: Sequence[str],
+    force: bool,
+    progress: Progress,
+) -> ConvertResult:
+    manifest = read_manifest(model_dir)
+    sources = select_artifacts(manifest, precision=how.source_precision, format="onnx", tower=tuple(towers))
+    if not sources:
+        raise ManifestError(f"{model_dir} has no {how.source_precision} ONNX artifact for tower(s) {', '.join(towers)}")
+    results = []
+    for source in sources:
+        require_intact(model_dir, source)
+        target_name = how.name(source["path"])
+        refuse_existing(manifest, model_dir, target_name, force)
+        started = time.perf_counter()
+        staging = model_dir / f".convert-{os.getpid()}"
+        staging.mkdir(exist_ok=True)
+        progress(f"converting {source['path']} to {target_name}")
+        try:
+            details = write(resolve_inside(model_dir, source["path"], "the source artifact"), staging / target_name)
+            data_names = sorted(p.name for p in staging.iterdir() if p.name != target_name)
+            io = how.io(source) if how.io else {"inputs": source["inputs"], "outputs": source["outputs"]}
+            typed = ArtifactEntry(
+                **file_record(staging / target_name, model_dir),
+                tower=source["tower"],
+                precision=how.precision,
+                format=how.format,
+                opset=details.get("opset", source.get("opset")),  # a write that raises the opset says so
+                inputs=tuple(io["inputs"]),
+                outputs=tuple(io["outputs"]),
+                external_data=tuple(file_record(staging / n, model_dir) for n in data_names),
+                derived_from={"path": source["path"], "sha256": source["sha256"]},
+                details={"conversion": details},
+            )
+            entry = typed.to_json()
+            progress(
+                f"verifying {target_name} against the fp32 reference ({threshold_key(how.precision, how.format)} thresholds)"
+            )
+            check = gate(model_dir, entry)
+            if not check.passed:
+                raise ConversionError(
+                    f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures)
+                )
+            for name in [*data_names, target_name]:  # the graph file last: it is what makes the artifact look complete
+                os.replace(staging / name, model_dir / name)
+            entry = typed.moved(
+                file_record(model_dir / target_name, model_dir),
+                tuple(file_record(model_dir / n, model_dir) for n in data_names),
+            ).to_json()
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+        manifest = read_manifest(model_dir)
+        upsert_artifact(manifest, entry)
+        write_manifest(model_dir, manifest)
+        results.append(
+            ConvertedArtifact(
+                source["path"],
+                target_name,
+                source["tower"],
+                how.precision,
+                entry["bytes"],
+                time.perf_counter() - started,
+                check.status,
+                check.metric("mean_abs_normalized"),
+                check.min_top1,
+                details,
+            )
+        )
+    return ConvertResult(model_dir, how.precision, tuple(results))

@@ -1,0 +1,246 @@
+"""Where a number was obtained: the CPU's kernel-selecting ISA flags, OS, onnxruntime and the provider.
+
+A verdict is a claim about a machine: onnxruntime picks its kernels from what CPUID reports
+(AVX2 without VNNI saturates INT8 sums that VNNI does not), so every verification row carries the
+environment it ran in, and a pass is only reused where that environment is the same.
+"""
+
+from __future__ import annotations
+
+import platform
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import asdict, dataclass, fields
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+from clip_export.core.errors import ManifestError
+from clip_export.core.spec import PROVIDERS, TENSORRT_RUNTIME, provider_label
+
+# CPUID features that change which onnxruntime/torch kernels run; Linux's /proc/cpuinfo names.
+KERNEL_FLAGS = (
+    "avx2",
+    "fma",
+    "avx512f",
+    "avx512bw",
+    "avx512_vnni",
+    "avx_vnni",
+    "avx512_bf16",
+    "amx_tile",
+    "amx_int8",
+    "amx_bf16",
+    "asimd",
+    "sve",
+    "i8mm",
+    "bf16",
+)
+# LLVM's names for the same features (llvmlite asks CPUID itself, so an emulated CPU reports its own).
+_LLVM_NAMES = {
+    "avx512vnni": "avx512_vnni",
+    "avxvnni": "avx_vnni",
+    "avx512bf16": "avx512_bf16",
+    "amx-tile": "amx_tile",
+    "amx-int8": "amx_int8",
+    "amx-bf16": "amx_bf16",
+    "neon": "asimd",
+}
+GPU_PROVIDERS = (PROVIDERS["cuda"], PROVIDERS["tensorrt"], TENSORRT_RUNTIME)
+
+
+@dataclass(frozen=True)
+class Environment:
+    """The facts that decide which kernels produce an artifact's numbers."""
+
+    cpu: str
+    cpu_target: str  # LLVM's name for the microarchitecture CPUID reports (znver4, haswell, …)
+    isa_flags: tuple[str, ...]
+    os: str
+    arch: str
+    onnxruntime: str
+    provider: str
+    gpu: str | None = None
+    compute_capability: str | None = None
+    driver: str | None = None
+    cuda: str | None = None
+    tensorrt: str | None = None
+
+    @property
+    def tier(self) -> str:
+        """The x86 tier in words, as the docs and the CLI name it."""
+        flags = set(self.isa_flags)
+        if self.arch not in ("x86_64", "AMD64"):
+            return self.arch
+        if "amx_int8" in flags:
+            return "AVX-512 with VNNI and AMX"
+        if "avx512_vnni" in flags:
+            return "AVX-512 with VNNI"
+        if "avx512f" in flags:
+            return "AVX-512 without VNNI"
+        if "avx_vnni" in flags:
+            return "AVX2 with AVX-VNNI"
+        return "AVX2 without VNNI" if "avx2" in flags else "no AVX2"
+
+    @property
+    def key(self) -> str:
+        """Equal keys mean the same kernels on the same bytes: the ground for reusing a verdict."""
+        parts = [
+            self.arch,
+            self.cpu_target,
+            ",".join(self.isa_flags),
+            self.os.split(" ")[0],
+            self.onnxruntime,
+            self.provider,
+        ]
+        if self.provider in GPU_PROVIDERS:
+            parts += [
+                self.gpu or "?",
+                self.compute_capability or "?",
+                self.driver or "?",
+                self.cuda or "?",
+                self.tensorrt or "-",
+            ]
+        return "|".join(parts)
+
+    def describe(self) -> str:
+        """One line for tables and error messages."""
+        where = f"{self.cpu} ({self.cpu_target}, {self.tier}), {self.os} {self.arch}, onnxruntime {self.onnxruntime} {provider_label(self.provider)}"
+        if self.gpu:
+            where += f", {self.gpu} (sm {self.compute_capability}, driver {self.driver}, CUDA {self.cuda}{', TensorRT ' + self.tensorrt if self.tensorrt else ''})"
+        return where
+
+    def to_json(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["isa_flags"] = list(self.isa_flags)
+        data["tier"] = self.tier
+        data["key"] = self.key
+        return data
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "the manifest") -> Environment:
+        """Refuses a record that does not say where it was obtained: such a verdict proves nothing here."""
+        names = {f.name for f in fields(cls)}
+        required = {"cpu", "cpu_target", "isa_flags", "os", "arch", "onnxruntime", "provider"}
+        if not isinstance(data, dict) or not required <= set(data):
+            missing = sorted(required - set(data)) if isinstance(data, dict) else sorted(required)
+            raise ManifestError(
+                f"{where} has a verdict from an unknown environment (missing {', '.join(missing)}); run 'clip-export verify' on this machine"
+            )
+        values = {k: v for k, v in data.items() if k in names}
+        values["isa_flags"] = tuple(values["isa_flags"])
+        env = cls(**values)
+        if data.get("key") not in (None, env.key):
+            raise ManifestError(
+                f"{where} has a verdict whose environment key does not match its own fields (edited by hand?); run 'clip-export verify' again"
+            )
+        return env
+
+
+@lru_cache(maxsize=1)
+def _cpu() -> tuple[str, str, tuple[str, ...]]:
+    name = platform.processor() or platform.machine()
+    proc_flags: set[str] = set()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name") and name in (platform.processor(), platform.machine()):
+                name = line.split(":", 1)[1].strip()
+            elif line.startswith(("flags", "Features")) and not proc_flags:
+                proc_flags = set(line.split(":", 1)[1].split())
+    except OSError:
+        pass
+    target, flags = "unknown", proc_flags
+    try:
+        import llvmlite.binding as llvm  # numba's; asks CPUID, which an emulator answers for the emulated CPU
+
+        target = llvm.get_host_cpu_name()
+        features = {_LLVM_NAMES.get(k, k) for k, on in llvm.get_host_cpu_features().items() if on}
+        flags = features
+    except Exception:  # llvmlite missing or unusable: /proc/cpuinfo is the next best source
+        pass
+    return name, target, tuple(f for f in KERNEL_FLAGS if f in flags)
+
+
+def _onnxruntime_version() -> str:
+    try:
+        import onnxruntime
+
+        return str(onnxruntime.__version__)
+    except ImportError:
+        return "not installed"
+
+
+@lru_cache(maxsize=4)
+def _gpu(provider: str) -> dict[str, str | None]:
+    """Card, compute capability, driver, CUDA and TensorRT versions, from nvidia-smi and the libraries."""
+    info: dict[str, str | None] = {}
+    smi = shutil.which("nvidia-smi")
+    if smi:
+        done = subprocess.run(
+            [smi, "--query-gpu=name,compute_cap,driver_version", "--format=csv,noheader"],
+            capture_output=True,
+            text=True,
+            timeout=20,
+        )
+        if done.returncode == 0 and done.stdout.strip():
+            name, cc, driver = [part.strip() for part in done.stdout.strip().splitlines()[0].split(",")][:3]
+            info.update(gpu=name, compute_capability=cc, driver=driver)
+    try:
+        from onnxruntime.capi import build_and_package_info as build
+
+        info["cuda"] = getattr(build, "cuda_version", None)
+    except ImportError:
+        pass
+    if provider in (PROVIDERS["tensorrt"], TENSORRT_RUNTIME):
+        try:
+            import tensorrt
+
+            info["tensorrt"] = str(tensorrt.__version__)
+        except ImportError:
+            info["tensorrt"] = "not importable"
+    return info
+
+
+def current_environment(provider: str) -> Environment:
+    """This process's environment for `provider`, the onnxruntime provider (or runtime) that ran."""
+    name, target, flags = _cpu()
+    gpu = _gpu(provider) if provider in GPU_PROVIDERS else {}
+    return Environment(
+        name,
+        target,
+        flags,
+        f"{platform.system()} {platform.release()}",
+        platform.machine(),
+        _onnxruntime_version(),
+        provider,
+        **gpu,
+    )
+
+
+def environment_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+    """Markdown rows of verification records: artifact, sha256, environment, verdict, date (VERIFY.md, MODEL_CARD.md)."""
+    lines = ["| artifact | sha256 | environment | verdict | date |", "|---|---|---|---|---|"]
+    for r in sorted(rows, key=lambda r: (r["path"], r.get("date") or "")):
+        env = r.get("environment")
+        where = (
+            Environment.from_json(env, f"the verdict for {r['path']}").describe()
+            if isinstance(env, dict)
+            else "unknown environment (verified before environments were recorded)"
+        )
+        lines.append(
+            f"| {r['path']} | `{(r.get('sha256') or '')[:12]}` | {where} | {r['status']} | {r.get('date') or '-'} |"
+        )
+    return lines
+
+
+def versions() -> dict[str, str]:
+    """The library versions a result depends on, recorded beside it."""
+    from clip_export import __version__
+
+    found = {"clip_export": __version__}
+    for module in ("torch", "open_clip", "onnx", "onnxruntime", "onnxscript", "tokenizers"):
+        try:
+            found[module] = __import__(module).__version__
+        except ImportError:
+            continue
+    return found

@@ -1,0 +1,285 @@
+"""manifest.json, the one source of truth: atomic writes, file hashes and integrity checks."""
+
+from __future__ import annotations
+
+import contextlib
+import dataclasses
+import json
+import os
+import tempfile
+from collections.abc import Collection, Iterator
+from datetime import datetime, timezone
+from pathlib import Path, PurePosixPath
+from typing import Any
+
+from clip_export.core.artifact import ArtifactEntry
+from clip_export.core.checkpoints import sha256_file
+from clip_export.core.errors import IntegrityError, ManifestError, OutputError
+
+try:  # POSIX only; elsewhere concurrent runs are not detected (docs/reliability.md)
+    import fcntl
+except ImportError:  # pragma: no cover
+    fcntl = None  # type: ignore[assignment]
+
+MANIFEST_NAME = "manifest.json"
+SCHEMA_VERSION = 1
+# What every reader relies on; a manifest without one of these is refused by name, not by KeyError.
+REQUIRED_SECTIONS = ("model", "preprocess", "tokenizer", "artifacts")
+
+
+def now_iso() -> str:
+    return datetime.now(timezone.utc).replace(microsecond=0).isoformat()
+
+
+def atomic_write_bytes(path: Path, data: bytes) -> None:
+    """Write beside the target and rename, so a reader never sees half a file."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(data)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_text(path: Path, text: str) -> None:
+    atomic_write_bytes(path, text.encode("utf-8"))
+
+
+def read_manifest(model_dir: Path) -> dict[str, Any]:
+    path = Path(model_dir) / MANIFEST_NAME
+    if not path.exists():
+        raise ManifestError(f"{model_dir} has no {MANIFEST_NAME}; run 'clip-export onnx MODEL' first")
+    try:
+        data = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ManifestError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(data, dict) or not isinstance(data.get("artifacts"), list):
+        raise ManifestError(f"{path} is not a clip-export manifest (no 'artifacts' list)")
+    if data.get("schema") != SCHEMA_VERSION:
+        found = f"schema {data['schema']!r}" if "schema" in data else "no 'schema'"
+        raise ManifestError(f"{path} has {found}; this clip-export reads manifest schema {SCHEMA_VERSION} only")
+    missing = [s for s in REQUIRED_SECTIONS if not isinstance(data.get(s), (list if s == "artifacts" else dict))]
+    if missing:
+        raise ManifestError(
+            f"{path} is missing the section(s) {', '.join(missing)}; a manifest written by 'clip-export onnx' has {', '.join(REQUIRED_SECTIONS)}"
+        )
+    for index, entry in enumerate(data["artifacts"]):
+        ArtifactEntry.from_json(entry, f"{path}: artifacts[{index}]")
+    for where, named in named_paths(data):
+        resolve_inside(model_dir, named, f"{path}: {where}")
+    return data
+
+
+def named_paths(value: Any, where: str = "") -> Iterator[tuple[str, Any]]:
+    """(location, value) of every "path" in a manifest, at any depth: artifacts, external data,
+    the reference, the tokenizer vocabulary, EPContext wrappers and whatever a later stage adds."""
+    if isinstance(value, dict):
+        for key, item in value.items():
+            location = f"{where}.{key}" if where else str(key)
+            if key == "path":
+                yield location, item
+            else:
+                yield from named_paths(item, location)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from named_paths(item, f"{where}[{index}]")
+
+
+def resolve_inside(model_dir: Path, record_path: Any, what: str) -> Path:
+    """model_dir / record_path, refused before a byte is read unless it stays inside model_dir.
+
+    A manifest is input: release copies (and uploads) what it names, so an absolute path, a
+    '..' or a symlink out of the directory would publish any local file. The message names the
+    entry and never anything about the file outside.
+    """
+    if not isinstance(record_path, str) or not record_path or "\x00" in record_path:
+        raise ManifestError(f"{what} is {record_path!r}, not a file name inside {model_dir}")
+    pure = PurePosixPath(record_path)
+    if pure.is_absolute():
+        raise ManifestError(
+            f"{what} is the absolute path {record_path!r}; every file a manifest names must lie inside {model_dir}"
+        )
+    if ".." in pure.parts:
+        raise ManifestError(f"{what} is {record_path!r}, which climbs out of {model_dir} with '..'")
+    candidate = Path(model_dir) / pure
+    if not candidate.resolve().is_relative_to(Path(model_dir).resolve()):
+        raise ManifestError(f"{what} is {record_path!r}, a symlink that leads outside {model_dir}")
+    return candidate
+
+
+def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> Path:
+    path = Path(model_dir) / MANIFEST_NAME
+    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    return path
+
+
+def file_record(path: Path, base: Path) -> dict[str, Any]:
+    return {"path": path.relative_to(base).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+
+
+def artifact_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
+    return [entry, *entry.get("external_data", [])]
+
+
+def integrity_problems(model_dir: Path, entry: dict[str, Any]) -> list[str]:
+    """Every way the files of one artifact differ from the manifest; empty when intact."""
+    problems = []
+    for record in artifact_files(entry):
+        path = resolve_inside(model_dir, record["path"], f"the manifest entry {record['path']!r}")
+        if not path.exists():
+            problems.append(f"{record['path']} is missing")
+            continue
+        size = path.stat().st_size
+        if size != record["bytes"]:
+            problems.append(
+                f"{record['path']} has {size} bytes, the manifest says {record['bytes']} (truncated or replaced)"
+            )
+            continue
+        if sha256_file(path) != record["sha256"]:
+            problems.append(f"{record['path']} does not match its sha256 in the manifest (modified)")
+    return problems
+
+
+def require_intact(model_dir: Path, entry: dict[str, Any], context: str = "") -> None:
+    """IntegrityError listing every problem, after `context` ("refusing to load x") when given."""
+    problems = integrity_problems(model_dir, entry)
+    if problems:
+        raise IntegrityError(f"{context}: {'; '.join(problems)}" if context else "; ".join(problems))
+
+
+def passing_rows(manifest: dict[str, Any], entry: dict[str, Any]) -> list[dict[str, Any]]:
+    """The verification rows that passed for exactly this artifact's bytes, from any environment."""
+    rows = (manifest.get("verification") or {}).get("results", [])
+    return [
+        r
+        for r in rows
+        if r.get("path") == entry["path"] and r.get("sha256") == entry["sha256"] and r.get("status") == "pass"
+    ]
+
+
+def select_artifacts(manifest: dict[str, Any], **match: str | Collection[str]) -> list[dict[str, Any]]:
+    """The manifest's artifacts whose fields equal each given value (or are one of a given tuple,
+    list or set of values): the one place stages filter the artifact list."""
+
+    def matches(entry: dict[str, Any], key: str, wanted: str | Collection[str]) -> bool:
+        return (
+            entry.get(key) in wanted if isinstance(wanted, (tuple, list, set, frozenset)) else entry.get(key) == wanted
+        )
+
+    return [entry for entry in manifest["artifacts"] if all(matches(entry, k, v) for k, v in match.items())]
+
+
+def find_artifact(manifest: dict[str, Any], **match: str | Collection[str]) -> dict[str, Any] | None:
+    """The first artifact select_artifacts would return, or None."""
+    found = select_artifacts(manifest, **match)
+    return found[0] if found else None
+
+
+def refuse_existing(manifest: dict[str, Any], model_dir: Path, path: str, force: bool) -> None:
+    """Converting twice is refused unless --force: the manifest already lists that artifact."""
+    if not force and find_artifact(manifest, path=path) is not None:
+        raise OutputError(f"{Path(model_dir) / path} already exists in the manifest; pass --force to rebuild it")
+
+
+def upsert_artifact(manifest: dict[str, Any], entry: dict[str, Any]) -> None:
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] != entry["path"]] + [entry]
+
+
+def model_dirs(root: Path) -> list[Path]:
+    """The artifact directories a command acts on when DIR is left out."""
+    root = Path(root)
+    if (root / MANIFEST_NAME).exists():
+        return [root]
+    # Hidden directories are staging areas of exports in progress (or killed): never artifacts.
+    dirs = sorted(p.parent for p in root.glob(f"*/{MANIFEST_NAME}") if not p.parent.name.startswith("."))
+    if not dirs:
+        raise ManifestError(
+            f"no artifact directory (with {MANIFEST_NAME}) under {root}; run 'clip-export onnx MODEL' first"
+        )
+    return dirs
+
+
+def to_jsonable(value: Any) -> Any:
+    """Dataclasses, paths and tuples as plain JSON values; NaN becomes null."""
+    if dataclasses.is_dataclass(value) and not isinstance(value, type):
+        return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
+    if isinstance(value, dict):
+        return {str(k): to_jsonable(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [to_jsonable(v) for v in value]
+    if isinstance(value, Path):
+        return str(value)
+    if isinstance(value, float) and value != value:
+        return None
+    return value
+
+
+_held: dict[Path, int] = {}  # locks this process holds, so nested stages (pipeline) re-enter them
+
+
+@contextlib.contextmanager
+def exclusive(target: Path) -> Iterator[None]:
+    """Hold the write lock of a model or release directory for the whole run.
+
+    Two runs writing the same directory must never silently replace each other: the second one
+    fails at once with OutputError, before it loads or writes anything. The lock file lies beside
+    the directory (`.<name>.lock` in its parent), so it exists before the directory does and
+    survives the rename that swaps a new export into place. flock is released by the kernel when
+    a process dies, so a killed run never leaves a stale lock.
+    """
+    target = Path(target)
+    key = target.parent.resolve() / target.name
+    if fcntl is None or key in _held:
+        _held[key] = _held.get(key, 0) + 1
+        try:
+            yield
+        finally:
+            _held[key] -= 1
+            if not _held[key]:
+                del _held[key]
+        return
+    lock_path = target.parent / f".{target.name}.lock"
+    fd = _take_lock(lock_path, target)
+    _held[key] = 1
+    try:
+        yield
+    finally:
+        del _held[key]
+        lock_path.unlink(missing_ok=True)  # before closing: whoever opens it next makes a new one
+        os.close(fd)
+
+
+def _take_lock(lock_path: Path, target: Path) -> int:
+    """An fd holding flock on lock_path; retried when the holder removed the file between our
+    open and our flock, since a lock on a removed file would exclude nobody."""
+    while True:
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+        except OSError as exc:
+            raise OutputError(
+                f"{target.parent} is not writable (the lock file {lock_path.name}: {exc.strerror or exc})"
+            ) from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError as exc:
+            holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
+            os.close(fd)
+            raise OutputError(
+                f"another clip-export run (pid {holder}) is writing {target}; wait for it to finish, or write somewhere else"
+            ) from exc
+        try:
+            same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino
+        except FileNotFoundError:
+            same = False
+        if same:
+            os.ftruncate(fd, 0)
+            os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
+            return fd
+        os.close(fd)

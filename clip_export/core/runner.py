@@ -1,0 +1,72 @@
+"""One seam that runs a manifest's artifact on a provider, whatever its format (ONNX or TensorRT plan).
+
+verify, bench and the runtime open artifacts here, so the rules live in one place: the path stays
+inside its directory, a session runs on exactly the requested provider or not at all, fp16
+sessions avoid onnxruntime's crashing optimizer, and an engine runs only with the TensorRT
+version and GPU it was built for.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clip_export.core.errors import ClipExportError
+from clip_export.core.manifest import resolve_inside
+from clip_export.core.sessions import SessionOptions, create_session
+from clip_export.core.spec import TENSORRT_RUNTIME
+
+
+class NotRunnableHereError(ClipExportError):
+    """The artifact cannot run on this machine (an engine built for another GPU or TensorRT)."""
+
+
+@dataclass(frozen=True)
+class ArtifactRunner:
+    path: Path
+    provider_ran: str
+    run: Callable[[np.ndarray], np.ndarray]  # one batch in, the embeddings out
+    session: Any | None = None  # the onnxruntime session, for structure checks and IO binding
+
+
+def session_precision(entry: dict[str, Any]) -> str:
+    """fp16 graphs need the CPU session workaround (sessions.FP16_DISABLED_OPTIMIZERS)."""
+    return "fp16" if entry["precision"] == "fp16" else "fp32"
+
+
+def open_runner(
+    model_dir: Path,
+    entry: dict[str, Any],
+    provider: str = "cpu",
+    *,
+    threads: int = 0,
+    provider_options: tuple[tuple[str, str], ...] = (),
+    stop_spinning_after_run: bool = False,
+) -> ArtifactRunner:
+    """A runner for one manifest entry; ProviderUnavailableError or NotRunnableHereError otherwise."""
+    path = resolve_inside(Path(model_dir), entry["path"], "the artifact")
+    if entry["format"] == "tensorrt":
+        from clip_export.core import trt_runtime
+
+        runnable, why = trt_runtime.runnable_here(entry)
+        if not runnable:
+            raise NotRunnableHereError(why)
+        return ArtifactRunner(
+            path, TENSORRT_RUNTIME, lambda inputs: trt_runtime.run_engine(path, inputs, batch=len(inputs))
+        )
+    options = SessionOptions(
+        provider=provider,
+        precision=session_precision(entry),
+        intra_op_threads=threads,
+        provider_options=provider_options,
+        stop_spinning_after_run=stop_spinning_after_run,
+    )
+    session = create_session(path, options)
+    input_name = session.get_inputs()[0].name
+    return ArtifactRunner(
+        path, session.get_providers()[0], lambda inputs: session.run(None, {input_name: inputs})[0], session
+    )

@@ -1,0 +1,99 @@
+"""onnxruntime sessions: provider names, honest provider checks, and the fp16 CPU workaround."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clip_export.core.errors import ProviderUnavailableError, import_optional
+from clip_export.core.spec import CPU_PROVIDER, PROVIDERS
+
+# onnxruntime's NchwcTransformer crashes (SIGSEGV) while building CPU sessions for fp16 ViT
+# graphs at the default ORT_ENABLE_ALL level; every fp16 session disables it (docs/convert.md).
+FP16_DISABLED_OPTIMIZERS = ("NchwcTransformer",)
+
+
+def ort() -> Any:
+    return import_optional("onnxruntime", package="onnxruntime", extra="cpu", purpose="running ONNX artifacts")
+
+
+def provider_name(short: str) -> str:
+    if short in PROVIDERS.values():
+        return short
+    try:
+        return PROVIDERS[short.lower()]
+    except KeyError:
+        raise ProviderUnavailableError(f"unknown provider '{short}'; choose from {', '.join(PROVIDERS)}") from None
+
+
+def available_providers() -> list[str]:
+    return list(ort().get_available_providers())
+
+
+def check_available(short: str) -> str:
+    """Refuse before building a session: onnxruntime would silently run the graph on CPU instead."""
+    wanted = provider_name(short)
+    available = available_providers()
+    if wanted not in available:
+        extra = {
+            "CUDAExecutionProvider": " (pip install 'clip-export[gpu]' on a CUDA machine)",
+            "TensorrtExecutionProvider": " (needs onnxruntime-gpu and TensorRT 10 libraries)",
+        }.get(wanted, "")
+        raise ProviderUnavailableError(f"the requested provider was {wanted}; available: {', '.join(available)}{extra}")
+    return wanted
+
+
+@dataclass(frozen=True)
+class SessionOptions:
+    provider: str = "cpu"
+    intra_op_threads: int = 0
+    allow_spinning: bool = True
+    # Park the spinning workers as soon as run() returns: otherwise they keep a core busy for a
+    # while and starve whatever the caller does next (preprocessing threads, another session).
+    stop_spinning_after_run: bool = False
+    precision: str = "fp32"
+    graph_optimization: str = "all"
+    provider_options: tuple[tuple[str, str], ...] = ()
+    # Pre-packing keeps a second, re-laid-out copy of every weight matrix: faster, but a one-off
+    # check (the export gate) does not need it and it doubles the session's memory.
+    prepacking: bool = True
+
+
+def create_session(path: Path, options: SessionOptions = SessionOptions()) -> Any:
+    """An InferenceSession on exactly the requested provider, or ProviderUnavailableError."""
+    rt = ort()
+    wanted = check_available(options.provider)
+    so = rt.SessionOptions()
+    so.log_severity_level = 3
+    so.graph_optimization_level = {
+        "all": rt.GraphOptimizationLevel.ORT_ENABLE_ALL,
+        "extended": rt.GraphOptimizationLevel.ORT_ENABLE_EXTENDED,
+        "basic": rt.GraphOptimizationLevel.ORT_ENABLE_BASIC,
+        "none": rt.GraphOptimizationLevel.ORT_DISABLE_ALL,
+    }[options.graph_optimization]
+    if options.intra_op_threads:
+        so.intra_op_num_threads = options.intra_op_threads
+    so.add_session_config_entry("session.intra_op.allow_spinning", "1" if options.allow_spinning else "0")
+    if options.stop_spinning_after_run:
+        so.add_session_config_entry("session.force_spinning_stop", "1")
+    if not options.prepacking:
+        so.add_session_config_entry("session.disable_prepacking", "1")
+    providers: list[Any] = [(wanted, dict(options.provider_options))] if options.provider_options else [wanted]
+    if wanted != CPU_PROVIDER:
+        providers.append(CPU_PROVIDER)  # for nodes the accelerator lacks; checked below
+    kwargs: dict[str, Any] = {}
+    if options.precision == "fp16":
+        kwargs["disabled_optimizers"] = list(FP16_DISABLED_OPTIMIZERS)
+    try:
+        session = rt.InferenceSession(str(path), sess_options=so, providers=providers, **kwargs)
+    except Exception as exc:
+        raise ProviderUnavailableError(
+            f"could not create a {wanted} session for {Path(path).name}: {str(exc).splitlines()[0]}"
+        ) from exc
+    active = session.get_providers()
+    if not active or active[0] != wanted:
+        raise ProviderUnavailableError(
+            f"the requested provider was {wanted}, but onnxruntime fell back to {active[0] if active else 'nothing'}"
+        )
+    return session

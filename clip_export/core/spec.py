@@ -1,0 +1,235 @@
+"""The facts that export, convert, verify and bench all read: declared once, here."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+
+BATCH_AXIS = "batch"
+# onnxruntime's execution providers by the short names the CLI takes; the first is the CPU.
+PROVIDERS: Mapping[str, str] = MappingProxyType(
+    {
+        "cpu": "CPUExecutionProvider",
+        "cuda": "CUDAExecutionProvider",
+        "tensorrt": "TensorrtExecutionProvider",
+    }
+)
+CPU_PROVIDER = PROVIDERS["cpu"]
+# What runs a TensorRT .plan: TensorRT itself, not an onnxruntime provider.
+TENSORRT_RUNTIME = "tensorrt-runtime"
+
+
+def provider_label(name: str | None) -> str:
+    """ "CPUExecutionProvider" → "CPU", for tables."""
+    return (name or "").replace("ExecutionProvider", "")
+
+
+# The ONNX precisions export and convert produce (TensorRT engines are "fp32"/"fp16" with format "tensorrt").
+# q4: weight-only 4-bit MatMul weights (onnxruntime MatMulNBits), what transformers.js calls "q4".
+PRECISIONS = ("fp32", "fp16", "int8", "q4")
+DEFAULT_OPSET = 20
+# torch 2.14's dynamo exporter emits opset 18 and newer; onnxruntime 1.3x runs up to 23.
+SUPPORTED_OPSETS = range(18, 24)
+# torch.export specialises a batch of 1 silently, so every export traces a batch of 2.
+EXPORT_EXAMPLE_BATCH = 2
+# onnx protobuf files cannot exceed 2 GiB; larger towers go to external data.
+EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
+# The fp32 torch embeddings of the evaluation set, stored beside the artifacts so verify and the
+# runtime's serve-time check need no torch.
+REFERENCE_NAME = "reference.npz"
+# The tokenizer every export bundles for the torch-free runtime (clip_export.core.tokenizer); also the
+# file a --tokenizer DIR must hold.
+TOKENIZER_NAME = "tokenizer.json"
+# How many reference images and captions ClipOnnx.from_release runs through each artifact before
+# it serves: enough to catch kernels that break an artifact here, cheap enough for start-up.
+SERVE_CHECK_ITEMS = 4
+SERVE_CHECK_MODES = ("auto", "always", "off")
+# `clip-export bench` stops starting rows after this many seconds (--max-time): the default run on
+# ViT-B/32 finishes within 5 minutes on 2 cores of either CPU here (docs/benchmarks.md).
+DEFAULT_BENCH_MAX_TIME_S = 240.0
+
+
+@dataclass(frozen=True)
+class TowerSpec:
+    name: str
+    input_name: str
+    input_dtype: str
+    output_name: str
+
+    def input_shape(self, context_length: int, image_size: tuple[int, int]) -> list[str | int]:
+        if self.name == "visual":
+            return [BATCH_AXIS, 3, image_size[0], image_size[1]]
+        return [BATCH_AXIS, context_length]
+
+    def output_shape(self, embed_dim: int) -> list[str | int]:
+        return [BATCH_AXIS, embed_dim]
+
+
+TOWERS: Mapping[str, TowerSpec] = MappingProxyType(
+    {
+        "visual": TowerSpec("visual", "pixel_values", "float32", "image_embeds"),
+        "text": TowerSpec("text", "input_ids", "int64", "text_embeds"),
+    }
+)
+
+# The visual variant with preprocessing inside the graph (clip_export.core.preprocess_graph): one decoded
+# RGB image of any size in, the family's resize, crop and normalisation in standard ONNX ops, then the
+# tower. Its artifacts have this format, so everything that feeds `pixel_values` skips them.
+PREPROCESSING_FORMAT = "onnx-preprocessing"
+# verify's row for the bundled tokenizer.json (the runtime's tokenizer, and every client's): its ids
+# on the reference's raw captions must be the reference tokenizer's, id for id; no caption may differ.
+TOKENIZER_FORMAT = "tokenizer"
+TOKENIZER_CHECK = "exact ids"
+CAPTIONS_WITH_OTHER_IDS = "captions_with_other_ids"  # its gated metric (limit 0)
+CAPTIONS_CHECKED = "captions_checked"
+RAW_IMAGE_INPUT = "image_uint8"
+RAW_IMAGE_DTYPE = "uint8"
+RAW_IMAGE_SHAPE: tuple[str | int, ...] = ("height", "width", 3)
+# Resize with antialias needs opset 18; the graph is built at the tower's own opset.
+PREPROCESSING_MIN_OPSET = 18
+# The resize modes the graph implements; others are refused (open_clip's "longest" pads with a fill).
+PREPROCESSING_GRAPH_MODES = ("shortest", "squash")
+
+
+def raw_image_io(embed_dim: int) -> dict[str, list[dict[str, object]]]:
+    """The manifest I/O declaration of a preprocessing graph: one image in, one embedding row out."""
+    return {
+        "inputs": [{"name": RAW_IMAGE_INPUT, "dtype": RAW_IMAGE_DTYPE, "shape": list(RAW_IMAGE_SHAPE)}],
+        "outputs": [{"name": TOWERS["visual"].output_name, "dtype": "float32", "shape": [1, embed_dim]}],
+    }
+
+
+def artifact_file_name(source: str, precision: str | None = None, preprocessing: bool = False) -> str:
+    """The one naming rule for derived ONNX files: visual.onnx → visual.q4.onnx, visual.preprocessing.onnx, visual.int8.preprocessing.onnx."""
+    stem = source[: -len(".onnx")] if source.endswith(".onnx") else source
+    parts = [stem] + ([precision] if precision else []) + (["preprocessing"] if preprocessing else [])
+    return ".".join(parts) + ".onnx"
+
+
+@dataclass(frozen=True)
+class Thresholds:
+    """Pass/fail limits for one precision; docs/metrics.md says where each number comes from."""
+
+    mean_abs_normalized: float
+    max_abs_normalized: float
+    min_cosine: float
+    top1_agreement: float
+    top5_overlap: float
+
+    def replace(self, **changes: float) -> Thresholds:
+        values = {**self.__dict__, **{k: v for k, v in changes.items() if v is not None}}
+        return Thresholds(**values)
+
+
+THRESHOLDS: Mapping[str, Thresholds] = MappingProxyType(
+    {
+        "fp32": Thresholds(1e-5, 2e-4, 0.99999, 1.0, 0.99),
+        "fp16": Thresholds(3e-4, 5e-3, 0.999, 1.0, 0.95),
+        "int8": Thresholds(4e-3, 6e-2, 0.98, 0.98, 0.85),
+        "trt-fp32": Thresholds(1e-5, 2e-4, 0.99999, 1.0, 0.99),
+        "trt-fp16": Thresholds(3e-4, 5e-3, 0.999, 1.0, 0.95),
+        # 4-bit weights on random-weight towers, the worst case for blockwise scales (docs/metrics.md).
+        "q4": Thresholds(5e-2, 0.25, 0.9, 0.95, 0.7),
+        # Preprocessing graphs: raw files in, against the exact PIL reference. Resize differs from PIL's
+        # fixed-point bicubic by at most a uint8 step or two (more on RGBA, which PIL resamples premultiplied).
+        "preproc-fp32": Thresholds(5e-4, 1e-2, 0.999, 1.0, 0.95),
+        "preproc-fp16": Thresholds(5e-4, 1e-2, 0.999, 1.0, 0.95),
+        "preproc-int8": Thresholds(4e-3, 6e-2, 0.98, 0.98, 0.85),
+        "preproc-q4": Thresholds(5e-2, 0.25, 0.9, 0.95, 0.7),
+    }
+)
+
+# The export-time gate of the export issue: normalised mean |Δ| of an fp32 tower.
+EXPORT_PARITY_TOLERANCE = THRESHOLDS["fp32"].mean_abs_normalized
+
+
+@dataclass(frozen=True)
+class Int8Scheme:
+    """How `clip-export int8` quantizes weights (dynamic, MatMul/Gemm only); docs/convert.md has the per-CPU measurements."""
+
+    weight_type: str  # "QInt8" | "QUInt8", onnxruntime.quantization.QuantType names
+    per_channel: bool
+    reduce_range: bool
+
+    @property
+    def label(self) -> str:
+        return f"{self.weight_type} {'per-channel' if self.per_channel else 'per-tensor'}{', reduce_range' if self.reduce_range else ''}"
+
+
+# Without VNNI, onnxruntime runs uint8 activations × int8 weights (U8S8) with vpmaddubsw, which adds
+# pairs of products in int16 and saturates: QInt8 weights passed the gate on AVX-512 VNNI and failed
+# it under AVX2 (visual mean |Δ| 5.6e-3, min cosine 0.972 on ViT-B/32). uint8 weights run U8U8
+# kernels, which widen to int16 before multiplying and cannot saturate: the best fidelity on both
+# tiers, at 4.4-4.6× torch eager on VNNI against 6.0-6.1× for 7-bit QInt8 (reduce_range), which also
+# failed the tiny test model's text gate. Measured by benchmarks/int8_tiers.py (docs/convert.md).
+INT8_SCHEME = Int8Scheme("QUInt8", per_channel=True, reduce_range=False)
+INT8_CANDIDATE_SCHEMES = (
+    Int8Scheme("QInt8", per_channel=True, reduce_range=False),
+    Int8Scheme("QInt8", per_channel=True, reduce_range=True),
+    INT8_SCHEME,
+)
+
+
+@dataclass(frozen=True)
+class Q4Scheme:
+    """How `clip-export q4` quantizes MatMul weights (onnxruntime MatMulNBits) and the token embedding
+    (com.microsoft.GatherBlockQuantized); docs/convert.md has the measurements."""
+
+    block_size: int
+    symmetric: bool
+    accuracy_level: int | None  # 4: int8 activations inside MatMulNBits (faster on VNNI); None: fp32
+    # The text tower's token-embedding table (a Gather, which MatMulNBits does not cover), in blocks
+    # of block_size along each token's row, looked up by com.microsoft.GatherBlockQuantized:
+    # 8: uint8 codes, written by clip-export, opset unchanged; 4: onnxruntime's quantizer, an INT4
+    # initializer at opset Q4_EMBEDDING_OPSET; None: float. docs/convert.md has the measurements.
+    embedding_bits: int | None = 8
+
+
+Q4_SCHEME = Q4Scheme(block_size=32, symmetric=True, accuracy_level=4)
+Q4_EMBEDDING_BITS = (8, 4, None)
+# INT4 initializers are a type of ONNX opset 21: onnxruntime's quantizer raises the default domain to
+# it (from the export's 20 the ops the towers use changed in 21 only by admitting int4/uint4 and
+# float8 types), and the manifest records the new opset.
+Q4_EMBEDDING_OPSET = 21
+
+
+def threshold_key(precision: str, fmt: str) -> str:
+    if fmt == PREPROCESSING_FORMAT:
+        return f"preproc-{precision}"
+    return f"trt-{precision}" if fmt == "tensorrt" else precision
+
+
+# `clip-export embed` (docs/embed.md): what it reads, how it writes, which artifact it picks.
+EMBED_CAPTION_SUFFIXES = (".txt",)
+EMBED_TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
+# The report's client batch size (CBS) default, and rows per Parquet chunk: a SIGKILL loses at most
+# the chunk in flight, never a written one.
+EMBED_BATCH_SIZE = 32
+EMBED_CHUNK_ROWS = 4096
+# Threads reading, decoding and preprocessing the next batches while the session runs this one
+# (PIL and the numba kernels release the GIL for most of their time).
+EMBED_DECODE_THREADS = 2
+# Without --precision, the first of these (for the towers needed) that holds here: a passing verdict
+# for its bytes in this environment, or the serve-time check run now. Ordered fastest first on CPU
+# (docs/benchmarks.md: INT8 3.5-6x torch eager, fp32 the baseline, fp16 slower than fp32 on CPUs
+# without fp16 arithmetic, q4 last for its fidelity).
+EMBED_PRECISION_PREFERENCE = ("int8", "fp32", "fp16", "q4")
+EMBED_DATA_DIR = "embeddings"
+EMBED_ERRORS_NAME = "errors.parquet"
+EMBED_MANIFEST_NAME = "dataset.json"
+
+
+@dataclass(frozen=True)
+class CompatThresholds:
+    """When two artifacts' embeddings can share one index (clip-export compat, docs/embed.md):
+    cross retrieval must agree with the all-OLD retrieval this often, and the normalised embeddings
+    stay this close. The INT8 gate's own limits: an artifact that passes it against fp32 torch
+    passes here against fp32."""
+
+    top1_agreement: float
+    top5_overlap: float
+    mean_abs_normalized: float
+
+
+COMPAT_THRESHOLDS = CompatThresholds(top1_agreement=0.98, top5_overlap=0.85, mean_abs_normalized=4e-3)

@@ -1,0 +1,222 @@
+"""A small runtime for released artifacts: the search engine's `vectorise()` without torch models.
+
+    model = ClipOnnx.from_release("dist/ViT-B-32-v1", provider="cpu")
+    image_vectors = model.embed_images(["photo.jpg"])
+    text_vectors = model.embed_texts(["a photo of a cat"])
+
+Hashes are checked on load; preprocessing and tokenization follow the manifest. Captions are
+tokenized with the tokenizer.json the export bundled after checking its ids (clip_export.core.tokenizer:
+the `tokenizers` library, no torch, every family); exports made before that use open_clip's.
+
+Images are preprocessed by default ("fast") with vectorised kernels that resample only what the
+centre crop keeps (clip_export.core.resample): open_clip's pixels bit for bit, 3-6x (the report's small
+JPEG) to 9-14x (its wide RGBA PNG) faster than PIL's own resize (docs/benchmarks.md).
+`preprocess="exact"` runs PIL's own code, for comparison.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from PIL import Image
+
+from clip_export.core.configs import PreprocessConfig
+from clip_export.core.errors import ClipExportError, import_optional
+from clip_export.core.manifest import read_manifest, require_intact, resolve_inside, select_artifacts
+from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
+from clip_export.core.runner import open_runner
+from clip_export.core.spec import TOWERS
+from clip_export.runtime.serve_check import ServeCheck, check_here, load_reference_slice, require_mode
+
+PREPROCESSORS = {"fast": preprocess_fast, "exact": preprocess_reference}
+
+
+@dataclass(frozen=True)
+class LoadedArtifact:
+    path: Path
+    precision: str
+    provider: str
+
+
+class ClipOnnx:
+    """Both towers of one release, ready to embed one document at a time or in batches."""
+
+    def __init__(
+        self,
+        root: Path,
+        manifest: dict[str, Any],
+        visual: Any,
+        text: Any,
+        info: dict[str, LoadedArtifact],
+        preprocess: str = "fast",
+    ) -> None:
+        self.root = root
+        self.manifest = manifest
+        self._visual = visual
+        self._text = text
+        self.artifacts = info
+        self.preprocess_config = PreprocessConfig.from_json(manifest["preprocess"])
+        self._preprocess = _preprocessor(preprocess)
+        self._tokenizer: Any = None
+        self.normalized_in_graph = bool(manifest.get("normalize"))
+        self.serve_checks: dict[str, ServeCheck] = {}  # per tower: what from_release checked here, or why it skipped
+
+    @classmethod
+    def from_release(
+        cls,
+        path: str | Path,
+        provider: str = "cpu",
+        precision: str = "fp32",
+        threads: int = 0,
+        preprocess: str = "fast",
+        check: str = "auto",
+    ) -> ClipOnnx:
+        """Open a release directory (or an artifact directory), check every file it will use, and
+        check each artifact's numbers here (serve_check): "auto" skips that where this exact
+        environment already has a passing verdict, "always" runs it, "off" serves unchecked."""
+        _preprocessor(preprocess)  # refuse bad names before loading anything
+        require_mode(check)
+        root = Path(path)
+        manifest = read_manifest(root)
+        sessions: dict[str, Any] = {}
+        entries: dict[str, dict[str, Any]] = {}
+        info: dict[str, LoadedArtifact] = {}
+        for tower in TOWERS:
+            candidates = select_artifacts(manifest, tower=tower, format="onnx", precision=precision)
+            if not candidates:
+                continue
+            entry = entries[tower] = candidates[0]
+            require_intact(root, entry, f"refusing to load {entry['path']}")
+            session = open_runner(root, entry, provider, threads=threads, stop_spinning_after_run=True).session
+            sessions[tower] = session
+            info[tower] = LoadedArtifact(root / entry["path"], precision, session.get_providers()[0])
+        if not sessions:
+            available = sorted({f"{a['precision']}/{a['format']}" for a in manifest["artifacts"]})
+            raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
+        reference = functools.cache(
+            lambda: load_reference_slice(root, manifest, set(sessions))
+        )  # read only if a check runs
+        checks = {tower: check_here(manifest, entries[tower], sessions[tower], reference, check) for tower in sessions}
+        vocab = manifest["tokenizer"].get("file") or manifest["tokenizer"].get("bpe_vocab")
+        if vocab and "text" in sessions:
+            require_intact(root, vocab, "refusing to load the tokenizer")
+        model = cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
+        model.serve_checks = checks
+        return model
+
+    def pixel_values(self, images: Any) -> np.ndarray:
+        """[N, 3, H, W] from one image or a list (see embed_images); a bad item is named by index."""
+        rows = []
+        for index, item in enumerate(_items(images, "images", _is_one_image)):
+            try:
+                rows.append(self._preprocess(load_image(item), self.preprocess_config))
+            except ClipExportError as exc:
+                raise ClipExportError(f"images[{index}]: {exc}") from exc
+        if not rows:
+            return np.zeros((0, 3, *self.preprocess_config.image_size), dtype=np.float32)
+        return rows[0][None] if len(rows) == 1 else np.stack(rows)  # one image: no stacking copy
+
+    def embed_images(self, images: Any, normalize: bool = True) -> np.ndarray:
+        """One row per image. An image is a file path, encoded bytes (what a service receives), an
+        HxWx3 uint8 RGB array (HxW grey and HxWx4 RGBA too) or a PIL image; one of them alone is a
+        batch of one."""
+        if self._visual is None:  # before any image is decoded
+            raise ClipExportError(f"{self.root} has no visual tower")
+        return self.embed_pixels(self.pixel_values(images), normalize)
+
+    def embed_pixels(self, pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """One row per image of [N, 3, H, W] float32 pixel_values already preprocessed (pixel_values())."""
+        if self._visual is None:
+            raise ClipExportError(f"{self.root} has no visual tower")
+        return self._run(
+            self._visual, TOWERS["visual"].input_name, np.ascontiguousarray(pixels, dtype=np.float32), normalize
+        )
+
+    def tokenize(self, texts: Any) -> np.ndarray:
+        captions = _items(texts, "texts", lambda value: isinstance(value, str))
+        for index, caption in enumerate(captions):
+            if not isinstance(caption, str):
+                raise ClipExportError(f"texts[{index}]: type {type(caption).__name__} is not a caption; pass str")
+        if self._tokenizer is None:
+            self._tokenizer = _tokenizer_for(self.manifest, self.root)
+        return self._tokenizer(captions)
+
+    def embed_texts(self, texts: Any, normalize: bool = True) -> np.ndarray:
+        """One row per caption; a bare string is one caption (a batch of one), never its characters."""
+        if self._text is None:
+            raise ClipExportError(f"{self.root} has no text tower")
+        return self._run(self._text, TOWERS["text"].input_name, self.tokenize(texts), normalize)
+
+    def _run(self, session: Any, name: str, inputs: np.ndarray, normalize: bool) -> np.ndarray:
+        if not len(inputs):  # an empty batch is a valid request: zero rows of the embedding size
+            return np.zeros((0, session.get_outputs()[0].shape[-1]), dtype=np.float32)
+        out = session.run(None, {name: inputs})[0]
+        return _l2(out) if normalize and not self.normalized_in_graph else out
+
+
+def _is_one_image(value: Any) -> bool:
+    return isinstance(value, (str, Path, bytes, bytearray, memoryview, Image.Image)) or (
+        isinstance(value, np.ndarray) and value.ndim in (2, 3)
+    )
+
+
+def _items(values: Any, what: str, is_one: Callable[[Any], bool]) -> list[Any]:
+    """A batch from one item or any iterable of them; anything else is named, not iterated."""
+    if is_one(values):
+        return [values]
+    if isinstance(values, (dict, set)) or not hasattr(values, "__iter__"):
+        raise ClipExportError(f"{what} must be one item or a list of them, not type {type(values).__name__}")
+    return list(values)
+
+
+def _preprocessor(name: str) -> Callable[[Image.Image, PreprocessConfig], np.ndarray]:
+    if name not in PREPROCESSORS:
+        raise ClipExportError(f"the requested preprocessing was {name!r}; available: {', '.join(PREPROCESSORS)}")
+    return PREPROCESSORS[name]
+
+
+def _l2(x: np.ndarray) -> np.ndarray:
+    return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
+
+
+def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
+    """The bundled tokenizer.json (no torch, every family), the CLIP merges file that exports before
+    it bundled, else, for those older exports only, the library the manifest names."""
+    from clip_export.core.tokenizer import TextTokenizer, clip_bpe_tokenizer
+
+    settings = manifest["tokenizer"]
+    context = int(settings["context_length"])
+    if settings.get("file"):
+        return TextTokenizer.from_file(resolve_inside(root, settings["file"]["path"], "the tokenizer file"), settings)
+    if settings.get("bpe_vocab"):
+        return TextTokenizer(
+            clip_bpe_tokenizer(resolve_inside(root, settings["bpe_vocab"]["path"], "the tokenizer vocabulary")),
+            "lower",
+            context,
+            0,
+        )
+    if settings.get("kind") == "huggingface":
+        transformers = import_optional(
+            "transformers",
+            package="transformers",
+            extra="hf",
+            purpose="the tokenizer of an export made from a Hugging Face directory",
+        )
+        hf = transformers.CLIPTokenizer.from_pretrained(
+            str(manifest["model"]["source"]).split(":", 1)[1], local_files_only=True
+        )
+        return lambda texts: np.asarray(
+            hf(texts, padding="max_length", truncation=True, max_length=context)["input_ids"], dtype=np.int64
+        )
+    import open_clip
+
+    arch = manifest["model"]["arch"]
+    tokenizer = open_clip.get_tokenizer(arch if arch in open_clip.list_models() else "ViT-B-32")
+    if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
+        raise ClipExportError(f"the tokenizer for {arch} does not use the SOT/EOT ids recorded in the manifest")
+    return lambda texts: tokenizer(texts, context_length=context).numpy().astype(np.int64)

@@ -1,0 +1,1 @@
+"""One module (or one folder with its private helpers) per pipeline stage. No stage imports another."""

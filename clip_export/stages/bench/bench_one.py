@@ -1,0 +1,161 @@
+"""One bench row: one artifact on one provider at one batch size, timed, with its ratios to torch and
+to the machine's ceilings."""
+
+from __future__ import annotations
+
+import gc
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clip_export.core.errors import ProviderUnavailableError
+from clip_export.core.sessions import SessionOptions, create_session, provider_name
+from clip_export.core.spec import CPU_PROVIDER, TOWERS
+from clip_export.stages.bench.bench_rows import BenchRow, rss_mb
+from clip_export.stages.bench.timing import LatencyStats, runs_for, time_calls
+
+
+def inputs_for(tower: str, ref: dict[str, np.ndarray], batch: int) -> np.ndarray:
+    source = ref[TOWERS[tower].input_name]
+    reps = -(-batch // len(source))
+    return np.ascontiguousarray(np.concatenate([source] * reps)[:batch])
+
+
+def bench_onnx(
+    path: Path,
+    tower: str,
+    precision: str,
+    provider: str,
+    batch: int,
+    inputs: np.ndarray,
+    *,
+    threads: int,
+    budget_s: float,
+    name: str,
+    kind: str = "artifact",
+) -> BenchRow:
+    """Latency of one ONNX artifact on one provider; an unavailable provider yields a row without numbers."""
+    base = dict(
+        name=name,
+        kind=kind,
+        tower=tower,
+        precision=precision,
+        provider_requested=provider_name(provider),
+        batch=batch,
+        threads=threads,
+    )
+    options = SessionOptions(
+        provider=provider,
+        intra_op_threads=threads,
+        precision=precision,
+        provider_options=_provider_options(provider, precision, path),
+    )
+    started = time.perf_counter()
+    try:
+        session = create_session(path, options)
+    except ProviderUnavailableError as exc:
+        return BenchRow(**base, provider_ran=None, status=f"unavailable: {exc}")
+    create_ms = (time.perf_counter() - started) * 1000.0
+    ran = session.get_providers()[0]
+    input_name = TOWERS[tower].input_name
+    started = time.perf_counter()
+    session.run(None, {input_name: inputs})
+    first_ms = (time.perf_counter() - started) * 1000.0
+    copy_ms = None
+    if ran == CPU_PROVIDER:
+        stats = time_calls(lambda: session.run(None, {input_name: inputs}), budget_s=budget_s, **runs_for(batch))
+    else:
+        stats, end_to_end = _bench_device_resident(session, input_name, inputs, budget_s)
+        copy_ms = end_to_end.p50_ms - stats.p50_ms
+    rss = rss_mb()
+    session = None  # release the weights before the next session is created
+    gc.collect()
+    return BenchRow(
+        **base,
+        provider_ran=ran,
+        status="ok",
+        latency=stats,
+        throughput_per_s=batch / (stats.p50_ms / 1000.0),
+        session_create_ms=create_ms,
+        first_inference_ms=first_ms,
+        copy_overhead_ms=copy_ms,
+        rss_mb=rss,
+    )
+
+
+def _provider_options(provider: str, precision: str, path: Path) -> tuple[tuple[str, str], ...]:
+    if provider_name(provider) == "TensorrtExecutionProvider":
+        cache = Path(tempfile.gettempdir()) / "clip-export-trt-ep-cache"
+        return (
+            ("trt_engine_cache_enable", "True"),
+            ("trt_engine_cache_path", str(cache)),
+            ("trt_timing_cache_enable", "True"),
+            ("trt_fp16_enable", "True" if precision == "fp16" else "False"),
+        )
+    return ()
+
+
+def _bench_device_resident(
+    session: Any, input_name: str, inputs: np.ndarray, budget_s: float
+) -> tuple[LatencyStats, LatencyStats]:
+    """GPU timing with IO binding (no copies), and end to end with numpy in/out for the copy cost."""
+    from clip_export.core.sessions import ort
+
+    rt = ort()
+    binding = session.io_binding()
+    binding.bind_ortvalue_input(input_name, rt.OrtValue.ortvalue_from_numpy(inputs, "cuda", 0))
+    binding.bind_output(session.get_outputs()[0].name, "cuda")
+
+    def resident() -> None:
+        session.run_with_iobinding(binding)
+        binding.synchronize_outputs()
+
+    device = time_calls(resident, budget_s=budget_s)
+    end_to_end = time_calls(lambda: session.run(None, {input_name: inputs}), budget_s=budget_s / 2)
+    return device, end_to_end
+
+
+def bench_fused(path: Path, tower: str, batch: int, inputs: np.ndarray, threads: int, budget_s: float) -> BenchRow:
+    from clip_export.core.graph_surgery import fuse_transformer_ops
+
+    optimized, _ = fuse_transformer_ops(path)
+    with tempfile.TemporaryDirectory() as tmp:
+        fused = Path(tmp) / "fused.onnx"
+        optimized.save_model_to_file(str(fused))
+        return bench_onnx(
+            fused,
+            tower,
+            "fp32",
+            "cpu",
+            batch,
+            inputs,
+            threads=threads,
+            budget_s=budget_s,
+            name=f"{path.name} +ort-optimizer",
+            kind="baseline",
+        )
+
+
+def with_ratios(
+    row: BenchRow,
+    torch_p50: float | None,
+    flops: float | None,
+    ceilings: dict[str, float],
+    streamed: float | None = None,
+) -> BenchRow:
+    if row.latency is None:
+        return row
+    updates: dict[str, Any] = {}
+    if torch_p50:
+        updates["speedup_vs_torch"] = torch_p50 / row.latency.p50_ms
+    if flops and row.provider_ran in (CPU_PROVIDER, "torch-cpu"):
+        achieved = flops * row.batch / (row.latency.p50_ms / 1000.0) / 1e9
+        updates["gflops_per_s"] = achieved
+        ceiling = ceilings["int8"] if row.precision == "int8" else ceilings["fp32"]
+        updates["ceiling_share"] = achieved / ceiling
+        if streamed and row.batch == 1 and row.precision == "fp32":
+            updates["streamed_ceiling_share"] = achieved / streamed
+    return BenchRow(**{**row.__dict__, **updates})

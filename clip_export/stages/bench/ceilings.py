@@ -1,0 +1,165 @@
+"""What the CPU allows: the GEMM ceiling through onnxruntime, a tower's FLOPs, and the streamed-weights
+limit at batch 1, so bench can say how far each row is from the machine's physical limit."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import numpy as np
+
+from clip_export.core.spec import CPU_PROVIDER
+from clip_export.stages.bench.timing import time_calls
+
+
+def _matmul_model(m: int, k: int, n: int, int8: bool) -> bytes:
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    if int8:
+        weight = numpy_helper.from_array(rng.integers(-127, 127, (k, n), dtype=np.int8), "w")
+        node = helper.make_node("MatMulInteger", ["a", "w"], ["y"])
+        a_type, y_type = TensorProto.UINT8, TensorProto.INT32
+    else:
+        weight = numpy_helper.from_array(rng.standard_normal((k, n)).astype(np.float32), "w")
+        node = helper.make_node("MatMul", ["a", "w"], ["y"])
+        a_type, y_type = TensorProto.FLOAT, TensorProto.FLOAT
+    graph = helper.make_graph(
+        [node],
+        "gemm",
+        [helper.make_tensor_value_info("a", a_type, [m, k])],
+        [helper.make_tensor_value_info("y", y_type, [m, n])],
+        [weight],
+    )
+    return helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+
+
+def _cpu_session(model: bytes, threads: int) -> Any:
+    from clip_export.core.sessions import ort
+
+    rt = ort()
+    so = rt.SessionOptions()
+    so.intra_op_num_threads = threads
+    return rt.InferenceSession(model, so, providers=[CPU_PROVIDER])
+
+
+def _p50_gflops(session: Any, a: np.ndarray, flops: float, budget_s: float) -> float:
+    """G(FL)OP/s of a one-input limit model ("a"), from its p50 latency."""
+    stats = time_calls(lambda: session.run(None, {"a": a}), warmup=2, budget_s=budget_s, min_runs=5)
+    return flops / (stats.p50_ms / 1000.0) / 1e9
+
+
+def gemm_ceiling(
+    threads: int, int8: bool = False, size: tuple[int, int, int] = (512, 2048, 2048), budget_s: float = 1.5
+) -> float:
+    """GFLOP/s (GOP/s for int8) of one large MatMul through onnxruntime's CPU provider."""
+    m, k, n = size
+    a = (
+        np.random.default_rng(1).integers(0, 255, (m, k), dtype=np.uint8)
+        if int8
+        else np.random.default_rng(1).standard_normal((m, k)).astype(np.float32)
+    )
+    return _p50_gflops(_cpu_session(_matmul_model(m, k, n, int8), threads), a, 2.0 * m * k * n, budget_s)
+
+
+def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, int], ...]]:
+    """FLOPs of one item through the tower (torch's FlopCounterMode), and the (M, K, N) of every
+    matrix product against a weight, in forward order."""
+    import torch
+    from torch.utils._python_dispatch import TorchDispatchMode
+    from torch.utils.flop_counter import FlopCounterMode
+
+    aten = torch.ops.aten
+
+    class WeightProducts(TorchDispatchMode):
+        def __init__(self) -> None:
+            super().__init__()
+            self.shapes: list[tuple[int, int, int]] = []
+
+        def __torch_dispatch__(self, func: Any, types: Any, args: Any = (), kwargs: Any = None) -> Any:
+            if func in (aten.mm.default, aten.addmm.default):
+                a, b = args[-2], args[-1]
+                self.shapes.append((int(a.shape[0]), int(a.shape[1]), int(b.shape[1])))
+            return func(*args, **(kwargs or {}))
+
+    from clip_export.core.reference import example_input
+
+    x = torch.from_numpy(example_input(loaded, tower, 1))
+    encode = loaded.model.encode_image if tower == "visual" else loaded.model.encode_text
+    # The fused multi-head-attention fast path is one opaque kernel the counter does not see;
+    # the slow path runs the same projections as countable matmuls.
+    fastpath = torch.backends.mha.get_fastpath_enabled()
+    torch.backends.mha.set_fastpath_enabled(False)
+    try:
+        with torch.no_grad(), FlopCounterMode(display=False) as counter, WeightProducts() as products:
+            encode(x)
+    finally:
+        torch.backends.mha.set_fastpath_enabled(fastpath)
+    return float(counter.get_total_flops()), tuple(products.shapes)
+
+
+def _streamed_chain_model(
+    shapes: Sequence[tuple[int, int, int]], min_weight_bytes: int, max_nodes: int
+) -> tuple[bytes, int, int, float]:
+    """The tower's weight products as one chain, each with its own random weight, repeated until
+    the weights outgrow any cache. Slice/Pad adapt one product's width to the next one's depth."""
+    from onnx import TensorProto, helper, numpy_helper
+
+    rng = np.random.default_rng(0)
+    nodes, weights = [], []
+    flops, weight_bytes = 0.0, 0
+    first_m, first_k = shapes[0][0], shapes[0][1]
+    per_token = [shape for shape in shapes if shape[0] == first_m]  # not the pooled one-row head
+    current, width = "a", first_k
+    index = 0
+    while index == 0 or (weight_bytes < min_weight_bytes and index < max_nodes):
+        m, k, n = per_token[index % len(per_token)]
+        if width > k:
+            nodes.append(helper.make_node("Slice", [current, "zero", f"k{index}", "last"], [f"in{index}"]))
+            weights.append(numpy_helper.from_array(np.asarray([k], np.int64), f"k{index}"))
+            current = f"in{index}"
+        elif width < k:
+            nodes.append(helper.make_node("Pad", [current, f"pad{index}"], [f"in{index}"]))
+            weights.append(numpy_helper.from_array(np.asarray([0, 0, 0, k - width], np.int64), f"pad{index}"))
+            current = f"in{index}"
+        weights.append(numpy_helper.from_array((rng.standard_normal((k, n), dtype=np.float32) * k**-0.5), f"w{index}"))
+        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], [f"y{index}"]))
+        current, width = f"y{index}", n
+        flops += 2.0 * m * k * n
+        weight_bytes += 4 * k * n
+        index += 1
+    weights += [
+        numpy_helper.from_array(np.asarray([0], np.int64), "zero"),
+        numpy_helper.from_array(np.asarray([1], np.int64), "last"),
+    ]
+    graph = helper.make_graph(
+        nodes,
+        "streamed",
+        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [first_m, first_k])],
+        [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)],
+        weights,
+    )
+    return (
+        helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString(),
+        first_m,
+        first_k,
+        flops,
+    )
+
+
+def streamed_gemm_ceiling(
+    shapes: Sequence[tuple[int, int, int]],
+    threads: int,
+    *,
+    min_weight_bytes: int = 256 * 2**20,
+    max_nodes: int = 400,
+    budget_s: float = 1.0,
+) -> float | None:
+    """GFLOP/s of the tower's own weight products at batch 1 through onnxruntime, each weight read
+    from memory as a one-document run must: the limit when weights, not arithmetic, are the cost."""
+    if not shapes:
+        return None
+    model, m, k, flops = _streamed_chain_model(shapes, min_weight_bytes, max_nodes)
+    session = _cpu_session(model, threads)
+    del model  # 256 MB of serialized weights the session has already copied
+    return _p50_gflops(session, np.random.default_rng(1).standard_normal((m, k)).astype(np.float32), flops, budget_s)

@@ -1,0 +1,362 @@
+"""`clip-export embed`: a folder of photos or a table of captions into a Parquet index that knows
+what built it (docs/embed.md).
+
+Three seams, shared by both engines: the reader (embed_inputs: items, their content and its hash),
+the mapper (ClipOnnx: the release's own preprocessing, tokenizer and sessions) and the writer
+(embed_store: atomic Parquet chunks, the dataset manifest, the resume index). The engine is the
+fourth: the local engine below (a thread pool decodes and preprocesses the next batches while the
+session runs this one) or Ray Data (embed_ray, imported only for --ray).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import time
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clip_export.core.environment import current_environment, versions
+from clip_export.core.errors import ClipExportError, ServeCheckError
+from clip_export.core.manifest import exclusive, now_iso, read_manifest, select_artifacts
+from clip_export.core.progress import Progress, rate_and_eta, silent
+from clip_export.core.spec import EMBED_BATCH_SIZE, EMBED_CHUNK_ROWS, EMBED_DECODE_THREADS, EMBED_PRECISION_PREFERENCE
+from clip_export.runtime.serving import ClipOnnx
+from clip_export.stages.embed.compat import CompatResult, compare_models
+from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, list_items, prepare
+from clip_export.stages.embed.embed_store import Done, Store, new_manifest
+
+
+@dataclass(frozen=True)
+class EmbedResult:
+    out: Path
+    engine: str
+    precision: str
+    artifact_key: str
+    why_this_artifact: str
+    items: int
+    embedded: int
+    unchanged: int
+    failed: int
+    errors: tuple[tuple[str, str], ...]  # (id, reason), the first few
+    chunks_written: int
+    seconds: float
+    items_per_s: float
+    environment: str
+    compat: CompatResult | None = None
+
+
+def open_model(source: Path, precision: str | None, towers: set[str], threads: int = 0) -> tuple[ClipOnnx, str]:
+    """The artifact to embed with and why: --precision, else the fastest that holds here."""
+    if precision:
+        return ClipOnnx.from_release(
+            source, precision=precision, threads=threads
+        ), f"{precision}: asked for with --precision"
+    manifest = read_manifest(source)
+    refused = []
+    for candidate in EMBED_PRECISION_PREFERENCE:
+        have = {e["tower"] for e in select_artifacts(manifest, format="onnx", precision=candidate)}
+        if not towers <= have:
+            continue
+        try:
+            model = ClipOnnx.from_release(source, precision=candidate, threads=threads)
+        except ServeCheckError as exc:
+            refused.append(f"{candidate} fails here ({str(exc).split(':')[0]})")
+            continue
+        how = "; ".join(f"{t}: {c.status}" for t, c in sorted(model.serve_checks.items()) if t in towers)
+        return model, f"{candidate}: the fastest that holds here ({how})" + (
+            f"; {'; '.join(refused)}" if refused else ""
+        )
+    raise ClipExportError(
+        f"{source} has no artifact for {', '.join(sorted(towers))} that holds in this environment"
+        + (f": {'; '.join(refused)}" if refused else "")
+    )
+
+
+def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[str, Any]:
+    """What the dataset manifest says built it: model, precision, preprocessing, ONNX bytes, here."""
+    onnx = {}
+    for tower in sorted(model.artifacts):
+        entry = select_artifacts(model.manifest, tower=tower, format="onnx", precision=precision)[0]
+        onnx[tower] = {"path": entry["path"], "sha256": entry["sha256"]}
+    key = hashlib.sha256("|".join(f"{t}:{v['sha256']}" for t, v in sorted(onnx.items())).encode()).hexdigest()[:16]
+    provider = next(iter(model.artifacts.values())).provider
+    info = model.manifest["model"]
+    return {
+        "key": key,
+        "source": str(Path(model.root).resolve()),
+        "model": {
+            k: info.get(k) for k in ("name", "arch", "pretrained", "source", "seed", "checkpoint_sha256") if k in info
+        },
+        "precision": precision,
+        "preprocess": model.manifest["preprocess"],
+        "preprocess_impl": "fast",
+        "tokenizer": model.manifest["tokenizer"].get("file", {}).get("sha256"),
+        "onnx": onnx,
+        "environment": current_environment(provider).to_json(),
+        "versions": versions(),
+    }
+
+
+def embed(
+    source: Path,
+    inputs: Sequence[str | Path],
+    out: Path,
+    *,
+    precision: str | None = None,
+    batch_size: int = EMBED_BATCH_SIZE,
+    column: str | None = None,
+    chunk_rows: int = EMBED_CHUNK_ROWS,
+    reembed: bool = False,
+    ray_address: str | None = None,
+    use_ray: bool = False,
+    threads: int = 0,
+    progress: Progress = silent,
+) -> EmbedResult:
+    if batch_size < 1 or chunk_rows < 1:
+        raise ClipExportError(f"--batch-size and --chunk-rows must be at least 1 (got {batch_size}, {chunk_rows})")
+    with exclusive(Path(out)):  # a second run on the same --out fails at once, before any work
+        return _embed(
+            source,
+            inputs,
+            out,
+            precision,
+            batch_size,
+            column,
+            chunk_rows,
+            reembed,
+            ray_address,
+            use_ray,
+            threads,
+            progress,
+        )
+
+
+def _embed(
+    source: Path,
+    inputs: Sequence[str | Path],
+    out: Path,
+    precision: str | None,
+    batch_size: int,
+    column: str | None,
+    chunk_rows: int,
+    reembed: bool,
+    ray_address: str | None,
+    use_ray: bool,
+    threads: int,
+    progress: Progress,
+) -> EmbedResult:
+    started = time.perf_counter()
+    items = list_items(inputs, column)
+    towers = {"visual" if i.kind == "image" else "text" for i in items}
+    store = Store(out)
+    store.remove_stale_temporaries()
+    model, why = open_model(Path(source), precision, towers, threads)
+    chosen = precision or why.split(":")[0]
+    artifact = artifact_record(model, chosen, towers)
+    dim = int(model.manifest["model"].get("embed_dim") or _embed_dim(model))
+    compat, accepted = _reconcile(store, artifact, model, dim, reembed, progress)
+    store.compact()
+    done = store.index()
+    progress(f"{len(items)} items, {len(done)} already in {out}; {why}")
+    counts = {"embedded": 0, "unchanged": 0, "chunks": 0}
+    errors: list[tuple[str, str, str, str]] = []
+    if use_ray:
+        from clip_export.stages.embed.embed_ray import run_ray
+
+        run_ray(
+            source=Path(source),
+            precision=chosen,
+            items=items,
+            done={k: v.sha256 for k, v in done.items() if v.artifact_key in accepted},
+            store=store,
+            key=artifact["key"],
+            batch_size=batch_size,
+            chunk_rows=chunk_rows,
+            address=ray_address,
+            counts=counts,
+            errors=errors,
+            progress=progress,
+        )
+    else:
+        _run_local(
+            model, items, done, accepted, store, artifact["key"], batch_size, chunk_rows, counts, errors, progress
+        )
+    store.write_errors(errors)
+    store.compact(keep_keys=accepted if reembed else None)
+    seconds = time.perf_counter() - started
+    manifest = store.manifest or new_manifest(artifact, dim)
+    manifest["runs"].append(
+        {
+            "date": now_iso(),
+            "engine": "ray" if use_ray else "local",
+            "artifact_key": artifact["key"],
+            "items": len(items),
+            "embedded": counts["embedded"],
+            "unchanged": counts["unchanged"],
+            "failed": len(errors),
+            "seconds": round(seconds, 3),
+        }
+    )
+    store.write_manifest(manifest)
+    return EmbedResult(
+        Path(out),
+        "ray" if use_ray else "local",
+        chosen,
+        artifact["key"],
+        why,
+        len(items),
+        counts["embedded"],
+        counts["unchanged"],
+        len(errors),
+        tuple((e[0], e[3]) for e in errors[:20]),
+        counts["chunks"],
+        seconds,
+        counts["embedded"] / seconds if seconds else 0.0,
+        current_environment(model.artifacts[min(model.artifacts)].provider).describe(),
+        compat,
+    )
+
+
+def _embed_dim(model: ClipOnnx) -> int:
+    session = model._visual or model._text
+    return int(session.get_outputs()[0].shape[-1])
+
+
+def _reconcile(
+    store: Store, artifact: dict[str, Any], model: ClipOnnx, dim: int, reembed: bool, progress: Progress
+) -> tuple[CompatResult | None, set[str]]:
+    """The artifacts whose rows this run keeps. A dataset built by another artifact is extended only
+    when `compat` finds the two interchangeable here; --reembed replaces its rows instead."""
+    if store.manifest is None:
+        store.write_manifest(new_manifest(artifact, dim))
+        return None, {artifact["key"]}
+    manifest = store.manifest
+    old = manifest["artifact"]
+    keys = {old["key"]} | {a["key"] for a in manifest.get("accepted", [])}
+    if artifact["key"] in keys:
+        return None, keys
+    if reembed:
+        progress(
+            f"--reembed: every item is embedded again with {artifact['precision']} ({artifact['key']}); rows of {old['precision']} ({old['key']}) go as they are replaced"
+        )
+        manifest.update(artifact=artifact, accepted=[], embedding_dim=dim, reembedded_from=old)
+        store.write_manifest(manifest)
+        return None, {artifact["key"]}
+    if manifest.get("embedding_dim") != dim or old["model"].get("arch") != artifact["model"].get("arch"):
+        raise ClipExportError(
+            f"{store.out} was built by {old['model'].get('arch')} ({manifest.get('embedding_dim')}-d); this is {artifact['model'].get('arch')} ({dim}-d): different embedding spaces never share an index; use another --out or --reembed"
+        )
+    progress(
+        f"{store.out} was built by {old['precision']} ({old['key']}); checking that {artifact['precision']} is interchangeable with it"
+    )
+    try:
+        previous = ClipOnnx.from_release(old["source"], precision=old["precision"], check="off")
+    except ClipExportError as exc:
+        raise ClipExportError(
+            f"{store.out} was built by {old['precision']} from {old['source']}, which cannot be opened to check compatibility ({exc}); pass --reembed to re-index"
+        ) from None
+    result = compare_models(previous, model, old["precision"], artifact["precision"])
+    if result.verdict != "interchangeable":
+        raise ClipExportError(
+            f"refusing to extend {store.out}: {result.summary()}; pass --reembed to re-index with {artifact['precision']}"
+        )
+    manifest.setdefault("accepted", []).append({**artifact, "compat": result})
+    store.write_manifest(manifest)
+    return result, keys | {artifact["key"]}
+
+
+def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:
+    def unchanged(loaded: Loaded) -> bool:
+        previous = done.get(item.id)
+        return previous is not None and previous.sha256 == loaded.sha256 and previous.artifact_key in accepted
+
+    return prepare(model, item, unchanged)
+
+
+def _prefetched(
+    pool: ThreadPoolExecutor, work: Callable[[Item], Prepared], items: Sequence[Item], ahead: int
+) -> Iterator[Prepared]:
+    """work(item) for each item in order, with up to `ahead` items in flight on the pool."""
+    pending: list[Future[Prepared]] = []
+    position = 0
+    while position < len(items) or pending:
+        while position < len(items) and len(pending) < ahead:
+            pending.append(pool.submit(work, items[position]))
+            position += 1
+        yield pending.pop(0).result()
+
+
+def _run_local(
+    model: ClipOnnx,
+    items: Sequence[Item],
+    done: dict[str, Done],
+    accepted: set[str],
+    store: Store,
+    key: str,
+    batch_size: int,
+    chunk_rows: int,
+    counts: dict[str, int],
+    errors: list[tuple[str, str, str, str]],
+    progress: Progress,
+) -> None:
+    rows: dict[str, list[Any]] = {"ids": [], "kinds": [], "shas": [], "vectors": []}
+    started, last = time.perf_counter(), 0.0
+
+    def flush(limit: int | None = None) -> None:
+        """Write chunks of chunk_rows rows (and, at the end, what is left) with this run's errors."""
+        while rows["ids"] and (limit is None or len(rows["ids"]) >= limit):
+            take = min(len(rows["ids"]), limit or len(rows["ids"]))
+            vectors = np.concatenate(rows["vectors"])
+            store.write_chunk(rows["ids"][:take], rows["kinds"][:take], rows["shas"][:take], vectors[:take], key)
+            counts["chunks"] += 1
+            for name in ("ids", "kinds", "shas"):
+                del rows[name][:take]
+            rows["vectors"][:] = [vectors[take:]] if take < len(vectors) else []
+        store.write_errors(errors)
+
+    def run(batch: list[Prepared]) -> None:
+        if not batch:
+            return
+        kind = batch[0].loaded.item.kind
+        if kind == "image":
+            vectors = model.embed_pixels(np.stack([p.array for p in batch]))
+        else:
+            vectors = model.embed_texts([str(p.loaded.content) for p in batch])
+        rows["ids"].extend(p.loaded.item.id for p in batch)
+        rows["kinds"].extend([kind] * len(batch))
+        rows["shas"].extend(p.loaded.sha256 for p in batch)
+        rows["vectors"].append(np.asarray(vectors, dtype=np.float32))
+        counts["embedded"] += len(batch)
+        batch.clear()
+        if len(rows["ids"]) >= chunk_rows:
+            flush(chunk_rows)
+
+    with ThreadPoolExecutor(EMBED_DECODE_THREADS, thread_name_prefix="embed-decode") as pool:
+        for kind in ("image", "text"):
+            group = [i for i in items if i.kind == kind]
+            batch: list[Prepared] = []
+            for prepared in _prefetched(
+                pool, lambda item: _prepare(model, item, done, accepted), group, 2 * batch_size
+            ):
+                if prepared.skip:
+                    counts["unchanged"] += 1
+                elif prepared.loaded.error is not None:
+                    errors.append((prepared.loaded.item.id, kind, prepared.loaded.sha256, prepared.loaded.error))
+                else:
+                    batch.append(prepared)
+                    if len(batch) >= batch_size:
+                        run(batch)
+                now = time.perf_counter()
+                if now - last >= 1.0:
+                    last = now
+                    finished = counts["embedded"] + counts["unchanged"] + len(errors)
+                    progress(
+                        f"{finished}/{len(items)} items ({counts['embedded']} embedded, {len(errors)} failed); {rate_and_eta(counts['embedded'], len(items) - finished, now - started)}"
+                    )
+            run(batch)
+    flush()

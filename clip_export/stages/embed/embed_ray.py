@@ -1,0 +1,209 @@
+"""The Ray engine of `clip-export embed --ray [ADDRESS]`: the same job on Ray Data, past one machine.
+
+read (the items, as a Ray dataset) → map_batches with an actor pool (each actor opens one ClipOnnx:
+one runtime session per tower, with its own thread count, and does the reading, hashing and
+preprocessing of its batches) → the driver streams the results into the same writer the local
+engine uses (embed_store: atomic Parquet chunks, the same schema and manifest). Ray schedules,
+retries and restarts; there is no scheduler of ours. A worker killed mid-job is restarted by Ray
+and its batch re-run (Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1), so
+nothing is lost: tests/test_embed_ray.py kills one by pid.
+
+Imported only for --ray; without Ray the error names the extra `clip-export[ray]`.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from clip_export.core.errors import import_optional
+from clip_export.core.progress import Progress, rate_and_eta
+from clip_export.stages.embed.embed_inputs import Item, prepare
+
+PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
+# Text cells cannot be null in one Arrow column with strings elsewhere: "" and b"" stand for none.
+FIELDS = ("id", "kind", "path", "data", "text")
+
+
+class EmbedMapper:
+    """One actor: one ClipOnnx (sessions opened once), then batch after batch of rows."""
+
+    def __init__(self, source: str, precision: str, threads: int, done: dict[str, str]) -> None:
+        from clip_export.runtime.serving import ClipOnnx
+
+        self.model = ClipOnnx.from_release(source, precision=precision, threads=threads)
+        self.done = done
+        session = self.model._visual or self.model._text
+        self.dim = int(session.get_outputs()[0].shape[-1])
+
+    def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        n = len(batch["id"])
+        status, reason, shas = ["embedded"] * n, [""] * n, [""] * n
+        vectors = np.zeros((n, self.dim), dtype=np.float32)
+        pixels: list[tuple[int, np.ndarray]] = []
+        texts: list[tuple[int, str]] = []
+        for row in range(n):
+            item = Item(
+                str(batch["id"][row]),
+                str(batch["kind"][row]),
+                path=str(batch["path"][row]) or None,
+                data=bytes(batch["data"][row]) or None,
+                text=str(batch["text"][row]) or None,
+            )
+            prepared = prepare(self.model, item, lambda loaded, key=item.id: self.done.get(key) == loaded.sha256)
+            shas[row] = prepared.loaded.sha256
+            if prepared.skip:
+                status[row] = "unchanged"
+                continue
+            if prepared.loaded.error is not None:
+                status[row], reason[row] = "failed", prepared.loaded.error
+            elif item.kind == "image":
+                pixels.append((row, prepared.array))  # type: ignore[arg-type]
+            else:
+                texts.append((row, str(prepared.loaded.content)))
+        if pixels:
+            vectors[[r for r, _ in pixels]] = self.model.embed_pixels(np.stack([p for _, p in pixels]))
+        if texts:
+            vectors[[r for r, _ in texts]] = self.model.embed_texts([t for _, t in texts])
+        return {
+            "id": batch["id"],
+            "kind": batch["kind"],
+            "sha256": np.array(shas, dtype=object),
+            "status": np.array(status, dtype=object),
+            "reason": np.array(reason, dtype=object),
+            "embedding": vectors,
+        }
+
+
+def _ray() -> Any:
+    return import_optional("ray", package="ray[data]", extra="ray", purpose="clip-export embed --ray")
+
+
+def run_ray(
+    *,
+    source: Path,
+    precision: str,
+    items: Sequence[Item],
+    done: dict[str, str],
+    store: Any,
+    key: str,
+    batch_size: int,
+    chunk_rows: int,
+    address: str | None,
+    counts: dict[str, int],
+    errors: list[tuple[str, str, str, str]],
+    progress: Progress,
+    actors: int | None = None,
+    threads: int = 1,
+) -> None:
+    ray = _ray()
+    import_optional("ray.data", package="ray[data]", extra="ray", purpose="clip-export embed --ray")
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress line says how far it is
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    started_here = not ray.is_initialized()
+    if started_here:  # workers import this clip_export (a checkout on PYTHONPATH included)
+        ray.init(
+            address=address,
+            runtime_env={
+                "env_vars": {
+                    "PYTHONPATH": os.pathsep.join(p for p in (PACKAGE_PARENT, os.environ.get("PYTHONPATH", "")) if p)
+                }
+            },
+            log_to_driver=False,
+            include_dashboard=False,
+        )
+    try:
+        cpus = int(ray.cluster_resources().get("CPU", 1))
+        pool = actors or max(1, cpus)
+        progress(
+            f"Ray: {len(items)} items on {cpus} CPUs of {len(ray.nodes())} node(s), {pool} actors of {threads} thread(s), batches of {batch_size}"
+        )
+        rows = [
+            {"id": i.id, "kind": i.kind, "path": i.path or "", "data": i.data or b"", "text": i.text or ""}
+            for i in items
+        ]
+        dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), pool * 4)))
+        mapped = dataset.map_batches(
+            EmbedMapper,
+            batch_size=batch_size,
+            batch_format="numpy",
+            compute=ray.data.ActorPoolStrategy(size=pool),
+            num_cpus=min(1, cpus / pool),
+            fn_constructor_kwargs={
+                "source": str(Path(source).resolve()),
+                "precision": precision,
+                "threads": threads,
+                "done": done,
+            },
+        )
+        _collect(mapped, store, key, chunk_rows, len(items), counts, errors, progress)
+    finally:
+        if started_here:
+            ray.shutdown()
+
+
+def _collect(
+    mapped: Any,
+    store: Any,
+    key: str,
+    chunk_rows: int,
+    total: int,
+    counts: dict[str, int],
+    errors: list[tuple[str, str, str, str]],
+    progress: Progress,
+) -> None:
+    """The driver's half: rows stream in as actors finish batches and go out in whole chunks."""
+    pending: dict[str, list[Any]] = {"ids": [], "kinds": [], "shas": [], "vectors": []}
+    started, last = time.perf_counter(), 0.0
+
+    def flush(limit: int | None) -> None:
+        while pending["ids"] and (limit is None or len(pending["ids"]) >= limit):
+            take = min(len(pending["ids"]), limit or len(pending["ids"]))
+            store.write_chunk(
+                pending["ids"][:take],
+                pending["kinds"][:take],
+                pending["shas"][:take],
+                np.stack(pending["vectors"][:take]),
+                key,
+            )
+            counts["chunks"] += 1
+            for values in pending.values():
+                del values[:take]
+        store.write_errors(errors)
+
+    for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+        for row in range(len(batch["id"])):
+            status = batch["status"][row]
+            if status == "unchanged":
+                counts["unchanged"] += 1
+            elif status == "failed":
+                errors.append(
+                    (
+                        str(batch["id"][row]),
+                        str(batch["kind"][row]),
+                        str(batch["sha256"][row]),
+                        str(batch["reason"][row]),
+                    )
+                )
+            else:
+                pending["ids"].append(str(batch["id"][row]))
+                pending["kinds"].append(str(batch["kind"][row]))
+                pending["shas"].append(str(batch["sha256"][row]))
+                pending["vectors"].append(np.asarray(batch["embedding"][row], dtype=np.float32))
+                counts["embedded"] += 1
+        if len(pending["ids"]) >= chunk_rows:
+            flush(chunk_rows)
+        now = time.perf_counter()
+        if now - last >= 1.0:
+            last = now
+            finished = counts["embedded"] + counts["unchanged"] + len(errors)
+            progress(
+                f"{finished}/{total} items ({counts['embedded']} embedded, {len(errors)} failed); {rate_and_eta(counts['embedded'], total - finished, now - started)}"
+            )
+    flush(None)

@@ -1,0 +1,57 @@
+"""Stage: visual artifacts with the preprocessing inside the graph, one per visual precision, each
+gated against the exact PIL reference from the bundled raw image files."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from clip_export.core.conversion import ConvertResult, Derivation, convert_each, save_model, tool_version
+from clip_export.core.errors import ManifestError
+from clip_export.core.manifest import read_manifest, select_artifacts
+from clip_export.core.models import PreprocessConfig
+from clip_export.core.preprocess_graph import preprocessing_nodes, with_preprocessing
+from clip_export.core.progress import Progress, silent
+from clip_export.core.spec import PREPROCESSING_FORMAT, artifact_file_name, raw_image_io
+
+
+def add_preprocessing(
+    model_dir: Path, *, precisions: Sequence[str] | None = None, force: bool = False, progress: Progress = silent
+) -> list[ConvertResult]:
+    """A preprocessing graph for each visual ONNX artifact of `precisions` (default: every one there)."""
+    import onnx
+
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    config = PreprocessConfig.from_json(manifest["preprocess"])
+    preprocessing_nodes(config)  # refuses a resize mode or crop the graph does not implement, before any work
+    available = [a["precision"] for a in select_artifacts(manifest, tower="visual", format="onnx")]
+    chosen = list(precisions) if precisions else list(dict.fromkeys(available))
+    missing = [p for p in chosen if p not in available]
+    if missing or not chosen:
+        raise ManifestError(
+            f"{model_dir} has no visual ONNX artifact in {', '.join(missing or ['any precision'])}; it has {', '.join(available) or 'none'}"
+        )
+
+    def write(source: Path, target: Path) -> dict[str, Any]:
+        save_model(with_preprocessing(onnx.load(str(source)), config), target)
+        return {
+            "tool": f"clip-export preprocess_graph, onnx {tool_version('onnx')}",
+            "preprocessing": {**config.to_json(), "resample": "onnx Resize, antialias, half_pixel, exclude_outside"},
+        }
+
+    def io(source: dict[str, Any]) -> dict[str, Any]:
+        return raw_image_io(int(source["outputs"][0]["shape"][-1]))
+
+    results = []
+    for precision in chosen:
+        how = Derivation(
+            precision,
+            lambda path: artifact_file_name(path, preprocessing=True),
+            source_precision=precision,
+            format=PREPROCESSING_FORMAT,
+            io=io,
+        )
+        results.append(convert_each(model_dir, how, write, towers=("visual",), force=force, progress=progress))
+    return results

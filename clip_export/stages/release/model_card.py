@@ -1,0 +1,182 @@
+"""The release's MODEL_CARD.md: what the model is, every artifact with its verdicts, speed and size, and how to load it."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from clip_export.core.environment import Environment
+from clip_export.core.manifest import passing_rows
+from clip_export.core.spec import CAPTIONS_CHECKED, CAPTIONS_WITH_OTHER_IDS, PREPROCESSING_FORMAT, TOKENIZER_FORMAT
+from clip_export.stages.release.clients_card import clients_section
+
+WEIGHT_LICENCES = {
+    "openai": "MIT (OpenAI CLIP weights)",
+}
+
+
+def passing_environments(manifest: dict[str, Any], entry: dict[str, Any]) -> list[Environment]:
+    """The environments with a passing verify row for exactly this artifact's bytes; a passing row
+    that does not say where it was obtained is refused (ManifestError), never counted."""
+    return [Environment.from_json(r.get("environment"), entry["path"]) for r in passing_rows(manifest, entry)]
+
+
+def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
+    model = manifest["model"]
+    licence = (
+        "none: random weights"
+        if model.get("random_init")
+        else WEIGHT_LICENCES.get(model.get("pretrained") or "", "check the licence of the weights source")
+    )
+    pre, tok = manifest["preprocess"], manifest["tokenizer"]
+    visual = next(
+        (
+            a
+            for a in manifest["artifacts"]
+            if a["tower"] == "visual" and a["format"] == "onnx" and a["precision"] == "fp32"
+        ),
+        None,
+    )
+    text = next(
+        (
+            a
+            for a in manifest["artifacts"]
+            if a["tower"] == "text" and a["format"] == "onnx" and a["precision"] == "fp32"
+        ),
+        None,
+    )
+    lines = [
+        f"# {model['name']} — clip-export release {tag}",
+        "",
+        f"- Architecture: open_clip `{model['arch']}`; weights: {model['source']}; checkpoint sha256: `{model.get('checkpoint_sha256') or 'n/a'}`.",
+        f"- Weights licence: {licence}.",
+        f"- Embedding size: {model.get('embed_dim')}; normalisation in graph: {bool(manifest.get('normalize'))}.",
+        f"- Preprocessing: {pre['image_size'][0]}×{pre['image_size'][1]}, resize {pre['resize_mode']} side with {pre['interpolation']}, centre crop, mean {pre['mean']}, std {pre['std']}.",
+        f"- Tokenizer: {tok.get('kind', 'open_clip')}, context {tok['context_length']}, SOT {tok['sot_token_id']}, EOT {tok['eot_token_id']}.",
+        "",
+        "## Artifacts",
+        "",
+        "| asset | tower | precision | format | input | output | bytes | sha256 |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for a in manifest["artifacts"]:
+        i, o = a["inputs"][0], a["outputs"][0]
+        lines.append(
+            f"| {a['path']} | {a['tower']} | {a['precision']} | {a['format']} | `{i['name']}` {i['dtype']} {i['shape']} | `{o['name']}` {o['dtype']} {o['shape']} | {a['bytes']} | `{a['sha256'][:16]}…` |"
+        )
+    rows = manifest.get("verification", {}).get("results", [])
+    lines += [
+        "",
+        "## Verification",
+        "",
+        "A verdict holds for the bytes and the environment it names: onnxruntime picks its kernels from the CPU "
+        "(AVX2, AVX-512, VNNI) and provider, so serve from an environment listed here, or let `ClipOnnx.from_release` "
+        "check the artifact on the serving machine (it does by default).",
+        "",
+    ]
+    lines += [
+        "| asset | provider | mean abs diff (norm.) | min cosine | verdict | environment |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        metrics = r.get("metrics", {})
+        env = r.get("environment")
+        where = (
+            Environment.from_json(env, f"the verdict for {r['path']}").describe()
+            if isinstance(env, dict)
+            else "unknown"
+        )
+        if r.get("format") == TOKENIZER_FORMAT:
+            lines.append(
+                f"| {r['path']} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | {metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} differ | - | {r['status']} | {where} |"
+            )
+            continue
+        lines.append(
+            f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |"
+        )
+    lines += ["", "### Environments each asset passed in", ""]
+    for a in manifest["artifacts"]:
+        envs = sorted({e.describe() for e in passing_environments(manifest, a)})
+        lines.append(f"- `{a['path']}`: " + ("; ".join(envs) if envs else "none"))
+    lines += variant_table(manifest)
+    lines += clients_section(manifest)
+    bench = manifest.get("benchmark")
+    if bench:
+        lines += [
+            "",
+            f"## Batch-1 latency ({bench.get('machine', {}).get('cpu', 'unknown machine')}, {bench.get('date', '')})",
+            "",
+            "| name | tower | provider | p50 ms | × torch eager |",
+            "|---|---|---|---|---|",
+        ]
+        for r in bench.get("rows", []):
+            if r["batch"] == 1 and r.get("latency"):
+                ratio = r.get("speedup_vs_torch")
+                lines.append(
+                    f"| {r['name']} | {r['tower']} | {r.get('provider_ran')} | {r['latency']['p50_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} |"
+                )
+    if visual and text:
+        lines += [
+            "",
+            "## Use it with plain onnxruntime",
+            "",
+            "```python",
+            "import numpy as np, onnxruntime as ort, open_clip",
+            "from PIL import Image",
+            f"visual = ort.InferenceSession('{visual['path']}'); text = ort.InferenceSession('{text['path']}')",
+            f"size, mean, std = {pre['image_size'][0]}, np.array({pre['mean']}, 'f4'), np.array({pre['std']}, 'f4')",
+            "img = Image.open('photo.jpg'); s = size / min(img.size); img = img.resize((int(img.width * s), int(img.height * s)), Image.BICUBIC)",
+            "l, t = round((img.width - size) / 2), round((img.height - size) / 2); img = img.crop((l, t, l + size, t + size)).convert('RGB')",
+            "pixels = ((np.asarray(img, 'f4') / 255 - mean) / std).transpose(2, 0, 1)[None]",
+            f"ids = open_clip.get_tokenizer('{model['arch']}')(['a photo of a cat']).numpy()",
+            "image_vec = visual.run(None, {'pixel_values': pixels})[0]; text_vec = text.run(None, {'input_ids': ids})[0]",
+            "print((image_vec / np.linalg.norm(image_vec)) @ (text_vec / np.linalg.norm(text_vec)).T)",
+            "```",
+            "",
+            "`clip_export.runtime.ClipOnnx.from_release(path)` does the same with hash checks and the exact resize rule (short side to "
+            f'{pre["image_size"][0]}, long side truncated), giving open_clip\'s pixels bit for bit; its default `preprocess="fast"` '
+            'computes only the centre crop of Pillow\'s resize, in vectorised kernels, and `preprocess="exact"` runs PIL itself.',
+        ]
+    return "\n".join(lines) + "\n"
+
+
+def variant_table(manifest: dict[str, Any]) -> list[str]:
+    """Every variant with its size, batch-1 speed and fidelity next to the fp32 artifact of its tower,
+    so a client choosing fp16, int8 or q4 for a browser or phone sees what each one costs."""
+    bench = manifest.get("benchmark") or {}
+    p50 = {
+        r["name"]: r["latency"]["p50_ms"]
+        for r in bench.get("rows", [])
+        if r.get("batch") == 1 and r.get("latency") and r.get("kind", "artifact") == "artifact"
+    }
+    verdicts: dict[str, dict[str, Any]] = {}
+    for r in (manifest.get("verification") or {}).get("results", []):
+        verdicts.setdefault(r["path"], r)
+    fp32 = {a["tower"]: a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx"}
+    lines = [
+        "",
+        f"## Variants: size, batch-1 speed ({bench.get('machine', {}).get('cpu', 'not benchmarked')}) and fidelity",
+        "",
+        "Fidelity is against the fp32 torch reference on the bundled set; a preprocessing graph is fed the raw image files. "
+        "Speed is the batch-1 p50 of `clip-export bench`; a preprocessing graph's is in docs/benchmarks.md.",
+        "",
+        "| asset | tower | precision | preprocessing in graph | MB | size vs fp32 | batch-1 p50 ms | speed vs fp32 | mean abs diff (norm.) | min cosine | top-1 agreement | verdict |",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for a in manifest["artifacts"]:
+        if a["format"] == "tensorrt":
+            continue
+        base, row = fp32.get(a["tower"]), verdicts.get(a["path"], {})
+        metrics = row.get("metrics", {})
+        top1 = min((v for k, v in metrics.items() if k.endswith("_top1")), default=None)
+        size_ratio = f"{a['bytes'] / base['bytes']:.2f}" if base else "-"
+        ms, base_ms = p50.get(a["path"]), p50.get(base["path"]) if base else None
+        speed = f"{base_ms / ms:.2f}×" if ms and base_ms else "-"
+        lines.append(
+            f"| {a['path']} | {a['tower']} | {a['precision']} | {'yes' if a['format'] == PREPROCESSING_FORMAT else 'no'} | {a['bytes'] / 1e6:.1f} | {size_ratio} | "
+            f"{f'{ms:.2f}' if ms else '-'} | {speed} | {_fmt(metrics.get('mean_abs_normalized'), '.2e')} | {_fmt(metrics.get('min_cosine'), '.5f')} | {_fmt(top1, '.3f')} | {row.get('status', 'not verified')} |"
+        )
+    return lines
+
+
+def _fmt(value: float | None, spec: str) -> str:
+    return "-" if value is None else format(value, spec)

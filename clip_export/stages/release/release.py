@@ -1,0 +1,320 @@
+"""Release: the assets a maintainer attaches on release day, checked and hashed."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clip_export.core.checkpoints import sha256_file
+from clip_export.core.errors import ManifestError, ReleaseError
+from clip_export.core.manifest import (
+    MANIFEST_NAME,
+    atomic_write_text,
+    exclusive,
+    file_record,
+    integrity_problems,
+    now_iso,
+    read_manifest,
+    resolve_inside,
+    write_manifest,
+)
+from clip_export.core.progress import Progress, silent
+from clip_export.core.spec import PREPROCESSING_FORMAT, TOKENIZER_FORMAT
+from clip_export.stages.release.hf_layout import HF_DIR, write_layout
+from clip_export.stages.release.model_card import model_card, passing_environments
+
+SAFE_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass(frozen=True)
+class ReleaseResult:
+    tag: str
+    directory: Path
+    assets: tuple[str, ...]
+    uploaded: bool
+    sources: tuple[Path, ...]
+
+
+def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
+    problems = []
+    for entry in manifest["artifacts"]:
+        for issue in integrity_problems(model_dir, entry):
+            problems.append(f"{model_dir.name}/{issue}")
+        try:
+            verified = passing_environments(manifest, entry)
+        except ManifestError as exc:
+            problems.append(f"{model_dir.name}: {exc}")
+            continue
+        if not verified:
+            problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
+    for record in (
+        manifest.get("reference"),
+        manifest["tokenizer"].get("file"),
+        manifest["tokenizer"].get("bpe_vocab"),
+    ):
+        for issue in integrity_problems(model_dir, record) if record else []:
+            problems.append(f"{model_dir.name}/{issue}")
+    tokenizer_file = manifest["tokenizer"].get("file")
+    verification = manifest.get("verification") or {}
+    if tokenizer_file and any(a["tower"] == "text" for a in manifest["artifacts"]):
+        rows = [
+            r
+            for r in verification.get("results", [])
+            if r.get("format") == TOKENIZER_FORMAT and r.get("sha256") == tokenizer_file["sha256"]
+        ]
+        if rows and not any(r["status"] == "pass" for r in rows):
+            problems.append(
+                f"{model_dir.name}/{tokenizer_file['path']} failed its check in 'clip-export verify': {'; '.join(f for r in rows for f in r.get('failures', []))}"
+            )
+        elif not rows and "tokenizers" in verification.get(
+            "versions", {}
+        ):  # a verify that checks tokenizers ran, but not on these bytes
+            problems.append(
+                f"{model_dir.name}/{tokenizer_file['path']} has no verdict for its current bytes; run 'clip-export verify {model_dir}'"
+            )
+    return problems
+
+
+def asset_name(slug: str, entry: dict[str, Any]) -> str:
+    if entry["format"] == "tensorrt":
+        sm = entry.get("tensorrt", {}).get("compute_capability", "unknown").replace(".", "")
+        name = f"{slug}-{entry['tower']}-trt-{entry['precision']}-sm{sm}.plan"
+    else:
+        name = f"{slug}-{entry['tower']}-{entry['precision']}{'-preprocessing' if entry['format'] == PREPROCESSING_FORMAT else ''}.onnx"
+    return safe_asset_name(name)
+
+
+def safe_asset_name(name: str) -> str:
+    if not SAFE_NAME.match(name) or ".." in name:
+        raise ReleaseError(
+            f"unsafe asset name '{name}': only letters, digits, '.', '_' and '-' are allowed, with no path parts"
+        )
+    return name
+
+
+def _inside(out: Path, name: str) -> Path:
+    target = (out / safe_asset_name(name)).resolve()
+    if target.parent != out.resolve():
+        raise ReleaseError(f"asset {name} would be written outside {out}")
+    return target
+
+
+def _copy_onnx_with_renamed_data(source_dir: Path, entry: dict[str, Any], staging: Path, name: str) -> list[str]:
+    """Copy an ONNX artifact; external data files get release names and the graph points at them."""
+    source = resolve_inside(source_dir, entry["path"], "the artifact")
+    if not entry.get("external_data"):
+        shutil.copyfile(source, _inside(staging, name))
+        return [name]
+    import onnx
+
+    model = onnx.load(str(source), load_external_data=False)
+    renames = {}
+    for index, record in enumerate(entry["external_data"]):
+        new = f"{name}.data" if len(entry["external_data"]) == 1 else f"{name}.data{index}"
+        renames[Path(record["path"]).name] = new
+        shutil.copyfile(resolve_inside(source_dir, record["path"], "the external data"), _inside(staging, new))
+    for tensor in model.graph.initializer:
+        for item in tensor.external_data:
+            if item.key == "location":
+                item.value = renames[item.value]
+    onnx.save_model(model, str(_inside(staging, name)))
+    return [name, *renames.values()]
+
+
+def merge_manifests(dirs: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Path]]:
+    """One manifest for several artifact directories of the same model (e.g. engines per GPU)."""
+    manifests = [(d, read_manifest(d)) for d in dirs]
+    base_dir, base = manifests[0]
+    key = lambda m: (
+        m["model"]["arch"],
+        m["model"].get("pretrained"),
+        m["model"].get("checkpoint_sha256"),
+        m["model"].get("seed"),
+    )
+    merged = json.loads(json.dumps(base))
+    merged["artifacts"] = []
+    merged["verification"] = {"date": now_iso(), "results": [], "merged_from": []}
+    owners: dict[str, Path] = {}
+    by_path: dict[str, dict[str, Any]] = {}
+    for model_dir, manifest in manifests:
+        if key(manifest) != key(base):
+            raise ReleaseError(
+                f"{model_dir} holds another model ({manifest['model']['arch']}) than {base_dir} ({base['model']['arch']}); merge only builds of one model"
+            )
+        for entry in manifest["artifacts"]:
+            existing = by_path.get(entry["path"])
+            if existing is not None:
+                if existing["sha256"] == entry["sha256"]:
+                    continue
+                if entry["format"] == "tensorrt":
+                    raise ReleaseError(
+                        f"{entry['path']} exists in two directories with different bytes; engines for different GPUs must differ in compute capability"
+                    )
+                raise ReleaseError(
+                    f"{entry['path']} differs between {owners[entry['path']]} and {model_dir}; one model's ONNX artifacts must be identical to merge"
+                )
+            by_path[entry["path"]] = entry
+            owners[entry["path"]] = model_dir
+            merged["artifacts"].append(entry)
+        tokenizer_file = (base.get("tokenizer") or {}).get("file") or {}
+        merged["verification"]["results"] += [
+            r
+            for r in (manifest.get("verification") or {}).get("results", [])
+            if owners.get(r["path"]) == model_dir
+            or (
+                model_dir == base_dir
+                and r["path"] == tokenizer_file.get("path")
+                and r.get("sha256") == tokenizer_file.get("sha256")
+            )
+        ]
+        merged["verification"]["merged_from"].append(
+            {
+                "dir": str(model_dir),
+                "date": (manifest.get("verification") or {}).get("date"),
+                "machine": (manifest.get("verification") or {}).get("machine"),
+            }
+        )
+    return merged, owners
+
+
+def release(
+    dirs: Sequence[Path],
+    *,
+    tag: str,
+    out: Path = Path("dist"),
+    upload: bool = False,
+    client_check: str = "auto",
+    progress: Progress = silent,
+) -> ReleaseResult:
+    """`client_check`: "auto" measures transformers.js on hf/ where Node and the npm packages are
+    installed and records why not elsewhere, "require" fails without them, "off" skips it."""
+    from clip_export.stages.release.clients import CLIENT_CHECK_MODES
+    from clip_export.stages.release.clients import client_check as check_clients
+
+    if client_check not in CLIENT_CHECK_MODES:
+        raise ReleaseError(f"client check {client_check!r}: use one of {', '.join(CLIENT_CHECK_MODES)}")
+    if not tag or not SAFE_NAME.match(tag):
+        raise ReleaseError(f"invalid tag '{tag}': use letters, digits, '.', '_' and '-'")
+    dirs = [Path(d) for d in dirs]
+    problems = [p for d in dirs for p in check_releasable(d, read_manifest(d))]
+    if problems:
+        raise ReleaseError("refusing to release: " + "; ".join(problems))
+    merged, owners = merge_manifests(dirs)
+    slug = dirs[0].name
+    if len({d.name for d in dirs}) > 1:
+        slug = re.sub(r"[^A-Za-z0-9._-]", "-", merged["model"]["name"])
+    target = Path(out) / safe_asset_name(f"{slug}-{tag}")
+    with exclusive(target):  # a second release of the same tag fails here, at once
+        if target.exists():
+            raise ReleaseError(f"{target} already exists; choose a new tag or remove it")
+        Path(out).mkdir(parents=True, exist_ok=True)
+        staging = Path(out) / f".{target.name}.partial-{os.getpid()}"
+        shutil.rmtree(staging, ignore_errors=True)
+        staging.mkdir()
+        try:
+            assets: list[str] = []
+            renamed: dict[str, str] = {}
+            for entry in merged["artifacts"]:
+                name = asset_name(slug, entry)
+                progress(f"adding {name}")
+                assets += (
+                    _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name)
+                    if entry["format"] in ("onnx", PREPROCESSING_FORMAT)
+                    else _copy_plain(
+                        resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name
+                    )
+                )
+                renamed[entry["path"]] = name
+                entry["source_path"] = entry["path"]
+                entry.update(file_record(staging / name, staging))
+                entry["external_data"] = [
+                    file_record(staging / n, staging) for n in assets if n.startswith(f"{name}.data")
+                ]
+            for row in merged["verification"]["results"]:
+                if row["path"] in renamed:
+                    row["path"] = renamed[row["path"]]
+                    row["sha256"] = next(e["sha256"] for e in merged["artifacts"] if e["path"] == row["path"])
+            if merged.get("reference"):
+                ref_name = safe_asset_name(f"{slug}-reference.npz")
+                assets += _copy_plain(
+                    resolve_inside(dirs[0], merged["reference"]["path"], "the reference"), staging, ref_name
+                )
+                merged["reference"].update(file_record(staging / ref_name, staging))
+            for key, suffix in (("file", "tokenizer.json"), ("bpe_vocab", "tokenizer-bpe.txt.gz")):
+                if merged["tokenizer"].get(key):
+                    name = safe_asset_name(f"{slug}-{suffix}")
+                    assets += _copy_plain(
+                        resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"), staging, name
+                    )
+                    for row in merged["verification"]["results"]:
+                        if row["path"] == merged["tokenizer"][key]["path"]:
+                            row["path"] = name  # verify's tokenizer row follows its file
+                    merged["tokenizer"][key] = file_record(staging / name, staging)
+            progress(f"writing the Hugging Face layout into {HF_DIR}/")
+            merged["hf_layout"] = write_layout(staging, merged)
+            merged["release"] = {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]}
+            write_manifest(staging, merged)
+            if client_check != "off":
+                progress("embedding the bundled set with transformers.js from hf/")
+            merged["clients"] = {"transformers.js": check_clients(staging, client_check, progress=progress)}
+            write_manifest(staging, merged)
+            atomic_write_text(staging / "MODEL_CARD.md", model_card(merged, slug, tag))
+            assets += [MANIFEST_NAME, "MODEL_CARD.md"]
+            sums = "".join(f"{sha256_file(staging / a)}  {a}\n" for a in sorted(assets))
+            atomic_write_text(staging / "SHA256SUMS", sums)
+            assets.append("SHA256SUMS")
+            if target.exists():  # written meanwhile by something that ignores the lock
+                raise ReleaseError(f"{target} appeared while this release was written; choose a new tag or remove it")
+            os.replace(staging, target)
+        finally:
+            shutil.rmtree(staging, ignore_errors=True)
+    uploaded = False
+    if upload:
+        progress(f"uploading {len(assets)} assets to the GitHub release {tag}")
+        upload_with_gh(target, tag, assets)
+        uploaded = True
+    return ReleaseResult(tag, target, tuple(assets), uploaded, tuple(dirs))
+
+
+def _copy_plain(source: Path, staging: Path, name: str) -> list[str]:
+    shutil.copyfile(source, _inside(staging, name))
+    return [name]
+
+
+def upload_with_gh(directory: Path, tag: str, assets: Sequence[str]) -> None:
+    """All assets in one `gh release upload`; any failure is an error, never a partial success."""
+    gh = shutil.which("gh")
+    if gh is None:
+        raise ReleaseError(
+            f"--upload needs the GitHub CLI 'gh', which is not installed; the assets are ready in {directory}"
+        )
+    auth = subprocess.run([gh, "auth", "status"], capture_output=True, text=True)
+    if auth.returncode != 0:
+        raise ReleaseError(
+            f"--upload: gh is not authenticated (run 'gh auth login'); the assets are ready in {directory}"
+        )
+    view = subprocess.run([gh, "release", "view", tag], capture_output=True, text=True)
+    if view.returncode != 0:
+        created = subprocess.run(
+            [gh, "release", "create", tag, "--title", tag, "--notes-file", str(directory / "MODEL_CARD.md")],
+            capture_output=True,
+            text=True,
+        )
+        if created.returncode != 0:
+            raise ReleaseError(
+                f"gh release create {tag} failed: {created.stderr.strip().splitlines()[-1] if created.stderr.strip() else created.returncode}"
+            )
+    done = subprocess.run(
+        [gh, "release", "upload", tag, *[str(directory / a) for a in assets]], capture_output=True, text=True
+    )
+    if done.returncode != 0:
+        raise ReleaseError(
+            f"gh release upload {tag} failed, check the release for partial assets: {done.stderr.strip().splitlines()[-1] if done.stderr.strip() else done.returncode}"
+        )

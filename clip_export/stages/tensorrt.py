@@ -1,0 +1,264 @@
+"""TensorRT stage: one serialized engine per tower, written against the TensorRT 10 and 11 APIs.
+
+TensorRT 11 removed weak typing (BuilderFlag.FP16, precision constraints, EXPLICIT_BATCH): every
+network is strongly typed, so an fp16 engine comes from our verified fp16 ONNX. On 10 we ask for
+STRONGLY_TYPED explicitly, so both versions build the graph with the precisions it declares.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from clip_export.core.artifact import ArtifactEntry
+from clip_export.core.checks import gate
+from clip_export.core.errors import ConversionError, ManifestError, TensorRTError
+from clip_export.core.manifest import (
+    atomic_write_bytes,
+    exclusive,
+    file_record,
+    read_manifest,
+    refuse_existing,
+    require_intact,
+    resolve_inside,
+    select_artifacts,
+    upsert_artifact,
+    write_manifest,
+)
+from clip_export.core.progress import Progress, silent
+from clip_export.core.spec import TOWERS
+from clip_export.core.trt_runtime import gpu_info, import_tensorrt, major_version
+
+TIMING_CACHE_NAME = "tensorrt.timing.cache"
+DEFAULT_PROFILE = (1, 1, 64)
+
+
+@dataclass(frozen=True)
+class EngineResult:
+    tower: str
+    path: str
+    source: str
+    precision: str
+    bytes: int
+    seconds: float
+    verdict: str
+    epcontext: str | None
+
+
+@dataclass(frozen=True)
+class TrtResult:
+    model_dir: Path
+    tensorrt_version: str
+    gpu: str
+    compute_capability: str
+    engines: tuple[EngineResult, ...]
+
+
+def network_flags(trt: Any, major: int) -> int:
+    if major >= 11:
+        return 0  # strongly typed is the only mode; the flag enum no longer carries it
+    return 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+
+
+def profile_shapes(
+    tower: str, batch: tuple[int, int, int], image_size: Sequence[int], context_length: int
+) -> tuple[tuple[int, ...], ...]:
+    tail = (3, int(image_size[0]), int(image_size[1])) if tower == "visual" else (int(context_length),)
+    return tuple((b, *tail) for b in batch)
+
+
+def build_engine(
+    trt: Any,
+    onnx_path: Path,
+    tower: str,
+    *,
+    batch: tuple[int, int, int],
+    image_size: Sequence[int],
+    context_length: int,
+    workspace_bytes: int,
+    timing_cache: Path,
+    precision: str,
+) -> bytes:
+    """Parse, configure and build one engine; every failure becomes a TensorRTError."""
+    major = major_version(trt)
+    logger = trt.Logger(trt.Logger.WARNING)
+    builder = trt.Builder(logger)
+    network = builder.create_network(network_flags(trt, major))
+    parser = trt.OnnxParser(network, logger)
+    parsed = parser.parse_from_file(str(onnx_path))
+    if not parsed or parser.num_errors:
+        errors = [str(parser.get_error(i).desc()) for i in range(parser.num_errors)]
+        raise TensorRTError(f"TensorRT could not parse {onnx_path.name}: {'; '.join(errors) or 'unknown parser error'}")
+    config = builder.create_builder_config()
+    config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, workspace_bytes)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        config.clear_flag(trt.BuilderFlag.TF32)  # TF32 matmuls would break the fp32 thresholds
+    profile = builder.create_optimization_profile()
+    lo, opt, hi = profile_shapes(tower, batch, image_size, context_length)
+    profile.set_shape(TOWERS[tower].input_name, lo, opt, hi)
+    config.add_optimization_profile(profile)
+    cache = config.create_timing_cache(timing_cache.read_bytes() if timing_cache.exists() else b"")
+    config.set_timing_cache(cache, ignore_mismatch=False)
+    plan = builder.build_serialized_network(network, config)
+    if plan is None:
+        raise TensorRTError(
+            f"TensorRT failed to build an engine for {onnx_path.name} (build_serialized_network returned None)"
+        )
+    atomic_write_bytes(timing_cache, bytes(memoryview(config.get_timing_cache().serialize())))
+    return bytes(memoryview(plan))
+
+
+def epcontext_model(engine_name: str, entry: dict[str, Any], trt_version: str, compute_capability: str) -> Any:
+    """An ONNX model with one EPContext node pointing at the engine, for onnxruntime's TensorRT EP."""
+    from onnx import TensorProto, helper
+
+    dtype = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
+    inp, out = entry["inputs"][0], entry["outputs"][0]
+    node = helper.make_node(
+        "EPContext",
+        [inp["name"]],
+        [out["name"]],
+        domain="com.microsoft",
+        main_context=1,
+        embed_mode=0,
+        ep_cache_context=engine_name,
+        ep_sdk_version=trt_version,
+        hardware_architecture=compute_capability.replace(".", ""),
+        source="TensorrtExecutionProvider",
+    )
+    graph = helper.make_graph(
+        [node],
+        f"{entry['tower']}_epcontext",
+        [helper.make_tensor_value_info(inp["name"], dtype[inp["dtype"]], inp["shape"])],
+        [helper.make_tensor_value_info(out["name"], dtype[out["dtype"]], out["shape"])],
+    )
+    model = helper.make_model(
+        graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
+    )
+    return model
+
+
+def build_engines(
+    model_dir: Path,
+    *,
+    fp16: bool = False,
+    batch: tuple[int, int, int] = DEFAULT_PROFILE,
+    workspace_gb: float = 4.0,
+    towers: Sequence[str] = ("visual", "text"),
+    epcontext: bool = False,
+    force: bool = False,
+    verify_engines: bool = True,
+    progress: Progress = silent,
+) -> TrtResult:
+    """Build a `.plan` per tower from the verified ONNX of the requested precision."""
+    if not (1 <= batch[0] <= batch[1] <= batch[2]):
+        raise TensorRTError(f"--batch must satisfy 1 <= MIN <= OPT <= MAX, got {batch[0]}:{batch[1]}:{batch[2]}")
+    model_dir = Path(model_dir)
+    with exclusive(model_dir):  # two builds into one directory: the second fails at once
+        return _build_locked(model_dir, fp16, batch, workspace_gb, towers, epcontext, force, verify_engines, progress)
+
+
+def _build_locked(
+    model_dir: Path,
+    fp16: bool,
+    batch: tuple[int, int, int],
+    workspace_gb: float,
+    towers: Sequence[str],
+    epcontext: bool,
+    force: bool,
+    verify_engines: bool,
+    progress: Progress,
+) -> TrtResult:
+    manifest = read_manifest(model_dir)
+    precision = "fp16" if fp16 else "fp32"
+    sources = select_artifacts(manifest, format="onnx", precision=precision, tower=tuple(towers))
+    if not sources:
+        hint = "; run 'clip-export fp16' first" if fp16 else ""
+        raise ManifestError(f"{model_dir} has no {precision} ONNX artifact for tower(s) {', '.join(towers)}{hint}")
+    trt = import_tensorrt()
+    major_version(trt)
+    gpu, capability = gpu_info()
+    engines = []
+    for source in sources:
+        require_intact(model_dir, source)
+        tower = source["tower"]
+        name = f"{tower}.trt-{precision}.plan"
+        refuse_existing(manifest, model_dir, name, force)
+        progress(
+            f"building the {tower} TensorRT engine from {source['path']} (profile {batch[0]}:{batch[1]}:{batch[2]})"
+        )
+        started = time.perf_counter()
+        plan = build_engine(
+            trt,
+            resolve_inside(model_dir, source["path"], "the source artifact"),
+            tower,
+            batch=batch,
+            image_size=manifest["preprocess"]["image_size"],
+            context_length=manifest["tokenizer"]["context_length"],
+            workspace_bytes=int(workspace_gb * 1024**3),
+            timing_cache=model_dir / TIMING_CACHE_NAME,
+            precision=precision,
+        )
+        staged = model_dir / f".{name}.partial-{os.getpid()}"
+        try:
+            atomic_write_bytes(staged, plan)
+            entry = ArtifactEntry(
+                **file_record(staged, model_dir),
+                tower=tower,
+                precision=precision,
+                format="tensorrt",
+                inputs=tuple(source["inputs"]),
+                outputs=tuple(source["outputs"]),
+                derived_from={"path": source["path"], "sha256": source["sha256"]},
+                details={
+                    "tensorrt": {
+                        "version": str(trt.__version__),
+                        "gpu": gpu,
+                        "compute_capability": capability,
+                        "profile": list(batch),
+                        "workspace_gb": workspace_gb,
+                        "strongly_typed": True,
+                    }
+                },
+            ).to_json()
+            verdict = "not verified"
+            if verify_engines:
+                progress(f"verifying {name} against the fp32 reference")
+                check = gate(model_dir, entry)
+                if not check.passed:
+                    raise ConversionError(
+                        f"{name} failed verification, so it was not kept: " + "; ".join(check.failures)
+                    )
+                verdict = check.status
+            os.replace(staged, model_dir / name)
+            entry.update(file_record(model_dir / name, model_dir))
+        finally:
+            staged.unlink(missing_ok=True)
+        epcontext_name = None
+        if epcontext:
+            epcontext_name = f"{tower}.trt-{precision}.epcontext.onnx"
+            atomic_write_bytes(
+                model_dir / epcontext_name,
+                epcontext_model(name, source, str(trt.__version__), capability).SerializeToString(),
+            )
+            entry["epcontext"] = file_record(model_dir / epcontext_name, model_dir)
+        manifest = read_manifest(model_dir)
+        upsert_artifact(manifest, entry)
+        write_manifest(model_dir, manifest)
+        engines.append(
+            EngineResult(
+                tower,
+                name,
+                source["path"],
+                precision,
+                entry["bytes"],
+                time.perf_counter() - started,
+                verdict,
+                epcontext_name,
+            )
+        )
+    return TrtResult(model_dir, str(trt.__version__), gpu, capability, tuple(engines))

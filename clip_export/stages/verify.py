@@ -1,0 +1,276 @@
+"""Verify stage: every artifact in a manifest against the fp32 torch reference, all metrics at once."""
+
+from __future__ import annotations
+
+import dataclasses
+import errno
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from clip_export.core.checks import ArtifactCheck, check_artifact, check_tokenizer, load_reference, reference_images
+from clip_export.core.environment import environment_table, versions
+from clip_export.core.errors import ClipExportError
+from clip_export.core.evalset import load_evalset
+from clip_export.core.manifest import atomic_write_text, now_iso, read_manifest, write_manifest
+from clip_export.core.progress import Progress, silent
+from clip_export.core.sessions import provider_name
+from clip_export.core.spec import (
+    CAPTIONS_CHECKED,
+    CAPTIONS_WITH_OTHER_IDS,
+    THRESHOLDS,
+    TOKENIZER_FORMAT,
+    TOWERS,
+    Thresholds,
+    threshold_key,
+)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    model_dir: Path
+    checks: tuple[ArtifactCheck, ...]
+    evalset: str
+    reference: str
+    report_path: Path | None = None
+    versions: dict[str, str] = field(default_factory=dict)
+    history: tuple[dict[str, Any], ...] = ()  # every verdict the manifest holds for these bytes, all environments
+    write_error: str | None = None  # the report or manifest could not be written; the checks above still stand
+
+    @property
+    def passed(self) -> bool:
+        return bool(self.checks) and all(c.passed for c in self.checks)
+
+    @property
+    def failures(self) -> list[str]:
+        return [f"{c.path} [{c.provider_requested}]: {f}" for c in self.checks for f in c.failures]
+
+
+def thresholds_with_overrides(overrides: dict[str, float]) -> dict[str, Thresholds]:
+    """Overrides are `metric=value` for every precision or `precision.metric=value` for one."""
+    table = dict(THRESHOLDS)
+    for key, value in overrides.items():
+        precision, _, metric = key.rpartition(".")
+        if metric not in Thresholds.__dataclass_fields__:
+            raise ClipExportError(
+                f"unknown threshold '{metric}'; choose from {', '.join(Thresholds.__dataclass_fields__)}"
+            )
+        if precision and precision not in table:
+            raise ClipExportError(
+                f"unknown precision '{precision}' in threshold '{key}'; choose from {', '.join(table)}"
+            )
+        for name in [precision] if precision else list(table):
+            table[name] = table[name].replace(**{metric: value})
+    return table
+
+
+def verify(
+    model_dir: Path,
+    *,
+    providers: Sequence[str] = ("cpu",),
+    reference: str = "stored",
+    images: Path | None = None,
+    texts: Path | None = None,
+    thresholds: dict[str, float] | None = None,
+    only: Callable[[dict[str, Any]], bool] | None = None,
+    write: bool = True,
+    progress: Progress = silent,
+) -> VerifyResult:
+    """Check every artifact listed in DIR's manifest on every requested provider."""
+    model_dir = Path(model_dir)
+    manifest = read_manifest(model_dir)
+    if reference not in ("stored", "torch"):
+        raise ClipExportError(f"--reference must be 'stored' or 'torch', not '{reference}'")
+    provider_names = [provider_name(p) for p in providers]
+    limits = thresholds_with_overrides(thresholds or {})
+    evalset = load_evalset(images, texts) if (images or texts) else None
+    if evalset is not None:
+        reference = "torch"
+    progress(f"loading the reference for {model_dir.name} ({reference})")
+    ref, evalset_source, reference_desc = load_reference(model_dir, manifest, reference, evalset)
+    images = reference_images(evalset_source, evalset)
+    checks = []
+    entries = [e for e in manifest["artifacts"] if only is None or only(e)]
+    if not entries:
+        raise ClipExportError(f"no artifacts to verify in {model_dir}")
+    for entry in entries:
+        for provider in provider_names:
+            if entry["format"] == "tensorrt" and provider != provider_names[0]:
+                continue  # an engine runs on its own runtime; one row is enough
+            progress(
+                f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}"
+            )
+            key = threshold_key(entry["precision"], entry["format"])
+            checks.append(check_artifact(model_dir, entry, provider, ref, limits[key], images))
+    if any(e["tower"] == "text" for e in entries):  # the tokenizer feeds every text artifact
+        progress("checking the bundled tokenizer.json on the reference's raw captions")
+        tokenizer_check = check_tokenizer(
+            model_dir, manifest, reference_captions(manifest, reference, evalset), ref.get(TOWERS["text"].input_name)
+        )
+        checks += [tokenizer_check] if tokenizer_check is not None else []
+    found_versions = versions()
+    manifest = read_manifest(model_dir)
+    record = merged_verification(
+        manifest, [_check_json(c) for c in checks], evalset_source, reference_desc, found_versions
+    )
+    result = VerifyResult(
+        model_dir,
+        tuple(checks),
+        evalset_source,
+        reference_desc,
+        versions=found_versions,
+        history=tuple(record["results"]),
+    )
+    if not write:
+        return result
+    report = model_dir / "VERIFY.md"
+    try:
+        atomic_write_text(report, render_markdown(result, limits))
+        manifest["verification"] = record
+        write_manifest(model_dir, manifest)
+    except OSError as exc:
+        return dataclasses.replace(result, write_error=describe_write_error(exc, model_dir))
+    return dataclasses.replace(result, report_path=report)
+
+
+def reference_captions(manifest: dict[str, Any], reference: str, evalset: Any) -> tuple[str, ...] | None:
+    """The raw captions behind the reference's ids: --texts, the stored reference's record, or the bundled set."""
+    if evalset is not None:
+        return tuple(evalset.captions)
+    if reference == "stored":
+        captions = (manifest.get("reference") or {}).get("captions")
+        return tuple(captions) if captions is not None else None
+    return tuple(load_evalset().captions)
+
+
+def describe_write_error(exc: OSError, where: Path) -> str:
+    """A failed write in words: a full disk and a read-only directory are named as such."""
+    reason = {
+        errno.ENOSPC: "the disk is full",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EDQUOT: "the disk quota is exceeded",
+    }.get(exc.errno or 0, exc.strerror or str(exc))
+    return f"could not write VERIFY.md and the manifest's verification section in {where}: {reason}"
+
+
+def merged_verification(
+    manifest: dict[str, Any], rows: list[dict[str, Any]], evalset: str, reference: str, found_versions: dict[str, str]
+) -> dict[str, Any]:
+    """This run's rows replace earlier rows for the same artifact, provider and environment; rows
+    from other environments, providers or artifacts stay while their artifact's bytes are
+    unchanged, so verifying on a second machine adds its verdicts instead of erasing the first's.
+    A legacy row that names no environment is replaced by any fresh row for its artifact and provider."""
+    date = now_iso()
+    current = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
+    tokenizer_file = (manifest.get("tokenizer") or {}).get("file")
+    if tokenizer_file:
+        current[tokenizer_file["path"]] = tokenizer_file["sha256"]
+    fresh = {(r["path"], r["provider_requested"], environment_key(r)) for r in rows}
+    fresh_any_env = {(path, provider) for path, provider, _ in fresh}
+
+    def superseded(r: dict[str, Any]) -> bool:
+        key = environment_key(r)
+        return (r["path"], r["provider_requested"], key) in fresh or (
+            key is None and (r["path"], r["provider_requested"]) in fresh_any_env
+        )
+
+    previous = (manifest.get("verification") or {}).get("results", [])
+    kept = [r for r in previous if not superseded(r) and current.get(r["path"]) == r.get("sha256")]
+    merged = kept + [{**r, "date": date} for r in rows]
+    return {
+        "date": date,
+        "passed": bool(merged) and all(r["status"] == "pass" for r in merged),
+        "environments": sorted({k for r in merged if (k := environment_key(r))}),
+        "versions": found_versions,
+        "evalset": evalset,
+        "reference": reference,
+        "results": merged,
+    }
+
+
+def environment_key(row: dict[str, Any]) -> str | None:
+    env = row.get("environment")
+    return env.get("key") if isinstance(env, dict) else None
+
+
+def _check_json(check: ArtifactCheck) -> dict[str, Any]:
+    return {
+        "path": check.path,
+        "sha256": check.sha256,
+        "tower": check.tower,
+        "precision": check.precision,
+        "format": check.format,
+        "provider_requested": check.provider_requested,
+        "provider_ran": check.provider_ran,
+        "status": check.status,
+        "thresholds": check.threshold_set,
+        "metrics": {m.name: m.value for m in check.metrics},
+        "failures": list(check.failures),
+        "environment": check.environment.to_json() if check.environment else None,
+    }
+
+
+SUMMARY_METRICS = (
+    "mean_abs_raw",
+    "mean_abs_normalized",
+    "max_abs_normalized",
+    "min_cosine",
+    "nan_count",
+    "batch7_vs_single_max_abs",
+)
+
+
+def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
+    here = sorted({c.environment.describe() for c in result.checks if c.environment})
+    lines = [
+        f"# Verification of {result.model_dir.name}",
+        "",
+        f"Verdict of this run: **{'PASS' if result.passed else 'FAIL'}**, for these bytes on: {'; '.join(here) or 'no environment'}. "
+        "A verdict holds for the environment it names; other CPUs and providers run other kernels.",
+        f"Reference: {result.reference}; evaluation set: {result.evalset}.",
+        f"Versions: {', '.join(f'{k} {v}' for k, v in result.versions.items())}.",
+        "",
+        "| artifact | provider ran | thresholds | "
+        + " | ".join(SUMMARY_METRICS)
+        + " | top-1 agreement (min) | verdict |",
+        "|---" * (len(SUMMARY_METRICS) + 5) + "|",
+    ]
+    for c in result.checks:
+        values = [f"{c.metric(m):.3g}" if c.metric(m) is not None else "-" for m in SUMMARY_METRICS]
+        ran = c.provider_ran or f"{c.provider_requested} (did not run)"
+        top1_text = f"{c.min_top1:.3f}" if c.min_top1 is not None else "-"
+        lines.append(
+            f"| {c.path} | {ran} | {c.threshold_set} | " + " | ".join(values) + f" | {top1_text} | {c.status} |"
+        )
+    for c in result.checks:
+        if c.format == TOKENIZER_FORMAT and c.metric(CAPTIONS_CHECKED) is not None:
+            lines += [
+                "",
+                f"{c.path}, through the runtime's tokenizer code (the `tokenizers` library and the manifest's cleaning), on the "
+                f"reference's {c.metric(CAPTIONS_CHECKED):.0f} raw captions: {c.metric(CAPTIONS_WITH_OTHER_IDS):.0f} give other ids than "
+                "the reference tokenizer (limit 0). Equal ids make every text row above hold from raw captions too.",
+            ]
+    failures = result.failures
+    if failures:
+        lines += ["", "## Failures", ""] + [f"- {f}" for f in failures]
+    lines += [
+        "",
+        "## Environments each artifact was verified in",
+        "",
+        "Every run on another machine or provider adds its rows here; a row holds for the bytes whose sha256 it names.",
+        "",
+    ]
+    lines += environment_table(result.history)
+    lines += [
+        "",
+        "## Thresholds",
+        "",
+        "| set | " + " | ".join(Thresholds.__dataclass_fields__) + " |",
+        "|---" * (len(Thresholds.__dataclass_fields__) + 1) + "|",
+    ]
+    for name, t in limits.items():
+        lines.append(f"| {name} | " + " | ".join(f"{getattr(t, f):g}" for f in Thresholds.__dataclass_fields__) + " |")
+    return "\n".join(lines) + "\n"

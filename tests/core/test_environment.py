@@ -1,0 +1,87 @@
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+import pytest
+
+from clip_export.core.environment import Environment, current_environment, environment_table
+from clip_export.core.errors import ManifestError
+
+
+def _proc_flags() -> set[str]:
+    for line in Path("/proc/cpuinfo").read_text().splitlines():
+        if line.startswith("flags"):
+            return set(line.split(":", 1)[1].split())
+    return set()
+
+
+@pytest.mark.skipif(not Path("/proc/cpuinfo").exists(), reason="needs Linux's /proc/cpuinfo to compare with")
+def test_the_kernel_flags_agree_with_the_kernel() -> None:
+    env = current_environment("CPUExecutionProvider")
+    proc = _proc_flags()
+    for flag in ("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"):
+        assert (flag in env.isa_flags) == (flag in proc), flag
+    assert env.provider == "CPUExecutionProvider" and env.onnxruntime[0].isdigit() and env.cpu_target != "unknown"
+
+
+def test_the_key_changes_with_what_selects_kernels() -> None:
+    env = current_environment("CPUExecutionProvider")
+    assert env.key == current_environment("CPUExecutionProvider").key
+    for change in (
+        {"provider": "CUDAExecutionProvider"},
+        {"isa_flags": ("avx2", "fma")},
+        {"onnxruntime": "0.1"},
+        {"cpu_target": "haswell"},
+    ):
+        assert dataclasses.replace(env, **change).key != env.key, change
+    assert dataclasses.replace(env, cpu="renamed host").key == env.key  # the marketing name selects nothing
+
+
+@pytest.mark.parametrize(
+    ("flags", "tier"),
+    [
+        (("avx2", "fma"), "AVX2 without VNNI"),
+        (("avx2", "fma", "avx_vnni"), "AVX2 with AVX-VNNI"),
+        (("avx2", "fma", "avx512f"), "AVX-512 without VNNI"),
+        (("avx2", "fma", "avx512f", "avx512_vnni", "avx512_bf16"), "AVX-512 with VNNI"),
+        (("avx2", "avx512f", "avx512_vnni", "amx_tile", "amx_int8"), "AVX-512 with VNNI and AMX"),
+    ],
+)
+def test_tiers(flags: tuple[str, ...], tier: str) -> None:
+    env = Environment("cpu", "x", flags, "Linux", "x86_64", "1.32.0", "CPUExecutionProvider")
+    assert env.tier == tier
+    assert tier in env.describe()
+
+
+def test_round_trip_and_refusals() -> None:
+    env = current_environment("CPUExecutionProvider")
+    assert Environment.from_json(env.to_json()) == env
+    partial = env.to_json()
+    del partial["isa_flags"], partial["provider"]
+    with pytest.raises(
+        ManifestError, match=r"text.onnx has a verdict from an unknown environment \(missing isa_flags, provider\)"
+    ):
+        Environment.from_json(partial, "text.onnx")
+    with pytest.raises(ManifestError, match="unknown environment"):
+        Environment.from_json(None, "text.onnx")
+    edited = {**env.to_json(), "isa_flags": ["avx2"]}  # flags changed by hand, key left as it was
+    with pytest.raises(ManifestError, match="environment key does not match its own fields"):
+        Environment.from_json(edited, "text.onnx")
+
+
+def test_environment_table_names_each_environment() -> None:
+    env = current_environment("CPUExecutionProvider")
+    rows = [
+        {
+            "path": "visual.onnx",
+            "sha256": "ab" * 32,
+            "status": "pass",
+            "date": "2026-11-30",
+            "environment": env.to_json(),
+        },
+        {"path": "visual.onnx", "sha256": "ab" * 32, "status": "fail", "date": "2026-11-29"},
+    ]
+    lines = environment_table(rows)
+    assert lines[2].startswith("| visual.onnx | `abababababab` | unknown environment") and "| fail |" in lines[2]
+    assert env.describe() in lines[3] and "| pass |" in lines[3]

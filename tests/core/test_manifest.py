@@ -1,0 +1,86 @@
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from clip_export.core.errors import ManifestError, OutputError
+from clip_export.core.manifest import exclusive, named_paths, resolve_inside
+
+
+def test_resolve_inside_accepts_files_and_inner_symlinks(tmp_path: Path) -> None:
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "a.onnx").write_bytes(b"x")
+    (tmp_path / "link.onnx").symlink_to(tmp_path / "sub" / "a.onnx")
+    assert resolve_inside(tmp_path, "sub/a.onnx", "entry") == tmp_path / "sub" / "a.onnx"
+    assert resolve_inside(tmp_path, "link.onnx", "entry") == tmp_path / "link.onnx"
+    assert resolve_inside(tmp_path, "not-yet-written.onnx", "entry") == tmp_path / "not-yet-written.onnx"
+
+
+@pytest.mark.parametrize(
+    ("path", "message"),
+    [
+        ("/etc/passwd", "absolute path"),
+        ("../x.onnx", "climbs out"),
+        ("sub/../../x", "climbs out"),
+        ("", "not a file name"),
+        (None, "not a file name"),
+        ("a\x00b", "not a file name"),
+        ("escape/x.onnx", "symlink that leads outside"),
+    ],
+)
+def test_resolve_inside_refuses_what_leaves(tmp_path: Path, path: object, message: str) -> None:
+    inside = tmp_path / "model"
+    inside.mkdir()
+    (inside / "escape").symlink_to(tmp_path)  # a folder on the way that leads out
+    with pytest.raises(ManifestError, match=f"artifacts\\[0\\]\\.path is .*{message}"):
+        resolve_inside(inside, path, "artifacts[0].path")
+
+
+def test_named_paths_finds_every_depth() -> None:
+    manifest = {
+        "artifacts": [{"path": "a", "external_data": [{"path": "b"}], "epcontext": {"path": "c"}}],
+        "tokenizer": {"file": {"path": "d"}},
+    }
+    assert list(named_paths(manifest)) == [
+        ("artifacts[0].path", "a"),
+        ("artifacts[0].external_data[0].path", "b"),
+        ("artifacts[0].epcontext.path", "c"),
+        ("tokenizer.file.path", "d"),
+    ]
+
+
+def test_exclusive_is_reentrant_in_one_process(tmp_path: Path) -> None:
+    with exclusive(tmp_path / "model"), exclusive(tmp_path / "model"):
+        pass
+    assert not (tmp_path / ".model.lock").exists()  # removed when the run ends
+
+
+def test_exclusive_refuses_an_unwritable_parent(tmp_path: Path) -> None:
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    with pytest.raises(OutputError, match="is not writable"):
+        with exclusive(blocker / "model"):
+            pass
+
+
+def test_select_artifacts_matches_values_and_sets_of_values() -> None:
+    from clip_export.core.manifest import find_artifact, select_artifacts
+
+    manifest = {
+        "artifacts": [
+            {"path": "visual.onnx", "tower": "visual", "precision": "fp32", "format": "onnx"},
+            {"path": "text.onnx", "tower": "text", "precision": "fp32", "format": "onnx"},
+            {"path": "text.int8.onnx", "tower": "text", "precision": "int8", "format": "onnx"},
+            {"path": "visual.trt-fp16.plan", "tower": "visual", "precision": "fp16", "format": "tensorrt"},
+        ]
+    }
+    assert [a["path"] for a in select_artifacts(manifest, tower="text")] == ["text.onnx", "text.int8.onnx"]
+    assert [a["path"] for a in select_artifacts(manifest, precision=("fp16", "int8"), format="onnx")] == [
+        "text.int8.onnx"
+    ]
+    assert [a["path"] for a in select_artifacts(manifest, tower=["visual"], precision="fp32")] == ["visual.onnx"]
+    assert (
+        find_artifact(manifest, format="tensorrt")["path"] == "visual.trt-fp16.plan"
+        and find_artifact(manifest, precision="q4") is None
+    )

@@ -1,0 +1,160 @@
+from __future__ import annotations
+
+import dataclasses
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clip_export.core.environment import Environment, current_environment
+from clip_export.core.errors import ClipExportError, ManifestError, ServeCheckError
+from clip_export.core.manifest import file_record, read_manifest, write_manifest
+from clip_export.core.spec import REFERENCE_NAME, SERVE_CHECK_ITEMS, THRESHOLDS
+from clip_export.runtime import ClipOnnx
+from clip_export.stages.convert import quantize_int8
+from clip_export.stages.quantize4 import quantize_q4
+from clip_export.stages.verify import verify
+
+from ..helpers import rewrite_initializer
+
+
+@pytest.fixture
+def verified_dir(tiny_vit_copy: Path) -> Path:
+    assert verify(tiny_vit_copy).passed
+    return tiny_vit_copy
+
+
+def _move_verdicts_to_another_machine(model_dir: Path) -> None:
+    """Rewrite every verdict as if it had been obtained on an AVX2 machine without VNNI."""
+    manifest = read_manifest(model_dir)
+    for row in manifest["verification"]["results"]:
+        env = dataclasses.replace(
+            Environment.from_json(row["environment"]), cpu_target="znver3", isa_flags=("avx2", "fma")
+        )
+        row["environment"] = env.to_json()
+    write_manifest(model_dir, manifest)
+
+
+def test_a_verdict_for_this_environment_skips_the_check(verified_dir: Path) -> None:
+    model = ClipOnnx.from_release(verified_dir)
+    assert {t: c.status.split(":")[0] for t, c in model.serve_checks.items()} == {
+        "visual": "skipped",
+        "text": "skipped",
+    }
+    assert "verified in this environment" in model.serve_checks["visual"].status
+
+
+def test_another_environment_is_checked_here(verified_dir: Path) -> None:
+    _move_verdicts_to_another_machine(verified_dir)
+    model = ClipOnnx.from_release(verified_dir)
+    for tower, check in model.serve_checks.items():
+        assert check.status == "pass", tower
+        assert check.environment.key == current_environment("CPUExecutionProvider").key
+        assert {m.name for m in check.metrics} >= {"mean_abs_normalized", "min_cosine", "nan_count"}
+        assert (
+            check.metrics[1].value <= THRESHOLDS["fp32"].mean_abs_normalized
+        )  # fp32: the same numbers as the stored reference
+
+
+def test_always_and_off(verified_dir: Path) -> None:
+    assert all(c.status == "pass" for c in ClipOnnx.from_release(verified_dir, check="always").serve_checks.values())
+    assert all(
+        c.status.startswith("skipped: turned off")
+        for c in ClipOnnx.from_release(verified_dir, check="off").serve_checks.values()
+    )
+    with pytest.raises(
+        ClipExportError, match="the requested serve-time check was 'sometimes'; choose from auto, always, off"
+    ):
+        ClipOnnx.from_release(verified_dir, check="sometimes")
+
+
+def test_the_guard_bites_on_numbers_that_are_wrong_here(verified_dir: Path) -> None:
+    """Right hashes, wrong numbers: perturbed after verification, manifest re-hashed."""
+    rewrite_initializer(verified_dir, "visual.onnx", lambda w: w * 3.0 + 0.05)
+    with pytest.raises(ServeCheckError) as caught:
+        ClipOnnx.from_release(verified_dir)
+    message = str(caught.value)
+    assert message.startswith("visual.onnx misses its fp32 thresholds on 4 reference items in this environment")
+    assert current_environment("CPUExecutionProvider").describe() in message
+    assert "mean_abs_normalized" in message and "Serve the fp32 artifact" in message and "clip-export verify" in message
+    report = verify(verified_dir)
+    assert not report.passed and any(
+        f.startswith("visual.onnx [CPUExecutionProvider]: mean_abs_normalized") for f in report.failures
+    )
+
+
+def test_a_truncated_or_missing_reference_is_one_clear_error(verified_dir: Path) -> None:
+    _move_verdicts_to_another_machine(verified_dir)
+    with np.load(verified_dir / REFERENCE_NAME) as data:
+        arrays = {k: data[k][: SERVE_CHECK_ITEMS - 2] for k in data.files}
+    np.savez(verified_dir / REFERENCE_NAME, **arrays)
+    manifest = read_manifest(verified_dir)
+    manifest["reference"].update(file_record(verified_dir / REFERENCE_NAME, verified_dir))
+    write_manifest(verified_dir, manifest)
+    with pytest.raises(
+        ManifestError, match="the stored reference reference.npz holds 2 'input_ids' rows; the serve-time check needs 4"
+    ):
+        ClipOnnx.from_release(verified_dir)
+    del manifest["reference"]
+    write_manifest(verified_dir, manifest)
+    with pytest.raises(ManifestError, match="carries no stored reference, so the serve-time check cannot run"):
+        ClipOnnx.from_release(verified_dir)
+    assert ClipOnnx.from_release(verified_dir, check="off").serve_checks["text"].status.startswith("skipped")
+
+
+def test_a_verdict_with_a_broken_environment_is_refused(verified_dir: Path) -> None:
+    manifest = read_manifest(verified_dir)
+    for row in manifest["verification"]["results"]:
+        row["environment"] = {"cpu": "somewhere"}
+    write_manifest(verified_dir, manifest)
+    with pytest.raises(ManifestError, match="has a verdict from an unknown environment"):
+        ClipOnnx.from_release(verified_dir)
+
+
+HASWELL_PROBE = """
+import json, sys
+from clip_export.runtime import ClipOnnx
+from clip_export.stages.verify import verify
+model = ClipOnnx.from_release(sys.argv[1], precision="int8")
+report = verify(sys.argv[1], only=lambda e: e["precision"] in ("int8", "q4"))
+rows = {c.path: [c.status, c.environment.tier] for c in report.checks}
+print(json.dumps({"checks": {t: [c.status, c.environment.tier, c.environment.cpu_target] for t, c in model.serve_checks.items()}, "verify": report.passed, "rows": rows}))
+"""
+
+
+@pytest.mark.emulated
+def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
+    """onnxruntime under qemu's Haswell picks its AVX2 kernels (no VNNI): the INT8 artifact must
+    pass its serve-time check and verify there too, whichever CPU runs the suite; so must q4, whose
+    MatMulNBits computes in int8 (accuracy_level 4) with kernels chosen by the same CPU flags."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-x86_64 is not installed (apt-get install qemu-user; .ci/run installs it)")
+    quantize_int8(tiny_vit_copy)
+    quantize_q4(tiny_vit_copy)
+    assert verify(tiny_vit_copy).passed
+    done = subprocess.run(
+        [qemu, "-cpu", "Haswell", sys.executable, "-c", HASWELL_PROBE, str(tiny_vit_copy)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    for tower, (status, tier, target) in result["checks"].items():
+        assert (status, tier, target) == ("pass", "AVX2 without VNNI", "haswell"), tower
+    assert result["verify"] is True
+    expected = {f"{tower}.{precision}.onnx" for tower in ("visual", "text") for precision in ("int8", "q4")} | {
+        "tokenizer.json"
+    }
+    assert result["rows"] == {path: ["pass", "AVX2 without VNNI"] for path in expected}
+    keys = {
+        r["environment"]["key"]
+        for r in read_manifest(tiny_vit_copy)["verification"]["results"]
+        if r["precision"] == "int8"
+    }
+    assert len(keys) == 2  # the native verdict and the Haswell one, side by side

@@ -1,0 +1,229 @@
+"""The embed stage: what it writes, what a re-run does, bad items, a kill, and mixed datasets."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from clip_export.core.errors import ClipExportError
+from clip_export.core.evalset import BUNDLED_DIR
+from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_MANIFEST_NAME
+from clip_export.runtime import ClipOnnx
+from clip_export.stages.embed.embed import embed
+from clip_export.stages.embed.embed_store import Store, read_embeddings
+
+from ...helpers import perturbed_release
+
+PHOTOS = sorted((BUNDLED_DIR / "images").iterdir())
+
+
+@pytest.fixture
+def photos(tmp_path: Path) -> Path:
+    folder = tmp_path / "photos"
+    (folder / "nested").mkdir(parents=True)
+    for n, path in enumerate(PHOTOS[:8]):
+        shutil.copy(path, (folder / "nested" if n % 2 else folder) / path.name)
+    return folder
+
+
+@pytest.fixture
+def captions(tmp_path: Path) -> Path:
+    path = tmp_path / "captions.txt"
+    path.write_text("a cat on a sofa\na cup of coffee\nthe moon at night\n", encoding="utf-8")
+    return path
+
+
+def by_id(out: Path) -> dict[str, tuple[str, str, np.ndarray]]:
+    table = read_embeddings(out).to_pylist()
+    ids = [row["id"] for row in table]
+    assert len(ids) == len(set(ids)), "an id appears twice in the dataset"
+    return {row["id"]: (row["kind"], row["sha256"], np.asarray(row["embedding"], dtype=np.float32)) for row in table}
+
+
+def test_images_and_captions_become_normalised_rows_with_the_runtimes_embeddings(
+    tiny_vit_int8_dir: Path, photos: Path, captions: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "index"
+    result = embed(tiny_vit_int8_dir, [photos, captions], out, batch_size=3, chunk_rows=5)
+    assert (result.items, result.embedded, result.unchanged, result.failed) == (11, 11, 0, 0)
+    assert result.precision == "int8" and "fastest that holds here" in result.why_this_artifact
+    assert result.chunks_written == 3 and len(list((out / EMBED_DATA_DIR).glob("part-*.parquet"))) == 3
+    np.testing.assert_allclose(np.linalg.norm(np.stack([r[2] for r in by_id(out).values()]), axis=1), 1.0, atol=1e-5)
+    # fp32 rows are the runtime's own embeddings; INT8 ones depend on their batch-mates (dynamic
+    # quantization scales activations per batch), so they are compared at fp32 here.
+    exact = tmp_path / "fp32"
+    embed(tiny_vit_int8_dir, [photos, captions], exact, precision="fp32", batch_size=3, chunk_rows=5)
+    rows = by_id(exact)
+    model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32")
+    images = sorted(str(p) for p in photos.rglob("*") if p.is_file())
+    np.testing.assert_allclose(np.stack([rows[i][2] for i in images]), model.embed_images(images), atol=1e-5)
+    texts = [rows[f"{captions}#{n}"] for n in (1, 2, 3)]
+    np.testing.assert_allclose(
+        np.stack([t[2] for t in texts]), model.embed_texts(captions.read_text().splitlines()), atol=1e-5
+    )
+    assert {t[0] for t in texts} == {"text"} and {rows[i][0] for i in images} == {"image"}
+    manifest = Store(out).manifest
+    assert manifest is not None and manifest["artifact"]["precision"] == "int8"
+    assert set(manifest["artifact"]["onnx"]) == {"visual", "text"} and manifest["artifact"]["environment"]["key"]
+    assert manifest["runs"][-1]["embedded"] == 11
+
+
+def test_a_rerun_embeds_only_new_or_changed_items(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path) -> None:
+    out = tmp_path / "index"
+    embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    before = by_id(out)
+    again = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    assert (again.embedded, again.unchanged, again.chunks_written) == (0, 8, 0)
+    changed = next(p for p in photos.glob("*.jpg"))
+    Image.open(changed).transpose(Image.Transpose.FLIP_LEFT_RIGHT).save(changed)
+    shutil.copy(PHOTOS[10], photos / "new.jpg")
+    third = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    assert (third.embedded, third.unchanged) == (2, 7)
+    after = by_id(out)
+    assert set(after) == set(before) | {str(photos / "new.jpg")}
+    assert after[str(changed)][1] != before[str(changed)][1]
+    assert not np.allclose(after[str(changed)][2], before[str(changed)][2])
+    untouched = [k for k in before if k != str(changed)]
+    assert all(np.array_equal(after[k][2], before[k][2]) for k in untouched)
+
+
+def test_bad_items_go_to_the_errors_table_and_the_rest_is_embedded(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
+) -> None:
+    (photos / "empty.jpg").write_bytes(b"")
+    (photos / "truncated.jpg").write_bytes(PHOTOS[0].read_bytes()[:2000])
+    (photos / "not-an-image.png").write_bytes(b"hello, world")
+    Image.new("1", (20000, 20000)).save(photos / "bomb.png")  # 400 Mpx in a few KiB
+    out = tmp_path / "index"
+    result = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    assert (result.embedded, result.failed) == (8, 4)
+    import pyarrow.parquet as pq
+
+    errors = {Path(r["id"]).name: r["reason"] for r in pq.read_table(out / EMBED_ERRORS_NAME).to_pylist()}
+    assert errors["empty.jpg"] == "the file is empty (0 bytes)"
+    assert "truncated" in errors["truncated.jpg"]
+    assert "no format Pillow can decode" in errors["not-an-image.png"]
+    assert "decompression" in errors["bomb.png"] or "too large" in errors["bomb.png"]
+    assert len(by_id(out)) == 8
+    for name in ("empty.jpg", "truncated.jpg", "not-an-image.png", "bomb.png"):
+        (photos / name).unlink()
+    clean = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    assert clean.failed == 0 and not (out / EMBED_ERRORS_NAME).exists()
+
+
+def test_a_dataset_is_extended_by_an_interchangeable_artifact_and_refuses_another(
+    tiny_vit_int8_dir: Path, tiny_vit_copy: Path, photos: Path, tmp_path: Path
+) -> None:
+    out = tmp_path / "index"
+    embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    extended = embed(tiny_vit_int8_dir, [photos], out, precision="int8")
+    assert extended.compat is not None and extended.compat.verdict == "interchangeable"
+    assert extended.unchanged == 8  # fp32 rows are kept: int8 was found interchangeable with them
+    perturbed_release(tiny_vit_copy)
+    with pytest.raises(ClipExportError, match="refusing to extend .*re-index needed.*--reembed"):
+        embed(tiny_vit_copy, [photos], out, precision="fp32")
+    before = by_id(out)
+    replaced = embed(tiny_vit_copy, [photos], out, precision="fp32", reembed=True)
+    assert replaced.embedded == 8
+    after = by_id(out)
+    assert set(after) == set(before) and all(not np.allclose(after[k][2], before[k][2]) for k in after)
+    manifest = Store(out).manifest
+    assert manifest is not None and manifest["artifact"]["key"] == replaced.artifact_key and manifest["accepted"] == []
+
+
+def test_a_dataset_of_another_model_is_refused_in_one_line(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
+) -> None:
+    import json
+
+    out = tmp_path / "index"
+    embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    manifest = json.loads((out / EMBED_MANIFEST_NAME).read_text())
+    manifest["artifact"].update(key="other", model={"arch": "ViT-L-14"})
+    (out / EMBED_MANIFEST_NAME).write_text(json.dumps(manifest))
+    with pytest.raises(ClipExportError, match="built by ViT-L-14 .* different embedding spaces never share an index"):
+        embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+
+
+def test_an_output_directory_that_is_not_a_dataset_is_refused(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
+) -> None:
+    (tmp_path / "busy").mkdir()
+    (tmp_path / "busy" / "thesis.tex").write_text("x")
+    with pytest.raises(ClipExportError, match="not an embeddings dataset"):
+        embed(tiny_vit_int8_dir, [photos], tmp_path / "busy")
+
+
+def test_sigkill_loses_at_most_the_chunk_in_flight_and_a_rerun_completes_it(
+    tiny_vit_int8_dir: Path, tmp_path: Path
+) -> None:
+    folder = tmp_path / "many"
+    folder.mkdir()
+    for copy in range(8):
+        for path in PHOTOS:
+            shutil.copy(path, folder / f"{copy}-{path.name}")
+    out = tmp_path / "index"
+    env = {**os.environ, "PYTHONPATH": str(Path(__file__).resolve().parents[3])}
+    command = [
+        sys.executable,
+        "-m",
+        "clip_export.cli",
+        "embed",
+        str(tiny_vit_int8_dir),
+        str(folder),
+        "--out",
+        str(out),
+        "--precision",
+        "fp32",
+        "--batch-size",
+        "2",
+        "--chunk-rows",
+        "4",
+        "--quiet",
+    ]
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while (
+        time.monotonic() < deadline
+        and len(list((out / EMBED_DATA_DIR).glob("part-*.parquet"))) < 3
+        and process.poll() is None
+    ):
+        time.sleep(0.02)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, "the run finished before it could be killed: give it more items"
+    import pyarrow.parquet as pq
+
+    parts = sorted((out / EMBED_DATA_DIR).glob("part-*.parquet"))
+    assert parts and all(pq.read_table(p).num_rows == 4 for p in parts)  # every visible chunk is whole
+    kept = len(by_id(out))
+    total = 8 * len(PHOTOS)
+    assert 0 < kept < total
+    resumed = embed(tiny_vit_int8_dir, [folder], out, precision="fp32", batch_size=8, chunk_rows=64)
+    assert (resumed.unchanged, resumed.embedded) == (kept, total - kept)
+    assert not list((out / EMBED_DATA_DIR).glob(".*.tmp"))
+    rows = by_id(out)
+    clean = tmp_path / "clean"
+    embed(tiny_vit_int8_dir, [folder], clean, precision="fp32", batch_size=8, chunk_rows=64)
+    reference = by_id(clean)
+    assert set(rows) == set(reference)
+    for key, (_, sha, vector) in rows.items():  # batch size does not change an embedding beyond float noise
+        assert sha == reference[key][1]
+        np.testing.assert_allclose(vector, reference[key][2], atol=1e-5)
+
+
+def test_ray_missing_names_the_extra(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setitem(sys.modules, "ray", None)  # an import of ray now fails, as where it is not installed
+    with pytest.raises(ClipExportError, match=r"pip install 'clip-export\[ray\]'"):
+        embed(tiny_vit_int8_dir, [photos], tmp_path / "index", precision="fp32", use_ray=True)

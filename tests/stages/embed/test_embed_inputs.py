@@ -1,0 +1,87 @@
+"""The reader: which INPUTs become which items, and how content is read and hashed."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from clip_export.core.errors import ClipExportError
+from clip_export.core.evalset import BUNDLED_DIR
+from clip_export.stages.embed.embed_inputs import list_items, load
+
+PHOTOS = sorted((BUNDLED_DIR / "images").glob("*.jpg"))[:3]
+
+
+def test_folders_are_walked_recursively_by_extension_and_hidden_paths_are_skipped(tmp_path: Path) -> None:
+    (tmp_path / "a" / "b").mkdir(parents=True)
+    (tmp_path / ".cache").mkdir()
+    shutil.copy(PHOTOS[0], tmp_path / "top.jpg")
+    shutil.copy(PHOTOS[1], tmp_path / "a" / "b" / "deep.JPG")
+    shutil.copy(PHOTOS[2], tmp_path / ".cache" / "hidden.jpg")
+    (tmp_path / "notes.md").write_text("not an image")
+    items = list_items([tmp_path])
+    assert [Path(i.id).name for i in items] == ["deep.JPG", "top.jpg"]
+    assert {i.kind for i in items} == {"image"}
+
+
+def test_a_text_file_is_one_caption_a_line_and_blank_lines_are_skipped(tmp_path: Path) -> None:
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a cat\n\n  \na dog on a beach\n", encoding="utf-8")
+    items = list_items([captions])
+    assert [(i.id, i.kind, i.text) for i in items] == [
+        (f"{captions}#1", "text", "a cat"),
+        (f"{captions}#4", "text", "a dog on a beach"),
+    ]
+
+
+def test_tables_give_paths_bytes_or_captions_by_column(tmp_path: Path) -> None:
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    shutil.copy(PHOTOS[0], tmp_path / "one.jpg")
+    data = PHOTOS[1].read_bytes()
+    pq.write_table(pa.table({"file": ["one.jpg"], "blob": [data], "caption": ["a photo"]}), tmp_path / "t.parquet")
+    paths = list_items([tmp_path / "t.parquet"], column="file")
+    assert [(i.id, i.kind) for i in paths] == [(str(tmp_path / "one.jpg"), "image")]  # relative to the table
+    blobs = list_items([tmp_path / "t.parquet"], column="blob")
+    assert blobs[0].kind == "image" and blobs[0].data == data and blobs[0].id == f"{tmp_path / 't.parquet'}#0"
+    (tmp_path / "t.csv").write_text("caption,n\na red car,1\na blue sky,2\n")
+    assert [i.text for i in list_items([tmp_path / "t.csv"], column="caption")] == ["a red car", "a blue sky"]
+    (tmp_path / "t.jsonl").write_text("\n".join(json.dumps({"caption": c}) for c in ["x y", "z"]) + "\n")
+    assert [(i.kind, i.text) for i in list_items([tmp_path / "t.jsonl"], column="caption")] == [
+        ("text", "x y"),
+        ("text", "z"),
+    ]
+
+
+def test_a_table_without_the_column_is_refused_by_name(tmp_path: Path) -> None:
+    (tmp_path / "t.csv").write_text("caption\nx\n")
+    with pytest.raises(ClipExportError, match="--column"):
+        list_items([tmp_path / "t.csv"])
+    with pytest.raises(ClipExportError, match="no column 'path'; it has: caption"):
+        list_items([tmp_path / "t.csv"], column="path")
+
+
+def test_unknown_inputs_are_refused(tmp_path: Path) -> None:
+    with pytest.raises(ClipExportError, match="no such file or folder"):
+        list_items([tmp_path / "missing"])
+    (tmp_path / "x.doc").write_text("?")
+    with pytest.raises(ClipExportError, match=".doc is not an input"):
+        list_items([tmp_path / "x.doc"])
+    with pytest.raises(ClipExportError, match="at least one INPUT"):
+        list_items([])
+
+
+def test_load_hashes_the_content_and_names_empty_or_unreadable_files(tmp_path: Path) -> None:
+    shutil.copy(PHOTOS[0], tmp_path / "a.jpg")
+    (tmp_path / "empty.jpg").write_bytes(b"")
+    items = {Path(i.id).name: i for i in list_items([tmp_path])}
+    good = load(items["a.jpg"])
+    assert good.error is None and good.sha256 == hashlib.sha256(PHOTOS[0].read_bytes()).hexdigest()
+    assert load(items["empty.jpg"]).error == "the file is empty (0 bytes)"
+    (tmp_path / "a.jpg").unlink()
+    assert "cannot read" in (load(items["a.jpg"]).error or "")

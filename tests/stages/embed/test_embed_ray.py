@@ -1,0 +1,110 @@
+"""The Ray engine on a real two-node cluster on this machine (ray.cluster_utils.Cluster: a head and a
+second node, each its own raylet process with 1 CPU): the same rows as the local engine, and a
+worker process killed by pid mid-job loses nothing."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import psutil
+import pytest
+
+from clip_export.core.evalset import BUNDLED_DIR
+from clip_export.core.spec import EMBED_DATA_DIR
+from clip_export.stages.embed.embed import embed
+from clip_export.stages.embed.embed_store import read_embeddings
+
+ray = pytest.importorskip(
+    "ray", reason="ray[data] is not installed (pip install 'clip-export[ray]'; .ci/run installs it)"
+)
+pytest.importorskip("ray.data", reason="ray is installed without ray[data]")
+
+
+@pytest.fixture(scope="module")
+def cluster() -> Iterator[Any]:
+    from ray.cluster_utils import Cluster
+
+    os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+    nodes = Cluster(initialize_head=True, head_node_args={"num_cpus": 1, "include_dashboard": False})
+    nodes.add_node(num_cpus=1)
+    ray.init(address=nodes.address, log_to_driver=False)
+    try:
+        nodes.wait_for_nodes()
+        yield nodes
+    finally:
+        ray.shutdown()
+        nodes.shutdown()
+
+
+def rows(out: Path) -> dict[str, tuple[str, np.ndarray]]:
+    return {
+        r["id"]: (r["sha256"], np.asarray(r["embedding"], dtype=np.float32)) for r in read_embeddings(out).to_pylist()
+    }
+
+
+def mapper_workers() -> list[psutil.Process]:
+    """The actor processes of this test's cluster (descendants of this process) holding EmbedMapper."""
+    found = []
+    for proc in psutil.Process().children(recursive=True):
+        try:
+            if "EmbedMapper" in " ".join(proc.cmdline()):
+                found.append(proc)
+        except psutil.Error:
+            continue
+    return found
+
+
+def test_ray_on_two_nodes_writes_the_local_engines_rows_and_survives_a_killed_worker(
+    cluster: Any, tiny_vit_int8_dir: Path, tmp_path: Path
+) -> None:
+    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    folder = tmp_path / "corpus"
+    folder.mkdir()
+    for copy in range(8):
+        for path in sorted((BUNDLED_DIR / "images").iterdir()):
+            shutil.copy(path, folder / f"{copy}-{path.name}")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("\n".join(f"photo number {n} of a cat" for n in range(100)) + "\n")
+    inputs = [folder, captions]
+    local = embed(tiny_vit_int8_dir, inputs, tmp_path / "local", precision="fp32", batch_size=8)
+    assert local.embedded >= 300 and local.failed == 0
+
+    result: dict[str, Any] = {}
+    job = threading.Thread(
+        target=lambda: result.update(
+            r=embed(
+                tiny_vit_int8_dir, inputs, tmp_path / "ray", precision="fp32", batch_size=8, chunk_rows=16, use_ray=True
+            )
+        )
+    )
+    job.start()
+    killed = None
+    deadline = time.monotonic() + 300
+    while job.is_alive() and time.monotonic() < deadline and killed is None:
+        workers = mapper_workers()
+        if workers and list((tmp_path / "ray" / EMBED_DATA_DIR).glob("part-*.parquet")):
+            killed = workers[0].pid
+            os.kill(killed, signal.SIGKILL)
+        time.sleep(0.05)
+    job.join(timeout=600)
+    assert killed is not None, "no EmbedMapper worker was seen running mid-job"
+    done = result["r"]
+    assert (done.engine, done.embedded, done.failed) == ("ray", local.embedded, 0)
+    got, expected = rows(tmp_path / "ray"), rows(tmp_path / "local")
+    assert set(got) == set(expected)
+    for key, (sha, vector) in expected.items():
+        assert got[key][0] == sha
+        np.testing.assert_allclose(got[key][1], vector, atol=1e-5)  # fp32: batch-mates do not matter
+    manifest_local = (tmp_path / "local" / "dataset.json").read_text()
+    manifest_ray = (tmp_path / "ray" / "dataset.json").read_text()
+    assert '"engine": "ray"' in manifest_ray and '"engine": "local"' in manifest_local
+    again = embed(tiny_vit_int8_dir, inputs, tmp_path / "ray", precision="fp32", batch_size=8, use_ray=True)
+    assert (again.embedded, again.unchanged) == (0, local.embedded)

@@ -1,0 +1,140 @@
+"""hf/: the Hugging Face layout release writes (no Node needed; tests/test_clients.py runs transformers.js)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+
+from clip_export.core.checkpoints import sha256_file
+from clip_export.core.evalset import load_evalset
+from clip_export.core.manifest import read_manifest
+from clip_export.core.tokenizer import PROBE_TEXTS
+from clip_export.runtime import ClipOnnx
+from clip_export.stages.release.hf_layout import HF_DIR, ONNX_DIR, onnx_file_name, preprocessor_config
+from clip_export.stages.release.release import release
+from clip_export.stages.verify import verify
+
+
+@pytest.fixture
+def released(tiny_vit_copy: Path, tmp_path: Path) -> Path:
+    assert verify(tiny_vit_copy).passed
+    return release([tiny_vit_copy], tag="v1", out=tmp_path / "dist", client_check="off").directory
+
+
+def test_release_writes_the_hugging_face_layout(released: Path) -> None:
+    hf = released / HF_DIR
+    assert {p.relative_to(hf).as_posix() for p in hf.rglob("*") if p.is_file()} == {
+        "config.json",
+        "preprocessor_config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "onnx/vision_model.onnx",
+        "onnx/text_model.onnx",
+    }
+    manifest = read_manifest(released)
+    assert manifest["hf_layout"]["onnx"] == {
+        "text_model.onnx": "tiny-vit-text-fp32.onnx",
+        "vision_model.onnx": "tiny-vit-visual-fp32.onnx",
+    }
+    for record in manifest["hf_layout"]["files"]:
+        assert sha256_file(released / record["path"]) == record["sha256"], record["path"]
+    assert (hf / ONNX_DIR / "vision_model.onnx").stat().st_ino == (
+        released / "tiny-vit-visual-fp32.onnx"
+    ).stat().st_ino  # a link, not a copy
+    pre = json.loads((hf / "preprocessor_config.json").read_text())
+    assert pre["do_center_crop"] is True and pre["do_normalize"] is True and pre["resample"] == 3
+    assert pre["size"] == {"shortest_edge": 64} and pre["crop_size"] == {"height": 64, "width": 64}
+    assert pre["image_mean"] == manifest["preprocess"]["mean"] and pre["image_std"] == manifest["preprocess"]["std"]
+    config = json.loads((hf / "config.json").read_text())
+    assert config["model_type"] == "clip" and config["projection_dim"] == 32 and "transformers.js_config" not in config
+
+
+def test_tokenizer_config_names_the_pad_token_without_adding_it(released: Path) -> None:
+    """transformers.js needs model_max_length and a pad token; listed as an added token, "!" would
+    tokenize as the pad id 0 instead of 256 (shared/reference/field-notes.md)."""
+    from tokenizers import Tokenizer
+
+    hf = released / HF_DIR
+    config = json.loads((hf / "tokenizer_config.json").read_text())
+    assert config["model_max_length"] == 77 and config["pad_token"] == "!" and config["eos_token"] == "<end_of_text>"
+    tokenizer = Tokenizer.from_file(str(hf / "tokenizer.json"))
+    assert {t["content"] for t in json.loads(tokenizer.to_str())["added_tokens"]} == {
+        "<start_of_text>",
+        "<end_of_text>",
+    }
+    assert set(config["added_tokens_decoder"]) == {"49406", "49407"}
+    assert tokenizer.encode("wow! a cat.").ids[:4] == [49406, 2781, 256, 320]
+
+
+def test_the_tokenizer_file_alone_gives_the_runtime_ids_except_where_ftfy_cleans(released: Path) -> None:
+    from tokenizers import Tokenizer
+
+    tokenizer = Tokenizer.from_file(str(released / HF_DIR / "tokenizer.json"))
+    runtime = ClipOnnx.from_release(released)
+    texts = [*load_evalset().captions, *PROBE_TEXTS]
+    differ = [t for t, ids in zip(texts, runtime.tokenize(texts)) if tokenizer.encode(t).ids != list(ids)]
+    assert differ == [PROBE_TEXTS[2], PROBE_TEXTS[3]]  # HTML entities and mojibake (docs/models.md)
+
+
+def test_text_graph_pads_truncates_and_restores_the_end_of_text_id(released: Path) -> None:
+    runtime = ClipOnnx.from_release(released)
+    captions = ["a photo of a cat", "word " * 100]
+    ids = runtime.tokenize(captions)
+    verified = ort.InferenceSession(str(released / "tiny-vit-text-fp32.onnx")).run(None, {"input_ids": ids})[0]
+    clients = ort.InferenceSession(str(released / HF_DIR / ONNX_DIR / "text_model.onnx"))
+    assert [d for d in clients.get_inputs()[0].shape] == ["batch", "sequence"]
+    np.testing.assert_array_equal(clients.run(None, {"input_ids": ids})[0], verified)
+    cut = ids.copy()
+    cut[1, -1] = ids[1, -2]  # what transformers.js's truncation leaves: a word where EOT was
+    np.testing.assert_array_equal(clients.run(None, {"input_ids": cut})[0], verified)
+    short = ids[:1, :8]  # not padded
+    np.testing.assert_array_equal(clients.run(None, {"input_ids": short})[0], verified[:1])
+    long = np.concatenate(
+        [ids[1:, :-1], np.full((1, 30), ids[1, 5]), ids[1:, -1:]], axis=1
+    )  # untruncated, EOT at the end
+    np.testing.assert_array_equal(clients.run(None, {"input_ids": long})[0], verified[1:])
+
+
+def test_squash_families_state_no_centre_crop() -> None:
+    manifest = {
+        "model": {"family": "siglip"},
+        "preprocess": {
+            "image_size": [256, 256],
+            "resize_mode": "squash",
+            "interpolation": "bicubic",
+            "mean": [0.5] * 3,
+            "std": [0.5] * 3,
+        },
+    }
+    config = preprocessor_config(manifest)
+    assert (
+        config["do_center_crop"] is False
+        and config["size"] == {"height": 256, "width": 256}
+        and config["image_processor_type"] == "SiglipImageProcessor"
+    )
+
+
+def test_file_names_follow_transformers_js_dtype_suffixes() -> None:
+    names = [
+        onnx_file_name({"path": "x", "tower": tower, "precision": precision, "format": fmt, "conversion": conversion})
+        for tower, precision, fmt, conversion in (
+            ("visual", "fp16", "onnx", None),
+            ("text", "int8", "onnx", {"weight_type": "QUInt8"}),
+            ("text", "int8", "onnx", {"weight_type": "QInt8"}),
+            ("visual", "q4", "onnx", None),
+            ("visual", "q4", "onnx-preprocessing", None),
+            ("visual", "fp16", "tensorrt", None),
+        )
+    ]
+    assert names == [
+        "vision_model_fp16.onnx",
+        "text_model_uint8.onnx",
+        "text_model_int8.onnx",
+        "vision_model_q4.onnx",
+        "vision_model_preprocessing_q4.onnx",
+        None,
+    ]
