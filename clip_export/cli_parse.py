@@ -9,7 +9,7 @@ from typing import Any
 
 import click
 
-from clip_export.core.spec import TOWERS
+from clip_export.core.spec import EXECUTION_PROVIDERS, TOWERS, find_provider
 
 CONTEXT = {"help_option_names": ["-h", "--help"], "max_content_width": 100}
 
@@ -112,3 +112,28 @@ def int_list(value: str, hint: str) -> list[int]:
         return [int(v) for v in split_csv(value)]
     except ValueError:
         raise click.BadParameter(f"expected comma-separated integers, got '{value}'", param_hint=hint) from None
+
+
+def _parse_providers(ctx: click.Context, param: click.Parameter, value: str) -> list[str]:
+    """Providers are normalised once, here: every spelling becomes the registry's short name."""
+    chosen = split_csv(value)
+    unknown = [p for p in chosen if find_provider(p) is None]
+    if unknown or not chosen:
+        raise click.BadParameter(
+            f"unknown provider(s) {', '.join(unknown) or '(none)'}; choose from "
+            + ", ".join(p.short for p in EXECUTION_PROVIDERS),
+            param_hint="--providers",
+        )
+    return list(dict.fromkeys(find_provider(p).short for p in chosen))
+
+
+def providers_option(purpose: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
+    """--providers, its choices listed from the registry in spec.py."""
+    names = ", ".join(p.short for p in EXECUTION_PROVIDERS)
+    return click.option(
+        "--providers",
+        default=EXECUTION_PROVIDERS[0].short,
+        show_default=True,
+        callback=_parse_providers,
+        help=f"{purpose} Comma-separated: {names}.",
+    )

@@ -16,6 +16,7 @@ from clip_export.cli_parse import (
     json_option,
     model_arguments,
     parse_thresholds,
+    providers_option,
     quiet_option,
     resolve_dirs,
     split_csv,
@@ -33,7 +34,7 @@ from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S
 
 @click.command(context_settings=CONTEXT)
 @dirs_argument
-@click.option("--providers", default="cpu", show_default=True, help="Comma-separated: cpu, cuda, tensorrt.")
+@providers_option("Providers to verify on.")
 @click.option(
     "--reference",
     type=click.Choice(["stored", "torch"]),
@@ -63,7 +64,7 @@ from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S
 @quiet_option
 def verify(
     dirs: Sequence[Path],
-    providers: str,
+    providers: list[str],
     reference: str,
     images: Path | None,
     texts: Path | None,
@@ -89,7 +90,7 @@ def verify(
         results.append(
             run_verify(
                 model_dir,
-                providers=split_csv(providers),
+                providers=providers,
                 reference=reference,
                 images=images,
                 texts=texts,
@@ -130,7 +131,7 @@ def verify(
 
 @click.command(context_settings=CONTEXT)
 @dirs_argument
-@click.option("--providers", default="cpu", show_default=True, help="Comma-separated: cpu, cuda, tensorrt.")
+@providers_option("Providers to time.")
 @click.option("--batch-sizes", default="1,8,32", show_default=True, help="Comma-separated batch sizes.")
 @click.option("--towers", default="visual,text", show_default=True, help="Comma-separated towers.")
 @click.option("--precision", "precisions", default=None, help="Only these artifact precisions (comma-separated).")
@@ -164,7 +165,7 @@ def verify(
 @quiet_option
 def bench(
     dirs: Sequence[Path],
-    providers: str,
+    providers: list[str],
     batch_sizes: str,
     towers: str,
     precisions: str | None,
@@ -193,7 +194,7 @@ def bench(
     results = [
         run_bench(
             d,
-            providers=split_csv(providers),
+            providers=providers,
             batch_sizes=sizes,
             towers=chosen,
             threads=threads,
@@ -219,7 +220,7 @@ def bench(
 @model_arguments
 @click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Which precisions to produce and gate.")
 @click.option("--trt", "use_trt", is_flag=True, help="Also build TensorRT engines (needs a GPU).")
-@click.option("--providers", default="cpu", show_default=True, help="Providers for verify and bench.")
+@providers_option("Providers for verify and bench.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True)
 @click.option("--force", is_flag=True, help="Replace existing artifacts.")
 @json_option
@@ -234,7 +235,7 @@ def pipeline(
     text_config_dir: Path | None,
     precisions: str,
     use_trt: bool,
-    providers: str,
+    providers: list[str],
     out: Path,
     force: bool,
     as_json: bool,
@@ -263,7 +264,7 @@ def pipeline(
         out=out,
         precisions=split_csv(precisions),
         trt=use_trt,
-        providers=split_csv(providers),
+        providers=providers,
         force=force,
         progress=progress_printer(quiet or as_json),
     )

@@ -17,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from clip_export.core.errors import ManifestError
-from clip_export.core.spec import PROVIDERS, TENSORRT_RUNTIME, provider_label
+from clip_export.core.spec import EXECUTION_PROVIDERS, PROVIDERS, TENSORRT_RUNTIME, provider_label
 
 # CPUID features that change which onnxruntime/torch kernels run; Linux's /proc/cpuinfo names.
 KERNEL_FLAGS = (
@@ -46,7 +46,7 @@ _LLVM_NAMES = {
     "amx-bf16": "amx_bf16",
     "neon": "asimd",
 }
-GPU_PROVIDERS = (PROVIDERS["cuda"], PROVIDERS["tensorrt"], TENSORRT_RUNTIME)
+GPU_PROVIDERS = (*(p.ort_name for p in EXECUTION_PROVIDERS if p.gpu), TENSORRT_RUNTIME)
 
 
 @dataclass(frozen=True)

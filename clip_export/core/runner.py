@@ -1,6 +1,6 @@
 """One seam that runs a manifest's artifact on a provider, whatever its format (ONNX or TensorRT plan).
 
-verify, bench and the runtime open artifacts here, so the rules live in one place: the path stays
+verify, bench, export's parity check, the studies and the runtime open graphs here, so the rules live in one place: the path stays
 inside its directory, a session runs on exactly the requested provider or not at all, fp16
 sessions avoid onnxruntime's crashing optimizer, and an engine runs only with the TensorRT
 version and GPU it was built for.
@@ -65,8 +65,16 @@ def open_runner(
         provider_options=provider_options,
         stop_spinning_after_run=stop_spinning_after_run,
     )
-    session = create_session(path, options)
+    return open_graph(path, options)
+
+
+def open_graph(graph: Path | bytes, options: SessionOptions | None = None) -> ArtifactRunner:
+    """A runner for an ONNX graph that is not a manifest entry: export's parity check on the tower it
+    has just written, bench's rows and fused baseline, the ceiling models. The same session rules as
+    open_runner (exact provider, the fp16 workaround through options.precision)."""
+    session = create_session(graph, options or SessionOptions())
     input_name = session.get_inputs()[0].name
+    path = graph if isinstance(graph, Path) else Path("<in-memory graph>")
     return ArtifactRunner(
         path, session.get_providers()[0], lambda inputs: session.run(None, {input_name: inputs})[0], session
     )

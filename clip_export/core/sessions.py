@@ -7,7 +7,7 @@ from pathlib import Path
 from typing import Any
 
 from clip_export.core.errors import ProviderUnavailableError, import_optional
-from clip_export.core.spec import CPU_PROVIDER, PROVIDERS
+from clip_export.core.spec import CPU_PROVIDER, PROVIDERS, ExecutionProvider, find_provider
 
 # onnxruntime's NchwcTransformer crashes (SIGSEGV) while building CPU sessions for fp16 ViT
 # graphs at the default ORT_ENABLE_ALL level; every fp16 session disables it (docs/convert.md).
@@ -18,13 +18,17 @@ def ort() -> Any:
     return import_optional("onnxruntime", package="onnxruntime", extra="cpu", purpose="running ONNX artifacts")
 
 
-def provider_name(short: str) -> str:
-    if short in PROVIDERS.values():
-        return short
-    try:
-        return PROVIDERS[short.lower()]
-    except KeyError:
-        raise ProviderUnavailableError(f"unknown provider '{short}'; choose from {', '.join(PROVIDERS)}") from None
+def provider_spec(name: str) -> ExecutionProvider:
+    """The registry's entry for a short name, alias or onnxruntime name; ProviderUnavailableError otherwise."""
+    found = find_provider(name)
+    if found is None:
+        raise ProviderUnavailableError(f"unknown provider '{name}'; choose from {', '.join(PROVIDERS)}")
+    return found
+
+
+def provider_name(name: str) -> str:
+    """onnxruntime's name for a provider, whichever spelling the caller was given."""
+    return provider_spec(name).ort_name
 
 
 def available_providers() -> list[str]:
@@ -33,15 +37,13 @@ def available_providers() -> list[str]:
 
 def check_available(short: str) -> str:
     """Refuse before building a session: onnxruntime would silently run the graph on CPU instead."""
-    wanted = provider_name(short)
+    spec = provider_spec(short)
     available = available_providers()
-    if wanted not in available:
-        extra = {
-            "CUDAExecutionProvider": " (pip install 'clip-export[gpu]' on a CUDA machine)",
-            "TensorrtExecutionProvider": " (needs onnxruntime-gpu and TensorRT 10 libraries)",
-        }.get(wanted, "")
-        raise ProviderUnavailableError(f"the requested provider was {wanted}; available: {', '.join(available)}{extra}")
-    return wanted
+    if spec.ort_name not in available:
+        raise ProviderUnavailableError(
+            f"the requested provider was {spec.ort_name}; available: {', '.join(available)} ({spec.install_hint})"
+        )
+    return spec.ort_name
 
 
 @dataclass(frozen=True)
@@ -60,7 +62,7 @@ class SessionOptions:
     prepacking: bool = True
 
 
-def create_session(path: Path, options: SessionOptions = SessionOptions()) -> Any:
+def create_session(path: Path | bytes, options: SessionOptions = SessionOptions()) -> Any:
     """An InferenceSession on exactly the requested provider, or ProviderUnavailableError."""
     rt = ort()
     wanted = check_available(options.provider)
@@ -86,10 +88,11 @@ def create_session(path: Path, options: SessionOptions = SessionOptions()) -> An
     if options.precision == "fp16":
         kwargs["disabled_optimizers"] = list(FP16_DISABLED_OPTIMIZERS)
     try:
-        session = rt.InferenceSession(str(path), sess_options=so, providers=providers, **kwargs)
+        graph = path if isinstance(path, bytes) else str(path)
+        session = rt.InferenceSession(graph, sess_options=so, providers=providers, **kwargs)
     except Exception as exc:
         raise ProviderUnavailableError(
-            f"could not create a {wanted} session for {Path(path).name}: {str(exc).splitlines()[0]}"
+            f"could not create a {wanted} session for {'an in-memory graph' if isinstance(path, bytes) else Path(path).name}: {str(exc).splitlines()[0]}"
         ) from exc
     active = session.get_providers()
     if not active or active[0] != wanted:

@@ -7,14 +7,49 @@ from dataclasses import dataclass
 from types import MappingProxyType
 
 BATCH_AXIS = "batch"
-# onnxruntime's execution providers by the short names the CLI takes; the first is the CPU.
-PROVIDERS: Mapping[str, str] = MappingProxyType(
-    {
-        "cpu": "CPUExecutionProvider",
-        "cuda": "CUDAExecutionProvider",
-        "tensorrt": "TensorrtExecutionProvider",
-    }
+
+
+@dataclass(frozen=True)
+class ExecutionProvider:
+    """Everything the package knows about one onnxruntime execution provider, declared once: sessions,
+    bench's IO binding, the environment probe and the CLI's help read it from here."""
+
+    short: str  # the CLI's --providers value
+    ort_name: str  # onnxruntime's name, recorded in every verdict and bench row
+    aliases: tuple[str, ...]  # other spellings users type, accepted at the command's edge
+    gpu: bool  # verdict rows record the GPU, driver and CUDA it was obtained on
+    io_binding_device: str | None  # OrtValue device bench binds inputs and outputs to; None: host memory
+    install_hint: str  # what to install when onnxruntime lacks it
+
+
+# onnxruntime's execution providers; the first is the CPU.
+EXECUTION_PROVIDERS: tuple[ExecutionProvider, ...] = (
+    ExecutionProvider("cpu", "CPUExecutionProvider", ("ort-cpu",), False, None, "pip install 'clip-export[cpu]'"),
+    ExecutionProvider(
+        "cuda", "CUDAExecutionProvider", ("gpu",), True, "cuda", "pip install 'clip-export[gpu]' on a CUDA machine"
+    ),
+    ExecutionProvider(
+        "tensorrt",
+        "TensorrtExecutionProvider",
+        ("trt",),
+        True,
+        "cuda",
+        "needs onnxruntime-gpu and TensorRT 10 libraries",
+    ),
 )
+# The short names the CLI takes → onnxruntime's names.
+PROVIDERS: Mapping[str, str] = MappingProxyType({p.short: p.ort_name for p in EXECUTION_PROVIDERS})
+
+
+def find_provider(name: str) -> ExecutionProvider | None:
+    """A provider by its short name, an alias or onnxruntime's name (any case); None when unknown."""
+    wanted = name.strip().lower()
+    for provider in EXECUTION_PROVIDERS:
+        if wanted in (provider.short, provider.ort_name.lower(), *provider.aliases):
+            return provider
+    return None
+
+
 CPU_PROVIDER = PROVIDERS["cpu"]
 # What runs a TensorRT .plan: TensorRT itself, not an onnxruntime provider.
 TENSORRT_RUNTIME = "tensorrt-runtime"

@@ -29,7 +29,8 @@ from clip_export.core.models import LoadedModel, ModelSpec, load_model, prefligh
 from clip_export.core.onnx_files import external_data_files, inline_external_data, make_strided_initializers_lazy
 from clip_export.core.progress import Progress, silent
 from clip_export.core.reference import compute_reference, example_input, torch_embed, tower_module
-from clip_export.core.sessions import SessionOptions, create_session
+from clip_export.core.runner import open_graph
+from clip_export.core.sessions import SessionOptions
 from clip_export.core.spec import (
     BATCH_AXIS,
     DEFAULT_OPSET,
@@ -157,9 +158,9 @@ def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -
     """Run the fresh ONNX tower next to torch on a batch of 3 (not the traced 2)."""
     inputs = example_input(loaded, tower, 3, seed=0)
     expected = torch_embed(loaded, tower, inputs, normalize)
-    session = create_session(path, SessionOptions(prepacking=False))
-    got = session.run(None, {TOWERS[tower].input_name: inputs})[0]
-    del session
+    runner = open_graph(path, SessionOptions(prepacking=False))
+    got = runner.run(inputs)
+    del runner
     delta = np.abs(l2_normalize(got) - l2_normalize(expected))
     return float(delta.mean()), float(delta.max())
 

@@ -12,8 +12,9 @@ from typing import Any
 import numpy as np
 
 from clip_export.core.errors import ProviderUnavailableError
-from clip_export.core.sessions import SessionOptions, create_session, provider_name
-from clip_export.core.spec import CPU_PROVIDER, TOWERS
+from clip_export.core.runner import open_graph
+from clip_export.core.sessions import SessionOptions, provider_name, provider_spec
+from clip_export.core.spec import CPU_PROVIDER, PROVIDERS, TOWERS
 from clip_export.stages.bench.bench_rows import BenchRow, rss_mb
 from clip_export.stages.bench.timing import LatencyStats, runs_for, time_calls
 
@@ -55,7 +56,7 @@ def bench_onnx(
     )
     started = time.perf_counter()
     try:
-        session = create_session(path, options)
+        session = open_graph(path, options).session
     except ProviderUnavailableError as exc:
         return BenchRow(**base, provider_ran=None, status=f"unavailable: {exc}")
     create_ms = (time.perf_counter() - started) * 1000.0
@@ -65,7 +66,7 @@ def bench_onnx(
     session.run(None, {input_name: inputs})
     first_ms = (time.perf_counter() - started) * 1000.0
     copy_ms = None
-    if ran == CPU_PROVIDER:
+    if provider_spec(ran).io_binding_device is None:
         stats = time_calls(lambda: session.run(None, {input_name: inputs}), budget_s=budget_s, **runs_for(batch))
     else:
         stats, end_to_end = _bench_device_resident(session, input_name, inputs, budget_s)
@@ -87,7 +88,7 @@ def bench_onnx(
 
 
 def _provider_options(provider: str, precision: str, path: Path) -> tuple[tuple[str, str], ...]:
-    if provider_name(provider) == "TensorrtExecutionProvider":
+    if provider_name(provider) == PROVIDERS["tensorrt"]:
         cache = Path(tempfile.gettempdir()) / "clip-export-trt-ep-cache"
         return (
             ("trt_engine_cache_enable", "True"),
@@ -106,8 +107,9 @@ def _bench_device_resident(
 
     rt = ort()
     binding = session.io_binding()
-    binding.bind_ortvalue_input(input_name, rt.OrtValue.ortvalue_from_numpy(inputs, "cuda", 0))
-    binding.bind_output(session.get_outputs()[0].name, "cuda")
+    device = provider_spec(session.get_providers()[0]).io_binding_device
+    binding.bind_ortvalue_input(input_name, rt.OrtValue.ortvalue_from_numpy(inputs, device, 0))
+    binding.bind_output(session.get_outputs()[0].name, device)
 
     def resident() -> None:
         session.run_with_iobinding(binding)

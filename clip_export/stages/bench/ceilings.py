@@ -8,7 +8,8 @@ from typing import Any
 
 import numpy as np
 
-from clip_export.core.spec import CPU_PROVIDER
+from clip_export.core.runner import open_graph
+from clip_export.core.sessions import SessionOptions
 from clip_export.stages.bench.timing import time_calls
 
 
@@ -35,12 +36,7 @@ def _matmul_model(m: int, k: int, n: int, int8: bool) -> bytes:
 
 
 def _cpu_session(model: bytes, threads: int) -> Any:
-    from clip_export.core.sessions import ort
-
-    rt = ort()
-    so = rt.SessionOptions()
-    so.intra_op_num_threads = threads
-    return rt.InferenceSession(model, so, providers=[CPU_PROVIDER])
+    return open_graph(model, SessionOptions(intra_op_threads=threads)).session
 
 
 def _p50_gflops(session: Any, a: np.ndarray, flops: float, budget_s: float) -> float:

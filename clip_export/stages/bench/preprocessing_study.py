@@ -11,7 +11,7 @@ from typing import Any
 import numpy as np
 
 from clip_export.core.manifest import find_artifact
-from clip_export.core.sessions import SessionOptions, create_session
+from clip_export.core.runner import open_runner
 from clip_export.core.spec import TOWERS
 from clip_export.stages.bench.timing import time_calls
 
@@ -68,7 +68,7 @@ def vectorise_breakdown(
     visual = find_artifact(manifest, tower="visual", precision="fp32", format="onnx")
     if visual is None:
         return []
-    session = create_session(model_dir / visual["path"], SessionOptions(intra_op_threads=threads))
+    session = open_runner(model_dir, visual, threads=threads).session
     rows = []
     for path in report_images():
 
@@ -134,7 +134,7 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
     config = PreprocessConfig.from_json(manifest["preprocess"])
     evalset = load_evalset()
     visual = find_artifact(manifest, tower="visual", precision="fp32", format="onnx")
-    session = create_session(model_dir / visual["path"], SessionOptions(intra_op_threads=threads)) if visual else None
+    session = open_runner(model_dir, visual, threads=threads).session if visual else None
 
     def opened(path: Path) -> Image.Image:
         handle = Image.open(path)  # keep it lazy: draft() must act before decoding
