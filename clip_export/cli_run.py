@@ -29,7 +29,7 @@ from clip_export.cli_render import (
     verify_text,
 )
 from clip_export.core.errors import ClipExportError
-from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S
+from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S, PIPELINE_PRECISIONS, PRECISIONS
 
 
 @click.command(context_settings=CONTEXT)
@@ -218,7 +218,12 @@ def bench(
 
 @click.command(context_settings=CONTEXT)
 @model_arguments
-@click.option("--precisions", default="fp32,fp16,int8", show_default=True, help="Which precisions to produce and gate.")
+@click.option(
+    "--precisions",
+    default=",".join(PIPELINE_PRECISIONS),
+    show_default=True,
+    help=f"Which precisions to produce and gate, of {', '.join(PRECISIONS)}.",
+)
 @click.option("--trt", "use_trt", is_flag=True, help="Also build TensorRT engines (needs a GPU).")
 @providers_option("Providers for verify and bench.")
 @click.option("--out", type=click.Path(path_type=Path), default=Path("artifacts"), show_default=True)

@@ -11,7 +11,7 @@ from clip_export.core.errors import ClipExportError
 from clip_export.core.models import ModelSpec
 from clip_export.core.progress import Progress, silent
 from clip_export.core.sessions import provider_name
-from clip_export.core.spec import PRECISIONS, TOWERS
+from clip_export.core.spec import PIPELINE_PRECISIONS, PRECISION_SPECS, PRECISIONS, TOWERS
 
 
 @dataclass(frozen=True)
@@ -43,11 +43,21 @@ class PipelineResult:
         return self.failed_stage is None
 
 
+def converters() -> dict[str, Callable[..., object]]:
+    """The stage that makes each converted precision of spec.PRECISION_SPECS, in its order (imported when
+    run); a converted precision without one is a KeyError at the first pipeline, and a test."""
+    from clip_export.stages.convert import convert_fp16, quantize_int8
+    from clip_export.stages.quantize4 import quantize_q4
+
+    made_by = {"fp16": convert_fp16, "int8": quantize_int8, "q4": quantize_q4}
+    return {p.name: made_by[p.name] for p in PRECISION_SPECS.values() if p.converted}
+
+
 def run_pipeline(
     spec: ModelSpec,
     *,
     out: Path = Path("artifacts"),
-    precisions: Sequence[str] = ("fp32", "fp16", "int8"),
+    precisions: Sequence[str] = PIPELINE_PRECISIONS,
     trt: bool = False,
     providers: Sequence[str] = ("cpu",),
     force: bool = False,
@@ -59,9 +69,7 @@ def run_pipeline(
     if unknown:
         raise ClipExportError(f"unknown precision(s) {', '.join(unknown)}; choose from {', '.join(PRECISIONS)}")
     from clip_export.stages.bench.bench import bench
-    from clip_export.stages.convert import convert_fp16, quantize_int8
     from clip_export.stages.export import export_onnx
-    from clip_export.stages.quantize4 import quantize_q4
     from clip_export.stages.verify import verify
 
     done: list[str] = []
@@ -76,7 +84,7 @@ def run_pipeline(
         resumed.append("export")
         done.append("export")
         progress(f"resuming in {model_dir}: the export that passed its gate is kept")
-    for precision, convert in (("fp16", convert_fp16), ("int8", quantize_int8), ("q4", quantize_q4)):
+    for precision, convert in converters().items():
         if precision not in precisions:
             continue
         missing = [t for t in TOWERS if kept is None or t not in kept.converted.get(precision, ())]

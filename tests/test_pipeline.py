@@ -97,3 +97,11 @@ def test_gate_verdicts_show_for_a_relative_out(tmp_path: Path, monkeypatch: pyte
     assert failed.exit_code == 1
     rows = {r["artifact"]: r["verdict"] for r in json.loads(failed.stdout)["summary"]}
     assert rows == {"visual.onnx": "pass (export gate)", "text.onnx": "pass (export gate)"}
+
+
+def test_every_converted_precision_has_its_stage_and_runs_in_the_registry_order() -> None:
+    from clip_export.core.spec import PIPELINE_PRECISIONS, PRECISION_SPECS
+    from clip_export.pipeline import converters
+
+    assert list(converters()) == [p.name for p in PRECISION_SPECS.values() if p.converted]
+    assert PIPELINE_PRECISIONS == ("fp32", "fp16", "int8")

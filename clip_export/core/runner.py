@@ -18,7 +18,7 @@ import numpy as np
 from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import resolve_inside
 from clip_export.core.sessions import SessionOptions, create_session
-from clip_export.core.spec import TENSORRT_RUNTIME
+from clip_export.core.spec import PRECISION_SPECS, TENSORRT_RUNTIME
 
 
 class NotRunnableHereError(ClipExportError):
@@ -34,8 +34,9 @@ class ArtifactRunner:
 
 
 def session_precision(entry: dict[str, Any]) -> str:
-    """fp16 graphs need the CPU session workaround (sessions.FP16_DISABLED_OPTIMIZERS)."""
-    return "fp16" if entry["precision"] == "fp16" else "fp32"
+    """fp16 graphs need the CPU session workaround (sessions.FP16_DISABLED_OPTIMIZERS); the rule is the
+    precision's row in spec.PRECISION_SPECS (a TensorRT engine's precision is one of those too)."""
+    return PRECISION_SPECS[entry["precision"]].session_rule
 
 
 def open_runner(

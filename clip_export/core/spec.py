@@ -60,9 +60,35 @@ def provider_label(name: str | None) -> str:
     return (name or "").replace("ExecutionProvider", "")
 
 
+@dataclass(frozen=True)
+class PrecisionSpec:
+    """Everything the package knows about one ONNX precision, declared once: the pipeline's steps, the
+    runner's session rule, bench's ceiling and the release's transformers.js file names read it here
+    (its thresholds are THRESHOLDS[name])."""
+
+    name: str
+    converted: bool  # made by a conversion of the fp32 export (a pipeline step of the same name)
+    in_pipeline_by_default: bool
+    session_rule: str  # "fp16": sessions turn off onnxruntime's crashing NchwcTransformer on CPU
+    gemm_ceiling: str  # which of bench's GEMM ceilings its rows are a share of
+    hf_suffix: str | None  # transformers.js's dtype suffix; None: named by the INT8 weight type
+
+
 # The ONNX precisions export and convert produce (TensorRT engines are "fp32"/"fp16" with format "tensorrt").
 # q4: weight-only 4-bit MatMul weights (onnxruntime MatMulNBits), what transformers.js calls "q4".
-PRECISIONS = ("fp32", "fp16", "int8", "q4")
+PRECISION_SPECS: Mapping[str, PrecisionSpec] = MappingProxyType(
+    {
+        p.name: p
+        for p in (
+            PrecisionSpec("fp32", False, True, "fp32", "fp32", ""),
+            PrecisionSpec("fp16", True, True, "fp16", "fp32", "_fp16"),
+            PrecisionSpec("int8", True, True, "fp32", "int8", None),
+            PrecisionSpec("q4", True, False, "fp32", "fp32", "_q4"),
+        )
+    }
+)
+PRECISIONS = tuple(PRECISION_SPECS)
+PIPELINE_PRECISIONS = tuple(p.name for p in PRECISION_SPECS.values() if p.in_pipeline_by_default)
 DEFAULT_OPSET = 20
 # torch 2.14's dynamo exporter emits opset 18 and newer; onnxruntime 1.3x runs up to 23.
 SUPPORTED_OPSETS = range(18, 24)

@@ -14,7 +14,7 @@ import numpy as np
 from clip_export.core.errors import ProviderUnavailableError
 from clip_export.core.runner import open_graph
 from clip_export.core.sessions import SessionOptions, provider_name, provider_spec
-from clip_export.core.spec import CPU_PROVIDER, PROVIDERS, TOWERS
+from clip_export.core.spec import CPU_PROVIDER, PRECISION_SPECS, PROVIDERS, TOWERS
 from clip_export.stages.bench.bench_rows import BenchRow, rss_mb
 from clip_export.stages.bench.timing import LatencyStats, runs_for, time_calls
 
@@ -156,7 +156,8 @@ def with_ratios(
     if flops and row.provider_ran in (CPU_PROVIDER, "torch-cpu"):
         achieved = flops * row.batch / (row.latency.p50_ms / 1000.0) / 1e9
         updates["gflops_per_s"] = achieved
-        ceiling = ceilings["int8"] if row.precision == "int8" else ceilings["fp32"]
+        spec = PRECISION_SPECS.get(row.precision)
+        ceiling = ceilings[spec.gemm_ceiling if spec else "fp32"]
         updates["ceiling_share"] = achieved / ceiling
         if streamed and row.batch == 1 and row.precision == "fp32":
             updates["streamed_ceiling_share"] = achieved / streamed

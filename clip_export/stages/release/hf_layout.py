@@ -29,7 +29,7 @@ from typing import Any
 
 from clip_export.core.errors import ReleaseError
 from clip_export.core.manifest import MANIFEST_NAME
-from clip_export.core.spec import PREPROCESSING_FORMAT, TOKENIZER_NAME, TOWERS
+from clip_export.core.spec import PRECISION_SPECS, PREPROCESSING_FORMAT, TOKENIZER_NAME, TOWERS
 
 HF_DIR = "hf"
 ONNX_DIR = "onnx"
@@ -39,7 +39,7 @@ TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 MODEL_FILE = {"visual": "vision_model", "text": "text_model"}
 PREPROCESSING_MODEL_FILE = "vision_model_preprocessing"
 # transformers.js's dtype suffixes (DEFAULT_DTYPE_SUFFIX_MAPPING); int8 goes by its weight type.
-DTYPE_SUFFIX = {"fp32": "", "fp16": "_fp16", "q4": "_q4"}
+DTYPE_SUFFIX = {p.name: p.hf_suffix for p in PRECISION_SPECS.values() if p.hf_suffix is not None}
 INT8_SUFFIX = {"QUInt8": "_uint8", "QInt8": "_int8"}
 # The other way: a file's suffix → the `dtype` a transformers.js user passes to load it.
 TRANSFORMERS_JS_DTYPE = {
