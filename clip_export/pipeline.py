@@ -11,7 +11,7 @@ from clip_export.core.errors import ClipExportError
 from clip_export.core.models import ModelSpec
 from clip_export.core.progress import Progress, silent
 from clip_export.core.sessions import provider_name
-from clip_export.core.spec import PIPELINE_PRECISIONS, PRECISION_SPECS, PRECISIONS, TOWERS
+from clip_export.core.spec import ONNX_FORMAT, PIPELINE_PRECISIONS, PRECISION_SPECS, PRECISIONS, TENSORRT_FORMAT, TOWERS
 
 
 @dataclass(frozen=True)
@@ -122,7 +122,7 @@ def run_pipeline(
         done.append(name)
     if failed is None and model_dir is not None:
         progress("pipeline stage: verify")
-        only = lambda e: e["precision"] in precisions or e["format"] == "tensorrt"
+        only = lambda e: e["precision"] in precisions or e["format"] == TENSORRT_FORMAT
         verify_result = verify(model_dir, providers=providers, only=only, progress=progress)
         done.append("verify")
         if not verify_result.passed:
@@ -165,12 +165,12 @@ def resumable(model_dir: Path, spec: ModelSpec) -> Resumable | None:
     model = manifest.get("model", {})
     if (model.get("arch"), model.get("source")) != (spec.arch, spec.source):
         return None
-    fp32 = select_artifacts(manifest, precision="fp32", format="onnx")
+    fp32 = select_artifacts(manifest, precision="fp32", format=ONNX_FORMAT)
     if {a["tower"] for a in fp32} != set(TOWERS) or any(integrity_problems(model_dir, a) for a in fp32):
         return None
     converted: dict[str, list[str]] = {}
     for entry in manifest["artifacts"]:
-        if entry["format"] == "onnx" and entry["precision"] != "fp32" and not integrity_problems(model_dir, entry):
+        if entry["format"] == ONNX_FORMAT and entry["precision"] != "fp32" and not integrity_problems(model_dir, entry):
             converted.setdefault(entry["precision"], []).append(entry["tower"])
     return Resumable(model_dir, {k: tuple(v) for k, v in converted.items()})
 

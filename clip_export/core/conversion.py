@@ -27,7 +27,7 @@ from clip_export.core.manifest import (
     write_manifest,
 )
 from clip_export.core.progress import Progress
-from clip_export.core.spec import EXTERNAL_DATA_THRESHOLD_BYTES, threshold_key
+from clip_export.core.spec import EXTERNAL_DATA_THRESHOLD_BYTES, ONNX_FORMAT, threshold_key
 
 
 @dataclass(frozen=True)
@@ -58,10 +58,16 @@ class Derivation:
     precision: str
     name: Callable[[str], str]  # source path → target file name (spec.artifact_file_name)
     source_precision: str = "fp32"
-    format: str = "onnx"
+    format: str = ONNX_FORMAT
     io: Callable[[dict[str, Any]], dict[str, Any]] | None = (
         None  # source entry → {"inputs", "outputs"} when they change
     )
+    details_key: str = "conversion"  # where the entry keeps what `write` returned ("tensorrt" for engines)
+    gated: bool = True  # False only where the user asked to skip the gate (trt --no-verify): "not verified"
+    graph: bool = True  # an ONNX graph (it has an opset); False for a serialized engine
+    # After the artifact is in place and before its entry is recorded: (source entry, entry) → entry,
+    # e.g. TensorRT's EPContext wrapper beside the engine.
+    finish: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
 
 
 def tool_version(dist: str) -> str:
@@ -106,21 +112,26 @@ def convert_each(
     """Derive one artifact from each ONNX source of `derivation.source_precision`, gated by verify."""
     model_dir = Path(model_dir)
     with exclusive(model_dir):
-        return _convert_locked(model_dir, derivation, write, towers, force, progress)
+        return convert_locked(model_dir, derivation, write, towers=towers, force=force, progress=progress)
 
 
-def _convert_locked(
+def convert_locked(
     model_dir: Path,
     how: Derivation,
     write: Callable[[Path, Path], dict[str, Any]],
+    *,
     towers: Sequence[str],
     force: bool,
     progress: Progress,
 ) -> ConvertResult:
+    """convert_each for a caller that already holds the directory's lock (the TensorRT stage)."""
     manifest = read_manifest(model_dir)
-    sources = select_artifacts(manifest, precision=how.source_precision, format="onnx", tower=tuple(towers))
+    sources = select_artifacts(manifest, precision=how.source_precision, format=ONNX_FORMAT, tower=tuple(towers))
     if not sources:
-        raise ManifestError(f"{model_dir} has no {how.source_precision} ONNX artifact for tower(s) {', '.join(towers)}")
+        raise ManifestError(
+            f"{model_dir} has no {how.source_precision} ONNX artifact for tower(s) {', '.join(towers)}"
+            + ("; run 'clip-export fp16' first" if how.source_precision == "fp16" else "")
+        )
     results = []
     for source in sources:
         require_intact(model_dir, source)
@@ -139,22 +150,26 @@ def _convert_locked(
                 tower=source["tower"],
                 precision=how.precision,
                 format=how.format,
-                opset=details.get("opset", source.get("opset")),  # a write that raises the opset says so
+                opset=details.get("opset", source.get("opset"))
+                if how.graph
+                else None,  # a write that raises it says so
                 inputs=tuple(io["inputs"]),
                 outputs=tuple(io["outputs"]),
                 external_data=tuple(file_record(staging / n, model_dir) for n in data_names),
                 derived_from={"path": source["path"], "sha256": source["sha256"]},
-                details={"conversion": details},
+                details={how.details_key: details},
             )
             entry = typed.to_json()
-            progress(
-                f"verifying {target_name} against the fp32 reference ({threshold_key(how.precision, how.format)} thresholds)"
-            )
-            check = gate(model_dir, entry)
-            if not check.passed:
-                raise ConversionError(
-                    f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures)
+            check = None
+            if how.gated:
+                progress(
+                    f"verifying {target_name} against the fp32 reference ({threshold_key(how.precision, how.format)} thresholds)"
                 )
+                check = gate(model_dir, entry)
+                if not check.passed:
+                    raise ConversionError(
+                        f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures)
+                    )
             for name in [*data_names, target_name]:  # the graph file last: it is what makes the artifact look complete
                 os.replace(staging / name, model_dir / name)
             entry = typed.moved(
@@ -163,6 +178,8 @@ def _convert_locked(
             ).to_json()
         finally:
             shutil.rmtree(staging, ignore_errors=True)
+        if how.finish:
+            entry = how.finish(source, entry)
         manifest = read_manifest(model_dir)
         upsert_artifact(manifest, entry)
         write_manifest(model_dir, manifest)
@@ -174,9 +191,9 @@ def _convert_locked(
                 how.precision,
                 entry["bytes"],
                 time.perf_counter() - started,
-                check.status,
-                check.metric("mean_abs_normalized"),
-                check.min_top1,
+                check.status if check else "not verified",
+                check.metric("mean_abs_normalized") if check else None,
+                check.min_top1 if check else None,
                 details,
             )
         )

@@ -18,7 +18,7 @@ import numpy as np
 from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import resolve_inside
 from clip_export.core.sessions import SessionOptions, create_session
-from clip_export.core.spec import PRECISION_SPECS, TENSORRT_RUNTIME
+from clip_export.core.spec import PRECISION_SPECS, TENSORRT_FORMAT, TENSORRT_RUNTIME
 
 
 class NotRunnableHereError(ClipExportError):
@@ -50,7 +50,7 @@ def open_runner(
 ) -> ArtifactRunner:
     """A runner for one manifest entry; ProviderUnavailableError or NotRunnableHereError otherwise."""
     path = resolve_inside(Path(model_dir), entry["path"], "the artifact")
-    if entry["format"] == "tensorrt":
+    if entry["format"] == TENSORRT_FORMAT:
         from clip_export.core import trt_runtime
 
         runnable, why = trt_runtime.runnable_here(entry)

@@ -137,6 +137,9 @@ TOWERS: Mapping[str, TowerSpec] = MappingProxyType(
 # The visual variant with preprocessing inside the graph (clip_export.core.preprocess_graph): one decoded
 # RGB image of any size in, the family's resize, crop and normalisation in standard ONNX ops, then the
 # tower. Its artifacts have this format, so everything that feeds `pixel_values` skips them.
+# Manifest entry formats: an ONNX graph, a TensorRT engine (.plan), a graph with preprocessing in it.
+ONNX_FORMAT = "onnx"
+TENSORRT_FORMAT = "tensorrt"
 PREPROCESSING_FORMAT = "onnx-preprocessing"
 # verify's row for the bundled tokenizer.json (the runtime's tokenizer, and every client's): its ids
 # on the reference's raw captions must be the reference tokenizer's, id for id; no caption may differ.
@@ -166,6 +169,13 @@ def artifact_file_name(source: str, precision: str | None = None, preprocessing:
     stem = source[: -len(".onnx")] if source.endswith(".onnx") else source
     parts = [stem] + ([precision] if precision else []) + (["preprocessing"] if preprocessing else [])
     return ".".join(parts) + ".onnx"
+
+
+def engine_file_name(source: str, precision: str, epcontext: bool = False) -> str:
+    """The naming rule for TensorRT engines built from an ONNX artifact: visual.fp16.onnx → visual.trt-fp16.plan
+    (and visual.trt-fp16.epcontext.onnx, the onnxruntime model that wraps it)."""
+    tower = source.split(".")[0]
+    return f"{tower}.trt-{precision}." + ("epcontext.onnx" if epcontext else "plan")
 
 
 @dataclass(frozen=True)
@@ -258,7 +268,7 @@ Q4_EMBEDDING_OPSET = 21
 def threshold_key(precision: str, fmt: str) -> str:
     if fmt == PREPROCESSING_FORMAT:
         return f"preproc-{precision}"
-    return f"trt-{precision}" if fmt == "tensorrt" else precision
+    return f"trt-{precision}" if fmt == TENSORRT_FORMAT else precision
 
 
 # `clip-export embed` (docs/embed.md): what it reads, how it writes, which artifact it picks.

@@ -30,7 +30,7 @@ from clip_export.core.errors import ClipExportError, import_optional
 from clip_export.core.manifest import read_manifest, require_intact, resolve_inside, select_artifacts
 from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
 from clip_export.core.runner import open_runner
-from clip_export.core.spec import TOWERS
+from clip_export.core.spec import ONNX_FORMAT, TOWERS
 from clip_export.runtime.serve_check import ServeCheck, check_here, load_reference_slice, require_mode
 
 PREPROCESSORS = {"fast": preprocess_fast, "exact": preprocess_reference}
@@ -87,7 +87,7 @@ class ClipOnnx:
         entries: dict[str, dict[str, Any]] = {}
         info: dict[str, LoadedArtifact] = {}
         for tower in TOWERS:
-            candidates = select_artifacts(manifest, tower=tower, format="onnx", precision=precision)
+            candidates = select_artifacts(manifest, tower=tower, format=ONNX_FORMAT, precision=precision)
             if not candidates:
                 continue
             entry = entries[tower] = candidates[0]

@@ -13,7 +13,7 @@ from clip_export.core.manifest import read_manifest, select_artifacts
 from clip_export.core.models import PreprocessConfig
 from clip_export.core.preprocess_graph import preprocessing_nodes, with_preprocessing
 from clip_export.core.progress import Progress, silent
-from clip_export.core.spec import PREPROCESSING_FORMAT, artifact_file_name, raw_image_io
+from clip_export.core.spec import ONNX_FORMAT, PREPROCESSING_FORMAT, artifact_file_name, raw_image_io
 
 
 def add_preprocessing(
@@ -26,7 +26,7 @@ def add_preprocessing(
     manifest = read_manifest(model_dir)
     config = PreprocessConfig.from_json(manifest["preprocess"])
     preprocessing_nodes(config)  # refuses a resize mode or crop the graph does not implement, before any work
-    available = [a["precision"] for a in select_artifacts(manifest, tower="visual", format="onnx")]
+    available = [a["precision"] for a in select_artifacts(manifest, tower="visual", format=ONNX_FORMAT)]
     chosen = list(precisions) if precisions else list(dict.fromkeys(available))
     missing = [p for p in chosen if p not in available]
     if missing or not chosen:

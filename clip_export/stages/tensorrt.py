@@ -7,30 +7,22 @@ STRONGLY_TYPED explicitly, so both versions build the graph with the precisions 
 
 from __future__ import annotations
 
-import os
 import time
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clip_export.core.artifact import ArtifactEntry
-from clip_export.core.checks import gate
-from clip_export.core.errors import ConversionError, ManifestError, TensorRTError
+from clip_export.core.conversion import Derivation, convert_locked
+from clip_export.core.errors import TensorRTError
 from clip_export.core.manifest import (
     atomic_write_bytes,
     exclusive,
     file_record,
     read_manifest,
-    refuse_existing,
-    require_intact,
-    resolve_inside,
-    select_artifacts,
-    upsert_artifact,
-    write_manifest,
 )
 from clip_export.core.progress import Progress, silent
-from clip_export.core.spec import TOWERS
+from clip_export.core.spec import TENSORRT_FORMAT, TOWERS, engine_file_name
 from clip_export.core.trt_runtime import gpu_info, import_tensorrt, major_version
 
 TIMING_CACHE_NAME = "tensorrt.timing.cache"
@@ -173,28 +165,23 @@ def _build_locked(
     verify_engines: bool,
     progress: Progress,
 ) -> TrtResult:
+    """The shared conversion loop (conversion.convert_locked) with an engine build as its write."""
     manifest = read_manifest(model_dir)
     precision = "fp16" if fp16 else "fp32"
-    sources = select_artifacts(manifest, format="onnx", precision=precision, tower=tuple(towers))
-    if not sources:
-        hint = "; run 'clip-export fp16' first" if fp16 else ""
-        raise ManifestError(f"{model_dir} has no {precision} ONNX artifact for tower(s) {', '.join(towers)}{hint}")
     trt = import_tensorrt()
     major_version(trt)
     gpu, capability = gpu_info()
-    engines = []
-    for source in sources:
-        require_intact(model_dir, source)
-        tower = source["tower"]
-        name = f"{tower}.trt-{precision}.plan"
-        refuse_existing(manifest, model_dir, name, force)
+    started: dict[str, float] = {}
+
+    def build(source_path: Path, target: Path) -> dict[str, Any]:
+        tower = next(t for t in TOWERS if source_path.name.startswith(f"{t}."))
+        started[target.name] = time.perf_counter()
         progress(
-            f"building the {tower} TensorRT engine from {source['path']} (profile {batch[0]}:{batch[1]}:{batch[2]})"
+            f"building the {tower} TensorRT engine from {source_path.name} (profile {batch[0]}:{batch[1]}:{batch[2]})"
         )
-        started = time.perf_counter()
         plan = build_engine(
             trt,
-            resolve_inside(model_dir, source["path"], "the source artifact"),
+            source_path,
             tower,
             batch=batch,
             image_size=manifest["preprocess"]["image_size"],
@@ -203,62 +190,46 @@ def _build_locked(
             timing_cache=model_dir / TIMING_CACHE_NAME,
             precision=precision,
         )
-        staged = model_dir / f".{name}.partial-{os.getpid()}"
-        try:
-            atomic_write_bytes(staged, plan)
-            entry = ArtifactEntry(
-                **file_record(staged, model_dir),
-                tower=tower,
-                precision=precision,
-                format="tensorrt",
-                inputs=tuple(source["inputs"]),
-                outputs=tuple(source["outputs"]),
-                derived_from={"path": source["path"], "sha256": source["sha256"]},
-                details={
-                    "tensorrt": {
-                        "version": str(trt.__version__),
-                        "gpu": gpu,
-                        "compute_capability": capability,
-                        "profile": list(batch),
-                        "workspace_gb": workspace_gb,
-                        "strongly_typed": True,
-                    }
-                },
-            ).to_json()
-            verdict = "not verified"
-            if verify_engines:
-                progress(f"verifying {name} against the fp32 reference")
-                check = gate(model_dir, entry)
-                if not check.passed:
-                    raise ConversionError(
-                        f"{name} failed verification, so it was not kept: " + "; ".join(check.failures)
-                    )
-                verdict = check.status
-            os.replace(staged, model_dir / name)
-            entry.update(file_record(model_dir / name, model_dir))
-        finally:
-            staged.unlink(missing_ok=True)
-        epcontext_name = None
-        if epcontext:
-            epcontext_name = f"{tower}.trt-{precision}.epcontext.onnx"
-            atomic_write_bytes(
-                model_dir / epcontext_name,
-                epcontext_model(name, source, str(trt.__version__), capability).SerializeToString(),
-            )
-            entry["epcontext"] = file_record(model_dir / epcontext_name, model_dir)
-        manifest = read_manifest(model_dir)
-        upsert_artifact(manifest, entry)
-        write_manifest(model_dir, manifest)
-        engines.append(
-            EngineResult(
-                tower,
-                name,
-                source["path"],
-                precision,
-                entry["bytes"],
-                time.perf_counter() - started,
-                verdict,
-                epcontext_name,
-            )
+        atomic_write_bytes(target, plan)
+        return {
+            "version": str(trt.__version__),
+            "gpu": gpu,
+            "compute_capability": capability,
+            "profile": list(batch),
+            "workspace_gb": workspace_gb,
+            "strongly_typed": True,
+        }
+
+    def wrap(source: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+        if not epcontext:
+            return entry
+        name = engine_file_name(source["path"], precision, epcontext=True)
+        model = epcontext_model(entry["path"], source, str(trt.__version__), capability)
+        atomic_write_bytes(model_dir / name, model.SerializeToString())
+        return {**entry, "epcontext": file_record(model_dir / name, model_dir)}
+
+    derivation = Derivation(
+        precision=precision,
+        name=lambda source: engine_file_name(source, precision),
+        source_precision=precision,
+        format=TENSORRT_FORMAT,
+        details_key="tensorrt",
+        gated=verify_engines,
+        graph=False,
+        finish=wrap,
+    )
+    converted = convert_locked(model_dir, derivation, build, towers=towers, force=force, progress=progress)
+    engines = tuple(
+        EngineResult(
+            a.tower,
+            a.path,
+            a.source,
+            precision,
+            a.bytes,
+            a.seconds,
+            a.verdict,
+            engine_file_name(a.source, precision, epcontext=True) if epcontext else None,
         )
-    return TrtResult(model_dir, str(trt.__version__), gpu, capability, tuple(engines))
+        for a in converted.artifacts
+    )
+    return TrtResult(model_dir, str(trt.__version__), gpu, capability, engines)

@@ -19,6 +19,7 @@ from clip_export.core.sessions import provider_name
 from clip_export.core.spec import (
     CAPTIONS_CHECKED,
     CAPTIONS_WITH_OTHER_IDS,
+    TENSORRT_FORMAT,
     THRESHOLDS,
     TOKENIZER_FORMAT,
     TOWERS,
@@ -96,7 +97,7 @@ def verify(
         raise ClipExportError(f"no artifacts to verify in {model_dir}")
     for entry in entries:
         for provider in provider_names:
-            if entry["format"] == "tensorrt" and provider != provider_names[0]:
+            if entry["format"] == TENSORRT_FORMAT and provider != provider_names[0]:
                 continue  # an engine runs on its own runtime; one row is enough
             progress(
                 f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}"

@@ -153,3 +153,27 @@ def test_real_engine_builds_and_verifies(tiny_vit_copy: Path) -> None:
     convert_fp16(tiny_vit_copy)
     result = trt_stage.build_engines(tiny_vit_copy, fp16=True)
     assert all(e.verdict == "pass" for e in result.engines)
+
+
+def test_an_engine_goes_through_the_shared_conversion_loop(
+    tiny_vit_copy: Path, standin: StandInTensorRT, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The stage is a Derivation of conversion.convert_locked: names from spec.engine_file_name, a build
+    that dies leaves neither the engine nor its staging behind, and an engine entry claims no opset."""
+    from clip_export.core.spec import engine_file_name
+
+    def dies(*args: object, **kwargs: object) -> bytes:
+        raise TensorRTError("the builder ran out of memory")
+
+    monkeypatch.setattr(trt_stage, "build_engine", dies)
+    with pytest.raises(TensorRTError, match="ran out of memory"):
+        trt_stage.build_engines(tiny_vit_copy, towers=["visual"], verify_engines=False)
+    assert sorted(p.name for p in tiny_vit_copy.iterdir() if ".trt-" in p.name or p.name.startswith(".convert")) == []
+    assert find_artifact(read_manifest(tiny_vit_copy), format="tensorrt") is None
+    monkeypatch.undo()
+    monkeypatch.setitem(sys.modules, "tensorrt", standin)
+    monkeypatch.setattr(trt_stage, "gpu_info", lambda: ("Stand-in GPU (not real)", "9.0"))
+    result = trt_stage.build_engines(tiny_vit_copy, towers=["visual"], verify_engines=False)
+    assert [e.path for e in result.engines] == [engine_file_name("visual.onnx", "fp32")]
+    assert result.engines[0].verdict == "not verified"
+    assert "opset" not in find_artifact(read_manifest(tiny_vit_copy), path="visual.trt-fp32.plan")

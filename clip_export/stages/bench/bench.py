@@ -34,7 +34,14 @@ from clip_export.core.manifest import (
 from clip_export.core.progress import Progress, silent
 from clip_export.core.runner import NotRunnableHereError, open_runner
 from clip_export.core.sessions import provider_name
-from clip_export.core.spec import CPU_PROVIDER, DEFAULT_BENCH_MAX_TIME_S, PREPROCESSING_FORMAT, TENSORRT_RUNTIME
+from clip_export.core.spec import (
+    CPU_PROVIDER,
+    DEFAULT_BENCH_MAX_TIME_S,
+    ONNX_FORMAT,
+    PREPROCESSING_FORMAT,
+    TENSORRT_FORMAT,
+    TENSORRT_RUNTIME,
+)
 from clip_export.stages.bench.baselines import TORCH_MODES, bench_torch, native_bf16
 from clip_export.stages.bench.bench_one import bench_fused, bench_onnx, inputs_for, with_ratios
 from clip_export.stages.bench.bench_report import render_chart, render_markdown
@@ -296,14 +303,14 @@ def _plan(
                 if entry["format"] == PREPROCESSING_FORMAT:
                     continue  # takes one decoded image, not pixel batches: benchmarks/preprocessing_graph.py times it
                 for provider in providers:
-                    if entry["format"] == "tensorrt" and provider != providers[0]:
+                    if entry["format"] == TENSORRT_FORMAT and provider != providers[0]:
                         continue
                     base = BenchRow(
                         entry["path"],
                         "artifact",
                         tower,
                         entry["precision"],
-                        TENSORRT_RUNTIME if entry["format"] == "tensorrt" else provider_name(provider),
+                        TENSORRT_RUNTIME if entry["format"] == TENSORRT_FORMAT else provider_name(provider),
                         None,
                         batch,
                         "",
@@ -320,7 +327,7 @@ def _plan(
                             base,
                         )
                     )
-                if fused_baseline and entry["precision"] == "fp32" and entry["format"] == "onnx":
+                if fused_baseline and entry["precision"] == "fp32" and entry["format"] == ONNX_FORMAT:
                     base = BenchRow(
                         f"{Path(entry['path']).name} +ort-optimizer",
                         "baseline",
@@ -376,7 +383,7 @@ def _bench_entry(
     budget_s: float,
     base: BenchRow,
 ) -> BenchRow:
-    if entry["format"] == "tensorrt":
+    if entry["format"] == TENSORRT_FORMAT:
         return _bench_plan(model_dir, entry, batch, inputs, threads, budget_s)
     problems = integrity_problems(model_dir, entry)
     if problems:

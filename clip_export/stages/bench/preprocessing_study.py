@@ -12,7 +12,7 @@ import numpy as np
 
 from clip_export.core.manifest import find_artifact
 from clip_export.core.runner import open_runner
-from clip_export.core.spec import TOWERS
+from clip_export.core.spec import ONNX_FORMAT, TOWERS
 from clip_export.stages.bench.timing import time_calls
 
 VISUAL_INPUT = TOWERS["visual"].input_name
@@ -65,7 +65,7 @@ def vectorise_breakdown(
     from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
 
     config = PreprocessConfig.from_json(manifest["preprocess"])
-    visual = find_artifact(manifest, tower="visual", precision="fp32", format="onnx")
+    visual = find_artifact(manifest, tower="visual", precision="fp32", format=ONNX_FORMAT)
     if visual is None:
         return []
     session = open_runner(model_dir, visual, threads=threads).session
@@ -133,7 +133,7 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
 
     config = PreprocessConfig.from_json(manifest["preprocess"])
     evalset = load_evalset()
-    visual = find_artifact(manifest, tower="visual", precision="fp32", format="onnx")
+    visual = find_artifact(manifest, tower="visual", precision="fp32", format=ONNX_FORMAT)
     session = open_runner(model_dir, visual, threads=threads).session if visual else None
 
     def opened(path: Path) -> Image.Image:

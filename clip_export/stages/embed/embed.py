@@ -24,7 +24,13 @@ from clip_export.core.environment import current_environment, versions
 from clip_export.core.errors import ClipExportError, ServeCheckError
 from clip_export.core.manifest import exclusive, now_iso, read_manifest, select_artifacts
 from clip_export.core.progress import Progress, rate_and_eta, silent
-from clip_export.core.spec import EMBED_BATCH_SIZE, EMBED_CHUNK_ROWS, EMBED_DECODE_THREADS, EMBED_PRECISION_PREFERENCE
+from clip_export.core.spec import (
+    EMBED_BATCH_SIZE,
+    EMBED_CHUNK_ROWS,
+    EMBED_DECODE_THREADS,
+    EMBED_PRECISION_PREFERENCE,
+    ONNX_FORMAT,
+)
 from clip_export.runtime.serving import ClipOnnx
 from clip_export.stages.embed.compat import CompatResult, compare_models
 from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, list_items, prepare
@@ -59,7 +65,7 @@ def open_model(source: Path, precision: str | None, towers: set[str], threads: i
     manifest = read_manifest(source)
     refused = []
     for candidate in EMBED_PRECISION_PREFERENCE:
-        have = {e["tower"] for e in select_artifacts(manifest, format="onnx", precision=candidate)}
+        have = {e["tower"] for e in select_artifacts(manifest, format=ONNX_FORMAT, precision=candidate)}
         if not towers <= have:
             continue
         try:
@@ -81,7 +87,7 @@ def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[s
     """What the dataset manifest says built it: model, precision, preprocessing, ONNX bytes, here."""
     onnx = {}
     for tower in sorted(model.artifacts):
-        entry = select_artifacts(model.manifest, tower=tower, format="onnx", precision=precision)[0]
+        entry = select_artifacts(model.manifest, tower=tower, format=ONNX_FORMAT, precision=precision)[0]
         onnx[tower] = {"path": entry["path"], "sha256": entry["sha256"]}
     key = hashlib.sha256("|".join(f"{t}:{v['sha256']}" for t, v in sorted(onnx.items())).encode()).hexdigest()[:16]
     provider = next(iter(model.artifacts.values())).provider

@@ -29,7 +29,7 @@ from typing import Any
 
 from clip_export.core.errors import ReleaseError
 from clip_export.core.manifest import MANIFEST_NAME
-from clip_export.core.spec import PRECISION_SPECS, PREPROCESSING_FORMAT, TOKENIZER_NAME, TOWERS
+from clip_export.core.spec import ONNX_FORMAT, PRECISION_SPECS, PREPROCESSING_FORMAT, TOKENIZER_NAME, TOWERS
 
 HF_DIR = "hf"
 ONNX_DIR = "onnx"
@@ -58,7 +58,7 @@ TEXT_PREFIX = "clip_export_text_ids/"
 
 def onnx_file_name(entry: Mapping[str, Any]) -> str | None:
     """hf/onnx/ name of a manifest artifact; None for what Hugging Face clients cannot load (engines)."""
-    if entry["format"] not in ("onnx", PREPROCESSING_FORMAT):
+    if entry["format"] not in (ONNX_FORMAT, PREPROCESSING_FORMAT):
         return None
     precision = entry["precision"]
     if precision == "int8":
@@ -286,7 +286,7 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
         source = staging / entry["path"]
         out = root / ONNX_DIR / target
         data = entry.get("external_data") or []
-        if entry["tower"] == "text" and entry["format"] == "onnx":
+        if entry["tower"] == "text" and entry["format"] == ONNX_FORMAT:
             model = onnx.load(str(source), load_external_data=bool(data))
             eot = tok.get("eot_token_id") if tok.get("kind") == "clip-bpe" else None
             text_graph_for_clients(model, int(tok["context_length"]), int(tok.get("pad_token_id", 0)), eot)

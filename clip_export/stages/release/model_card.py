@@ -6,7 +6,14 @@ from typing import Any
 
 from clip_export.core.environment import Environment
 from clip_export.core.manifest import passing_rows
-from clip_export.core.spec import CAPTIONS_CHECKED, CAPTIONS_WITH_OTHER_IDS, PREPROCESSING_FORMAT, TOKENIZER_FORMAT
+from clip_export.core.spec import (
+    CAPTIONS_CHECKED,
+    CAPTIONS_WITH_OTHER_IDS,
+    ONNX_FORMAT,
+    PREPROCESSING_FORMAT,
+    TENSORRT_FORMAT,
+    TOKENIZER_FORMAT,
+)
 from clip_export.stages.release.clients_card import clients_section
 
 WEIGHT_LICENCES = {
@@ -32,7 +39,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
         (
             a
             for a in manifest["artifacts"]
-            if a["tower"] == "visual" and a["format"] == "onnx" and a["precision"] == "fp32"
+            if a["tower"] == "visual" and a["format"] == ONNX_FORMAT and a["precision"] == "fp32"
         ),
         None,
     )
@@ -40,7 +47,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
         (
             a
             for a in manifest["artifacts"]
-            if a["tower"] == "text" and a["format"] == "onnx" and a["precision"] == "fp32"
+            if a["tower"] == "text" and a["format"] == ONNX_FORMAT and a["precision"] == "fp32"
         ),
         None,
     )
@@ -151,7 +158,7 @@ def variant_table(manifest: dict[str, Any]) -> list[str]:
     verdicts: dict[str, dict[str, Any]] = {}
     for r in (manifest.get("verification") or {}).get("results", []):
         verdicts.setdefault(r["path"], r)
-    fp32 = {a["tower"]: a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == "onnx"}
+    fp32 = {a["tower"]: a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == ONNX_FORMAT}
     lines = [
         "",
         f"## Variants: size, batch-1 speed ({bench.get('machine', {}).get('cpu', 'not benchmarked')}) and fidelity",
@@ -163,7 +170,7 @@ def variant_table(manifest: dict[str, Any]) -> list[str]:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in manifest["artifacts"]:
-        if a["format"] == "tensorrt":
+        if a["format"] == TENSORRT_FORMAT:
             continue
         base, row = fp32.get(a["tower"]), verdicts.get(a["path"], {})
         metrics = row.get("metrics", {})

@@ -26,7 +26,7 @@ from clip_export.core.manifest import (
     write_manifest,
 )
 from clip_export.core.progress import Progress, silent
-from clip_export.core.spec import PREPROCESSING_FORMAT, TOKENIZER_FORMAT
+from clip_export.core.spec import ONNX_FORMAT, PREPROCESSING_FORMAT, TENSORRT_FORMAT, TOKENIZER_FORMAT
 from clip_export.stages.release.hf_layout import HF_DIR, write_layout
 from clip_export.stages.release.model_card import model_card, passing_environments
 
@@ -83,7 +83,7 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
 
 
 def asset_name(slug: str, entry: dict[str, Any]) -> str:
-    if entry["format"] == "tensorrt":
+    if entry["format"] == TENSORRT_FORMAT:
         sm = entry.get("tensorrt", {}).get("compute_capability", "unknown").replace(".", "")
         name = f"{slug}-{entry['tower']}-trt-{entry['precision']}-sm{sm}.plan"
     else:
@@ -153,7 +153,7 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Pat
             if existing is not None:
                 if existing["sha256"] == entry["sha256"]:
                     continue
-                if entry["format"] == "tensorrt":
+                if entry["format"] == TENSORRT_FORMAT:
                     raise ReleaseError(
                         f"{entry['path']} exists in two directories with different bytes; engines for different GPUs must differ in compute capability"
                     )
@@ -226,7 +226,7 @@ def release(
                 progress(f"adding {name}")
                 assets += (
                     _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name)
-                    if entry["format"] in ("onnx", PREPROCESSING_FORMAT)
+                    if entry["format"] in (ONNX_FORMAT, PREPROCESSING_FORMAT)
                     else _copy_plain(
                         resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name
                     )
