@@ -5,6 +5,11 @@ without VNNI saturates where VNNI does not). Before ClipOnnx serves, each loaded
 first SERVE_CHECK_ITEMS reference images or captions on the session it will serve with, and must
 meet its precision's thresholds here; "auto" skips that where the manifest already holds a passing
 verdict for these bytes in exactly this environment.
+
+The check runs the serving path, not stored tensors: the reference photographs are decoded and
+preprocessed, and the reference captions tokenized, by the very functions ClipOnnx will serve
+with, so a wrong preprocessing or tokenizer setting fails at load. The stored tensors are used only
+where the reference was computed on images that are not bundled (the status says so).
 """
 
 from __future__ import annotations
@@ -31,6 +36,7 @@ class ServeCheck:
     environment: Environment
     metrics: tuple[Metric, ...] = ()
     seconds: float = 0.0
+    inputs: str = ""  # what the check's inputs were made from: the serving path, or stored tensors
 
 
 def require_mode(mode: str) -> str:
@@ -74,14 +80,64 @@ def load_reference_slice(root: Path, manifest: dict[str, Any], towers: set[str])
     return sliced
 
 
+def bundled_reference_images(manifest: dict[str, Any]) -> list[Path] | None:
+    """The first SERVE_CHECK_ITEMS photographs the stored reference was computed on, when they are the
+    bundled evaluation set's (every export made with the default set); None otherwise."""
+    from clip_export.core.evalset import BUNDLED_DIR
+
+    record = manifest.get("reference") or {}
+    names = record.get("images") or []
+    if record.get("evalset") != "bundled" or len(names) < SERVE_CHECK_ITEMS:
+        return None
+    paths = [BUNDLED_DIR / "images" / str(name) for name in names[:SERVE_CHECK_ITEMS]]
+    return paths if all(p.name == n and p.is_file() for p, n in zip(paths, names)) else None
+
+
+@dataclass(frozen=True)
+class ServingInputs:
+    """How the serving process turns the reference items into inputs: its own preprocessing (and
+    whether it is the exact PIL reference, which decides the thresholds) and its own tokenizer."""
+
+    pixels: Callable[[list[Path]], np.ndarray]
+    exact_preprocessing: bool
+    token_ids: Callable[[list[str]], np.ndarray]
+
+
+def _serving_input(
+    manifest: dict[str, Any], tower: str, sliced: dict[str, np.ndarray], serving: ServingInputs, precision: str
+) -> tuple[np.ndarray, str, str]:
+    """(inputs, threshold key, what they were made from), through the serving path where it can be run."""
+    if tower == "text":
+        captions = [str(c) for c in (manifest.get("reference") or {}).get("captions", [])[:SERVE_CHECK_ITEMS]]
+        if len(captions) < SERVE_CHECK_ITEMS:
+            return sliced[TOWERS[tower].input_name], precision, "stored token ids (the manifest lists no captions)"
+        ids = serving.token_ids(captions)
+        stored = sliced[TOWERS[tower].input_name]
+        if ids.shape != stored.shape or not np.array_equal(ids, stored):
+            differ = len(captions) if ids.shape != stored.shape else int((ids != stored).any(axis=1).sum())
+            raise ServeCheckError(
+                f"the serving tokenizer turns {differ} of {len(captions)} reference captions into other ids than the "
+                f"reference was computed with (ids {ids.shape} against {stored.shape}): the tokenizer file or its "
+                "settings (cleaning, context length) in the manifest changed after verification"
+            )
+        return ids, precision, "the reference captions, tokenized by the serving tokenizer"
+    images = bundled_reference_images(manifest)
+    if images is None:
+        return sliced[TOWERS[tower].input_name], precision, "stored pixels (the reference images are not bundled)"
+    key = precision if serving.exact_preprocessing else f"preproc-{precision}"
+    return serving.pixels(images), key, "the reference photographs, decoded and preprocessed for serving"
+
+
 def check_here(
     manifest: dict[str, Any],
     entry: dict[str, Any],
     session: Any,
     reference: Callable[[], dict[str, np.ndarray]],
     mode: str,
+    serving: ServingInputs | None = None,
 ) -> ServeCheck:
-    """Run the reference slice (loaded on demand) through `session`; ServeCheckError names every metric it misses."""
+    """Run the reference items (loaded on demand) through the serving path and `session`;
+    ServeCheckError names every metric it misses."""
     env = current_environment(session.get_providers()[0])
     if mode == "off":
         return ServeCheck(entry["path"], "skipped: turned off by the caller", env)
@@ -93,14 +149,17 @@ def check_here(
             )
     started = time.perf_counter()
     tower, sliced = TOWERS[entry["tower"]], reference()
-    got = session.run(None, {tower.input_name: sliced[tower.input_name]})[0]
     key = threshold_key(entry["precision"], entry["format"])
+    inputs, made_from = sliced[tower.input_name], "stored tensors"
+    if serving is not None:
+        inputs, key, made_from = _serving_input(manifest, entry["tower"], sliced, serving, key)
+    got = session.run(None, {tower.input_name: inputs})[0]
     metrics = tuple(numeric_metrics(sliced[tower.output_name], got, THRESHOLDS[key]))
     failures = [m.failure() for m in metrics if not m.passed]
     if failures:
         raise ServeCheckError(
-            f"{entry['path']} misses its {key} thresholds on {SERVE_CHECK_ITEMS} reference items in this environment "
+            f"{entry['path']} misses its {key} thresholds on {SERVE_CHECK_ITEMS} reference items ({made_from}) in this environment "
             f"({env.describe()}): {'; '.join(failures)}. Serve the fp32 artifact (precision='fp32'), "
             "or run 'clip-export verify' here for the full report"
         )
-    return ServeCheck(entry["path"], "pass", env, metrics, time.perf_counter() - started)
+    return ServeCheck(entry["path"], "pass", env, metrics, time.perf_counter() - started, made_from)

@@ -31,7 +31,7 @@ from clip_export.core.manifest import read_manifest, require_intact, resolve_ins
 from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
 from clip_export.core.runner import open_runner
 from clip_export.core.spec import ONNX_FORMAT, TOWERS
-from clip_export.runtime.serve_check import ServeCheck, check_here, load_reference_slice, require_mode
+from clip_export.runtime.serve_check import ServeCheck, ServingInputs, check_here, load_reference_slice, require_mode
 
 PREPROCESSORS = {"fast": preprocess_fast, "exact": preprocess_reference}
 
@@ -101,12 +101,15 @@ class ClipOnnx:
         reference = functools.cache(
             lambda: load_reference_slice(root, manifest, set(sessions))
         )  # read only if a check runs
-        checks = {tower: check_here(manifest, entries[tower], sessions[tower], reference, check) for tower in sessions}
         vocab = manifest["tokenizer"].get("file") or manifest["tokenizer"].get("bpe_vocab")
         if vocab and "text" in sessions:
             require_intact(root, vocab, "refusing to load the tokenizer")
         model = cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
-        model.serve_checks = checks
+        serving = ServingInputs(model.pixel_values, preprocess == "exact", model.tokenize)
+        model.serve_checks = {
+            tower: check_here(manifest, entries[tower], sessions[tower], reference, check, serving)
+            for tower in sessions
+        }
         return model
 
     def pixel_values(self, images: Any) -> np.ndarray:

@@ -78,7 +78,10 @@ def test_the_guard_bites_on_numbers_that_are_wrong_here(verified_dir: Path) -> N
     with pytest.raises(ServeCheckError) as caught:
         ClipOnnx.from_release(verified_dir)
     message = str(caught.value)
-    assert message.startswith("visual.onnx misses its fp32 thresholds on 4 reference items in this environment")
+    assert message.startswith(
+        "visual.onnx misses its preproc-fp32 thresholds on 4 reference items (the reference photographs, "
+        "decoded and preprocessed for serving) in this environment"
+    )
     assert current_environment("CPUExecutionProvider").describe() in message
     assert "mean_abs_normalized" in message and "Serve the fp32 artifact" in message and "clip-export verify" in message
     report = verify(verified_dir)
@@ -158,3 +161,31 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
         if r["precision"] == "int8"
     }
     assert len(keys) == 2  # the native verdict and the Haswell one, side by side
+
+
+def _edit_manifest(model_dir: Path, section: str, key: str, value: object) -> None:
+    manifest = read_manifest(model_dir)
+    manifest[section][key] = value
+    write_manifest(model_dir, manifest)
+
+
+def test_the_check_runs_the_serving_path_from_raw_photos_and_captions(verified_dir: Path) -> None:
+    model = ClipOnnx.from_release(verified_dir, check="always")
+    assert model.serve_checks["visual"].inputs == "the reference photographs, decoded and preprocessed for serving"
+    assert model.serve_checks["text"].inputs == "the reference captions, tokenized by the serving tokenizer"
+    exact = ClipOnnx.from_release(verified_dir, check="always", preprocess="exact")
+    assert all(c.status == "pass" for c in exact.serve_checks.values())
+
+
+def test_a_changed_preprocessing_setting_fails_at_load(verified_dir: Path) -> None:
+    """Stored pixel tensors never see the manifest's preprocessing: the check used to pass this."""
+    _edit_manifest(verified_dir, "preprocess", "mean", [0.9, 0.1, 0.9])
+    with pytest.raises(ServeCheckError, match="visual.onnx misses its preproc-fp32 thresholds"):
+        ClipOnnx.from_release(verified_dir, check="always")
+
+
+def test_a_changed_tokenizer_setting_fails_at_load(verified_dir: Path) -> None:
+    manifest = read_manifest(verified_dir)
+    _edit_manifest(verified_dir, "tokenizer", "context_length", manifest["tokenizer"]["context_length"] // 2)
+    with pytest.raises(ServeCheckError, match="serving tokenizer turns 4 of 4 reference captions into other ids"):
+        ClipOnnx.from_release(verified_dir, check="always")
