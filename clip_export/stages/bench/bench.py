@@ -23,16 +23,13 @@ from clip_export.core.environment import versions
 from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import (
     atomic_write_text,
-    integrity_problems,
     now_iso,
     read_manifest,
-    resolve_inside,
     select_artifacts,
     to_jsonable,
     write_manifest,
 )
 from clip_export.core.progress import Progress, silent
-from clip_export.core.runner import NotRunnableHereError, open_runner
 from clip_export.core.sessions import provider_name
 from clip_export.core.spec import (
     CPU_PROVIDER,
@@ -43,7 +40,7 @@ from clip_export.core.spec import (
     TENSORRT_RUNTIME,
 )
 from clip_export.stages.bench.baselines import TORCH_MODES, bench_torch, native_bf16
-from clip_export.stages.bench.bench_one import bench_fused, bench_onnx, inputs_for, with_ratios
+from clip_export.stages.bench.bench_one import bench_entry, bench_fused, inputs_for, with_ratios
 from clip_export.stages.bench.bench_report import render_chart, render_markdown
 from clip_export.stages.bench.bench_rows import BenchResult, BenchRow, machine_info, peak_rss_mb
 from clip_export.stages.bench.ceilings import count_tower, gemm_ceiling, streamed_gemm_ceiling
@@ -53,7 +50,6 @@ from clip_export.stages.bench.preprocessing_study import (
     preprocessing_variants,
     vectorise_breakdown,
 )
-from clip_export.stages.bench.timing import runs_for, time_calls
 
 # ---- the stage ----------------------------------------------------------------------------
 
@@ -322,7 +318,7 @@ def _plan(
                             tower,
                             batch,
                             lambda b, entry=entry, provider=provider, inputs=inputs, batch=batch, base=base: (
-                                _bench_entry(model_dir, entry, provider, batch, inputs, threads, b, base)
+                                bench_entry(model_dir, entry, provider, batch, inputs, threads, b, base)
                             ),
                             base,
                         )
@@ -371,57 +367,3 @@ def _run_plan(plan: Sequence[_PlannedRow], budget_s: float, deadline: float, pro
         )
         rows.append(planned.measure(max(0.2, min(budget_s, (deadline - now) / left / 2))))
     return rows
-
-
-def _bench_entry(
-    model_dir: Path,
-    entry: dict[str, Any],
-    provider: str,
-    batch: int,
-    inputs: np.ndarray,
-    threads: int,
-    budget_s: float,
-    base: BenchRow,
-) -> BenchRow:
-    if entry["format"] == TENSORRT_FORMAT:
-        return _bench_plan(model_dir, entry, batch, inputs, threads, budget_s)
-    problems = integrity_problems(model_dir, entry)
-    if problems:
-        return dataclasses.replace(base, status=f"unavailable: {'; '.join(problems)}")
-    return bench_onnx(
-        resolve_inside(model_dir, entry["path"], "the artifact"),
-        entry["tower"],
-        entry["precision"],
-        provider,
-        batch,
-        inputs,
-        threads=threads,
-        budget_s=budget_s,
-        name=entry["path"],
-    )
-
-
-def _bench_plan(
-    model_dir: Path, entry: dict[str, Any], batch: int, inputs: np.ndarray, threads: int, budget_s: float
-) -> BenchRow:
-    base = dict(
-        name=entry["path"],
-        kind="artifact",
-        tower=entry["tower"],
-        precision=entry["precision"],
-        provider_requested=TENSORRT_RUNTIME,
-        batch=batch,
-        threads=threads,
-    )
-    try:
-        runner = open_runner(model_dir, entry)
-    except NotRunnableHereError as exc:
-        return BenchRow(**base, provider_ran=None, status=f"unavailable: {exc}")
-    stats = time_calls(lambda: runner.run(inputs), budget_s=budget_s, **runs_for(batch))
-    return BenchRow(
-        **base,
-        provider_ran=f"{TENSORRT_RUNTIME} (includes host copies)",
-        status="ok",
-        latency=stats,
-        throughput_per_s=batch / (stats.p50_ms / 1000.0),
-    )

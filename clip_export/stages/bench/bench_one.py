@@ -3,6 +3,7 @@ to the machine's ceilings."""
 
 from __future__ import annotations
 
+import dataclasses
 import gc
 import tempfile
 import time
@@ -12,9 +13,10 @@ from typing import Any
 import numpy as np
 
 from clip_export.core.errors import ProviderUnavailableError
-from clip_export.core.runner import open_graph
+from clip_export.core.manifest import integrity_problems, resolve_inside
+from clip_export.core.runner import NotRunnableHereError, open_graph, open_runner
 from clip_export.core.sessions import SessionOptions, provider_name, provider_spec
-from clip_export.core.spec import CPU_PROVIDER, PRECISION_SPECS, PROVIDERS, TOWERS
+from clip_export.core.spec import CPU_PROVIDER, PRECISION_SPECS, PROVIDERS, TENSORRT_FORMAT, TENSORRT_RUNTIME, TOWERS
 from clip_export.stages.bench.bench_rows import BenchRow, rss_mb
 from clip_export.stages.bench.timing import LatencyStats, runs_for, time_calls
 
@@ -162,3 +164,58 @@ def with_ratios(
         if streamed and row.batch == 1 and row.precision == "fp32":
             updates["streamed_ceiling_share"] = achieved / streamed
     return BenchRow(**{**row.__dict__, **updates})
+
+
+def bench_entry(
+    model_dir: Path,
+    entry: dict[str, Any],
+    provider: str,
+    batch: int,
+    inputs: np.ndarray,
+    threads: int,
+    budget_s: float,
+    base: BenchRow,
+) -> BenchRow:
+    """One manifest entry's row: an ONNX artifact on `provider`, or a TensorRT engine on TensorRT."""
+    if entry["format"] == TENSORRT_FORMAT:
+        return _bench_engine(model_dir, entry, batch, inputs, threads, budget_s)
+    problems = integrity_problems(model_dir, entry)
+    if problems:
+        return dataclasses.replace(base, status=f"unavailable: {'; '.join(problems)}")
+    return bench_onnx(
+        resolve_inside(model_dir, entry["path"], "the artifact"),
+        entry["tower"],
+        entry["precision"],
+        provider,
+        batch,
+        inputs,
+        threads=threads,
+        budget_s=budget_s,
+        name=entry["path"],
+    )
+
+
+def _bench_engine(
+    model_dir: Path, entry: dict[str, Any], batch: int, inputs: np.ndarray, threads: int, budget_s: float
+) -> BenchRow:
+    base = dict(
+        name=entry["path"],
+        kind="artifact",
+        tower=entry["tower"],
+        precision=entry["precision"],
+        provider_requested=TENSORRT_RUNTIME,
+        batch=batch,
+        threads=threads,
+    )
+    try:
+        runner = open_runner(model_dir, entry)
+    except NotRunnableHereError as exc:
+        return BenchRow(**base, provider_ran=None, status=f"unavailable: {exc}")
+    stats = time_calls(lambda: runner.run(inputs), budget_s=budget_s, **runs_for(batch))
+    return BenchRow(
+        **base,
+        provider_ran=f"{TENSORRT_RUNTIME} (includes host copies)",
+        status="ok",
+        latency=stats,
+        throughput_per_s=batch / (stats.p50_ms / 1000.0),
+    )

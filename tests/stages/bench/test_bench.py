@@ -10,7 +10,8 @@ from click.testing import CliRunner
 
 from clip_export.cli import main
 from clip_export.core.manifest import read_manifest, write_manifest
-from clip_export.stages.bench.bench import bench, bench_onnx
+from clip_export.stages.bench.bench import bench
+from clip_export.stages.bench.bench_one import bench_onnx
 from clip_export.stages.bench.timing import latency_stats, time_calls
 
 
