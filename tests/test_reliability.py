@@ -188,15 +188,16 @@ def embed_array_and_bytes(ctx: Ctx) -> None:
 def huge_photo_takes_the_exact_path(ctx: Ctx) -> None:
     from clip_export.core import resample
 
+    model, exact = (
+        ctx.runtime(),
+        ClipOnnx.from_release(ctx.shared_dir, preprocess="exact"),
+    )  # their checks run the kernels
     ctx.monkeypatch.setattr(
         resample, "crop_resize_normalise", lambda *a: pytest.fail("the vectorised kernels ran on a huge image")
     )
     photo = np.zeros((4000, 6001, 3), np.uint8)
     photo[:, ::7] = 255
-    model = ctx.runtime()
-    np.testing.assert_array_equal(
-        model.pixel_values(photo), ClipOnnx.from_release(ctx.shared_dir, preprocess="exact").pixel_values(photo)
-    )
+    np.testing.assert_array_equal(model.pixel_values(photo), exact.pixel_values(photo))
 
 
 CASES: list[Case] = [
