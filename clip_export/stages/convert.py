@@ -16,11 +16,19 @@ from clip_export.core.conversion import (
     set_precision_metadata,
     tool_version,
 )
+from clip_export.core.environment import current_environment
 from clip_export.core.errors import ConversionError, import_optional
 from clip_export.core.graph_surgery import final_nodes, fuse_attention, fuse_transformer_ops, int8_excluded_nodes
 from clip_export.core.onnx_files import external_data_files
 from clip_export.core.progress import Progress, silent
-from clip_export.core.spec import INT8_SCHEME, Int8Scheme, artifact_file_name
+from clip_export.core.spec import (
+    CPU_PROVIDER,
+    INT8_FAMILIES,
+    Int8Family,
+    Int8Scheme,
+    artifact_file_name,
+    int8_family_for_weight_type,
+)
 
 __all__ = ["ConvertedArtifact", "ConvertResult", "convert_fp16", "quantize_int8", "to_fp16", "fuse_attention"]
 
@@ -185,12 +193,43 @@ def quantize_int8(
     per_channel: bool | None = None,
     exclude_nodes: Sequence[str] = (),
     force: bool = False,
-    scheme: Int8Scheme = INT8_SCHEME,
+    scheme: Int8Scheme | None = None,
     progress: Progress = silent,
 ) -> ConvertResult:
-    """Dynamic INT8 quantization of MatMul/Gemm weights for CPU serving; `per_channel`, when given, overrides the scheme's."""
-    if per_channel is not None:
-        scheme = dataclasses.replace(scheme, per_channel=per_channel)
+    """Dynamic INT8 quantization of MatMul/Gemm weights for CPU serving. Without `scheme`, one
+    artifact per kernel family (spec.INT8_FAMILIES): QInt8 for VNNI/AMX CPUs, QUInt8 for every x86
+    tier; the VNNI one is skipped, with a note, on a CPU that cannot verify it. With `scheme`, that
+    one scheme, named by its weight type's family. `per_channel`, when given, overrides the scheme's."""
+    families = (
+        [(family, family.scheme) for family in INT8_FAMILIES.values()]
+        if scheme is None
+        else [(int8_family_for_weight_type(scheme.weight_type), scheme)]
+    )
+    here = current_environment(CPU_PROVIDER)
+    artifacts: list[ConvertedArtifact] = []
+    notes: list[str] = []
+    for family, chosen in families:
+        if per_channel is not None:
+            chosen = dataclasses.replace(chosen, per_channel=per_channel)
+        if not family.applies_to(here.isa_flags):
+            notes.append(
+                f"{family.file_tag} ({chosen.label}, for {family.tiers}) not built: this CPU ({here.tier}) cannot verify it"
+            )
+            continue
+        result = _quantize_family(model_dir, towers, chosen, family, exclude_nodes, force, progress)
+        artifacts += result.artifacts
+    return ConvertResult(Path(model_dir), "int8", tuple(artifacts), tuple(notes))
+
+
+def _quantize_family(
+    model_dir: Path,
+    towers: Sequence[str],
+    scheme: Int8Scheme,
+    family: Int8Family,
+    exclude_nodes: Sequence[str],
+    force: bool,
+    progress: Progress,
+) -> ConvertResult:
     quantization = import_optional(
         "onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization"
     )
@@ -224,16 +263,25 @@ def quantize_int8(
             "reduce_range": scheme.reduce_range,
             "op_types": list(INT8_OP_TYPES),
             "excluded_nodes": excluded,
+            "kernel_family": family.name,
+            "for_cpus": family.tiers,
+            "requires_any_cpu_flag": list(family.requires_any_flag),
+            # the tier of the gate this conversion ran; later verify rows add theirs (manifest "verification")
+            "verified_on": [here_tier()],
         }
 
     return convert_each(
         model_dir,
-        Derivation("int8", lambda path: artifact_file_name(path, "int8")),
+        Derivation("int8", lambda path: artifact_file_name(path, family.file_tag)),
         write,
         towers=towers,
         force=force,
         progress=progress,
     )
+
+
+def here_tier() -> str:
+    return current_environment(CPU_PROVIDER).tier
 
 
 # onnxruntime's dynamic quantizer rewrites every Gemm into a MatMul named `<name>` + this suffix
