@@ -202,6 +202,7 @@ def pipeline_text(result: Any) -> str:
     ]
     if result.environments:
         lines.append("verdicts hold for these bytes on: " + "; ".join(result.environments))
+    lines += [f"note: {note}" for note in getattr(result, "notes", ())]
     return "\n".join(lines)
 
 

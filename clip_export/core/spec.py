@@ -200,6 +200,10 @@ INT8_FAMILIES: Mapping[str, Int8Family] = MappingProxyType(
 )
 
 
+# The conversion-record fields that say which family an INT8 artifact is (copied onto graphs derived from it).
+INT8_FAMILY_KEYS = ("weight_type", "kernel_family", "for_cpus", "requires_any_cpu_flag")
+
+
 def int8_family_for_weight_type(weight_type: str) -> Int8Family:
     """The family a weight type's kernels belong to: QInt8 → vnni (U8S8), QUInt8 → any-x86 (U8U8)."""
     return INT8_FAMILIES["vnni"] if weight_type == "QInt8" else INT8_FAMILIES["any-x86"]

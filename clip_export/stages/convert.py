@@ -19,6 +19,7 @@ from clip_export.core.conversion import (
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ConversionError, import_optional
 from clip_export.core.graph_surgery import final_nodes, fuse_attention, fuse_transformer_ops, int8_excluded_nodes
+from clip_export.core.manifest import exclusive, read_manifest, write_manifest
 from clip_export.core.onnx_files import external_data_files
 from clip_export.core.progress import Progress, silent
 from clip_export.core.spec import (
@@ -208,6 +209,7 @@ def quantize_int8(
     here = current_environment(CPU_PROVIDER)
     artifacts: list[ConvertedArtifact] = []
     notes: list[str] = []
+    failed: dict[str, list[str]] = {}
     for family, chosen in families:
         if per_channel is not None:
             chosen = dataclasses.replace(chosen, per_channel=per_channel)
@@ -216,9 +218,39 @@ def quantize_int8(
                 f"{family.file_tag} ({chosen.label}, for {family.tiers}) not built: this CPU ({here.tier}) cannot verify it"
             )
             continue
-        result = _quantize_family(model_dir, towers, chosen, family, exclude_nodes, force, progress)
-        artifacts += result.artifacts
+        for tower in towers:  # a tower that fails one family's gate keeps the other family and the other tower
+            try:
+                result = _quantize_family(model_dir, [tower], chosen, family, exclude_nodes, force, progress)
+            except ConversionError as exc:
+                if "failed verification" not in str(exc):
+                    raise
+                failed.setdefault(tower, []).append(f"{chosen.label}: {exc}")
+                notes.append(f"{tower}: {family.file_tag} ({chosen.label}) not kept: {exc}")
+                continue
+            artifacts += result.artifacts
+    built = {a.tower for a in artifacts}
+    if failed and not built:
+        raise ConversionError(
+            "the int8 gate failed for every tower and scheme: " + " | ".join(sum(failed.values(), []))
+        )
+    _record_towers_without_int8(Path(model_dir), {t: "; ".join(w) for t, w in failed.items() if t not in built}, built)
     return ConvertResult(Path(model_dir), "int8", tuple(artifacts), tuple(notes))
+
+
+def _record_towers_without_int8(model_dir: Path, why: dict[str, str], built: set[str]) -> None:
+    """manifest["int8_not_built"]: tower → why no INT8 scheme held its gate (the model card says so);
+    a tower that got an INT8 artifact now is taken off."""
+    with exclusive(model_dir):
+        manifest = read_manifest(model_dir)
+        record = {t: w for t, w in (manifest.get("int8_not_built") or {}).items() if t not in built}
+        record.update(why)
+        if record == (manifest.get("int8_not_built") or {}):
+            return
+        if record:
+            manifest["int8_not_built"] = record
+        else:
+            manifest.pop("int8_not_built", None)
+        write_manifest(model_dir, manifest)
 
 
 def _quantize_family(

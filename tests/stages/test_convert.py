@@ -215,6 +215,37 @@ def test_the_vnni_family_is_not_applicable_on_a_cpu_without_vnni(
     assert "AVX2 without VNNI" in report.not_applicable[0] and "avx512_vnni" in report.not_applicable[0]
 
 
+def test_a_tower_whose_int8_fails_every_gate_is_named_and_the_rest_kept(
+    tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Trained text towers can miss the int8 gate with every scheme (docs/convert.md): int8 then says
+    so in one line per family for that tower, keeps the visual artifacts, and records the tower in
+    the manifest's int8_not_built (the model card's reason); a later pass takes it off."""
+    real_gate = conversion.gate
+
+    def text_fails(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
+        if entry["tower"] == "text":
+            return dataclasses.replace(
+                real_gate(model_dir, entry, provider), status="fail", failures=("mean_abs_normalized = 0.0057",)
+            )
+        return real_gate(model_dir, entry, provider)
+
+    monkeypatch.setattr(conversion, "gate", text_fails)
+    result = quantize_int8(tiny_vit_copy, scheme=INT8_FAMILIES["any-x86"].scheme)
+    assert [a.path for a in result.artifacts] == ["visual.uint8.onnx"]
+    assert result.notes == (
+        "text: uint8 (QUInt8 per-channel) not kept: text.uint8.onnx failed verification, so it was not kept: mean_abs_normalized = 0.0057",
+    )
+    manifest = read_manifest(tiny_vit_copy)
+    assert list(manifest["int8_not_built"]) == ["text"] and "0.0057" in manifest["int8_not_built"]["text"]
+    assert find_artifact(manifest, path="text.uint8.onnx") is None and not (tiny_vit_copy / "text.uint8.onnx").exists()
+    with pytest.raises(ConversionError, match="the int8 gate failed for every tower and scheme"):
+        quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
+    monkeypatch.setattr(conversion, "gate", real_gate)
+    quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
+    assert "int8_not_built" not in read_manifest(tiny_vit_copy)
+
+
 def test_an_excluded_gemm_stays_float_although_the_quantizer_renames_it(tmp_path: Path) -> None:
     """quantize_dynamic turns Gemm `proj` into MatMul `proj_MatMul` before reading nodes_to_exclude."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
