@@ -200,6 +200,11 @@ INT8_FAMILIES: Mapping[str, Int8Family] = MappingProxyType(
 )
 
 
+# When a tower's plain INT8 scheme fails its gate, `int8` keeps its most sensitive weight MatMuls
+# in float (each measured quantized alone on this many reference inputs), one more at a time, up to
+# this share of them: on trained MiniLM-L6 the gate passed with 2 of 36 float (docs/convert.md).
+INT8_SENSITIVITY_ITEMS = 32
+INT8_MIXED_MAX_FLOAT_SHARE = 0.25
 # The conversion-record fields that say which family an INT8 artifact is (copied onto graphs derived from it).
 INT8_FAMILY_KEYS = ("weight_type", "kernel_family", "for_cpus", "requires_any_cpu_flag")
 

@@ -19,12 +19,16 @@ from clip_export.core.conversion import (
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ConversionError, import_optional
 from clip_export.core.graph_surgery import final_nodes, fuse_attention, fuse_transformer_ops, int8_excluded_nodes
-from clip_export.core.manifest import exclusive, read_manifest, write_manifest
+from clip_export.core.int8_sensitivity import most_sensitive_first, sensitivity, weight_matmuls
+from clip_export.core.manifest import exclusive, read_manifest, resolve_inside, select_artifacts, write_manifest
 from clip_export.core.onnx_files import external_data_files
 from clip_export.core.progress import Progress, silent
 from clip_export.core.spec import (
     CPU_PROVIDER,
     INT8_FAMILIES,
+    INT8_MIXED_MAX_FLOAT_SHARE,
+    INT8_SENSITIVITY_ITEMS,
+    TOWERS,
     Int8Family,
     Int8Scheme,
     artifact_file_name,
@@ -224,9 +228,13 @@ def quantize_int8(
             except ConversionError as exc:
                 if "failed verification" not in str(exc):
                     raise
-                failed.setdefault(tower, []).append(f"{chosen.label}: {exc}")
-                notes.append(f"{tower}: {family.file_tag} ({chosen.label}) not kept: {exc}")
-                continue
+                result, how = _mixed_precision(
+                    model_dir, tower, chosen, family, exclude_nodes, force, progress, str(exc)
+                )
+                notes.append(f"{tower}: {family.file_tag} ({chosen.label}) {how}")
+                if result is None:
+                    failed.setdefault(tower, []).append(f"{chosen.label}: {exc}")
+                    continue
             artifacts += result.artifacts
     built = {a.tower for a in artifacts}
     if failed and not built:
@@ -253,6 +261,86 @@ def _record_towers_without_int8(model_dir: Path, why: dict[str, str], built: set
         write_manifest(model_dir, manifest)
 
 
+def _mixed_precision(
+    model_dir: Path,
+    tower: str,
+    scheme: Int8Scheme,
+    family: Int8Family,
+    exclude_nodes: Sequence[str],
+    force: bool,
+    progress: Progress,
+    plain_failure: str,
+) -> tuple[ConvertResult | None, str]:
+    """After the plain scheme failed the gate: measure each weight MatMul's error quantized alone
+    (the rest float) on the first INT8_SENSITIVITY_ITEMS reference inputs, then keep the most
+    sensitive in float, one more at a time, until the unchanged gate passes or
+    INT8_MIXED_MAX_FLOAT_SHARE of them would stay float. (result or None, a line saying what happened)."""
+    import numpy as np
+
+    quantization = import_optional(
+        "onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization"
+    )
+    manifest = read_manifest(model_dir)
+    source = select_artifacts(manifest, precision="fp32", format="onnx", tower=tower)[0]
+    model = _onnx().load(str(resolve_inside(model_dir, source["path"], "the source artifact")))
+    base = [*int8_excluded_nodes(model), *exclude_nodes]
+    candidates = weight_matmuls(model, INT8_OP_TYPES, base)
+    with np.load(resolve_inside(model_dir, manifest["reference"]["path"], "the reference")) as data:
+        spec = TOWERS[tower]
+        inputs, expected = (data[name][:INT8_SENSITIVITY_ITEMS] for name in (spec.input_name, spec.output_name))
+
+    def quantize_only(name: str, target: Path) -> None:
+        fresh = _onnx().ModelProto()
+        fresh.CopyFrom(model)  # the quantizer rewrites the graph it is given (Gemm → MatMul)
+        quantization.quantize_dynamic(
+            fresh,
+            str(target),
+            weight_type=getattr(quantization.QuantType, scheme.weight_type),
+            per_channel=scheme.per_channel,
+            reduce_range=scheme.reduce_range,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            nodes_to_exclude=quantizer_exclusions(model, [*base, *(c for c in candidates if c != name)]),
+            extra_options={"MatMulConstBOnly": True},
+        )
+
+    progress(f"{tower} {scheme.label} failed its gate; measuring {len(candidates)} MatMuls' sensitivity")
+    error = sensitivity(candidates, quantize_only, spec.input_name, inputs, expected, model_dir)
+    order = most_sensitive_first(error)
+    limit = max(1, int(len(candidates) * INT8_MIXED_MAX_FLOAT_SHARE))
+    for count in range(1, limit + 1):
+        kept = order[:count]
+        details = {
+            "float_matmuls": kept,
+            "weight_matmuls": len(candidates),
+            "chosen_by": f"mean |Δ| of each MatMul quantized alone on {len(inputs)} reference inputs, most sensitive kept float until the gate passed",
+            "sensitivity": {name: error[name] for name in kept},
+            "plain_failure": plain_failure,
+        }
+        try:
+            result = _quantize_family(
+                model_dir,
+                [tower],
+                scheme,
+                family,
+                [*exclude_nodes, *kept],
+                force,
+                progress,
+                {"mixed_precision": details},
+            )
+        except ConversionError as exc:
+            if "failed verification" not in str(exc):
+                raise
+            continue
+        return (
+            result,
+            f"failed its gate plain; kept with {count} of {len(candidates)} MatMuls float (mixed precision by measured sensitivity)",
+        )
+    return None, (
+        f"not kept: {plain_failure}; with up to {limit} of {len(candidates)} MatMuls float "
+        "(most sensitive first) it still failed"
+    )
+
+
 def _quantize_family(
     model_dir: Path,
     towers: Sequence[str],
@@ -261,6 +349,7 @@ def _quantize_family(
     exclude_nodes: Sequence[str],
     force: bool,
     progress: Progress,
+    extra: dict[str, Any] | None = None,
 ) -> ConvertResult:
     quantization = import_optional(
         "onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization"
@@ -298,8 +387,9 @@ def _quantize_family(
             "kernel_family": family.name,
             "for_cpus": family.tiers,
             "requires_any_cpu_flag": list(family.requires_any_flag),
+            **(extra or {}),
             # the tier of the gate this conversion ran; later verify rows add theirs (manifest "verification")
-            "verified_on": [here_tier()],
+            "verified_on": [current_environment(CPU_PROVIDER).tier],
         }
 
     return convert_each(
@@ -310,10 +400,6 @@ def _quantize_family(
         force=force,
         progress=progress,
     )
-
-
-def here_tier() -> str:
-    return current_environment(CPU_PROVIDER).tier
 
 
 # onnxruntime's dynamic quantizer rewrites every Gemm into a MatMul named `<name>` + this suffix
