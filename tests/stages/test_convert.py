@@ -247,6 +247,30 @@ def test_a_tower_whose_int8_fails_every_gate_is_named_and_the_rest_kept(
     assert "int8_not_built" not in read_manifest(tiny_vit_copy)
 
 
+def test_a_plain_scheme_that_fails_is_kept_with_its_most_sensitive_matmul_float(
+    tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The fallback that held on trained MiniLM-L6 (2 of 36 float, docs/convert.md), here with a gate
+    that fails every plain text artifact: the first retry keeps one MatMul float and is recorded."""
+    real_gate = conversion.gate
+
+    def plain_text_fails(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
+        check = real_gate(model_dir, entry, provider)
+        if entry["tower"] == "text" and "mixed_precision" not in entry["conversion"]:
+            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
+        return check
+
+    monkeypatch.setattr(conversion, "gate", plain_text_fails)
+    result = quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
+    (note,) = result.notes
+    assert note.startswith("text: uint8 (QUInt8 per-channel) failed its gate plain; kept with 1 of ")
+    mixed = find_artifact(read_manifest(tiny_vit_copy), path="text.uint8.onnx")["conversion"]["mixed_precision"]
+    (kept,) = mixed["float_matmuls"]
+    assert mixed["weight_matmuls"] > 1 and kept in mixed["sensitivity"] and "0.0047" in mixed["plain_failure"]
+    graph = onnx.load(str(tiny_vit_copy / "text.uint8.onnx")).graph
+    assert next(n for n in graph.node if n.name == kept).op_type == "MatMul"  # still float
+
+
 def test_an_excluded_gemm_stays_float_although_the_quantizer_renames_it(tmp_path: Path) -> None:
     """quantize_dynamic turns Gemm `proj` into MatMul `proj_MatMul` before reading nodes_to_exclude."""
     from onnxruntime.quantization import QuantType, quantize_dynamic
