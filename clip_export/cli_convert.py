@@ -67,16 +67,15 @@ def fp16(dirs: Sequence[Path], towers: str, fuse: bool, force: bool, as_json: bo
 @_towers_option
 @click.option(
     "--per-channel/--per-tensor",
-    default=True,
-    show_default=True,
-    help="Weight scales per output channel (measured more faithful) or per tensor.",
+    default=None,
+    help="Weight scales per output channel (the default; measured more faithful) or per tensor.",
 )
 @click.option(
     "--weight-type",
     type=click.Choice(["QUInt8", "QInt8"]),
-    default=INT8_SCHEME.weight_type,
-    show_default=True,
-    help="QUInt8 holds on every x86 tier; QInt8 is faster with VNNI but saturates on AVX2 without it (docs/convert.md).",
+    default=None,
+    help="Build only this family: QUInt8 (visual.uint8.onnx) holds on every x86 tier; QInt8 (visual.int8.onnx) "
+    "is faster with VNNI/AMX but saturates on AVX2 without it. Default: both, each verified (docs/convert.md).",
 )
 @click.option(
     "--reduce-range", is_flag=True, help="7-bit weights: keeps QInt8 from saturating on AVX2, at some fidelity."
@@ -88,8 +87,8 @@ def fp16(dirs: Sequence[Path], towers: str, fuse: bool, force: bool, as_json: bo
 def int8(
     dirs: Sequence[Path],
     towers: str,
-    per_channel: bool,
-    weight_type: str,
+    per_channel: bool | None,
+    weight_type: str | None,
     reduce_range: bool,
     exclude_nodes: Sequence[str],
     force: bool,
@@ -98,6 +97,11 @@ def int8(
 ) -> None:
     """Quantize MatMul/Gemm weights to INT8 for CPU serving (dynamic activations), verified before kept.
 
+    Without --weight-type or --reduce-range: one artifact per kernel family, QInt8 (visual.int8.onnx,
+    for CPUs with VNNI or AMX) and QUInt8 (visual.uint8.onnx, every x86 tier); ClipOnnx serves the
+    one this CPU's flags call for. On a CPU without VNNI the QInt8 one is not built (it cannot be
+    verified there).
+
     \b
     Example:
       clip-export int8 artifacts/ViT-B-32 --towers visual
@@ -105,13 +109,20 @@ def int8(
     from clip_export.stages.convert import quantize_int8
 
     chosen = check_towers(towers)
-    scheme = Int8Scheme(weight_type, per_channel=per_channel, reduce_range=reduce_range)
+    scheme = (
+        Int8Scheme(
+            weight_type or INT8_SCHEME.weight_type, per_channel=per_channel is not False, reduce_range=reduce_range
+        )
+        if weight_type or reduce_range
+        else None
+    )
     render_conversion(
         [
             quantize_int8(
                 d,
                 towers=chosen,
                 scheme=scheme,
+                per_channel=per_channel,
                 exclude_nodes=exclude_nodes,
                 force=force,
                 progress=progress_printer(quiet or as_json),

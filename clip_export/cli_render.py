@@ -111,6 +111,8 @@ def render_conversion(results: Sequence[Any], as_json: bool) -> None:
         for a in result.artifacts:
             if a.details.get("fusions"):
                 click.echo(f"  {a.path} fusions: " + ", ".join(f"{k}={v}" for k, v in a.details["fusions"].items()))
+        for note in getattr(result, "notes", ()):
+            click.echo(f"  note: {note}")
 
 
 def bench_text(r: Any) -> str:
@@ -200,6 +202,7 @@ def pipeline_text(result: Any) -> str:
     ]
     if result.environments:
         lines.append("verdicts hold for these bytes on: " + "; ".join(result.environments))
+    lines += [f"note: {note}" for note in getattr(result, "notes", ())]
     return "\n".join(lines)
 
 

@@ -37,6 +37,7 @@ class PipelineResult:
     summary: tuple[SummaryRow, ...]
     environments: tuple[str, ...] = ()  # where the verdicts in the summary were obtained
     resumed: tuple[str, ...] = ()  # stages an earlier run had passed, kept instead of redone
+    notes: tuple[str, ...] = ()  # one line each for what a stage deliberately did not build (an INT8 family, a tower)
 
     @property
     def passed(self) -> bool:
@@ -109,6 +110,7 @@ def run_pipeline(
     failed = failure = None
     verify_result = bench_result = None
     gates: dict[str, tuple[str, float | None, float | None]] = {}
+    notes: list[str] = []
     for name, step in steps:
         progress(f"pipeline stage: {name}")
         try:
@@ -119,6 +121,7 @@ def run_pipeline(
         if name == "export":
             model_dir = outcome.model_dir  # type: ignore[attr-defined]
         gates.update(_gate_outcomes(name, outcome, model_dir))
+        notes += [f"{name}: {note}" for note in getattr(outcome, "notes", ())]
         done.append(name)
     if failed is None and model_dir is not None:
         progress("pipeline stage: verify")
@@ -144,7 +147,9 @@ def run_pipeline(
     environments = sorted({c.environment.describe() for c in checks if c.environment}) or (
         [current_environment(provider_name("cpu")).describe()] if gates else []
     )
-    return PipelineResult(model_dir, tuple(done), failed, failure, tuple(summary), tuple(environments), tuple(resumed))
+    return PipelineResult(
+        model_dir, tuple(done), failed, failure, tuple(summary), tuple(environments), tuple(resumed), tuple(notes)
+    )
 
 
 @dataclass(frozen=True)

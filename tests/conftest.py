@@ -154,9 +154,13 @@ def tiny_vit_int8_dir(tiny_vit_dir: Path, tmp_path_factory: pytest.TempPathFacto
     """The tiny ViT with INT8 towers beside its fp32 ones, shared read-only (embed, compat)."""
     import shutil
 
+    from clip_export.core.spec import INT8_FAMILIES
     from clip_export.stages.convert import quantize_int8
 
     target = tmp_path_factory.mktemp("int8") / tiny_vit_dir.name
     shutil.copytree(tiny_vit_dir, target)
-    quantize_int8(target)
+    # The QUInt8 family only: the tiny random text tower's QInt8 artifact passes the full gate by a
+    # thin margin but misses 4e-3 on the serve-time check's 4 items (4.6e-3) and against fp32 ONNX
+    # in compat (4.2e-3), which would make embed fall back to fp32 here (docs/convert.md).
+    quantize_int8(target, scheme=INT8_FAMILIES["any-x86"].scheme)
     return target

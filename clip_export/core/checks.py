@@ -33,10 +33,14 @@ from clip_export.core.spec import (
     TOKENIZER_FORMAT,
     TOWERS,
     Thresholds,
+    int8_family_of,
     threshold_key,
 )
 
 BATCH_CHECK_SIZE = 7
+# The status of an INT8 artifact checked on a CPU its kernel family is not for (QInt8 without
+# VNNI): neither a pass nor a failure of the artifact, and never a claim for this tier.
+NOT_APPLICABLE = "not applicable"
 
 
 @dataclass(frozen=True)
@@ -47,7 +51,7 @@ class ArtifactCheck:
     format: str
     provider_requested: str
     provider_ran: str | None
-    status: str  # pass | fail | not runnable
+    status: str  # pass | fail | not runnable | not applicable (an INT8 family for other CPUs)
     metrics: tuple[Metric, ...] = ()
     failures: tuple[str, ...] = ()
     sha256: str | None = None
@@ -174,6 +178,17 @@ def check_artifact(
     if problems:
         return ArtifactCheck(
             **base, provider_ran=None, status="fail", failures=tuple(f"integrity: {p}" for p in problems)
+        )
+    family = int8_family_of(entry)
+    if family is not None and provider == CPU_PROVIDER and not family.applies_to(base["environment"].isa_flags):
+        return ArtifactCheck(
+            **base,
+            provider_ran=None,
+            status=NOT_APPLICABLE,
+            failures=(
+                f"not applicable on this CPU ({base['environment'].tier}): the {family.name} INT8 family "
+                f"({family.tiers}) needs one of {', '.join(family.requires_any_flag)}; its verdict here would say nothing",
+            ),
         )
     input_key, embed_key = TOWERS[tower].input_name, TOWERS[tower].output_name
     if input_key not in ref:

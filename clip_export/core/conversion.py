@@ -49,6 +49,7 @@ class ConvertResult:
     model_dir: Path
     precision: str
     artifacts: tuple[ConvertedArtifact, ...]
+    notes: tuple[str, ...] = ()  # one line each for what was deliberately not built (e.g. INT8 for VNNI on AVX2)
 
 
 @dataclass(frozen=True)

@@ -15,7 +15,7 @@ where the reference was computed on images that are not bundled (the status says
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,7 +26,15 @@ from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ManifestError, ServeCheckError
 from clip_export.core.manifest import passing_rows, require_intact
 from clip_export.core.metrics import Metric, numeric_metrics
-from clip_export.core.spec import SERVE_CHECK_ITEMS, SERVE_CHECK_MODES, THRESHOLDS, TOWERS, threshold_key
+from clip_export.core.spec import (
+    CPU_PROVIDER,
+    SERVE_CHECK_ITEMS,
+    SERVE_CHECK_MODES,
+    THRESHOLDS,
+    TOWERS,
+    int8_family_of,
+    threshold_key,
+)
 
 
 @dataclass(frozen=True)
@@ -135,12 +143,23 @@ def check_here(
     reference: Callable[[], dict[str, np.ndarray]],
     mode: str,
     serving: ServingInputs | None = None,
+    cpu_flags: Collection[str] | None = None,
 ) -> ServeCheck:
     """Run the reference items (loaded on demand) through the serving path and `session`;
-    ServeCheckError names every metric it misses."""
+    ServeCheckError names every metric it misses. An INT8 artifact of a kernel family that is not for
+    this CPU (`cpu_flags`, default: its own) is refused before any number is computed: a pass on a
+    few items would not make it safe here."""
     env = current_environment(session.get_providers()[0])
     if mode == "off":
         return ServeCheck(entry["path"], "skipped: turned off by the caller", env)
+    family = int8_family_of(entry)
+    flags = env.isa_flags if cpu_flags is None else tuple(cpu_flags)
+    if family is not None and env.provider == CPU_PROVIDER and not family.applies_to(flags):
+        raise ServeCheckError(
+            f"{entry['path']} is INT8 of the {family.name} kernel family ({(entry.get('conversion') or {}).get('weight_type', '?')} weights, for {family.tiers}); "
+            f"this CPU has none of {', '.join(family.requires_any_flag)}, where its kernels saturate. "
+            "Serve the QUInt8 artifact (clip-export int8 builds both), or precision='fp32'"
+        )
     if mode == "auto":
         row = passing_verdict_here(manifest, entry, env)
         if row is not None:

@@ -17,7 +17,7 @@ JPEG) to 9-14x (its wide RGBA PNG) faster than PIL's own resize (docs/benchmarks
 from __future__ import annotations
 
 import functools
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -26,11 +26,12 @@ import numpy as np
 from PIL import Image
 
 from clip_export.core.configs import PreprocessConfig
+from clip_export.core.environment import current_environment
 from clip_export.core.errors import ClipExportError, import_optional
 from clip_export.core.manifest import read_manifest, require_intact, resolve_inside, select_artifacts
 from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
 from clip_export.core.runner import open_runner
-from clip_export.core.spec import ONNX_FORMAT, TOWERS
+from clip_export.core.spec import CPU_PROVIDER, ONNX_FORMAT, TOWERS, int8_family_for_cpu, int8_family_of
 from clip_export.runtime.serve_check import ServeCheck, ServingInputs, check_here, load_reference_slice, require_mode
 
 PREPROCESSORS = {"fast": preprocess_fast, "exact": preprocess_reference}
@@ -75,14 +76,19 @@ class ClipOnnx:
         threads: int = 0,
         preprocess: str = "fast",
         check: str = "auto",
+        cpu_flags: Collection[str] | None = None,
     ) -> ClipOnnx:
         """Open a release directory (or an artifact directory), check every file it will use, and
         check each artifact's numbers here (serve_check): "auto" skips that where this exact
-        environment already has a passing verdict, "always" runs it, "off" serves unchecked."""
+        environment already has a passing verdict, "always" runs it, "off" serves unchecked.
+        precision="int8" serves the INT8 kernel family this CPU's flags call for (QInt8 with
+        avx512_vnni, avx_vnni or amx_int8, else QUInt8); `cpu_flags` replaces the probe of this
+        CPU's flags (tests, or a deployment that knows better)."""
         _preprocessor(preprocess)  # refuse bad names before loading anything
         require_mode(check)
         root = Path(path)
         manifest = read_manifest(root)
+        flags = tuple(cpu_flags) if cpu_flags is not None else current_environment(CPU_PROVIDER).isa_flags
         sessions: dict[str, Any] = {}
         entries: dict[str, dict[str, Any]] = {}
         info: dict[str, LoadedArtifact] = {}
@@ -90,7 +96,7 @@ class ClipOnnx:
             candidates = select_artifacts(manifest, tower=tower, format=ONNX_FORMAT, precision=precision)
             if not candidates:
                 continue
-            entry = entries[tower] = candidates[0]
+            entry = entries[tower] = pick_for_cpu(candidates, flags)
             require_intact(root, entry, f"refusing to load {entry['path']}")
             session = open_runner(root, entry, provider, threads=threads, stop_spinning_after_run=True).session
             sessions[tower] = session
@@ -107,7 +113,7 @@ class ClipOnnx:
         model = cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
         serving = ServingInputs(model.pixel_values, preprocess == "exact", model.tokenize)
         model.serve_checks = {
-            tower: check_here(manifest, entries[tower], sessions[tower], reference, check, serving)
+            tower: check_here(manifest, entries[tower], sessions[tower], reference, check, serving, flags)
             for tower in sessions
         }
         return model
@@ -160,6 +166,23 @@ class ClipOnnx:
             return np.zeros((0, session.get_outputs()[0].shape[-1]), dtype=np.float32)
         out = session.run(None, {name: inputs})[0]
         return _l2(out) if normalize and not self.normalized_in_graph else out
+
+
+def pick_for_cpu(candidates: list[dict[str, Any]], isa_flags: Collection[str]) -> dict[str, Any]:
+    """Of one tower's artifacts of one precision, the one to serve on a CPU with these flags: for
+    int8, the kernel family the flags call for when the release carries it, else one whose family
+    holds on this CPU, else the first (which the serve-time check then refuses)."""
+    families = [int8_family_of(entry) for entry in candidates]
+    if len(candidates) < 2 or None in families:
+        return candidates[0]
+    wanted = int8_family_for_cpu(isa_flags)
+    for entry, family in zip(candidates, families):
+        if family == wanted:
+            return entry
+    for entry, family in zip(candidates, families):
+        if family is not None and family.applies_to(isa_flags):
+            return entry
+    return candidates[0]
 
 
 def _is_one_image(value: Any) -> bool:

@@ -9,11 +9,11 @@ from typing import Any
 
 from clip_export.core.conversion import ConvertResult, Derivation, convert_each, save_model, tool_version
 from clip_export.core.errors import ManifestError
-from clip_export.core.manifest import read_manifest, select_artifacts
+from clip_export.core.manifest import find_artifact, read_manifest, select_artifacts
 from clip_export.core.models import PreprocessConfig
 from clip_export.core.preprocess_graph import preprocessing_nodes, with_preprocessing
 from clip_export.core.progress import Progress, silent
-from clip_export.core.spec import ONNX_FORMAT, PREPROCESSING_FORMAT, artifact_file_name, raw_image_io
+from clip_export.core.spec import INT8_FAMILY_KEYS, ONNX_FORMAT, PREPROCESSING_FORMAT, artifact_file_name, raw_image_io
 
 
 def add_preprocessing(
@@ -36,9 +36,13 @@ def add_preprocessing(
 
     def write(source: Path, target: Path) -> dict[str, Any]:
         save_model(with_preprocessing(onnx.load(str(source)), config), target)
+        # An INT8 graph keeps its source's kernel family: which CPUs it is for (spec.INT8_FAMILIES).
+        origin = find_artifact(manifest, path=source.name) or {}
+        family = {k: v for k, v in (origin.get("conversion") or {}).items() if k in INT8_FAMILY_KEYS}
         return {
             "tool": f"clip-export preprocess_graph, onnx {tool_version('onnx')}",
             "preprocessing": {**config.to_json(), "resample": "onnx Resize, antialias, half_pixel, exclude_outside"},
+            **family,
         }
 
     def io(source: dict[str, Any]) -> dict[str, Any]:

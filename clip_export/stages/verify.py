@@ -9,7 +9,14 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clip_export.core.checks import ArtifactCheck, check_artifact, check_tokenizer, load_reference, reference_images
+from clip_export.core.checks import (
+    NOT_APPLICABLE,
+    ArtifactCheck,
+    check_artifact,
+    check_tokenizer,
+    load_reference,
+    reference_images,
+)
 from clip_export.core.environment import environment_table, versions
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import load_evalset
@@ -41,11 +48,21 @@ class VerifyResult:
 
     @property
     def passed(self) -> bool:
-        return bool(self.checks) and all(c.passed for c in self.checks)
+        """Every check passed, or was not applicable here (an INT8 family for other CPUs)."""
+        return any(c.passed for c in self.checks) and all(c.passed or c.status == NOT_APPLICABLE for c in self.checks)
 
     @property
     def failures(self) -> list[str]:
-        return [f"{c.path} [{c.provider_requested}]: {f}" for c in self.checks for f in c.failures]
+        return [
+            f"{c.path} [{c.provider_requested}]: {f}"
+            for c in self.checks
+            if c.status != NOT_APPLICABLE
+            for f in c.failures
+        ]
+
+    @property
+    def not_applicable(self) -> list[str]:
+        return [f"{c.path}: {f}" for c in self.checks if c.status == NOT_APPLICABLE for f in c.failures]
 
 
 def thresholds_with_overrides(overrides: dict[str, float]) -> dict[str, Thresholds]:
@@ -183,7 +200,8 @@ def merged_verification(
     merged = kept + [{**r, "date": date} for r in rows]
     return {
         "date": date,
-        "passed": bool(merged) and all(r["status"] == "pass" for r in merged),
+        "passed": any(r["status"] == "pass" for r in merged)
+        and all(r["status"] in ("pass", NOT_APPLICABLE) for r in merged),
         "environments": sorted({k for r in merged if (k := environment_key(r))}),
         "versions": found_versions,
         "evalset": evalset,

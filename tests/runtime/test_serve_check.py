@@ -13,7 +13,7 @@ import pytest
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ManifestError, ServeCheckError
 from clip_export.core.manifest import file_record, read_manifest, write_manifest
-from clip_export.core.spec import REFERENCE_NAME, SERVE_CHECK_ITEMS, THRESHOLDS
+from clip_export.core.spec import INT8_FAMILIES, REFERENCE_NAME, SERVE_CHECK_ITEMS, THRESHOLDS
 from clip_export.runtime import ClipOnnx
 from clip_export.stages.convert import quantize_int8
 from clip_export.stages.quantize4 import quantize_q4
@@ -118,6 +118,41 @@ def test_a_verdict_with_a_broken_environment_is_refused(verified_dir: Path) -> N
         ClipOnnx.from_release(verified_dir)
 
 
+AVX2_FLAGS = ("avx2", "fma")
+
+
+@pytest.mark.parametrize(
+    ("flags", "served"),
+    [(("avx2", "fma", "avx512f", "avx512_vnni"), "int8"), (("avx2", "fma", "avx_vnni"), "int8"), (AVX2_FLAGS, "uint8")],
+)
+def test_a_release_with_both_int8_families_serves_the_one_for_this_cpu(
+    int8_both_dir: Path, flags: tuple[str, ...], served: str
+) -> None:
+    model = ClipOnnx.from_release(int8_both_dir, precision="int8", cpu_flags=flags)
+    assert {t: a.path.name for t, a in model.artifacts.items()} == {t: f"{t}.{served}.onnx" for t in ("visual", "text")}
+    # both were verified on this CPU at conversion, so "auto" reuses that verdict for either
+    assert all(c.status.startswith("skipped: verified in this environment") for c in model.serve_checks.values())
+
+
+def test_the_serve_check_refuses_qint8_on_a_cpu_without_vnni(int8_both_dir: Path) -> None:
+    manifest = read_manifest(int8_both_dir)
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if not a["path"].endswith(".uint8.onnx")]
+    write_manifest(int8_both_dir, manifest)
+    with pytest.raises(ServeCheckError, match=r"visual.int8.onnx is INT8 of the vnni kernel family \(QInt8 weights"):
+        ClipOnnx.from_release(int8_both_dir, precision="int8", cpu_flags=AVX2_FLAGS)
+    # the flags call for QInt8 and the release has it: served (this CPU verified it at conversion)
+    assert ClipOnnx.from_release(int8_both_dir, precision="int8", cpu_flags=("avx512_vnni",)).artifacts
+
+
+@pytest.fixture
+def int8_both_dir(tiny_vit_copy: Path) -> Path:
+    if not INT8_FAMILIES["vnni"].applies_to(current_environment("CPUExecutionProvider").isa_flags):
+        pytest.skip("this CPU has no VNNI, so int8 does not build (or claim) the QInt8 artifact here")
+    quantize_int8(tiny_vit_copy)
+    assert verify(tiny_vit_copy).passed
+    return tiny_vit_copy
+
+
 HASWELL_PROBE = """
 import json, sys
 from clip_export.runtime import ClipOnnx
@@ -125,15 +160,18 @@ from clip_export.stages.verify import verify
 model = ClipOnnx.from_release(sys.argv[1], precision="int8")
 report = verify(sys.argv[1], only=lambda e: e["precision"] in ("int8", "q4"))
 rows = {c.path: [c.status, c.environment.tier] for c in report.checks}
-print(json.dumps({"checks": {t: [c.status, c.environment.tier, c.environment.cpu_target] for t, c in model.serve_checks.items()}, "verify": report.passed, "rows": rows}))
+served = {t: a.path.name for t, a in model.artifacts.items()}
+print(json.dumps({"checks": {t: [c.status, c.environment.tier, c.environment.cpu_target] for t, c in model.serve_checks.items()}, "verify": report.passed, "rows": rows, "served": served}))
 """
 
 
 @pytest.mark.emulated
 def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
-    """onnxruntime under qemu's Haswell picks its AVX2 kernels (no VNNI): the INT8 artifact must
-    pass its serve-time check and verify there too, whichever CPU runs the suite; so must q4, whose
-    MatMulNBits computes in int8 (accuracy_level 4) with kernels chosen by the same CPU flags."""
+    """onnxruntime under qemu's Haswell picks its AVX2 kernels (no VNNI): from_release(precision=
+    "int8") must pick the QUInt8 artifact there and pass its serve-time check, and verify too,
+    whichever CPU runs the suite, with the QInt8 one (built where the suite's CPU has VNNI) marked
+    not applicable for that tier; so must q4, whose MatMulNBits computes in int8 (accuracy_level 4)
+    with kernels chosen by the same CPU flags."""
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         pytest.skip("qemu-x86_64 is not installed (apt-get install qemu-user; .ci/run installs it)")
@@ -151,14 +189,21 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
     for tower, (status, tier, target) in result["checks"].items():
         assert (status, tier, target) == ("pass", "AVX2 without VNNI", "haswell"), tower
     assert result["verify"] is True
-    expected = {f"{tower}.{precision}.onnx" for tower in ("visual", "text") for precision in ("int8", "q4")} | {
+    assert result["served"] == {"visual": "visual.uint8.onnx", "text": "text.uint8.onnx"}
+    expected = {f"{tower}.{precision}.onnx" for tower in ("visual", "text") for precision in ("uint8", "q4")} | {
         "tokenizer.json"
     }
-    assert result["rows"] == {path: ["pass", "AVX2 without VNNI"] for path in expected}
+    rows = {path: row for path, row in result["rows"].items() if ".int8." not in path}
+    assert rows == {path: ["pass", "AVX2 without VNNI"] for path in expected}
+    vnni_here = INT8_FAMILIES["vnni"].applies_to(current_environment("CPUExecutionProvider").isa_flags)
+    qint8 = {path: row for path, row in result["rows"].items() if ".int8." in path}
+    assert qint8 == (
+        {f"{t}.int8.onnx": ["not applicable", "AVX2 without VNNI"] for t in ("visual", "text")} if vnni_here else {}
+    )
     keys = {
         r["environment"]["key"]
         for r in read_manifest(tiny_vit_copy)["verification"]["results"]
-        if r["precision"] == "int8"
+        if r["path"] == "visual.uint8.onnx"
     }
     assert len(keys) == 2  # the native verdict and the Haswell one, side by side
 

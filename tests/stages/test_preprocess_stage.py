@@ -24,17 +24,23 @@ def test_fp32_and_int8_graphs_pass_and_are_recorded(tiny_vit_copy: Path) -> None
     quantize_int8(tiny_vit_copy, towers=("visual",))
     results = add_preprocessing(tiny_vit_copy)
     made = {a.path: a for r in results for a in r.artifacts}
-    assert set(made) == {"visual.preprocessing.onnx", "visual.int8.preprocessing.onnx"}
+    assert set(made) >= {"visual.preprocessing.onnx", "visual.uint8.preprocessing.onnx"}
+    assert set(made) <= {
+        "visual.preprocessing.onnx",
+        "visual.uint8.preprocessing.onnx",
+        "visual.int8.preprocessing.onnx",
+    }
     assert all(a.verdict == "pass" for a in made.values())
     assert made["visual.preprocessing.onnx"].mean_abs_normalized <= THRESHOLDS["preproc-fp32"].mean_abs_normalized
-    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.int8.preprocessing.onnx")
+    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.uint8.preprocessing.onnx")
     assert entry["format"] == PREPROCESSING_FORMAT and entry["precision"] == "int8"
     assert entry["inputs"] == [{"name": RAW_IMAGE_INPUT, "dtype": "uint8", "shape": ["height", "width", 3]}]
-    assert entry["derived_from"]["path"] == "visual.int8.onnx"
+    assert entry["derived_from"]["path"] == "visual.uint8.onnx"
+    assert entry["conversion"]["kernel_family"] == "any-x86"  # the source's family travels with the graph
     result = verify(tiny_vit_copy)
     rows = {c.path: c for c in result.checks}
     assert result.passed and rows["visual.preprocessing.onnx"].threshold_set == "preproc-fp32"
-    assert rows["visual.int8.preprocessing.onnx"].threshold_set == "preproc-int8"
+    assert rows["visual.uint8.preprocessing.onnx"].threshold_set == "preproc-int8"
     assert "| visual.preprocessing.onnx |" in (tiny_vit_copy / "VERIFY.md").read_text()
 
 

@@ -87,7 +87,8 @@ def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[s
     """What the dataset manifest says built it: model, precision, preprocessing, ONNX bytes, here."""
     onnx = {}
     for tower in sorted(model.artifacts):
-        entry = select_artifacts(model.manifest, tower=tower, format=ONNX_FORMAT, precision=precision)[0]
+        served = model.artifacts[tower].path.relative_to(model.root).as_posix()  # int8: the family picked for this CPU
+        entry = select_artifacts(model.manifest, tower=tower, format=ONNX_FORMAT, precision=precision, path=served)[0]
         onnx[tower] = {"path": entry["path"], "sha256": entry["sha256"]}
     key = hashlib.sha256("|".join(f"{t}:{v['sha256']}" for t, v in sorted(onnx.items())).encode()).hexdigest()[:16]
     provider = next(iter(model.artifacts.values())).provider

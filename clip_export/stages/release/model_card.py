@@ -9,10 +9,12 @@ from clip_export.core.manifest import passing_rows
 from clip_export.core.spec import (
     CAPTIONS_CHECKED,
     CAPTIONS_WITH_OTHER_IDS,
+    INT8_VNNI_FLAGS,
     ONNX_FORMAT,
     PREPROCESSING_FORMAT,
     TENSORRT_FORMAT,
     TOKENIZER_FORMAT,
+    int8_family_of,
 )
 from clip_export.stages.release.clients_card import clients_section
 
@@ -105,6 +107,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
         envs = sorted({e.describe() for e in passing_environments(manifest, a)})
         lines.append(f"- `{a['path']}`: " + ("; ".join(envs) if envs else "none"))
     lines += variant_table(manifest)
+    lines += int8_section(manifest)
     lines += clients_section(manifest)
     bench = manifest.get("benchmark")
     if bench:
@@ -182,6 +185,37 @@ def variant_table(manifest: dict[str, Any]) -> list[str]:
             f"| {a['path']} | {a['tower']} | {a['precision']} | {'yes' if a['format'] == PREPROCESSING_FORMAT else 'no'} | {a['bytes'] / 1e6:.1f} | {size_ratio} | "
             f"{f'{ms:.2f}' if ms else '-'} | {speed} | {_fmt(metrics.get('mean_abs_normalized'), '.2e')} | {_fmt(metrics.get('min_cosine'), '.5f')} | {_fmt(top1, '.3f')} | {row.get('status', 'not verified')} |"
         )
+    return lines
+
+
+def int8_section(manifest: dict[str, Any]) -> list[str]:
+    """Which INT8 file is for which CPU: one per onnxruntime kernel family, and where each was verified."""
+    entries = [a for a in manifest["artifacts"] if a["format"] == ONNX_FORMAT and int8_family_of(a) is not None]
+    refused = manifest.get("int8_not_built") or {}
+    if not entries and not refused:
+        return []
+    lines = [
+        "",
+        "## INT8: which file for which CPU",
+        "",
+        "onnxruntime picks its INT8 kernels from the CPU. QInt8 weights run its u8×s8 kernels, fast and exact with "
+        "VNNI or AMX but saturating on AVX2 without VNNI; QUInt8 weights run u8×u8 kernels that hold on every x86 tier "
+        "and are slower on VNNI. `ClipOnnx.from_release(path, precision='int8')` serves the one this CPU's flags call "
+        f"for ({', '.join(INT8_VNNI_FLAGS)} → QInt8, else QUInt8) and checks it before serving; transformers.js users "
+        "pass `dtype: 'int8'` or `dtype: 'uint8'` the same way.",
+        "",
+        "| asset | tower | weights | for CPUs | verified (passed) on |",
+        "|---|---|---|---|---|",
+    ]
+    for a in entries:
+        family = int8_family_of(a)
+        tiers = sorted({e.tier for e in passing_environments(manifest, a)}) or ["none"]
+        weights = (a.get("conversion") or {}).get("weight_type", "?")
+        lines.append(
+            f"| {a['path']} | {a['tower']} | {weights} | {family.tiers if family else '?'} | {'; '.join(tiers)} |"
+        )
+    for tower, why in sorted(refused.items()):
+        lines.append(f"| - | {tower} | no INT8 | - | {why} |")
     return lines
 
 

@@ -26,7 +26,7 @@ from clip_export.core.manifest import (
     write_manifest,
 )
 from clip_export.core.progress import Progress, silent
-from clip_export.core.spec import ONNX_FORMAT, PREPROCESSING_FORMAT, TENSORRT_FORMAT, TOKENIZER_FORMAT
+from clip_export.core.spec import ONNX_FORMAT, PREPROCESSING_FORMAT, TENSORRT_FORMAT, TOKENIZER_FORMAT, int8_family_of
 from clip_export.stages.release.hf_layout import HF_DIR, write_layout
 from clip_export.stages.release.model_card import model_card, passing_environments
 
@@ -87,7 +87,9 @@ def asset_name(slug: str, entry: dict[str, Any]) -> str:
         sm = entry.get("tensorrt", {}).get("compute_capability", "unknown").replace(".", "")
         name = f"{slug}-{entry['tower']}-trt-{entry['precision']}-sm{sm}.plan"
     else:
-        name = f"{slug}-{entry['tower']}-{entry['precision']}{'-preprocessing' if entry['format'] == PREPROCESSING_FORMAT else ''}.onnx"
+        family = int8_family_of(entry)  # two INT8 files per tower, one per kernel family: int8 (QInt8), uint8 (QUInt8)
+        precision = family.file_tag if family is not None else entry["precision"]
+        name = f"{slug}-{entry['tower']}-{precision}{'-preprocessing' if entry['format'] == PREPROCESSING_FORMAT else ''}.onnx"
     return safe_asset_name(name)
 
 

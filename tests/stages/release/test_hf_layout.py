@@ -138,3 +138,28 @@ def test_file_names_follow_transformers_js_dtype_suffixes() -> None:
         "vision_model_preprocessing_q4.onnx",
         None,
     ]
+
+
+def test_a_release_ships_both_int8_families_under_transformers_js_names(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    """QInt8 (for VNNI/AMX) as *_int8.onnx and QUInt8 (every x86 tier) as *_uint8.onnx, each a
+    release asset of its own; the card says which is for which CPU; the runtime picks per flags."""
+    from clip_export.core.environment import current_environment
+    from clip_export.core.spec import INT8_FAMILIES
+    from clip_export.stages.convert import quantize_int8
+
+    if not INT8_FAMILIES["vnni"].applies_to(current_environment("CPUExecutionProvider").isa_flags):
+        pytest.skip("this CPU has no VNNI, so int8 does not build (or claim) the QInt8 artifact here")
+    quantize_int8(tiny_vit_copy)
+    assert verify(tiny_vit_copy).passed
+    released = release([tiny_vit_copy], tag="v1", out=tmp_path / "dist", client_check="off").directory
+    onnx_names = read_manifest(released)["hf_layout"]["onnx"]
+    for tower, base in (("visual", "vision_model"), ("text", "text_model")):
+        assert onnx_names[f"{base}_int8.onnx"] == f"tiny-vit-{tower}-int8.onnx"
+        assert onnx_names[f"{base}_uint8.onnx"] == f"tiny-vit-{tower}-uint8.onnx"
+    card = (released / "MODEL_CARD.md").read_text()
+    assert "## INT8: which file for which CPU" in card
+    assert "| tiny-vit-text-int8.onnx | text | QInt8 | x86 with VNNI or AMX" in card
+    assert "| tiny-vit-text-uint8.onnx | text | QUInt8 | every x86 tier, AVX2 without VNNI included |" in card
+    for flags, tag in ((("avx2", "fma", "avx512_vnni"), "int8"), (("avx2", "fma"), "uint8")):
+        model = ClipOnnx.from_release(released, precision="int8", cpu_flags=flags)
+        assert model.artifacts["text"].path.name == f"tiny-vit-text-{tag}.onnx"

