@@ -6,6 +6,7 @@ import contextlib
 import dataclasses
 import json
 import os
+import stat
 import tempfile
 from collections.abc import Collection, Iterator
 from datetime import datetime, timezone
@@ -251,8 +252,22 @@ def exclusive(target: Path) -> Iterator[None]:
         yield
     finally:
         del _held[key]
-        lock_path.unlink(missing_ok=True)  # before closing: whoever opens it next makes a new one
+        with contextlib.suppress(OSError):  # before closing: whoever opens it next makes a new one
+            if os.lstat(lock_path).st_ino == os.fstat(fd).st_ino:  # only the file we locked
+                lock_path.unlink()
         os.close(fd)
+
+
+def _refuse_foreign_lock(fd: int, lock_path: Path) -> None:
+    """Write only into a lock file of our own: a plain file, owned by us, with no other name (a
+    planted hard link would otherwise let the pid we write truncate someone else's file)."""
+    info = os.fstat(fd)
+    if not stat.S_ISREG(info.st_mode) or info.st_nlink != 1 or info.st_uid != os.geteuid():
+        os.close(fd)
+        raise OutputError(
+            f"{lock_path} is not a lock file clip-export made (not a plain file of ours with one name); "
+            "remove it and run again"
+        )
 
 
 def _take_lock(lock_path: Path, target: Path) -> int:
@@ -261,8 +276,13 @@ def _take_lock(lock_path: Path, target: Path) -> int:
     while True:
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o644)
+            # O_NOFOLLOW: a planted symlink at the lock path must not let us open (or write) its target.
+            fd = os.open(lock_path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_NONBLOCK, 0o644)
         except OSError as exc:
+            if os.path.islink(lock_path):
+                raise OutputError(
+                    f"{lock_path} is a symbolic link; remove it (clip-export never follows a link at its lock path)"
+                ) from exc
             raise OutputError(
                 f"{target.parent} is not writable (the lock file {lock_path.name}: {exc.strerror or exc})"
             ) from exc
@@ -279,6 +299,7 @@ def _take_lock(lock_path: Path, target: Path) -> int:
         except FileNotFoundError:
             same = False
         if same:
+            _refuse_foreign_lock(fd, lock_path)
             os.ftruncate(fd, 0)
             os.pwrite(fd, f"{os.getpid()}\n".encode(), 0)
             return fd

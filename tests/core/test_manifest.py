@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,31 @@ def test_select_artifacts_matches_values_and_sets_of_values() -> None:
         find_artifact(manifest, format="tensorrt")["path"] == "visual.trt-fp16.plan"
         and find_artifact(manifest, precision="q4") is None
     )
+
+
+def test_exclusive_refuses_a_planted_symlink_and_leaves_its_target_alone(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / ".model.lock").symlink_to(victim)
+    with pytest.raises(OutputError, match=r"\.model\.lock is a symbolic link; remove it"):
+        with exclusive(tmp_path / "model"):
+            pass
+    assert victim.read_text() == "precious\n"
+    assert (tmp_path / ".model.lock").is_symlink()  # not ours to remove
+
+
+def test_exclusive_never_writes_into_a_hard_linked_lock(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.link(victim, tmp_path / ".model.lock")
+    with pytest.raises(OutputError, match=r"\.model\.lock is not a lock file clip-export made"):
+        with exclusive(tmp_path / "model"):
+            pass
+    assert victim.read_text() == "precious\n"
+
+
+def test_exclusive_reuses_a_stale_lock_of_its_own(tmp_path: Path) -> None:
+    (tmp_path / ".model.lock").write_text("999999\n")  # left by a killed run
+    with exclusive(tmp_path / "model"):
+        assert (tmp_path / ".model.lock").read_text().strip() == str(os.getpid())
+    assert not (tmp_path / ".model.lock").exists()
