@@ -19,6 +19,7 @@ from clip_export.cli_parse import (
     quiet_option,
     resolve_dirs,
     split_csv,
+    weights_option,
 )
 from clip_export.cli_render import (
     bench_text,
@@ -59,6 +60,7 @@ from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S
     help="Override a threshold, e.g. fp16.mean_abs_normalized=5e-4. Repeatable.",
 )
 @click.option("--precision", "precisions", default=None, help="Only verify these precisions (comma-separated).")
+@weights_option
 @json_option
 @quiet_option
 def verify(
@@ -69,6 +71,7 @@ def verify(
     texts: Path | None,
     thresholds: Sequence[str],
     precisions: str | None,
+    weights: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -96,6 +99,7 @@ def verify(
                 thresholds=overrides,
                 only=(lambda e: e["precision"] in wanted) if wanted else None,
                 progress=progress_printer(quiet or as_json),
+                weights=weights,
             )
         )
     if as_json:
@@ -154,6 +158,7 @@ def verify(
 )
 @click.option("--compile", "compile_baseline", is_flag=True, help="Add the torch.compile baseline (compiles slowly).")
 @click.option("--fused-baseline", is_flag=True, help="Add fp32 rows run through onnxruntime's transformer optimizer.")
+@weights_option
 @click.option(
     "--breakdown/--no-breakdown",
     default=True,
@@ -174,6 +179,7 @@ def bench(
     baselines: bool,
     compile_baseline: bool,
     fused_baseline: bool,
+    weights: Path | None,
     breakdown: bool,
     as_json: bool,
     quiet: bool,
@@ -205,6 +211,7 @@ def bench(
             breakdown=breakdown,
             precisions=split_csv(precisions) if precisions else None,
             progress=progress_printer(quiet or as_json),
+            weights=weights,
         )
         for d in resolve_dirs(dirs)
     ]

@@ -76,6 +76,7 @@ def verify(
     only: Callable[[dict[str, Any]], bool] | None = None,
     write: bool = True,
     progress: Progress = silent,
+    weights: Path | None = None,
 ) -> VerifyResult:
     """Check every artifact listed in DIR's manifest on every requested provider."""
     model_dir = Path(model_dir)
@@ -88,7 +89,7 @@ def verify(
     if evalset is not None:
         reference = "torch"
     progress(f"loading the reference for {model_dir.name} ({reference})")
-    ref, evalset_source, reference_desc = load_reference(model_dir, manifest, reference, evalset)
+    ref, evalset_source, reference_desc = load_reference(model_dir, manifest, reference, evalset, weights)
     images = reference_images(evalset_source, evalset)
     checks = []
     entries = [e for e in manifest["artifacts"] if only is None or only(e)]
