@@ -144,6 +144,45 @@ def integrity_problems(model_dir: Path, entry: dict[str, Any]) -> list[str]:
             continue
         if sha256_file(path) != record["sha256"]:
             problems.append(f"{record['path']} does not match its sha256 in the manifest (modified)")
+    if not problems and str(entry.get("path", "")).endswith(".onnx"):
+        problems.extend(unlisted_external_data(model_dir, entry))
+    return problems
+
+
+def graph_external_data(onnx_path: Path) -> list[str]:
+    """The external-data locations the graph itself names (not the manifest), without loading the data."""
+    import onnx
+
+    model = onnx.load(str(onnx_path), load_external_data=False)
+    tensors = onnx.external_data_helper._get_all_tensors(model)
+    return sorted(
+        {
+            i.value
+            for t in tensors
+            if onnx.external_data_helper.uses_external_data(t)
+            for i in t.external_data
+            if i.key == "location"
+        }
+    )
+
+
+def unlisted_external_data(model_dir: Path, entry: dict[str, Any]) -> list[str]:
+    """What the graph reads from outside itself that the manifest does not hash: each location must be a
+    plain relative file inside the directory (no link, no `..`, not absolute) listed in external_data."""
+    listed = {PurePosixPath(r["path"]).as_posix() for r in entry.get("external_data", [])}
+    folder = PurePosixPath(entry["path"]).parent
+    problems = []
+    for location in graph_external_data(resolve_inside(model_dir, entry["path"], "the artifact")):
+        where = PurePosixPath(location)
+        relative = (folder / where).as_posix()
+        if where.is_absolute() or ".." in where.parts or "\\" in location or os.path.islink(model_dir / relative):
+            problems.append(
+                f"{entry['path']} references external data {location!r} outside its directory or through a link"
+            )
+        elif relative not in listed:
+            problems.append(
+                f"{entry['path']} references external data {location!r} that the manifest does not list (unhashed)"
+            )
     return problems
 
 

@@ -113,3 +113,29 @@ def test_exclusive_reuses_a_stale_lock_of_its_own(tmp_path: Path) -> None:
     with exclusive(tmp_path / "model"):
         assert (tmp_path / ".model.lock").read_text().strip() == str(os.getpid())
     assert not (tmp_path / ".model.lock").exists()
+
+
+def test_integrity_sees_external_data_the_manifest_does_not_list(tiny_vit_copy: Path) -> None:
+    from clip_export.core.manifest import find_artifact, integrity_problems, read_manifest
+
+    from ..helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy)
+    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.onnx")
+    assert integrity_problems(tiny_vit_copy, entry) == [
+        "visual.onnx references external data 'visual.onnx.extra' that the manifest does not list (unhashed)"
+    ]
+    entry["external_data"] = [{"path": "visual.onnx.extra", "sha256": "0" * 64, "bytes": 1}]
+    assert "has " in integrity_problems(tiny_vit_copy, entry)[0]  # once listed, its bytes are checked
+
+
+def test_integrity_refuses_external_data_through_a_link(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    from clip_export.core.manifest import find_artifact, integrity_problems, read_manifest
+
+    from ..helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy, location="linked.data")
+    (tiny_vit_copy / "linked.data").rename(tmp_path / "outside.data")
+    (tiny_vit_copy / "linked.data").symlink_to(tmp_path / "outside.data")
+    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.onnx")
+    assert "outside its directory or through a link" in integrity_problems(tiny_vit_copy, entry)[0]

@@ -158,3 +158,14 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
         if r["precision"] == "int8"
     }
     assert len(keys) == 2  # the native verdict and the Haswell one, side by side
+
+
+def test_from_release_refuses_external_data_the_manifest_does_not_list(tiny_vit_copy: Path) -> None:
+    from clip_export.core.errors import IntegrityError
+
+    from ..helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy)
+    verify(tiny_vit_copy)  # before #19 this passed and recorded a verdict for the graph alone
+    with pytest.raises(IntegrityError, match="'visual.onnx.extra' that the manifest does not list"):
+        ClipOnnx.from_release(tiny_vit_copy)

@@ -267,3 +267,12 @@ def test_torch_reference_takes_the_checkpoint_from_weights(tiny_vit_copy: Path, 
         verify(tiny_vit_copy, reference="torch", weights=other, write=False)
     result = CliRunner().invoke(main, ["verify", str(tiny_vit_copy), "--reference", "torch", "-q"])
     assert result.exit_code == 1 and "pass --weights PATH" in result.output
+
+
+def test_external_data_the_manifest_does_not_list_is_not_verified(tiny_vit_copy: Path) -> None:
+    from ..helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy)
+    result = verify(tiny_vit_copy, write=False)
+    assert not result.passed
+    assert any("'visual.onnx.extra' that the manifest does not list" in f for f in result.failures)

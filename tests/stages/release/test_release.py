@@ -376,3 +376,13 @@ def test_release_refuses_a_tokenizer_changed_after_verify(verified_dir: Path, tm
         ReleaseError, match="tokenizer.json has no verdict for its current bytes; run 'clip-export verify"
     ):
         release([verified_dir], tag="v1", out=tmp_path)
+
+
+def test_release_refuses_external_data_the_manifest_does_not_list(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    from ...helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy)
+    verify(tiny_vit_copy)  # before #19 this passed, and release shipped the graph without its weights
+    with pytest.raises(ReleaseError, match="'visual.onnx.extra' that the manifest does not list"):
+        release([tiny_vit_copy], tag="v1", out=tmp_path)
+    assert not (tmp_path / "tiny-vit-v1").exists()
