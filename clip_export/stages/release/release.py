@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -110,16 +112,18 @@ def _copy_onnx_with_renamed_data(source_dir: Path, entry: dict[str, Any], stagin
     """Copy an ONNX artifact; external data files get release names and the graph points at them."""
     source = resolve_inside(source_dir, entry["path"], "the artifact")
     if not entry.get("external_data"):
-        shutil.copyfile(source, _inside(staging, name))
-        return [name]
+        return _copy_plain(source, staging, name, entry)
     import onnx
 
-    model = onnx.load(str(source), load_external_data=False)
+    graph = source.read_bytes()  # hashed and parsed from the same bytes, so the graph shipped is the one verified
+    if hashlib.sha256(graph).hexdigest() != entry["sha256"]:
+        raise ReleaseError(_CHANGED.format(entry["path"]))
+    model = onnx.load_model_from_string(graph)
     renames = {}
     for index, record in enumerate(entry["external_data"]):
         new = f"{name}.data" if len(entry["external_data"]) == 1 else f"{name}.data{index}"
         renames[Path(record["path"]).name] = new
-        shutil.copyfile(resolve_inside(source_dir, record["path"], "the external data"), _inside(staging, new))
+        _copy_plain(resolve_inside(source_dir, record["path"], "the external data"), staging, new, record)
     for tensor in model.graph.initializer:
         for item in tensor.external_data:
             if item.key == "location":
@@ -196,13 +200,23 @@ def release(
     """`client_check`: "auto" measures transformers.js on hf/ where Node and the npm packages are
     installed and records why not elsewhere, "require" fails without them, "off" skips it."""
     from clip_export.stages.release.clients import CLIENT_CHECK_MODES
-    from clip_export.stages.release.clients import client_check as check_clients
 
     if client_check not in CLIENT_CHECK_MODES:
         raise ReleaseError(f"client check {client_check!r}: use one of {', '.join(CLIENT_CHECK_MODES)}")
     if not tag or not SAFE_NAME.match(tag):
         raise ReleaseError(f"invalid tag '{tag}': use letters, digits, '.', '_' and '-'")
     dirs = [Path(d) for d in dirs]
+    with contextlib.ExitStack() as held:  # no conversion rewrites a source directory while it ships
+        for d in dirs:
+            held.enter_context(exclusive(d))
+        return _release(dirs, tag, out, upload, client_check, progress)
+
+
+def _release(
+    dirs: list[Path], tag: str, out: Path, upload: bool, client_check: str, progress: Progress
+) -> ReleaseResult:
+    from clip_export.stages.release.clients import client_check as check_clients
+
     problems = [p for d in dirs for p in check_releasable(d, read_manifest(d))]
     if problems:
         raise ReleaseError("refusing to release: " + "; ".join(problems))
@@ -228,7 +242,7 @@ def release(
                     _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name)
                     if entry["format"] in ("onnx", PREPROCESSING_FORMAT)
                     else _copy_plain(
-                        resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name
+                        resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name, entry
                     )
                 )
                 renamed[entry["path"]] = name
@@ -244,14 +258,20 @@ def release(
             if merged.get("reference"):
                 ref_name = safe_asset_name(f"{slug}-reference.npz")
                 assets += _copy_plain(
-                    resolve_inside(dirs[0], merged["reference"]["path"], "the reference"), staging, ref_name
+                    resolve_inside(dirs[0], merged["reference"]["path"], "the reference"),
+                    staging,
+                    ref_name,
+                    merged["reference"],
                 )
                 merged["reference"].update(file_record(staging / ref_name, staging))
             for key, suffix in (("file", "tokenizer.json"), ("bpe_vocab", "tokenizer-bpe.txt.gz")):
                 if merged["tokenizer"].get(key):
                     name = safe_asset_name(f"{slug}-{suffix}")
                     assets += _copy_plain(
-                        resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"), staging, name
+                        resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"),
+                        staging,
+                        name,
+                        merged["tokenizer"][key],
                     )
                     for row in merged["verification"]["results"]:
                         if row["path"] == merged["tokenizer"][key]["path"]:
@@ -283,8 +303,14 @@ def release(
     return ReleaseResult(tag, target, tuple(assets), uploaded, tuple(dirs))
 
 
-def _copy_plain(source: Path, staging: Path, name: str) -> list[str]:
+_CHANGED = "refusing to release: {} changed while the release was written (its bytes are not the ones verified); run 'clip-export verify' again"
+
+
+def _copy_plain(source: Path, staging: Path, name: str, record: dict[str, Any]) -> list[str]:
+    """Copy, then hash the copy: a file replaced after the checks must not ship under their verdict."""
     shutil.copyfile(source, _inside(staging, name))
+    if sha256_file(_inside(staging, name)) != record["sha256"]:
+        raise ReleaseError(_CHANGED.format(record["path"]))
     return [name]
 
 

@@ -386,3 +386,21 @@ def test_release_refuses_external_data_the_manifest_does_not_list(tiny_vit_copy:
     with pytest.raises(ReleaseError, match="'visual.onnx.extra' that the manifest does not list"):
         release([tiny_vit_copy], tag="v1", out=tmp_path)
     assert not (tmp_path / "tiny-vit-v1").exists()
+
+
+def test_a_file_replaced_while_release_runs_is_refused(
+    verified_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clip_export.stages.release.release as module
+
+    original = module.merge_manifests
+
+    def merge_then_replace(dirs):  # the checks have passed; now the file changes under the release
+        merged = original(dirs)
+        flip_byte(verified_dir / "text.onnx")
+        return merged
+
+    monkeypatch.setattr(module, "merge_manifests", merge_then_replace)
+    with pytest.raises(ReleaseError, match="text.onnx changed while the release was written"):
+        release([verified_dir], tag="v1", out=tmp_path)
+    assert not (tmp_path / "tiny-vit-v1").exists()
