@@ -302,10 +302,22 @@ def pipeline(
     show_default=True,
     help="Embed the bundled set with transformers.js from hf/ and put the cosines in the model card (auto: where Node and the npm packages are installed).",
 )
+@click.option(
+    "--allow-overridden",
+    is_flag=True,
+    help="Also ship artifacts that passed verify only under --threshold overrides (the card says so).",
+)
 @json_option
 @quiet_option
 def release(
-    dirs: Sequence[Path], tag: str, out: Path, upload: bool, client_check: str, as_json: bool, quiet: bool
+    dirs: Sequence[Path],
+    tag: str,
+    out: Path,
+    upload: bool,
+    client_check: str,
+    allow_overridden: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Write release assets (artifacts, SHA256SUMS, manifest.json, MODEL_CARD.md, and hf/: the Hugging Face layout) for verified artifacts.
 
@@ -323,7 +335,13 @@ def release(
             f"artifacts/ holds {len(chosen)} models ({', '.join(d.name for d in chosen)}); name the DIR to release"
         )
     result = make_release(
-        chosen, tag=tag, out=out, upload=upload, client_check=client_check, progress=progress_printer(quiet or as_json)
+        chosen,
+        tag=tag,
+        out=out,
+        upload=upload,
+        client_check=client_check,
+        progress=progress_printer(quiet or as_json),
+        allow_overridden=allow_overridden,
     )
     if as_json:
         emit_json(result)

@@ -169,3 +169,9 @@ def test_from_release_refuses_external_data_the_manifest_does_not_list(tiny_vit_
     verify(tiny_vit_copy)  # before #19 this passed and recorded a verdict for the graph alone
     with pytest.raises(IntegrityError, match="'visual.onnx.extra' that the manifest does not list"):
         ClipOnnx.from_release(tiny_vit_copy)
+
+
+def test_from_release_checks_a_pass_under_overridden_thresholds(tiny_vit_copy: Path) -> None:
+    assert verify(tiny_vit_copy, thresholds={"fp32.min_cosine": -1.0}).passed
+    checks = ClipOnnx.from_release(tiny_vit_copy).serve_checks.values()
+    assert checks and all(c.status == "pass" for c in checks)  # run here, never skipped on that verdict

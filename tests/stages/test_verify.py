@@ -276,3 +276,17 @@ def test_external_data_the_manifest_does_not_list_is_not_verified(tiny_vit_copy:
     result = verify(tiny_vit_copy, write=False)
     assert not result.passed
     assert any("'visual.onnx.extra' that the manifest does not list" in f for f in result.failures)
+
+
+def test_a_pass_under_overridden_thresholds_is_named_as_such(tiny_vit_copy: Path) -> None:
+    rewrite_initializer(tiny_vit_copy, "visual.onnx", lambda w: w + np.random.default_rng(0).normal(0, 0.05, w.shape))
+    assert not verify(tiny_vit_copy, write=False).passed
+    loosened = {"fp32.min_cosine": -1.0, "fp32.mean_abs_normalized": 1.0, "fp32.max_abs_normalized": 2.0}
+    loosened |= {"fp32.top1_agreement": 0.0, "fp32.top5_overlap": 0.0}
+    result = verify(tiny_vit_copy, thresholds=loosened)
+    visual = next(c for c in result.checks if c.path == "visual.onnx")
+    assert result.passed and visual.status.startswith("pass (thresholds overridden: fp32.")
+    assert "fp32.min_cosine=-1" in visual.status
+    row = next(r for r in read_manifest(tiny_vit_copy)["verification"]["results"] if r["path"] == "visual.onnx")
+    assert row["status"] == visual.status
+    assert "pass (thresholds overridden: " in (tiny_vit_copy / "VERIFY.md").read_text()

@@ -14,10 +14,14 @@ WEIGHT_LICENCES = {
 }
 
 
-def passing_environments(manifest: dict[str, Any], entry: dict[str, Any]) -> list[Environment]:
+def passing_environments(
+    manifest: dict[str, Any], entry: dict[str, Any], overridden: bool = False
+) -> list[Environment]:
     """The environments with a passing verify row for exactly this artifact's bytes; a passing row
     that does not say where it was obtained is refused (ManifestError), never counted."""
-    return [Environment.from_json(r.get("environment"), entry["path"]) for r in passing_rows(manifest, entry)]
+    return [
+        Environment.from_json(r.get("environment"), entry["path"]) for r in passing_rows(manifest, entry, overridden)
+    ]
 
 
 def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:

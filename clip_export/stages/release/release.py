@@ -44,17 +44,23 @@ class ReleaseResult:
     sources: tuple[Path, ...]
 
 
-def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def check_releasable(model_dir: Path, manifest: dict[str, Any], allow_overridden: bool = False) -> list[str]:
     problems = []
     for entry in manifest["artifacts"]:
         for issue in integrity_problems(model_dir, entry):
             problems.append(f"{model_dir.name}/{issue}")
         try:
-            verified = passing_environments(manifest, entry)
+            verified = passing_environments(manifest, entry, allow_overridden)
+            loosened = not verified and passing_environments(manifest, entry, True)
         except ManifestError as exc:
             problems.append(f"{model_dir.name}: {exc}")
             continue
-        if not verified:
+        if loosened:
+            problems.append(
+                f"{model_dir.name}/{entry['path']} passed 'clip-export verify' only with thresholds overridden; "
+                "verify it under the declared thresholds, or pass --allow-overridden to ship it as such"
+            )
+        elif not verified:
             problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
     for record in (
         manifest.get("reference"),
@@ -196,6 +202,7 @@ def release(
     upload: bool = False,
     client_check: str = "auto",
     progress: Progress = silent,
+    allow_overridden: bool = False,
 ) -> ReleaseResult:
     """`client_check`: "auto" measures transformers.js on hf/ where Node and the npm packages are
     installed and records why not elsewhere, "require" fails without them, "off" skips it."""
@@ -209,15 +216,15 @@ def release(
     with contextlib.ExitStack() as held:  # no conversion rewrites a source directory while it ships
         for d in dirs:
             held.enter_context(exclusive(d))
-        return _release(dirs, tag, out, upload, client_check, progress)
+        return _release(dirs, tag, out, upload, client_check, progress, allow_overridden)
 
 
 def _release(
-    dirs: list[Path], tag: str, out: Path, upload: bool, client_check: str, progress: Progress
+    dirs: list[Path], tag: str, out: Path, upload: bool, client_check: str, progress: Progress, allow_overridden: bool
 ) -> ReleaseResult:
     from clip_export.stages.release.clients import client_check as check_clients
 
-    problems = [p for d in dirs for p in check_releasable(d, read_manifest(d))]
+    problems = [p for d in dirs for p in check_releasable(d, read_manifest(d), allow_overridden)]
     if problems:
         raise ReleaseError("refusing to release: " + "; ".join(problems))
     merged, owners = merge_manifests(dirs)

@@ -404,3 +404,12 @@ def test_a_file_replaced_while_release_runs_is_refused(
     with pytest.raises(ReleaseError, match="text.onnx changed while the release was written"):
         release([verified_dir], tag="v1", out=tmp_path)
     assert not (tmp_path / "tiny-vit-v1").exists()
+
+
+def test_release_refuses_a_pass_under_overridden_thresholds(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    assert verify(tiny_vit_copy, thresholds={"fp32.min_cosine": -1.0}).passed
+    with pytest.raises(ReleaseError, match="passed 'clip-export verify' only with thresholds overridden"):
+        release([tiny_vit_copy], tag="v1", out=tmp_path)
+    result = release([tiny_vit_copy], tag="v1", out=tmp_path, client_check="off", allow_overridden=True)
+    card = (result.directory / "MODEL_CARD.md").read_text()
+    assert "pass (thresholds overridden: fp32.min_cosine=-1)" in card
