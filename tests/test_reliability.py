@@ -361,6 +361,20 @@ CASES: list[Case] = [
         lambda ctx: ctx.runtime().embed_texts(None),
     ),
     Case(
+        'bytes for a caption: `embed_texts(b"a cat")`',
+        "`ClipOnnx.embed_texts`",
+        ClipExportError,
+        "texts: bytes are not a caption; decode them to str first",
+        lambda ctx: ctx.runtime().embed_texts(b"a cat"),
+    ),
+    Case(
+        "a negative thread count: `from_release(path, threads=-3)`",
+        "`ClipOnnx.from_release`",
+        ClipExportError,
+        "threads must be 0 \\(onnxruntime's choice\\) or a positive count, not -3",
+        lambda ctx: ClipOnnx.from_release(ctx.shared_dir, threads=-3),
+    ),
+    Case(
         "an HxWx3 uint8 numpy array, or encoded PNG/JPEG bytes",
         "`ClipOnnx.embed_images`",
         None,

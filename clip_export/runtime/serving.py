@@ -80,6 +80,8 @@ class ClipOnnx:
         check each artifact's numbers here (serve_check): "auto" skips that where this exact
         environment already has a passing verdict, "always" runs it, "off" serves unchecked."""
         _preprocessor(preprocess)  # refuse bad names before loading anything
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ClipExportError(f"threads must be 0 (onnxruntime's choice) or a positive count, not {threads!r}")
         require_mode(check)
         root = Path(path)
         manifest = read_manifest(root)
@@ -138,6 +140,8 @@ class ClipOnnx:
         )
 
     def tokenize(self, texts: Any) -> np.ndarray:
+        if isinstance(texts, (bytes, bytearray)):  # iterable, but one row per byte would be nonsense
+            raise ClipExportError("texts: bytes are not a caption; decode them to str first (texts.decode('utf-8'))")
         captions = _items(texts, "texts", lambda value: isinstance(value, str))
         for index, caption in enumerate(captions):
             if not isinstance(caption, str):
