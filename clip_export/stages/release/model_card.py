@@ -94,6 +94,9 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
                 f"| {r['path']} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | {metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} differ | - | {r['status']} | {where} |"
             )
             continue
+        if r.get("provider_ran") is None:  # the provider never ran here: no numbers, no verdict on them
+            lines.append(f"| {r['path']} | {r.get('provider_requested')} | - | - | not run | {where} |")
+            continue
         lines.append(
             f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |"
         )

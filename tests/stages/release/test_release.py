@@ -413,3 +413,15 @@ def test_release_refuses_a_pass_under_overridden_thresholds(tiny_vit_copy: Path,
     result = release([tiny_vit_copy], tag="v1", out=tmp_path, client_check="off", allow_overridden=True)
     card = (result.directory / "MODEL_CARD.md").read_text()
     assert "pass (thresholds overridden: fp32.min_cosine=-1)" in card
+
+
+def test_a_provider_that_never_ran_is_not_run_in_the_card(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA runs here")
+    verify(tiny_vit_copy, providers=("cpu", "cuda"))  # the cuda rows cannot run on this machine
+    result = release([tiny_vit_copy], tag="v1", out=tmp_path, client_check="off")
+    card = (result.directory / "MODEL_CARD.md").read_text()
+    assert "| tiny-vit-visual-fp32.onnx | CUDAExecutionProvider | - | - | not run |" in card
+    assert "nan" not in card and "| None |" not in card
