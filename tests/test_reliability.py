@@ -140,6 +140,18 @@ def child(code: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def release_into_a_closed_pipe(ctx: Ctx) -> None:
+    assert verify(ctx.model_dir).passed
+    out = ctx.tmp / "dist"
+    run = "import sys; from clip_export.cli import main; sys.argv[0] = 'clip-export'; main()"
+    proc = child(run, "release", str(ctx.model_dir), "--tag", "v1", "--out", str(out), "--client-check", "off", "-q")
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader went away, as `| head -1` does after its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert (out / "tiny-vit-v1" / "SHA256SUMS").exists()
+
+
 def convert_while_another_process_holds_the_lock(ctx: Ctx) -> None:
     holder = child(
         "import sys, time; from pathlib import Path; from clip_export.core.manifest import exclusive\nwith exclusive(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)",
@@ -359,6 +371,13 @@ CASES: list[Case] = [
         ClipExportError,
         "texts must be one item or a list of them, not type NoneType",
         lambda ctx: ctx.runtime().embed_texts(None),
+    ),
+    Case(
+        "the reader of a finished release's output goes away: `release … | head -1`",
+        "`clip-export release`",
+        None,
+        "exit 0: the release is written, the closed pipe is no error",
+        release_into_a_closed_pipe,
     ),
     Case(
         'bytes for a caption: `embed_texts(b"a cat")`',
