@@ -380,6 +380,26 @@ CASES: list[Case] = [
         release_into_a_closed_pipe,
     ),
     Case(
+        'an artifact of tower `"audio"`',
+        "`clip-export verify`",
+        ManifestError,
+        "artifacts\\[0\\]\\.tower is 'audio'; a tower is one of visual, text",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["artifacts"][0].update(tower="audio")),
+            verify(ctx.model_dir),
+        ),
+    ),
+    Case(
+        "`tokenizer.context_length` is -5",
+        "`ClipOnnx.from_release`",
+        ManifestError,
+        "tokenizer\\.context_length is -5; it must be a positive number of tokens",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["tokenizer"].update(context_length=-5)),
+            ClipOnnx.from_release(ctx.model_dir),
+        ),
+    ),
+    Case(
         'bytes for a caption: `embed_texts(b"a cat")`',
         "`ClipOnnx.embed_texts`",
         ClipExportError,

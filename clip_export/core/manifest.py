@@ -16,6 +16,7 @@ from typing import Any
 from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.checkpoints import sha256_file
 from clip_export.core.errors import IntegrityError, ManifestError, OutputError
+from clip_export.core.spec import TOWERS
 
 try:  # POSIX only; elsewhere concurrent runs are not detected (docs/reliability.md)
     import fcntl
@@ -72,6 +73,13 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
         )
     for index, entry in enumerate(data["artifacts"]):
         ArtifactEntry.from_json(entry, f"{path}: artifacts[{index}]")
+        if entry["tower"] not in TOWERS:
+            raise ManifestError(
+                f"{path}: artifacts[{index}].tower is {entry['tower']!r}; a tower is one of {', '.join(TOWERS)}"
+            )
+    length = data["tokenizer"].get("context_length")
+    if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
+        raise ManifestError(f"{path}: tokenizer.context_length is {length!r}; it must be a positive number of tokens")
     for where, named in named_paths(data):
         resolve_inside(model_dir, named, f"{path}: {where}")
     return data
