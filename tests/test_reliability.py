@@ -400,6 +400,16 @@ CASES: list[Case] = [
         ),
     ),
     Case(
+        "`--texts` is a binary file",
+        "`clip-export verify`",
+        CliError,
+        "Error: --texts .*captions\\.bin is not UTF-8 text",
+        lambda ctx: (
+            (ctx.tmp / "captions.bin").write_bytes(bytes(range(256))),
+            cli("verify", str(ctx.model_dir), "--texts", str(ctx.tmp / "captions.bin"), "-q"),
+        ),
+    ),
+    Case(
         'bytes for a caption: `embed_texts(b"a cat")`',
         "`ClipOnnx.embed_texts`",
         ClipExportError,
