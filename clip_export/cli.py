@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shlex
 import sys
@@ -41,6 +42,10 @@ class _Group(click.Group):
                 click.echo("".join(traceback.format_exception(type(exc), exc, exc.__traceback__)).rstrip(), err=True)
             click.echo(f"Error: {exc}", err=True)
             ctx.exit(1)
+        except BrokenPipeError:  # the reader went away (`| head -1`) after the work was done: not a failure
+            with contextlib.suppress(OSError, ValueError):  # no second error when Python flushes at exit
+                os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+            ctx.exit(0)
         except KeyboardInterrupt:
             click.echo("Error: interrupted; nothing partial was kept", err=True)
             ctx.exit(130)

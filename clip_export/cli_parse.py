@@ -17,6 +17,15 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
 
 
+weights_option = click.option(
+    "--weights",
+    metavar="PATH",
+    type=click.Path(path_type=Path),
+    help="The local checkpoint (or Hugging Face directory) DIR was exported from, for the torch model; "
+    "a path in manifest.json is never read.",
+)
+
+
 def dirs_argument(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.argument("dirs", nargs=-1, type=click.Path(path_type=Path))(func)
 

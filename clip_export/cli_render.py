@@ -58,7 +58,7 @@ def verify_text(result: Any) -> str:
                 c.metric("max_abs_normalized"),
                 c.metric("min_cosine"),
                 c.min_top1,
-                c.status.upper(),
+                "PASS" + c.status[4:] if c.status.startswith("pass (") else c.status.upper(),
             )
         )
     header = f"{result.model_dir}  (reference: {result.reference}; set: {result.evalset})"

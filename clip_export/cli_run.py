@@ -20,6 +20,7 @@ from clip_export.cli_parse import (
     quiet_option,
     resolve_dirs,
     split_csv,
+    weights_option,
 )
 from clip_export.cli_render import (
     bench_text,
@@ -60,6 +61,7 @@ from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S, PIPELINE_PRECISIONS,
     help="Override a threshold, e.g. fp16.mean_abs_normalized=5e-4. Repeatable.",
 )
 @click.option("--precision", "precisions", default=None, help="Only verify these precisions (comma-separated).")
+@weights_option
 @json_option
 @quiet_option
 def verify(
@@ -70,6 +72,7 @@ def verify(
     texts: Path | None,
     thresholds: Sequence[str],
     precisions: str | None,
+    weights: Path | None,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -97,6 +100,7 @@ def verify(
                 thresholds=overrides,
                 only=(lambda e: e["precision"] in wanted) if wanted else None,
                 progress=progress_printer(quiet or as_json),
+                weights=weights,
             )
         )
     if as_json:
@@ -155,6 +159,7 @@ def verify(
 )
 @click.option("--compile", "compile_baseline", is_flag=True, help="Add the torch.compile baseline (compiles slowly).")
 @click.option("--fused-baseline", is_flag=True, help="Add fp32 rows run through onnxruntime's transformer optimizer.")
+@weights_option
 @click.option(
     "--breakdown/--no-breakdown",
     default=True,
@@ -175,6 +180,7 @@ def bench(
     baselines: bool,
     compile_baseline: bool,
     fused_baseline: bool,
+    weights: Path | None,
     breakdown: bool,
     as_json: bool,
     quiet: bool,
@@ -206,6 +212,7 @@ def bench(
             breakdown=breakdown,
             precisions=split_csv(precisions) if precisions else None,
             progress=progress_printer(quiet or as_json),
+            weights=weights,
         )
         for d in resolve_dirs(dirs)
     ]
@@ -301,10 +308,22 @@ def pipeline(
     show_default=True,
     help="Embed the bundled set with transformers.js from hf/ and put the cosines in the model card (auto: where Node and the npm packages are installed).",
 )
+@click.option(
+    "--allow-overridden",
+    is_flag=True,
+    help="Also ship artifacts that passed verify only under --threshold overrides (the card says so).",
+)
 @json_option
 @quiet_option
 def release(
-    dirs: Sequence[Path], tag: str, out: Path, upload: bool, client_check: str, as_json: bool, quiet: bool
+    dirs: Sequence[Path],
+    tag: str,
+    out: Path,
+    upload: bool,
+    client_check: str,
+    allow_overridden: bool,
+    as_json: bool,
+    quiet: bool,
 ) -> None:
     """Write release assets (artifacts, SHA256SUMS, manifest.json, MODEL_CARD.md, and hf/: the Hugging Face layout) for verified artifacts.
 
@@ -322,7 +341,13 @@ def release(
             f"artifacts/ holds {len(chosen)} models ({', '.join(d.name for d in chosen)}); name the DIR to release"
         )
     result = make_release(
-        chosen, tag=tag, out=out, upload=upload, client_check=client_check, progress=progress_printer(quiet or as_json)
+        chosen,
+        tag=tag,
+        out=out,
+        upload=upload,
+        client_check=client_check,
+        progress=progress_printer(quiet or as_json),
+        allow_overridden=allow_overridden,
     )
     if as_json:
         emit_json(result)

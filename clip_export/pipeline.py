@@ -140,6 +140,7 @@ def run_pipeline(
             precisions=list(precisions),
             breakdown=False,
             progress=progress,
+            weights=spec.hf_dir or spec.weights,
         )
         done.append("bench")
     summary = _summary(model_dir, verify_result, bench_result, gates) if model_dir is not None else ()

@@ -161,3 +161,19 @@ def perturbed_release(model_dir: Path, scale: float = 0.5, seed: int = 0) -> Non
     record.update(file_record(path, model_dir))
     manifest.pop("verification", None)
     write_manifest(model_dir, manifest)
+
+
+def move_weights_to_unlisted_data(model_dir: Path, artifact_path: str = "visual.onnx", location: str = "") -> str:
+    """Move an artifact's weights into an external-data file the manifest does not list, and re-hash the
+    graph in the manifest: the graph is intact, the bytes it reads were never hashed."""
+    path = model_dir / artifact_path
+    location = location or f"{path.name}.extra"
+    model = onnx.load(str(path))
+    onnx.save(model, str(path), save_as_external_data=True, location=location, size_threshold=0)
+    manifest = read_manifest(model_dir)
+    entry = find_artifact(manifest, path=artifact_path)
+    assert entry is not None
+    entry.update(file_record(path, model_dir))
+    entry.pop("external_data", None)
+    write_manifest(model_dir, manifest)
+    return location

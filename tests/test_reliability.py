@@ -140,6 +140,18 @@ def child(code: str, *args: str) -> subprocess.Popen[str]:
     )
 
 
+def release_into_a_closed_pipe(ctx: Ctx) -> None:
+    assert verify(ctx.model_dir).passed
+    out = ctx.tmp / "dist"
+    run = "import sys; from clip_export.cli import main; sys.argv[0] = 'clip-export'; main()"
+    proc = child(run, "release", str(ctx.model_dir), "--tag", "v1", "--out", str(out), "--client-check", "off", "-q")
+    assert proc.stdout is not None and proc.stderr is not None
+    proc.stdout.close()  # the reader went away, as `| head -1` does after its line
+    err = proc.stderr.read()
+    assert proc.wait(timeout=300) == 0, err
+    assert (out / "tiny-vit-v1" / "SHA256SUMS").exists()
+
+
 def convert_while_another_process_holds_the_lock(ctx: Ctx) -> None:
     holder = child(
         "import sys, time; from pathlib import Path; from clip_export.core.manifest import exclusive\nwith exclusive(Path(sys.argv[1])):\n    print('locked', flush=True); time.sleep(120)",
@@ -360,6 +372,57 @@ CASES: list[Case] = [
         ClipExportError,
         "texts must be one item or a list of them, not type NoneType",
         lambda ctx: ctx.runtime().embed_texts(None),
+    ),
+    Case(
+        "the reader of a finished release's output goes away: `release … | head -1`",
+        "`clip-export release`",
+        None,
+        "exit 0: the release is written, the closed pipe is no error",
+        release_into_a_closed_pipe,
+    ),
+    Case(
+        'an artifact of tower `"audio"`',
+        "`clip-export verify`",
+        ManifestError,
+        "artifacts\\[0\\]\\.tower is 'audio'; a tower is one of visual, text",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["artifacts"][0].update(tower="audio")),
+            verify(ctx.model_dir),
+        ),
+    ),
+    Case(
+        "`tokenizer.context_length` is -5",
+        "`ClipOnnx.from_release`",
+        ManifestError,
+        "tokenizer\\.context_length is -5; it must be a positive number of tokens",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["tokenizer"].update(context_length=-5)),
+            ClipOnnx.from_release(ctx.model_dir),
+        ),
+    ),
+    Case(
+        "`--texts` is a binary file",
+        "`clip-export verify`",
+        CliError,
+        "Error: --texts .*captions\\.bin is not UTF-8 text",
+        lambda ctx: (
+            (ctx.tmp / "captions.bin").write_bytes(bytes(range(256))),
+            cli("verify", str(ctx.model_dir), "--texts", str(ctx.tmp / "captions.bin"), "-q"),
+        ),
+    ),
+    Case(
+        'bytes for a caption: `embed_texts(b"a cat")`',
+        "`ClipOnnx.embed_texts`",
+        ClipExportError,
+        "texts: bytes are not a caption; decode them to str first",
+        lambda ctx: ctx.runtime().embed_texts(b"a cat"),
+    ),
+    Case(
+        "a negative thread count: `from_release(path, threads=-3)`",
+        "`ClipOnnx.from_release`",
+        ClipExportError,
+        "threads must be 0 \\(onnxruntime's choice\\) or a positive count, not -3",
+        lambda ctx: ClipOnnx.from_release(ctx.shared_dir, threads=-3),
     ),
     Case(
         "an HxWx3 uint8 numpy array, or encoded PNG/JPEG bytes",

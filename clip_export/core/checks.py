@@ -60,7 +60,7 @@ class ArtifactCheck:
 
     @property
     def passed(self) -> bool:
-        return self.status == "pass"
+        return self.status == "pass" or self.status.startswith("pass (thresholds overridden: ")
 
     def metric(self, name: str) -> float | None:
         return next((m.value for m in self.metrics if m.name == name), None)
@@ -124,7 +124,7 @@ def _batch_metric(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, l
 
 
 def load_reference(
-    model_dir: Path, manifest: dict[str, Any], reference: str, evalset: EvalSet | None
+    model_dir: Path, manifest: dict[str, Any], reference: str, evalset: EvalSet | None, weights: Path | None = None
 ) -> tuple[dict[str, np.ndarray], str, str]:
     if reference == "stored" and evalset is None:
         record = manifest.get("reference")
@@ -140,7 +140,7 @@ def load_reference(
     from clip_export.core.models import load_model, spec_from_manifest
 
     try:
-        spec = spec_from_manifest(manifest["model"])
+        spec = spec_from_manifest(manifest["model"], weights)
     except ClipExportError as exc:
         raise ClipExportError(f"--reference torch: {exc}") from exc
     loaded = load_model(spec)

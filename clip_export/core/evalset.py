@@ -41,10 +41,16 @@ def load_evalset(images: Path | None = None, texts: Path | None = None) -> EvalS
         text_path = Path(texts)
         if not text_path.is_file():
             raise ClipExportError(f"--texts {text_path}: no such file")
+        try:
+            text = text_path.read_text(encoding="utf-8")
+        except UnicodeDecodeError as exc:
+            raise ClipExportError(
+                f"--texts {text_path} is not UTF-8 text (a binary file?); give one caption a line"
+            ) from exc
         if text_path.suffix == ".json":
-            captions = tuple(str(c) for c in json.loads(text_path.read_text(encoding="utf-8")))
+            captions = tuple(str(c) for c in json.loads(text))
         else:
-            captions = tuple(line.rstrip("\n") for line in text_path.read_text(encoding="utf-8").splitlines())
+            captions = tuple(line.rstrip("\n") for line in text.splitlines())
     else:
         captions = tuple(json.loads((BUNDLED_DIR / "captions.json").read_text(encoding="utf-8")))
     if len(captions) < 2:

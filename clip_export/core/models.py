@@ -345,21 +345,36 @@ def list_models(include_archs: bool = True) -> list[ModelListing]:
     return rows
 
 
-def spec_from_manifest(model: dict[str, Any], verify_checkpoint: bool = True) -> ModelSpec:
-    """Rebuild the ModelSpec an artifact directory was exported from, checking the checkpoint hash."""
-    checkpoint = model.get("checkpoint")
-    if verify_checkpoint and checkpoint and model.get("checkpoint_sha256") and not model.get("pretrained"):
-        path = Path(checkpoint)
-        if not path.exists():
-            raise WeightsError(f"the checkpoint {path} recorded in the manifest is gone")
-        if sha256_file(path) != model["checkpoint_sha256"]:
-            raise WeightsError(f"the checkpoint {path} no longer matches the sha256 in the manifest")
-    if str(model.get("source", "")).startswith("huggingface:"):
-        return resolve(str(model["source"]).split(":", 1)[1])
-    name = f"{model['arch']}:{model['pretrained']}" if model.get("pretrained") else model["arch"]
+def spec_from_manifest(model: dict[str, Any], weights: Path | None = None) -> ModelSpec:
+    """Rebuild the ModelSpec an artifact directory was exported from. No path the manifest names is
+    ever read: a local checkpoint (or Hugging Face directory) comes from the caller's --weights, checked
+    against the sha256 the manifest records; pretrained tags and seeded random inits rebuild without it."""
+    hf = str(model.get("source", "")).startswith("huggingface:")
+    local = hf or not (model.get("pretrained") or model.get("random_init"))
+    name = model.get("name") or model.get("arch")
+    if not local:
+        if weights is not None:
+            raise WeightsError(f"--weights is only for an export from a local checkpoint; {name} rebuilds without it")
+    elif weights is None:
+        raise WeightsError(
+            f"{name} was exported from a local checkpoint, which clip-export never reads from a manifest; "
+            "pass --weights PATH (the same checkpoint) to rebuild the torch model"
+        )
+    elif hf:
+        if not (Path(weights).is_dir() and (Path(weights) / "config.json").is_file()):
+            raise WeightsError(f"--weights {weights}: {name} was exported from a Hugging Face CLIP directory; pass it")
+        return dataclasses.replace(resolve(str(weights)), name=name)
+    else:
+        if not Path(weights).is_file():
+            raise WeightsError(f"--weights {weights}: no such file")
+        recorded = model.get("checkpoint_sha256")
+        if recorded and sha256_file(Path(weights)) != recorded:
+            raise WeightsError(
+                f"--weights {weights} is not the checkpoint {name} was exported from (the manifest records sha256 {recorded})"
+            )
     spec = resolve(
-        name,
-        weights=None if model.get("pretrained") or model.get("random_init") else checkpoint,
+        f"{model['arch']}:{model['pretrained']}" if model.get("pretrained") else model["arch"],
+        weights=weights if local else None,
         random_init=bool(model.get("random_init")),
         seed=int(model.get("seed") or 0),
         tokenizer=model.get("tokenizer_dir"),

@@ -178,7 +178,8 @@ def check_here(
     if failures:
         raise ServeCheckError(
             f"{entry['path']} misses its {key} thresholds on {SERVE_CHECK_ITEMS} reference items ({made_from}) in this environment "
-            f"({env.describe()}): {'; '.join(failures)}. Serve the fp32 artifact (precision='fp32'), "
-            "or run 'clip-export verify' here for the full report"
+            f"({env.describe()}): {'; '.join(failures)}. "
+            + ("Serve the fp32 artifact (precision='fp32'), or run" if entry["precision"] != "fp32" else "Run")
+            + " 'clip-export verify' here for the full report"
         )
     return ServeCheck(entry["path"], "pass", env, metrics, time.perf_counter() - started, made_from)

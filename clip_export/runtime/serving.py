@@ -85,6 +85,8 @@ class ClipOnnx:
         avx512_vnni, avx_vnni or amx_int8, else QUInt8); `cpu_flags` replaces the probe of this
         CPU's flags (tests, or a deployment that knows better)."""
         _preprocessor(preprocess)  # refuse bad names before loading anything
+        if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
+            raise ClipExportError(f"threads must be 0 (onnxruntime's choice) or a positive count, not {threads!r}")
         require_mode(check)
         root = Path(path)
         manifest = read_manifest(root)
@@ -147,6 +149,8 @@ class ClipOnnx:
         )
 
     def tokenize(self, texts: Any) -> np.ndarray:
+        if isinstance(texts, (bytes, bytearray)):  # iterable, but one row per byte would be nonsense
+            raise ClipExportError("texts: bytes are not a caption; decode them to str first (texts.decode('utf-8'))")
         captions = _items(texts, "texts", lambda value: isinstance(value, str))
         for index, caption in enumerate(captions):
             if not isinstance(caption, str):

@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -84,3 +85,57 @@ def test_select_artifacts_matches_values_and_sets_of_values() -> None:
         find_artifact(manifest, format="tensorrt")["path"] == "visual.trt-fp16.plan"
         and find_artifact(manifest, precision="q4") is None
     )
+
+
+def test_exclusive_refuses_a_planted_symlink_and_leaves_its_target_alone(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    (tmp_path / ".model.lock").symlink_to(victim)
+    with pytest.raises(OutputError, match=r"\.model\.lock is a symbolic link; remove it"):
+        with exclusive(tmp_path / "model"):
+            pass
+    assert victim.read_text() == "precious\n"
+    assert (tmp_path / ".model.lock").is_symlink()  # not ours to remove
+
+
+def test_exclusive_never_writes_into_a_hard_linked_lock(tmp_path: Path) -> None:
+    victim = tmp_path / "victim.txt"
+    victim.write_text("precious\n")
+    os.link(victim, tmp_path / ".model.lock")
+    with pytest.raises(OutputError, match=r"\.model\.lock is not a lock file clip-export made"):
+        with exclusive(tmp_path / "model"):
+            pass
+    assert victim.read_text() == "precious\n"
+
+
+def test_exclusive_reuses_a_stale_lock_of_its_own(tmp_path: Path) -> None:
+    (tmp_path / ".model.lock").write_text("999999\n")  # left by a killed run
+    with exclusive(tmp_path / "model"):
+        assert (tmp_path / ".model.lock").read_text().strip() == str(os.getpid())
+    assert not (tmp_path / ".model.lock").exists()
+
+
+def test_integrity_sees_external_data_the_manifest_does_not_list(tiny_vit_copy: Path) -> None:
+    from clip_export.core.manifest import find_artifact, integrity_problems, read_manifest
+
+    from ..helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy)
+    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.onnx")
+    assert integrity_problems(tiny_vit_copy, entry) == [
+        "visual.onnx references external data 'visual.onnx.extra' that the manifest does not list (unhashed)"
+    ]
+    entry["external_data"] = [{"path": "visual.onnx.extra", "sha256": "0" * 64, "bytes": 1}]
+    assert "has " in integrity_problems(tiny_vit_copy, entry)[0]  # once listed, its bytes are checked
+
+
+def test_integrity_refuses_external_data_through_a_link(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    from clip_export.core.manifest import find_artifact, integrity_problems, read_manifest
+
+    from ..helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy, location="linked.data")
+    (tiny_vit_copy / "linked.data").rename(tmp_path / "outside.data")
+    (tiny_vit_copy / "linked.data").symlink_to(tmp_path / "outside.data")
+    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.onnx")
+    assert "outside its directory or through a link" in integrity_problems(tiny_vit_copy, entry)[0]

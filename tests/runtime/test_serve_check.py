@@ -83,7 +83,8 @@ def test_the_guard_bites_on_numbers_that_are_wrong_here(verified_dir: Path) -> N
         "decoded and preprocessed for serving) in this environment"
     )
     assert current_environment("CPUExecutionProvider").describe() in message
-    assert "mean_abs_normalized" in message and "Serve the fp32 artifact" in message and "clip-export verify" in message
+    assert "mean_abs_normalized" in message and "clip-export verify" in message
+    assert "fp32 artifact" not in message  # it is the fp32 artifact: no advice to serve it instead
     report = verify(verified_dir)
     assert not report.passed and any(
         f.startswith("visual.onnx [CPUExecutionProvider]: mean_abs_normalized") for f in report.failures
@@ -234,3 +235,20 @@ def test_a_changed_tokenizer_setting_fails_at_load(verified_dir: Path) -> None:
     _edit_manifest(verified_dir, "tokenizer", "context_length", manifest["tokenizer"]["context_length"] // 2)
     with pytest.raises(ServeCheckError, match="serving tokenizer turns 4 of 4 reference captions into other ids"):
         ClipOnnx.from_release(verified_dir, check="always")
+
+
+def test_from_release_refuses_external_data_the_manifest_does_not_list(tiny_vit_copy: Path) -> None:
+    from clip_export.core.errors import IntegrityError
+
+    from ..helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy)
+    verify(tiny_vit_copy)  # before #19 this passed and recorded a verdict for the graph alone
+    with pytest.raises(IntegrityError, match="'visual.onnx.extra' that the manifest does not list"):
+        ClipOnnx.from_release(tiny_vit_copy)
+
+
+def test_from_release_checks_a_pass_under_overridden_thresholds(tiny_vit_copy: Path) -> None:
+    assert verify(tiny_vit_copy, thresholds={"fp32.min_cosine": -1.0}).passed
+    checks = ClipOnnx.from_release(tiny_vit_copy).serve_checks.values()
+    assert checks and all(c.status == "pass" for c in checks)  # run here, never skipped on that verdict

@@ -229,3 +229,64 @@ def test_a_report_that_cannot_be_written_still_shows_the_verdicts(
     )
     assert "the verdicts above were computed but not recorded" in result.stderr and result.stderr.count("\n") == 1
     assert read_manifest(tiny_vit_copy) == before
+
+
+def _as_checkpoint_export(model_dir: Path, checkpoint: str, sha256: str) -> None:
+    """Make the manifest claim the export came from a local checkpoint at `checkpoint`."""
+    manifest = read_manifest(model_dir)
+    manifest["model"].update(random_init=False, seed=None, checkpoint=checkpoint, checkpoint_sha256=sha256)
+    write_manifest(model_dir, manifest)
+
+
+def test_torch_reference_never_reads_the_checkpoint_a_manifest_names(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    secret = tmp_path / "secret"
+    secret.write_text("not a checkpoint\n")
+    messages = []
+    for named in (str(secret), str(tmp_path / "absent")):  # no oracle: same line whether the file exists
+        _as_checkpoint_export(tiny_vit_copy, named, "0" * 64)
+        with pytest.raises(ClipExportError, match="pass --weights PATH") as caught:
+            verify(tiny_vit_copy, reference="torch", write=False)
+        messages.append(str(caught.value))
+        assert named not in str(caught.value)
+    assert messages[0] == messages[1]
+
+
+def test_torch_reference_takes_the_checkpoint_from_weights(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    import torch
+
+    from clip_export.core.checkpoints import sha256_file
+    from clip_export.core.models import load_model
+
+    weights = tmp_path / "tiny.pt"
+    torch.save(load_model(resolve("tiny-vit", random_init=True, seed=0)).model.state_dict(), weights)
+    _as_checkpoint_export(tiny_vit_copy, "/dev/zero", sha256_file(weights))
+    assert verify(tiny_vit_copy, reference="torch", weights=weights, write=False).passed
+    other = tmp_path / "other.pt"
+    torch.save({"x": torch.zeros(1)}, other)
+    with pytest.raises(ClipExportError, match="is not the checkpoint tiny-vit was exported from"):
+        verify(tiny_vit_copy, reference="torch", weights=other, write=False)
+    result = CliRunner().invoke(main, ["verify", str(tiny_vit_copy), "--reference", "torch", "-q"])
+    assert result.exit_code == 1 and "pass --weights PATH" in result.output
+
+
+def test_external_data_the_manifest_does_not_list_is_not_verified(tiny_vit_copy: Path) -> None:
+    from ..helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy)
+    result = verify(tiny_vit_copy, write=False)
+    assert not result.passed
+    assert any("'visual.onnx.extra' that the manifest does not list" in f for f in result.failures)
+
+
+def test_a_pass_under_overridden_thresholds_is_named_as_such(tiny_vit_copy: Path) -> None:
+    rewrite_initializer(tiny_vit_copy, "visual.onnx", lambda w: w + np.random.default_rng(0).normal(0, 0.05, w.shape))
+    assert not verify(tiny_vit_copy, write=False).passed
+    loosened = {"fp32.min_cosine": -1.0, "fp32.mean_abs_normalized": 1.0, "fp32.max_abs_normalized": 2.0}
+    loosened |= {"fp32.top1_agreement": 0.0, "fp32.top5_overlap": 0.0}
+    result = verify(tiny_vit_copy, thresholds=loosened)
+    visual = next(c for c in result.checks if c.path == "visual.onnx")
+    assert result.passed and visual.status.startswith("pass (thresholds overridden: fp32.")
+    assert "fp32.min_cosine=-1" in visual.status
+    row = next(r for r in read_manifest(tiny_vit_copy)["verification"]["results"] if r["path"] == "visual.onnx")
+    assert row["status"] == visual.status
+    assert "pass (thresholds overridden: " in (tiny_vit_copy / "VERIFY.md").read_text()

@@ -1,9 +1,8 @@
 """Bench stage: latency of every artifact × provider × batch, next to torch baselines from the same run.
 
 Timing discipline: warm-up runs are discarded, each row runs for a time budget (and at least a
-minimum count), one onnxruntime session is alive at a time, thread counts are pinned and recorded,
-and on CUDA the inputs and outputs stay on the device through IO binding, with the host↔device
-copy cost measured separately.
+minimum count), one onnxruntime session is alive at a time, thread counts are pinned and recorded, and
+on CUDA inputs and outputs stay on the device (IO binding), the host↔device copy measured apart.
 """
 
 from __future__ import annotations
@@ -84,6 +83,7 @@ def bench(
     write: bool = True,
     chart: bool = True,
     progress: Progress = silent,
+    weights: Path | None = None,
 ) -> BenchResult:
     """Measure every artifact in DIR's manifest, plus torch baselines, in one process.
 
@@ -115,7 +115,7 @@ def bench(
             from clip_export.core.models import load_model, spec_from_manifest
 
             progress("loading the torch model for the baselines")
-            loaded = load_model(spec_from_manifest(manifest["model"]))
+            loaded = load_model(spec_from_manifest(manifest["model"], weights))
             for tower in towers:
                 flops[tower], products[tower] = count_tower(loaded, tower)
         except ImportError as exc:

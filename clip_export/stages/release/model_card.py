@@ -23,10 +23,14 @@ WEIGHT_LICENCES = {
 }
 
 
-def passing_environments(manifest: dict[str, Any], entry: dict[str, Any]) -> list[Environment]:
+def passing_environments(
+    manifest: dict[str, Any], entry: dict[str, Any], overridden: bool = False
+) -> list[Environment]:
     """The environments with a passing verify row for exactly this artifact's bytes; a passing row
     that does not say where it was obtained is refused (ManifestError), never counted."""
-    return [Environment.from_json(r.get("environment"), entry["path"]) for r in passing_rows(manifest, entry)]
+    return [
+        Environment.from_json(r.get("environment"), entry["path"]) for r in passing_rows(manifest, entry, overridden)
+    ]
 
 
 def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
@@ -98,6 +102,9 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
             lines.append(
                 f"| {r['path']} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | {metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} differ | - | {r['status']} | {where} |"
             )
+            continue
+        if r.get("provider_ran") is None:  # the provider never ran here: no numbers, no verdict on them
+            lines.append(f"| {r['path']} | {r.get('provider_requested')} | - | - | not run | {where} |")
             continue
         lines.append(
             f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |"

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import re
@@ -42,17 +44,23 @@ class ReleaseResult:
     sources: tuple[Path, ...]
 
 
-def check_releasable(model_dir: Path, manifest: dict[str, Any]) -> list[str]:
+def check_releasable(model_dir: Path, manifest: dict[str, Any], allow_overridden: bool = False) -> list[str]:
     problems = []
     for entry in manifest["artifacts"]:
         for issue in integrity_problems(model_dir, entry):
             problems.append(f"{model_dir.name}/{issue}")
         try:
-            verified = passing_environments(manifest, entry)
+            verified = passing_environments(manifest, entry, allow_overridden)
+            loosened = not verified and passing_environments(manifest, entry, True)
         except ManifestError as exc:
             problems.append(f"{model_dir.name}: {exc}")
             continue
-        if not verified:
+        if loosened:
+            problems.append(
+                f"{model_dir.name}/{entry['path']} passed 'clip-export verify' only with thresholds overridden; "
+                "verify it under the declared thresholds, or pass --allow-overridden to ship it as such"
+            )
+        elif not verified:
             problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
     for record in (
         manifest.get("reference"),
@@ -112,16 +120,18 @@ def _copy_onnx_with_renamed_data(source_dir: Path, entry: dict[str, Any], stagin
     """Copy an ONNX artifact; external data files get release names and the graph points at them."""
     source = resolve_inside(source_dir, entry["path"], "the artifact")
     if not entry.get("external_data"):
-        shutil.copyfile(source, _inside(staging, name))
-        return [name]
+        return _copy_plain(source, staging, name, entry)
     import onnx
 
-    model = onnx.load(str(source), load_external_data=False)
+    graph = source.read_bytes()  # hashed and parsed from the same bytes, so the graph shipped is the one verified
+    if hashlib.sha256(graph).hexdigest() != entry["sha256"]:
+        raise ReleaseError(_CHANGED.format(entry["path"]))
+    model = onnx.load_model_from_string(graph)
     renames = {}
     for index, record in enumerate(entry["external_data"]):
         new = f"{name}.data" if len(entry["external_data"]) == 1 else f"{name}.data{index}"
         renames[Path(record["path"]).name] = new
-        shutil.copyfile(resolve_inside(source_dir, record["path"], "the external data"), _inside(staging, new))
+        _copy_plain(resolve_inside(source_dir, record["path"], "the external data"), staging, new, record)
     for tensor in model.graph.initializer:
         for item in tensor.external_data:
             if item.key == "location":
@@ -194,18 +204,29 @@ def release(
     upload: bool = False,
     client_check: str = "auto",
     progress: Progress = silent,
+    allow_overridden: bool = False,
 ) -> ReleaseResult:
     """`client_check`: "auto" measures transformers.js on hf/ where Node and the npm packages are
     installed and records why not elsewhere, "require" fails without them, "off" skips it."""
     from clip_export.stages.release.clients import CLIENT_CHECK_MODES
-    from clip_export.stages.release.clients import client_check as check_clients
 
     if client_check not in CLIENT_CHECK_MODES:
         raise ReleaseError(f"client check {client_check!r}: use one of {', '.join(CLIENT_CHECK_MODES)}")
     if not tag or not SAFE_NAME.match(tag):
         raise ReleaseError(f"invalid tag '{tag}': use letters, digits, '.', '_' and '-'")
     dirs = [Path(d) for d in dirs]
-    problems = [p for d in dirs for p in check_releasable(d, read_manifest(d))]
+    with contextlib.ExitStack() as held:  # no conversion rewrites a source directory while it ships
+        for d in dirs:
+            held.enter_context(exclusive(d))
+        return _release(dirs, tag, out, upload, client_check, progress, allow_overridden)
+
+
+def _release(
+    dirs: list[Path], tag: str, out: Path, upload: bool, client_check: str, progress: Progress, allow_overridden: bool
+) -> ReleaseResult:
+    from clip_export.stages.release.clients import client_check as check_clients
+
+    problems = [p for d in dirs for p in check_releasable(d, read_manifest(d), allow_overridden)]
     if problems:
         raise ReleaseError("refusing to release: " + "; ".join(problems))
     merged, owners = merge_manifests(dirs)
@@ -230,7 +251,7 @@ def release(
                     _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name)
                     if entry["format"] in (ONNX_FORMAT, PREPROCESSING_FORMAT)
                     else _copy_plain(
-                        resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name
+                        resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name, entry
                     )
                 )
                 renamed[entry["path"]] = name
@@ -246,14 +267,20 @@ def release(
             if merged.get("reference"):
                 ref_name = safe_asset_name(f"{slug}-reference.npz")
                 assets += _copy_plain(
-                    resolve_inside(dirs[0], merged["reference"]["path"], "the reference"), staging, ref_name
+                    resolve_inside(dirs[0], merged["reference"]["path"], "the reference"),
+                    staging,
+                    ref_name,
+                    merged["reference"],
                 )
                 merged["reference"].update(file_record(staging / ref_name, staging))
             for key, suffix in (("file", "tokenizer.json"), ("bpe_vocab", "tokenizer-bpe.txt.gz")):
                 if merged["tokenizer"].get(key):
                     name = safe_asset_name(f"{slug}-{suffix}")
                     assets += _copy_plain(
-                        resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"), staging, name
+                        resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"),
+                        staging,
+                        name,
+                        merged["tokenizer"][key],
                     )
                     for row in merged["verification"]["results"]:
                         if row["path"] == merged["tokenizer"][key]["path"]:
@@ -285,8 +312,14 @@ def release(
     return ReleaseResult(tag, target, tuple(assets), uploaded, tuple(dirs))
 
 
-def _copy_plain(source: Path, staging: Path, name: str) -> list[str]:
+_CHANGED = "refusing to release: {} changed while the release was written (its bytes are not the ones verified); run 'clip-export verify' again"
+
+
+def _copy_plain(source: Path, staging: Path, name: str, record: dict[str, Any]) -> list[str]:
+    """Copy, then hash the copy: a file replaced after the checks must not ship under their verdict."""
     shutil.copyfile(source, _inside(staging, name))
+    if sha256_file(_inside(staging, name)) != record["sha256"]:
+        raise ReleaseError(_CHANGED.format(record["path"]))
     return [name]
 
 

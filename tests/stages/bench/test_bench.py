@@ -281,3 +281,13 @@ def test_a_share_above_the_ceiling_is_flagged() -> None:
     from clip_export.stages.bench.bench_report import share
 
     assert share(0.5) == "50" and share(None) == "-" and share(1.3) == "130 (>100%: noise)"
+
+
+def test_baselines_never_read_the_checkpoint_a_manifest_names(tiny_vit_copy: Path) -> None:
+    from clip_export.core.errors import WeightsError
+
+    manifest = read_manifest(tiny_vit_copy)
+    manifest["model"].update(random_init=False, seed=None, checkpoint="/dev/zero", checkpoint_sha256="0" * 64)
+    write_manifest(tiny_vit_copy, manifest)  # reading /dev/zero to hash it would never end
+    with pytest.raises(WeightsError, match="never reads from a manifest; pass --weights PATH"):
+        bench(tiny_vit_copy, batch_sizes=[1], budget_s=0.02, breakdown=False, write=False)

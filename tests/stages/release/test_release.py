@@ -379,3 +379,52 @@ def test_release_refuses_a_tokenizer_changed_after_verify(verified_dir: Path, tm
         ReleaseError, match="tokenizer.json has no verdict for its current bytes; run 'clip-export verify"
     ):
         release([verified_dir], tag="v1", out=tmp_path)
+
+
+def test_release_refuses_external_data_the_manifest_does_not_list(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    from ...helpers import move_weights_to_unlisted_data
+
+    move_weights_to_unlisted_data(tiny_vit_copy)
+    verify(tiny_vit_copy)  # before #19 this passed, and release shipped the graph without its weights
+    with pytest.raises(ReleaseError, match="'visual.onnx.extra' that the manifest does not list"):
+        release([tiny_vit_copy], tag="v1", out=tmp_path)
+    assert not (tmp_path / "tiny-vit-v1").exists()
+
+
+def test_a_file_replaced_while_release_runs_is_refused(
+    verified_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import clip_export.stages.release.release as module
+
+    original = module.merge_manifests
+
+    def merge_then_replace(dirs):  # the checks have passed; now the file changes under the release
+        merged = original(dirs)
+        flip_byte(verified_dir / "text.onnx")
+        return merged
+
+    monkeypatch.setattr(module, "merge_manifests", merge_then_replace)
+    with pytest.raises(ReleaseError, match="text.onnx changed while the release was written"):
+        release([verified_dir], tag="v1", out=tmp_path)
+    assert not (tmp_path / "tiny-vit-v1").exists()
+
+
+def test_release_refuses_a_pass_under_overridden_thresholds(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    assert verify(tiny_vit_copy, thresholds={"fp32.min_cosine": -1.0}).passed
+    with pytest.raises(ReleaseError, match="passed 'clip-export verify' only with thresholds overridden"):
+        release([tiny_vit_copy], tag="v1", out=tmp_path)
+    result = release([tiny_vit_copy], tag="v1", out=tmp_path, client_check="off", allow_overridden=True)
+    card = (result.directory / "MODEL_CARD.md").read_text()
+    assert "pass (thresholds overridden: fp32.min_cosine=-1)" in card
+
+
+def test_a_provider_that_never_ran_is_not_run_in_the_card(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA runs here")
+    verify(tiny_vit_copy, providers=("cpu", "cuda"))  # the cuda rows cannot run on this machine
+    result = release([tiny_vit_copy], tag="v1", out=tmp_path, client_check="off")
+    card = (result.directory / "MODEL_CARD.md").read_text()
+    assert "| tiny-vit-visual-fp32.onnx | CUDAExecutionProvider | - | - | not run |" in card
+    assert "nan" not in card and "| None |" not in card
