@@ -204,15 +204,32 @@ def require_intact(model_dir: Path, entry: dict[str, Any], context: str = "") ->
 OVERRIDDEN_PASS = "pass (thresholds overridden: "  # a pass under loosened limits: never an ordinary pass
 
 
+def settings_digest(manifest: dict[str, Any]) -> str:
+    """sha256 of the settings that shape an artifact's inputs (preprocessing, the tokenizer section with
+    its file's hash, cleaning and context length, in-graph normalisation): a verdict records it, and
+    counts only while the manifest still says the same (verify, release, from_release)."""
+    import hashlib
+
+    settings = {
+        "preprocess": manifest.get("preprocess"),
+        "tokenizer": manifest.get("tokenizer"),
+        "normalize": bool(manifest.get("normalize")),
+    }
+    return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
 def passing_rows(manifest: dict[str, Any], entry: dict[str, Any], overridden: bool = False) -> list[dict[str, Any]]:
-    """The verification rows that passed for exactly this artifact's bytes, from any environment;
-    a pass under overridden thresholds counts only when `overridden` (release --allow-overridden)."""
+    """The verification rows that passed for exactly this artifact's bytes and the manifest's current
+    input settings (settings_digest), from any environment; a pass under overridden thresholds counts
+    only when `overridden` (release --allow-overridden)."""
     rows = (manifest.get("verification") or {}).get("results", [])
+    settings = settings_digest(manifest)
     return [
         r
         for r in rows
         if r.get("path") == entry["path"]
         and r.get("sha256") == entry["sha256"]
+        and r.get("settings_sha256") == settings
         and (r.get("status") == "pass" or (overridden and str(r.get("status")).startswith(OVERRIDDEN_PASS)))
     ]
 

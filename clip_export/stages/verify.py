@@ -20,7 +20,14 @@ from clip_export.core.checks import (
 from clip_export.core.environment import environment_table, versions
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import load_evalset
-from clip_export.core.manifest import OVERRIDDEN_PASS, atomic_write_text, now_iso, read_manifest, write_manifest
+from clip_export.core.manifest import (
+    OVERRIDDEN_PASS,
+    atomic_write_text,
+    now_iso,
+    read_manifest,
+    settings_digest,
+    write_manifest,
+)
 from clip_export.core.progress import Progress, silent
 from clip_export.core.sessions import provider_name
 from clip_export.core.spec import (
@@ -139,7 +146,11 @@ def verify(
     found_versions = versions()
     manifest = read_manifest(model_dir)
     record = merged_verification(
-        manifest, [_check_json(c) for c in checks], evalset_source, reference_desc, found_versions
+        manifest,
+        [_check_json(c, settings_digest(manifest)) for c in checks],
+        evalset_source,
+        reference_desc,
+        found_versions,
     )
     result = VerifyResult(
         model_dir,
@@ -224,7 +235,7 @@ def environment_key(row: dict[str, Any]) -> str | None:
     return env.get("key") if isinstance(env, dict) else None
 
 
-def _check_json(check: ArtifactCheck) -> dict[str, Any]:
+def _check_json(check: ArtifactCheck, settings: str) -> dict[str, Any]:
     return {
         "path": check.path,
         "sha256": check.sha256,
@@ -238,6 +249,7 @@ def _check_json(check: ArtifactCheck) -> dict[str, Any]:
         "metrics": {m.name: m.value for m in check.metrics},
         "failures": list(check.failures),
         "environment": check.environment.to_json() if check.environment else None,
+        "settings_sha256": settings,  # the input settings this verdict covers (manifest.settings_digest)
     }
 
 

@@ -252,3 +252,11 @@ def test_from_release_checks_a_pass_under_overridden_thresholds(tiny_vit_copy: P
     assert verify(tiny_vit_copy, thresholds={"fp32.min_cosine": -1.0}).passed
     checks = ClipOnnx.from_release(tiny_vit_copy).serve_checks.values()
     assert checks and all(c.status == "pass" for c in checks)  # run here, never skipped on that verdict
+
+
+def test_auto_never_skips_on_a_verdict_for_other_settings(verified_dir: Path) -> None:
+    """The verdict here was for these bytes in this environment but with the old mean: before the
+    settings digest, "auto" skipped its check and served wrong embeddings."""
+    _edit_manifest(verified_dir, "preprocess", "mean", [0.9, 0.1, 0.9])
+    with pytest.raises(ServeCheckError, match="visual.onnx misses its preproc-fp32 thresholds"):
+        ClipOnnx.from_release(verified_dir)

@@ -60,6 +60,14 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any], allow_overridden
                 f"{model_dir.name}/{entry['path']} passed 'clip-export verify' only with thresholds overridden; "
                 "verify it under the declared thresholds, or pass --allow-overridden to ship it as such"
             )
+        elif not verified and any(
+            r.get("path") == entry["path"] and r.get("sha256") == entry["sha256"] and r.get("status") == "pass"
+            for r in (manifest.get("verification") or {}).get("results", [])
+        ):
+            problems.append(
+                f"{model_dir.name}/{entry['path']} passed 'clip-export verify' with other preprocessing or tokenizer "
+                "settings than the manifest now holds; run 'clip-export verify' again"
+            )
         elif not verified:
             problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
     for record in (

@@ -428,3 +428,22 @@ def test_a_provider_that_never_ran_is_not_run_in_the_card(tiny_vit_copy: Path, t
     card = (result.directory / "MODEL_CARD.md").read_text()
     assert "| tiny-vit-visual-fp32.onnx | CUDAExecutionProvider | - | - | not run |" in card
     assert "nan" not in card and "| None |" not in card
+
+
+def test_a_verdict_covers_the_settings_it_was_obtained_with(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    """A verdict recorded the artifact's bytes only: an edited preprocessing setting shipped as verified."""
+    from clip_export.core.manifest import passing_rows, settings_digest
+
+    assert verify(tiny_vit_copy).passed
+    manifest = read_manifest(tiny_vit_copy)
+    visual = next(a for a in manifest["artifacts"] if a["tower"] == "visual")
+    assert passing_rows(manifest, visual) and {r["settings_sha256"] for r in manifest["verification"]["results"]} == {
+        settings_digest(manifest)
+    }
+    manifest["preprocess"]["mean"] = [0.9, 0.1, 0.9]
+    write_manifest(tiny_vit_copy, manifest)
+    assert passing_rows(read_manifest(tiny_vit_copy), visual) == []
+    with pytest.raises(
+        ReleaseError, match="passed 'clip-export verify' with other preprocessing or tokenizer settings"
+    ):
+        release([tiny_vit_copy], tag="v1", out=tmp_path / "dist")
