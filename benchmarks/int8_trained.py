@@ -132,8 +132,8 @@ def quantize(
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
-    from clip_export.core.graph_surgery import int8_excluded_nodes
-    from clip_export.stages.convert import INT8_OP_TYPES, quantizer_exclusions
+    from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
+    from clip_export.stages.convert import INT8_OP_TYPES
 
     logging.getLogger().setLevel(logging.ERROR)
     model = onnx.load(str(source))

@@ -324,6 +324,13 @@ CASES: list[Case] = [
         convert_while_another_process_holds_the_lock,
     ),
     Case(
+        "`int8 --exclude` names a node no graph has",
+        "`clip-export int8`",
+        CliError,
+        "Error: --exclude names no node of visual\\.onnx, text\\.onnx: no_such_node; their \\d+ MatMul/Gemm nodes include",
+        lambda ctx: cli("int8", str(ctx.model_dir), "--exclude", "no_such_node", "-q"),
+    ),
+    Case(
         "`--weights` is an empty file",
         "`clip-export onnx`",
         CliError,

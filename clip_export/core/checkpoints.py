@@ -56,7 +56,9 @@ def read_state_dict(path: Path) -> tuple[dict[str, Any], bool]:
     try:
         data = torch.load(str(path), map_location="cpu", weights_only=True)
     except Exception as exc:
-        if "Unsupported global" in str(exc):  # a class or function to import and run: code, not tensors
+        # A class or function to import and run: code, not tensors. torch words it "Unsupported global:
+        # builtins.print" or, for a blocked module, "unsupported GLOBAL posix.system whose module … is blocked".
+        if "unsupported global" in str(exc).lower():
             raise UnsafeCheckpointError(
                 f"refusing to load {path}: it needs arbitrary pickle code execution to unpickle; "
                 "save it as a plain state dict (torch.save(model.state_dict())) or as .safetensors"

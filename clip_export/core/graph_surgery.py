@@ -5,6 +5,7 @@ other artifact before it ships."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -213,3 +214,35 @@ def final_nodes(model: Any, depth: int = 2) -> list[str]:
 def int8_excluded_nodes(model: Any) -> list[str]:
     """The final projection stays float: measured to cost retrieval agreement (docs/convert.md)."""
     return final_nodes(model, depth=1)
+
+
+# onnxruntime's dynamic quantizer rewrites every Gemm into a MatMul named `<name>` + this suffix
+# (and an Add for the bias) before it reads nodes_to_exclude (ONNXModel.replace_gemm_with_matmul).
+GEMM_AS_MATMUL_SUFFIX = "_MatMul"
+
+
+def quantizer_exclusions(model: Any, names: Sequence[str]) -> list[str]:
+    """The names quantize_dynamic must be told to skip `names`: a Gemm excluded by its own name was
+    quantized anyway, since the quantizer renames it first. That is how MobileCLIP's projection (a
+    timm Linear, so a Gemm) got quantized and failed the gate (docs/models.md)."""
+    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
+    expanded = [
+        alias for name in names for alias in ((name, name + GEMM_AS_MATMUL_SUFFIX) if name in gemms else (name,))
+    ]
+    return list(dict.fromkeys(expanded))
+
+
+def require_nodes(graphs: Sequence[Path], names: Sequence[str]) -> None:
+    """ConversionError for a name that is a node of none of `graphs` (read without their weights):
+    onnxruntime's quantizer ignores a misspelt --exclude silently and quantizes the node anyway."""
+    if not names:
+        return
+    onnx = import_optional("onnx", package="onnx", extra="cpu", purpose="reading ONNX graphs")
+    nodes = {n.name: n.op_type for path in graphs for n in onnx.load(str(path), load_external_data=False).graph.node}
+    unknown = [name for name in names if name not in nodes]
+    if unknown:
+        weighted = sorted(n for n, op in nodes.items() if op in ("MatMul", "Gemm"))
+        raise ConversionError(
+            f"--exclude names no node of {', '.join(p.name for p in graphs)}: {', '.join(unknown)}; "
+            f"their {len(weighted)} MatMul/Gemm nodes include {', '.join(weighted[:4])}{', …' if len(weighted) > 4 else ''}"
+        )

@@ -18,7 +18,14 @@ from clip_export.core.conversion import (
 )
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ConversionError, import_optional
-from clip_export.core.graph_surgery import final_nodes, fuse_attention, fuse_transformer_ops, int8_excluded_nodes
+from clip_export.core.graph_surgery import (
+    final_nodes,
+    fuse_attention,
+    fuse_transformer_ops,
+    int8_excluded_nodes,
+    quantizer_exclusions,
+    require_nodes,
+)
 from clip_export.core.int8_sensitivity import most_sensitive_first, sensitivity, weight_matmuls
 from clip_export.core.manifest import exclusive, read_manifest, resolve_inside, select_artifacts, write_manifest
 from clip_export.core.onnx_files import external_data_files
@@ -211,6 +218,9 @@ def quantize_int8(
         if scheme is None
         else [(int8_family_for_weight_type(scheme.weight_type), scheme)]
     )
+    manifest = read_manifest(model_dir)
+    sources = select_artifacts(manifest, precision="fp32", format=ONNX_FORMAT, tower=tuple(towers))
+    require_nodes([resolve_inside(Path(model_dir), s["path"], "the source artifact") for s in sources], exclude_nodes)
     here = current_environment(CPU_PROVIDER)
     artifacts: list[ConvertedArtifact] = []
     notes: list[str] = []
@@ -401,19 +411,3 @@ def _quantize_family(
         force=force,
         progress=progress,
     )
-
-
-# onnxruntime's dynamic quantizer rewrites every Gemm into a MatMul named `<name>` + this suffix
-# (and an Add for the bias) before it reads nodes_to_exclude (ONNXModel.replace_gemm_with_matmul).
-GEMM_AS_MATMUL_SUFFIX = "_MatMul"
-
-
-def quantizer_exclusions(model: Any, names: Sequence[str]) -> list[str]:
-    """The names quantize_dynamic must be told to skip `names`: a Gemm excluded by its own name was
-    quantized anyway, since the quantizer renames it first. That is how MobileCLIP's projection (a
-    timm Linear, so a Gemm) got quantized and failed the gate (docs/models.md)."""
-    gemms = {n.name for n in model.graph.node if n.op_type == "Gemm"}
-    expanded = [
-        alias for name in names for alias in ((name, name + GEMM_AS_MATMUL_SUFFIX) if name in gemms else (name,))
-    ]
-    return list(dict.fromkeys(expanded))

@@ -111,6 +111,22 @@ def test_unsafe_pickle_is_refused_without_running_it(tmp_path: Path, capsys: pyt
     assert "this must never run" not in capsys.readouterr().out
 
 
+class _BlockedModulePayload:
+    def __reduce__(self) -> tuple:
+        import os
+
+        return (os.getcwd, ())
+
+
+def test_a_pickle_calling_into_a_blocked_module_is_refused_as_code(tmp_path: Path) -> None:
+    """torch 2.14 words this refusal "unsupported GLOBAL posix.getcwd whose module posix is blocked":
+    it used to reach the user as torch's advice to re-run with weights_only=False."""
+    path = tmp_path / "evil.pt"
+    torch.save({"state_dict": {}, "payload": _BlockedModulePayload()}, path)
+    with pytest.raises(UnsafeCheckpointError, match="arbitrary pickle"):
+        load_model(resolve("tiny-vit", weights=path))
+
+
 def test_plain_pickle_file_is_refused(tmp_path: Path) -> None:
     path = tmp_path / "evil.bin"
     path.write_bytes(pickle.dumps(_Payload()))

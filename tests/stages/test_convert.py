@@ -14,11 +14,12 @@ from clip_export.core import checks, conversion
 from clip_export.core.checks import ArtifactCheck
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ConversionError, IntegrityError, OutputError
+from clip_export.core.graph_surgery import quantizer_exclusions
 from clip_export.core.manifest import find_artifact, read_manifest
 from clip_export.core.sessions import FP16_DISABLED_OPTIMIZERS, SessionOptions, create_session
 from clip_export.core.spec import INT8_FAMILIES
 from clip_export.stages import convert as convert_stage
-from clip_export.stages.convert import INT8_OP_TYPES, convert_fp16, quantize_int8, quantizer_exclusions, to_fp16
+from clip_export.stages.convert import INT8_OP_TYPES, convert_fp16, quantize_int8, to_fp16
 from clip_export.stages.verify import verify
 
 from ..helpers import flip_byte
