@@ -12,7 +12,8 @@ from typing import Any
 import numpy as np
 
 from clip_export.core.metrics import l2_normalize
-from clip_export.core.spec import CPU_PROVIDER
+from clip_export.core.runner import open_graph
+from clip_export.core.sessions import SessionOptions
 
 
 def weight_matmuls(model: Any, op_types: Sequence[str], excluded: Sequence[str]) -> list[str]:
@@ -35,15 +36,13 @@ def sensitivity(
 ) -> dict[str, float]:
     """Normalised mean |Δ| of the tower with only `name` quantized, for each candidate;
     `quantize_only(name, target)` writes that model."""
-    import onnxruntime as ort
-
     want = l2_normalize(expected)
     error: dict[str, float] = {}
     with tempfile.TemporaryDirectory(prefix=".int8-sensitivity-", dir=scratch_dir) as scratch:
         target = Path(scratch) / "one.onnx"
         for name in candidates:
             quantize_only(name, target)
-            got = ort.InferenceSession(str(target), providers=[CPU_PROVIDER]).run(None, {input_name: inputs})[0]
+            got = open_graph(target, SessionOptions(prepacking=False)).run(inputs)
             error[name] = float(np.abs(l2_normalize(got) - want).mean())
     return error
 
