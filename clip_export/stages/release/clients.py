@@ -27,6 +27,7 @@ from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import read_manifest
 from clip_export.core.metrics import l2_normalize
 from clip_export.core.progress import Progress, silent
+from clip_export.core.spec import INT8_FAMILIES, int8_family_of
 
 SCRIPT = Path(__file__).resolve().parents[2] / "js" / "transformers_embed.mjs"
 TRANSFORMERS_JS = "@huggingface/transformers"
@@ -244,14 +245,24 @@ def _our_embeddings(
     opened: dict[str, Any] = {"fp32": fp32}
     done: dict[tuple[str, str], np.ndarray] = {}
 
-    def ours(tower: str, precision: str) -> np.ndarray:
-        if (tower, precision) not in done:
-            if precision not in opened:
-                opened[precision] = ClipOnnx.from_release(release_dir, precision=precision)
-            done[tower, precision] = (
-                opened[precision].embed_texts(captions) if tower == "text" else opened[precision].embed_pixels(pixels)
+    def ours(tower: str, variant: str) -> np.ndarray:
+        """`variant`: a precision, or "int8/<kernel family>", served by ClipOnnx with the CPU flags that
+        pick that family's file (so each hf/onnx file is compared with ClipOnnx running the same file)."""
+        if (tower, variant) not in done:
+            if variant not in opened:
+                precision, _, family = variant.partition("/")
+                if family:  # flags that pick this family's file; a tower without one gets the other family's
+                    # file, never asked for, so its serve-time check (which would refuse it) is off here
+                    flags = INT8_FAMILIES[family].requires_any_flag
+                    opened[variant] = ClipOnnx.from_release(
+                        release_dir, precision=precision, cpu_flags=flags, check="off"
+                    )
+                else:
+                    opened[variant] = ClipOnnx.from_release(release_dir, precision=precision)
+            done[tower, variant] = (
+                opened[variant].embed_texts(captions) if tower == "text" else opened[variant].embed_pixels(pixels)
             )
-        return done[tower, precision]
+        return done[tower, variant]
 
     return ours
 
@@ -261,7 +272,10 @@ def variant_plan(manifest: dict[str, Any]) -> dict[str, dict[str, tuple[str, str
     preprocessing: image_uint8): {dtype: (hf/onnx file, the manifest precision of its source)}."""
     from clip_export.stages.release.hf_layout import MODEL_FILE, PREPROCESSING_MODEL_FILE, transformers_js_load
 
-    precision = {a["path"]: a["precision"] for a in manifest["artifacts"]}
+    precision = {  # an INT8 file by its kernel family too: two files per tower share the precision
+        a["path"]: a["precision"] + (f"/{family.name}" if (family := int8_family_of(a)) else "")
+        for a in manifest["artifacts"]
+    }
     kinds = {MODEL_FILE["text"]: "text", MODEL_FILE["visual"]: "pixel", PREPROCESSING_MODEL_FILE: "preprocessing"}
     plan: dict[str, dict[str, tuple[str, str]]] = {kind: {} for kind in kinds.values()}
     for name, source in manifest["hf_layout"]["onnx"].items():
@@ -294,7 +308,7 @@ def variant_records(
             row: dict[str, Any] = {
                 "file": f"{ONNX_DIR}/{name}",
                 "dtype": dtype,
-                "precision": precision,
+                "precision": precision.partition("/")[0],
                 "input": inputs[kind],
                 "items": len(cosine),
                 "min_cosine": float(cosine.min()),
@@ -306,13 +320,13 @@ def variant_records(
                     median_cosine=float(np.median(cosine)),
                     at_target=int(np.sum(cosine >= IMAGE_TARGET_COSINE)),
                 )
-            else:  # the same file on the same inputs: its own precision must be the nearest
+            else:  # the same file on the same inputs: its own precision (and INT8 family) must be the nearest
+                nearest = min(mine[kind], key=lambda p: float(np.abs(theirs - mine[kind][p]).mean()))
                 row.update(
-                    limit=VARIANT_MIN_COSINE,
-                    nearest_precision=min(mine[kind], key=lambda p: float(np.abs(theirs - mine[kind][p]).mean())),
+                    limit=VARIANT_MIN_COSINE, nearest_precision=nearest.partition("/")[0], nearest_variant=nearest
                 )
             row["within_limit"] = bool(
-                row["min_cosine"] >= row["limit"] and row.get("nearest_precision", precision) == precision
+                row["min_cosine"] >= row["limit"] and row.get("nearest_variant", precision) == precision
             )
             rows.append(row)
     fp32 = plan["preprocessing"].get("fp32")
