@@ -212,6 +212,25 @@ def huge_photo_takes_the_exact_path(ctx: Ctx) -> None:
     np.testing.assert_array_equal(model.pixel_values(photo), exact.pixel_values(photo))
 
 
+def disk_fills_during_a_forced_export(ctx: Ctx) -> None:
+    import errno
+
+    out = ctx.tmp / "out"
+    cli_ok = CliRunner().invoke(main, ["onnx", "tiny-vit", "--random-init", "--out", str(out), "-q"])
+    assert cli_ok.exit_code == 0, cli_ok.stderr
+    before = (out / "tiny-vit" / "manifest.json").read_bytes()
+
+    def full(*args: object, **kwargs: object) -> None:
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    ctx.monkeypatch.setattr("clip_export.stages.export.np.savez", full)
+    try:
+        cli("onnx", "tiny-vit", "--random-init", "--out", str(out), "--force", "-q")
+    finally:
+        assert (out / "tiny-vit" / "manifest.json").read_bytes() == before
+        assert [p.name for p in out.iterdir() if p.name.startswith(".tiny-vit.partial")] == []
+
+
 CASES: list[Case] = [
     Case(
         "artifact path is an absolute path to a local file, with its true sha256 and size",
@@ -322,6 +341,13 @@ CASES: list[Case] = [
         OutputError,
         "another clip-export run \\(pid \\d+\\) is writing",
         convert_while_another_process_holds_the_lock,
+    ),
+    Case(
+        "the disk fills while `onnx --force` replaces an export",
+        "`clip-export onnx`",
+        CliError,
+        "Error: could not write the export of tiny-vit into .*: the disk is full; the export already there is unchanged",
+        disk_fills_during_a_forced_export,
     ),
     Case(
         "`int8 --exclude` names a node no graph has",

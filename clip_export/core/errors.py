@@ -26,6 +26,20 @@ class OutputError(ClipExportError):
     """The output directory exists, is not writable, or is not an artifact directory."""
 
 
+def write_failure(exc: OSError) -> str | None:
+    """A failed write in words when it is the machine's state, not a bug: a full disk, a quota, a
+    read-only file system, a permission; None otherwise."""
+    import errno
+
+    return {
+        errno.ENOSPC: "the disk is full",
+        errno.EROFS: "the file system is read-only",
+        errno.EACCES: "permission denied",
+        errno.EPERM: "permission denied",
+        errno.EDQUOT: "the disk quota is exceeded",
+    }.get(exc.errno or 0)
+
+
 class UnsupportedOpsetError(ClipExportError):
     pass
 

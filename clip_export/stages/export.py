@@ -21,7 +21,13 @@ from clip_export import __version__
 from clip_export.core import attention
 from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.environment import versions
-from clip_export.core.errors import ClipExportError, ExportParityError, OutputError, UnsupportedOpsetError
+from clip_export.core.errors import (
+    ClipExportError,
+    ExportParityError,
+    OutputError,
+    UnsupportedOpsetError,
+    write_failure,
+)
 from clip_export.core.evalset import EvalSet, load_evalset
 from clip_export.core.manifest import SCHEMA_VERSION, exclusive, file_record, now_iso, write_manifest
 from clip_export.core.metrics import l2_normalize
@@ -378,6 +384,13 @@ def _export_locked(
         if not existed and not force and _has_content(target):  # written meanwhile by something that ignores the lock
             raise OutputError(f"{target} appeared while this export ran; pass --force to replace it")
         _swap_into_place(staging, target)
+    except OSError as exc:
+        shutil.rmtree(staging, ignore_errors=True)
+        reason = write_failure(exc)
+        if reason is None:
+            raise
+        kept = "the export already there is unchanged" if existed else "nothing was kept"
+        raise OutputError(f"could not write the export of {spec.name} into {out}: {reason}; {kept}") from exc
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import dataclasses
-import errno
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -18,7 +17,7 @@ from clip_export.core.checks import (
     reference_images,
 )
 from clip_export.core.environment import environment_table, versions
-from clip_export.core.errors import ClipExportError
+from clip_export.core.errors import ClipExportError, write_failure
 from clip_export.core.evalset import load_evalset
 from clip_export.core.manifest import (
     OVERRIDDEN_PASS,
@@ -184,13 +183,7 @@ def reference_captions(manifest: dict[str, Any], reference: str, evalset: Any) -
 
 def describe_write_error(exc: OSError, where: Path) -> str:
     """A failed write in words: a full disk and a read-only directory are named as such."""
-    reason = {
-        errno.ENOSPC: "the disk is full",
-        errno.EROFS: "the file system is read-only",
-        errno.EACCES: "permission denied",
-        errno.EPERM: "permission denied",
-        errno.EDQUOT: "the disk quota is exceeded",
-    }.get(exc.errno or 0, exc.strerror or str(exc))
+    reason = write_failure(exc) or exc.strerror or str(exc)
     return f"could not write VERIFY.md and the manifest's verification section in {where}: {reason}"
 
 
