@@ -210,9 +210,13 @@ def settings_digest(manifest: dict[str, Any]) -> str:
     counts only while the manifest still says the same (verify, release, from_release)."""
     import hashlib
 
+    tokenizer = dict(manifest.get("tokenizer") or {})
+    for key in ("file", "bpe_vocab"):  # a file by its bytes, not its name: release renames files
+        if isinstance(tokenizer.get(key), dict):
+            tokenizer[key] = tokenizer[key].get("sha256")
     settings = {
         "preprocess": manifest.get("preprocess"),
-        "tokenizer": manifest.get("tokenizer"),
+        "tokenizer": tokenizer,
         "normalize": bool(manifest.get("normalize")),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()

@@ -13,7 +13,7 @@ from clip_export import export_onnx, load_model, resolve
 from clip_export.cli import main
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, IntegrityError, ReleaseError
-from clip_export.core.manifest import read_manifest, write_manifest
+from clip_export.core.manifest import read_manifest, settings_digest, write_manifest
 from clip_export.core.preprocess import preprocess_reference
 from clip_export.core.reference import torch_embed
 from clip_export.core.spec import INT8_FAMILIES, THRESHOLDS
@@ -128,6 +128,7 @@ def test_merging_engines_from_two_machines(verified_dir: Path, tmp_path: Path) -
                 "provider_ran": "tensorrt-runtime",
                 "metrics": {},
                 "environment": where.to_json(),
+                "settings_sha256": settings_digest(manifest),
             }
         )
         write_manifest(model_dir, manifest)
