@@ -26,6 +26,7 @@ from clip_export.cli_render import (
     progress_printer,
     table,
 )
+from clip_export.core.configs import ModelSpec
 from clip_export.core.errors import ClipExportError
 from clip_export.core.spec import DEFAULT_OPSET
 
@@ -95,13 +96,7 @@ def main() -> None:
 @json_option
 @quiet_option
 def onnx(
-    model: str,
-    pretrained: str | None,
-    weights: Path | None,
-    random_init: bool,
-    seed: int,
-    tokenizer_dir: Path | None,
-    text_config_dir: Path | None,
+    spec: ModelSpec,
     towers: str,
     opset: int,
     out: Path,
@@ -120,19 +115,9 @@ def onnx(
     Example:
       clip-export onnx ViT-B/32 --random-init --out artifacts
     """
-    from clip_export.core.models import resolve
     from clip_export.stages.export import export_onnx
 
     tower_list = check_towers(towers)
-    spec = resolve(
-        model,
-        pretrained=pretrained,
-        weights=weights,
-        random_init=random_init,
-        seed=seed,
-        tokenizer=tokenizer_dir,
-        text_config=text_config_dir,
-    )
     result = export_onnx(
         spec,
         out=out,

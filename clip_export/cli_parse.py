@@ -3,6 +3,7 @@ usage error (exit 2) naming the option."""
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,13 +18,45 @@ json_option = click.option("--json", "as_json", is_flag=True, help="Print the re
 quiet_option = click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
 
 
-weights_option = click.option(
-    "--weights",
-    metavar="PATH",
-    type=click.Path(path_type=Path),
-    help="The local checkpoint (or Hugging Face directory) DIR was exported from, for the torch model; "
-    "a path in manifest.json is never read.",
-)
+def _path_option(flag: str, dest: str, metavar: str, help: str) -> Callable[..., Any]:
+    return click.option(flag, dest, metavar=metavar, type=click.Path(path_type=Path), help=help)
+
+
+def local_sources_options(func: Callable[..., Any]) -> Callable[..., Any]:
+    """--weights, --tokenizer and --text-config for a torch rebuild of an export, passed on as one
+    `sources` value (core.configs.LocalSources): a path in manifest.json is never read."""
+
+    @functools.wraps(func)
+    def command(
+        *args: Any, weights: Path | None, tokenizer_dir: Path | None, text_config_dir: Path | None, **kw: Any
+    ) -> Any:
+        from clip_export.core.configs import LocalSources
+
+        return func(*args, sources=LocalSources(weights, tokenizer_dir, text_config_dir), **kw)
+
+    for option in (
+        _path_option(
+            "--text-config",
+            "text_config_dir",
+            "DIR",
+            "The local transformers config directory DIR was exported with (--text-config), for the torch model.",
+        ),
+        _path_option(
+            "--tokenizer",
+            "tokenizer_dir",
+            "DIR",
+            "The local tokenizer directory DIR was exported with (--tokenizer), for the torch model.",
+        ),
+        _path_option(
+            "--weights",
+            "weights",
+            "PATH",
+            "The local checkpoint (or Hugging Face directory) DIR was exported from, for the torch model; "
+            "a path in manifest.json is never read.",
+        ),
+    ):
+        command = option(command)
+    return command
 
 
 def dirs_argument(func: Callable[..., Any]) -> Callable[..., Any]:
@@ -40,7 +73,34 @@ def resolve_dirs(dirs: Sequence[Path]) -> list[Path]:
 
 
 def model_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
-    """MODEL and where its weights come from: the same for `onnx` and `pipeline`."""
+    """MODEL and where its weights come from, resolved once into the `spec` (core.configs.ModelSpec)
+    the command receives: the same for `onnx` and `pipeline`."""
+
+    @functools.wraps(func)
+    def command(
+        *args: Any,
+        model: str,
+        pretrained: str | None,
+        weights: Path | None,
+        random_init: bool,
+        seed: int,
+        tokenizer_dir: Path | None,
+        text_config_dir: Path | None,
+        **kw: Any,
+    ) -> Any:
+        from clip_export.core.models import resolve
+
+        spec = resolve(
+            model,
+            pretrained=pretrained,
+            weights=weights,
+            random_init=random_init,
+            seed=seed,
+            tokenizer=tokenizer_dir,
+            text_config=text_config_dir,
+        )
+        return func(*args, spec=spec, **kw)
+
     for option in reversed(
         [
             click.argument("model"),
@@ -49,11 +109,11 @@ def model_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
                 metavar="TAG",
                 help="open_clip pretrained tag (default: the model's first tag, 'openai' for OpenAI names).",
             ),
-            click.option(
+            _path_option(
                 "--weights",
-                metavar="PATH",
-                type=click.Path(path_type=Path),
-                help="Local checkpoint (.pt, .bin, .safetensors) or Hugging Face CLIP directory.",
+                "weights",
+                "PATH",
+                "Local checkpoint (.pt, .bin, .safetensors) or Hugging Face CLIP directory.",
             ),
             click.option(
                 "--random-init",
@@ -61,24 +121,22 @@ def model_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
                 help="The real architecture with seeded random weights (offline demos, tests, benchmarks).",
             ),
             click.option("--seed", type=int, default=0, show_default=True, help="Seed for --random-init."),
-            click.option(
+            _path_option(
                 "--tokenizer",
                 "tokenizer_dir",
-                metavar="DIR",
-                type=click.Path(path_type=Path),
-                help="Offline: a directory with the model's tokenizer.json (SigLIP, multilingual text towers).",
+                "DIR",
+                "Offline: a directory with the model's tokenizer.json (SigLIP, multilingual text towers).",
             ),
-            click.option(
+            _path_option(
                 "--text-config",
                 "text_config_dir",
-                metavar="DIR",
-                type=click.Path(path_type=Path),
-                help="Offline: a local transformers config directory for a Hugging Face text tower (xlm-roberta, roberta, nllb, mt5).",
+                "DIR",
+                "Offline: a local transformers config directory for a Hugging Face text tower (xlm-roberta, roberta, nllb, mt5).",
             ),
         ]
     ):
-        func = option(func)
-    return func
+        command = option(command)
+    return command
 
 
 def split_csv(value: str) -> list[str]:

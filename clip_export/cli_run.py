@@ -14,13 +14,13 @@ from clip_export.cli_parse import (
     dirs_argument,
     int_list,
     json_option,
+    local_sources_options,
     model_arguments,
     parse_thresholds,
     providers_option,
     quiet_option,
     resolve_dirs,
     split_csv,
-    weights_option,
 )
 from clip_export.cli_render import (
     bench_text,
@@ -29,6 +29,7 @@ from clip_export.cli_render import (
     progress_printer,
     verify_text,
 )
+from clip_export.core.configs import LocalSources, ModelSpec
 from clip_export.core.errors import ClipExportError
 from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S, PIPELINE_PRECISIONS, PRECISIONS
 
@@ -61,7 +62,7 @@ from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S, PIPELINE_PRECISIONS,
     help="Override a threshold, e.g. fp16.mean_abs_normalized=5e-4. Repeatable.",
 )
 @click.option("--precision", "precisions", default=None, help="Only verify these precisions (comma-separated).")
-@weights_option
+@local_sources_options
 @json_option
 @quiet_option
 def verify(
@@ -72,7 +73,7 @@ def verify(
     texts: Path | None,
     thresholds: Sequence[str],
     precisions: str | None,
-    weights: Path | None,
+    sources: LocalSources,
     as_json: bool,
     quiet: bool,
 ) -> None:
@@ -100,7 +101,7 @@ def verify(
                 thresholds=overrides,
                 only=(lambda e: e["precision"] in wanted) if wanted else None,
                 progress=progress_printer(quiet or as_json),
-                weights=weights,
+                sources=sources,
             )
         )
     if as_json:
@@ -159,7 +160,7 @@ def verify(
 )
 @click.option("--compile", "compile_baseline", is_flag=True, help="Add the torch.compile baseline (compiles slowly).")
 @click.option("--fused-baseline", is_flag=True, help="Add fp32 rows run through onnxruntime's transformer optimizer.")
-@weights_option
+@local_sources_options
 @click.option(
     "--breakdown/--no-breakdown",
     default=True,
@@ -180,7 +181,7 @@ def bench(
     baselines: bool,
     compile_baseline: bool,
     fused_baseline: bool,
-    weights: Path | None,
+    sources: LocalSources,
     breakdown: bool,
     as_json: bool,
     quiet: bool,
@@ -212,7 +213,7 @@ def bench(
             breakdown=breakdown,
             precisions=split_csv(precisions) if precisions else None,
             progress=progress_printer(quiet or as_json),
-            weights=weights,
+            sources=sources,
         )
         for d in resolve_dirs(dirs)
     ]
@@ -238,13 +239,7 @@ def bench(
 @json_option
 @quiet_option
 def pipeline(
-    model: str,
-    pretrained: str | None,
-    weights: Path | None,
-    random_init: bool,
-    seed: int,
-    tokenizer_dir: Path | None,
-    text_config_dir: Path | None,
+    spec: ModelSpec,
     precisions: str,
     use_trt: bool,
     providers: list[str],
@@ -259,18 +254,8 @@ def pipeline(
     Example:
       clip-export pipeline ViT-B/32 --random-init --precisions fp32,int8
     """
-    from clip_export.core.models import resolve
     from clip_export.pipeline import run_pipeline
 
-    spec = resolve(
-        model,
-        pretrained=pretrained,
-        weights=weights,
-        random_init=random_init,
-        seed=seed,
-        tokenizer=tokenizer_dir,
-        text_config=text_config_dir,
-    )
     result = run_pipeline(
         spec,
         out=out,

@@ -6,6 +6,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
+from clip_export.core.configs import LocalSources
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ClipExportError
 from clip_export.core.models import ModelSpec
@@ -140,7 +141,7 @@ def run_pipeline(
             precisions=list(precisions),
             breakdown=False,
             progress=progress,
-            weights=spec.hf_dir or spec.weights,
+            sources=LocalSources.of(spec),
         )
         done.append("bench")
     summary = _summary(model_dir, verify_result, bench_result, gates) if model_dir is not None else ()

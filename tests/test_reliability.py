@@ -24,7 +24,7 @@ from click.testing import CliRunner
 from PIL import Image
 
 from clip_export.cli import main
-from clip_export.core.errors import ClipExportError, ManifestError, OutputError
+from clip_export.core.errors import ClipExportError, ManifestError, OutputError, ReleaseError
 from clip_export.core.manifest import read_manifest
 from clip_export.core.models import sha256_file
 from clip_export.runtime import ClipOnnx
@@ -229,6 +229,16 @@ def disk_fills_during_a_forced_export(ctx: Ctx) -> None:
     finally:
         assert (out / "tiny-vit" / "manifest.json").read_bytes() == before
         assert [p.name for p in out.iterdir() if p.name.startswith(".tiny-vit.partial")] == []
+
+
+def release_from_inside(ctx: Ctx) -> None:
+    verify(ctx.model_dir)
+    ctx.monkeypatch.chdir(ctx.model_dir)
+    result = release([Path(".")], tag="v1", out=ctx.tmp / "dist", client_check="off")
+    assert result.directory.name == f"{ctx.model_dir.name}-v1"
+    named = [a for a in result.assets if a.endswith((".onnx", ".npz"))]
+    assert named and all(a.startswith(f"{ctx.model_dir.name}-") for a in named)
+    assert not list(ctx.model_dir.glob("..lock"))  # the lock lay beside the directory, as for every other run
 
 
 CASES: list[Case] = [
@@ -477,6 +487,45 @@ CASES: list[Case] = [
         ClipExportError,
         "images\\[0\\]: a numpy array of shape \\(4, 4, 3\\) and dtype float64 is not an image",
         lambda ctx: ctx.runtime().embed_images([np.zeros((4, 4, 3))]),
+    ),
+    Case(
+        "`clip-export release .` run inside the export directory",
+        "`clip-export release`",
+        None,
+        "accepted: assets are named after the directory (they were named `-v1`, refused as an unsafe name)",
+        release_from_inside,
+    ),
+    Case(
+        "`release --client-check require` where transformers.js is not installed",
+        "`clip-export release`",
+        ReleaseError,
+        "--client-check require: .* is not installed",
+        lambda ctx: (
+            verify(ctx.model_dir),
+            ctx.monkeypatch.setenv("CLIP_EXPORT_NODE_MODULES", str(ctx.tmp / "no_modules")),
+            release([ctx.model_dir], tag="v1", out=ctx.tmp / "dist", client_check="require"),
+        ),
+    ),
+    Case(
+        "manifest `model.tokenizer_dir` names a directory anywhere",
+        "`clip-export verify --reference torch`",
+        ClipExportError,
+        "exported with --tokenizer DIR, which clip-export never reads from a manifest; pass --tokenizer DIR",
+        lambda ctx: (
+            edit_manifest(ctx.model_dir, lambda m: m["model"].update(tokenizer_dir="/etc")),
+            verify(ctx.model_dir, reference="torch", write=False),
+        ),
+    ),
+    Case(
+        "manifest `model` section edited after verify (another seed)",
+        "`clip-export release`",
+        ReleaseError,
+        "passed 'clip-export verify' with other model, preprocessing, tokenizer or reference settings",
+        lambda ctx: (
+            verify(ctx.model_dir),
+            edit_manifest(ctx.model_dir, lambda m: m["model"].update(seed=7)),
+            release([ctx.model_dir], tag="v1", out=ctx.tmp / "dist"),
+        ),
     ),
     Case(
         "a 0x0 image",

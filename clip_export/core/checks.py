@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from clip_export.core import preprocess_graph
+from clip_export.core.configs import NO_LOCAL_SOURCES, LocalSources
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ProviderUnavailableError
 from clip_export.core.evalset import EvalSet, load_evalset
@@ -124,7 +125,11 @@ def _batch_metric(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, l
 
 
 def load_reference(
-    model_dir: Path, manifest: dict[str, Any], reference: str, evalset: EvalSet | None, weights: Path | None = None
+    model_dir: Path,
+    manifest: dict[str, Any],
+    reference: str,
+    evalset: EvalSet | None,
+    sources: LocalSources = NO_LOCAL_SOURCES,
 ) -> tuple[dict[str, np.ndarray], str, str]:
     if reference == "stored" and evalset is None:
         record = manifest.get("reference")
@@ -140,7 +145,7 @@ def load_reference(
     from clip_export.core.models import load_model, spec_from_manifest
 
     try:
-        spec = spec_from_manifest(manifest["model"], weights)
+        spec = spec_from_manifest(manifest["model"], sources)
     except ClipExportError as exc:
         raise ClipExportError(f"--reference torch: {exc}") from exc
     loaded = load_model(spec)

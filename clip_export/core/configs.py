@@ -97,6 +97,24 @@ class ModelSpec:
         return f"open_clip:{self.arch}:{self.pretrained}"
 
 
+@dataclass(frozen=True)
+class LocalSources:
+    """The local files a torch rebuild of an export reads (verify --reference torch, bench), named by
+    the user with --weights, --tokenizer and --text-config: never by a path a manifest holds."""
+
+    weights: Path | None = None
+    tokenizer: Path | None = None
+    text_config: Path | None = None
+
+    @classmethod
+    def of(cls, spec: ModelSpec) -> LocalSources:
+        """What the pipeline's own export read, for its verify and bench."""
+        return cls(spec.hf_dir or spec.weights, spec.tokenizer_dir, spec.text_config_dir)
+
+
+NO_LOCAL_SOURCES = LocalSources()  # pretrained tags and seeded random inits rebuild from nothing local
+
+
 @dataclass
 class LoadedModel:
     """A model in memory with what export and verify need to know about it."""

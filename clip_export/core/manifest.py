@@ -150,11 +150,32 @@ def integrity_problems(model_dir: Path, entry: dict[str, Any]) -> list[str]:
                 f"{record['path']} has {size} bytes, the manifest says {record['bytes']} (truncated or replaced)"
             )
             continue
-        if sha256_file(path) != record["sha256"]:
+        graph = record is entry and str(entry.get("path", "")).endswith(".onnx")
+        digest, names_external_data = _sha256_and_location_key(path) if graph else (sha256_file(path), False)
+        if digest != record["sha256"]:
             problems.append(f"{record['path']} does not match its sha256 in the manifest (modified)")
-    if not problems and str(entry.get("path", "")).endswith(".onnx"):
-        problems.extend(unlisted_external_data(model_dir, entry))
+        elif names_external_data:  # only then is the graph parsed (onnx's import and a parse: ~1.5 s on ViT-B/32)
+            problems.extend(unlisted_external_data(model_dir, entry))
     return problems
+
+
+# The protobuf bytes of StringStringEntryProto.key = "location" (field 1, length 8): every tensor stored
+# as external data carries them, so a graph without them references no external data at all.
+_LOCATION_KEY = b"\x0a\x08location"
+
+
+def _sha256_and_location_key(path: Path, chunk: int = 1 << 22) -> tuple[str, bool]:
+    """The file's sha256 and whether its bytes hold _LOCATION_KEY, in one read."""
+    import hashlib
+
+    digest, found, tail = hashlib.sha256(), False, b""
+    with open(path, "rb") as handle:
+        while block := handle.read(chunk):
+            digest.update(block)
+            if not found:
+                found = _LOCATION_KEY in block or _LOCATION_KEY in tail + block[: len(_LOCATION_KEY) - 1]
+                tail = block[-(len(_LOCATION_KEY) - 1) :]
+    return digest.hexdigest(), found
 
 
 def graph_external_data(onnx_path: Path) -> list[str]:
@@ -204,28 +225,39 @@ def require_intact(model_dir: Path, entry: dict[str, Any], context: str = "") ->
 OVERRIDDEN_PASS = "pass (thresholds overridden: "  # a pass under loosened limits: never an ordinary pass
 
 
+# Local paths the export was run with: where files were, not what they are (release moves them).
+_WHERE_NOT_WHAT = ("path", "checkpoint", "tokenizer_dir", "text_config_dir")
+
+
 def settings_digest(manifest: dict[str, Any]) -> str:
-    """sha256 of the settings that shape an artifact's inputs (preprocessing, the tokenizer section with
-    its file's hash, cleaning and context length, in-graph normalisation): a verdict records it, and
-    counts only while the manifest still says the same (verify, release, from_release)."""
+    """sha256 of every manifest section a verdict depends on besides the artifact's own bytes: the
+    model it claims to be, the preprocessing and tokenizer settings that shape its inputs (files by
+    their hashes), in-graph normalisation, and the reference it was compared with. A verdict records
+    it and counts only while the manifest still says the same (verify, release, from_release)."""
     import hashlib
 
-    tokenizer = dict(manifest.get("tokenizer") or {})
-    for key in ("file", "bpe_vocab"):  # a file by its bytes, not its name: release renames files
-        if isinstance(tokenizer.get(key), dict):
-            tokenizer[key] = tokenizer[key].get("sha256")
+    def what(section: Any) -> Any:
+        if not isinstance(section, dict):
+            return section
+        return {k: what(v) for k, v in section.items() if k not in _WHERE_NOT_WHAT}
+
     settings = {
+        "model": what(manifest.get("model")),
         "preprocess": manifest.get("preprocess"),
-        "tokenizer": tokenizer,
+        "tokenizer": what(manifest.get("tokenizer")),  # its files by sha256 and size: release renames them
         "normalize": bool(manifest.get("normalize")),
+        "reference": what(manifest.get("reference")),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
-def passing_rows(manifest: dict[str, Any], entry: dict[str, Any], overridden: bool = False) -> list[dict[str, Any]]:
+def passing_rows(
+    manifest: dict[str, Any], entry: dict[str, Any], overridden: bool = False, any_settings: bool = False
+) -> list[dict[str, Any]]:
     """The verification rows that passed for exactly this artifact's bytes and the manifest's current
     input settings (settings_digest), from any environment; a pass under overridden thresholds counts
-    only when `overridden` (release --allow-overridden)."""
+    only when `overridden` (release --allow-overridden). `any_settings` drops the settings condition,
+    to tell "verified, but with other settings" from "never verified" in messages."""
     rows = (manifest.get("verification") or {}).get("results", [])
     settings = settings_digest(manifest)
     return [
@@ -233,7 +265,7 @@ def passing_rows(manifest: dict[str, Any], entry: dict[str, Any], overridden: bo
         for r in rows
         if r.get("path") == entry["path"]
         and r.get("sha256") == entry["sha256"]
-        and r.get("settings_sha256") == settings
+        and (any_settings or r.get("settings_sha256") == settings)
         and (r.get("status") == "pass" or (overridden and str(r.get("status")).startswith(OVERRIDDEN_PASS)))
     ]
 
@@ -308,7 +340,7 @@ def exclusive(target: Path) -> Iterator[None]:
     survives the rename that swaps a new export into place. flock is released by the kernel when
     a process dies, so a killed run never leaves a stale lock.
     """
-    target = Path(target)
+    target = Path(os.path.abspath(target))  # `release .` locks the directory by its name, beside it, like any other run
     key = target.parent.resolve() / target.name
     if fcntl is None or key in _held:
         _held[key] = _held.get(key, 0) + 1

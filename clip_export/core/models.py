@@ -12,7 +12,15 @@ from pathlib import Path
 from typing import Any
 
 from clip_export.core.checkpoints import apply_state_dict, read_state_dict, refuse_non_finite, sha256_file
-from clip_export.core.configs import LoadedModel, ModelSpec, PreprocessConfig, TokenizerConfig, require_resize_mode
+from clip_export.core.configs import (
+    NO_LOCAL_SOURCES,
+    LoadedModel,
+    LocalSources,
+    ModelSpec,
+    PreprocessConfig,
+    TokenizerConfig,
+    require_resize_mode,
+)
 from clip_export.core.errors import UnknownModelError, WeightsError, import_optional
 from clip_export.core.families import (
     OPENAI_MEAN,
@@ -345,13 +353,26 @@ def list_models(include_archs: bool = True) -> list[ModelListing]:
     return rows
 
 
-def spec_from_manifest(model: dict[str, Any], weights: Path | None = None) -> ModelSpec:
+def spec_from_manifest(model: dict[str, Any], sources: LocalSources = NO_LOCAL_SOURCES) -> ModelSpec:
     """Rebuild the ModelSpec an artifact directory was exported from. No path the manifest names is
     ever read: a local checkpoint (or Hugging Face directory) comes from the caller's --weights, checked
-    against the sha256 the manifest records; pretrained tags and seeded random inits rebuild without it."""
+    against the sha256 the manifest records, a local tokenizer or text config from --tokenizer and
+    --text-config; pretrained tags and seeded random inits rebuild without them."""
     hf = str(model.get("source", "")).startswith("huggingface:")
     local = hf or not (model.get("pretrained") or model.get("random_init"))
     name = model.get("name") or model.get("arch")
+    weights = sources.weights
+    for key, given, flag in (
+        ("tokenizer_dir", sources.tokenizer, "--tokenizer"),
+        ("text_config_dir", sources.text_config, "--text-config"),
+    ):
+        if model.get(key) and given is None:
+            raise WeightsError(
+                f"{name} was exported with {flag} DIR, which clip-export never reads from a manifest; "
+                f"pass {flag} DIR (the same directory) to rebuild the torch model"
+            )
+        if given is not None and not model.get(key):
+            raise WeightsError(f"{flag} {given}: {name} was exported without {flag}; rebuild it without")
     if not local:
         if weights is not None:
             raise WeightsError(f"--weights is only for an export from a local checkpoint; {name} rebuilds without it")
@@ -377,7 +398,7 @@ def spec_from_manifest(model: dict[str, Any], weights: Path | None = None) -> Mo
         weights=weights if local else None,
         random_init=bool(model.get("random_init")),
         seed=int(model.get("seed") or 0),
-        tokenizer=model.get("tokenizer_dir"),
-        text_config=model.get("text_config_dir"),
+        tokenizer=sources.tokenizer,
+        text_config=sources.text_config,
     )
     return dataclasses.replace(spec, name=model.get("name", spec.name))

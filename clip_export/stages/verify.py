@@ -16,6 +16,7 @@ from clip_export.core.checks import (
     load_reference,
     reference_images,
 )
+from clip_export.core.configs import NO_LOCAL_SOURCES, LocalSources
 from clip_export.core.environment import environment_table, versions
 from clip_export.core.errors import ClipExportError, write_failure
 from clip_export.core.evalset import load_evalset
@@ -100,7 +101,7 @@ def verify(
     only: Callable[[dict[str, Any]], bool] | None = None,
     write: bool = True,
     progress: Progress = silent,
-    weights: Path | None = None,
+    sources: LocalSources = NO_LOCAL_SOURCES,
 ) -> VerifyResult:
     """Check every artifact listed in DIR's manifest on every requested provider."""
     model_dir = Path(model_dir)
@@ -113,7 +114,7 @@ def verify(
     if evalset is not None:
         reference = "torch"
     progress(f"loading the reference for {model_dir.name} ({reference})")
-    ref, evalset_source, reference_desc = load_reference(model_dir, manifest, reference, evalset, weights)
+    ref, evalset_source, reference_desc = load_reference(model_dir, manifest, reference, evalset, sources)
     images = reference_images(evalset_source, evalset)
     checks = []
     entries = [e for e in manifest["artifacts"] if only is None or only(e)]

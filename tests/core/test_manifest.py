@@ -139,3 +139,73 @@ def test_integrity_refuses_external_data_through_a_link(tiny_vit_copy: Path, tmp
     (tiny_vit_copy / "linked.data").symlink_to(tmp_path / "outside.data")
     entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.onnx")
     assert "outside its directory or through a link" in integrity_problems(tiny_vit_copy, entry)[0]
+
+
+def _manifest_for_digest() -> dict:
+    return {
+        "model": {
+            "name": "m",
+            "arch": "ViT-B-32",
+            "seed": 0,
+            "embed_dim": 512,
+            "tokenizer_dir": "/a",
+            "checkpoint": None,
+        },
+        "preprocess": {"mean": [0.5, 0.5, 0.5]},
+        "tokenizer": {"context_length": 77, "file": {"path": "tokenizer.json", "sha256": "t" * 64, "bytes": 3}},
+        "normalize": False,
+        "reference": {"path": "reference.npz", "sha256": "r" * 64, "bytes": 9, "evalset": "bundled"},
+        "artifacts": [],
+    }
+
+
+@pytest.mark.parametrize(
+    "section, key, value",
+    [
+        ("model", "embed_dim", 768),
+        ("model", "arch", "ViT-L-14"),
+        ("model", "seed", 1),
+        ("preprocess", "mean", [0.4, 0.5, 0.5]),
+        ("tokenizer", "context_length", 64),
+        ("reference", "sha256", "s" * 64),
+        ("reference", "evalset", "custom"),
+    ],
+)
+def test_settings_digest_covers_every_section_a_verdict_depends_on(section: str, key: str, value: object) -> None:
+    """A verdict used to cover preprocessing and tokenizer only: an edited model or reference kept it."""
+    from clip_export.core.manifest import settings_digest
+
+    manifest = _manifest_for_digest()
+    before = settings_digest(manifest)
+    manifest[section][key] = value
+    assert settings_digest(manifest) != before
+
+
+def test_settings_digest_ignores_where_files_lie() -> None:
+    """release renames every file and an export records local directories: neither changes a verdict."""
+    from clip_export.core.manifest import settings_digest
+
+    manifest = _manifest_for_digest()
+    before = settings_digest(manifest)
+    manifest["reference"]["path"] = "model-reference.npz"
+    manifest["tokenizer"]["file"]["path"] = "model-tokenizer.json"
+    manifest["model"]["tokenizer_dir"] = "/elsewhere"
+    manifest["verification"] = {"results": []}
+    manifest["release"] = {"tag": "v1"}
+    assert settings_digest(manifest) == before
+
+
+@pytest.mark.parametrize("offset", [0, 3, 6, 9, 12])
+def test_the_location_key_scan_sees_the_key_across_read_boundaries(tmp_path: Path, offset: int) -> None:
+    """integrity parses a graph (onnx's import and a full parse, ~1.5 s on ViT-B/32) only when its
+    bytes hold an external-data location key: a key split between two reads must still count."""
+    import hashlib
+
+    from clip_export.core.manifest import _LOCATION_KEY, _sha256_and_location_key
+
+    data = b"x" * offset + _LOCATION_KEY + b"y" * 7
+    path = tmp_path / "g.onnx"
+    path.write_bytes(data)
+    assert _sha256_and_location_key(path, chunk=8) == (hashlib.sha256(data).hexdigest(), True)
+    path.write_bytes(data.replace(b"location", b"locatiom"))
+    assert _sha256_and_location_key(path, chunk=8)[1] is False

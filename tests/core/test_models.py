@@ -8,8 +8,9 @@ import pytest
 import torch
 
 from clip_export.core import checkpoints, models, tokenizer_setup
+from clip_export.core.configs import LocalSources
 from clip_export.core.errors import UnknownModelError, UnsafeCheckpointError, WeightsError
-from clip_export.core.models import load_model, resolve
+from clip_export.core.models import load_model, resolve, spec_from_manifest
 
 
 def test_openai_names_map_to_quickgelu_archs_with_openai_weights() -> None:
@@ -170,3 +171,36 @@ def test_openai_torchscript_archive_is_read_without_pickle(tmp_path: Path) -> No
     assert checkpoints._is_torchscript_archive(path)
     state, is_jit = models.read_state_dict(path)
     assert is_jit and "visual.proj" in state and "text_projection" in state
+
+
+def test_a_torch_rebuild_takes_the_tokenizer_directory_from_the_user_not_the_manifest(
+    siglip_tokenizer_dir: Path, tmp_path: Path
+) -> None:
+    """verify --reference torch and bench used to read model.tokenizer_dir from manifest.json: a path
+    anyone who edits the file could point anywhere."""
+    from click.testing import CliRunner
+
+    from clip_export.cli import main
+    from clip_export.core.manifest import read_manifest, write_manifest
+    from clip_export.stages.export import export_onnx
+    from clip_export.stages.verify import verify
+
+    model_dir = export_onnx(
+        resolve("tiny-SigLIP", random_init=True, tokenizer=siglip_tokenizer_dir), out=tmp_path
+    ).model_dir
+    manifest = read_manifest(model_dir)
+    manifest["model"]["tokenizer_dir"] = str(tmp_path / "planted")  # never read: it does not even exist
+    write_manifest(model_dir, manifest)
+    refused = CliRunner().invoke(main, ["verify", str(model_dir), "--reference", "torch", "-q"])
+    assert refused.exit_code == 1
+    assert "exported with --tokenizer DIR, which clip-export never reads from a manifest" in refused.output
+    assert "planted" not in refused.output
+    assert verify(
+        model_dir, reference="torch", sources=LocalSources(tokenizer=siglip_tokenizer_dir), write=False
+    ).passed
+    passed = CliRunner().invoke(
+        main, ["verify", str(model_dir), "--reference", "torch", "--tokenizer", str(siglip_tokenizer_dir), "-q"]
+    )
+    assert passed.exit_code == 0, passed.output
+    with pytest.raises(WeightsError, match="--text-config .*exported without --text-config"):
+        spec_from_manifest(manifest["model"], LocalSources(tokenizer=siglip_tokenizer_dir, text_config=tmp_path))

@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from clip_export import export_onnx, resolve
 from clip_export.cli import main
+from clip_export.core.configs import LocalSources
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import read_manifest, write_manifest
@@ -260,11 +261,11 @@ def test_torch_reference_takes_the_checkpoint_from_weights(tiny_vit_copy: Path, 
     weights = tmp_path / "tiny.pt"
     torch.save(load_model(resolve("tiny-vit", random_init=True, seed=0)).model.state_dict(), weights)
     _as_checkpoint_export(tiny_vit_copy, "/dev/zero", sha256_file(weights))
-    assert verify(tiny_vit_copy, reference="torch", weights=weights, write=False).passed
+    assert verify(tiny_vit_copy, reference="torch", sources=LocalSources(weights=weights), write=False).passed
     other = tmp_path / "other.pt"
     torch.save({"x": torch.zeros(1)}, other)
     with pytest.raises(ClipExportError, match="is not the checkpoint tiny-vit was exported from"):
-        verify(tiny_vit_copy, reference="torch", weights=other, write=False)
+        verify(tiny_vit_copy, reference="torch", sources=LocalSources(weights=other), write=False)
     result = CliRunner().invoke(main, ["verify", str(tiny_vit_copy), "--reference", "torch", "-q"])
     assert result.exit_code == 1 and "pass --weights PATH" in result.output
 

@@ -23,6 +23,7 @@ from clip_export.core.manifest import (
     file_record,
     integrity_problems,
     now_iso,
+    passing_rows,
     read_manifest,
     resolve_inside,
     write_manifest,
@@ -46,37 +47,35 @@ class ReleaseResult:
 
 def check_releasable(model_dir: Path, manifest: dict[str, Any], allow_overridden: bool = False) -> list[str]:
     problems = []
+    label = model_dir.resolve().name or str(model_dir)  # `release .` names its directory, not ''
     for entry in manifest["artifacts"]:
         for issue in integrity_problems(model_dir, entry):
-            problems.append(f"{model_dir.name}/{issue}")
+            problems.append(f"{label}/{issue}")
         try:
             verified = passing_environments(manifest, entry, allow_overridden)
             loosened = not verified and passing_environments(manifest, entry, True)
         except ManifestError as exc:
-            problems.append(f"{model_dir.name}: {exc}")
+            problems.append(f"{label}: {exc}")
             continue
         if loosened:
             problems.append(
-                f"{model_dir.name}/{entry['path']} passed 'clip-export verify' only with thresholds overridden; "
+                f"{label}/{entry['path']} passed 'clip-export verify' only with thresholds overridden; "
                 "verify it under the declared thresholds, or pass --allow-overridden to ship it as such"
             )
-        elif not verified and any(
-            r.get("path") == entry["path"] and r.get("sha256") == entry["sha256"] and r.get("status") == "pass"
-            for r in (manifest.get("verification") or {}).get("results", [])
-        ):
+        elif not verified and passing_rows(manifest, entry, any_settings=True):
             problems.append(
-                f"{model_dir.name}/{entry['path']} passed 'clip-export verify' with other preprocessing or tokenizer "
-                "settings than the manifest now holds; run 'clip-export verify' again"
+                f"{label}/{entry['path']} passed 'clip-export verify' with other model, preprocessing, "
+                "tokenizer or reference settings than the manifest now holds; run 'clip-export verify' again"
             )
         elif not verified:
-            problems.append(f"{model_dir.name}/{entry['path']} has not passed 'clip-export verify' in its current form")
+            problems.append(f"{label}/{entry['path']} has not passed 'clip-export verify' in its current form")
     for record in (
         manifest.get("reference"),
         manifest["tokenizer"].get("file"),
         manifest["tokenizer"].get("bpe_vocab"),
     ):
         for issue in integrity_problems(model_dir, record) if record else []:
-            problems.append(f"{model_dir.name}/{issue}")
+            problems.append(f"{label}/{issue}")
     tokenizer_file = manifest["tokenizer"].get("file")
     verification = manifest.get("verification") or {}
     if tokenizer_file and any(a["tower"] == "text" for a in manifest["artifacts"]):
@@ -87,15 +86,31 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any], allow_overridden
         ]
         if rows and not any(r["status"] == "pass" for r in rows):
             problems.append(
-                f"{model_dir.name}/{tokenizer_file['path']} failed its check in 'clip-export verify': {'; '.join(f for r in rows for f in r.get('failures', []))}"
+                f"{label}/{tokenizer_file['path']} failed its check in 'clip-export verify': {'; '.join(f for r in rows for f in r.get('failures', []))}"
             )
         elif not rows and "tokenizers" in verification.get(
             "versions", {}
         ):  # a verify that checks tokenizers ran, but not on these bytes
             problems.append(
-                f"{model_dir.name}/{tokenizer_file['path']} has no verdict for its current bytes; run 'clip-export verify {model_dir}'"
+                f"{label}/{tokenizer_file['path']} has no verdict for its current bytes; run 'clip-export verify {model_dir}'"
             )
     return problems
+
+
+def release_slug(dirs: Sequence[Path], model_name: str) -> str:
+    """What asset names start with: the export directory's own name (also for `release .`, whose
+    name is empty until resolved), or the model's name when several directories or an unusable name."""
+    names = {d.resolve().name for d in dirs}
+    if len(names) == 1:
+        (name,) = names
+        if SAFE_NAME.match(name):
+            return name
+    slug = re.sub(r"[^A-Za-z0-9._-]", "-", model_name).strip(".-_")
+    if not slug:
+        raise ReleaseError(
+            f"cannot name the assets: the directory {dirs[0]} and the model name {model_name!r} hold no letters or digits"
+        )
+    return slug
 
 
 def asset_name(slug: str, entry: dict[str, Any]) -> str:
@@ -237,10 +252,14 @@ def _release(
     problems = [p for d in dirs for p in check_releasable(d, read_manifest(d), allow_overridden)]
     if problems:
         raise ReleaseError("refusing to release: " + "; ".join(problems))
+    if client_check == "require":  # before any asset is copied, not after
+        from clip_export.stages.release.clients import find_transformers_js
+
+        setup = find_transformers_js()
+        if isinstance(setup, str):
+            raise ReleaseError(f"--client-check require: {setup}")
     merged, owners = merge_manifests(dirs)
-    slug = dirs[0].name
-    if len({d.name for d in dirs}) > 1:
-        slug = re.sub(r"[^A-Za-z0-9._-]", "-", merged["model"]["name"])
+    slug = release_slug(dirs, merged["model"]["name"])
     target = Path(out) / safe_asset_name(f"{slug}-{tag}")
     with exclusive(target):  # a second release of the same tag fails here, at once
         if target.exists():

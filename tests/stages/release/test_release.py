@@ -445,6 +445,48 @@ def test_a_verdict_covers_the_settings_it_was_obtained_with(tiny_vit_copy: Path,
     write_manifest(tiny_vit_copy, manifest)
     assert passing_rows(read_manifest(tiny_vit_copy), visual) == []
     with pytest.raises(
-        ReleaseError, match="passed 'clip-export verify' with other preprocessing or tokenizer settings"
+        ReleaseError,
+        match="passed 'clip-export verify' with other model, preprocessing, tokenizer or reference settings",
     ):
         release([tiny_vit_copy], tag="v1", out=tmp_path / "dist")
+
+
+def test_release_fails_at_once_while_another_run_holds_a_source_lock(verified_dir: Path, tmp_path: Path) -> None:
+    """A release copies, hashes and publishes under the source's own lock: a run holding it (an int8
+    or verify writing the directory) makes release fail at once, before anything is copied."""
+    import sys
+
+    from clip_export.core.errors import OutputError
+
+    holder = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import sys, time; from clip_export.core.manifest import exclusive\n"
+            f"with exclusive({str(verified_dir)!r}):\n    print('held', flush=True); time.sleep(120)",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert holder.stdout is not None and holder.stdout.readline().strip() == "held"
+        with pytest.raises(OutputError, match=f"another clip-export run \\(pid {holder.pid}\\) is writing"):
+            release([verified_dir], tag="v1", out=tmp_path / "dist", client_check="off")
+        assert not (tmp_path / "dist").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert release([verified_dir], tag="v1", out=tmp_path / "dist", client_check="off").directory.is_dir()
+
+
+def test_client_check_require_fails_before_copying_anything(
+    verified_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """It used to fail only after every asset had been copied and hashed (minutes on ViT-L/14)."""
+    import clip_export.stages.release.release as module
+
+    monkeypatch.setenv("CLIP_EXPORT_NODE_MODULES", str(tmp_path / "no_modules"))
+    monkeypatch.setattr(module, "_copy_plain", lambda *a: pytest.fail("an asset was copied"))
+    with pytest.raises(ReleaseError, match="--client-check require: .*is not installed"):
+        release([verified_dir], tag="v1", out=tmp_path / "dist", client_check="require")
+    assert not (tmp_path / "dist").exists()
