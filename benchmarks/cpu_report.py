@@ -74,19 +74,28 @@ def main() -> None:
             + ", ".join(f"{t} {f / 1e9:.1f} GFLOP/item" for t, f in result.flops_per_item.items())
             + "; streamed-weights limit "
             + ", ".join(f"{t} {g:.0f} GFLOP/s" for t, g in result.streamed_ceilings_gflops.items())
-            + ".\n"
+            + " (fp32 weights); "
+            + ", ".join(f"{t} {g:.0f} GOP/s" for t, g in result.streamed_int8_ceilings_gops.items())
+            + " (1-byte weights).\n"
         )
         print(
-            "| tower | row | provider | p50 ms | p90 ms | p99 ms | × torch eager | GFLOP/s | % of ceiling | % of streamed limit |"
+            "| tower | row | provider | p50 ms | p90 ms | p99 ms | × torch eager | × ORT fp32 | GFLOP/s | % of ceiling | % of streamed limit |"
         )
-        print("|---|---|---|---|---|---|---|---|---|---|")
+        print("|---|---|---|---|---|---|---|---|---|---|---|")
+        fp32 = {
+            r.tower: r.latency.p50_ms
+            for r in result.rows
+            if r.name.endswith(".onnx") and r.precision == "fp32" and r.latency
+        }
         for r in result.rows:
             if r.latency is None:
+                print(f"| {r.tower} | {r.name} | {r.status} |" + " - |" * 8)
                 continue
             share = f"{r.ceiling_share * 100:.0f}%" if r.ceiling_share else "-"
             streamed = f"{r.streamed_ceiling_share * 100:.0f}%" if r.streamed_ceiling_share else "-"
+            vs_fp32 = f"{fp32[r.tower] / r.latency.p50_ms:.2f}" if r.tower in fp32 and r.kind == "artifact" else "-"
             print(
-                f"| {r.tower} | {r.name} | {r.provider_ran} | {r.latency.p50_ms:.1f} | {r.latency.p90_ms:.1f} | {r.latency.p99_ms:.1f} | {r.speedup_vs_torch:.2f} | {r.gflops_per_s or 0:.0f} | {share} | {streamed} |"
+                f"| {r.tower} | {r.name} | {r.provider_ran} | {r.latency.p50_ms:.1f} | {r.latency.p90_ms:.1f} | {r.latency.p99_ms:.1f} | {r.speedup_vs_torch:.2f} | {vs_fp32} | {r.gflops_per_s or 0:.0f} | {share} | {streamed} |"
             )
         if result.breakdown:
             print(

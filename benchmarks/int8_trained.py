@@ -195,6 +195,76 @@ def p50_ms(path: Path, ids: np.ndarray, budget_s: float = 3.0) -> float:
     return float(np.median(times))
 
 
+def interleaved_p50_ms(paths: dict[str, Path], ids: np.ndarray, rounds: int = 15, calls: int = 5) -> dict[str, float]:
+    """Batch-1 p50 of several artifacts, timed in turns so drift on a shared machine hits each alike."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = 2
+    sessions = {k: ort.InferenceSession(str(v), options, providers=["CPUExecutionProvider"]) for k, v in paths.items()}
+    feed = {"input_ids": ids[:1]}
+    times: dict[str, list[float]] = {k: [] for k in paths}
+    for session in sessions.values():
+        session.run(None, feed)
+    for _ in range(rounds):
+        for label, session in sessions.items():
+            for _ in range(calls):
+                t = time.perf_counter()
+                session.run(None, feed)
+                times[label].append((time.perf_counter() - t) * 1e3)
+    return {k: float(np.median(v)) for k, v in times.items()}
+
+
+def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
+    """What `clip-export int8` ships for the text tower (its own fallback when a plain scheme fails),
+    each family file through the int8 gate natively and, unless not asked, under qemu Haswell, then
+    timed at batch 1 interleaved with the fp32 artifact and the plain QInt8 one."""
+    import shutil
+
+    from int8_tiers import emulated
+
+    from clip_export.core.manifest import read_manifest, select_artifacts
+    from clip_export.core.spec import int8_family_of
+    from clip_export.stages.convert import quantize_int8
+
+    target = model_dir.parent / "shipped"
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(model_dir, target)
+    started = time.perf_counter()
+    quantize_int8(target, towers=("text",), progress=lambda m: print(f"  {m}", file=sys.stderr, flush=True))
+    took = time.perf_counter() - started
+    manifest = read_manifest(target)
+    lines = [
+        f"`clip-export int8` (text tower, no flags) took {took:.0f} s here.",
+        "",
+        "| family file | MatMuls kept float | native gate | mean abs Δ (norm.) | min cosine | Haswell (qemu) mean abs Δ | Haswell min cos |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    paths = {"fp32": target / "text.onnx"}
+    plain = target / "text.plain-qint8.onnx"
+    quantize(target / "text.onnx", plain, "QInt8", True, False, [])
+    paths["plain QInt8"] = plain
+    for entry in select_artifacts(manifest, tower="text", precision="int8"):
+        family = int8_family_of(entry)
+        path = target / entry["path"]
+        g = gate(target, path)
+        kept = len(((entry.get("conversion") or {}).get("mixed_precision") or {}).get("float_matmuls") or [])
+        emu = emulated(path, "text", target / "reference.npz", items) if emulate else "not run"
+        emu_cells = (
+            f"{emu['mean_abs_normalized']:.2e} | {emu['min_cosine']:.4f}" if isinstance(emu, dict) else f"{emu} | -"
+        )
+        lines.append(
+            f"| {entry['path']} ({family.name if family else '?'}) | {kept} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {emu_cells} |"
+        )
+        paths[entry["path"]] = path
+    with np.load(target / "reference.npz") as data:
+        ids = data["input_ids"]
+    ms = interleaved_p50_ms(paths, ids)
+    lines += ["", "| batch-1 text tower | p50 ms | × fp32 ONNX |", "|---|---|---|"]
+    lines += [f"| {label} | {v:.2f} | {ms['fp32'] / v:.2f} |" for label, v in ms.items()]
+    return lines
+
+
 def mixed(model_dir: Path, scratch: Path, weight_type: str) -> list[str]:
     """Greedy mixed precision by measured per-MatMul sensitivity, for one weight type."""
     import onnx
@@ -252,6 +322,11 @@ def main() -> None:
     parser.add_argument("--no-emulate", action="store_true")
     parser.add_argument("--emulated-items", type=int, default=8)
     parser.add_argument("--mixed", action="store_true", help="also try mixed precision by per-MatMul sensitivity")
+    parser.add_argument(
+        "--shipped",
+        action="store_true",
+        help="only what `clip-export int8` ships for the text tower: each family's gate, natively and under qemu, and its speed",
+    )
     args = parser.parse_args()
     import onnxruntime
     from int8_tiers import emulated
@@ -271,6 +346,9 @@ def main() -> None:
     print(
         f"{time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}, {env.describe()}, flags {','.join(env.isa_flags)}, onnxruntime {onnxruntime.__version__}\n"
     )
+    if args.shipped:
+        print("\n".join(shipped(model_dir, not args.no_emulate, args.emulated_items)))
+        return
     print(
         "| scheme | native gate | mean abs Δ (norm.) | min cosine | worst top-1 | text→text top-5 overlap | Haswell (qemu) mean abs Δ | Haswell min cos |"
     )

@@ -73,6 +73,9 @@ class PrecisionSpec:
     session_rule: str  # "fp16": sessions turn off onnxruntime's crashing NchwcTransformer on CPU
     gemm_ceiling: str  # which of bench's GEMM ceilings its rows are a share of
     hf_suffix: str | None  # transformers.js's dtype suffix; None: named by the INT8 weight type
+    # bench's streamed-weights limit at batch 1 its rows are a share of ("fp32": 4-byte weights, "int8":
+    # 1-byte weights through MatMulInteger); None where no such limit is measured (fp16 and q4 on CPU).
+    streamed_limit: str | None = None
 
 
 # The ONNX precisions export and convert produce (TensorRT engines are "fp32"/"fp16" with format "tensorrt").
@@ -81,9 +84,9 @@ PRECISION_SPECS: Mapping[str, PrecisionSpec] = MappingProxyType(
     {
         p.name: p
         for p in (
-            PrecisionSpec("fp32", False, True, "fp32", "fp32", ""),
+            PrecisionSpec("fp32", False, True, "fp32", "fp32", "", streamed_limit="fp32"),
             PrecisionSpec("fp16", True, True, "fp16", "fp32", "_fp16"),
-            PrecisionSpec("int8", True, True, "fp32", "int8", None),
+            PrecisionSpec("int8", True, True, "fp32", "int8", None, streamed_limit="int8"),
             PrecisionSpec("q4", True, False, "fp32", "fp32", "_q4"),
         )
     }

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from clip_export.core.checks import load_reference
+from clip_export.core.configs import NO_LOCAL_SOURCES, LocalSources
 from clip_export.core.environment import versions
 from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import (
@@ -34,6 +35,7 @@ from clip_export.core.spec import (
     CPU_PROVIDER,
     DEFAULT_BENCH_MAX_TIME_S,
     ONNX_FORMAT,
+    PRECISION_SPECS,
     PREPROCESSING_FORMAT,
     TENSORRT_FORMAT,
     TENSORRT_RUNTIME,
@@ -83,7 +85,7 @@ def bench(
     write: bool = True,
     chart: bool = True,
     progress: Progress = silent,
-    weights: Path | None = None,
+    sources: LocalSources = NO_LOCAL_SOURCES,
 ) -> BenchResult:
     """Measure every artifact in DIR's manifest, plus torch baselines, in one process.
 
@@ -115,7 +117,7 @@ def bench(
             from clip_export.core.models import load_model, spec_from_manifest
 
             progress("loading the torch model for the baselines")
-            loaded = load_model(spec_from_manifest(manifest["model"], weights))
+            loaded = load_model(spec_from_manifest(manifest["model"], sources))
             for tower in towers:
                 flops[tower], products[tower] = count_tower(loaded, tower)
         except ImportError as exc:
@@ -125,13 +127,25 @@ def bench(
         "fp32": gemm_ceiling(threads, budget_s=0.75),
         "int8": gemm_ceiling(threads, int8=True, budget_s=0.75),
     }
-    streamed: dict[str, float] = {}
+    streamed: dict[
+        str, dict[str, float]
+    ] = {}  # tower -> streamed limit kind (PrecisionSpec.streamed_limit) -> G(FL)OP/s
     if 1 in batch_sizes:
         for tower, shapes in products.items():
             # A tower whose products are a minor share of its FLOPs (a ResNet) has no such limit.
             if shapes and sum(2.0 * m * k * n for m, k, n in shapes) >= 0.5 * flops[tower]:
-                progress(f"measuring the streamed-weights GEMM limit of the {tower} tower at batch 1")
-                streamed[tower] = streamed_gemm_ceiling(shapes, threads, budget_s=min(1.0, budget_s)) or 0.0
+                benched = {
+                    a["precision"]
+                    for a in select_artifacts(manifest, tower=tower, format=ONNX_FORMAT)
+                    if precisions is None or a["precision"] in precisions
+                }
+                for kind in sorted(
+                    {PRECISION_SPECS[p].streamed_limit for p in benched if p in PRECISION_SPECS} - {None}
+                ):
+                    progress(f"measuring the streamed-weights {kind} GEMM limit of the {tower} tower at batch 1")
+                    streamed.setdefault(tower, {})[kind] = (
+                        streamed_gemm_ceiling(shapes, threads, budget_s=min(1.0, budget_s), int8=kind == "int8") or 0.0
+                    )
     # The preprocessing study after the rows takes about half a minute; rows leave it that time.
     rows_deadline = deadline - (STUDY_RESERVE_S if breakdown and "visual" in towers else 0.0)
     plan = _plan(
@@ -192,9 +206,10 @@ def bench(
         versions(),
         ceilings,
         flops,
-        streamed,
+        {tower: limits["fp32"] for tower, limits in streamed.items() if "fp32" in limits},
         tuple(breakdown_rows),
         tuple(variant_rows),
+        streamed_int8_ceilings_gops={tower: limits["int8"] for tower, limits in streamed.items() if "int8" in limits},
         peak_rss_mb=peak_rss_mb(),
         date=now_iso(),
         notes=tuple(notes),

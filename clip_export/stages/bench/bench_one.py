@@ -7,16 +7,26 @@ import dataclasses
 import gc
 import tempfile
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from clip_export.core.environment import current_environment
 from clip_export.core.errors import ProviderUnavailableError
 from clip_export.core.manifest import integrity_problems, resolve_inside
 from clip_export.core.runner import NotRunnableHereError, open_graph, open_runner
 from clip_export.core.sessions import SessionOptions, provider_name, provider_spec
-from clip_export.core.spec import CPU_PROVIDER, PRECISION_SPECS, PROVIDERS, TENSORRT_FORMAT, TENSORRT_RUNTIME, TOWERS
+from clip_export.core.spec import (
+    CPU_PROVIDER,
+    PRECISION_SPECS,
+    PROVIDERS,
+    TENSORRT_FORMAT,
+    TENSORRT_RUNTIME,
+    TOWERS,
+    int8_family_of,
+)
 from clip_export.stages.bench.bench_rows import BenchRow, rss_mb
 from clip_export.stages.bench.timing import LatencyStats, runs_for, time_calls
 
@@ -148,7 +158,7 @@ def with_ratios(
     torch_p50: float | None,
     flops: float | None,
     ceilings: dict[str, float],
-    streamed: float | None = None,
+    streamed: Mapping[str, float] | None = None,
 ) -> BenchRow:
     if row.latency is None:
         return row
@@ -161,8 +171,9 @@ def with_ratios(
         spec = PRECISION_SPECS.get(row.precision)
         ceiling = ceilings[spec.gemm_ceiling if spec else "fp32"]
         updates["ceiling_share"] = achieved / ceiling
-        if streamed and row.batch == 1 and row.precision == "fp32":
-            updates["streamed_ceiling_share"] = achieved / streamed
+        limit = (streamed or {}).get(spec.streamed_limit) if spec and spec.streamed_limit else None
+        if limit and row.batch == 1:
+            updates["streamed_ceiling_share"] = achieved / limit
     return BenchRow(**{**row.__dict__, **updates})
 
 
@@ -182,6 +193,14 @@ def bench_entry(
     problems = integrity_problems(model_dir, entry)
     if problems:
         return dataclasses.replace(base, status=f"unavailable: {'; '.join(problems)}")
+    family = int8_family_of(entry)
+    here = current_environment(CPU_PROVIDER)
+    if family is not None and base.provider_requested == CPU_PROVIDER and not family.applies_to(here.isa_flags):
+        return dataclasses.replace(
+            base,
+            status=f"not applicable on this CPU ({here.tier}): the {family.name} INT8 family ({family.tiers}) needs one of "
+            f"{', '.join(family.requires_any_flag)}; its results here would be wrong, so its speed says nothing",
+        )
     return bench_onnx(
         resolve_inside(model_dir, entry["path"], "the artifact"),
         entry["tower"],

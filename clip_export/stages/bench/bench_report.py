@@ -35,11 +35,17 @@ def render_markdown(result: BenchResult) -> str:
         + ", ".join(f"{k} {v / 1e9:.2f} GFLOP" for k, v in result.flops_per_item.items())
         + ".",
     ]
-    if result.streamed_ceilings_gflops:
+    if result.streamed_ceilings_gflops or result.streamed_int8_ceilings_gops:
         lines.append(
             "Streamed-weights limit at batch 1 (the tower's own weight products, each weight read from memory once per item, as one document at a time must): "
             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.streamed_ceilings_gflops.items())
-            + '; "% of streamed" compares fp32 batch-1 rows with it.'
+            + (
+                "; with 1-byte weights (MatMulInteger, what an INT8 artifact streams): "
+                + ", ".join(f"{k} {v:.0f} GOP/s" for k, v in result.streamed_int8_ceilings_gops.items())
+                if result.streamed_int8_ceilings_gops
+                else ""
+            )
+            + '; "% of streamed" compares fp32 and INT8 batch-1 rows with the limit for their weights.'
         )
     lines += [
         "",

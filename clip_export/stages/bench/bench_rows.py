@@ -35,7 +35,7 @@ class BenchRow:
     speedup_vs_torch: float | None = None
     gflops_per_s: float | None = None
     ceiling_share: float | None = None
-    streamed_ceiling_share: float | None = None  # batch-1 fp32 CPU rows: share of the streamed-weights limit
+    streamed_ceiling_share: float | None = None  # batch-1 fp32 and int8 CPU rows: share of their streamed-weights limit
 
     @property
     def p50_ms(self) -> float | None:
@@ -50,7 +50,7 @@ class BenchResult:
     versions: dict[str, str]
     ceilings_gflops: dict[str, float]
     flops_per_item: dict[str, float]
-    streamed_ceilings_gflops: dict[str, float] = field(default_factory=dict)
+    streamed_ceilings_gflops: dict[str, float] = field(default_factory=dict)  # fp32 weights, per tower
     breakdown: tuple[StageTimes, ...] = ()
     preprocessing: tuple[PreprocessRow, ...] = ()
     report_path: Path | None = None
@@ -59,6 +59,7 @@ class BenchResult:
     date: str = ""
     notes: tuple[str, ...] = field(default_factory=tuple)
     seconds: float = 0.0  # the whole run, against --max-time
+    streamed_int8_ceilings_gops: dict[str, float] = field(default_factory=dict)  # 1-byte weights, per tower
 
 
 def machine_info(threads: int) -> dict[str, Any]:

@@ -95,10 +95,12 @@ def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, i
 
 
 def _streamed_chain_model(
-    shapes: Sequence[tuple[int, int, int]], min_weight_bytes: int, max_nodes: int
+    shapes: Sequence[tuple[int, int, int]], min_weight_bytes: int, max_nodes: int, int8: bool = False
 ) -> tuple[bytes, int, int, float]:
     """The tower's weight products as one chain, each with its own random weight, repeated until
-    the weights outgrow any cache. Slice/Pad adapt one product's width to the next one's depth."""
+    the weights outgrow any cache. Slice/Pad adapt one product's width to the next one's depth.
+    `int8`: 1-byte weights through MatMulInteger (uint8 activations × int8 weights, what a
+    dynamically quantized MatMul runs), each int32 product cast back to uint8 for the next."""
     from onnx import TensorProto, helper, numpy_helper
 
     rng = np.random.default_rng(0)
@@ -118,21 +120,29 @@ def _streamed_chain_model(
             nodes.append(helper.make_node("Pad", [current, f"pad{index}"], [f"in{index}"]))
             weights.append(numpy_helper.from_array(np.asarray([0, 0, 0, k - width], np.int64), f"pad{index}"))
             current = f"in{index}"
-        weights.append(numpy_helper.from_array((rng.standard_normal((k, n), dtype=np.float32) * k**-0.5), f"w{index}"))
-        nodes.append(helper.make_node("MatMul", [current, f"w{index}"], [f"y{index}"]))
+        if int8:
+            weights.append(numpy_helper.from_array(rng.integers(-127, 128, (k, n), dtype=np.int8), f"w{index}"))
+            nodes.append(helper.make_node("MatMulInteger", [current, f"w{index}"], [f"p{index}"]))
+            nodes.append(helper.make_node("Cast", [f"p{index}"], [f"y{index}"], to=TensorProto.UINT8))
+        else:
+            weights.append(
+                numpy_helper.from_array((rng.standard_normal((k, n), dtype=np.float32) * k**-0.5), f"w{index}")
+            )
+            nodes.append(helper.make_node("MatMul", [current, f"w{index}"], [f"y{index}"]))
         current, width = f"y{index}", n
         flops += 2.0 * m * k * n
-        weight_bytes += 4 * k * n
+        weight_bytes += (1 if int8 else 4) * k * n
         index += 1
     weights += [
         numpy_helper.from_array(np.asarray([0], np.int64), "zero"),
         numpy_helper.from_array(np.asarray([1], np.int64), "last"),
     ]
+    element = TensorProto.UINT8 if int8 else TensorProto.FLOAT
     graph = helper.make_graph(
         nodes,
         "streamed",
-        [helper.make_tensor_value_info("a", TensorProto.FLOAT, [first_m, first_k])],
-        [helper.make_tensor_value_info(current, TensorProto.FLOAT, None)],
+        [helper.make_tensor_value_info("a", element, [first_m, first_k])],
+        [helper.make_tensor_value_info(current, element, None)],
         weights,
     )
     return (
@@ -150,12 +160,16 @@ def streamed_gemm_ceiling(
     min_weight_bytes: int = 256 * 2**20,
     max_nodes: int = 400,
     budget_s: float = 1.0,
+    int8: bool = False,
 ) -> float | None:
-    """GFLOP/s of the tower's own weight products at batch 1 through onnxruntime, each weight read
-    from memory as a one-document run must: the limit when weights, not arithmetic, are the cost."""
+    """GFLOP/s (GOP/s with `int8`) of the tower's own weight products at batch 1 through onnxruntime,
+    each weight read from memory as a one-document run must: the limit when weights, not arithmetic,
+    are the cost. `int8` streams 1-byte weights, the limit of an INT8 artifact's batch-1 rows."""
     if not shapes:
         return None
-    model, m, k, flops = _streamed_chain_model(shapes, min_weight_bytes, max_nodes)
+    model, m, k, flops = _streamed_chain_model(shapes, min_weight_bytes, max_nodes, int8)
     session = _cpu_session(model, threads)
     del model  # 256 MB of serialized weights the session has already copied
-    return _p50_gflops(session, np.random.default_rng(1).standard_normal((m, k)).astype(np.float32), flops, budget_s)
+    rng = np.random.default_rng(1)
+    a = rng.integers(0, 256, (m, k), dtype=np.uint8) if int8 else rng.standard_normal((m, k)).astype(np.float32)
+    return _p50_gflops(session, a, flops, budget_s)
