@@ -47,7 +47,7 @@ class ReleaseResult:
 
 def check_releasable(model_dir: Path, manifest: dict[str, Any], allow_overridden: bool = False) -> list[str]:
     problems = []
-    label = model_dir.resolve().name or str(model_dir)  # `release .` names its directory, not ''
+    label = Path(os.path.abspath(model_dir)).name or str(model_dir)  # `release .` names its directory
     for entry in manifest["artifacts"]:
         for issue in integrity_problems(model_dir, entry):
             problems.append(f"{label}/{issue}")
@@ -100,7 +100,7 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any], allow_overridden
 def release_slug(dirs: Sequence[Path], model_name: str) -> str:
     """What asset names start with: the export directory's own name (also for `release .`, whose
     name is empty until resolved), or the model's name when several directories or an unusable name."""
-    names = {d.resolve().name for d in dirs}
+    names = {Path(os.path.abspath(d)).name for d in dirs}  # "." by its name; a link by the name typed
     if len(names) == 1:
         (name,) = names
         if SAFE_NAME.match(name):
