@@ -22,7 +22,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_report import prepare  # noqa: E402
 
 from clip_export.core.environment import current_environment  # noqa: E402
-from clip_export.core.manifest import find_artifact, now_iso, read_manifest  # noqa: E402
+from clip_export.core.manifest import now_iso, read_manifest  # noqa: E402
 from clip_export.stages.convert import convert_fp16  # noqa: E402
 
 
@@ -31,7 +31,7 @@ def main() -> None:
     parser.add_argument("--model", default="ViT-B/32")
     args = parser.parse_args()
     model_dir = prepare(args.model)
-    if find_artifact(read_manifest(model_dir), precision="fp16") is None:
+    if read_manifest(model_dir).find(precision="fp16") is None:
         convert_fp16(model_dir)
     started = time.perf_counter()
     done = subprocess.run(

@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 from clip_export import export_onnx, resolve
-from clip_export.core.manifest import find_artifact, read_manifest, to_jsonable
+from clip_export.core.manifest import read_manifest, to_jsonable
 from clip_export.stages.bench.bench import bench
 from clip_export.stages.convert import quantize_int8
 
@@ -42,7 +42,7 @@ def exported(model: str, out: Path = WORK, batch_first_attention: bool = True) -
 def prepare(model: str, out: Path = WORK, batch_first_attention: bool = True) -> Path:
     """OUT/<slug> with the fp32 export and its INT8 artifacts, made only where missing."""
     model_dir = exported(model, out, batch_first_attention)
-    if find_artifact(read_manifest(model_dir), precision="int8") is None:
+    if read_manifest(model_dir).find(precision="int8") is None:
         quantize_int8(model_dir, progress=lambda m: print(f"  {m}", file=sys.stderr))
     return model_dir
 

@@ -92,7 +92,7 @@ def main() -> None:
 
     from clip_export.core.checks import check_artifact
     from clip_export.core.environment import current_environment
-    from clip_export.core.manifest import find_artifact, now_iso, read_manifest
+    from clip_export.core.manifest import now_iso, read_manifest
     from clip_export.core.models import load_model, spec_from_manifest
     from clip_export.core.sessions import SessionOptions, create_session
     from clip_export.core.spec import INT8_CANDIDATE_SCHEMES, INT8_SCHEME, THRESHOLDS, TOWERS
@@ -103,7 +103,7 @@ def main() -> None:
     source = exported(args.model)
     env = current_environment("CPUExecutionProvider")
     print(f"Measuring on {env.describe()}.", file=sys.stderr)
-    loaded = load_model(spec_from_manifest(read_manifest(source)["model"]))
+    loaded = load_model(spec_from_manifest(read_manifest(source).model))
     with np.load(source / "reference.npz") as data:
         ref = {k: data[k] for k in data.files}
     rows = []
@@ -126,18 +126,18 @@ def main() -> None:
                 continue
         manifest = read_manifest(work)
         for tower in ("visual", "text"):
-            entry = find_artifact(manifest, tower=tower, precision="int8")
-            fp32 = find_artifact(manifest, tower=tower, precision="fp32")
+            entry = manifest.find(tower=tower, precision="int8")
+            fp32 = manifest.find(tower=tower, precision="fp32")
             check = check_artifact(work, entry, "cpu", ref, THRESHOLDS["int8"])
             emu = (
                 "not run"
                 if args.no_emulate
-                else emulated(work / entry["path"], tower, work / "reference.npz", args.emulated_items)
+                else emulated(work / entry.path, tower, work / "reference.npz", args.emulated_items)
             )
             name = TOWERS[tower].input_name
             one = ref[name][:1]
-            int8_session = create_session(work / entry["path"], SessionOptions(intra_op_threads=2))
-            fp32_session = create_session(work / fp32["path"], SessionOptions(intra_op_threads=2))
+            int8_session = create_session(work / entry.path, SessionOptions(intra_op_threads=2))
+            fp32_session = create_session(work / fp32.path, SessionOptions(intra_op_threads=2))
             import torch
 
             torch.set_num_threads(2)

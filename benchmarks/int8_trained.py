@@ -152,12 +152,17 @@ def quantize(
 def gate(model_dir: Path, path: Path) -> dict[str, object]:
     """The int8 gate on one text artifact (not in the manifest) against the stored reference."""
     from clip_export.core.checks import check_artifact, load_reference
-    from clip_export.core.manifest import file_record, find_artifact, read_manifest
+    from clip_export.core.manifest import file_record, read_manifest
     from clip_export.core.spec import THRESHOLDS
 
     manifest = read_manifest(model_dir)
-    source = find_artifact(manifest, path="text.onnx")
-    entry = {**source, **file_record(path, model_dir), "precision": "int8", "conversion": {"kernel_family": "any-x86"}}
+    source = manifest.find(path="text.onnx")
+    import dataclasses
+
+    written = file_record(path, model_dir)
+    entry = dataclasses.replace(
+        source.moved(written, ()), precision="int8", details={"conversion": {"kernel_family": "any-x86"}}
+    )
     ref, _, _ = load_reference(model_dir, manifest, "stored", None)
     check = check_artifact(model_dir, entry, "cpu", ref, THRESHOLDS["int8"])
     return {
@@ -223,7 +228,7 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
 
     from int8_tiers import emulated
 
-    from clip_export.core.manifest import read_manifest, select_artifacts
+    from clip_export.core.manifest import read_manifest
     from clip_export.core.spec import int8_family_of
     from clip_export.stages.convert import quantize_int8
 
@@ -244,9 +249,9 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
     plain = target / "text.plain-qint8.onnx"
     quantize(target / "text.onnx", plain, "QInt8", True, False, [])
     paths["plain QInt8"] = plain
-    for entry in select_artifacts(manifest, tower="text", precision="int8"):
+    for entry in manifest.select(tower="text", precision="int8"):
         family = int8_family_of(entry)
-        path = target / entry["path"]
+        path = target / entry.path
         g = gate(target, path)
         kept = len(((entry.get("conversion") or {}).get("mixed_precision") or {}).get("float_matmuls") or [])
         emu = emulated(path, "text", target / "reference.npz", items) if emulate else "not run"
@@ -254,9 +259,9 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
             f"{emu['mean_abs_normalized']:.2e} | {emu['min_cosine']:.4f}" if isinstance(emu, dict) else f"{emu} | -"
         )
         lines.append(
-            f"| {entry['path']} ({family.name if family else '?'}) | {kept} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {emu_cells} |"
+            f"| {entry.path} ({family.name if family else '?'}) | {kept} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {emu_cells} |"
         )
-        paths[entry["path"]] = path
+        paths[entry.path] = path
     with np.load(target / "reference.npz") as data:
         ids = data["input_ids"]
     ms = interleaved_p50_ms(paths, ids)

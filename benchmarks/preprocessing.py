@@ -45,7 +45,7 @@ def main() -> None:
         chart=False,
     )
     print(render_markdown(result))
-    config = PreprocessConfig.from_json(read_manifest(model_dir)["preprocess"])
+    config = PreprocessConfig.from_json(read_manifest(model_dir).preprocess)
     rng = np.random.default_rng(0)
     print("## Decoded photos of common sizes\n")
     print("| size | mode | PIL (`exact`) p50 ms | vectorised (`fast`) p50 ms | speed-up | pixels equal |")

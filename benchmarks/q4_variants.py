@@ -18,8 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.checks import check_artifact, load_reference
-from clip_export.core.manifest import file_record, read_manifest, select_artifacts
+from clip_export.core.manifest import file_record, read_manifest
 from clip_export.core.sessions import SessionOptions, create_session
 from clip_export.core.spec import Q4_EMBEDDING_BITS, Q4_SCHEME, THRESHOLDS, TOWERS
 from clip_export.stages.bench.timing import time_interleaved
@@ -43,10 +44,10 @@ def main() -> None:
     for model_dir in args.dirs:
         manifest = read_manifest(model_dir)
         ref, _, _ = load_reference(model_dir, manifest, "stored", None)
-        for source in select_artifacts(manifest, precision="fp32", format="onnx"):
-            tower = source["tower"]
-            rows: list[tuple[str, dict, object, int | None]] = [
-                ("fp32", source, check_artifact(model_dir, source, "cpu", ref, THRESHOLDS["fp32"]), source.get("opset"))
+        for source in manifest.select(precision="fp32", format="onnx"):
+            tower = source.tower
+            rows: list[tuple[str, ArtifactEntry, object, int | None]] = [
+                ("fp32", source, check_artifact(model_dir, source, "cpu", ref, THRESHOLDS["fp32"]), source.opset)
             ]
             scratch = []
             for block in (int(b) for b in args.block_sizes.split(",")):
@@ -57,14 +58,14 @@ def main() -> None:
                     )
                     target = model_dir / f".q4bench-{tower}-b{block}-{bits}.onnx"
                     scratch.append(target)
-                    details = quantize_file(model_dir / source["path"], target, scheme)
-                    entry = {**source, **file_record(target, model_dir), "precision": "q4"}
+                    details = quantize_file(model_dir / source.path, target, scheme)
+                    entry = dataclasses.replace(source.moved(file_record(target, model_dir), ()), precision="q4")
                     rows.append((label, entry, check_artifact(model_dir, entry, "cpu", ref, limits), details["opset"]))
             try:
                 name = TOWERS[tower].input_name
                 x = ref[name][:1]
                 sessions = [
-                    create_session(model_dir / e["path"], SessionOptions(intra_op_threads=2)) for _, e, _, _ in rows
+                    create_session(model_dir / e.path, SessionOptions(intra_op_threads=2)) for _, e, _, _ in rows
                 ]
                 times = time_interleaved(
                     [lambda s=s: s.run(None, {name: x}) for s in sessions], rounds=args.rounds, warmup=3
@@ -75,7 +76,7 @@ def main() -> None:
                     top5 = min(m.value for m in check.metrics if m.name.endswith("_top5_overlap"))
                     gate = [check.metric(m) for m in GATE]
                     print(
-                        f"| {manifest['model']['name']} | {tower} | {label} | {entry['bytes'] / 1e6:.1f} | {entry['bytes'] / source['bytes']:.2f} | {ms:.2f} | {times[0] / ms:.2f} | "
+                        f"| {manifest.model['name']} | {tower} | {label} | {entry.bytes / 1e6:.1f} | {entry.bytes / source.bytes:.2f} | {ms:.2f} | {times[0] / ms:.2f} | "
                         f"{gate[0]:.2e} | {gate[1]:.3f} | {gate[2]:.4f} | {top1:.3f} | {top5:.3f} | {opset} | {check.status}{'' if check.passed else ': ' + '; '.join(check.failures)} |"
                     )
             finally:

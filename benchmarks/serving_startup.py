@@ -53,7 +53,7 @@ def without_vocabulary(model_dir: Path, into: Path) -> Path:
         if path.is_file() and path.name not in ("manifest.json", "tokenizer.json"):
             os.link(path, into / path.name)
     manifest = read_manifest(model_dir)
-    manifest["tokenizer"].pop("file", None)
+    manifest.tokenizer.pop("file", None)
     write_manifest(into, manifest)
     return into
 
@@ -104,7 +104,7 @@ def main() -> None:
     args = parser.parse_args()
     spec = resolve(args.model, random_init=True, seed=0)
     model_dir = WORK / spec.slug
-    if not (model_dir / "manifest.json").exists() or "file" not in read_manifest(model_dir)["tokenizer"]:
+    if not (model_dir / "manifest.json").exists() or "file" not in read_manifest(model_dir).tokenizer:
         # In a child: Linux carries a parent's peak RSS over into the processes it forks.
         export = f"from clip_export import export_onnx, resolve; export_onnx(resolve({args.model!r}, random_init=True, seed=0), out={str(WORK)!r}, force=True)"
         subprocess.run([sys.executable, "-c", export], check=True)
@@ -124,7 +124,7 @@ def main() -> None:
     tokenize_us = {
         "clip_export.core.tokenizer": per_call_us(
             TextTokenizer.from_file(
-                model_dir / read_manifest(model_dir)["tokenizer"]["file"]["path"], read_manifest(model_dir)["tokenizer"]
+                model_dir / read_manifest(model_dir).tokenizer["file"]["path"], read_manifest(model_dir).tokenizer
             ),
             caption,
         ),

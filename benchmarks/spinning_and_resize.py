@@ -34,7 +34,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=100)
     args = parser.parse_args()
-    config = PreprocessConfig.from_json(read_manifest(MODEL_DIR)["preprocess"])
+    config = PreprocessConfig.from_json(read_manifest(MODEL_DIR).preprocess)
     png = Image.open(report_images()[0])
     png.load()
     pixels = preprocess_fast(png, config)[None]

@@ -25,28 +25,28 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=20)
     args = parser.parse_args()
     manifest = read_manifest(args.dir)
-    checks = {c.path: c for c in verify(args.dir, write=False, only=lambda e: e["format"] == "onnx").checks}
+    checks = {c.path: c for c in verify(args.dir, write=False, only=lambda e: e.format == "onnx").checks}
     ref = np.load(args.dir / "reference.npz")
     print(
         "| artifact | MB | size vs fp32 | batch-1 p50 ms | fp32 ÷ this (speed-up) | mean abs diff (norm.) | min cosine | top-1 agreement | verdict |"
     )
     print("|---|---|---|---|---|---|---|---|---|")
     for tower, name in (("visual", "pixel_values"), ("text", "input_ids")):
-        entries = [a for a in manifest["artifacts"] if a["tower"] == tower and a["format"] == "onnx"]
+        entries = [a for a in manifest.artifacts if a.tower == tower and a.format == "onnx"]
         x = ref[name][:1]
         sessions = [
             create_session(
-                args.dir / a["path"],
-                SessionOptions(intra_op_threads=2, precision="fp16" if a["precision"] == "fp16" else "fp32"),
+                args.dir / a.path,
+                SessionOptions(intra_op_threads=2, precision="fp16" if a.precision == "fp16" else "fp32"),
             )
             for a in entries
         ]
         times = time_interleaved([lambda s=s: s.run(None, {name: x}) for s in sessions], rounds=args.rounds, warmup=2)
-        base = next(i for i, a in enumerate(entries) if a["precision"] == "fp32")
+        base = next(i for i, a in enumerate(entries) if a.precision == "fp32")
         for a, ms in zip(entries, times):
-            c = checks[a["path"]]
+            c = checks[a.path]
             print(
-                f"| {a['path']} | {a['bytes'] / 1e6:.1f} | {a['bytes'] / entries[base]['bytes']:.2f} | {ms:.2f} | {times[base] / ms:.2f} | {c.metric('mean_abs_normalized'):.2e} | {c.metric('min_cosine'):.4f} | {c.min_top1:.3f} | {c.status} |"
+                f"| {a.path} | {a.bytes / 1e6:.1f} | {a.bytes / entries[base].bytes:.2f} | {ms:.2f} | {times[base] / ms:.2f} | {c.metric('mean_abs_normalized'):.2e} | {c.metric('min_cosine'):.4f} | {c.min_top1:.3f} | {c.status} |"
             )
 
 

@@ -99,7 +99,7 @@ def verify(
                 images=images,
                 texts=texts,
                 thresholds=overrides,
-                only=(lambda e: e["precision"] in wanted) if wanted else None,
+                only=(lambda e: e.precision in wanted) if wanted else None,
                 progress=progress_printer(quiet or as_json),
                 sources=sources,
             )

@@ -126,7 +126,7 @@ def run_pipeline(
         done.append(name)
     if failed is None and model_dir is not None:
         progress("pipeline stage: verify")
-        only = lambda e: e["precision"] in precisions or e["format"] == TENSORRT_FORMAT
+        only = lambda e: e.precision in precisions or e.format == TENSORRT_FORMAT
         verify_result = verify(model_dir, providers=providers, only=only, progress=progress)
         done.append("verify")
         if not verify_result.passed:
@@ -164,21 +164,21 @@ def resumable(model_dir: Path, spec: ModelSpec) -> Resumable | None:
     """An earlier run's directory for the same model with its fp32 towers intact, or None.
 
     Conversions keep an artifact only after it passed its gate, so what the manifest lists has passed."""
-    from clip_export.core.manifest import integrity_problems, read_manifest, select_artifacts
+    from clip_export.core.manifest import integrity_problems, read_manifest
 
     if not (model_dir / "manifest.json").exists():
         return None
     manifest = read_manifest(model_dir)
-    model = manifest.get("model", {})
+    model = manifest.model
     if (model.get("arch"), model.get("source")) != (spec.arch, spec.source):
         return None
-    fp32 = select_artifacts(manifest, precision="fp32", format=ONNX_FORMAT)
-    if {a["tower"] for a in fp32} != set(TOWERS) or any(integrity_problems(model_dir, a) for a in fp32):
+    fp32 = manifest.select(precision="fp32", format=ONNX_FORMAT)
+    if {a.tower for a in fp32} != set(TOWERS) or any(integrity_problems(model_dir, a) for a in fp32):
         return None
     converted: dict[str, list[str]] = {}
-    for entry in manifest["artifacts"]:
-        if entry["format"] == ONNX_FORMAT and entry["precision"] != "fp32" and not integrity_problems(model_dir, entry):
-            converted.setdefault(entry["precision"], []).append(entry["tower"])
+    for entry in manifest.artifacts:
+        if entry.format == ONNX_FORMAT and entry.precision != "fp32" and not integrity_problems(model_dir, entry):
+            converted.setdefault(entry.precision, []).append(entry.tower)
     return Resumable(model_dir, {k: tuple(v) for k, v in converted.items()})
 
 
@@ -215,27 +215,27 @@ def _summary(
         if r.kind == "artifact" and r.latency is not None
     }
     rows = []
-    for entry in manifest["artifacts"]:
-        check = checks.get(entry["path"])
+    for entry in manifest.artifacts:
+        check = checks.get(entry.path)
         ran = check.provider_ran if check else None
         p50 = (
-            latency.get((entry["path"], ran))
+            latency.get((entry.path, ran))
             if ran
-            else next((v for (n, _), v in latency.items() if n == entry["path"]), None)
+            else next((v for (n, _), v in latency.items() if n == entry.path), None)
         )
         if check:
             verdict, mean_abs, top1 = check.status, check.metric("mean_abs_normalized"), check.min_top1
         else:
             verdict, mean_abs, top1 = gates.get(
-                entry["path"], ("kept from an earlier run (passed its gate then)", None, None)
+                entry.path, ("kept from an earlier run (passed its gate then)", None, None)
             )
         rows.append(
             SummaryRow(
-                entry["path"],
-                entry["tower"],
-                entry["precision"],
-                entry["format"],
-                entry["bytes"],
+                entry.path,
+                entry.tower,
+                entry.precision,
+                entry.format,
+                entry.bytes,
                 verdict,
                 mean_abs,
                 top1,

@@ -9,7 +9,7 @@ import numpy as np
 import onnx
 from onnx import numpy_helper
 
-from clip_export.core.manifest import file_record, find_artifact, read_manifest, write_manifest
+from clip_export.core.manifest import file_record, read_manifest, write_manifest
 
 
 def rewrite_initializer(
@@ -30,9 +30,9 @@ def rewrite_initializer(
     target.CopyFrom(numpy_helper.from_array(change(numpy_helper.to_array(target)).astype(np.float32), target.name))
     onnx.save(model, str(path))
     manifest = read_manifest(model_dir)
-    entry = find_artifact(manifest, path=artifact_path)
+    entry = manifest.find(path=artifact_path)
     assert entry is not None
-    entry.update(file_record(path, model_dir))
+    manifest.upsert(entry.moved(file_record(path, model_dir), entry.external_data))
     write_manifest(model_dir, manifest)
     return target.name
 
@@ -109,7 +109,7 @@ def swap_tokenizer_ids(model_dir: Path, first: str = "a</w>", second: str = "the
     path.write_text(json.dumps(data))
     if rehash:
         manifest = read_manifest(model_dir)
-        manifest["tokenizer"]["file"] = file_record(path, model_dir)
+        manifest.tokenizer["file"] = file_record(path, model_dir).to_json()
         write_manifest(model_dir, manifest)
 
 
@@ -151,15 +151,15 @@ def perturbed_release(model_dir: Path, scale: float = 0.5, seed: int = 0) -> Non
     rng = np.random.default_rng(seed)
     rewrite_initializer(model_dir, "visual.onnx", lambda w: w + rng.normal(0, scale, w.shape))
     manifest = read_manifest(model_dir)
-    record = manifest["reference"]
+    record = manifest.reference
     path = model_dir / record["path"]
     with np.load(path) as data:
         arrays = {name: data[name] for name in data.files}
     session = ort.InferenceSession(str(model_dir / "visual.onnx"), providers=["CPUExecutionProvider"])
     arrays["image_embeds"] = session.run(None, {"pixel_values": arrays["pixel_values"]})[0]
     np.savez(path, **arrays)
-    record.update(file_record(path, model_dir))
-    manifest.pop("verification", None)
+    record.update(file_record(path, model_dir).to_json())
+    manifest.drop_section("verification")
     write_manifest(model_dir, manifest)
 
 
@@ -171,9 +171,8 @@ def move_weights_to_unlisted_data(model_dir: Path, artifact_path: str = "visual.
     model = onnx.load(str(path))
     onnx.save(model, str(path), save_as_external_data=True, location=location, size_threshold=0)
     manifest = read_manifest(model_dir)
-    entry = find_artifact(manifest, path=artifact_path)
+    entry = manifest.find(path=artifact_path)
     assert entry is not None
-    entry.update(file_record(path, model_dir))
-    entry.pop("external_data", None)
+    manifest.upsert(entry.moved(file_record(path, model_dir), ()))
     write_manifest(model_dir, manifest)
     return location

@@ -7,16 +7,17 @@ import pytest
 from click.testing import CliRunner
 
 from clip_export.cli import main
+from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.checks import ArtifactCheck
 from clip_export.core.environment import current_environment
 from clip_export.core.spec import EXPORT_PARITY_TOLERANCE
 
 
-def _failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
+def _failing_gate(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
     return ArtifactCheck(
-        entry["path"],
-        entry["tower"],
-        entry["precision"],
+        entry.path,
+        entry.tower,
+        entry.precision,
         "onnx",
         "cpu",
         "CPUExecutionProvider",

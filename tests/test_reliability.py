@@ -180,7 +180,7 @@ def export_while_another_export_runs(ctx: Ctx) -> None:
     finally:
         _, stderr = first.communicate(timeout=300)
         assert first.returncode == 0, stderr
-        assert read_manifest(out / "tiny-vit")["artifacts"]
+        assert read_manifest(out / "tiny-vit").artifacts
 
 
 def embed_one_caption(ctx: Ctx) -> None:

@@ -1,10 +1,12 @@
-"""One artifact as the manifest records it: built in one place by every stage that makes one, and
-read back with its keys checked. The JSON form (`to_json`) is the on-disk contract other tools read."""
+"""The manifest as typed values: each artifact, its files and its tensors are frozen records built in
+one place and read by attribute everywhere; the manifest's other sections are kept as written and
+typed by their own readers (ModelSpec, PreprocessConfig, TokenizerSettings). The JSON form
+(`to_json`) is the on-disk contract other tools read: `Manifest.from_json(m).to_json() == m`."""
 
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Mapping
+from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -12,7 +14,48 @@ from clip_export.core.errors import ManifestError
 
 # What every artifact entry must name; the rest describes how it was made.
 ARTIFACT_KEYS = ("path", "sha256", "bytes", "tower", "precision", "format")
-_SEQUENCES = ("inputs", "outputs", "external_data")
+FILE_KEYS = ("path", "sha256", "bytes")
+
+
+def _require(data: Any, keys: tuple[str, ...], where: str) -> None:
+    """ManifestError naming the record and every key it lacks."""
+    absent = [k for k in keys if not isinstance(data, dict) or k not in data]
+    if absent:
+        raise ManifestError(f"{where} has no {', '.join(absent)}")
+
+
+@dataclass(frozen=True)
+class FileRecord:
+    """One file on disk as hashed when it was written."""
+
+    path: str
+    sha256: str
+    bytes: int
+
+    def to_json(self) -> dict[str, Any]:
+        return {"path": self.path, "sha256": self.sha256, "bytes": self.bytes}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> FileRecord:
+        _require(data, FILE_KEYS, where)
+        return cls(path=data["path"], sha256=data["sha256"], bytes=data["bytes"])
+
+
+@dataclass(frozen=True)
+class TensorRecord:
+    """A graph input or output: its name, element type and shape (symbolic axes as names)."""
+
+    name: str
+    dtype: str
+    shape: tuple[int | str, ...]
+
+    def to_json(self) -> dict[str, Any]:
+        return {"name": self.name, "dtype": self.dtype, "shape": list(self.shape)}
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> TensorRecord:
+        _require(data, ("name", "dtype", "shape"), where)
+        return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
 
 
 @dataclass(frozen=True)
@@ -23,13 +66,41 @@ class ArtifactEntry:
     tower: str
     precision: str
     format: str
-    inputs: tuple[dict[str, Any], ...] = ()
-    outputs: tuple[dict[str, Any], ...] = ()
+    inputs: tuple[TensorRecord, ...] = ()
+    outputs: tuple[TensorRecord, ...] = ()
     opset: int | None = None
-    external_data: tuple[dict[str, Any], ...] = ()
-    derived_from: dict[str, str] | None = None
+    external_data: tuple[FileRecord, ...] = ()
+    derived_from: Mapping[str, str] | None = None
     # What the stage that made it records (export_parity, conversion, tensorrt, …), kept as written.
     details: Mapping[str, Any] = field(default_factory=dict)
+
+    @property
+    def files(self) -> tuple[FileRecord, ...]:
+        """The graph file and every external-data file it needs: what integrity hashes and release copies."""
+        return (FileRecord(self.path, self.sha256, self.bytes), *self.external_data)
+
+    def detail(self, key: str, default: Any = None) -> Any:
+        """What the making stage recorded under `key` (conversion, export_parity, tensorrt, …)."""
+        return self.details.get(key, default)
+
+    def with_details(self, **values: Any) -> ArtifactEntry:
+        """The same artifact with these stage records added or replaced."""
+        return dataclasses.replace(self, details={**self.details, **values})
+
+    def moved(self, record: FileRecord, external_data: tuple[FileRecord, ...]) -> ArtifactEntry:
+        """The same artifact after its files were renamed into place (a new path and file records)."""
+        return dataclasses.replace(
+            self, path=record.path, sha256=record.sha256, bytes=record.bytes, external_data=external_data
+        )
+
+    def matches(self, **match: str | Collection[str] | None) -> bool:
+        """Each named field equals the given value, or is one of a given tuple, list or set of values."""
+
+        def one(key: str, wanted: Any) -> bool:
+            value = getattr(self, key) if key in _OWN_FIELDS else self.details.get(key)
+            return value in wanted if isinstance(wanted, (tuple, list, set, frozenset)) else value == wanted
+
+        return all(one(k, v) for k, v in match.items())
 
     def to_json(self) -> dict[str, Any]:
         data: dict[str, Any] = {
@@ -43,25 +114,97 @@ class ArtifactEntry:
         if self.opset is not None:
             data["opset"] = self.opset
         data.update(
-            inputs=list(self.inputs),
-            outputs=list(self.outputs),
-            external_data=list(self.external_data),
-            derived_from=self.derived_from,
+            inputs=[t.to_json() for t in self.inputs],
+            outputs=[t.to_json() for t in self.outputs],
+            external_data=[r.to_json() for r in self.external_data],
+            derived_from=dict(self.derived_from) if self.derived_from is not None else None,
         )
         return {**data, **self.details}
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> ArtifactEntry:
         """ManifestError naming the entry and every key it lacks."""
-        absent = [k for k in ARTIFACT_KEYS if not isinstance(data, dict) or k not in data]
-        if absent:
-            raise ManifestError(f"{where} has no {', '.join(absent)}")
-        own = {f.name for f in dataclasses.fields(cls)} - {"details"}
-        values = {k: (tuple(v or ()) if k in _SEQUENCES else v) for k, v in data.items() if k in own}
-        return cls(**values, details={k: v for k, v in data.items() if k not in own})
+        _require(data, ARTIFACT_KEYS, where)
+        values = {k: v for k, v in data.items() if k in _OWN_FIELDS}
+        for key, kind in (("inputs", TensorRecord), ("outputs", TensorRecord), ("external_data", FileRecord)):
+            values[key] = tuple(
+                kind.from_json(item, f"{where}.{key}[{i}]") for i, item in enumerate(data.get(key) or ())
+            )
+        return cls(**values, details={k: v for k, v in data.items() if k not in _OWN_FIELDS})
 
-    def moved(self, record: Mapping[str, Any], external_data: tuple[dict[str, Any], ...]) -> ArtifactEntry:
-        """The same artifact after its files were renamed into place (a new path and file records)."""
-        return dataclasses.replace(
-            self, path=record["path"], sha256=record["sha256"], bytes=record["bytes"], external_data=external_data
-        )
+
+_OWN_FIELDS = frozenset(f.name for f in dataclasses.fields(ArtifactEntry)) - {"details"}
+
+
+@dataclass
+class Manifest:
+    """manifest.json's top level. Artifacts are typed and change only through `upsert`/`replace_artifacts`;
+    every other section keeps its place and JSON form, so a manifest read and written back is byte-identical."""
+
+    artifacts: list[ArtifactEntry]
+    sections: dict[str, Any]  # every key but "artifacts", in file order; "artifacts" keeps its slot as a marker
+
+    @classmethod
+    def from_json(cls, data: dict[str, Any], where: str) -> Manifest:
+        artifacts = [ArtifactEntry.from_json(e, f"{where}: artifacts[{i}]") for i, e in enumerate(data["artifacts"])]
+        return cls(artifacts=artifacts, sections={k: (None if k == "artifacts" else v) for k, v in data.items()})
+
+    def to_json(self) -> dict[str, Any]:
+        data = {k: ([a.to_json() for a in self.artifacts] if k == "artifacts" else v) for k, v in self.sections.items()}
+        if "artifacts" not in data:
+            data["artifacts"] = [a.to_json() for a in self.artifacts]
+        return data
+
+    # The sections every reader relies on (read_manifest refuses a manifest without them).
+    @property
+    def model(self) -> dict[str, Any]:
+        return self.sections["model"]
+
+    @property
+    def preprocess(self) -> dict[str, Any]:
+        return self.sections["preprocess"]
+
+    @property
+    def tokenizer(self) -> dict[str, Any]:
+        return self.sections["tokenizer"]
+
+    @property
+    def normalize(self) -> bool:
+        return bool(self.sections.get("normalize"))
+
+    @property
+    def reference(self) -> dict[str, Any] | None:
+        return self.sections.get("reference")
+
+    @property
+    def verification_rows(self) -> list[dict[str, Any]]:
+        return (self.sections.get("verification") or {}).get("results", [])
+
+    def section(self, name: str, default: Any = None) -> Any:
+        """A section later stages add (verification, benchmark, int8_not_built, hf_layout, …), as written."""
+        return self.sections.get(name, default)
+
+    def set_section(self, name: str, value: Any) -> None:
+        if name == "artifacts":
+            raise ValueError("artifacts change through upsert or replace_artifacts")
+        self.sections[name] = value
+
+    def drop_section(self, name: str) -> None:
+        self.sections.pop(name, None)
+
+    def select(self, **match: str | Collection[str] | None) -> list[ArtifactEntry]:
+        """The artifacts whose fields equal each given value (or are one of a given collection): the
+        one place stages filter the artifact list."""
+        return [entry for entry in self.artifacts if entry.matches(**match)]
+
+    def find(self, **match: str | Collection[str] | None) -> ArtifactEntry | None:
+        """The first artifact `select` would return, or None."""
+        found = self.select(**match)
+        return found[0] if found else None
+
+    def upsert(self, entry: ArtifactEntry) -> None:
+        """Add `entry`, replacing the artifact at the same path."""
+        self.artifacts = [a for a in self.artifacts if a.path != entry.path] + [entry]
+
+    def replace_artifacts(self, entries: list[ArtifactEntry]) -> None:
+        self.artifacts = list(entries)

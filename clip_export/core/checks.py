@@ -15,6 +15,7 @@ from typing import Any
 import numpy as np
 
 from clip_export.core import preprocess_graph
+from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
 from clip_export.core.configs import NO_LOCAL_SOURCES, LocalSources
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ProviderUnavailableError
@@ -73,17 +74,17 @@ class ArtifactCheck:
         return min(top1) if top1 else None
 
 
-def _structure_problems(session: Any, entry: dict[str, Any]) -> list[str]:
+def _structure_problems(session: Any, entry: ArtifactEntry) -> list[str]:
     problems = []
-    declared_in, declared_out = entry["inputs"][0], entry["outputs"][0]
+    declared_in, declared_out = entry.inputs[0], entry.outputs[0]
     got_in, got_out = session.get_inputs()[0], session.get_outputs()[0]
     expected_in_type = {"float32": "tensor(float)", "int64": "tensor(int64)", "float16": "tensor(float16)"}[
-        declared_in["dtype"]
+        declared_in.dtype
     ]
-    if got_in.name != declared_in["name"] or got_in.type != expected_in_type:
-        problems.append(f"input is {got_in.name} {got_in.type}, declared {declared_in['name']} {declared_in['dtype']}")
-    if got_out.name != declared_out["name"] or got_out.type != "tensor(float)":
-        problems.append(f"output is {got_out.name} {got_out.type}, declared {declared_out['name']} float32")
+    if got_in.name != declared_in.name or got_in.type != expected_in_type:
+        problems.append(f"input is {got_in.name} {got_in.type}, declared {declared_in.name} {declared_in.dtype}")
+    if got_out.name != declared_out.name or got_out.type != "tensor(float)":
+        problems.append(f"output is {got_out.name} {got_out.type}, declared {declared_out.name} float32")
     if isinstance(got_in.shape[0], int):
         problems.append(f"batch axis of {got_in.name} is fixed at {got_in.shape[0]}, declared dynamic")
     return problems
@@ -126,17 +127,18 @@ def _batch_metric(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, l
 
 def load_reference(
     model_dir: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     reference: str,
     evalset: EvalSet | None,
     sources: LocalSources = NO_LOCAL_SOURCES,
 ) -> tuple[dict[str, np.ndarray], str, str]:
     if reference == "stored" and evalset is None:
-        record = manifest.get("reference")
+        record = manifest.reference
         if record is None:
             raise ClipExportError(f"{model_dir} has no stored reference; use --reference torch")
-        require_intact(model_dir, record, "the stored reference cannot be trusted")
-        with np.load(resolve_inside(model_dir, record["path"], "the reference")) as data:
+        stored = FileRecord.from_json(record, f"{model_dir}: reference")
+        require_intact(model_dir, stored, "the stored reference cannot be trusted")
+        with np.load(resolve_inside(model_dir, stored.path, "the reference")) as data:
             return (
                 {k: data[k] for k in data.files},
                 record.get("evalset", "bundled"),
@@ -145,14 +147,14 @@ def load_reference(
     from clip_export.core.models import load_model, spec_from_manifest
 
     try:
-        spec = spec_from_manifest(manifest["model"], sources)
+        spec = spec_from_manifest(manifest.model, sources)
     except ClipExportError as exc:
         raise ClipExportError(f"--reference torch: {exc}") from exc
     loaded = load_model(spec)
-    towers = sorted({a["tower"] for a in manifest["artifacts"]})
+    towers = sorted({a.tower for a in manifest.artifacts})
     chosen = evalset or load_evalset()
     return (
-        compute_reference(loaded, chosen, towers, bool(manifest.get("normalize"))),
+        compute_reference(loaded, chosen, towers, manifest.normalize),
         chosen.source,
         "recomputed with torch fp32",
     )
@@ -160,23 +162,23 @@ def load_reference(
 
 def check_artifact(
     model_dir: Path,
-    entry: dict[str, Any],
+    entry: ArtifactEntry,
     provider: str,
     ref: dict[str, np.ndarray],
     limits: Thresholds,
     images: Sequence[Path] | None = None,
 ) -> ArtifactCheck:
     """One artifact on one provider; `images` are the raw files behind the reference, which a preprocessing graph is fed."""
-    tower = entry["tower"]
+    tower = entry.tower
     provider = provider_name(provider)  # "cpu" and "CPUExecutionProvider" are one provider, recorded by its full name
     base = dict(
-        path=entry["path"],
+        path=entry.path,
         tower=tower,
-        precision=entry["precision"],
-        format=entry["format"],
+        precision=entry.precision,
+        format=entry.format,
         provider_requested=provider,
-        sha256=entry["sha256"],
-        threshold_set=threshold_key(entry["precision"], entry["format"]),
+        sha256=entry.sha256,
+        threshold_set=threshold_key(entry.precision, entry.format),
         environment=current_environment(provider),
     )
     problems = integrity_problems(model_dir, entry)
@@ -201,7 +203,7 @@ def check_artifact(
             **base, provider_ran=None, status="fail", failures=(f"the reference has no {tower} tower inputs",)
         )
     inputs, expected = ref[input_key], ref[embed_key]
-    if entry["format"] == PREPROCESSING_FORMAT and (images is None or len(images) != len(expected)):
+    if entry.format == PREPROCESSING_FORMAT and (images is None or len(images) != len(expected)):
         why = (
             "the reference's images are unknown"
             if images is None
@@ -222,7 +224,7 @@ def check_artifact(
     except ProviderUnavailableError as exc:
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"provider: {exc}",))
     ran = runner.provider_ran
-    if entry["format"] == PREPROCESSING_FORMAT:  # raw files in, embeddings out: one image of its own size per run
+    if entry.format == PREPROCESSING_FORMAT:  # raw files in, embeddings out: one image of its own size per run
         structure = preprocess_graph.structure_problems(runner.session)
         got = preprocess_graph.run_raw(runner.session, preprocess_graph.load_rgb_images(images or ()))
         batch_metric = None
@@ -249,28 +251,28 @@ def check_artifact(
 
 
 def check_tokenizer(
-    model_dir: Path, manifest: dict[str, Any], captions: Sequence[str] | None, reference_ids: np.ndarray | None
+    model_dir: Path, manifest: Manifest, captions: Sequence[str] | None, reference_ids: np.ndarray | None
 ) -> ArtifactCheck | None:
     """The bundled tokenizer.json on the reference's raw captions, through the runtime's own
     tokenizer code, against the ids the reference was computed from. None where the export bundles
     no tokenizer file (no text tower, or an export from before tokenizer.json)."""
     from clip_export.core.tokenizer import TextTokenizer
 
-    settings = manifest.get("tokenizer") or {}
-    record = settings.get("file")
-    if not record or not any(a["tower"] == "text" for a in manifest["artifacts"]):
+    record = manifest.tokenizer.get("file")
+    if not record or manifest.find(tower="text") is None:
         return None
+    file = FileRecord.from_json(record, f"{model_dir}: tokenizer.file")
     base = dict(
-        path=record["path"],
+        path=file.path,
         tower="text",
         precision="-",
         format=TOKENIZER_FORMAT,
         provider_requested=CPU_PROVIDER,
-        sha256=record["sha256"],
+        sha256=file.sha256,
         threshold_set=TOKENIZER_CHECK,
         environment=current_environment(CPU_PROVIDER),
     )
-    problems = [f"integrity: {p}" for p in integrity_problems(model_dir, record)]
+    problems = [f"integrity: {p}" for p in integrity_problems(model_dir, file)]
     if not problems and (captions is None or reference_ids is None or len(captions) != len(reference_ids)):
         problems = [
             f"the reference's captions are unknown ({'no captions recorded' if captions is None else f'{len(captions)} captions for {0 if reference_ids is None else len(reference_ids)} reference ids'}); verify with --reference torch"
@@ -278,7 +280,9 @@ def check_tokenizer(
     if problems:
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=tuple(problems))
     try:
-        tokenizer = TextTokenizer.from_file(resolve_inside(model_dir, record["path"], "the tokenizer file"), settings)
+        tokenizer = TextTokenizer.from_file(
+            resolve_inside(model_dir, file.path, "the tokenizer file"), manifest.tokenizer
+        )
         ids = tokenizer(list(captions or ()), context_length=int(reference_ids.shape[1]))
     except (ClipExportError, KeyError, ValueError) as exc:  # an unreadable file or settings fail this row, not verify
         return ArtifactCheck(
@@ -301,7 +305,7 @@ def check_tokenizer(
     )
 
 
-def gate(model_dir: Path, entry: dict[str, Any], provider: str = "cpu") -> ArtifactCheck:
+def gate(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
     """Verify one artifact, not yet in the manifest, with its precision's default thresholds."""
     manifest = read_manifest(model_dir)
     ref, source, _ = load_reference(model_dir, manifest, "stored", None)
@@ -310,7 +314,7 @@ def gate(model_dir: Path, entry: dict[str, Any], provider: str = "cpu") -> Artif
         entry,
         provider,
         ref,
-        THRESHOLDS[threshold_key(entry["precision"], entry["format"])],
+        THRESHOLDS[threshold_key(entry.precision, entry.format)],
         reference_images(source, None),
     )
 

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clip_export.core.artifact import ArtifactEntry
+from clip_export.core.artifact import ArtifactEntry, TensorRecord
 from clip_export.core.checks import gate
 from clip_export.core.errors import ConversionError, ManifestError
 from clip_export.core.manifest import (
@@ -22,8 +22,6 @@ from clip_export.core.manifest import (
     refuse_existing,
     require_intact,
     resolve_inside,
-    select_artifacts,
-    upsert_artifact,
     write_manifest,
 )
 from clip_export.core.progress import Progress
@@ -60,15 +58,15 @@ class Derivation:
     name: Callable[[str], str]  # source path → target file name (spec.artifact_file_name)
     source_precision: str = "fp32"
     format: str = ONNX_FORMAT
-    io: Callable[[dict[str, Any]], dict[str, Any]] | None = (
-        None  # source entry → {"inputs", "outputs"} when they change
+    io: Callable[[ArtifactEntry], dict[str, Any]] | None = (
+        None  # source entry → {"inputs", "outputs"} in their JSON form, when they change
     )
     details_key: str = "conversion"  # where the entry keeps what `write` returned ("tensorrt" for engines)
     gated: bool = True  # False only where the user asked to skip the gate (trt --no-verify): "not verified"
     graph: bool = True  # an ONNX graph (it has an opset); False for a serialized engine
     # After the artifact is in place and before its entry is recorded: (source entry, entry) → entry,
     # e.g. TensorRT's EPContext wrapper beside the engine.
-    finish: Callable[[dict[str, Any], dict[str, Any]], dict[str, Any]] | None = None
+    finish: Callable[[ArtifactEntry, ArtifactEntry], ArtifactEntry] | None = None
 
 
 def tool_version(dist: str) -> str:
@@ -127,7 +125,7 @@ def convert_locked(
 ) -> ConvertResult:
     """convert_each for a caller that already holds the directory's lock (the TensorRT stage)."""
     manifest = read_manifest(model_dir)
-    sources = select_artifacts(manifest, precision=how.source_precision, format=ONNX_FORMAT, tower=tuple(towers))
+    sources = manifest.select(precision=how.source_precision, format=ONNX_FORMAT, tower=tuple(towers))
     if not sources:
         raise ManifestError(
             f"{model_dir} has no {how.source_precision} ONNX artifact for tower(s) {', '.join(towers)}"
@@ -136,31 +134,35 @@ def convert_locked(
     results = []
     for source in sources:
         require_intact(model_dir, source)
-        target_name = how.name(source["path"])
+        target_name = how.name(source.path)
         refuse_existing(manifest, model_dir, target_name, force)
         started = time.perf_counter()
         staging = model_dir / f".convert-{os.getpid()}"
         staging.mkdir(exist_ok=True)
-        progress(f"converting {source['path']} to {target_name}")
+        progress(f"converting {source.path} to {target_name}")
         try:
-            details = write(resolve_inside(model_dir, source["path"], "the source artifact"), staging / target_name)
+            details = write(resolve_inside(model_dir, source.path, "the source artifact"), staging / target_name)
             data_names = sorted(p.name for p in staging.iterdir() if p.name != target_name)
-            io = how.io(source) if how.io else {"inputs": source["inputs"], "outputs": source["outputs"]}
-            typed = ArtifactEntry(
-                **file_record(staging / target_name, model_dir),
-                tower=source["tower"],
+            inputs, outputs = source.inputs, source.outputs
+            if how.io:
+                io = how.io(source)
+                inputs = tuple(TensorRecord.from_json(t, f"{target_name} input") for t in io["inputs"])
+                outputs = tuple(TensorRecord.from_json(t, f"{target_name} output") for t in io["outputs"])
+            written = file_record(staging / target_name, model_dir)
+            entry = ArtifactEntry(
+                written.path,
+                written.sha256,
+                written.bytes,
+                tower=source.tower,
                 precision=how.precision,
                 format=how.format,
-                opset=details.get("opset", source.get("opset"))
-                if how.graph
-                else None,  # a write that raises it says so
-                inputs=tuple(io["inputs"]),
-                outputs=tuple(io["outputs"]),
+                opset=details.get("opset", source.opset) if how.graph else None,  # a write that raises it says so
+                inputs=inputs,
+                outputs=outputs,
                 external_data=tuple(file_record(staging / n, model_dir) for n in data_names),
-                derived_from={"path": source["path"], "sha256": source["sha256"]},
+                derived_from={"path": source.path, "sha256": source.sha256},
                 details={how.details_key: details},
             )
-            entry = typed.to_json()
             check = None
             if how.gated:
                 progress(
@@ -173,24 +175,24 @@ def convert_locked(
                     )
             for name in [*data_names, target_name]:  # the graph file last: it is what makes the artifact look complete
                 os.replace(staging / name, model_dir / name)
-            entry = typed.moved(
+            entry = entry.moved(
                 file_record(model_dir / target_name, model_dir),
                 tuple(file_record(model_dir / n, model_dir) for n in data_names),
-            ).to_json()
+            )
         finally:
             shutil.rmtree(staging, ignore_errors=True)
         if how.finish:
             entry = how.finish(source, entry)
         manifest = read_manifest(model_dir)
-        upsert_artifact(manifest, entry)
+        manifest.upsert(entry)
         write_manifest(model_dir, manifest)
         results.append(
             ConvertedArtifact(
-                source["path"],
+                source.path,
                 target_name,
-                source["tower"],
+                source.tower,
                 how.precision,
-                entry["bytes"],
+                entry.bytes,
                 time.perf_counter() - started,
                 check.status if check else "not verified",
                 check.metric("mean_abs_normalized") if check else None,

@@ -8,12 +8,12 @@ import json
 import os
 import stat
 import tempfile
-from collections.abc import Collection, Iterator
+from collections.abc import Iterator
 from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from clip_export.core.artifact import ArtifactEntry
+from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
 from clip_export.core.checkpoints import sha256_file
 from clip_export.core.errors import IntegrityError, ManifestError, OutputError
 from clip_export.core.spec import TOWERS
@@ -53,7 +53,7 @@ def atomic_write_text(path: Path, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 
 
-def read_manifest(model_dir: Path) -> dict[str, Any]:
+def read_manifest(model_dir: Path) -> Manifest:
     path = Path(model_dir) / MANIFEST_NAME
     if not path.exists():
         raise ManifestError(f"{model_dir} has no {MANIFEST_NAME}; run 'clip-export onnx MODEL' first")
@@ -71,18 +71,18 @@ def read_manifest(model_dir: Path) -> dict[str, Any]:
         raise ManifestError(
             f"{path} is missing the section(s) {', '.join(missing)}; a manifest written by 'clip-export onnx' has {', '.join(REQUIRED_SECTIONS)}"
         )
-    for index, entry in enumerate(data["artifacts"]):
-        ArtifactEntry.from_json(entry, f"{path}: artifacts[{index}]")
-        if entry["tower"] not in TOWERS:
+    manifest = Manifest.from_json(data, str(path))
+    for index, entry in enumerate(manifest.artifacts):
+        if entry.tower not in TOWERS:
             raise ManifestError(
-                f"{path}: artifacts[{index}].tower is {entry['tower']!r}; a tower is one of {', '.join(TOWERS)}"
+                f"{path}: artifacts[{index}].tower is {entry.tower!r}; a tower is one of {', '.join(TOWERS)}"
             )
     length = data["tokenizer"].get("context_length")
     if length is not None and (isinstance(length, bool) or not isinstance(length, int) or length < 1):
         raise ManifestError(f"{path}: tokenizer.context_length is {length!r}; it must be a positive number of tokens")
     for where, named in named_paths(data):
         resolve_inside(model_dir, named, f"{path}: {where}")
-    return data
+    return manifest
 
 
 def named_paths(value: Any, where: str = "") -> Iterator[tuple[str, Any]]:
@@ -122,40 +122,35 @@ def resolve_inside(model_dir: Path, record_path: Any, what: str) -> Path:
     return candidate
 
 
-def write_manifest(model_dir: Path, manifest: dict[str, Any]) -> Path:
+def write_manifest(model_dir: Path, manifest: Manifest) -> Path:
     path = Path(model_dir) / MANIFEST_NAME
-    atomic_write_text(path, json.dumps(manifest, indent=2, sort_keys=False) + "\n")
+    atomic_write_text(path, json.dumps(manifest.to_json(), indent=2, sort_keys=False) + "\n")
     return path
 
 
-def file_record(path: Path, base: Path) -> dict[str, Any]:
-    return {"path": path.relative_to(base).as_posix(), "sha256": sha256_file(path), "bytes": path.stat().st_size}
+def file_record(path: Path, base: Path) -> FileRecord:
+    return FileRecord(path.relative_to(base).as_posix(), sha256_file(path), path.stat().st_size)
 
 
-def artifact_files(entry: dict[str, Any]) -> list[dict[str, Any]]:
-    return [entry, *entry.get("external_data", [])]
-
-
-def integrity_problems(model_dir: Path, entry: dict[str, Any]) -> list[str]:
-    """Every way the files of one artifact differ from the manifest; empty when intact."""
+def integrity_problems(model_dir: Path, entry: ArtifactEntry | FileRecord) -> list[str]:
+    """Every way the files of one artifact (or one recorded file) differ from the manifest; empty when intact."""
     problems = []
-    for record in artifact_files(entry):
-        path = resolve_inside(model_dir, record["path"], f"the manifest entry {record['path']!r}")
+    files = entry.files if isinstance(entry, ArtifactEntry) else (entry,)
+    for index, record in enumerate(files):
+        path = resolve_inside(model_dir, record.path, f"the manifest entry {record.path!r}")
         if not path.exists():
-            problems.append(f"{record['path']} is missing")
+            problems.append(f"{record.path} is missing")
             continue
         size = path.stat().st_size
-        if size != record["bytes"]:
-            problems.append(
-                f"{record['path']} has {size} bytes, the manifest says {record['bytes']} (truncated or replaced)"
-            )
+        if size != record.bytes:
+            problems.append(f"{record.path} has {size} bytes, the manifest says {record.bytes} (truncated or replaced)")
             continue
-        graph = record is entry and str(entry.get("path", "")).endswith(".onnx")
+        graph = isinstance(entry, ArtifactEntry) and index == 0 and entry.path.endswith(".onnx")
         digest, names_external_data = _sha256_and_location_key(path) if graph else (sha256_file(path), False)
-        if digest != record["sha256"]:
-            problems.append(f"{record['path']} does not match its sha256 in the manifest (modified)")
+        if digest != record.sha256:
+            problems.append(f"{record.path} does not match its sha256 in the manifest (modified)")
         elif names_external_data:  # only then is the graph parsed (onnx's import and a parse: ~1.5 s on ViT-B/32)
-            problems.extend(unlisted_external_data(model_dir, entry))
+            problems.extend(unlisted_external_data(model_dir, entry))  # type: ignore[arg-type]
     return problems
 
 
@@ -195,27 +190,27 @@ def graph_external_data(onnx_path: Path) -> list[str]:
     )
 
 
-def unlisted_external_data(model_dir: Path, entry: dict[str, Any]) -> list[str]:
+def unlisted_external_data(model_dir: Path, entry: ArtifactEntry) -> list[str]:
     """What the graph reads from outside itself that the manifest does not hash: each location must be a
     plain relative file inside the directory (no link, no `..`, not absolute) listed in external_data."""
-    listed = {PurePosixPath(r["path"]).as_posix() for r in entry.get("external_data", [])}
-    folder = PurePosixPath(entry["path"]).parent
+    listed = {PurePosixPath(r.path).as_posix() for r in entry.external_data}
+    folder = PurePosixPath(entry.path).parent
     problems = []
-    for location in graph_external_data(resolve_inside(model_dir, entry["path"], "the artifact")):
+    for location in graph_external_data(resolve_inside(model_dir, entry.path, "the artifact")):
         where = PurePosixPath(location)
         relative = (folder / where).as_posix()
         if where.is_absolute() or ".." in where.parts or "\\" in location or os.path.islink(model_dir / relative):
             problems.append(
-                f"{entry['path']} references external data {location!r} outside its directory or through a link"
+                f"{entry.path} references external data {location!r} outside its directory or through a link"
             )
         elif relative not in listed:
             problems.append(
-                f"{entry['path']} references external data {location!r} that the manifest does not list (unhashed)"
+                f"{entry.path} references external data {location!r} that the manifest does not list (unhashed)"
             )
     return problems
 
 
-def require_intact(model_dir: Path, entry: dict[str, Any], context: str = "") -> None:
+def require_intact(model_dir: Path, entry: ArtifactEntry, context: str = "") -> None:
     """IntegrityError listing every problem, after `context` ("refusing to load x") when given."""
     problems = integrity_problems(model_dir, entry)
     if problems:
@@ -229,7 +224,7 @@ OVERRIDDEN_PASS = "pass (thresholds overridden: "  # a pass under loosened limit
 _WHERE_NOT_WHAT = ("path", "checkpoint", "tokenizer_dir", "text_config_dir")
 
 
-def settings_digest(manifest: dict[str, Any]) -> str:
+def settings_digest(manifest: Manifest) -> str:
     """sha256 of every manifest section a verdict depends on besides the artifact's own bytes: the
     model it claims to be, the preprocessing and tokenizer settings that shape its inputs (files by
     their hashes), in-graph normalisation, and the reference it was compared with. A verdict records
@@ -242,60 +237,37 @@ def settings_digest(manifest: dict[str, Any]) -> str:
         return {k: what(v) for k, v in section.items() if k not in _WHERE_NOT_WHAT}
 
     settings = {
-        "model": what(manifest.get("model")),
-        "preprocess": manifest.get("preprocess"),
-        "tokenizer": what(manifest.get("tokenizer")),  # its files by sha256 and size: release renames them
-        "normalize": bool(manifest.get("normalize")),
-        "reference": what(manifest.get("reference")),
+        "model": what(manifest.model),
+        "preprocess": manifest.preprocess,
+        "tokenizer": what(manifest.tokenizer),  # its files by sha256 and size: release renames them
+        "normalize": manifest.normalize,
+        "reference": what(manifest.reference),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 
 
 def passing_rows(
-    manifest: dict[str, Any], entry: dict[str, Any], overridden: bool = False, any_settings: bool = False
+    manifest: Manifest, entry: ArtifactEntry, overridden: bool = False, any_settings: bool = False
 ) -> list[dict[str, Any]]:
     """The verification rows that passed for exactly this artifact's bytes and the manifest's current
     input settings (settings_digest), from any environment; a pass under overridden thresholds counts
     only when `overridden` (release --allow-overridden). `any_settings` drops the settings condition,
     to tell "verified, but with other settings" from "never verified" in messages."""
-    rows = (manifest.get("verification") or {}).get("results", [])
     settings = settings_digest(manifest)
     return [
         r
-        for r in rows
-        if r.get("path") == entry["path"]
-        and r.get("sha256") == entry["sha256"]
+        for r in manifest.verification_rows
+        if r.get("path") == entry.path
+        and r.get("sha256") == entry.sha256
         and (any_settings or r.get("settings_sha256") == settings)
         and (r.get("status") == "pass" or (overridden and str(r.get("status")).startswith(OVERRIDDEN_PASS)))
     ]
 
 
-def select_artifacts(manifest: dict[str, Any], **match: str | Collection[str]) -> list[dict[str, Any]]:
-    """The manifest's artifacts whose fields equal each given value (or are one of a given tuple,
-    list or set of values): the one place stages filter the artifact list."""
-
-    def matches(entry: dict[str, Any], key: str, wanted: str | Collection[str]) -> bool:
-        return (
-            entry.get(key) in wanted if isinstance(wanted, (tuple, list, set, frozenset)) else entry.get(key) == wanted
-        )
-
-    return [entry for entry in manifest["artifacts"] if all(matches(entry, k, v) for k, v in match.items())]
-
-
-def find_artifact(manifest: dict[str, Any], **match: str | Collection[str]) -> dict[str, Any] | None:
-    """The first artifact select_artifacts would return, or None."""
-    found = select_artifacts(manifest, **match)
-    return found[0] if found else None
-
-
-def refuse_existing(manifest: dict[str, Any], model_dir: Path, path: str, force: bool) -> None:
+def refuse_existing(manifest: Manifest, model_dir: Path, path: str, force: bool) -> None:
     """Converting twice is refused unless --force: the manifest already lists that artifact."""
-    if not force and find_artifact(manifest, path=path) is not None:
+    if not force and manifest.find(path=path) is not None:
         raise OutputError(f"{Path(model_dir) / path} already exists in the manifest; pass --force to rebuild it")
-
-
-def upsert_artifact(manifest: dict[str, Any], entry: dict[str, Any]) -> None:
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if a["path"] != entry["path"]] + [entry]
 
 
 def model_dirs(root: Path) -> list[Path]:

@@ -15,6 +15,7 @@ from typing import Any
 
 import numpy as np
 
+from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import resolve_inside
 from clip_export.core.sessions import SessionOptions, create_session
@@ -33,15 +34,15 @@ class ArtifactRunner:
     session: Any | None = None  # the onnxruntime session, for structure checks and IO binding
 
 
-def session_precision(entry: dict[str, Any]) -> str:
+def session_precision(entry: ArtifactEntry) -> str:
     """fp16 graphs need the CPU session workaround (sessions.FP16_DISABLED_OPTIMIZERS); the rule is the
     precision's row in spec.PRECISION_SPECS (a TensorRT engine's precision is one of those too)."""
-    return PRECISION_SPECS[entry["precision"]].session_rule
+    return PRECISION_SPECS[entry.precision].session_rule
 
 
 def open_runner(
     model_dir: Path,
-    entry: dict[str, Any],
+    entry: ArtifactEntry,
     provider: str = "cpu",
     *,
     threads: int = 0,
@@ -49,8 +50,8 @@ def open_runner(
     stop_spinning_after_run: bool = False,
 ) -> ArtifactRunner:
     """A runner for one manifest entry; ProviderUnavailableError or NotRunnableHereError otherwise."""
-    path = resolve_inside(Path(model_dir), entry["path"], "the artifact")
-    if entry["format"] == TENSORRT_FORMAT:
+    path = resolve_inside(Path(model_dir), entry.path, "the artifact")
+    if entry.format == TENSORRT_FORMAT:
         from clip_export.core import trt_runtime
 
         runnable, why = trt_runtime.runnable_here(entry)

@@ -5,7 +5,10 @@ from __future__ import annotations
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # spec is the lowest layer: the record type is named, never imported at run time
+    from clip_export.core.artifact import ArtifactEntry
 
 BATCH_AXIS = "batch"
 
@@ -288,12 +291,12 @@ def int8_family_for_weight_type(weight_type: str) -> Int8Family:
     return INT8_FAMILIES["vnni"] if weight_type == "QInt8" else INT8_FAMILIES["any-x86"]
 
 
-def int8_family_of(entry: Mapping[str, Any]) -> Int8Family | None:
+def int8_family_of(entry: ArtifactEntry) -> Int8Family | None:
     """The kernel family of an int8 manifest entry (None for other precisions). Entries written
     before families name none; their weight type decides (the default was QUInt8 then)."""
-    if entry.get("precision") != "int8":
+    if entry.precision != "int8":
         return None
-    conversion = entry.get("conversion") or {}
+    conversion = entry.detail("conversion") or {}
     if conversion.get("kernel_family") in INT8_FAMILIES:
         return INT8_FAMILIES[conversion["kernel_family"]]
     return int8_family_for_weight_type(conversion.get("weight_type", "QUInt8"))

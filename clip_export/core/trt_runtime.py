@@ -10,6 +10,7 @@ from typing import Any
 
 import numpy as np
 
+from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.errors import MissingExtraError, TensorRTError, import_optional
 
 SUPPORTED_MAJORS = (10, 11)
@@ -50,7 +51,7 @@ def gpu_info() -> tuple[str, str]:
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
 
 
-def runnable_here(entry: dict[str, Any]) -> tuple[bool, str]:
+def runnable_here(entry: ArtifactEntry) -> tuple[bool, str]:
     """An engine runs only with the TensorRT version and GPU generation it was built with."""
     try:
         trt = import_tensorrt()
@@ -60,7 +61,7 @@ def runnable_here(entry: dict[str, Any]) -> tuple[bool, str]:
         gpu, capability = gpu_info()
     except TensorRTError as exc:
         return False, str(exc)
-    built = entry.get("tensorrt", {})
+    built = entry.detail("tensorrt", {})
     if built.get("version") != str(trt.__version__):
         return False, f"built with TensorRT {built.get('version')}, this machine has {trt.__version__}"
     if built.get("compute_capability") != capability:

@@ -22,6 +22,7 @@ from typing import Any
 
 import numpy as np
 
+from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ManifestError, ServeCheckError
 from clip_export.core.manifest import passing_rows, require_intact
@@ -55,45 +56,46 @@ def require_mode(mode: str) -> str:
     return mode
 
 
-def passing_verdict_here(manifest: dict[str, Any], entry: dict[str, Any], env: Environment) -> dict[str, Any] | None:
+def passing_verdict_here(manifest: Manifest, entry: ArtifactEntry, env: Environment) -> dict[str, Any] | None:
     """A passing verification row for exactly these bytes in exactly this environment, if any."""
     for row in passing_rows(manifest, entry):
         recorded = row.get("environment")
         if (
             isinstance(recorded, dict)
-            and Environment.from_json(recorded, f"the verdict for {entry['path']}").key == env.key
+            and Environment.from_json(recorded, f"the verdict for {entry.path}").key == env.key
         ):
             return row
     return None
 
 
-def load_reference_slice(root: Path, manifest: dict[str, Any], towers: set[str]) -> dict[str, np.ndarray]:
+def load_reference_slice(root: Path, manifest: Manifest, towers: set[str]) -> dict[str, np.ndarray]:
     """The first SERVE_CHECK_ITEMS inputs and fp32 embeddings of each loaded tower, hash-checked."""
-    record = manifest.get("reference")
+    record = manifest.reference
     if not record:
         raise ManifestError(
             f"{root} carries no stored reference, so the serve-time check cannot run; re-release it with clip-export 0.1+ or pass check='off' to serve unchecked"
         )
-    require_intact(root, record, "refusing the serve-time check's reference")
+    stored = FileRecord.from_json(record, f"{root}: reference")
+    require_intact(root, stored, "refusing the serve-time check's reference")
     wanted = [name for tower in sorted(towers) for name in (TOWERS[tower].input_name, TOWERS[tower].output_name)]
     sliced: dict[str, np.ndarray] = {}
-    with np.load(root / record["path"]) as data:
+    with np.load(root / stored.path) as data:
         for name in wanted:
             if name not in data.files or len(data[name]) < SERVE_CHECK_ITEMS:
                 found = len(data[name]) if name in data.files else 0
                 raise ManifestError(
-                    f"the stored reference {record['path']} holds {found} '{name}' rows; the serve-time check needs {SERVE_CHECK_ITEMS}"
+                    f"the stored reference {stored.path} holds {found} '{name}' rows; the serve-time check needs {SERVE_CHECK_ITEMS}"
                 )
             sliced[name] = data[name][:SERVE_CHECK_ITEMS]
     return sliced
 
 
-def bundled_reference_images(manifest: dict[str, Any]) -> list[Path] | None:
+def bundled_reference_images(manifest: Manifest) -> list[Path] | None:
     """The first SERVE_CHECK_ITEMS photographs the stored reference was computed on, when they are the
     bundled evaluation set's (every export made with the default set); None otherwise."""
     from clip_export.core.evalset import BUNDLED_DIR
 
-    record = manifest.get("reference") or {}
+    record = manifest.reference or {}
     names = record.get("images") or []
     if record.get("evalset") != "bundled" or len(names) < SERVE_CHECK_ITEMS:
         return None
@@ -112,11 +114,11 @@ class ServingInputs:
 
 
 def _serving_input(
-    manifest: dict[str, Any], tower: str, sliced: dict[str, np.ndarray], serving: ServingInputs, precision: str
+    manifest: Manifest, tower: str, sliced: dict[str, np.ndarray], serving: ServingInputs, precision: str
 ) -> tuple[np.ndarray, str, str]:
     """(inputs, threshold key, what they were made from), through the serving path where it can be run."""
     if tower == "text":
-        captions = [str(c) for c in (manifest.get("reference") or {}).get("captions", [])[:SERVE_CHECK_ITEMS]]
+        captions = [str(c) for c in (manifest.reference or {}).get("captions", [])[:SERVE_CHECK_ITEMS]]
         if len(captions) < SERVE_CHECK_ITEMS:
             return sliced[TOWERS[tower].input_name], precision, "stored token ids (the manifest lists no captions)"
         ids = serving.token_ids(captions)
@@ -137,8 +139,8 @@ def _serving_input(
 
 
 def check_here(
-    manifest: dict[str, Any],
-    entry: dict[str, Any],
+    manifest: Manifest,
+    entry: ArtifactEntry,
     session: Any,
     reference: Callable[[], dict[str, np.ndarray]],
     mode: str,
@@ -151,12 +153,12 @@ def check_here(
     few items would not make it safe here."""
     env = current_environment(session.get_providers()[0])
     if mode == "off":
-        return ServeCheck(entry["path"], "skipped: turned off by the caller", env)
+        return ServeCheck(entry.path, "skipped: turned off by the caller", env)
     family = int8_family_of(entry)
     flags = env.isa_flags if cpu_flags is None else tuple(cpu_flags)
     if family is not None and env.provider == CPU_PROVIDER and not family.applies_to(flags):
         raise ServeCheckError(
-            f"{entry['path']} is INT8 of the {family.name} kernel family ({(entry.get('conversion') or {}).get('weight_type', '?')} weights, for {family.tiers}); "
+            f"{entry.path} is INT8 of the {family.name} kernel family ({(entry.detail('conversion') or {}).get('weight_type', '?')} weights, for {family.tiers}); "
             f"this CPU has none of {', '.join(family.requires_any_flag)}, where its kernels saturate. "
             "Serve the QUInt8 artifact (clip-export int8 builds both), or precision='fp32'"
         )
@@ -164,22 +166,22 @@ def check_here(
         row = passing_verdict_here(manifest, entry, env)
         if row is not None:
             return ServeCheck(
-                entry["path"], f"skipped: verified in this environment on {row.get('date', 'an earlier run')}", env
+                entry.path, f"skipped: verified in this environment on {row.get('date', 'an earlier run')}", env
             )
     started = time.perf_counter()
-    tower, sliced = TOWERS[entry["tower"]], reference()
-    key = threshold_key(entry["precision"], entry["format"])
+    tower, sliced = TOWERS[entry.tower], reference()
+    key = threshold_key(entry.precision, entry.format)
     inputs, made_from = sliced[tower.input_name], "stored tensors"
     if serving is not None:
-        inputs, key, made_from = _serving_input(manifest, entry["tower"], sliced, serving, key)
+        inputs, key, made_from = _serving_input(manifest, entry.tower, sliced, serving, key)
     got = session.run(None, {tower.input_name: inputs})[0]
     metrics = tuple(numeric_metrics(sliced[tower.output_name], got, THRESHOLDS[key]))
     failures = [m.failure() for m in metrics if not m.passed]
     if failures:
         raise ServeCheckError(
-            f"{entry['path']} misses its {key} thresholds on {SERVE_CHECK_ITEMS} reference items ({made_from}) in this environment "
+            f"{entry.path} misses its {key} thresholds on {SERVE_CHECK_ITEMS} reference items ({made_from}) in this environment "
             f"({env.describe()}): {'; '.join(failures)}. "
-            + ("Serve the fp32 artifact (precision='fp32'), or run" if entry["precision"] != "fp32" else "Run")
+            + ("Serve the fp32 artifact (precision='fp32'), or run" if entry.precision != "fp32" else "Run")
             + " 'clip-export verify' here for the full report"
         )
-    return ServeCheck(entry["path"], "pass", env, metrics, time.perf_counter() - started, made_from)
+    return ServeCheck(entry.path, "pass", env, metrics, time.perf_counter() - started, made_from)

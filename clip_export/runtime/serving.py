@@ -25,10 +25,11 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
+from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
 from clip_export.core.configs import PreprocessConfig
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ClipExportError, import_optional
-from clip_export.core.manifest import read_manifest, require_intact, resolve_inside, select_artifacts
+from clip_export.core.manifest import read_manifest, require_intact, resolve_inside
 from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
 from clip_export.core.runner import open_runner
 from clip_export.core.spec import CPU_PROVIDER, ONNX_FORMAT, TOWERS, int8_family_for_cpu, int8_family_of
@@ -50,7 +51,7 @@ class ClipOnnx:
     def __init__(
         self,
         root: Path,
-        manifest: dict[str, Any],
+        manifest: Manifest,
         visual: Any,
         text: Any,
         info: dict[str, LoadedArtifact],
@@ -61,10 +62,10 @@ class ClipOnnx:
         self._visual = visual
         self._text = text
         self.artifacts = info
-        self.preprocess_config = PreprocessConfig.from_json(manifest["preprocess"])
+        self.preprocess_config = PreprocessConfig.from_json(manifest.preprocess)
         self._preprocess = _preprocessor(preprocess)
         self._tokenizer: Any = None
-        self.normalized_in_graph = bool(manifest.get("normalize"))
+        self.normalized_in_graph = manifest.normalize
         self.serve_checks: dict[str, ServeCheck] = {}  # per tower: what from_release checked here, or why it skipped
 
     @classmethod
@@ -92,26 +93,26 @@ class ClipOnnx:
         manifest = read_manifest(root)
         flags = tuple(cpu_flags) if cpu_flags is not None else current_environment(CPU_PROVIDER).isa_flags
         sessions: dict[str, Any] = {}
-        entries: dict[str, dict[str, Any]] = {}
+        entries: dict[str, ArtifactEntry] = {}
         info: dict[str, LoadedArtifact] = {}
         for tower in TOWERS:
-            candidates = select_artifacts(manifest, tower=tower, format=ONNX_FORMAT, precision=precision)
+            candidates = manifest.select(tower=tower, format=ONNX_FORMAT, precision=precision)
             if not candidates:
                 continue
             entry = entries[tower] = pick_for_cpu(candidates, flags)
-            require_intact(root, entry, f"refusing to load {entry['path']}")
+            require_intact(root, entry, f"refusing to load {entry.path}")
             session = open_runner(root, entry, provider, threads=threads, stop_spinning_after_run=True).session
             sessions[tower] = session
-            info[tower] = LoadedArtifact(root / entry["path"], precision, session.get_providers()[0])
+            info[tower] = LoadedArtifact(root / entry.path, precision, session.get_providers()[0])
         if not sessions:
-            available = sorted({f"{a['precision']}/{a['format']}" for a in manifest["artifacts"]})
+            available = sorted({f"{a.precision}/{a.format}" for a in manifest.artifacts})
             raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
         reference = functools.cache(
             lambda: load_reference_slice(root, manifest, set(sessions))
         )  # read only if a check runs
-        vocab = manifest["tokenizer"].get("file") or manifest["tokenizer"].get("bpe_vocab")
+        vocab = manifest.tokenizer.get("file") or manifest.tokenizer.get("bpe_vocab")
         if vocab and "text" in sessions:
-            require_intact(root, vocab, "refusing to load the tokenizer")
+            require_intact(root, FileRecord.from_json(vocab, f"{root}: tokenizer"), "refusing to load the tokenizer")
         model = cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
         serving = ServingInputs(model.pixel_values, preprocess == "exact", model.tokenize)
         model.serve_checks = {
@@ -172,7 +173,7 @@ class ClipOnnx:
         return _l2(out) if normalize and not self.normalized_in_graph else out
 
 
-def pick_for_cpu(candidates: list[dict[str, Any]], isa_flags: Collection[str]) -> dict[str, Any]:
+def pick_for_cpu(candidates: list[ArtifactEntry], isa_flags: Collection[str]) -> ArtifactEntry:
     """Of one tower's artifacts of one precision, the one to serve on a CPU with these flags: for
     int8, the kernel family the flags call for when the release carries it, else one whose family
     holds on this CPU, else the first (which the serve-time check then refuses)."""
@@ -214,12 +215,12 @@ def _l2(x: np.ndarray) -> np.ndarray:
     return x / np.maximum(np.linalg.norm(x, axis=-1, keepdims=True), 1e-12)
 
 
-def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
+def _tokenizer_for(manifest: Manifest, root: Path) -> Any:
     """The bundled tokenizer.json (no torch, every family), the CLIP merges file that exports before
     it bundled, else, for those older exports only, the library the manifest names."""
     from clip_export.core.tokenizer import TextTokenizer, clip_bpe_tokenizer
 
-    settings = manifest["tokenizer"]
+    settings = manifest.tokenizer
     context = int(settings["context_length"])
     if settings.get("file"):
         return TextTokenizer.from_file(resolve_inside(root, settings["file"]["path"], "the tokenizer file"), settings)
@@ -238,14 +239,14 @@ def _tokenizer_for(manifest: dict[str, Any], root: Path) -> Any:
             purpose="the tokenizer of an export made from a Hugging Face directory",
         )
         hf = transformers.CLIPTokenizer.from_pretrained(
-            str(manifest["model"]["source"]).split(":", 1)[1], local_files_only=True
+            str(manifest.model["source"]).split(":", 1)[1], local_files_only=True
         )
         return lambda texts: np.asarray(
             hf(texts, padding="max_length", truncation=True, max_length=context)["input_ids"], dtype=np.int64
         )
     import open_clip
 
-    arch = manifest["model"]["arch"]
+    arch = manifest.model["arch"]
     tokenizer = open_clip.get_tokenizer(arch if arch in open_clip.list_models() else "ViT-B-32")
     if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
         raise ClipExportError(f"the tokenizer for {arch} does not use the SOT/EOT ids recorded in the manifest")

@@ -27,7 +27,7 @@ from clip_export.core.graph_surgery import (
     require_nodes,
 )
 from clip_export.core.int8_sensitivity import most_sensitive_first, sensitivity, weight_matmuls
-from clip_export.core.manifest import exclusive, read_manifest, resolve_inside, select_artifacts, write_manifest
+from clip_export.core.manifest import exclusive, read_manifest, resolve_inside, write_manifest
 from clip_export.core.onnx_files import external_data_files
 from clip_export.core.progress import Progress, silent
 from clip_export.core.spec import (
@@ -219,8 +219,8 @@ def quantize_int8(
         else [(int8_family_for_weight_type(scheme.weight_type), scheme)]
     )
     manifest = read_manifest(model_dir)
-    sources = select_artifacts(manifest, precision="fp32", format=ONNX_FORMAT, tower=tuple(towers))
-    require_nodes([resolve_inside(Path(model_dir), s["path"], "the source artifact") for s in sources], exclude_nodes)
+    sources = manifest.select(precision="fp32", format=ONNX_FORMAT, tower=tuple(towers))
+    require_nodes([resolve_inside(Path(model_dir), s.path, "the source artifact") for s in sources], exclude_nodes)
     here = current_environment(CPU_PROVIDER)
     artifacts: list[ConvertedArtifact] = []
     notes: list[str] = []
@@ -261,14 +261,14 @@ def _record_towers_without_int8(model_dir: Path, why: dict[str, str], built: set
     a tower that got an INT8 artifact now is taken off."""
     with exclusive(model_dir):
         manifest = read_manifest(model_dir)
-        record = {t: w for t, w in (manifest.get("int8_not_built") or {}).items() if t not in built}
+        record = {t: w for t, w in (manifest.section("int8_not_built") or {}).items() if t not in built}
         record.update(why)
-        if record == (manifest.get("int8_not_built") or {}):
+        if record == (manifest.section("int8_not_built") or {}):
             return
         if record:
-            manifest["int8_not_built"] = record
+            manifest.set_section("int8_not_built", record)
         else:
-            manifest.pop("int8_not_built", None)
+            manifest.drop_section("int8_not_built")
         write_manifest(model_dir, manifest)
 
 
@@ -292,11 +292,11 @@ def _mixed_precision(
         "onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization"
     )
     manifest = read_manifest(model_dir)
-    source = select_artifacts(manifest, precision="fp32", format=ONNX_FORMAT, tower=tower)[0]
-    model = _onnx().load(str(resolve_inside(model_dir, source["path"], "the source artifact")))
+    source = manifest.select(precision="fp32", format=ONNX_FORMAT, tower=tower)[0]
+    model = _onnx().load(str(resolve_inside(model_dir, source.path, "the source artifact")))
     base = [*int8_excluded_nodes(model), *exclude_nodes]
     candidates = weight_matmuls(model, INT8_OP_TYPES, base)
-    with np.load(resolve_inside(model_dir, manifest["reference"]["path"], "the reference")) as data:
+    with np.load(resolve_inside(model_dir, manifest.reference["path"], "the reference")) as data:
         spec = TOWERS[tower]
         inputs, expected = (data[name][:INT8_SENSITIVITY_ITEMS] for name in (spec.input_name, spec.output_name))
 

@@ -19,7 +19,7 @@ import numpy as np
 
 from clip_export import __version__
 from clip_export.core import attention
-from clip_export.core.artifact import ArtifactEntry
+from clip_export.core.artifact import ArtifactEntry, Manifest, TensorRecord
 from clip_export.core.environment import versions
 from clip_export.core.errors import (
     ClipExportError,
@@ -307,7 +307,8 @@ def _export_locked(
     shutil.rmtree(staging, ignore_errors=True)
     staging.mkdir(parents=True)
     try:
-        manifest: dict[str, Any] = {
+        entries: list[ArtifactEntry] = []
+        sections: dict[str, Any] = {
             "schema": SCHEMA_VERSION,
             "model": loaded.manifest_section(),
             "preprocess": loaded.preprocess.to_json(),
@@ -315,7 +316,7 @@ def _export_locked(
             "normalize": normalize,
             "versions": versions(),
             "created": now_iso(),
-            "artifacts": [],
+            "artifacts": None,  # its slot in the file: Manifest writes the typed entries there
         }
         for tower in towers:
             tower_started = time.perf_counter()
@@ -340,25 +341,27 @@ def _export_locked(
             record = file_record(path, staging)
             io = io_declaration(loaded, tower)
             entry = ArtifactEntry(
-                **record,
+                record.path,
+                record.sha256,
+                record.bytes,
                 tower=tower,
                 precision="fp32",
                 format=ONNX_FORMAT,
                 opset=opset,
-                inputs=tuple(io["inputs"]),
-                outputs=tuple(io["outputs"]),
+                inputs=tuple(TensorRecord.from_json(t, f"{tower} input") for t in io["inputs"]),
+                outputs=tuple(TensorRecord.from_json(t, f"{tower} output") for t in io["outputs"]),
                 external_data=tuple(file_record(staging / name, staging) for name in data_files),
                 details={
                     "export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs},
                     "batch_first_attention_blocks": rewritten,
                 },
             )
-            manifest["artifacts"].append(entry.to_json())
+            entries.append(entry)
             results.append(
                 TowerResult(
                     tower,
                     target / path.name,
-                    record["bytes"],
+                    record.bytes,
                     data_files,
                     mean_abs,
                     max_abs,
@@ -370,8 +373,8 @@ def _export_locked(
         )
         arrays = compute_reference(loaded, evalset, towers, normalize)
         np.savez(staging / REFERENCE_NAME, **arrays)
-        manifest["reference"] = {
-            **file_record(staging / REFERENCE_NAME, staging),
+        sections["reference"] = {
+            **file_record(staging / REFERENCE_NAME, staging).to_json(),
             "evalset": evalset.source,
             "images": evalset.image_names if "visual" in towers else [],
             "captions": list(evalset.captions) if "text" in towers else [],
@@ -379,8 +382,8 @@ def _export_locked(
         }
         if "text" in towers and loaded.extra.get("text_tokenizer") is not None:  # checked id for id in load_model
             loaded.extra["text_tokenizer"].save(staging / TOKENIZER_NAME)
-            manifest["tokenizer"]["file"] = file_record(staging / TOKENIZER_NAME, staging)
-        write_manifest(staging, manifest)
+            sections["tokenizer"]["file"] = file_record(staging / TOKENIZER_NAME, staging).to_json()
+        write_manifest(staging, Manifest(entries, sections))
         if not existed and not force and _has_content(target):  # written meanwhile by something that ignores the lock
             raise OutputError(f"{target} appeared while this export ran; pass --force to replace it")
         _swap_into_place(staging, target)

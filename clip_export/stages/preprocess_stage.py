@@ -7,9 +7,10 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.conversion import ConvertResult, Derivation, convert_each, save_model, tool_version
 from clip_export.core.errors import ManifestError
-from clip_export.core.manifest import find_artifact, read_manifest, select_artifacts
+from clip_export.core.manifest import read_manifest
 from clip_export.core.models import PreprocessConfig
 from clip_export.core.preprocess_graph import preprocessing_nodes, with_preprocessing
 from clip_export.core.progress import Progress, silent
@@ -24,9 +25,9 @@ def add_preprocessing(
 
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    config = PreprocessConfig.from_json(manifest["preprocess"])
+    config = PreprocessConfig.from_json(manifest.preprocess)
     preprocessing_nodes(config)  # refuses a resize mode or crop the graph does not implement, before any work
-    available = [a["precision"] for a in select_artifacts(manifest, tower="visual", format=ONNX_FORMAT)]
+    available = [a.precision for a in manifest.select(tower="visual", format=ONNX_FORMAT)]
     chosen = list(precisions) if precisions else list(dict.fromkeys(available))
     missing = [p for p in chosen if p not in available]
     if missing or not chosen:
@@ -37,16 +38,17 @@ def add_preprocessing(
     def write(source: Path, target: Path) -> dict[str, Any]:
         save_model(with_preprocessing(onnx.load(str(source)), config), target)
         # An INT8 graph keeps its source's kernel family: which CPUs it is for (spec.INT8_FAMILIES).
-        origin = find_artifact(manifest, path=source.name) or {}
-        family = {k: v for k, v in (origin.get("conversion") or {}).items() if k in INT8_FAMILY_KEYS}
+        origin = manifest.find(path=source.name)
+        conversion = (origin.detail("conversion") if origin else None) or {}
+        family = {k: v for k, v in conversion.items() if k in INT8_FAMILY_KEYS}
         return {
             "tool": f"clip-export preprocess_graph, onnx {tool_version('onnx')}",
             "preprocessing": {**config.to_json(), "resample": "onnx Resize, antialias, half_pixel, exclude_outside"},
             **family,
         }
 
-    def io(source: dict[str, Any]) -> dict[str, Any]:
-        return raw_image_io(int(source["outputs"][0]["shape"][-1]))
+    def io(source: ArtifactEntry) -> dict[str, Any]:
+        return raw_image_io(int(source.outputs[0].shape[-1]))
 
     results = []
     for precision in chosen:

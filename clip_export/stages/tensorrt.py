@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.conversion import Derivation, convert_locked
 from clip_export.core.errors import TensorRTError
 from clip_export.core.manifest import (
@@ -104,16 +105,16 @@ def build_engine(
     return bytes(memoryview(plan))
 
 
-def epcontext_model(engine_name: str, entry: dict[str, Any], trt_version: str, compute_capability: str) -> Any:
+def epcontext_model(engine_name: str, entry: ArtifactEntry, trt_version: str, compute_capability: str) -> Any:
     """An ONNX model with one EPContext node pointing at the engine, for onnxruntime's TensorRT EP."""
     from onnx import TensorProto, helper
 
     dtype = {"float32": TensorProto.FLOAT, "int64": TensorProto.INT64}
-    inp, out = entry["inputs"][0], entry["outputs"][0]
+    inp, out = entry.inputs[0], entry.outputs[0]
     node = helper.make_node(
         "EPContext",
-        [inp["name"]],
-        [out["name"]],
+        [inp.name],
+        [out.name],
         domain="com.microsoft",
         main_context=1,
         embed_mode=0,
@@ -124,9 +125,9 @@ def epcontext_model(engine_name: str, entry: dict[str, Any], trt_version: str, c
     )
     graph = helper.make_graph(
         [node],
-        f"{entry['tower']}_epcontext",
-        [helper.make_tensor_value_info(inp["name"], dtype[inp["dtype"]], inp["shape"])],
-        [helper.make_tensor_value_info(out["name"], dtype[out["dtype"]], out["shape"])],
+        f"{entry.tower}_epcontext",
+        [helper.make_tensor_value_info(inp.name, dtype[inp.dtype], list(inp.shape))],
+        [helper.make_tensor_value_info(out.name, dtype[out.dtype], list(out.shape))],
     )
     model = helper.make_model(
         graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)]
@@ -184,8 +185,8 @@ def _build_locked(
             source_path,
             tower,
             batch=batch,
-            image_size=manifest["preprocess"]["image_size"],
-            context_length=manifest["tokenizer"]["context_length"],
+            image_size=manifest.preprocess["image_size"],
+            context_length=manifest.tokenizer["context_length"],
             workspace_bytes=int(workspace_gb * 1024**3),
             timing_cache=model_dir / TIMING_CACHE_NAME,
             precision=precision,
@@ -200,13 +201,13 @@ def _build_locked(
             "strongly_typed": True,
         }
 
-    def wrap(source: dict[str, Any], entry: dict[str, Any]) -> dict[str, Any]:
+    def wrap(source: ArtifactEntry, entry: ArtifactEntry) -> ArtifactEntry:
         if not epcontext:
             return entry
-        name = engine_file_name(source["path"], precision, epcontext=True)
-        model = epcontext_model(entry["path"], source, str(trt.__version__), capability)
+        name = engine_file_name(source.path, precision, epcontext=True)
+        model = epcontext_model(entry.path, source, str(trt.__version__), capability)
         atomic_write_bytes(model_dir / name, model.SerializeToString())
-        return {**entry, "epcontext": file_record(model_dir / name, model_dir)}
+        return entry.with_details(epcontext=file_record(model_dir / name, model_dir).to_json())
 
     derivation = Derivation(
         precision=precision,

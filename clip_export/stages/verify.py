@@ -8,6 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from clip_export.core.artifact import ArtifactEntry, Manifest
 from clip_export.core.checks import (
     NOT_APPLICABLE,
     ArtifactCheck,
@@ -98,7 +99,7 @@ def verify(
     images: Path | None = None,
     texts: Path | None = None,
     thresholds: dict[str, float] | None = None,
-    only: Callable[[dict[str, Any]], bool] | None = None,
+    only: Callable[[ArtifactEntry], bool] | None = None,
     write: bool = True,
     progress: Progress = silent,
     sources: LocalSources = NO_LOCAL_SOURCES,
@@ -117,17 +118,17 @@ def verify(
     ref, evalset_source, reference_desc = load_reference(model_dir, manifest, reference, evalset, sources)
     images = reference_images(evalset_source, evalset)
     checks = []
-    entries = [e for e in manifest["artifacts"] if only is None or only(e)]
+    entries = [e for e in manifest.artifacts if only is None or only(e)]
     if not entries:
         raise ClipExportError(f"no artifacts to verify in {model_dir}")
     for entry in entries:
         for provider in provider_names:
-            if entry["format"] == TENSORRT_FORMAT and provider != provider_names[0]:
+            if entry.format == TENSORRT_FORMAT and provider != provider_names[0]:
                 continue  # an engine runs on its own runtime; one row is enough
             progress(
-                f"verifying {entry['path']} on {provider if entry['format'] != 'tensorrt' else 'the tensorrt runtime'}"
+                f"verifying {entry.path} on {provider if entry.format != TENSORRT_FORMAT else 'the tensorrt runtime'}"
             )
-            key = threshold_key(entry["precision"], entry["format"])
+            key = threshold_key(entry.precision, entry.format)
             check = check_artifact(model_dir, entry, provider, ref, limits[key], images)
             changed = [
                 f"{key}.{f.name}={getattr(limits[key], f.name):g}"
@@ -137,7 +138,7 @@ def verify(
             if check.status == "pass" and changed:  # named in the row, VERIFY.md, the table and the card
                 check = dataclasses.replace(check, status=f"{OVERRIDDEN_PASS}{', '.join(changed)})")
             checks.append(check)
-    if any(e["tower"] == "text" for e in entries):  # the tokenizer feeds every text artifact
+    if any(e.tower == "text" for e in entries):  # the tokenizer feeds every text artifact
         progress("checking the bundled tokenizer.json on the reference's raw captions")
         tokenizer_check = check_tokenizer(
             model_dir, manifest, reference_captions(manifest, reference, evalset), ref.get(TOWERS["text"].input_name)
@@ -165,19 +166,19 @@ def verify(
     report = model_dir / "VERIFY.md"
     try:
         atomic_write_text(report, render_markdown(result, limits))
-        manifest["verification"] = record
+        manifest.set_section("verification", record)
         write_manifest(model_dir, manifest)
     except OSError as exc:
         return dataclasses.replace(result, write_error=describe_write_error(exc, model_dir))
     return dataclasses.replace(result, report_path=report)
 
 
-def reference_captions(manifest: dict[str, Any], reference: str, evalset: Any) -> tuple[str, ...] | None:
+def reference_captions(manifest: Manifest, reference: str, evalset: Any) -> tuple[str, ...] | None:
     """The raw captions behind the reference's ids: --texts, the stored reference's record, or the bundled set."""
     if evalset is not None:
         return tuple(evalset.captions)
     if reference == "stored":
-        captions = (manifest.get("reference") or {}).get("captions")
+        captions = (manifest.reference or {}).get("captions")
         return tuple(captions) if captions is not None else None
     return tuple(load_evalset().captions)
 
@@ -189,15 +190,15 @@ def describe_write_error(exc: OSError, where: Path) -> str:
 
 
 def merged_verification(
-    manifest: dict[str, Any], rows: list[dict[str, Any]], evalset: str, reference: str, found_versions: dict[str, str]
+    manifest: Manifest, rows: list[dict[str, Any]], evalset: str, reference: str, found_versions: dict[str, str]
 ) -> dict[str, Any]:
     """This run's rows replace earlier rows for the same artifact, provider and environment; rows
     from other environments, providers or artifacts stay while their artifact's bytes are
     unchanged, so verifying on a second machine adds its verdicts instead of erasing the first's.
     A legacy row that names no environment is replaced by any fresh row for its artifact and provider."""
     date = now_iso()
-    current = {a["path"]: a["sha256"] for a in manifest["artifacts"]}
-    tokenizer_file = (manifest.get("tokenizer") or {}).get("file")
+    current = {a.path: a.sha256 for a in manifest.artifacts}
+    tokenizer_file = manifest.tokenizer.get("file")
     if tokenizer_file:
         current[tokenizer_file["path"]] = tokenizer_file["sha256"]
     fresh = {(r["path"], r["provider_requested"], environment_key(r)) for r in rows}
@@ -209,7 +210,7 @@ def merged_verification(
             key is None and (r["path"], r["provider_requested"]) in fresh_any_env
         )
 
-    previous = (manifest.get("verification") or {}).get("results", [])
+    previous = manifest.verification_rows
     kept = [r for r in previous if not superseded(r) and current.get(r["path"]) == r.get("sha256")]
     merged = kept + [{**r, "date": date} for r in rows]
     return {

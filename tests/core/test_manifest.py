@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from clip_export.core.artifact import Manifest
 from clip_export.core.errors import ManifestError, OutputError
 from clip_export.core.manifest import exclusive, named_paths, resolve_inside
 
@@ -65,28 +66,6 @@ def test_exclusive_refuses_an_unwritable_parent(tmp_path: Path) -> None:
             pass
 
 
-def test_select_artifacts_matches_values_and_sets_of_values() -> None:
-    from clip_export.core.manifest import find_artifact, select_artifacts
-
-    manifest = {
-        "artifacts": [
-            {"path": "visual.onnx", "tower": "visual", "precision": "fp32", "format": "onnx"},
-            {"path": "text.onnx", "tower": "text", "precision": "fp32", "format": "onnx"},
-            {"path": "text.int8.onnx", "tower": "text", "precision": "int8", "format": "onnx"},
-            {"path": "visual.trt-fp16.plan", "tower": "visual", "precision": "fp16", "format": "tensorrt"},
-        ]
-    }
-    assert [a["path"] for a in select_artifacts(manifest, tower="text")] == ["text.onnx", "text.int8.onnx"]
-    assert [a["path"] for a in select_artifacts(manifest, precision=("fp16", "int8"), format="onnx")] == [
-        "text.int8.onnx"
-    ]
-    assert [a["path"] for a in select_artifacts(manifest, tower=["visual"], precision="fp32")] == ["visual.onnx"]
-    assert (
-        find_artifact(manifest, format="tensorrt")["path"] == "visual.trt-fp16.plan"
-        and find_artifact(manifest, precision="q4") is None
-    )
-
-
 def test_exclusive_refuses_a_planted_symlink_and_leaves_its_target_alone(tmp_path: Path) -> None:
     victim = tmp_path / "victim.txt"
     victim.write_text("precious\n")
@@ -116,47 +95,53 @@ def test_exclusive_reuses_a_stale_lock_of_its_own(tmp_path: Path) -> None:
 
 
 def test_integrity_sees_external_data_the_manifest_does_not_list(tiny_vit_copy: Path) -> None:
-    from clip_export.core.manifest import find_artifact, integrity_problems, read_manifest
+    from clip_export.core.artifact import FileRecord
+    from clip_export.core.manifest import integrity_problems, read_manifest
 
     from ..helpers import move_weights_to_unlisted_data
 
     move_weights_to_unlisted_data(tiny_vit_copy)
-    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.onnx")
+    entry = read_manifest(tiny_vit_copy).find(path="visual.onnx")
+    assert entry is not None
     assert integrity_problems(tiny_vit_copy, entry) == [
         "visual.onnx references external data 'visual.onnx.extra' that the manifest does not list (unhashed)"
     ]
-    entry["external_data"] = [{"path": "visual.onnx.extra", "sha256": "0" * 64, "bytes": 1}]
+    entry = entry.moved(entry.files[0], (FileRecord("visual.onnx.extra", "0" * 64, 1),))
     assert "has " in integrity_problems(tiny_vit_copy, entry)[0]  # once listed, its bytes are checked
 
 
 def test_integrity_refuses_external_data_through_a_link(tiny_vit_copy: Path, tmp_path: Path) -> None:
-    from clip_export.core.manifest import find_artifact, integrity_problems, read_manifest
+    from clip_export.core.manifest import integrity_problems, read_manifest
 
     from ..helpers import move_weights_to_unlisted_data
 
     move_weights_to_unlisted_data(tiny_vit_copy, location="linked.data")
     (tiny_vit_copy / "linked.data").rename(tmp_path / "outside.data")
     (tiny_vit_copy / "linked.data").symlink_to(tmp_path / "outside.data")
-    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.onnx")
+    entry = read_manifest(tiny_vit_copy).find(path="visual.onnx")
+    assert entry is not None
     assert "outside its directory or through a link" in integrity_problems(tiny_vit_copy, entry)[0]
 
 
-def _manifest_for_digest() -> dict:
-    return {
-        "model": {
-            "name": "m",
-            "arch": "ViT-B-32",
-            "seed": 0,
-            "embed_dim": 512,
-            "tokenizer_dir": "/a",
-            "checkpoint": None,
+def _manifest_for_digest() -> Manifest:
+    return Manifest.from_json(
+        {
+            "model": {
+                "name": "m",
+                "arch": "ViT-B-32",
+                "seed": 0,
+                "embed_dim": 512,
+                "tokenizer_dir": "/a",
+                "checkpoint": None,
+            },
+            "preprocess": {"mean": [0.5, 0.5, 0.5]},
+            "tokenizer": {"context_length": 77, "file": {"path": "tokenizer.json", "sha256": "t" * 64, "bytes": 3}},
+            "normalize": False,
+            "reference": {"path": "reference.npz", "sha256": "r" * 64, "bytes": 9, "evalset": "bundled"},
+            "artifacts": [],
         },
-        "preprocess": {"mean": [0.5, 0.5, 0.5]},
-        "tokenizer": {"context_length": 77, "file": {"path": "tokenizer.json", "sha256": "t" * 64, "bytes": 3}},
-        "normalize": False,
-        "reference": {"path": "reference.npz", "sha256": "r" * 64, "bytes": 9, "evalset": "bundled"},
-        "artifacts": [],
-    }
+        "test",
+    )
 
 
 @pytest.mark.parametrize(
@@ -177,7 +162,7 @@ def test_settings_digest_covers_every_section_a_verdict_depends_on(section: str,
 
     manifest = _manifest_for_digest()
     before = settings_digest(manifest)
-    manifest[section][key] = value
+    manifest.section(section)[key] = value
     assert settings_digest(manifest) != before
 
 
@@ -187,11 +172,11 @@ def test_settings_digest_ignores_where_files_lie() -> None:
 
     manifest = _manifest_for_digest()
     before = settings_digest(manifest)
-    manifest["reference"]["path"] = "model-reference.npz"
-    manifest["tokenizer"]["file"]["path"] = "model-tokenizer.json"
-    manifest["model"]["tokenizer_dir"] = "/elsewhere"
-    manifest["verification"] = {"results": []}
-    manifest["release"] = {"tag": "v1"}
+    manifest.reference["path"] = "model-reference.npz"
+    manifest.tokenizer["file"]["path"] = "model-tokenizer.json"
+    manifest.model["tokenizer_dir"] = "/elsewhere"
+    manifest.set_section("verification", {"results": []})
+    manifest.set_section("release", {"tag": "v1"})
     assert settings_digest(manifest) == before
 
 

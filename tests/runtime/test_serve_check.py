@@ -31,7 +31,7 @@ def verified_dir(tiny_vit_copy: Path) -> Path:
 def _move_verdicts_to_another_machine(model_dir: Path) -> None:
     """Rewrite every verdict as if it had been obtained on an AVX2 machine without VNNI."""
     manifest = read_manifest(model_dir)
-    for row in manifest["verification"]["results"]:
+    for row in manifest.section("verification")["results"]:
         env = dataclasses.replace(
             Environment.from_json(row["environment"]), cpu_target="znver3", isa_flags=("avx2", "fma")
         )
@@ -97,13 +97,13 @@ def test_a_truncated_or_missing_reference_is_one_clear_error(verified_dir: Path)
         arrays = {k: data[k][: SERVE_CHECK_ITEMS - 2] for k in data.files}
     np.savez(verified_dir / REFERENCE_NAME, **arrays)
     manifest = read_manifest(verified_dir)
-    manifest["reference"].update(file_record(verified_dir / REFERENCE_NAME, verified_dir))
+    manifest.reference.update(file_record(verified_dir / REFERENCE_NAME, verified_dir).to_json())
     write_manifest(verified_dir, manifest)
     with pytest.raises(
         ManifestError, match="the stored reference reference.npz holds 2 'input_ids' rows; the serve-time check needs 4"
     ):
         ClipOnnx.from_release(verified_dir)
-    del manifest["reference"]
+    manifest.drop_section("reference")
     write_manifest(verified_dir, manifest)
     with pytest.raises(ManifestError, match="carries no stored reference, so the serve-time check cannot run"):
         ClipOnnx.from_release(verified_dir)
@@ -112,7 +112,7 @@ def test_a_truncated_or_missing_reference_is_one_clear_error(verified_dir: Path)
 
 def test_a_verdict_with_a_broken_environment_is_refused(verified_dir: Path) -> None:
     manifest = read_manifest(verified_dir)
-    for row in manifest["verification"]["results"]:
+    for row in manifest.section("verification")["results"]:
         row["environment"] = {"cpu": "somewhere"}
     write_manifest(verified_dir, manifest)
     with pytest.raises(ManifestError, match="has a verdict from an unknown environment"):
@@ -137,7 +137,7 @@ def test_a_release_with_both_int8_families_serves_the_one_for_this_cpu(
 
 def test_the_serve_check_refuses_qint8_on_a_cpu_without_vnni(int8_both_dir: Path) -> None:
     manifest = read_manifest(int8_both_dir)
-    manifest["artifacts"] = [a for a in manifest["artifacts"] if not a["path"].endswith(".uint8.onnx")]
+    manifest.artifacts = [a for a in manifest.artifacts if not a.path.endswith(".uint8.onnx")]
     write_manifest(int8_both_dir, manifest)
     with pytest.raises(ServeCheckError, match=r"visual.int8.onnx is INT8 of the vnni kernel family \(QInt8 weights"):
         ClipOnnx.from_release(int8_both_dir, precision="int8", cpu_flags=AVX2_FLAGS)
@@ -159,7 +159,7 @@ import json, sys
 from clip_export.runtime import ClipOnnx
 from clip_export.stages.verify import verify
 model = ClipOnnx.from_release(sys.argv[1], precision="int8")
-report = verify(sys.argv[1], only=lambda e: e["precision"] in ("int8", "q4"))
+report = verify(sys.argv[1], only=lambda e: e.precision in ("int8", "q4"))
 rows = {c.path: [c.status, c.environment.tier] for c in report.checks}
 served = {t: a.path.name for t, a in model.artifacts.items()}
 print(json.dumps({"checks": {t: [c.status, c.environment.tier, c.environment.cpu_target] for t, c in model.serve_checks.items()}, "verify": report.passed, "rows": rows, "served": served}))
@@ -203,7 +203,7 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
     )
     keys = {
         r["environment"]["key"]
-        for r in read_manifest(tiny_vit_copy)["verification"]["results"]
+        for r in read_manifest(tiny_vit_copy).section("verification")["results"]
         if r["path"] == "visual.uint8.onnx"
     }
     assert len(keys) == 2  # the native verdict and the Haswell one, side by side
@@ -211,7 +211,7 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
 
 def _edit_manifest(model_dir: Path, section: str, key: str, value: object) -> None:
     manifest = read_manifest(model_dir)
-    manifest[section][key] = value
+    manifest.section(section)[key] = value
     write_manifest(model_dir, manifest)
 
 
@@ -232,7 +232,7 @@ def test_a_changed_preprocessing_setting_fails_at_load(verified_dir: Path) -> No
 
 def test_a_changed_tokenizer_setting_fails_at_load(verified_dir: Path) -> None:
     manifest = read_manifest(verified_dir)
-    _edit_manifest(verified_dir, "tokenizer", "context_length", manifest["tokenizer"]["context_length"] // 2)
+    _edit_manifest(verified_dir, "tokenizer", "context_length", manifest.tokenizer["context_length"] // 2)
     with pytest.raises(ServeCheckError, match="serving tokenizer turns 4 of 4 reference captions into other ids"):
         ClipOnnx.from_release(verified_dir, check="always")
 

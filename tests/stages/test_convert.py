@@ -11,11 +11,12 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from clip_export.core import checks, conversion
+from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.checks import ArtifactCheck
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ConversionError, IntegrityError, OutputError
 from clip_export.core.graph_surgery import quantizer_exclusions
-from clip_export.core.manifest import find_artifact, read_manifest
+from clip_export.core.manifest import read_manifest
 from clip_export.core.sessions import FP16_DISABLED_OPTIMIZERS, SessionOptions, create_session
 from clip_export.core.spec import INT8_FAMILIES
 from clip_export.stages import convert as convert_stage
@@ -30,9 +31,9 @@ def test_fp16_towers_pass_verify_and_keep_float32_io(tiny_vit_copy: Path) -> Non
     assert {a.path for a in result.artifacts} == {"visual.fp16.onnx", "text.fp16.onnx"}
     assert all(a.verdict == "pass" and a.min_top1 == 1.0 for a in result.artifacts)
     manifest = read_manifest(tiny_vit_copy)
-    entry = find_artifact(manifest, path="text.fp16.onnx")
-    assert entry is not None and entry["precision"] == "fp16" and entry["derived_from"]["path"] == "text.onnx"
-    assert entry["inputs"][0]["dtype"] == "int64" and entry["outputs"][0]["dtype"] == "float32"
+    entry = manifest.find(path="text.fp16.onnx")
+    assert entry is not None and entry.precision == "fp16" and entry.derived_from["path"] == "text.onnx"
+    assert entry.inputs[0].dtype == "int64" and entry.outputs[0].dtype == "float32"
     model = onnx.load(str(tiny_vit_copy / "text.fp16.onnx"))
     assert model.graph.output[0].type.tensor_type.elem_type == TensorProto.FLOAT
     assert any(i.data_type == TensorProto.FLOAT16 for i in model.graph.initializer)
@@ -127,7 +128,7 @@ def test_converting_twice_needs_force(tiny_vit_copy: Path) -> None:
     with pytest.raises(OutputError, match="already exists in the manifest; pass --force"):
         convert_fp16(tiny_vit_copy, towers=["visual"])
     convert_fp16(tiny_vit_copy, towers=["visual"], force=True)
-    assert [a["path"] for a in read_manifest(tiny_vit_copy)["artifacts"]].count("visual.fp16.onnx") == 1
+    assert [a.path for a in read_manifest(tiny_vit_copy).artifacts].count("visual.fp16.onnx") == 1
 
 
 def test_tampered_source_refuses_to_start(tiny_vit_copy: Path) -> None:
@@ -138,11 +139,11 @@ def test_tampered_source_refuses_to_start(tiny_vit_copy: Path) -> None:
 
 
 def test_failed_gate_leaves_no_entry_and_no_file(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    def failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
+    def failing_gate(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
         return ArtifactCheck(
-            entry["path"],
-            entry["tower"],
-            entry["precision"],
+            entry.path,
+            entry.tower,
+            entry.precision,
             "onnx",
             "cpu",
             "CPUExecutionProvider",
@@ -175,19 +176,22 @@ def test_int8_is_smaller_and_passes_its_thresholds(tiny_vit_copy: Path) -> None:
         ("visual.uint8.onnx", "QUInt8", "any-x86"),
         ("visual.int8.onnx", "QInt8", "vnni"),
     ):
-        entry = find_artifact(manifest, path=path)
+        entry = manifest.find(path=path)
         if entry is None:
             continue
-        assert entry["conversion"]["weight_type"] == weight_type and entry["conversion"]["kernel_family"] == family
-        assert entry["conversion"]["verified_on"] == [current_environment("CPUExecutionProvider").tier]
-        assert entry["conversion"]["requires_any_cpu_flag"] == list(INT8_FAMILIES[family].requires_any_flag)
-    assert find_artifact(manifest, path="visual.int8.onnx") is None or "avx2" not in str(
-        find_artifact(manifest, path="visual.int8.onnx")["conversion"]["for_cpus"]
+        assert (
+            entry.detail("conversion")["weight_type"] == weight_type
+            and entry.detail("conversion")["kernel_family"] == family
+        )
+        assert entry.detail("conversion")["verified_on"] == [current_environment("CPUExecutionProvider").tier]
+        assert entry.detail("conversion")["requires_any_cpu_flag"] == list(INT8_FAMILIES[family].requires_any_flag)
+    assert manifest.find(path="visual.int8.onnx") is None or "avx2" not in str(
+        manifest.find(path="visual.int8.onnx").detail("conversion")["for_cpus"]
     )
-    entry = find_artifact(manifest, path="visual.uint8.onnx")
-    assert entry is not None and entry["conversion"]["per_channel"] is True
-    source = find_artifact(read_manifest(tiny_vit_copy), path="visual.onnx")
-    assert entry["bytes"] < source["bytes"]
+    entry = manifest.find(path="visual.uint8.onnx")
+    assert entry is not None and entry.detail("conversion")["per_channel"] is True
+    source = read_manifest(tiny_vit_copy).find(path="visual.onnx")
+    assert entry.bytes < source.bytes
     ops = {n.op_type for n in onnx.load(str(tiny_vit_copy / "visual.uint8.onnx")).graph.node}
     assert "MatMulInteger" in ops or "DynamicQuantizeMatMul" in ops
     assert verify(tiny_vit_copy).passed
@@ -209,7 +213,7 @@ def test_the_vnni_family_is_not_applicable_on_a_cpu_without_vnni(
     assert result.notes == (
         "int8 (QInt8 per-channel, for x86 with VNNI or AMX (avx512_vnni, avx_vnni, amx_int8)) not built: this CPU (AVX2 without VNNI) cannot verify it",
     )
-    report = verify(tiny_vit_copy, only=lambda e: e["precision"] == "int8", write=False)
+    report = verify(tiny_vit_copy, only=lambda e: e.precision == "int8", write=False)
     statuses = {c.path: c.status for c in report.checks if c.precision == "int8"}
     assert statuses == {"text.int8.onnx": "not applicable", "text.uint8.onnx": "pass"}
     assert report.passed and not report.failures
@@ -224,8 +228,8 @@ def test_a_tower_whose_int8_fails_every_gate_is_named_and_the_rest_kept(
     the manifest's int8_not_built (the model card's reason); a later pass takes it off."""
     real_gate = conversion.gate
 
-    def text_fails(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
-        if entry["tower"] == "text":
+    def text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
+        if entry.tower == "text":
             return dataclasses.replace(
                 real_gate(model_dir, entry, provider), status="fail", failures=("mean_abs_normalized = 0.0057",)
             )
@@ -239,13 +243,15 @@ def test_a_tower_whose_int8_fails_every_gate_is_named_and_the_rest_kept(
         "text: uint8 (QUInt8 per-channel) not kept: text.uint8.onnx failed verification, so it was not kept: mean_abs_normalized = 0.0057; with up to "
     ) and note.endswith("MatMuls float (most sensitive first) it still failed")
     manifest = read_manifest(tiny_vit_copy)
-    assert list(manifest["int8_not_built"]) == ["text"] and "0.0057" in manifest["int8_not_built"]["text"]
-    assert find_artifact(manifest, path="text.uint8.onnx") is None and not (tiny_vit_copy / "text.uint8.onnx").exists()
+    assert (
+        list(manifest.section("int8_not_built")) == ["text"] and "0.0057" in manifest.section("int8_not_built")["text"]
+    )
+    assert manifest.find(path="text.uint8.onnx") is None and not (tiny_vit_copy / "text.uint8.onnx").exists()
     with pytest.raises(ConversionError, match="the int8 gate failed for every tower and scheme"):
         quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
     monkeypatch.setattr(conversion, "gate", real_gate)
     quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
-    assert "int8_not_built" not in read_manifest(tiny_vit_copy)
+    assert read_manifest(tiny_vit_copy).section("int8_not_built") is None
 
 
 def test_a_plain_scheme_that_fails_is_kept_with_its_most_sensitive_matmul_float(
@@ -255,9 +261,9 @@ def test_a_plain_scheme_that_fails_is_kept_with_its_most_sensitive_matmul_float(
     that fails every plain text artifact: the first retry keeps one MatMul float and is recorded."""
     real_gate = conversion.gate
 
-    def plain_text_fails(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
+    def plain_text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
         check = real_gate(model_dir, entry, provider)
-        if entry["tower"] == "text" and "mixed_precision" not in entry["conversion"]:
+        if entry.tower == "text" and "mixed_precision" not in entry.detail("conversion"):
             return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
         return check
 
@@ -265,7 +271,7 @@ def test_a_plain_scheme_that_fails_is_kept_with_its_most_sensitive_matmul_float(
     result = quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
     (note,) = result.notes
     assert note.startswith("text: uint8 (QUInt8 per-channel) failed its gate plain; kept with 1 of ")
-    mixed = find_artifact(read_manifest(tiny_vit_copy), path="text.uint8.onnx")["conversion"]["mixed_precision"]
+    mixed = read_manifest(tiny_vit_copy).find(path="text.uint8.onnx").detail("conversion")["mixed_precision"]
     (kept,) = mixed["float_matmuls"]
     assert mixed["weight_matmuls"] > 1 and kept in mixed["sensitivity"] and "0.0047" in mixed["plain_failure"]
     graph = onnx.load(str(tiny_vit_copy / "text.uint8.onnx")).graph

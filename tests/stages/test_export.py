@@ -9,6 +9,7 @@ import onnx
 import pytest
 
 from clip_export import export_onnx, load_model, resolve
+from clip_export.core.artifact import FileRecord
 from clip_export.core.errors import ExportParityError, OutputError, UnsupportedOpsetError
 from clip_export.core.manifest import integrity_problems, read_manifest
 from clip_export.core.sessions import create_session
@@ -22,10 +23,10 @@ def _run(path: Path, tower: str, inputs: np.ndarray) -> np.ndarray:
 
 def test_manifest_describes_every_artifact(tiny_vit_dir: Path) -> None:
     manifest = read_manifest(tiny_vit_dir)
-    assert manifest["model"]["arch"] == "tiny-vit" and manifest["model"]["random_init"] is True
-    assert manifest["preprocess"]["image_size"] == [64, 64]
-    vocab = manifest["tokenizer"].pop("file")
-    assert manifest["tokenizer"] == {
+    assert manifest.model["arch"] == "tiny-vit" and manifest.model["random_init"] is True
+    assert manifest.preprocess["image_size"] == [64, 64]
+    vocab = manifest.tokenizer.pop("file")
+    assert manifest.tokenizer == {
         "context_length": 77,
         "sot_token_id": 49406,
         "eot_token_id": 49407,
@@ -36,19 +37,23 @@ def test_manifest_describes_every_artifact(tiny_vit_dir: Path) -> None:
         "language": None,
     }
     assert vocab["path"] == "tokenizer.json" and vocab["bytes"] == (tiny_vit_dir / vocab["path"]).stat().st_size
-    assert manifest["model"]["family"] == "clip" and manifest["model"]["reparameterized_modules"] == 0
-    assert {"torch", "open_clip", "onnx", "onnxruntime"} <= set(manifest["versions"])
-    by_tower = {a["tower"]: a for a in manifest["artifacts"]}
+    assert manifest.model["family"] == "clip" and manifest.model["reparameterized_modules"] == 0
+    assert {"torch", "open_clip", "onnx", "onnxruntime"} <= set(manifest.section("versions"))
+    by_tower = {a.tower: a for a in manifest.artifacts}
     assert set(by_tower) == {"visual", "text"}
     visual = by_tower["visual"]
-    assert visual["inputs"] == [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 64, 64]}]
-    assert visual["outputs"] == [{"name": "image_embeds", "dtype": "float32", "shape": ["batch", 32]}]
-    assert by_tower["text"]["inputs"][0]["dtype"] == "int64"
-    for entry in manifest["artifacts"]:
-        assert entry["precision"] == "fp32" and entry["format"] == "onnx" and entry["opset"] == 20
-        assert entry["export_parity"]["mean_abs_normalized"] <= EXPORT_PARITY_TOLERANCE
+    assert [t.to_json() for t in visual.inputs] == [
+        {"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 64, 64]}
+    ]
+    assert [t.to_json() for t in visual.outputs] == [
+        {"name": "image_embeds", "dtype": "float32", "shape": ["batch", 32]}
+    ]
+    assert by_tower["text"].inputs[0].dtype == "int64"
+    for entry in manifest.artifacts:
+        assert entry.precision == "fp32" and entry.format == "onnx" and entry.opset == 20
+        assert entry.detail("export_parity")["mean_abs_normalized"] <= EXPORT_PARITY_TOLERANCE
         assert integrity_problems(tiny_vit_dir, entry) == []
-    assert not integrity_problems(tiny_vit_dir, manifest["reference"])
+    assert not integrity_problems(tiny_vit_dir, FileRecord.from_json(manifest.reference, "reference"))
 
 
 def test_onnx_files_describe_themselves(tiny_vit_dir: Path) -> None:
@@ -106,7 +111,7 @@ def test_normalize_bakes_l2_norm(tmp_path: Path) -> None:
         np.random.default_rng(0).standard_normal((2, 3, 64, 64)).astype(np.float32),
     )
     np.testing.assert_allclose(np.linalg.norm(out, axis=-1), 1.0, atol=1e-5)
-    assert read_manifest(result.model_dir)["normalize"] is True
+    assert read_manifest(result.model_dir).normalize is True
 
 
 def test_external_data_loads_from_any_working_directory(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -114,9 +119,9 @@ def test_external_data_loads_from_any_working_directory(tmp_path: Path, monkeypa
         resolve("tiny-vit", random_init=True), out=tmp_path / "out", towers=["visual"], external_data=True
     )
     manifest = read_manifest(result.model_dir)
-    entry = manifest["artifacts"][0]
-    assert [d["path"] for d in entry["external_data"]] == ["visual.onnx.data"]
-    assert entry["bytes"] < entry["external_data"][0]["bytes"]
+    entry = manifest.artifacts[0]
+    assert [d.path for d in entry.external_data] == ["visual.onnx.data"]
+    assert entry.bytes < entry.external_data[0].bytes
     elsewhere = tmp_path / "elsewhere"
     elsewhere.mkdir()
     monkeypatch.chdir(elsewhere)
@@ -130,11 +135,11 @@ def test_existing_output_needs_force(tiny_vit_copy: Path) -> None:
     spec = resolve("tiny-vit", random_init=True)
     with pytest.raises(OutputError, match="--force"):
         export_onnx(spec, out=tiny_vit_copy.parent)
-    before = read_manifest(tiny_vit_copy)["created"]
+    before = read_manifest(tiny_vit_copy).section("created")
     export_onnx(spec, out=tiny_vit_copy.parent, towers=["visual"], force=True)
     after = read_manifest(tiny_vit_copy)
-    assert [a["tower"] for a in after["artifacts"]] == ["visual"] and not (tiny_vit_copy / "text.onnx").exists()
-    assert after["created"] >= before
+    assert [a.tower for a in after.artifacts] == ["visual"] and not (tiny_vit_copy / "text.onnx").exists()
+    assert after.section("created") >= before
 
 
 def test_failed_export_leaves_nothing_that_looks_complete(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -12,7 +12,7 @@ from click.testing import CliRunner
 
 from clip_export.cli import main
 from clip_export.core.errors import ClipExportError, ConversionError
-from clip_export.core.manifest import find_artifact, read_manifest, write_manifest
+from clip_export.core.manifest import read_manifest, write_manifest
 from clip_export.core.preprocess_graph import rgb_uint8
 from clip_export.core.spec import PREPROCESSING_FORMAT, RAW_IMAGE_INPUT, THRESHOLDS
 from clip_export.stages.convert import quantize_int8
@@ -32,11 +32,13 @@ def test_fp32_and_int8_graphs_pass_and_are_recorded(tiny_vit_copy: Path) -> None
     }
     assert all(a.verdict == "pass" for a in made.values())
     assert made["visual.preprocessing.onnx"].mean_abs_normalized <= THRESHOLDS["preproc-fp32"].mean_abs_normalized
-    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.uint8.preprocessing.onnx")
-    assert entry["format"] == PREPROCESSING_FORMAT and entry["precision"] == "int8"
-    assert entry["inputs"] == [{"name": RAW_IMAGE_INPUT, "dtype": "uint8", "shape": ["height", "width", 3]}]
-    assert entry["derived_from"]["path"] == "visual.uint8.onnx"
-    assert entry["conversion"]["kernel_family"] == "any-x86"  # the source's family travels with the graph
+    entry = read_manifest(tiny_vit_copy).find(path="visual.uint8.preprocessing.onnx")
+    assert entry.format == PREPROCESSING_FORMAT and entry.precision == "int8"
+    assert [t.to_json() for t in entry.inputs] == [
+        {"name": RAW_IMAGE_INPUT, "dtype": "uint8", "shape": ["height", "width", 3]}
+    ]
+    assert entry.derived_from["path"] == "visual.uint8.onnx"
+    assert entry.detail("conversion")["kernel_family"] == "any-x86"  # the source's family travels with the graph
     result = verify(tiny_vit_copy)
     rows = {c.path: c for c in result.checks}
     assert result.passed and rows["visual.preprocessing.onnx"].threshold_set == "preproc-fp32"
@@ -59,19 +61,19 @@ def test_graph_embeds_a_raw_photo_like_the_tower(tiny_vit_copy: Path) -> None:
 
 def test_a_wrong_normalisation_fails_the_gate_and_leaves_nothing(tiny_vit_copy: Path) -> None:
     manifest = read_manifest(tiny_vit_copy)
-    manifest["preprocess"]["mean"] = [0.0, 0.0, 0.0]
+    manifest.preprocess["mean"] = [0.0, 0.0, 0.0]
     write_manifest(tiny_vit_copy, manifest)
     with pytest.raises(ConversionError, match="visual.preprocessing.onnx failed verification"):
         add_preprocessing(tiny_vit_copy, precisions=["fp32"])
     assert not (tiny_vit_copy / "visual.preprocessing.onnx").exists()
-    assert find_artifact(read_manifest(tiny_vit_copy), format=PREPROCESSING_FORMAT) is None
+    assert read_manifest(tiny_vit_copy).find(format=PREPROCESSING_FORMAT) is None
 
 
 def test_unsupported_mode_and_missing_precision_are_refused(tiny_vit_copy: Path) -> None:
     with pytest.raises(ClipExportError, match="no visual ONNX artifact in fp16"):
         add_preprocessing(tiny_vit_copy, precisions=["fp16"])
     manifest = read_manifest(tiny_vit_copy)
-    manifest["preprocess"]["resize_mode"] = "longest"
+    manifest.preprocess["resize_mode"] = "longest"
     write_manifest(tiny_vit_copy, manifest)
     result = CliRunner().invoke(main, ["preprocessing-graph", str(tiny_vit_copy)])
     assert result.exit_code == 1 and result.output.startswith("Error: resize_mode 'longest' has no preprocessing graph")
@@ -87,7 +89,7 @@ def test_cli_json_and_verify_needs_the_raw_images(tiny_vit_copy: Path, tmp_path:
     again = CliRunner().invoke(main, ["preprocessing-graph", str(tiny_vit_copy), "--precisions", "fp32", "-q"])
     assert again.exit_code == 1 and "--force" in again.output
     manifest = read_manifest(tiny_vit_copy)
-    manifest["reference"]["evalset"] = "images=elsewhere, texts=bundled"
+    manifest.reference["evalset"] = "images=elsewhere, texts=bundled"
     write_manifest(tiny_vit_copy, manifest)
-    checked = verify(tiny_vit_copy, write=False, only=lambda e: e["format"] == PREPROCESSING_FORMAT)
+    checked = verify(tiny_vit_copy, write=False, only=lambda e: e.format == PREPROCESSING_FORMAT)
     assert not checked.passed and "verify with --images DIR" in checked.failures[0]

@@ -16,7 +16,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from clip_export.cli import main
 from clip_export.core.errors import ConversionError
-from clip_export.core.manifest import find_artifact, read_manifest
+from clip_export.core.manifest import read_manifest
 from clip_export.core.spec import DEFAULT_OPSET, Q4_EMBEDDING_OPSET, Q4_SCHEME, THRESHOLDS, Q4Scheme
 from clip_export.stages.preprocess_stage import add_preprocessing
 from clip_export.stages.quantize4 import _gather_8bit, embedding_gathers, quantize_file, quantize_q4
@@ -29,12 +29,12 @@ def test_q4_passes_its_gate_and_is_smaller(tiny_vit_copy: Path) -> None:
     manifest = read_manifest(tiny_vit_copy)
     for artifact in result.artifacts:
         assert artifact.verdict == "pass" and artifact.mean_abs_normalized <= limits.mean_abs_normalized
-        source = find_artifact(manifest, path=artifact.source)
-        assert artifact.bytes < source["bytes"]
+        source = manifest.find(path=artifact.source)
+        assert artifact.bytes < source.bytes
         nodes = [n.op_type for n in onnx.load(str(tiny_vit_copy / artifact.path)).graph.node]
         assert nodes.count("MatMulNBits") == artifact.details["matmul_nbits_nodes"] > 0
-    visual = find_artifact(manifest, path="visual.q4.onnx")
-    assert visual["precision"] == "q4" and visual["bytes"] < 0.6 * find_artifact(manifest, path="visual.onnx")["bytes"]
+    visual = manifest.find(path="visual.q4.onnx")
+    assert visual.precision == "q4" and visual.bytes < 0.6 * manifest.find(path="visual.onnx").bytes
     checks = {c.path: c for c in verify(tiny_vit_copy, write=False).checks}
     assert checks["text.q4.onnx"].passed and checks["text.q4.onnx"].threshold_set == "q4"
 
@@ -60,9 +60,9 @@ def test_q4_text_embedding_is_8bit_blocks_and_the_file_a_third_of_fp32(tiny_vit_
     assert inits[lookup.input[0]].data_type == TensorProto.UINT8 and list(inits[lookup.input[0]].dims) == [rows, width]
     assert list(inits[lookup.input[2]].dims) == [rows, -(-width // Q4_SCHEME.block_size)]
     assert result.details["embedding_bits"] == 8 and result.details["gather_block_quantized_nodes"] == 1
-    entry = find_artifact(read_manifest(tiny_vit_copy), path=result.path)
-    assert entry["opset"] == result.details["opset"] == DEFAULT_OPSET  # uint8 codes need no new opset
-    fp32_bytes = find_artifact(read_manifest(tiny_vit_copy), path="text.onnx")["bytes"]
+    entry = read_manifest(tiny_vit_copy).find(path=result.path)
+    assert entry.opset == result.details["opset"] == DEFAULT_OPSET  # uint8 codes need no new opset
+    fp32_bytes = read_manifest(tiny_vit_copy).find(path="text.onnx").bytes
     embedding_bytes = rows * width * (1 + 4 / Q4_SCHEME.block_size)  # a byte per weight, a float32 scale per block
     assert result.bytes <= fp32_bytes - rows * width * 4 + embedding_bytes  # the rest shrank too (MatMulNBits)
     assert result.bytes < fp32_bytes / 3  # measured 0.29

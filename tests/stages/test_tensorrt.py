@@ -6,6 +6,7 @@ engine works. Real engines are covered by the `tensorrt`-marked test, which need
 
 from __future__ import annotations
 
+import json
 import sys
 from pathlib import Path
 
@@ -16,7 +17,7 @@ from click.testing import CliRunner
 from clip_export.cli import main
 from clip_export.core import trt_runtime
 from clip_export.core.errors import ManifestError, MissingExtraError, TensorRTError
-from clip_export.core.manifest import find_artifact, read_manifest
+from clip_export.core.manifest import read_manifest
 from clip_export.stages import tensorrt as trt_stage
 from clip_export.stages.convert import convert_fp16
 from clip_export.stages.verify import verify
@@ -51,9 +52,9 @@ def test_tensorrt_10_builds_strongly_typed_with_profile_and_cache(
     assert standin.recorded("create_timing_cache")[1].startswith(b"STAND-IN-TIMING-CACHE")  # reused
     assert (tiny_vit_copy / trt_stage.TIMING_CACHE_NAME).exists()
     assert "FP16" not in standin.recorded("set_flag")  # precision comes from the typed graph
-    entry = find_artifact(read_manifest(tiny_vit_copy), path="visual.trt-fp16.plan")
-    assert entry is not None and entry["format"] == "tensorrt" and entry["derived_from"]["path"] == "visual.fp16.onnx"
-    assert entry["tensorrt"] == {
+    entry = read_manifest(tiny_vit_copy).find(path="visual.trt-fp16.plan")
+    assert entry is not None and entry.format == "tensorrt" and entry.derived_from["path"] == "visual.fp16.onnx"
+    assert entry.detail("tensorrt") == {
         "version": "10.13.0",
         "gpu": "Stand-in GPU (not real)",
         "compute_capability": "9.0",
@@ -78,7 +79,7 @@ def test_parser_errors_become_one_clear_error(tiny_vit_copy: Path, monkeypatch: 
     monkeypatch.setattr(trt_stage, "gpu_info", lambda: ("Stand-in GPU", "9.0"))
     with pytest.raises(TensorRTError, match="could not parse visual.onnx: stand-in parser error"):
         trt_stage.build_engines(tiny_vit_copy, towers=["visual"], verify_engines=False)
-    assert find_artifact(read_manifest(tiny_vit_copy), format="tensorrt") is None
+    assert read_manifest(tiny_vit_copy).find(format="tensorrt") is None
 
 
 def test_none_plan_is_an_error_and_leaves_nothing(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -169,11 +170,12 @@ def test_an_engine_goes_through_the_shared_conversion_loop(
     with pytest.raises(TensorRTError, match="ran out of memory"):
         trt_stage.build_engines(tiny_vit_copy, towers=["visual"], verify_engines=False)
     assert sorted(p.name for p in tiny_vit_copy.iterdir() if ".trt-" in p.name or p.name.startswith(".convert")) == []
-    assert find_artifact(read_manifest(tiny_vit_copy), format="tensorrt") is None
+    assert read_manifest(tiny_vit_copy).find(format="tensorrt") is None
     monkeypatch.undo()
     monkeypatch.setitem(sys.modules, "tensorrt", standin)
     monkeypatch.setattr(trt_stage, "gpu_info", lambda: ("Stand-in GPU (not real)", "9.0"))
     result = trt_stage.build_engines(tiny_vit_copy, towers=["visual"], verify_engines=False)
     assert [e.path for e in result.engines] == [engine_file_name("visual.onnx", "fp32")]
     assert result.engines[0].verdict == "not verified"
-    assert "opset" not in find_artifact(read_manifest(tiny_vit_copy), path="visual.trt-fp32.plan")
+    assert read_manifest(tiny_vit_copy).find(path="visual.trt-fp32.plan").opset is None
+    assert "opset" not in json.loads((tiny_vit_copy / "manifest.json").read_text())["artifacts"][-1]

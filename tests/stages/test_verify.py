@@ -48,11 +48,15 @@ def test_good_artifacts_pass_and_are_recorded(tiny_vit_copy: Path) -> None:
     } <= names
     assert visual.metric("mean_abs_normalized") < 1e-5
     manifest = read_manifest(tiny_vit_copy)
-    assert manifest["verification"]["passed"] is True
-    assert {r["path"] for r in manifest["verification"]["results"]} == {"visual.onnx", "text.onnx", "tokenizer.json"}
+    assert manifest.section("verification")["passed"] is True
+    assert {r["path"] for r in manifest.section("verification")["results"]} == {
+        "visual.onnx",
+        "text.onnx",
+        "tokenizer.json",
+    }
     report = (tiny_vit_copy / "VERIFY.md").read_text()
     assert "**PASS**" in report and "| tokenizer.json | CPUExecutionProvider | exact ids |" in report
-    assert f"on the reference's {len(manifest['reference']['captions'])} raw captions: 0 give other ids" in report
+    assert f"on the reference's {len(manifest.reference['captions'])} raw captions: 0 give other ids" in report
 
 
 def test_a_tokenizer_file_with_other_ids_fails_verify(tiny_vit_copy: Path) -> None:
@@ -63,8 +67,8 @@ def test_a_tokenizer_file_with_other_ids_fails_verify(tiny_vit_copy: Path) -> No
     assert all(c.passed for c in result.checks if c.path != "tokenizer.json")  # the towers themselves still hold on ids
     # Any verified text artifact brings the tokenizer row (the pipeline verifies with a precision filter);
     # a run of image artifacts only does not.
-    assert verify(tiny_vit_copy, only=lambda e: e["tower"] == "text").checks[-1].path == "tokenizer.json"
-    assert all(c.path != "tokenizer.json" for c in verify(tiny_vit_copy, only=lambda e: e["tower"] == "visual").checks)
+    assert verify(tiny_vit_copy, only=lambda e: e.tower == "text").checks[-1].path == "tokenizer.json"
+    assert all(c.path != "tokenizer.json" for c in verify(tiny_vit_copy, only=lambda e: e.tower == "visual").checks)
 
 
 def test_flipped_weight_byte_fails_integrity(tiny_vit_copy: Path) -> None:
@@ -172,15 +176,15 @@ def test_cuda_provider_really_runs(tiny_vit_copy: Path) -> None:
 def test_a_partial_verify_keeps_the_other_records(tiny_vit_copy: Path) -> None:
     """Verifying one precision or another provider must not erase earlier passing rows."""
     assert verify(tiny_vit_copy).passed
-    verify(tiny_vit_copy, providers=["cuda"], only=lambda e: e["tower"] == "text")
-    rows = read_manifest(tiny_vit_copy)["verification"]["results"]
+    verify(tiny_vit_copy, providers=["cuda"], only=lambda e: e.tower == "text")
+    rows = read_manifest(tiny_vit_copy).section("verification")["results"]
     by_key = {(r["path"], r["provider_requested"]): r["status"] for r in rows}
     assert by_key[("visual.onnx", "CPUExecutionProvider")] == "pass"
     assert by_key[("text.onnx", "CPUExecutionProvider")] == "pass"
     if ("text.onnx", "CUDAExecutionProvider") in by_key:
         assert by_key[("text.onnx", "CUDAExecutionProvider")] in ("pass", "fail")
-    verify(tiny_vit_copy, thresholds={"mean_abs_normalized": 1e-12}, only=lambda e: e["tower"] == "visual")
-    rows = read_manifest(tiny_vit_copy)["verification"]["results"]
+    verify(tiny_vit_copy, thresholds={"mean_abs_normalized": 1e-12}, only=lambda e: e.tower == "visual")
+    rows = read_manifest(tiny_vit_copy).section("verification")["results"]
     assert {(r["path"], r["provider_requested"]): r["status"] for r in rows}[
         ("visual.onnx", "CPUExecutionProvider")
     ] == "fail"
@@ -190,13 +194,13 @@ def test_a_second_environment_adds_its_verdicts(tiny_vit_copy: Path) -> None:
     """verify on another machine adds rows for that environment; the first machine's stay."""
     assert verify(tiny_vit_copy).passed
     manifest = read_manifest(tiny_vit_copy)
-    for row in manifest["verification"]["results"]:
+    for row in manifest.section("verification")["results"]:
         row["environment"] = dataclasses.replace(
             Environment.from_json(row["environment"]), cpu_target="znver3", isa_flags=("avx2", "fma")
         ).to_json()
     write_manifest(tiny_vit_copy, manifest)
     result = verify(tiny_vit_copy)
-    rows = read_manifest(tiny_vit_copy)["verification"]["results"]
+    rows = read_manifest(tiny_vit_copy).section("verification")["results"]
     here = current_environment("CPUExecutionProvider")
     assert sorted(r["environment"]["tier"] for r in rows if r["path"] == "visual.onnx") == sorted(
         ["AVX2 without VNNI", here.tier]
@@ -235,7 +239,7 @@ def test_a_report_that_cannot_be_written_still_shows_the_verdicts(
 def _as_checkpoint_export(model_dir: Path, checkpoint: str, sha256: str) -> None:
     """Make the manifest claim the export came from a local checkpoint at `checkpoint`."""
     manifest = read_manifest(model_dir)
-    manifest["model"].update(random_init=False, seed=None, checkpoint=checkpoint, checkpoint_sha256=sha256)
+    manifest.model.update(random_init=False, seed=None, checkpoint=checkpoint, checkpoint_sha256=sha256)
     write_manifest(model_dir, manifest)
 
 
@@ -288,6 +292,6 @@ def test_a_pass_under_overridden_thresholds_is_named_as_such(tiny_vit_copy: Path
     visual = next(c for c in result.checks if c.path == "visual.onnx")
     assert result.passed and visual.status.startswith("pass (thresholds overridden: fp32.")
     assert "fp32.min_cosine=-1" in visual.status
-    row = next(r for r in read_manifest(tiny_vit_copy)["verification"]["results"] if r["path"] == "visual.onnx")
+    row = next(r for r in read_manifest(tiny_vit_copy).section("verification")["results"] if r["path"] == "visual.onnx")
     assert row["status"] == visual.status
     assert "pass (thresholds overridden: " in (tiny_vit_copy / "VERIFY.md").read_text()

@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from clip_export.core.artifact import Manifest
 from clip_export.core.checks import load_reference
 from clip_export.core.configs import NO_LOCAL_SOURCES, LocalSources
 from clip_export.core.environment import versions
@@ -25,7 +26,6 @@ from clip_export.core.manifest import (
     atomic_write_text,
     now_iso,
     read_manifest,
-    select_artifacts,
     to_jsonable,
     write_manifest,
 )
@@ -102,7 +102,7 @@ def bench(
         raise ClipExportError(f"the total time budget must be positive, got {max_time_s:g} s")
     for p in providers:
         provider_name(p)
-    present = sorted({a["precision"] for a in manifest["artifacts"]})
+    present = sorted({a.precision for a in manifest.artifacts})
     if precisions is not None and not set(precisions) & set(present):
         raise ClipExportError(
             f"the requested precision(s) {', '.join(precisions)} match no artifact in {model_dir}; it has {', '.join(present)}"
@@ -117,7 +117,7 @@ def bench(
             from clip_export.core.models import load_model, spec_from_manifest
 
             progress("loading the torch model for the baselines")
-            loaded = load_model(spec_from_manifest(manifest["model"], sources))
+            loaded = load_model(spec_from_manifest(manifest.model, sources))
             for tower in towers:
                 flops[tower], products[tower] = count_tower(loaded, tower)
         except ImportError as exc:
@@ -135,9 +135,9 @@ def bench(
             # A tower whose products are a minor share of its FLOPs (a ResNet) has no such limit.
             if shapes and sum(2.0 * m * k * n for m, k, n in shapes) >= 0.5 * flops[tower]:
                 benched = {
-                    a["precision"]
-                    for a in select_artifacts(manifest, tower=tower, format=ONNX_FORMAT)
-                    if precisions is None or a["precision"] in precisions
+                    a.precision
+                    for a in manifest.select(tower=tower, format=ONNX_FORMAT)
+                    if precisions is None or a.precision in precisions
                 }
                 for kind in sorted(
                     {PRECISION_SPECS[p].streamed_limit for p in benched if p in PRECISION_SPECS} - {None}
@@ -222,7 +222,7 @@ def bench(
     result = dataclasses.replace(result, chart_path=chart_path, report_path=report_path)
     atomic_write_text(report_path, render_markdown(result))
     manifest = read_manifest(model_dir)
-    manifest["benchmark"] = {k: v for k, v in to_jsonable(result).items() if k != "model_dir"}
+    manifest.set_section("benchmark", {k: v for k, v in to_jsonable(result).items() if k != "model_dir"})
     write_manifest(model_dir, manifest)
     return result
 
@@ -244,7 +244,7 @@ def _torch_p50(rows: Sequence[BenchRow], row: BenchRow) -> float | None:
 
 def _plan(
     model_dir: Path,
-    manifest: dict[str, Any],
+    manifest: Manifest,
     ref: dict[str, np.ndarray],
     loaded: Any,
     *,
@@ -262,9 +262,7 @@ def _plan(
     plan: list[_PlannedRow] = []
     bf16_native = native_bf16()
     for tower in towers:
-        entries = select_artifacts(
-            manifest, tower=tower, **({"precision": tuple(precisions)} if precisions is not None else {})
-        )
+        entries = manifest.select(tower=tower, **({"precision": tuple(precisions)} if precisions is not None else {}))
         for batch in batch_sizes:
             inputs = inputs_for(tower, ref, batch)
             if loaded is not None and baselines:
@@ -311,17 +309,17 @@ def _plan(
                         )
                     )
             for entry in entries:
-                if entry["format"] == PREPROCESSING_FORMAT:
+                if entry.format == PREPROCESSING_FORMAT:
                     continue  # takes one decoded image, not pixel batches: benchmarks/preprocessing_graph.py times it
                 for provider in providers:
-                    if entry["format"] == TENSORRT_FORMAT and provider != providers[0]:
+                    if entry.format == TENSORRT_FORMAT and provider != providers[0]:
                         continue
                     base = BenchRow(
-                        entry["path"],
+                        entry.path,
                         "artifact",
                         tower,
-                        entry["precision"],
-                        TENSORRT_RUNTIME if entry["format"] == TENSORRT_FORMAT else provider_name(provider),
+                        entry.precision,
+                        TENSORRT_RUNTIME if entry.format == TENSORRT_FORMAT else provider_name(provider),
                         None,
                         batch,
                         "",
@@ -329,7 +327,7 @@ def _plan(
                     )
                     plan.append(
                         _PlannedRow(
-                            f"{entry['path']} on {base.provider_requested}, batch {batch}",
+                            f"{entry.path} on {base.provider_requested}, batch {batch}",
                             tower,
                             batch,
                             lambda b, entry=entry, provider=provider, inputs=inputs, batch=batch, base=base: (
@@ -338,9 +336,9 @@ def _plan(
                             base,
                         )
                     )
-                if fused_baseline and entry["precision"] == "fp32" and entry["format"] == ONNX_FORMAT:
+                if fused_baseline and entry.precision == "fp32" and entry.format == ONNX_FORMAT:
                     base = BenchRow(
-                        f"{Path(entry['path']).name} +ort-optimizer",
+                        f"{Path(entry.path).name} +ort-optimizer",
                         "baseline",
                         tower,
                         "fp32",
@@ -352,11 +350,11 @@ def _plan(
                     )
                     plan.append(
                         _PlannedRow(
-                            f"{entry['path']} with onnxruntime's transformer optimizer, batch {batch}",
+                            f"{entry.path} with onnxruntime's transformer optimizer, batch {batch}",
                             tower,
                             batch,
                             lambda b, entry=entry, inputs=inputs, batch=batch, tower=tower: bench_fused(
-                                model_dir / entry["path"], tower, batch, inputs, threads, b
+                                model_dir / entry.path, tower, batch, inputs, threads, b
                             ),
                             base,
                         )

@@ -13,6 +13,7 @@ from typing import Any
 
 import numpy as np
 
+from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ProviderUnavailableError
 from clip_export.core.manifest import integrity_problems, resolve_inside
@@ -179,7 +180,7 @@ def with_ratios(
 
 def bench_entry(
     model_dir: Path,
-    entry: dict[str, Any],
+    entry: ArtifactEntry,
     provider: str,
     batch: int,
     inputs: np.ndarray,
@@ -188,7 +189,7 @@ def bench_entry(
     base: BenchRow,
 ) -> BenchRow:
     """One manifest entry's row: an ONNX artifact on `provider`, or a TensorRT engine on TensorRT."""
-    if entry["format"] == TENSORRT_FORMAT:
+    if entry.format == TENSORRT_FORMAT:
         return _bench_engine(model_dir, entry, batch, inputs, threads, budget_s)
     problems = integrity_problems(model_dir, entry)
     if problems:
@@ -202,26 +203,26 @@ def bench_entry(
             f"{', '.join(family.requires_any_flag)}; its results here would be wrong, so its speed says nothing",
         )
     return bench_onnx(
-        resolve_inside(model_dir, entry["path"], "the artifact"),
-        entry["tower"],
-        entry["precision"],
+        resolve_inside(model_dir, entry.path, "the artifact"),
+        entry.tower,
+        entry.precision,
         provider,
         batch,
         inputs,
         threads=threads,
         budget_s=budget_s,
-        name=entry["path"],
+        name=entry.path,
     )
 
 
 def _bench_engine(
-    model_dir: Path, entry: dict[str, Any], batch: int, inputs: np.ndarray, threads: int, budget_s: float
+    model_dir: Path, entry: ArtifactEntry, batch: int, inputs: np.ndarray, threads: int, budget_s: float
 ) -> BenchRow:
     base = dict(
-        name=entry["path"],
+        name=entry.path,
         kind="artifact",
-        tower=entry["tower"],
-        precision=entry["precision"],
+        tower=entry.tower,
+        precision=entry.precision,
         provider_requested=TENSORRT_RUNTIME,
         batch=batch,
         threads=threads,

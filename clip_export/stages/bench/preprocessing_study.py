@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from clip_export.core.manifest import find_artifact
+from clip_export.core.artifact import Manifest
 from clip_export.core.runner import open_runner
 from clip_export.core.spec import ONNX_FORMAT, TOWERS
 from clip_export.stages.bench.timing import time_calls
@@ -56,16 +56,14 @@ def report_images(evalset_dir: Path | None = None) -> list[Path]:
     return [images / "coffee-and-cat-wide-alpha.png", images / "rocket-small.jpg"]
 
 
-def vectorise_breakdown(
-    model_dir: Path, manifest: dict[str, Any], threads: int, loaded: Any | None
-) -> list[StageTimes]:
+def vectorise_breakdown(model_dir: Path, manifest: Manifest, threads: int, loaded: Any | None) -> list[StageTimes]:
     from PIL import Image
 
     from clip_export.core.configs import PreprocessConfig
     from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
 
-    config = PreprocessConfig.from_json(manifest["preprocess"])
-    visual = find_artifact(manifest, tower="visual", precision="fp32", format=ONNX_FORMAT)
+    config = PreprocessConfig.from_json(manifest.preprocess)
+    visual = manifest.find(tower="visual", precision="fp32", format=ONNX_FORMAT)
     if visual is None:
         return []
     session = open_runner(model_dir, visual, threads=threads).session
@@ -122,7 +120,7 @@ def vectorise_breakdown(
     return rows
 
 
-def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: int) -> list[PreprocessRow]:
+def preprocessing_variants(model_dir: Path, manifest: Manifest, threads: int) -> list[PreprocessRow]:
     """Time and fidelity of each preprocessing variant against the reference PIL pipeline."""
     from PIL import Image
 
@@ -131,9 +129,9 @@ def preprocessing_variants(model_dir: Path, manifest: dict[str, Any], threads: i
     from clip_export.core.metrics import l2_normalize, retrieval_agreement, run_batches
     from clip_export.core.preprocess import VARIANTS, preprocess_reference
 
-    config = PreprocessConfig.from_json(manifest["preprocess"])
+    config = PreprocessConfig.from_json(manifest.preprocess)
     evalset = load_evalset()
-    visual = find_artifact(manifest, tower="visual", precision="fp32", format=ONNX_FORMAT)
+    visual = manifest.find(tower="visual", precision="fp32", format=ONNX_FORMAT)
     session = open_runner(model_dir, visual, threads=threads).session if visual else None
 
     def opened(path: Path) -> Image.Image:

@@ -22,7 +22,7 @@ import numpy as np
 
 from clip_export.core.environment import current_environment, versions
 from clip_export.core.errors import ClipExportError, ServeCheckError
-from clip_export.core.manifest import exclusive, now_iso, read_manifest, select_artifacts
+from clip_export.core.manifest import exclusive, now_iso, read_manifest
 from clip_export.core.progress import Progress, rate_and_eta, silent
 from clip_export.core.spec import (
     EMBED_BATCH_SIZE,
@@ -65,7 +65,7 @@ def open_model(source: Path, precision: str | None, towers: set[str], threads: i
     manifest = read_manifest(source)
     refused = []
     for candidate in EMBED_PRECISION_PREFERENCE:
-        have = {e["tower"] for e in select_artifacts(manifest, format=ONNX_FORMAT, precision=candidate)}
+        have = {e.tower for e in manifest.select(format=ONNX_FORMAT, precision=candidate)}
         if not towers <= have:
             continue
         try:
@@ -88,11 +88,11 @@ def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[s
     onnx = {}
     for tower in sorted(model.artifacts):
         served = model.artifacts[tower].path.relative_to(model.root).as_posix()  # int8: the family picked for this CPU
-        entry = select_artifacts(model.manifest, tower=tower, format=ONNX_FORMAT, precision=precision, path=served)[0]
-        onnx[tower] = {"path": entry["path"], "sha256": entry["sha256"]}
+        entry = model.manifest.select(tower=tower, format=ONNX_FORMAT, precision=precision, path=served)[0]
+        onnx[tower] = {"path": entry.path, "sha256": entry.sha256}
     key = hashlib.sha256("|".join(f"{t}:{v['sha256']}" for t, v in sorted(onnx.items())).encode()).hexdigest()[:16]
     provider = next(iter(model.artifacts.values())).provider
-    info = model.manifest["model"]
+    info = model.manifest.model
     return {
         "key": key,
         "source": str(Path(model.root).resolve()),
@@ -100,9 +100,9 @@ def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[s
             k: info.get(k) for k in ("name", "arch", "pretrained", "source", "seed", "checkpoint_sha256") if k in info
         },
         "precision": precision,
-        "preprocess": model.manifest["preprocess"],
+        "preprocess": model.manifest.preprocess,
         "preprocess_impl": "fast",
-        "tokenizer": model.manifest["tokenizer"].get("file", {}).get("sha256"),
+        "tokenizer": model.manifest.tokenizer.get("file", {}).get("sha256"),
         "onnx": onnx,
         "environment": current_environment(provider).to_json(),
         "versions": versions(),
@@ -165,7 +165,7 @@ def _embed(
     model, why = open_model(Path(source), precision, towers, threads)
     chosen = precision or why.split(":")[0]
     artifact = artifact_record(model, chosen, towers)
-    dim = int(model.manifest["model"].get("embed_dim") or _embed_dim(model))
+    dim = int(model.manifest.model.get("embed_dim") or _embed_dim(model))
     compat, accepted = _reconcile(store, artifact, model, dim, reembed, progress)
     store.compact()
     done = store.index()

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from clip_export.core.artifact import Manifest
 from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import read_manifest
 from clip_export.core.metrics import l2_normalize
@@ -180,9 +181,9 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
         return {"status": "skipped", "reason": "not requested (--client-check off)"}
     release_dir = Path(release_dir)
     manifest = read_manifest(release_dir)
-    layout = manifest.get("hf_layout") or {}
+    layout = manifest.section("hf_layout") or {}
     missing = [name for name in ("vision_model.onnx", "text_model.onnx") if name not in layout.get("onnx", {})]
-    if missing or not manifest["tokenizer"].get("file"):
+    if missing or not manifest.tokenizer.get("file"):
         return {
             "status": "skipped",
             "reason": f"hf/ lacks {', '.join(missing) or 'tokenizer.json'}: the check needs both fp32 towers and the tokenizer",
@@ -225,7 +226,7 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
     }
     # Equal ids but for the last position of captions cut at the context, where transformers.js leaves
     # a word and the text graph puts the end-of-text id back.
-    js_ids, cut = np.asarray(got["input_ids"]), ids[:, -1] != runtime.manifest["tokenizer"].get("pad_token_id", 0)
+    js_ids, cut = np.asarray(got["input_ids"]), ids[:, -1] != runtime.manifest.tokenizer.get("pad_token_id", 0)
     record["ids_equal_but_cut_eot"] = bool(
         np.array_equal(js_ids[:, :-1], ids[:, :-1]) and np.array_equal(js_ids[~cut, -1], ids[~cut, -1])
     )
@@ -267,18 +268,17 @@ def _our_embeddings(
     return ours
 
 
-def variant_plan(manifest: dict[str, Any]) -> dict[str, dict[str, tuple[str, str]]]:
+def variant_plan(manifest: Manifest) -> dict[str, dict[str, tuple[str, str]]]:
     """What to ask transformers.js for, per kind of input (text: the ids, pixel: pixel_values,
     preprocessing: image_uint8): {dtype: (hf/onnx file, the manifest precision of its source)}."""
     from clip_export.stages.release.hf_layout import MODEL_FILE, PREPROCESSING_MODEL_FILE, transformers_js_load
 
     precision = {  # an INT8 file by its kernel family too: two files per tower share the precision
-        a["path"]: a["precision"] + (f"/{family.name}" if (family := int8_family_of(a)) else "")
-        for a in manifest["artifacts"]
+        a.path: a.precision + (f"/{family.name}" if (family := int8_family_of(a)) else "") for a in manifest.artifacts
     }
     kinds = {MODEL_FILE["text"]: "text", MODEL_FILE["visual"]: "pixel", PREPROCESSING_MODEL_FILE: "preprocessing"}
     plan: dict[str, dict[str, tuple[str, str]]] = {kind: {} for kind in kinds.values()}
-    for name, source in manifest["hf_layout"]["onnx"].items():
+    for name, source in manifest.section("hf_layout")["onnx"].items():
         base, dtype = transformers_js_load(name)
         plan[kinds[base]][dtype] = (name, precision[source])
     return plan

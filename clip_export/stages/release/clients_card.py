@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clip_export.core.artifact import Manifest
 from clip_export.stages.release.clients import IMAGE_TARGET_COSINE
 
 # What a transformers.js user writes to get open_clip's preprocessing: the graph with it inside.
@@ -15,9 +16,9 @@ PREPROCESSING_RECIPE = [
 ]
 
 
-def clients_section(manifest: dict[str, Any]) -> list[str]:
+def clients_section(manifest: Manifest) -> list[str]:
     """How to load hf/ with Hugging Face tooling, and what transformers.js measured at release time."""
-    layout = manifest.get("hf_layout")
+    layout = manifest.section("hf_layout")
     if not layout:
         return []
     lines = [
@@ -47,7 +48,7 @@ def clients_section(manifest: dict[str, Any]) -> list[str]:
             *PREPROCESSING_RECIPE,
             "```",
         ]
-    record = (manifest.get("clients") or {}).get("transformers.js")
+    record = (manifest.section("clients") or {}).get("transformers.js")
     if not record:
         return lines
     if record.get("status") != "measured":

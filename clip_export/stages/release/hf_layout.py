@@ -27,6 +27,7 @@ from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+from clip_export.core.artifact import ArtifactEntry, Manifest
 from clip_export.core.errors import ReleaseError
 from clip_export.core.manifest import MANIFEST_NAME
 from clip_export.core.spec import ONNX_FORMAT, PRECISION_SPECS, PREPROCESSING_FORMAT, TOKENIZER_NAME, TOWERS
@@ -56,19 +57,19 @@ IMAGE_PROCESSOR = {"siglip": "SiglipImageProcessor"}
 TEXT_PREFIX = "clip_export_text_ids/"
 
 
-def onnx_file_name(entry: Mapping[str, Any]) -> str | None:
+def onnx_file_name(entry: ArtifactEntry) -> str | None:
     """hf/onnx/ name of a manifest artifact; None for what Hugging Face clients cannot load (engines)."""
-    if entry["format"] not in (ONNX_FORMAT, PREPROCESSING_FORMAT):
+    if entry.format not in (ONNX_FORMAT, PREPROCESSING_FORMAT):
         return None
-    precision = entry["precision"]
+    precision = entry.precision
     if precision == "int8":
-        weight_type = (entry.get("conversion") or {}).get("weight_type", "QUInt8")
+        weight_type = (entry.detail("conversion") or {}).get("weight_type", "QUInt8")
         suffix = INT8_SUFFIX.get(weight_type)
     else:
         suffix = DTYPE_SUFFIX.get(precision)
     if suffix is None:
-        raise ReleaseError(f"{entry['path']}: precision {precision} has no transformers.js file name")
-    base = PREPROCESSING_MODEL_FILE if entry["format"] == PREPROCESSING_FORMAT else MODEL_FILE[entry["tower"]]
+        raise ReleaseError(f"{entry.path}: precision {precision} has no transformers.js file name")
+    base = PREPROCESSING_MODEL_FILE if entry.format == PREPROCESSING_FORMAT else MODEL_FILE[entry.tower]
     return f"{base}{suffix}.onnx"
 
 
@@ -82,8 +83,8 @@ def transformers_js_load(file_name: str) -> tuple[str, str]:
     raise ReleaseError(f"hf/{ONNX_DIR}/{file_name} is not a name this layout writes")
 
 
-def config_json(manifest: Mapping[str, Any], external_data: Mapping[str, int]) -> dict[str, Any]:
-    model, tok, pre = manifest["model"], manifest["tokenizer"], manifest["preprocess"]
+def config_json(manifest: Manifest, external_data: Mapping[str, int]) -> dict[str, Any]:
+    model, tok, pre = manifest.model, manifest.tokenizer, manifest.preprocess
     family = model.get("family", "clip")
     config: dict[str, Any] = {
         "architectures": ["SiglipModel" if family == "siglip" else "CLIPModel"],
@@ -113,10 +114,10 @@ def config_json(manifest: Mapping[str, Any], external_data: Mapping[str, int]) -
     return config
 
 
-def preprocessor_config(manifest: Mapping[str, Any]) -> dict[str, Any]:
+def preprocessor_config(manifest: Manifest) -> dict[str, Any]:
     """CLIPImageProcessor keys for the manifest's preprocessing, every one stated (transformers.js's
     defaults differ: no normalisation, bilinear)."""
-    pre, family = manifest["preprocess"], manifest["model"].get("family", "clip")
+    pre, family = manifest.preprocess, manifest.model.get("family", "clip")
     height, width = (int(v) for v in pre["image_size"])
     if pre["interpolation"] not in PIL_RESAMPLE:
         raise ReleaseError(
@@ -144,10 +145,10 @@ def preprocessor_config(manifest: Mapping[str, Any]) -> dict[str, Any]:
     return config
 
 
-def tokenizer_config(manifest: Mapping[str, Any], tokenizer: Any) -> dict[str, Any]:
+def tokenizer_config(manifest: Manifest, tokenizer: Any) -> dict[str, Any]:
     """model_max_length and the special tokens by name. The pad token (id 0, "!" for CLIP) is named
     but not listed as an added token: listed, transformers.js would split "wow!" into the pad id."""
-    tok = manifest["tokenizer"]
+    tok = manifest.tokenizer
 
     def name(token_id: int | None) -> str | None:
         return None if token_id is None else tokenizer.id_to_token(int(token_id))
@@ -170,14 +171,14 @@ def tokenizer_config(manifest: Mapping[str, Any], tokenizer: Any) -> dict[str, A
     return config
 
 
-def standard_tokenizer(manifest: Mapping[str, Any], path: Path) -> Any:
+def standard_tokenizer(manifest: Manifest, path: Path) -> Any:
     """The released tokenizer.json; a CLIP one exported before it carried its normalizer gets it."""
     from clip_export.core.tokenizer import _tokenizers, clip_normalizer
 
     tokenizer = _tokenizers().Tokenizer.from_file(str(path))
     if (
-        manifest["tokenizer"].get("kind") == "clip-bpe"
-        and manifest["tokenizer"].get("clean") == "lower"
+        manifest.tokenizer.get("kind") == "clip-bpe"
+        and manifest.tokenizer.get("clean") == "lower"
         and tokenizer.normalizer is None
     ):
         tokenizer.normalizer = clip_normalizer()
@@ -262,7 +263,7 @@ def _link(source: Path, target: Path) -> None:
         shutil.copyfile(source, target)
 
 
-def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
+def write_layout(staging: Path, manifest: Manifest) -> dict[str, Any]:
     """Write hf/ inside the staged release, whose manifest already names the released assets;
     returns the manifest's `hf_layout` record (every file with its sha256)."""
     import onnx
@@ -271,22 +272,22 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
 
     root = staging / HF_DIR
     (root / ONNX_DIR).mkdir(parents=True)
-    tok = manifest["tokenizer"]
+    tok = manifest.tokenizer
     names: dict[str, str] = {}
     external: dict[str, int] = {}
-    for entry in manifest["artifacts"]:
+    for entry in manifest.artifacts:
         target = onnx_file_name(entry)
         if target is None:
             continue
         if target in names:
             raise ReleaseError(
-                f"{entry['path']} and {names[target]} would both be hf/{ONNX_DIR}/{target}; release one of them"
+                f"{entry.path} and {names[target]} would both be hf/{ONNX_DIR}/{target}; release one of them"
             )
-        names[target] = entry["path"]
-        source = staging / entry["path"]
+        names[target] = entry.path
+        source = staging / entry.path
         out = root / ONNX_DIR / target
-        data = entry.get("external_data") or []
-        if entry["tower"] == "text" and entry["format"] == ONNX_FORMAT:
+        data = entry.external_data
+        if entry.tower == "text" and entry.format == ONNX_FORMAT:
             model = onnx.load(str(source), load_external_data=bool(data))
             eot = tok.get("eot_token_id") if tok.get("kind") == "clip-bpe" else None
             text_graph_for_clients(model, int(tok["context_length"]), int(tok.get("pad_token_id", 0)), eot)
@@ -305,7 +306,7 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
         elif data:
             model = onnx.load(str(source), load_external_data=False)
             renames = {
-                Path(r["path"]).name: target + EXTERNAL_DATA_SUFFIX + ("" if i == 0 else f"_{i}")
+                Path(r.path).name: target + EXTERNAL_DATA_SUFFIX + ("" if i == 0 else f"_{i}")
                 for i, r in enumerate(data)
             }
             for tensor in model.graph.initializer:
@@ -332,5 +333,5 @@ def write_layout(staging: Path, manifest: Mapping[str, Any]) -> dict[str, Any]:
     return {
         "dir": HF_DIR,
         "onnx": {name: src for name, src in sorted(names.items())},
-        "files": [file_record(p, staging) for p in files],
+        "files": [file_record(p, staging).to_json() for p in files],
     }

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from clip_export.core.artifact import ArtifactEntry, Manifest
 from clip_export.core.environment import Environment
 from clip_export.core.manifest import passing_rows
 from clip_export.core.spec import (
@@ -23,38 +24,26 @@ WEIGHT_LICENCES = {
 }
 
 
-def passing_environments(
-    manifest: dict[str, Any], entry: dict[str, Any], overridden: bool = False
-) -> list[Environment]:
+def passing_environments(manifest: Manifest, entry: ArtifactEntry, overridden: bool = False) -> list[Environment]:
     """The environments with a passing verify row for exactly this artifact's bytes; a passing row
     that does not say where it was obtained is refused (ManifestError), never counted."""
-    return [
-        Environment.from_json(r.get("environment"), entry["path"]) for r in passing_rows(manifest, entry, overridden)
-    ]
+    return [Environment.from_json(r.get("environment"), entry.path) for r in passing_rows(manifest, entry, overridden)]
 
 
-def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
-    model = manifest["model"]
+def model_card(manifest: Manifest, slug: str, tag: str) -> str:
+    model = manifest.model
     licence = (
         "none: random weights"
         if model.get("random_init")
         else WEIGHT_LICENCES.get(model.get("pretrained") or "", "check the licence of the weights source")
     )
-    pre, tok = manifest["preprocess"], manifest["tokenizer"]
+    pre, tok = manifest.preprocess, manifest.tokenizer
     visual = next(
-        (
-            a
-            for a in manifest["artifacts"]
-            if a["tower"] == "visual" and a["format"] == ONNX_FORMAT and a["precision"] == "fp32"
-        ),
+        (a for a in manifest.artifacts if a.tower == "visual" and a.format == ONNX_FORMAT and a.precision == "fp32"),
         None,
     )
     text = next(
-        (
-            a
-            for a in manifest["artifacts"]
-            if a["tower"] == "text" and a["format"] == ONNX_FORMAT and a["precision"] == "fp32"
-        ),
+        (a for a in manifest.artifacts if a.tower == "text" and a.format == ONNX_FORMAT and a.precision == "fp32"),
         None,
     )
     lines = [
@@ -62,7 +51,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
         "",
         f"- Architecture: open_clip `{model['arch']}`; weights: {model['source']}; checkpoint sha256: `{model.get('checkpoint_sha256') or 'n/a'}`.",
         f"- Weights licence: {licence}.",
-        f"- Embedding size: {model.get('embed_dim')}; normalisation in graph: {bool(manifest.get('normalize'))}.",
+        f"- Embedding size: {model.get('embed_dim')}; normalisation in graph: {manifest.normalize}.",
         f"- Preprocessing: {pre['image_size'][0]}×{pre['image_size'][1]}, resize {pre['resize_mode']} side with {pre['interpolation']}, centre crop, mean {pre['mean']}, std {pre['std']}.",
         f"- Tokenizer: {tok.get('kind', 'open_clip')}, context {tok['context_length']}, SOT {tok['sot_token_id']}, EOT {tok['eot_token_id']}.",
         "",
@@ -71,12 +60,12 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
         "| asset | tower | precision | format | input | output | bytes | sha256 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for a in manifest["artifacts"]:
-        i, o = a["inputs"][0], a["outputs"][0]
+    for a in manifest.artifacts:
+        i, o = a.inputs[0], a.outputs[0]
         lines.append(
-            f"| {a['path']} | {a['tower']} | {a['precision']} | {a['format']} | `{i['name']}` {i['dtype']} {i['shape']} | `{o['name']}` {o['dtype']} {o['shape']} | {a['bytes']} | `{a['sha256'][:16]}…` |"
+            f"| {a.path} | {a.tower} | {a.precision} | {a.format} | `{i.name}` {i.dtype} {list(i.shape)} | `{o.name}` {o.dtype} {list(o.shape)} | {a.bytes} | `{a.sha256[:16]}…` |"
         )
-    rows = manifest.get("verification", {}).get("results", [])
+    rows = manifest.verification_rows
     lines += [
         "",
         "## Verification",
@@ -110,13 +99,13 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
             f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |"
         )
     lines += ["", "### Environments each asset passed in", ""]
-    for a in manifest["artifacts"]:
+    for a in manifest.artifacts:
         envs = sorted({e.describe() for e in passing_environments(manifest, a)})
-        lines.append(f"- `{a['path']}`: " + ("; ".join(envs) if envs else "none"))
+        lines.append(f"- `{a.path}`: " + ("; ".join(envs) if envs else "none"))
     lines += variant_table(manifest)
     lines += int8_section(manifest)
     lines += clients_section(manifest)
-    bench = manifest.get("benchmark")
+    bench = manifest.section("benchmark")
     if bench:
         lines += [
             "",
@@ -139,7 +128,7 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
             "```python",
             "import numpy as np, onnxruntime as ort, open_clip",
             "from PIL import Image",
-            f"visual = ort.InferenceSession('{visual['path']}'); text = ort.InferenceSession('{text['path']}')",
+            f"visual = ort.InferenceSession('{visual.path}'); text = ort.InferenceSession('{text.path}')",
             f"size, mean, std = {pre['image_size'][0]}, np.array({pre['mean']}, 'f4'), np.array({pre['std']}, 'f4')",
             "img = Image.open('photo.jpg'); s = size / min(img.size); img = img.resize((int(img.width * s), int(img.height * s)), Image.BICUBIC)",
             "l, t = round((img.width - size) / 2), round((img.height - size) / 2); img = img.crop((l, t, l + size, t + size)).convert('RGB')",
@@ -156,19 +145,19 @@ def model_card(manifest: dict[str, Any], slug: str, tag: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def variant_table(manifest: dict[str, Any]) -> list[str]:
+def variant_table(manifest: Manifest) -> list[str]:
     """Every variant with its size, batch-1 speed and fidelity next to the fp32 artifact of its tower,
     so a client choosing fp16, int8 or q4 for a browser or phone sees what each one costs."""
-    bench = manifest.get("benchmark") or {}
+    bench = manifest.section("benchmark") or {}
     p50 = {
         r["name"]: r["latency"]["p50_ms"]
         for r in bench.get("rows", [])
         if r.get("batch") == 1 and r.get("latency") and r.get("kind", "artifact") == "artifact"
     }
     verdicts: dict[str, dict[str, Any]] = {}
-    for r in (manifest.get("verification") or {}).get("results", []):
+    for r in manifest.verification_rows:
         verdicts.setdefault(r["path"], r)
-    fp32 = {a["tower"]: a for a in manifest["artifacts"] if a["precision"] == "fp32" and a["format"] == ONNX_FORMAT}
+    fp32 = {a.tower: a for a in manifest.artifacts if a.precision == "fp32" and a.format == ONNX_FORMAT}
     lines = [
         "",
         f"## Variants: size, batch-1 speed ({bench.get('machine', {}).get('cpu', 'not benchmarked')}) and fidelity",
@@ -179,26 +168,26 @@ def variant_table(manifest: dict[str, Any]) -> list[str]:
         "| asset | tower | precision | preprocessing in graph | MB | size vs fp32 | batch-1 p50 ms | speed vs fp32 | mean abs diff (norm.) | min cosine | top-1 agreement | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for a in manifest["artifacts"]:
-        if a["format"] == TENSORRT_FORMAT:
+    for a in manifest.artifacts:
+        if a.format == TENSORRT_FORMAT:
             continue
-        base, row = fp32.get(a["tower"]), verdicts.get(a["path"], {})
+        base, row = fp32.get(a.tower), verdicts.get(a.path, {})
         metrics = row.get("metrics", {})
         top1 = min((v for k, v in metrics.items() if k.endswith("_top1")), default=None)
-        size_ratio = f"{a['bytes'] / base['bytes']:.2f}" if base else "-"
-        ms, base_ms = p50.get(a["path"]), p50.get(base["path"]) if base else None
+        size_ratio = f"{a.bytes / base.bytes:.2f}" if base else "-"
+        ms, base_ms = p50.get(a.path), p50.get(base.path) if base else None
         speed = f"{base_ms / ms:.2f}×" if ms and base_ms else "-"
         lines.append(
-            f"| {a['path']} | {a['tower']} | {a['precision']} | {'yes' if a['format'] == PREPROCESSING_FORMAT else 'no'} | {a['bytes'] / 1e6:.1f} | {size_ratio} | "
+            f"| {a.path} | {a.tower} | {a.precision} | {'yes' if a.format == PREPROCESSING_FORMAT else 'no'} | {a.bytes / 1e6:.1f} | {size_ratio} | "
             f"{f'{ms:.2f}' if ms else '-'} | {speed} | {_fmt(metrics.get('mean_abs_normalized'), '.2e')} | {_fmt(metrics.get('min_cosine'), '.5f')} | {_fmt(top1, '.3f')} | {row.get('status', 'not verified')} |"
         )
     return lines
 
 
-def int8_section(manifest: dict[str, Any]) -> list[str]:
+def int8_section(manifest: Manifest) -> list[str]:
     """Which INT8 file is for which CPU: one per onnxruntime kernel family, and where each was verified."""
-    entries = [a for a in manifest["artifacts"] if a["format"] == ONNX_FORMAT and int8_family_of(a) is not None]
-    refused = manifest.get("int8_not_built") or {}
+    entries = [a for a in manifest.artifacts if a.format == ONNX_FORMAT and int8_family_of(a) is not None]
+    refused = manifest.section("int8_not_built") or {}
     if not entries and not refused:
         return []
     lines = [
@@ -217,10 +206,8 @@ def int8_section(manifest: dict[str, Any]) -> list[str]:
     for a in entries:
         family = int8_family_of(a)
         tiers = sorted({e.tier for e in passing_environments(manifest, a)}) or ["none"]
-        weights = (a.get("conversion") or {}).get("weight_type", "?")
-        lines.append(
-            f"| {a['path']} | {a['tower']} | {weights} | {family.tiers if family else '?'} | {'; '.join(tiers)} |"
-        )
+        weights = (a.detail("conversion") or {}).get("weight_type", "?")
+        lines.append(f"| {a.path} | {a.tower} | {weights} | {family.tiers if family else '?'} | {'; '.join(tiers)} |")
     for tower, why in sorted(refused.items()):
         lines.append(f"| - | {tower} | no INT8 | - | {why} |")
     return lines

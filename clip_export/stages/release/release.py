@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
 from clip_export.core.checkpoints import sha256_file
 from clip_export.core.errors import ManifestError, ReleaseError
 from clip_export.core.manifest import (
@@ -45,10 +46,10 @@ class ReleaseResult:
     sources: tuple[Path, ...]
 
 
-def check_releasable(model_dir: Path, manifest: dict[str, Any], allow_overridden: bool = False) -> list[str]:
+def check_releasable(model_dir: Path, manifest: Manifest, allow_overridden: bool = False) -> list[str]:
     problems = []
     label = Path(os.path.abspath(model_dir)).name or str(model_dir)  # `release .` names its directory
-    for entry in manifest["artifacts"]:
+    for entry in manifest.artifacts:
         for issue in integrity_problems(model_dir, entry):
             problems.append(f"{label}/{issue}")
         try:
@@ -59,29 +60,30 @@ def check_releasable(model_dir: Path, manifest: dict[str, Any], allow_overridden
             continue
         if loosened:
             problems.append(
-                f"{label}/{entry['path']} passed 'clip-export verify' only with thresholds overridden; "
+                f"{label}/{entry.path} passed 'clip-export verify' only with thresholds overridden; "
                 "verify it under the declared thresholds, or pass --allow-overridden to ship it as such"
             )
         elif not verified and passing_rows(manifest, entry, any_settings=True):
             problems.append(
-                f"{label}/{entry['path']} passed 'clip-export verify' with other model, preprocessing, "
+                f"{label}/{entry.path} passed 'clip-export verify' with other model, preprocessing, "
                 "tokenizer or reference settings than the manifest now holds; run 'clip-export verify' again"
             )
         elif not verified:
-            problems.append(f"{label}/{entry['path']} has not passed 'clip-export verify' in its current form")
-    for record in (
-        manifest.get("reference"),
-        manifest["tokenizer"].get("file"),
-        manifest["tokenizer"].get("bpe_vocab"),
+            problems.append(f"{label}/{entry.path} has not passed 'clip-export verify' in its current form")
+    for where, record in (
+        ("reference", manifest.reference),
+        ("tokenizer.file", manifest.tokenizer.get("file")),
+        ("tokenizer.bpe_vocab", manifest.tokenizer.get("bpe_vocab")),
     ):
-        for issue in integrity_problems(model_dir, record) if record else []:
-            problems.append(f"{label}/{issue}")
-    tokenizer_file = manifest["tokenizer"].get("file")
-    verification = manifest.get("verification") or {}
-    if tokenizer_file and any(a["tower"] == "text" for a in manifest["artifacts"]):
+        if record:
+            for issue in integrity_problems(model_dir, FileRecord.from_json(record, f"{label}: {where}")):
+                problems.append(f"{label}/{issue}")
+    tokenizer_file = manifest.tokenizer.get("file")
+    verification = manifest.section("verification") or {}
+    if tokenizer_file and manifest.find(tower="text") is not None:
         rows = [
             r
-            for r in verification.get("results", [])
+            for r in manifest.verification_rows
             if r.get("format") == TOKENIZER_FORMAT and r.get("sha256") == tokenizer_file["sha256"]
         ]
         if rows and not any(r["status"] == "pass" for r in rows):
@@ -113,14 +115,16 @@ def release_slug(dirs: Sequence[Path], model_name: str) -> str:
     return slug
 
 
-def asset_name(slug: str, entry: dict[str, Any]) -> str:
-    if entry["format"] == TENSORRT_FORMAT:
-        sm = entry.get("tensorrt", {}).get("compute_capability", "unknown").replace(".", "")
-        name = f"{slug}-{entry['tower']}-trt-{entry['precision']}-sm{sm}.plan"
+def asset_name(slug: str, entry: ArtifactEntry) -> str:
+    if entry.format == TENSORRT_FORMAT:
+        sm = entry.detail("tensorrt", {}).get("compute_capability", "unknown").replace(".", "")
+        name = f"{slug}-{entry.tower}-trt-{entry.precision}-sm{sm}.plan"
     else:
         family = int8_family_of(entry)  # two INT8 files per tower, one per kernel family: int8 (QInt8), uint8 (QUInt8)
-        precision = family.file_tag if family is not None else entry["precision"]
-        name = f"{slug}-{entry['tower']}-{precision}{'-preprocessing' if entry['format'] == PREPROCESSING_FORMAT else ''}.onnx"
+        precision = family.file_tag if family is not None else entry.precision
+        name = (
+            f"{slug}-{entry.tower}-{precision}{'-preprocessing' if entry.format == PREPROCESSING_FORMAT else ''}.onnx"
+        )
     return safe_asset_name(name)
 
 
@@ -139,22 +143,22 @@ def _inside(out: Path, name: str) -> Path:
     return target
 
 
-def _copy_onnx_with_renamed_data(source_dir: Path, entry: dict[str, Any], staging: Path, name: str) -> list[str]:
+def _copy_onnx_with_renamed_data(source_dir: Path, entry: ArtifactEntry, staging: Path, name: str) -> list[str]:
     """Copy an ONNX artifact; external data files get release names and the graph points at them."""
-    source = resolve_inside(source_dir, entry["path"], "the artifact")
-    if not entry.get("external_data"):
-        return _copy_plain(source, staging, name, entry)
+    source = resolve_inside(source_dir, entry.path, "the artifact")
+    if not entry.external_data:
+        return _copy_plain(source, staging, name, entry.files[0])
     import onnx
 
     graph = source.read_bytes()  # hashed and parsed from the same bytes, so the graph shipped is the one verified
-    if hashlib.sha256(graph).hexdigest() != entry["sha256"]:
-        raise ReleaseError(_CHANGED.format(entry["path"]))
+    if hashlib.sha256(graph).hexdigest() != entry.sha256:
+        raise ReleaseError(_CHANGED.format(entry.path))
     model = onnx.load_model_from_string(graph)
     renames = {}
-    for index, record in enumerate(entry["external_data"]):
-        new = f"{name}.data" if len(entry["external_data"]) == 1 else f"{name}.data{index}"
-        renames[Path(record["path"]).name] = new
-        _copy_plain(resolve_inside(source_dir, record["path"], "the external data"), staging, new, record)
+    for index, record in enumerate(entry.external_data):
+        new = f"{name}.data" if len(entry.external_data) == 1 else f"{name}.data{index}"
+        renames[Path(record.path).name] = new
+        _copy_plain(resolve_inside(source_dir, record.path, "the external data"), staging, new, record)
     for tensor in model.graph.initializer:
         for item in tensor.external_data:
             if item.key == "location":
@@ -163,45 +167,45 @@ def _copy_onnx_with_renamed_data(source_dir: Path, entry: dict[str, Any], stagin
     return [name, *renames.values()]
 
 
-def merge_manifests(dirs: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Path]]:
+def merge_manifests(dirs: Sequence[Path]) -> tuple[Manifest, dict[str, Path]]:
     """One manifest for several artifact directories of the same model (e.g. engines per GPU)."""
     manifests = [(d, read_manifest(d)) for d in dirs]
     base_dir, base = manifests[0]
     key = lambda m: (
-        m["model"]["arch"],
-        m["model"].get("pretrained"),
-        m["model"].get("checkpoint_sha256"),
-        m["model"].get("seed"),
+        m.model["arch"],
+        m.model.get("pretrained"),
+        m.model.get("checkpoint_sha256"),
+        m.model.get("seed"),
     )
-    merged = json.loads(json.dumps(base))
-    merged["artifacts"] = []
-    merged["verification"] = {"date": now_iso(), "results": [], "merged_from": []}
+    merged = Manifest([], json.loads(json.dumps(base.sections)))
+    verification: dict[str, Any] = {"date": now_iso(), "results": [], "merged_from": []}
+    merged.set_section("verification", verification)
     owners: dict[str, Path] = {}
-    by_path: dict[str, dict[str, Any]] = {}
+    by_path: dict[str, ArtifactEntry] = {}
     for model_dir, manifest in manifests:
         if key(manifest) != key(base):
             raise ReleaseError(
-                f"{model_dir} holds another model ({manifest['model']['arch']}) than {base_dir} ({base['model']['arch']}); merge only builds of one model"
+                f"{model_dir} holds another model ({manifest.model['arch']}) than {base_dir} ({base.model['arch']}); merge only builds of one model"
             )
-        for entry in manifest["artifacts"]:
-            existing = by_path.get(entry["path"])
+        for entry in manifest.artifacts:
+            existing = by_path.get(entry.path)
             if existing is not None:
-                if existing["sha256"] == entry["sha256"]:
+                if existing.sha256 == entry.sha256:
                     continue
-                if entry["format"] == TENSORRT_FORMAT:
+                if entry.format == TENSORRT_FORMAT:
                     raise ReleaseError(
-                        f"{entry['path']} exists in two directories with different bytes; engines for different GPUs must differ in compute capability"
+                        f"{entry.path} exists in two directories with different bytes; engines for different GPUs must differ in compute capability"
                     )
                 raise ReleaseError(
-                    f"{entry['path']} differs between {owners[entry['path']]} and {model_dir}; one model's ONNX artifacts must be identical to merge"
+                    f"{entry.path} differs between {owners[entry.path]} and {model_dir}; one model's ONNX artifacts must be identical to merge"
                 )
-            by_path[entry["path"]] = entry
-            owners[entry["path"]] = model_dir
-            merged["artifacts"].append(entry)
-        tokenizer_file = (base.get("tokenizer") or {}).get("file") or {}
-        merged["verification"]["results"] += [
-            r
-            for r in (manifest.get("verification") or {}).get("results", [])
+            by_path[entry.path] = entry
+            owners[entry.path] = model_dir
+            merged.upsert(entry)
+        tokenizer_file = base.tokenizer.get("file") or {}
+        verification["results"] += [
+            json.loads(json.dumps(r))  # release renames paths in its copy, never in the source manifest
+            for r in manifest.verification_rows
             if owners.get(r["path"]) == model_dir
             or (
                 model_dir == base_dir
@@ -209,11 +213,11 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[dict[str, Any], dict[str, Pat
                 and r.get("sha256") == tokenizer_file.get("sha256")
             )
         ]
-        merged["verification"]["merged_from"].append(
+        verification["merged_from"].append(
             {
                 "dir": str(model_dir),
-                "date": (manifest.get("verification") or {}).get("date"),
-                "machine": (manifest.get("verification") or {}).get("machine"),
+                "date": (manifest.section("verification") or {}).get("date"),
+                "machine": (manifest.section("verification") or {}).get("machine"),
             }
         )
     return merged, owners
@@ -259,7 +263,7 @@ def _release(
         if isinstance(setup, str):
             raise ReleaseError(f"--client-check require: {setup}")
     merged, owners = merge_manifests(dirs)
-    slug = release_slug(dirs, merged["model"]["name"])
+    slug = release_slug(dirs, merged.model["name"])
     target = Path(out) / safe_asset_name(f"{slug}-{tag}")
     with exclusive(target):  # a second release of the same tag fails here, at once
         if target.exists():
@@ -271,55 +275,52 @@ def _release(
         try:
             assets: list[str] = []
             renamed: dict[str, str] = {}
-            for entry in merged["artifacts"]:
+            released: list[ArtifactEntry] = []
+            for entry in merged.artifacts:
                 name = asset_name(slug, entry)
                 progress(f"adding {name}")
                 assets += (
-                    _copy_onnx_with_renamed_data(owners[entry["path"]], entry, staging, name)
-                    if entry["format"] in (ONNX_FORMAT, PREPROCESSING_FORMAT)
+                    _copy_onnx_with_renamed_data(owners[entry.path], entry, staging, name)
+                    if entry.format in (ONNX_FORMAT, PREPROCESSING_FORMAT)
                     else _copy_plain(
-                        resolve_inside(owners[entry["path"]], entry["path"], "the artifact"), staging, name, entry
+                        resolve_inside(owners[entry.path], entry.path, "the artifact"), staging, name, entry.files[0]
                     )
                 )
-                renamed[entry["path"]] = name
-                entry["source_path"] = entry["path"]
-                entry.update(file_record(staging / name, staging))
-                entry["external_data"] = [
-                    file_record(staging / n, staging) for n in assets if n.startswith(f"{name}.data")
-                ]
-            for row in merged["verification"]["results"]:
+                renamed[entry.path] = name
+                released.append(
+                    entry.moved(
+                        file_record(staging / name, staging),
+                        tuple(file_record(staging / n, staging) for n in assets if n.startswith(f"{name}.data")),
+                    ).with_details(source_path=entry.path)
+                )
+            merged.replace_artifacts(released)
+            for row in merged.verification_rows:
                 if row["path"] in renamed:
                     row["path"] = renamed[row["path"]]
-                    row["sha256"] = next(e["sha256"] for e in merged["artifacts"] if e["path"] == row["path"])
-            if merged.get("reference"):
+                    row["sha256"] = next(e.sha256 for e in released if e.path == row["path"])
+            if merged.reference:
                 ref_name = safe_asset_name(f"{slug}-reference.npz")
-                assets += _copy_plain(
-                    resolve_inside(dirs[0], merged["reference"]["path"], "the reference"),
-                    staging,
-                    ref_name,
-                    merged["reference"],
-                )
-                merged["reference"].update(file_record(staging / ref_name, staging))
+                stored = FileRecord.from_json(merged.reference, "the reference")
+                assets += _copy_plain(resolve_inside(dirs[0], stored.path, "the reference"), staging, ref_name, stored)
+                merged.reference.update(file_record(staging / ref_name, staging).to_json())
             for key, suffix in (("file", "tokenizer.json"), ("bpe_vocab", "tokenizer-bpe.txt.gz")):
-                if merged["tokenizer"].get(key):
+                if merged.tokenizer.get(key):
                     name = safe_asset_name(f"{slug}-{suffix}")
+                    source = FileRecord.from_json(merged.tokenizer[key], f"tokenizer.{key}")
                     assets += _copy_plain(
-                        resolve_inside(dirs[0], merged["tokenizer"][key]["path"], "the tokenizer file"),
-                        staging,
-                        name,
-                        merged["tokenizer"][key],
+                        resolve_inside(dirs[0], source.path, "the tokenizer file"), staging, name, source
                     )
-                    for row in merged["verification"]["results"]:
-                        if row["path"] == merged["tokenizer"][key]["path"]:
+                    for row in merged.verification_rows:
+                        if row["path"] == source.path:
                             row["path"] = name  # verify's tokenizer row follows its file
-                    merged["tokenizer"][key] = file_record(staging / name, staging)
+                    merged.tokenizer[key] = file_record(staging / name, staging).to_json()
             progress(f"writing the Hugging Face layout into {HF_DIR}/")
-            merged["hf_layout"] = write_layout(staging, merged)
-            merged["release"] = {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]}
+            merged.set_section("hf_layout", write_layout(staging, merged))
+            merged.set_section("release", {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]})
             write_manifest(staging, merged)
             if client_check != "off":
                 progress("embedding the bundled set with transformers.js from hf/")
-            merged["clients"] = {"transformers.js": check_clients(staging, client_check, progress=progress)}
+            merged.set_section("clients", {"transformers.js": check_clients(staging, client_check, progress=progress)})
             write_manifest(staging, merged)
             atomic_write_text(staging / "MODEL_CARD.md", model_card(merged, slug, tag))
             assets += [MANIFEST_NAME, "MODEL_CARD.md"]
@@ -342,11 +343,11 @@ def _release(
 _CHANGED = "refusing to release: {} changed while the release was written (its bytes are not the ones verified); run 'clip-export verify' again"
 
 
-def _copy_plain(source: Path, staging: Path, name: str, record: dict[str, Any]) -> list[str]:
+def _copy_plain(source: Path, staging: Path, name: str, record: FileRecord) -> list[str]:
     """Copy, then hash the copy: a file replaced after the checks must not ship under their verdict."""
     shutil.copyfile(source, _inside(staging, name))
-    if sha256_file(_inside(staging, name)) != record["sha256"]:
-        raise ReleaseError(_CHANGED.format(record["path"]))
+    if sha256_file(_inside(staging, name)) != record.sha256:
+        raise ReleaseError(_CHANGED.format(record.path))
     return [name]
 
 

@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.environment import current_environment
 from clip_export.core.spec import CPU_PROVIDER, INT8_FAMILIES, int8_family_of
 from clip_export.stages.bench import bench_one
@@ -39,4 +40,7 @@ def test_int8_rows_get_their_streamed_limit_and_a_family_for_other_cpus_is_not_t
 def test_every_int8_file_is_named_by_its_family() -> None:
     """The test above tells the families apart by file tag; this keeps that honest."""
     assert {f.file_tag for f in INT8_FAMILIES.values()} == {"int8", "uint8"}
-    assert int8_family_of({"precision": "int8", "conversion": {"kernel_family": "vnni"}}) is INT8_FAMILIES["vnni"]
+    entry = ArtifactEntry(
+        "v.int8.onnx", "0" * 64, 1, "visual", "int8", "onnx", details={"conversion": {"kernel_family": "vnni"}}
+    )
+    assert int8_family_of(entry) is INT8_FAMILIES["vnni"]

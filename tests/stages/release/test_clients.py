@@ -54,7 +54,7 @@ def released_224(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def test_transformers_js_matches_the_runtime(released_224: Path) -> None:
-    record = read_manifest(released_224)["clients"]["transformers.js"]
+    record = read_manifest(released_224).section("clients")["transformers.js"]
     assert record["status"] == "measured" and record["client"].startswith("transformers.js 4.3.2")
     assert record["ids_equal_but_cut_eot"] and record["captions_cut"] == 2  # the bundled long caption and ours
     assert record["text_min_cosine"] >= TEXT_MIN_COSINE
@@ -68,7 +68,7 @@ def test_transformers_js_matches_the_runtime(released_224: Path) -> None:
 
 
 def test_the_preprocessing_graph_gives_transformers_js_every_image_at_target(released_224: Path) -> None:
-    graph = read_manifest(released_224)["clients"]["transformers.js"]["preprocessing_graph"]
+    graph = read_manifest(released_224).section("clients")["transformers.js"]["preprocessing_graph"]
     assert graph["status"] == "measured" and graph["file"] == f"onnx/{PREPROCESSING_MODEL_FILE}.onnx"
     assert len(graph["images"]) == 26 and min(graph["images"].values()) >= IMAGE_TARGET_COSINE
     assert graph["images_at_target"] == len(graph["images"])
@@ -82,8 +82,8 @@ def test_the_preprocessing_graph_gives_transformers_js_every_image_at_target(rel
 
 def test_transformers_js_loads_every_variant_by_its_dtype(released_224: Path) -> None:
     manifest = read_manifest(released_224)
-    rows = {row["file"]: row for row in manifest["clients"]["transformers.js"]["variants"]}
-    assert sorted(rows) == sorted(f"onnx/{name}" for name in manifest["hf_layout"]["onnx"])
+    rows = {row["file"]: row for row in manifest.section("clients")["transformers.js"]["variants"]}
+    assert sorted(rows) == sorted(f"onnx/{name}" for name in manifest.section("hf_layout")["onnx"])
     assert (
         {row["dtype"] for row in rows.values()}
         == {"fp32", "fp16", "uint8", "int8", "q4"}
@@ -156,7 +156,7 @@ def test_transformers_js_loads_a_release_with_external_data(tmp_path: Path) -> N
     for name in ("vision_model.onnx", "text_model.onnx"):  # the data readable like its graph (onnx writes it 0600)
         onnx_dir = released / "hf" / "onnx"
         assert (onnx_dir / f"{name}_data").stat().st_mode == (onnx_dir / name).stat().st_mode
-    record = read_manifest(released)["clients"]["transformers.js"]
+    record = read_manifest(released).section("clients")["transformers.js"]
     assert record["status"] == "measured" and record["text_min_cosine"] >= TEXT_MIN_COSINE
     assert [(row["file"], row["within_limit"], row["nearest_precision"]) for row in record["variants"]] == [
         ("onnx/text_model.onnx", True, "fp32"),

@@ -9,6 +9,7 @@ import numpy as np
 import onnxruntime as ort
 import pytest
 
+from clip_export.core.artifact import ArtifactEntry, Manifest
 from clip_export.core.checkpoints import sha256_file
 from clip_export.core.evalset import load_evalset
 from clip_export.core.manifest import read_manifest
@@ -36,11 +37,11 @@ def test_release_writes_the_hugging_face_layout(released: Path) -> None:
         "onnx/text_model.onnx",
     }
     manifest = read_manifest(released)
-    assert manifest["hf_layout"]["onnx"] == {
+    assert manifest.section("hf_layout")["onnx"] == {
         "text_model.onnx": "tiny-vit-text-fp32.onnx",
         "vision_model.onnx": "tiny-vit-visual-fp32.onnx",
     }
-    for record in manifest["hf_layout"]["files"]:
+    for record in manifest.section("hf_layout")["files"]:
         assert sha256_file(released / record["path"]) == record["sha256"], record["path"]
     assert (hf / ONNX_DIR / "vision_model.onnx").stat().st_ino == (
         released / "tiny-vit-visual-fp32.onnx"
@@ -48,7 +49,7 @@ def test_release_writes_the_hugging_face_layout(released: Path) -> None:
     pre = json.loads((hf / "preprocessor_config.json").read_text())
     assert pre["do_center_crop"] is True and pre["do_normalize"] is True and pre["resample"] == 3
     assert pre["size"] == {"shortest_edge": 64} and pre["crop_size"] == {"height": 64, "width": 64}
-    assert pre["image_mean"] == manifest["preprocess"]["mean"] and pre["image_std"] == manifest["preprocess"]["std"]
+    assert pre["image_mean"] == manifest.preprocess["mean"] and pre["image_std"] == manifest.preprocess["std"]
     config = json.loads((hf / "config.json").read_text())
     assert config["model_type"] == "clip" and config["projection_dim"] == 32 and "transformers.js_config" not in config
 
@@ -100,7 +101,7 @@ def test_text_graph_pads_truncates_and_restores_the_end_of_text_id(released: Pat
 
 
 def test_squash_families_state_no_centre_crop() -> None:
-    manifest = {
+    sections = {
         "model": {"family": "siglip"},
         "preprocess": {
             "image_size": [256, 256],
@@ -110,7 +111,7 @@ def test_squash_families_state_no_centre_crop() -> None:
             "std": [0.5] * 3,
         },
     }
-    config = preprocessor_config(manifest)
+    config = preprocessor_config(Manifest([], sections))
     assert (
         config["do_center_crop"] is False
         and config["size"] == {"height": 256, "width": 256}
@@ -120,7 +121,7 @@ def test_squash_families_state_no_centre_crop() -> None:
 
 def test_file_names_follow_transformers_js_dtype_suffixes() -> None:
     names = [
-        onnx_file_name({"path": "x", "tower": tower, "precision": precision, "format": fmt, "conversion": conversion})
+        onnx_file_name(ArtifactEntry("x", "0" * 64, 1, tower, precision, fmt, details={"conversion": conversion}))
         for tower, precision, fmt, conversion in (
             ("visual", "fp16", "onnx", None),
             ("text", "int8", "onnx", {"weight_type": "QUInt8"}),
@@ -152,7 +153,7 @@ def test_a_release_ships_both_int8_families_under_transformers_js_names(tiny_vit
     quantize_int8(tiny_vit_copy)
     assert verify(tiny_vit_copy).passed
     released = release([tiny_vit_copy], tag="v1", out=tmp_path / "dist", client_check="off").directory
-    onnx_names = read_manifest(released)["hf_layout"]["onnx"]
+    onnx_names = read_manifest(released).section("hf_layout")["onnx"]
     for tower, base in (("visual", "vision_model"), ("text", "text_model")):
         assert onnx_names[f"{base}_int8.onnx"] == f"tiny-vit-{tower}-int8.onnx"
         assert onnx_names[f"{base}_uint8.onnx"] == f"tiny-vit-{tower}-uint8.onnx"

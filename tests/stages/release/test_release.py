@@ -11,6 +11,7 @@ from click.testing import CliRunner
 
 from clip_export import export_onnx, load_model, resolve
 from clip_export.cli import main
+from clip_export.core.artifact import ArtifactEntry, Manifest
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, IntegrityError, ReleaseError
 from clip_export.core.manifest import read_manifest, settings_digest, write_manifest
@@ -44,15 +45,15 @@ def test_release_writes_checked_assets(verified_dir: Path, tmp_path: Path) -> No
     check = subprocess.run(["sha256sum", "-c", "SHA256SUMS"], cwd=result.directory, capture_output=True, text=True)
     assert check.returncode == 0 and check.stdout.count(": OK") == len(names) - 1
     manifest = read_manifest(result.directory)
-    assert {a["path"] for a in manifest["artifacts"]} == {"tiny-vit-visual-fp32.onnx", "tiny-vit-text-fp32.onnx"}
-    assert manifest["release"]["tag"] == "v1.0.0"
+    assert {a.path for a in manifest.artifacts} == {"tiny-vit-visual-fp32.onnx", "tiny-vit-text-fp32.onnx"}
+    assert manifest.section("release")["tag"] == "v1.0.0"
     card = (result.directory / "MODEL_CARD.md").read_text()
     assert "none: random weights" in card and "import numpy as np, onnxruntime as ort" in card
-    tokenizer_rows = [r for r in manifest["verification"]["results"] if r["format"] == "tokenizer"]
+    tokenizer_rows = [r for r in manifest.section("verification")["results"] if r["format"] == "tokenizer"]
     assert [(r["path"], r["status"]) for r in tokenizer_rows] == [
         ("tiny-vit-tokenizer.json", "pass")
     ]  # verify's row follows its renamed file
-    assert tokenizer_rows[0]["sha256"] == manifest["tokenizer"]["file"]["sha256"]
+    assert tokenizer_rows[0]["sha256"] == manifest.tokenizer["file"]["sha256"]
     assert "| tiny-vit-tokenizer.json | ids on 48 raw captions | 0 differ | - | pass |" in card
 
 
@@ -92,20 +93,21 @@ def test_merging_engines_from_two_machines(verified_dir: Path, tmp_path: Path) -
         manifest = read_manifest(model_dir)
         from clip_export.core.manifest import file_record
 
-        entry = {
-            **file_record(model_dir / "visual.trt-fp16.plan", model_dir),
-            "tower": "visual",
-            "precision": "fp16",
-            "format": "tensorrt",
-            "inputs": manifest["artifacts"][0]["inputs"],
-            "outputs": manifest["artifacts"][0]["outputs"],
-            "external_data": [],
-            "tensorrt": {"version": "10.13.0", "gpu": f"stand-in {cc}", "compute_capability": cc},
-        }
-        if cc == "8.6":
-            entry["path"] = "visual.trt-fp16.sm86.plan"
-            (model_dir / "visual.trt-fp16.plan").rename(model_dir / entry["path"])
-        manifest["artifacts"].append(entry)
+        name = "visual.trt-fp16.sm86.plan" if cc == "8.6" else "visual.trt-fp16.plan"
+        (model_dir / "visual.trt-fp16.plan").rename(model_dir / name)
+        record = file_record(model_dir / name, model_dir)
+        entry = ArtifactEntry(
+            record.path,
+            record.sha256,
+            record.bytes,
+            tower="visual",
+            precision="fp16",
+            format="tensorrt",
+            inputs=manifest.artifacts[0].inputs,
+            outputs=manifest.artifacts[0].outputs,
+            details={"tensorrt": {"version": "10.13.0", "gpu": f"stand-in {cc}", "compute_capability": cc}},
+        )
+        manifest.upsert(entry)
         where = Environment(
             "stand-in host",
             "znver4",
@@ -120,10 +122,10 @@ def test_merging_engines_from_two_machines(verified_dir: Path, tmp_path: Path) -
             "13.0",
             "10.13.0",
         )
-        manifest["verification"]["results"].append(
+        manifest.section("verification")["results"].append(
             {
-                "path": entry["path"],
-                "sha256": entry["sha256"],
+                "path": entry.path,
+                "sha256": entry.sha256,
                 "status": "pass",
                 "provider_ran": "tensorrt-runtime",
                 "metrics": {},
@@ -133,8 +135,8 @@ def test_merging_engines_from_two_machines(verified_dir: Path, tmp_path: Path) -
         )
         write_manifest(model_dir, manifest)
     merged, owners = merge_manifests([verified_dir, second])
-    engines = [a for a in merged["artifacts"] if a["format"] == "tensorrt"]
-    assert {e["tensorrt"]["compute_capability"] for e in engines} == {"9.0", "8.6"}
+    engines = [a for a in merged.artifacts if a.format == "tensorrt"]
+    assert {e.detail("tensorrt")["compute_capability"] for e in engines} == {"9.0", "8.6"}
     result = release([verified_dir, second], tag="v2", out=tmp_path / "dist")
     assert {"tiny-vit-visual-trt-fp16-sm90.plan", "tiny-vit-visual-trt-fp16-sm86.plan"} <= set(result.assets)
     card = (result.directory / "MODEL_CARD.md").read_text()
@@ -146,7 +148,7 @@ def test_merging_engines_from_two_machines(verified_dir: Path, tmp_path: Path) -
 
 def test_release_refuses_a_verdict_that_names_no_environment(verified_dir: Path, tmp_path: Path) -> None:
     manifest = read_manifest(verified_dir)
-    for row in manifest["verification"]["results"]:
+    for row in manifest.section("verification")["results"]:
         row.pop("environment")
     write_manifest(verified_dir, manifest)
     with pytest.raises(
@@ -256,11 +258,11 @@ def test_pipeline_stops_at_the_failed_gate(tmp_path: Path, monkeypatch: pytest.M
     from clip_export.core import conversion
     from clip_export.core.checks import ArtifactCheck
 
-    def failing_gate(model_dir: Path, entry: dict, provider: str = "cpu") -> ArtifactCheck:
+    def failing_gate(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
         return ArtifactCheck(
-            entry["path"],
-            entry["tower"],
-            entry["precision"],
+            entry.path,
+            entry.tower,
+            entry.precision,
             "onnx",
             "cpu",
             "CPUExecutionProvider",
@@ -334,15 +336,9 @@ def test_model_card_variant_table_has_size_speed_and_fidelity() -> None:
 
     manifest = {
         "artifacts": [
-            {"path": "visual.onnx", "tower": "visual", "precision": "fp32", "format": "onnx", "bytes": 400},
-            {"path": "visual.q4.onnx", "tower": "visual", "precision": "q4", "format": "onnx", "bytes": 100},
-            {
-                "path": "visual.preprocessing.onnx",
-                "tower": "visual",
-                "precision": "fp32",
-                "format": "onnx-preprocessing",
-                "bytes": 401,
-            },
+            ArtifactEntry("visual.onnx", "0" * 64, 400, "visual", "fp32", "onnx").to_json(),
+            ArtifactEntry("visual.q4.onnx", "1" * 64, 100, "visual", "q4", "onnx").to_json(),
+            ArtifactEntry("visual.preprocessing.onnx", "2" * 64, 401, "visual", "fp32", "onnx-preprocessing").to_json(),
         ],
         "verification": {
             "results": [
@@ -366,7 +362,7 @@ def test_model_card_variant_table_has_size_speed_and_fidelity() -> None:
             ],
         },
     }
-    lines = variant_table(manifest)
+    lines = variant_table(Manifest.from_json(manifest, "test"))
     q4 = next(line for line in lines if line.startswith("| visual.q4.onnx"))
     assert "| 0.25 |" in q4 and "| 20.00 | 1.50× |" in q4 and "3.00e-03" in q4 and "| 0.960 | pass |" in q4
     pre = next(line for line in lines if line.startswith("| visual.preprocessing.onnx"))
@@ -437,11 +433,11 @@ def test_a_verdict_covers_the_settings_it_was_obtained_with(tiny_vit_copy: Path,
 
     assert verify(tiny_vit_copy).passed
     manifest = read_manifest(tiny_vit_copy)
-    visual = next(a for a in manifest["artifacts"] if a["tower"] == "visual")
-    assert passing_rows(manifest, visual) and {r["settings_sha256"] for r in manifest["verification"]["results"]} == {
-        settings_digest(manifest)
-    }
-    manifest["preprocess"]["mean"] = [0.9, 0.1, 0.9]
+    visual = next(a for a in manifest.artifacts if a.tower == "visual")
+    assert passing_rows(manifest, visual) and {
+        r["settings_sha256"] for r in manifest.section("verification")["results"]
+    } == {settings_digest(manifest)}
+    manifest.preprocess["mean"] = [0.9, 0.1, 0.9]
     write_manifest(tiny_vit_copy, manifest)
     assert passing_rows(read_manifest(tiny_vit_copy), visual) == []
     with pytest.raises(
