@@ -76,12 +76,17 @@ def verify_text(result: Any) -> str:
         ],
         rows,
     )
-    where = sorted({c.environment.describe() for c in result.checks if c.environment})
+    # Only environments where an artifact actually ran: a provider that is not here is no claim about it.
+    ran = [c for c in result.checks if c.environment and c.provider_ran]
+    where = sorted({c.environment.describe() for c in ran})
     others = len(
         {r["environment"]["key"] for r in result.history if isinstance(r.get("environment"), dict)}
-        - {c.environment.key for c in result.checks if c.environment}
+        - {c.environment.key for c in ran}
     )
-    tail = "verdicts hold for these bytes on: " + "; ".join(where)
+    tail = "verdicts hold for these bytes on: " + ("; ".join(where) if where else "no environment (nothing ran here)")
+    not_run = sorted({c.provider_requested for c in result.checks if c.provider_missing})
+    if not_run:
+        tail += f"\nnot run here, so no verdict: {', '.join(not_run)}"
     if others:
         tail += f"\n(the manifest also keeps verdicts from {others} other environment(s); VERIFY.md lists them)"
     if result.report_path:
@@ -138,7 +143,8 @@ def bench_text(r: Any) -> str:
         for row in r.rows
     ]
     lines = [
-        f"{r.model_dir}  ({r.machine['cpu']}, {r.machine['threads_used']} threads; GEMM ceiling fp32 {r.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {r.ceilings_gflops['int8']:.0f} GOP/s)",
+        f"{r.model_dir}  ({r.machine['cpu']}, {r.machine['threads_used']} threads; GEMM ceiling fp32 "
+        f"{r.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {r.ceilings_gflops['int8']:.0f} GOP/s)",
         table(
             [
                 "tower",
@@ -158,7 +164,8 @@ def bench_text(r: Any) -> str:
             rows,
         ),
         *[f"note: {note}" for note in r.notes],
-        f"{len(r.rows)} rows in {r.seconds:.0f} s; figures hold for this CPU ({r.machine.get('tier', '?')}). report: {r.report_path}  chart: {r.chart_path}\n",
+        f"{len(r.rows)} rows in {r.seconds:.0f} s; figures hold for this CPU ({r.machine.get('tier', '?')}). "
+        f"report: {r.report_path}  chart: {r.chart_path}\n",
     ]
     return "\n".join(lines)
 

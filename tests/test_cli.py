@@ -117,3 +117,16 @@ def test_models_listing() -> None:
     assert result.exit_code == 0 and "ViT-L/14@336px" in result.stdout and "ViT-L-14-336-quickgelu" in result.stdout
     data = json.loads(run("models", "--json").stdout)
     assert any(row["name"] == "ViT-H-14" and "laion2b_s32b_b79k" in row["tags"] for row in data)
+
+
+def test_verify_names_no_environment_for_a_provider_that_did_not_run(tiny_vit_copy: Path) -> None:
+    """A CPU machine asked for CUDA: the CPU verdicts hold here, the CUDA rows are 'not run', never an environment."""
+    import onnxruntime
+
+    if "CUDAExecutionProvider" in onnxruntime.get_available_providers():
+        pytest.skip("CUDA is available here; the refusal path needs a CPU-only onnxruntime")
+    result = run("verify", str(tiny_vit_copy), "--providers", "cpu,cuda", "--precision", "fp32")
+    assert result.exit_code == 1
+    held = next(line for line in result.stdout.splitlines() if line.startswith("verdicts hold for these bytes on: "))
+    assert "CPU" in held and "CUDA" not in held
+    assert "not run here, so no verdict: CUDAExecutionProvider" in result.stdout

@@ -43,6 +43,8 @@ BATCH_CHECK_SIZE = 7
 # The status of an INT8 artifact checked on a CPU its kernel family is not for (QInt8 without
 # VNNI): neither a pass nor a failure of the artifact, and never a claim for this tier.
 NOT_APPLICABLE = "not applicable"
+# How a check whose provider is not installed or has no device here names that failure.
+PROVIDER_MISSING = "provider: "
 
 
 @dataclass(frozen=True)
@@ -66,6 +68,11 @@ class ArtifactCheck:
 
     def metric(self, name: str) -> float | None:
         return next((m.value for m in self.metrics if m.name == name), None)
+
+    @property
+    def provider_missing(self) -> bool:
+        """The requested provider is not on this machine: the row is a failure that says nothing of the bytes."""
+        return any(f.startswith(PROVIDER_MISSING) for f in self.failures)
 
     @property
     def min_top1(self) -> float | None:
@@ -194,7 +201,8 @@ def check_artifact(
             status=NOT_APPLICABLE,
             failures=(
                 f"not applicable on this CPU ({base['environment'].tier}): the {family.name} INT8 family "
-                f"({family.tiers}) needs one of {', '.join(family.requires_any_flag)}; its verdict here would say nothing",
+                f"({family.tiers}) needs one of {', '.join(family.requires_any_flag)}; its verdict here would "
+                "say nothing",
             ),
         )
     input_key, embed_key = TOWERS[tower].input_name, TOWERS[tower].output_name
@@ -222,7 +230,7 @@ def check_artifact(
     except NotRunnableHereError as exc:
         return ArtifactCheck(**base, provider_ran=None, status="not runnable", failures=(f"not runnable here: {exc}",))
     except ProviderUnavailableError as exc:
-        return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"provider: {exc}",))
+        return ArtifactCheck(**base, provider_ran=None, status="fail", failures=(f"{PROVIDER_MISSING}{exc}",))
     ran = runner.provider_ran
     if entry.format == PREPROCESSING_FORMAT:  # raw files in, embeddings out: one image of its own size per run
         structure = preprocess_graph.structure_problems(runner.session)
@@ -275,7 +283,8 @@ def check_tokenizer(
     problems = [f"integrity: {p}" for p in integrity_problems(model_dir, file)]
     if not problems and (captions is None or reference_ids is None or len(captions) != len(reference_ids)):
         problems = [
-            f"the reference's captions are unknown ({'no captions recorded' if captions is None else f'{len(captions)} captions for {0 if reference_ids is None else len(reference_ids)} reference ids'}); verify with --reference torch"
+            f"the reference's captions are unknown ({'no captions recorded' if captions is None else f'{len(captions)} captions for {0 if reference_ids is None else len(reference_ids)} reference ids'}); "
+            "verify with --reference torch"
         ]
     if problems:
         return ArtifactCheck(**base, provider_ran=None, status="fail", failures=tuple(problems))
