@@ -113,7 +113,9 @@ def embed_command(
         emit_json(result)
     else:
         click.echo(
-            f"{result.out}: {result.embedded} embedded, {result.unchanged} unchanged, {result.failed} failed of {result.items} items in {result.seconds:.1f} s ({result.items_per_s:.1f} items/s, {result.engine} engine)"
+            f"{result.out}: {result.embedded} embedded, {result.unchanged} unchanged, {result.failed} "
+            f"failed of {result.items} items in {result.seconds:.1f} s ({result.items_per_s:.1f} items/s, "
+            f"{result.engine} engine)"
         )
         click.echo(f"artifact {result.artifact_key}: {result.why_this_artifact}")
         click.echo(f"measured on {result.environment}")
@@ -123,7 +125,8 @@ def embed_command(
             click.echo(table(["item", "reason"], list(result.errors)))
     if result.failed:
         raise ClipExportError(
-            f"{result.failed} of {result.items} items could not be embedded; {out / EMBED_ERRORS_NAME} lists them with the reason"
+            f"{result.failed} of {result.items} items could not be embedded; {out / EMBED_ERRORS_NAME} "
+            "lists them with the reason"
         )
 
 
@@ -149,5 +152,5 @@ def compat_command(old: str, new: str, as_json: bool) -> None:
         for m in result.metrics
     ]
     click.echo(f"{result.new} against {result.old} ({result.items})")
-    click.echo(table(["metric", "value", "limit", ""], rows))
+    click.echo(table(["metric", "value", "limit", "result"], rows))
     click.echo(f"verdict: {result.verdict.upper()}; it holds for these bytes on {result.environment}")
