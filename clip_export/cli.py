@@ -57,7 +57,8 @@ class _Group(click.Group):
                 raise
             first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
             click.echo(
-                f"Error: internal error ({type(exc).__name__}: {first}); rerun with CLIP_EXPORT_DEBUG=1 for the traceback",
+                f"Error: internal error ({type(exc).__name__}: {first}); rerun with CLIP_EXPORT_DEBUG=1 for "
+                "the traceback",
                 err=True,
             )
             ctx.exit(1)

@@ -131,7 +131,8 @@ def model_arguments(func: Callable[..., Any]) -> Callable[..., Any]:
                 "--text-config",
                 "text_config_dir",
                 "DIR",
-                "Offline: a local transformers config directory for a Hugging Face text tower (xlm-roberta, roberta, nllb, mt5).",
+                "Offline: a local transformers config directory for a Hugging Face text tower (xlm-roberta, "
+                "roberta, nllb, mt5).",
             ),
         ]
     ):

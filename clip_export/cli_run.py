@@ -150,7 +150,8 @@ def verify(
     type=click.FloatRange(min=0, min_open=True),
     default=DEFAULT_BENCH_MAX_TIME_S,
     show_default=True,
-    help="Seconds for the whole run; rows get less time as it runs out, and rows it does not reach are listed as skipped.",
+    help="Seconds for the whole run; rows get less time as it runs out, and rows it does not reach "
+    "are listed as skipped.",
 )
 @click.option(
     "--baselines/--no-baselines",
@@ -291,7 +292,8 @@ def pipeline(
     type=click.Choice(["auto", "require", "off"]),
     default="auto",
     show_default=True,
-    help="Embed the bundled set with transformers.js from hf/ and put the cosines in the model card (auto: where Node and the npm packages are installed).",
+    help="Embed the bundled set with transformers.js from hf/ and put the cosines in the model card "
+    "(auto: where Node and the npm packages are installed).",
 )
 @click.option(
     "--allow-overridden",
@@ -341,5 +343,6 @@ def release(
     for asset in result.assets:
         click.echo(f"  {asset}")
     click.echo(
-        f"check them with: (cd {shlex.quote(str(result.directory))} && sha256sum -c SHA256SUMS); hf/ is the Hugging Face layout (transformers.js, optimum)"
+        f"check them with: (cd {shlex.quote(str(result.directory))} && sha256sum -c SHA256SUMS); hf/ "
+        "is the Hugging Face layout (transformers.js, optimum)"
     )

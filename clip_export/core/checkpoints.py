@@ -115,7 +115,8 @@ def apply_state_dict(model: Any, state: dict[str, Any], where: str, arch: str) -
         if mismatched:
             k = mismatched[0]
             parts.append(
-                f"{len(mismatched)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)}, model {tuple(own[k].shape)})"
+                f"{len(mismatched)} shape mismatches (e.g. {k}: checkpoint {tuple(state[k].shape)}, model "
+                f"{tuple(own[k].shape)})"
             )
         if missing:
             parts.append(f"{len(missing)} missing keys (e.g. {missing[0]})")

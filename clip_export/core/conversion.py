@@ -166,7 +166,8 @@ def convert_locked(
             check = None
             if how.gated:
                 progress(
-                    f"verifying {target_name} against the fp32 reference ({threshold_key(how.precision, how.format)} thresholds)"
+                    f"verifying {target_name} against the fp32 reference ({threshold_key(how.precision, how.format)} "
+                    "thresholds)"
                 )
                 check = gate(model_dir, entry)
                 if not check.passed:

@@ -125,14 +125,16 @@ class Environment:
         if not isinstance(data, dict) or not required <= set(data):
             missing = sorted(required - set(data)) if isinstance(data, dict) else sorted(required)
             raise ManifestError(
-                f"{where} has a verdict from an unknown environment (missing {', '.join(missing)}); run 'clip-export verify' on this machine"
+                f"{where} has a verdict from an unknown environment (missing {', '.join(missing)}); run 'clip-export "
+                "verify' on this machine"
             )
         values = {k: v for k, v in data.items() if k in names}
         values["isa_flags"] = tuple(values["isa_flags"])
         env = cls(**values)
         if data.get("key") not in (None, env.key):
             raise ManifestError(
-                f"{where} has a verdict whose environment key does not match its own fields (edited by hand?); run 'clip-export verify' again"
+                f"{where} has a verdict whose environment key does not match its own fields (edited by hand?); "
+                "run 'clip-export verify' again"
             )
         return env
 

@@ -63,20 +63,23 @@ FAMILIES: tuple[FamilyRules, ...] = (
         arch_globs=("MobileCLIP*",),
         timm_prefixes=("fastvit", "mobileone"),
         reparameterize=True,
-        note="apple/ml-mobileclip reparameterizes MobileOne/FastViT blocks before export: one conv per block instead of its train-time branches",
+        note="apple/ml-mobileclip reparameterizes MobileOne/FastViT blocks before export: one conv per "
+        "block instead of its train-time branches",
     ),
     FamilyRules(
         "nllb",
         arch_globs=("*nllb*",),
         **HF_TEXT_TOWER,
         tokenizer_language="eng_Latn",
-        note="NLLB's tokenizer starts every caption with a source-language code; captions are taken as English (eng_Latn), the tokenizer's own default, recorded in the manifest",
+        note="NLLB's tokenizer starts every caption with a source-language code; captions are taken as "
+        "English (eng_Latn), the tokenizer's own default, recorded in the manifest",
     ),
     FamilyRules(
         "hf-text",
         text_keys=("hf_model_name",),
         **HF_TEXT_TOWER,
-        note="multilingual text towers (XLM-RoBERTa, RoBERTa, NLLB, mT5) from transformers, with their own tokenizer, padding mask and pooler",
+        note="multilingual text towers (XLM-RoBERTa, RoBERTa, NLLB, mT5) from transformers, with their "
+        "own tokenizer, padding mask and pooler",
     ),
     FamilyRules(
         "siglip",
@@ -86,13 +89,17 @@ FAMILIES: tuple[FamilyRules, ...] = (
         preprocess=MappingProxyType(
             {"mean": (0.5, 0.5, 0.5), "std": (0.5, 0.5, 0.5), "interpolation": "bicubic", "resize_mode": "squash"}
         ),
-        note="SentencePiece tokenizer with its own padding, last-token pooling (no EOT argmax), squash resize with no centre crop, sigmoid head",
+        note="SentencePiece tokenizer with its own padding, last-token pooling (no EOT argmax), squash "
+        "resize with no centre crop, sigmoid head",
     ),
     FamilyRules(
         "coca",
         cfg_keys=("multimodal_cfg",),
-        note="CoCa (open_clip builds CoCa when the config has a multimodal_cfg): the contrastive towers export as CLIP's, traced from encode_image/encode_text; "
-        "the text embedding is the CLS token appended after the caption (last position, ids equal to the pad id 0 masked from attention), not EOT ArgMax; the generative text decoder is not exported",
+        note="CoCa (open_clip builds CoCa when the config has a multimodal_cfg): the contrastive towers "
+        "export as CLIP's, traced from encode_image/encode_text; "
+        "the text embedding is the CLS token appended after the caption (last position, ids equal "
+        "to the pad id 0 masked from attention), not EOT ArgMax; the generative text decoder is not "
+        "exported",
     ),
     FamilyRules("clip", note="OpenAI CLIP BPE, EOT pooling by ArgMax over the integer ids"),
 )
@@ -137,14 +144,17 @@ def check_tokenizer_dir(directory: Path, arch: str, family: FamilyRules) -> Path
     directory that holds a tokenizer.json."""
     if family.tokenizer != "hf":
         raise ClipExportError(
-            f"--tokenizer {directory}: {arch} is a {family.name} model that tokenizes with open_clip's bundled CLIP BPE; --tokenizer is for models that name a Hugging Face tokenizer (SigLIP, multilingual text towers)"
+            f"--tokenizer {directory}: {arch} is a {family.name} model that tokenizes with open_clip's "
+            "bundled CLIP BPE; --tokenizer is for models that name a Hugging Face tokenizer (SigLIP, "
+            "multilingual text towers)"
         )
     if not directory.is_dir():
         raise ClipExportError(f"--tokenizer {directory}: no such directory; pass a directory holding {TOKENIZER_FILE}")
     if not (directory / TOKENIZER_FILE).is_file():
         found = ", ".join(sorted(p.name for p in directory.iterdir())[:8]) or "nothing"
         raise ClipExportError(
-            f"--tokenizer {directory} has no {TOKENIZER_FILE} (it holds: {found}); save one with tokenizer.save_pretrained(DIR) or tokenizers' Tokenizer.save"
+            f"--tokenizer {directory} has no {TOKENIZER_FILE} (it holds: {found}); save one with tokenizer.save_pretrained(DIR) "
+            "or tokenizers' Tokenizer.save"
         )
     return directory.resolve()
 
@@ -155,7 +165,8 @@ def check_text_config_dir(directory: Path, arch: str, model_cfg: Mapping[str, An
     hf_name = str((model_cfg.get("text_cfg") or {}).get("hf_model_name") or "")
     if not hf_name:
         raise ClipExportError(
-            f"--text-config {directory}: {arch} is a {family.name} model whose text tower is open_clip's own; --text-config is for Hugging Face text towers (xlm-roberta, roberta, nllb, mt5 architectures)"
+            f"--text-config {directory}: {arch} is a {family.name} model whose text tower is open_clip's "
+            "own; --text-config is for Hugging Face text towers (xlm-roberta, roberta, nllb, mt5 architectures)"
         )
     config_file = directory / "config.json"
     if not config_file.is_file():

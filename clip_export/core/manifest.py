@@ -69,7 +69,8 @@ def read_manifest(model_dir: Path) -> Manifest:
     missing = [s for s in REQUIRED_SECTIONS if not isinstance(data.get(s), (list if s == "artifacts" else dict))]
     if missing:
         raise ManifestError(
-            f"{path} is missing the section(s) {', '.join(missing)}; a manifest written by 'clip-export onnx' has {', '.join(REQUIRED_SECTIONS)}"
+            f"{path} is missing the section(s) {', '.join(missing)}; a manifest written by 'clip-export "
+            f"onnx' has {', '.join(REQUIRED_SECTIONS)}"
         )
     manifest = Manifest.from_json(data, str(path))
     for index, entry in enumerate(manifest.artifacts):
@@ -370,7 +371,8 @@ def _take_lock(lock_path: Path, target: Path) -> int:
             holder = os.pread(fd, 32, 0).decode(errors="replace").strip() or "unknown"
             os.close(fd)
             raise OutputError(
-                f"another clip-export run (pid {holder}) is writing {target}; wait for it to finish, or write somewhere else"
+                f"another clip-export run (pid {holder}) is writing {target}; wait for it to finish, or write "
+                "somewhere else"
             ) from exc
         try:
             same = os.stat(lock_path).st_ino == os.fstat(fd).st_ino

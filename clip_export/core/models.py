@@ -235,7 +235,9 @@ def _build(oc: Any, spec: ModelSpec, cfg: dict[str, Any], family: FamilyRules, q
                 AutoConfig.from_pretrained(text_cfg["hf_model_name"], local_files_only=True)
             except Exception as exc:
                 raise WeightsError(
-                    f"{spec.arch}'s text tower is the transformers model {text_cfg['hf_model_name']!r}, whose config is not in the local Hugging Face cache and the hub cannot be reached (offline?); pass --text-config DIR, a directory holding its config.json"
+                    f"{spec.arch}'s text tower is the transformers model {text_cfg['hf_model_name']!r}, whose "
+                    "config is not in the local Hugging Face cache and the hub cannot be reached (offline?); "
+                    "pass --text-config DIR, a directory holding its config.json"
                 ) from exc
         kwargs = {"text_cfg": {**text_cfg, "hf_model_pretrained": False}, "pretrained_hf": False}
     try:
@@ -391,7 +393,8 @@ def spec_from_manifest(model: dict[str, Any], sources: LocalSources = NO_LOCAL_S
         recorded = model.get("checkpoint_sha256")
         if recorded and sha256_file(Path(weights)) != recorded:
             raise WeightsError(
-                f"--weights {weights} is not the checkpoint {name} was exported from (the manifest records sha256 {recorded})"
+                f"--weights {weights} is not the checkpoint {name} was exported from (the manifest records "
+                f"sha256 {recorded})"
             )
     spec = resolve(
         f"{model['arch']}:{model['pretrained']}" if model.get("pretrained") else model["arch"],

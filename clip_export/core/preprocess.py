@@ -65,7 +65,8 @@ def load_image(item: Any) -> Image.Image:
     limit = pixel_limit()
     if limit is not None and width * height > limit:
         raise ClipExportError(
-            f"the image is {width}x{height} pixels, over the {limit} pixel limit against decompression bombs (PIL.Image.MAX_IMAGE_PIXELS x 2); downscale it first"
+            f"the image is {width}x{height} pixels, over the {limit} pixel limit against decompression "
+            "bombs (PIL.Image.MAX_IMAGE_PIXELS x 2); downscale it first"
         )
     return image
 
@@ -95,7 +96,8 @@ def _from_array(array: np.ndarray) -> Image.Image:
     mode = "L" if array.ndim == 2 else {3: "RGB", 4: "RGBA"}.get(array.shape[-1]) if array.ndim == 3 else None
     if array.dtype != np.uint8 or mode is None:
         raise ClipExportError(
-            f"a numpy array of shape {array.shape} and dtype {array.dtype} is not an image; pass {IMAGE_KINDS} (or HxW grey, HxWx4 RGBA)"
+            f"a numpy array of shape {array.shape} and dtype {array.dtype} is not an image; pass {IMAGE_KINDS} "
+            "(or HxW grey, HxWx4 RGBA)"
         )
     if array.size == 0:
         raise ClipExportError(f"the image is {array.shape[1]}x{array.shape[0]} pixels: there is nothing to embed")

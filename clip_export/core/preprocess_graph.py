@@ -43,7 +43,8 @@ def _check_config(config: PreprocessConfig) -> tuple[int, int]:
     height, width = (int(v) for v in config.image_size)
     if config.resize_mode == "shortest" and height != width:
         raise ClipExportError(
-            f"a {height}x{width} crop after a shortest-side resize needs padding, which the preprocessing graph does not implement"
+            f"a {height}x{width} crop after a shortest-side resize needs padding, which the preprocessing "
+            "graph does not implement"
         )
     return height, width
 
@@ -194,7 +195,8 @@ def with_preprocessing(model: Any, config: PreprocessConfig) -> Any:
     opset = next((o.version for o in model.opset_import if o.domain in ("", "ai.onnx")), 0)
     if opset < PREPROCESSING_MIN_OPSET:
         raise ConversionError(
-            f"the visual graph uses opset {opset}; the preprocessing graph needs {PREPROCESSING_MIN_OPSET} or newer (Resize with antialias): re-export with --opset {PREPROCESSING_MIN_OPSET} or newer"
+            f"the visual graph uses opset {opset}; the preprocessing graph needs {PREPROCESSING_MIN_OPSET} "
+            f"or newer (Resize with antialias): re-export with --opset {PREPROCESSING_MIN_OPSET} or newer"
         )
     nodes, inits = preprocessing_nodes(config, output=pixel_name)
     existing = list(graph.node)
@@ -209,7 +211,8 @@ def with_preprocessing(model: Any, config: PreprocessConfig) -> Any:
     entry = props.get("clip_export.preprocessing") or model.metadata_props.add()
     entry.key, entry.value = (
         "clip_export.preprocessing",
-        f"in graph: {config.resize_mode} resize ({config.interpolation}, antialias), crop {config.image_size[0]}x{config.image_size[1]}, mean {list(config.mean)}, std {list(config.std)}",
+        f"in graph: {config.resize_mode} resize ({config.interpolation}, antialias), crop {config.image_size[0]}x{config.image_size[1]}, "
+        f"mean {list(config.mean)}, std {list(config.std)}",
     )
     return model
 

@@ -92,7 +92,8 @@ def create_session(path: Path | bytes, options: SessionOptions = SessionOptions(
         session = rt.InferenceSession(graph, sess_options=so, providers=providers, **kwargs)
     except Exception as exc:
         raise ProviderUnavailableError(
-            f"could not create a {wanted} session for {'an in-memory graph' if isinstance(path, bytes) else Path(path).name}: {str(exc).splitlines()[0]}"
+            f"could not create a {wanted} session for {'an in-memory graph' if isinstance(path, bytes) else Path(path).name}: "
+            f"{str(exc).splitlines()[0]}"
         ) from exc
     active = session.get_providers()
     if not active or active[0] != wanted:

@@ -68,7 +68,8 @@ def clean_text(text: str, kind: str) -> str:
         import ftfy
     except ImportError as exc:
         raise ClipExportError(
-            "tokenizing captions needs 'ftfy', a dependency of clip-export that is missing; reinstall with: pip install clip-export"
+            "tokenizing captions needs 'ftfy', a dependency of clip-export that is missing; reinstall "
+            "with: pip install clip-export"
         ) from exc
     text = html.unescape(html.unescape(ftfy.fix_text(text))).strip()
     if kind == "canonicalize":  # big_vision's: underscores to spaces, punctuation removed, lower case

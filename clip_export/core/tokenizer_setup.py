@@ -67,7 +67,8 @@ def reference_tokenizer(
             else f"could not be loaded: {str(exc).splitlines()[0]}"
         )
         raise WeightsError(
-            f"{arch} tokenizes with the Hugging Face tokenizer {hf_name!r}, which {where}; pass --tokenizer DIR, a directory holding its tokenizer.json"
+            f"{arch} tokenizes with the Hugging Face tokenizer {hf_name!r}, which {where}; pass --tokenizer "
+            "DIR, a directory holding its tokenizer.json"
         ) from exc
     return with_language(reference, arch, family)
 
@@ -83,7 +84,8 @@ def with_language(reference: Any, arch: str, family: FamilyRules) -> Any:
     hf = reference.tokenizer
     if not hasattr(hf, "src_lang") or hf.convert_tokens_to_ids(language) in (None, hf.unk_token_id):
         raise ClipExportError(
-            f"{arch} is a {family.name} model whose captions start with the language code {language!r}, which its tokenizer ({type(hf).__name__}) does not have"
+            f"{arch} is a {family.name} model whose captions start with the language code {language!r}, "
+            f"which its tokenizer ({type(hf).__name__}) does not have"
         )
     hf.src_lang = language
     return reference
@@ -96,7 +98,8 @@ def clean_kind(oc: Any, reference: Any) -> str:
         if function is oc.tokenizer.get_clean_fn(kind):
             return kind
     raise ClipExportError(
-        f"open_clip's tokenizer cleans captions with {getattr(function, '__name__', function)!r}, which clip-export cannot reproduce without torch"
+        f"open_clip's tokenizer cleans captions with {getattr(function, '__name__', function)!r}, "
+        "which clip-export cannot reproduce without torch"
     )
 
 
@@ -138,11 +141,13 @@ def require_fits_model(
     id the text tower does not mask: both refused before export."""
     if vocab_size is not None and settings.vocab_size is not None and settings.vocab_size > vocab_size:
         raise ClipExportError(
-            f"{where} has {settings.vocab_size} tokens, but {arch}'s text tower embeds {vocab_size}; it is the tokenizer of another model"
+            f"{where} has {settings.vocab_size} tokens, but {arch}'s text tower embeds {vocab_size}; it "
+            "is the tokenizer of another model"
         )
     if pad_token_id is not None and settings.pad_token_id != pad_token_id:
         raise ClipExportError(
-            f"{where} pads with id {settings.pad_token_id}, but {arch}'s text tower masks id {pad_token_id} as padding; it is the tokenizer of another model"
+            f"{where} pads with id {settings.pad_token_id}, but {arch}'s text tower masks id {pad_token_id} "
+            "as padding; it is the tokenizer of another model"
         )
 
 
@@ -171,7 +176,8 @@ def build_checked(
     problem = first_disagreement(ours, expected, [*PROBE_TEXTS, *texts])
     if problem is not None:
         raise ClipExportError(
-            f"the tokenizer.json built for {arch} does not reproduce its reference tokenizer's ids ({problem}); the runtime would tokenize differently, so nothing was exported"
+            f"the tokenizer.json built for {arch} does not reproduce its reference tokenizer's ids ({problem}); "
+            "the runtime would tokenize differently, so nothing was exported"
         )
     return ours
 

@@ -45,7 +45,8 @@ def gpu_info() -> tuple[str, str]:
         raise TensorRTError("no CUDA GPU can be queried (torch is missing)") from exc
     if not torch.cuda.is_available():
         raise TensorRTError(
-            "TensorRT engines need a CUDA GPU, and none is visible here; install 'clip-export[tensorrt]' on a GPU machine"
+            "TensorRT engines need a CUDA GPU, and none is visible here; install 'clip-export[tensorrt]' "
+            "on a GPU machine"
         )
     major, minor = torch.cuda.get_device_capability(0)
     return torch.cuda.get_device_name(0), f"{major}.{minor}"
@@ -67,7 +68,8 @@ def runnable_here(entry: ArtifactEntry) -> tuple[bool, str]:
     if built.get("compute_capability") != capability:
         return (
             False,
-            f"built for compute capability {built.get('compute_capability')} ({built.get('gpu')}), this GPU is {capability} ({gpu})",
+            f"built for compute capability {built.get('compute_capability')} ({built.get('gpu')}), this "
+            f"GPU is {capability} ({gpu})",
         )
     return True, ""
 

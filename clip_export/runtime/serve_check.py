@@ -73,7 +73,8 @@ def load_reference_slice(root: Path, manifest: Manifest, towers: set[str]) -> di
     record = manifest.reference
     if not record:
         raise ManifestError(
-            f"{root} carries no stored reference, so the serve-time check cannot run; re-release it with clip-export 0.1+ or pass check='off' to serve unchecked"
+            f"{root} carries no stored reference, so the serve-time check cannot run; re-release it with "
+            "clip-export 0.1+ or pass check='off' to serve unchecked"
         )
     stored = FileRecord.from_json(record, f"{root}: reference")
     require_intact(root, stored, "refusing the serve-time check's reference")
@@ -84,7 +85,8 @@ def load_reference_slice(root: Path, manifest: Manifest, towers: set[str]) -> di
             if name not in data.files or len(data[name]) < SERVE_CHECK_ITEMS:
                 found = len(data[name]) if name in data.files else 0
                 raise ManifestError(
-                    f"the stored reference {stored.path} holds {found} '{name}' rows; the serve-time check needs {SERVE_CHECK_ITEMS}"
+                    f"the stored reference {stored.path} holds {found} '{name}' rows; the serve-time check needs "
+                    f"{SERVE_CHECK_ITEMS}"
                 )
             sliced[name] = data[name][:SERVE_CHECK_ITEMS]
     return sliced
@@ -158,7 +160,8 @@ def check_here(
     flags = env.isa_flags if cpu_flags is None else tuple(cpu_flags)
     if family is not None and env.provider == CPU_PROVIDER and not family.applies_to(flags):
         raise ServeCheckError(
-            f"{entry.path} is INT8 of the {family.name} kernel family ({(entry.detail('conversion') or {}).get('weight_type', '?')} weights, for {family.tiers}); "
+            f"{entry.path} is INT8 of the {family.name} kernel family ({(entry.detail('conversion') or {}).get('weight_type', '?')} "
+            f"weights, for {family.tiers}); "
             f"this CPU has none of {', '.join(family.requires_any_flag)}, where its kernels saturate. "
             "Serve the QUInt8 artifact (clip-export int8 builds both), or precision='fp32'"
         )
@@ -179,7 +182,8 @@ def check_here(
     failures = [m.failure() for m in metrics if not m.passed]
     if failures:
         raise ServeCheckError(
-            f"{entry.path} misses its {key} thresholds on {SERVE_CHECK_ITEMS} reference items ({made_from}) in this environment "
+            f"{entry.path} misses its {key} thresholds on {SERVE_CHECK_ITEMS} reference items ({made_from}) "
+            "in this environment "
             f"({env.describe()}): {'; '.join(failures)}. "
             + ("Serve the fp32 artifact (precision='fp32'), or run" if entry.precision != "fp32" else "Run")
             + " 'clip-export verify' here for the full report"

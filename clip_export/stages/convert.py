@@ -230,7 +230,8 @@ def quantize_int8(
             chosen = dataclasses.replace(chosen, per_channel=per_channel)
         if not family.applies_to(here.isa_flags):
             notes.append(
-                f"{family.file_tag} ({chosen.label}, for {family.tiers}) not built: this CPU ({here.tier}) cannot verify it"
+                f"{family.file_tag} ({chosen.label}, for {family.tiers}) not built: this CPU ({here.tier}) "
+                "cannot verify it"
             )
             continue
         for tower in towers:  # a tower that fails one family's gate keeps the other family and the other tower
@@ -323,7 +324,8 @@ def _mixed_precision(
         details = {
             "float_matmuls": kept,
             "weight_matmuls": len(candidates),
-            "chosen_by": f"mean |Δ| of each MatMul quantized alone on {len(inputs)} reference inputs, most sensitive kept float until the gate passed",
+            "chosen_by": f"mean |Δ| of each MatMul quantized alone on {len(inputs)} reference inputs, most sensitive "
+            "kept float until the gate passed",
             "sensitivity": {name: error[name] for name in kept},
             "plain_failure": plain_failure,
         }
@@ -344,7 +346,8 @@ def _mixed_precision(
             continue
         return (
             result,
-            f"failed its gate plain; kept with {count} of {len(candidates)} MatMuls float (mixed precision by measured sensitivity)",
+            f"failed its gate plain; kept with {count} of {len(candidates)} MatMuls float (mixed precision "
+            "by measured sensitivity)",
         )
     return None, (
         f"not kept: {plain_failure}; with up to {limit} of {len(candidates)} MatMuls float "

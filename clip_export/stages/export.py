@@ -238,7 +238,8 @@ def export_onnx(
     spec = resolve(model) if isinstance(model, str) else model
     if opset not in SUPPORTED_OPSETS:
         raise UnsupportedOpsetError(
-            f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} (default {DEFAULT_OPSET})"
+            f"opset {opset} is not supported; choose {SUPPORTED_OPSETS.start}-{SUPPORTED_OPSETS.stop - 1} "
+            f"(default {DEFAULT_OPSET})"
         )
     unknown = [t for t in towers if t not in TOWERS]
     if unknown or not towers:
@@ -369,7 +370,8 @@ def _export_locked(
                 )
             )
         progress(
-            f"computing fp32 torch reference embeddings for {len(evalset.image_paths)} images and {len(evalset.captions)} captions"
+            f"computing fp32 torch reference embeddings for {len(evalset.image_paths)} images and {len(evalset.captions)} "
+            "captions"
         )
         arrays = compute_reference(loaded, evalset, towers, normalize)
         np.savez(staging / REFERENCE_NAME, **arrays)

@@ -32,7 +32,8 @@ def add_preprocessing(
     missing = [p for p in chosen if p not in available]
     if missing or not chosen:
         raise ManifestError(
-            f"{model_dir} has no visual ONNX artifact in {', '.join(missing or ['any precision'])}; it has {', '.join(available) or 'none'}"
+            f"{model_dir} has no visual ONNX artifact in {', '.join(missing or ['any precision'])}; it "
+            f"has {', '.join(available) or 'none'}"
         )
 
     def write(source: Path, target: Path) -> dict[str, Any]:

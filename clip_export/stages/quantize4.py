@@ -137,7 +137,8 @@ def _quantize_file(source: Path, target: Path, scheme: Q4Scheme) -> dict[str, An
     int4_embedding = bool(embeddings) and scheme.embedding_bits == 4
     if int4_embedding and source_opset < Q4_EMBEDDING_OPSET and (changed := _schema_changes(model, source_opset)):
         raise ConversionError(
-            f"a 4-bit token embedding needs opset {Q4_EMBEDDING_OPSET}, where {', '.join(changed)} changed meaning; export at opset {Q4_EMBEDDING_OPSET} or use 8-bit embedding"
+            f"a 4-bit token embedding needs opset {Q4_EMBEDDING_OPSET}, where {', '.join(changed)} changed "
+            f"meaning; export at opset {Q4_EMBEDDING_OPSET} or use 8-bit embedding"
         )
     config = nbits.DefaultWeightOnlyQuantConfig(
         block_size=scheme.block_size,

@@ -284,8 +284,10 @@ def render_markdown(result: VerifyResult, limits: dict[str, Thresholds]) -> str:
         if c.format == TOKENIZER_FORMAT and c.metric(CAPTIONS_CHECKED) is not None:
             lines += [
                 "",
-                f"{c.path}, through the runtime's tokenizer code (the `tokenizers` library and the manifest's cleaning), on the "
-                f"reference's {c.metric(CAPTIONS_CHECKED):.0f} raw captions: {c.metric(CAPTIONS_WITH_OTHER_IDS):.0f} give other ids than "
+                f"{c.path}, through the runtime's tokenizer code (the `tokenizers` library and the manifest's "
+                "cleaning), on the "
+                f"reference's {c.metric(CAPTIONS_CHECKED):.0f} raw captions: {c.metric(CAPTIONS_WITH_OTHER_IDS):.0f} "
+                "give other ids than "
                 "the reference tokenizer (limit 0). Equal ids make every text row above hold from raw captions too.",
             ]
     failures = result.failures

@@ -105,7 +105,8 @@ def bench(
     present = sorted({a.precision for a in manifest.artifacts})
     if precisions is not None and not set(precisions) & set(present):
         raise ClipExportError(
-            f"the requested precision(s) {', '.join(precisions)} match no artifact in {model_dir}; it has {', '.join(present)}"
+            f"the requested precision(s) {', '.join(precisions)} match no artifact in {model_dir}; it "
+            f"has {', '.join(present)}"
         )
     ref, _, _ = load_reference(model_dir, manifest, "stored", None)  # the manifest's record: release renames the file
     loaded = None
@@ -167,7 +168,8 @@ def bench(
     if not any(r.kind == "artifact" and r.latency is not None for r in rows):
         reasons = sorted({r.status for r in rows if r.kind == "artifact"}) or ["no artifact matched"]
         raise ClipExportError(
-            f"no artifact row ran, so nothing was written (earlier results in {model_dir} are untouched): {'; '.join(reasons)}"
+            f"no artifact row ran, so nothing was written (earlier results in {model_dir} are untouched): "
+            f"{'; '.join(reasons)}"
         )
     progress("measuring the GEMM ceiling again, after the rows")
     ceilings_after = {
@@ -179,14 +181,16 @@ def bench(
     rows = [with_ratios(r, _torch_p50(rows, r), flops.get(r.tower), ceilings, streamed.get(r.tower)) for r in rows]
     if any((r.ceiling_share or 0) > 1 or (r.streamed_ceiling_share or 0) > 1 for r in rows):
         notes.append(
-            "rows marked '>100%' beat a ceiling measured in the same run: the machine was faster during that row than during the ceiling's, so those shares are noise, not fact"
+            "rows marked '>100%' beat a ceiling measured in the same run: the machine was faster during "
+            "that row than during the ceiling's, so those shares are noise, not fact"
         )
     breakdown_rows: list[StageTimes] = []
     variant_rows: list[PreprocessRow] = []
     if breakdown and "visual" in towers:
         if time.perf_counter() < deadline:
             progress(
-                f"vectorise() breakdown for one PNG and one JPEG (~{max(0.0, deadline - time.perf_counter()):.0f} s of the budget left)"
+                f"vectorise() breakdown for one PNG and one JPEG (~{max(0.0, deadline - time.perf_counter()):.0f} "
+                "s of the budget left)"
             )
             breakdown_rows = vectorise_breakdown(model_dir, manifest, threads, loaded)
         if time.perf_counter() < deadline:
@@ -194,7 +198,8 @@ def bench(
             variant_rows = preprocessing_variants(model_dir, manifest, threads)
         if not breakdown_rows or not variant_rows:
             notes.append(
-                f"the total time budget ({max_time_s:g} s) ran out before the preprocessing study; rerun with a larger --max-time"
+                f"the total time budget ({max_time_s:g} s) ran out before the preprocessing study; rerun with "
+                "a larger --max-time"
             )
     skipped_baseline = [r for r in rows if r.status.startswith("skipped: no native bf16")]
     if skipped_baseline:
@@ -291,7 +296,8 @@ def _plan(
                                 batch,
                                 lambda _b, base=base: _skipped(
                                     base,
-                                    "no native bf16 on this CPU (no avx512_bf16 or AMX): torch emulates it, slower than fp32, so it is no baseline here",
+                                    "no native bf16 on this CPU (no avx512_bf16 or AMX): torch emulates it, slower than fp32, "
+                                    "so it is no baseline here",
                                 ),
                                 base,
                             )

@@ -199,7 +199,8 @@ def bench_entry(
     if family is not None and base.provider_requested == CPU_PROVIDER and not family.applies_to(here.isa_flags):
         return dataclasses.replace(
             base,
-            status=f"not applicable on this CPU ({here.tier}): the {family.name} INT8 family ({family.tiers}) needs one of "
+            status=f"not applicable on this CPU ({here.tier}): the {family.name} INT8 family ({family.tiers}) "
+            "needs one of "
             f"{', '.join(family.requires_any_flag)}; its results here would be wrong, so its speed says nothing",
         )
     return bench_onnx(

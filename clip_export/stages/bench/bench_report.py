@@ -27,17 +27,22 @@ def render_markdown(result: BenchResult) -> str:
     lines = [
         f"# Benchmark of {result.model_dir.name}",
         "",
-        f"Measured {result.date} on {m['cpu']} ({m.get('cpu_target', '?')}, {m.get('tier', '?')}; {m['cores']} cores, {m['threads_used']} threads pinned{', GPU ' + m['gpu'] if m.get('gpu') else ''}), in {result.seconds:.0f} s. "
+        f"Measured {result.date} on {m['cpu']} ({m.get('cpu_target', '?')}, {m.get('tier', '?')}; "
+        f"{m['cores']} cores, {m['threads_used']} threads pinned{', GPU ' + m['gpu'] if m.get('gpu') else ''}), "
+        f"in {result.seconds:.0f} s. "
         "These figures hold for this CPU: onnxruntime and torch pick other kernels on other ones.",
         f"Versions: {', '.join(f'{k} {v}' for k, v in result.versions.items())}.",
-        f"GEMM ceiling through onnxruntime on this machine, the higher of two measurements taken before and after the rows: fp32 {result.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {result.ceilings_gflops['int8']:.0f} GOP/s.",
+        "GEMM ceiling through onnxruntime on this machine, the higher of two measurements taken before "
+        f"and after the rows: fp32 {result.ceilings_gflops['fp32']:.0f} GFLOP/s, int8 {result.ceilings_gflops['int8']:.0f} "
+        "GOP/s.",
         "FLOPs per item (torch FlopCounterMode): "
         + ", ".join(f"{k} {v / 1e9:.2f} GFLOP" for k, v in result.flops_per_item.items())
         + ".",
     ]
     if result.streamed_ceilings_gflops or result.streamed_int8_ceilings_gops:
         lines.append(
-            "Streamed-weights limit at batch 1 (the tower's own weight products, each weight read from memory once per item, as one document at a time must): "
+            "Streamed-weights limit at batch 1 (the tower's own weight products, each weight read from "
+            "memory once per item, as one document at a time must): "
             + ", ".join(f"{k} {v:.0f} GFLOP/s" for k, v in result.streamed_ceilings_gflops.items())
             + (
                 "; with 1-byte weights (MatMulInteger, what an INT8 artifact streams): "
@@ -49,16 +54,22 @@ def render_markdown(result: BenchResult) -> str:
         )
     lines += [
         "",
-        "| tower | batch | name | precision | provider ran | p50 ms | p90 ms | p99 ms | items/s | × torch eager | GFLOP/s | % of ceiling | % of streamed | session ms | first run ms | copies ms | status |",
+        "| tower | batch | name | precision | provider ran | p50 ms | p90 ms | p99 ms | items/s | "
+        "× torch eager | GFLOP/s | % of ceiling | % of streamed | session ms | first run ms | copies "
+        "ms | status |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for r in result.rows:
         lat = r.latency
         lines.append(
-            f"| {r.tower} | {r.batch} | {r.name} | {r.precision} | {r.provider_ran or r.provider_requested + ' (did not run)'} | "
-            f"{_fmt(lat.p50_ms if lat else None)} | {_fmt(lat.p90_ms if lat else None)} | {_fmt(lat.p99_ms if lat else None)} | {_fmt(r.throughput_per_s, 1)} | "
-            f"{_fmt(r.speedup_vs_torch)} | {_fmt(r.gflops_per_s, 0)} | {share(r.ceiling_share)} | {share(r.streamed_ceiling_share)} | "
-            f"{_fmt(r.session_create_ms, 0)} | {_fmt(r.first_inference_ms, 1)} | {_fmt(r.copy_overhead_ms)} | {r.status} |"
+            f"| {r.tower} | {r.batch} | {r.name} | {r.precision} | {r.provider_ran or r.provider_requested + ' (did not run)'} "
+            "| "
+            f"{_fmt(lat.p50_ms if lat else None)} | {_fmt(lat.p90_ms if lat else None)} | {_fmt(lat.p99_ms if lat else None)} "
+            f"| {_fmt(r.throughput_per_s, 1)} | "
+            f"{_fmt(r.speedup_vs_torch)} | {_fmt(r.gflops_per_s, 0)} | {share(r.ceiling_share)} | {share(r.streamed_ceiling_share)} "
+            "| "
+            f"{_fmt(r.session_create_ms, 0)} | {_fmt(r.first_inference_ms, 1)} | {_fmt(r.copy_overhead_ms)} "
+            f"| {r.status} |"
         )
     if result.breakdown:
         lines += [
@@ -70,19 +81,23 @@ def render_markdown(result: BenchResult) -> str:
         ]
         for s in result.breakdown:
             lines.append(
-                f"| {s.image} | {s.size} | {s.engine} | {_fmt(s.load_ms)} | {_fmt(s.preprocess_ms)} | {_fmt(s.inference_ms)} | {_fmt(s.to_numpy_ms, 3)} | {_fmt(s.total_ms)} |"
+                f"| {s.image} | {s.size} | {s.engine} | {_fmt(s.load_ms)} | {_fmt(s.preprocess_ms)} | {_fmt(s.inference_ms)} "
+                f"| {_fmt(s.to_numpy_ms, 3)} | {_fmt(s.total_ms)} |"
             )
     if result.preprocessing:
         lines += [
             "",
             "## Preprocessing variants",
             "",
-            "| variant | PNG 2162×762 RGBA ms | JPEG 640×427 ms | max pixel |Δ| | embedding mean |Δ| (norm.) | image→image top-1 | within fp32 tolerance |",
+            "| variant | PNG 2162×762 RGBA ms | JPEG 640×427 ms | max pixel |Δ| | embedding mean |Δ| "
+            "(norm.) | image→image top-1 | within fp32 tolerance |",
             "|---|---|---|---|---|---|---|",
         ]
         for p in result.preprocessing:
             lines.append(
-                f"| {p.variant} | {_fmt(p.png_ms)} | {_fmt(p.jpeg_ms)} | {_fmt(p.pixel_max_abs, 4)} | {'-' if p.embed_mean_abs_normalized is None else f'{p.embed_mean_abs_normalized:.2e}'} | {_fmt(p.image2image_top1, 3)} | {'-' if p.within_fp32_tolerance is None else ('yes' if p.within_fp32_tolerance else 'no')} |"
+                f"| {p.variant} | {_fmt(p.png_ms)} | {_fmt(p.jpeg_ms)} | {_fmt(p.pixel_max_abs, 4)} | {'-' if p.embed_mean_abs_normalized is None else f'{p.embed_mean_abs_normalized:.2e}'} "
+                f"| {_fmt(p.image2image_top1, 3)} | {'-' if p.within_fp32_tolerance is None else ('yes' if p.within_fp32_tolerance else 'no')} "
+                "|"
             )
     lines += ["", f"Peak RSS of the benchmark process: {result.peak_rss_mb:.0f} MB."]
     lines += [f"Note: {n}" for n in result.notes]

@@ -55,7 +55,8 @@ def compare_models(old: ClipOnnx, new: ClipOnnx, old_label: str, new_label: str)
     old_model, new_model = old.manifest.model, new.manifest.model
     if old_model.get("arch") != new_model.get("arch"):
         raise ClipExportError(
-            f"{old_label} is {old_model.get('arch')} and {new_label} is {new_model.get('arch')}: different models never share an index"
+            f"{old_label} is {old_model.get('arch')} and {new_label} is {new_model.get('arch')}: different "
+            "models never share an index"
         )
     evalset = load_evalset()
     images = [str(p) for p in evalset.image_paths]
@@ -65,7 +66,8 @@ def compare_models(old: ClipOnnx, new: ClipOnnx, old_label: str, new_label: str)
     for name, a, b in (("image", old_img, new_img), ("text", old_txt, new_txt)):
         if a is not None and b is not None and a.shape[1] != b.shape[1]:
             raise ClipExportError(
-                f"{old_label} embeds {name}s in {a.shape[1]} dimensions and {new_label} in {b.shape[1]}: different embedding spaces never share an index"
+                f"{old_label} embeds {name}s in {a.shape[1]} dimensions and {new_label} in {b.shape[1]}: different "
+                "embedding spaces never share an index"
             )
     limits = COMPAT_THRESHOLDS
     metrics: list[Metric] = []

@@ -249,23 +249,28 @@ def _reconcile(
         return None, keys
     if reembed:
         progress(
-            f"--reembed: every item is embedded again with {artifact['precision']} ({artifact['key']}); rows of {old['precision']} ({old['key']}) go as they are replaced"
+            f"--reembed: every item is embedded again with {artifact['precision']} ({artifact['key']}); "
+            f"rows of {old['precision']} ({old['key']}) go as they are replaced"
         )
         manifest.update(artifact=artifact, accepted=[], embedding_dim=dim, reembedded_from=old)
         store.write_manifest(manifest)
         return None, {artifact["key"]}
     if manifest.get("embedding_dim") != dim or old["model"].get("arch") != artifact["model"].get("arch"):
         raise ClipExportError(
-            f"{store.out} was built by {old['model'].get('arch')} ({manifest.get('embedding_dim')}-d); this is {artifact['model'].get('arch')} ({dim}-d): different embedding spaces never share an index; use another --out or --reembed"
+            f"{store.out} was built by {old['model'].get('arch')} ({manifest.get('embedding_dim')}-d); "
+            f"this is {artifact['model'].get('arch')} ({dim}-d): different embedding spaces never share "
+            "an index; use another --out or --reembed"
         )
     progress(
-        f"{store.out} was built by {old['precision']} ({old['key']}); checking that {artifact['precision']} is interchangeable with it"
+        f"{store.out} was built by {old['precision']} ({old['key']}); checking that {artifact['precision']} "
+        "is interchangeable with it"
     )
     try:
         previous = ClipOnnx.from_release(old["source"], precision=old["precision"], check="off")
     except ClipExportError as exc:
         raise ClipExportError(
-            f"{store.out} was built by {old['precision']} from {old['source']}, which cannot be opened to check compatibility ({exc}); pass --reembed to re-index"
+            f"{store.out} was built by {old['precision']} from {old['source']}, which cannot be opened "
+            f"to check compatibility ({exc}); pass --reembed to re-index"
         ) from None
     result = compare_models(previous, model, old["precision"], artifact["precision"])
     if result.verdict != "interchangeable":

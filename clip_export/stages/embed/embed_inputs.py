@@ -101,7 +101,8 @@ def _table_items(path: Path, column: str | None) -> Iterator[Item]:
         )
     if not column:
         raise ClipExportError(
-            f"INPUT {path} is a table: name the column with image paths, image bytes or captions with --column (it has: {', '.join(table.column_names)})"
+            f"INPUT {path} is a table: name the column with image paths, image bytes or captions with "
+            f"--column (it has: {', '.join(table.column_names)})"
         )
     if column not in table.column_names:
         raise ClipExportError(f"INPUT {path} has no column {column!r}; it has: {', '.join(table.column_names)}")

@@ -122,7 +122,8 @@ def run_ray(
         cpus = int(ray.cluster_resources().get("CPU", 1))
         pool = actors or max(1, cpus)
         progress(
-            f"Ray: {len(items)} items on {cpus} CPUs of {len(ray.nodes())} node(s), {pool} actors of {threads} thread(s), batches of {batch_size}"
+            f"Ray: {len(items)} items on {cpus} CPUs of {len(ray.nodes())} node(s), {pool} actors of {threads} "
+            f"thread(s), batches of {batch_size}"
         )
         rows = [
             {"id": i.id, "kind": i.kind, "path": i.path or "", "data": i.data or b"", "text": i.text or ""}

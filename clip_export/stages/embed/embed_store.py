@@ -73,7 +73,8 @@ class Store:
             and not (self.out / EMBED_MANIFEST_NAME).exists()
         ):
             raise OutputError(
-                f"--out {self.out} holds files but no {EMBED_MANIFEST_NAME}: not an embeddings dataset; choose an empty or new directory"
+                f"--out {self.out} holds files but no {EMBED_MANIFEST_NAME}: not an embeddings dataset; choose "
+                "an empty or new directory"
             )
         self.manifest: dict[str, Any] | None = self._read_manifest()
 

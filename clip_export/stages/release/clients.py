@@ -186,7 +186,8 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
     if missing or not manifest.tokenizer.get("file"):
         return {
             "status": "skipped",
-            "reason": f"hf/ lacks {', '.join(missing) or 'tokenizer.json'}: the check needs both fp32 towers and the tokenizer",
+            "reason": f"hf/ lacks {', '.join(missing) or 'tokenizer.json'}: the check needs both fp32 towers and "
+            "the tokenizer",
         }
     setup = find_transformers_js()
     if isinstance(setup, str):
@@ -333,7 +334,8 @@ def variant_records(
     if fp32 is None:
         graph: dict[str, Any] = {
             "status": "skipped",
-            "reason": f"hf/{ONNX_DIR}/ has no {PREPROCESSING_MODEL_FILE}.onnx: the release has no fp32 preprocessing graph (clip-export preprocessing-graph before release)",
+            "reason": f"hf/{ONNX_DIR}/ has no {PREPROCESSING_MODEL_FILE}.onnx: the release has no fp32 preprocessing "
+            "graph (clip-export preprocessing-graph before release)",
         }
     else:
         cosine = np.sum(got["preprocessing_variants"]["fp32"] * mine["preprocessing"][fp32[1]], axis=1)

@@ -105,7 +105,8 @@ def config_json(manifest: Manifest, external_data: Mapping[str, int]) -> dict[st
             "pretrained": model.get("pretrained"),
             "source": model.get("source"),
             "manifest": f"../{MANIFEST_NAME}",
-            "text_model_input": f"input_ids int64 [batch, any length], padded with id {tok.get('pad_token_id', 0)} or truncated to {tok['context_length']} in the graph",
+            "text_model_input": f"input_ids int64 [batch, any length], padded with id {tok.get('pad_token_id', 0)} or truncated "
+            f"to {tok['context_length']} in the graph",
             "onnx_only": "config.json describes the ONNX files under onnx/; there are no PyTorch weights",
         },
     }

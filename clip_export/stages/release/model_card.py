@@ -49,11 +49,14 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
     lines = [
         f"# {model['name']} — clip-export release {tag}",
         "",
-        f"- Architecture: open_clip `{model['arch']}`; weights: {model['source']}; checkpoint sha256: `{model.get('checkpoint_sha256') or 'n/a'}`.",
+        f"- Architecture: open_clip `{model['arch']}`; weights: {model['source']}; checkpoint sha256: "
+        f"`{model.get('checkpoint_sha256') or 'n/a'}`.",
         f"- Weights licence: {licence}.",
         f"- Embedding size: {model.get('embed_dim')}; normalisation in graph: {manifest.normalize}.",
-        f"- Preprocessing: {pre['image_size'][0]}×{pre['image_size'][1]}, resize {pre['resize_mode']} side with {pre['interpolation']}, centre crop, mean {pre['mean']}, std {pre['std']}.",
-        f"- Tokenizer: {tok.get('kind', 'open_clip')}, context {tok['context_length']}, SOT {tok['sot_token_id']}, EOT {tok['eot_token_id']}.",
+        f"- Preprocessing: {pre['image_size'][0]}×{pre['image_size'][1]}, resize {pre['resize_mode']} "
+        f"side with {pre['interpolation']}, centre crop, mean {pre['mean']}, std {pre['std']}.",
+        f"- Tokenizer: {tok.get('kind', 'open_clip')}, context {tok['context_length']}, SOT {tok['sot_token_id']}, "
+        f"EOT {tok['eot_token_id']}.",
         "",
         "## Artifacts",
         "",
@@ -63,7 +66,8 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
     for a in manifest.artifacts:
         i, o = a.inputs[0], a.outputs[0]
         lines.append(
-            f"| {a.path} | {a.tower} | {a.precision} | {a.format} | `{i.name}` {i.dtype} {list(i.shape)} | `{o.name}` {o.dtype} {list(o.shape)} | {a.bytes} | `{a.sha256[:16]}…` |"
+            f"| {a.path} | {a.tower} | {a.precision} | {a.format} | `{i.name}` {i.dtype} {list(i.shape)} "
+            f"| `{o.name}` {o.dtype} {list(o.shape)} | {a.bytes} | `{a.sha256[:16]}…` |"
         )
     rows = manifest.verification_rows
     lines += [
@@ -89,14 +93,16 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
         )
         if r.get("format") == TOKENIZER_FORMAT:
             lines.append(
-                f"| {r['path']} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | {metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} differ | - | {r['status']} | {where} |"
+                f"| {r['path']} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | {metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} "
+                f"differ | - | {r['status']} | {where} |"
             )
             continue
         if r.get("provider_ran") is None:  # the provider never ran here: no numbers, no verdict on them
             lines.append(f"| {r['path']} | {r.get('provider_requested')} | - | - | not run | {where} |")
             continue
         lines.append(
-            f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} | {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |"
+            f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} "
+            f"| {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |"
         )
     lines += ["", "### Environments each asset passed in", ""]
     for a in manifest.artifacts:
@@ -118,7 +124,8 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
             if r["batch"] == 1 and r.get("latency"):
                 ratio = r.get("speedup_vs_torch")
                 lines.append(
-                    f"| {r['name']} | {r['tower']} | {r.get('provider_ran')} | {r['latency']['p50_ms']:.2f} | {'-' if ratio is None else f'{ratio:.2f}'} |"
+                    f"| {r['name']} | {r['tower']} | {r.get('provider_ran')} | {r['latency']['p50_ms']:.2f} | "
+                    f"{'-' if ratio is None else f'{ratio:.2f}'} |"
                 )
     if visual and text:
         lines += [
@@ -130,17 +137,23 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
             "from PIL import Image",
             f"visual = ort.InferenceSession('{visual.path}'); text = ort.InferenceSession('{text.path}')",
             f"size, mean, std = {pre['image_size'][0]}, np.array({pre['mean']}, 'f4'), np.array({pre['std']}, 'f4')",
-            "img = Image.open('photo.jpg'); s = size / min(img.size); img = img.resize((int(img.width * s), int(img.height * s)), Image.BICUBIC)",
-            "l, t = round((img.width - size) / 2), round((img.height - size) / 2); img = img.crop((l, t, l + size, t + size)).convert('RGB')",
+            "img = Image.open('photo.jpg'); s = size / min(img.size); img = img.resize((int(img.width "
+            "* s), int(img.height * s)), Image.BICUBIC)",
+            "l, t = round((img.width - size) / 2), round((img.height - size) / 2); img = img.crop((l, "
+            "t, l + size, t + size)).convert('RGB')",
             "pixels = ((np.asarray(img, 'f4') / 255 - mean) / std).transpose(2, 0, 1)[None]",
             f"ids = open_clip.get_tokenizer('{model['arch']}')(['a photo of a cat']).numpy()",
-            "image_vec = visual.run(None, {'pixel_values': pixels})[0]; text_vec = text.run(None, {'input_ids': ids})[0]",
+            "image_vec = visual.run(None, {'pixel_values': pixels})[0]; text_vec = text.run(None, {'input_ids': "
+            "ids})[0]",
             "print((image_vec / np.linalg.norm(image_vec)) @ (text_vec / np.linalg.norm(text_vec)).T)",
             "```",
             "",
-            "`clip_export.runtime.ClipOnnx.from_release(path)` does the same with hash checks and the exact resize rule (short side to "
-            f'{pre["image_size"][0]}, long side truncated), giving open_clip\'s pixels bit for bit; its default `preprocess="fast"` '
-            'computes only the centre crop of Pillow\'s resize, in vectorised kernels, and `preprocess="exact"` runs PIL itself.',
+            "`clip_export.runtime.ClipOnnx.from_release(path)` does the same with hash checks and the "
+            "exact resize rule (short side to "
+            f"{pre['image_size'][0]}, long side truncated), giving open_clip's pixels bit for bit; its "
+            'default `preprocess="fast"` '
+            'computes only the centre crop of Pillow\'s resize, in vectorised kernels, and `preprocess="exact"` '
+            "runs PIL itself.",
         ]
     return "\n".join(lines) + "\n"
 
@@ -162,10 +175,12 @@ def variant_table(manifest: Manifest) -> list[str]:
         "",
         f"## Variants: size, batch-1 speed ({bench.get('machine', {}).get('cpu', 'not benchmarked')}) and fidelity",
         "",
-        "Fidelity is against the fp32 torch reference on the bundled set; a preprocessing graph is fed the raw image files. "
+        "Fidelity is against the fp32 torch reference on the bundled set; a preprocessing graph is "
+        "fed the raw image files. "
         "Speed is the batch-1 p50 of `clip-export bench`; a preprocessing graph's is in docs/benchmarks.md.",
         "",
-        "| asset | tower | precision | preprocessing in graph | MB | size vs fp32 | batch-1 p50 ms | speed vs fp32 | mean abs diff (norm.) | min cosine | top-1 agreement | verdict |",
+        "| asset | tower | precision | preprocessing in graph | MB | size vs fp32 | batch-1 p50 ms "
+        "| speed vs fp32 | mean abs diff (norm.) | min cosine | top-1 agreement | verdict |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     for a in manifest.artifacts:
@@ -178,8 +193,11 @@ def variant_table(manifest: Manifest) -> list[str]:
         ms, base_ms = p50.get(a.path), p50.get(base.path) if base else None
         speed = f"{base_ms / ms:.2f}×" if ms and base_ms else "-"
         lines.append(
-            f"| {a.path} | {a.tower} | {a.precision} | {'yes' if a.format == PREPROCESSING_FORMAT else 'no'} | {a.bytes / 1e6:.1f} | {size_ratio} | "
-            f"{f'{ms:.2f}' if ms else '-'} | {speed} | {_fmt(metrics.get('mean_abs_normalized'), '.2e')} | {_fmt(metrics.get('min_cosine'), '.5f')} | {_fmt(top1, '.3f')} | {row.get('status', 'not verified')} |"
+            f"| {a.path} | {a.tower} | {a.precision} | {'yes' if a.format == PREPROCESSING_FORMAT else 'no'} "
+            f"| {a.bytes / 1e6:.1f} | {size_ratio} | "
+            f"{f'{ms:.2f}' if ms else '-'} | {speed} | {_fmt(metrics.get('mean_abs_normalized'), '.2e')} "
+            f"| {_fmt(metrics.get('min_cosine'), '.5f')} | {_fmt(top1, '.3f')} | {row.get('status', 'not verified')} "
+            "|"
         )
     return lines
 

@@ -94,7 +94,8 @@ def check_releasable(model_dir: Path, manifest: Manifest, allow_overridden: bool
             "versions", {}
         ):  # a verify that checks tokenizers ran, but not on these bytes
             problems.append(
-                f"{label}/{tokenizer_file['path']} has no verdict for its current bytes; run 'clip-export verify {model_dir}'"
+                f"{label}/{tokenizer_file['path']} has no verdict for its current bytes; run 'clip-export "
+                f"verify {model_dir}'"
             )
     return problems
 
@@ -110,7 +111,8 @@ def release_slug(dirs: Sequence[Path], model_name: str) -> str:
     slug = re.sub(r"[^A-Za-z0-9._-]", "-", model_name).strip(".-_")
     if not slug:
         raise ReleaseError(
-            f"cannot name the assets: the directory {dirs[0]} and the model name {model_name!r} hold no letters or digits"
+            f"cannot name the assets: the directory {dirs[0]} and the model name {model_name!r} hold no "
+            "letters or digits"
         )
     return slug
 
@@ -185,7 +187,8 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[Manifest, dict[str, Path]]:
     for model_dir, manifest in manifests:
         if key(manifest) != key(base):
             raise ReleaseError(
-                f"{model_dir} holds another model ({manifest.model['arch']}) than {base_dir} ({base.model['arch']}); merge only builds of one model"
+                f"{model_dir} holds another model ({manifest.model['arch']}) than {base_dir} ({base.model['arch']}); "
+                "merge only builds of one model"
             )
         for entry in manifest.artifacts:
             existing = by_path.get(entry.path)
@@ -194,10 +197,12 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[Manifest, dict[str, Path]]:
                     continue
                 if entry.format == TENSORRT_FORMAT:
                     raise ReleaseError(
-                        f"{entry.path} exists in two directories with different bytes; engines for different GPUs must differ in compute capability"
+                        f"{entry.path} exists in two directories with different bytes; engines for different GPUs "
+                        "must differ in compute capability"
                     )
                 raise ReleaseError(
-                    f"{entry.path} differs between {owners[entry.path]} and {model_dir}; one model's ONNX artifacts must be identical to merge"
+                    f"{entry.path} differs between {owners[entry.path]} and {model_dir}; one model's ONNX artifacts "
+                    "must be identical to merge"
                 )
             by_path[entry.path] = entry
             owners[entry.path] = model_dir
