@@ -65,7 +65,8 @@ def main() -> None:
                 name = TOWERS[tower].input_name
                 x = ref[name][:1]
                 sessions = [
-                    create_session(model_dir / e.path, SessionOptions(intra_op_threads=2)) for _, e, _, _ in rows
+                    create_session(model_dir / e.path, SessionOptions(intra_op_threads=2, stop_spinning_after_run=True))
+                    for _, e, _, _ in rows
                 ]
                 times = time_interleaved(
                     [lambda s=s: s.run(None, {name: x}) for s in sessions], rounds=args.rounds, warmup=3
