@@ -8,7 +8,8 @@ Quantizes the fp32 export (benchmarks/.work/<slug>, exported if missing) once pe
 - runs the same bytes under `qemu-x86_64 -cpu Haswell` (Debian's qemu-user), where onnxruntime
   selects its AVX2 kernels without VNNI, on the first N reference items (emulation is slow), and
   reports mean |Δ| and min cosine against the stored fp32 reference;
-- times batch 1 natively, interleaved with the fp32 ONNX artifact and torch eager fp32.
+- times batch 1 natively, interleaved with the fp32 ONNX artifact and torch eager fp32 (sessions
+  parked after each run, an untimed pause after torch, so no call runs against another's threads).
 Prints Markdown with the CPU named. Speed under emulation means nothing, so AVX2 speed is only
 measured when this script runs on an AVX2 machine.
 """

@@ -54,7 +54,9 @@ def time_interleaved(
 ) -> list[float]:
     """p50 ms of each call, the calls run one after another in rounds (the first `warmup` rounds
     dropped) until `warmup + rounds` rounds and `budget_s` seconds are both done: drift on a shared
-    machine then hits every call alike, which makes their ratios trustworthy."""
+    machine then hits every call alike, which makes their ratios trustworthy. Only if no call leaves
+    threads spinning for the next: open sessions with stop_spinning_after_run and follow a torch call
+    with an untimed pause (benchmarks/int8_tiers.py measured fp32 at 2x its own time otherwise)."""
     samples: list[list[float]] = [[] for _ in calls]
     deadline = time.perf_counter() + budget_s
     done = 0
