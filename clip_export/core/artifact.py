@@ -58,6 +58,19 @@ class TensorRecord:
         return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
 
 
+Tensors = tuple[TensorRecord, ...]
+
+
+def declared_io(declaration: Mapping[str, Any], where: str) -> tuple[Tensors, Tensors]:
+    """(inputs, outputs) as records from an IO declaration in its JSON form ({"inputs": [...], "outputs":
+    [...]}), the form spec and the model loader declare it in."""
+    inputs, outputs = (
+        tuple(TensorRecord.from_json(t, f"{where} {side[:-1]}") for t in declaration[side])
+        for side in ("inputs", "outputs")
+    )
+    return inputs, outputs
+
+
 @dataclass(frozen=True)
 class ArtifactEntry:
     path: str
@@ -73,6 +86,11 @@ class ArtifactEntry:
     derived_from: Mapping[str, str] | None = None
     # What the stage that made it records (export_parity, conversion, tensorrt, …), kept as written.
     details: Mapping[str, Any] = field(default_factory=dict)
+
+    @classmethod
+    def of_file(cls, record: FileRecord, **fields: Any) -> ArtifactEntry:
+        """The entry for a file a stage has just written and hashed."""
+        return cls(record.path, record.sha256, record.bytes, **fields)
 
     @property
     def files(self) -> tuple[FileRecord, ...]:

@@ -12,7 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clip_export.core.artifact import ArtifactEntry, TensorRecord
+from clip_export.core.artifact import ArtifactEntry, declared_io
 from clip_export.core.checks import gate
 from clip_export.core.errors import ConversionError, ManifestError
 from clip_export.core.manifest import (
@@ -143,16 +143,9 @@ def convert_locked(
         try:
             details = write(resolve_inside(model_dir, source.path, "the source artifact"), staging / target_name)
             data_names = sorted(p.name for p in staging.iterdir() if p.name != target_name)
-            inputs, outputs = source.inputs, source.outputs
-            if how.io:
-                io = how.io(source)
-                inputs = tuple(TensorRecord.from_json(t, f"{target_name} input") for t in io["inputs"])
-                outputs = tuple(TensorRecord.from_json(t, f"{target_name} output") for t in io["outputs"])
-            written = file_record(staging / target_name, model_dir)
-            entry = ArtifactEntry(
-                written.path,
-                written.sha256,
-                written.bytes,
+            inputs, outputs = declared_io(how.io(source), target_name) if how.io else (source.inputs, source.outputs)
+            entry = ArtifactEntry.of_file(
+                file_record(staging / target_name, model_dir),
                 tower=source.tower,
                 precision=how.precision,
                 format=how.format,

@@ -136,8 +136,8 @@ def file_record(path: Path, base: Path) -> FileRecord:
 def integrity_problems(model_dir: Path, entry: ArtifactEntry | FileRecord) -> list[str]:
     """Every way the files of one artifact (or one recorded file) differ from the manifest; empty when intact."""
     problems = []
-    files = entry.files if isinstance(entry, ArtifactEntry) else (entry,)
-    for index, record in enumerate(files):
+    artifact = entry if isinstance(entry, ArtifactEntry) else None
+    for index, record in enumerate(artifact.files if artifact else (entry,)):
         path = resolve_inside(model_dir, record.path, f"the manifest entry {record.path!r}")
         if not path.exists():
             problems.append(f"{record.path} is missing")
@@ -146,12 +146,13 @@ def integrity_problems(model_dir: Path, entry: ArtifactEntry | FileRecord) -> li
         if size != record.bytes:
             problems.append(f"{record.path} has {size} bytes, the manifest says {record.bytes} (truncated or replaced)")
             continue
-        graph = isinstance(entry, ArtifactEntry) and index == 0 and entry.path.endswith(".onnx")
+        graph = artifact is not None and index == 0 and artifact.path.endswith(".onnx")
         digest, names_external_data = _sha256_and_location_key(path) if graph else (sha256_file(path), False)
         if digest != record.sha256:
             problems.append(f"{record.path} does not match its sha256 in the manifest (modified)")
-        elif names_external_data:  # only then is the graph parsed (onnx's import and a parse: ~1.5 s on ViT-B/32)
-            problems.extend(unlisted_external_data(model_dir, entry))  # type: ignore[arg-type]
+        # Only then is the graph parsed (onnx's import and a parse: ~1.5 s on ViT-B/32).
+        elif artifact is not None and names_external_data:
+            problems.extend(unlisted_external_data(model_dir, artifact))
     return problems
 
 
@@ -211,7 +212,7 @@ def unlisted_external_data(model_dir: Path, entry: ArtifactEntry) -> list[str]:
     return problems
 
 
-def require_intact(model_dir: Path, entry: ArtifactEntry, context: str = "") -> None:
+def require_intact(model_dir: Path, entry: ArtifactEntry | FileRecord, context: str = "") -> None:
     """IntegrityError listing every problem, after `context` ("refusing to load x") when given."""
     problems = integrity_problems(model_dir, entry)
     if problems:

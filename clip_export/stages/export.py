@@ -19,7 +19,7 @@ import numpy as np
 
 from clip_export import __version__
 from clip_export.core import attention
-from clip_export.core.artifact import ArtifactEntry, Manifest, TensorRecord
+from clip_export.core.artifact import ArtifactEntry, Manifest, declared_io
 from clip_export.core.environment import versions
 from clip_export.core.errors import (
     ClipExportError,
@@ -339,18 +339,15 @@ def _export_locked(
                     f"the exported {tower} tower differs from torch fp32: mean |Δ| of normalised embeddings "
                     f"{mean_abs:.2e} > {EXPORT_PARITY_TOLERANCE:.0e}"
                 )
-            record = file_record(path, staging)
-            io = io_declaration(loaded, tower)
-            entry = ArtifactEntry(
-                record.path,
-                record.sha256,
-                record.bytes,
+            inputs, outputs = declared_io(io_declaration(loaded, tower), tower)
+            entry = ArtifactEntry.of_file(
+                file_record(path, staging),
                 tower=tower,
                 precision="fp32",
                 format=ONNX_FORMAT,
                 opset=opset,
-                inputs=tuple(TensorRecord.from_json(t, f"{tower} input") for t in io["inputs"]),
-                outputs=tuple(TensorRecord.from_json(t, f"{tower} output") for t in io["outputs"]),
+                inputs=inputs,
+                outputs=outputs,
                 external_data=tuple(file_record(staging / name, staging) for name in data_files),
                 details={
                     "export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs},
@@ -362,7 +359,7 @@ def _export_locked(
                 TowerResult(
                     tower,
                     target / path.name,
-                    record.bytes,
+                    entry.bytes,
                     data_files,
                     mean_abs,
                     max_abs,

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest, TensorRecord
+from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest, TensorRecord, declared_io
 from clip_export.core.errors import ManifestError
 from clip_export.core.manifest import MANIFEST_NAME, read_manifest, write_manifest
 
@@ -105,3 +105,20 @@ def test_select_and_find_match_values_and_sets_of_values() -> None:
     assert list(manifest.to_json()) == ["schema", "artifacts"]  # sections keep their places
     with pytest.raises(ValueError, match="artifacts change through upsert"):
         manifest.set_section("artifacts", [])
+
+
+def test_an_entry_is_built_from_its_written_file_and_declared_io() -> None:
+    inputs, outputs = declared_io(
+        {
+            "inputs": [{"name": "pixel_values", "dtype": "float32", "shape": ["batch", 3, 224, 224]}],
+            "outputs": [{"name": "image_embeds", "dtype": "float32", "shape": ["batch", 512]}],
+        },
+        "visual",
+    )
+    entry = ArtifactEntry.of_file(
+        FileRecord("visual.onnx", "e" * 64, 7), tower="visual", precision="fp32", format="onnx", inputs=inputs
+    )
+    assert entry.files == (FileRecord("visual.onnx", "e" * 64, 7),) and entry.inputs[0].shape[1] == 3
+    assert outputs == (TensorRecord("image_embeds", "float32", ("batch", 512)),)
+    with pytest.raises(ManifestError, match="visual output has no dtype, shape"):
+        declared_io({"inputs": [], "outputs": [{"name": "x"}]}, "visual")
