@@ -175,11 +175,13 @@ def models(show_all: bool, as_json: bool) -> None:
         click.echo("\n(--all lists every open_clip architecture; use ARCH:TAG to pick weights)")
 
 
-from clip_export.cli_convert import fp16, int8, preprocessing_graph, q4, trt  # noqa: E402
+from clip_export.cli_convert import fp16, int8, precision_commands, preprocessing_graph, q4, trt  # noqa: E402
 from clip_export.cli_embed import compat_command, embed_command  # noqa: E402
 from clip_export.cli_run import bench, pipeline, release, verify  # noqa: E402
 
-for command in (verify, fp16, int8, q4, preprocessing_graph, trt, bench, pipeline, release):
+# fp16, int8 and q4 take options of their own; any other converted precision in spec.PRECISION_SPECS gets a
+# generated command (cli_convert.conversion_command), so adding one touches no CLI module.
+for command in (verify, *precision_commands([fp16, int8, q4]), preprocessing_graph, trt, bench, pipeline, release):
     main.add_command(command)
 
 main.add_command(embed_command)

@@ -25,13 +25,58 @@ from clip_export.cli_render import (
     render_conversion,
     table,
 )
-from clip_export.core.spec import INT8_SCHEME, Q4_EMBEDDING_BITS, Q4_SCHEME, Int8Scheme
+from clip_export.core.spec import INT8_SCHEME, Q4_EMBEDDING_BITS, Q4_SCHEME, Int8Scheme, PrecisionSpec
 
 
 def _towers_option(func: Callable[..., Any]) -> Callable[..., Any]:
     return click.option(
         "--towers", default="visual,text", show_default=True, help="Comma-separated towers to convert."
     )(func)
+
+
+def conversion_command(precision: PrecisionSpec) -> click.Command:
+    """`clip-export NAME DIR... [--towers] [--force]` for a converted precision whose converter takes no
+    options of its own: the registry row is all a new precision needs on the command line."""
+
+    @click.command(precision.name, context_settings=CONTEXT, help=_conversion_help(precision))
+    @dirs_argument
+    @_towers_option
+    @click.option("--force", is_flag=True, help=f"Rebuild a {precision.name} artifact that already exists.")
+    @json_option
+    @quiet_option
+    def command(dirs: Sequence[Path], towers: str, force: bool, as_json: bool, quiet: bool) -> None:
+        from clip_export.pipeline import converter
+
+        convert = converter(precision)
+        chosen = check_towers(towers)
+        render_conversion(
+            [
+                convert(d, towers=chosen, force=force, progress=progress_printer(quiet or as_json))
+                for d in resolve_dirs(dirs)
+            ],
+            as_json,
+        )
+
+    return command
+
+
+def _conversion_help(precision: PrecisionSpec) -> str:
+    return (
+        f"Convert the fp32 ONNX towers to {precision.name} ({precision.converter}), verified before they are kept."
+        f"\n\n\b\nExample:\n  clip-export {precision.name} artifacts/ViT-B-32"
+    )
+
+
+def precision_commands(hand_written: Sequence[click.Command]) -> list[click.Command]:
+    """One command per converted precision of spec.PRECISION_SPECS: its own where it takes options, else
+    the generated one; a hand-written command for a precision the registry lacks is an error here."""
+    from clip_export.core.spec import PRECISION_SPECS
+
+    own = {c.name: c for c in hand_written}
+    stray = sorted(set(own) - {p.name for p in PRECISION_SPECS.values() if p.converted})
+    if stray:
+        raise RuntimeError(f"conversion commands without a registry row in spec.PRECISION_SPECS: {', '.join(stray)}")
+    return [own.get(p.name) or conversion_command(p) for p in PRECISION_SPECS.values() if p.converted]
 
 
 @click.command(context_settings=CONTEXT)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,7 +13,15 @@ from clip_export.core.errors import ClipExportError
 from clip_export.core.models import ModelSpec
 from clip_export.core.progress import Progress, silent
 from clip_export.core.sessions import provider_name
-from clip_export.core.spec import ONNX_FORMAT, PIPELINE_PRECISIONS, PRECISION_SPECS, PRECISIONS, TENSORRT_FORMAT, TOWERS
+from clip_export.core.spec import (
+    ONNX_FORMAT,
+    PIPELINE_PRECISIONS,
+    PRECISION_SPECS,
+    PRECISIONS,
+    TENSORRT_FORMAT,
+    TOWERS,
+    PrecisionSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -45,14 +54,18 @@ class PipelineResult:
         return self.failed_stage is None
 
 
-def converters() -> dict[str, Callable[..., object]]:
-    """The stage that makes each converted precision of spec.PRECISION_SPECS, in its order (imported when
-    run); a converted precision without one is a KeyError at the first pipeline, and a test."""
-    from clip_export.stages.convert import convert_fp16, quantize_int8
-    from clip_export.stages.quantize4 import quantize_q4
+def converter(precision: PrecisionSpec) -> Callable[..., object]:
+    """The stage a precision row names ("module:function"), imported when first run so that the CLI and
+    the pipeline load no conversion they do not use."""
+    if precision.converter is None:
+        raise ClipExportError(f"precision {precision.name} is not made by a conversion (it is the export itself)")
+    module_name, _, function_name = precision.converter.partition(":")
+    return getattr(importlib.import_module(module_name), function_name)  # type: ignore[no-any-return]
 
-    made_by = {"fp16": convert_fp16, "int8": quantize_int8, "q4": quantize_q4}
-    return {p.name: made_by[p.name] for p in PRECISION_SPECS.values() if p.converted}
+
+def converters() -> dict[str, Callable[..., object]]:
+    """The stage that makes each converted precision of spec.PRECISION_SPECS, in the registry's order."""
+    return {p.name: converter(p) for p in PRECISION_SPECS.values() if p.converted}
 
 
 def run_pipeline(

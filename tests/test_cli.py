@@ -130,3 +130,33 @@ def test_verify_names_no_environment_for_a_provider_that_did_not_run(tiny_vit_co
     held = next(line for line in result.stdout.splitlines() if line.startswith("verdicts hold for these bytes on: "))
     assert "CPU" in held and "CUDA" not in held
     assert "not run here, so no verdict: CUDAExecutionProvider" in result.stdout
+
+
+def test_a_converted_precision_without_options_needs_no_cli_code(
+    tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The command generated from a registry row converts, verifies, renders and maps errors like a
+    hand-written one: here fp16's row drives its converter through the generated command."""
+    from clip_export.cli_convert import conversion_command
+    from clip_export.core.spec import PRECISION_SPECS, artifact_file_name
+
+    monkeypatch.setitem(main.commands, "fp16", conversion_command(PRECISION_SPECS["fp16"]))
+    assert "clip-export fp16 artifacts/" in run("fp16", "-h").output
+    made = run("fp16", str(tiny_vit_copy), "--towers", "visual", "--quiet")
+    assert made.exit_code == 0, made.output
+    assert artifact_file_name("visual", "fp16") in made.output and "PASS" in made.output
+    again = run("fp16", str(tiny_vit_copy), "--towers", "visual")
+    assert again.exit_code == 1 and again.stderr.startswith("Error: ") and "--force" in again.stderr
+    wrong = run("fp16", str(tiny_vit_copy), "--towers", "audio")
+    assert wrong.exit_code == 2 and "audio" in wrong.output
+
+
+def test_every_converted_precision_has_a_command_and_no_command_lacks_a_row() -> None:
+    import click
+
+    from clip_export.cli_convert import precision_commands
+    from clip_export.core.spec import PRECISION_SPECS
+
+    assert {p.name for p in PRECISION_SPECS.values() if p.converted} <= set(main.commands)
+    with pytest.raises(RuntimeError, match="bf16"):
+        precision_commands([click.Command("bf16")])

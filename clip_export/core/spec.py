@@ -67,11 +67,10 @@ def provider_label(name: str | None) -> str:
 @dataclass(frozen=True)
 class PrecisionSpec:
     """Everything the package knows about one ONNX precision, declared once: the pipeline's steps, the
-    runner's session rule, bench's ceiling and the release's transformers.js file names read it here
-    (its thresholds are THRESHOLDS[name])."""
+    CLI's conversion commands, the runner's session rule, bench's ceiling and the release's
+    transformers.js file names read it here (its thresholds are THRESHOLDS[name])."""
 
     name: str
-    converted: bool  # made by a conversion of the fp32 export (a pipeline step of the same name)
     in_pipeline_by_default: bool
     session_rule: str  # "fp16": sessions turn off onnxruntime's crashing NchwcTransformer on CPU
     gemm_ceiling: str  # which of bench's GEMM ceilings its rows are a share of
@@ -79,6 +78,16 @@ class PrecisionSpec:
     # bench's streamed-weights limit at batch 1 its rows are a share of ("fp32": 4-byte weights, "int8":
     # 1-byte weights through MatMulInteger); None where no such limit is measured (fp16 and q4 on CPU).
     streamed_limit: str | None = None
+    # "module:function" of the stage that converts the fp32 export to this precision, called as
+    # function(model_dir, towers=..., force=..., progress=...) -> ConversionResult. A string, not an
+    # import: core never imports a stage; the pipeline and the CLI resolve it (`clip-export NAME` is
+    # generated from this row unless cli_convert declares a command with options of its own).
+    converter: str | None = None
+
+    @property
+    def converted(self) -> bool:
+        """Made by a conversion of the fp32 export (a pipeline step and a command of the same name)."""
+        return self.converter is not None
 
 
 # The ONNX precisions export and convert produce (TensorRT engines are "fp32"/"fp16" with format "tensorrt").
@@ -87,10 +96,18 @@ PRECISION_SPECS: Mapping[str, PrecisionSpec] = MappingProxyType(
     {
         p.name: p
         for p in (
-            PrecisionSpec("fp32", False, True, "fp32", "fp32", "", streamed_limit="fp32"),
-            PrecisionSpec("fp16", True, True, "fp16", "fp32", "_fp16"),
-            PrecisionSpec("int8", True, True, "fp32", "int8", None, streamed_limit="int8"),
-            PrecisionSpec("q4", True, False, "fp32", "fp32", "_q4"),
+            PrecisionSpec("fp32", True, "fp32", "fp32", "", streamed_limit="fp32"),
+            PrecisionSpec("fp16", True, "fp16", "fp32", "_fp16", converter="clip_export.stages.convert:convert_fp16"),
+            PrecisionSpec(
+                "int8",
+                True,
+                "fp32",
+                "int8",
+                None,
+                streamed_limit="int8",
+                converter="clip_export.stages.convert:quantize_int8",
+            ),
+            PrecisionSpec("q4", False, "fp32", "fp32", "_q4", converter="clip_export.stages.quantize4:quantize_q4"),
         )
     }
 )
