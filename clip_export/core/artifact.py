@@ -24,6 +24,11 @@ def _require(data: Any, keys: tuple[str, ...], where: str) -> None:
         raise ManifestError(f"{where} has no {', '.join(absent)}")
 
 
+# Files a manifest section (not an artifact entry) names and hashes: the export's stored reference and the
+# tokenizer files the serving tokenizer reads. Manifest.section_file reads them; release copies them.
+SECTION_FILES = ("reference", "tokenizer.file", "tokenizer.bpe_vocab")
+
+
 @dataclass(frozen=True)
 class FileRecord:
     """One file on disk as hashed when it was written."""
@@ -193,6 +198,16 @@ class Manifest:
     @property
     def reference(self) -> dict[str, Any] | None:
         return self.sections.get("reference")
+
+    def section_file(self, key: str, where: str) -> FileRecord | None:
+        """One of SECTION_FILES ("reference", "tokenizer.file", …) as the FileRecord it was hashed as, or
+        None where this manifest has no such file; a malformed record is a ManifestError naming `where`."""
+        if key not in SECTION_FILES:
+            raise ValueError(f"{key!r} is not one of {', '.join(SECTION_FILES)}")
+        section, _, field = key.partition(".")
+        holder = self.sections.get(section) or {}
+        record = holder.get(field) if field else holder
+        return FileRecord.from_json(record, f"{where}: {key}") if record else None
 
     @property
     def verification_rows(self) -> list[dict[str, Any]]:

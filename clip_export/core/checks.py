@@ -15,12 +15,12 @@ from typing import Any
 import numpy as np
 
 from clip_export.core import preprocess_graph
-from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
+from clip_export.core.artifact import ArtifactEntry, Manifest
 from clip_export.core.configs import NO_LOCAL_SOURCES, LocalSources
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ProviderUnavailableError
 from clip_export.core.evalset import EvalSet, load_evalset
-from clip_export.core.manifest import integrity_problems, read_manifest, require_intact, resolve_inside
+from clip_export.core.manifest import intact_reference, integrity_problems, read_manifest, resolve_inside
 from clip_export.core.metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval_agreement
 from clip_export.core.reference import compute_reference
 from clip_export.core.runner import NotRunnableHereError, open_runner
@@ -140,15 +140,16 @@ def load_reference(
     sources: LocalSources = NO_LOCAL_SOURCES,
 ) -> tuple[dict[str, np.ndarray], str, str]:
     if reference == "stored" and evalset is None:
-        record = manifest.reference
-        if record is None:
-            raise ClipExportError(f"{model_dir} has no stored reference; use --reference torch")
-        stored = FileRecord.from_json(record, f"{model_dir}: reference")
-        require_intact(model_dir, stored, "the stored reference cannot be trusted")
-        with np.load(resolve_inside(model_dir, stored.path, "the reference")) as data:
+        _, path = intact_reference(
+            model_dir,
+            manifest,
+            "the stored reference cannot be trusted",
+            missing=f"{model_dir} has no stored reference; use --reference torch",
+        )
+        with np.load(path) as data:
             return (
                 {k: data[k] for k in data.files},
-                record.get("evalset", "bundled"),
+                (manifest.reference or {}).get("evalset", "bundled"),
                 "stored (torch fp32 at export time)",
             )
     from clip_export.core.models import load_model, spec_from_manifest
@@ -266,10 +267,9 @@ def check_tokenizer(
     no tokenizer file (no text tower, or an export from before tokenizer.json)."""
     from clip_export.core.tokenizer import TextTokenizer
 
-    record = manifest.tokenizer.get("file")
-    if not record or manifest.find(tower="text") is None:
+    file = manifest.section_file("tokenizer.file", str(model_dir))
+    if file is None or manifest.find(tower="text") is None:
         return None
-    file = FileRecord.from_json(record, f"{model_dir}: tokenizer.file")
     base = dict(
         path=file.path,
         tower="text",

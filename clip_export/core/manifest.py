@@ -219,6 +219,16 @@ def require_intact(model_dir: Path, entry: ArtifactEntry | FileRecord, context: 
         raise IntegrityError(f"{context}: {'; '.join(problems)}" if context else "; ".join(problems))
 
 
+def intact_reference(model_dir: Path, manifest: Manifest, context: str, missing: str) -> tuple[FileRecord, Path]:
+    """The stored reference's record and path, refused (IntegrityError after `context`) unless its bytes
+    are the ones hashed at export; `missing` is the whole message where the manifest names none."""
+    stored = manifest.section_file("reference", str(model_dir))
+    if stored is None:
+        raise ManifestError(missing)
+    require_intact(model_dir, stored, context)
+    return stored, resolve_inside(model_dir, stored.path, "the reference")
+
+
 OVERRIDDEN_PASS = "pass (thresholds overridden: "  # a pass under loosened limits: never an ordinary pass
 
 

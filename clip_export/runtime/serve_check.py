@@ -22,10 +22,10 @@ from typing import Any
 
 import numpy as np
 
-from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
+from clip_export.core.artifact import ArtifactEntry, Manifest
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ManifestError, ServeCheckError
-from clip_export.core.manifest import passing_rows, require_intact
+from clip_export.core.manifest import intact_reference, passing_rows
 from clip_export.core.metrics import Metric, numeric_metrics
 from clip_export.core.spec import (
     CPU_PROVIDER,
@@ -70,17 +70,16 @@ def passing_verdict_here(manifest: Manifest, entry: ArtifactEntry, env: Environm
 
 def load_reference_slice(root: Path, manifest: Manifest, towers: set[str]) -> dict[str, np.ndarray]:
     """The first SERVE_CHECK_ITEMS inputs and fp32 embeddings of each loaded tower, hash-checked."""
-    record = manifest.reference
-    if not record:
-        raise ManifestError(
-            f"{root} carries no stored reference, so the serve-time check cannot run; re-release it with "
-            "clip-export 0.1+ or pass check='off' to serve unchecked"
-        )
-    stored = FileRecord.from_json(record, f"{root}: reference")
-    require_intact(root, stored, "refusing the serve-time check's reference")
+    stored, path = intact_reference(
+        root,
+        manifest,
+        "refusing the serve-time check's reference",
+        missing=f"{root} carries no stored reference, so the serve-time check cannot run; re-release it with "
+        "clip-export 0.1+ or pass check='off' to serve unchecked",
+    )
     wanted = [name for tower in sorted(towers) for name in (TOWERS[tower].input_name, TOWERS[tower].output_name)]
     sliced: dict[str, np.ndarray] = {}
-    with np.load(root / stored.path) as data:
+    with np.load(path) as data:
         for name in wanted:
             if name not in data.files or len(data[name]) < SERVE_CHECK_ITEMS:
                 found = len(data[name]) if name in data.files else 0

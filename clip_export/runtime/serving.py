@@ -25,7 +25,7 @@ from typing import Any
 import numpy as np
 from PIL import Image
 
-from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
+from clip_export.core.artifact import ArtifactEntry, Manifest
 from clip_export.core.configs import PreprocessConfig
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ClipExportError, import_optional
@@ -110,9 +110,11 @@ class ClipOnnx:
         reference = functools.cache(
             lambda: load_reference_slice(root, manifest, set(sessions))
         )  # read only if a check runs
-        vocab = manifest.tokenizer.get("file") or manifest.tokenizer.get("bpe_vocab")
+        vocab = manifest.section_file("tokenizer.file", str(root)) or manifest.section_file(
+            "tokenizer.bpe_vocab", str(root)
+        )
         if vocab and "text" in sessions:
-            require_intact(root, FileRecord.from_json(vocab, f"{root}: tokenizer"), "refusing to load the tokenizer")
+            require_intact(root, vocab, "refusing to load the tokenizer")
         model = cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
         serving = ServingInputs(model.pixel_values, preprocess == "exact", model.tokenize)
         model.serve_checks = {

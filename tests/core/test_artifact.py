@@ -122,3 +122,22 @@ def test_an_entry_is_built_from_its_written_file_and_declared_io() -> None:
     assert outputs == (TensorRecord("image_embeds", "float32", ("batch", 512)),)
     with pytest.raises(ManifestError, match="visual output has no dtype, shape"):
         declared_io({"inputs": [], "outputs": [{"name": "x"}]}, "visual")
+
+
+def test_section_files_read_as_the_records_they_were_hashed_as(tiny_vit_dir: Path) -> None:
+    from clip_export.core.artifact import SECTION_FILES
+
+    manifest = read_manifest(tiny_vit_dir)
+    reference = manifest.section_file("reference", "here")
+    assert isinstance(reference, FileRecord) and reference.to_json() == {
+        k: manifest.reference[k] for k in ("path", "sha256", "bytes")
+    }
+    tokenizer_files = [k for k in SECTION_FILES if k.startswith("tokenizer.") and manifest.section_file(k, "here")]
+    assert tokenizer_files  # the tiny export bundles its tokenizer file
+    manifest.sections["reference"] = {"path": "reference.npz"}
+    with pytest.raises(ManifestError, match="here: reference"):
+        manifest.section_file("reference", "here")
+    manifest.drop_section("reference")
+    assert manifest.section_file("reference", "here") is None
+    with pytest.raises(ValueError, match="tokenizer.file"):
+        manifest.section_file("model", "here")

@@ -194,3 +194,22 @@ def test_the_location_key_scan_sees_the_key_across_read_boundaries(tmp_path: Pat
     assert _sha256_and_location_key(path, chunk=8) == (hashlib.sha256(data).hexdigest(), True)
     path.write_bytes(data.replace(b"location", b"locatiom"))
     assert _sha256_and_location_key(path, chunk=8)[1] is False
+
+
+def test_intact_reference_is_the_one_way_the_stored_reference_is_trusted(tiny_vit_copy: Path) -> None:
+    from clip_export.core.errors import IntegrityError
+    from clip_export.core.manifest import intact_reference, read_manifest
+
+    manifest = read_manifest(tiny_vit_copy)
+    record, path = intact_reference(tiny_vit_copy, manifest, "ctx", missing="none here")
+    assert path.samefile(tiny_vit_copy / record.path)
+    with path.open("r+b") as handle:
+        handle.seek(-1, os.SEEK_END)
+        last = handle.read(1)
+        handle.seek(-1, os.SEEK_END)
+        handle.write(bytes([last[0] ^ 1]))
+    with pytest.raises(IntegrityError, match="^ctx: .*sha256"):
+        intact_reference(tiny_vit_copy, manifest, "ctx", missing="none here")
+    manifest.drop_section("reference")
+    with pytest.raises(ManifestError, match="^none here$"):
+        intact_reference(tiny_vit_copy, manifest, "ctx", missing="none here")

@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
+from clip_export.core.artifact import SECTION_FILES, ArtifactEntry, FileRecord, Manifest
 from clip_export.core.checkpoints import sha256_file
 from clip_export.core.errors import ManifestError, ReleaseError
 from clip_export.core.manifest import (
@@ -70,13 +70,10 @@ def check_releasable(model_dir: Path, manifest: Manifest, allow_overridden: bool
             )
         elif not verified:
             problems.append(f"{label}/{entry.path} has not passed 'clip-export verify' in its current form")
-    for where, record in (
-        ("reference", manifest.reference),
-        ("tokenizer.file", manifest.tokenizer.get("file")),
-        ("tokenizer.bpe_vocab", manifest.tokenizer.get("bpe_vocab")),
-    ):
+    for key in SECTION_FILES:
+        record = manifest.section_file(key, label)
         if record:
-            for issue in integrity_problems(model_dir, FileRecord.from_json(record, f"{label}: {where}")):
+            for issue in integrity_problems(model_dir, record):
                 problems.append(f"{label}/{issue}")
     tokenizer_file = manifest.tokenizer.get("file")
     verification = manifest.section("verification") or {}
@@ -303,15 +300,15 @@ def _release(
                 if row["path"] in renamed:
                     row["path"] = renamed[row["path"]]
                     row["sha256"] = next(e.sha256 for e in released if e.path == row["path"])
-            if merged.reference:
+            stored = merged.section_file("reference", "the merged manifest")
+            if stored and merged.reference:
                 ref_name = safe_asset_name(f"{slug}-reference.npz")
-                stored = FileRecord.from_json(merged.reference, "the reference")
                 assets += _copy_plain(resolve_inside(dirs[0], stored.path, "the reference"), staging, ref_name, stored)
                 merged.reference.update(file_record(staging / ref_name, staging).to_json())
             for key, suffix in (("file", "tokenizer.json"), ("bpe_vocab", "tokenizer-bpe.txt.gz")):
-                if merged.tokenizer.get(key):
+                source = merged.section_file(f"tokenizer.{key}", "the merged manifest")
+                if source:
                     name = safe_asset_name(f"{slug}-{suffix}")
-                    source = FileRecord.from_json(merged.tokenizer[key], f"tokenizer.{key}")
                     assets += _copy_plain(
                         resolve_inside(dirs[0], source.path, "the tokenizer file"), staging, name, source
                     )
