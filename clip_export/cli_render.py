@@ -79,10 +79,7 @@ def verify_text(result: Any) -> str:
     # Only environments where an artifact actually ran: a provider that is not here is no claim about it.
     ran = [c for c in result.checks if c.environment and c.provider_ran]
     where = sorted({c.environment.describe() for c in ran})
-    others = len(
-        {r["environment"]["key"] for r in result.history if isinstance(r.get("environment"), dict)}
-        - {c.environment.key for c in ran}
-    )
+    others = len({r.environment_key for r in result.history if r.environment_key} - {c.environment.key for c in ran})
     tail = "verdicts hold for these bytes on: " + ("; ".join(where) if where else "no environment (nothing ran here)")
     not_run = sorted({c.provider_requested for c in result.checks if c.provider_missing})
     if not_run:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import dataclasses
 from collections.abc import Collection, Mapping
 from dataclasses import dataclass, field
+from types import MappingProxyType
 from typing import Any
 
 from clip_export.core.errors import ManifestError
@@ -159,6 +160,79 @@ class ArtifactEntry:
 _OWN_FIELDS = frozenset(f.name for f in dataclasses.fields(ArtifactEntry)) - {"details"}
 
 
+@dataclass(frozen=True)
+class VerificationRow:
+    """One verdict as `verify` wrote it: typed reads for what release, the card and the serve-time check
+    decide on. The row is kept whole (`fields`, in written order) so rows of other versions read and
+    write back unchanged; it changes only through `moved`."""
+
+    fields: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> VerificationRow:
+        _require(data, ("path", "status"), where)
+        return cls(MappingProxyType(dict(data)))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+    @property
+    def path(self) -> str:
+        return str(self.fields["path"])
+
+    @property
+    def status(self) -> str:
+        return str(self.fields["status"])
+
+    @property
+    def sha256(self) -> str | None:
+        return self.fields.get("sha256")
+
+    @property
+    def format(self) -> str | None:
+        return self.fields.get("format")
+
+    @property
+    def provider_requested(self) -> str | None:
+        return self.fields.get("provider_requested")
+
+    @property
+    def provider_ran(self) -> str | None:
+        """None where the provider never ran here (its row has no numbers and no verdict on them)."""
+        return self.fields.get("provider_ran")
+
+    @property
+    def metrics(self) -> Mapping[str, float]:
+        return self.fields.get("metrics") or {}
+
+    @property
+    def environment(self) -> dict[str, Any] | None:
+        """The Environment record the verdict holds for (Environment.from_json); None on legacy rows."""
+        env = self.fields.get("environment")
+        return env if isinstance(env, dict) else None
+
+    @property
+    def environment_key(self) -> str | None:
+        return (self.environment or {}).get("key")
+
+    @property
+    def failures(self) -> tuple[str, ...]:
+        return tuple(self.fields.get("failures") or ())
+
+    @property
+    def settings_sha256(self) -> str | None:
+        return self.fields.get("settings_sha256")
+
+    @property
+    def date(self) -> str | None:
+        return self.fields.get("date")
+
+    def moved(self, path: str, sha256: str | None = None) -> VerificationRow:
+        """The same verdict for its file under a new name (release renames assets), same key order."""
+        changes = {"path": path, **({"sha256": sha256} if sha256 is not None else {})}
+        return VerificationRow(MappingProxyType({k: changes.get(k, v) for k, v in self.fields.items()}))
+
+
 @dataclass
 class Manifest:
     """manifest.json's top level. Artifacts are typed and change only through `upsert`/`replace_artifacts`;
@@ -210,8 +284,16 @@ class Manifest:
         return FileRecord.from_json(record, f"{where}: {key}") if record else None
 
     @property
-    def verification_rows(self) -> list[dict[str, Any]]:
-        return (self.sections.get("verification") or {}).get("results", [])
+    def verification_rows(self) -> tuple[VerificationRow, ...]:
+        results = (self.sections.get("verification") or {}).get("results", [])
+        return tuple(VerificationRow.from_json(r, f"verification.results[{i}]") for i, r in enumerate(results))
+
+    def replace_verification_rows(self, rows: Collection[VerificationRow]) -> None:
+        """The verification section with these rows; its other fields (date, versions, …) stay."""
+        self.sections["verification"] = {
+            **(self.sections.get("verification") or {}),
+            "results": [r.to_json() for r in rows],
+        }
 
     def section(self, name: str, default: Any = None) -> Any:
         """A section later stages add (verification, benchmark, int8_not_built, hf_layout, …), as written."""

@@ -14,10 +14,13 @@ from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from clip_export.core.errors import ManifestError
 from clip_export.core.spec import EXECUTION_PROVIDERS, PROVIDERS, TENSORRT_RUNTIME, provider_label
+
+if TYPE_CHECKING:
+    from clip_export.core.artifact import VerificationRow
 
 # CPUID features that change which onnxruntime/torch kernels run; Linux's /proc/cpuinfo names.
 KERNEL_FLAGS = (
@@ -219,19 +222,16 @@ def current_environment(provider: str) -> Environment:
     )
 
 
-def environment_table(rows: Sequence[dict[str, Any]]) -> list[str]:
+def environment_table(rows: Sequence[VerificationRow]) -> list[str]:
     """Markdown rows of verification records: artifact, sha256, environment, verdict, date (VERIFY.md, MODEL_CARD.md)."""
     lines = ["| artifact | sha256 | environment | verdict | date |", "|---|---|---|---|---|"]
-    for r in sorted(rows, key=lambda r: (r["path"], r.get("date") or "")):
-        env = r.get("environment")
+    for r in sorted(rows, key=lambda r: (r.path, r.date or "")):
         where = (
-            Environment.from_json(env, f"the verdict for {r['path']}").describe()
-            if isinstance(env, dict)
+            Environment.from_json(r.environment, f"the verdict for {r.path}").describe()
+            if r.environment is not None
             else "unknown environment (verified before environments were recorded)"
         )
-        lines.append(
-            f"| {r['path']} | `{(r.get('sha256') or '')[:12]}` | {where} | {r['status']} | {r.get('date') or '-'} |"
-        )
+        lines.append(f"| {r.path} | `{(r.sha256 or '')[:12]}` | {where} | {r.status} | {r.date or '-'} |")
     return lines
 
 

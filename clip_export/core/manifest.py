@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path, PurePosixPath
 from typing import Any
 
-from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest
+from clip_export.core.artifact import ArtifactEntry, FileRecord, Manifest, VerificationRow
 from clip_export.core.checkpoints import sha256_file
 from clip_export.core.errors import IntegrityError, ManifestError, OutputError
 from clip_export.core.spec import TOWERS
@@ -260,7 +260,7 @@ def settings_digest(manifest: Manifest) -> str:
 
 def passing_rows(
     manifest: Manifest, entry: ArtifactEntry, overridden: bool = False, any_settings: bool = False
-) -> list[dict[str, Any]]:
+) -> list[VerificationRow]:
     """The verification rows that passed for exactly this artifact's bytes and the manifest's current
     input settings (settings_digest), from any environment; a pass under overridden thresholds counts
     only when `overridden` (release --allow-overridden). `any_settings` drops the settings condition,
@@ -269,10 +269,10 @@ def passing_rows(
     return [
         r
         for r in manifest.verification_rows
-        if r.get("path") == entry.path
-        and r.get("sha256") == entry.sha256
-        and (any_settings or r.get("settings_sha256") == settings)
-        and (r.get("status") == "pass" or (overridden and str(r.get("status")).startswith(OVERRIDDEN_PASS)))
+        if r.path == entry.path
+        and r.sha256 == entry.sha256
+        and (any_settings or r.settings_sha256 == settings)
+        and (r.status == "pass" or (overridden and r.status.startswith(OVERRIDDEN_PASS)))
     ]
 
 
@@ -297,7 +297,10 @@ def model_dirs(root: Path) -> list[Path]:
 
 
 def to_jsonable(value: Any) -> Any:
-    """Dataclasses, paths and tuples as plain JSON values; NaN becomes null."""
+    """Dataclasses, paths and tuples as plain JSON values; NaN becomes null. A verification row is
+    shown as the row verify wrote (its JSON form), not as its wrapper."""
+    if isinstance(value, VerificationRow):
+        return to_jsonable(value.to_json())
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
         return {f.name: to_jsonable(getattr(value, f.name)) for f in dataclasses.fields(value)}
     if isinstance(value, dict):

@@ -22,7 +22,7 @@ from typing import Any
 
 import numpy as np
 
-from clip_export.core.artifact import ArtifactEntry, Manifest
+from clip_export.core.artifact import ArtifactEntry, Manifest, VerificationRow
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ManifestError, ServeCheckError
 from clip_export.core.manifest import intact_reference, passing_rows
@@ -56,14 +56,11 @@ def require_mode(mode: str) -> str:
     return mode
 
 
-def passing_verdict_here(manifest: Manifest, entry: ArtifactEntry, env: Environment) -> dict[str, Any] | None:
+def passing_verdict_here(manifest: Manifest, entry: ArtifactEntry, env: Environment) -> VerificationRow | None:
     """A passing verification row for exactly these bytes in exactly this environment, if any."""
     for row in passing_rows(manifest, entry):
-        recorded = row.get("environment")
-        if (
-            isinstance(recorded, dict)
-            and Environment.from_json(recorded, f"the verdict for {entry.path}").key == env.key
-        ):
+        recorded = row.environment
+        if recorded is not None and Environment.from_json(recorded, f"the verdict for {entry.path}").key == env.key:
             return row
     return None
 
@@ -168,7 +165,7 @@ def check_here(
         row = passing_verdict_here(manifest, entry, env)
         if row is not None:
             return ServeCheck(
-                entry.path, f"skipped: verified in this environment on {row.get('date', 'an earlier run')}", env
+                entry.path, f"skipped: verified in this environment on {row.date or 'an earlier run'}", env
             )
     started = time.perf_counter()
     tower, sliced = TOWERS[entry.tower], reference()

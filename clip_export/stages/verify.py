@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from clip_export.core.artifact import ArtifactEntry, Manifest
+from clip_export.core.artifact import ArtifactEntry, Manifest, VerificationRow
 from clip_export.core.checks import (
     NOT_APPLICABLE,
     ArtifactCheck,
@@ -51,7 +51,7 @@ class VerifyResult:
     reference: str
     report_path: Path | None = None
     versions: dict[str, str] = field(default_factory=dict)
-    history: tuple[dict[str, Any], ...] = ()  # every verdict the manifest holds for these bytes, all environments
+    history: tuple[VerificationRow, ...] = ()  # every verdict the manifest holds for these bytes, all environments
     write_error: str | None = None  # the report or manifest could not be written; the checks above still stand
 
     @property
@@ -148,7 +148,7 @@ def verify(
     manifest = read_manifest(model_dir)
     record = merged_verification(
         manifest,
-        [_check_json(c, settings_digest(manifest)) for c in checks],
+        [_check_row(c, settings_digest(manifest)) for c in checks],
         evalset_source,
         reference_desc,
         found_versions,
@@ -159,7 +159,7 @@ def verify(
         evalset_source,
         reference_desc,
         versions=found_versions,
-        history=tuple(record["results"]),
+        history=tuple(VerificationRow.from_json(r, "this run") for r in record["results"]),
     )
     if not write:
         return result
@@ -190,7 +190,7 @@ def describe_write_error(exc: OSError, where: Path) -> str:
 
 
 def merged_verification(
-    manifest: Manifest, rows: list[dict[str, Any]], evalset: str, reference: str, found_versions: dict[str, str]
+    manifest: Manifest, rows: list[VerificationRow], evalset: str, reference: str, found_versions: dict[str, str]
 ) -> dict[str, Any]:
     """This run's rows replace earlier rows for the same artifact, provider and environment; rows
     from other environments, providers or artifacts stay while their artifact's bytes are
@@ -198,54 +198,50 @@ def merged_verification(
     A legacy row that names no environment is replaced by any fresh row for its artifact and provider."""
     date = now_iso()
     current = {a.path: a.sha256 for a in manifest.artifacts}
-    tokenizer_file = manifest.tokenizer.get("file")
+    tokenizer_file = manifest.section_file("tokenizer.file", "the manifest")
     if tokenizer_file:
-        current[tokenizer_file["path"]] = tokenizer_file["sha256"]
-    fresh = {(r["path"], r["provider_requested"], environment_key(r)) for r in rows}
+        current[tokenizer_file.path] = tokenizer_file.sha256
+    fresh = {(r.path, r.provider_requested, r.environment_key) for r in rows}
     fresh_any_env = {(path, provider) for path, provider, _ in fresh}
 
-    def superseded(r: dict[str, Any]) -> bool:
-        key = environment_key(r)
-        return (r["path"], r["provider_requested"], key) in fresh or (
-            key is None and (r["path"], r["provider_requested"]) in fresh_any_env
+    def superseded(r: VerificationRow) -> bool:
+        key = r.environment_key
+        return (r.path, r.provider_requested, key) in fresh or (
+            key is None and (r.path, r.provider_requested) in fresh_any_env
         )
 
-    previous = manifest.verification_rows
-    kept = [r for r in previous if not superseded(r) and current.get(r["path"]) == r.get("sha256")]
-    merged = kept + [{**r, "date": date} for r in rows]
+    kept = [r for r in manifest.verification_rows if not superseded(r) and current.get(r.path) == r.sha256]
+    merged = kept + [VerificationRow.from_json({**r.fields, "date": date}, "this run") for r in rows]
     return {
         "date": date,
-        "passed": any(r["status"] == "pass" for r in merged)
-        and all(r["status"] in ("pass", NOT_APPLICABLE) for r in merged),
-        "environments": sorted({k for r in merged if (k := environment_key(r))}),
+        "passed": any(r.status == "pass" for r in merged) and all(r.status in ("pass", NOT_APPLICABLE) for r in merged),
+        "environments": sorted({k for r in merged if (k := r.environment_key)}),
         "versions": found_versions,
         "evalset": evalset,
         "reference": reference,
-        "results": merged,
+        "results": [r.to_json() for r in merged],
     }
 
 
-def environment_key(row: dict[str, Any]) -> str | None:
-    env = row.get("environment")
-    return env.get("key") if isinstance(env, dict) else None
-
-
-def _check_json(check: ArtifactCheck, settings: str) -> dict[str, Any]:
-    return {
-        "path": check.path,
-        "sha256": check.sha256,
-        "tower": check.tower,
-        "precision": check.precision,
-        "format": check.format,
-        "provider_requested": check.provider_requested,
-        "provider_ran": check.provider_ran,
-        "status": check.status,
-        "thresholds": check.threshold_set,
-        "metrics": {m.name: m.value for m in check.metrics},
-        "failures": list(check.failures),
-        "environment": check.environment.to_json() if check.environment else None,
-        "settings_sha256": settings,  # the input settings this verdict covers (manifest.settings_digest)
-    }
+def _check_row(check: ArtifactCheck, settings: str) -> VerificationRow:
+    return VerificationRow.from_json(
+        {
+            "path": check.path,
+            "sha256": check.sha256,
+            "tower": check.tower,
+            "precision": check.precision,
+            "format": check.format,
+            "provider_requested": check.provider_requested,
+            "provider_ran": check.provider_ran,
+            "status": check.status,
+            "thresholds": check.threshold_set,
+            "metrics": {m.name: m.value for m in check.metrics},
+            "failures": list(check.failures),
+            "environment": check.environment.to_json() if check.environment else None,
+            "settings_sha256": settings,  # the input settings this verdict covers (manifest.settings_digest)
+        },
+        check.path,
+    )
 
 
 SUMMARY_METRICS = (

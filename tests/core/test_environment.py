@@ -5,6 +5,7 @@ from pathlib import Path
 
 import pytest
 
+from clip_export.core.artifact import VerificationRow
 from clip_export.core.environment import Environment, current_environment, environment_table
 from clip_export.core.errors import ManifestError
 
@@ -82,6 +83,6 @@ def test_environment_table_names_each_environment() -> None:
         },
         {"path": "visual.onnx", "sha256": "ab" * 32, "status": "fail", "date": "2026-11-29"},
     ]
-    lines = environment_table(rows)
+    lines = environment_table([VerificationRow.from_json(r, f"row {i}") for i, r in enumerate(rows)])
     assert lines[2].startswith("| visual.onnx | `abababababab` | unknown environment") and "| fail |" in lines[2]
     assert env.describe() in lines[3] and "| pass |" in lines[3]

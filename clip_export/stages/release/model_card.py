@@ -2,9 +2,7 @@
 
 from __future__ import annotations
 
-from typing import Any
-
-from clip_export.core.artifact import ArtifactEntry, Manifest
+from clip_export.core.artifact import ArtifactEntry, Manifest, VerificationRow
 from clip_export.core.environment import Environment
 from clip_export.core.manifest import passing_rows
 from clip_export.core.spec import (
@@ -27,7 +25,7 @@ WEIGHT_LICENCES = {
 def passing_environments(manifest: Manifest, entry: ArtifactEntry, overridden: bool = False) -> list[Environment]:
     """The environments with a passing verify row for exactly this artifact's bytes; a passing row
     that does not say where it was obtained is refused (ManifestError), never counted."""
-    return [Environment.from_json(r.get("environment"), entry.path) for r in passing_rows(manifest, entry, overridden)]
+    return [Environment.from_json(r.environment, entry.path) for r in passing_rows(manifest, entry, overridden)]
 
 
 def model_card(manifest: Manifest, slug: str, tag: str) -> str:
@@ -84,25 +82,24 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
         "|---|---|---|---|---|---|",
     ]
     for r in rows:
-        metrics = r.get("metrics", {})
-        env = r.get("environment")
+        metrics = r.metrics
         where = (
-            Environment.from_json(env, f"the verdict for {r['path']}").describe()
-            if isinstance(env, dict)
+            Environment.from_json(r.environment, f"the verdict for {r.path}").describe()
+            if r.environment is not None
             else "unknown"
         )
-        if r.get("format") == TOKENIZER_FORMAT:
+        if r.format == TOKENIZER_FORMAT:
             lines.append(
-                f"| {r['path']} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | {metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} "
-                f"differ | - | {r['status']} | {where} |"
+                f"| {r.path} | ids on {metrics.get(CAPTIONS_CHECKED, 0):.0f} raw captions | "
+                f"{metrics.get(CAPTIONS_WITH_OTHER_IDS, float('nan')):.0f} differ | - | {r.status} | {where} |"
             )
             continue
-        if r.get("provider_ran") is None:  # the provider never ran here: no numbers, no verdict on them
-            lines.append(f"| {r['path']} | {r.get('provider_requested')} | - | - | not run | {where} |")
+        if r.provider_ran is None:  # the provider never ran here: no numbers, no verdict on them
+            lines.append(f"| {r.path} | {r.provider_requested} | - | - | not run | {where} |")
             continue
         lines.append(
-            f"| {r['path']} | {r.get('provider_ran')} | {metrics.get('mean_abs_normalized', float('nan')):.2e} "
-            f"| {metrics.get('min_cosine', float('nan')):.6f} | {r['status']} | {where} |"
+            f"| {r.path} | {r.provider_ran} | {metrics.get('mean_abs_normalized', float('nan')):.2e} "
+            f"| {metrics.get('min_cosine', float('nan')):.6f} | {r.status} | {where} |"
         )
     lines += ["", "### Environments each asset passed in", ""]
     for a in manifest.artifacts:
@@ -167,9 +164,9 @@ def variant_table(manifest: Manifest) -> list[str]:
         for r in bench.get("rows", [])
         if r.get("batch") == 1 and r.get("latency") and r.get("kind", "artifact") == "artifact"
     }
-    verdicts: dict[str, dict[str, Any]] = {}
+    verdicts: dict[str, VerificationRow] = {}
     for r in manifest.verification_rows:
-        verdicts.setdefault(r["path"], r)
+        verdicts.setdefault(r.path, r)
     fp32 = {a.tower: a for a in manifest.artifacts if a.precision == "fp32" and a.format == ONNX_FORMAT}
     lines = [
         "",
@@ -186,8 +183,8 @@ def variant_table(manifest: Manifest) -> list[str]:
     for a in manifest.artifacts:
         if a.format == TENSORRT_FORMAT:
             continue
-        base, row = fp32.get(a.tower), verdicts.get(a.path, {})
-        metrics = row.get("metrics", {})
+        base, row = fp32.get(a.tower), verdicts.get(a.path)
+        metrics = row.metrics if row else {}
         top1 = min((v for k, v in metrics.items() if k.endswith("_top1")), default=None)
         size_ratio = f"{a.bytes / base.bytes:.2f}" if base else "-"
         ms, base_ms = p50.get(a.path), p50.get(base.path) if base else None
@@ -196,7 +193,7 @@ def variant_table(manifest: Manifest) -> list[str]:
             f"| {a.path} | {a.tower} | {a.precision} | {'yes' if a.format == PREPROCESSING_FORMAT else 'no'} "
             f"| {a.bytes / 1e6:.1f} | {size_ratio} | "
             f"{f'{ms:.2f}' if ms else '-'} | {speed} | {_fmt(metrics.get('mean_abs_normalized'), '.2e')} "
-            f"| {_fmt(metrics.get('min_cosine'), '.5f')} | {_fmt(top1, '.3f')} | {row.get('status', 'not verified')} "
+            f"| {_fmt(metrics.get('min_cosine'), '.5f')} | {_fmt(top1, '.3f')} | {row.status if row else 'not verified'} "
             "|"
         )
     return lines

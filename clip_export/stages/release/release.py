@@ -75,23 +75,22 @@ def check_releasable(model_dir: Path, manifest: Manifest, allow_overridden: bool
         if record:
             for issue in integrity_problems(model_dir, record):
                 problems.append(f"{label}/{issue}")
-    tokenizer_file = manifest.tokenizer.get("file")
+    tokenizer_file = manifest.section_file("tokenizer.file", label)
     verification = manifest.section("verification") or {}
     if tokenizer_file and manifest.find(tower="text") is not None:
         rows = [
-            r
-            for r in manifest.verification_rows
-            if r.get("format") == TOKENIZER_FORMAT and r.get("sha256") == tokenizer_file["sha256"]
+            r for r in manifest.verification_rows if r.format == TOKENIZER_FORMAT and r.sha256 == tokenizer_file.sha256
         ]
-        if rows and not any(r["status"] == "pass" for r in rows):
+        if rows and not any(r.status == "pass" for r in rows):
             problems.append(
-                f"{label}/{tokenizer_file['path']} failed its check in 'clip-export verify': {'; '.join(f for r in rows for f in r.get('failures', []))}"
+                f"{label}/{tokenizer_file.path} failed its check in 'clip-export verify': "
+                + "; ".join(f for r in rows for f in r.failures)
             )
         elif not rows and "tokenizers" in verification.get(
             "versions", {}
         ):  # a verify that checks tokenizers ran, but not on these bytes
             problems.append(
-                f"{label}/{tokenizer_file['path']} has no verdict for its current bytes; run 'clip-export "
+                f"{label}/{tokenizer_file.path} has no verdict for its current bytes; run 'clip-export "
                 f"verify {model_dir}'"
             )
     return problems
@@ -204,15 +203,16 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[Manifest, dict[str, Path]]:
             by_path[entry.path] = entry
             owners[entry.path] = model_dir
             merged.upsert(entry)
-        tokenizer_file = base.tokenizer.get("file") or {}
+        tokenizer_file = base.section_file("tokenizer.file", str(base_dir))
         verification["results"] += [
-            json.loads(json.dumps(r))  # release renames paths in its copy, never in the source manifest
+            r.to_json()  # rows are values: release's renames make new rows, never touch the source manifest
             for r in manifest.verification_rows
-            if owners.get(r["path"]) == model_dir
+            if owners.get(r.path) == model_dir
             or (
                 model_dir == base_dir
-                and r["path"] == tokenizer_file.get("path")
-                and r.get("sha256") == tokenizer_file.get("sha256")
+                and tokenizer_file is not None
+                and r.path == tokenizer_file.path
+                and r.sha256 == tokenizer_file.sha256
             )
         ]
         verification["merged_from"].append(
@@ -296,10 +296,13 @@ def _release(
                     ).with_details(source_path=entry.path)
                 )
             merged.replace_artifacts(released)
-            for row in merged.verification_rows:
-                if row["path"] in renamed:
-                    row["path"] = renamed[row["path"]]
-                    row["sha256"] = next(e.sha256 for e in released if e.path == row["path"])
+            released_sha = {e.path: e.sha256 for e in released}
+            merged.replace_verification_rows(
+                [
+                    r.moved(renamed[r.path], released_sha[renamed[r.path]]) if r.path in renamed else r
+                    for r in merged.verification_rows
+                ]
+            )
             stored = merged.section_file("reference", "the merged manifest")
             if stored and merged.reference:
                 ref_name = safe_asset_name(f"{slug}-reference.npz")
@@ -312,9 +315,9 @@ def _release(
                     assets += _copy_plain(
                         resolve_inside(dirs[0], source.path, "the tokenizer file"), staging, name, source
                     )
-                    for row in merged.verification_rows:
-                        if row["path"] == source.path:
-                            row["path"] = name  # verify's tokenizer row follows its file
+                    merged.replace_verification_rows(  # verify's tokenizer row follows its file
+                        [r.moved(name) if r.path == source.path else r for r in merged.verification_rows]
+                    )
                     merged.tokenizer[key] = file_record(staging / name, staging).to_json()
             progress(f"writing the Hugging Face layout into {HF_DIR}/")
             merged.set_section("hf_layout", write_layout(staging, merged))
