@@ -9,6 +9,7 @@ share of node time per op type, for the fp32 and the INT8 visual tower.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 from collections import defaultdict
 from pathlib import Path
@@ -16,25 +17,22 @@ from pathlib import Path
 import numpy as np
 
 from clip_export.core.models import resolve
-from clip_export.core.sessions import ort
+from clip_export.core.sessions import SessionOptions, create_session
 
 WORK = Path(__file__).parent / ".work"
 
 
 def profile(path: Path, runs: int) -> dict[str, float]:
-    rt = ort()
-    options = rt.SessionOptions()
-    options.intra_op_num_threads = 2
-    options.enable_profiling = True
-    options.profile_file_prefix = str(path.parent / f".profile-{path.stem}")
-    session = rt.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    options = SessionOptions(intra_op_threads=2, profile_prefix=str(path.parent / f".profile-{path.stem}"))
+    session = create_session(path, options)
     x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
     for _ in range(5):
         session.run(None, {"pixel_values": x})
     session.end_profiling()
     session = None
-    options.profile_file_prefix = str(path.parent / f".profile-{path.stem}-timed")
-    session = rt.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = create_session(
+        path, dataclasses.replace(options, profile_prefix=str(path.parent / f".profile-{path.stem}-timed"))
+    )
     for _ in range(5):
         session.run(None, {"pixel_values": x})
     for _ in range(runs):

@@ -32,14 +32,13 @@ sys.path.insert(0, str(ROOT))
 
 def fidelity(path: Path, tower: str, reference: Path, items: int) -> dict[str, float]:
     """mean |Δ| (normalised) and min cosine of one artifact on the first `items` reference inputs."""
-    import onnxruntime as ort
-
+    from clip_export.core.sessions import create_session
     from clip_export.core.spec import TOWERS
 
     spec = TOWERS[tower]
     with np.load(reference) as data:
         inputs, expected = data[spec.input_name][:items], data[spec.output_name][:items]
-    session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    session = create_session(path)
     got = np.concatenate([session.run(None, {spec.input_name: inputs[i : i + 1]})[0] for i in range(len(inputs))])
     got_n = got / np.linalg.norm(got, axis=1, keepdims=True)
     ref_n = expected / np.linalg.norm(expected, axis=1, keepdims=True)

@@ -176,20 +176,18 @@ def gate(model_dir: Path, path: Path) -> dict[str, object]:
 
 
 def mean_abs(session_path: Path, ids: np.ndarray, expected: np.ndarray) -> float:
-    import onnxruntime as ort
+    from clip_export.core.sessions import create_session
 
-    session = ort.InferenceSession(str(session_path), providers=["CPUExecutionProvider"])
+    session = create_session(session_path)
     got = session.run(None, {"input_ids": ids})[0]
     n = lambda x: x / np.linalg.norm(x, axis=1, keepdims=True)
     return float(np.abs(n(got) - n(expected)).mean())
 
 
 def p50_ms(path: Path, ids: np.ndarray, budget_s: float = 3.0) -> float:
-    import onnxruntime as ort
+    from clip_export.core.sessions import SessionOptions, create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    session = create_session(path, SessionOptions(intra_op_threads=2))
     feed = {"input_ids": ids[:1]}
     session.run(None, feed)
     times, started = [], time.perf_counter()
@@ -201,12 +199,12 @@ def p50_ms(path: Path, ids: np.ndarray, budget_s: float = 3.0) -> float:
 
 
 def interleaved_p50_ms(paths: dict[str, Path], ids: np.ndarray, rounds: int = 15, calls: int = 5) -> dict[str, float]:
-    """Batch-1 p50 of several artifacts, timed in turns so drift on a shared machine hits each alike."""
-    import onnxruntime as ort
+    """Batch-1 p50 of several artifacts, timed in turns so drift on a shared machine hits each alike;
+    sessions parked after each run, so none runs against the previous one's spinning workers."""
+    from clip_export.core.sessions import SessionOptions, create_session
 
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    sessions = {k: ort.InferenceSession(str(v), options, providers=["CPUExecutionProvider"]) for k, v in paths.items()}
+    parked = SessionOptions(intra_op_threads=2, stop_spinning_after_run=True)
+    sessions = {k: create_session(v, parked) for k, v in paths.items()}
     feed = {"input_ids": ids[:1]}
     times: dict[str, list[float]] = {k: [] for k in paths}
     for session in sessions.values():

@@ -12,11 +12,11 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import onnxruntime as ort
 from onnx import TensorProto, helper
 from PIL import Image
 
 from clip_export.core.preprocess import shortest_side_size
+from clip_export.core.sessions import SessionOptions, create_session
 from clip_export.stages.bench.preprocessing_study import report_images
 from clip_export.stages.bench.timing import time_interleaved
 
@@ -48,9 +48,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=100)
     args = parser.parse_args()
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = 2
-    session = ort.InferenceSession(resize_model(), options, providers=["CPUExecutionProvider"])
+    session = create_session(resize_model(), SessionOptions(intra_op_threads=2))
     image = Image.open(report_images()[1]).convert("RGB")
     width, height = shortest_side_size(*image.size, 224)
     pixels = np.asarray(image)[None]

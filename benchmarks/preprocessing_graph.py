@@ -11,13 +11,14 @@ from __future__ import annotations
 
 import argparse
 import platform
+from typing import Any
 
 import numpy as np
-import onnxruntime as ort
 
 from clip_export.core.models import PreprocessConfig
 from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
 from clip_export.core.preprocess_graph import preprocessing_model, rgb_uint8
+from clip_export.core.sessions import SessionOptions, create_session, ort
 from clip_export.core.spec import RAW_IMAGE_INPUT
 from clip_export.stages.bench.preprocessing_study import report_images
 from clip_export.stages.bench.timing import time_interleaved
@@ -25,12 +26,8 @@ from clip_export.stages.bench.timing import time_interleaved
 CONFIG = PreprocessConfig((224, 224), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 
 
-def session(threads: int) -> ort.InferenceSession:
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    return ort.InferenceSession(
-        preprocessing_model(CONFIG).SerializeToString(), options, providers=["CPUExecutionProvider"]
-    )
+def session(threads: int) -> Any:
+    return create_session(preprocessing_model(CONFIG).SerializeToString(), SessionOptions(intra_op_threads=threads))
 
 
 def main() -> None:
@@ -39,7 +36,7 @@ def main() -> None:
     args = parser.parse_args()
     one, two = session(1), session(2)
     print(
-        f"CPU: {platform.processor() or 'see /proc/cpuinfo'}; onnxruntime {ort.__version__}; {args.rounds} interleaved rounds, p50 ms\n"
+        f"CPU: {platform.processor() or 'see /proc/cpuinfo'}; onnxruntime {ort().__version__}; {args.rounds} interleaved rounds, p50 ms\n"
     )
     print(
         "| image | PIL (exact) | runtime fast path (exact) | graph, 1 thread | graph, 2 threads | graph ÷ PIL (1 thread) | pixel mean abs diff | pixel max abs diff |"

@@ -18,7 +18,8 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-import onnxruntime as ort
+
+from clip_export.core.sessions import create_session, ort
 
 SCRIPT = Path(__file__).with_suffix(".cjs")
 
@@ -33,12 +34,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="q4-runtimes-") as tmp:
         (Path(tmp) / "ids.json").write_text(json.dumps({"input_ids": ids.tolist()}))
         for model in sys.argv[2:]:
-            py = ort.InferenceSession(model, providers=["CPUExecutionProvider"]).run(None, {"input_ids": ids})[0]
+            py = create_session(Path(model)).run(None, {"input_ids": ids})[0]
             subprocess.run(
                 ["node", str(SCRIPT), model, str(Path(tmp) / "ids.json"), str(Path(tmp) / "out.json")], check=True
             )
             print(
-                f"{Path(model).name} ({len(ids)} captions): python onnxruntime {ort.__version__}: min cosine to torch fp32 {cosine(py, torch_embeds).min():.4f}"
+                f"{Path(model).name} ({len(ids)} captions): python onnxruntime {ort().__version__}: min cosine to torch fp32 {cosine(py, torch_embeds).min():.4f}"
             )
             for name, run in json.loads((Path(tmp) / "out.json").read_text()).items():
                 if "error" in run:

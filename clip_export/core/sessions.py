@@ -60,6 +60,9 @@ class SessionOptions:
     # Pre-packing keeps a second, re-laid-out copy of every weight matrix: faster, but a one-off
     # check (the export gate) does not need it and it doubles the session's memory.
     prepacking: bool = True
+    # Write onnxruntime's node profile (a JSON trace named from this prefix; session.end_profiling()
+    # returns its path): for studies of where the time goes (benchmarks/int8_profile.py).
+    profile_prefix: str | None = None
 
 
 def create_session(path: Path | bytes, options: SessionOptions = SessionOptions()) -> Any:
@@ -81,6 +84,9 @@ def create_session(path: Path | bytes, options: SessionOptions = SessionOptions(
         so.add_session_config_entry("session.force_spinning_stop", "1")
     if not options.prepacking:
         so.add_session_config_entry("session.disable_prepacking", "1")
+    if options.profile_prefix:
+        so.enable_profiling = True
+        so.profile_file_prefix = options.profile_prefix
     providers: list[Any] = [(wanted, dict(options.provider_options))] if options.provider_options else [wanted]
     if wanted != CPU_PROVIDER:
         providers.append(CPU_PROVIDER)  # for nodes the accelerator lacks; checked below

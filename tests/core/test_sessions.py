@@ -43,3 +43,24 @@ def test_the_cli_normalises_providers_once_at_its_edge() -> None:
     assert _parse_providers(None, None, "CPU, CPUExecutionProvider,gpu") == ["cpu", "cuda"]
     with pytest.raises(click.BadParameter, match="unknown provider"):
         _parse_providers(None, None, "cpu,rocm")
+
+
+def test_a_profiled_session_writes_its_node_trace_where_asked(tmp_path) -> None:
+    import json
+
+    import numpy as np
+    from onnx import TensorProto, helper
+
+    from clip_export.core.sessions import SessionOptions, create_session
+
+    graph = helper.make_graph(
+        [helper.make_node("Relu", ["x"], ["y"])],
+        "relu",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [2])],
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)]).SerializeToString()
+    session = create_session(model, SessionOptions(profile_prefix=str(tmp_path / "trace")))
+    assert session.run(None, {"x": np.array([-1.0, 2.0], np.float32)})[0].tolist() == [0.0, 2.0]
+    trace = tmp_path / session.end_profiling().rpartition("/")[2]
+    assert trace.name.startswith("trace") and any(e.get("cat") == "Node" for e in json.loads(trace.read_text()))
