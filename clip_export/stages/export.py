@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from clip_export import __version__
-from clip_export.core import attention
+from clip_export.core import attention, patch_embedding
 from clip_export.core.artifact import ArtifactEntry, Manifest, declared_io
 from clip_export.core.environment import versions
 from clip_export.core.errors import (
@@ -124,9 +124,11 @@ def export_tower(
     normalize: bool = False,
     external_data: bool | None = None,
     batch_first_attention: bool = True,
-) -> tuple[tuple[str, ...], int]:
-    """Write one tower to `path`; returns the external data files written beside it, and how many
-    attention blocks were traced batch-first (clip_export.core.attention; False keeps torch's trace)."""
+    matmul_patch_embedding: bool = True,
+) -> tuple[tuple[str, ...], int, int]:
+    """Write one tower to `path`; returns the external data files written beside it, how many
+    attention blocks were traced batch-first (clip_export.core.attention; False keeps torch's trace)
+    and how many patch-embedding convolutions became a MatMul (clip_export.core.patch_embedding)."""
     import torch
 
     module = tower_module(loaded, tower, normalize)
@@ -135,7 +137,10 @@ def export_tower(
         with (
             attention.batch_first_attention(module)
             if batch_first_attention
-            else contextlib.nullcontext(set()) as rewritten_blocks
+            else contextlib.nullcontext(set()) as rewritten_blocks,
+            patch_embedding.matmul_patch_embedding(module)
+            if matmul_patch_embedding
+            else contextlib.nullcontext(set()) as patch_convs,
         ):
             program = _torch_export(module, example, tower, opset)
         rewritten = len(rewritten_blocks)
@@ -157,8 +162,12 @@ def export_tower(
     gc.collect()
     if not use_external:
         inline_external_data(path)
-        return (), rewritten  # loading a >1 GB single-file model just to list nothing would double memory
-    return tuple(external_data_files(path)), rewritten
+        return (
+            (),
+            rewritten,
+            len(patch_convs),
+        )  # loading a >1 GB single-file model just to list nothing would double memory
+    return tuple(external_data_files(path)), rewritten, len(patch_convs)
 
 
 def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -> tuple[float, float]:
@@ -323,7 +332,7 @@ def _export_locked(
             tower_started = time.perf_counter()
             path = staging / f"{tower}.onnx"
             progress(f"exporting the {tower} tower (torch.onnx, dynamo, opset {opset})")
-            data_files, rewritten = export_tower(
+            data_files, rewritten, patch_convs = export_tower(
                 loaded,
                 tower,
                 path,
@@ -352,6 +361,7 @@ def _export_locked(
                 details={
                     "export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs},
                     "batch_first_attention_blocks": rewritten,
+                    "matmul_patch_embeddings": patch_convs,
                 },
             )
             entries.append(entry)
