@@ -46,7 +46,9 @@ def test_export_writes_the_patch_embedding_as_a_matmul_that_int8_quantizes(tiny_
     assert "Conv" not in {n.op_type for n in graph.node}
     patch_matmul = next(n for n in graph.node if n.op_type == "MatMul")  # the first one reads the patches
     weights = {i.name: i for i in graph.initializer}
-    assert patch_matmul.input[1] in weights and weights[patch_matmul.input[1]].dims[0] == 3 * 16 * 16  # tiny-vit: 16-pixel patches
+    assert (
+        patch_matmul.input[1] in weights and weights[patch_matmul.input[1]].dims[0] == 3 * 16 * 16
+    )  # tiny-vit: 16-pixel patches
     int8 = onnx.load(str(tiny_vit_int8_dir / manifest.find(tower="visual", precision="int8").path)).graph
     quantized = {i.name for i in int8.initializer}
     assert f"{patch_matmul.input[1]}_quantized" in quantized
