@@ -86,7 +86,7 @@ def torch_loop(model_dir: Path) -> tuple[Callable[[list[str], int], None], Calla
     import open_clip
     import torch
 
-    arch = read_manifest(model_dir).model["arch"]
+    arch = read_manifest(model_dir).model.arch
     model, _, preprocess = open_clip.create_model_and_transforms(arch, pretrained=None)
     model.eval()
     tokenizer = open_clip.get_tokenizer(arch)

@@ -206,7 +206,7 @@ def runtime_delta(model_dir: Path) -> str:
     from clip_export.runtime import ClipOnnx
 
     manifest = read_manifest(model_dir)
-    reference = np.load(model_dir / manifest.reference["path"])
+    reference = np.load(model_dir / manifest.section_file("reference", str(model_dir)).path)
     runtime = ClipOnnx.from_release(model_dir, check="off")
     evalset = load_evalset()
     same_ids = np.array_equal(runtime.tokenize(list(evalset.captions)), reference["input_ids"])

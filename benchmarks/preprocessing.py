@@ -18,7 +18,6 @@ import numpy as np
 from cpu_report import exported  # this directory is on sys.path when a script here runs
 from PIL import Image
 
-from clip_export.core.configs import PreprocessConfig
 from clip_export.core.manifest import read_manifest
 from clip_export.core.preprocess import preprocess_fast, preprocess_reference
 from clip_export.stages.bench.bench import bench
@@ -45,7 +44,7 @@ def main() -> None:
         chart=False,
     )
     print(render_markdown(result))
-    config = PreprocessConfig.from_json(read_manifest(model_dir).preprocess)
+    config = read_manifest(model_dir).preprocess
     rng = np.random.default_rng(0)
     print("## Decoded photos of common sizes\n")
     print("| size | mode | PIL (`exact`) p50 ms | vectorised (`fast`) p50 ms | speed-up | pixels equal |")

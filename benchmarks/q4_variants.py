@@ -77,7 +77,7 @@ def main() -> None:
                     top5 = min(m.value for m in check.metrics if m.name.endswith("_top5_overlap"))
                     gate = [check.metric(m) for m in GATE]
                     print(
-                        f"| {manifest.model['name']} | {tower} | {label} | {entry.bytes / 1e6:.1f} | {entry.bytes / source.bytes:.2f} | {ms:.2f} | {times[0] / ms:.2f} | "
+                        f"| {manifest.model.name} | {tower} | {label} | {entry.bytes / 1e6:.1f} | {entry.bytes / source.bytes:.2f} | {ms:.2f} | {times[0] / ms:.2f} | "
                         f"{gate[0]:.2e} | {gate[1]:.3f} | {gate[2]:.4f} | {top1:.3f} | {top5:.3f} | {opset} | {check.status}{'' if check.passed else ': ' + '; '.join(check.failures)} |"
                     )
             finally:

@@ -71,7 +71,9 @@ def main() -> None:
             budget_s=args.budget,
         )
         tokenizer = (
-            "bundled tokenizer.json (no torch)" if runtime.manifest.tokenizer.get("file") else "open_clip tokenizer"
+            "bundled tokenizer.json (no torch)"
+            if runtime.manifest.section_file("tokenizer.file", "the release")
+            else "open_clip tokenizer"
         )
         rows.append(
             {

@@ -124,7 +124,8 @@ def main() -> None:
     tokenize_us = {
         "clip_export.core.tokenizer": per_call_us(
             TextTokenizer.from_file(
-                model_dir / read_manifest(model_dir).tokenizer["file"]["path"], read_manifest(model_dir).tokenizer
+                model_dir / read_manifest(model_dir).section_file("tokenizer.file", str(model_dir)).path,
+                read_manifest(model_dir).tokenizer,
             ),
             caption,
         ),

@@ -15,7 +15,6 @@ from pathlib import Path
 
 from PIL import Image
 
-from clip_export.core.configs import PreprocessConfig
 from clip_export.core.manifest import read_manifest
 from clip_export.core.preprocess import preprocess_fast
 from clip_export.core.sessions import SessionOptions, create_session
@@ -34,7 +33,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--runs", type=int, default=100)
     args = parser.parse_args()
-    config = PreprocessConfig.from_json(read_manifest(MODEL_DIR).preprocess)
+    config = read_manifest(MODEL_DIR).preprocess
     png = Image.open(report_images()[0])
     png.load()
     pixels = preprocess_fast(png, config)[None]

@@ -183,7 +183,7 @@ def resumable(model_dir: Path, spec: ModelSpec) -> Resumable | None:
         return None
     manifest = read_manifest(model_dir)
     model = manifest.model
-    if (model.get("arch"), model.get("source")) != (spec.arch, spec.source):
+    if (model.arch, model.source) != (spec.arch, spec.source):
         return None
     fp32 = manifest.select(precision="fp32", format=ONNX_FORMAT)
     if {a.tower for a in fp32} != set(TOWERS) or any(integrity_problems(model_dir, a) for a in fp32):

@@ -109,7 +109,7 @@ def swap_tokenizer_ids(model_dir: Path, first: str = "a</w>", second: str = "the
     path.write_text(json.dumps(data))
     if rehash:
         manifest = read_manifest(model_dir)
-        manifest.tokenizer["file"] = file_record(path, model_dir).to_json()
+        manifest.section("tokenizer")["file"] = file_record(path, model_dir).to_json()
         write_manifest(model_dir, manifest)
 
 
@@ -151,7 +151,7 @@ def perturbed_release(model_dir: Path, scale: float = 0.5, seed: int = 0) -> Non
     rng = np.random.default_rng(seed)
     rewrite_initializer(model_dir, "visual.onnx", lambda w: w + rng.normal(0, scale, w.shape))
     manifest = read_manifest(model_dir)
-    record = manifest.reference
+    record = manifest.section("reference")
     path = model_dir / record["path"]
     with np.load(path) as data:
         arrays = {name: data[name] for name in data.files}

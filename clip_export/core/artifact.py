@@ -1,7 +1,7 @@
-"""The manifest as typed values: each artifact, its files and its tensors are frozen records built in
-one place and read by attribute everywhere; the manifest's other sections are kept as written and
-typed by their own readers (ModelSpec, PreprocessConfig, TokenizerSettings). The JSON form
-(`to_json`) is the on-disk contract other tools read: `Manifest.from_json(m).to_json() == m`."""
+"""The manifest as typed values: each artifact, its files and tensors, every verification row and the
+settings sections (core/sections.py; preprocess as configs.PreprocessConfig) are frozen records read by
+attribute everywhere. The JSON form (`to_json`) is the on-disk contract other tools read, kept whole:
+`Manifest.from_json(m).to_json() == m`; a section as written is `section(name)`."""
 
 from __future__ import annotations
 
@@ -11,7 +11,9 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any
 
+from clip_export.core.configs import PreprocessConfig
 from clip_export.core.errors import ManifestError
+from clip_export.core.sections import ModelSection, ReferenceSection, TokenizerSection
 
 # What every artifact entry must name; the rest describes how it was made.
 ARTIFACT_KEYS = ("path", "sha256", "bytes", "tower", "precision", "format")
@@ -252,26 +254,28 @@ class Manifest:
             data["artifacts"] = [a.to_json() for a in self.artifacts]
         return data
 
-    # The sections every reader relies on (read_manifest refuses a manifest without them).
+    # The sections every reader relies on (read_manifest refuses a manifest without them), typed; the JSON
+    # as written is `section(name)`, and a new value is written with `set_section`.
     @property
-    def model(self) -> dict[str, Any]:
-        return self.sections["model"]
+    def model(self) -> ModelSection:
+        return ModelSection.from_json(self.sections["model"])
 
     @property
-    def preprocess(self) -> dict[str, Any]:
-        return self.sections["preprocess"]
+    def preprocess(self) -> PreprocessConfig:
+        return PreprocessConfig.from_json(self.sections["preprocess"])
 
     @property
-    def tokenizer(self) -> dict[str, Any]:
-        return self.sections["tokenizer"]
+    def tokenizer(self) -> TokenizerSection:
+        return TokenizerSection.from_json(self.sections["tokenizer"])
 
     @property
     def normalize(self) -> bool:
         return bool(self.sections.get("normalize"))
 
     @property
-    def reference(self) -> dict[str, Any] | None:
-        return self.sections.get("reference")
+    def reference(self) -> ReferenceSection | None:
+        record = self.sections.get("reference")
+        return ReferenceSection.from_json(record) if record else None
 
     def section_file(self, key: str, where: str) -> FileRecord | None:
         """One of SECTION_FILES ("reference", "tokenizer.file", …) as the FileRecord it was hashed as, or
@@ -282,6 +286,19 @@ class Manifest:
         holder = self.sections.get(section) or {}
         record = holder.get(field) if field else holder
         return FileRecord.from_json(record, f"{where}: {key}") if record else None
+
+    def move_section_file(self, key: str, record: FileRecord) -> None:
+        """The section file `key` now lies at `record` (release renames it): its path, sha256 and size
+        change in place in the section's JSON, every other field of the section stays."""
+        if self.section_file(key, "the manifest") is None:
+            raise ValueError(f"this manifest has no {key} to move")
+        section, _, field_name = key.partition(".")
+        holder = dict(self.sections[section])
+        if field_name:
+            holder[field_name] = {**holder[field_name], **record.to_json()}
+        else:
+            holder.update(record.to_json())
+        self.sections[section] = holder
 
     @property
     def verification_rows(self) -> tuple[VerificationRow, ...]:

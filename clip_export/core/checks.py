@@ -149,13 +149,13 @@ def load_reference(
         with np.load(path) as data:
             return (
                 {k: data[k] for k in data.files},
-                (manifest.reference or {}).get("evalset", "bundled"),
+                (manifest.reference.evalset if manifest.reference else None) or "bundled",
                 "stored (torch fp32 at export time)",
             )
     from clip_export.core.models import load_model, spec_from_manifest
 
     try:
-        spec = spec_from_manifest(manifest.model, sources)
+        spec = spec_from_manifest(manifest.model.to_json(), sources)
     except ClipExportError as exc:
         raise ClipExportError(f"--reference torch: {exc}") from exc
     loaded = load_model(spec)

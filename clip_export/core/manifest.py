@@ -249,11 +249,11 @@ def settings_digest(manifest: Manifest) -> str:
         return {k: what(v) for k, v in section.items() if k not in _WHERE_NOT_WHAT}
 
     settings = {
-        "model": what(manifest.model),
-        "preprocess": manifest.preprocess,
-        "tokenizer": what(manifest.tokenizer),  # its files by sha256 and size: release renames them
+        "model": what(manifest.section("model")),
+        "preprocess": manifest.section("preprocess"),
+        "tokenizer": what(manifest.section("tokenizer")),  # its files by sha256 and size: release renames them
         "normalize": manifest.normalize,
-        "reference": what(manifest.reference),
+        "reference": what(manifest.section("reference")),
     }
     return hashlib.sha256(json.dumps(settings, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
 

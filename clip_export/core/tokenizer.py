@@ -20,11 +20,14 @@ import string
 from collections.abc import Callable, Sequence
 from functools import lru_cache
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from clip_export.core.errors import ClipExportError, import_optional
+
+if TYPE_CHECKING:
+    from clip_export.core.sections import TokenizerSection
 from clip_export.core.spec import TOKENIZER_NAME
 
 __all__ = ["TOKENIZER_NAME", "TextTokenizer", "clean_text", "clip_bpe_tokenizer", "first_disagreement"]
@@ -161,7 +164,7 @@ class TextTokenizer:
         self._other_lengths: dict[int, Any] = {}
 
     @classmethod
-    def from_file(cls, path: Path, settings: dict[str, Any]) -> TextTokenizer:
+    def from_file(cls, path: Path, settings: TokenizerSection) -> TextTokenizer:
         try:
             tokenizer = _tokenizers().Tokenizer.from_file(str(path))
         except Exception as exc:  # tokenizers raises a bare Exception for malformed files
@@ -170,9 +173,9 @@ class TextTokenizer:
             ) from exc
         return cls(
             tokenizer,
-            settings.get("clean", "lower"),
-            int(settings["context_length"]),
-            int(settings.get("pad_token_id", 0)),
+            settings.clean or "lower",
+            settings.context_length,
+            settings.pad_token_id,
         )
 
     def save(self, path: Path) -> None:

@@ -93,9 +93,9 @@ def bundled_reference_images(manifest: Manifest) -> list[Path] | None:
     bundled evaluation set's (every export made with the default set); None otherwise."""
     from clip_export.core.evalset import BUNDLED_DIR
 
-    record = manifest.reference or {}
-    names = record.get("images") or []
-    if record.get("evalset") != "bundled" or len(names) < SERVE_CHECK_ITEMS:
+    reference = manifest.reference
+    names = reference.images if reference else ()
+    if reference is None or reference.evalset != "bundled" or len(names) < SERVE_CHECK_ITEMS:
         return None
     paths = [BUNDLED_DIR / "images" / str(name) for name in names[:SERVE_CHECK_ITEMS]]
     return paths if all(p.name == n and p.is_file() for p, n in zip(paths, names)) else None
@@ -116,7 +116,7 @@ def _serving_input(
 ) -> tuple[np.ndarray, str, str]:
     """(inputs, threshold key, what they were made from), through the serving path where it can be run."""
     if tower == "text":
-        captions = [str(c) for c in (manifest.reference or {}).get("captions", [])[:SERVE_CHECK_ITEMS]]
+        captions = list(((manifest.reference.captions if manifest.reference else None) or ())[:SERVE_CHECK_ITEMS])
         if len(captions) < SERVE_CHECK_ITEMS:
             return sliced[TOWERS[tower].input_name], precision, "stored token ids (the manifest lists no captions)"
         ids = serving.token_ids(captions)

@@ -62,7 +62,7 @@ class ClipOnnx:
         self._visual = visual
         self._text = text
         self.artifacts = info
-        self.preprocess_config = PreprocessConfig.from_json(manifest.preprocess)
+        self.preprocess_config = manifest.preprocess
         self._preprocess = _preprocessor(preprocess)
         self._tokenizer: Any = None
         self.normalized_in_graph = manifest.normalize
@@ -223,17 +223,19 @@ def _tokenizer_for(manifest: Manifest, root: Path) -> Any:
     from clip_export.core.tokenizer import TextTokenizer, clip_bpe_tokenizer
 
     settings = manifest.tokenizer
-    context = int(settings["context_length"])
-    if settings.get("file"):
-        return TextTokenizer.from_file(resolve_inside(root, settings["file"]["path"], "the tokenizer file"), settings)
-    if settings.get("bpe_vocab"):
+    context = settings.context_length
+    file = manifest.section_file("tokenizer.file", str(root))
+    vocabulary = manifest.section_file("tokenizer.bpe_vocab", str(root))
+    if file:
+        return TextTokenizer.from_file(resolve_inside(root, file.path, "the tokenizer file"), settings)
+    if vocabulary:
         return TextTokenizer(
-            clip_bpe_tokenizer(resolve_inside(root, settings["bpe_vocab"]["path"], "the tokenizer vocabulary")),
+            clip_bpe_tokenizer(resolve_inside(root, vocabulary.path, "the tokenizer vocabulary")),
             "lower",
             context,
             0,
         )
-    if settings.get("kind") == "huggingface":
+    if settings.kind == "huggingface":
         transformers = import_optional(
             "transformers",
             package="transformers",
@@ -241,15 +243,15 @@ def _tokenizer_for(manifest: Manifest, root: Path) -> Any:
             purpose="the tokenizer of an export made from a Hugging Face directory",
         )
         hf = transformers.CLIPTokenizer.from_pretrained(
-            str(manifest.model["source"]).split(":", 1)[1], local_files_only=True
+            str(manifest.model.source).split(":", 1)[1], local_files_only=True
         )
         return lambda texts: np.asarray(
             hf(texts, padding="max_length", truncation=True, max_length=context)["input_ids"], dtype=np.int64
         )
     import open_clip
 
-    arch = manifest.model["arch"]
+    arch = manifest.model.arch
     tokenizer = open_clip.get_tokenizer(arch if arch in open_clip.list_models() else "ViT-B-32")
-    if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings["sot_token_id"], settings["eot_token_id"]):
+    if (tokenizer.sot_token_id, tokenizer.eot_token_id) != (settings.sot_token_id, settings.eot_token_id):
         raise ClipExportError(f"the tokenizer for {arch} does not use the SOT/EOT ids recorded in the manifest")
     return lambda texts: tokenizer(texts, context_length=context).numpy().astype(np.int64)

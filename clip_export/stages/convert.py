@@ -27,7 +27,7 @@ from clip_export.core.graph_surgery import (
     require_nodes,
 )
 from clip_export.core.int8_sensitivity import most_sensitive_first, sensitivity, weight_matmuls
-from clip_export.core.manifest import exclusive, read_manifest, resolve_inside, write_manifest
+from clip_export.core.manifest import exclusive, intact_reference, read_manifest, resolve_inside, write_manifest
 from clip_export.core.onnx_files import external_data_files
 from clip_export.core.progress import Progress, silent
 from clip_export.core.spec import (
@@ -297,7 +297,8 @@ def _mixed_precision(
     model = _onnx().load(str(resolve_inside(model_dir, source.path, "the source artifact")))
     base = [*int8_excluded_nodes(model), *exclude_nodes]
     candidates = weight_matmuls(model, INT8_OP_TYPES, base)
-    with np.load(resolve_inside(model_dir, manifest.reference["path"], "the reference")) as data:
+    _, reference = intact_reference(model_dir, manifest, "the sensitivity's reference", f"{model_dir} has no reference")
+    with np.load(reference) as data:
         spec = TOWERS[tower]
         inputs, expected = (data[name][:INT8_SENSITIVITY_ITEMS] for name in (spec.input_name, spec.output_name))
 

@@ -11,7 +11,6 @@ from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.conversion import ConvertResult, Derivation, convert_each, save_model, tool_version
 from clip_export.core.errors import ManifestError
 from clip_export.core.manifest import read_manifest
-from clip_export.core.models import PreprocessConfig
 from clip_export.core.preprocess_graph import preprocessing_nodes, with_preprocessing
 from clip_export.core.progress import Progress, silent
 from clip_export.core.spec import INT8_FAMILY_KEYS, ONNX_FORMAT, PREPROCESSING_FORMAT, artifact_file_name, raw_image_io
@@ -25,7 +24,7 @@ def add_preprocessing(
 
     model_dir = Path(model_dir)
     manifest = read_manifest(model_dir)
-    config = PreprocessConfig.from_json(manifest.preprocess)
+    config = manifest.preprocess
     preprocessing_nodes(config)  # refuses a resize mode or crop the graph does not implement, before any work
     available = [a.precision for a in manifest.select(tower="visual", format=ONNX_FORMAT)]
     chosen = list(precisions) if precisions else list(dict.fromkeys(available))

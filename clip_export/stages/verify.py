@@ -178,8 +178,7 @@ def reference_captions(manifest: Manifest, reference: str, evalset: Any) -> tupl
     if evalset is not None:
         return tuple(evalset.captions)
     if reference == "stored":
-        captions = (manifest.reference or {}).get("captions")
-        return tuple(captions) if captions is not None else None
+        return manifest.reference.captions if manifest.reference else None
     return tuple(load_evalset().captions)
 
 

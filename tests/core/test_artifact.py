@@ -130,7 +130,7 @@ def test_section_files_read_as_the_records_they_were_hashed_as(tiny_vit_dir: Pat
     manifest = read_manifest(tiny_vit_dir)
     reference = manifest.section_file("reference", "here")
     assert isinstance(reference, FileRecord) and reference.to_json() == {
-        k: manifest.reference[k] for k in ("path", "sha256", "bytes")
+        k: manifest.section("reference")[k] for k in ("path", "sha256", "bytes")
     }
     tokenizer_files = [k for k in SECTION_FILES if k.startswith("tokenizer.") and manifest.section_file(k, "here")]
     assert tokenizer_files  # the tiny export bundles its tokenizer file

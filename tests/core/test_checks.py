@@ -49,7 +49,9 @@ def test_a_preprocessing_graph_needs_the_raw_images(tiny_vit_copy: Path) -> None
 def _tokenizer_check(model_dir: Path):  # type: ignore[no-untyped-def]
     manifest = read_manifest(model_dir)
     ref, _, _ = load_reference(model_dir, manifest, "stored", None)
-    return check_tokenizer(model_dir, manifest, manifest.reference["captions"], ref[TOWERS["text"].input_name])
+    return check_tokenizer(
+        model_dir, manifest, manifest.section("reference")["captions"], ref[TOWERS["text"].input_name]
+    )
 
 
 def test_the_bundled_tokenizer_gives_the_reference_ids_on_the_raw_captions(tiny_vit_copy: Path) -> None:
@@ -61,7 +63,7 @@ def test_the_bundled_tokenizer_gives_the_reference_ids_on_the_raw_captions(tiny_
         and check.threshold_set == TOKENIZER_CHECK
     )
     assert check.metric("captions_with_other_ids") == 0 and check.metric("captions_checked") == len(
-        read_manifest(tiny_vit_copy).reference["captions"]
+        read_manifest(tiny_vit_copy).section("reference")["captions"]
     )
 
 

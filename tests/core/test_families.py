@@ -34,7 +34,7 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
 def _serves_like_torch(model_dir: Path, precision: str = "fp32") -> None:
     """ClipOnnx from raw images and captions against the fp32 torch reference of the export."""
     manifest = read_manifest(model_dir)
-    reference = np.load(model_dir / manifest.reference["path"])
+    reference = np.load(model_dir / manifest.section("reference")["path"])
     runtime = ClipOnnx.from_release(model_dir, precision=precision, check="off")
     from clip_export.core.evalset import load_evalset
 
@@ -71,9 +71,16 @@ def test_every_family_rule_but_its_note_drives_code() -> None:
 def test_siglip_exports_converts_verifies_and_serves_offline(siglip_tokenizer_dir: Path, tmp_path: Path) -> None:
     result = export_onnx(resolve("tiny-SigLIP", random_init=True, tokenizer=siglip_tokenizer_dir), out=tmp_path)
     manifest = read_manifest(result.model_dir)
-    assert manifest.model["family"] == "siglip"
-    assert manifest.preprocess["resize_mode"] == "squash" and manifest.preprocess["mean"] == [0.5, 0.5, 0.5]
-    assert manifest.tokenizer["clean"] == "canonicalize" and manifest.tokenizer["sot_token_id"] is None
+    assert manifest.section("model")["family"] == "siglip"
+    assert manifest.section("preprocess")["resize_mode"] == "squash" and manifest.section("preprocess")["mean"] == [
+        0.5,
+        0.5,
+        0.5,
+    ]
+    assert (
+        manifest.section("tokenizer")["clean"] == "canonicalize"
+        and manifest.section("tokenizer")["sot_token_id"] is None
+    )
     convert_fp16(result.model_dir)
     quantize_int8(result.model_dir)
     report = verify(result.model_dir)
@@ -88,7 +95,7 @@ def test_coca_text_tower_exports_encode_text_pooling_the_appended_cls_token(tmp_
 
     result = export_onnx(resolve("tiny-coca", random_init=True), out=tmp_path)
     manifest = read_manifest(result.model_dir)
-    assert manifest.model["family"] == "coca" and manifest.tokenizer["context_length"] == 76
+    assert manifest.section("model")["family"] == "coca" and manifest.section("tokenizer")["context_length"] == 76
     assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
     text = next(a for a in manifest.artifacts if a.tower == "text" and a.format == "onnx")
     assert "ArgMax" not in {n.op_type for n in onnx.load(str(result.model_dir / text.path)).graph.node}
@@ -102,7 +109,7 @@ def test_xlm_roberta_text_tower_exports_and_serves_offline(xlmr_dirs: tuple[Path
     )
     assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
     manifest = read_manifest(result.model_dir)
-    assert manifest.model["family"] == "hf-text" and manifest.tokenizer["pad_token_id"] == 1
+    assert manifest.section("model")["family"] == "hf-text" and manifest.section("tokenizer")["pad_token_id"] == 1
     assert verify(result.model_dir).passed
     _serves_like_torch(result.model_dir)
 
@@ -118,11 +125,11 @@ def test_mt5_text_tower_pads_with_0_ends_with_eos_and_mean_pools_under_the_mask(
         resolve("tiny-mt5-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path
     )
     manifest = read_manifest(result.model_dir)
-    assert manifest.model["family"] == "hf-text"
+    assert manifest.section("model")["family"] == "hf-text"
     assert (
-        manifest.tokenizer["pad_token_id"],
-        manifest.tokenizer["sot_token_id"],
-        manifest.tokenizer["eot_token_id"],
+        manifest.section("tokenizer")["pad_token_id"],
+        manifest.section("tokenizer")["sot_token_id"],
+        manifest.section("tokenizer")["eot_token_id"],
     ) == (0, None, 1)
     ids = ClipOnnx.from_release(result.model_dir, check="off").tokenize(["a photo of a cat"])[0]
     assert ids[0] not in (0, 1) and list(ids).index(0) - 1 == list(ids).index(1)
@@ -144,7 +151,7 @@ def test_nllb_captions_start_with_the_family_language_recorded_in_the_manifest(
         resolve("tiny-nllb-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path
     )
     manifest = read_manifest(result.model_dir)
-    assert manifest.model["family"] == "nllb" and manifest.tokenizer["language"] == "eng_Latn"
+    assert manifest.section("model")["family"] == "nllb" and manifest.section("tokenizer")["language"] == "eng_Latn"
     english = json.loads((tokenizer / "tokenizer.json").read_text())["model"]["vocab"].index(["eng_Latn", 0.0])
     ids = ClipOnnx.from_release(result.model_dir, check="off").tokenize(["a photo of a cat"])
     assert ids[0, 0] == english and ids[0, 1] != english
@@ -169,7 +176,7 @@ def test_mobileclip_is_reparameterized_before_export_and_matches_the_unfolded_mo
         a, b = loaded.model.encode_image(pixels, normalize=True), unfolded.encode_image(pixels, normalize=True)
     assert float((a - b).abs().mean()) <= EXPORT_PARITY_TOLERANCE
     result = export_onnx(spec, out=tmp_path, loaded=loaded)
-    assert read_manifest(result.model_dir).model["reparameterized_modules"] == loaded.reparameterized_modules
+    assert read_manifest(result.model_dir).section("model")["reparameterized_modules"] == loaded.reparameterized_modules
     _serves_like_torch(result.model_dir)
 
 

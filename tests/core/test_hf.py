@@ -89,5 +89,5 @@ def test_hf_directory_exports_and_verifies(hf_dir: Path, tmp_path: Path) -> None
     assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
     assert verify(result.model_dir).passed
     # The directory's own fast tokenizer is bundled as tokenizer.json, checked against it, cleaning left to its normalizer.
-    settings = read_manifest(result.model_dir).tokenizer
+    settings = read_manifest(result.model_dir).section("tokenizer")
     assert settings["file"]["path"] == "tokenizer.json" and settings["clean"] == "none"

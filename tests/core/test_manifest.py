@@ -172,9 +172,9 @@ def test_settings_digest_ignores_where_files_lie() -> None:
 
     manifest = _manifest_for_digest()
     before = settings_digest(manifest)
-    manifest.reference["path"] = "model-reference.npz"
-    manifest.tokenizer["file"]["path"] = "model-tokenizer.json"
-    manifest.model["tokenizer_dir"] = "/elsewhere"
+    manifest.section("reference")["path"] = "model-reference.npz"
+    manifest.section("tokenizer")["file"]["path"] = "model-tokenizer.json"
+    manifest.section("model")["tokenizer_dir"] = "/elsewhere"
     manifest.set_section("verification", {"results": []})
     manifest.set_section("release", {"tag": "v1"})
     assert settings_digest(manifest) == before

@@ -189,7 +189,7 @@ def test_a_torch_rebuild_takes_the_tokenizer_directory_from_the_user_not_the_man
         resolve("tiny-SigLIP", random_init=True, tokenizer=siglip_tokenizer_dir), out=tmp_path
     ).model_dir
     manifest = read_manifest(model_dir)
-    manifest.model["tokenizer_dir"] = str(tmp_path / "planted")  # never read: it does not even exist
+    manifest.section("model")["tokenizer_dir"] = str(tmp_path / "planted")  # never read: it does not even exist
     write_manifest(model_dir, manifest)
     refused = CliRunner().invoke(main, ["verify", str(model_dir), "--reference", "torch", "-q"])
     assert refused.exit_code == 1
@@ -203,4 +203,4 @@ def test_a_torch_rebuild_takes_the_tokenizer_directory_from_the_user_not_the_man
     )
     assert passed.exit_code == 0, passed.output
     with pytest.raises(WeightsError, match="--text-config .*exported without --text-config"):
-        spec_from_manifest(manifest.model, LocalSources(tokenizer=siglip_tokenizer_dir, text_config=tmp_path))
+        spec_from_manifest(manifest.model.to_json(), LocalSources(tokenizer=siglip_tokenizer_dir, text_config=tmp_path))

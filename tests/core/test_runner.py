@@ -19,7 +19,7 @@ def test_an_onnx_artifact_runs_one_batch_on_the_cpu(tiny_vit_dir: Path) -> None:
     manifest = read_manifest(tiny_vit_dir)
     entry = manifest.find(tower="text", precision="fp32")
     runner = open_runner(tiny_vit_dir, entry)
-    with np.load(tiny_vit_dir / manifest.reference["path"]) as data:
+    with np.load(tiny_vit_dir / manifest.section("reference")["path"]) as data:
         ids, expected = data[TOWERS["text"].input_name][:3], data[TOWERS["text"].output_name][:3]
     got = runner.run(ids)
     assert runner.provider_ran == CPU_PROVIDER and runner.session is not None and got.shape == expected.shape

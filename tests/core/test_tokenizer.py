@@ -73,7 +73,7 @@ def test_a_file_that_is_not_a_merges_file_is_refused(tmp_path: Path) -> None:
 
 
 def test_export_bundles_the_tokenizer(tiny_vit_dir: Path) -> None:
-    record = read_manifest(tiny_vit_dir).tokenizer["file"]
+    record = read_manifest(tiny_vit_dir).section("tokenizer")["file"]
     assert record["path"] == TOKENIZER_NAME and sha256_file(tiny_vit_dir / TOKENIZER_NAME) == record["sha256"]
 
 
@@ -105,7 +105,7 @@ def test_runtime_refuses_a_tampered_tokenizer(tiny_vit_copy: Path) -> None:
 def test_an_export_without_a_tokenizer_file_falls_back_to_open_clip(tiny_vit_copy: Path) -> None:
     """Artifacts exported before the tokenizer was bundled still serve captions, through open_clip."""
     manifest = read_manifest(tiny_vit_copy)
-    del manifest.tokenizer["file"]
+    del manifest.section("tokenizer")["file"]
     write_manifest(tiny_vit_copy, manifest)
     (tiny_vit_copy / TOKENIZER_NAME).unlink()
     runtime = ClipOnnx.from_release(tiny_vit_copy)

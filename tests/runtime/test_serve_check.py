@@ -97,7 +97,7 @@ def test_a_truncated_or_missing_reference_is_one_clear_error(verified_dir: Path)
         arrays = {k: data[k][: SERVE_CHECK_ITEMS - 2] for k in data.files}
     np.savez(verified_dir / REFERENCE_NAME, **arrays)
     manifest = read_manifest(verified_dir)
-    manifest.reference.update(file_record(verified_dir / REFERENCE_NAME, verified_dir).to_json())
+    manifest.section("reference").update(file_record(verified_dir / REFERENCE_NAME, verified_dir).to_json())
     write_manifest(verified_dir, manifest)
     with pytest.raises(
         ManifestError, match="the stored reference reference.npz holds 2 'input_ids' rows; the serve-time check needs 4"
@@ -232,7 +232,7 @@ def test_a_changed_preprocessing_setting_fails_at_load(verified_dir: Path) -> No
 
 def test_a_changed_tokenizer_setting_fails_at_load(verified_dir: Path) -> None:
     manifest = read_manifest(verified_dir)
-    _edit_manifest(verified_dir, "tokenizer", "context_length", manifest.tokenizer["context_length"] // 2)
+    _edit_manifest(verified_dir, "tokenizer", "context_length", manifest.section("tokenizer")["context_length"] // 2)
     with pytest.raises(ServeCheckError, match="serving tokenizer turns 4 of 4 reference captions into other ids"):
         ClipOnnx.from_release(verified_dir, check="always")
 

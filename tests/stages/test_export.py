@@ -9,7 +9,6 @@ import onnx
 import pytest
 
 from clip_export import export_onnx, load_model, resolve
-from clip_export.core.artifact import FileRecord
 from clip_export.core.errors import ExportParityError, OutputError, UnsupportedOpsetError
 from clip_export.core.manifest import integrity_problems, read_manifest
 from clip_export.core.sessions import create_session
@@ -23,10 +22,10 @@ def _run(path: Path, tower: str, inputs: np.ndarray) -> np.ndarray:
 
 def test_manifest_describes_every_artifact(tiny_vit_dir: Path) -> None:
     manifest = read_manifest(tiny_vit_dir)
-    assert manifest.model["arch"] == "tiny-vit" and manifest.model["random_init"] is True
-    assert manifest.preprocess["image_size"] == [64, 64]
-    vocab = manifest.tokenizer.pop("file")
-    assert manifest.tokenizer == {
+    assert manifest.section("model")["arch"] == "tiny-vit" and manifest.section("model")["random_init"] is True
+    assert manifest.section("preprocess")["image_size"] == [64, 64]
+    vocab = manifest.section("tokenizer").pop("file")
+    assert manifest.section("tokenizer") == {
         "context_length": 77,
         "sot_token_id": 49406,
         "eot_token_id": 49407,
@@ -37,7 +36,7 @@ def test_manifest_describes_every_artifact(tiny_vit_dir: Path) -> None:
         "language": None,
     }
     assert vocab["path"] == "tokenizer.json" and vocab["bytes"] == (tiny_vit_dir / vocab["path"]).stat().st_size
-    assert manifest.model["family"] == "clip" and manifest.model["reparameterized_modules"] == 0
+    assert manifest.section("model")["family"] == "clip" and manifest.section("model")["reparameterized_modules"] == 0
     assert {"torch", "open_clip", "onnx", "onnxruntime"} <= set(manifest.section("versions"))
     by_tower = {a.tower: a for a in manifest.artifacts}
     assert set(by_tower) == {"visual", "text"}
@@ -53,7 +52,7 @@ def test_manifest_describes_every_artifact(tiny_vit_dir: Path) -> None:
         assert entry.precision == "fp32" and entry.format == "onnx" and entry.opset == 20
         assert entry.detail("export_parity")["mean_abs_normalized"] <= EXPORT_PARITY_TOLERANCE
         assert integrity_problems(tiny_vit_dir, entry) == []
-    assert not integrity_problems(tiny_vit_dir, FileRecord.from_json(manifest.reference, "reference"))
+    assert not integrity_problems(tiny_vit_dir, manifest.section_file("reference", "here"))
 
 
 def test_onnx_files_describe_themselves(tiny_vit_dir: Path) -> None:

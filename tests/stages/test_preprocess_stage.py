@@ -61,7 +61,7 @@ def test_graph_embeds_a_raw_photo_like_the_tower(tiny_vit_copy: Path) -> None:
 
 def test_a_wrong_normalisation_fails_the_gate_and_leaves_nothing(tiny_vit_copy: Path) -> None:
     manifest = read_manifest(tiny_vit_copy)
-    manifest.preprocess["mean"] = [0.0, 0.0, 0.0]
+    manifest.section("preprocess")["mean"] = [0.0, 0.0, 0.0]
     write_manifest(tiny_vit_copy, manifest)
     with pytest.raises(ConversionError, match="visual.preprocessing.onnx failed verification"):
         add_preprocessing(tiny_vit_copy, precisions=["fp32"])
@@ -73,7 +73,7 @@ def test_unsupported_mode_and_missing_precision_are_refused(tiny_vit_copy: Path)
     with pytest.raises(ClipExportError, match="no visual ONNX artifact in fp16"):
         add_preprocessing(tiny_vit_copy, precisions=["fp16"])
     manifest = read_manifest(tiny_vit_copy)
-    manifest.preprocess["resize_mode"] = "longest"
+    manifest.section("preprocess")["resize_mode"] = "longest"
     write_manifest(tiny_vit_copy, manifest)
     result = CliRunner().invoke(main, ["preprocessing-graph", str(tiny_vit_copy)])
     assert result.exit_code == 1 and result.output.startswith("Error: resize_mode 'longest' has no preprocessing graph")
@@ -89,7 +89,7 @@ def test_cli_json_and_verify_needs_the_raw_images(tiny_vit_copy: Path, tmp_path:
     again = CliRunner().invoke(main, ["preprocessing-graph", str(tiny_vit_copy), "--precisions", "fp32", "-q"])
     assert again.exit_code == 1 and "--force" in again.output
     manifest = read_manifest(tiny_vit_copy)
-    manifest.reference["evalset"] = "images=elsewhere, texts=bundled"
+    manifest.section("reference")["evalset"] = "images=elsewhere, texts=bundled"
     write_manifest(tiny_vit_copy, manifest)
     checked = verify(tiny_vit_copy, write=False, only=lambda e: e.format == PREPROCESSING_FORMAT)
     assert not checked.passed and "verify with --images DIR" in checked.failures[0]

@@ -56,7 +56,7 @@ def test_good_artifacts_pass_and_are_recorded(tiny_vit_copy: Path) -> None:
     }
     report = (tiny_vit_copy / "VERIFY.md").read_text()
     assert "**PASS**" in report and "| tokenizer.json | CPUExecutionProvider | exact ids |" in report
-    assert f"on the reference's {len(manifest.reference['captions'])} raw captions: 0 give other ids" in report
+    assert f"on the reference's {len(manifest.reference.captions)} raw captions: 0 give other ids" in report
 
 
 def test_a_tokenizer_file_with_other_ids_fails_verify(tiny_vit_copy: Path) -> None:
@@ -239,7 +239,7 @@ def test_a_report_that_cannot_be_written_still_shows_the_verdicts(
 def _as_checkpoint_export(model_dir: Path, checkpoint: str, sha256: str) -> None:
     """Make the manifest claim the export came from a local checkpoint at `checkpoint`."""
     manifest = read_manifest(model_dir)
-    manifest.model.update(random_init=False, seed=None, checkpoint=checkpoint, checkpoint_sha256=sha256)
+    manifest.section("model").update(random_init=False, seed=None, checkpoint=checkpoint, checkpoint_sha256=sha256)
     write_manifest(model_dir, manifest)
 
 

@@ -118,7 +118,7 @@ def bench(
             from clip_export.core.models import load_model, spec_from_manifest
 
             progress("loading the torch model for the baselines")
-            loaded = load_model(spec_from_manifest(manifest.model, sources))
+            loaded = load_model(spec_from_manifest(manifest.model.to_json(), sources))
             for tower in towers:
                 flops[tower], products[tower] = count_tower(loaded, tower)
         except ImportError as exc:

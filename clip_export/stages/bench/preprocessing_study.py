@@ -59,10 +59,9 @@ def report_images(evalset_dir: Path | None = None) -> list[Path]:
 def vectorise_breakdown(model_dir: Path, manifest: Manifest, threads: int, loaded: Any | None) -> list[StageTimes]:
     from PIL import Image
 
-    from clip_export.core.configs import PreprocessConfig
     from clip_export.core.preprocess import load_image, preprocess_fast, preprocess_reference
 
-    config = PreprocessConfig.from_json(manifest.preprocess)
+    config = manifest.preprocess
     visual = manifest.find(tower="visual", precision="fp32", format=ONNX_FORMAT)
     if visual is None:
         return []
@@ -124,12 +123,11 @@ def preprocessing_variants(model_dir: Path, manifest: Manifest, threads: int) ->
     """Time and fidelity of each preprocessing variant against the reference PIL pipeline."""
     from PIL import Image
 
-    from clip_export.core.configs import PreprocessConfig
     from clip_export.core.evalset import load_evalset
     from clip_export.core.metrics import l2_normalize, retrieval_agreement, run_batches
     from clip_export.core.preprocess import VARIANTS, preprocess_reference
 
-    config = PreprocessConfig.from_json(manifest.preprocess)
+    config = manifest.preprocess
     evalset = load_evalset()
     visual = manifest.find(tower="visual", precision="fp32", format=ONNX_FORMAT)
     session = open_runner(model_dir, visual, threads=threads).session if visual else None

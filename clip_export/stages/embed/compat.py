@@ -53,9 +53,9 @@ def _embed_both(model: ClipOnnx, images: list, captions: list[str]) -> tuple[np.
 
 def compare_models(old: ClipOnnx, new: ClipOnnx, old_label: str, new_label: str) -> CompatResult:
     old_model, new_model = old.manifest.model, new.manifest.model
-    if old_model.get("arch") != new_model.get("arch"):
+    if old_model.arch != new_model.arch:
         raise ClipExportError(
-            f"{old_label} is {old_model.get('arch')} and {new_label} is {new_model.get('arch')}: different "
+            f"{old_label} is {old_model.arch} and {new_label} is {new_model.arch}: different "
             "models never share an index"
         )
     evalset = load_evalset()

@@ -92,7 +92,8 @@ def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[s
         onnx[tower] = {"path": entry.path, "sha256": entry.sha256}
     key = hashlib.sha256("|".join(f"{t}:{v['sha256']}" for t, v in sorted(onnx.items())).encode()).hexdigest()[:16]
     provider = next(iter(model.artifacts.values())).provider
-    info = model.manifest.model
+    info = model.manifest.model.fields  # copied as written: the index names what its manifest said
+    tokenizer_file = model.manifest.section_file("tokenizer.file", str(model.root))
     return {
         "key": key,
         "source": str(Path(model.root).resolve()),
@@ -100,9 +101,9 @@ def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[s
             k: info.get(k) for k in ("name", "arch", "pretrained", "source", "seed", "checkpoint_sha256") if k in info
         },
         "precision": precision,
-        "preprocess": model.manifest.preprocess,
+        "preprocess": model.manifest.section("preprocess"),
         "preprocess_impl": "fast",
-        "tokenizer": model.manifest.tokenizer.get("file", {}).get("sha256"),
+        "tokenizer": tokenizer_file.sha256 if tokenizer_file else None,
         "onnx": onnx,
         "environment": current_environment(provider).to_json(),
         "versions": versions(),
@@ -165,7 +166,7 @@ def _embed(
     model, why = open_model(Path(source), precision, towers, threads)
     chosen = precision or why.split(":")[0]
     artifact = artifact_record(model, chosen, towers)
-    dim = int(model.manifest.model.get("embed_dim") or _embed_dim(model))
+    dim = int(model.manifest.model.embed_dim or _embed_dim(model))
     compat, accepted = _reconcile(store, artifact, model, dim, reembed, progress)
     store.compact()
     done = store.index()

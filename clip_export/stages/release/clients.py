@@ -183,7 +183,7 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
     manifest = read_manifest(release_dir)
     layout = manifest.section("hf_layout") or {}
     missing = [name for name in ("vision_model.onnx", "text_model.onnx") if name not in layout.get("onnx", {})]
-    if missing or not manifest.tokenizer.get("file"):
+    if missing or not manifest.section_file("tokenizer.file", str(release_dir)):
         return {
             "status": "skipped",
             "reason": f"hf/ lacks {', '.join(missing) or 'tokenizer.json'}: the check needs both fp32 towers and "
@@ -227,7 +227,7 @@ def client_check(release_dir: Path, mode: str = "auto", progress: Progress = sil
     }
     # Equal ids but for the last position of captions cut at the context, where transformers.js leaves
     # a word and the text graph puts the end-of-text id back.
-    js_ids, cut = np.asarray(got["input_ids"]), ids[:, -1] != runtime.manifest.tokenizer.get("pad_token_id", 0)
+    js_ids, cut = np.asarray(got["input_ids"]), ids[:, -1] != runtime.manifest.tokenizer.pad_token_id
     record["ids_equal_but_cut_eot"] = bool(
         np.array_equal(js_ids[:, :-1], ids[:, :-1]) and np.array_equal(js_ids[~cut, -1], ids[~cut, -1])
     )

@@ -85,28 +85,28 @@ def transformers_js_load(file_name: str) -> tuple[str, str]:
 
 def config_json(manifest: Manifest, external_data: Mapping[str, int]) -> dict[str, Any]:
     model, tok, pre = manifest.model, manifest.tokenizer, manifest.preprocess
-    family = model.get("family", "clip")
+    family = model.family
     config: dict[str, Any] = {
         "architectures": ["SiglipModel" if family == "siglip" else "CLIPModel"],
         "model_type": MODEL_TYPE.get(family, "clip"),
-        "projection_dim": model.get("embed_dim"),
+        "projection_dim": model.embed_dim,
         "text_config": {
-            "max_position_embeddings": tok["context_length"],
-            "vocab_size": tok.get("vocab_size"),
-            "bos_token_id": tok.get("sot_token_id"),
-            "eos_token_id": tok.get("eot_token_id"),
-            "pad_token_id": tok.get("pad_token_id", 0),
-            "projection_dim": model.get("embed_dim"),
+            "max_position_embeddings": tok.context_length,
+            "vocab_size": tok.vocab_size,
+            "bos_token_id": tok.sot_token_id,
+            "eos_token_id": tok.eot_token_id,
+            "pad_token_id": tok.pad_token_id,
+            "projection_dim": model.embed_dim,
         },
-        "vision_config": {"image_size": int(pre["image_size"][0]), "projection_dim": model.get("embed_dim")},
+        "vision_config": {"image_size": int(pre.image_size[0]), "projection_dim": model.embed_dim},
         "clip_export": {
-            "model": model["name"],
-            "arch": model["arch"],
-            "pretrained": model.get("pretrained"),
-            "source": model.get("source"),
+            "model": model.name,
+            "arch": model.arch,
+            "pretrained": model.pretrained,
+            "source": model.source,
             "manifest": f"../{MANIFEST_NAME}",
-            "text_model_input": f"input_ids int64 [batch, any length], padded with id {tok.get('pad_token_id', 0)} or truncated "
-            f"to {tok['context_length']} in the graph",
+            "text_model_input": f"input_ids int64 [batch, any length], padded with id {tok.pad_token_id} or truncated "
+            f"to {tok.context_length} in the graph",
             "onnx_only": "config.json describes the ONNX files under onnx/; there are no PyTorch weights",
         },
     }
@@ -118,30 +118,28 @@ def config_json(manifest: Manifest, external_data: Mapping[str, int]) -> dict[st
 def preprocessor_config(manifest: Manifest) -> dict[str, Any]:
     """CLIPImageProcessor keys for the manifest's preprocessing, every one stated (transformers.js's
     defaults differ: no normalisation, bilinear)."""
-    pre, family = manifest.preprocess, manifest.model.get("family", "clip")
-    height, width = (int(v) for v in pre["image_size"])
-    if pre["interpolation"] not in PIL_RESAMPLE:
-        raise ReleaseError(
-            f"interpolation {pre['interpolation']!r} has no PIL resample code for preprocessor_config.json"
-        )
+    pre, family = manifest.preprocess, manifest.model.family
+    height, width = (int(v) for v in pre.image_size)
+    if pre.interpolation not in PIL_RESAMPLE:
+        raise ReleaseError(f"interpolation {pre.interpolation!r} has no PIL resample code for preprocessor_config.json")
     config: dict[str, Any] = {
         "image_processor_type": IMAGE_PROCESSOR.get(family, "CLIPImageProcessor"),
         "do_resize": True,
-        "resample": PIL_RESAMPLE[pre["interpolation"]],
+        "resample": PIL_RESAMPLE[pre.interpolation],
         "do_convert_rgb": True,
         "do_rescale": True,
         "rescale_factor": 1 / 255,
         "do_normalize": True,
-        "image_mean": list(pre["mean"]),
-        "image_std": list(pre["std"]),
+        "image_mean": list(pre.mean),
+        "image_std": list(pre.std),
     }
-    if pre["resize_mode"] == "squash":
+    if pre.resize_mode == "squash":
         config.update(size={"height": height, "width": width}, do_center_crop=False)
-    elif pre["resize_mode"] == "shortest" and height == width:
+    elif pre.resize_mode == "shortest" and height == width:
         config.update(size={"shortest_edge": height}, do_center_crop=True, crop_size={"height": height, "width": width})
     else:
         raise ReleaseError(
-            f"resize mode {pre['resize_mode']!r} with a {height}x{width} crop has no CLIPImageProcessor equivalent"
+            f"resize mode {pre.resize_mode!r} with a {height}x{width} crop has no CLIPImageProcessor equivalent"
         )
     return config
 
@@ -155,19 +153,19 @@ def tokenizer_config(manifest: Manifest, tokenizer: Any) -> dict[str, Any]:
         return None if token_id is None else tokenizer.id_to_token(int(token_id))
 
     config: dict[str, Any] = {
-        "tokenizer_class": "CLIPTokenizer" if tok.get("kind") == "clip-bpe" else "PreTrainedTokenizerFast",
-        "model_max_length": tok["context_length"],
-        "pad_token": name(tok.get("pad_token_id", 0)),
+        "tokenizer_class": "CLIPTokenizer" if tok.kind == "clip-bpe" else "PreTrainedTokenizerFast",
+        "model_max_length": tok.context_length,
+        "pad_token": name(tok.pad_token_id),
         "clean_up_tokenization_spaces": False,
         "added_tokens_decoder": {
             str(t["id"]): {k: t[k] for k in ("content", "lstrip", "normalized", "rstrip", "single_word", "special")}
             for t in json.loads(tokenizer.to_str())["added_tokens"]
         },
     }
-    for key, token_id in (("bos_token", tok.get("sot_token_id")), ("eos_token", tok.get("eot_token_id"))):
+    for key, token_id in (("bos_token", tok.sot_token_id), ("eos_token", tok.eot_token_id)):
         if name(token_id) is not None:
             config[key] = name(token_id)
-    if tok.get("kind") == "clip-bpe":
+    if tok.kind == "clip-bpe":
         config["unk_token"] = config["eos_token"]
     return config
 
@@ -177,11 +175,7 @@ def standard_tokenizer(manifest: Manifest, path: Path) -> Any:
     from clip_export.core.tokenizer import _tokenizers, clip_normalizer
 
     tokenizer = _tokenizers().Tokenizer.from_file(str(path))
-    if (
-        manifest.tokenizer.get("kind") == "clip-bpe"
-        and manifest.tokenizer.get("clean") == "lower"
-        and tokenizer.normalizer is None
-    ):
+    if manifest.tokenizer.kind == "clip-bpe" and manifest.tokenizer.clean == "lower" and tokenizer.normalizer is None:
         tokenizer.normalizer = clip_normalizer()
     return tokenizer
 
@@ -290,8 +284,8 @@ def write_layout(staging: Path, manifest: Manifest) -> dict[str, Any]:
         data = entry.external_data
         if entry.tower == "text" and entry.format == ONNX_FORMAT:
             model = onnx.load(str(source), load_external_data=bool(data))
-            eot = tok.get("eot_token_id") if tok.get("kind") == "clip-bpe" else None
-            text_graph_for_clients(model, int(tok["context_length"]), int(tok.get("pad_token_id", 0)), eot)
+            eot = tok.eot_token_id if tok.kind == "clip-bpe" else None
+            text_graph_for_clients(model, tok.context_length, tok.pad_token_id, eot)
             if data:
                 onnx.save_model(
                     model,
@@ -324,8 +318,9 @@ def write_layout(staging: Path, manifest: Manifest) -> dict[str, Any]:
         (CONFIG_NAME, config_json(manifest, external)),
         (PREPROCESSOR_CONFIG_NAME, preprocessor_config(manifest)),
     ]
-    if tok.get("file"):  # exports from before tokenizer.json (a BPE vocabulary only) get no tokenizer files
-        tokenizer = standard_tokenizer(manifest, staging / tok["file"]["path"])
+    tokenizer_file = manifest.section_file("tokenizer.file", str(staging))
+    if tokenizer_file:  # exports from before tokenizer.json (a BPE vocabulary only) get no tokenizer files
+        tokenizer = standard_tokenizer(manifest, staging / tokenizer_file.path)
         tokenizer.save(str(root / TOKENIZER_NAME))
         configs.append((TOKENIZER_CONFIG_NAME, tokenizer_config(manifest, tokenizer)))
     for file_name, content in configs:

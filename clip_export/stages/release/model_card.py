@@ -32,8 +32,8 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
     model = manifest.model
     licence = (
         "none: random weights"
-        if model.get("random_init")
-        else WEIGHT_LICENCES.get(model.get("pretrained") or "", "check the licence of the weights source")
+        if model.random_init
+        else WEIGHT_LICENCES.get(model.pretrained or "", "check the licence of the weights source")
     )
     pre, tok = manifest.preprocess, manifest.tokenizer
     visual = next(
@@ -45,16 +45,16 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
         None,
     )
     lines = [
-        f"# {model['name']} — clip-export release {tag}",
+        f"# {model.name} — clip-export release {tag}",
         "",
-        f"- Architecture: open_clip `{model['arch']}`; weights: {model['source']}; checkpoint sha256: "
-        f"`{model.get('checkpoint_sha256') or 'n/a'}`.",
+        f"- Architecture: open_clip `{model.arch}`; weights: {model.source}; checkpoint sha256: "
+        f"`{model.checkpoint_sha256 or 'n/a'}`.",
         f"- Weights licence: {licence}.",
-        f"- Embedding size: {model.get('embed_dim')}; normalisation in graph: {manifest.normalize}.",
-        f"- Preprocessing: {pre['image_size'][0]}×{pre['image_size'][1]}, resize {pre['resize_mode']} "
-        f"side with {pre['interpolation']}, centre crop, mean {pre['mean']}, std {pre['std']}.",
-        f"- Tokenizer: {tok.get('kind', 'open_clip')}, context {tok['context_length']}, SOT {tok['sot_token_id']}, "
-        f"EOT {tok['eot_token_id']}.",
+        f"- Embedding size: {model.embed_dim}; normalisation in graph: {manifest.normalize}.",
+        f"- Preprocessing: {pre.image_size[0]}×{pre.image_size[1]}, resize {pre.resize_mode} "
+        f"side with {pre.interpolation}, centre crop, mean {list(pre.mean)}, std {list(pre.std)}.",
+        f"- Tokenizer: {tok.kind or 'open_clip'}, context {tok.context_length}, SOT {tok.sot_token_id}, "
+        f"EOT {tok.eot_token_id}.",
         "",
         "## Artifacts",
         "",
@@ -133,13 +133,13 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
             "import numpy as np, onnxruntime as ort, open_clip",
             "from PIL import Image",
             f"visual = ort.InferenceSession('{visual.path}'); text = ort.InferenceSession('{text.path}')",
-            f"size, mean, std = {pre['image_size'][0]}, np.array({pre['mean']}, 'f4'), np.array({pre['std']}, 'f4')",
+            f"size, mean, std = {pre.image_size[0]}, np.array({list(pre.mean)}, 'f4'), np.array({list(pre.std)}, 'f4')",
             "img = Image.open('photo.jpg'); s = size / min(img.size); img = img.resize((int(img.width "
             "* s), int(img.height * s)), Image.BICUBIC)",
             "l, t = round((img.width - size) / 2), round((img.height - size) / 2); img = img.crop((l, "
             "t, l + size, t + size)).convert('RGB')",
             "pixels = ((np.asarray(img, 'f4') / 255 - mean) / std).transpose(2, 0, 1)[None]",
-            f"ids = open_clip.get_tokenizer('{model['arch']}')(['a photo of a cat']).numpy()",
+            f"ids = open_clip.get_tokenizer('{model.arch}')(['a photo of a cat']).numpy()",
             "image_vec = visual.run(None, {'pixel_values': pixels})[0]; text_vec = text.run(None, {'input_ids': "
             "ids})[0]",
             "print((image_vec / np.linalg.norm(image_vec)) @ (text_vec / np.linalg.norm(text_vec)).T)",
@@ -147,7 +147,7 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
             "",
             "`clip_export.runtime.ClipOnnx.from_release(path)` does the same with hash checks and the "
             "exact resize rule (short side to "
-            f"{pre['image_size'][0]}, long side truncated), giving open_clip's pixels bit for bit; its "
+            f"{pre.image_size[0]}, long side truncated), giving open_clip's pixels bit for bit; its "
             'default `preprocess="fast"` '
             'computes only the centre crop of Pillow\'s resize, in vectorised kernels, and `preprocess="exact"` '
             "runs PIL itself.",

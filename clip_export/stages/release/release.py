@@ -169,12 +169,7 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[Manifest, dict[str, Path]]:
     """One manifest for several artifact directories of the same model (e.g. engines per GPU)."""
     manifests = [(d, read_manifest(d)) for d in dirs]
     base_dir, base = manifests[0]
-    key = lambda m: (
-        m.model["arch"],
-        m.model.get("pretrained"),
-        m.model.get("checkpoint_sha256"),
-        m.model.get("seed"),
-    )
+    key = lambda m: (m.model.arch, m.model.pretrained, m.model.checkpoint_sha256, m.model.seed)
     merged = Manifest([], json.loads(json.dumps(base.sections)))
     verification: dict[str, Any] = {"date": now_iso(), "results": [], "merged_from": []}
     merged.set_section("verification", verification)
@@ -183,7 +178,7 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[Manifest, dict[str, Path]]:
     for model_dir, manifest in manifests:
         if key(manifest) != key(base):
             raise ReleaseError(
-                f"{model_dir} holds another model ({manifest.model['arch']}) than {base_dir} ({base.model['arch']}); "
+                f"{model_dir} holds another model ({manifest.model.arch}) than {base_dir} ({base.model.arch}); "
                 "merge only builds of one model"
             )
         for entry in manifest.artifacts:
@@ -265,7 +260,7 @@ def _release(
         if isinstance(setup, str):
             raise ReleaseError(f"--client-check require: {setup}")
     merged, owners = merge_manifests(dirs)
-    slug = release_slug(dirs, merged.model["name"])
+    slug = release_slug(dirs, merged.model.name)
     target = Path(out) / safe_asset_name(f"{slug}-{tag}")
     with exclusive(target):  # a second release of the same tag fails here, at once
         if target.exists():
@@ -304,10 +299,10 @@ def _release(
                 ]
             )
             stored = merged.section_file("reference", "the merged manifest")
-            if stored and merged.reference:
+            if stored:
                 ref_name = safe_asset_name(f"{slug}-reference.npz")
                 assets += _copy_plain(resolve_inside(dirs[0], stored.path, "the reference"), staging, ref_name, stored)
-                merged.reference.update(file_record(staging / ref_name, staging).to_json())
+                merged.move_section_file("reference", file_record(staging / ref_name, staging))
             for key, suffix in (("file", "tokenizer.json"), ("bpe_vocab", "tokenizer-bpe.txt.gz")):
                 source = merged.section_file(f"tokenizer.{key}", "the merged manifest")
                 if source:
@@ -318,7 +313,7 @@ def _release(
                     merged.replace_verification_rows(  # verify's tokenizer row follows its file
                         [r.moved(name) if r.path == source.path else r for r in merged.verification_rows]
                     )
-                    merged.tokenizer[key] = file_record(staging / name, staging).to_json()
+                    merged.move_section_file(f"tokenizer.{key}", file_record(staging / name, staging))
             progress(f"writing the Hugging Face layout into {HF_DIR}/")
             merged.set_section("hf_layout", write_layout(staging, merged))
             merged.set_section("release", {"tag": tag, "created": now_iso(), "sources": [str(d) for d in dirs]})

@@ -137,8 +137,8 @@ def test_bench_reads_the_reference_the_manifest_records(tiny_vit_copy: Path) -> 
     """release renames reference.npz to <slug>-reference.npz and records the new name; bench follows the record."""
     manifest = read_manifest(tiny_vit_copy)
     renamed = f"{tiny_vit_copy.name}-reference.npz"
-    (tiny_vit_copy / manifest.reference["path"]).rename(tiny_vit_copy / renamed)
-    manifest.reference["path"] = renamed
+    (tiny_vit_copy / manifest.section("reference")["path"]).rename(tiny_vit_copy / renamed)
+    manifest.section("reference")["path"] = renamed
     write_manifest(tiny_vit_copy, manifest)
     result = bench(
         tiny_vit_copy, batch_sizes=[1], budget_s=0.02, breakdown=False, baselines=False, towers=["text"], write=False
@@ -287,7 +287,7 @@ def test_baselines_never_read_the_checkpoint_a_manifest_names(tiny_vit_copy: Pat
     from clip_export.core.errors import WeightsError
 
     manifest = read_manifest(tiny_vit_copy)
-    manifest.model.update(random_init=False, seed=None, checkpoint="/dev/zero", checkpoint_sha256="0" * 64)
+    manifest.section("model").update(random_init=False, seed=None, checkpoint="/dev/zero", checkpoint_sha256="0" * 64)
     write_manifest(tiny_vit_copy, manifest)  # reading /dev/zero to hash it would never end
     with pytest.raises(WeightsError, match="never reads from a manifest; pass --weights PATH"):
         bench(tiny_vit_copy, batch_sizes=[1], budget_s=0.02, breakdown=False, write=False)

@@ -45,7 +45,7 @@ def test_a_perturbed_release_needs_a_reindex_and_says_which_metrics_fail(
 
 def test_another_model_is_refused_in_one_line(tiny_vit_dir: Path, tiny_vit_copy: Path) -> None:
     manifest = read_manifest(tiny_vit_copy)
-    manifest.model["arch"] = "ViT-L-14"
+    manifest.section("model")["arch"] = "ViT-L-14"
     write_manifest(tiny_vit_copy, manifest)
     with pytest.raises(ClipExportError, match="is tiny-vit and .* is ViT-L-14: different models never share an index"):
         compat(str(tiny_vit_dir), str(tiny_vit_copy))

@@ -49,7 +49,10 @@ def test_release_writes_the_hugging_face_layout(released: Path) -> None:
     pre = json.loads((hf / "preprocessor_config.json").read_text())
     assert pre["do_center_crop"] is True and pre["do_normalize"] is True and pre["resample"] == 3
     assert pre["size"] == {"shortest_edge": 64} and pre["crop_size"] == {"height": 64, "width": 64}
-    assert pre["image_mean"] == manifest.preprocess["mean"] and pre["image_std"] == manifest.preprocess["std"]
+    assert (
+        pre["image_mean"] == manifest.section("preprocess")["mean"]
+        and pre["image_std"] == manifest.section("preprocess")["std"]
+    )
     config = json.loads((hf / "config.json").read_text())
     assert config["model_type"] == "clip" and config["projection_dim"] == 32 and "transformers.js_config" not in config
 
@@ -102,7 +105,7 @@ def test_text_graph_pads_truncates_and_restores_the_end_of_text_id(released: Pat
 
 def test_squash_families_state_no_centre_crop() -> None:
     sections = {
-        "model": {"family": "siglip"},
+        "model": {"arch": "ViT-B-16-SigLIP", "family": "siglip"},
         "preprocess": {
             "image_size": [256, 256],
             "resize_mode": "squash",

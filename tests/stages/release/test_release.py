@@ -53,7 +53,7 @@ def test_release_writes_checked_assets(verified_dir: Path, tmp_path: Path) -> No
     assert [(r["path"], r["status"]) for r in tokenizer_rows] == [
         ("tiny-vit-tokenizer.json", "pass")
     ]  # verify's row follows its renamed file
-    assert tokenizer_rows[0]["sha256"] == manifest.tokenizer["file"]["sha256"]
+    assert tokenizer_rows[0]["sha256"] == manifest.section("tokenizer")["file"]["sha256"]
     assert "| tiny-vit-tokenizer.json | ids on 48 raw captions | 0 differ | - | pass |" in card
 
 
@@ -437,7 +437,7 @@ def test_a_verdict_covers_the_settings_it_was_obtained_with(tiny_vit_copy: Path,
     assert passing_rows(manifest, visual) and {
         r["settings_sha256"] for r in manifest.section("verification")["results"]
     } == {settings_digest(manifest)}
-    manifest.preprocess["mean"] = [0.9, 0.1, 0.9]
+    manifest.section("preprocess")["mean"] = [0.9, 0.1, 0.9]
     write_manifest(tiny_vit_copy, manifest)
     assert passing_rows(read_manifest(tiny_vit_copy), visual) == []
     with pytest.raises(

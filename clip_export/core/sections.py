@@ -1,0 +1,143 @@
+"""The manifest's settings sections as typed, read-only values: what was exported (`model`), how captions
+become ids (`tokenizer`) and the fp32 reference the verdicts compare with (`reference`); `preprocess`
+reads as configs.PreprocessConfig. Each keeps its JSON whole (`fields`, in written order), so a manifest
+read and written back is byte-identical and keys of other versions survive; stages read attributes,
+and a stage that records something new writes a new section value through `Manifest.set_section`."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from types import MappingProxyType
+from typing import Any
+
+from clip_export.core.errors import ManifestError
+
+
+def _frozen(data: Any, where: str, required: tuple[str, ...]) -> Mapping[str, Any]:
+    absent = [k for k in required if not isinstance(data, dict) or k not in data]
+    if absent:
+        raise ManifestError(f"{where} has no {', '.join(absent)}")
+    return MappingProxyType(dict(data))
+
+
+@dataclass(frozen=True)
+class ModelSection:
+    """manifest["model"]: the architecture and weights source an export was made from (ModelSpec is
+    rebuilt from it by models.spec_from_manifest, which never reads a path it names)."""
+
+    fields: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "the manifest's model section") -> ModelSection:
+        return cls(_frozen(data, where, ("arch",)))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+    @property
+    def arch(self) -> str:
+        return str(self.fields["arch"])
+
+    @property
+    def name(self) -> str:
+        return str(self.fields.get("name") or self.arch)
+
+    @property
+    def source(self) -> str | None:
+        return self.fields.get("source")
+
+    @property
+    def pretrained(self) -> str | None:
+        return self.fields.get("pretrained")
+
+    @property
+    def random_init(self) -> bool:
+        return bool(self.fields.get("random_init"))
+
+    @property
+    def seed(self) -> int | None:
+        return self.fields.get("seed")
+
+    @property
+    def checkpoint_sha256(self) -> str | None:
+        return self.fields.get("checkpoint_sha256")
+
+    @property
+    def embed_dim(self) -> int | None:
+        return self.fields.get("embed_dim")
+
+    @property
+    def family(self) -> str:
+        return str(self.fields.get("family") or "clip")
+
+
+@dataclass(frozen=True)
+class TokenizerSection:
+    """manifest["tokenizer"]: configs.TokenizerConfig as recorded, plus the files the serving tokenizer reads."""
+
+    fields: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "the manifest's tokenizer section") -> TokenizerSection:
+        return cls(_frozen(data, where, ("context_length",)))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+    @property
+    def context_length(self) -> int:
+        return int(self.fields["context_length"])
+
+    @property
+    def kind(self) -> str | None:
+        return self.fields.get("kind")
+
+    @property
+    def clean(self) -> str | None:
+        return self.fields.get("clean")
+
+    @property
+    def sot_token_id(self) -> int | None:
+        return self.fields.get("sot_token_id")
+
+    @property
+    def eot_token_id(self) -> int | None:
+        return self.fields.get("eot_token_id")
+
+    @property
+    def pad_token_id(self) -> int:
+        return int(self.fields.get("pad_token_id") or 0)
+
+    @property
+    def vocab_size(self) -> int | None:
+        return self.fields.get("vocab_size")
+
+
+@dataclass(frozen=True)
+class ReferenceSection:
+    """manifest["reference"]: the stored torch fp32 reference (its file record is Manifest.section_file)
+    and which evaluation items it was computed on."""
+
+    fields: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "the manifest's reference section") -> ReferenceSection:
+        return cls(_frozen(data, where, ()))
+
+    def to_json(self) -> dict[str, Any]:
+        return dict(self.fields)
+
+    @property
+    def evalset(self) -> str | None:
+        """ "bundled", or how --images/--texts replaced it; None in references written before it was recorded."""
+        return self.fields.get("evalset")
+
+    @property
+    def captions(self) -> tuple[str, ...] | None:
+        captions = self.fields.get("captions")
+        return None if captions is None else tuple(str(c) for c in captions)
+
+    @property
+    def images(self) -> tuple[str, ...]:
+        return tuple(self.fields.get("images") or ())
