@@ -21,23 +21,16 @@ import numpy as np
 
 
 def quantized(source: Path, target: Path) -> Path:
+    """The served QInt8 family's file, made by the same call `clip-export int8` makes."""
     import onnx
-    from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
     from clip_export.core.spec import INT8_FAMILIES
+    from clip_export.stages.convert import quantize_weights
 
-    scheme = INT8_FAMILIES["vnni"].scheme
     model = onnx.load(str(source))
-    quantize_dynamic(
-        model,
-        str(target),
-        weight_type=getattr(QuantType, scheme.weight_type),
-        per_channel=scheme.per_channel,
-        reduce_range=scheme.reduce_range,
-        op_types_to_quantize=["MatMul", "Gemm"],
-        nodes_to_exclude=quantizer_exclusions(model, int8_excluded_nodes(model)),
-        extra_options={"MatMulConstBOnly": True},
+    quantize_weights(
+        model, target, INT8_FAMILIES["vnni"].scheme, quantizer_exclusions(model, int8_excluded_nodes(model))
     )
     return target
 

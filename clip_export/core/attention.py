@@ -15,7 +15,7 @@ the unpatched model, so the rewrite is checked on every export.
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 
@@ -86,17 +86,26 @@ def _batch_first_forward(mha: Any, original: Any, used: set[int]) -> Any:
 
 
 @contextlib.contextmanager
-def batch_first_attention(module: Any) -> Iterator[set[int]]:
-    """Within the block, every patchable attention of `module` runs batch-first. Yields the set of
-    blocks that actually took that path, filled in as they run."""
+def export_rewrite(
+    module: Any, patchable: Callable[[Any], bool], forward: Callable[[Any, Any, set[int]], Any]
+) -> Iterator[set[int]]:
+    """Within the block, every submodule of `module` that is `patchable` runs `forward(submodule,
+    its own forward, used)` instead; yields `used`, the ids of those that took the new path, filled
+    in as they run. Only the trace sees the rewrite: the model is unpatched when the block ends."""
     patched = []
     used: set[int] = set()
     try:
-        for mha in module.modules():
-            if _patchable(mha) and "forward" not in vars(mha):
-                mha.forward = _batch_first_forward(mha, mha.forward, used)
-                patched.append(mha)
+        for sub in module.modules():
+            if patchable(sub) and "forward" not in vars(sub):
+                sub.forward = forward(sub, sub.forward, used)
+                patched.append(sub)
         yield used
     finally:
-        for mha in patched:
-            del mha.forward
+        for sub in patched:
+            del sub.forward
+
+
+def batch_first_attention(module: Any) -> contextlib.AbstractContextManager[set[int]]:
+    """Within the block, every patchable attention of `module` runs batch-first. Yields the set of
+    blocks that actually took that path, filled in as they run."""
+    return export_rewrite(module, _patchable, _batch_first_forward)

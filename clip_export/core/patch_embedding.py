@@ -13,8 +13,9 @@ Measured in benchmarks/patch_embedding.py (docs/benchmarks.md).
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
 from typing import Any
+
+from clip_export.core.attention import export_rewrite
 
 
 def _patchable(module: Any) -> bool:
@@ -55,18 +56,7 @@ def _matmul_forward(conv: Any, original: Any, used: set[int]) -> Any:
     return forward
 
 
-@contextlib.contextmanager
-def matmul_patch_embedding(module: Any) -> Iterator[set[int]]:
+def matmul_patch_embedding(module: Any) -> contextlib.AbstractContextManager[set[int]]:
     """Within the block, every patch-embedding convolution of `module` (kernel == stride, no padding,
     one group) runs as a MatMul. Yields the set of convolutions that took that path, filled in as they run."""
-    patched = []
-    used: set[int] = set()
-    try:
-        for conv in module.modules():
-            if _patchable(conv) and "forward" not in vars(conv):
-                conv.forward = _matmul_forward(conv, conv.forward, used)
-                patched.append(conv)
-        yield used
-    finally:
-        for conv in patched:
-            del conv.forward
+    return export_rewrite(module, _patchable, _matmul_forward)

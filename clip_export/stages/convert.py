@@ -199,6 +199,27 @@ def convert_fp16(
     )
 
 
+def quantize_weights(model: Any, target: Path, scheme: Int8Scheme, excluded: Sequence[str]) -> None:
+    """onnxruntime's dynamic quantization of the MatMul/Gemm weights of `model` (rewritten in place) with
+    `scheme`, leaving `excluded` float: the one call every INT8 file here is made by."""
+    import logging
+
+    quantization = import_optional(
+        "onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization"
+    )
+    logging.getLogger().setLevel(logging.ERROR)  # the quantizer advises pre-processing through the root logger
+    quantization.quantize_dynamic(
+        model,
+        str(target),
+        weight_type=getattr(quantization.QuantType, scheme.weight_type),
+        per_channel=scheme.per_channel,
+        reduce_range=scheme.reduce_range,
+        op_types_to_quantize=list(INT8_OP_TYPES),
+        nodes_to_exclude=list(excluded),
+        extra_options={"MatMulConstBOnly": True},
+    )
+
+
 def quantize_int8(
     model_dir: Path,
     *,
@@ -289,9 +310,6 @@ def _mixed_precision(
     INT8_MIXED_MAX_FLOAT_SHARE of them would stay float. (result or None, a line saying what happened)."""
     import numpy as np
 
-    quantization = import_optional(
-        "onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization"
-    )
     manifest = read_manifest(model_dir)
     source = manifest.select(precision="fp32", format=ONNX_FORMAT, tower=tower)[0]
     model = _onnx().load(str(resolve_inside(model_dir, source.path, "the source artifact")))
@@ -305,15 +323,8 @@ def _mixed_precision(
     def quantize_only(name: str, target: Path) -> None:
         fresh = _onnx().ModelProto()
         fresh.CopyFrom(model)  # the quantizer rewrites the graph it is given (Gemm → MatMul)
-        quantization.quantize_dynamic(
-            fresh,
-            str(target),
-            weight_type=getattr(quantization.QuantType, scheme.weight_type),
-            per_channel=scheme.per_channel,
-            reduce_range=scheme.reduce_range,
-            op_types_to_quantize=list(INT8_OP_TYPES),
-            nodes_to_exclude=quantizer_exclusions(model, [*base, *(c for c in candidates if c != name)]),
-            extra_options={"MatMulConstBOnly": True},
+        quantize_weights(
+            fresh, target, scheme, quantizer_exclusions(model, [*base, *(c for c in candidates if c != name)])
         )
 
     progress(f"{tower} {scheme.label} failed its gate; measuring {len(candidates)} MatMuls' sensitivity")
@@ -366,28 +377,12 @@ def _quantize_family(
     progress: Progress,
     extra: dict[str, Any] | None = None,
 ) -> ConvertResult:
-    quantization = import_optional(
-        "onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization"
-    )
-    QuantType, quantize_dynamic = quantization.QuantType, quantization.quantize_dynamic
     onnx = _onnx()
 
     def write(source: Path, target: Path) -> dict[str, Any]:
-        import logging
-
-        logging.getLogger().setLevel(logging.ERROR)  # the quantizer advises pre-processing through the root logger
         model = onnx.load(str(source))
         excluded = quantizer_exclusions(model, [*int8_excluded_nodes(model), *exclude_nodes])
-        quantize_dynamic(
-            model,
-            str(target),
-            weight_type=getattr(QuantType, scheme.weight_type),
-            per_channel=scheme.per_channel,
-            reduce_range=scheme.reduce_range,
-            op_types_to_quantize=list(INT8_OP_TYPES),
-            nodes_to_exclude=excluded,
-            extra_options={"MatMulConstBOnly": True},
-        )
+        quantize_weights(model, target, scheme, excluded)
         quantized = onnx.load(str(target))
         set_precision_metadata(quantized, "int8")
         onnx.save_model(quantized, str(target))
