@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 import pytest
 from click.testing import CliRunner
+from onnxruntime.capi.onnxruntime_pybind11_state import Fail as OnnxRuntimeFail
 from PIL import Image
 
 from clip_export.cli import main
@@ -239,6 +240,15 @@ def release_from_inside(ctx: Ctx) -> None:
     named = [a for a in result.assets if a.endswith((".onnx", ".npz"))]
     assert named and all(a.startswith(f"{ctx.model_dir.name}-") for a in named)
     assert not list(ctx.model_dir.glob("..lock"))  # the lock lay beside the directory, as for every other run
+
+
+def bomb_sized_array_to_the_preprocessing_graph(ctx: Ctx) -> None:
+    from clip_export.core.preprocess_graph import preprocessing_model
+    from clip_export.core.sessions import create_session
+    from clip_export.core.spec import RAW_IMAGE_INPUT
+
+    graph = create_session(preprocessing_model(read_manifest(ctx.shared_dir).preprocess).SerializeToString())
+    graph.run(None, {RAW_IMAGE_INPUT: np.zeros((13400, 13400, 3), np.uint8)})  # unwritten zeros: no memory yet
 
 
 CASES: list[Case] = [
@@ -561,6 +571,13 @@ CASES: list[Case] = [
         None,
         'accepted: the default path runs PIL\'s own resize, as "exact" does',
         huge_photo_takes_the_exact_path,
+    ),
+    Case(
+        "a 13400x13400 uint8 array fed straight to a preprocessing graph (no decoder in between)",
+        "onnxruntime, `*.preprocessing.onnx`",
+        OnnxRuntimeFail,
+        "running Reshape node. Name:'clip_export_preprocess/refuse_images_over_178956970_pixels'",
+        bomb_sized_array_to_the_preprocessing_graph,
     ),
 ]
 

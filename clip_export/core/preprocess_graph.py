@@ -20,6 +20,7 @@ import numpy as np
 from clip_export.core.errors import ClipExportError, ConversionError
 from clip_export.core.models import PreprocessConfig
 from clip_export.core.spec import (
+    PREPROCESSING_GRAPH_MAX_PIXELS,
     PREPROCESSING_GRAPH_MODES,
     PREPROCESSING_MIN_OPSET,
     RAW_IMAGE_INPUT,
@@ -69,13 +70,19 @@ def preprocessing_nodes(config: PreprocessConfig, output: str = "pixel_values") 
 
     shape = node("Shape", [RAW_IMAGE_INPUT], "shape")
     hw = node("Slice", [shape, const("0", [0]), const("2", [2])], "hw")  # [H, W] int64
+    # An image over the pixel limit is refused here, before the float copies: its shape becomes an
+    # impossible Reshape target, so onnxruntime fails in a node whose name says why.
+    area = node("ReduceProd", [hw], "area", keepdims=1)
+    within = node("LessOrEqual", [area, const("max_pixels", [PREPROCESSING_GRAPH_MAX_PIXELS])], "within_limit")
+    target = node("Where", [within, shape, const("refused", [-1, -1, 3])], "guarded_shape")
+    image = node("Reshape", [RAW_IMAGE_INPUT, target], f"refuse_images_over_{PREPROCESSING_GRAPH_MAX_PIXELS}_pixels")
     # Resampled as float NCHW: onnxruntime's fastest antialias path (uint8 NHWC measured 1.5-2x slower).
     nchw = node(
         "Transpose",
         [
             node(
                 "Cast",
-                [node("Unsqueeze", [RAW_IMAGE_INPUT, const("batch_axis", [0])], "nhwc")],
+                [node("Unsqueeze", [image, const("batch_axis", [0])], "nhwc")],
                 "nhwc_f",
                 to=TensorProto.FLOAT,
             )

@@ -174,6 +174,10 @@ CAPTIONS_CHECKED = "captions_checked"
 RAW_IMAGE_INPUT = "image_uint8"
 RAW_IMAGE_DTYPE = "uint8"
 RAW_IMAGE_SHAPE: tuple[str | int, ...] = ("height", "width", 3)
+# The largest image a preprocessing graph takes: PIL's decompression-bomb limit at its default (2 x
+# Image.MAX_IMAGE_PIXELS), which the runtime applies when it decodes. Past it the graph fails in its first
+# node, before any float copy of the image exists (a 20000x20000 image otherwise peaked at 12.5 GB).
+PREPROCESSING_GRAPH_MAX_PIXELS = 2 * 89_478_485
 # Resize with antialias needs opset 18; the graph is built at the tower's own opset.
 PREPROCESSING_MIN_OPSET = 18
 # The resize modes the graph implements; others are refused (open_clip's "longest" pads with a fill).

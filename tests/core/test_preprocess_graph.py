@@ -15,7 +15,7 @@ from clip_export.core.evalset import load_evalset
 from clip_export.core.models import PreprocessConfig
 from clip_export.core.preprocess import _crop_offsets, load_image, preprocess_reference, shortest_side_size
 from clip_export.core.preprocess_graph import PREFIX, preprocessing_model, rgb_uint8, with_preprocessing
-from clip_export.core.spec import RAW_IMAGE_INPUT
+from clip_export.core.spec import PREPROCESSING_GRAPH_MAX_PIXELS, RAW_IMAGE_INPUT
 
 CONFIG = PreprocessConfig((224, 224), (0.48145466, 0.4578275, 0.40821073), (0.26862954, 0.26130258, 0.27577711))
 ONE_STEP = 1.0 / 255.0 / min(CONFIG.std)  # one uint8 step in normalised units
@@ -122,6 +122,19 @@ def test_bad_input_to_the_graph_is_refused_by_onnxruntime(graph: ort.InferenceSe
     ]:
         with pytest.raises(Exception, match=message):
             graph.run(None, {RAW_IMAGE_INPUT: bad})
+
+
+def test_an_image_over_the_pixel_limit_is_refused_before_any_float_copy(graph: ort.InferenceSession) -> None:
+    """np.zeros is not backed by memory until written: the refusal must come before the graph's Cast."""
+    import resource
+
+    side = int(PREPROCESSING_GRAPH_MAX_PIXELS**0.5) + 1
+    huge = np.zeros((side, side, 3), np.uint8)
+    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    with pytest.raises(Exception, match=f"refuse_images_over_{PREPROCESSING_GRAPH_MAX_PIXELS}_pixels"):
+        graph.run(None, {RAW_IMAGE_INPUT: huge})
+    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
+    assert grown_kib < 64 * 1024, f"the refused run grew the process by {grown_kib / 1024:.0f} MB"
 
 
 def test_rgb_uint8_gives_clear_errors() -> None:
