@@ -72,7 +72,9 @@ def preprocessing_nodes(config: PreprocessConfig, output: str = "pixel_values") 
     hw = node("Slice", [shape, const("0", [0]), const("2", [2])], "hw")  # [H, W] int64
     # An image over the pixel limit is refused here, before the float copies: its shape becomes an
     # impossible Reshape target, so onnxruntime fails in a node whose name says why.
-    area = node("ReduceProd", [hw], "area", keepdims=1)
+    h = node("Slice", [hw, const("0", [0]), const("1", [1])], "h")
+    w = node("Slice", [hw, const("1", [1]), const("2", [2])], "w")
+    area = node("Mul", [h, w], "area")  # ops the rest of the graph uses too (every client runtime has them)
     within = node("LessOrEqual", [area, const("max_pixels", [PREPROCESSING_GRAPH_MAX_PIXELS])], "within_limit")
     target = node("Where", [within, shape, const("refused", [-1, -1, 3])], "guarded_shape")
     image = node("Reshape", [RAW_IMAGE_INPUT, target], f"refuse_images_over_{PREPROCESSING_GRAPH_MAX_PIXELS}_pixels")
@@ -95,8 +97,6 @@ def preprocessing_nodes(config: PreprocessConfig, output: str = "pixel_values") 
         cropped = resized
     else:
         size = height
-        h = node("Slice", [hw, const("0", [0]), const("1", [1])], "h")
-        w = node("Slice", [hw, const("1", [1]), const("2", [2])], "w")
         short = node("Min", [h, w], "short")
         long = node("Max", [h, w], "long")
         # int(size * long / short): the product is exact in int64, the quotient one IEEE division in float64, as in Python.
