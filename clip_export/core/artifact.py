@@ -13,7 +13,7 @@ from typing import Any
 
 from clip_export.core.configs import PreprocessConfig
 from clip_export.core.errors import ManifestError
-from clip_export.core.sections import ModelSection, ReferenceSection, TokenizerSection
+from clip_export.core.sections import BenchmarkSection, ModelSection, ReferenceSection, TokenizerSection
 
 # What every artifact entry must name; the rest describes how it was made.
 ARTIFACT_KEYS = ("path", "sha256", "bytes", "tower", "precision", "format")
@@ -276,6 +276,17 @@ class Manifest:
     def reference(self) -> ReferenceSection | None:
         record = self.sections.get("reference")
         return ReferenceSection.from_json(record) if record else None
+
+    @property
+    def benchmark(self) -> BenchmarkSection | None:
+        """The last `clip-export bench` run, where there was one."""
+        record = self.sections.get("benchmark")
+        return BenchmarkSection.from_json(record) if record else None
+
+    @property
+    def int8_not_built(self) -> Mapping[str, str]:
+        """Tower → why `int8` built no INT8 artifact for it (convert writes it, the card explains it)."""
+        return MappingProxyType(dict(self.sections.get("int8_not_built") or {}))
 
     def section_file(self, key: str, where: str) -> FileRecord | None:
         """One of SECTION_FILES ("reference", "tokenizer.file", …) as the FileRecord it was hashed as, or

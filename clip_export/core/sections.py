@@ -141,3 +141,56 @@ class ReferenceSection:
     @property
     def images(self) -> tuple[str, ...]:
         return tuple(self.fields.get("images") or ())
+
+
+@dataclass(frozen=True)
+class MeasuredRow:
+    """One row of `clip-export bench` as its section keeps it, as far as the model card reads it."""
+
+    name: str
+    kind: str  # "artifact" | "baseline"
+    tower: str
+    batch: int
+    provider_ran: str | None
+    p50_ms: float | None
+    speedup_vs_torch: float | None
+
+    @classmethod
+    def from_json(cls, data: Any, where: str) -> MeasuredRow:
+        row = _frozen(data, where, ("name", "batch"))
+        latency = row.get("latency") or {}
+        return cls(
+            name=str(row["name"]),
+            kind=str(row.get("kind") or "artifact"),
+            tower=str(row.get("tower") or ""),
+            batch=int(row["batch"]),
+            provider_ran=row.get("provider_ran"),
+            p50_ms=latency.get("p50_ms"),
+            speedup_vs_torch=row.get("speedup_vs_torch"),
+        )
+
+
+@dataclass(frozen=True)
+class BenchmarkSection:
+    """manifest["benchmark"]: the last `clip-export bench` run (bench_rows.BenchResult as JSON), kept whole."""
+
+    fields: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "the manifest's benchmark section") -> BenchmarkSection:
+        return cls(_frozen(data, where, ()))
+
+    @property
+    def machine_cpu(self) -> str | None:
+        return (self.fields.get("machine") or {}).get("cpu")
+
+    @property
+    def date(self) -> str:
+        return str(self.fields.get("date") or "")
+
+    @property
+    def rows(self) -> tuple[MeasuredRow, ...]:
+        return tuple(
+            MeasuredRow.from_json(r, f"the benchmark section's rows[{i}]")
+            for i, r in enumerate(self.fields.get("rows") or ())
+        )

@@ -51,3 +51,38 @@ def test_a_moved_section_file_keeps_the_rest_of_its_section(tiny_vit_copy: Path)
     manifest.drop_section("reference")
     with pytest.raises(ValueError, match="no reference"):
         manifest.move_section_file("reference", FileRecord("x", "ab" * 32, 1))
+
+
+def test_the_benchmark_section_reads_as_the_rows_the_card_shows() -> None:
+    from clip_export.core.artifact import Manifest
+    from clip_export.core.sections import MeasuredRow
+
+    rows = [
+        {
+            "name": "visual.onnx",
+            "kind": "artifact",
+            "tower": "visual",
+            "batch": 1,
+            "provider_ran": "CPUExecutionProvider",
+            "latency": {"p50_ms": 9.5},
+            "speedup_vs_torch": 6.1,
+        },
+        {
+            "name": "torch eager",
+            "kind": "baseline",
+            "tower": "visual",
+            "batch": 1,
+            "provider_ran": None,
+            "latency": None,
+        },
+    ]
+    manifest = Manifest([], {"benchmark": {"machine": {"cpu": "AMD EPYC"}, "date": "2026-12-04", "rows": rows}})
+    bench = manifest.benchmark
+    assert bench is not None and bench.machine_cpu == "AMD EPYC" and bench.date == "2026-12-04"
+    assert bench.rows == (
+        MeasuredRow("visual.onnx", "artifact", "visual", 1, "CPUExecutionProvider", 9.5, 6.1),
+        MeasuredRow("torch eager", "baseline", "visual", 1, None, None, None),
+    )
+    assert Manifest([], {}).benchmark is None and dict(Manifest([], {}).int8_not_built) == {}
+    with pytest.raises(ManifestError, match=r"rows\[0\] has no batch"):
+        _ = Manifest([], {"benchmark": {"rows": [{"name": "x", "tower": "text"}]}}).benchmark.rows  # type: ignore[union-attr]

@@ -108,20 +108,20 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
     lines += variant_table(manifest)
     lines += int8_section(manifest)
     lines += clients_section(manifest)
-    bench = manifest.section("benchmark")
+    bench = manifest.benchmark
     if bench:
         lines += [
             "",
-            f"## Batch-1 latency ({bench.get('machine', {}).get('cpu', 'unknown machine')}, {bench.get('date', '')})",
+            f"## Batch-1 latency ({bench.machine_cpu or 'unknown machine'}, {bench.date})",
             "",
             "| name | tower | provider | p50 ms | × torch eager |",
             "|---|---|---|---|---|",
         ]
-        for r in bench.get("rows", []):
-            if r["batch"] == 1 and r.get("latency"):
-                ratio = r.get("speedup_vs_torch")
+        for r in bench.rows:
+            if r.batch == 1 and r.p50_ms is not None:
+                ratio = r.speedup_vs_torch
                 lines.append(
-                    f"| {r['name']} | {r['tower']} | {r.get('provider_ran')} | {r['latency']['p50_ms']:.2f} | "
+                    f"| {r.name} | {r.tower} | {r.provider_ran} | {r.p50_ms:.2f} | "
                     f"{'-' if ratio is None else f'{ratio:.2f}'} |"
                 )
     if visual and text:
@@ -158,11 +158,11 @@ def model_card(manifest: Manifest, slug: str, tag: str) -> str:
 def variant_table(manifest: Manifest) -> list[str]:
     """Every variant with its size, batch-1 speed and fidelity next to the fp32 artifact of its tower,
     so a client choosing fp16, int8 or q4 for a browser or phone sees what each one costs."""
-    bench = manifest.section("benchmark") or {}
+    bench = manifest.benchmark
     p50 = {
-        r["name"]: r["latency"]["p50_ms"]
-        for r in bench.get("rows", [])
-        if r.get("batch") == 1 and r.get("latency") and r.get("kind", "artifact") == "artifact"
+        r.name: r.p50_ms
+        for r in (bench.rows if bench else ())
+        if r.batch == 1 and r.p50_ms is not None and r.kind == "artifact"
     }
     verdicts: dict[str, VerificationRow] = {}
     for r in manifest.verification_rows:
@@ -170,7 +170,7 @@ def variant_table(manifest: Manifest) -> list[str]:
     fp32 = {a.tower: a for a in manifest.artifacts if a.precision == "fp32" and a.format == ONNX_FORMAT}
     lines = [
         "",
-        f"## Variants: size, batch-1 speed ({bench.get('machine', {}).get('cpu', 'not benchmarked')}) and fidelity",
+        f"## Variants: size, batch-1 speed ({(bench.machine_cpu if bench else None) or 'not benchmarked'}) and fidelity",
         "",
         "Fidelity is against the fp32 torch reference on the bundled set; a preprocessing graph is "
         "fed the raw image files. "
@@ -202,7 +202,7 @@ def variant_table(manifest: Manifest) -> list[str]:
 def int8_section(manifest: Manifest) -> list[str]:
     """Which INT8 file is for which CPU: one per onnxruntime kernel family, and where each was verified."""
     entries = [a for a in manifest.artifacts if a.format == ONNX_FORMAT and int8_family_of(a) is not None]
-    refused = manifest.section("int8_not_built") or {}
+    refused = manifest.int8_not_built
     if not entries and not refused:
         return []
     lines = [
