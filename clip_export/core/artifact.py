@@ -13,7 +13,13 @@ from typing import Any
 
 from clip_export.core.configs import PreprocessConfig
 from clip_export.core.errors import ManifestError
-from clip_export.core.sections import BenchmarkSection, ModelSection, ReferenceSection, TokenizerSection
+from clip_export.core.sections import (
+    BenchmarkSection,
+    ModelSection,
+    ReferenceSection,
+    TokenizerSection,
+    VerificationRun,
+)
 
 # What every artifact entry must name; the rest describes how it was made.
 ARTIFACT_KEYS = ("path", "sha256", "bytes", "tower", "precision", "format")
@@ -282,6 +288,12 @@ class Manifest:
         """The last `clip-export bench` run, where there was one."""
         record = self.sections.get("benchmark")
         return BenchmarkSection.from_json(record) if record else None
+
+    @property
+    def verification(self) -> VerificationRun | None:
+        """When and with what the last `verify` ran; its verdicts are `verification_rows`."""
+        record = self.sections.get("verification")
+        return VerificationRun.from_json(record) if record else None
 
     @property
     def int8_not_built(self) -> Mapping[str, str]:

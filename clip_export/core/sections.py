@@ -194,3 +194,27 @@ class BenchmarkSection:
             MeasuredRow.from_json(r, f"the benchmark section's rows[{i}]")
             for i, r in enumerate(self.fields.get("rows") or ())
         )
+
+
+@dataclass(frozen=True)
+class VerificationRun:
+    """manifest["verification"] apart from its rows (Manifest.verification_rows): when and with which
+    library versions the last `verify` ran, kept whole."""
+
+    fields: Mapping[str, Any]
+
+    @classmethod
+    def from_json(cls, data: Any, where: str = "the manifest's verification section") -> VerificationRun:
+        return cls(_frozen(data, where, ()))
+
+    @property
+    def date(self) -> str | None:
+        return self.fields.get("date")
+
+    @property
+    def machine(self) -> Any:
+        return self.fields.get("machine")
+
+    @property
+    def versions(self) -> Mapping[str, str]:
+        return MappingProxyType(dict(self.fields.get("versions") or {}))

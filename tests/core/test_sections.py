@@ -86,3 +86,13 @@ def test_the_benchmark_section_reads_as_the_rows_the_card_shows() -> None:
     assert Manifest([], {}).benchmark is None and dict(Manifest([], {}).int8_not_built) == {}
     with pytest.raises(ManifestError, match=r"rows\[0\] has no batch"):
         _ = Manifest([], {"benchmark": {"rows": [{"name": "x", "tower": "text"}]}}).benchmark.rows  # type: ignore[union-attr]
+
+
+def test_the_last_verify_run_reads_as_a_value(tiny_vit_copy: Path) -> None:
+    from clip_export.stages.verify import verify
+
+    verify(tiny_vit_copy)
+    run = read_manifest(tiny_vit_copy).verification
+    written = json.loads((tiny_vit_copy / MANIFEST_NAME).read_text())["verification"]
+    assert run is not None and run.date == written["date"] and dict(run.versions) == written["versions"]
+    assert "onnxruntime" in run.versions

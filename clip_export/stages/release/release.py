@@ -76,7 +76,6 @@ def check_releasable(model_dir: Path, manifest: Manifest, allow_overridden: bool
             for issue in integrity_problems(model_dir, record):
                 problems.append(f"{label}/{issue}")
     tokenizer_file = manifest.section_file("tokenizer.file", label)
-    verification = manifest.section("verification") or {}
     if tokenizer_file and manifest.find(tower="text") is not None:
         rows = [
             r for r in manifest.verification_rows if r.format == TOKENIZER_FORMAT and r.sha256 == tokenizer_file.sha256
@@ -86,9 +85,8 @@ def check_releasable(model_dir: Path, manifest: Manifest, allow_overridden: bool
                 f"{label}/{tokenizer_file.path} failed its check in 'clip-export verify': "
                 + "; ".join(f for r in rows for f in r.failures)
             )
-        elif not rows and "tokenizers" in verification.get(
-            "versions", {}
-        ):  # a verify that checks tokenizers ran, but not on these bytes
+        elif not rows and manifest.verification and "tokenizers" in manifest.verification.versions:
+            # a verify that checks tokenizers ran, but not on these bytes
             problems.append(
                 f"{label}/{tokenizer_file.path} has no verdict for its current bytes; run 'clip-export "
                 f"verify {model_dir}'"
@@ -213,8 +211,8 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[Manifest, dict[str, Path]]:
         verification["merged_from"].append(
             {
                 "dir": str(model_dir),
-                "date": (manifest.section("verification") or {}).get("date"),
-                "machine": (manifest.section("verification") or {}).get("machine"),
+                "date": manifest.verification.date if manifest.verification else None,
+                "machine": manifest.verification.machine if manifest.verification else None,
             }
         )
     return merged, owners
