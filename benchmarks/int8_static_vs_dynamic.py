@@ -50,7 +50,7 @@ def main() -> None:
 
     from clip_export.core.environment import current_environment
     from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
-    from clip_export.core.manifest import now_iso, read_manifest
+    from clip_export.core.manifest import intact_reference, now_iso, read_manifest
     from clip_export.core.metrics import l2_normalize
     from clip_export.core.sessions import SessionOptions, create_session
     from clip_export.core.spec import THRESHOLDS, TOWERS
@@ -68,7 +68,8 @@ def main() -> None:
     limits = THRESHOLDS["int8"]
     parked = SessionOptions(intra_op_threads=2, stop_spinning_after_run=True)
     rows: list[tuple[str, str, float, float, float, float]] = []
-    with np.load(work / "reference.npz") as data:
+    _, reference_path = intact_reference(work, manifest, "the calibration set", f"{work} has no reference")
+    with np.load(reference_path) as data:
         reference = {k: data[k] for k in data.files}
     for tower in ("visual", "text"):
         spec = TOWERS[tower]

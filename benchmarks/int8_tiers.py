@@ -104,7 +104,7 @@ def main() -> None:
     source = exported(args.model)
     env = current_environment("CPUExecutionProvider")
     print(f"Measuring on {env.describe()}.", file=sys.stderr)
-    loaded = load_model(spec_from_manifest(read_manifest(source).model))
+    loaded = load_model(spec_from_manifest(read_manifest(source).model.to_json()))
     with np.load(source / "reference.npz") as data:
         ref = {k: data[k] for k in data.files}
     rows = []

@@ -202,11 +202,11 @@ def _cell(check: Any) -> str:
 def runtime_delta(model_dir: Path) -> str:
     """ClipOnnx (no torch in its path) from raw images and captions against the stored torch reference."""
     from clip_export.core.evalset import load_evalset
-    from clip_export.core.manifest import read_manifest
+    from clip_export.core.manifest import intact_reference, read_manifest
     from clip_export.runtime import ClipOnnx
 
     manifest = read_manifest(model_dir)
-    reference = np.load(model_dir / manifest.section_file("reference", str(model_dir)).path)
+    reference = np.load(intact_reference(model_dir, manifest, "the coverage check", f"{model_dir} has no reference")[1])
     runtime = ClipOnnx.from_release(model_dir, check="off")
     evalset = load_evalset()
     same_ids = np.array_equal(runtime.tokenize(list(evalset.captions)), reference["input_ids"])

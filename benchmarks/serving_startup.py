@@ -53,7 +53,7 @@ def without_vocabulary(model_dir: Path, into: Path) -> Path:
         if path.is_file() and path.name not in ("manifest.json", "tokenizer.json"):
             os.link(path, into / path.name)
     manifest = read_manifest(model_dir)
-    manifest.tokenizer.pop("file", None)
+    manifest.section("tokenizer").pop("file", None)
     write_manifest(into, manifest)
     return into
 
@@ -104,7 +104,10 @@ def main() -> None:
     args = parser.parse_args()
     spec = resolve(args.model, random_init=True, seed=0)
     model_dir = WORK / spec.slug
-    if not (model_dir / "manifest.json").exists() or "file" not in read_manifest(model_dir).tokenizer:
+    if (
+        not (model_dir / "manifest.json").exists()
+        or read_manifest(model_dir).section_file("tokenizer.file", str(model_dir)) is None
+    ):
         # In a child: Linux carries a parent's peak RSS over into the processes it forks.
         export = f"from clip_export import export_onnx, resolve; export_onnx(resolve({args.model!r}, random_init=True, seed=0), out={str(WORK)!r}, force=True)"
         subprocess.run([sys.executable, "-c", export], check=True)

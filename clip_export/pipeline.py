@@ -60,7 +60,13 @@ def converter(precision: PrecisionSpec) -> Callable[..., object]:
     if precision.converter is None:
         raise ClipExportError(f"precision {precision.name} is not made by a conversion (it is the export itself)")
     module_name, _, function_name = precision.converter.partition(":")
-    return getattr(importlib.import_module(module_name), function_name)  # type: ignore[no-any-return]
+    try:
+        return getattr(importlib.import_module(module_name), function_name)  # type: ignore[no-any-return]
+    except (ImportError, AttributeError) as exc:
+        raise ClipExportError(
+            f"precision {precision.name}'s converter {precision.converter!r} (spec.PRECISION_SPECS) cannot be "
+            f"imported: {exc}"
+        ) from exc
 
 
 def converters() -> dict[str, Callable[..., object]]:

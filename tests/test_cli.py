@@ -141,7 +141,8 @@ def test_a_converted_precision_without_options_needs_no_cli_code(
     from clip_export.core.spec import PRECISION_SPECS, artifact_file_name
 
     monkeypatch.setitem(main.commands, "fp16", conversion_command(PRECISION_SPECS["fp16"]))
-    assert "clip-export fp16 artifacts/" in run("fp16", "-h").output
+    generated_help = run("fp16", "-h").output
+    assert "clip_export.stages.convert:convert_fp16" in generated_help and "--fuse" not in generated_help
     made = run("fp16", str(tiny_vit_copy), "--towers", "visual", "--quiet")
     assert made.exit_code == 0, made.output
     assert artifact_file_name("visual", "fp16") in made.output and "PASS" in made.output

@@ -106,3 +106,15 @@ def test_every_converted_precision_has_its_stage_and_runs_in_the_registry_order(
 
     assert list(converters()) == [p.name for p in PRECISION_SPECS.values() if p.converted]
     assert PIPELINE_PRECISIONS == ("fp32", "fp16", "int8")
+
+
+def test_a_registry_row_naming_no_converter_says_which_precision() -> None:
+    import dataclasses
+
+    from clip_export.core.errors import ClipExportError
+    from clip_export.core.spec import PRECISION_SPECS
+    from clip_export.pipeline import converter
+
+    row = dataclasses.replace(PRECISION_SPECS["q4"], name="q3", converter="clip_export.stages.quantize4:quantize_q3")
+    with pytest.raises(ClipExportError, match=r"precision q3's converter 'clip_export.stages.quantize4:quantize_q3'"):
+        converter(row)

@@ -22,7 +22,7 @@ def _patchable(module: Any) -> bool:
     import torch
 
     return (
-        isinstance(module, torch.nn.Conv2d)
+        type(module) is torch.nn.Conv2d  # a subclass may pad or compute otherwise (timm's Conv2dSame)
         and module.in_channels == 3  # the convolution that reads the image, not a 1x1 or downsampling layer
         and module.kernel_size == module.stride
         and module.padding == (0, 0)

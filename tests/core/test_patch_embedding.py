@@ -23,6 +23,13 @@ def test_the_matmul_is_the_convolution(bias: bool, size: tuple[int, int]) -> Non
     assert got.shape == expected.shape and torch.allclose(got, expected, atol=1e-5)
 
 
+class PaddedPatches(torch.nn.Conv2d):
+    """A Conv2d subclass that computes otherwise (as timm's Conv2dSame pads to keep the remainder)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return super().forward(torch.nn.functional.pad(x, (0, 8, 0, 8)))
+
+
 def test_only_the_convolution_that_patches_the_image_is_rewritten() -> None:
     others = torch.nn.Sequential(
         torch.nn.Conv2d(3, 8, kernel_size=3, stride=2),  # overlapping: a real convolution
@@ -32,6 +39,10 @@ def test_only_the_convolution_that_patches_the_image_is_rewritten() -> None:
     with matmul_patch_embedding(others) as used:
         assert all("forward" not in vars(m) for m in others)
         others(torch.randn(1, 3, 16, 16))
+    assert used == set()
+    padded = PaddedPatches(3, 8, kernel_size=16, stride=16)  # same kernel and stride, but its own forward
+    with torch.no_grad(), matmul_patch_embedding(padded) as used:
+        assert "forward" not in vars(padded) and padded(torch.randn(1, 3, 40, 40)).shape == (1, 8, 3, 3)
     assert used == set()
 
 

@@ -124,17 +124,35 @@ def test_bad_input_to_the_graph_is_refused_by_onnxruntime(graph: ort.InferenceSe
             graph.run(None, {RAW_IMAGE_INPUT: bad})
 
 
-def test_an_image_over_the_pixel_limit_is_refused_before_any_float_copy(graph: ort.InferenceSession) -> None:
-    """np.zeros is not backed by memory until written: the refusal must come before the graph's Cast."""
-    import resource
+def test_an_image_over_the_pixel_limit_is_refused_before_any_float_copy() -> None:
+    """Each size in a fresh process, whose peak RSS is its own: np.zeros is not backed by memory until
+    written, so a refusal before the graph's Cast keeps the peak where a small image leaves it; running
+    the huge image would add gigabytes."""
+    import subprocess
+    import sys
 
-    side = int(PREPROCESSING_GRAPH_MAX_PIXELS**0.5) + 1
-    huge = np.zeros((side, side, 3), np.uint8)
-    before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    with pytest.raises(Exception, match=f"refuse_images_over_{PREPROCESSING_GRAPH_MAX_PIXELS}_pixels"):
-        graph.run(None, {RAW_IMAGE_INPUT: huge})
-    grown_kib = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before
-    assert grown_kib < 64 * 1024, f"the refused run grew the process by {grown_kib / 1024:.0f} MB"
+    def peak_mb(side: int) -> tuple[str, int]:
+        child = f"""
+import resource, numpy as np
+from clip_export.core.models import PreprocessConfig
+from clip_export.core.preprocess_graph import preprocessing_model
+from clip_export.core.sessions import create_session
+graph = create_session(preprocessing_model(PreprocessConfig((224, 224), (0.5,) * 3, (0.5,) * 3)).SerializeToString())
+try:
+    graph.run(None, {{"{RAW_IMAGE_INPUT}": np.zeros(({side}, {side}, 3), np.uint8)}})
+    print("ran")
+except Exception as exc:
+    print("refused" if "refuse_images_over_{PREPROCESSING_GRAPH_MAX_PIXELS}_pixels" in str(exc) else exc)
+print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss // 1024)
+"""
+        done = subprocess.run([sys.executable, "-c", child], capture_output=True, text=True, timeout=300, check=True)
+        outcome, peak = done.stdout.split()
+        return outcome, int(peak)
+
+    small, small_peak = peak_mb(300)
+    huge, huge_peak = peak_mb(int(PREPROCESSING_GRAPH_MAX_PIXELS**0.5) + 1)
+    assert small == "ran" and huge == "refused"
+    assert huge_peak - small_peak < 100, f"the refused image raised the peak from {small_peak} to {huge_peak} MB"
 
 
 def test_rgb_uint8_gives_clear_errors() -> None:

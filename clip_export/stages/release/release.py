@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import copy
 import hashlib
 import json
 import os
@@ -198,7 +199,7 @@ def merge_manifests(dirs: Sequence[Path]) -> tuple[Manifest, dict[str, Path]]:
             merged.upsert(entry)
         tokenizer_file = base.section_file("tokenizer.file", str(base_dir))
         verification["results"] += [
-            r.to_json()  # rows are values: release's renames make new rows, never touch the source manifest
+            copy.deepcopy(r.to_json())  # release's copy shares no dict with the source manifest
             for r in manifest.verification_rows
             if owners.get(r.path) == model_dir
             or (
