@@ -12,25 +12,19 @@ from types import MappingProxyType
 from typing import Any
 
 from clip_export.core.configs import PreprocessConfig
-from clip_export.core.errors import ManifestError
 from clip_export.core.sections import (
     BenchmarkSection,
+    JsonRecord,
     ModelSection,
     ReferenceSection,
     TokenizerSection,
     VerificationRun,
+    require_keys,
 )
 
 # What every artifact entry must name; the rest describes how it was made.
 ARTIFACT_KEYS = ("path", "sha256", "bytes", "tower", "precision", "format")
 FILE_KEYS = ("path", "sha256", "bytes")
-
-
-def _require(data: Any, keys: tuple[str, ...], where: str) -> None:
-    """ManifestError naming the record and every key it lacks."""
-    absent = [k for k in keys if not isinstance(data, dict) or k not in data]
-    if absent:
-        raise ManifestError(f"{where} has no {', '.join(absent)}")
 
 
 # Files a manifest section (not an artifact entry) names and hashes: the export's stored reference and the
@@ -51,7 +45,7 @@ class FileRecord:
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> FileRecord:
-        _require(data, FILE_KEYS, where)
+        require_keys(data, FILE_KEYS, where)
         return cls(path=data["path"], sha256=data["sha256"], bytes=data["bytes"])
 
 
@@ -68,7 +62,7 @@ class TensorRecord:
 
     @classmethod
     def from_json(cls, data: Any, where: str) -> TensorRecord:
-        _require(data, ("name", "dtype", "shape"), where)
+        require_keys(data, ("name", "dtype", "shape"), where)
         return cls(name=data["name"], dtype=data["dtype"], shape=tuple(data["shape"]))
 
 
@@ -156,7 +150,7 @@ class ArtifactEntry:
     @classmethod
     def from_json(cls, data: Any, where: str) -> ArtifactEntry:
         """ManifestError naming the entry and every key it lacks."""
-        _require(data, ARTIFACT_KEYS, where)
+        require_keys(data, ARTIFACT_KEYS, where)
         values = {k: v for k, v in data.items() if k in _OWN_FIELDS}
         for key, kind in (("inputs", TensorRecord), ("outputs", TensorRecord), ("external_data", FileRecord)):
             values[key] = tuple(
@@ -168,21 +162,13 @@ class ArtifactEntry:
 _OWN_FIELDS = frozenset(f.name for f in dataclasses.fields(ArtifactEntry)) - {"details"}
 
 
-@dataclass(frozen=True)
-class VerificationRow:
+class VerificationRow(JsonRecord):
     """One verdict as `verify` wrote it: typed reads for what release, the card and the serve-time check
-    decide on. The row is kept whole (`fields`, in written order) so rows of other versions read and
-    write back unchanged; it changes only through `moved`."""
+    decide on. The row is kept whole so rows of other versions read and write back unchanged; it
+    changes only through `moved`."""
 
-    fields: Mapping[str, Any]
-
-    @classmethod
-    def from_json(cls, data: Any, where: str) -> VerificationRow:
-        _require(data, ("path", "status"), where)
-        return cls(MappingProxyType(dict(data)))
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.fields)
+    REQUIRED = ("path", "status")
+    WHERE = "a verification row"
 
     @property
     def path(self) -> str:

@@ -9,31 +9,49 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass
 from types import MappingProxyType
-from typing import Any
+from typing import Any, ClassVar, TypeVar
 
 from clip_export.core.errors import ManifestError
 
 
-def _frozen(data: Any, where: str, required: tuple[str, ...]) -> Mapping[str, Any]:
-    absent = [k for k in required if not isinstance(data, dict) or k not in data]
+def require_keys(data: Any, keys: tuple[str, ...], where: str) -> None:
+    """ManifestError naming the record and every key it lacks: how every manifest record is refused."""
+    absent = [k for k in keys if not isinstance(data, dict) or k not in data]
     if absent:
         raise ManifestError(f"{where} has no {', '.join(absent)}")
+
+
+def _frozen(data: Any, where: str, required: tuple[str, ...]) -> Mapping[str, Any]:
+    require_keys(data, required, where)
     return MappingProxyType(dict(data))
 
 
+R = TypeVar("R", bound="JsonRecord")
+
+
 @dataclass(frozen=True)
-class ModelSection:
-    """manifest["model"]: the architecture and weights source an export was made from (ModelSpec is
-    rebuilt from it by models.spec_from_manifest, which never reads a path it names)."""
+class JsonRecord:
+    """A manifest record kept whole (`fields`, read-only, in written order) with typed reads on top:
+    subclasses name the keys they cannot do without (REQUIRED) and what to call themselves in errors."""
 
     fields: Mapping[str, Any]
+    REQUIRED: ClassVar[tuple[str, ...]] = ()
+    WHERE: ClassVar[str] = "a manifest record"
 
     @classmethod
-    def from_json(cls, data: Any, where: str = "the manifest's model section") -> ModelSection:
-        return cls(_frozen(data, where, ("arch",)))
+    def from_json(cls: type[R], data: Any, where: str | None = None) -> R:
+        return cls(_frozen(data, where or cls.WHERE, cls.REQUIRED))
 
     def to_json(self) -> dict[str, Any]:
         return dict(self.fields)
+
+
+class ModelSection(JsonRecord):
+    """manifest["model"]: the architecture and weights source an export was made from (ModelSpec is
+    rebuilt from it by models.spec_from_manifest, which never reads a path it names)."""
+
+    REQUIRED = ("arch",)
+    WHERE = "the manifest's model section"
 
     @property
     def arch(self) -> str:
@@ -72,18 +90,11 @@ class ModelSection:
         return str(self.fields.get("family") or "clip")
 
 
-@dataclass(frozen=True)
-class TokenizerSection:
+class TokenizerSection(JsonRecord):
     """manifest["tokenizer"]: configs.TokenizerConfig as recorded, plus the files the serving tokenizer reads."""
 
-    fields: Mapping[str, Any]
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "the manifest's tokenizer section") -> TokenizerSection:
-        return cls(_frozen(data, where, ("context_length",)))
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.fields)
+    REQUIRED = ("context_length",)
+    WHERE = "the manifest's tokenizer section"
 
     @property
     def context_length(self) -> int:
@@ -114,19 +125,11 @@ class TokenizerSection:
         return self.fields.get("vocab_size")
 
 
-@dataclass(frozen=True)
-class ReferenceSection:
+class ReferenceSection(JsonRecord):
     """manifest["reference"]: the stored torch fp32 reference (its file record is Manifest.section_file)
     and which evaluation items it was computed on."""
 
-    fields: Mapping[str, Any]
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "the manifest's reference section") -> ReferenceSection:
-        return cls(_frozen(data, where, ()))
-
-    def to_json(self) -> dict[str, Any]:
-        return dict(self.fields)
+    WHERE = "the manifest's reference section"
 
     @property
     def evalset(self) -> str | None:
@@ -170,15 +173,10 @@ class MeasuredRow:
         )
 
 
-@dataclass(frozen=True)
-class BenchmarkSection:
+class BenchmarkSection(JsonRecord):
     """manifest["benchmark"]: the last `clip-export bench` run (bench_rows.BenchResult as JSON), kept whole."""
 
-    fields: Mapping[str, Any]
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "the manifest's benchmark section") -> BenchmarkSection:
-        return cls(_frozen(data, where, ()))
+    WHERE = "the manifest's benchmark section"
 
     @property
     def machine_cpu(self) -> str | None:
@@ -196,16 +194,11 @@ class BenchmarkSection:
         )
 
 
-@dataclass(frozen=True)
-class VerificationRun:
+class VerificationRun(JsonRecord):
     """manifest["verification"] apart from its rows (Manifest.verification_rows): when and with which
     library versions the last `verify` ran, kept whole."""
 
-    fields: Mapping[str, Any]
-
-    @classmethod
-    def from_json(cls, data: Any, where: str = "the manifest's verification section") -> VerificationRun:
-        return cls(_frozen(data, where, ()))
+    WHERE = "the manifest's verification section"
 
     @property
     def date(self) -> str | None:

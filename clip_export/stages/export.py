@@ -162,11 +162,8 @@ def export_tower(
     gc.collect()
     if not use_external:
         inline_external_data(path)
-        return (
-            (),
-            rewritten,
-            len(patch_convs),
-        )  # loading a >1 GB single-file model just to list nothing would double memory
+        # Loading a >1 GB single-file model just to list nothing would double memory.
+        return (), rewritten, len(patch_convs)
     return tuple(external_data_files(path)), rewritten, len(patch_convs)
 
 
