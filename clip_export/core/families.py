@@ -40,6 +40,10 @@ class FamilyRules:
     tokenizer_language: str | None = (
         None  # the source-language code put before every caption (NLLB), recorded as tokenizer.language
     )
+    # The text embedding ignores trailing padding (causal attention, pooled at or before the EOT), so the
+    # exported text graph slices each batch to its longest caption before the transformer runs
+    # (clip_export.core.reference.encode_trimmed_text): a 10-token caption pays for 10 positions, not 77.
+    trims_text_padding: bool = False
     note: str = ""
 
     def matches(self, arch: str, model_cfg: Mapping[str, Any]) -> bool:
@@ -63,6 +67,7 @@ FAMILIES: tuple[FamilyRules, ...] = (
         arch_globs=("MobileCLIP*",),
         timm_prefixes=("fastvit", "mobileone"),
         reparameterize=True,
+        trims_text_padding=True,
         note="apple/ml-mobileclip reparameterizes MobileOne/FastViT blocks before export: one conv per "
         "block instead of its train-time branches",
     ),
@@ -101,7 +106,12 @@ FAMILIES: tuple[FamilyRules, ...] = (
         "to the pad id 0 masked from attention), not EOT ArgMax; the generative text decoder is not "
         "exported",
     ),
-    FamilyRules("clip", note="OpenAI CLIP BPE, EOT pooling by ArgMax over the integer ids"),
+    FamilyRules(
+        "clip",
+        trims_text_padding=True,
+        note="OpenAI CLIP BPE, EOT pooling by ArgMax over the integer ids; the text graph runs only up to "
+        "the batch's last EOT (trailing padding sliced off inside the graph)",
+    ),
 )
 
 # transformers model_type a text tower's hf_model_name stands for: a --text-config of another type is refused.
@@ -116,6 +126,12 @@ HF_MODEL_TYPES: tuple[tuple[str, str], ...] = (
 
 def family_for(arch: str, model_cfg: Mapping[str, Any]) -> FamilyRules:
     return next(f for f in FAMILIES if f.matches(arch, model_cfg))
+
+
+def family_named(name: str) -> FamilyRules | None:
+    """The rules of a family by the name a LoadedModel records; None for a model no row describes
+    (a transformers CLIPModel directory, loaded by clip_export.core.hf)."""
+    return next((family for family in FAMILIES if family.name == name), None)
 
 
 def preprocess_settings(

@@ -76,6 +76,24 @@ def fuse_attention(model: Any) -> int:
         start, stop = scalar(part.input[1]), scalar(part.input[2])
         return (part.input[0], int(start)) if start is not None and stop == start + 1 else None
 
+    def split_shape(name: str) -> list[int] | None:
+        """[B, L, 3, H, d] of the head split: a constant, or (a text graph that cuts its padding
+        has a sequence length known only at run time) a Concat whose last three parts are."""
+        shape = _constant(model, name)
+        if shape is not None:
+            return [int(v) for v in np.asarray(shape).reshape(-1)] if np.asarray(shape).shape == (5,) else None
+        concat = made_by(name, "Concat")
+        tail = [scalar(part) for part in concat.input[2:]] if concat is not None and len(concat.input) == 5 else []
+        return [0, 0, *[int(v) for v in tail]] if len(tail) == 3 and None not in tail else None
+
+    def rank(name: str) -> int | None:
+        """The rank of an attention mask: a constant's, or that of the constant a Slice cuts it from."""
+        value = _constant(model, name)
+        if value is not None:
+            return int(np.ndim(value))
+        cut = made_by(name, "Slice")
+        return rank(cut.input[0]) if cut is not None else None
+
     added: list[Any] = []
     for index, softmax in enumerate([n for n in graph.node if n.op_type == "Softmax"]):
         context = only_consumer(softmax.output[0], "MatMul")
@@ -101,13 +119,13 @@ def fuse_attention(model: Any) -> int:
             continue
         split = made_by(parts[0][0], "Transpose", [2, 0, 3, 1, 4])
         view = made_by(split.input[0], "Reshape") if split is not None else None
-        shape = _constant(model, view.input[1]) if view is not None else None
-        if shape is None or np.asarray(shape).shape != (5,) or int(shape[2]) != 3:
+        shape = split_shape(view.input[1]) if view is not None else None
+        if shape is None or int(shape[2]) != 3:
             continue
         heads, head_dim = int(shape[3]), int(shape[4])
         if heads < 1 or head_dim < 1 or abs(scale - head_dim**-0.5) > 1e-6 * head_dim**-0.5:
             continue
-        mask_rank = np.ndim(_constant(model, mask)) if mask else 0
+        mask_rank = rank(mask) if mask else 0
         if mask and mask_rank not in (2, 4):  # MultiHeadAttention takes a [B|1, H|1, L, S] bias
             continue
         prefix = f"clip_export_mha_{index}"

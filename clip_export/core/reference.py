@@ -9,15 +9,86 @@ from typing import Any
 
 import numpy as np
 
+from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import EvalSet
+from clip_export.core.families import family_named
 from clip_export.core.models import LoadedModel
 from clip_export.core.preprocess import preprocess_batch
 from clip_export.core.spec import TOWERS
 
 
-def tower_module(loaded: LoadedModel, tower: str, normalize: bool) -> Any:
-    """A torch module whose forward is exactly encode_image or encode_text: what gets traced."""
+def _context_holder(model: Any) -> Any:
+    """The module whose positional embedding and causal mask are sized to the context: CLIP's own,
+    or its TextTransformer's (open_clip's CustomTextCLIP). None when neither is (a transformers tower)."""
+    for holder in (model, getattr(model, "text", None)):
+        if holder is not None and getattr(holder, "positional_embedding", None) is not None:
+            return holder
+    return None
+
+
+def _masks_padding(model: Any, pad_id: int) -> bool:
+    """A transformers text tower (open_clip's HFTextEncoder) masks ids equal to its pad id from
+    attention and pooling: trailing padding changes nothing there either."""
+    from open_clip.hf_model import HFTextEncoder
+
+    text = getattr(model, "text", None)
+    return isinstance(text, HFTextEncoder) and getattr(text.config, "pad_token_id", None) == pad_id
+
+
+def trims_text_padding(loaded: LoadedModel) -> bool:
+    """Whether the text tower is exported cutting trailing padding: the family's rule says its
+    embedding ignores it, and the built tower agrees: causal (each position sees only those before
+    it) or a transformers tower that masks the padding the tokenizer writes."""
+    holder = _context_holder(loaded.model)
+    family = family_named(loaded.family)
+    return (
+        family is not None
+        and family.trims_text_padding
+        and (
+            (holder is not None and getattr(holder, "attn_mask", None) is not None)
+            or _masks_padding(loaded.model, loaded.tokenizer.pad_token_id)
+        )
+    )
+
+
+def encode_trimmed_text(model: Any, ids: Any, pad_id: int, normalize: bool) -> Any:
+    """encode_text on `ids` cut after the batch's last non-padding column. Under a causal mask with
+    pooling at the EOT, or where padding is masked out, the positions after it change nothing, so
+    this equals encode_text on the whole context; traced, the cut is computed from the ids inside
+    the graph."""
     import torch
+
+    holder = _context_holder(model)
+    causal = holder is not None and getattr(holder, "attn_mask", None) is not None
+    if not causal and not _masks_padding(model, pad_id):
+        raise ClipExportError(
+            "this text tower has no causal mask sized to its context and does not mask padding; "
+            "trailing padding cannot be cut"
+        )
+    width = ids.shape[1]
+    positions = torch.arange(1, width + 1, device=ids.device)
+    used = ((ids != pad_id).to(torch.int64) * positions).amax(dim=1).amax(dim=0).clamp(min=1).item()
+    torch._check(used >= 1)
+    torch._check(used <= width)
+    if not causal:  # a transformers tower sizes its positions and mask from the ids it is given
+        return model.encode_text(ids[:, :used], normalize=normalize)
+    full = {name: getattr(holder, name) for name in ("positional_embedding", "attn_mask")}
+    # An instance attribute shadows the registered parameter and buffer for this call only.
+    holder.__dict__["positional_embedding"] = full["positional_embedding"][:used]
+    holder.__dict__["attn_mask"] = full["attn_mask"][:used, :used]
+    try:
+        return model.encode_text(ids[:, :used], normalize=normalize)
+    finally:
+        for name in full:
+            del holder.__dict__[name]
+
+
+def tower_module(loaded: LoadedModel, tower: str, normalize: bool, *, trim_padding: bool = False) -> Any:
+    """A torch module whose forward is exactly encode_image or encode_text: what gets traced. With
+    `trim_padding` (text only, see trims_text_padding) it is encode_trimmed_text."""
+    import torch
+
+    pad_id = loaded.tokenizer.pad_token_id
 
     class Tower(torch.nn.Module):
         def __init__(self, model: Any) -> None:
@@ -25,15 +96,20 @@ def tower_module(loaded: LoadedModel, tower: str, normalize: bool) -> Any:
             self.model = model
 
         def forward(self, x: Any) -> Any:
-            encode = self.model.encode_image if tower == "visual" else self.model.encode_text
-            return encode(x, normalize=normalize)
+            if tower == "visual":
+                return self.model.encode_image(x, normalize=normalize)
+            if trim_padding:
+                return encode_trimmed_text(self.model, x, pad_id, normalize)
+            return self.model.encode_text(x, normalize=normalize)
 
     return Tower(loaded.model).eval()
 
 
-def example_input(loaded: LoadedModel, tower: str, batch: int, seed: int = 0) -> np.ndarray:
+def example_input(
+    loaded: LoadedModel, tower: str, batch: int, seed: int = 0, max_length: int | None = None
+) -> np.ndarray:
     """Deterministic inputs; text rows get the start id (where the family has one), random ordinary
-    tokens, the end id at varied positions, then the family's padding id."""
+    tokens, the end id at varied positions (up to `max_length` tokens), then the family's padding id."""
     rng = np.random.default_rng(seed)
     if tower == "visual":
         h, w = loaded.preprocess.image_size
@@ -46,7 +122,7 @@ def example_input(loaded: LoadedModel, tower: str, batch: int, seed: int = 0) ->
     low, high = (1, min(sot, eot) - 1) if clip_like else (max(specials) + 1, settings.vocab_size or max(specials) + 2)
     ids = np.full((batch, ctx), settings.pad_token_id, dtype=np.int64)
     for row in range(batch):
-        length = int(rng.integers(3, ctx + 1))
+        length = int(rng.integers(3, min(max_length or ctx, ctx) + 1))
         ordinary = rng.integers(low, max(high, low + 1), size=length - (sot is not None) - (eot is not None)).tolist()
         ids[row, :length] = [*([sot] if sot is not None else []), *ordinary, *([eot] if eot is not None else [])]
     return ids

@@ -34,7 +34,7 @@ from clip_export.core.metrics import l2_normalize
 from clip_export.core.models import LoadedModel, ModelSpec, load_model, preflight, resolve
 from clip_export.core.onnx_files import external_data_files, inline_external_data, make_strided_initializers_lazy
 from clip_export.core.progress import Progress, silent
-from clip_export.core.reference import compute_reference, example_input, torch_embed, tower_module
+from clip_export.core.reference import compute_reference, example_input, torch_embed, tower_module, trims_text_padding
 from clip_export.core.runner import open_graph
 from clip_export.core.sessions import SessionOptions
 from clip_export.core.spec import (
@@ -125,13 +125,17 @@ def export_tower(
     external_data: bool | None = None,
     batch_first_attention: bool = True,
     matmul_patch_embedding: bool = True,
-) -> tuple[tuple[str, ...], int, int]:
+    trim_padding: bool = True,
+) -> tuple[tuple[str, ...], int, int, bool]:
     """Write one tower to `path`; returns the external data files written beside it, how many
-    attention blocks were traced batch-first (clip_export.core.attention; False keeps torch's trace)
-    and how many patch-embedding convolutions became a MatMul (clip_export.core.patch_embedding)."""
+    attention blocks were traced batch-first (clip_export.core.attention; False keeps torch's trace),
+    how many patch-embedding convolutions became a MatMul (clip_export.core.patch_embedding) and
+    whether the text graph cuts trailing padding (core.reference.trims_text_padding; False keeps the
+    whole context)."""
     import torch
 
-    module = tower_module(loaded, tower, normalize)
+    trimmed = trim_padding and tower == "text" and trims_text_padding(loaded)
+    module = tower_module(loaded, tower, normalize, trim_padding=trimmed)
     example = torch.from_numpy(example_input(loaded, tower, EXPORT_EXAMPLE_BATCH, seed=1))
     try:
         with (
@@ -163,18 +167,23 @@ def export_tower(
     if not use_external:
         inline_external_data(path)
         # Loading a >1 GB single-file model just to list nothing would double memory.
-        return (), rewritten, len(patch_convs)
-    return tuple(external_data_files(path)), rewritten, len(patch_convs)
+        return (), rewritten, len(patch_convs), trimmed
+    return tuple(external_data_files(path)), rewritten, len(patch_convs), trimmed
 
 
 def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -> tuple[float, float]:
-    """Run the fresh ONNX tower next to torch on a batch of 3 (not the traced 2)."""
-    inputs = example_input(loaded, tower, 3, seed=0)
-    expected = torch_embed(loaded, tower, inputs, normalize)
+    """Run the fresh ONNX tower next to torch on a batch of 3 (not the traced 2); text also on 3
+    short captions, so a graph that cuts trailing padding is checked where it cuts."""
+    batches = [example_input(loaded, tower, 3, seed=0)]
+    if tower == "text":
+        batches.append(example_input(loaded, tower, 3, seed=2, max_length=8))
     runner = open_graph(path, SessionOptions(prepacking=False))
-    got = runner.run(inputs)
+    deltas = [
+        np.abs(l2_normalize(runner.run(inputs)) - l2_normalize(torch_embed(loaded, tower, inputs, normalize)))
+        for inputs in batches
+    ]
     del runner
-    delta = np.abs(l2_normalize(got) - l2_normalize(expected))
+    delta = np.concatenate(deltas)
     return float(delta.mean()), float(delta.max())
 
 
@@ -329,7 +338,7 @@ def _export_locked(
             tower_started = time.perf_counter()
             path = staging / f"{tower}.onnx"
             progress(f"exporting the {tower} tower (torch.onnx, dynamo, opset {opset})")
-            data_files, rewritten, patch_convs = export_tower(
+            data_files, rewritten, patch_convs, trimmed = export_tower(
                 loaded,
                 tower,
                 path,
@@ -359,6 +368,7 @@ def _export_locked(
                     "export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs},
                     "batch_first_attention_blocks": rewritten,
                     "matmul_patch_embeddings": patch_convs,
+                    **({"trims_trailing_padding": True} if trimmed else {}),
                 },
             )
             entries.append(entry)

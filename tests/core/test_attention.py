@@ -88,7 +88,7 @@ def test_export_can_keep_torchs_trace(tmp_path: Path) -> None:
     from clip_export.stages.export import export_tower
 
     loaded = load_model(resolve("tiny-vit", random_init=True, seed=0))
-    _, rewritten, _ = export_tower(loaded, "text", tmp_path / "text.onnx", batch_first_attention=False)
+    _, rewritten, _, _ = export_tower(loaded, "text", tmp_path / "text.onnx", batch_first_attention=False)
     perms = [
         list(a.ints)
         for n in onnx.load(str(tmp_path / "text.onnx")).graph.node

@@ -209,3 +209,30 @@ def test_a_killed_export_leaves_only_a_hidden_staging_dir_that_is_cleared(tmp_pa
     time.sleep(0.1)
     export_onnx(resolve("tiny-vit", random_init=True), out=tmp_path, towers=["text"])
     assert sorted(p.name for p in tmp_path.iterdir()) == ["tiny-vit"]
+
+
+def test_text_graph_cuts_trailing_padding_inside_and_embeds_as_the_whole_context(
+    tiny_vit_dir: Path, tmp_path: Path
+) -> None:
+    """The clip family's text graph slices the ids after the batch's last non-padding column before
+    the transformer (a short caption pays for its own length), and embeds exactly as over 77 tokens."""
+    loaded = load_model(resolve("tiny-vit", random_init=True, seed=0))
+    manifest = json.loads((tiny_vit_dir / "manifest.json").read_text())
+    text = next(a for a in manifest["artifacts"] if a["tower"] == "text" and a["precision"] == "fp32")
+    assert text["trims_trailing_padding"] is True
+    graph = onnx.load(str(tiny_vit_dir / "text.onnx"))
+    name = TOWERS["text"].input_name
+    assert any(n.op_type == "Slice" and n.input[0] == name for n in graph.graph.node)
+    dims = graph.graph.input[0].type.tensor_type.shape.dim
+    assert dims[1].dim_value == loaded.tokenizer.context_length  # what callers pass is unchanged
+    whole_context = tmp_path / "text-whole.onnx"
+    _, _, _, trimmed = export_mod.export_tower(loaded, "text", whole_context, trim_padding=False)
+    assert not trimmed
+    assert not any(n.op_type == "Slice" and n.input[0] == name for n in onnx.load(str(whole_context)).graph.node)
+    for ids in (
+        export_mod.example_input(loaded, "text", 4, seed=3, max_length=5),
+        export_mod.example_input(loaded, "text", 2, seed=6),
+    ):
+        cut = _run(tiny_vit_dir / "text.onnx", "text", ids)
+        np.testing.assert_allclose(cut, _run(whole_context, "text", ids), atol=1e-5)
+        np.testing.assert_allclose(cut, export_mod.torch_embed(loaded, "text", ids, normalize=False), atol=1e-5)

@@ -3,13 +3,15 @@ limit at batch 1, so bench can say how far each row is from the machine's physic
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
 
+from clip_export.core.artifact import Manifest
 from clip_export.core.runner import open_graph
 from clip_export.core.sessions import SessionOptions
+from clip_export.core.spec import TOWERS
 from clip_export.stages.bench.timing import time_calls
 
 
@@ -58,9 +60,12 @@ def gemm_ceiling(
     return _p50_gflops(_cpu_session(_matmul_model(m, k, n, int8), threads), a, 2.0 * m * k * n, budget_s)
 
 
-def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, int], ...]]:
+def count_tower(
+    loaded: Any, tower: str, inputs: np.ndarray | None = None, *, trim_padding: bool = False
+) -> tuple[float, tuple[tuple[int, int, int], ...]]:
     """FLOPs of one item through the tower (torch's FlopCounterMode), and the (M, K, N) of every
-    matrix product against a weight, in forward order."""
+    matrix product against a weight, in forward order. Of `inputs` when given (per item of the
+    batch), else of one example; `trim_padding` counts the text graph that cuts trailing padding."""
     import torch
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
@@ -78,10 +83,10 @@ def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, i
                 self.shapes.append((int(a.shape[0]), int(a.shape[1]), int(b.shape[1])))
             return func(*args, **(kwargs or {}))
 
-    from clip_export.core.reference import example_input
+    from clip_export.core.reference import example_input, tower_module
 
-    x = torch.from_numpy(example_input(loaded, tower, 1))
-    encode = loaded.model.encode_image if tower == "visual" else loaded.model.encode_text
+    x = torch.from_numpy(example_input(loaded, tower, 1) if inputs is None else inputs)
+    encode = tower_module(loaded, tower, False, trim_padding=trim_padding)
     # The fused multi-head-attention fast path is one opaque kernel the counter does not see;
     # the slow path runs the same projections as countable matmuls.
     fastpath = torch.backends.mha.get_fastpath_enabled()
@@ -91,7 +96,21 @@ def count_tower(loaded: Any, tower: str) -> tuple[float, tuple[tuple[int, int, i
             encode(x)
     finally:
         torch.backends.mha.set_fastpath_enabled(fastpath)
-    return float(counter.get_total_flops()), tuple(products.shapes)
+    return float(counter.get_total_flops()) / len(x), tuple(products.shapes)
+
+
+def cut_text_flops(
+    loaded: Any, manifest: Manifest, inputs_by_batch: Mapping[int, np.ndarray]
+) -> dict[tuple[str, int], float]:
+    """FLOPs per item of a text graph that cuts trailing padding, on the captions each batch size
+    runs: what its artifact rows computed, not torch's whole context. Empty when it does not cut."""
+    text = TOWERS["text"].name
+    if not any(e.detail("trims_trailing_padding") for e in manifest.select(tower=text, precision="fp32")):
+        return {}
+    return {
+        (text, batch): count_tower(loaded, text, inputs, trim_padding=True)[0]
+        for batch, inputs in inputs_by_batch.items()
+    }
 
 
 def _streamed_chain_model(

@@ -90,6 +90,14 @@ def test_bench_end_to_end_through_the_cli(tiny_vit_copy: Path) -> None:
     eager = next(r for r in rows if r["name"] == "torch eager-fp32" and r["batch"] == 1 and r["tower"] == "visual")
     assert eager["speedup_vs_torch"] == pytest.approx(1.0)
     assert data["ceilings_gflops"]["fp32"] > 0 and data["flops_per_item"]["visual"] > 0
+    # The text graph cuts trailing padding: its rows count the positions the bundled captions use,
+    # torch eager's the whole context, so the two GFLOP/s figures come from different counts.
+    flops = data["flops_per_item"]
+    assert 0 < flops["text (padding cut, batch 1)"] < flops["text"]
+    assert any("cut trailing padding" in note for note in data["notes"])
+    for name, count in (("text.onnx", flops["text (padding cut, batch 1)"]), ("torch eager-fp32", flops["text"])):
+        row = next(r for r in rows if r["name"] == name and r["batch"] == 1 and r["tower"] == "text")
+        assert row["gflops_per_s"] == pytest.approx(count / (row["latency"]["p50_ms"] / 1000.0) / 1e9)
     assert (
         set(data["streamed_ceilings_gflops"]) == {"visual", "text"}
         and min(data["streamed_ceilings_gflops"].values()) > 0
