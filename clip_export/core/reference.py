@@ -11,7 +11,7 @@ import numpy as np
 
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import EvalSet
-from clip_export.core.families import family_named
+from clip_export.core.families import WHOLE_CONTEXT_HF_MODEL_TYPES, family_named
 from clip_export.core.models import LoadedModel
 from clip_export.core.preprocess import preprocess_batch
 from clip_export.core.spec import TOWERS
@@ -28,11 +28,16 @@ def _context_holder(model: Any) -> Any:
 
 def _masks_padding(model: Any, pad_id: int) -> bool:
     """A transformers text tower (open_clip's HFTextEncoder) masks ids equal to its pad id from
-    attention and pooling: trailing padding changes nothing there either."""
+    attention and pooling: trailing padding changes nothing there either (except where positions
+    are computed in float, families.WHOLE_CONTEXT_HF_MODEL_TYPES)."""
     from open_clip.hf_model import HFTextEncoder
 
     text = getattr(model, "text", None)
-    return isinstance(text, HFTextEncoder) and getattr(text.config, "pad_token_id", None) == pad_id
+    return (
+        isinstance(text, HFTextEncoder)
+        and getattr(text.config, "pad_token_id", None) == pad_id
+        and getattr(text.config, "model_type", None) not in WHOLE_CONTEXT_HF_MODEL_TYPES
+    )
 
 
 def trims_text_padding(loaded: LoadedModel) -> bool:
@@ -67,8 +72,11 @@ def encode_trimmed_text(model: Any, ids: Any, pad_id: int, normalize: bool) -> A
         )
     width = ids.shape[1]
     positions = torch.arange(1, width + 1, device=ids.device)
-    used = ((ids != pad_id).to(torch.int64) * positions).amax(dim=1).amax(dim=0).clamp(min=1).item()
-    torch._check(used >= 1)
+    # At least two positions: every caption has a start and an end token, and transformers' attention
+    # decides on "more than one position" while tracing, which a cut of unknown length cannot answer.
+    shortest = min(2, width)
+    used = ((ids != pad_id).to(torch.int64) * positions).amax(dim=1).amax(dim=0).clamp(min=shortest).item()
+    torch._check(used >= shortest)
     torch._check(used <= width)
     if not causal:  # a transformers tower sizes its positions and mask from the ids it is given
         return model.encode_text(ids[:, :used], normalize=normalize)

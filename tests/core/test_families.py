@@ -110,6 +110,8 @@ def test_xlm_roberta_text_tower_exports_and_serves_offline(xlmr_dirs: tuple[Path
     assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
     manifest = read_manifest(result.model_dir)
     assert manifest.section("model")["family"] == "hf-text" and manifest.section("tokenizer")["pad_token_id"] == 1
+    # Its padding is masked, so the text graph cuts it (the parity gate above ran short captions too).
+    assert manifest.find(tower="text", precision="fp32").detail("trims_trailing_padding") is True
     assert verify(result.model_dir).passed
     _serves_like_torch(result.model_dir)
 
@@ -134,6 +136,8 @@ def test_mt5_text_tower_pads_with_0_ends_with_eos_and_mean_pools_under_the_mask(
     ids = ClipOnnx.from_release(result.model_dir, check="off").tokenize(["a photo of a cat"])[0]
     assert ids[0] not in (0, 1) and list(ids).index(0) - 1 == list(ids).index(1)
     assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
+    # T5 computes its relative-position buckets in float: cut to a run-time length, fp16 moves them.
+    assert manifest.find(tower="text", precision="fp32").detail("trims_trailing_padding") is None
     convert_fp16(result.model_dir)
     quantize_int8(result.model_dir)
     report = verify(result.model_dir)
@@ -156,6 +160,7 @@ def test_nllb_captions_start_with_the_family_language_recorded_in_the_manifest(
     ids = ClipOnnx.from_release(result.model_dir, check="off").tokenize(["a photo of a cat"])
     assert ids[0, 0] == english and ids[0, 1] != english
     assert all(t.parity_mean_abs <= EXPORT_PARITY_TOLERANCE for t in result.towers)
+    assert manifest.find(tower="text", precision="fp32").detail("trims_trailing_padding") is True
     _serves_like_torch(result.model_dir)
 
 
