@@ -14,7 +14,8 @@ interleaved per CBS so drift on a shared machine hits every method alike:
 - local engine: `clip-export embed`'s engine (prefetching thread pool, Parquet writer, hashing) on
   an already opened artifact
 - Ray engine (--ray): `embed --ray` on a local Ray, actor start included
-- pure session.run: the same batches, preprocessed beforehand, through the session alone
+- pure session.run: the same batches, preprocessed beforehand, through the session alone (for
+  captions also the engine's own batches, which group captions by length)
 
 Each row's figure is the median over `--repeats` passes over the corpus, divided by the documents.
 """
@@ -44,7 +45,7 @@ from clip_export.core.manifest import read_manifest  # noqa: E402
 from clip_export.core.progress import silent  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
 from clip_export.stages.embed.embed import _run_local, artifact_record  # noqa: E402
-from clip_export.stages.embed.embed_inputs import list_items  # noqa: E402
+from clip_export.stages.embed.embed_inputs import in_batching_order, list_items  # noqa: E402
 from clip_export.stages.embed.embed_store import Store, new_manifest  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -105,7 +106,7 @@ def torch_loop(model_dir: Path) -> tuple[Callable[[list[str], int], None], Calla
 
 
 def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int) -> None:
-    items = list_items(inputs)
+    items = in_batching_order(list_items(inputs))  # as `clip-export embed` orders them
     with tempfile.TemporaryDirectory() as out:
         store = Store(Path(out) / "index")
         record = artifact_record(model, precision, {"visual", "text"})
@@ -174,6 +175,9 @@ def main() -> None:
             model = ClipOnnx.from_release(model_dir, precision=precision)
             pixels = model.pixel_values(paths)
             tokens = model.tokenize(captions)
+            # The engine batches captions shortest first (embed_inputs.in_batching_order): the same
+            # batches through the session alone are its fair "pure" baseline.
+            by_length = model.tokenize(sorted(captions, key=len))
             for cbs in sizes:
                 methods: dict[tuple[str, str], Callable[[], Any]] = {
                     ("image", "naive ClipOnnx loop"): lambda: [model.embed_images(b) for b in batches(paths, cbs)],
@@ -186,6 +190,10 @@ def main() -> None:
                     ("text", "pure session.run"): lambda: [
                         model._run(model._text, "input_ids", tokens[i : i + cbs], True)
                         for i in range(0, len(tokens), cbs)
+                    ],
+                    ("text", "pure session.run, the engine's batches (by length)"): lambda: [
+                        model._run(model._text, "input_ids", by_length[i : i + cbs], True)
+                        for i in range(0, len(by_length), cbs)
                     ],
                 }
                 if torch_images is not None and precision == "fp32":

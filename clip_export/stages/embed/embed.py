@@ -33,7 +33,7 @@ from clip_export.core.spec import (
 )
 from clip_export.runtime.serving import ClipOnnx
 from clip_export.stages.embed.compat import CompatResult, compare_models
-from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, list_items, prepare
+from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, in_batching_order, list_items, prepare
 from clip_export.stages.embed.embed_store import Done, Store, new_manifest
 
 
@@ -159,7 +159,7 @@ def _embed(
     progress: Progress,
 ) -> EmbedResult:
     started = time.perf_counter()
-    items = list_items(inputs, column)
+    items = in_batching_order(list_items(inputs, column))
     towers = {"visual" if i.kind == "image" else "text" for i in items}
     store = Store(out)
     store.remove_stale_temporaries()

@@ -77,6 +77,33 @@ def test_images_and_captions_become_normalised_rows_with_the_runtimes_embeddings
     assert manifest["runs"][-1]["embedded"] == 11
 
 
+def test_captions_of_a_similar_length_share_a_batch(
+    tiny_vit_int8_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The text graph runs each batch to its longest caption: a long caption listed first must not
+    make the short ones after it pay for its length."""
+    lines = ["a photograph of a very long caption that goes on and on about a cat", "a cat", "a dog", "the sea"]
+    captions = tmp_path / "mixed.txt"
+    captions.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    batches: list[list[str]] = []
+    original = ClipOnnx.embed_texts
+
+    def recording(self: ClipOnnx, texts: list[str], normalize: bool = True) -> np.ndarray:
+        batches.append(list(texts))
+        return original(self, texts, normalize)
+
+    monkeypatch.setattr(ClipOnnx, "embed_texts", recording)
+    out = tmp_path / "index"
+    result = embed(tiny_vit_int8_dir, [captions], out, precision="fp32", batch_size=2)
+    assert result.embedded == 4
+    assert batches == [["a cat", "a dog"], ["the sea", lines[0]]]
+    monkeypatch.setattr(ClipOnnx, "embed_texts", original)
+    rows = by_id(out)
+    model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32")
+    for n, line in enumerate(lines, start=1):  # each row is its own caption's embedding, whatever its batch
+        np.testing.assert_allclose(rows[f"{captions}#{n}"][2], model.embed_texts([line])[0], atol=1e-5)
+
+
 def test_a_rerun_embeds_only_new_or_changed_items(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path) -> None:
     out = tmp_path / "index"
     embed(tiny_vit_int8_dir, [photos], out, precision="fp32")

@@ -11,7 +11,7 @@ import pytest
 
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import BUNDLED_DIR
-from clip_export.stages.embed.embed_inputs import list_items, load
+from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, load
 
 PHOTOS = sorted((BUNDLED_DIR / "images").glob("*.jpg"))[:3]
 
@@ -85,3 +85,17 @@ def test_load_hashes_the_content_and_names_empty_or_unreadable_files(tmp_path: P
     assert load(items["empty.jpg"]).error == "the file is empty (0 bytes)"
     (tmp_path / "a.jpg").unlink()
     assert "cannot read" in (load(items["a.jpg"]).error or "")
+
+
+def test_captions_are_batched_shortest_first_and_images_keep_their_order(tmp_path: Path) -> None:
+    shutil.copy(PHOTOS[1], tmp_path / "b.jpg")
+    shutil.copy(PHOTOS[0], tmp_path / "a.jpg")
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a long caption about a cat\na dog\nthe sea\na cat\n", encoding="utf-8")
+    items = list_items([tmp_path, captions])
+    ordered = in_batching_order(items)
+    assert sorted(i.id for i in ordered) == sorted(i.id for i in items)  # nothing lost, nothing added
+    assert [i.id for i in ordered if i.kind == "image"] == [i.id for i in items if i.kind == "image"]
+    assert ordered[0].kind == "image" and ordered[1].kind == "image"
+    # Shortest first; "a dog" and "a cat" tie at 5 characters and keep their listed order.
+    assert [i.text for i in ordered[2:]] == ["a dog", "a cat", "the sea", "a long caption about a cat"]
