@@ -20,8 +20,9 @@ from pathlib import Path
 import numpy as np
 
 
-def quantized(source: Path, target: Path) -> Path:
-    """The served QInt8 family's file, made by the same call `clip-export int8` makes."""
+def quantized(source: Path, target: Path, family: str = "vnni") -> Path:
+    """The INT8 file of one kernel family (spec.INT8_FAMILIES; the QInt8 one by default), made by the
+    same call `clip-export int8` makes. benchmarks/text_padding_trim.py uses it too."""
     import onnx
 
     from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
@@ -30,7 +31,7 @@ def quantized(source: Path, target: Path) -> Path:
 
     model = onnx.load(str(source))
     quantize_weights(
-        model, target, INT8_FAMILIES["vnni"].scheme, quantizer_exclusions(model, int8_excluded_nodes(model))
+        model, target, INT8_FAMILIES[family].scheme, quantizer_exclusions(model, int8_excluded_nodes(model))
     )
     return target
 

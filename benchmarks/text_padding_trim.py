@@ -27,17 +27,8 @@ from typing import Any
 
 import numpy as np
 
-
-def quantized(source: Path, target: Path, family: Any) -> Path:
-    """The INT8 file of `family`, made by the same call `clip-export int8` makes."""
-    import onnx
-
-    from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
-    from clip_export.stages.convert import quantize_weights
-
-    model = onnx.load(str(source))
-    quantize_weights(model, target, family.scheme, quantizer_exclusions(model, int8_excluded_nodes(model)))
-    return target
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from patch_embedding import quantized  # noqa: E402  (this directory is on sys.path)
 
 
 def cycling(run: Callable[[np.ndarray], Any], batches: list[np.ndarray]) -> Callable[[], Any]:
@@ -91,7 +82,7 @@ def main() -> None:
                 export_tower(loaded, "text", path, trim_padding=trim)
                 files[f"fp32, {label}"] = path
                 files[f"INT8 {family.file_tag} ({family.name} family), {label}"] = quantized(
-                    path, path.with_suffix(".int8.onnx"), family
+                    path, path.with_suffix(".int8.onnx"), family.name
                 )
             sessions = {k: create_session(p, parked) for k, p in files.items()}
             # One caption at a time, so each short caption is cut where the graph cuts it.
