@@ -125,11 +125,15 @@ HF_MODEL_TYPES: tuple[tuple[str, str], ...] = (
     ("bert", "bert"),
 )
 
-# transformers text towers whose positions are computed in float at run time once the length is not
-# fixed (T5's relative-position buckets take a log): an fp16 conversion moves those buckets (the mT5
-# test's fp16 failed verification at 7.6e-4 mean |Δ| when cut), so their text graph keeps the whole
-# context even where the family cuts padding.
-WHOLE_CONTEXT_HF_MODEL_TYPES: tuple[str, ...] = ("mt5", "t5", "umt5")
+# How a text tower may pool and still ignore trailing padding, so its graph can cut it (reference.py):
+# open_clip's own towers under a causal mask pool at the EOT, the EOS or the first token; transformers
+# towers must also mask the padding in their pooler (open_clip's MaxPooler fills the real tokens, not
+# the padding) and place tokens absolutely, learned or sinusoidal. T5's relative-position buckets are
+# computed in float once the length is not fixed, and fp16 moved them (the mT5 fp16 artifact failed
+# verification at 7.6e-4 mean |Δ| when cut), so T5-style towers keep the whole context.
+CUT_PADDING_POOL_TYPES: tuple[str, ...] = ("argmax", "eos", "first")
+CUT_PADDING_HF_POOLERS: tuple[str, ...] = ("MeanPooler", "ClsPooler", "ClsLastHiddenStatePooler")
+CUT_PADDING_HF_MODEL_TYPES: tuple[str, ...] = ("bert", "roberta", "xlm-roberta", "m2m_100")
 
 
 def family_for(arch: str, model_cfg: Mapping[str, Any]) -> FamilyRules:

@@ -11,7 +11,12 @@ import numpy as np
 
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import EvalSet
-from clip_export.core.families import WHOLE_CONTEXT_HF_MODEL_TYPES, family_named
+from clip_export.core.families import (
+    CUT_PADDING_HF_MODEL_TYPES,
+    CUT_PADDING_HF_POOLERS,
+    CUT_PADDING_POOL_TYPES,
+    family_named,
+)
 from clip_export.core.models import LoadedModel
 from clip_export.core.preprocess import preprocess_batch
 from clip_export.core.spec import TOWERS
@@ -27,30 +32,41 @@ def _context_holder(model: Any) -> Any:
 
 
 def _masks_padding(model: Any, pad_id: int) -> bool:
-    """A transformers text tower (open_clip's HFTextEncoder) masks ids equal to its pad id from
-    attention and pooling: trailing padding changes nothing there either (except where positions
-    are computed in float, families.WHOLE_CONTEXT_HF_MODEL_TYPES)."""
+    """A transformers text tower (open_clip's HFTextEncoder) that masks ids equal to its pad id from
+    attention and pooling, with absolute positions (families.CUT_PADDING_HF_*): trailing padding
+    changes nothing there."""
     from open_clip.hf_model import HFTextEncoder
 
     text = getattr(model, "text", None)
     return (
         isinstance(text, HFTextEncoder)
         and getattr(text.config, "pad_token_id", None) == pad_id
-        and getattr(text.config, "model_type", None) not in WHOLE_CONTEXT_HF_MODEL_TYPES
+        and getattr(text.config, "model_type", None) in CUT_PADDING_HF_MODEL_TYPES
+        and type(getattr(text, "pooler", None)).__name__ in CUT_PADDING_HF_POOLERS
     )
+
+
+def _causal_pooling_at_eot(model: Any) -> Any:
+    """The context holder of an open_clip text tower that is causal and pools at or before its end
+    token (families.CUT_PADDING_POOL_TYPES, no appended CLS), so later positions change nothing;
+    None otherwise."""
+    holder = _context_holder(model)
+    if holder is None or getattr(holder, "attn_mask", None) is None or getattr(holder, "cls_emb", None) is not None:
+        return None
+    pool_type = getattr(holder, "text_pool_type", None) or getattr(holder, "pool_type", None)
+    return holder if pool_type in CUT_PADDING_POOL_TYPES else None
 
 
 def trims_text_padding(loaded: LoadedModel) -> bool:
     """Whether the text tower is exported cutting trailing padding: the family's rule says its
-    embedding ignores it, and the built tower agrees: causal (each position sees only those before
-    it) or a transformers tower that masks the padding the tokenizer writes."""
-    holder = _context_holder(loaded.model)
+    embedding ignores it, and the built tower agrees (causal and pooled at the EOT, or a transformers
+    tower that masks the padding the tokenizer writes)."""
     family = family_named(loaded.family)
     return (
         family is not None
         and family.trims_text_padding
         and (
-            (holder is not None and getattr(holder, "attn_mask", None) is not None)
+            _causal_pooling_at_eot(loaded.model) is not None
             or _masks_padding(loaded.model, loaded.tokenizer.pad_token_id)
         )
     )
@@ -63,11 +79,10 @@ def encode_trimmed_text(model: Any, ids: Any, pad_id: int, normalize: bool) -> A
     the graph."""
     import torch
 
-    holder = _context_holder(model)
-    causal = holder is not None and getattr(holder, "attn_mask", None) is not None
-    if not causal and not _masks_padding(model, pad_id):
+    holder = _causal_pooling_at_eot(model)
+    if holder is None and not _masks_padding(model, pad_id):
         raise ClipExportError(
-            "this text tower has no causal mask sized to its context and does not mask padding; "
+            "this text tower is neither causal with pooling at its end token nor masks its padding; "
             "trailing padding cannot be cut"
         )
     width = ids.shape[1]
@@ -78,17 +93,17 @@ def encode_trimmed_text(model: Any, ids: Any, pad_id: int, normalize: bool) -> A
     used = ((ids != pad_id).to(torch.int64) * positions).amax(dim=1).amax(dim=0).clamp(min=shortest).item()
     torch._check(used >= shortest)
     torch._check(used <= width)
-    if not causal:  # a transformers tower sizes its positions and mask from the ids it is given
+    if holder is None:  # a transformers tower sizes its positions and mask from the ids it is given
         return model.encode_text(ids[:, :used], normalize=normalize)
     full = {name: getattr(holder, name) for name in ("positional_embedding", "attn_mask")}
-    # An instance attribute shadows the registered parameter and buffer for this call only.
-    holder.__dict__["positional_embedding"] = full["positional_embedding"][:used]
-    holder.__dict__["attn_mask"] = full["attn_mask"][:used, :used]
     try:
+        # An instance attribute shadows the registered parameter and buffer for this call only.
+        holder.__dict__["positional_embedding"] = full["positional_embedding"][:used]
+        holder.__dict__["attn_mask"] = full["attn_mask"][:used, :used]
         return model.encode_text(ids[:, :used], normalize=normalize)
     finally:
         for name in full:
-            del holder.__dict__[name]
+            holder.__dict__.pop(name, None)
 
 
 def tower_module(loaded: LoadedModel, tower: str, normalize: bool, *, trim_padding: bool = False) -> Any:
@@ -114,10 +129,11 @@ def tower_module(loaded: LoadedModel, tower: str, normalize: bool, *, trim_paddi
 
 
 def example_input(
-    loaded: LoadedModel, tower: str, batch: int, seed: int = 0, max_length: int | None = None
+    loaded: LoadedModel, tower: str, batch: int, seed: int = 0, max_length: int | None = None, min_length: int = 3
 ) -> np.ndarray:
     """Deterministic inputs; text rows get the start id (where the family has one), random ordinary
-    tokens, the end id at varied positions (up to `max_length` tokens), then the family's padding id."""
+    tokens, the end id at varied positions (`min_length` to `max_length` tokens), then the family's
+    padding id."""
     rng = np.random.default_rng(seed)
     if tower == "visual":
         h, w = loaded.preprocess.image_size
@@ -130,7 +146,7 @@ def example_input(
     low, high = (1, min(sot, eot) - 1) if clip_like else (max(specials) + 1, settings.vocab_size or max(specials) + 2)
     ids = np.full((batch, ctx), settings.pad_token_id, dtype=np.int64)
     for row in range(batch):
-        length = int(rng.integers(3, min(max_length or ctx, ctx) + 1))
+        length = int(rng.integers(min(min_length, ctx), min(max_length or ctx, ctx) + 1))
         ordinary = rng.integers(low, max(high, low + 1), size=length - (sot is not None) - (eot is not None)).tolist()
         ids[row, :length] = [*([sot] if sot is not None else []), *ordinary, *([eot] if eot is not None else [])]
     return ids

@@ -173,10 +173,14 @@ def export_tower(
 
 def parity_check(loaded: LoadedModel, tower: str, path: Path, normalize: bool) -> tuple[float, float]:
     """Run the fresh ONNX tower next to torch on a batch of 3 (not the traced 2); text also on 3
-    short captions, so a graph that cuts trailing padding is checked where it cuts."""
+    short captions and on short ones beside one that fills the context, so a graph that cuts
+    trailing padding is checked where it cuts and where it cannot."""
     batches = [example_input(loaded, tower, 3, seed=0)]
     if tower == "text":
-        batches.append(example_input(loaded, tower, 3, seed=2, max_length=8))
+        short = example_input(loaded, tower, 3, seed=2, max_length=8)
+        context = loaded.tokenizer.context_length
+        full = example_input(loaded, tower, 1, seed=4, min_length=context)
+        batches += [short, np.concatenate([short[:2], full])]
     runner = open_graph(path, SessionOptions(prepacking=False))
     deltas = [
         np.abs(l2_normalize(runner.run(inputs)) - l2_normalize(torch_embed(loaded, tower, inputs, normalize)))

@@ -59,15 +59,19 @@ def test_cutting_trailing_padding_changes_no_embedding() -> None:
     assert "positional_embedding" not in vars(loaded.model) and "attn_mask" not in vars(loaded.model)
 
 
-def test_a_tower_without_a_causal_mask_is_not_cut() -> None:
+def test_a_tower_pooled_after_its_caption_or_without_a_causal_mask_is_not_cut() -> None:
     import torch
 
     from clip_export.core.errors import ClipExportError
     from clip_export.core.reference import encode_trimmed_text, trims_text_padding
 
     loaded = load_model(resolve("tiny-vit", random_init=True, seed=0))
+    loaded.model.text_pool_type = "last"  # causal, but pooled at the last position: padding decides it
+    assert not trims_text_padding(loaded)
+    loaded.model.text_pool_type = "argmax"
+    assert trims_text_padding(loaded)
     loaded.model.attn_mask = None  # bidirectional: positions after the caption would change it
     assert not trims_text_padding(loaded)
     ids = torch.from_numpy(example_input(loaded, "text", 2, seed=1))
-    with pytest.raises(ClipExportError, match="does not mask padding"):
+    with pytest.raises(ClipExportError, match="nor masks its padding"):
         encode_trimmed_text(loaded.model, ids, loaded.tokenizer.pad_token_id, normalize=False)

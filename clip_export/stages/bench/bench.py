@@ -64,6 +64,10 @@ class _PlannedRow:
     skipped: BenchRow  # what the table shows if the total time runs out before this row
 
 
+# The key under which a padding-cutting text tower keeps torch's whole-context FLOPs and limit.
+WHOLE_TEXT = "text (whole context, torch)"
+
+
 def _skipped(row: BenchRow, why: str) -> BenchRow:
     return dataclasses.replace(row, provider_ran=None, status=f"skipped: {why}", latency=None)
 
@@ -123,11 +127,15 @@ def bench(
             for tower in towers:
                 flops[tower], products[tower] = count_tower(loaded, tower)
             if "text" in towers:
-                cut_flops = cut_text_flops(loaded, manifest, {b: inputs_for("text", ref, b) for b in batch_sizes})
+                cut = cut_text_flops(loaded, manifest, {b: inputs_for("text", ref, b) for b in batch_sizes})
+                cut_flops = {("text", b): count for b, (count, _) in cut.items()}
+                if 1 in cut:  # the artifacts' streamed limit from their own products; torch's from the whole context
+                    products[WHOLE_TEXT], products["text"] = products["text"], cut[1][1]
             if cut_flops:
                 notes.append(
-                    "the text artifacts cut trailing padding inside the graph: their GFLOP/s count the "
-                    "positions they ran on the benched captions, torch eager's the whole context"
+                    "the text artifacts cut trailing padding inside the graph: their GFLOP/s and "
+                    "streamed-weights limit count the positions they ran on the benched captions, "
+                    "torch eager's the whole context"
                 )
         except ImportError as exc:
             notes.append(f"torch baselines skipped: {exc}")
@@ -142,15 +150,15 @@ def bench(
     if 1 in batch_sizes:
         for tower, shapes in products.items():
             # A tower whose products are a minor share of its FLOPs (a ResNet) has no such limit.
-            if shapes and sum(2.0 * m * k * n for m, k, n in shapes) >= 0.5 * flops[tower]:
+            counted = flops["text"] if tower == WHOLE_TEXT else cut_flops.get((tower, 1), flops[tower])
+            if shapes and sum(2.0 * m * k * n for m, k, n in shapes) >= 0.5 * counted:
                 benched = {
                     a.precision
-                    for a in manifest.select(tower=tower, format=ONNX_FORMAT)
+                    for a in manifest.select(tower=tower.split(" ")[0], format=ONNX_FORMAT)
                     if precisions is None or a.precision in precisions
                 }
-                for kind in sorted(
-                    {PRECISION_SPECS[p].streamed_limit for p in benched if p in PRECISION_SPECS} - {None}
-                ):
+                kinds = {PRECISION_SPECS[p].streamed_limit for p in benched if p in PRECISION_SPECS} - {None}
+                for kind in sorted(kinds & {"fp32"} if tower == WHOLE_TEXT else kinds):  # torch runs fp32
                     progress(f"measuring the streamed-weights {kind} GEMM limit of the {tower} tower at batch 1")
                     streamed.setdefault(tower, {})[kind] = (
                         streamed_gemm_ceiling(shapes, threads, budget_s=min(1.0, budget_s), int8=kind == "int8") or 0.0
@@ -194,7 +202,9 @@ def bench(
             if (r.provider_ran or "").startswith("torch")
             else cut_flops.get((r.tower, r.batch), flops.get(r.tower)),
             ceilings,
-            streamed.get(r.tower),
+            streamed.get(WHOLE_TEXT, streamed.get(r.tower))
+            if (r.provider_ran or "").startswith("torch") and r.tower == "text"
+            else streamed.get(r.tower),
         )
         for r in rows
     ]

@@ -101,16 +101,14 @@ def count_tower(
 
 def cut_text_flops(
     loaded: Any, manifest: Manifest, inputs_by_batch: Mapping[int, np.ndarray]
-) -> dict[tuple[str, int], float]:
-    """FLOPs per item of a text graph that cuts trailing padding, on the captions each batch size
-    runs: what its artifact rows computed, not torch's whole context. Empty when it does not cut."""
+) -> dict[int, tuple[float, tuple[tuple[int, int, int], ...]]]:
+    """Per batch size, the FLOPs per item and the weight products of a text graph that cuts
+    trailing padding, on the captions that batch runs: what its artifact rows computed, not torch's
+    whole context. Empty when the text graph does not cut."""
     text = TOWERS["text"].name
     if not any(e.detail("trims_trailing_padding") for e in manifest.select(tower=text, precision="fp32")):
         return {}
-    return {
-        (text, batch): count_tower(loaded, text, inputs, trim_padding=True)[0]
-        for batch, inputs in inputs_by_batch.items()
-    }
+    return {batch: count_tower(loaded, text, inputs, trim_padding=True) for batch, inputs in inputs_by_batch.items()}
 
 
 def _streamed_chain_model(
