@@ -177,7 +177,7 @@ def main() -> None:
             tokens = model.tokenize(captions)
             # The engine batches captions shortest first (embed_inputs.in_batching_order): the same
             # batches through the session alone are its fair "pure" baseline.
-            by_length = model.tokenize(sorted(captions, key=len))
+            by_length = model.tokenize([str(i.text) for i in in_batching_order(list_items([caption_file]))])
             for cbs in sizes:
                 methods: dict[tuple[str, str], Callable[[], Any]] = {
                     ("image", "naive ClipOnnx loop"): lambda: [model.embed_images(b) for b in batches(paths, cbs)],

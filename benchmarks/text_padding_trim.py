@@ -87,16 +87,16 @@ def main() -> None:
             sessions = {k: create_session(p, parked) for k, p in files.items()}
             # One caption at a time, so each short caption is cut where the graph cuts it.
             whole = {k: np.concatenate([s.run(None, {input_name: b})[0] for b in single]) for k, s in sessions.items()}
+            reference = l2_normalize(whole["fp32, whole context"])
+            delta = {label: float(np.abs(l2_normalize(got) - reference).mean()) for label, got in whole.items()}
             for batch_label, batches in (("1 (each caption in turn)", single), ("8", eight)):
                 calls = [cycling(lambda b, s=s: s.run(None, {input_name: b}), batches) for s in sessions.values()]
                 # torch's workers spin after a call: a pause (its own, ignored timing) lets them park.
                 calls += [cycling(torch_call, batches), lambda: time.sleep(0.05)]
                 p50 = time_interleaved(calls, rounds=args.rounds * len(batches), warmup=3)
                 torch_ms, fp32_whole = p50[-2], p50[0]
-                reference = l2_normalize(whole["fp32, whole context"])
-                for (label, _), ms in zip(files.items(), p50):
-                    delta = float(np.abs(l2_normalize(whole[label]) - reference).mean())
-                    rows.append((model, batch_label, label, ms, fp32_whole / ms, torch_ms / ms, delta))
+                for label, ms in zip(files, p50):
+                    rows.append((model, batch_label, label, ms, fp32_whole / ms, torch_ms / ms, delta[label]))
                 rows.append(
                     (model, batch_label, "torch eager fp32 (open_clip)", torch_ms, fp32_whole / torch_ms, 1.0, None)
                 )

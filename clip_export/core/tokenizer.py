@@ -25,10 +25,10 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from clip_export.core.errors import ClipExportError, import_optional
+from clip_export.core.spec import TOKENIZER_NAME
 
 if TYPE_CHECKING:
     from clip_export.core.sections import TokenizerSection
-from clip_export.core.spec import TOKENIZER_NAME
 
 __all__ = ["TOKENIZER_NAME", "TextTokenizer", "clean_text", "clip_bpe_tokenizer", "first_disagreement"]
 CLEAN_KINDS = (

@@ -117,7 +117,9 @@ def bench(
     notes: list[str] = []
     flops: dict[str, float] = {}
     cut_flops: dict[tuple[str, int], float] = {}  # (tower, batch) -> FLOPs per item of a padding-cutting graph
-    products: dict[str, tuple[tuple[int, int, int], ...]] = {}
+    # The streamed-weights limits to measure at batch 1, by key: (tower, its weight products, the FLOPs they
+    # stand for, the limit kinds wanted or None for those of every benched precision).
+    limits: dict[str, tuple[str, tuple[tuple[int, int, int], ...], float, set[str] | None]] = {}
     if baselines or fused_baseline:
         try:
             from clip_export.core.models import load_model, spec_from_manifest
@@ -125,12 +127,14 @@ def bench(
             progress("loading the torch model for the baselines")
             loaded = load_model(spec_from_manifest(manifest.model.to_json(), sources))
             for tower in towers:
-                flops[tower], products[tower] = count_tower(loaded, tower)
+                flops[tower], shapes = count_tower(loaded, tower)
+                limits[tower] = (tower, shapes, flops[tower], None)
             if "text" in towers:
                 cut = cut_text_flops(loaded, manifest, {b: inputs_for("text", ref, b) for b in batch_sizes})
                 cut_flops = {("text", b): count for b, (count, _) in cut.items()}
-                if 1 in cut:  # the artifacts' streamed limit from their own products; torch's from the whole context
-                    products[WHOLE_TEXT], products["text"] = products["text"], cut[1][1]
+                if 1 in cut:  # the artifacts' limit from their own products; torch's (fp32) from the whole context
+                    limits[WHOLE_TEXT] = ("text", limits["text"][1], flops["text"], {"fp32"})
+                    limits["text"] = ("text", cut[1][1], cut[1][0], None)
             if cut_flops:
                 notes.append(
                     "the text artifacts cut trailing padding inside the graph: their GFLOP/s and "
@@ -148,19 +152,18 @@ def bench(
         str, dict[str, float]
     ] = {}  # tower -> streamed limit kind (PrecisionSpec.streamed_limit) -> G(FL)OP/s
     if 1 in batch_sizes:
-        for tower, shapes in products.items():
+        for key, (tower, shapes, counted, wanted) in limits.items():
             # A tower whose products are a minor share of its FLOPs (a ResNet) has no such limit.
-            counted = flops["text"] if tower == WHOLE_TEXT else cut_flops.get((tower, 1), flops[tower])
             if shapes and sum(2.0 * m * k * n for m, k, n in shapes) >= 0.5 * counted:
                 benched = {
                     a.precision
-                    for a in manifest.select(tower=tower.split(" ")[0], format=ONNX_FORMAT)
+                    for a in manifest.select(tower=tower, format=ONNX_FORMAT)
                     if precisions is None or a.precision in precisions
                 }
                 kinds = {PRECISION_SPECS[p].streamed_limit for p in benched if p in PRECISION_SPECS} - {None}
-                for kind in sorted(kinds & {"fp32"} if tower == WHOLE_TEXT else kinds):  # torch runs fp32
-                    progress(f"measuring the streamed-weights {kind} GEMM limit of the {tower} tower at batch 1")
-                    streamed.setdefault(tower, {})[kind] = (
+                for kind in sorted(kinds & wanted if wanted is not None else kinds):
+                    progress(f"measuring the streamed-weights {kind} GEMM limit of the {key} tower at batch 1")
+                    streamed.setdefault(key, {})[kind] = (
                         streamed_gemm_ceiling(shapes, threads, budget_s=min(1.0, budget_s), int8=kind == "int8") or 0.0
                     )
     # The preprocessing study after the rows takes about half a minute; rows leave it that time.
@@ -194,20 +197,17 @@ def bench(
     }
     # The higher of the two is the machine's limit under the rows' conditions; a share above 100% is flagged.
     ceilings = {k: max(ceilings_before[k], ceilings_after[k]) for k in ceilings_before}
-    rows = [
-        with_ratios(
-            r,
-            _torch_p50(rows, r),
-            flops.get(r.tower)
-            if (r.provider_ran or "").startswith("torch")
-            else cut_flops.get((r.tower, r.batch), flops.get(r.tower)),
-            ceilings,
-            streamed.get(WHOLE_TEXT, streamed.get(r.tower))
-            if (r.provider_ran or "").startswith("torch") and r.tower == "text"
-            else streamed.get(r.tower),
-        )
-        for r in rows
-    ]
+
+    def work_of(row: BenchRow) -> tuple[float | None, dict[str, float] | None]:
+        """FLOPs per item and streamed limit of what the row ran: torch the whole context, an artifact
+        of a padding-cutting text graph the benched captions' positions."""
+        if (row.provider_ran or "").startswith("torch"):
+            whole = WHOLE_TEXT if row.tower == "text" and WHOLE_TEXT in streamed else row.tower
+            return flops.get(row.tower), streamed.get(whole)
+        return cut_flops.get((row.tower, row.batch), flops.get(row.tower)), streamed.get(row.tower)
+
+    worked = [(r, *work_of(r)) for r in rows]
+    rows = [with_ratios(r, _torch_p50(rows, r), count, ceilings, limit) for r, count, limit in worked]
     if any((r.ceiling_share or 0) > 1 or (r.streamed_ceiling_share or 0) > 1 for r in rows):
         notes.append(
             "rows marked '>100%' beat a ceiling measured in the same run: the machine was faster during "
