@@ -10,9 +10,11 @@ from __future__ import annotations
 import platform
 import shutil
 import subprocess
+import sys
 from collections.abc import Sequence
 from dataclasses import asdict, dataclass, fields
 from functools import lru_cache
+from importlib import metadata
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -235,14 +237,36 @@ def environment_table(rows: Sequence[VerificationRow]) -> list[str]:
     return lines
 
 
+# The libraries a result depends on: module name -> the distributions that install it. Read from the
+# installed metadata, never by importing: importing open_clip pulls in torch and torchvision, several
+# seconds that `embed` paid before its first item.
+VERSIONED_MODULES: dict[str, tuple[str, ...]] = {
+    "torch": ("torch",),
+    "open_clip": ("open_clip_torch",),
+    "onnx": ("onnx",),
+    "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
+    "onnxscript": ("onnxscript",),
+    "tokenizers": ("tokenizers",),
+}
+
+
 def versions() -> dict[str, str]:
-    """The library versions a result depends on, recorded beside it."""
+    """The library versions a result depends on, recorded beside it.
+
+    A module already imported reports its own `__version__` (the code that ran); otherwise the
+    installed distribution's metadata says which version an import would load."""
     from clip_export import __version__
 
     found = {"clip_export": __version__}
-    for module in ("torch", "open_clip", "onnx", "onnxruntime", "onnxscript", "tokenizers"):
-        try:
-            found[module] = __import__(module).__version__
-        except ImportError:
+    for module, distributions in VERSIONED_MODULES.items():
+        loaded = getattr(sys.modules.get(module), "__version__", None)
+        if isinstance(loaded, str):
+            found[module] = loaded
             continue
+        for distribution in distributions:
+            try:
+                found[module] = metadata.version(distribution)
+                break
+            except metadata.PackageNotFoundError:
+                continue
     return found

@@ -1,12 +1,14 @@
 from __future__ import annotations
 
 import dataclasses
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
 
 from clip_export.core.artifact import VerificationRow
-from clip_export.core.environment import Environment, current_environment, environment_table
+from clip_export.core.environment import Environment, current_environment, environment_table, versions
 from clip_export.core.errors import ManifestError
 
 
@@ -86,3 +88,21 @@ def test_environment_table_names_each_environment() -> None:
     lines = environment_table([VerificationRow.from_json(r, f"row {i}") for i, r in enumerate(rows)])
     assert lines[2].startswith("| visual.onnx | `abababababab` | unknown environment") and "| fail |" in lines[2]
     assert env.describe() in lines[3] and "| pass |" in lines[3]
+
+
+def test_versions_come_from_metadata_without_importing_torch() -> None:
+    """`embed` records versions before its first item: reading them must not import torch or open_clip."""
+    probe = (
+        "import sys; from clip_export.core.environment import versions; found = versions(); "
+        "print(sorted(found)); print('torch' in sys.modules, 'open_clip' in sys.modules)"
+    )
+    done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True)
+    listed, imported = done.stdout.strip().splitlines()
+    assert imported == "False False"
+    assert "'torch'" in listed and "'open_clip'" in listed and "'onnxruntime'" in listed
+
+
+def test_versions_of_imported_modules_are_the_running_code() -> None:
+    import onnxruntime
+
+    assert versions()["onnxruntime"] == onnxruntime.__version__
