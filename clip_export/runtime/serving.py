@@ -67,6 +67,7 @@ class ClipOnnx:
         self._tokenizer: Any = None
         self.normalized_in_graph = manifest.normalize
         self.serve_checks: dict[str, ServeCheck] = {}  # per tower: what from_release checked here, or why it skipped
+        self.cpu_flags: tuple[str, ...] = ()  # the flags from_release picked the INT8 family by
 
     @classmethod
     def from_release(
@@ -78,17 +79,24 @@ class ClipOnnx:
         preprocess: str = "fast",
         check: str = "auto",
         cpu_flags: Collection[str] | None = None,
+        towers: Collection[str] | None = None,
     ) -> ClipOnnx:
         """Open a release directory (or an artifact directory), check every file it will use, and
         check each artifact's numbers here (serve_check): "auto" skips that where this exact
         environment already has a passing verdict, "always" runs it, "off" serves unchecked.
         precision="int8" serves the INT8 kernel family this CPU's flags call for (QInt8 with
         avx512_vnni, avx_vnni or amx_int8, else QUInt8); `cpu_flags` replaces the probe of this
-        CPU's flags (tests, or a deployment that knows better)."""
+        CPU's flags (tests, or a deployment that knows better). `towers` opens only those (a
+        captions-only index need not load and check the image tower); default: every tower."""
         _preprocessor(preprocess)  # refuse bad names before loading anything
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ClipExportError(f"threads must be 0 (onnxruntime's choice) or a positive count, not {threads!r}")
         require_mode(check)
+        wanted = set(TOWERS) if towers is None else set(towers)
+        if not wanted or wanted - set(TOWERS):
+            raise ClipExportError(
+                f"towers must be some of {', '.join(TOWERS)}, not {', '.join(sorted(wanted - set(TOWERS))) or 'none'}"
+            )
         root = Path(path)
         manifest = read_manifest(root)
         flags = tuple(cpu_flags) if cpu_flags is not None else current_environment(CPU_PROVIDER).isa_flags
@@ -97,7 +105,7 @@ class ClipOnnx:
         info: dict[str, LoadedArtifact] = {}
         for tower in TOWERS:
             candidates = manifest.select(tower=tower, format=ONNX_FORMAT, precision=precision)
-            if not candidates:
+            if not candidates or tower not in wanted:
                 continue
             entry = entries[tower] = pick_for_cpu(candidates, flags)
             require_intact(root, entry, f"refusing to load {entry.path}")
@@ -106,7 +114,10 @@ class ClipOnnx:
             info[tower] = LoadedArtifact(root / entry.path, precision, session.get_providers()[0])
         if not sessions:
             available = sorted({f"{a.precision}/{a.format}" for a in manifest.artifacts})
-            raise ClipExportError(f"{root} has no {precision} ONNX artifacts; available: {', '.join(available)}")
+            raise ClipExportError(
+                f"{root} has no {precision} ONNX artifacts for {', '.join(t for t in TOWERS if t in wanted)}; "
+                f"available: {', '.join(available)}"
+            )
         reference = functools.cache(
             lambda: load_reference_slice(root, manifest, set(sessions))
         )  # read only if a check runs
@@ -116,6 +127,7 @@ class ClipOnnx:
         if vocab and "text" in sessions:
             require_intact(root, vocab, "refusing to load the tokenizer")
         model = cls(root, manifest, sessions.get("visual"), sessions.get("text"), info, preprocess)
+        model.cpu_flags = flags
         serving = ServingInputs(model.pixel_values, preprocess == "exact", model.tokenize)
         model.serve_checks = {
             tower: check_here(manifest, entries[tower], sessions[tower], reference, check, serving, flags)
@@ -135,18 +147,22 @@ class ClipOnnx:
             return np.zeros((0, 3, *self.preprocess_config.image_size), dtype=np.float32)
         return rows[0][None] if len(rows) == 1 else np.stack(rows)  # one image: no stacking copy
 
+    def _not_open(self, tower: str) -> str:
+        """Why a tower cannot embed: the release has none of this precision, or from_release left it shut."""
+        return f"{self.root}: the {tower} tower is not open (opened: {', '.join(sorted(self.artifacts)) or 'none'})"
+
     def embed_images(self, images: Any, normalize: bool = True) -> np.ndarray:
         """One row per image. An image is a file path, encoded bytes (what a service receives), an
         HxWx3 uint8 RGB array (HxW grey and HxWx4 RGBA too) or a PIL image; one of them alone is a
         batch of one."""
         if self._visual is None:  # before any image is decoded
-            raise ClipExportError(f"{self.root} has no visual tower")
+            raise ClipExportError(self._not_open("visual"))
         return self.embed_pixels(self.pixel_values(images), normalize)
 
     def embed_pixels(self, pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
         """One row per image of [N, 3, H, W] float32 pixel_values already preprocessed (pixel_values())."""
         if self._visual is None:
-            raise ClipExportError(f"{self.root} has no visual tower")
+            raise ClipExportError(self._not_open("visual"))
         return self._run(
             self._visual, TOWERS["visual"].input_name, np.ascontiguousarray(pixels, dtype=np.float32), normalize
         )
@@ -165,7 +181,7 @@ class ClipOnnx:
     def embed_texts(self, texts: Any, normalize: bool = True) -> np.ndarray:
         """One row per caption; a bare string is one caption (a batch of one), never its characters."""
         if self._text is None:
-            raise ClipExportError(f"{self.root} has no text tower")
+            raise ClipExportError(self._not_open("text"))
         return self._run(self._text, TOWERS["text"].input_name, self.tokenize(texts), normalize)
 
     def _run(self, session: Any, name: str, inputs: np.ndarray, normalize: bool) -> np.ndarray:

@@ -260,3 +260,13 @@ def test_auto_never_skips_on_a_verdict_for_other_settings(verified_dir: Path) ->
     _edit_manifest(verified_dir, "preprocess", "mean", [0.9, 0.1, 0.9])
     with pytest.raises(ServeCheckError, match="visual.onnx misses its preproc-fp32 thresholds"):
         ClipOnnx.from_release(verified_dir)
+
+
+def test_towers_opens_and_checks_only_those(verified_dir: Path) -> None:
+    model = ClipOnnx.from_release(verified_dir, check="always", towers=["text"])
+    assert set(model.artifacts) == set(model.serve_checks) == {"text"}
+    assert model.embed_texts(["a cat"]).shape[0] == 1
+    with pytest.raises(ClipExportError, match=r"the visual tower is not open \(opened: text\)"):
+        model.embed_images(np.zeros((8, 8, 3), np.uint8))
+    with pytest.raises(ClipExportError, match="towers must be some of visual, text, not audio"):
+        ClipOnnx.from_release(verified_dir, towers=["audio"])

@@ -30,8 +30,9 @@ from clip_export.core.spec import (
     EMBED_DECODE_THREADS,
     EMBED_PRECISION_PREFERENCE,
     ONNX_FORMAT,
+    TOWERS,
 )
-from clip_export.runtime.serving import ClipOnnx
+from clip_export.runtime.serving import ClipOnnx, pick_for_cpu
 from clip_export.stages.embed.compat import CompatResult, compare_models
 from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, in_batching_order, list_items, prepare
 from clip_export.stages.embed.embed_store import Done, Store, new_manifest
@@ -60,7 +61,7 @@ def open_model(source: Path, precision: str | None, towers: set[str], threads: i
     """The artifact to embed with and why: --precision, else the fastest that holds here."""
     if precision:
         return ClipOnnx.from_release(
-            source, precision=precision, threads=threads
+            source, precision=precision, threads=threads, towers=towers
         ), f"{precision}: asked for with --precision"
     manifest = read_manifest(source)
     refused = []
@@ -69,7 +70,7 @@ def open_model(source: Path, precision: str | None, towers: set[str], threads: i
         if not towers <= have:
             continue
         try:
-            model = ClipOnnx.from_release(source, precision=candidate, threads=threads)
+            model = ClipOnnx.from_release(source, precision=candidate, threads=threads, towers=towers)
         except ServeCheckError as exc:
             refused.append(f"{candidate} fails here ({str(exc).split(':')[0]})")
             continue
@@ -86,9 +87,17 @@ def open_model(source: Path, precision: str | None, towers: set[str], threads: i
 def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[str, Any]:
     """What the dataset manifest says built it: model, precision, preprocessing, ONNX bytes, here."""
     onnx = {}
-    for tower in sorted(model.artifacts):
-        served = model.artifacts[tower].path.relative_to(model.root).as_posix()  # int8: the family picked for this CPU
-        entry = model.manifest.select(tower=tower, format=ONNX_FORMAT, precision=precision, path=served)[0]
+    for tower in sorted(TOWERS):  # every tower of this precision, opened or not: the key names the release's pair
+        candidates = model.manifest.select(tower=tower, format=ONNX_FORMAT, precision=precision)
+        if not candidates:
+            continue
+        opened = model.artifacts.get(tower)
+        served = (
+            opened.path.relative_to(model.root).as_posix()  # int8: the family picked for this CPU
+            if opened is not None
+            else pick_for_cpu(candidates, model.cpu_flags).path
+        )
+        entry = next(e for e in candidates if e.path == served)
         onnx[tower] = {"path": entry.path, "sha256": entry.sha256}
     key = hashlib.sha256("|".join(f"{t}:{v['sha256']}" for t, v in sorted(onnx.items())).encode()).hexdigest()[:16]
     provider = next(iter(model.artifacts.values())).provider
@@ -180,6 +189,7 @@ def _embed(
             source=Path(source),
             precision=chosen,
             items=items,
+            towers=towers,
             done={k: v.sha256 for k, v in done.items() if v.artifact_key in accepted},
             store=store,
             key=artifact["key"],

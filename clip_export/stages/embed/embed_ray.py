@@ -16,7 +16,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -34,10 +34,10 @@ FIELDS = ("id", "kind", "path", "data", "text")
 class EmbedMapper:
     """One actor: one ClipOnnx (sessions opened once), then batch after batch of rows."""
 
-    def __init__(self, source: str, precision: str, threads: int, done: dict[str, str]) -> None:
+    def __init__(self, source: str, precision: str, threads: int, done: dict[str, str], towers: list[str]) -> None:
         from clip_export.runtime.serving import ClipOnnx
 
-        self.model = ClipOnnx.from_release(source, precision=precision, threads=threads)
+        self.model = ClipOnnx.from_release(source, precision=precision, threads=threads, towers=towers)
         self.done = done
         session = self.model._visual or self.model._text
         self.dim = int(session.get_outputs()[0].shape[-1])
@@ -90,6 +90,7 @@ def run_ray(
     source: Path,
     precision: str,
     items: Sequence[Item],
+    towers: Collection[str],
     done: dict[str, str],
     store: Any,
     key: str,
@@ -141,6 +142,7 @@ def run_ray(
                 "precision": precision,
                 "threads": threads,
                 "done": done,
+                "towers": sorted(towers),
             },
         )
         _collect(mapped, store, key, chunk_rows, len(items), counts, errors, progress)

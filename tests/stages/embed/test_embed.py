@@ -17,7 +17,7 @@ from PIL import Image
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import BUNDLED_DIR
 from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_MANIFEST_NAME
-from clip_export.runtime import ClipOnnx
+from clip_export.runtime import ClipOnnx, serving
 from clip_export.stages.embed.embed import embed
 from clip_export.stages.embed.embed_store import Store, read_embeddings
 
@@ -75,6 +75,27 @@ def test_images_and_captions_become_normalised_rows_with_the_runtimes_embeddings
     assert manifest is not None and manifest["artifact"]["precision"] == "int8"
     assert set(manifest["artifact"]["onnx"]) == {"visual", "text"} and manifest["artifact"]["environment"]["key"]
     assert manifest["runs"][-1]["embedded"] == 11
+
+
+def test_a_captions_only_run_opens_only_the_text_tower_and_keeps_the_pairs_key(
+    tiny_vit_int8_dir: Path, photos: Path, captions: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    both = embed(tiny_vit_int8_dir, [photos, captions], tmp_path / "both", precision="fp32")
+    opened: list[str] = []
+    real_open = serving.open_runner
+    monkeypatch.setattr(
+        serving,
+        "open_runner",
+        lambda root, entry, *a, **k: opened.append(entry.tower) or real_open(root, entry, *a, **k),
+    )
+    out = tmp_path / "grown"
+    first = embed(tiny_vit_int8_dir, [captions], out, precision="fp32")
+    assert opened == ["text"]  # a captions-only index never loads or checks the image tower
+    second = embed(tiny_vit_int8_dir, [photos, captions], out, precision="fp32")
+    assert (second.embedded, second.unchanged, second.compat) == (8, 3, None)  # same artifact: no compat check
+    assert first.artifact_key == second.artifact_key == both.artifact_key
+    manifest = Store(out).manifest
+    assert manifest is not None and set(manifest["artifact"]["onnx"]) == {"visual", "text"}
 
 
 def test_captions_of_a_similar_length_share_a_batch(
