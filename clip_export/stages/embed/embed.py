@@ -58,10 +58,12 @@ class EmbedResult:
 
 
 def open_model(source: Path, precision: str | None, towers: set[str], threads: int = 0) -> tuple[ClipOnnx, str]:
-    """The artifact to embed with and why: --precision, else the fastest that holds here."""
+    """The artifact to embed with and why: --precision, else the fastest that holds here. Only the
+    towers the items need are opened (every tower when there are no items, as for an empty folder)."""
+    needed = towers or None
     if precision:
         return ClipOnnx.from_release(
-            source, precision=precision, threads=threads, towers=towers
+            source, precision=precision, threads=threads, towers=needed
         ), f"{precision}: asked for with --precision"
     manifest = read_manifest(source)
     refused = []
@@ -70,7 +72,7 @@ def open_model(source: Path, precision: str | None, towers: set[str], threads: i
         if not towers <= have:
             continue
         try:
-            model = ClipOnnx.from_release(source, precision=candidate, threads=threads, towers=towers)
+            model = ClipOnnx.from_release(source, precision=candidate, threads=threads, towers=needed)
         except ServeCheckError as exc:
             refused.append(f"{candidate} fails here ({str(exc).split(':')[0]})")
             continue

@@ -37,7 +37,7 @@ class EmbedMapper:
     def __init__(self, source: str, precision: str, threads: int, done: dict[str, str], towers: list[str]) -> None:
         from clip_export.runtime.serving import ClipOnnx
 
-        self.model = ClipOnnx.from_release(source, precision=precision, threads=threads, towers=towers)
+        self.model = ClipOnnx.from_release(source, precision=precision, threads=threads, towers=towers or None)
         self.done = done
         session = self.model._visual or self.model._text
         self.dim = int(session.get_outputs()[0].shape[-1])

@@ -98,6 +98,14 @@ def test_a_captions_only_run_opens_only_the_text_tower_and_keeps_the_pairs_key(
     assert manifest is not None and set(manifest["artifact"]["onnx"]) == {"visual", "text"}
 
 
+def test_an_empty_folder_embeds_nothing_and_opens_every_tower(tiny_vit_int8_dir: Path, tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    result = embed(tiny_vit_int8_dir, [tmp_path / "empty"], tmp_path / "index", precision="fp32")
+    assert (result.items, result.embedded, result.failed) == (0, 0, 0)
+    manifest = Store(tmp_path / "index").manifest
+    assert manifest is not None and set(manifest["artifact"]["onnx"]) == {"visual", "text"}
+
+
 def test_captions_of_a_similar_length_share_a_batch(
     tiny_vit_int8_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
