@@ -579,6 +579,20 @@ CASES: list[Case] = [
         "running Reshape node. Name:'clip_export_preprocess/refuse_images_over_178956970_pixels'",
         bomb_sized_array_to_the_preprocessing_graph,
     ),
+    Case(
+        'a tower that does not exist: `from_release(path, towers=["audio"])`',
+        "`ClipOnnx.from_release`",
+        ClipExportError,
+        "towers must be some of visual, text, not audio",
+        lambda ctx: ClipOnnx.from_release(ctx.shared_dir, towers=["audio"]),
+    ),
+    Case(
+        'an image through a text-only runtime: `from_release(path, towers=["text"]).embed_images(...)`',
+        "`ClipOnnx.embed_images`",
+        ClipExportError,
+        "the visual tower is not open \\(opened: text\\)",
+        lambda ctx: ClipOnnx.from_release(ctx.shared_dir, towers=["text"]).embed_images(np.zeros((8, 8, 3), np.uint8)),
+    ),
 ]
 
 
