@@ -17,6 +17,7 @@ JPEG) to 9-14x (its wide RGBA PNG) faster than PIL's own resize (docs/benchmarks
 from __future__ import annotations
 
 import functools
+import threading
 from collections.abc import Callable, Collection
 from dataclasses import dataclass
 from pathlib import Path
@@ -65,6 +66,7 @@ class ClipOnnx:
         self.preprocess_config = manifest.preprocess
         self._preprocess = _preprocessor(preprocess)
         self._tokenizer: Any = None
+        self._tokenizer_lock = threading.Lock()  # embed's worker threads tokenize concurrently
         self.normalized_in_graph = manifest.normalize
         self.serve_checks: dict[str, ServeCheck] = {}  # per tower: what from_release checked here, or why it skipped
         self.cpu_flags: tuple[str, ...] = ()  # the flags from_release picked the INT8 family by
@@ -174,8 +176,9 @@ class ClipOnnx:
         for index, caption in enumerate(captions):
             if not isinstance(caption, str):
                 raise ClipExportError(f"texts[{index}]: type {type(caption).__name__} is not a caption; pass str")
-        if self._tokenizer is None:
-            self._tokenizer = _tokenizer_for(self.manifest, self.root)
+        with self._tokenizer_lock:
+            if self._tokenizer is None:
+                self._tokenizer = _tokenizer_for(self.manifest, self.root)
         return self._tokenizer(captions)
 
     def embed_texts(self, texts: Any, normalize: bool = True) -> np.ndarray:
@@ -183,6 +186,13 @@ class ClipOnnx:
         if self._text is None:
             raise ClipExportError(self._not_open("text"))
         return self._run(self._text, TOWERS["text"].input_name, self.tokenize(texts), normalize)
+
+    def embed_token_ids(self, ids: np.ndarray, normalize: bool = True) -> np.ndarray:
+        """One row per caption of [N, context] int64 ids already tokenized (tokenize()): an indexer
+        tokenizes in its reader threads, as it preprocesses images there, and runs the session here."""
+        if self._text is None:
+            raise ClipExportError(self._not_open("text"))
+        return self._run(self._text, TOWERS["text"].input_name, np.ascontiguousarray(ids, dtype=np.int64), normalize)
 
     def _run(self, session: Any, name: str, inputs: np.ndarray, normalize: bool) -> np.ndarray:
         if not len(inputs):  # an empty batch is a valid request: zero rows of the embedding size

@@ -348,10 +348,8 @@ def _run_local(
         if not batch:
             return
         kind = batch[0].loaded.item.kind
-        if kind == "image":
-            vectors = model.embed_pixels(np.stack([p.array for p in batch]))
-        else:
-            vectors = model.embed_texts([str(p.loaded.content) for p in batch])
+        rows_in = np.stack([p.array for p in batch])  # preprocessed or tokenized by the pool
+        vectors = model.embed_pixels(rows_in) if kind == "image" else model.embed_token_ids(rows_in)
         rows["ids"].extend(p.loaded.item.id for p in batch)
         rows["kinds"].extend([kind] * len(batch))
         rows["shas"].extend(p.loaded.sha256 for p in batch)

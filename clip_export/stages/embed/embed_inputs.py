@@ -152,8 +152,8 @@ def load(item: Item) -> Loaded:
 
 @dataclass(frozen=True)
 class Prepared:
-    """One item after the reader and the mapper's preprocessing: pixels (images; captions are
-    tokenized with their batch), or why not, or `skip` when the index already holds it."""
+    """One item after the reader and the mapper's preprocessing: pixels (images) or token ids
+    (captions), or why not, or `skip` when the index already holds it."""
 
     loaded: Loaded
     array: np.ndarray | None
@@ -161,14 +161,18 @@ class Prepared:
 
 
 def prepare(model: Any, item: Item, unchanged: Callable[[Loaded], bool]) -> Prepared:
-    """Read, hash and (images) decode and preprocess one item with the model's own preprocessing;
-    what fails becomes the item's error. Both engines run this in their workers."""
+    """Read, hash, and decode and preprocess an image or tokenize a caption with the model's own
+    preprocessing and tokenizer; what fails becomes the item's error. Both engines run this in their
+    workers, so the inference loop only stacks rows and runs the session."""
     loaded = load(item)
     if loaded.error is None and unchanged(loaded):
         return Prepared(loaded, None, skip=True)
-    if loaded.error is not None or item.kind == "text":
+    if loaded.error is not None:
         return Prepared(loaded, None)
     try:
+        if item.kind == "text":
+            return Prepared(loaded, model.tokenize([loaded.content])[0])
         return Prepared(loaded, model.pixel_values(loaded.content)[0])
     except ClipExportError as exc:
-        return Prepared(Loaded(item, loaded.sha256, None, str(exc).removeprefix("images[0]: ")), None)
+        reason = str(exc).removeprefix("images[0]: ").removeprefix("texts[0]: ")
+        return Prepared(Loaded(item, loaded.sha256, None, reason), None)

@@ -46,8 +46,7 @@ class EmbedMapper:
         n = len(batch["id"])
         status, reason, shas = ["embedded"] * n, [""] * n, [""] * n
         vectors = np.zeros((n, self.dim), dtype=np.float32)
-        pixels: list[tuple[int, np.ndarray]] = []
-        texts: list[tuple[int, str]] = []
+        rows: dict[str, list[tuple[int, np.ndarray]]] = {"image": [], "text": []}  # pixels or token ids
         for row in range(n):
             item = Item(
                 str(batch["id"][row]),
@@ -63,14 +62,11 @@ class EmbedMapper:
                 continue
             if prepared.loaded.error is not None:
                 status[row], reason[row] = "failed", prepared.loaded.error
-            elif item.kind == "image":
-                pixels.append((row, prepared.array))  # type: ignore[arg-type]
             else:
-                texts.append((row, str(prepared.loaded.content)))
-        if pixels:
-            vectors[[r for r, _ in pixels]] = self.model.embed_pixels(np.stack([p for _, p in pixels]))
-        if texts:
-            vectors[[r for r, _ in texts]] = self.model.embed_texts([t for _, t in texts])
+                rows[item.kind].append((row, prepared.array))  # type: ignore[arg-type]
+        for kind, run in (("image", self.model.embed_pixels), ("text", self.model.embed_token_ids)):
+            if rows[kind]:
+                vectors[[r for r, _ in rows[kind]]] = run(np.stack([a for _, a in rows[kind]]))
         return {
             "id": batch["id"],
             "kind": batch["kind"],

@@ -114,21 +114,22 @@ def test_captions_of_a_similar_length_share_a_batch(
     lines = ["a photograph of a very long caption that goes on and on about a cat", "a cat", "a dog", "the sea"]
     captions = tmp_path / "mixed.txt"
     captions.write_text("\n".join(lines) + "\n", encoding="utf-8")
-    batches: list[list[str]] = []
-    original = ClipOnnx.embed_texts
+    batches: list[np.ndarray] = []
+    original = ClipOnnx.embed_token_ids
 
-    def recording(self: ClipOnnx, texts: list[str], normalize: bool = True) -> np.ndarray:
-        batches.append(list(texts))
-        return original(self, texts, normalize)
+    def recording(self: ClipOnnx, ids: np.ndarray, normalize: bool = True) -> np.ndarray:
+        batches.append(np.array(ids))
+        return original(self, ids, normalize)
 
-    monkeypatch.setattr(ClipOnnx, "embed_texts", recording)
+    monkeypatch.setattr(ClipOnnx, "embed_token_ids", recording)
     out = tmp_path / "index"
     result = embed(tiny_vit_int8_dir, [captions], out, precision="fp32", batch_size=2)
     assert result.embedded == 4
-    assert batches == [["a cat", "a dog"], ["the sea", lines[0]]]
-    monkeypatch.setattr(ClipOnnx, "embed_texts", original)
-    rows = by_id(out)
+    monkeypatch.setattr(ClipOnnx, "embed_token_ids", original)
     model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32")
+    expected = [model.tokenize(["a cat", "a dog"]), model.tokenize(["the sea", lines[0]])]
+    assert len(batches) == 2 and all(np.array_equal(got, want) for got, want in zip(batches, expected))
+    rows = by_id(out)
     for n, line in enumerate(lines, start=1):  # each row is its own caption's embedding, whatever its batch
         np.testing.assert_allclose(rows[f"{captions}#{n}"][2], model.embed_texts([line])[0], atol=1e-5)
 

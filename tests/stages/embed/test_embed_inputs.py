@@ -7,11 +7,13 @@ import json
 import shutil
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import BUNDLED_DIR
-from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, load
+from clip_export.runtime import ClipOnnx
+from clip_export.stages.embed.embed_inputs import Item, in_batching_order, list_items, load, prepare
 
 PHOTOS = sorted((BUNDLED_DIR / "images").glob("*.jpg"))[:3]
 
@@ -99,3 +101,17 @@ def test_captions_are_batched_shortest_first_and_images_keep_their_order(tmp_pat
     assert ordered[0].kind == "image" and ordered[1].kind == "image"
     # Shortest first; "a dog" and "a cat" tie at 5 characters and keep their listed order.
     assert [i.text for i in ordered[2:]] == ["a dog", "a cat", "the sea", "a long caption about a cat"]
+
+
+def test_prepare_tokenizes_captions_and_preprocesses_images_in_the_worker(tiny_vit_dir: Path) -> None:
+    """The inference loop only stacks rows: a caption arrives as the runtime's own token ids, a photo
+    as its pixel values, and either embeds as the runtime embeds the raw item."""
+    model = ClipOnnx.from_release(tiny_vit_dir, check="off")
+    caption = prepare(model, Item("c#1", "text", text="a cat on a sofa"), lambda loaded: False)
+    photo = prepare(model, Item(str(PHOTOS[0]), "image", path=str(PHOTOS[0])), lambda loaded: False)
+    np.testing.assert_array_equal(caption.array, model.tokenize(["a cat on a sofa"])[0])
+    np.testing.assert_allclose(
+        model.embed_token_ids(caption.array[None]), model.embed_texts(["a cat on a sofa"]), atol=1e-6
+    )
+    np.testing.assert_allclose(model.embed_pixels(photo.array[None]), model.embed_images([PHOTOS[0]]), atol=1e-6)
+    assert prepare(model, Item("c#1", "text", text="a cat on a sofa"), lambda loaded: True).skip
