@@ -263,10 +263,20 @@ def versions() -> dict[str, str]:
         if isinstance(loaded, str):
             found[module] = loaded
             continue
-        for distribution in distributions:
-            try:
-                found[module] = metadata.version(distribution)
-                break
-            except metadata.PackageNotFoundError:
-                continue
+        # Another build of the module (onnxruntime-openvino, a nightly) is found by scanning every
+        # installed distribution, only when the usual names are absent: the scan takes a moment.
+        version = _installed_version(distributions) or _installed_version(
+            metadata.packages_distributions().get(module, [])
+        )
+        if version is not None:
+            found[module] = version
     return found
+
+
+def _installed_version(distributions: Sequence[str]) -> str | None:
+    for distribution in distributions:
+        try:
+            return metadata.version(distribution)
+        except metadata.PackageNotFoundError:
+            continue
+    return None

@@ -94,7 +94,7 @@ class ClipOnnx:
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ClipExportError(f"threads must be 0 (onnxruntime's choice) or a positive count, not {threads!r}")
         require_mode(check)
-        wanted = set(TOWERS) if towers is None else set(towers)
+        wanted = set(TOWERS) if towers is None else {towers} if isinstance(towers, str) else set(towers)
         if not wanted or wanted - set(TOWERS):
             raise ClipExportError(
                 f"towers must be some of {', '.join(TOWERS)}, not {', '.join(sorted(wanted - set(TOWERS))) or 'none'}"
@@ -115,10 +115,13 @@ class ClipOnnx:
             sessions[tower] = session
             info[tower] = LoadedArtifact(root / entry.path, precision, session.get_providers()[0])
         if not sessions:
-            available = sorted({f"{a.precision}/{a.format}" for a in manifest.artifacts})
+            available = "; ".join(
+                f"{tower}: {', '.join(sorted({f'{a.precision}/{a.format}' for a in manifest.select(tower=tower)})) or 'none'}"
+                for tower in TOWERS
+            )
             raise ClipExportError(
-                f"{root} has no {precision} ONNX artifacts for {', '.join(t for t in TOWERS if t in wanted)}; "
-                f"available: {', '.join(available)}"
+                f"{root} has no {precision} ONNX artifact for {', '.join(t for t in TOWERS if t in wanted)}; "
+                f"available: {available}"
             )
         reference = functools.cache(
             lambda: load_reference_slice(root, manifest, set(sessions))
@@ -151,7 +154,10 @@ class ClipOnnx:
 
     def _not_open(self, tower: str) -> str:
         """Why a tower cannot embed: the release has none of this precision, or from_release left it shut."""
-        return f"{self.root}: the {tower} tower is not open (opened: {', '.join(sorted(self.artifacts)) or 'none'})"
+        precision = next(iter(self.artifacts.values())).precision
+        if not self.manifest.select(tower=tower, format=ONNX_FORMAT, precision=precision):
+            return f"{self.root} has no {precision} {tower} tower"
+        return f"{self.root}: the {tower} tower is not open (opened: {', '.join(sorted(self.artifacts))})"
 
     def embed_images(self, images: Any, normalize: bool = True) -> np.ndarray:
         """One row per image. An image is a file path, encoded bytes (what a service receives), an
@@ -176,10 +182,14 @@ class ClipOnnx:
         for index, caption in enumerate(captions):
             if not isinstance(caption, str):
                 raise ClipExportError(f"texts[{index}]: type {type(caption).__name__} is not a caption; pass str")
+        return self.load_tokenizer()(captions)
+
+    def load_tokenizer(self) -> Any:
+        """The release's tokenizer, built on first use (once, even from several threads)."""
         with self._tokenizer_lock:
             if self._tokenizer is None:
                 self._tokenizer = _tokenizer_for(self.manifest, self.root)
-        return self._tokenizer(captions)
+        return self._tokenizer
 
     def embed_texts(self, texts: Any, normalize: bool = True) -> np.ndarray:
         """One row per caption; a bare string is one caption (a batch of one), never its characters."""

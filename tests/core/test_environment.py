@@ -8,7 +8,13 @@ from pathlib import Path
 import pytest
 
 from clip_export.core.artifact import VerificationRow
-from clip_export.core.environment import Environment, current_environment, environment_table, versions
+from clip_export.core.environment import (
+    VERSIONED_MODULES,
+    Environment,
+    current_environment,
+    environment_table,
+    versions,
+)
 from clip_export.core.errors import ManifestError
 
 
@@ -102,7 +108,20 @@ def test_versions_come_from_metadata_without_importing_torch() -> None:
     assert "'torch'" in listed and "'open_clip'" in listed and "'onnxruntime'" in listed
 
 
-def test_versions_of_imported_modules_are_the_running_code() -> None:
-    import onnxruntime
+def test_versions_of_imported_modules_are_the_running_code(monkeypatch: pytest.MonkeyPatch) -> None:
+    import types
 
-    assert versions()["onnxruntime"] == onnxruntime.__version__
+    monkeypatch.setitem(sys.modules, "onnxscript", types.SimpleNamespace(__version__="9.9.9-running"))
+    assert versions()["onnxscript"] == "9.9.9-running"  # not the installed metadata's version
+
+
+def test_versions_find_another_build_of_a_module(monkeypatch: pytest.MonkeyPatch) -> None:
+    """onnxruntime installed as another distribution (onnxruntime-openvino, a nightly) is still recorded."""
+    from importlib import metadata
+
+    monkeypatch.delitem(sys.modules, "onnxruntime", raising=False)
+    monkeypatch.setitem(VERSIONED_MODULES, "onnxruntime", ("no-such-onnxruntime-build",))
+    monkeypatch.setattr(metadata, "packages_distributions", lambda: {"onnxruntime": ["onnxruntime"]})
+    assert versions()["onnxruntime"] == metadata.version("onnxruntime")
+    monkeypatch.setattr(metadata, "packages_distributions", lambda: {})
+    assert "onnxruntime" not in versions()

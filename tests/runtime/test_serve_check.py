@@ -263,10 +263,22 @@ def test_auto_never_skips_on_a_verdict_for_other_settings(verified_dir: Path) ->
 
 
 def test_towers_opens_and_checks_only_those(verified_dir: Path) -> None:
-    model = ClipOnnx.from_release(verified_dir, check="always", towers=["text"])
+    model = ClipOnnx.from_release(verified_dir, check="always", towers="text")  # one name alone is one tower
     assert set(model.artifacts) == set(model.serve_checks) == {"text"}
-    assert model.embed_texts(["a cat"]).shape[0] == 1
-    with pytest.raises(ClipExportError, match=r"the visual tower is not open \(opened: text\)"):
+    assert model.serve_checks["text"].status == "pass"
+    np.testing.assert_allclose(
+        model.embed_texts(["a cat"]), ClipOnnx.from_release(verified_dir).embed_texts(["a cat"]), atol=1e-6
+    )
+
+
+def test_a_tower_the_release_lacks_is_named_as_missing_not_as_unopened(verified_dir: Path) -> None:
+    manifest = json.loads((verified_dir / "manifest.json").read_text())
+    manifest["artifacts"] = [a for a in manifest["artifacts"] if a.get("tower") != "visual"]
+    (verified_dir / "manifest.json").write_text(json.dumps(manifest))
+    model = ClipOnnx.from_release(verified_dir, check="off")
+    with pytest.raises(ClipExportError, match="has no fp32 visual tower"):
         model.embed_images(np.zeros((8, 8, 3), np.uint8))
-    with pytest.raises(ClipExportError, match="towers must be some of visual, text, not audio"):
-        ClipOnnx.from_release(verified_dir, towers=["audio"])
+    with pytest.raises(
+        ClipExportError, match="has no fp32 ONNX artifact for visual; available: visual: none; text: fp32/onnx"
+    ):
+        ClipOnnx.from_release(verified_dir, towers=["visual"])

@@ -285,7 +285,13 @@ def _reconcile(
             f"{store.out} was built by {old['precision']} from {old['source']}, which cannot be opened "
             f"to check compatibility ({exc}); pass --reembed to re-index"
         ) from None
-    result = compare_models(previous, model, old["precision"], artifact["precision"])
+    # The key names every tower, so the check must too: a captions-only run opened only the text tower.
+    compared = (
+        model
+        if set(model.artifacts) >= set(artifact["onnx"])
+        else ClipOnnx.from_release(model.root, precision=artifact["precision"], cpu_flags=model.cpu_flags)
+    )
+    result = compare_models(previous, compared, old["precision"], artifact["precision"])
     if result.verdict != "interchangeable":
         raise ClipExportError(
             f"refusing to extend {store.out}: {result.summary()}; pass --reembed to re-index with {artifact['precision']}"
@@ -359,6 +365,8 @@ def _run_local(
         if len(rows["ids"]) >= chunk_rows:
             flush(chunk_rows)
 
+    if any(i.kind == "text" for i in items):
+        model.load_tokenizer()  # one clear error now, not one per caption in the workers
     with ThreadPoolExecutor(EMBED_DECODE_THREADS, thread_name_prefix="embed-decode") as pool:
         for kind in ("image", "text"):
             group = [i for i in items if i.kind == kind]

@@ -169,10 +169,9 @@ def prepare(model: Any, item: Item, unchanged: Callable[[Loaded], bool]) -> Prep
         return Prepared(loaded, None, skip=True)
     if loaded.error is not None:
         return Prepared(loaded, None)
+    if item.kind == "text":  # a str always tokenizes; a tokenizer that cannot load stops the run
+        return Prepared(loaded, model.tokenize([loaded.content])[0])
     try:
-        if item.kind == "text":
-            return Prepared(loaded, model.tokenize([loaded.content])[0])
         return Prepared(loaded, model.pixel_values(loaded.content)[0])
     except ClipExportError as exc:
-        reason = str(exc).removeprefix("images[0]: ").removeprefix("texts[0]: ")
-        return Prepared(Loaded(item, loaded.sha256, None, reason), None)
+        return Prepared(Loaded(item, loaded.sha256, None, str(exc).removeprefix("images[0]: ")), None)

@@ -39,6 +39,8 @@ class EmbedMapper:
 
         self.model = ClipOnnx.from_release(source, precision=precision, threads=threads, towers=towers or None)
         self.done = done
+        if self.model._text is not None:
+            self.model.load_tokenizer()  # before batches: a broken tokenizer fails the actor once
         session = self.model._visual or self.model._text
         self.dim = int(session.get_outputs()[0].shape[-1])
 

@@ -65,7 +65,11 @@ def test_the_cli_prints_the_verdict_with_its_environment_and_json(tiny_vit_int8_
     assert done.exit_code == 0, done.output
     assert "verdict: INTERCHANGEABLE; it holds for these bytes on" in done.output
     as_json = CliRunner().invoke(main, ["compat", f"{tiny_vit_int8_dir}:fp32", f"{tiny_vit_int8_dir}:q4", "--json"])
-    assert as_json.exit_code == 1 and as_json.output.startswith("Error: ") and "no q4 ONNX artifacts" in as_json.output
+    assert (
+        as_json.exit_code == 1
+        and as_json.output.startswith("Error: ")
+        and "has no q4 ONNX artifact for visual, text; available: visual: fp32/onnx" in as_json.output
+    )
     parsed = json.loads(
         CliRunner().invoke(main, ["compat", str(tiny_vit_int8_dir), f"{tiny_vit_int8_dir}:int8", "--json"]).output
     )

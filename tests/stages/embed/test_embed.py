@@ -197,6 +197,20 @@ def test_a_dataset_is_extended_by_an_interchangeable_artifact_and_refuses_anothe
     assert manifest is not None and manifest["artifact"]["key"] == replaced.artifact_key and manifest["accepted"] == []
 
 
+def test_a_captions_only_extension_is_checked_on_every_tower_its_key_names(
+    tiny_vit_int8_dir: Path, photos: Path, captions: Path, tmp_path: Path
+) -> None:
+    """The accepted key names both towers, so photos added later skip the check: the check that
+    accepted it must have compared the image tower too, though this run opened only the text one."""
+    out = tmp_path / "index"
+    embed(tiny_vit_int8_dir, [photos, captions], out, precision="fp32")
+    extended = embed(tiny_vit_int8_dir, [captions], out, precision="int8")
+    assert extended.compat is not None and extended.compat.verdict == "interchangeable"
+    names = {m.name for m in extended.compat.metrics}
+    assert any(n.startswith("visual") or n.startswith("image") for n in names), names
+    assert any(n.startswith("text") for n in names), names
+
+
 def test_a_dataset_of_another_model_is_refused_in_one_line(
     tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
 ) -> None:
