@@ -20,7 +20,6 @@ the same rows (a caption of that many tokens; random pixels), so the two ratios 
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import tempfile
@@ -72,16 +71,15 @@ def gemm_chain(width: int, layers: int, path: Path) -> None:
     onnx.save(helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)]), str(path))
 
 
-def quantize(source: Path, target: Path, weight_type: str) -> None:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
+def quantized(source: Path, target: Path, family: Any) -> Path:
+    """The GEMM chain quantized by the call every INT8 file is made by (convert.quantize_weights), in
+    one kernel family's scheme; nothing is left float (the chain has no final projection)."""
+    import onnx
 
-    quantize_dynamic(
-        str(source),
-        str(target),
-        weight_type=getattr(QuantType, weight_type),
-        per_channel=True,
-        extra_options={"MatMulConstBOnly": True},
-    )
+    from clip_export.stages.convert import quantize_weights
+
+    quantize_weights(onnx.load(str(source)), target, family.scheme, [])
+    return target
 
 
 def parked_session(path: Path) -> Any:
@@ -92,17 +90,12 @@ def parked_session(path: Path) -> Any:
     return create_session(path, SessionOptions(intra_op_threads=2, stop_spinning_after_run=True))
 
 
-def interleaved_ms(runs: dict[str, tuple[Any, dict[str, np.ndarray]]], rounds: int, calls: int = 5) -> dict[str, float]:
-    """p50 ms per label, the labels taking turns `calls` runs at a time after one warm-up round."""
-    times: dict[str, list[float]] = {label: [] for label in runs}
-    for round_ in range(rounds + 1):
-        for label, (session, feed) in runs.items():
-            for _ in range(calls):
-                started = time.perf_counter()
-                session.run(None, feed)
-                if round_:
-                    times[label].append((time.perf_counter() - started) * 1e3)
-    return {label: float(np.median(t)) for label, t in times.items()}
+def interleaved_ms(runs: dict[str, tuple[Any, dict[str, np.ndarray]]], rounds: int) -> dict[str, float]:
+    """p50 ms per label, five runs a round each, interleaved (the project's time_interleaved)."""
+    from clip_export.stages.bench.timing import time_interleaved
+
+    calls = [lambda session=session, feed=feed: session.run(None, feed) for session, feed in runs.values()]
+    return dict(zip(runs, time_interleaved(calls, rounds=5 * rounds, warmup=5)))
 
 
 def tower_ms(model_dir: Path, tower: str, rows: int, rounds: int) -> dict[str, float] | None:
@@ -116,24 +109,34 @@ def tower_ms(model_dir: Path, tower: str, rows: int, rounds: int) -> dict[str, f
     files = {"fp32": manifest.select(tower=tower, precision="fp32", format="onnx")[:1]}
     for entry in manifest.select(tower=tower, precision="int8", format="onnx"):
         family = int8_family_of(entry)
-        files["QInt8" if family and family.name == "vnni" else "QUInt8"] = [entry]
+        if family is not None:
+            files[family.scheme.weight_type] = [entry]
     if len(files) < 3 or not all(files.values()):
         return None
     sessions = {label: parked_session(model_dir / entries[0].path) for label, entries in files.items()}
     if tower == "visual":
-        feed = np.random.default_rng(1).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    else:
-        feed = np.zeros((1, int(sessions["fp32"].get_inputs()[0].shape[1])), np.int64)
-        feed[0, :rows] = [49406] + [320] * (rows - 2) + [49407]  # SOT, "a" repeated, EOT: rows tokens
+        feed = np.random.default_rng(1).standard_normal((1, 3, *manifest.preprocess.image_size)).astype(np.float32)
+    else:  # a caption of `rows` tokens: start, one ordinary id (CLIP's BPE: below the specials) repeated, end
+        settings = manifest.tokenizer
+        feed = np.full((1, settings.context_length), settings.pad_token_id, np.int64)
+        feed[0, :rows] = [settings.sot_token_id] + [settings.sot_token_id - 1] * (rows - 2) + [settings.eot_token_id]
     return interleaved_ms({label: (s, {TOWERS[tower].input_name: feed}) for label, s in sessions.items()}, rounds)
 
 
 def median_caption_tokens() -> int:
     import open_clip
 
-    captions = json.loads((REPO / "clip_export" / "evalset" / "captions.json").read_text())
-    ids = open_clip.get_tokenizer("ViT-B-32")(captions).numpy()
+    from clip_export.core.evalset import load_evalset
+
+    ids = open_clip.get_tokenizer("ViT-B-32")(list(load_evalset().captions)).numpy()
     return int(np.median((ids != 0).sum(axis=1)))
+
+
+def table_row(model: str, what: str, rows: int, layers: int, ms: dict[str, float]) -> str:
+    return (
+        f"| {model} | {what} | {rows} | {4 * layers} | {ms['fp32']:.2f} | {ms['QInt8']:.2f} | {ms['QUInt8']:.2f} "
+        f"| {ms['fp32'] / ms['QInt8']:.2f} | {ms['fp32'] / ms['QUInt8']:.2f} |"
+    )
 
 
 def main() -> None:
@@ -142,11 +145,11 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=15)
     parser.add_argument("--exports", type=Path, help="also time the towers exported under ROOT/<model-slug>/")
     args = parser.parse_args()
-    import onnxruntime
     import open_clip
 
     sys.path.insert(0, str(REPO))
     from clip_export.core.environment import current_environment
+    from clip_export.core.spec import INT8_FAMILIES
 
     logging.getLogger().setLevel(logging.ERROR)
     env = current_environment("CPUExecutionProvider")
@@ -154,7 +157,7 @@ def main() -> None:
     print("# onnxruntime's INT8 GEMMs against its fp32 GEMMs at the towers' batch-1 shapes\n")
     print(
         f"{time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}, {env.describe()}, flags {','.join(env.isa_flags)}, "
-        f"onnxruntime {onnxruntime.__version__}, 2 threads, {args.rounds} rounds\n"
+        f"2 threads, {args.rounds} rounds\n"
     )
     print(
         "| model | tower | rows (batch 1) | weight GEMMs | fp32 ms | QInt8 ms | QUInt8 ms | QInt8 × fp32 | QUInt8 × fp32 |"
@@ -173,31 +176,22 @@ def main() -> None:
                 fp32 = Path(scratch) / "fp32.onnx"
                 gemm_chain(width, layers, fp32)
                 paths = {"fp32": fp32}
-                for weight_type in ("QInt8", "QUInt8"):
-                    paths[weight_type] = Path(scratch) / f"{weight_type}.onnx"
-                    quantize(fp32, paths[weight_type], weight_type)
+                for family in INT8_FAMILIES.values():
+                    label = family.scheme.weight_type
+                    paths[label] = quantized(fp32, Path(scratch) / f"{label}.onnx", family)
                 for rows in row_counts:
                     x = np.random.default_rng(1).standard_normal((rows, width)).astype(np.float32)
                     ms = interleaved_ms(
                         {label: (parked_session(path), {"x": x}) for label, path in paths.items()}, args.rounds
                     )
-                    print(
-                        f"| {model} | {tower}: weight GEMMs only | {rows} | {4 * layers} | {ms['fp32']:.2f} | {ms['QInt8']:.2f} "
-                        f"| {ms['QUInt8']:.2f} | {ms['fp32'] / ms['QInt8']:.2f} | {ms['fp32'] / ms['QUInt8']:.2f} |",
-                        flush=True,
-                    )
+                    print(table_row(model, f"{tower}: weight GEMMs only", rows, layers, ms), flush=True)
                     whole = (
                         tower_ms(args.exports / model.replace("/", "-"), tower, rows, args.rounds)
                         if args.exports
                         else None
                     )
                     if whole:
-                        print(
-                            f"| {model} | {tower}: the exported tower | {rows} | {4 * layers} | {whole['fp32']:.2f} "
-                            f"| {whole['QInt8']:.2f} | {whole['QUInt8']:.2f} | {whole['fp32'] / whole['QInt8']:.2f} "
-                            f"| {whole['fp32'] / whole['QUInt8']:.2f} |",
-                            flush=True,
-                        )
+                        print(table_row(model, f"{tower}: the exported tower", rows, layers, whole), flush=True)
 
 
 if __name__ == "__main__":

@@ -18,7 +18,6 @@ unchanged int8 gate.
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 import sys
 import time
@@ -100,10 +99,10 @@ def main() -> None:
     parser.add_argument("--minilm", type=Path)
     parser.add_argument("--alphas", default="0.5,0.75,0.85")
     args = parser.parse_args()
-    import onnxruntime
     from int8_trained import WORK, build, gate, interleaved_p50_ms, minilm_dir, quantize
 
     from clip_export.core.environment import current_environment
+    from clip_export.core.evalset import load_evalset
 
     logging.getLogger().setLevel(logging.ERROR)
     sys.path.insert(0, str(REPO / "tests"))
@@ -113,14 +112,9 @@ def main() -> None:
     model_dir = build(minilm_dir(args.minilm), None, WORK / "layersall")
     env = current_environment("CPUExecutionProvider")
     print("# SmoothQuant-style smoothing before INT8: MiniLM-L6 text tower (trained)\n")
-    print(
-        f"{time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}, {env.describe()}, flags {','.join(env.isa_flags)}, "
-        f"onnxruntime {onnxruntime.__version__}\n"
-    )
+    print(f"{time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}, {env.describe()}, flags {','.join(env.isa_flags)}\n")
     sets = {
-        "evaluation captions (optimistic)": json.loads(
-            (REPO / "clip_export" / "evalset" / "captions.json").read_text()
-        ),
+        "evaluation captions (optimistic)": list(load_evalset().captions),
         "disjoint captions": [line.strip() for line in CALIBRATION.read_text().splitlines() if line.strip()],
     }
     source = model_dir / "text.onnx"
