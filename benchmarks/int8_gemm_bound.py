@@ -98,10 +98,11 @@ def interleaved_ms(runs: dict[str, tuple[Any, dict[str, np.ndarray]]], rounds: i
     return dict(zip(runs, time_interleaved(calls, rounds=5 * rounds, warmup=5)))
 
 
-def tower_ms(model_dir: Path, tower: str, rows: int, rounds: int) -> dict[str, float] | None:
-    """The fp32 tower against the INT8 file of each family, at batch 1 with `rows` tokens."""
+def tower_files(model_dir: Path, tower: str) -> dict[str, Path] | None:
+    """The fp32 file and the INT8 file of each kernel family (by weight type) of an export, or None
+    when the export or one of the three is missing."""
     from clip_export.core.manifest import read_manifest
-    from clip_export.core.spec import TOWERS, int8_family_of
+    from clip_export.core.spec import int8_family_of
 
     if not (model_dir / "manifest.json").exists():
         return None
@@ -113,14 +114,32 @@ def tower_ms(model_dir: Path, tower: str, rows: int, rounds: int) -> dict[str, f
             files[family.scheme.weight_type] = [entry]
     if len(files) < 3 or not all(files.values()):
         return None
-    sessions = {label: parked_session(model_dir / entries[0].path) for label, entries in files.items()}
+    return {label: model_dir / entries[0].path for label, entries in files.items()}
+
+
+def tower_feed(model_dir: Path, tower: str, rows: int) -> dict[str, np.ndarray]:
+    """A batch-1 input with `rows` rows: random pixels, or a caption of `rows` tokens (start, one
+    ordinary id repeated (CLIP's BPE: below the specials), end)."""
+    from clip_export.core.manifest import read_manifest
+    from clip_export.core.spec import TOWERS
+
+    manifest = read_manifest(model_dir)
     if tower == "visual":
         feed = np.random.default_rng(1).standard_normal((1, 3, *manifest.preprocess.image_size)).astype(np.float32)
-    else:  # a caption of `rows` tokens: start, one ordinary id (CLIP's BPE: below the specials) repeated, end
+    else:
         settings = manifest.tokenizer
         feed = np.full((1, settings.context_length), settings.pad_token_id, np.int64)
         feed[0, :rows] = [settings.sot_token_id] + [settings.sot_token_id - 1] * (rows - 2) + [settings.eot_token_id]
-    return interleaved_ms({label: (s, {TOWERS[tower].input_name: feed}) for label, s in sessions.items()}, rounds)
+    return {TOWERS[tower].input_name: feed}
+
+
+def tower_ms(model_dir: Path, tower: str, rows: int, rounds: int) -> dict[str, float] | None:
+    """The fp32 tower against the INT8 file of each family, at batch 1 with `rows` rows."""
+    files = tower_files(model_dir, tower)
+    if files is None:
+        return None
+    feed = tower_feed(model_dir, tower, rows)
+    return interleaved_ms({label: (parked_session(path), feed) for label, path in files.items()}, rounds)
 
 
 def median_caption_tokens() -> int:
@@ -130,6 +149,19 @@ def median_caption_tokens() -> int:
 
     ids = open_clip.get_tokenizer("ViT-B-32")(list(load_evalset().captions)).numpy()
     return int(np.median((ids != 0).sum(axis=1)))
+
+
+def print_header(title: str, settings: str) -> None:
+    """The title, then when and where it ran: the CPU and its flags beside every figure."""
+    from clip_export.core.environment import current_environment
+
+    logging.getLogger().setLevel(logging.ERROR)
+    env = current_environment("CPUExecutionProvider")
+    print(f"# {title}\n")
+    print(
+        f"{time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}, {env.describe()}, flags {','.join(env.isa_flags)}, "
+        f"{settings}\n"
+    )
 
 
 def table_row(model: str, what: str, rows: int, layers: int, ms: dict[str, float]) -> str:
@@ -148,16 +180,12 @@ def main() -> None:
     import open_clip
 
     sys.path.insert(0, str(REPO))
-    from clip_export.core.environment import current_environment
     from clip_export.core.spec import INT8_FAMILIES
 
-    logging.getLogger().setLevel(logging.ERROR)
-    env = current_environment("CPUExecutionProvider")
     caption_rows = median_caption_tokens()
-    print("# onnxruntime's INT8 GEMMs against its fp32 GEMMs at the towers' batch-1 shapes\n")
-    print(
-        f"{time.strftime('%Y-%m-%d %H:%MZ', time.gmtime())}, {env.describe()}, flags {','.join(env.isa_flags)}, "
-        f"2 threads, {args.rounds} rounds\n"
+    print_header(
+        "onnxruntime's INT8 GEMMs against its fp32 GEMMs at the towers' batch-1 shapes",
+        f"2 threads, {args.rounds} rounds",
     )
     print(
         "| model | tower | rows (batch 1) | weight GEMMs | fp32 ms | QInt8 ms | QUInt8 ms | QInt8 × fp32 | QUInt8 × fp32 |"

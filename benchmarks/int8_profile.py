@@ -1,9 +1,15 @@
-"""Where batch-1 time goes in the INT8 and fp32 image towers: onnxruntime's per-node profile.
+"""Where batch-1 time goes in the fp32 and INT8 towers: onnxruntime's per-node profile by op type.
 
-    python benchmarks/int8_profile.py [--model ViT-B/32] [--runs 30]
+    python benchmarks/int8_profile.py --exports ROOT [--models ViT-B/32,ViT-L/14] [--runs 20]
 
-Uses the artifacts under benchmarks/.work (run benchmarks/cpu_report.py first) and prints the
-share of node time per op type, for the fp32 and the INT8 visual tower.
+ROOT holds ROOT/<model-slug>/ from `clip-export onnx MODEL --random-init --out ROOT` and
+`clip-export int8`, as for int8_gemm_bound.py, whose batch-1 rows this uses: the patches and the
+class token for images, the bundled captions' median token count for text. Each file (fp32 and the
+INT8 file of each kernel family) runs alone, one after the other, with ClipOnnx's session settings
+(2 threads, parked after each run). Per tower: ms per run by op type, the sum over nodes, and
+onnxruntime's own time for the whole run (model_run; the difference is its per-node dispatch).
+In fp32 the weight GEMMs are MatMul (attention's probabilities x values is a MatMul too, its
+scores a FusedMatMul); in INT8 they are DynamicQuantizeMatMul and the MatMuls left are attention's.
 """
 
 from __future__ import annotations
@@ -11,58 +17,86 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
+import statistics
+import sys
+import tempfile
 from collections import defaultdict
 from pathlib import Path
+from typing import Any
 
-import numpy as np
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from int8_gemm_bound import REPO, median_caption_tokens, print_header, tower_feed, tower_files  # noqa: E402
 
-from clip_export.core.models import resolve
-from clip_export.core.sessions import SessionOptions, create_session
-
-WORK = Path(__file__).parent / ".work"
+WARM_UP = 3
 
 
-def profile(path: Path, runs: int) -> dict[str, float]:
-    options = SessionOptions(intra_op_threads=2, profile_prefix=str(path.parent / f".profile-{path.stem}"))
-    session = create_session(path, options)
-    x = np.random.default_rng(0).standard_normal((1, 3, 224, 224)).astype(np.float32)
-    for _ in range(5):
-        session.run(None, {"pixel_values": x})
-    session.end_profiling()
-    session = None
-    session = create_session(
-        path, dataclasses.replace(options, profile_prefix=str(path.parent / f".profile-{path.stem}-timed"))
-    )
-    for _ in range(5):
-        session.run(None, {"pixel_values": x})
-    for _ in range(runs):
-        session.run(None, {"pixel_values": x})
-    trace = Path(session.end_profiling())
+def profile(path: Path, feed: dict[str, Any], runs: int, scratch: Path) -> tuple[dict[str, float], float]:
+    """(ms per run by op type, median ms of onnxruntime's model_run) over `runs` profiled runs."""
+    from clip_export.core.sessions import SessionOptions, create_session
+
+    options = SessionOptions(intra_op_threads=2, stop_spinning_after_run=True)
+    session = create_session(path, dataclasses.replace(options, profile_prefix=str(scratch / path.stem)))
+    for _ in range(WARM_UP + runs):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    runs_seen = [e for e in events if e.get("name") == "model_run"]
+    first_timed = runs_seen[WARM_UP]["ts"]  # the warm-up runs' nodes are left out
     totals: dict[str, float] = defaultdict(float)
-    for event in json.loads(trace.read_text()):
-        if event.get("cat") == "Node" and event.get("name", "").endswith("_kernel_time"):
-            totals[event["args"]["op_name"]] += event["dur"]
-    for leftover in path.parent.glob(".profile-*"):
-        leftover.unlink()
-    scale = 1.0 / (runs + 5) / 1000.0  # ms per run (warm-up runs of this session included)
-    return {op: us * scale for op, us in totals.items()}
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time") and event["ts"] >= first_timed:
+            totals[event["args"]["op_name"]] += event["dur"] / runs / 1000.0
+    return dict(totals), statistics.median(e["dur"] for e in runs_seen[WARM_UP:]) / 1000.0
+
+
+def table(model: str, tower: str, rows: int, profiles: dict[str, tuple[dict[str, float], float]], top: int) -> str:
+    labels = list(profiles)
+    ops = sorted(
+        {op for totals, _ in profiles.values() for op in totals},
+        key=lambda op: -max(totals.get(op, 0.0) for totals, _ in profiles.values()),
+    )
+    lines = [
+        f"**{model} {tower}**, batch 1, {rows} rows: ms per run",
+        "",
+        "| op type | " + " | ".join(labels) + " |",
+        "|---|" + "---|" * len(labels),
+    ]
+    for op in ops[:top]:
+        lines.append(f"| {op} | " + " | ".join(f"{profiles[label][0].get(op, 0.0):.2f}" for label in labels) + " |")
+    lines.append("| all nodes | " + " | ".join(f"{sum(profiles[label][0].values()):.2f}" for label in labels) + " |")
+    lines.append("| whole run (model_run) | " + " | ".join(f"{profiles[label][1]:.2f}" for label in labels) + " |")
+    fp32 = profiles["fp32"][1]
+    lines.append("| fp32 ÷ this | " + " | ".join(f"{fp32 / profiles[label][1]:.2f}" for label in labels) + " |")
+    return "\n".join(lines) + "\n"
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--model", default="ViT-B/32")
-    parser.add_argument("--runs", type=int, default=30)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--exports", type=Path, required=True, help="ROOT holding ROOT/<model-slug>/")
+    parser.add_argument("--models", default="ViT-B/32,ViT-L/14")
+    parser.add_argument("--runs", type=int, default=20)
+    parser.add_argument("--top", type=int, default=10, help="op types shown per tower")
     args = parser.parse_args()
-    model_dir = WORK / resolve(args.model, random_init=True).slug
-    print(f"{args.model}, visual tower, batch 1, onnxruntime CPU, 2 threads: node time per run by op type\n")
-    print("| artifact | op type | ms per run | share |")
-    print("|---|---|---|---|")
-    for name in ("visual.onnx", "visual.int8.onnx"):
-        totals = profile(model_dir / name, args.runs)
-        whole = sum(totals.values())
-        for op, ms in sorted(totals.items(), key=lambda kv: -kv[1])[:8]:
-            print(f"| {name} | {op} | {ms:.2f} | {ms / whole * 100:.0f}% |")
-        print(f"| {name} | **all nodes** | **{whole:.2f}** | 100% |")
+    sys.path.insert(0, str(REPO))
+    import open_clip
+
+    caption_rows = median_caption_tokens()
+    print_header(
+        "Where batch-1 time goes, fp32 against INT8: onnxruntime's node profile",
+        f"2 threads, {args.runs} profiled runs per file after {WARM_UP} warm-up runs",
+    )
+    for model in args.models.split(","):
+        model_dir = args.exports / model.replace("/", "-")
+        vision = open_clip.get_model_config(model.replace("/", "-"))["vision_cfg"]
+        rows_of = {"visual": (vision["image_size"] // vision["patch_size"]) ** 2 + 1, "text": caption_rows}
+        for tower in ("visual", "text"):
+            files = tower_files(model_dir, tower)
+            if files is None:
+                print(f"{model} {tower}: no fp32 and two INT8 files under {model_dir}; skipped\n")
+                continue
+            feed = tower_feed(model_dir, tower, rows_of[tower])
+            with tempfile.TemporaryDirectory(prefix="int8-profile-") as scratch:
+                profiles = {label: profile(path, feed, args.runs, Path(scratch)) for label, path in files.items()}
+            print(table(model, tower, rows_of[tower], profiles, args.top), flush=True)
 
 
 if __name__ == "__main__":
