@@ -54,7 +54,8 @@ LOCAL_RAY = "local"
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Intra-op threads per session (0: onnxruntime's default).",
+    help="Intra-op threads per session. 0: one-thread sessions running one batch per core at once; "
+    "N: N-thread sessions running one batch at a time.",
 )
 @click.option(
     "--ray",

@@ -4,38 +4,35 @@ what built it (docs/embed.md).
 Three seams, shared by both engines: the reader (embed_inputs: items, their content and its hash),
 the mapper (ClipOnnx: the release's own preprocessing, tokenizer and sessions) and the writer
 (embed_store: atomic Parquet chunks, the dataset manifest, the resume index). The engine is the
-fourth: the local engine below (a thread pool decodes and preprocesses the next batches while the
-session runs this one) or Ray Data (embed_ray, imported only for --ray).
+fourth: the local engine (embed_local: reader threads prepare the next batches while inference
+threads run these) or Ray Data (embed_ray, imported only for --ray).
 """
 
 from __future__ import annotations
 
 import hashlib
 import time
-from collections.abc import Callable, Iterator, Sequence
-from concurrent.futures import Future, ThreadPoolExecutor
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-
 from clip_export.core.environment import current_environment, versions
 from clip_export.core.errors import ClipExportError, ServeCheckError
 from clip_export.core.manifest import exclusive, now_iso, read_manifest
-from clip_export.core.progress import Progress, rate_and_eta, silent
+from clip_export.core.progress import Progress, silent
 from clip_export.core.spec import (
     EMBED_BATCH_SIZE,
     EMBED_CHUNK_ROWS,
-    EMBED_DECODE_THREADS,
     EMBED_PRECISION_PREFERENCE,
     ONNX_FORMAT,
     TOWERS,
 )
 from clip_export.runtime.serving import ClipOnnx, pick_for_cpu
 from clip_export.stages.embed.compat import CompatResult, compare_models
-from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, in_batching_order, list_items, prepare
-from clip_export.stages.embed.embed_store import Done, Store, new_manifest
+from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
+from clip_export.stages.embed.embed_local import parallelism, run_local
+from clip_export.stages.embed.embed_store import Store, new_manifest
 
 
 @dataclass(frozen=True)
@@ -86,7 +83,7 @@ def open_model(source: Path, precision: str | None, towers: set[str], threads: i
     )
 
 
-def artifact_record(model: ClipOnnx, precision: str, towers: set[str]) -> dict[str, Any]:
+def artifact_record(model: ClipOnnx, precision: str) -> dict[str, Any]:
     """What the dataset manifest says built it: model, precision, preprocessing, ONNX bytes, here."""
     onnx = {}
     for tower in sorted(TOWERS):  # every tower of this precision, opened or not: the key names the release's pair
@@ -174,9 +171,10 @@ def _embed(
     towers = {"visual" if i.kind == "image" else "text" for i in items}
     store = Store(out)
     store.remove_stale_temporaries()
-    model, why = open_model(Path(source), precision, towers, threads)
+    session_threads, workers = parallelism(threads)
+    model, why = open_model(Path(source), precision, towers, session_threads)
     chosen = precision or why.split(":")[0]
-    artifact = artifact_record(model, chosen, towers)
+    artifact = artifact_record(model, chosen)
     dim = int(model.manifest.model.embed_dim or _embed_dim(model))
     compat, accepted = _reconcile(store, artifact, model, dim, reembed, progress)
     store.compact()
@@ -203,8 +201,19 @@ def _embed(
             progress=progress,
         )
     else:
-        _run_local(
-            model, items, done, accepted, store, artifact["key"], batch_size, chunk_rows, counts, errors, progress
+        run_local(
+            model,
+            items,
+            done,
+            accepted,
+            store,
+            artifact["key"],
+            batch_size,
+            chunk_rows,
+            counts,
+            errors,
+            progress,
+            workers=workers,
         )
     store.write_errors(errors)
     store.compact(keep_keys=accepted if reembed else None)
@@ -299,95 +308,3 @@ def _reconcile(
     manifest.setdefault("accepted", []).append({**artifact, "compat": result})
     store.write_manifest(manifest)
     return result, keys | {artifact["key"]}
-
-
-def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:
-    def unchanged(loaded: Loaded) -> bool:
-        previous = done.get(item.id)
-        return previous is not None and previous.sha256 == loaded.sha256 and previous.artifact_key in accepted
-
-    return prepare(model, item, unchanged)
-
-
-def _prefetched(
-    pool: ThreadPoolExecutor, work: Callable[[Item], Prepared], items: Sequence[Item], ahead: int
-) -> Iterator[Prepared]:
-    """work(item) for each item in order, with up to `ahead` items in flight on the pool."""
-    pending: list[Future[Prepared]] = []
-    position = 0
-    while position < len(items) or pending:
-        while position < len(items) and len(pending) < ahead:
-            pending.append(pool.submit(work, items[position]))
-            position += 1
-        yield pending.pop(0).result()
-
-
-def _run_local(
-    model: ClipOnnx,
-    items: Sequence[Item],
-    done: dict[str, Done],
-    accepted: set[str],
-    store: Store,
-    key: str,
-    batch_size: int,
-    chunk_rows: int,
-    counts: dict[str, int],
-    errors: list[tuple[str, str, str, str]],
-    progress: Progress,
-) -> None:
-    rows: dict[str, list[Any]] = {"ids": [], "kinds": [], "shas": [], "vectors": []}
-    started, last = time.perf_counter(), 0.0
-
-    def flush(limit: int | None = None) -> None:
-        """Write chunks of chunk_rows rows (and, at the end, what is left) with this run's errors."""
-        while rows["ids"] and (limit is None or len(rows["ids"]) >= limit):
-            take = min(len(rows["ids"]), limit or len(rows["ids"]))
-            vectors = np.concatenate(rows["vectors"])
-            store.write_chunk(rows["ids"][:take], rows["kinds"][:take], rows["shas"][:take], vectors[:take], key)
-            counts["chunks"] += 1
-            for name in ("ids", "kinds", "shas"):
-                del rows[name][:take]
-            rows["vectors"][:] = [vectors[take:]] if take < len(vectors) else []
-        store.write_errors(errors)
-
-    def run(batch: list[Prepared]) -> None:
-        if not batch:
-            return
-        kind = batch[0].loaded.item.kind
-        rows_in = np.stack([p.array for p in batch])  # preprocessed or tokenized by the pool
-        vectors = model.embed_pixels(rows_in) if kind == "image" else model.embed_token_ids(rows_in)
-        rows["ids"].extend(p.loaded.item.id for p in batch)
-        rows["kinds"].extend([kind] * len(batch))
-        rows["shas"].extend(p.loaded.sha256 for p in batch)
-        rows["vectors"].append(np.asarray(vectors, dtype=np.float32))
-        counts["embedded"] += len(batch)
-        batch.clear()
-        if len(rows["ids"]) >= chunk_rows:
-            flush(chunk_rows)
-
-    if any(i.kind == "text" for i in items):
-        model.load_tokenizer()  # one clear error now, not one per caption in the workers
-    with ThreadPoolExecutor(EMBED_DECODE_THREADS, thread_name_prefix="embed-decode") as pool:
-        for kind in ("image", "text"):
-            group = [i for i in items if i.kind == kind]
-            batch: list[Prepared] = []
-            for prepared in _prefetched(
-                pool, lambda item: _prepare(model, item, done, accepted), group, 2 * batch_size
-            ):
-                if prepared.skip:
-                    counts["unchanged"] += 1
-                elif prepared.loaded.error is not None:
-                    errors.append((prepared.loaded.item.id, kind, prepared.loaded.sha256, prepared.loaded.error))
-                else:
-                    batch.append(prepared)
-                    if len(batch) >= batch_size:
-                        run(batch)
-                now = time.perf_counter()
-                if now - last >= 1.0:
-                    last = now
-                    finished = counts["embedded"] + counts["unchanged"] + len(errors)
-                    progress(
-                        f"{finished}/{len(items)} items ({counts['embedded']} embedded, {len(errors)} failed); {rate_and_eta(counts['embedded'], len(items) - finished, now - started)}"
-                    )
-            run(batch)
-    flush()

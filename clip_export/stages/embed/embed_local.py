@@ -1,0 +1,144 @@
+"""The local engine of `clip-export embed`: reader threads prepare the next items while inference
+threads run the batches before them, and the rows are written in order.
+
+Reading, hashing, decoding and preprocessing (or tokenizing) run on a pool of EMBED_DECODE_THREADS.
+Inference splits each batch into one part per worker and runs the parts at once on one ClipOnnx:
+onnxruntime's run() is thread-safe and releases the GIL, so with one-thread sessions each worker
+keeps one core on its own rows (as the Ray engine's one-thread actors do), and a reader thread that
+takes a core for a moment delays one part, not every parallel section of a two-thread run
+(docs/embed.md, docs/benchmarks.md).
+"""
+
+from __future__ import annotations
+
+import os
+import time
+from collections import deque
+from collections.abc import Callable, Iterator, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
+from typing import Any
+
+import numpy as np
+
+from clip_export.core.progress import Progress, rate_and_eta
+from clip_export.core.spec import EMBED_DECODE_THREADS
+from clip_export.runtime.serving import ClipOnnx
+from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, prepare
+from clip_export.stages.embed.embed_store import Done, Store
+
+
+def parallelism(threads: int) -> tuple[int, int]:
+    """(intra-op threads per session, parts run at once). By default one-thread sessions and one part
+    per core this process may use; --threads N asks for N-thread sessions, one batch at a time."""
+    if threads:
+        return threads, 1
+    return 1, max(1, len(os.sched_getaffinity(0)))
+
+
+def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:
+    def unchanged(loaded: Loaded) -> bool:
+        previous = done.get(item.id)
+        return previous is not None and previous.sha256 == loaded.sha256 and previous.artifact_key in accepted
+
+    return prepare(model, item, unchanged)
+
+
+def _prefetched(
+    pool: ThreadPoolExecutor, work: Callable[[Item], Prepared], items: Sequence[Item], ahead: int
+) -> Iterator[Prepared]:
+    """work(item) for each item in order, with up to `ahead` items in flight on the pool."""
+    pending: deque[Future[Prepared]] = deque()
+    position = 0
+    while position < len(items) or pending:
+        while position < len(items) and len(pending) < ahead:
+            pending.append(pool.submit(work, items[position]))
+            position += 1
+        yield pending.popleft().result()
+
+
+def run_local(
+    model: ClipOnnx,
+    items: Sequence[Item],
+    done: dict[str, Done],
+    accepted: set[str],
+    store: Store,
+    key: str,
+    batch_size: int,
+    chunk_rows: int,
+    counts: dict[str, int],
+    errors: list[tuple[str, str, str, str]],
+    progress: Progress,
+    workers: int = 1,
+) -> None:
+    """Embed `items` into `store` under `key`, `workers` parts at a time, rows in the items' order."""
+    rows: dict[str, list[Any]] = {"ids": [], "kinds": [], "shas": [], "vectors": []}
+    in_flight: deque[tuple[list[Prepared], Future[np.ndarray]]] = deque()  # parts, oldest first
+    started, last = time.perf_counter(), 0.0
+
+    def flush(limit: int | None = None) -> None:
+        """Write chunks of chunk_rows rows (and, at the end, what is left) with this run's errors."""
+        while rows["ids"] and (limit is None or len(rows["ids"]) >= limit):
+            take = min(len(rows["ids"]), limit or len(rows["ids"]))
+            vectors = np.concatenate(rows["vectors"])
+            store.write_chunk(rows["ids"][:take], rows["kinds"][:take], rows["shas"][:take], vectors[:take], key)
+            counts["chunks"] += 1
+            for name in ("ids", "kinds", "shas"):
+                del rows[name][:take]
+            rows["vectors"][:] = [vectors[take:]] if take < len(vectors) else []
+        store.write_errors(errors)
+
+    def collect(keep: int) -> None:
+        """Take the oldest parts' vectors, in order, until at most `keep` parts are in flight."""
+        while len(in_flight) > keep:
+            batch, running = in_flight.popleft()
+            vectors = running.result()  # a failing session stops the run here, as it would inline
+            rows["ids"].extend(p.loaded.item.id for p in batch)
+            rows["kinds"].extend(p.loaded.item.kind for p in batch)
+            rows["shas"].extend(p.loaded.sha256 for p in batch)
+            rows["vectors"].append(np.asarray(vectors, dtype=np.float32))
+            counts["embedded"] += len(batch)
+            if len(rows["ids"]) >= chunk_rows:
+                flush(chunk_rows)
+
+    def submit(batch: list[Prepared], inference: ThreadPoolExecutor) -> None:
+        """Run a batch as one part per worker (contiguous, sizes within one), so that a batch uses
+        every core however few batches are left; the readers and this loop go on meanwhile."""
+        if not batch:
+            return
+        run = model.embed_pixels if batch[0].loaded.item.kind == "image" else model.embed_token_ids
+        for part in np.array_split(np.arange(len(batch)), min(workers, len(batch))):
+            rows_of_part = batch[part[0] : part[-1] + 1]
+            stacked = np.stack([p.array for p in rows_of_part])  # preprocessed or tokenized by the readers
+            in_flight.append((rows_of_part, inference.submit(run, stacked)))
+            collect(keep=workers)
+        batch.clear()
+
+    if any(i.kind == "text" for i in items):
+        model.load_tokenizer()  # one clear error now, not one per caption in the workers
+    with (
+        ThreadPoolExecutor(EMBED_DECODE_THREADS, thread_name_prefix="embed-decode") as readers,
+        ThreadPoolExecutor(workers, thread_name_prefix="embed-infer") as inference,
+    ):
+        for kind in ("image", "text"):
+            group = [i for i in items if i.kind == kind]
+            batch: list[Prepared] = []
+            ahead = (workers + 1) * batch_size
+            for prepared in _prefetched(readers, lambda item: _prepare(model, item, done, accepted), group, ahead):
+                if prepared.skip:
+                    counts["unchanged"] += 1
+                elif prepared.loaded.error is not None:
+                    errors.append((prepared.loaded.item.id, kind, prepared.loaded.sha256, prepared.loaded.error))
+                else:
+                    batch.append(prepared)
+                    if len(batch) >= batch_size:
+                        submit(batch, inference)
+                now = time.perf_counter()
+                if now - last >= 1.0:
+                    last = now
+                    finished = counts["embedded"] + counts["unchanged"] + len(errors)
+                    progress(
+                        f"{finished}/{len(items)} items ({counts['embedded']} embedded, {len(errors)} failed); {rate_and_eta(counts['embedded'], len(items) - finished, now - started)}"
+                    )
+            submit(batch, inference)
+        collect(keep=0)
+    flush()

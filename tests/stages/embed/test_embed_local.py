@@ -1,0 +1,93 @@
+"""The local engine: batches run at once keep the rows in order and equal to one batch at a time."""
+
+from __future__ import annotations
+
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from clip_export.core.errors import ClipExportError
+from clip_export.core.evalset import BUNDLED_DIR
+from clip_export.core.progress import silent
+from clip_export.runtime import ClipOnnx
+from clip_export.stages.embed.embed import artifact_record
+from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
+from clip_export.stages.embed.embed_local import parallelism, run_local
+from clip_export.stages.embed.embed_store import Store, new_manifest, read_embeddings
+
+
+def test_by_default_sessions_have_one_thread_and_one_batch_runs_per_core() -> None:
+    assert parallelism(0) == (1, len(os.sched_getaffinity(0)))
+    assert parallelism(3) == (3, 1)
+
+
+@pytest.fixture
+def inputs(tmp_path: Path) -> list[Path]:
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for path in sorted((BUNDLED_DIR / "images").iterdir())[:9]:
+        shutil.copy(path, folder / path.name)
+    captions = tmp_path / "captions.txt"
+    captions.write_text("a cat\na cup of coffee on a table\nthe moon\na rocket at launch\n", encoding="utf-8")
+    return [folder, captions]
+
+
+def run(model: ClipOnnx, inputs: list[Path], out: Path, workers: int, batch_size: int = 2) -> dict[str, int]:
+    store = Store(out)
+    record = artifact_record(model, "fp32")
+    store.write_manifest(new_manifest(record, 0))
+    counts = {"embedded": 0, "unchanged": 0, "chunks": 0}
+    items = in_batching_order(list_items(inputs))
+    run_local(
+        model, items, {}, {record["key"]}, store, record["key"], batch_size, 4, counts, [], silent, workers=workers
+    )
+    return counts
+
+
+def test_batches_run_at_once_write_the_rows_of_one_batch_at_a_time_in_order(
+    tiny_vit_int8_dir: Path, inputs: list[Path], tmp_path: Path
+) -> None:
+    one = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32", threads=2)
+    many = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32", threads=1)
+    assert run(one, inputs, tmp_path / "one", workers=1) == {"embedded": 13, "unchanged": 0, "chunks": 4}
+    assert run(many, inputs, tmp_path / "many", workers=3) == {"embedded": 13, "unchanged": 0, "chunks": 4}
+    expected, got = (read_embeddings(tmp_path / name).to_pylist() for name in ("one", "many"))
+    order = [item.id for item in in_batching_order(list_items(inputs))]
+    assert [row["id"] for row in got] == [row["id"] for row in expected] == order
+    np.testing.assert_allclose(
+        np.array([row["embedding"] for row in got]), np.array([row["embedding"] for row in expected]), atol=1e-5
+    )
+
+
+def test_a_session_that_fails_in_a_worker_stops_the_run_with_its_error(
+    tiny_vit_int8_dir: Path, inputs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32", threads=1)
+    calls = []
+
+    def failing_second_batch(pixels: np.ndarray) -> np.ndarray:
+        calls.append(len(pixels))
+        if len(calls) == 2:
+            raise ClipExportError("the session failed on batch 2")
+        return np.zeros((len(pixels), 8), np.float32)
+
+    monkeypatch.setattr(model, "embed_pixels", failing_second_batch)
+    with pytest.raises(ClipExportError, match="the session failed on batch 2"):
+        run(model, inputs, tmp_path / "index", workers=2)
+    assert not list((tmp_path / "index").rglob("part-*.parquet"))  # no chunk was complete
+
+
+def test_each_batch_runs_as_one_part_per_worker(tiny_vit_int8_dir: Path, inputs: list[Path], tmp_path: Path) -> None:
+    model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32", threads=1)
+    original, parts = model.embed_pixels, []
+
+    def recording(pixels: np.ndarray) -> np.ndarray:
+        parts.append(len(pixels))  # list.append is atomic: the workers call this concurrently
+        return original(pixels)
+
+    model.embed_pixels = recording  # type: ignore[method-assign]
+    run(model, inputs, tmp_path / "index", workers=2, batch_size=5)
+    assert sorted(parts) == [2, 2, 2, 3]  # 9 photos: batches of 5 and 4, each in two parts
