@@ -19,3 +19,12 @@ def rate_and_eta(done: int, left: int, seconds: float) -> str:
     eta = left / rate
     when = f"{eta:.0f} s" if eta < 120 else f"{eta / 60:.0f} min" if eta < 7200 else f"{eta / 3600:.1f} h"
     return f"{rate:.1f} items/s, about {when} left"
+
+
+def items_progress(counts: dict[str, int], failed: int, total: int, seconds: float) -> str:
+    """embed's progress line, the same for both engines: items finished of all, then rate and time left."""
+    finished = counts["embedded"] + counts["unchanged"] + failed
+    return (
+        f"{finished}/{total} items ({counts['embedded']} embedded, {failed} failed); "
+        f"{rate_and_eta(counts['embedded'], total - finished, seconds)}"
+    )

@@ -20,7 +20,7 @@ from typing import Any
 
 import numpy as np
 
-from clip_export.core.progress import Progress, rate_and_eta
+from clip_export.core.progress import Progress, items_progress
 from clip_export.core.spec import EMBED_DECODE_THREADS
 from clip_export.runtime.serving import ClipOnnx
 from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, prepare
@@ -135,10 +135,7 @@ def run_local(
                 now = time.perf_counter()
                 if now - last >= 1.0:
                     last = now
-                    finished = counts["embedded"] + counts["unchanged"] + len(errors)
-                    progress(
-                        f"{finished}/{len(items)} items ({counts['embedded']} embedded, {len(errors)} failed); {rate_and_eta(counts['embedded'], len(items) - finished, now - started)}"
-                    )
+                    progress(items_progress(counts, len(errors), len(items), now - started))
             submit(batch, inference)
         collect(keep=0)
     flush()

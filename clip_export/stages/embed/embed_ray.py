@@ -23,7 +23,7 @@ from typing import Any
 import numpy as np
 
 from clip_export.core.errors import import_optional
-from clip_export.core.progress import Progress, rate_and_eta
+from clip_export.core.progress import Progress, items_progress
 from clip_export.stages.embed.embed_inputs import Item, prepare
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
@@ -203,8 +203,5 @@ def _collect(
         now = time.perf_counter()
         if now - last >= 1.0:
             last = now
-            finished = counts["embedded"] + counts["unchanged"] + len(errors)
-            progress(
-                f"{finished}/{total} items ({counts['embedded']} embedded, {len(errors)} failed); {rate_and_eta(counts['embedded'], total - finished, now - started)}"
-            )
+            progress(items_progress(counts, len(errors), total, now - started))
     flush(None)
