@@ -54,8 +54,9 @@ LOCAL_RAY = "local"
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Intra-op threads per session. 0: one-thread sessions running one batch per core at once; "
-    "N: N-thread sessions running one batch at a time.",
+    help="Local engine: intra-op threads per session. 0: one-thread sessions, every batch split into one "
+    "part per core, the parts run at once; N: N-thread sessions, whole batches one at a time. "
+    "Ray actors have one thread each.",
 )
 @click.option(
     "--ray",

@@ -171,8 +171,8 @@ def _embed(
     towers = {"visual" if i.kind == "image" else "text" for i in items}
     store = Store(out)
     store.remove_stale_temporaries()
-    session_threads, workers = parallelism(threads)
-    model, why = open_model(Path(source), precision, towers, session_threads)
+    session_threads, workers = parallelism(threads)  # the Ray driver only checks and records: its own default
+    model, why = open_model(Path(source), precision, towers, threads if use_ray else session_threads)
     chosen = precision or why.split(":")[0]
     artifact = artifact_record(model, chosen)
     dim = int(model.manifest.model.embed_dim or _embed_dim(model))

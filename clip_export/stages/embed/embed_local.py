@@ -32,7 +32,8 @@ def parallelism(threads: int) -> tuple[int, int]:
     per core this process may use; --threads N asks for N-thread sessions, one batch at a time."""
     if threads:
         return threads, 1
-    return 1, max(1, len(os.sched_getaffinity(0)))
+    usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)  # Linux only
+    return 1, max(1, len(usable))
 
 
 def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:
@@ -122,7 +123,7 @@ def run_local(
         for kind in ("image", "text"):
             group = [i for i in items if i.kind == kind]
             batch: list[Prepared] = []
-            ahead = (workers + 1) * batch_size
+            ahead = 2 * max(batch_size, workers)  # the batch being gathered and the next; not more per core
             for prepared in _prefetched(readers, lambda item: _prepare(model, item, done, accepted), group, ahead):
                 if prepared.skip:
                     counts["unchanged"] += 1

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import threading
 from pathlib import Path
 
 import numpy as np
@@ -19,9 +20,15 @@ from clip_export.stages.embed.embed_local import parallelism, run_local
 from clip_export.stages.embed.embed_store import Store, new_manifest, read_embeddings
 
 
-def test_by_default_sessions_have_one_thread_and_one_batch_runs_per_core() -> None:
-    assert parallelism(0) == (1, len(os.sched_getaffinity(0)))
-    assert parallelism(3) == (3, 1)
+def test_by_default_sessions_have_one_thread_and_one_part_runs_per_usable_core(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 2, 5}, raising=False)
+    assert parallelism(0) == (1, 3)  # the cores this process may use, not the machine's
+    assert parallelism(4) == (4, 1)  # --threads 4: four-thread sessions, whole batches one at a time
+    monkeypatch.delattr(os, "sched_getaffinity")  # macOS and Windows have no affinity call
+    monkeypatch.setattr(os, "cpu_count", lambda: 6)
+    assert parallelism(0) == (1, 6)
 
 
 @pytest.fixture
@@ -66,16 +73,18 @@ def test_a_session_that_fails_in_a_worker_stops_the_run_with_its_error(
     tiny_vit_int8_dir: Path, inputs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32", threads=1)
-    calls = []
+    calls, lock = [], threading.Lock()
 
-    def failing_second_batch(pixels: np.ndarray) -> np.ndarray:
-        calls.append(len(pixels))
-        if len(calls) == 2:
-            raise ClipExportError("the session failed on batch 2")
+    def failing_after_the_first_part(pixels: np.ndarray) -> np.ndarray:
+        with lock:  # the workers call this concurrently: the first call in passes, every later one fails
+            calls.append(len(pixels))
+            first = len(calls) == 1
+        if not first:
+            raise ClipExportError("the session failed on a later part")
         return np.zeros((len(pixels), 8), np.float32)
 
-    monkeypatch.setattr(model, "embed_pixels", failing_second_batch)
-    with pytest.raises(ClipExportError, match="the session failed on batch 2"):
+    monkeypatch.setattr(model, "embed_pixels", failing_after_the_first_part)
+    with pytest.raises(ClipExportError, match="the session failed on a later part"):
         run(model, inputs, tmp_path / "index", workers=2)
     assert not list((tmp_path / "index").rglob("part-*.parquet"))  # no chunk was complete
 
