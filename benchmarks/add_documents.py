@@ -224,12 +224,10 @@ def main() -> None:
                         engine_model, precision, [caption_file], cbs, workers
                     ),
                     ("text", "pure session.run"): lambda: [
-                        model._run(model._text, "input_ids", tokens[i : i + cbs], True)
-                        for i in range(0, len(tokens), cbs)
+                        model.embed_token_ids(tokens[i : i + cbs]) for i in range(0, len(tokens), cbs)
                     ],
                     ("text", "pure session.run, the engine's batches (by length)"): lambda: [
-                        model._run(model._text, "input_ids", by_length[i : i + cbs], True)
-                        for i in range(0, len(by_length), cbs)
+                        model.embed_token_ids(by_length[i : i + cbs]) for i in range(0, len(by_length), cbs)
                     ],
                     ("image", PURE_PARALLEL): lambda: parallel_pure(engine_model.embed_pixels, pixels, cbs, workers),
                     ("text", PURE_PARALLEL): lambda: parallel_pure(

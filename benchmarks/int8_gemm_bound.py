@@ -142,6 +142,11 @@ def tower_ms(model_dir: Path, tower: str, rows: int, rounds: int) -> dict[str, f
     return interleaved_ms({label: (parked_session(path), feed) for label, path in files.items()}, rounds)
 
 
+def image_rows(vision: dict[str, Any]) -> int:
+    """An image's rows in the visual tower at batch 1: its patches and the class token."""
+    return int((vision["image_size"] // vision["patch_size"]) ** 2 + 1)
+
+
 def median_caption_tokens() -> int:
     import open_clip
 
@@ -194,7 +199,7 @@ def main() -> None:
     for model in args.models.split(","):
         config = open_clip.get_model_config(model.replace("/", "-"))
         vision, text = config["vision_cfg"], config["text_cfg"]
-        patches = (vision["image_size"] // vision["patch_size"]) ** 2 + 1
+        patches = image_rows(vision)
         towers = (
             ("visual", vision["width"], vision["layers"], (patches,)),
             ("text", text["width"], text["layers"], (caption_rows, text["context_length"])),

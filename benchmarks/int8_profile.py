@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from int8_gemm_bound import REPO, median_caption_tokens, print_header, tower_feed, tower_files  # noqa: E402
+from int8_gemm_bound import REPO, image_rows, median_caption_tokens, print_header, tower_feed, tower_files  # noqa: E402
 
 WARM_UP = 3
 
@@ -87,7 +87,7 @@ def main() -> None:
     for model in args.models.split(","):
         model_dir = args.exports / model.replace("/", "-")
         vision = open_clip.get_model_config(model.replace("/", "-"))["vision_cfg"]
-        rows_of = {"visual": (vision["image_size"] // vision["patch_size"]) ** 2 + 1, "text": caption_rows}
+        rows_of = {"visual": image_rows(vision), "text": caption_rows}
         for tower in ("visual", "text"):
             files = tower_files(model_dir, tower)
             if files is None:
