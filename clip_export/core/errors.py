@@ -64,6 +64,14 @@ class ConversionError(ClipExportError):
     pass
 
 
+class GateFailedError(ConversionError):
+    """A converted artifact failed its gate and was not kept (INT8 then tries its fallbacks)."""
+
+    def __init__(self, message: str, failures: tuple[str, ...] = ()) -> None:
+        super().__init__(message)
+        self.failures = failures
+
+
 class TensorRTError(ClipExportError):
     pass
 

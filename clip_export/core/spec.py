@@ -105,7 +105,7 @@ PRECISION_SPECS: Mapping[str, PrecisionSpec] = MappingProxyType(
                 "int8",
                 None,
                 streamed_limit="int8",
-                converter="clip_export.stages.convert:quantize_int8",
+                converter="clip_export.stages.quantize8:quantize_int8",
             ),
             PrecisionSpec("q4", False, "fp32", "fp32", "_q4", converter="clip_export.stages.quantize4:quantize_q4"),
         )
@@ -298,9 +298,27 @@ INT8_FAMILIES: Mapping[str, Int8Family] = MappingProxyType(
 )
 
 
-# When a tower's plain INT8 scheme fails its gate, `int8` keeps its most sensitive weight MatMuls
-# in float (each measured quantized alone on this many reference inputs), one more at a time, up to
-# this share of them: on trained MiniLM-L6 the gate passed with 2 of 36 float (docs/convert.md).
+@dataclass(frozen=True)
+class Int8Blockwise:
+    """INT8's first fallback: 8-bit weights in blocks along the reduction axis, activations quantized
+    per block inside onnxruntime's MatMulNBits (accuracy_level 4), so an outlier channel costs only
+    its own block; on trained MiniLM-L6 it held with every MatMul quantized (docs/convert.md)."""
+
+    bits: int
+    block_size: int
+    accuracy_level: int
+
+    @property
+    def label(self) -> str:
+        return f"blockwise {self.bits}-bit, blocks of {self.block_size} (MatMulNBits)"
+
+
+INT8_BLOCKWISE = Int8Blockwise(bits=8, block_size=128, accuracy_level=4)
+
+
+# When a tower's plain scheme and INT8_BLOCKWISE fail its gate, `int8` keeps its most sensitive
+# weight MatMuls in float (each measured quantized alone on this many reference inputs), one more at
+# a time, up to this share of them: on trained MiniLM-L6 2 of 36 float held (docs/convert.md).
 INT8_SENSITIVITY_ITEMS = 32
 INT8_MIXED_MAX_FLOAT_SHARE = 0.25
 # The conversion-record fields that say which family an INT8 artifact is (copied onto graphs derived from it).

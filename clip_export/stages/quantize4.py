@@ -4,7 +4,6 @@ with its own thresholds like every other precision."""
 
 from __future__ import annotations
 
-import logging
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
@@ -13,6 +12,7 @@ from clip_export.core.conversion import (
     ConvertResult,
     Derivation,
     convert_each,
+    matmul_nbits,
     save_model,
     set_precision_metadata,
     tool_version,
@@ -105,24 +105,6 @@ def _gather_8bit(model: Any, names: Sequence[str], block_size: int) -> None:
 
 def quantize_file(source: Path, target: Path, scheme: Q4Scheme = Q4_SCHEME) -> dict[str, Any]:
     """Write the 4-bit graph of one fp32 tower; returns what the manifest records of the conversion."""
-    root = logging.getLogger()
-    previous = root.level
-    root.setLevel(
-        logging.ERROR
-    )  # the quantizer logs every MatMul through the root logger; the caller's level comes back
-    try:
-        return _quantize_file(source, target, scheme)
-    finally:
-        root.setLevel(previous)
-
-
-def _quantize_file(source: Path, target: Path, scheme: Q4Scheme) -> dict[str, Any]:
-    nbits = import_optional(
-        "onnxruntime.quantization.matmul_nbits_quantizer",
-        package="onnxruntime",
-        extra="cpu",
-        purpose="4-bit quantization",
-    )
     import onnx
 
     if scheme.embedding_bits not in Q4_EMBEDDING_BITS:
@@ -140,16 +122,16 @@ def _quantize_file(source: Path, target: Path, scheme: Q4Scheme) -> dict[str, An
             f"a 4-bit token embedding needs opset {Q4_EMBEDDING_OPSET}, where {', '.join(changed)} changed "
             f"meaning; export at opset {Q4_EMBEDDING_OPSET} or use 8-bit embedding"
         )
-    config = nbits.DefaultWeightOnlyQuantConfig(
+    quantized = matmul_nbits(
+        model,
+        bits=4,
         block_size=scheme.block_size,
-        is_symmetric=scheme.symmetric,
+        symmetric=scheme.symmetric,
         accuracy_level=scheme.accuracy_level,
-        op_types_to_quantize=("MatMul", "Gather") if int4_embedding else ("MatMul",),
-        quant_axes=(("MatMul", 0), ("Gather", 1)),  # Gather: blocks along each token's row
+        excluded=[*excluded, *other_gathers],
+        purpose="4-bit quantization",
+        op_types=("MatMul", "Gather") if int4_embedding else ("MatMul",),
     )
-    quantizer = nbits.MatMulNBitsQuantizer(model, nodes_to_exclude=[*excluded, *other_gathers], algo_config=config)
-    quantizer.process()
-    quantized = quantizer.model.model
     if embeddings and scheme.embedding_bits == 8:
         _gather_8bit(quantized, embeddings, scheme.block_size)
         if not any(o.domain == "com.microsoft" for o in quantized.opset_import):

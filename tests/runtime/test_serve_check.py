@@ -10,13 +10,16 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clip_export.core import conversion
+from clip_export.core.artifact import ArtifactEntry
+from clip_export.core.checks import ArtifactCheck
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ManifestError, ServeCheckError
 from clip_export.core.manifest import file_record, read_manifest, write_manifest
 from clip_export.core.spec import INT8_FAMILIES, REFERENCE_NAME, SERVE_CHECK_ITEMS, THRESHOLDS
 from clip_export.runtime import ClipOnnx
-from clip_export.stages.convert import quantize_int8
 from clip_export.stages.quantize4 import quantize_q4
+from clip_export.stages.quantize8 import quantize_int8
 from clip_export.stages.verify import verify
 
 from ..helpers import rewrite_initializer
@@ -207,6 +210,41 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
         if r["path"] == "visual.uint8.onnx"
     }
     assert len(keys) == 2  # the native verdict and the Haswell one, side by side
+
+
+@pytest.mark.emulated
+def test_blockwise_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The blockwise fallback (MatMulNBits 8-bit, int8 activations per block) is the every-x86 file
+    when a tower's plain scheme fails: under qemu's Haswell it must be served for that tower, pass
+    its serve-time check and verify, like the plain QUInt8 file beside it."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        pytest.skip("qemu-x86_64 is not installed (apt-get install qemu-user; .ci/run installs it)")
+    real_gate = conversion.gate
+
+    def plain_text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
+        check = real_gate(model_dir, entry, provider)
+        if entry.tower == "text" and entry.detail("conversion")["mode"] != "blockwise":
+            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
+        return check
+
+    monkeypatch.setattr(conversion, "gate", plain_text_fails)
+    quantize_int8(tiny_vit_copy, scheme=INT8_FAMILIES["any-x86"].scheme)
+    monkeypatch.setattr(conversion, "gate", real_gate)
+    assert read_manifest(tiny_vit_copy).find(path="text.uint8.onnx").detail("conversion")["mode"] == "blockwise"
+    done = subprocess.run(
+        [qemu, "-cpu", "Haswell", sys.executable, "-c", HASWELL_PROBE, str(tiny_vit_copy)],
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-2000:]
+    result = json.loads(done.stdout.strip().splitlines()[-1])
+    assert result["served"] == {"visual": "visual.uint8.onnx", "text": "text.uint8.onnx"}
+    for tower, (status, tier, target) in result["checks"].items():
+        assert (status, tier, target) == ("pass", "AVX2 without VNNI", "haswell"), tower
+    assert result["verify"] is True
+    assert result["rows"]["text.uint8.onnx"] == ["pass", "AVX2 without VNNI"]
 
 
 def _edit_manifest(model_dir: Path, section: str, key: str, value: object) -> None:

@@ -30,7 +30,15 @@ from typing import Any
 from clip_export.core.artifact import ArtifactEntry, Manifest
 from clip_export.core.errors import ReleaseError
 from clip_export.core.manifest import MANIFEST_NAME
-from clip_export.core.spec import ONNX_FORMAT, PRECISION_SPECS, PREPROCESSING_FORMAT, TOKENIZER_NAME, TOWERS
+from clip_export.core.spec import (
+    INT8_FAMILIES,
+    ONNX_FORMAT,
+    PRECISION_SPECS,
+    PREPROCESSING_FORMAT,
+    TOKENIZER_NAME,
+    TOWERS,
+    int8_family_of,
+)
 
 HF_DIR = "hf"
 ONNX_DIR = "onnx"
@@ -39,9 +47,10 @@ PREPROCESSOR_CONFIG_NAME = "preprocessor_config.json"
 TOKENIZER_CONFIG_NAME = "tokenizer_config.json"
 MODEL_FILE = {"visual": "vision_model", "text": "text_model"}
 PREPROCESSING_MODEL_FILE = "vision_model_preprocessing"
-# transformers.js's dtype suffixes (DEFAULT_DTYPE_SUFFIX_MAPPING); int8 goes by its weight type.
+# transformers.js's dtype suffixes (DEFAULT_DTYPE_SUFFIX_MAPPING); int8 goes by its kernel family's
+# file tag, which is transformers.js's dtype too ("int8", "uint8").
 DTYPE_SUFFIX = {p.name: p.hf_suffix for p in PRECISION_SPECS.values() if p.hf_suffix is not None}
-INT8_SUFFIX = {"QUInt8": "_uint8", "QInt8": "_int8"}
+INT8_SUFFIX = {family.name: f"_{family.file_tag}" for family in INT8_FAMILIES.values()}
 # The other way: a file's suffix → the `dtype` a transformers.js user passes to load it.
 TRANSFORMERS_JS_DTYPE = {
     **{suffix: precision for precision, suffix in DTYPE_SUFFIX.items()},
@@ -63,8 +72,8 @@ def onnx_file_name(entry: ArtifactEntry) -> str | None:
         return None
     precision = entry.precision
     if precision == "int8":
-        weight_type = (entry.detail("conversion") or {}).get("weight_type", "QUInt8")
-        suffix = INT8_SUFFIX.get(weight_type)
+        family = int8_family_of(entry)
+        suffix = INT8_SUFFIX.get(family.name) if family else None
     else:
         suffix = DTYPE_SUFFIX.get(precision)
     if suffix is None:

@@ -149,7 +149,7 @@ def test_a_release_ships_both_int8_families_under_transformers_js_names(tiny_vit
     release asset of its own; the card says which is for which CPU; the runtime picks per flags."""
     from clip_export.core.environment import current_environment
     from clip_export.core.spec import INT8_FAMILIES
-    from clip_export.stages.convert import quantize_int8
+    from clip_export.stages.quantize8 import quantize_int8
 
     if not INT8_FAMILIES["vnni"].applies_to(current_environment("CPUExecutionProvider").isa_flags):
         pytest.skip("this CPU has no VNNI, so int8 does not build (or claim) the QInt8 artifact here")
