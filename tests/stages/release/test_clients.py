@@ -165,6 +165,38 @@ def test_transformers_js_loads_a_release_with_external_data(tmp_path: Path) -> N
     ]
 
 
+def test_transformers_js_runs_a_blockwise_int8_text_tower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """INT8's blockwise fallback (8-bit com.microsoft.MatMulNBits) shipped as text_model_uint8.onnx:
+    transformers.js loads it by its dtype and matches ClipOnnx running the same file."""
+    from clip_export.core import conversion
+    from clip_export.core.artifact import ArtifactEntry
+    from clip_export.core.checks import ArtifactCheck
+
+    setup = find_transformers_js()
+    if isinstance(setup, str):
+        pytest.skip(setup)
+    model_dir = export_onnx(resolve("tiny-vit", random_init=True, seed=0), out=tmp_path / "artifacts").model_dir
+    real_gate = conversion.gate
+
+    def plain_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
+        check = real_gate(model_dir, entry, provider)
+        if entry.detail("conversion")["mode"] != "blockwise":
+            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
+        return check
+
+    monkeypatch.setattr(conversion, "gate", plain_fails)
+    quantize_int8(model_dir, towers=["text"], scheme=INT8_SCHEME)
+    monkeypatch.setattr(conversion, "gate", real_gate)
+    assert read_manifest(model_dir).find(path="text.uint8.onnx").detail("conversion")["mode"] == "blockwise"
+    assert verify(model_dir).passed
+    released = release([model_dir], tag="v1", out=tmp_path / "dist", client_check="require").directory
+    rows = {row["file"]: row for row in read_manifest(released).section("clients")["transformers.js"]["variants"]}
+    row = rows["onnx/text_model_uint8.onnx"]
+    assert row["dtype"] == "uint8" and row["items"] == 49
+    assert row["within_limit"] and row["min_cosine"] >= VARIANT_MIN_COSINE, json.dumps(row)
+    assert row["nearest_precision"] == "int8"
+
+
 GATHER_BLOCK_QUANTIZED_JS = """
 const ort = require(process.argv[1] + "/onnxruntime-node");
 const ids = new ort.Tensor("int64", BigInt64Array.from([1n, 5n, 63n, 0n, 2n, 7n]), [2, 3]);
