@@ -214,6 +214,16 @@ def int8_section(manifest: Manifest) -> list[str]:
         "and are slower on VNNI. `ClipOnnx.from_release(path, precision='int8')` serves the one this CPU's flags call "
         f"for ({', '.join(INT8_VNNI_FLAGS)} → QInt8, else QUInt8) and checks it before serving; transformers.js users "
         "pass `dtype: 'int8'` or `dtype: 'uint8'` the same way.",
+        *(
+            [
+                "",
+                "Weights marked blockwise are INT8's fallback for a tower whose plain file failed its gate: 8-bit "
+                "weights and activations quantized per block inside onnxruntime's MatMulNBits, so an outlier channel "
+                "costs only its block. Both kernel families' names then carry the same bytes.",
+            ]
+            if any((a.detail("conversion") or {}).get("mode") == "blockwise" for a in entries)
+            else []
+        ),
         "",
         "| asset | tower | weights | for CPUs | verified (passed) on |",
         "|---|---|---|---|---|",

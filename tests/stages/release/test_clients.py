@@ -12,7 +12,7 @@ import pytest
 from clip_export import export_onnx, resolve
 from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import read_manifest
-from clip_export.core.spec import INT8_SCHEME, Q4_SCHEME
+from clip_export.core.spec import INT8_BLOCKWISE, INT8_SCHEME, Q4_SCHEME
 from clip_export.stages.convert import convert_fp16
 from clip_export.stages.preprocess_stage import add_preprocessing
 from clip_export.stages.quantize4 import quantize_q4
@@ -195,6 +195,9 @@ def test_transformers_js_runs_a_blockwise_int8_text_tower(tmp_path: Path, monkey
     assert row["dtype"] == "uint8" and row["items"] == 49
     assert row["within_limit"] and row["min_cosine"] >= VARIANT_MIN_COSINE, json.dumps(row)
     assert row["nearest_precision"] == "int8"
+    card = (released / "MODEL_CARD.md").read_text()
+    assert f"| tiny-vit-text-uint8.onnx | text | {INT8_BLOCKWISE.label} | every x86 tier" in card
+    assert "Weights marked blockwise are INT8's fallback" in card
 
 
 GATHER_BLOCK_QUANTIZED_JS = """

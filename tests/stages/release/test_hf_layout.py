@@ -164,6 +164,7 @@ def test_a_release_ships_both_int8_families_under_transformers_js_names(tiny_vit
     assert "## INT8: which file for which CPU" in card
     assert "| tiny-vit-text-int8.onnx | text | QInt8 | x86 with VNNI or AMX" in card
     assert "| tiny-vit-text-uint8.onnx | text | QUInt8 | every x86 tier, AVX2 without VNNI included |" in card
+    assert "Weights marked blockwise" not in card  # only where a blockwise file ships
     for flags, tag in ((("avx2", "fma", "avx512_vnni"), "int8"), (("avx2", "fma"), "uint8")):
         model = ClipOnnx.from_release(released, precision="int8", cpu_flags=flags)
         assert model.artifacts["text"].path.name == f"tiny-vit-text-{tag}.onnx"
