@@ -152,6 +152,13 @@ class ClipOnnx:
             return np.zeros((0, 3, *self.preprocess_config.image_size), dtype=np.float32)
         return rows[0][None] if len(rows) == 1 else np.stack(rows)  # one image: no stacking copy
 
+    def _open_session(self, tower: str) -> Any:
+        """The tower's session, or one error saying why it cannot embed."""
+        session = self._visual if tower == "visual" else self._text
+        if session is None:
+            raise ClipExportError(self._not_open(tower))
+        return session
+
     def _not_open(self, tower: str) -> str:
         """Why a tower cannot embed: the release has none of this precision, or from_release left it shut."""
         precision = next(iter(self.artifacts.values())).precision
@@ -163,16 +170,14 @@ class ClipOnnx:
         """One row per image. An image is a file path, encoded bytes (what a service receives), an
         HxWx3 uint8 RGB array (HxW grey and HxWx4 RGBA too) or a PIL image; one of them alone is a
         batch of one."""
-        if self._visual is None:  # before any image is decoded
-            raise ClipExportError(self._not_open("visual"))
+        self._open_session("visual")  # before any image is decoded
         return self.embed_pixels(self.pixel_values(images), normalize)
 
     def embed_pixels(self, pixels: np.ndarray, normalize: bool = True) -> np.ndarray:
         """One row per image of [N, 3, H, W] float32 pixel_values already preprocessed (pixel_values())."""
-        if self._visual is None:
-            raise ClipExportError(self._not_open("visual"))
+        session = self._open_session("visual")
         return self._run(
-            self._visual, TOWERS["visual"].input_name, np.ascontiguousarray(pixels, dtype=np.float32), normalize
+            session, TOWERS["visual"].input_name, np.ascontiguousarray(pixels, dtype=np.float32), normalize
         )
 
     def tokenize(self, texts: Any) -> np.ndarray:
@@ -193,16 +198,14 @@ class ClipOnnx:
 
     def embed_texts(self, texts: Any, normalize: bool = True) -> np.ndarray:
         """One row per caption; a bare string is one caption (a batch of one), never its characters."""
-        if self._text is None:
-            raise ClipExportError(self._not_open("text"))
-        return self._run(self._text, TOWERS["text"].input_name, self.tokenize(texts), normalize)
+        session = self._open_session("text")  # before any caption is tokenized
+        return self._run(session, TOWERS["text"].input_name, self.tokenize(texts), normalize)
 
     def embed_token_ids(self, ids: np.ndarray, normalize: bool = True) -> np.ndarray:
         """One row per caption of [N, context] int64 ids already tokenized (tokenize()): an indexer
         tokenizes in its reader threads, as it preprocesses images there, and runs the session here."""
-        if self._text is None:
-            raise ClipExportError(self._not_open("text"))
-        return self._run(self._text, TOWERS["text"].input_name, np.ascontiguousarray(ids, dtype=np.int64), normalize)
+        session = self._open_session("text")
+        return self._run(session, TOWERS["text"].input_name, np.ascontiguousarray(ids, dtype=np.int64), normalize)
 
     def _run(self, session: Any, name: str, inputs: np.ndarray, normalize: bool) -> np.ndarray:
         if not len(inputs):  # an empty batch is a valid request: zero rows of the embedding size

@@ -54,14 +54,13 @@ class EmbedResult:
     compat: CompatResult | None = None
 
 
-def open_model(source: Path, precision: str | None, towers: set[str], threads: int = 0) -> tuple[ClipOnnx, str]:
-    """The artifact to embed with and why: --precision, else the fastest that holds here. Only the
-    towers the items need are opened (every tower when there are no items, as for an empty folder)."""
+def open_model(source: Path, precision: str | None, towers: set[str], threads: int = 0) -> tuple[ClipOnnx, str, str]:
+    """The model to embed with, its precision and why: --precision, else the fastest that holds here.
+    Only the towers the items need are opened (every tower when there are no items, as for an empty folder)."""
     needed = towers or None
     if precision:
-        return ClipOnnx.from_release(
-            source, precision=precision, threads=threads, towers=needed
-        ), f"{precision}: asked for with --precision"
+        model = ClipOnnx.from_release(source, precision=precision, threads=threads, towers=needed)
+        return model, precision, f"{precision}: asked for with --precision"
     manifest = read_manifest(source)
     refused = []
     for candidate in EMBED_PRECISION_PREFERENCE:
@@ -74,8 +73,10 @@ def open_model(source: Path, precision: str | None, towers: set[str], threads: i
             refused.append(f"{candidate} fails here ({str(exc).split(':')[0]})")
             continue
         how = "; ".join(f"{t}: {c.status}" for t, c in sorted(model.serve_checks.items()) if t in towers)
-        return model, f"{candidate}: the fastest that holds here ({how})" + (
-            f"; {'; '.join(refused)}" if refused else ""
+        return (
+            model,
+            candidate,
+            f"{candidate}: the fastest that holds here ({how})" + (f"; {'; '.join(refused)}" if refused else ""),
         )
     raise ClipExportError(
         f"{source} has no artifact for {', '.join(sorted(towers))} that holds in this environment"
@@ -172,8 +173,7 @@ def _embed(
     store = Store(out)
     store.remove_stale_temporaries()
     session_threads, workers = parallelism(threads)  # the Ray driver only checks and records: its own default
-    model, why = open_model(Path(source), precision, towers, threads if use_ray else session_threads)
-    chosen = precision or why.split(":")[0]
+    model, chosen, why = open_model(Path(source), precision, towers, threads if use_ray else session_threads)
     artifact = artifact_record(model, chosen)
     dim = int(model.manifest.model.embed_dim or _embed_dim(model))
     compat, accepted = _reconcile(store, artifact, model, dim, reembed, progress)
