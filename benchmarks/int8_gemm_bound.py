@@ -99,8 +99,8 @@ def interleaved_ms(runs: dict[str, tuple[Any, dict[str, np.ndarray]]], rounds: i
 
 
 def tower_files(model_dir: Path, tower: str) -> dict[str, Path] | None:
-    """The fp32 file and the INT8 file of each kernel family (by weight type) of an export, or None
-    when the export or one of the three is missing."""
+    """The fp32 file and the plain INT8 file of each kernel family (by weight type) of an export, or
+    None when the export or one of the three is missing."""
     from clip_export.core.manifest import read_manifest
     from clip_export.core.spec import int8_family_of
 
@@ -110,8 +110,10 @@ def tower_files(model_dir: Path, tower: str) -> dict[str, Path] | None:
     files = {"fp32": manifest.select(tower=tower, precision="fp32", format="onnx")[:1]}
     for entry in manifest.select(tower=tower, precision="int8", format="onnx"):
         family = int8_family_of(entry)
-        if family is not None:  # labelled by what the file holds (a blockwise fallback names itself)
-            files[(entry.detail("conversion") or {}).get("weight_type") or family.scheme.weight_type] = [entry]
+        if (entry.detail("conversion") or {}).get("mode") == "blockwise":
+            return None  # a fallback file: these scripts compare the plain families (int8_profile --blockwise)
+        if family is not None:
+            files[family.scheme.weight_type] = [entry]
     if len(files) < 3 or not all(files.values()):
         return None
     return {label: model_dir / entries[0].path for label, entries in files.items()}

@@ -145,8 +145,9 @@ def int8(
     Without --weight-type or --reduce-range: one artifact per kernel family, QInt8 (visual.int8.onnx,
     for CPUs with VNNI or AMX) and QUInt8 (visual.uint8.onnx, every x86 tier); ClipOnnx serves the
     one this CPU's flags call for. On a CPU without VNNI the QInt8 one is not built (it cannot be
-    verified there). A tower whose file fails its gate is retried blockwise (8-bit MatMulNBits, every
-    MatMul quantized), then with its most sensitive MatMuls kept float; a line says what was kept.
+    verified there). Where a tower's plain files fail their gate, the QUInt8 one is retried blockwise
+    (8-bit MatMulNBits, every MatMul quantized; it then serves VNNI CPUs too), then with its most
+    sensitive MatMuls kept float; a line says what was kept.
 
     \b
     Example:

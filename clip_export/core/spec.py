@@ -256,12 +256,9 @@ class Int8Scheme:
         return f"{self.weight_type} {'per-channel' if self.per_channel else 'per-tensor'}{', reduce_range' if self.reduce_range else ''}"
 
 
-# Without VNNI, onnxruntime runs uint8 activations × int8 weights (U8S8) with vpmaddubsw, which adds
-# pairs of products in int16 and saturates: QInt8 weights passed the gate on AVX-512 VNNI and failed
-# it under AVX2 (visual mean |Δ| 5.6e-3, min cosine 0.972 on ViT-B/32). uint8 weights run U8U8
-# kernels, which widen to int16 before multiplying and cannot saturate: the best fidelity on both
-# tiers, at 4.4-4.6× torch eager on VNNI against 6.0-6.1× for 7-bit QInt8 (reduce_range), which also
-# failed the tiny test model's text gate. Measured by benchmarks/int8_tiers.py (docs/convert.md).
+# Without VNNI, onnxruntime's U8S8 kernels (vpmaddubsw) saturate int16 pair sums: QInt8 weights failed
+# the gate under AVX2 (ViT-B/32 visual 5.6e-3). uint8 weights run U8U8 kernels, which cannot saturate:
+# they hold on every tier (benchmarks/int8_tiers.py, docs/convert.md).
 INT8_SCHEME = Int8Scheme("QUInt8", per_channel=True, reduce_range=False)
 
 
@@ -306,6 +303,7 @@ class Int8Blockwise:
 
     bits: int
     block_size: int
+    symmetric: bool
     accuracy_level: int
 
     @property
@@ -313,7 +311,7 @@ class Int8Blockwise:
         return f"blockwise {self.bits}-bit, blocks of {self.block_size} (MatMulNBits)"
 
 
-INT8_BLOCKWISE = Int8Blockwise(bits=8, block_size=128, accuracy_level=4)
+INT8_BLOCKWISE = Int8Blockwise(bits=8, block_size=128, symmetric=True, accuracy_level=4)
 
 
 # When a tower's plain scheme and INT8_BLOCKWISE fail its gate, `int8` keeps its most sensitive

@@ -20,7 +20,7 @@ from clip_export.core.conversion import (
     tool_version,
 )
 from clip_export.core.environment import current_environment
-from clip_export.core.errors import ConversionError, GateFailedError, import_optional
+from clip_export.core.errors import ClipExportError, ConversionError, GateFailedError, import_optional
 from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions, require_nodes
 from clip_export.core.int8_sensitivity import most_sensitive_first, sensitivity, weight_matmuls
 from clip_export.core.manifest import exclusive, intact_reference, read_manifest, resolve_inside, write_manifest
@@ -49,6 +49,8 @@ __all__ = [
     "quantize_weights",
 ]
 
+# The family whose file a default run's fallbacks build: no CPU requirement, so it serves every tier.
+EVERY_X86 = next(family for family in INT8_FAMILIES.values() if not family.requires_any_flag)
 # MatMul/Gemm weights are quantized; the rest (Conv patch embedding, attention score MatMuls
 # between two activations) stays float. See docs/convert.md for the measurements.
 INT8_OP_TYPES = ("MatMul", "Gemm")
@@ -68,17 +70,22 @@ def quantize_weights(model: Any, target: Path, scheme: Int8Scheme, excluded: Seq
     quantization = import_optional(
         "onnxruntime.quantization", package="onnxruntime", extra="cpu", purpose="INT8 quantization"
     )
-    logging.getLogger().setLevel(logging.ERROR)  # the quantizer advises pre-processing through the root logger
-    quantization.quantize_dynamic(
-        model,
-        str(target),
-        weight_type=getattr(quantization.QuantType, scheme.weight_type),
-        per_channel=scheme.per_channel,
-        reduce_range=scheme.reduce_range,
-        op_types_to_quantize=list(INT8_OP_TYPES),
-        nodes_to_exclude=list(excluded),
-        extra_options={"MatMulConstBOnly": True},
-    )
+    root = logging.getLogger()
+    previous = root.level
+    root.setLevel(logging.ERROR)  # the quantizer advises pre-processing through the root logger
+    try:
+        quantization.quantize_dynamic(
+            model,
+            str(target),
+            weight_type=getattr(quantization.QuantType, scheme.weight_type),
+            per_channel=scheme.per_channel,
+            reduce_range=scheme.reduce_range,
+            op_types_to_quantize=list(INT8_OP_TYPES),
+            nodes_to_exclude=list(excluded),
+            extra_options={"MatMulConstBOnly": True},
+        )
+    finally:
+        root.setLevel(previous)
 
 
 def quantize_blockwise(model: Any, excluded: Sequence[str], scheme: Int8Blockwise = INT8_BLOCKWISE) -> Any:
@@ -88,7 +95,7 @@ def quantize_blockwise(model: Any, excluded: Sequence[str], scheme: Int8Blockwis
         model,
         bits=scheme.bits,
         block_size=scheme.block_size,
-        symmetric=True,
+        symmetric=scheme.symmetric,
         accuracy_level=scheme.accuracy_level,
         excluded=excluded,
         purpose="INT8 quantization",
@@ -134,10 +141,17 @@ def quantize_int8(
             try:
                 result = _quantize_family(model_dir, [tower], chosen, family, exclude_nodes, force, progress)
             except GateFailedError as exc:
+                if scheme is None and family is not EVERY_X86:  # one fallback file, built once, serves every tier
+                    notes.append(
+                        f"{tower}: {family.file_tag} ({chosen.label}) failed its gate plain; not built: the "
+                        f"{EVERY_X86.file_tag} file, with its fallbacks, serves {family.tiers} too"
+                    )
+                    failed.setdefault(tower, []).append(f"{family.file_tag} ({chosen.label}): {exc}")
+                    continue
                 result, how = _fallback(model_dir, tower, chosen, family, exclude_nodes, force, progress, str(exc))
                 notes.append(f"{tower}: {family.file_tag} ({chosen.label}) {how}")
                 if result is None:
-                    failed.setdefault(tower, []).append(f"{chosen.label}: {exc}")
+                    failed.setdefault(tower, []).append(f"{family.file_tag} ({chosen.label}) {how}")
                     continue
             artifacts += result.artifacts
     built = {a.tower for a in artifacts}
@@ -159,21 +173,47 @@ def _fallback(
     progress: Progress,
     plain_failure: str,
 ) -> tuple[ConvertResult | None, str]:
-    """After the plain scheme failed the gate: blockwise 8-bit (every MatMul quantized, one gate run),
-    then mixed precision by measured sensitivity. (result or None, a line saying what happened)."""
-    progress(f"{tower} {scheme.label} failed its gate; trying {INT8_BLOCKWISE.label}")
-    try:
-        result = _quantize_blockwise(model_dir, tower, family, exclude_nodes, force, progress, plain_failure)
-    except GateFailedError as exc:
-        blockwise_failure = f"{INT8_BLOCKWISE.label}: {'; '.join(exc.failures)}"
-        return _mixed_precision(
-            model_dir, tower, scheme, family, exclude_nodes, force, progress, plain_failure, blockwise_failure
-        )
-    record = read_manifest(model_dir).find(path=result.artifacts[0].path).detail("conversion")
-    return result, (
-        f"failed its gate plain; kept as {INT8_BLOCKWISE.label}, {record['matmul_nbits_nodes']} of "
-        f"{record['weight_matmuls']} weight MatMuls quantized"
+    """After the plain scheme failed the gate: blockwise 8-bit (every-x86 family only: its kernels hold
+    on every tier; one gate run), then mixed precision by measured sensitivity. (result or None, a
+    line saying what happened)."""
+    blockwise_failure = _blockwise_not_for(model_dir, tower, family, exclude_nodes)
+    if blockwise_failure is None:
+        progress(f"{tower} {scheme.label} failed its gate; trying {INT8_BLOCKWISE.label}")
+        try:
+            result = _quantize_blockwise(model_dir, tower, family, exclude_nodes, force, progress, plain_failure)
+        except GateFailedError as exc:
+            blockwise_failure = f"{INT8_BLOCKWISE.label}: {'; '.join(exc.failures)}"
+        except ClipExportError:
+            raise
+        except Exception as exc:  # onnxruntime cannot build or run it here: recorded, and mixed precision is tried
+            blockwise_failure = f"{INT8_BLOCKWISE.label}: {type(exc).__name__}: {exc}"
+        else:
+            record = result.artifacts[0].details  # what the write returned: the conversion record
+            return result, (
+                f"failed its gate plain; kept as {INT8_BLOCKWISE.label}, {record['matmul_nbits_nodes']} of "
+                f"{record['weight_matmuls']} weight MatMuls quantized"
+            )
+    return _mixed_precision(
+        model_dir, tower, scheme, family, exclude_nodes, force, progress, plain_failure, blockwise_failure
     )
+
+
+def _blockwise_not_for(model_dir: Path, tower: str, family: Int8Family, exclude_nodes: Sequence[str]) -> str | None:
+    """Why blockwise is not tried for this tower and family, or None. It is the every-x86 family's
+    (a family with CPU requirements keeps its weight type), and only where MatMulNBits, which covers
+    MatMul and not Gemm, would quantize as large a share of the weights as mixed precision may keep."""
+    if family is not EVERY_X86:
+        return f"{INT8_BLOCKWISE.label}: not tried for {family.file_tag}, which keeps its weight type"
+    manifest = read_manifest(model_dir)
+    source = manifest.select(precision="fp32", format=ONNX_FORMAT, tower=tower)[0]
+    model = _onnx().load(str(resolve_inside(model_dir, source.path, "the source artifact")), load_external_data=False)
+    excluded = [*int8_excluded_nodes(model), *exclude_nodes]
+    matmuls, weights = (len(weight_matmuls(model, ops, excluded)) for ops in (("MatMul",), INT8_OP_TYPES))
+    if not matmuls:
+        return f"{INT8_BLOCKWISE.label}: not tried, {tower} has no weight MatMul for it to quantize"
+    if matmuls < (1 - INT8_MIXED_MAX_FLOAT_SHARE) * weights:
+        return f"{INT8_BLOCKWISE.label}: not tried, it would quantize only {matmuls} of {weights} weight MatMuls/Gemms"
+    return None
 
 
 def _record_towers_without_int8(model_dir: Path, why: dict[str, str], built: set[str]) -> None:
@@ -256,7 +296,7 @@ def _mixed_precision(
             continue
         return (
             result,
-            f"failed its gate plain and blockwise; kept with {count} of {len(candidates)} MatMuls float "
+            f"failed its gate plain; {blockwise_failure}; kept with {count} of {len(candidates)} MatMuls float "
             "(mixed precision by measured sensitivity)",
         )
     return None, (
@@ -331,6 +371,7 @@ def _quantize_blockwise(
             "weight_type": INT8_BLOCKWISE.label,
             "bits": INT8_BLOCKWISE.bits,
             "block_size": INT8_BLOCKWISE.block_size,
+            "symmetric": INT8_BLOCKWISE.symmetric,
             "accuracy_level": INT8_BLOCKWISE.accuracy_level,
             "matmul_nbits_nodes": sum(1 for n in quantized.graph.node if n.op_type == "MatMulNBits"),
             # Gemm weights (timm towers' Linear) stay float here: MatMulNBits covers MatMul only

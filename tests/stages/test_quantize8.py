@@ -134,7 +134,10 @@ def test_a_plain_scheme_that_fails_is_kept_with_its_most_sensitive_matmul_float(
     monkeypatch.setattr(conversion, "gate", plain_text_fails)
     result = quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
     (note,) = result.notes
-    assert note.startswith("text: uint8 (QUInt8 per-channel) failed its gate plain and blockwise; kept with 1 of ")
+    assert note.startswith(
+        f"text: uint8 (QUInt8 per-channel) failed its gate plain; {INT8_BLOCKWISE.label}: mean_abs_normalized = 0.0047; "
+        "kept with 1 of "
+    )
     mixed = read_manifest(tiny_vit_copy).find(path="text.uint8.onnx").detail("conversion")["mixed_precision"]
     (kept,) = mixed["float_matmuls"]
     assert mixed["weight_matmuls"] > 1 and kept in mixed["sensitivity"] and "0.0047" in mixed["plain_failure"]
@@ -182,6 +185,96 @@ def test_a_plain_scheme_that_fails_is_kept_blockwise_with_every_matmul_quantized
     assert onnx_file_name(entry) == "text_model_uint8.onnx"
     monkeypatch.setattr(conversion, "gate", real_gate)
     assert verify(tiny_vit_copy, only=lambda e: e.path == "text.uint8.onnx", write=False).passed
+
+
+def test_a_default_run_builds_the_fallback_once_under_the_every_x86_name(
+    tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Without a scheme, a family with CPU requirements whose plain file fails is not built: the
+    every-x86 file and its fallbacks serve those CPUs too (one file, one gate run, no duplicate)."""
+    real_gate = conversion.gate
+
+    def plain_text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
+        check = real_gate(model_dir, entry, provider)
+        if entry.detail("conversion")["mode"] != "blockwise":
+            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
+        return check
+
+    monkeypatch.setattr(conversion, "gate", plain_text_fails)
+    result = quantize_int8(tiny_vit_copy, towers=["text"])
+    assert [a.path for a in result.artifacts] == ["text.uint8.onnx"]
+    vnni_note, uint8_note = result.notes
+    assert vnni_note.startswith("text: int8 (QInt8 per-channel) failed its gate plain; not built: the uint8 file") or (
+        vnni_note.startswith("int8 (QInt8 per-channel") and "cannot verify it" in vnni_note  # a CPU without VNNI
+    )
+    assert uint8_note.startswith(
+        f"text: uint8 (QUInt8 per-channel) failed its gate plain; kept as {INT8_BLOCKWISE.label}"
+    )
+    manifest = read_manifest(tiny_vit_copy)
+    assert manifest.find(path="text.int8.onnx") is None and manifest.section("int8_not_built") is None
+
+
+def test_blockwise_that_onnxruntime_cannot_build_falls_to_mixed_precision_with_the_reason(
+    tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """An error from onnxruntime's quantizer or kernels in the blockwise step is recorded and the
+    mixed-precision search runs; it does not stop `int8` for every tower."""
+    real_gate = conversion.gate
+
+    def plain_text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
+        check = real_gate(model_dir, entry, provider)
+        if entry.tower == "text" and "mixed_precision" not in entry.detail("conversion"):
+            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
+        return check
+
+    def no_8bit_kernel(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("MatMulNBits: bits 8 is not supported")
+
+    monkeypatch.setattr(conversion, "gate", plain_text_fails)
+    monkeypatch.setattr(quantize8, "quantize_blockwise", no_8bit_kernel)
+    result = quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
+    (note,) = result.notes
+    assert f"{INT8_BLOCKWISE.label}: RuntimeError: MatMulNBits: bits 8 is not supported; kept with 1 of " in note
+    mixed = read_manifest(tiny_vit_copy).find(path="text.uint8.onnx").detail("conversion")["mixed_precision"]
+    assert "RuntimeError" in mixed["blockwise_failure"]
+
+
+def test_an_explicit_scheme_keeps_its_weight_type_in_the_fallback(
+    tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """--weight-type QInt8 builds only that family: where it fails, mixed precision (still QInt8
+    weights) is the fallback, not blockwise."""
+    if not INT8_FAMILIES["vnni"].applies_to(current_environment("CPUExecutionProvider").isa_flags):
+        pytest.skip("this CPU has no VNNI, so int8 does not build (or claim) the QInt8 artifact here")
+    real_gate = conversion.gate
+
+    def plain_text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
+        check = real_gate(model_dir, entry, provider)
+        if entry.tower == "text" and "mixed_precision" not in entry.detail("conversion"):
+            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
+        return check
+
+    monkeypatch.setattr(conversion, "gate", plain_text_fails)
+    result = quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["vnni"].scheme)
+    (note,) = result.notes
+    assert "not tried for int8, which keeps its weight type; kept with 1 of " in note
+    record = read_manifest(tiny_vit_copy).find(path="text.int8.onnx").detail("conversion")
+    assert record["weight_type"] == "QInt8" and record["mixed_precision"]["float_matmuls"]
+
+
+def test_blockwise_is_tried_only_where_it_would_quantize_the_weights(tiny_vit_copy: Path, tmp_path: Path) -> None:
+    """MatMulNBits covers MatMul, not Gemm: a tower whose weights are Gemms or convolutions (timm's
+    MobileCLIP image tower) would pass the gate mostly float, so blockwise is not tried there; nor
+    for a family with CPU requirements, which keeps its weight type."""
+    from clip_export import export_onnx, resolve
+
+    assert quantize8._blockwise_not_for(tiny_vit_copy, "text", quantize8.EVERY_X86, []) is None
+    assert "keeps its weight type" in str(
+        quantize8._blockwise_not_for(tiny_vit_copy, "text", INT8_FAMILIES["vnni"], [])
+    )
+    mobileclip = export_onnx(resolve("tiny-MobileCLIP", random_init=True), out=tmp_path).model_dir
+    why = quantize8._blockwise_not_for(mobileclip, "visual", quantize8.EVERY_X86, [])
+    assert why == f"{INT8_BLOCKWISE.label}: not tried, visual has no weight MatMul for it to quantize"
 
 
 def test_an_excluded_gemm_stays_float_although_the_quantizer_renames_it(tmp_path: Path) -> None:

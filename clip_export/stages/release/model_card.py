@@ -219,7 +219,8 @@ def int8_section(manifest: Manifest) -> list[str]:
                 "",
                 "Weights marked blockwise are INT8's fallback for a tower whose plain file failed its gate: 8-bit "
                 "weights and activations quantized per block inside onnxruntime's MatMulNBits, so an outlier channel "
-                "costs only its block. Both kernel families' names then carry the same bytes.",
+                "costs only its block. It is built under the every-x86 name only and holds on every tier, so CPUs "
+                "with VNNI or AMX are served it too.",
             ]
             if any((a.detail("conversion") or {}).get("mode") == "blockwise" for a in entries)
             else []

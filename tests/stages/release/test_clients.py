@@ -197,7 +197,7 @@ def test_transformers_js_runs_a_blockwise_int8_text_tower(tmp_path: Path, monkey
     assert row["nearest_precision"] == "int8"
     card = (released / "MODEL_CARD.md").read_text()
     assert f"| tiny-vit-text-uint8.onnx | text | {INT8_BLOCKWISE.label} | every x86 tier" in card
-    assert "Weights marked blockwise are INT8's fallback" in card
+    assert "Weights marked blockwise are INT8's fallback" in card and "built under the every-x86 name only" in card
 
 
 GATHER_BLOCK_QUANTIZED_JS = """
