@@ -2,13 +2,17 @@
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
 import onnx
+import pytest
 from onnx import numpy_helper
 
+from clip_export.core.artifact import ArtifactEntry
+from clip_export.core.checks import ArtifactCheck
 from clip_export.core.manifest import file_record, read_manifest, write_manifest
 
 
@@ -176,3 +180,22 @@ def move_weights_to_unlisted_data(model_dir: Path, artifact_path: str = "visual.
     manifest.upsert(entry.moved(file_record(path, model_dir), ()))
     write_manifest(model_dir, manifest)
     return location
+
+
+def fail_gate_where(
+    monkeypatch: pytest.MonkeyPatch,
+    fails: Callable[[ArtifactEntry], bool],
+    failure: str = "mean_abs_normalized = 0.0047",
+) -> Callable[[], None]:
+    """Make the conversions' gate fail the entries `fails` picks (the real gate still runs; only its
+    verdict changes), the way a trained tower's outliers fail it; returns what puts the real gate back."""
+    from clip_export.core import conversion
+
+    real_gate = conversion.gate
+
+    def gate(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
+        check = real_gate(model_dir, entry, provider)
+        return dataclasses.replace(check, status="fail", failures=(failure,)) if fails(entry) else check
+
+    monkeypatch.setattr(conversion, "gate", gate)
+    return lambda: monkeypatch.setattr(conversion, "gate", real_gate)

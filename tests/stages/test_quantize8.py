@@ -23,6 +23,8 @@ from clip_export.stages.quantize8 import INT8_OP_TYPES, quantize_int8
 from clip_export.stages.release.hf_layout import onnx_file_name
 from clip_export.stages.verify import verify
 
+from ..helpers import fail_gate_where
+
 
 def test_int8_is_smaller_and_passes_its_thresholds(tiny_vit_copy: Path) -> None:
     """One artifact per kernel family (this CPU has VNNI or the VNNI one is skipped with a note)."""
@@ -89,16 +91,7 @@ def test_a_tower_whose_int8_fails_every_gate_is_named_and_the_rest_kept(
     """Trained text towers can miss the int8 gate with every scheme (docs/convert.md): int8 then says
     so in one line per family for that tower, keeps the visual artifacts, and records the tower in
     the manifest's int8_not_built (the model card's reason); a later pass takes it off."""
-    real_gate = conversion.gate
-
-    def text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
-        if entry.tower == "text":
-            return dataclasses.replace(
-                real_gate(model_dir, entry, provider), status="fail", failures=("mean_abs_normalized = 0.0057",)
-            )
-        return real_gate(model_dir, entry, provider)
-
-    monkeypatch.setattr(conversion, "gate", text_fails)
+    restore_gate = fail_gate_where(monkeypatch, lambda entry: entry.tower == "text", "mean_abs_normalized = 0.0057")
     result = quantize_int8(tiny_vit_copy, scheme=INT8_FAMILIES["any-x86"].scheme)
     assert [a.path for a in result.artifacts] == ["visual.uint8.onnx"]
     (note,) = result.notes
@@ -113,7 +106,7 @@ def test_a_tower_whose_int8_fails_every_gate_is_named_and_the_rest_kept(
     assert manifest.find(path="text.uint8.onnx") is None and not (tiny_vit_copy / "text.uint8.onnx").exists()
     with pytest.raises(ConversionError, match="the int8 gate failed for every tower and scheme"):
         quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
-    monkeypatch.setattr(conversion, "gate", real_gate)
+    restore_gate()
     quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
     assert read_manifest(tiny_vit_copy).section("int8_not_built") is None
 
@@ -123,15 +116,9 @@ def test_a_plain_scheme_that_fails_is_kept_with_its_most_sensitive_matmul_float(
 ) -> None:
     """The last fallback (2 of 36 float held on trained MiniLM-L6, docs/convert.md), here with a gate
     that fails every plain and blockwise text artifact: the first retry keeps one MatMul float and is recorded."""
-    real_gate = conversion.gate
-
-    def plain_text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
-        check = real_gate(model_dir, entry, provider)
-        if entry.tower == "text" and "mixed_precision" not in entry.detail("conversion"):
-            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
-        return check
-
-    monkeypatch.setattr(conversion, "gate", plain_text_fails)
+    fail_gate_where(
+        monkeypatch, lambda entry: entry.tower == "text" and "mixed_precision" not in entry.detail("conversion")
+    )
     result = quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
     (note,) = result.notes
     assert note.startswith(
@@ -192,15 +179,7 @@ def test_a_default_run_builds_the_fallback_once_under_the_every_x86_name(
 ) -> None:
     """Without a scheme, a family with CPU requirements whose plain file fails is not built: the
     every-x86 file and its fallbacks serve those CPUs too (one file, one gate run, no duplicate)."""
-    real_gate = conversion.gate
-
-    def plain_text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
-        check = real_gate(model_dir, entry, provider)
-        if entry.detail("conversion")["mode"] != "blockwise":
-            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
-        return check
-
-    monkeypatch.setattr(conversion, "gate", plain_text_fails)
+    fail_gate_where(monkeypatch, lambda entry: entry.detail("conversion")["mode"] != "blockwise")
     result = quantize_int8(tiny_vit_copy, towers=["text"])
     assert [a.path for a in result.artifacts] == ["text.uint8.onnx"]
     vnni_note, uint8_note = result.notes
@@ -219,18 +198,13 @@ def test_blockwise_that_onnxruntime_cannot_build_falls_to_mixed_precision_with_t
 ) -> None:
     """An error from onnxruntime's quantizer or kernels in the blockwise step is recorded and the
     mixed-precision search runs; it does not stop `int8` for every tower."""
-    real_gate = conversion.gate
-
-    def plain_text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
-        check = real_gate(model_dir, entry, provider)
-        if entry.tower == "text" and "mixed_precision" not in entry.detail("conversion"):
-            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
-        return check
 
     def no_8bit_kernel(*args: object, **kwargs: object) -> None:
         raise RuntimeError("MatMulNBits: bits 8 is not supported")
 
-    monkeypatch.setattr(conversion, "gate", plain_text_fails)
+    fail_gate_where(
+        monkeypatch, lambda entry: entry.tower == "text" and "mixed_precision" not in entry.detail("conversion")
+    )
     monkeypatch.setattr(quantize8, "quantize_blockwise", no_8bit_kernel)
     result = quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["any-x86"].scheme)
     (note,) = result.notes
@@ -246,15 +220,9 @@ def test_an_explicit_scheme_keeps_its_weight_type_in_the_fallback(
     weights) is the fallback, not blockwise."""
     if not INT8_FAMILIES["vnni"].applies_to(current_environment("CPUExecutionProvider").isa_flags):
         pytest.skip("this CPU has no VNNI, so int8 does not build (or claim) the QInt8 artifact here")
-    real_gate = conversion.gate
-
-    def plain_text_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
-        check = real_gate(model_dir, entry, provider)
-        if entry.tower == "text" and "mixed_precision" not in entry.detail("conversion"):
-            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
-        return check
-
-    monkeypatch.setattr(conversion, "gate", plain_text_fails)
+    fail_gate_where(
+        monkeypatch, lambda entry: entry.tower == "text" and "mixed_precision" not in entry.detail("conversion")
+    )
     result = quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["vnni"].scheme)
     (note,) = result.notes
     assert "not tried for int8, which keeps its weight type; kept with 1 of " in note

@@ -28,6 +28,8 @@ from clip_export.stages.release.hf_layout import PREPROCESSING_MODEL_FILE, TRANS
 from clip_export.stages.release.release import release
 from clip_export.stages.verify import verify
 
+from ...helpers import fail_gate_where
+
 pytestmark = pytest.mark.js
 
 
@@ -168,25 +170,14 @@ def test_transformers_js_loads_a_release_with_external_data(tmp_path: Path) -> N
 def test_transformers_js_runs_a_blockwise_int8_text_tower(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     """INT8's blockwise fallback (8-bit com.microsoft.MatMulNBits) shipped as text_model_uint8.onnx:
     transformers.js loads it by its dtype and matches ClipOnnx running the same file."""
-    from clip_export.core import conversion
-    from clip_export.core.artifact import ArtifactEntry
-    from clip_export.core.checks import ArtifactCheck
 
     setup = find_transformers_js()
     if isinstance(setup, str):
         pytest.skip(setup)
     model_dir = export_onnx(resolve("tiny-vit", random_init=True, seed=0), out=tmp_path / "artifacts").model_dir
-    real_gate = conversion.gate
-
-    def plain_fails(model_dir: Path, entry: ArtifactEntry, provider: str = "cpu") -> ArtifactCheck:
-        check = real_gate(model_dir, entry, provider)
-        if entry.detail("conversion")["mode"] != "blockwise":
-            return dataclasses.replace(check, status="fail", failures=("mean_abs_normalized = 0.0047",))
-        return check
-
-    monkeypatch.setattr(conversion, "gate", plain_fails)
+    restore_gate = fail_gate_where(monkeypatch, lambda entry: entry.detail("conversion")["mode"] != "blockwise")
     quantize_int8(model_dir, towers=["text"], scheme=INT8_SCHEME)
-    monkeypatch.setattr(conversion, "gate", real_gate)
+    restore_gate()
     assert read_manifest(model_dir).find(path="text.uint8.onnx").detail("conversion")["mode"] == "blockwise"
     assert verify(model_dir).passed
     released = release([model_dir], tag="v1", out=tmp_path / "dist", client_check="require").directory
