@@ -166,14 +166,19 @@ print(json.dumps({"checks": {t: [c.status, c.environment.tier, c.environment.cpu
 """
 
 
-def _probe_under_haswell(model_dir: Path) -> dict:
-    """HASWELL_PROBE's findings for `model_dir` under qemu's Haswell; every serve-time check there
-    must have passed on that tier, and verify too (the callers assert what was served and verified)."""
+def _qemu() -> str:
+    """qemu-x86_64, or the test skips with how to install it (before any work is done)."""
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         pytest.skip("qemu-x86_64 is not installed (apt-get install qemu-user; .ci/run installs it)")
+    return qemu
+
+
+def _probe_under_haswell(model_dir: Path) -> dict:
+    """HASWELL_PROBE's findings for `model_dir` under qemu's Haswell; every serve-time check there
+    must have passed on that tier, and verify too (the callers assert what was served and verified)."""
     done = subprocess.run(
-        [qemu, "-cpu", "Haswell", sys.executable, "-c", HASWELL_PROBE, str(model_dir)],
+        [_qemu(), "-cpu", "Haswell", sys.executable, "-c", HASWELL_PROBE, str(model_dir)],
         capture_output=True,
         text=True,
         timeout=900,
@@ -193,6 +198,7 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
     whichever CPU runs the suite, with the QInt8 one (built where the suite's CPU has VNNI) marked
     not applicable for that tier; so must q4, whose MatMulNBits computes in int8 (accuracy_level 4)
     with kernels chosen by the same CPU flags."""
+    _qemu()
     quantize_int8(tiny_vit_copy)
     quantize_q4(tiny_vit_copy)
     assert verify(tiny_vit_copy).passed
@@ -221,6 +227,7 @@ def test_blockwise_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path, monke
     """The blockwise fallback (MatMulNBits 8-bit, int8 activations per block) is the every-x86 file
     when a tower's plain scheme fails: under qemu's Haswell it must be served for that tower, pass
     its serve-time check and verify, like the plain QUInt8 file beside it."""
+    _qemu()
     restore_gate = fail_gate_where(
         monkeypatch, lambda entry: entry.tower == "text" and entry.detail("conversion")["mode"] != "blockwise"
     )
