@@ -16,7 +16,6 @@ import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from typing import Any
 
 import numpy as np
 
@@ -24,7 +23,7 @@ from clip_export.core.progress import Progress, items_progress
 from clip_export.core.spec import EMBED_DECODE_THREADS
 from clip_export.runtime.serving import ClipOnnx
 from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, prepare
-from clip_export.stages.embed.embed_store import Done, Store
+from clip_export.stages.embed.embed_store import ChunkWriter, Done, Store
 
 
 def parallelism(threads: int) -> tuple[int, int]:
@@ -72,34 +71,21 @@ def run_local(
     workers: int = 1,
 ) -> None:
     """Embed `items` into `store` under `key`, `workers` parts at a time, rows in the items' order."""
-    rows: dict[str, list[Any]] = {"ids": [], "kinds": [], "shas": [], "vectors": []}
+    writer = ChunkWriter(store, key, chunk_rows, counts, errors)
     in_flight: deque[tuple[list[Prepared], Future[np.ndarray]]] = deque()  # parts, oldest first
     started, last = time.perf_counter(), 0.0
-
-    def flush(limit: int | None = None) -> None:
-        """Write chunks of chunk_rows rows (and, at the end, what is left) with this run's errors."""
-        while rows["ids"] and (limit is None or len(rows["ids"]) >= limit):
-            take = min(len(rows["ids"]), limit or len(rows["ids"]))
-            vectors = np.concatenate(rows["vectors"])
-            store.write_chunk(rows["ids"][:take], rows["kinds"][:take], rows["shas"][:take], vectors[:take], key)
-            counts["chunks"] += 1
-            for name in ("ids", "kinds", "shas"):
-                del rows[name][:take]
-            rows["vectors"][:] = [vectors[take:]] if take < len(vectors) else []
-        store.write_errors(errors)
 
     def collect(keep: int) -> None:
         """Take the oldest parts' vectors, in order, until at most `keep` parts are in flight."""
         while len(in_flight) > keep:
             batch, running = in_flight.popleft()
             vectors = running.result()  # a failing session stops the run here, as it would inline
-            rows["ids"].extend(p.loaded.item.id for p in batch)
-            rows["kinds"].extend(p.loaded.item.kind for p in batch)
-            rows["shas"].extend(p.loaded.sha256 for p in batch)
-            rows["vectors"].append(np.asarray(vectors, dtype=np.float32))
-            counts["embedded"] += len(batch)
-            if len(rows["ids"]) >= chunk_rows:
-                flush(chunk_rows)
+            writer.add(
+                [p.loaded.item.id for p in batch],
+                [p.loaded.item.kind for p in batch],
+                [p.loaded.sha256 for p in batch],
+                vectors,
+            )
 
     def submit(batch: list[Prepared], inference: ThreadPoolExecutor) -> None:
         """Run a batch as one part per worker (contiguous, sizes within one), so that a batch uses
@@ -139,4 +125,4 @@ def run_local(
                     progress(items_progress(counts, len(errors), len(items), now - started))
             submit(batch, inference)
         collect(keep=0)
-    flush()
+    writer.flush()

@@ -25,6 +25,7 @@ import numpy as np
 from clip_export.core.errors import import_optional
 from clip_export.core.progress import Progress, items_progress
 from clip_export.stages.embed.embed_inputs import Item, prepare
+from clip_export.stages.embed.embed_store import ChunkWriter, Store
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
 # Text cells cannot be null in one Arrow column with strings elsewhere: "" and b"" stand for none.
@@ -90,7 +91,7 @@ def run_ray(
     items: Sequence[Item],
     towers: Collection[str],
     done: dict[str, str],
-    store: Any,
+    store: Store,
     key: str,
     batch_size: int,
     chunk_rows: int,
@@ -151,7 +152,7 @@ def run_ray(
 
 def _collect(
     mapped: Any,
-    store: Any,
+    store: Store,
     key: str,
     chunk_rows: int,
     total: int,
@@ -160,25 +161,10 @@ def _collect(
     progress: Progress,
 ) -> None:
     """The driver's half: rows stream in as actors finish batches and go out in whole chunks."""
-    pending: dict[str, list[Any]] = {"ids": [], "kinds": [], "shas": [], "vectors": []}
+    writer = ChunkWriter(store, key, chunk_rows, counts, errors)
     started, last = time.perf_counter(), 0.0
-
-    def flush(limit: int | None) -> None:
-        while pending["ids"] and (limit is None or len(pending["ids"]) >= limit):
-            take = min(len(pending["ids"]), limit or len(pending["ids"]))
-            store.write_chunk(
-                pending["ids"][:take],
-                pending["kinds"][:take],
-                pending["shas"][:take],
-                np.stack(pending["vectors"][:take]),
-                key,
-            )
-            counts["chunks"] += 1
-            for values in pending.values():
-                del values[:take]
-        store.write_errors(errors)
-
     for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
+        embedded = []
         for row in range(len(batch["id"])):
             status = batch["status"][row]
             if status == "unchanged":
@@ -193,15 +179,16 @@ def _collect(
                     )
                 )
             else:
-                pending["ids"].append(str(batch["id"][row]))
-                pending["kinds"].append(str(batch["kind"][row]))
-                pending["shas"].append(str(batch["sha256"][row]))
-                pending["vectors"].append(np.asarray(batch["embedding"][row], dtype=np.float32))
-                counts["embedded"] += 1
-        if len(pending["ids"]) >= chunk_rows:
-            flush(chunk_rows)
+                embedded.append(row)
+        if embedded:
+            writer.add(
+                [str(batch["id"][row]) for row in embedded],
+                [str(batch["kind"][row]) for row in embedded],
+                [str(batch["sha256"][row]) for row in embedded],
+                np.stack([np.asarray(batch["embedding"][row], dtype=np.float32) for row in embedded]),
+            )
         now = time.perf_counter()
         if now - last >= 1.0:
             last = now
             progress(items_progress(counts, len(errors), total, now - started))
-    flush(None)
+    writer.flush()

@@ -187,6 +187,47 @@ class Store:
         self.manifest = manifest
 
 
+class ChunkWriter:
+    """The rows an engine has embedded, in order, written in chunks of `chunk_rows` (what is left at
+    the end) with the run's errors so far: the buffer both engines fill, so their chunks are alike."""
+
+    def __init__(
+        self,
+        store: Store,
+        key: str,
+        chunk_rows: int,
+        counts: dict[str, int],
+        errors: Sequence[tuple[str, str, str, str]],
+    ) -> None:
+        self.store, self.key, self.chunk_rows, self.counts, self.errors = store, key, chunk_rows, counts, errors
+        self._ids: list[str] = []
+        self._kinds: list[str] = []
+        self._shas: list[str] = []
+        self._vectors: list[np.ndarray] = []  # blocks of rows, in order
+
+    def add(self, ids: Sequence[str], kinds: Sequence[str], shas: Sequence[str], vectors: np.ndarray) -> None:
+        """Rows embedded together (one row of `vectors` each); whole chunks are written at once."""
+        self._ids.extend(ids)
+        self._kinds.extend(kinds)
+        self._shas.extend(shas)
+        self._vectors.append(np.asarray(vectors, dtype=np.float32))
+        self.counts["embedded"] += len(ids)
+        if len(self._ids) >= self.chunk_rows:
+            self.flush(self.chunk_rows)
+
+    def flush(self, limit: int | None = None) -> None:
+        """Write chunks of `limit` rows while that many wait (every row when None), then the errors."""
+        while self._ids and (limit is None or len(self._ids) >= limit):
+            take = min(len(self._ids), limit or len(self._ids))
+            vectors = np.concatenate(self._vectors)
+            self.store.write_chunk(self._ids[:take], self._kinds[:take], self._shas[:take], vectors[:take], self.key)
+            self.counts["chunks"] += 1
+            for values in (self._ids, self._kinds, self._shas):
+                del values[:take]
+            self._vectors[:] = [vectors[take:]] if take < len(vectors) else []
+        self.store.write_errors(self.errors)
+
+
 def new_manifest(artifact: dict[str, Any], dim: int) -> dict[str, Any]:
     return {
         "format": FORMAT,

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 
 from clip_export.core.errors import OutputError
-from clip_export.core.spec import EMBED_DATA_DIR
-from clip_export.stages.embed.embed_store import Store, new_manifest, read_embeddings
+from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME
+from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest, read_embeddings
 
 
 def vectors(n: int, value: float) -> np.ndarray:
@@ -28,6 +28,26 @@ def test_later_chunks_supersede_earlier_rows_and_compaction_drops_them(tmp_path:
     assert sorted((r["id"], r["sha256"]) for r in rows) == [("x", "s1"), ("y", "s3")]
     assert store.compact(keep_keys={"b"}) == 1  # rows of artifacts no longer accepted go too
     assert [r["id"] for r in read_embeddings(tmp_path / "d").to_pylist()] == ["y"]
+
+
+def test_the_chunk_writer_writes_whole_chunks_in_order_and_the_rest_at_the_end(tmp_path: Path) -> None:
+    """Both engines fill one ChunkWriter: rows from blocks of any size go out in chunks of chunk_rows,
+    in the order they came, the remainder on flush, each write with the run's errors so far."""
+    store = Store(tmp_path / "d")
+    store.write_manifest(new_manifest({"key": "a"}, 4))
+    counts = {"embedded": 0, "chunks": 0}
+    errors = [("bad.png", "image", "s9", "truncated")]
+    writer = ChunkWriter(store, "a", 3, counts, errors)
+    writer.add(["p", "q"], ["image", "image"], ["s1", "s2"], vectors(2, 1.0))
+    assert store.parts() == [] and counts == {"embedded": 2, "chunks": 0}
+    writer.add(["r", "s", "t", "u", "v"], ["text"] * 5, ["s3", "s4", "s5", "s6", "s7"], vectors(5, 2.0))
+    assert counts == {"embedded": 7, "chunks": 2} and len(store.parts()) == 2  # 3 + 3 written, 1 waiting
+    assert (tmp_path / "d" / EMBED_ERRORS_NAME).exists()
+    writer.flush()
+    assert counts["chunks"] == 3
+    rows = read_embeddings(tmp_path / "d").to_pylist()
+    assert [r["id"] for r in rows] == ["p", "q", "r", "s", "t", "u", "v"]
+    assert [r["embedding"][0] for r in rows] == [1.0, 1.0, 2.0, 2.0, 2.0, 2.0, 2.0]
 
 
 def test_a_killed_writes_temporary_is_removed_and_never_read(tmp_path: Path) -> None:
