@@ -5,7 +5,8 @@ to mixed precision by measured sensitivity (docs/convert.md has the measurements
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -60,6 +61,36 @@ def _onnx() -> Any:
     import onnx
 
     return onnx
+
+
+@dataclass(frozen=True)
+class _Build:
+    """One kernel family's INT8 build of a model directory: what its plain step and fallbacks share."""
+
+    model_dir: Path
+    family: Int8Family
+    scheme: Int8Scheme
+    exclude_nodes: tuple[str, ...]
+    force: bool
+    progress: Progress
+
+    def convert(self, write: Callable[[Path, Path], dict[str, Any]], towers: Sequence[str]) -> ConvertResult:
+        """convert_each under this family's file name, through the unchanged int8 gate."""
+        return convert_each(
+            self.model_dir,
+            Derivation("int8", lambda path: artifact_file_name(path, self.family.file_tag)),
+            write,
+            towers=towers,
+            force=self.force,
+            progress=self.progress,
+        )
+
+
+def _source_model(model_dir: Path, tower: str, load_external_data: bool = True) -> Any:
+    """The tower's fp32 ONNX graph (without its weights' bytes when `load_external_data` is False)."""
+    source = read_manifest(model_dir).select(precision="fp32", format=ONNX_FORMAT, tower=tower)[0]
+    path = resolve_inside(model_dir, source.path, "the source artifact")
+    return _onnx().load(str(path), load_external_data=load_external_data)
 
 
 def quantize_weights(model: Any, target: Path, scheme: Int8Scheme, excluded: Sequence[str]) -> None:
@@ -137,9 +168,10 @@ def quantize_int8(
                 "cannot verify it"
             )
             continue
+        build = _Build(Path(model_dir), family, chosen, tuple(exclude_nodes), force, progress)
         for tower in towers:  # a tower that fails one family's gate keeps the other family and the other tower
             try:
-                result = _quantize_family(model_dir, [tower], chosen, family, exclude_nodes, force, progress)
+                result = _quantize_family(build, [tower])
             except GateFailedError as exc:
                 if scheme is None and family is not EVERY_X86:  # one fallback file, built once, serves every tier
                     notes.append(
@@ -148,7 +180,7 @@ def quantize_int8(
                     )
                     failed.setdefault(tower, []).append(f"{family.file_tag} ({chosen.label}): {exc}")
                     continue
-                result, how = _fallback(model_dir, tower, chosen, family, exclude_nodes, force, progress, str(exc))
+                result, how = _fallback(build, tower, str(exc))
                 notes.append(f"{tower}: {family.file_tag} ({chosen.label}) {how}")
                 if result is None:
                     failed.setdefault(tower, []).append(f"{family.file_tag} ({chosen.label}) {how}")
@@ -163,24 +195,15 @@ def quantize_int8(
     return ConvertResult(Path(model_dir), "int8", tuple(artifacts), tuple(notes))
 
 
-def _fallback(
-    model_dir: Path,
-    tower: str,
-    scheme: Int8Scheme,
-    family: Int8Family,
-    exclude_nodes: Sequence[str],
-    force: bool,
-    progress: Progress,
-    plain_failure: str,
-) -> tuple[ConvertResult | None, str]:
+def _fallback(build: _Build, tower: str, plain_failure: str) -> tuple[ConvertResult | None, str]:
     """After the plain scheme failed the gate: blockwise 8-bit (every-x86 family only: its kernels hold
     on every tier; one gate run), then mixed precision by measured sensitivity. (result or None, a
     line saying what happened)."""
-    blockwise_failure = _blockwise_not_for(model_dir, tower, family, exclude_nodes)
+    blockwise_failure = _blockwise_not_for(build.model_dir, tower, build.family, build.exclude_nodes)
     if blockwise_failure is None:
-        progress(f"{tower} {scheme.label} failed its gate; trying {INT8_BLOCKWISE.label}")
+        build.progress(f"{tower} {build.scheme.label} failed its gate; trying {INT8_BLOCKWISE.label}")
         try:
-            result = _quantize_blockwise(model_dir, tower, family, exclude_nodes, force, progress, plain_failure)
+            result = _quantize_blockwise(build, tower, plain_failure)
         except GateFailedError as exc:
             blockwise_failure = f"{INT8_BLOCKWISE.label}: {'; '.join(exc.failures)}"
         except ClipExportError:
@@ -193,9 +216,7 @@ def _fallback(
                 f"failed its gate plain; kept as {INT8_BLOCKWISE.label}, {record['matmul_nbits_nodes']} of "
                 f"{record['weight_matmuls']} weight MatMuls quantized"
             )
-    return _mixed_precision(
-        model_dir, tower, scheme, family, exclude_nodes, force, progress, plain_failure, blockwise_failure
-    )
+    return _mixed_precision(build, tower, plain_failure, blockwise_failure)
 
 
 def _blockwise_not_for(model_dir: Path, tower: str, family: Int8Family, exclude_nodes: Sequence[str]) -> str | None:
@@ -204,9 +225,7 @@ def _blockwise_not_for(model_dir: Path, tower: str, family: Int8Family, exclude_
     MatMul and not Gemm, would quantize as large a share of the weights as mixed precision may keep."""
     if family is not EVERY_X86:
         return f"{INT8_BLOCKWISE.label}: not tried for {family.file_tag}, which keeps its weight type"
-    manifest = read_manifest(model_dir)
-    source = manifest.select(precision="fp32", format=ONNX_FORMAT, tower=tower)[0]
-    model = _onnx().load(str(resolve_inside(model_dir, source.path, "the source artifact")), load_external_data=False)
+    model = _source_model(model_dir, tower, load_external_data=False)  # the graph is enough to count
     excluded = [*int8_excluded_nodes(model), *exclude_nodes]
     matmuls, weights = (len(weight_matmuls(model, ops, excluded)) for ops in (("MatMul",), INT8_OP_TYPES))
     if not matmuls:
@@ -233,15 +252,7 @@ def _record_towers_without_int8(model_dir: Path, why: dict[str, str], built: set
 
 
 def _mixed_precision(
-    model_dir: Path,
-    tower: str,
-    scheme: Int8Scheme,
-    family: Int8Family,
-    exclude_nodes: Sequence[str],
-    force: bool,
-    progress: Progress,
-    plain_failure: str,
-    blockwise_failure: str,
+    build: _Build, tower: str, plain_failure: str, blockwise_failure: str
 ) -> tuple[ConvertResult | None, str]:
     """After the plain scheme and blockwise failed the gate: measure each weight MatMul's error quantized alone
     (the rest float) on the first INT8_SENSITIVITY_ITEMS reference inputs, then keep the most
@@ -249,12 +260,13 @@ def _mixed_precision(
     INT8_MIXED_MAX_FLOAT_SHARE of them would stay float. (result or None, a line saying what happened)."""
     import numpy as np
 
-    manifest = read_manifest(model_dir)
-    source = manifest.select(precision="fp32", format=ONNX_FORMAT, tower=tower)[0]
-    model = _onnx().load(str(resolve_inside(model_dir, source.path, "the source artifact")))
-    base = [*int8_excluded_nodes(model), *exclude_nodes]
+    model_dir, scheme = build.model_dir, build.scheme
+    model = _source_model(model_dir, tower)
+    base = [*int8_excluded_nodes(model), *build.exclude_nodes]
     candidates = weight_matmuls(model, INT8_OP_TYPES, base)
-    _, reference = intact_reference(model_dir, manifest, "the sensitivity's reference", f"{model_dir} has no reference")
+    _, reference = intact_reference(
+        model_dir, read_manifest(model_dir), "the sensitivity's reference", f"{model_dir} has no reference"
+    )
     with np.load(reference) as data:
         spec = TOWERS[tower]
         inputs, expected = (data[name][:INT8_SENSITIVITY_ITEMS] for name in (spec.input_name, spec.output_name))
@@ -266,7 +278,7 @@ def _mixed_precision(
             fresh, target, scheme, quantizer_exclusions(model, [*base, *(c for c in candidates if c != name)])
         )
 
-    progress(f"{tower} {scheme.label} failed its gate; measuring {len(candidates)} MatMuls' sensitivity")
+    build.progress(f"{tower} {scheme.label} failed its gate; measuring {len(candidates)} MatMuls' sensitivity")
     error = sensitivity(candidates, quantize_only, spec.input_name, inputs, expected, model_dir)
     order = most_sensitive_first(error)
     limit = max(1, int(len(candidates) * INT8_MIXED_MAX_FLOAT_SHARE))
@@ -282,16 +294,7 @@ def _mixed_precision(
             "blockwise_failure": blockwise_failure,
         }
         try:
-            result = _quantize_family(
-                model_dir,
-                [tower],
-                scheme,
-                family,
-                [*exclude_nodes, *kept],
-                force,
-                progress,
-                {"mixed_precision": details},
-            )
+            result = _quantize_family(build, [tower], keep_float=kept, extra={"mixed_precision": details})
         except GateFailedError:
             continue
         return (
@@ -306,20 +309,15 @@ def _mixed_precision(
 
 
 def _quantize_family(
-    model_dir: Path,
-    towers: Sequence[str],
-    scheme: Int8Scheme,
-    family: Int8Family,
-    exclude_nodes: Sequence[str],
-    force: bool,
-    progress: Progress,
-    extra: dict[str, Any] | None = None,
+    build: _Build, towers: Sequence[str], keep_float: Sequence[str] = (), extra: dict[str, Any] | None = None
 ) -> ConvertResult:
+    """The family's scheme over `towers`, `keep_float` MatMuls left float besides the build's exclusions."""
     onnx = _onnx()
+    scheme = build.scheme
 
     def write(source: Path, target: Path) -> dict[str, Any]:
         model = onnx.load(str(source))
-        excluded = quantizer_exclusions(model, [*int8_excluded_nodes(model), *exclude_nodes])
+        excluded = quantizer_exclusions(model, [*int8_excluded_nodes(model), *build.exclude_nodes, *keep_float])
         quantize_weights(model, target, scheme, excluded)
         quantized = onnx.load(str(target))
         set_precision_metadata(quantized, "int8")
@@ -332,35 +330,20 @@ def _quantize_family(
             "reduce_range": scheme.reduce_range,
             "op_types": list(INT8_OP_TYPES),
             "excluded_nodes": excluded,
-            **_family_record(family),
+            **_family_record(build.family),
             **(extra or {}),
         }
 
-    return convert_each(
-        model_dir,
-        Derivation("int8", lambda path: artifact_file_name(path, family.file_tag)),
-        write,
-        towers=towers,
-        force=force,
-        progress=progress,
-    )
+    return build.convert(write, towers)
 
 
-def _quantize_blockwise(
-    model_dir: Path,
-    tower: str,
-    family: Int8Family,
-    exclude_nodes: Sequence[str],
-    force: bool,
-    progress: Progress,
-    plain_failure: str,
-) -> ConvertResult:
-    """INT8_BLOCKWISE for one tower under `family`'s file name, through the unchanged int8 gate."""
+def _quantize_blockwise(build: _Build, tower: str, plain_failure: str) -> ConvertResult:
+    """INT8_BLOCKWISE for one tower under the build's family's file name, through the unchanged int8 gate."""
     onnx = _onnx()
 
     def write(source: Path, target: Path) -> dict[str, Any]:
         model = onnx.load(str(source))
-        excluded = [*int8_excluded_nodes(model), *exclude_nodes]
+        excluded = [*int8_excluded_nodes(model), *build.exclude_nodes]
         candidates = weight_matmuls(model, INT8_OP_TYPES, excluded)  # before the quantizer rewrites `model`
         quantized = quantize_blockwise(model, excluded)
         set_precision_metadata(quantized, "int8")
@@ -378,17 +361,10 @@ def _quantize_blockwise(
             "weight_matmuls": len(candidates),
             "excluded_nodes": excluded,
             "plain_failure": plain_failure,
-            **_family_record(family),
+            **_family_record(build.family),
         }
 
-    return convert_each(
-        model_dir,
-        Derivation("int8", lambda path: artifact_file_name(path, family.file_tag)),
-        write,
-        towers=[tower],
-        force=force,
-        progress=progress,
-    )
+    return build.convert(write, [tower])
 
 
 def _family_record(family: Int8Family) -> dict[str, Any]:
