@@ -59,7 +59,7 @@ from clip_export.stages.embed.embed_inputs import (  # noqa: E402
     list_items,
 )
 from clip_export.stages.embed.embed_inputs import prepare as prepare_item  # noqa: E402
-from clip_export.stages.embed.embed_local import parallelism, run_local  # noqa: E402
+from clip_export.stages.embed.embed_local import parallelism, part_slices, run_local  # noqa: E402
 from clip_export.stages.embed.embed_store import Store, new_manifest  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -67,7 +67,7 @@ RAY = "Ray engine (local Ray, actor start incl.)"
 RAY_START = "Ray engine on 2 documents (its start-up)"
 RAY_PAST_START = "Ray engine past start-up (full run − 2-document run)"
 PREPARE = "prepare alone, one thread (read, hash, decode or tokenize)"
-CORES = len(os.sched_getaffinity(0))
+CORES = parallelism(0)[1]  # the cores the engine runs one part on each
 FLOOR = f"floor: pure + prepare ÷ {CORES} cores"
 PURE_PARALLEL = "pure, one-thread sessions, one part of each batch per core"
 PURE = {"image": "pure session.run", "text": "pure session.run, the engine's batches (by length)"}
@@ -128,9 +128,10 @@ def parallel_pure(run: Callable[[np.ndarray], Any], rows: np.ndarray, cbs: int, 
     """The engine's inference alone: each batch split into one part per worker, parts run at once."""
     from concurrent.futures import ThreadPoolExecutor
 
-    parts = [part for i in range(0, len(rows), cbs) for part in np.array_split(rows[i : i + cbs], min(workers, cbs))]
+    batches = [rows[i : i + cbs] for i in range(0, len(rows), cbs)]
+    parts = [batch[part] for batch in batches for part in part_slices(len(batch), workers)]  # as the engine splits
     with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(run, [part for part in parts if len(part)]))
+        list(pool.map(run, parts))
 
 
 def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int, workers: int) -> None:

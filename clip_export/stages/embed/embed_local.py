@@ -35,6 +35,12 @@ def parallelism(threads: int) -> tuple[int, int]:
     return 1, max(1, len(usable))
 
 
+def part_slices(count: int, workers: int) -> list[slice]:
+    """How a batch of `count` rows is split: one contiguous part per worker, sizes within one (fewer
+    parts than workers when the batch is smaller)."""
+    return [slice(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(count), min(workers, count))]
+
+
 def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:
     def unchanged(loaded: Loaded) -> bool:
         previous = done.get(item.id)
@@ -93,8 +99,8 @@ def run_local(
         if not batch:
             return
         run = model.embed_pixels if batch[0].loaded.item.kind == "image" else model.embed_token_ids
-        for part in np.array_split(np.arange(len(batch)), min(workers, len(batch))):
-            rows_of_part = batch[part[0] : part[-1] + 1]
+        for part in part_slices(len(batch), workers):
+            rows_of_part = batch[part]
             stacked = np.stack([p.array for p in rows_of_part])  # preprocessed or tokenized by the readers
             in_flight.append((rows_of_part, inference.submit(run, stacked)))
             collect(keep=workers)
