@@ -18,7 +18,7 @@ from pathlib import Path
 from clip_export import export_onnx, resolve
 from clip_export.core.manifest import read_manifest, to_jsonable
 from clip_export.stages.bench.bench import bench
-from clip_export.stages.quantize8 import quantize_int8
+from clip_export.stages.quantize8.quantize8 import quantize_int8
 
 WORK = Path(__file__).parent / ".work"
 RESULTS = Path(__file__).parent / "results"

@@ -76,7 +76,7 @@ def quantized(source: Path, target: Path, family: Any) -> Path:
     one kernel family's scheme; nothing is left float (the chain has no final projection)."""
     import onnx
 
-    from clip_export.stages.quantize8 import quantize_weights
+    from clip_export.stages.quantize8.int8_build import quantize_weights
 
     quantize_weights(onnx.load(str(source)), target, family.scheme, [])
     return target

@@ -77,7 +77,7 @@ def blockwise_file(fp32: Path, scratch: Path) -> Path:
 
     from clip_export.core.conversion import save_model
     from clip_export.core.graph_surgery import int8_excluded_nodes
-    from clip_export.stages.quantize8 import quantize_blockwise
+    from clip_export.stages.quantize8.int8_build import quantize_blockwise
 
     model = onnx.load(str(fp32))
     target = scratch / f"{fp32.stem}.blockwise.onnx"

@@ -60,7 +60,7 @@ def main() -> None:
     work = exported(args.model)
     manifest = read_manifest(work)
     if manifest.find(tower="visual", precision="int8", path="visual.int8.onnx") is None:
-        from clip_export.stages.quantize8 import quantize_int8
+        from clip_export.stages.quantize8.quantize8 import quantize_int8
 
         quantize_int8(work)
         manifest = read_manifest(work)

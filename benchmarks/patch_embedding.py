@@ -27,7 +27,7 @@ def quantized(source: Path, target: Path, family: str = "vnni") -> Path:
 
     from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
     from clip_export.core.spec import INT8_FAMILIES
-    from clip_export.stages.quantize8 import quantize_weights
+    from clip_export.stages.quantize8.int8_build import quantize_weights
 
     model = onnx.load(str(source))
     quantize_weights(

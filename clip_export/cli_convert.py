@@ -146,14 +146,15 @@ def int8(
     for CPUs with VNNI or AMX) and QUInt8 (visual.uint8.onnx, every x86 tier); ClipOnnx serves the
     one this CPU's flags call for. On a CPU without VNNI the QInt8 one is not built (it cannot be
     verified there). Where a tower's plain files fail their gate, the QUInt8 one is retried blockwise
-    (8-bit MatMulNBits, every MatMul quantized; it then serves VNNI CPUs too), then with its most
+    (8-bit MatMulNBits, every MatMul quantized), each family with its few outlier activation
+    channels split off in float (every MatMul still INT8), and the QUInt8 one last with its most
     sensitive MatMuls kept float; a line says what was kept.
 
     \b
     Example:
       clip-export int8 artifacts/ViT-B-32 --towers visual
     """
-    from clip_export.stages.quantize8 import quantize_int8
+    from clip_export.stages.quantize8.quantize8 import quantize_int8
 
     chosen = check_towers(towers)
     scheme = (

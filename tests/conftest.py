@@ -155,7 +155,7 @@ def tiny_vit_int8_dir(tiny_vit_dir: Path, tmp_path_factory: pytest.TempPathFacto
     import shutil
 
     from clip_export.core.spec import INT8_FAMILIES
-    from clip_export.stages.quantize8 import quantize_int8
+    from clip_export.stages.quantize8.quantize8 import quantize_int8
 
     target = tmp_path_factory.mktemp("int8") / tiny_vit_dir.name
     shutil.copytree(tiny_vit_dir, target)

@@ -9,7 +9,7 @@ import pytest
 from clip_export import export_onnx, resolve
 from clip_export.core.spec import EXPORT_PARITY_TOLERANCE
 from clip_export.stages.convert import convert_fp16
-from clip_export.stages.quantize8 import quantize_int8
+from clip_export.stages.quantize8.quantize8 import quantize_int8
 from clip_export.stages.verify import verify
 
 pytestmark = pytest.mark.slow

@@ -23,7 +23,7 @@ from clip_export.core.spec import EXPORT_PARITY_TOLERANCE
 from clip_export.runtime import ClipOnnx
 from clip_export.stages.convert import convert_fp16
 from clip_export.stages.export import export_onnx
-from clip_export.stages.quantize8 import quantize_int8
+from clip_export.stages.quantize8.quantize8 import quantize_int8
 from clip_export.stages.verify import verify
 
 

@@ -16,7 +16,7 @@ from clip_export.core.manifest import file_record, read_manifest, write_manifest
 from clip_export.core.spec import INT8_FAMILIES, REFERENCE_NAME, SERVE_CHECK_ITEMS, THRESHOLDS
 from clip_export.runtime import ClipOnnx
 from clip_export.stages.quantize4 import quantize_q4
-from clip_export.stages.quantize8 import quantize_int8
+from clip_export.stages.quantize8.quantize8 import quantize_int8
 from clip_export.stages.verify import verify
 
 from ..helpers import fail_gate_where, rewrite_initializer

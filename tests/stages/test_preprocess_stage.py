@@ -16,7 +16,7 @@ from clip_export.core.manifest import read_manifest, write_manifest
 from clip_export.core.preprocess_graph import rgb_uint8
 from clip_export.core.spec import PREPROCESSING_FORMAT, RAW_IMAGE_INPUT, THRESHOLDS
 from clip_export.stages.preprocess_stage import add_preprocessing
-from clip_export.stages.quantize8 import quantize_int8
+from clip_export.stages.quantize8.quantize8 import quantize_int8
 from clip_export.stages.verify import verify
 
 

@@ -225,6 +225,17 @@ def int8_section(manifest: Manifest) -> list[str]:
             if any((a.detail("conversion") or {}).get("mode") == "blockwise" for a in entries)
             else []
         ),
+        *(
+            [
+                "",
+                "Weights marked with outlier channels split off are INT8's fallback that keeps a family's weight type: "
+                "the few activation channels measured far wider than the rest (trained transformers have them) are "
+                "multiplied by their weight rows in float beside the INT8 MatMul, so the one activation scale of "
+                "each INT8 MatMul covers only the ordinary channels. Every weight MatMul stays INT8.",
+            ]
+            if any((a.detail("conversion") or {}).get("outlier_split") for a in entries)
+            else []
+        ),
         "",
         "| asset | tower | weights | for CPUs | verified (passed) on |",
         "|---|---|---|---|---|",
@@ -232,7 +243,10 @@ def int8_section(manifest: Manifest) -> list[str]:
     for a in entries:
         family = int8_family_of(a)
         tiers = sorted({e.tier for e in passing_environments(manifest, a)}) or ["none"]
-        weights = (a.detail("conversion") or {}).get("weight_type", "?")
+        conversion = a.detail("conversion") or {}
+        weights = conversion.get("weight_type", "?") + (
+            ", outlier channels split off" if conversion.get("outlier_split") else ""
+        )
         lines.append(f"| {a.path} | {a.tower} | {weights} | {family.tiers if family else '?'} | {'; '.join(tiers)} |")
     for tower, why in sorted(refused.items()):
         lines.append(f"| - | {tower} | no INT8 | - | {why} |")

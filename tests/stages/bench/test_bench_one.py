@@ -10,7 +10,7 @@ from clip_export.core.environment import current_environment
 from clip_export.core.spec import CPU_PROVIDER, INT8_FAMILIES, int8_family_of
 from clip_export.stages.bench import bench_one
 from clip_export.stages.bench.bench import bench
-from clip_export.stages.quantize8 import quantize_int8
+from clip_export.stages.quantize8.quantize8 import quantize_int8
 
 
 def test_int8_rows_get_their_streamed_limit_and_a_family_for_other_cpus_is_not_timed(

@@ -16,7 +16,7 @@ from clip_export.core.spec import INT8_BLOCKWISE, INT8_SCHEME, Q4_SCHEME
 from clip_export.stages.convert import convert_fp16
 from clip_export.stages.preprocess_stage import add_preprocessing
 from clip_export.stages.quantize4 import quantize_q4
-from clip_export.stages.quantize8 import quantize_int8
+from clip_export.stages.quantize8.quantize8 import quantize_int8
 from clip_export.stages.release.clients import (
     IMAGE_TARGET_COSINE,
     TEXT_MIN_COSINE,

@@ -149,7 +149,7 @@ def test_a_release_ships_both_int8_families_under_transformers_js_names(tiny_vit
     release asset of its own; the card says which is for which CPU; the runtime picks per flags."""
     from clip_export.core.environment import current_environment
     from clip_export.core.spec import INT8_FAMILIES
-    from clip_export.stages.quantize8 import quantize_int8
+    from clip_export.stages.quantize8.quantize8 import quantize_int8
 
     if not INT8_FAMILIES["vnni"].applies_to(current_environment("CPUExecutionProvider").isa_flags):
         pytest.skip("this CPU has no VNNI, so int8 does not build (or claim) the QInt8 artifact here")
@@ -165,6 +165,7 @@ def test_a_release_ships_both_int8_families_under_transformers_js_names(tiny_vit
     assert "| tiny-vit-text-int8.onnx | text | QInt8 | x86 with VNNI or AMX" in card
     assert "| tiny-vit-text-uint8.onnx | text | QUInt8 | every x86 tier, AVX2 without VNNI included |" in card
     assert "Weights marked blockwise" not in card  # only where a blockwise file ships
+    assert "outlier channels split off" not in card  # nor an outlier-split one
     for flags, tag in ((("avx2", "fma", "avx512_vnni"), "int8"), (("avx2", "fma"), "uint8")):
         model = ClipOnnx.from_release(released, precision="int8", cpu_flags=flags)
         assert model.artifacts["text"].path.name == f"tiny-vit-text-{tag}.onnx"
