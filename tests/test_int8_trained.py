@@ -83,5 +83,5 @@ def test_int8_on_all_six_trained_bert_layers_holds_with_every_matmul_quantized(t
         split = manifest.find(path="text.int8.onnx").detail("conversion")
         assert split["weight_type"] == "QInt8" and split["outlier_split"]["rule"] == INT8_OUTLIER_SPLIT.label
         channels = sum(len(c) for c in split["outlier_split"]["channels"].values())
-        assert 0 < channels <= 40  # a few channels of 24 activations (19 of them measured), not a float tower
+        assert 0 < channels <= 40  # a few channels of 24 activations (24 measured), not a float tower
         assert any(n.startswith("text: int8") and "split off in float" in n for n in result.notes)

@@ -1,6 +1,6 @@
 """Which weight MatMuls an INT8 tower can least afford to quantize, measured: each quantized alone
 (the rest float), its error against the fp32 reference on a few inputs. `int8` keeps the worst in
-float when a tower's plain scheme fails its gate (stages/quantize8.py, docs/convert.md)."""
+float when a tower's plain scheme fails its gate (stages/quantize8/int8_fallbacks.py, docs/convert.md)."""
 
 from __future__ import annotations
 

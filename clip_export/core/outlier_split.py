@@ -18,7 +18,8 @@ import numpy as np
 
 from clip_export.core.conversion import save_model
 from clip_export.core.errors import import_optional
-from clip_export.core.sessions import SessionOptions, create_session
+from clip_export.core.runner import open_graph
+from clip_export.core.sessions import SessionOptions
 from clip_export.core.spec import Int8OutlierSplit
 
 
@@ -36,10 +37,15 @@ def _onnx() -> Any:
     return import_optional("onnx", package="onnx", extra="cpu", purpose="splitting outlier channels")
 
 
-def _splittable(node: Any, weights: Mapping[str, Any], uses: Mapping[str, int]) -> bool:
-    """A MatMul/Gemm whose weight is an initializer only it reads (its rows get zeroed) and whose
-    activation is not transposed or scaled, so its columns are the channels."""
+def _splittable(node: Any, weights: Mapping[str, Any], uses: Mapping[str, int], names: Mapping[str, int]) -> bool:
+    """A MatMul/Gemm with a name of its own (the new nodes are placed by it), whose weight is a matrix
+    initializer only it reads (its rows get zeroed), and whose activation is not transposed or
+    scaled, so its last axis holds the channels."""
+    if not node.name or names[node.name] != 1:
+        return False
     if len(node.input) < 2 or node.input[1] not in weights or uses[node.input[1]] != 1:
+        return False
+    if len(weights[node.input[1]].dims) != 2:
         return False
     if node.op_type == "MatMul":
         return True
@@ -51,30 +57,33 @@ def _splittable(node: Any, weights: Mapping[str, Any], uses: Mapping[str, int]) 
 def weight_consumers(model: Any, candidates: Sequence[str]) -> dict[str, list[Any]]:
     """Activation tensor → the candidate weight MatMuls/Gemms reading it, where the split can be applied."""
     weights = {i.name: i for i in model.graph.initializer}
-    uses: dict[str, int] = {}
+    uses: dict[str, int] = {}  # how many nodes read each tensor
+    names: dict[str, int] = {}  # how many nodes carry each name
     for node in model.graph.node:
-        for name in node.input:
-            uses[name] = uses.get(name, 0) + 1
+        names[node.name] = names.get(node.name, 0) + 1
+        for tensor in node.input:
+            uses[tensor] = uses.get(tensor, 0) + 1
     wanted = set(candidates)
     consumers: dict[str, list[Any]] = {}
     for node in model.graph.node:
-        if node.name in wanted and _splittable(node, weights, uses):
+        if node.name in wanted and _splittable(node, weights, uses, names):
             consumers.setdefault(node.input[0], []).append(node)
     return consumers
 
 
-def channel_ranges(model: Any, tensors: Sequence[str], input_name: str, inputs: np.ndarray) -> dict[str, np.ndarray]:
-    """max |x_k| per last-axis channel of each named tensor, over `inputs` run one at a time (as served)."""
+def channel_ranges(
+    model: Any, tensors: Sequence[str], input_name: str, inputs: np.ndarray, scratch_dir: Path
+) -> dict[str, np.ndarray]:
+    """max |x_k| per last-axis channel of each named tensor, over `inputs` run one at a time (as served).
+    `model` is used up: the tensors become graph outputs (no second copy of a large tower's weights)."""
     onnx = _onnx()
-    probe = onnx.ModelProto()
-    probe.CopyFrom(model)
     for name in tensors:
-        probe.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
+        model.graph.output.append(onnx.helper.make_tensor_value_info(name, onnx.TensorProto.FLOAT, None))
     ranges: dict[str, np.ndarray] = {}
-    with tempfile.TemporaryDirectory(prefix=".int8-ranges-") as scratch:
+    with tempfile.TemporaryDirectory(prefix=".int8-ranges-", dir=scratch_dir) as scratch:
         path = Path(scratch) / "probe.onnx"
-        save_model(probe, path)
-        session = create_session(path, SessionOptions(prepacking=False))
+        save_model(model, path)
+        session = open_graph(path, SessionOptions(prepacking=False)).session
         names = [o.name for o in session.get_outputs()]
         for item in range(len(inputs)):
             outputs = dict(zip(names, session.run(None, {input_name: inputs[item : item + 1]})))
@@ -87,10 +96,13 @@ def channel_ranges(model: Any, tensors: Sequence[str], input_name: str, inputs: 
 
 def outlier_channels(ranges: Mapping[str, np.ndarray], rule: Int8OutlierSplit) -> dict[str, np.ndarray]:
     """Per tensor, the channels wider than rule.ratio x its median channel, widest first, at most
-    rule.max_share of them; tensors without any are left out."""
+    rule.max_share of them (at least one); tensors without any are left out."""
     chosen: dict[str, np.ndarray] = {}
     for name, widths in ranges.items():
-        limit = rule.ratio * float(np.median(widths))
+        median = float(np.median(widths))
+        if median <= 0.0:  # a mostly-zero tensor has no typical width for a channel to stand out from
+            continue
+        limit = rule.ratio * median
         widest = [int(k) for k in np.argsort(-widths)[: max(1, int(len(widths) * rule.max_share))] if widths[k] > limit]
         if widest:
             chosen[name] = np.array(sorted(widest), np.int64)
@@ -111,8 +123,7 @@ def split_outlier_channels(
     float_matmuls: list[str] = []
     for tensor, index in channels.items():
         nodes = consumers[tensor]
-        width = numpy_helper.to_array(weights[nodes[0].input[1]]).shape  # [K, N], or [N, K] for Gemm transB
-        mask = np.ones(_reduction_width(nodes[0], width), np.float32)
+        mask = np.ones(_reduction_width(nodes[0], weights[nodes[0].input[1]].dims), np.float32)
         mask[index] = 0.0
         inliers, outliers = f"{tensor}/inliers", f"{tensor}/outliers"
         model.graph.initializer.extend(
@@ -127,7 +138,7 @@ def split_outlier_channels(
         ]
         for node in nodes:
             weight = numpy_helper.to_array(weights[node.input[1]])
-            transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+            transposed = _transposed_weight(node)
             rows = (weight[:, index].T if transposed else weight[index, :]).copy()
             kept = weight.copy()
             if transposed:
@@ -159,6 +170,11 @@ def split_outlier_channels(
     return OutlierSplit(model, tuple(float_matmuls), {t: len(i) for t, i in channels.items()})
 
 
+def _transposed_weight(node: Any) -> bool:
+    """A Gemm with transB=1 holds its weight as [N, K]: the channels are its columns."""
+    return node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
+
+
 def _reduction_width(node: Any, weight_shape: Sequence[int]) -> int:
-    transposed = node.op_type == "Gemm" and any(a.name == "transB" and a.i for a in node.attribute)
-    return int(weight_shape[1] if transposed else weight_shape[0])
+    """K, the channels of the activation the weight multiplies."""
+    return int(weight_shape[1] if _transposed_weight(node) else weight_shape[0])

@@ -1,5 +1,5 @@
 """Convert stage: the fp16 ONNX artifacts derived from the fp32 export, each gated by verify (INT8 is
-stages/quantize8.py, 4-bit stages/quantize4.py)."""
+stages/quantize8/, 4-bit stages/quantize4.py)."""
 
 from __future__ import annotations
 

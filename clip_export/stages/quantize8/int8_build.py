@@ -42,7 +42,8 @@ EVERY_X86 = next(family for family in INT8_FAMILIES.values() if not family.requi
 INT8_OP_TYPES = ("MatMul", "Gemm")
 
 
-def _onnx() -> Any:
+def onnx_module() -> Any:
+    """onnx, imported where used (a heavy optional dependency)."""
     import onnx
 
     return onnx
@@ -75,7 +76,7 @@ def source_model(model_dir: Path, tower: str, load_external_data: bool = True) -
     """The tower's fp32 ONNX graph (without its weights' bytes when `load_external_data` is False)."""
     source = read_manifest(model_dir).select(precision="fp32", format=ONNX_FORMAT, tower=tower)[0]
     path = resolve_inside(model_dir, source.path, "the source artifact")
-    return _onnx().load(str(path), load_external_data=load_external_data)
+    return onnx_module().load(str(path), load_external_data=load_external_data)
 
 
 def reference_inputs(model_dir: Path, tower: str, items: int) -> tuple[Any, Any]:
@@ -139,7 +140,7 @@ def quantize_family(
 ) -> ConvertResult:
     """The family's scheme over `towers`, `keep_float` MatMuls left float besides the build's exclusions;
     `rewrite` changes the fp32 graph first (in float, an identity) and names the MatMuls it adds to keep float."""
-    onnx = _onnx()
+    onnx = onnx_module()
     scheme = build.scheme
 
     def write(source: Path, target: Path) -> dict[str, Any]:
@@ -167,7 +168,7 @@ def quantize_family(
 
 def quantize_blockwise_tower(build: Build, tower: str, plain_failure: str) -> ConvertResult:
     """INT8_BLOCKWISE for one tower under the build's family's file name, through the unchanged int8 gate."""
-    onnx = _onnx()
+    onnx = onnx_module()
 
     def write(source: Path, target: Path) -> dict[str, Any]:
         model = onnx.load(str(source))

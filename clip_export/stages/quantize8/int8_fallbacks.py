@@ -25,7 +25,7 @@ from clip_export.stages.quantize8.int8_build import (
     EVERY_X86,
     INT8_OP_TYPES,
     Build,
-    _onnx,
+    onnx_module,
     quantize_blockwise_tower,
     quantize_family,
     quantize_weights,
@@ -60,7 +60,7 @@ def fallback(
                 continue
             return outcome
     if not last_resort:
-        return None, "; ".join(["failed its gate plain", *failures])
+        return None, "; ".join([f"not kept: {plain_failure}", *failures])
     return _mixed_precision(build, tower, plain_failure, failures)
 
 
@@ -90,12 +90,12 @@ def _outlier_split_attempt(
     candidates = weight_matmuls(model, INT8_OP_TYPES, [*int8_excluded_nodes(model), *build.exclude_nodes])
     consumers = weight_consumers(model, candidates)
     inputs, _ = reference_inputs(build.model_dir, tower, rule.calibration_items)
-    channels = outlier_channels(channel_ranges(model, list(consumers), TOWERS[tower].input_name, inputs), rule)
+    ranges = channel_ranges(model, list(consumers), TOWERS[tower].input_name, inputs, build.model_dir)
+    channels = outlier_channels(ranges, rule)  # `model` is used up by the measurement
     if not channels:
         return (
             f"{rule.label}: not tried, no activation channel of {tower} is that wide on {len(inputs)} reference inputs"
         )
-    del model
     build.progress(f"{tower} {build.scheme.label} failed its gate; trying {rule.label}")
     split_off = sum(len(c) for c in channels.values())
     record = {
@@ -153,7 +153,7 @@ def _mixed_precision(
     inputs, expected = reference_inputs(model_dir, tower, INT8_SENSITIVITY_ITEMS)
 
     def quantize_only(name: str, target: Path) -> None:
-        fresh = _onnx().ModelProto()
+        fresh = onnx_module().ModelProto()
         fresh.CopyFrom(model)  # the quantizer rewrites the graph it is given (Gemm → MatMul)
         quantize_weights(
             fresh, target, scheme, quantizer_exclusions(model, [*base, *(c for c in candidates if c != name)])
