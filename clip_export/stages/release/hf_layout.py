@@ -11,11 +11,12 @@ and the hub expect, declared once here and written by `release` into `hf/` besid
                                                   Hugging Face client looks for them)
 
 Visual graphs are the released bytes (hard links). Text graphs take `input_ids` of any length and
-pad or truncate them to the context inside the graph; for CLIP's BPE they also put the end-of-text
-id back in the last position when the ids were cut (transformers.js truncates after adding it, and a
-100-word caption then measured cosine 0.199 against open_clip). On ids of the context's length that
-end in EOT or padding the prefix changes nothing, so the embeddings are the verified graph's
-(tests/test_hf_layout.py checks them equal).
+pad or truncate them to the context inside the graph; where the tokenizer keeps an end token last when
+it truncates (CLIP's end of text, BERT's [SEP], XLM-R's and mT5's </s>) they also put it back in
+the last position when the ids were cut (transformers.js truncates after adding it: a 100-word
+caption then measured cosine 0.199 against open_clip on CLIP, 0.991 on a MiniLM text tower). On ids
+of the context's length that end in that token or padding the prefix changes nothing, so the
+embeddings are the verified graph's (tests/stages/release/test_hf_layout.py checks them equal).
 """
 
 from __future__ import annotations
@@ -189,10 +190,24 @@ def standard_tokenizer(manifest: Manifest, path: Path) -> Any:
     return tokenizer
 
 
+def end_token_kept_last(manifest: Manifest, staging: Path) -> int | None:
+    """The id the export's tokenizer (open_clip's ids, checked at export) keeps in the last position when
+    it truncates: CLIP's end of text, BERT's [SEP], XLM-R's and mT5's </s>; None where it keeps a word
+    there. transformers.js truncates after adding special tokens, so its ids end in a word instead."""
+    from clip_export.core.tokenizer import TextTokenizer
+
+    tok = manifest.tokenizer
+    tokenizer_file = manifest.section_file("tokenizer.file", str(staging))
+    if tokenizer_file is None or tok.eot_token_id is None:  # exports from before tokenizer.json: CLIP's BPE
+        return tok.eot_token_id if tok.kind == "clip-bpe" else None
+    ids = TextTokenizer.from_file(staging / tokenizer_file.path, tok)(["a " * (2 * tok.context_length)])
+    return tok.eot_token_id if int(ids[0, -1]) == tok.eot_token_id else None
+
+
 def text_graph_for_clients(model: Any, context_length: int, pad_token_id: int, eot_token_id: int | None) -> Any:
     """The text graph with `input_ids` of any length: padded with the pad id or cut to the context
-    in the graph, and, when `eot_token_id` is given (EOT pooling), the last position set to EOT
-    unless it is padding, which is what open_clip's truncation gives. In place."""
+    in the graph, and, when `eot_token_id` is given (the tokenizer keeps it last when it truncates),
+    the last position set to it unless it is padding, which is what open_clip's truncation gives. In place."""
     import numpy as np
     from onnx import TensorProto, helper, numpy_helper
 
@@ -277,6 +292,7 @@ def write_layout(staging: Path, manifest: Manifest) -> dict[str, Any]:
     root = staging / HF_DIR
     (root / ONNX_DIR).mkdir(parents=True)
     tok = manifest.tokenizer
+    end_token = end_token_kept_last(manifest, staging)
     names: dict[str, str] = {}
     external: dict[str, int] = {}
     for entry in manifest.artifacts:
@@ -293,8 +309,7 @@ def write_layout(staging: Path, manifest: Manifest) -> dict[str, Any]:
         data = entry.external_data
         if entry.tower == "text" and entry.format == ONNX_FORMAT:
             model = onnx.load(str(source), load_external_data=bool(data))
-            eot = tok.eot_token_id if tok.kind == "clip-bpe" else None
-            text_graph_for_clients(model, tok.context_length, tok.pad_token_id, eot)
+            text_graph_for_clients(model, tok.context_length, tok.pad_token_id, end_token)
             if data:
                 onnx.save_model(
                     model,

@@ -103,6 +103,36 @@ def test_text_graph_pads_truncates_and_restores_the_end_of_text_id(released: Pat
     np.testing.assert_array_equal(clients.run(None, {"input_ids": long})[0], verified[1:])
 
 
+def test_a_hugging_face_tokenizers_end_token_is_put_back_where_the_ids_were_cut(
+    xlmr_dirs: tuple[Path, Path], tmp_path: Path
+) -> None:
+    """XLM-R's tokenizer keeps </s> last when it truncates; transformers.js's ids end in a word there
+    (measured on the trained MiniLM tower's [SEP]: cosine 0.991). The client graph puts </s> back, so
+    a cut caption embeds as the verified graph does; the release asks the export's own tokenizer."""
+    from clip_export import export_onnx, resolve
+    from clip_export.stages.release.hf_layout import end_token_kept_last
+
+    tokenizer, config = xlmr_dirs
+    model_dir = export_onnx(
+        resolve("tiny-xlm-roberta-ViT", random_init=True, tokenizer=tokenizer, text_config=config), out=tmp_path
+    ).model_dir
+    assert verify(model_dir).passed
+    released = release([model_dir], tag="v1", out=tmp_path / "dist", client_check="off").directory
+    manifest = read_manifest(released)
+    assert end_token_kept_last(manifest, released) == manifest.tokenizer.eot_token_id == 2  # </s>
+    runtime = ClipOnnx.from_release(released)
+    ids = runtime.tokenize(["word " * 100, "a photo of a cat"])
+    assert ids[0, -1] == 2 and ids[1, -1] == manifest.tokenizer.pad_token_id
+    verified = ort.InferenceSession(str(released / "tiny-xlm-roberta-ViT-text-fp32.onnx")).run(
+        None, {"input_ids": ids}
+    )[0]
+    clients = ort.InferenceSession(str(released / HF_DIR / ONNX_DIR / "text_model.onnx"))
+    cut = ids.copy()
+    cut[0, -1] = ids[0, -2]  # what transformers.js's truncation leaves: a word where </s> was
+    np.testing.assert_array_equal(clients.run(None, {"input_ids": cut})[0], verified)
+    np.testing.assert_array_equal(clients.run(None, {"input_ids": ids})[0], verified)
+
+
 def test_squash_families_state_no_centre_crop() -> None:
     sections = {
         "model": {"arch": "ViT-B-16-SigLIP", "family": "siglip"},
