@@ -67,7 +67,6 @@ RAY = "Ray engine (local Ray, actor start incl.)"
 RAY_START = "Ray engine on 2 documents (its start-up)"
 RAY_PAST_START = "Ray engine past start-up (full run − 2-document run)"
 PREPARE = "prepare alone, one thread (read, hash, decode or tokenize)"
-PREPARE_PILLOW = "prepare alone, Pillow decoding every PNG (no pyspng)"
 CORES = parallelism(0)[1]  # the cores the engine runs one part on each
 FLOOR = f"floor: pure + prepare ÷ {CORES} cores"
 PURE_PARALLEL = "pure, one-thread sessions, one part of each batch per core"
@@ -164,29 +163,6 @@ def ray_engine(model_dir: Path, precision: str, inputs: list[Path], cbs: int) ->
         embed(model_dir, inputs, Path(out) / "index", precision=precision, batch_size=cbs, use_ray=True)
 
 
-def png_decoder() -> str:
-    """Which library decodes 8-bit PNGs in the engine here (core/preprocess.py)."""
-    from importlib.metadata import PackageNotFoundError, version
-
-    try:
-        return f"pyspng {version('pyspng')} (8-bit grey/RGB/RGBA), Pillow otherwise"
-    except PackageNotFoundError:
-        return "Pillow (pyspng not installed)"
-
-
-def without_pyspng(call: Callable[[], Any]) -> Any:
-    """`call` with pyspng hidden, so every PNG goes through Pillow (core/preprocess.py's fallback)."""
-    saved = sys.modules.get("pyspng")
-    sys.modules["pyspng"] = None  # type: ignore[assignment]  # `import pyspng` now raises ImportError
-    try:
-        return call()
-    finally:
-        if saved is None:
-            del sys.modules["pyspng"]
-        else:
-            sys.modules["pyspng"] = saved
-
-
 def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--model", default="ViT-B/32")
@@ -244,9 +220,6 @@ def main() -> None:
                         model.embed_pixels(pixels[i : i + cbs]) for i in range(0, len(pixels), cbs)
                     ],
                     ("image", PREPARE): lambda: [prepare_item(model, i, lambda _: False) for i in items["image"]],
-                    ("image", PREPARE_PILLOW): lambda: without_pyspng(
-                        lambda: [prepare_item(model, i, lambda _: False) for i in items["image"]]
-                    ),
                     ("text", "naive ClipOnnx loop"): lambda: [model.embed_texts(b) for b in batches(captions, cbs)],
                     ("text", "local engine"): lambda: local_engine(
                         engine_model, precision, [caption_file], cbs, workers
@@ -330,7 +303,6 @@ def main() -> None:
         "images": len(paths),
         "captions": len(captions),
         "repeats": args.repeats,
-        "png_decoder": png_decoder(),
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"add_documents-{model_dir.name}.json").write_text(
@@ -341,7 +313,7 @@ def main() -> None:
 
 def render(meta: dict[str, Any], rows: list[dict[str, Any]]) -> str:
     lines = [
-        f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores; {meta['images']} images decoded from files, {meta['captions']} captions; median of {meta['repeats']} passes; PNGs decoded by {meta.get('png_decoder', 'Pillow')}",
+        f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores; {meta['images']} images decoded from files, {meta['captions']} captions; median of {meta['repeats']} passes",
         "",
         "| precision | kind | method | "
         + " | ".join(f"CBS {c} ms/doc" for c in sorted({r["cbs"] for r in rows}))

@@ -9,7 +9,6 @@ fraction of the time (clip_export.core.resample); the other variants are measure
 from __future__ import annotations
 
 import io
-import struct
 from collections.abc import Callable
 from functools import lru_cache
 from pathlib import Path
@@ -55,10 +54,9 @@ def load_image(item: Any) -> Image.Image:
     elif isinstance(item, np.ndarray):
         image = _from_array(item)
     elif isinstance(item, (bytes, bytearray, memoryview)):
-        data = bytes(item)
-        image = _decode_png(data) or _decode(io.BytesIO(data), f"of {len(item)} bytes")
+        image = _decode(io.BytesIO(bytes(item)), f"of {len(item)} bytes")
     elif isinstance(item, (str, Path)):
-        image = _decode_png_file(Path(item)) or _decode(item, str(item))
+        image = _decode(item, str(item))
     else:
         raise ClipExportError(f"type {type(item).__name__} is not an image; pass {IMAGE_KINDS}")
     width, height = image.size
@@ -71,47 +69,6 @@ def load_image(item: Any) -> Image.Image:
             "bombs (PIL.Image.MAX_IMAGE_PIXELS x 2); downscale it first"
         )
     return image
-
-
-PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
-# PNG colour types libspng decodes to exactly Pillow's pixels at 8 bits per sample, as Pillow's mode
-# (pyspng 0.1.4 refuses grey+alpha, type 4).
-_SPNG_MODES = {0: "L", 2: "RGB", 6: "RGBA"}
-
-
-def _decode_png(data: bytes) -> Image.Image | None:
-    """An 8-bit grey, RGB or RGBA PNG, not interlaced, decoded by libspng (pyspng) when it
-    is installed: the same pixels as Pillow in about half the time (the wide bundled PNG: 28 against
-    51-57 ms; docs/embed.md). None for anything else, or where pyspng is missing or refuses the file:
-    Pillow then decodes it, and says what is wrong with a broken one."""
-    if len(data) < 33 or not data.startswith(PNG_SIGNATURE) or data[12:16] != b"IHDR":
-        return None
-    width, height = struct.unpack(">II", data[16:24])
-    bit_depth, colour_type, interlace = data[24], data[25], data[28]
-    limit = pixel_limit()
-    if bit_depth != 8 or colour_type not in _SPNG_MODES or interlace or (limit is not None and width * height > limit):
-        return None  # Pillow's path: palettes, 16-bit, Adam7, and the decompression-bomb refusal
-    try:
-        import pyspng
-    except ImportError:
-        return None
-    try:
-        pixels = pyspng.load(data)
-    except Exception:  # truncated or corrupt: Pillow reports it in its own words
-        return None
-    image = Image.fromarray(np.ascontiguousarray(pixels))  # 2-D: L; 3, 4 channels: RGB, RGBA
-    return image if image.size == (width, height) and image.mode == _SPNG_MODES[colour_type] else None
-
-
-def _decode_png_file(path: Path) -> Image.Image | None:
-    """_decode_png for a file that starts like a PNG; other files are not read twice."""
-    try:
-        with open(path, "rb") as handle:
-            if handle.read(len(PNG_SIGNATURE)) != PNG_SIGNATURE:
-                return None
-            return _decode_png(PNG_SIGNATURE + handle.read())
-    except OSError:
-        return None  # Pillow's path reports it
 
 
 def _decode(source: str | Path | io.BytesIO, name: str) -> Image.Image:

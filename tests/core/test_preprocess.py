@@ -1,7 +1,5 @@
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import open_clip
 import pytest
@@ -88,57 +86,3 @@ def test_normalization_table_is_torchvision_bit_for_bit() -> None:
         Image.fromarray(ramp)
     ).numpy()[:, 0, :]
     np.testing.assert_array_equal(_normalization_table(tuple(config.mean), tuple(config.std)), expected)
-
-
-def _without_pyspng(monkeypatch: pytest.MonkeyPatch) -> None:
-    import sys
-
-    monkeypatch.setitem(sys.modules, "pyspng", None)  # `import pyspng` raises ImportError
-
-
-def test_pngs_decode_to_pillows_pixels_through_libspng(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
-    """Every bundled PNG (grey, RGBA, the wide alpha one) and an RGB one: libspng's
-    pixels and mode are Pillow's, from bytes and from a path; without pyspng, Pillow decodes them."""
-    from PIL import Image
-
-    from clip_export.core import preprocess
-
-    pytest.importorskip("pyspng")
-    rng = np.random.default_rng(0)
-    made = {"rgb.png": rng.integers(0, 256, (9, 13, 3))}
-    for name, pixels in made.items():
-        Image.fromarray(pixels.astype(np.uint8)).save(tmp_path / name)
-    files = sorted(p for p in (Path(preprocess.__file__).parent.parent / "evalset" / "images").glob("*.png"))
-    files += [tmp_path / name for name in made]
-    fast = {p.name: (preprocess._decode_png(p.read_bytes()), preprocess.load_image(p)) for p in files}
-    _without_pyspng(monkeypatch)
-    for path in files:
-        assert preprocess._decode_png(path.read_bytes()) is None
-        pillow = preprocess.load_image(path.read_bytes())
-        for image in fast[path.name]:
-            assert image is not None and image.mode == pillow.mode and image.size == pillow.size, path.name
-            np.testing.assert_array_equal(np.asarray(image), np.asarray(pillow), err_msg=path.name)
-
-
-def test_pngs_libspng_does_not_match_take_pillows_path(tmp_path: Path) -> None:
-    """Palette, 16-bit and grey+alpha PNGs, and a truncated one, go to Pillow (which says what is
-    wrong with a broken file), not to libspng."""
-    from PIL import Image
-
-    from clip_export.core import preprocess
-    from clip_export.core.errors import ClipExportError
-
-    rng = np.random.default_rng(1)
-    rgb = Image.fromarray(rng.integers(0, 256, (16, 16, 3)).astype(np.uint8))
-    rgb.convert("P").save(tmp_path / "palette.png")
-    Image.fromarray(rng.integers(0, 65536, (16, 16)).astype(np.uint16)).save(tmp_path / "sixteen.png")
-    rgb.convert("LA").save(tmp_path / "grey-alpha.png")
-    for name in ("palette.png", "sixteen.png", "grey-alpha.png"):
-        data = (tmp_path / name).read_bytes()
-        assert preprocess._decode_png(data) is None, name
-        assert preprocess.load_image(data).size == (16, 16)
-    rgb.save(tmp_path / "whole.png")
-    truncated = (tmp_path / "whole.png").read_bytes()[:-40]
-    assert preprocess._decode_png(truncated) is None
-    with pytest.raises(ClipExportError, match="cannot read the image of"):
-        preprocess.load_image(truncated)
