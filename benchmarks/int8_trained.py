@@ -181,12 +181,7 @@ def outlier_split_file(
 
     from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
     from clip_export.core.int8_sensitivity import weight_matmuls
-    from clip_export.core.outlier_split import (
-        channel_ranges,
-        outlier_channels,
-        split_outlier_channels,
-        weight_consumers,
-    )
+    from clip_export.core.outlier_split import measure_outlier_channels, split_outlier_channels
     from clip_export.core.spec import INT8_OUTLIER_SPLIT, Int8Scheme
     from clip_export.stages.quantize8.int8_build import INT8_OP_TYPES, quantize_weights, reference_inputs
 
@@ -195,10 +190,10 @@ def outlier_split_file(
     probe = onnx.load(str(model_dir / "text.onnx"))
     excluded = int8_excluded_nodes(probe)
     candidates = weight_matmuls(probe, INT8_OP_TYPES, excluded)
-    ranges = channel_ranges(probe, list(weight_consumers(probe, candidates)), "input_ids", calibration, model_dir)
-    channels = outlier_channels(ranges, INT8_OUTLIER_SPLIT)
-    model = onnx.load(str(model_dir / "text.onnx"))
-    split = split_outlier_channels(model, weight_consumers(model, candidates), channels)
+    channels, ranges = measure_outlier_channels(
+        probe, candidates, "input_ids", calibration, INT8_OUTLIER_SPLIT, model_dir
+    )
+    split = split_outlier_channels(onnx.load(str(model_dir / "text.onnx")), candidates, channels)
     scheme = Int8Scheme(weight_type, per_channel=True, reduce_range=False)
     quantize_weights(split.model, target, scheme, quantizer_exclusions(split.model, [*excluded, *split.float_matmuls]))
     return {t: ([int(k) for k in c], float(ranges[t].max() / np.median(ranges[t]))) for t, c in channels.items()}

@@ -109,13 +109,27 @@ def outlier_channels(ranges: Mapping[str, np.ndarray], rule: Int8OutlierSplit) -
     return chosen
 
 
-def split_outlier_channels(
-    model: Any, consumers: Mapping[str, list[Any]], channels: Mapping[str, np.ndarray]
-) -> OutlierSplit:
-    """Rewrite `model` in place: each MatMul/Gemm reading a tensor with outlier `channels` reads it with
-    those channels zeroed (its weight rows zeroed too), and a float MatMul of just those channels
-    by their rows is added to its output."""
+def measure_outlier_channels(
+    model: Any,
+    candidates: Sequence[str],
+    input_name: str,
+    inputs: np.ndarray,
+    rule: Int8OutlierSplit,
+    scratch_dir: Path,
+) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+    """(the channels `rule` splits off each input of the `candidates` MatMuls, every such input's measured
+    ranges), measured on `inputs`: what the INT8 stage and benchmarks/int8_trained.py both ask.
+    `model` is used up by the measurement."""
+    ranges = channel_ranges(model, list(weight_consumers(model, candidates)), input_name, inputs, scratch_dir)
+    return outlier_channels(ranges, rule), ranges
+
+
+def split_outlier_channels(model: Any, candidates: Sequence[str], channels: Mapping[str, np.ndarray]) -> OutlierSplit:
+    """Rewrite `model` in place: each of the `candidates` MatMuls/Gemms reading a tensor with outlier
+    `channels` reads it with those channels zeroed (its weight rows zeroed too), and a float MatMul of
+    just those channels by their rows is added to its output."""
     onnx = _onnx()
+    consumers = weight_consumers(model, candidates)
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
     weights = {i.name: i for i in model.graph.initializer}
     before: dict[str, list[Any]] = {}

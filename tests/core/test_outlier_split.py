@@ -8,7 +8,13 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from clip_export.core.outlier_split import channel_ranges, outlier_channels, split_outlier_channels, weight_consumers
+from clip_export.core.outlier_split import (
+    channel_ranges,
+    measure_outlier_channels,
+    outlier_channels,
+    split_outlier_channels,
+    weight_consumers,
+)
 from clip_export.core.sessions import create_session
 from clip_export.core.spec import Int8OutlierSplit
 
@@ -75,6 +81,17 @@ def test_channel_ranges_are_the_per_channel_maxima_over_the_inputs(tmp_path: Pat
     assert ranges["q"].shape == (5,) and not list(tmp_path.iterdir())  # the probe's scratch is gone
 
 
+def test_the_channels_to_split_are_measured_on_the_candidates_inputs(tmp_path: Path) -> None:
+    """Only the inputs of splittable candidates are measured (x and its flattened x2, not w_shared's
+    users alone), and the wide channel is chosen in both."""
+    rule = Int8OutlierSplit(ratio=6.0, max_share=0.25, calibration_items=4)
+    channels, ranges = measure_outlier_channels(
+        _graph(), ["q", "k", "gemm_t", "gemm_n"], "x", _inputs(), rule, tmp_path
+    )
+    assert sorted(ranges) == ["x", "x2"]
+    assert {t: c.tolist() for t, c in channels.items()} == {"x": [2], "x2": [2]}
+
+
 def test_the_split_is_an_identity_in_float_and_the_quantized_side_never_sees_the_channel() -> None:
     model = _graph()
     consumers = weight_consumers(model, ["q", "k", "gemm_t", "gemm_n", "shared_a", "shared_b"])
@@ -84,7 +101,9 @@ def test_the_split_is_an_identity_in_float_and_the_quantized_side_never_sees_the
     }  # w_shared is read by two nodes: its rows cannot be zeroed for one of them
     x = _inputs()
     before = create_session(model.SerializeToString()).run(None, {"x": x})
-    split = split_outlier_channels(model, consumers, {"x": np.array([2]), "x2": np.array([2])})
+    split = split_outlier_channels(
+        model, ["q", "k", "gemm_t", "gemm_n", "shared_a", "shared_b"], {"x": np.array([2]), "x2": np.array([2])}
+    )
     assert split.channels == {"x": 1, "x2": 1}
     assert split.float_matmuls == tuple(f"{n}/outlier_matmul" for n in ("q", "k", "gemm_t", "gemm_n"))
     onnx.checker.check_model(split.model)

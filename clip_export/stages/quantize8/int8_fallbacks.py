@@ -12,7 +12,7 @@ from clip_export.core.conversion import ConvertResult
 from clip_export.core.errors import ClipExportError, GateFailedError
 from clip_export.core.graph_surgery import int8_excluded_nodes, quantizer_exclusions
 from clip_export.core.int8_sensitivity import most_sensitive_first, sensitivity, weight_matmuls
-from clip_export.core.outlier_split import channel_ranges, outlier_channels, split_outlier_channels, weight_consumers
+from clip_export.core.outlier_split import measure_outlier_channels, split_outlier_channels
 from clip_export.core.spec import (
     INT8_BLOCKWISE,
     INT8_MIXED_MAX_FLOAT_SHARE,
@@ -88,10 +88,10 @@ def _outlier_split_attempt(
     rule = INT8_OUTLIER_SPLIT
     model = source_model(build.model_dir, tower)
     candidates = weight_matmuls(model, INT8_OP_TYPES, [*int8_excluded_nodes(model), *build.exclude_nodes])
-    consumers = weight_consumers(model, candidates)
     inputs, _ = reference_inputs(build.model_dir, tower, rule.calibration_items)
-    ranges = channel_ranges(model, list(consumers), TOWERS[tower].input_name, inputs, build.model_dir)
-    channels = outlier_channels(ranges, rule)  # `model` is used up by the measurement
+    channels, _ = measure_outlier_channels(  # `model` is used up by the measurement
+        model, candidates, TOWERS[tower].input_name, inputs, rule, build.model_dir
+    )
     if not channels:
         return (
             f"{rule.label}: not tried, no activation channel of {tower} is that wide on {len(inputs)} reference inputs"
@@ -109,7 +109,7 @@ def _outlier_split_attempt(
     }
 
     def split(model: Any) -> Sequence[str]:
-        return split_outlier_channels(model, weight_consumers(model, candidates), channels).float_matmuls
+        return split_outlier_channels(model, candidates, channels).float_matmuls
 
     result = quantize_family(build, [tower], extra={"outlier_split": record}, rewrite=split)
     return result, "; ".join(
