@@ -70,6 +70,10 @@ class Environment:
     driver: str | None = None
     cuda: str | None = None
     tensorrt: str | None = None
+    # Set when CPUID (what onnxruntime's kernels obey) reports fewer kernel flags than the host's
+    # kernel does: a user-mode emulator such as `qemu-x86_64 -cpu Haswell` is answering CPUID.
+    # The host, with the flags only it has.
+    emulated_on: str | None = None
 
     @property
     def tier(self) -> str:
@@ -106,11 +110,25 @@ class Environment:
                 self.cuda or "?",
                 self.tensorrt or "-",
             ]
+        if self.emulated_on:
+            # An emulator's verdict is the emulated CPU's kernels on these bytes, not that CPU itself:
+            # a real one of its kind runs its own serve-time check instead of reusing it.
+            parts.append("emulated")
         return "|".join(parts)
+
+    @property
+    def tier_label(self) -> str:
+        """The tier as a verdict may claim it: an emulated CPU is named as such."""
+        return f"{self.tier} (emulated)" if self.emulated_on else self.tier
 
     def describe(self) -> str:
         """One line for tables and error messages."""
-        where = f"{self.cpu} ({self.cpu_target}, {self.tier}), {self.os} {self.arch}, onnxruntime {self.onnxruntime} {provider_label(self.provider)}"
+        cpu = (
+            f"{self.cpu_target} emulated on {self.emulated_on} ({self.tier}, emulated)"
+            if self.emulated_on
+            else f"{self.cpu} ({self.cpu_target}, {self.tier})"
+        )
+        where = f"{cpu}, {self.os} {self.arch}, onnxruntime {self.onnxruntime} {provider_label(self.provider)}"
         if self.gpu:
             where += f", {self.gpu} (sm {self.compute_capability}, driver {self.driver}, CUDA {self.cuda}{', TensorRT ' + self.tensorrt if self.tensorrt else ''})"
         return where
@@ -144,8 +162,19 @@ class Environment:
         return env
 
 
+def emulation_host(cpu: str, arch: str, cpuid_flags: Sequence[str], kernel_flags: Sequence[str]) -> str | None:
+    """The host, when CPUID reports fewer x86 kernel flags than the host's kernel lists in /proc/cpuinfo.
+
+    Why: qemu-user answers CPUID for the CPU it emulates but passes the host's /proc/cpuinfo
+    through, so the disagreement is the emulator's mark. A hypervisor masks both alike."""
+    if arch not in ("x86_64", "AMD64") or not kernel_flags:
+        return None
+    only_host = [f for f in KERNEL_FLAGS if f in kernel_flags and f not in cpuid_flags]
+    return f"{cpu} with {', '.join(only_host)}" if only_host else None
+
+
 @lru_cache(maxsize=1)
-def _cpu() -> tuple[str, str, tuple[str, ...]]:
+def _cpu() -> tuple[str, str, tuple[str, ...], str | None]:
     name = platform.processor() or platform.machine()
     proc_flags: set[str] = set()
     try:
@@ -165,7 +194,9 @@ def _cpu() -> tuple[str, str, tuple[str, ...]]:
         flags = features
     except Exception:  # llvmlite missing or unusable: /proc/cpuinfo is the next best source
         pass
-    return name, target, tuple(f for f in KERNEL_FLAGS if f in flags)
+    kernel_flags = tuple(f for f in KERNEL_FLAGS if f in flags)
+    host = emulation_host(name, platform.machine(), kernel_flags, tuple(f for f in KERNEL_FLAGS if f in proc_flags))
+    return name, target, kernel_flags, host
 
 
 def _onnxruntime_version() -> str:
@@ -210,7 +241,7 @@ def _gpu(provider: str) -> dict[str, str | None]:
 
 def current_environment(provider: str) -> Environment:
     """This process's environment for `provider`, the onnxruntime provider (or runtime) that ran."""
-    name, target, flags = _cpu()
+    name, target, flags, host = _cpu()
     gpu = _gpu(provider) if provider in GPU_PROVIDERS else {}
     return Environment(
         name,
@@ -221,6 +252,7 @@ def current_environment(provider: str) -> Environment:
         _onnxruntime_version(),
         provider,
         **gpu,
+        emulated_on=host,
     )
 
 

@@ -12,6 +12,7 @@ from clip_export.core.environment import (
     VERSIONED_MODULES,
     Environment,
     current_environment,
+    emulation_host,
     environment_table,
     versions,
 )
@@ -61,6 +62,30 @@ def test_tiers(flags: tuple[str, ...], tier: str) -> None:
     env = Environment("cpu", "x", flags, "Linux", "x86_64", "1.32.0", "CPUExecutionProvider")
     assert env.tier == tier
     assert tier in env.describe()
+
+
+ZEN4_KERNEL = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16")
+
+
+def test_an_emulator_is_told_by_cpuid_reporting_less_than_the_kernel() -> None:
+    """qemu-user answers CPUID for the CPU it emulates and passes the host's /proc/cpuinfo through."""
+    host = emulation_host("AMD EPYC", "x86_64", ("avx2", "fma"), ZEN4_KERNEL)
+    assert host == "AMD EPYC with avx512f, avx512bw, avx512_vnni, avx512_bf16"
+    assert emulation_host("AMD EPYC", "x86_64", ZEN4_KERNEL, ZEN4_KERNEL) is None  # the CPU itself
+    assert emulation_host("AMD EPYC", "x86_64", ("avx2", "fma"), ()) is None  # no /proc/cpuinfo: cannot tell
+    assert emulation_host("Neoverse", "aarch64", ("asimd",), ("asimd", "sve")) is None
+
+
+def test_an_emulated_verdict_says_so_and_is_not_the_real_cpus() -> None:
+    real = Environment("Intel Xeon", "haswell", ("avx2", "fma"), "Linux", "x86_64", "1.32.0", "CPUExecutionProvider")
+    emulated = dataclasses.replace(real, cpu="AMD EPYC", emulated_on="AMD EPYC with avx512f, avx512_vnni")
+    assert emulated.tier == real.tier == "AVX2 without VNNI"  # the kernels it selects
+    assert (real.tier_label, emulated.tier_label) == ("AVX2 without VNNI", "AVX2 without VNNI (emulated)")
+    assert emulated.key != real.key  # a real Haswell runs its own serve-time check
+    assert emulated.describe().startswith(
+        "haswell emulated on AMD EPYC with avx512f, avx512_vnni (AVX2 without VNNI, emulated)"
+    )
+    assert Environment.from_json(emulated.to_json()) == emulated
 
 
 def test_round_trip_and_refusals() -> None:

@@ -17,6 +17,7 @@ from clip_export.core.spec import INT8_FAMILIES, REFERENCE_NAME, SERVE_CHECK_ITE
 from clip_export.runtime import ClipOnnx
 from clip_export.stages.quantize4 import quantize_q4
 from clip_export.stages.quantize8.quantize8 import quantize_int8
+from clip_export.stages.release.model_card import model_card
 from clip_export.stages.verify import verify
 
 from ..helpers import fail_gate_where, rewrite_initializer
@@ -160,9 +161,9 @@ from clip_export.runtime import ClipOnnx
 from clip_export.stages.verify import verify
 model = ClipOnnx.from_release(sys.argv[1], precision="int8")
 report = verify(sys.argv[1], only=lambda e: e.precision in ("int8", "q4"))
-rows = {c.path: [c.status, c.environment.tier] for c in report.checks}
+rows = {c.path: [c.status, c.environment.tier_label] for c in report.checks}
 served = {t: a.path.name for t, a in model.artifacts.items()}
-print(json.dumps({"checks": {t: [c.status, c.environment.tier, c.environment.cpu_target] for t, c in model.serve_checks.items()}, "verify": report.passed, "rows": rows, "served": served}))
+print(json.dumps({"checks": {t: [c.status, c.environment.tier, c.environment.cpu_target] for t, c in model.serve_checks.items()}, "verify": report.passed, "rows": rows, "served": served, "emulated_on": report.checks[0].environment.emulated_on}))
 """
 
 
@@ -188,6 +189,9 @@ def _probe_under_haswell(model_dir: Path) -> dict:
     for tower, (status, tier, target) in result["checks"].items():
         assert (status, tier, target) == ("pass", "AVX2 without VNNI", "haswell"), tower
     assert result["verify"] is True
+    # every verdict there names the emulation and the host (qemu passes the host's /proc/cpuinfo through)
+    native = current_environment("CPUExecutionProvider")
+    assert set(native.isa_flags) - {"avx2", "fma"} <= set(result["emulated_on"].split(" with ")[-1].split(", "))
     return result
 
 
@@ -208,11 +212,13 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
         "tokenizer.json"
     }
     rows = {path: row for path, row in result["rows"].items() if ".int8." not in path}
-    assert rows == {path: ["pass", "AVX2 without VNNI"] for path in expected}
+    assert rows == {path: ["pass", "AVX2 without VNNI (emulated)"] for path in expected}
     vnni_here = INT8_FAMILIES["vnni"].applies_to(current_environment("CPUExecutionProvider").isa_flags)
     qint8 = {path: row for path, row in result["rows"].items() if ".int8." in path}
     assert qint8 == (
-        {f"{t}.int8.onnx": ["not applicable", "AVX2 without VNNI"] for t in ("visual", "text")} if vnni_here else {}
+        {f"{t}.int8.onnx": ["not applicable", "AVX2 without VNNI (emulated)"] for t in ("visual", "text")}
+        if vnni_here
+        else {}
     )
     keys = {
         r["environment"]["key"]
@@ -220,6 +226,11 @@ def test_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path) -> None:
         if r["path"] == "visual.uint8.onnx"
     }
     assert len(keys) == 2  # the native verdict and the Haswell one, side by side
+    native = current_environment("CPUExecutionProvider")
+    card = model_card(read_manifest(tiny_vit_copy), "tiny", "v1")
+    int8_table = card.split("| asset | tower | weights | for CPUs | verified (passed) on |")[1]
+    row = next(line for line in int8_table.splitlines() if line.startswith("| visual.uint8.onnx |"))
+    assert set(row.strip("| ").split(" | ")[-1].split("; ")) == {"AVX2 without VNNI (emulated)", native.tier}
 
 
 @pytest.mark.emulated
@@ -236,7 +247,7 @@ def test_blockwise_int8_holds_under_avx2_without_vnni(tiny_vit_copy: Path, monke
     assert read_manifest(tiny_vit_copy).find(path="text.uint8.onnx").detail("conversion")["mode"] == "blockwise"
     result = _probe_under_haswell(tiny_vit_copy)
     assert result["served"] == {"visual": "visual.uint8.onnx", "text": "text.uint8.onnx"}
-    assert result["rows"]["text.uint8.onnx"] == ["pass", "AVX2 without VNNI"]
+    assert result["rows"]["text.uint8.onnx"] == ["pass", "AVX2 without VNNI (emulated)"]
 
 
 def _edit_manifest(model_dir: Path, section: str, key: str, value: object) -> None:

@@ -203,5 +203,5 @@ def family_record(family: Int8Family) -> dict[str, Any]:
         "for_cpus": family.tiers,
         "requires_any_cpu_flag": list(family.requires_any_flag),
         # the tier of the gate this conversion ran; later verify rows add theirs (manifest "verification")
-        "verified_on": [current_environment(CPU_PROVIDER).tier],
+        "verified_on": [current_environment(CPU_PROVIDER).tier_label],
     }

@@ -242,7 +242,7 @@ def int8_section(manifest: Manifest) -> list[str]:
     ]
     for a in entries:
         family = int8_family_of(a)
-        tiers = sorted({e.tier for e in passing_environments(manifest, a)}) or ["none"]
+        tiers = sorted({e.tier_label for e in passing_environments(manifest, a)}) or ["none"]
         conversion = a.detail("conversion") or {}
         weights = conversion.get("weight_type", "?") + (
             ", outlier channels split off" if conversion.get("outlier_split") else ""

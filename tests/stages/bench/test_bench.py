@@ -9,7 +9,9 @@ import pytest
 from click.testing import CliRunner
 
 from clip_export.cli import main
+from clip_export.core.environment import current_environment
 from clip_export.core.manifest import read_manifest, write_manifest
+from clip_export.core.spec import CPU_PROVIDER
 from clip_export.stages.bench import bench as bench_mod
 from clip_export.stages.bench.bench import bench
 from clip_export.stages.bench.bench_one import bench_onnx
@@ -163,6 +165,18 @@ def test_bad_batch_sizes(tiny_vit_copy: Path) -> None:
     assert zero.exit_code == 1 and "batch sizes must be >= 1" in zero.stderr
     with pytest.raises(Exception, match="unknown provider"):
         bench(tiny_vit_copy, providers=["tpu"], write=False)
+
+
+def test_bench_refuses_to_time_an_emulated_cpu(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Under qemu's Haswell the figures would be the emulator's speed filed under Haswell's name."""
+    here = current_environment(CPU_PROVIDER)
+    emulated = dataclasses.replace(here, cpu_target="haswell", emulated_on=f"{here.cpu} with avx512f")
+    monkeypatch.setattr(bench_mod, "current_environment", lambda provider: emulated)
+    result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "-q"])
+    assert result.exit_code == 1
+    assert result.stderr.startswith("Error: bench times this process, which runs haswell emulated on ")
+    assert "run bench on the machine itself" in result.stderr and "Traceback" not in result.output
+    assert not (tiny_vit_copy / "BENCH.md").exists()
 
 
 def test_streamed_chain_adapts_widths_and_counts_its_flops() -> None:

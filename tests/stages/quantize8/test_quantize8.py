@@ -42,7 +42,7 @@ def test_int8_is_smaller_and_passes_its_thresholds(tiny_vit_copy: Path) -> None:
             entry.detail("conversion")["weight_type"] == weight_type
             and entry.detail("conversion")["kernel_family"] == family
         )
-        assert entry.detail("conversion")["verified_on"] == [current_environment("CPUExecutionProvider").tier]
+        assert entry.detail("conversion")["verified_on"] == [current_environment("CPUExecutionProvider").tier_label]
         assert entry.detail("conversion")["requires_any_cpu_flag"] == list(INT8_FAMILIES[family].requires_any_flag)
     assert manifest.find(path="visual.int8.onnx") is None or "avx2" not in str(
         manifest.find(path="visual.int8.onnx").detail("conversion")["for_cpus"]
