@@ -6,7 +6,8 @@ onnxruntime? For the q4 token-embedding lookup (com.microsoft.GatherBlockQuantiz
 Feeds the reference's input_ids (every caption) to each runtime (benchmarks/q4_runtimes.cjs, the
 npm packages in ./node_modules or $CLIP_EXPORT_NODE_MODULES) and prints, per runtime, the largest
 difference from Python onnxruntime's output and the smallest cosine to it and to the fp32 torch
-reference.
+reference, and the int8 gate's mean |Δ| of normalised embeddings to that reference (INT8 files too:
+the browser runs `hf/onnx/*_int8.onnx` and `*_uint8.onnx` on the wasm kernels, not the x86 ones).
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
+from clip_export.core.metrics import l2_normalize
 from clip_export.core.sessions import create_session, ort
 
 SCRIPT = Path(__file__).with_suffix(".cjs")
@@ -26,6 +28,11 @@ SCRIPT = Path(__file__).with_suffix(".cjs")
 
 def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
+
+
+def mean_abs_normalized(a: np.ndarray, b: np.ndarray) -> float:
+    """The int8 gate's first metric: mean per-dimension |Δ| between L2-normalised embeddings."""
+    return float(np.abs(l2_normalize(a) - l2_normalize(b)).mean())
 
 
 def main() -> None:
@@ -39,7 +46,8 @@ def main() -> None:
                 ["node", str(SCRIPT), model, str(Path(tmp) / "ids.json"), str(Path(tmp) / "out.json")], check=True
             )
             print(
-                f"{Path(model).name} ({len(ids)} captions): python onnxruntime {ort().__version__}: min cosine to torch fp32 {cosine(py, torch_embeds).min():.4f}"
+                f"{Path(model).name} ({len(ids)} captions): python onnxruntime {ort().__version__}: min cosine to torch fp32 {cosine(py, torch_embeds).min():.4f}, "
+                f"mean |Δ| (norm.) to it {mean_abs_normalized(py, torch_embeds):.2e}"
             )
             for name, run in json.loads((Path(tmp) / "out.json").read_text()).items():
                 if "error" in run:
@@ -48,7 +56,8 @@ def main() -> None:
                 got = np.asarray(run["data"], dtype=np.float32).reshape(run["dims"])
                 print(
                     f"  {name} {run['version']}: max |Δ| to python onnxruntime {np.abs(got - py).max():.2e}, "
-                    f"min cosine to it {cosine(got, py).min():.6f}, to torch fp32 {cosine(got, torch_embeds).min():.4f}"
+                    f"min cosine to it {cosine(got, py).min():.6f}, to torch fp32 {cosine(got, torch_embeds).min():.4f}, "
+                    f"mean |Δ| (norm.) to torch fp32 {mean_abs_normalized(got, torch_embeds):.2e}"
                 )
 
 
