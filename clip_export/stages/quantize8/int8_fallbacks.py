@@ -19,7 +19,6 @@ from clip_export.core.spec import (
     INT8_OUTLIER_SPLIT,
     INT8_SENSITIVITY_ITEMS,
     TOWERS,
-    Int8Family,
 )
 from clip_export.stages.quantize8.int8_build import (
     EVERY_X86,
@@ -42,10 +41,10 @@ def fallback(
     as fast; one gate run), then, if `last_resort`, mixed precision by measured sensitivity. (result
     or None, a line saying what happened)."""
     failures: list[str] = []
-    for label, attempt in (
-        (INT8_BLOCKWISE.label, _blockwise_attempt),
-        (INT8_OUTLIER_SPLIT.label, _outlier_split_attempt),
-    ):
+    attempts = [(INT8_OUTLIER_SPLIT.label, _outlier_split_attempt)]
+    if build.family is EVERY_X86:  # a family with CPU requirements keeps its weight type
+        attempts.insert(0, (INT8_BLOCKWISE.label, _blockwise_attempt))
+    for label, attempt in attempts:
         try:
             outcome = attempt(build, tower, plain_failure, failures)
         except GateFailedError as exc:
@@ -68,7 +67,7 @@ def _blockwise_attempt(
     build: Build, tower: str, plain_failure: str, failures: Sequence[str]
 ) -> tuple[ConvertResult, str] | str:
     """INT8_BLOCKWISE, or why it is not tried; GateFailedError when it fails the gate."""
-    not_for = blockwise_not_for(build.model_dir, tower, build.family, build.exclude_nodes)
+    not_for = blockwise_not_for(build.model_dir, tower, build.exclude_nodes)
     if not_for is not None:
         return not_for
     build.progress(f"{tower} {build.scheme.label} failed its gate; trying {INT8_BLOCKWISE.label}")
@@ -122,12 +121,9 @@ def _outlier_split_attempt(
     )
 
 
-def blockwise_not_for(model_dir: Path, tower: str, family: Int8Family, exclude_nodes: Sequence[str]) -> str | None:
-    """Why blockwise is not tried for this tower and family, or None. It is the every-x86 family's
-    (a family with CPU requirements keeps its weight type), and only where MatMulNBits, which covers
+def blockwise_not_for(model_dir: Path, tower: str, exclude_nodes: Sequence[str]) -> str | None:
+    """Why blockwise is not tried for this tower, or None: only where MatMulNBits, which covers
     MatMul and not Gemm, would quantize as large a share of the weights as mixed precision may keep."""
-    if family is not EVERY_X86:
-        return f"{INT8_BLOCKWISE.label}: not tried for {family.file_tag}, which keeps its weight type"
     model = source_model(model_dir, tower, load_external_data=False)  # the graph is enough to count
     excluded = [*int8_excluded_nodes(model), *exclude_nodes]
     matmuls, weights = (len(weight_matmuls(model, ops, excluded)) for ops in (("MatMul",), INT8_OP_TYPES))

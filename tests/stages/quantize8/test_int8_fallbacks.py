@@ -147,23 +147,19 @@ def test_an_explicit_scheme_keeps_its_weight_type_in_the_fallback(
     )
     result = quantize_int8(tiny_vit_copy, towers=["text"], scheme=INT8_FAMILIES["vnni"].scheme)
     (note,) = result.notes
-    assert "not tried for int8, which keeps its weight type; " in note and "; kept with 1 of " in note
+    assert INT8_BLOCKWISE.label not in note and "; kept with 1 of " in note
     record = read_manifest(tiny_vit_copy).find(path="text.int8.onnx").detail("conversion")
     assert record["weight_type"] == "QInt8" and record["mixed_precision"]["float_matmuls"]
 
 
 def test_blockwise_is_tried_only_where_it_would_quantize_the_weights(tiny_vit_copy: Path, tmp_path: Path) -> None:
     """MatMulNBits covers MatMul, not Gemm: a tower whose weights are Gemms or convolutions (timm's
-    MobileCLIP image tower) would pass the gate mostly float, so blockwise is not tried there; nor
-    for a family with CPU requirements, which keeps its weight type."""
+    MobileCLIP image tower) would pass the gate mostly float, so blockwise is not tried there."""
     from clip_export import export_onnx, resolve
 
-    assert int8_fallbacks.blockwise_not_for(tiny_vit_copy, "text", EVERY_X86, []) is None
-    assert "keeps its weight type" in str(
-        int8_fallbacks.blockwise_not_for(tiny_vit_copy, "text", INT8_FAMILIES["vnni"], [])
-    )
+    assert int8_fallbacks.blockwise_not_for(tiny_vit_copy, "text", []) is None
     mobileclip = export_onnx(resolve("tiny-MobileCLIP", random_init=True), out=tmp_path).model_dir
-    why = int8_fallbacks.blockwise_not_for(mobileclip, "visual", EVERY_X86, [])
+    why = int8_fallbacks.blockwise_not_for(mobileclip, "visual", [])
     assert why == f"{INT8_BLOCKWISE.label}: not tried, visual has no weight MatMul for it to quantize"
 
 
