@@ -129,7 +129,7 @@ def split_outlier_channels(model: Any, candidates: Sequence[str], channels: Mapp
     `channels` reads it with those channels zeroed (its weight rows zeroed too), and a float MatMul of
     just those channels by their rows is added to its output, or after its bias Add where one follows:
     onnxruntime fuses MatMul + bias into one quantized node only when nothing stands between them
-    (measured: the split's cost at batch 1 roughly halved on MiniLM's text tower, docs/convert.md)."""
+    (9 fewer Add nodes after its optimizer on MiniLM's text tower; timings: docs/convert.md)."""
     onnx = _onnx()
     consumers = weight_consumers(model, candidates)
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
