@@ -298,40 +298,6 @@ def interleaved_p50_ms(paths: dict[str, Path], ids: np.ndarray, rounds: int = 15
     return {k: float(np.median(v)) for k, v in times.items()}
 
 
-def outlier_add_before_bias(source: Path, target: Path) -> int:
-    """The split file as it was laid out before 2026-12-04T19Z, for timing beside the shipped one:
-    each outlier Add moved back between its quantized MatMul and the bias Add. The same graph in
-    float; onnxruntime fuses the two layouts differently, so their outputs differ in the INT8 noise
-    (max 0.019 of 1.17 on 8 captions, the same gate figures). Returns how many were moved."""
-    import onnx
-
-    model = onnx.load(str(source))
-    graph = model.graph
-    constants = {i.name for i in graph.initializer}
-    producer = {out: node for node in graph.node for out in node.output}
-    moved = 0
-    for add in [n for n in graph.node if n.name.endswith("/outlier_add")]:
-        bias = producer.get(add.input[0])
-        if bias is None or bias.op_type != "Add" or not any(i in constants for i in bias.input):
-            continue
-        chain = next(i for i in bias.input if i not in constants)  # the quantized MatMul's output
-        final = add.output[0]
-        add.input[0], add.output[0] = chain, f"{chain}/with_outliers"
-        bias.input[list(bias.input).index(chain)], bias.output[0] = f"{chain}/with_outliers", final
-        moved += 1
-    ready = {i.name for i in graph.input} | constants | {""}
-    pending, ordered = list(graph.node), []
-    while pending:  # topological order again: each outlier Add now comes before its bias Add
-        node = next(n for n in pending if all(i in ready for i in n.input))
-        pending.remove(node)
-        ordered.append(node)
-        ready.update(node.output)
-    del graph.node[:]
-    graph.node.extend(ordered)
-    onnx.save(model, str(target))
-    return moved
-
-
 def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
     """What `clip-export int8` ships for the text tower (its own fallback when a plain scheme fails),
     each family file through the int8 gate natively and, unless not asked, under qemu Haswell, then
@@ -386,10 +352,6 @@ def shipped(model_dir: Path, emulate: bool, items: int) -> list[str]:
             f"| {entry.path} ({family.name if family else '?'}) | {kept} | {g['status']} | {g['mean_abs']:.2e} | {g['min_cos']:.4f} | {emu_cells} |"
         )
         paths[entry.path] = path
-        if split:
-            before = target / "text.int8-outlier-add-before-bias.onnx"
-            moved = outlier_add_before_bias(path, before)
-            paths[f"{entry.path}, outlier Add before the bias Add ({moved} moved; the layout before 19Z)"] = before
     with np.load(target / "reference.npz") as data:
         ids = data["input_ids"]
     for entry in manifest.select(tower="text", precision="int8"):

@@ -127,19 +127,11 @@ def measure_outlier_channels(
 def split_outlier_channels(model: Any, candidates: Sequence[str], channels: Mapping[str, np.ndarray]) -> OutlierSplit:
     """Rewrite `model` in place: each of the `candidates` MatMuls/Gemms reading a tensor with outlier
     `channels` reads it with those channels zeroed (its weight rows zeroed too), and a float MatMul of
-    just those channels by their rows is added to its output, or after its bias Add where one follows:
-    onnxruntime fuses MatMul + bias into one quantized node only when nothing stands between them
-    (9 fewer Add nodes after its optimizer on MiniLM's text tower; timings: docs/convert.md)."""
+    just those channels by their rows is added to its output."""
     onnx = _onnx()
     consumers = weight_consumers(model, candidates)
     helper, numpy_helper = onnx.helper, onnx.numpy_helper
     weights = {i.name: i for i in model.graph.initializer}
-    readers: dict[str, list[Any]] = {}
-    named: dict[str, int] = {}
-    for graph_node in model.graph.node:
-        named[graph_node.name] = named.get(graph_node.name, 0) + 1
-        for name in graph_node.input:
-            readers.setdefault(name, []).append(graph_node)
     before: dict[str, list[Any]] = {}
     after: dict[str, list[Any]] = {}
     float_matmuls: list[str] = []
@@ -169,13 +161,10 @@ def split_outlier_channels(model: Any, candidates: Sequence[str], channels: Mapp
                 kept[index, :] = 0.0
             weights[node.input[1]].CopyFrom(numpy_helper.from_array(kept, node.input[1]))
             model.graph.initializer.append(numpy_helper.from_array(rows, f"{node.name}/outlier_rows"))
-            node.input[0] = inliers
-            bias_add = _bias_add(node, readers, weights, named)
-            last = bias_add if bias_add is not None else node  # the outlier part is added after it
-            output = last.output[0]
-            last.output[0] = f"{output}/inlier_part"
+            output = node.output[0]
+            node.input[0], node.output[0] = inliers, f"{output}/inlier_part"
             float_matmul = f"{node.name}/outlier_matmul"
-            after[last.name] = [
+            after[node.name] = [
                 helper.make_node(
                     "MatMul", [outliers, f"{node.name}/outlier_rows"], [f"{output}/outlier_part"], name=float_matmul
                 ),
@@ -193,19 +182,6 @@ def split_outlier_channels(model: Any, candidates: Sequence[str], channels: Mapp
     del model.graph.node[:]
     model.graph.node.extend(ordered)
     return OutlierSplit(model, tuple(float_matmuls), {t: len(i) for t, i in channels.items()})
-
-
-def _bias_add(
-    node: Any, readers: Mapping[str, Sequence[Any]], weights: Mapping[str, Any], named: Mapping[str, int]
-) -> Any | None:
-    """The Add of a constant that alone reads a MatMul's output (its bias), with a name of its own, or None."""
-    following = readers.get(node.output[0], [])
-    if node.op_type != "MatMul" or len(following) != 1:
-        return None
-    add = following[0]
-    other = [name for name in add.input if name != node.output[0]]
-    alone = add.op_type == "Add" and add.name and named[add.name] == 1
-    return add if alone and len(other) == 1 and other[0] in weights else None
 
 
 def _transposed_weight(node: Any) -> bool:

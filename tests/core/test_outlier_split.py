@@ -22,14 +22,12 @@ RULE = Int8OutlierSplit(ratio=6.0, max_share=0.25, calibration_items=4)
 
 
 def _graph() -> onnx.ModelProto:
-    """x [batch, 3, 8] read by two MatMuls (q with a bias Add after it, k without: like Q/K/V sharing
-    a LayerNorm's output) and by one whose weight another node shares; flattened, by a Gemm with
-    transB=1 and one with transB=0."""
+    """x [batch, 3, 8] read by two MatMuls (q, k: like Q/K/V sharing a LayerNorm's output) and by one
+    whose weight another node shares; flattened, by a Gemm with transB=1 and one with transB=0."""
     rng = np.random.default_rng(0)
     weights = {
         "wq": rng.standard_normal((8, 5)).astype(np.float32),
         "wk": rng.standard_normal((8, 5)).astype(np.float32),
-        "bq": rng.standard_normal(5).astype(np.float32),
         "w_t": rng.standard_normal((6, 8)).astype(np.float32),
         "w_n": rng.standard_normal((8, 6)).astype(np.float32),
         "b": rng.standard_normal(6).astype(np.float32),
@@ -37,8 +35,7 @@ def _graph() -> onnx.ModelProto:
         "flat": np.array([-1, 8], np.int64),
     }
     nodes = [
-        helper.make_node("MatMul", ["x", "wq"], ["q_mm"], name="q"),
-        helper.make_node("Add", ["q_mm", "bq"], ["q"], name="q_bias"),
+        helper.make_node("MatMul", ["x", "wq"], ["q"], name="q"),
         helper.make_node("MatMul", ["x", "wk"], ["k"], name="k"),
         helper.make_node("Reshape", ["x", "flat"], ["x2"], name="flatten"),
         helper.make_node("Gemm", ["x2", "w_t", "b"], ["y_t"], name="gemm_t", transB=1),
@@ -79,9 +76,9 @@ def test_the_wide_channels_are_chosen_by_their_ratio_to_the_median_and_capped() 
 
 def test_channel_ranges_are_the_per_channel_maxima_over_the_inputs(tmp_path: Path) -> None:
     x = _inputs()
-    ranges = channel_ranges(_graph(), ["x", "q_mm"], "x", x, tmp_path)
+    ranges = channel_ranges(_graph(), ["x", "q"], "x", x, tmp_path)
     np.testing.assert_allclose(ranges["x"], np.abs(x).reshape(-1, 8).max(axis=0), rtol=1e-6)
-    assert ranges["q_mm"].shape == (5,) and not list(tmp_path.iterdir())  # the probe's scratch is gone
+    assert ranges["q"].shape == (5,) and not list(tmp_path.iterdir())  # the probe's scratch is gone
 
 
 def test_the_channels_to_split_are_measured_on_the_candidates_inputs(tmp_path: Path) -> None:
@@ -121,9 +118,3 @@ def test_the_split_is_an_identity_in_float_and_the_quantized_side_never_sees_the
         assert mask[2] == 0.0 and (np.delete(mask, 2) == 1.0).all()
     assert not weights["wq"][2].any() and not weights["w_t"][:, 2].any() and not weights["w_n"][2].any()
     assert nodes["shared_a"].input[0] == "x" and weights["w_shared"][2].any()  # left whole
-    # After q's bias Add, so that onnxruntime still fuses q's MatMul and bias into one quantized node;
-    # straight after k, which has none.
-    order = [n.name for n in split.model.graph.node]
-    assert order.index("q/outlier_add") > order.index("q_bias") and nodes["q_bias"].input[0] == "q_mm"
-    assert nodes["q/outlier_add"].output[0] == "q" and nodes["q_bias"].output[0] == "q/inlier_part"
-    assert nodes["k/outlier_add"].input[0] == "k/inlier_part" and nodes["k"].output[0] == "k/inlier_part"
