@@ -20,7 +20,7 @@ import numpy as np
 from clip_export.core.artifact import Manifest
 from clip_export.core.checks import load_reference
 from clip_export.core.configs import NO_LOCAL_SOURCES, LocalSources
-from clip_export.core.environment import current_environment, versions
+from clip_export.core.environment import versions
 from clip_export.core.errors import ClipExportError
 from clip_export.core.manifest import (
     atomic_write_text,
@@ -51,6 +51,7 @@ from clip_export.stages.bench.preprocessing_study import (
     preprocessing_variants,
     vectorise_breakdown,
 )
+from clip_export.stages.bench.timing import refuse_emulated_cpu
 
 # ---- the stage ----------------------------------------------------------------------------
 
@@ -104,12 +105,7 @@ def bench(
         raise ClipExportError(f"batch sizes must be >= 1, got {', '.join(map(str, batch_sizes))}")
     if max_time_s is not None and max_time_s <= 0:
         raise ClipExportError(f"the total time budget must be positive, got {max_time_s:g} s")
-    here = current_environment(CPU_PROVIDER)
-    if here.emulated_on:
-        raise ClipExportError(
-            f"bench times this process, which runs {here.describe()}: the figures would be the emulator's "
-            "speed under the emulated CPU's name; run bench on the machine itself (verify may run emulated)"
-        )
+    refuse_emulated_cpu()
     for p in providers:
         provider_name(p)
     present = sorted({a.precision for a in manifest.artifacts})

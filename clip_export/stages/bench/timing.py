@@ -13,6 +13,21 @@ from typing import Any
 
 import numpy as np
 
+from clip_export.core.environment import current_environment
+from clip_export.core.errors import ClipExportError
+from clip_export.core.spec import CPU_PROVIDER
+
+
+def refuse_emulated_cpu() -> None:
+    """Timings under an emulator (qemu-x86_64 -cpu Haswell) are the emulator's speed, and would be
+    filed under the emulated CPU's name: refused, where verify's fidelity figures are not."""
+    here = current_environment(CPU_PROVIDER)
+    if here.emulated_on:
+        raise ClipExportError(
+            f"bench times this process, which runs {here.describe()}: the figures would be the emulator's "
+            "speed under the emulated CPU's name; run bench on the machine itself (verify may run emulated)"
+        )
+
 
 @dataclass(frozen=True)
 class LatencyStats:

@@ -13,6 +13,7 @@ from clip_export.core.environment import current_environment
 from clip_export.core.manifest import read_manifest, write_manifest
 from clip_export.core.spec import CPU_PROVIDER
 from clip_export.stages.bench import bench as bench_mod
+from clip_export.stages.bench import timing
 from clip_export.stages.bench.bench import bench
 from clip_export.stages.bench.bench_one import bench_onnx
 from clip_export.stages.bench.timing import latency_stats, time_calls
@@ -171,7 +172,7 @@ def test_bench_refuses_to_time_an_emulated_cpu(tiny_vit_copy: Path, monkeypatch:
     """Under qemu's Haswell the figures would be the emulator's speed filed under Haswell's name."""
     here = current_environment(CPU_PROVIDER)
     emulated = dataclasses.replace(here, cpu_target="haswell", emulated_on=f"{here.cpu} with avx512f")
-    monkeypatch.setattr(bench_mod, "current_environment", lambda provider: emulated)
+    monkeypatch.setattr(timing, "current_environment", lambda provider: emulated)
     result = CliRunner().invoke(main, ["bench", str(tiny_vit_copy), "-q"])
     assert result.exit_code == 1
     assert result.stderr.startswith("Error: bench times this process, which runs haswell emulated on ")
