@@ -34,6 +34,7 @@ from clip_export.core.spec import (
     TOKENIZER_CHECK,
     TOKENIZER_FORMAT,
     TOWERS,
+    VERIFY_BATCH,
     Thresholds,
     int8_family_of,
     threshold_key,
@@ -238,7 +239,7 @@ def check_artifact(
         got = preprocess_graph.run_raw(runner.session, preprocess_graph.load_rgb_images(images or ()))
         batch_metric = None
     else:
-        got = np.concatenate([runner.run(inputs[i : i + 8]) for i in range(0, len(inputs), 8)])
+        got = np.concatenate([runner.run(inputs[i : i + VERIFY_BATCH]) for i in range(0, len(inputs), VERIFY_BATCH)])
         # An engine's I/O and batch profile are fixed by its build; the structure checks are ONNX's.
         structure = _structure_problems(runner.session, entry) if runner.session is not None else []
         batch_metric = _batch_metric(runner.run, inputs, limits) if runner.session is not None else None

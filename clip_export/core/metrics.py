@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from clip_export.core.spec import Thresholds
+from clip_export.core.spec import VERIFY_BATCH, Thresholds
 
 # A swap of the top-1 is a tie, not a disagreement, when the reference itself separates the two
 # items by less than three standard deviations of the difference of two of the artifact's score
@@ -45,7 +45,7 @@ class Metric:
         return f"{self.name} = {self.value:.4g} (limit {self.direction} {self.limit:.4g})"
 
 
-def run_batches(session: Any, input_name: str, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
+def run_batches(session: Any, input_name: str, inputs: np.ndarray, batch: int = VERIFY_BATCH) -> np.ndarray:
     return np.concatenate(
         [session.run(None, {input_name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
     )

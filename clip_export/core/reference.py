@@ -19,7 +19,7 @@ from clip_export.core.families import (
 )
 from clip_export.core.models import LoadedModel
 from clip_export.core.preprocess import preprocess_batch
-from clip_export.core.spec import TOWERS
+from clip_export.core.spec import TOWERS, VERIFY_BATCH
 
 
 def _context_holder(model: Any) -> Any:
@@ -152,7 +152,9 @@ def example_input(
     return ids
 
 
-def torch_embed(loaded: LoadedModel, tower: str, inputs: np.ndarray, normalize: bool, batch: int = 8) -> np.ndarray:
+def torch_embed(
+    loaded: LoadedModel, tower: str, inputs: np.ndarray, normalize: bool, batch: int = VERIFY_BATCH
+) -> np.ndarray:
     import torch
 
     encode = loaded.model.encode_image if tower == "visual" else loaded.model.encode_text

@@ -134,6 +134,9 @@ DEFAULT_OPSET = 20
 SUPPORTED_OPSETS = range(18, 24)
 # torch.export specialises a batch of 1 silently, so every export traces a batch of 2.
 EXPORT_EXAMPLE_BATCH = 2
+# The batch the reference and every verification run in. Dynamic INT8 gives each batch one activation
+# scale, so an INT8 artifact's figures are this batch's (verify checks one-at-a-time separately).
+VERIFY_BATCH = 8
 # onnx protobuf files cannot exceed 2 GiB; larger towers go to external data.
 EXTERNAL_DATA_THRESHOLD_BYTES = 2 * 1024**3 - 64 * 1024**2
 # The fp32 torch embeddings of the evaluation set, stored beside the artifacts so verify and the

@@ -12,6 +12,7 @@ import numpy as np
 
 from clip_export.core.artifact import ArtifactEntry
 from clip_export.core.errors import MissingExtraError, TensorRTError, import_optional
+from clip_export.core.spec import VERIFY_BATCH
 
 SUPPORTED_MAJORS = (10, 11)
 
@@ -74,7 +75,7 @@ def runnable_here(entry: ArtifactEntry) -> tuple[bool, str]:
     return True, ""
 
 
-def run_engine(plan_path: Path, inputs: np.ndarray, batch: int = 8) -> np.ndarray:
+def run_engine(plan_path: Path, inputs: np.ndarray, batch: int = VERIFY_BATCH) -> np.ndarray:
     """Run a serialized engine on CUDA through torch-allocated buffers; returns float32 outputs."""
     import torch
 
