@@ -62,6 +62,13 @@ from clip_export.core.spec import DEFAULT_BENCH_MAX_TIME_S, PIPELINE_PRECISIONS,
     help="Override a threshold, e.g. fp16.mean_abs_normalized=5e-4. Repeatable.",
 )
 @click.option("--precision", "precisions", default=None, help="Only verify these precisions (comma-separated).")
+@click.option(
+    "--emulate",
+    metavar="CPU",
+    default=None,
+    help="Verify under qemu-x86_64 -cpu CPU (e.g. Haswell: AVX2 without VNNI), on the onnxruntime kernels that "
+    "CPU gets; the verdicts are recorded as emulated. Needs qemu-user.",
+)
 @local_sources_options
 @json_option
 @quiet_option
@@ -73,6 +80,7 @@ def verify(
     texts: Path | None,
     thresholds: Sequence[str],
     precisions: str | None,
+    emulate: str | None,
     sources: LocalSources,
     as_json: bool,
     quiet: bool,
@@ -84,7 +92,30 @@ def verify(
     \b
     Example:
       clip-export verify artifacts/ViT-B-32 --providers cpu
+      clip-export verify artifacts/ViT-B-32 --precision int8 --emulate Haswell
     """
+    if emulate:
+        from clip_export.core.emulation import run_emulated
+
+        forwarded = [*map(str, dirs), "--providers", ",".join(providers), "--reference", reference]
+        for flag, value in (
+            ("--images", images),
+            ("--texts", texts),
+            ("--precision", precisions),
+            ("--weights", sources.weights),
+            ("--tokenizer", sources.tokenizer),
+            ("--text-config", sources.text_config),
+        ):
+            forwarded += [flag, str(value)] if value is not None else []
+        forwarded += [item for t in thresholds for item in ("--threshold", t)]
+        forwarded += ["--json"] * as_json + ["-q"] * quiet
+        code = run_emulated(
+            emulate,
+            ["verify", *forwarded],
+            out=lambda line: click.echo(line, nl=False),
+            err=lambda line: click.echo(line, nl=False, err=True),
+        )
+        click.get_current_context().exit(code)
     from clip_export.stages.verify import verify as run_verify
 
     overrides = parse_thresholds(thresholds)

@@ -9,6 +9,7 @@ from click.testing import CliRunner
 
 from clip_export import __version__, load_model, resolve
 from clip_export.cli import main
+from clip_export.core.manifest import read_manifest
 
 
 def run(*args: str) -> CliRunner.invoke:
@@ -130,6 +131,37 @@ def test_verify_names_no_environment_for_a_provider_that_did_not_run(tiny_vit_co
     held = next(line for line in result.stdout.splitlines() if line.startswith("verdicts hold for these bytes on: "))
     assert "CPU" in held and "CUDA" not in held
     assert "not run here, so no verdict: CUDAExecutionProvider" in result.stdout
+
+
+def test_verify_emulate_without_qemu_is_one_error_line(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from clip_export.core import emulation
+
+    monkeypatch.setattr(emulation.shutil, "which", lambda name: None)
+    result = run("verify", str(tiny_vit_copy), "--emulate", "Haswell")
+    assert result.exit_code == 1 and "Traceback" not in result.output
+    assert result.stderr.strip() == (
+        "Error: --emulate Haswell runs this command under qemu-x86_64, which is not on PATH "
+        "(Debian: apt-get install qemu-user)"
+    )
+
+
+@pytest.mark.emulated
+def test_verify_emulate_records_an_emulated_verdict(tiny_vit_copy: Path) -> None:
+    """The options reach the emulated verify (here --precision and --json), and the verdict says it
+    was emulated, in the output and in the manifest."""
+    import shutil
+
+    if shutil.which("qemu-x86_64") is None:
+        pytest.skip("qemu-x86_64 is not installed (apt-get install qemu-user; .ci/run installs it)")
+    result = run("verify", str(tiny_vit_copy), "--precision", "fp32", "--emulate", "Haswell", "--json", "-q")
+    assert result.exit_code == 0, result.output
+    (report,) = json.loads(result.stdout)
+    checked = {c["path"]: c for c in report["checks"]}
+    assert set(checked) == {"visual.onnx", "text.onnx", "tokenizer.json"}
+    assert all(c["status"] == "pass" and c["environment"]["emulated_on"] for c in checked.values())
+    assert {c["environment"]["cpu_target"] for c in checked.values()} == {"haswell"}
+    rows = read_manifest(tiny_vit_copy).section("verification")["results"]
+    assert any(r["environment"].get("emulated_on") and r["path"] == "visual.onnx" for r in rows)
 
 
 def test_a_converted_precision_without_options_needs_no_cli_code(

@@ -39,7 +39,7 @@ COMMANDS = [
     ),
     (
         "Verify the every-x86 INT8 files on AVX2 kernels, emulated",
-        'qemu-x86_64 -cpu Haswell {python_bin}/python "$(command -v clip-export)" verify {out}/ViT-B-32 --precision int8 -q',
+        "clip-export verify {out}/ViT-B-32 --precision int8 --emulate Haswell -q",
     ),
     (
         "Benchmark under an emulator: refused",
