@@ -95,7 +95,7 @@ def verify(
       clip-export verify artifacts/ViT-B-32 --precision int8 --emulate Haswell
     """
     if emulate:
-        from clip_export.core.emulation import run_emulated
+        from clip_export.cli_emulate import run_emulated
 
         forwarded = [*map(str, dirs), "--providers", ",".join(providers), "--reference", reference]
         for flag, value in (

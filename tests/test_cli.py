@@ -3,6 +3,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -134,15 +135,44 @@ def test_verify_names_no_environment_for_a_provider_that_did_not_run(tiny_vit_co
 
 
 def test_verify_emulate_without_qemu_is_one_error_line(tiny_vit_copy: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    from clip_export.core import emulation
+    from clip_export import cli_emulate
 
-    monkeypatch.setattr(emulation.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cli_emulate.shutil, "which", lambda name: None)
     result = run("verify", str(tiny_vit_copy), "--emulate", "Haswell")
     assert result.exit_code == 1 and "Traceback" not in result.output
     assert result.stderr.strip() == (
         "Error: --emulate Haswell runs this command under qemu-x86_64, which is not on PATH "
         "(Debian: apt-get install qemu-user)"
     )
+
+
+def test_verify_emulate_forwards_every_other_option(
+    tiny_vit_copy: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each option of verify is given a value other than its default, and the emulated run must parse
+    back to the same values: an option added later and not forwarded fails here."""
+    from clip_export import cli_emulate
+    from clip_export.cli_run import verify as verify_command
+
+    seen: list[tuple[str, list[str]]] = []
+    monkeypatch.setattr(cli_emulate, "run_emulated", lambda cpu, args, out, err: seen.append((cpu, list(args))) or 0)
+    (tmp_path / "captions.txt").write_text("a cat\n")
+    (tmp_path / "w.safetensors").write_bytes(b"")
+    given = [
+        str(tiny_vit_copy),
+        *("--providers", "cpu,cuda", "--reference", "torch", "--images", str(tmp_path)),
+        *("--texts", str(tmp_path / "captions.txt"), "--precision", "int8"),
+        *("--threshold", "fp16.mean_abs_normalized=5e-4", "--threshold", "int8.min_cosine=0.9"),
+        *("--weights", str(tmp_path / "w.safetensors"), "--tokenizer", str(tmp_path), "--text-config", str(tmp_path)),
+        *("--json", "-q"),
+    ]
+    assert run("verify", *given, "--emulate", "Haswell").exit_code == 0
+    ((cpu, args),) = seen
+    assert cpu == "Haswell" and args[0] == "verify"
+    expected = verify_command.make_context("verify", list(given)).params
+    assert verify_command.make_context("verify", args[1:]).params == expected
+    defaults = {p.name: p.get_default(click.Context(verify_command)) for p in verify_command.params}
+    assert [name for name, value in expected.items() if value == defaults[name] and name != "emulate"] == []
 
 
 @pytest.mark.emulated
@@ -159,7 +189,7 @@ def test_verify_emulate_records_an_emulated_verdict(tiny_vit_copy: Path) -> None
     checked = {c["path"]: c for c in report["checks"]}
     assert set(checked) == {"visual.onnx", "text.onnx", "tokenizer.json"}
     assert all(c["status"] == "pass" and c["environment"]["emulated_on"] for c in checked.values())
-    assert {c["environment"]["cpu_target"] for c in checked.values()} == {"haswell"}
+    assert {c["environment"]["cpu_target"] for c in checked.values()} == {"haswell (emulated)"}
     rows = read_manifest(tiny_vit_copy).section("verification")["results"]
     assert any(r["environment"].get("emulated_on") and r["path"] == "visual.onnx" for r in rows)
 

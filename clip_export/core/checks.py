@@ -202,7 +202,7 @@ def check_artifact(
             provider_ran=None,
             status=NOT_APPLICABLE,
             failures=(
-                f"not applicable on this CPU ({base['environment'].tier}): the {family.name} INT8 family "
+                f"not applicable on this CPU ({base['environment'].tier_label}): the {family.name} INT8 family "
                 f"({family.tiers}) needs one of {', '.join(family.requires_any_flag)}; its verdict here would "
                 "say nothing",
             ),

@@ -52,6 +52,10 @@ _LLVM_NAMES = {
     "neon": "asimd",
 }
 GPU_PROVIDERS = (*(p.ort_name for p in EXECUTION_PROVIDERS if p.gpu), TENSORRT_RUNTIME)
+# Appended to `cpu_target` under an emulator. The key joins cpu_target, so an emulated verdict is keyed
+# apart from the real CPU's (which then runs its own serve-time check, and whose rows an emulated
+# verify never replaces), also by versions of clip-export that know nothing of emulation.
+EMULATED = " (emulated)"
 
 
 @dataclass(frozen=True)
@@ -70,9 +74,8 @@ class Environment:
     driver: str | None = None
     cuda: str | None = None
     tensorrt: str | None = None
-    # Set when CPUID (what onnxruntime's kernels obey) reports fewer kernel flags than the host's
-    # kernel does: a user-mode emulator such as `qemu-x86_64 -cpu Haswell` is answering CPUID.
-    # The host, with the flags only it has.
+    # Under a user-mode emulator (`qemu-x86_64 -cpu Haswell`, which answers CPUID for the CPU it
+    # emulates): the host, with the kernel flags only it has. cpu_target then ends in EMULATED.
     emulated_on: str | None = None
 
     @property
@@ -110,22 +113,22 @@ class Environment:
                 self.cuda or "?",
                 self.tensorrt or "-",
             ]
-        if self.emulated_on:
-            # An emulator's verdict is the emulated CPU's kernels on these bytes, not that CPU itself:
-            # a real one of its kind runs its own serve-time check instead of reusing it.
-            parts.append("emulated")
         return "|".join(parts)
+
+    @property
+    def emulated(self) -> bool:
+        return self.cpu_target.endswith(EMULATED)
 
     @property
     def tier_label(self) -> str:
         """The tier as a verdict may claim it: an emulated CPU is named as such."""
-        return f"{self.tier} (emulated)" if self.emulated_on else self.tier
+        return f"{self.tier}{EMULATED}" if self.emulated else self.tier
 
     def describe(self) -> str:
         """One line for tables and error messages."""
         cpu = (
-            f"{self.cpu_target} emulated on {self.emulated_on} ({self.tier}, emulated)"
-            if self.emulated_on
+            f"{self.cpu_target.removesuffix(EMULATED)} emulated on {self.emulated_on or self.cpu} ({self.tier}, emulated)"
+            if self.emulated
             else f"{self.cpu} ({self.cpu_target}, {self.tier})"
         )
         where = f"{cpu}, {self.os} {self.arch}, onnxruntime {self.onnxruntime} {provider_label(self.provider)}"
@@ -162,15 +165,22 @@ class Environment:
         return env
 
 
-def emulation_host(cpu: str, arch: str, cpuid_flags: Sequence[str], kernel_flags: Sequence[str]) -> str | None:
-    """The host, when CPUID reports fewer x86 kernel flags than the host's kernel lists in /proc/cpuinfo.
+def emulation_host(
+    cpu: str, arch: str, cpuid_flags: Sequence[str], kernel_flags: Sequence[str], process_name: str
+) -> str | None:
+    """The host, when this x86 process runs under a user-mode emulator, else None.
 
-    Why: qemu-user answers CPUID for the CPU it emulates but passes the host's /proc/cpuinfo
-    through, so the disagreement is the emulator's mark. A hypervisor masks both alike."""
-    if arch not in ("x86_64", "AMD64") or not kernel_flags:
+    qemu-user runs as the process itself (its /proc/self/comm is qemu-x86_64), answers CPUID for the
+    CPU it emulates, and passes the host's /proc/cpuinfo through: either mark is enough. A
+    hypervisor masks CPUID and /proc/cpuinfo alike. AMX is left out of the comparison: kernels
+    before 5.16 list amx_* without enabling the tile state, which LLVM (rightly) does not report."""
+    if arch not in ("x86_64", "AMD64"):
         return None
-    only_host = [f for f in KERNEL_FLAGS if f in kernel_flags and f not in cpuid_flags]
-    return f"{cpu} with {', '.join(only_host)}" if only_host else None
+    by_qemu = process_name.startswith("qemu-")
+    only_host = [f for f in KERNEL_FLAGS if f in kernel_flags and f not in cpuid_flags and not f.startswith("amx")]
+    if not (by_qemu or only_host):
+        return None
+    return cpu + (f" with {', '.join(only_host)}" if only_host else "") + (f", by {process_name}" if by_qemu else "")
 
 
 @lru_cache(maxsize=1)
@@ -195,8 +205,12 @@ def _cpu() -> tuple[str, str, tuple[str, ...], str | None]:
     except Exception:  # llvmlite missing or unusable: /proc/cpuinfo is the next best source
         pass
     kernel_flags = tuple(f for f in KERNEL_FLAGS if f in flags)
-    host = emulation_host(name, platform.machine(), kernel_flags, tuple(f for f in KERNEL_FLAGS if f in proc_flags))
-    return name, target, kernel_flags, host
+    try:
+        process_name = Path("/proc/self/comm").read_text().strip()
+    except OSError:
+        process_name = ""
+    host = emulation_host(name, platform.machine(), kernel_flags, tuple(proc_flags), process_name)
+    return name, target + EMULATED if host else target, kernel_flags, host
 
 
 def _onnxruntime_version() -> str:

@@ -67,21 +67,36 @@ def test_tiers(flags: tuple[str, ...], tier: str) -> None:
 ZEN4_KERNEL = ("avx2", "fma", "avx512f", "avx512bw", "avx512_vnni", "avx512_bf16")
 
 
-def test_an_emulator_is_told_by_cpuid_reporting_less_than_the_kernel() -> None:
-    """qemu-user answers CPUID for the CPU it emulates and passes the host's /proc/cpuinfo through."""
-    host = emulation_host("AMD EPYC", "x86_64", ("avx2", "fma"), ZEN4_KERNEL)
-    assert host == "AMD EPYC with avx512f, avx512bw, avx512_vnni, avx512_bf16"
-    assert emulation_host("AMD EPYC", "x86_64", ZEN4_KERNEL, ZEN4_KERNEL) is None  # the CPU itself
-    assert emulation_host("AMD EPYC", "x86_64", ("avx2", "fma"), ()) is None  # no /proc/cpuinfo: cannot tell
-    assert emulation_host("Neoverse", "aarch64", ("asimd",), ("asimd", "sve")) is None
+def test_an_emulator_is_told_by_its_process_name_or_by_cpuid_reporting_less_than_the_kernel() -> None:
+    """qemu-user is the process (comm qemu-x86_64), answers CPUID for the CPU it emulates and passes
+    the host's /proc/cpuinfo through: either mark is enough, so an AVX2-only host is told too."""
+    host = emulation_host("AMD EPYC", "x86_64", ("avx2", "fma"), ZEN4_KERNEL, "qemu-x86_64")
+    assert host == "AMD EPYC with avx512f, avx512bw, avx512_vnni, avx512_bf16, by qemu-x86_64"
+    assert emulation_host("AMD EPYC", "x86_64", ("avx2", "fma"), ("avx2", "fma"), "qemu-x86_64") == (
+        "AMD EPYC, by qemu-x86_64"
+    )  # a Zen 3 emulating Haswell: the same flags
+    assert emulation_host("AMD EPYC", "x86_64", ("avx2", "fma"), ZEN4_KERNEL, "python") == (
+        "AMD EPYC with avx512f, avx512bw, avx512_vnni, avx512_bf16"
+    )  # qemu renamed: the flags still tell
+    assert emulation_host("AMD EPYC", "x86_64", ZEN4_KERNEL, ZEN4_KERNEL, "python") is None  # the CPU itself
+    assert emulation_host("AMD EPYC", "x86_64", ("avx2", "fma"), (), "clip-export") is None  # cannot tell
+    assert emulation_host("Neoverse", "aarch64", ("asimd",), ("asimd", "sve"), "python") is None
+    # Linux before 5.16 lists AMX without enabling it, and LLVM does not report it: not an emulator
+    sapphire = (*ZEN4_KERNEL, "amx_tile", "amx_int8", "amx_bf16")
+    assert emulation_host("Intel Xeon", "x86_64", ZEN4_KERNEL, sapphire, "python") is None
 
 
 def test_an_emulated_verdict_says_so_and_is_not_the_real_cpus() -> None:
     real = Environment("Intel Xeon", "haswell", ("avx2", "fma"), "Linux", "x86_64", "1.32.0", "CPUExecutionProvider")
-    emulated = dataclasses.replace(real, cpu="AMD EPYC", emulated_on="AMD EPYC with avx512f, avx512_vnni")
+    emulated = dataclasses.replace(
+        real, cpu="AMD EPYC", cpu_target="haswell (emulated)", emulated_on="AMD EPYC with avx512f, avx512_vnni"
+    )
     assert emulated.tier == real.tier == "AVX2 without VNNI"  # the kernels it selects
     assert (real.tier_label, emulated.tier_label) == ("AVX2 without VNNI", "AVX2 without VNNI (emulated)")
     assert emulated.key != real.key  # a real Haswell runs its own serve-time check
+    # a reader that knows nothing of emulated_on (older clip-export) still computes the stored key
+    older = {k: v for k, v in emulated.to_json().items() if k != "emulated_on"}
+    assert Environment.from_json(older).key == emulated.key
     assert emulated.describe().startswith(
         "haswell emulated on AMD EPYC with avx512f, avx512_vnni (AVX2 without VNNI, emulated)"
     )

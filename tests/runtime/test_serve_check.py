@@ -187,11 +187,10 @@ def _probe_under_haswell(model_dir: Path) -> dict:
     assert done.returncode == 0, done.stderr[-2000:]
     result = json.loads(done.stdout.strip().splitlines()[-1])
     for tower, (status, tier, target) in result["checks"].items():
-        assert (status, tier, target) == ("pass", "AVX2 without VNNI", "haswell"), tower
+        assert (status, tier, target) == ("pass", "AVX2 without VNNI", "haswell (emulated)"), tower
     assert result["verify"] is True
-    # every verdict there names the emulation and the host (qemu passes the host's /proc/cpuinfo through)
-    native = current_environment("CPUExecutionProvider")
-    assert set(native.isa_flags) - {"avx2", "fma"} <= set(result["emulated_on"].split(" with ")[-1].split(", "))
+    # every verdict there names the emulation and the host, whatever flags the host has
+    assert result["emulated_on"].endswith(", by qemu-x86_64"), result["emulated_on"]
     return result
 
 

@@ -22,7 +22,7 @@ def refuse_emulated_cpu() -> None:
     """Timings under an emulator (qemu-x86_64 -cpu Haswell) are the emulator's speed, and would be
     filed under the emulated CPU's name: refused, where verify's fidelity figures are not."""
     here = current_environment(CPU_PROVIDER)
-    if here.emulated_on:
+    if here.emulated:
         raise ClipExportError(
             f"bench times this process, which runs {here.describe()}: the figures would be the emulator's "
             "speed under the emulated CPU's name; run bench on the machine itself (verify may run emulated)"

@@ -7,8 +7,8 @@ import shutil
 
 import pytest
 
-from clip_export.core import emulation
-from clip_export.core.emulation import QEMU_NOISE, qemu_cpu_models, run_emulated
+from clip_export import cli_emulate
+from clip_export.cli_emulate import QEMU_NOISE, qemu_cpu_models, run_emulated
 from clip_export.core.errors import ClipExportError
 
 
@@ -20,7 +20,7 @@ def _qemu() -> str:
 
 
 def test_without_qemu_the_error_says_how_to_get_it(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(emulation.shutil, "which", lambda name: None)
+    monkeypatch.setattr(cli_emulate.shutil, "which", lambda name: None)
     with pytest.raises(
         ClipExportError, match=r"under qemu-x86_64, which is not on PATH \(Debian: apt-get install qemu-user\)"
     ):
@@ -28,8 +28,9 @@ def test_without_qemu_the_error_says_how_to_get_it(monkeypatch: pytest.MonkeyPat
 
 
 def test_an_unknown_cpu_model_is_refused_with_the_models_there_are(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(emulation.shutil, "which", lambda name: "/usr/bin/qemu-x86_64")
-    monkeypatch.setattr(emulation, "qemu_cpu_models", lambda qemu: ["Haswell", "Haswell-v4", "Skylake-Client"])
+    monkeypatch.setattr(cli_emulate.shutil, "which", lambda name: "/usr/bin/qemu-x86_64")
+    monkeypatch.setattr(cli_emulate.platform, "machine", lambda: "x86_64")
+    monkeypatch.setattr(cli_emulate, "qemu_cpu_models", lambda qemu: ["Haswell", "Haswell-v4", "Skylake-Client"])
     with pytest.raises(ClipExportError) as raised:
         run_emulated("Haswel", ["models"], out=print, err=print)
     assert str(raised.value).startswith("qemu-x86_64 has no CPU model 'Haswel'; it has Haswell, Skylake-Client (")
