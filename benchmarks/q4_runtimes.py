@@ -20,8 +20,9 @@ from pathlib import Path
 
 import numpy as np
 
-from clip_export.core.metrics import l2_normalize
+from clip_export.core.metrics import numeric_metrics
 from clip_export.core.sessions import create_session, ort
+from clip_export.core.spec import THRESHOLDS
 
 SCRIPT = Path(__file__).with_suffix(".cjs")
 
@@ -30,9 +31,10 @@ def cosine(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return (a * b).sum(-1) / np.linalg.norm(a, axis=-1) / np.linalg.norm(b, axis=-1)
 
 
-def mean_abs_normalized(a: np.ndarray, b: np.ndarray) -> float:
-    """The int8 gate's first metric: mean per-dimension |Δ| between L2-normalised embeddings."""
-    return float(np.abs(l2_normalize(a) - l2_normalize(b)).mean())
+def mean_abs_normalized(got: np.ndarray, reference: np.ndarray) -> float:
+    """The int8 gate's first metric, computed by the gate's own code (core.metrics.numeric_metrics)."""
+    metrics = numeric_metrics(reference, got, THRESHOLDS["int8"])
+    return next(m.value for m in metrics if m.name == "mean_abs_normalized")
 
 
 def main() -> None:
