@@ -52,6 +52,7 @@ from cpu_report import prepare  # noqa: E402  (this directory is on sys.path)
 from clip_export.core.evalset import BUNDLED_DIR, load_evalset  # noqa: E402
 from clip_export.core.manifest import read_manifest  # noqa: E402
 from clip_export.core.progress import silent  # noqa: E402
+from clip_export.core.spec import EMBED_PART_ROWS  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
 from clip_export.stages.embed.embed import artifact_record  # noqa: E402
 from clip_export.stages.embed.embed_inputs import (  # noqa: E402
@@ -125,11 +126,11 @@ def torch_loop(model_dir: Path) -> tuple[Callable[[list[str], int], None], Calla
 
 
 def parallel_pure(run: Callable[[np.ndarray], Any], rows: np.ndarray, cbs: int, workers: int) -> None:
-    """The engine's inference alone: each batch split into one part per worker, parts run at once."""
+    """The engine's inference alone: each batch split into parts as the engine splits it, run a part per worker at once."""
     from concurrent.futures import ThreadPoolExecutor
 
     batches = [rows[i : i + cbs] for i in range(0, len(rows), cbs)]
-    parts = [batch[part] for batch in batches for part in part_slices(len(batch), workers)]  # as the engine splits
+    parts = [batch[part] for batch in batches for part in part_slices(len(batch), workers, EMBED_PART_ROWS)]
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(run, parts))
 
@@ -153,6 +154,7 @@ def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int, 
             [],
             silent,
             workers=workers,
+            part_rows=EMBED_PART_ROWS,  # as `clip-export embed` runs by default
         )
 
 

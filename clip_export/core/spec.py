@@ -301,6 +301,10 @@ EMBED_CHUNK_ROWS = 4096
 # Threads reading, decoding and preprocessing the next batches while the session runs this one
 # (PIL and the numba kernels release the GIL for most of their time).
 EMBED_DECODE_THREADS = 2
+# The most rows one inference part runs in the default layout (one-thread sessions, one part per
+# core at a time): on a 2-core Zen 4 ViT-B/32 INT8 ran 14.1 ms a photo in parts of 4-12 rows and 17.3
+# in parts of 50, the activations of a small part staying in its core's cache (docs/benchmarks.md).
+EMBED_PART_ROWS = 8
 # Without --precision, the first of these (for the towers needed) that holds here: a passing verdict
 # for its bytes in this environment, or the serve-time check run now. Ordered fastest first on CPU
 # (docs/benchmarks.md: INT8 3.5-6x torch eager, fp32 the baseline, fp16 slower than fp32 on CPUs

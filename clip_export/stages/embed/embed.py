@@ -24,6 +24,7 @@ from clip_export.core.progress import Progress, silent
 from clip_export.core.spec import (
     EMBED_BATCH_SIZE,
     EMBED_CHUNK_ROWS,
+    EMBED_PART_ROWS,
     EMBED_PRECISION_PREFERENCE,
     ONNX_FORMAT,
     TOWERS,
@@ -214,6 +215,7 @@ def _embed(
             errors,
             progress,
             workers=workers,
+            part_rows=None if threads else EMBED_PART_ROWS,  # --threads N: whole batches on N-thread sessions
         )
     store.write_errors(errors)
     store.compact(keep_keys=accepted if reembed else None)

@@ -35,10 +35,13 @@ def parallelism(threads: int) -> tuple[int, int]:
     return 1, max(1, len(usable))
 
 
-def part_slices(count: int, workers: int) -> list[slice]:
-    """How a batch of `count` rows is split: one contiguous part per worker, sizes within one (fewer
-    parts than workers when the batch is smaller)."""
-    return [slice(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(count), min(workers, count))]
+def part_slices(count: int, workers: int, most_rows: int | None = None) -> list[slice]:
+    """How a batch of `count` rows is split: contiguous parts, sizes within one, at least one per
+    worker (fewer when the batch is smaller) and, given `most_rows`, none larger than that."""
+    parts = min(workers, count)
+    if most_rows:
+        parts = max(parts, -(-count // most_rows))
+    return [slice(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(count), parts)]
 
 
 def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:
@@ -75,11 +78,16 @@ def run_local(
     errors: list[tuple[str, str, str, str]],
     progress: Progress,
     workers: int = 1,
+    part_rows: int | None = None,
 ) -> None:
-    """Embed `items` into `store` under `key`, `workers` parts at a time, rows in the items' order."""
+    """Embed `items` into `store` under `key`, `workers` parts at a time (each at most `part_rows`
+    rows when given), rows in the items' order."""
     writer = ChunkWriter(store, key, chunk_rows, counts, errors)
     in_flight: deque[tuple[list[Prepared], Future[np.ndarray]]] = deque()  # parts, oldest first
     started, last = time.perf_counter(), 0.0
+    # Where each part of a full batch ends: a part starts as soon as its rows are ready, so inference
+    # is not held up while the readers fill the rest of the batch.
+    part_ends = {part.stop for part in part_slices(batch_size, workers, part_rows)}
 
     def collect(keep: int) -> None:
         """Take the oldest parts' vectors, in order, until at most `keep` parts are in flight."""
@@ -93,18 +101,12 @@ def run_local(
                 vectors,
             )
 
-    def submit(batch: list[Prepared], inference: ThreadPoolExecutor) -> None:
-        """Run a batch as one part per worker (contiguous, sizes within one), so that a batch uses
-        every core however few batches are left; the readers and this loop go on meanwhile."""
-        if not batch:
-            return
-        run = model.embed_pixels if batch[0].loaded.item.kind == "image" else model.embed_token_ids
-        for part in part_slices(len(batch), workers):
-            rows_of_part = batch[part]
-            stacked = np.stack([p.array for p in rows_of_part])  # preprocessed or tokenized by the readers
-            in_flight.append((rows_of_part, inference.submit(run, stacked)))
-            collect(keep=workers)
-        batch.clear()
+    def submit(rows: list[Prepared], inference: ThreadPoolExecutor) -> None:
+        """Run rows of one batch as one part; the readers and this loop go on meanwhile."""
+        run = model.embed_pixels if rows[0].loaded.item.kind == "image" else model.embed_token_ids
+        stacked = np.stack([p.array for p in rows])  # preprocessed or tokenized by the readers
+        in_flight.append((rows, inference.submit(run, stacked)))
+        collect(keep=2 * workers)  # a part queued behind each running one: no core waits for this loop
 
     if any(i.kind == "text" for i in items):
         model.load_tokenizer()  # one clear error now, not one per caption in the workers
@@ -115,20 +117,29 @@ def run_local(
         for kind in ("image", "text"):
             group = [i for i in items if i.kind == kind]
             batch: list[Prepared] = []
+            sent = 0  # rows of `batch` already running
             ahead = 2 * max(batch_size, workers)  # the batch being gathered and the next; not more per core
-            for prepared in _prefetched(readers, lambda item: _prepare(model, item, done, accepted), group, ahead):
+            work = _prefetched(readers, lambda item: _prepare(model, item, done, accepted), group, ahead)
+            for position, prepared in enumerate(work):
                 if prepared.skip:
                     counts["unchanged"] += 1
                 elif prepared.loaded.error is not None:
                     errors.append((prepared.loaded.item.id, kind, prepared.loaded.sha256, prepared.loaded.error))
                 else:
                     batch.append(prepared)
-                    if len(batch) >= batch_size:
-                        submit(batch, inference)
+                    left = len(group) - position - 1
+                    if len(batch) == batch_size:
+                        submit(batch[sent:], inference)
+                        batch, sent = [], 0
+                    elif len(batch) in part_ends and len(batch) + left >= batch_size:
+                        submit(batch[sent:], inference)  # a part of a batch that can still fill: start it now
+                        sent = len(batch)
                 now = time.perf_counter()
                 if now - last >= 1.0:
                     last = now
                     progress(items_progress(counts, len(errors), len(items), now - started))
-            submit(batch, inference)
+            rest = batch[sent:]  # the short last batch: what is not running yet, split evenly
+            for part in part_slices(len(rest), workers, part_rows) if rest else []:
+                submit(rest[part], inference)
         collect(keep=0)
     writer.flush()

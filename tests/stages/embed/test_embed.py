@@ -16,7 +16,7 @@ from PIL import Image
 
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import BUNDLED_DIR
-from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_MANIFEST_NAME
+from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_MANIFEST_NAME, EMBED_PART_ROWS
 from clip_export.runtime import ClipOnnx, serving
 from clip_export.stages.embed.embed import embed
 from clip_export.stages.embed.embed_store import Store, read_embeddings
@@ -133,6 +133,29 @@ def test_captions_of_a_similar_length_share_a_batch(
     rows = by_id(out)
     for n, line in enumerate(lines, start=1):  # each row is its own caption's embedding, whatever its batch
         np.testing.assert_allclose(rows[f"{captions}#{n}"][2], model.embed_texts([line])[0], atol=1e-5)
+
+
+def test_by_default_parts_hold_at_most_the_part_rows_and_threads_run_whole_batches(
+    tiny_vit_int8_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for path in PHOTOS[: 2 * EMBED_PART_ROWS - 1]:
+        shutil.copy(path, photos / path.name)
+    parts: list[int] = []
+    original = ClipOnnx.embed_pixels
+
+    def recording(self: ClipOnnx, pixels: np.ndarray) -> np.ndarray:
+        parts.append(len(pixels))  # list.append is atomic: the workers call this concurrently
+        return original(self, pixels)
+
+    monkeypatch.setattr(ClipOnnx, "embed_pixels", recording)
+    count = 2 * EMBED_PART_ROWS - 1
+    embed(tiny_vit_int8_dir, [photos], tmp_path / "default", precision="fp32", batch_size=count)
+    assert sum(parts) == count and max(parts) <= EMBED_PART_ROWS
+    parts.clear()
+    embed(tiny_vit_int8_dir, [photos], tmp_path / "threads", precision="fp32", batch_size=count, threads=1)
+    assert parts == [count]
 
 
 def test_a_rerun_embeds_only_new_or_changed_items(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path) -> None:

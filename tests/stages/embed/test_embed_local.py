@@ -6,6 +6,7 @@ import os
 import shutil
 import threading
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pytest
@@ -13,10 +14,12 @@ import pytest
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import BUNDLED_DIR
 from clip_export.core.progress import silent
+from clip_export.core.spec import EMBED_PART_ROWS
 from clip_export.runtime import ClipOnnx
+from clip_export.stages.embed import embed_local
 from clip_export.stages.embed.embed import artifact_record
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
-from clip_export.stages.embed.embed_local import parallelism, run_local
+from clip_export.stages.embed.embed_local import parallelism, part_slices, run_local
 from clip_export.stages.embed.embed_store import Store, new_manifest, read_embeddings
 
 
@@ -42,14 +45,28 @@ def inputs(tmp_path: Path) -> list[Path]:
     return [folder, captions]
 
 
-def run(model: ClipOnnx, inputs: list[Path], out: Path, workers: int, batch_size: int = 2) -> dict[str, int]:
+def run(
+    model: ClipOnnx, inputs: list[Path], out: Path, workers: int, batch_size: int = 2, part_rows: int | None = None
+) -> dict[str, int]:
     store = Store(out)
     record = artifact_record(model, "fp32")
     store.write_manifest(new_manifest(record, 0))
     counts = {"embedded": 0, "unchanged": 0, "chunks": 0}
     items = in_batching_order(list_items(inputs))
     run_local(
-        model, items, {}, {record["key"]}, store, record["key"], batch_size, 4, counts, [], silent, workers=workers
+        model,
+        items,
+        {},
+        {record["key"]},
+        store,
+        record["key"],
+        batch_size,
+        4,
+        counts,
+        [],
+        silent,
+        workers=workers,
+        part_rows=part_rows,
     )
     return counts
 
@@ -100,3 +117,45 @@ def test_each_batch_runs_as_one_part_per_worker(tiny_vit_int8_dir: Path, inputs:
     model.embed_pixels = recording  # type: ignore[method-assign]
     run(model, inputs, tmp_path / "index", workers=2, batch_size=5)
     assert sorted(parts) == [2, 2, 2, 3]  # 9 photos: batches of 5 and 4, each in two parts
+
+
+def sizes(slices: list[slice]) -> list[int]:
+    return [part.stop - part.start for part in slices]
+
+
+def test_a_batch_splits_into_a_part_per_worker_and_no_part_over_the_most_rows() -> None:
+    assert sizes(part_slices(10, 2)) == [5, 5]
+    assert sizes(part_slices(50, 2)) == [25, 25]
+    assert sizes(part_slices(1, 2)) == [1]  # fewer parts than workers when the batch is smaller
+    assert sizes(part_slices(50, 2, EMBED_PART_ROWS)) == [8, 7, 7, 7, 7, 7, 7]  # ceil(50 / 8) parts, even
+    assert sizes(part_slices(10, 2, EMBED_PART_ROWS)) == [5, 5]  # still one part per worker
+    for count in range(1, 120):  # contiguous, every row once, none over the cap, sizes within one
+        parts = part_slices(count, 3, EMBED_PART_ROWS)
+        assert parts[0].start == 0 and parts[-1].stop == count
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+        assert max(sizes(parts)) <= EMBED_PART_ROWS and max(sizes(parts)) - min(sizes(parts)) <= 1
+
+
+def test_a_part_starts_while_the_readers_still_fill_the_rest_of_its_batch(
+    tiny_vit_int8_dir: Path, inputs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The last photo of the only batch is held back until a part has started: without parts that
+    start as soon as their rows are ready, nothing would run before the whole batch is read."""
+    model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32", threads=1)
+    photos = sorted((inputs[0]).iterdir())
+    part_started, waited = threading.Event(), []
+    original_run, original_prepare = model.embed_pixels, embed_local.prepare
+
+    def recording(pixels: np.ndarray) -> np.ndarray:
+        part_started.set()
+        return original_run(pixels)
+
+    def holding_the_last_photo(model: ClipOnnx, item: Any, unchanged: Any) -> Any:
+        if item.path == str(photos[-1]):
+            waited.append(part_started.wait(timeout=60))
+        return original_prepare(model, item, unchanged)
+
+    model.embed_pixels = recording  # type: ignore[method-assign]
+    monkeypatch.setattr(embed_local, "prepare", holding_the_last_photo)
+    counts = run(model, [inputs[0]], tmp_path / "index", workers=2, batch_size=9, part_rows=3)
+    assert waited == [True] and counts["embedded"] == 9
