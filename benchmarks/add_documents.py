@@ -58,9 +58,10 @@ from clip_export.stages.embed.embed import artifact_record  # noqa: E402
 from clip_export.stages.embed.embed_inputs import (  # noqa: E402
     in_batching_order,
     list_items,
+    part_slices,
 )
 from clip_export.stages.embed.embed_inputs import prepare as prepare_item  # noqa: E402
-from clip_export.stages.embed.embed_local import parallelism, part_slices, run_local  # noqa: E402
+from clip_export.stages.embed.embed_local import parallelism, run_local  # noqa: E402
 from clip_export.stages.embed.embed_store import Store, new_manifest  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"

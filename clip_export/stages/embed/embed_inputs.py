@@ -56,6 +56,16 @@ def in_batching_order(items: Sequence[Item]) -> list[Item]:
     return images + sorted((item for item in items if item.kind != "image"), key=lambda item: len(item.text or ""))
 
 
+def part_slices(count: int, workers: int, most_rows: int | None = None) -> list[slice]:
+    """How both engines split a batch of `count` rows for inference: contiguous parts, sizes within
+    one, at least one per worker (fewer when the batch is smaller) and, given `most_rows`, none larger
+    than that. The parts are the runs dynamic INT8 scales its activations over."""
+    parts = min(workers, count)
+    if most_rows:
+        parts = max(parts, -(-count // most_rows))
+    return [slice(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(count), parts)]
+
+
 def list_items(inputs: Sequence[str | Path], column: str | None = None) -> list[Item]:
     """Every item of every INPUT, in a stable order; ids are unique (a repeated id is one item)."""
     if not inputs:

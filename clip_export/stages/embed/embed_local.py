@@ -22,7 +22,7 @@ import numpy as np
 from clip_export.core.progress import Progress, items_progress
 from clip_export.core.spec import EMBED_DECODE_THREADS
 from clip_export.runtime.serving import ClipOnnx
-from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, prepare
+from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, part_slices, prepare
 from clip_export.stages.embed.embed_store import ChunkWriter, Done, Store
 
 
@@ -33,15 +33,6 @@ def parallelism(threads: int) -> tuple[int, int]:
         return threads, 1
     usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)  # Linux only
     return 1, max(1, len(usable))
-
-
-def part_slices(count: int, workers: int, most_rows: int | None = None) -> list[slice]:
-    """How a batch of `count` rows is split: contiguous parts, sizes within one, at least one per
-    worker (fewer when the batch is smaller) and, given `most_rows`, none larger than that."""
-    parts = min(workers, count)
-    if most_rows:
-        parts = max(parts, -(-count // most_rows))
-    return [slice(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(count), parts)]
 
 
 def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:

@@ -12,8 +12,9 @@ import pytest
 
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import BUNDLED_DIR
+from clip_export.core.spec import EMBED_PART_ROWS
 from clip_export.runtime import ClipOnnx
-from clip_export.stages.embed.embed_inputs import Item, in_batching_order, list_items, load, prepare
+from clip_export.stages.embed.embed_inputs import Item, in_batching_order, list_items, load, part_slices, prepare
 
 PHOTOS = sorted((BUNDLED_DIR / "images").glob("*.jpg"))[:3]
 
@@ -115,3 +116,20 @@ def test_prepare_tokenizes_captions_and_preprocesses_images_in_the_worker(tiny_v
     )
     np.testing.assert_allclose(model.embed_pixels(photo.array[None]), model.embed_images([PHOTOS[0]]), atol=1e-6)
     assert prepare(model, Item("c#1", "text", text="a cat on a sofa"), lambda loaded: True).skip
+
+
+def sizes(slices: list[slice]) -> list[int]:
+    return [part.stop - part.start for part in slices]
+
+
+def test_a_batch_splits_into_a_part_per_worker_and_no_part_over_the_most_rows() -> None:
+    assert sizes(part_slices(10, 2)) == [5, 5]
+    assert sizes(part_slices(50, 2)) == [25, 25]
+    assert sizes(part_slices(1, 2)) == [1]  # fewer parts than workers when the batch is smaller
+    assert sizes(part_slices(50, 2, EMBED_PART_ROWS)) == [8, 7, 7, 7, 7, 7, 7]  # ceil(50 / 8) parts, even
+    assert sizes(part_slices(10, 2, EMBED_PART_ROWS)) == [5, 5]  # still one part per worker
+    for count in range(1, 120):  # contiguous, every row once, none over the cap, sizes within one
+        parts = part_slices(count, 3, EMBED_PART_ROWS)
+        assert parts[0].start == 0 and parts[-1].stop == count
+        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
+        assert max(sizes(parts)) <= EMBED_PART_ROWS and max(sizes(parts)) - min(sizes(parts)) <= 1

@@ -14,12 +14,11 @@ import pytest
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import BUNDLED_DIR
 from clip_export.core.progress import silent
-from clip_export.core.spec import EMBED_PART_ROWS
 from clip_export.runtime import ClipOnnx
 from clip_export.stages.embed import embed_local
 from clip_export.stages.embed.embed import artifact_record
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
-from clip_export.stages.embed.embed_local import parallelism, part_slices, run_local
+from clip_export.stages.embed.embed_local import parallelism, run_local
 from clip_export.stages.embed.embed_store import Store, new_manifest, read_embeddings
 
 
@@ -117,23 +116,6 @@ def test_each_batch_runs_as_one_part_per_worker(tiny_vit_int8_dir: Path, inputs:
     model.embed_pixels = recording  # type: ignore[method-assign]
     run(model, inputs, tmp_path / "index", workers=2, batch_size=5)
     assert sorted(parts) == [2, 2, 2, 3]  # 9 photos: batches of 5 and 4, each in two parts
-
-
-def sizes(slices: list[slice]) -> list[int]:
-    return [part.stop - part.start for part in slices]
-
-
-def test_a_batch_splits_into_a_part_per_worker_and_no_part_over_the_most_rows() -> None:
-    assert sizes(part_slices(10, 2)) == [5, 5]
-    assert sizes(part_slices(50, 2)) == [25, 25]
-    assert sizes(part_slices(1, 2)) == [1]  # fewer parts than workers when the batch is smaller
-    assert sizes(part_slices(50, 2, EMBED_PART_ROWS)) == [8, 7, 7, 7, 7, 7, 7]  # ceil(50 / 8) parts, even
-    assert sizes(part_slices(10, 2, EMBED_PART_ROWS)) == [5, 5]  # still one part per worker
-    for count in range(1, 120):  # contiguous, every row once, none over the cap, sizes within one
-        parts = part_slices(count, 3, EMBED_PART_ROWS)
-        assert parts[0].start == 0 and parts[-1].stop == count
-        assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
-        assert max(sizes(parts)) <= EMBED_PART_ROWS and max(sizes(parts)) - min(sizes(parts)) <= 1
 
 
 def test_a_part_starts_while_the_readers_still_fill_the_rest_of_its_batch(

@@ -18,7 +18,7 @@ import psutil
 import pytest
 
 from clip_export.core.evalset import BUNDLED_DIR
-from clip_export.core.spec import EMBED_DATA_DIR
+from clip_export.core.spec import EMBED_DATA_DIR, EMBED_PART_ROWS
 from clip_export.stages.embed.embed import embed
 from clip_export.stages.embed.embed_store import read_embeddings
 
@@ -108,3 +108,28 @@ def test_ray_on_two_nodes_writes_the_local_engines_rows_and_survives_a_killed_wo
     assert '"engine": "ray"' in manifest_ray and '"engine": "local"' in manifest_local
     again = embed(tiny_vit_int8_dir, inputs, tmp_path / "ray", precision="fp32", batch_size=8, use_ray=True)
     assert (again.embedded, again.unchanged) == (0, local.embedded)
+
+
+def test_an_actor_runs_its_batch_in_parts_of_at_most_the_part_rows(tiny_vit_int8_dir: Path, tmp_path: Path) -> None:
+    from clip_export.runtime import ClipOnnx
+    from clip_export.stages.embed.embed_ray import FIELDS, EmbedMapper
+
+    photos = sorted((BUNDLED_DIR / "images").iterdir())[: 2 * EMBED_PART_ROWS + 1]
+    mapper = EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"])
+    original, parts = mapper.model.embed_pixels, []
+
+    def recording(pixels: np.ndarray) -> np.ndarray:
+        parts.append(len(pixels))
+        return original(pixels)
+
+    mapper.model.embed_pixels = recording  # type: ignore[method-assign]
+    paths = [str(p) for p in photos]  # as run_ray's rows: "" and b"" stand for no value
+    values = {"id": paths, "kind": ["image"] * len(photos), "path": paths, "data": [b""] * len(photos)}
+    batch = {field: np.array(values.get(field, [""] * len(photos)), dtype=object) for field in FIELDS}
+    out = mapper(batch)
+    assert parts == [6, 6, 5]  # 17 rows: ceil(17 / 8) parts, sizes within one
+    model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="int8", towers=["visual"])
+    for start, size in ((0, 6), (6, 6), (12, 5)):  # INT8 rows are those of the same parts run alone
+        np.testing.assert_allclose(
+            out["embedding"][start : start + size], model.embed_images(photos[start : start + size]), atol=1e-6
+        )
