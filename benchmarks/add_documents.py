@@ -13,13 +13,13 @@ interleaved per CBS so drift on a shared machine hits every method alike:
 - naive ClipOnnx loop: `embed_images(paths)` per batch, decode then embed, no overlap
 - local engine: `clip-export embed`'s engine (reader threads, inference threads, Parquet writer,
   hashing) on an already opened artifact, with its default sessions: one thread each, every batch
-  split into one part per core, the parts run at once
+  split into parts (at least one per core, none over spec.EMBED_PART_ROWS rows), one per core at once
 - Ray engine (--ray): `embed --ray` on a local Ray, actor start included
 - pure session.run: the same batches, preprocessed beforehand, through the session alone (for
   captions also the engine's own batches, which group captions by length), on the default
   session (onnxruntime's threads, one batch at a time): the issue's baseline
-- pure, one part per core: the same batches split as the engine splits them, on its one-thread
-  sessions, nothing else running
+- pure, the engine's parts: the same batches split as the engine splits them, on its one-thread
+  sessions, one part per core at once, nothing else running
 - prepare alone: what the engine's reader threads do per document (read, hash, decode and
   preprocess, or tokenize), serially on one thread; with the faster pure row it gives the floor,
   pure + prepare / cores: the best any overlap can do when inference already keeps every core
@@ -71,7 +71,7 @@ RAY_PAST_START = "Ray engine past start-up (full run − 2-document run)"
 PREPARE = "prepare alone, one thread (read, hash, decode or tokenize)"
 CORES = parallelism(0)[1]  # the cores the engine runs one part on each
 FLOOR = f"floor: pure + prepare ÷ {CORES} cores"
-PURE_PARALLEL = "pure, one-thread sessions, one part of each batch per core"
+PURE_PARALLEL = f"pure, one-thread sessions, the engine's parts (at most {EMBED_PART_ROWS} rows), one per core at once"
 PURE = {"image": "pure session.run", "text": "pure session.run, the engine's batches (by length)"}
 CBS = (1, 10, 50, 100)
 MIN_DOCS = 112

@@ -302,8 +302,9 @@ EMBED_CHUNK_ROWS = 4096
 # (PIL and the numba kernels release the GIL for most of their time).
 EMBED_DECODE_THREADS = 2
 # The most rows one inference part runs in the default layout (one-thread sessions, one part per
-# core at a time): on a 2-core Zen 4 ViT-B/32 INT8 ran 14.1 ms a photo in parts of 4-12 rows and 17.3
-# in parts of 50, the activations of a small part staying in its core's cache (docs/benchmarks.md).
+# core at a time): on a 2-core Zen 4 ViT-B/32 INT8 ran 13.7 ms a photo in parts of 8 rows, 14.1-14.6
+# in parts of 2-12 and 16.7 in parts of 50, fp32 44.5 in parts of 4-8 and 51.4 in parts of 50: a
+# small part's activations stay in its core's cache (benchmarks/embed_part_rows.py).
 EMBED_PART_ROWS = 8
 # Without --precision, the first of these (for the towers needed) that holds here: a passing verdict
 # for its bytes in this environment, or the serve-time check run now. Ordered fastest first on CPU

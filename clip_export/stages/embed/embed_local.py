@@ -2,12 +2,13 @@
 threads run the batches before them, and the rows are written in order.
 
 Reading, hashing, decoding and preprocessing (or tokenizing) run on a pool of EMBED_DECODE_THREADS.
-Inference splits each batch into one part per worker and runs the parts at once on one ClipOnnx:
-onnxruntime's run() is thread-safe and releases the GIL, so with one-thread sessions each worker
-keeps one core on its own rows (as the Ray engine's one-thread actors do), and a reader thread that
-takes a core for a moment delays one part, not every parallel section of a two-thread run
-(docs/embed.md, docs/benchmarks.md).
-"""
+Inference splits each batch into parts (at least one per worker, by default none over
+EMBED_PART_ROWS rows) and runs one part per worker at once on one ClipOnnx: onnxruntime's run() is
+thread-safe and releases the GIL, so with one-thread sessions each worker keeps one core on its own
+rows (as the Ray engine's one-thread actors do), a small part's activations stay in that core's
+cache, and a reader thread that takes a core for a moment delays one part, not every parallel
+section of a two-thread run. A part starts as soon as its rows are ready, not when the whole batch
+is (docs/embed.md, docs/benchmarks.md)."""
 
 from __future__ import annotations
 
