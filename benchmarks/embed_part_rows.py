@@ -2,6 +2,7 @@
 
     python benchmarks/embed_part_rows.py                  # ViT-B/32 with random weights, INT8 and fp32
     python benchmarks/embed_part_rows.py --model-dir DIR  # an existing export with INT8 artifacts
+    python benchmarks/embed_part_rows.py --model-dir DIR --docs 32 --precisions int8  # ViT-L/14
 
 The local engine runs one-thread sessions, one part of a batch per core at once. This script runs
 the add_documents photo corpus (already preprocessed: inference only) through the same one-thread
@@ -29,7 +30,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_documents import corpus  # noqa: E402  (this directory is on sys.path)
+from add_documents import MIN_DOCS, corpus  # noqa: E402  (this directory is on sys.path)
 from cpu_report import prepare  # noqa: E402
 
 from clip_export.core.environment import current_environment  # noqa: E402
@@ -40,6 +41,10 @@ from clip_export.stages.embed.embed_local import parallelism  # noqa: E402
 RESULTS = Path(__file__).parent / "results"
 PART_ROWS = (2, 4, 8, 12, 16, 25, 50)
 BATCHES = (10, 50, 100)
+
+
+def numbers(listed: str) -> list[int]:
+    return [int(n) for n in listed.split(",") if n]
 
 
 def in_parts(run: Callable[[Any], Any], pixels: Any, rows: int, workers: int) -> Callable[[], None]:
@@ -64,22 +69,26 @@ def main() -> None:
     parser.add_argument("--model-dir", type=Path, default=None)
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--precisions", default="int8,fp32")
+    parser.add_argument("--docs", type=int, default=MIN_DOCS, help="photos (fewer for ViT-L/14 on 2 cores)")
+    parser.add_argument("--part-rows", default=",".join(map(str, PART_ROWS)))
+    parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
     args = parser.parse_args()
     model_dir = args.model_dir or prepare(args.model)
     _, workers = parallelism(0)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="embed-part-rows-") as tmp:
-        paths, _ = corpus(Path(tmp))
+        paths, _ = corpus(Path(tmp), args.docs)
         for precision in args.precisions.split(","):
             default = ClipOnnx.from_release(model_dir, precision=precision, towers=["visual"])
             one_thread = ClipOnnx.from_release(model_dir, precision=precision, threads=1, towers=["visual"])
             pixels = default.pixel_values(paths)
             methods = {
                 f"parts of {n} rows, one per core": in_parts(one_thread.embed_pixels, pixels, n, workers)
-                for n in PART_ROWS
+                for n in numbers(args.part_rows)
             }
             methods |= {
-                f"batches of {n}, one default session": in_batches(default.embed_pixels, pixels, n) for n in BATCHES
+                f"batches of {n}, one default session": in_batches(default.embed_pixels, pixels, n)
+                for n in numbers(args.batches)
             }
             samples: dict[str, list[float]] = {name: [] for name in methods}
             for call in methods.values():  # warm-up
