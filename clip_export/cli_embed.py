@@ -10,7 +10,7 @@ import click
 from clip_export.cli_parse import CONTEXT
 from clip_export.cli_render import cell, emit_json, progress_printer, table
 from clip_export.core.errors import ClipExportError
-from clip_export.core.spec import EMBED_BATCH_SIZE, EMBED_CHUNK_ROWS, EMBED_ERRORS_NAME, PRECISIONS
+from clip_export.core.spec import EMBED_BATCH_SIZE, EMBED_CHUNK_ROWS, EMBED_ERRORS_NAME, EMBED_PART_ROWS, PRECISIONS
 
 LOCAL_RAY = "local"
 
@@ -54,9 +54,9 @@ LOCAL_RAY = "local"
     type=click.IntRange(min=0),
     default=0,
     show_default=True,
-    help="Local engine: intra-op threads per session. 0: one-thread sessions, every batch split into one "
-    "part per core, the parts run at once; N: N-thread sessions, whole batches one at a time. "
-    "Ray actors have one thread each.",
+    help="Local engine: intra-op threads per session. 0: one-thread sessions, every batch split into parts "
+    f"of at most {EMBED_PART_ROWS} rows (at least one per core), one per core at once; N: N-thread sessions, "
+    "whole batches one at a time. Ray actors have one thread each and run the same parts.",
 )
 @click.option(
     "--ray",

@@ -123,7 +123,7 @@ def test_captions_of_a_similar_length_share_a_batch(
 
     monkeypatch.setattr(ClipOnnx, "embed_token_ids", recording)
     out = tmp_path / "index"
-    # threads=1: one batch at a time, whole (by default each batch is split into one part per core)
+    # threads=1: one batch at a time, whole (by default each batch is split into parts, one per core at once)
     result = embed(tiny_vit_int8_dir, [captions], out, precision="fp32", batch_size=2, threads=1)
     assert result.embedded == 4
     monkeypatch.setattr(ClipOnnx, "embed_token_ids", original)
