@@ -98,7 +98,7 @@ def run_local(
         run = model.embed_pixels if rows[0].loaded.item.kind == "image" else model.embed_token_ids
         stacked = np.stack([p.array for p in rows])  # preprocessed or tokenized by the readers
         in_flight.append((rows, inference.submit(run, stacked)))
-        collect(keep=2 * workers)  # a part queued behind each running one: no core waits for this loop
+        collect(keep=2 * workers)  # a part queued behind each running one (with --threads: one whole batch)
 
     if any(i.kind == "text" for i in items):
         model.load_tokenizer()  # one clear error now, not one per caption in the workers
