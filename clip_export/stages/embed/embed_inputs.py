@@ -59,7 +59,9 @@ def in_batching_order(items: Sequence[Item]) -> list[Item]:
 def part_slices(count: int, workers: int, most_rows: int | None = None) -> list[slice]:
     """How both engines split a batch of `count` rows for inference: contiguous parts, sizes within
     one, at least one per worker (fewer when the batch is smaller) and, given `most_rows`, none larger
-    than that. The parts are the runs dynamic INT8 scales its activations over."""
+    than that; none for no rows. The parts are the runs dynamic INT8 scales its activations over."""
+    if count == 0:
+        return []
     parts = min(workers, count)
     if most_rows:
         parts = max(parts, -(-count // most_rows))

@@ -131,7 +131,7 @@ def run_local(
                     last = now
                     progress(items_progress(counts, len(errors), len(items), now - started))
             rest = batch[sent:]  # the short last batch: what is not running yet, split evenly
-            for part in part_slices(len(rest), workers, part_rows) if rest else []:
+            for part in part_slices(len(rest), workers, part_rows):
                 submit(rest[part], inference)
         collect(keep=0)
     writer.flush()

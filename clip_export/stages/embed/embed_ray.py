@@ -70,7 +70,7 @@ class EmbedMapper:
                 rows[item.kind].append((row, prepared.array))  # type: ignore[arg-type]
         for kind, run in (("image", self.model.embed_pixels), ("text", self.model.embed_token_ids)):
             # parts of at most EMBED_PART_ROWS, as the local engine runs them: faster on one core
-            for part in part_slices(len(rows[kind]), 1, EMBED_PART_ROWS) if rows[kind] else []:
+            for part in part_slices(len(rows[kind]), 1, EMBED_PART_ROWS):
                 vectors[[r for r, _ in rows[kind][part]]] = run(np.stack([a for _, a in rows[kind][part]]))
         return {
             "id": batch["id"],

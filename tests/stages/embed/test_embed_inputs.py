@@ -126,6 +126,7 @@ def test_a_batch_splits_into_a_part_per_worker_and_no_part_over_the_most_rows() 
     assert sizes(part_slices(10, 2)) == [5, 5]
     assert sizes(part_slices(50, 2)) == [25, 25]
     assert sizes(part_slices(1, 2)) == [1]  # fewer parts than workers when the batch is smaller
+    assert part_slices(0, 2, EMBED_PART_ROWS) == []  # an empty batch has no part
     assert sizes(part_slices(50, 2, EMBED_PART_ROWS)) == [8, 7, 7, 7, 7, 7, 7]  # ceil(50 / 8) parts, even
     assert sizes(part_slices(10, 2, EMBED_PART_ROWS)) == [5, 5]  # still one part per worker
     for count in range(1, 120):  # contiguous, every row once, none over the cap, sizes within one
