@@ -21,7 +21,7 @@ from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ProviderUnavailableError
 from clip_export.core.evalset import EvalSet, load_evalset
 from clip_export.core.manifest import intact_reference, integrity_problems, read_manifest, resolve_inside
-from clip_export.core.metrics import Metric, Retrieval, l2_normalize, numeric_metrics, retrieval_agreement
+from clip_export.core.metrics import Metric, Retrieval, in_batches, l2_normalize, numeric_metrics, retrieval_agreement
 from clip_export.core.reference import compute_reference
 from clip_export.core.runner import NotRunnableHereError, open_runner
 from clip_export.core.sessions import provider_name
@@ -34,7 +34,6 @@ from clip_export.core.spec import (
     TOKENIZER_CHECK,
     TOKENIZER_FORMAT,
     TOWERS,
-    VERIFY_BATCH,
     Thresholds,
     int8_family_of,
     threshold_key,
@@ -239,7 +238,7 @@ def check_artifact(
         got = preprocess_graph.run_raw(runner.session, preprocess_graph.load_rgb_images(images or ()))
         batch_metric = None
     else:
-        got = np.concatenate([runner.run(inputs[i : i + VERIFY_BATCH]) for i in range(0, len(inputs), VERIFY_BATCH)])
+        got = in_batches(runner.run, inputs)
         # An engine's I/O and batch profile are fixed by its build; the structure checks are ONNX's.
         structure = _structure_problems(runner.session, entry) if runner.session is not None else []
         batch_metric = _batch_metric(runner.run, inputs, limits) if runner.session is not None else None

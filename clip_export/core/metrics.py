@@ -6,6 +6,7 @@ so one definition of "how far from the reference" holds everywhere.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,10 +46,13 @@ class Metric:
         return f"{self.name} = {self.value:.4g} (limit {self.direction} {self.limit:.4g})"
 
 
+def in_batches(run: Callable[[np.ndarray], np.ndarray], inputs: np.ndarray, batch: int = VERIFY_BATCH) -> np.ndarray:
+    """run() over `inputs` in batches of `batch` rows, the outputs concatenated in order."""
+    return np.concatenate([run(inputs[i : i + batch]) for i in range(0, len(inputs), batch)])
+
+
 def run_batches(session: Any, input_name: str, inputs: np.ndarray, batch: int = VERIFY_BATCH) -> np.ndarray:
-    return np.concatenate(
-        [session.run(None, {input_name: inputs[i : i + batch]})[0] for i in range(0, len(inputs), batch)]
-    )
+    return in_batches(lambda rows: session.run(None, {input_name: rows})[0], inputs, batch)
 
 
 @dataclass(frozen=True)

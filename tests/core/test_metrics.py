@@ -2,8 +2,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from clip_export.core.metrics import Metric, l2_normalize, numeric_metrics, retrieval_agreement
-from clip_export.core.spec import THRESHOLDS
+from clip_export.core.metrics import Metric, in_batches, l2_normalize, numeric_metrics, retrieval_agreement
+from clip_export.core.spec import THRESHOLDS, VERIFY_BATCH
 
 
 def test_ties_are_counted_not_failed() -> None:
@@ -41,3 +41,15 @@ def test_metric_directions_and_messages() -> None:
     assert Metric("cos", 0.99, 0.98, ">=").passed and not Metric("cos", 0.97, 0.98, ">=").passed
     assert Metric("cos", 0.97, 0.98, ">=").failure() == "cos = 0.97 (limit >= 0.98)"
     assert np.allclose(np.linalg.norm(l2_normalize(np.array([[3.0, 4.0], [0.0, 0.0]])), axis=1), [1.0, 0.0])
+
+
+def test_in_batches_runs_verify_batches_and_keeps_the_rows_in_order() -> None:
+    inputs = np.arange(2 * VERIFY_BATCH + 3, dtype=np.float32).reshape(-1, 1)
+    seen: list[int] = []
+
+    def doubled(rows: np.ndarray) -> np.ndarray:
+        seen.append(len(rows))
+        return rows * 2
+
+    np.testing.assert_array_equal(in_batches(doubled, inputs), inputs * 2)
+    assert seen == [VERIFY_BATCH, VERIFY_BATCH, 3]
