@@ -15,7 +15,7 @@ where the reference was computed on images that are not bundled (the status says
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -46,6 +46,13 @@ class ServeCheck:
     metrics: tuple[Metric, ...] = ()
     seconds: float = 0.0
     inputs: str = ""  # what the check's inputs were made from: the serving path, or stored tensors
+    sha256: str = ""  # the bytes it is about
+
+    @property
+    def passed_here(self) -> dict[str, str]:
+        """{bytes' sha256: environment key} when this check ran and passed: what another process of the
+        same job (an `embed --ray` actor) may take instead of running it again (check_here's `passed`)."""
+        return {self.sha256: self.environment.key} if self.status == "pass" else {}
 
 
 def require_mode(mode: str) -> str:
@@ -144,14 +151,17 @@ def check_here(
     mode: str,
     serving: ServingInputs | None = None,
     cpu_flags: Collection[str] | None = None,
+    passed: Mapping[str, str] | None = None,
 ) -> ServeCheck:
     """Run the reference items (loaded on demand) through the serving path and `session`;
     ServeCheckError names every metric it misses. An INT8 artifact of a kernel family that is not for
     this CPU (`cpu_flags`, default: its own) is refused before any number is computed: a pass on a
-    few items would not make it safe here."""
+    few items would not make it safe here. `passed` ({sha256: environment key}, ServeCheck.passed_here)
+    holds checks another process of the same job ran and passed: under "auto" they count as a verdict
+    does, for these bytes in exactly this environment only."""
     env = current_environment(session.get_providers()[0])
     if mode == "off":
-        return ServeCheck(entry.path, "skipped: turned off by the caller", env)
+        return ServeCheck(entry.path, "skipped: turned off by the caller", env, sha256=entry.sha256)
     family = int8_family_of(entry)
     flags = env.isa_flags if cpu_flags is None else tuple(cpu_flags)
     if family is not None and env.provider == CPU_PROVIDER and not family.applies_to(flags):
@@ -165,7 +175,17 @@ def check_here(
         row = passing_verdict_here(manifest, entry, env)
         if row is not None:
             return ServeCheck(
-                entry.path, f"skipped: verified in this environment on {row.date or 'an earlier run'}", env
+                entry.path,
+                f"skipped: verified in this environment on {row.date or 'an earlier run'}",
+                env,
+                sha256=entry.sha256,
+            )
+        if (passed or {}).get(entry.sha256) == env.key:
+            return ServeCheck(
+                entry.path,
+                "skipped: passed in this environment by another process of the same job",
+                env,
+                sha256=entry.sha256,
             )
     started = time.perf_counter()
     tower, sliced = TOWERS[entry.tower], reference()
@@ -184,4 +204,4 @@ def check_here(
             + ("Serve the fp32 artifact (precision='fp32'), or run" if entry.precision != "fp32" else "Run")
             + " 'clip-export verify' here for the full report"
         )
-    return ServeCheck(entry.path, "pass", env, metrics, time.perf_counter() - started, made_from)
+    return ServeCheck(entry.path, "pass", env, metrics, time.perf_counter() - started, made_from, entry.sha256)

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import functools
 import threading
-from collections.abc import Callable, Collection
+from collections.abc import Callable, Collection, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -82,6 +82,7 @@ class ClipOnnx:
         check: str = "auto",
         cpu_flags: Collection[str] | None = None,
         towers: Collection[str] | None = None,
+        passed_checks: Mapping[str, str] | None = None,
     ) -> ClipOnnx:
         """Open a release directory (or an artifact directory), check every file it will use, and
         check each artifact's numbers here (serve_check): "auto" skips that where this exact
@@ -89,7 +90,10 @@ class ClipOnnx:
         precision="int8" serves the INT8 kernel family this CPU's flags call for (QInt8 with
         avx512_vnni, avx_vnni or amx_int8, else QUInt8); `cpu_flags` replaces the probe of this
         CPU's flags (tests, or a deployment that knows better). `towers` opens only those (a
-        captions-only index need not load and check the image tower); default: every tower."""
+        captions-only index need not load and check the image tower); default: every tower.
+        `passed_checks` ({sha256: environment key}, from ServeCheck.passed_here) are checks another
+        process of the same job passed (the driver of `embed --ray`, for its actors): under "auto"
+        they skip the check for those bytes in exactly that environment, as a verdict would."""
         _preprocessor(preprocess)  # refuse bad names before loading anything
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ClipExportError(f"threads must be 0 (onnxruntime's choice) or a positive count, not {threads!r}")
@@ -135,7 +139,9 @@ class ClipOnnx:
         model.cpu_flags = flags
         serving = ServingInputs(model.pixel_values, preprocess == "exact", model.tokenize)
         model.serve_checks = {
-            tower: check_here(manifest, entries[tower], sessions[tower], reference, check, serving, flags)
+            tower: check_here(
+                manifest, entries[tower], sessions[tower], reference, check, serving, flags, passed_checks
+            )
             for tower in sessions
         }
         return model

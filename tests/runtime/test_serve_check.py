@@ -61,6 +61,32 @@ def test_another_environment_is_checked_here(verified_dir: Path) -> None:
         )  # fp32: the same numbers as the stored reference
 
 
+def test_a_pass_in_another_process_of_the_job_stands_for_these_bytes_in_this_environment_only(
+    verified_dir: Path,
+) -> None:
+    """What an `embed --ray` actor takes from its driver instead of checking again: the driver's pass, for
+    the same bytes in the same environment; another CPU, other bytes or check="always" run it."""
+    _move_verdicts_to_another_machine(verified_dir)
+    driver = ClipOnnx.from_release(verified_dir)
+    passed = {k: v for c in driver.serve_checks.values() for k, v in c.passed_here.items()}
+    shas = {e.path: e.sha256 for e in read_manifest(verified_dir).select()}
+    assert set(passed) == {shas[c.path] for c in driver.serve_checks.values()}  # both towers, by their bytes
+    actor = ClipOnnx.from_release(verified_dir, passed_checks=passed)
+    for tower, check in actor.serve_checks.items():
+        assert check.status == "skipped: passed in this environment by another process of the same job", tower
+        assert check.passed_here == {}  # a skip is not a pass to hand on
+    elsewhere = {sha: key + "-on-another-cpu" for sha, key in passed.items()}
+    assert all(
+        c.status == "pass" for c in ClipOnnx.from_release(verified_dir, passed_checks=elsewhere).serve_checks.values()
+    )
+    other_bytes = {sha[::-1]: key for sha, key in passed.items()}
+    assert all(
+        c.status == "pass" for c in ClipOnnx.from_release(verified_dir, passed_checks=other_bytes).serve_checks.values()
+    )
+    always = ClipOnnx.from_release(verified_dir, check="always", passed_checks=passed)
+    assert all(c.status == "pass" for c in always.serve_checks.values())
+
+
 def test_always_and_off(verified_dir: Path) -> None:
     assert all(c.status == "pass" for c in ClipOnnx.from_release(verified_dir, check="always").serve_checks.values())
     assert all(

@@ -200,6 +200,7 @@ def _embed(
             counts=counts,
             errors=errors,
             progress=progress,
+            passed_checks={k: v for c in model.serve_checks.values() for k, v in c.passed_here.items()},
         )
     else:
         run_local(

@@ -1,12 +1,13 @@
 """The Ray engine of `clip-export embed --ray [ADDRESS]`: the same job on Ray Data, past one machine.
 
 read (the items, as a Ray dataset) → map_batches with an actor pool (each actor opens one ClipOnnx:
-one runtime session per tower, with its own thread count, and does the reading, hashing and
-preprocessing of its batches) → the driver streams the results into the same writer the local
-engine uses (embed_store: atomic Parquet chunks, the same schema and manifest). Ray schedules,
-retries and restarts; there is no scheduler of ours. A worker killed mid-job is restarted by Ray
+one runtime session per tower, with its own thread count, taking the driver's serve-time check
+where its environment is the driver's, and does the reading, hashing and preprocessing of its
+batches) → the driver streams the results into the same writer the local engine uses (embed_store:
+atomic Parquet chunks, the same schema and manifest). Ray schedules, retries and restarts; there is
+no scheduler of ours. A worker killed mid-job is restarted by Ray
 and its batch re-run (Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1), so
-nothing is lost: tests/test_embed_ray.py kills one by pid.
+nothing is lost: tests/stages/embed/test_embed_ray.py kills one by pid.
 
 Imported only for --ray; without Ray the error names the extra `clip-export[ray]`.
 """
@@ -36,10 +37,21 @@ FIELDS = ("id", "kind", "path", "data", "text")
 class EmbedMapper:
     """One actor: one ClipOnnx (sessions opened once), then batch after batch of rows."""
 
-    def __init__(self, source: str, precision: str, threads: int, done: dict[str, str], towers: list[str]) -> None:
+    def __init__(
+        self,
+        source: str,
+        precision: str,
+        threads: int,
+        done: dict[str, str],
+        towers: list[str],
+        passed_checks: dict[str, str] | None = None,
+    ) -> None:
         from clip_export.runtime.serving import ClipOnnx
 
-        self.model = ClipOnnx.from_release(source, precision=precision, threads=threads, towers=towers or None)
+        # The driver's serve-time checks stand where the environment is the driver's (another CPU checks again)
+        self.model = ClipOnnx.from_release(
+            source, precision=precision, threads=threads, towers=towers or None, passed_checks=passed_checks
+        )
         self.done = done
         if self.model._text is not None:
             self.model.load_tokenizer()  # before batches: a broken tokenizer fails the actor once
@@ -103,6 +115,7 @@ def run_ray(
     progress: Progress,
     actors: int | None = None,
     threads: int = 1,
+    passed_checks: dict[str, str] | None = None,
 ) -> None:
     ray = _ray()
     import_optional("ray.data", package="ray[data]", extra="ray", purpose="clip-export embed --ray")
@@ -144,6 +157,7 @@ def run_ray(
                 "threads": threads,
                 "done": done,
                 "towers": sorted(towers),
+                "passed_checks": passed_checks or {},
             },
         )
         _collect(mapped, store, key, chunk_rows, len(items), counts, errors, progress)

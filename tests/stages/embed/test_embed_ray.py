@@ -133,3 +133,26 @@ def test_an_actor_runs_its_batch_in_parts_of_at_most_the_part_rows(tiny_vit_int8
         np.testing.assert_allclose(
             out["embedding"][start : start + size], model.embed_images(photos[start : start + size]), atol=1e-6
         )
+
+
+def test_actors_take_the_drivers_serve_check_instead_of_running_it_again(
+    tiny_vit_int8_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Each actor used to run the serve-time check its driver had just passed on the same bytes here
+    (1.2 s of every INT8 ViT-B/32 actor's start); it now takes the driver's pass where its environment
+    is the driver's, and checks for itself elsewhere (tests/runtime/test_serve_check.py)."""
+    from clip_export.core.manifest import read_manifest
+    from clip_export.runtime import ClipOnnx
+    from clip_export.stages.embed import embed_ray
+    from clip_export.stages.embed.embed_ray import EmbedMapper
+
+    handed: dict[str, Any] = {}
+    monkeypatch.setattr(embed_ray, "run_ray", lambda **job: handed.update(job))
+    embed(tiny_vit_int8_dir, [sorted((BUNDLED_DIR / "images").iterdir())[0]], tmp_path / "index", use_ray=True)
+    sha256 = {e.path: e.sha256 for e in read_manifest(tiny_vit_int8_dir).select()}
+    served = ClipOnnx.from_release(tiny_vit_int8_dir, precision="int8", towers=["visual"], check="off").artifacts
+    assert handed["precision"] == "int8"  # the default: the fastest that holds here, checked by the driver
+    assert list(handed["passed_checks"]) == [sha256[served["visual"].path.relative_to(tiny_vit_int8_dir).as_posix()]]
+    actor = EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"], handed["passed_checks"])
+    assert actor.model.serve_checks["visual"].status.startswith("skipped: passed in this environment by another")
+    assert EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"]).model.serve_checks["visual"].status == "pass"
