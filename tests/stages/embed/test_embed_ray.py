@@ -138,9 +138,9 @@ def test_an_actor_runs_its_batch_in_parts_of_at_most_the_part_rows(tiny_vit_int8
 def test_actors_take_the_drivers_serve_check_instead_of_running_it_again(
     tiny_vit_int8_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """Each actor used to run the serve-time check its driver had just passed on the same bytes here
-    (1.2 s of every INT8 ViT-B/32 actor's start); it now takes the driver's pass where its environment
-    is the driver's, and checks for itself elsewhere (tests/runtime/test_serve_check.py)."""
+    """Each actor used to run again the serve-time check its driver had just passed on the same bytes
+    here; it now takes the driver's pass where its environment is the driver's, and checks for itself
+    elsewhere (tests/runtime/test_serve_check.py)."""
     from clip_export.core.manifest import read_manifest
     from clip_export.runtime import ClipOnnx
     from clip_export.stages.embed import embed_ray
