@@ -183,6 +183,18 @@ def _embed(
     progress(f"{len(items)} items, {len(done)} already in {out}; {why}")
     counts = {"embedded": 0, "unchanged": 0, "chunks": 0}
     errors: list[tuple[str, str, str, str]] = []
+    part_rows = None if threads and not use_ray else EMBED_PART_ROWS  # --threads N: whole batches, N-thread sessions
+    layout = {  # what part_slices split each batch by: INT8 rows depend on their part (docs/embed.md)
+        "batch_size": batch_size,
+        "batches_of": (
+            "Ray Data's batches: every item, unchanged and failed ones included, and shorter at block ends"
+            if use_ray
+            else "the items embedded, in batching order"
+        ),
+        "parts_at_least": 1 if use_ray else workers,
+        "part_rows_at_most": part_rows,
+        "session_threads": 1 if use_ray else session_threads,
+    }
     if use_ray:
         from clip_export.stages.embed.embed_ray import run_ray
 
@@ -216,7 +228,7 @@ def _embed(
             errors,
             progress,
             workers=workers,
-            part_rows=None if threads else EMBED_PART_ROWS,  # --threads N: whole batches on N-thread sessions
+            part_rows=part_rows,
         )
     store.write_errors(errors)
     store.compact(keep_keys=accepted if reembed else None)
@@ -232,6 +244,7 @@ def _embed(
             "unchanged": counts["unchanged"],
             "failed": len(errors),
             "seconds": round(seconds, 3),
+            "layout": layout,
         }
     )
     store.write_manifest(manifest)

@@ -19,6 +19,7 @@ from clip_export.core.evalset import BUNDLED_DIR
 from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_MANIFEST_NAME, EMBED_PART_ROWS
 from clip_export.runtime import ClipOnnx, serving
 from clip_export.stages.embed.embed import embed
+from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_slices
 from clip_export.stages.embed.embed_store import Store, read_embeddings
 
 from ...helpers import perturbed_release
@@ -156,6 +157,31 @@ def test_by_default_parts_hold_at_most_the_part_rows_and_threads_run_whole_batch
     parts.clear()
     embed(tiny_vit_int8_dir, [photos], tmp_path / "threads", precision="fp32", batch_size=count, threads=1)
     assert parts == [count]
+
+
+def test_each_run_records_the_layout_its_int8_rows_can_be_computed_again_from(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
+) -> None:
+    """INT8 rows depend on the part of a batch they ran in: the run's record in dataset.json must be
+    enough to get the same rows again, part by part, through the runtime alone."""
+    model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="int8")
+    items = in_batching_order(list_items([photos]))
+    for threads in (0, 1):
+        out = tmp_path / f"threads-{threads}"
+        embed(tiny_vit_int8_dir, [photos], out, precision="int8", batch_size=5, threads=threads)
+        manifest = Store(out).manifest
+        assert manifest is not None
+        layout, rows = manifest["runs"][-1]["layout"], by_id(out)
+        assert (layout["batch_size"], layout["part_rows_at_most"]) == (5, None if threads else EMBED_PART_ROWS)
+        assert layout["session_threads"] == (threads or 1)
+        for start in range(0, len(items), layout["batch_size"]):
+            batch = items[start : start + layout["batch_size"]]
+            for part in part_slices(len(batch), layout["parts_at_least"], layout["part_rows_at_most"]):
+                np.testing.assert_allclose(
+                    np.stack([rows[item.id][2] for item in batch[part]]),
+                    model.embed_images([str(item.path) for item in batch[part]]),
+                    atol=1e-6,
+                )
 
 
 def test_a_rerun_embeds_only_new_or_changed_items(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path) -> None:
