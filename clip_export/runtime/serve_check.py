@@ -25,7 +25,7 @@ import numpy as np
 from clip_export.core.artifact import ArtifactEntry, Manifest, VerificationRow
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ManifestError, ServeCheckError
-from clip_export.core.manifest import intact_reference, passing_rows
+from clip_export.core.manifest import intact_reference, passing_rows, settings_digest
 from clip_export.core.metrics import Metric, numeric_metrics
 from clip_export.core.spec import (
     CPU_PROVIDER,
@@ -46,13 +46,13 @@ class ServeCheck:
     metrics: tuple[Metric, ...] = ()
     seconds: float = 0.0
     inputs: str = ""  # what the check's inputs were made from: the serving path, or stored tensors
-    sha256: str = ""  # the bytes it is about
+    covers: str = ""  # what a pass is about besides the environment (serving_coverage)
 
     @property
     def passed_here(self) -> dict[str, str]:
-        """{bytes' sha256: environment key} when this check ran and passed: what another process of the
+        """{what it covers: environment key} when this check ran and passed: what another process of the
         same job (an `embed --ray` actor) may take instead of running it again (check_here's `passed`)."""
-        return {self.sha256: self.environment.key} if self.status == "pass" else {}
+        return {self.covers: self.environment.key} if self.status == "pass" and self.covers else {}
 
 
 def require_mode(mode: str) -> str:
@@ -118,6 +118,16 @@ class ServingInputs:
     token_ids: Callable[[list[str]], np.ndarray]
 
 
+PASSED_ELSEWHERE = "skipped: passed in this environment by another process of the same job"
+
+
+def serving_coverage(manifest: Manifest, entry: ArtifactEntry, serving: ServingInputs | None) -> str:
+    """What a serve-time pass vouches for, besides the environment: these bytes, the manifest's input
+    settings (preprocessing, tokenizer, reference) and how this process preprocesses photos."""
+    preprocessing = "stored tensors" if serving is None else "exact" if serving.exact_preprocessing else "fast"
+    return f"{entry.sha256}|{settings_digest(manifest)}|{preprocessing}"
+
+
 def _serving_input(
     manifest: Manifest, tower: str, sliced: dict[str, np.ndarray], serving: ServingInputs, precision: str
 ) -> tuple[np.ndarray, str, str]:
@@ -156,12 +166,13 @@ def check_here(
     """Run the reference items (loaded on demand) through the serving path and `session`;
     ServeCheckError names every metric it misses. An INT8 artifact of a kernel family that is not for
     this CPU (`cpu_flags`, default: its own) is refused before any number is computed: a pass on a
-    few items would not make it safe here. `passed` ({sha256: environment key}, ServeCheck.passed_here)
+    few items would not make it safe here. `passed` ({coverage: environment key}, ServeCheck.passed_here)
     holds checks another process of the same job ran and passed: under "auto" they count as a verdict
-    does, for these bytes in exactly this environment only."""
+    does, for these bytes, settings and preprocessing in exactly this environment only."""
     env = current_environment(session.get_providers()[0])
+    covers = serving_coverage(manifest, entry, serving)
     if mode == "off":
-        return ServeCheck(entry.path, "skipped: turned off by the caller", env, sha256=entry.sha256)
+        return ServeCheck(entry.path, "skipped: turned off by the caller", env, covers=covers)
     family = int8_family_of(entry)
     flags = env.isa_flags if cpu_flags is None else tuple(cpu_flags)
     if family is not None and env.provider == CPU_PROVIDER and not family.applies_to(flags):
@@ -178,15 +189,10 @@ def check_here(
                 entry.path,
                 f"skipped: verified in this environment on {row.date or 'an earlier run'}",
                 env,
-                sha256=entry.sha256,
+                covers=covers,
             )
-        if (passed or {}).get(entry.sha256) == env.key:
-            return ServeCheck(
-                entry.path,
-                "skipped: passed in this environment by another process of the same job",
-                env,
-                sha256=entry.sha256,
-            )
+        if (passed or {}).get(covers) == env.key:
+            return ServeCheck(entry.path, PASSED_ELSEWHERE, env, covers=covers)
     started = time.perf_counter()
     tower, sliced = TOWERS[entry.tower], reference()
     key = threshold_key(entry.precision, entry.format)
@@ -204,4 +210,4 @@ def check_here(
             + ("Serve the fp32 artifact (precision='fp32'), or run" if entry.precision != "fp32" else "Run")
             + " 'clip-export verify' here for the full report"
         )
-    return ServeCheck(entry.path, "pass", env, metrics, time.perf_counter() - started, made_from, entry.sha256)
+    return ServeCheck(entry.path, "pass", env, metrics, time.perf_counter() - started, made_from, covers)

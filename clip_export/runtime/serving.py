@@ -91,9 +91,10 @@ class ClipOnnx:
         avx512_vnni, avx_vnni or amx_int8, else QUInt8); `cpu_flags` replaces the probe of this
         CPU's flags (tests, or a deployment that knows better). `towers` opens only those (a
         captions-only index need not load and check the image tower); default: every tower.
-        `passed_checks` ({sha256: environment key}, from ServeCheck.passed_here) are checks another
+        `passed_checks` ({coverage: environment key}, from ServeCheck.passed_here) are checks another
         process of the same job passed (the driver of `embed --ray`, for its actors): under "auto"
-        they skip the check for those bytes in exactly that environment, as a verdict would."""
+        they skip the check for the same bytes, input settings and preprocessing in exactly that
+        environment, as a verdict would."""
         _preprocessor(preprocess)  # refuse bad names before loading anything
         if isinstance(threads, bool) or not isinstance(threads, int) or threads < 0:
             raise ClipExportError(f"threads must be 0 (onnxruntime's choice) or a positive count, not {threads!r}")

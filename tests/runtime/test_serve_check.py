@@ -12,9 +12,10 @@ import pytest
 
 from clip_export.core.environment import Environment, current_environment
 from clip_export.core.errors import ClipExportError, ManifestError, ServeCheckError
-from clip_export.core.manifest import file_record, read_manifest, write_manifest
+from clip_export.core.manifest import file_record, read_manifest, settings_digest, write_manifest
 from clip_export.core.spec import INT8_FAMILIES, REFERENCE_NAME, SERVE_CHECK_ITEMS, THRESHOLDS
 from clip_export.runtime import ClipOnnx
+from clip_export.runtime.serve_check import PASSED_ELSEWHERE
 from clip_export.stages.quantize4 import quantize_q4
 from clip_export.stages.quantize8.quantize8 import quantize_int8
 from clip_export.stages.release.model_card import model_card
@@ -61,28 +62,32 @@ def test_another_environment_is_checked_here(verified_dir: Path) -> None:
         )  # fp32: the same numbers as the stored reference
 
 
-def test_a_pass_in_another_process_of_the_job_stands_for_these_bytes_in_this_environment_only(
+def test_a_pass_in_another_process_of_the_job_stands_for_the_same_bytes_settings_and_environment_only(
     verified_dir: Path,
 ) -> None:
     """What an `embed --ray` actor takes from its driver instead of checking again: the driver's pass, for
-    the same bytes in the same environment; another CPU, other bytes or check="always" run it."""
+    the same bytes, input settings and preprocessing in the same environment; any other, or
+    check="always", runs the check."""
     _move_verdicts_to_another_machine(verified_dir)
     driver = ClipOnnx.from_release(verified_dir)
     passed = {k: v for c in driver.serve_checks.values() for k, v in c.passed_here.items()}
-    shas = {e.path: e.sha256 for e in read_manifest(verified_dir).select()}
-    assert set(passed) == {shas[c.path] for c in driver.serve_checks.values()}  # both towers, by their bytes
+    manifest = read_manifest(verified_dir)
+    shas, settings = {e.path: e.sha256 for e in manifest.select()}, settings_digest(manifest)
+    assert set(passed) == {f"{shas[c.path]}|{settings}|fast" for c in driver.serve_checks.values()}  # both towers
     actor = ClipOnnx.from_release(verified_dir, passed_checks=passed)
     for tower, check in actor.serve_checks.items():
-        assert check.status == "skipped: passed in this environment by another process of the same job", tower
+        assert check.status == PASSED_ELSEWHERE, tower
         assert check.passed_here == {}  # a skip is not a pass to hand on
-    elsewhere = {sha: key + "-on-another-cpu" for sha, key in passed.items()}
-    assert all(
-        c.status == "pass" for c in ClipOnnx.from_release(verified_dir, passed_checks=elsewhere).serve_checks.values()
-    )
-    other_bytes = {sha[::-1]: key for sha, key in passed.items()}
-    assert all(
-        c.status == "pass" for c in ClipOnnx.from_release(verified_dir, passed_checks=other_bytes).serve_checks.values()
-    )
+    others = {
+        "another CPU": {covers: key + "-on-another-cpu" for covers, key in passed.items()},
+        "other bytes": {covers[::-1]: key for covers, key in passed.items()},
+        "other settings": {covers.replace(settings, "0" * len(settings)): key for covers, key in passed.items()},
+    }
+    for what, handed in others.items():
+        checks = ClipOnnx.from_release(verified_dir, passed_checks=handed).serve_checks.values()
+        assert all(c.status == "pass" for c in checks), what
+    exact = ClipOnnx.from_release(verified_dir, preprocess="exact", passed_checks=passed)
+    assert exact.serve_checks["visual"].status == "pass"  # PIL preprocessing: its own check
     always = ClipOnnx.from_release(verified_dir, check="always", passed_checks=passed)
     assert all(c.status == "pass" for c in always.serve_checks.values())
 
