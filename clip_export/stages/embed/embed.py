@@ -183,17 +183,19 @@ def _embed(
     progress(f"{len(items)} items, {len(done)} already in {out}; {why}")
     counts = {"embedded": 0, "unchanged": 0, "chunks": 0}
     errors: list[tuple[str, str, str, str]] = []
-    part_rows = None if threads and not use_ray else EMBED_PART_ROWS  # --threads N: whole batches, N-thread sessions
-    layout = {  # what part_slices split each batch by: INT8 rows depend on their part (docs/embed.md)
+    part_rows = None if threads and not use_ray else EMBED_PART_ROWS  # --threads N: whole batches
+    engine_threads = 1 if use_ray else session_threads  # each Ray actor: one-thread sessions, one actor per CPU
+    layout = {  # what each engine splits batches by, and runs with: INT8 rows depend on their part (docs/embed.md)
         "batch_size": batch_size,
         "batches_of": (
-            "Ray Data's batches: every item, unchanged and failed ones included, and shorter at block ends"
+            "Ray Data's batches of every item (unchanged and failed ones included, shorter at block ends); "
+            "parts over each batch's rows to embed, per kind"
             if use_ray
-            else "the items embedded, in batching order"
+            else "the items to embed, per kind, in batching order"
         ),
         "parts_at_least": 1 if use_ray else workers,
         "part_rows_at_most": part_rows,
-        "session_threads": 1 if use_ray else session_threads,
+        "session_threads": engine_threads,
     }
     if use_ray:
         from clip_export.stages.embed.embed_ray import run_ray
@@ -212,7 +214,9 @@ def _embed(
             counts=counts,
             errors=errors,
             progress=progress,
+            threads=engine_threads,
             passed_checks={k: v for c in model.serve_checks.values() for k, v in c.passed_here.items()},
+            part_rows=part_rows,
         )
     else:
         run_local(

@@ -45,6 +45,7 @@ class EmbedMapper:
         done: dict[str, str],
         towers: list[str],
         passed_checks: dict[str, str] | None = None,
+        part_rows: int | None = EMBED_PART_ROWS,
     ) -> None:
         from clip_export.runtime.serving import ClipOnnx
 
@@ -52,7 +53,7 @@ class EmbedMapper:
         self.model = ClipOnnx.from_release(
             source, precision=precision, threads=threads, towers=towers or None, passed_checks=passed_checks
         )
-        self.done = done
+        self.done, self.part_rows = done, part_rows
         if self.model._text is not None:
             self.model.load_tokenizer()  # before batches: a broken tokenizer fails the actor once
         session = self.model._visual or self.model._text
@@ -81,8 +82,8 @@ class EmbedMapper:
             else:
                 rows[item.kind].append((row, prepared.array))  # type: ignore[arg-type]
         for kind, run in (("image", self.model.embed_pixels), ("text", self.model.embed_token_ids)):
-            # parts of at most EMBED_PART_ROWS, as the local engine runs them: faster on one core
-            for part in part_slices(len(rows[kind]), 1, EMBED_PART_ROWS):
+            # parts of at most part_rows of this batch's rows to embed, as the local engine runs them
+            for part in part_slices(len(rows[kind]), 1, self.part_rows):
                 vectors[[r for r, _ in rows[kind][part]]] = run(np.stack([a for _, a in rows[kind][part]]))
         return {
             "id": batch["id"],
@@ -92,6 +93,27 @@ class EmbedMapper:
             "reason": np.array(reason, dtype=object),
             "embedding": vectors,
         }
+
+
+def mapper_arguments(
+    source: Path,
+    precision: str,
+    threads: int,
+    done: dict[str, str],
+    towers: Collection[str],
+    passed_checks: dict[str, str] | None,
+    part_rows: int | None,
+) -> dict[str, Any]:
+    """What each actor's EmbedMapper is built from: one place, so a test can build the actor run_ray builds."""
+    return {
+        "source": str(Path(source).resolve()),
+        "precision": precision,
+        "threads": threads,
+        "done": done,
+        "towers": sorted(towers),
+        "passed_checks": passed_checks or {},
+        "part_rows": part_rows,
+    }
 
 
 def _ray() -> Any:
@@ -116,6 +138,7 @@ def run_ray(
     actors: int | None = None,
     threads: int = 1,
     passed_checks: dict[str, str] | None = None,
+    part_rows: int | None = EMBED_PART_ROWS,
 ) -> None:
     ray = _ray()
     import_optional("ray.data", package="ray[data]", extra="ray", purpose="clip-export embed --ray")
@@ -151,14 +174,7 @@ def run_ray(
             batch_format="numpy",
             compute=ray.data.ActorPoolStrategy(size=pool),
             num_cpus=min(1, cpus / pool),
-            fn_constructor_kwargs={
-                "source": str(Path(source).resolve()),
-                "precision": precision,
-                "threads": threads,
-                "done": done,
-                "towers": sorted(towers),
-                "passed_checks": passed_checks or {},
-            },
+            fn_constructor_kwargs=mapper_arguments(source, precision, threads, done, towers, passed_checks, part_rows),
         )
         _collect(mapped, store, key, chunk_rows, len(items), counts, errors, progress)
     finally:

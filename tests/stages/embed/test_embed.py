@@ -160,28 +160,38 @@ def test_by_default_parts_hold_at_most_the_part_rows_and_threads_run_whole_batch
 
 
 def test_each_run_records_the_layout_its_int8_rows_can_be_computed_again_from(
-    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
+    tiny_vit_int8_dir: Path, photos: Path, captions: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    """INT8 rows depend on the part of a batch they ran in: the run's record in dataset.json must be
-    enough to get the same rows again, part by part, through the runtime alone."""
-    model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="int8")
-    items = in_batching_order(list_items([photos]))
+    """INT8 rows depend on the part of a batch they ran in: a first run's record in dataset.json must be
+    enough to get the same rows again, kind by kind and part by part, through the runtime alone."""
+    from clip_export.stages.embed import embed as embed_module
+
+    # three parts at once whatever this machine's cores, so that the default layout differs from --threads 1
+    monkeypatch.setattr(embed_module, "parallelism", lambda threads: (threads, 1) if threads else (1, 3))
+    items = in_batching_order(list_items([photos, captions]))
+    runs: dict[int, dict[str, tuple[str, str, np.ndarray]]] = {}
     for threads in (0, 1):
         out = tmp_path / f"threads-{threads}"
-        embed(tiny_vit_int8_dir, [photos], out, precision="int8", batch_size=5, threads=threads)
+        embed(tiny_vit_int8_dir, [photos, captions], out, precision="int8", batch_size=5, threads=threads)
         manifest = Store(out).manifest
         assert manifest is not None
         layout, rows = manifest["runs"][-1]["layout"], by_id(out)
-        assert (layout["batch_size"], layout["part_rows_at_most"]) == (5, None if threads else EMBED_PART_ROWS)
-        assert layout["session_threads"] == (threads or 1)
-        for start in range(0, len(items), layout["batch_size"]):
-            batch = items[start : start + layout["batch_size"]]
-            for part in part_slices(len(batch), layout["parts_at_least"], layout["part_rows_at_most"]):
-                np.testing.assert_allclose(
-                    np.stack([rows[item.id][2] for item in batch[part]]),
-                    model.embed_images([str(item.path) for item in batch[part]]),
-                    atol=1e-6,
-                )
+        runs[threads] = rows
+        assert (layout["batch_size"], layout["parts_at_least"]) == (5, 1 if threads else 3)
+        assert (layout["part_rows_at_most"], layout["session_threads"]) == (None if threads else EMBED_PART_ROWS, 1)
+        model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="int8", threads=layout["session_threads"])
+        for kind, run in (("image", model.embed_images), ("text", model.embed_texts)):
+            of_kind = [item for item in items if item.kind == kind]
+            for start in range(0, len(of_kind), layout["batch_size"]):
+                batch = of_kind[start : start + layout["batch_size"]]
+                for part in part_slices(len(batch), layout["parts_at_least"], layout["part_rows_at_most"]):
+                    np.testing.assert_allclose(
+                        np.stack([rows[item.id][2] for item in batch[part]]),
+                        run([str(item.path) if kind == "image" else str(item.text) for item in batch[part]]),
+                        atol=1e-6,
+                    )
+    # and the layout matters: the two runs' INT8 rows are not the same
+    assert max(float(np.abs(runs[0][key][2] - runs[1][key][2]).max()) for key in runs[0]) > 1e-4
 
 
 def test_a_rerun_embeds_only_new_or_changed_items(tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path) -> None:

@@ -1,6 +1,7 @@
 """The Ray engine on a real two-node cluster on this machine (ray.cluster_utils.Cluster: a head and a
 second node, each its own raylet process with 1 CPU): the same rows as the local engine, and a
-worker process killed by pid mid-job loses nothing."""
+worker process killed by pid mid-job loses nothing. The actor (EmbedMapper) is also tested alone,
+without Ray."""
 
 from __future__ import annotations
 
@@ -22,14 +23,19 @@ from clip_export.core.spec import EMBED_DATA_DIR, EMBED_PART_ROWS
 from clip_export.stages.embed.embed import embed
 from clip_export.stages.embed.embed_store import read_embeddings
 
-ray = pytest.importorskip(
-    "ray", reason="ray[data] is not installed (pip install 'clip-export[ray]'; .ci/run installs it)"
-)
-pytest.importorskip("ray.data", reason="ray is installed without ray[data]")
+
+def require_ray() -> Any:
+    """Ray itself, for the cluster tests; the actor's own tests (EmbedMapper) run without it."""
+    ray = pytest.importorskip(
+        "ray", reason="ray[data] is not installed (pip install 'clip-export[ray]'; .ci/run installs it)"
+    )
+    pytest.importorskip("ray.data", reason="ray is installed without ray[data]")
+    return ray
 
 
 @pytest.fixture(scope="module")
 def cluster() -> Iterator[Any]:
+    ray = require_ray()
     from ray.cluster_utils import Cluster
 
     os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
@@ -65,7 +71,7 @@ def mapper_workers() -> list[psutil.Process]:
 def test_ray_on_two_nodes_writes_the_local_engines_rows_and_survives_a_killed_worker(
     cluster: Any, tiny_vit_int8_dir: Path, tmp_path: Path
 ) -> None:
-    assert len([n for n in ray.nodes() if n["Alive"]]) == 2
+    assert len([n for n in require_ray().nodes() if n["Alive"]]) == 2
     folder = tmp_path / "corpus"
     folder.mkdir()
     for copy in range(8):
@@ -143,6 +149,7 @@ def test_actors_take_the_drivers_serve_check_instead_of_running_it_again(
     elsewhere (tests/runtime/test_serve_check.py)."""
     from clip_export.core.manifest import read_manifest
     from clip_export.runtime import ClipOnnx
+    from clip_export.runtime.serve_check import PASSED_ELSEWHERE
     from clip_export.stages.embed import embed_ray
     from clip_export.stages.embed.embed_ray import EmbedMapper
 
@@ -152,7 +159,10 @@ def test_actors_take_the_drivers_serve_check_instead_of_running_it_again(
     sha256 = {e.path: e.sha256 for e in read_manifest(tiny_vit_int8_dir).select()}
     served = ClipOnnx.from_release(tiny_vit_int8_dir, precision="int8", towers=["visual"], check="off").artifacts
     assert handed["precision"] == "int8"  # the default: the fastest that holds here, checked by the driver
-    assert list(handed["passed_checks"]) == [sha256[served["visual"].path.relative_to(tiny_vit_int8_dir).as_posix()]]
-    actor = EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"], handed["passed_checks"])
-    assert actor.model.serve_checks["visual"].status.startswith("skipped: passed in this environment by another")
+    (covers,) = handed["passed_checks"]
+    assert covers.startswith(sha256[served["visual"].path.relative_to(tiny_vit_int8_dir).as_posix()] + "|")
+    arguments = [handed[k] for k in ("source", "precision", "threads", "done", "towers", "passed_checks", "part_rows")]
+    actor = EmbedMapper(**embed_ray.mapper_arguments(*arguments))  # the actor run_ray would build
+    assert actor.model.serve_checks["visual"].status == PASSED_ELSEWHERE
+    assert (actor.model.artifacts["visual"].precision, actor.part_rows) == ("int8", EMBED_PART_ROWS)
     assert EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"]).model.serve_checks["visual"].status == "pass"
