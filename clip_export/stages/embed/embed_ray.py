@@ -5,9 +5,9 @@ one runtime session per tower, with its own thread count, taking the driver's se
 where its environment is the driver's, and does the reading, hashing and preprocessing of its
 batches) → the driver streams the results into the same writer the local engine uses (embed_store:
 atomic Parquet chunks, the same schema and manifest). Ray schedules, retries and restarts; there is
-no scheduler of ours. A worker killed mid-job is restarted by Ray
-and its batch re-run (Ray Data's actor pools default to max_restarts=-1 and max_task_retries=-1), so
-nothing is lost: tests/stages/embed/test_embed_ray.py kills one by pid.
+no scheduler of ours. A worker killed mid-job is restarted by Ray and its batch re-run (Ray Data's
+actor pools default to max_restarts=-1 and max_task_retries=-1), so nothing is lost:
+tests/stages/embed/test_embed_ray.py kills one by pid.
 
 Imported only for --ray; without Ray the error names the extra `clip-export[ray]`.
 """
