@@ -46,7 +46,7 @@ class ServeCheck:
     metrics: tuple[Metric, ...] = ()
     seconds: float = 0.0
     inputs: str = ""  # what the check's inputs were made from: the serving path, or stored tensors
-    covers: str = ""  # what a pass is about besides the environment (serving_coverage)
+    covers: str = ""  # what a pass is about besides the environment (serving_coverage); "" for a skip
 
     @property
     def passed_here(self) -> dict[str, str]:
@@ -170,9 +170,8 @@ def check_here(
     holds checks another process of the same job ran and passed: under "auto" they count as a verdict
     does, for these bytes, settings and preprocessing in exactly this environment only."""
     env = current_environment(session.get_providers()[0])
-    covers = serving_coverage(manifest, entry, serving)
     if mode == "off":
-        return ServeCheck(entry.path, "skipped: turned off by the caller", env, covers=covers)
+        return ServeCheck(entry.path, "skipped: turned off by the caller", env)
     family = int8_family_of(entry)
     flags = env.isa_flags if cpu_flags is None else tuple(cpu_flags)
     if family is not None and env.provider == CPU_PROVIDER and not family.applies_to(flags):
@@ -186,13 +185,11 @@ def check_here(
         row = passing_verdict_here(manifest, entry, env)
         if row is not None:
             return ServeCheck(
-                entry.path,
-                f"skipped: verified in this environment on {row.date or 'an earlier run'}",
-                env,
-                covers=covers,
+                entry.path, f"skipped: verified in this environment on {row.date or 'an earlier run'}", env
             )
-        if (passed or {}).get(covers) == env.key:
-            return ServeCheck(entry.path, PASSED_ELSEWHERE, env, covers=covers)
+    covers = serving_coverage(manifest, entry, serving)  # what a pass here vouches for, or one handed on did
+    if mode == "auto" and (passed or {}).get(covers) == env.key:
+        return ServeCheck(entry.path, PASSED_ELSEWHERE, env)
     started = time.perf_counter()
     tower, sliced = TOWERS[entry.tower], reference()
     key = threshold_key(entry.precision, entry.format)
