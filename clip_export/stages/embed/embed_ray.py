@@ -163,23 +163,36 @@ def run_ray(
             f"Ray: {len(items)} items on {cpus} CPUs of {len(ray.nodes())} node(s), {pool} actors of {threads} "
             f"thread(s), batches of {batch_size}"
         )
-        rows = [
-            {"id": i.id, "kind": i.kind, "path": i.path or "", "data": i.data or b"", "text": i.text or ""}
-            for i in items
-        ]
-        dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), pool * 4)))
-        mapped = dataset.map_batches(
+        mapped = actor_pool_map(
+            ray,
+            items,
             EmbedMapper,
-            batch_size=batch_size,
-            batch_format="numpy",
-            compute=ray.data.ActorPoolStrategy(size=pool),
-            num_cpus=min(1, cpus / pool),
-            fn_constructor_kwargs=mapper_arguments(source, precision, threads, done, towers, passed_checks, part_rows),
+            mapper_arguments(source, precision, threads, done, towers, passed_checks, part_rows),
+            batch_size,
+            pool,
         )
         _collect(mapped, store, key, chunk_rows, len(items), counts, errors, progress)
     finally:
         if started_here:
             ray.shutdown()
+
+
+def actor_pool_map(
+    ray: Any, items: Sequence[Item], mapper: type, arguments: dict[str, Any], batch_size: int, pool: int
+) -> Any:
+    """The items as a Ray dataset, mapped in batches by a pool of `pool` actors of `mapper`: one place,
+    so that benchmarks/add_documents.py times Ray Data's own start-up on the pool the engine uses."""
+    rows = [{field: getattr(i, field) or (b"" if field == "data" else "") for field in FIELDS} for i in items]
+    cpus = int(ray.cluster_resources().get("CPU", 1))
+    dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), pool * 4)))
+    return dataset.map_batches(
+        mapper,
+        batch_size=batch_size,
+        batch_format="numpy",
+        compute=ray.data.ActorPoolStrategy(size=pool),
+        num_cpus=min(1, cpus / pool),
+        fn_constructor_kwargs=arguments,
+    )
 
 
 def _collect(
