@@ -180,10 +180,10 @@ class ReturnBatch:
 def ray_data_alone(inputs: list[Path], cbs: int) -> None:
     import ray
 
-    from clip_export.stages.embed.embed_ray import actor_pool_map
+    from clip_export.stages.embed.embed_ray import actor_pool_map, pool_size
 
-    pool = max(1, int(ray.cluster_resources().get("CPU", 1)))  # as run_ray sizes it
-    for _ in actor_pool_map(ray, list_items(inputs), ReturnBatch, {}, cbs, pool).iter_batches(batch_size=None):
+    mapped = actor_pool_map(ray, list_items(inputs), ReturnBatch, {}, cbs, *pool_size(ray))  # as run_ray sizes it
+    for _ in mapped.iter_batches(batch_size=None):
         pass
 
 
@@ -265,10 +265,9 @@ def main() -> None:
                     methods[("text", "torch eager loop")] = lambda: torch_texts(captions, cbs)
                 if args.ray:
                     methods[("image", RAY)] = lambda: ray_engine(model_dir, precision, [folder], cbs)
-                    methods[("image", RAY_START)] = lambda: ray_engine(
-                        model_dir, precision, [Path(p) for p in paths[:2]], cbs
-                    )
-                    methods[("image", RAY_DATA_START)] = lambda: ray_data_alone([Path(p) for p in paths[:2]], cbs)
+                    two = [Path(p) for p in paths[:2]]
+                    methods[("image", RAY_START)] = lambda: ray_engine(model_dir, precision, two, cbs)
+                    methods[("image", RAY_DATA_START)] = lambda: ray_data_alone(two, cbs)
                 if args.ray_only:
                     methods = {
                         k: v for k, v in methods.items() if k[1] in (RAY, RAY_START, RAY_DATA_START, "pure session.run")
@@ -280,10 +279,10 @@ def main() -> None:
                     for key, call in methods.items():
                         samples[key].append(timed(call))
                 if args.ray:  # actor start amortises over a real corpus: the per-document cost past it
-                    full, start, ray_data = (
-                        statistics.median(samples.pop(("image", m))) for m in (RAY, RAY_START, RAY_DATA_START)
+                    full = statistics.median(samples[("image", RAY)])
+                    start, ray_data = (
+                        statistics.median(samples.pop(("image", m))) for m in (RAY_START, RAY_DATA_START)
                     )
-                    samples[("image", RAY)] = [full]
                     past = (full - start) / (len(paths) - 2)
                     pure = statistics.median(samples[("image", "pure session.run")]) / len(paths)
                     rows.append(

@@ -157,8 +157,7 @@ def run_ray(
             include_dashboard=False,
         )
     try:
-        cpus = int(ray.cluster_resources().get("CPU", 1))
-        pool = actors or max(1, cpus)
+        cpus, pool = pool_size(ray, actors)
         progress(
             f"Ray: {len(items)} items on {cpus} CPUs of {len(ray.nodes())} node(s), {pool} actors of {threads} "
             f"thread(s), batches of {batch_size}"
@@ -169,6 +168,7 @@ def run_ray(
             EmbedMapper,
             mapper_arguments(source, precision, threads, done, towers, passed_checks, part_rows),
             batch_size,
+            cpus,
             pool,
         )
         _collect(mapped, store, key, chunk_rows, len(items), counts, errors, progress)
@@ -177,13 +177,18 @@ def run_ray(
             ray.shutdown()
 
 
-def actor_pool_map(
-    ray: Any, items: Sequence[Item], mapper: type, arguments: dict[str, Any], batch_size: int, pool: int
-) -> Any:
-    """The items as a Ray dataset, mapped in batches by a pool of `pool` actors of `mapper`: one place,
-    so that benchmarks/add_documents.py times Ray Data's own start-up on the pool the engine uses."""
-    rows = [{field: getattr(i, field) or (b"" if field == "data" else "") for field in FIELDS} for i in items]
+def pool_size(ray: Any, actors: int | None = None) -> tuple[int, int]:
+    """(the cluster's CPUs, the actors to start): `actors` when given, else one per CPU."""
     cpus = int(ray.cluster_resources().get("CPU", 1))
+    return cpus, actors or max(1, cpus)
+
+
+def actor_pool_map(
+    ray: Any, items: Sequence[Item], mapper: type, arguments: dict[str, Any], batch_size: int, cpus: int, pool: int
+) -> Any:
+    """The items as a Ray dataset, mapped in batches by a pool of `pool` actors of `mapper` (pool_size):
+    one place, so that benchmarks/add_documents.py times Ray Data's own start-up on the pool the engine uses."""
+    rows = [{field: getattr(i, field) or (b"" if field == "data" else "") for field in FIELDS} for i in items]
     dataset = ray.data.from_items(rows, override_num_blocks=max(1, min(len(rows), pool * 4)))
     return dataset.map_batches(
         mapper,
