@@ -24,7 +24,8 @@ interleaved per CBS so drift on a shared machine hits every method alike:
 - pure, the engine's parts: the same batches split as the engine splits them, on its one-thread
   sessions, one part per core at once, nothing else running
 - prepare alone: what the engine's reader threads do per document (read, hash, decode and
-  preprocess, or tokenize), serially on one thread; with the faster pure row it gives the floor,
+  preprocess, or tokenize), serially on one thread (also with Pillow decoding every PNG, as without
+  the embed extra's imagecodecs, and the local engine so); with the faster pure row it gives the floor,
   pure + prepare / cores: the best any overlap can do when inference already keeps every core
   busy; the local engine's distance from pure is the floor's own (what preparing costs) plus what
   the overlap loses on top of it
@@ -45,6 +46,7 @@ from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
+from unittest import mock
 
 import numpy as np
 from PIL import Image
@@ -52,6 +54,7 @@ from PIL import Image
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_report import prepare  # noqa: E402  (this directory is on sys.path)
 
+from clip_export.core import png_decode  # noqa: E402
 from clip_export.core.evalset import BUNDLED_DIR, load_evalset  # noqa: E402
 from clip_export.core.manifest import read_manifest  # noqa: E402
 from clip_export.core.progress import silent  # noqa: E402
@@ -73,6 +76,7 @@ RAY_START = "Ray engine on 2 documents (its start-up)"
 RAY_PAST_START = "Ray engine past start-up (full run − 2-document run)"
 RAY_DATA_START = "Ray Data alone on 2 documents (the engine's actor pool, a mapper that returns its batch)"
 PREPARE = "prepare alone, one thread (read, hash, decode or tokenize)"
+PILLOW_PNG = ", Pillow decoding every PNG (no libspng)"
 CORES = parallelism(0)[1]  # the cores the engine runs one part on each
 FLOOR = f"floor: pure + prepare ÷ {CORES} cores"
 PURE_PARALLEL = f"pure, one-thread sessions, the engine's parts (at most {EMBED_PART_ROWS} rows), one per core at once"
@@ -163,6 +167,12 @@ def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int, 
         )
 
 
+def pillow_png(call: Callable[[], Any]) -> Any:
+    """call() as on a machine without imagecodecs: Pillow decodes every PNG (the same pixels, slower)."""
+    with mock.patch.object(png_decode, "_imagecodecs", lambda: None):
+        return call()
+
+
 def ray_engine(model_dir: Path, precision: str, inputs: list[Path], cbs: int) -> None:
     from clip_export.stages.embed.embed import embed
 
@@ -236,6 +246,7 @@ def main() -> None:
             # batches through the session alone are its fair "pure" baseline.
             by_length = model.tokenize([str(i.text) for i in in_batching_order(list_items([caption_file]))])
             items = {"image": list_items([folder]), "text": list_items([caption_file])}
+            prepare_all = lambda group: [prepare_item(model, i, lambda _: False) for i in group]
             for cbs in sizes:
                 methods: dict[tuple[str, str], Callable[[], Any]] = {
                     ("image", "naive ClipOnnx loop"): lambda: [model.embed_images(b) for b in batches(paths, cbs)],
@@ -243,7 +254,11 @@ def main() -> None:
                     ("image", "pure session.run"): lambda: [
                         model.embed_pixels(pixels[i : i + cbs]) for i in range(0, len(pixels), cbs)
                     ],
-                    ("image", PREPARE): lambda: [prepare_item(model, i, lambda _: False) for i in items["image"]],
+                    ("image", PREPARE): lambda: prepare_all(items["image"]),
+                    ("image", PREPARE + PILLOW_PNG): lambda: pillow_png(lambda: prepare_all(items["image"])),
+                    ("image", "local engine" + PILLOW_PNG): lambda: pillow_png(
+                        lambda: local_engine(engine_model, precision, [folder], cbs, workers)
+                    ),
                     ("text", "naive ClipOnnx loop"): lambda: [model.embed_texts(b) for b in batches(captions, cbs)],
                     ("text", "local engine"): lambda: local_engine(
                         engine_model, precision, [caption_file], cbs, workers
@@ -258,7 +273,7 @@ def main() -> None:
                     ("text", PURE_PARALLEL): lambda: parallel_pure(
                         engine_model.embed_token_ids, by_length, cbs, workers
                     ),
-                    ("text", PREPARE): lambda: [prepare_item(model, i, lambda _: False) for i in items["text"]],
+                    ("text", PREPARE): lambda: prepare_all(items["text"]),
                 }
                 if torch_images is not None and precision == "fp32":
                     methods[("image", "torch eager loop")] = lambda: torch_images(paths, cbs)

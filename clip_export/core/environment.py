@@ -293,6 +293,8 @@ VERSIONED_MODULES: dict[str, tuple[str, ...]] = {
     "onnxruntime": ("onnxruntime", "onnxruntime-gpu"),
     "onnxscript": ("onnxscript",),
     "tokenizers": ("tokenizers",),
+    "PIL": ("pillow",),  # decodes every image; with imagecodecs, libspng decodes plain PNGs (core.png_decode)
+    "imagecodecs": ("imagecodecs",),
 }
 
 

@@ -19,6 +19,7 @@ from PIL import Image
 
 from clip_export.core.configs import PreprocessConfig, require_resize_mode
 from clip_export.core.errors import ClipExportError
+from clip_export.core.png_decode import decode_spng, spng_available, spng_decodable
 
 _PIL_FILTERS = {
     "bicubic": Image.BICUBIC,
@@ -72,10 +73,17 @@ def load_image(item: Any) -> Image.Image:
 
 
 def _decode(source: str | Path | io.BytesIO, name: str) -> Image.Image:
-    """Decode fully, without the extra copy the image would cost once decoded (12000x12000: 432 MB)."""
+    """Decode fully, without the extra copy the image would cost once decoded (12000x12000: 432 MB).
+    PNGs that libspng decodes to the same pixels go through it (clip_export.core.png_decode)."""
     try:
         handle = Image.open(source)
         try:
+            if spng_decodable(handle) and spng_available():
+                with _encoded(source) as data:
+                    decoded = decode_spng(data, handle.size)
+                if decoded is not None:
+                    handle.close()
+                    return decoded
             handle.load()
         except BaseException:
             handle.close()
@@ -90,6 +98,11 @@ def _decode(source: str | Path | io.BytesIO, name: str) -> Image.Image:
         return handle  # single-frame files are closed once loaded; bytes hold no file
     with handle:  # multi-frame formats keep their file open: keep a copy, close the file
         return handle.copy()
+
+
+def _encoded(source: str | Path | io.BytesIO) -> Any:
+    """The encoded bytes, as a context: a view of an in-memory file, or the file read once more."""
+    return source.getbuffer() if isinstance(source, io.BytesIO) else memoryview(Path(source).read_bytes())
 
 
 def _from_array(array: np.ndarray) -> Image.Image:
