@@ -1,9 +1,8 @@
 """PNG decoding through libspng (imagecodecs), for the PNGs whose pixels it gives exactly as Pillow.
 
-Pillow unfilters a PNG one byte at a time; libspng does it with SIMD, and imagecodecs releases the
-GIL while it runs. `clip-export embed` decodes on threads beside inference on the same cores, so
-what a decode costs slows the whole corpus: the measured gain is in docs/benchmarks.md
-("PNGs through libspng").
+libspng decodes wide PNGs faster than Pillow does, and imagecodecs releases the GIL while it runs.
+`clip-export embed` decodes on threads beside inference on the same cores, so what a decode costs
+slows the whole corpus. The measured gain is in docs/benchmarks.md ("PNGs through libspng").
 
 Only 8-bit grey, RGB and RGBA PNGs, not interlaced, without tRNS or animation, take this path: for
 them the PNG format fixes the pixels, so both decoders agree bit for bit (tests hold it on every
