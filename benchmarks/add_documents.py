@@ -13,8 +13,7 @@ interleaved per CBS so drift on a shared machine hits every method alike:
 - naive ClipOnnx loop: `embed_images(paths)` per batch, decode then embed, no overlap
 - local engine: `clip-export embed`'s engine (reader threads, inference threads, Parquet writer,
   hashing) on an already opened artifact, with its default sessions: one thread each, every batch
-  split into parts (at least one per core, none over spec.EMBED_PART_ROWS rows), one per core at once,
-  each inference thread pinned to its own core (also without pinning, beside it)
+  split into parts (at least one per core, none over spec.EMBED_PART_ROWS rows), one per core at once
 - Ray engine (--ray): `embed --ray` on a local Ray, actor start included; also on 2 documents (its
   start-up), and Ray Data alone on those 2 (embed_ray.actor_pool_map's pool of actors that return
   their batch: what of the start-up is Ray's own); from these, the corpus size from which a whole
@@ -68,7 +67,7 @@ from clip_export.stages.embed.embed_inputs import (  # noqa: E402
     part_slices,
 )
 from clip_export.stages.embed.embed_inputs import prepare as prepare_item  # noqa: E402
-from clip_export.stages.embed.embed_local import parallelism, run_local, worker_cores  # noqa: E402
+from clip_export.stages.embed.embed_local import parallelism, run_local  # noqa: E402
 from clip_export.stages.embed.embed_store import Store, new_manifest  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -78,7 +77,6 @@ RAY_PAST_START = "Ray engine past start-up (full run − 2-document run)"
 RAY_DATA_START = "Ray Data alone on 2 documents (the engine's actor pool, a mapper that returns its batch)"
 PREPARE = "prepare alone, one thread (read, hash, decode or tokenize)"
 PILLOW_PNG = ", Pillow decoding every PNG (no libspng)"
-NOT_PINNED = "local engine, inference threads not pinned to cores"
 CORES = parallelism(0)[1]  # the cores the engine runs one part on each
 FLOOR = f"floor: pure + prepare ÷ {CORES} cores"
 PURE_PARALLEL = f"pure, one-thread sessions, the engine's parts (at most {EMBED_PART_ROWS} rows), one per core at once"
@@ -146,9 +144,7 @@ def parallel_pure(run: Callable[[np.ndarray], Any], rows: np.ndarray, cbs: int, 
         list(pool.map(run, parts))
 
 
-def local_engine(
-    model: ClipOnnx, precision: str, inputs: list[Path], cbs: int, workers: int, pinned: bool = True
-) -> None:
+def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int, workers: int) -> None:
     items = in_batching_order(list_items(inputs))  # as `clip-export embed` orders them
     with tempfile.TemporaryDirectory() as out:
         store = Store(Path(out) / "index")
@@ -168,7 +164,6 @@ def local_engine(
             silent,
             workers=workers,
             part_rows=EMBED_PART_ROWS,  # as `clip-export embed` runs by default
-            cores=worker_cores(0) if pinned else (),
         )
 
 
@@ -264,7 +259,6 @@ def main() -> None:
                     ("image", "local engine" + PILLOW_PNG): lambda: pillow_png(
                         lambda: local_engine(engine_model, precision, [folder], cbs, workers)
                     ),
-                    ("image", NOT_PINNED): lambda: local_engine(engine_model, precision, [folder], cbs, workers, False),
                     ("text", "naive ClipOnnx loop"): lambda: [model.embed_texts(b) for b in batches(captions, cbs)],
                     ("text", "local engine"): lambda: local_engine(
                         engine_model, precision, [caption_file], cbs, workers

@@ -32,7 +32,7 @@ from clip_export.core.spec import (
 from clip_export.runtime.serving import ClipOnnx, pick_for_cpu
 from clip_export.stages.embed.compat import CompatResult, compare_models
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
-from clip_export.stages.embed.embed_local import parallelism, run_local, worker_cores
+from clip_export.stages.embed.embed_local import parallelism, run_local
 from clip_export.stages.embed.embed_store import Store, new_manifest
 
 
@@ -233,7 +233,6 @@ def _embed(
             progress,
             workers=workers,
             part_rows=part_rows,
-            cores=worker_cores(threads),
         )
     store.write_errors(errors)
     store.compact(keep_keys=accepted if reembed else None)

@@ -7,14 +7,12 @@ EMBED_PART_ROWS rows) and runs one part per worker at once on one ClipOnnx: onnx
 thread-safe and releases the GIL, so with one-thread sessions each worker keeps one core on its own
 rows (as the Ray engine's one-thread actors do), a small part's activations stay in that core's
 cache, and a reader thread that takes a core for a moment delays one part, not every parallel
-section of a two-thread run; each worker is pinned to its own core. A part starts as soon as its rows are ready, not when the whole batch
+section of a two-thread run. A part starts as soon as its rows are ready, not when the whole batch
 is (docs/embed.md, docs/benchmarks.md)."""
 
 from __future__ import annotations
 
-import itertools
 import os
-import threading
 import time
 from collections import deque
 from collections.abc import Callable, Iterator, Sequence
@@ -36,30 +34,6 @@ def parallelism(threads: int) -> tuple[int, int]:
         return threads, 1
     usable = os.sched_getaffinity(0) if hasattr(os, "sched_getaffinity") else range(os.cpu_count() or 1)  # Linux only
     return 1, max(1, len(usable))
-
-
-def worker_cores(threads: int) -> tuple[int, ...]:
-    """The cores the default layout pins its inference workers to, one each: a worker keeps its part's
-    activations in its own core's cache instead of following a reader thread that preempted it to
-    the other core (docs/benchmarks.md measures it). Empty with --threads N, or where threads cannot
-    be pinned (Linux only)."""
-    if threads or not hasattr(os, "sched_setaffinity"):
-        return ()
-    return tuple(sorted(os.sched_getaffinity(0)))
-
-
-def _pinning(cores: Sequence[int]) -> Callable[[], None] | None:
-    """A thread-pool initializer that pins each new thread to the next of `cores` (None: no pinning)."""
-    if not cores:
-        return None
-    next_core, lock = itertools.cycle(cores), threading.Lock()
-
-    def pin() -> None:
-        with lock:
-            core = next(next_core)
-        os.sched_setaffinity(0, {core})  # 0: the calling thread, on Linux
-
-    return pin
 
 
 def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:
@@ -97,11 +71,9 @@ def run_local(
     progress: Progress,
     workers: int = 1,
     part_rows: int | None = None,
-    cores: Sequence[int] = (),
 ) -> None:
     """Embed `items` into `store` under `key`, `workers` parts at a time (each at most `part_rows`
-    rows when given), rows in the items' order; the inference threads pinned one to each of `cores`
-    when given (worker_cores), the readers free to run anywhere."""
+    rows when given), rows in the items' order."""
     writer = ChunkWriter(store, key, chunk_rows, counts, errors)
     in_flight: deque[tuple[list[Prepared], Future[np.ndarray]]] = deque()  # parts, oldest first
     started, last = time.perf_counter(), 0.0
@@ -132,7 +104,7 @@ def run_local(
         model.load_tokenizer()  # one clear error now, not one per caption in the workers
     with (
         ThreadPoolExecutor(EMBED_DECODE_THREADS, thread_name_prefix="embed-decode") as readers,
-        ThreadPoolExecutor(workers, thread_name_prefix="embed-infer", initializer=_pinning(cores)) as inference,
+        ThreadPoolExecutor(workers, thread_name_prefix="embed-infer") as inference,
     ):
         for kind in ("image", "text"):
             group = [i for i in items if i.kind == kind]

@@ -18,7 +18,7 @@ from clip_export.runtime import ClipOnnx
 from clip_export.stages.embed import embed_local
 from clip_export.stages.embed.embed import artifact_record
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
-from clip_export.stages.embed.embed_local import parallelism, run_local, worker_cores
+from clip_export.stages.embed.embed_local import parallelism, run_local
 from clip_export.stages.embed.embed_store import Store, new_manifest, read_embeddings
 
 
@@ -33,15 +33,6 @@ def test_by_default_sessions_have_one_thread_and_one_part_runs_per_usable_core(
     assert parallelism(0) == (1, 6)
 
 
-def test_by_default_each_inference_worker_is_pinned_to_one_usable_core(monkeypatch: pytest.MonkeyPatch) -> None:
-    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {5, 0, 2}, raising=False)
-    monkeypatch.setattr(os, "sched_setaffinity", lambda pid, cores: None, raising=False)
-    assert worker_cores(0) == (0, 2, 5)  # the cores this process may use, one per worker
-    assert worker_cores(4) == ()  # --threads 4: one multi-thread session, not pinned
-    monkeypatch.delattr(os, "sched_setaffinity")  # macOS and Windows cannot pin a thread
-    assert worker_cores(0) == ()
-
-
 @pytest.fixture
 def inputs(tmp_path: Path) -> list[Path]:
     folder = tmp_path / "photos"
@@ -54,13 +45,7 @@ def inputs(tmp_path: Path) -> list[Path]:
 
 
 def run(
-    model: ClipOnnx,
-    inputs: list[Path],
-    out: Path,
-    workers: int,
-    batch_size: int = 2,
-    part_rows: int | None = None,
-    cores: tuple[int, ...] = (),
+    model: ClipOnnx, inputs: list[Path], out: Path, workers: int, batch_size: int = 2, part_rows: int | None = None
 ) -> dict[str, int]:
     store = Store(out)
     record = artifact_record(model, "fp32")
@@ -81,7 +66,6 @@ def run(
         silent,
         workers=workers,
         part_rows=part_rows,
-        cores=cores,
     )
     return counts
 
@@ -132,36 +116,6 @@ def test_each_batch_runs_as_one_part_per_worker(tiny_vit_int8_dir: Path, inputs:
     model.embed_pixels = recording  # type: ignore[method-assign]
     run(model, inputs, tmp_path / "index", workers=2, batch_size=5)
     assert sorted(parts) == [2, 2, 2, 3]  # 9 photos: batches of 5 and 4, each in two parts
-
-
-@pytest.mark.skipif(not hasattr(os, "sched_setaffinity"), reason="threads are pinned on Linux only")
-def test_pinned_workers_each_run_their_parts_on_one_core_and_the_readers_on_every_core(
-    tiny_vit_int8_dir: Path, inputs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="fp32", threads=1)
-    usable = os.sched_getaffinity(0)
-    cores = tuple(sorted(usable))[:2]
-    original_run, original_prepare = model.embed_pixels, embed_local.prepare
-    inference, readers = {}, {}
-
-    def recording(pixels: np.ndarray) -> np.ndarray:
-        inference[threading.get_ident()] = os.sched_getaffinity(0)
-        return original_run(pixels)
-
-    def recording_prepare(model: ClipOnnx, item: Any, unchanged: Any) -> Any:
-        readers[threading.get_ident()] = os.sched_getaffinity(0)
-        return original_prepare(model, item, unchanged)
-
-    model.embed_pixels = recording  # type: ignore[method-assign]
-    monkeypatch.setattr(embed_local, "prepare", recording_prepare)
-    run(model, inputs, tmp_path / "pinned", workers=len(cores), cores=cores)
-    assert inference and all(len(pinned) == 1 and pinned <= set(cores) for pinned in inference.values())
-    assert len({frozenset(pinned) for pinned in inference.values()}) == len(inference)  # a core per worker
-    assert readers and all(free == usable for free in readers.values())
-    assert os.sched_getaffinity(0) == usable  # the calling thread is left as it was
-    inference.clear()
-    run(model, inputs, tmp_path / "free", workers=len(cores))
-    assert inference and all(free == usable for free in inference.values())  # without cores: not pinned
 
 
 def test_a_part_starts_while_the_readers_still_fill_the_rest_of_its_batch(
