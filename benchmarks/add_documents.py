@@ -30,7 +30,9 @@ interleaved per CBS so drift on a shared machine hits every method alike:
   busy; the local engine's distance from pure is the floor's own (what preparing costs) plus what
   the overlap loses on top of it
 
-Each row's figure is the median over `--repeats` passes over the corpus, divided by the documents.
+Each row's figure is the median over `--repeats` passes over the corpus, divided by the documents;
+the methods run in a new seeded random order every pass (a row that always ran after another
+gained or lost from it: 2026-12-05, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -38,6 +40,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import random
 import statistics
 import sys
 import tempfile
@@ -290,9 +293,11 @@ def main() -> None:
                 samples: dict[tuple[str, str], list[float]] = {k: [] for k in methods}
                 for call in methods.values():  # warm-up pass
                     call()
-                for _ in range(args.repeats):
-                    for key, call in methods.items():
-                        samples[key].append(timed(call))
+                order = list(methods)
+                for repeat in range(args.repeats):  # a new seeded order every pass: no row always follows another
+                    random.Random(f"{precision} {cbs} {repeat}").shuffle(order)
+                    for key in order:
+                        samples[key].append(timed(methods[key]))
                 if args.ray:  # actor start amortises over a real corpus: the per-document cost past it
                     full = statistics.median(samples[("image", RAY)])
                     start, ray_data = (
