@@ -312,13 +312,19 @@ def versions() -> dict[str, str]:
             found[module] = loaded
             continue
         # Another build of the module (onnxruntime-openvino, a nightly) is found by scanning every
-        # installed distribution, only when the usual names are absent: the scan takes a moment.
-        version = _installed_version(distributions) or _installed_version(
-            metadata.packages_distributions().get(module, [])
-        )
+        # installed distribution, only when the usual names are absent.
+        version = _installed_version(distributions) or _installed_version(_distributions_by_module().get(module, []))
         if version is not None:
             found[module] = version
     return found
+
+
+@lru_cache(maxsize=1)
+def _distributions_by_module() -> dict[str, list[str]]:
+    """Every installed distribution by the modules it provides, scanned once a process: the scan
+    reads every distribution's metadata, and without an optional extra (torch, imagecodecs) every
+    versions() call would otherwise pay it for each module missing."""
+    return metadata.packages_distributions()
 
 
 def _installed_version(distributions: Sequence[str]) -> str | None:

@@ -3,10 +3,12 @@ from __future__ import annotations
 import dataclasses
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from clip_export.core import environment
 from clip_export.core.artifact import VerificationRow
 from clip_export.core.environment import (
     VERSIONED_MODULES,
@@ -155,7 +157,17 @@ def test_versions_of_imported_modules_are_the_running_code(monkeypatch: pytest.M
     assert versions()["onnxscript"] == "9.9.9-running"  # not the installed metadata's version
 
 
-def test_versions_find_another_build_of_a_module(monkeypatch: pytest.MonkeyPatch) -> None:
+@pytest.fixture
+def fresh_distribution_scan() -> Iterator[None]:
+    """versions() scans the installed distributions once a process: each test's fake scan is its own."""
+    environment._distributions_by_module.cache_clear()
+    yield
+    environment._distributions_by_module.cache_clear()
+
+
+def test_versions_find_another_build_of_a_module(
+    monkeypatch: pytest.MonkeyPatch, fresh_distribution_scan: None
+) -> None:
     """onnxruntime installed as another distribution (onnxruntime-openvino, a nightly) is still recorded."""
     from importlib import metadata
 
@@ -163,5 +175,27 @@ def test_versions_find_another_build_of_a_module(monkeypatch: pytest.MonkeyPatch
     monkeypatch.setitem(VERSIONED_MODULES, "onnxruntime", ("no-such-onnxruntime-build",))
     monkeypatch.setattr(metadata, "packages_distributions", lambda: {"onnxruntime": ["onnxruntime"]})
     assert versions()["onnxruntime"] == metadata.version("onnxruntime")
+    environment._distributions_by_module.cache_clear()
     monkeypatch.setattr(metadata, "packages_distributions", lambda: {})
     assert "onnxruntime" not in versions()
+
+
+def test_versions_scan_the_installed_distributions_once_a_process(
+    monkeypatch: pytest.MonkeyPatch, fresh_distribution_scan: None
+) -> None:
+    """Without an optional extra some modules are missing: the scan for other builds, which reads
+    every distribution's metadata, must not run again for each of them on every call."""
+    from importlib import metadata
+
+    scans: list[int] = []
+
+    def scan() -> dict[str, list[str]]:
+        scans.append(1)
+        return {}
+
+    monkeypatch.setattr(metadata, "packages_distributions", scan)
+    for missing in ("no_such_module_a", "no_such_module_b"):
+        monkeypatch.setitem(VERSIONED_MODULES, missing, (f"{missing}-distribution",))
+    first, second = versions(), versions()
+    assert "no_such_module_a" not in first and "no_such_module_b" not in second
+    assert first == second and len(scans) == 1
