@@ -30,9 +30,8 @@ interleaved per CBS so drift on a shared machine hits every method alike:
   busy; the local engine's distance from pure is the floor's own (what preparing costs) plus what
   the overlap loses on top of it
 
-Each row's figure is the median over `--repeats` passes over the corpus, divided by the documents;
-the methods run in a new seeded random order every pass (a row that always ran after another
-gained or lost from it: 2026-12-05, docs/benchmarks.md).
+Each row's figure is the median over `--repeats` passes over the corpus (timed_passes), divided by
+the documents.
 """
 
 from __future__ import annotations
@@ -48,7 +47,7 @@ import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 from unittest import mock
 
 import numpy as np
@@ -109,10 +108,24 @@ def batches(values: list[Any], size: int) -> list[list[Any]]:
     return [values[i : i + size] for i in range(0, len(values), size)]
 
 
-def timed(call: Callable[[], Any]) -> float:
-    started = time.perf_counter()
-    call()
-    return time.perf_counter() - started
+Key = TypeVar("Key")
+
+
+def timed_passes(methods: dict[Key, Callable[[], Any]], repeats: int, seed: str | int) -> dict[Key, list[float]]:
+    """A warm-up call of each method, then `repeats` timed passes, each in a new seeded random order: a
+    method that always ran right after another gained or lost from it (2026-12-05, docs/benchmarks.md)."""
+    for call in methods.values():
+        call()
+    samples: dict[Key, list[float]] = {key: [] for key in methods}
+    order = random.Random(seed)
+    for _ in range(repeats):
+        keys = list(methods)
+        order.shuffle(keys)
+        for key in keys:
+            started = time.perf_counter()
+            methods[key]()
+            samples[key].append(time.perf_counter() - started)
+    return samples
 
 
 def torch_loop(model_dir: Path) -> tuple[Callable[[list[str], int], None], Callable[[list[str], int], None]]:
@@ -290,14 +303,7 @@ def main() -> None:
                     methods = {
                         k: v for k, v in methods.items() if k[1] in (RAY, RAY_START, RAY_DATA_START, "pure session.run")
                     }
-                samples: dict[tuple[str, str], list[float]] = {k: [] for k in methods}
-                for call in methods.values():  # warm-up pass
-                    call()
-                order = list(methods)
-                for repeat in range(args.repeats):  # a new seeded order every pass: no row always follows another
-                    random.Random(f"{precision} {cbs} {repeat}").shuffle(order)
-                    for key in order:
-                        samples[key].append(timed(methods[key]))
+                samples = timed_passes(methods, args.repeats, f"{precision} {cbs}")
                 if args.ray:  # actor start amortises over a real corpus: the per-document cost past it
                     full = statistics.median(samples[("image", RAY)])
                     start, ray_data = (

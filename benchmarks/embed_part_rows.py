@@ -18,11 +18,9 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -30,7 +28,7 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_documents import MIN_DOCS, corpus  # noqa: E402  (this directory is on sys.path)
+from add_documents import MIN_DOCS, corpus, timed_passes  # noqa: E402  (this directory is on sys.path)
 from cpu_report import prepare  # noqa: E402
 
 from clip_export.core.environment import current_environment  # noqa: E402
@@ -90,17 +88,7 @@ def main() -> None:
                 f"batches of {n}, one default session": in_batches(default.embed_pixels, pixels, n)
                 for n in numbers(args.batches)
             }
-            samples: dict[str, list[float]] = {name: [] for name in methods}
-            for call in methods.values():  # warm-up
-                call()
-            order = random.Random(0)
-            for _ in range(args.repeats):
-                names = list(methods)
-                order.shuffle(names)
-                for name in names:
-                    started = time.perf_counter()
-                    methods[name]()
-                    samples[name].append(time.perf_counter() - started)
+            samples = timed_passes(methods, args.repeats, 0)
             for name, values in samples.items():
                 rows.append(
                     {
