@@ -11,9 +11,10 @@ interleaved per CBS so drift on a shared machine hits every method alike:
 - torch eager: open_clip's model and its PIL preprocessing, decode then embed (the report's load-cpu
   rows; fp32 only)
 - naive ClipOnnx loop: `embed_images(paths)` per batch, decode then embed, no overlap
-- local engine: `clip-export embed`'s engine (reader threads, inference threads, Parquet writer,
-  hashing) on an already opened artifact, with its default sessions: one thread each, every batch
-  split into parts (at least one per core, none over spec.EMBED_PART_ROWS rows), one per core at once
+- local engine: `clip-export embed`'s engine (its pool of a thread per core, preparing and running
+  parts, the Parquet writer, hashing) on an already opened artifact, with its default sessions: one
+  thread each, every batch split into parts (at least one per core, none over spec.EMBED_PART_ROWS
+  rows), one per core at once
 - Ray engine (--ray): `embed --ray` on a local Ray, actor start included; also on 2 documents (its
   start-up), and Ray Data alone on those 2 (embed_ray.actor_pool_map's pool of actors that return
   their batch: what of the start-up is Ray's own); from these, the corpus size from which a whole
@@ -23,7 +24,7 @@ interleaved per CBS so drift on a shared machine hits every method alike:
   session (onnxruntime's threads, one batch at a time): the issue's baseline
 - pure, the engine's parts: the same batches split as the engine splits them, on its one-thread
   sessions, one part per core at once, nothing else running
-- prepare alone: what the engine's reader threads do per document (read, hash, decode and
+- prepare alone: what the engine's pool does per document before inference (read, hash, decode and
   preprocess, or tokenize), serially on one thread (also with Pillow decoding every PNG, as without
   the embed extra's imagecodecs, and the local engine so); with the faster pure row it gives the floor,
   pure + prepare / cores: the best any overlap can do when inference already keeps every core

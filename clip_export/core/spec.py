@@ -298,9 +298,10 @@ EMBED_TABLE_SUFFIXES = (".parquet", ".csv", ".jsonl")
 # the chunk in flight, never a written one.
 EMBED_BATCH_SIZE = 32
 EMBED_CHUNK_ROWS = 4096
-# Threads reading, decoding and preprocessing the next batches while the session runs this one
-# (PIL and the numba kernels release the GIL for most of their time).
-EMBED_DECODE_THREADS = 2
+# The fewest threads in the local engine's pool (one per part run at once, by default one per core):
+# with --threads N one of them runs the N-thread session and the others prepare the next batches (PIL,
+# libspng and the numba kernels release the GIL for most of their time).
+EMBED_READ_THREADS = 2
 # The most rows one inference part runs in the default layout (one-thread sessions, one part per
 # core at a time): on a 2-core Zen 4 ViT-B/32 INT8 ran 13.7 ms a photo in parts of 8 rows, 14.1-14.6
 # in parts of 2-12 and 16.7 in parts of 50, fp32 44.5 in parts of 4-8 and 51.4 in parts of 50: a

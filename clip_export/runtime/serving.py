@@ -210,7 +210,7 @@ class ClipOnnx:
 
     def embed_token_ids(self, ids: np.ndarray, normalize: bool = True) -> np.ndarray:
         """One row per caption of [N, context] int64 ids already tokenized (tokenize()): an indexer
-        tokenizes in its reader threads, as it preprocesses images there, and runs the session here."""
+        tokenizes where it reads, as it preprocesses images there, and runs the session here."""
         session = self._open_session("text")
         return self._run(session, TOWERS["text"].input_name, np.ascontiguousarray(ids, dtype=np.int64), normalize)
 

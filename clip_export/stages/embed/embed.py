@@ -4,8 +4,8 @@ what built it (docs/embed.md).
 Three seams, shared by both engines: the reader (embed_inputs: items, their content and its hash),
 the mapper (ClipOnnx: the release's own preprocessing, tokenizer and sessions) and the writer
 (embed_store: atomic Parquet chunks, the dataset manifest, the resume index). The engine is the
-fourth: the local engine (embed_local: reader threads prepare the next batches while inference
-threads run these) or Ray Data (embed_ray, imported only for --ray).
+fourth: the local engine (embed_local: one thread per core runs the parts that are ready and
+prepares the next batches whenever none is) or Ray Data (embed_ray, imported only for --ray).
 """
 
 from __future__ import annotations

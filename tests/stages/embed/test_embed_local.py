@@ -1,10 +1,12 @@
-"""The local engine: batches run at once keep the rows in order and equal to one batch at a time."""
+"""The local engine: batches run at once keep the rows in order and equal to one batch at a time, and its
+pool runs the parts that are ready before any preparing."""
 
 from __future__ import annotations
 
 import os
 import shutil
 import threading
+import time
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +20,7 @@ from clip_export.runtime import ClipOnnx
 from clip_export.stages.embed import embed_local
 from clip_export.stages.embed.embed import artifact_record
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
-from clip_export.stages.embed.embed_local import parallelism, run_local
+from clip_export.stages.embed.embed_local import CorePool, parallelism, run_local
 from clip_export.stages.embed.embed_store import Store, new_manifest, read_embeddings
 
 
@@ -70,6 +72,57 @@ def run(
     return counts
 
 
+def test_the_pool_runs_a_part_before_the_items_queued_ahead_of_it_to_be_prepared() -> None:
+    """With every thread busy, a part submitted after items to prepare runs first: preparing fills the
+    moments no part is ready, never holds one back."""
+    started, release, ran = threading.Event(), threading.Event(), []
+
+    def busy() -> None:
+        started.set()
+        release.wait(timeout=60)
+
+    with CorePool(1) as pool:
+        pool.submit(busy, part=False)
+        assert started.wait(timeout=60)  # the only thread is taken: what follows queues
+        queued = [
+            pool.submit(lambda: ran.append("read a"), part=False),
+            pool.submit(lambda: ran.append("read b"), part=False),
+            pool.submit(lambda: ran.append("part"), part=True),
+        ]
+        release.set()
+        for future in queued:
+            future.result(timeout=60)
+    assert ran == ["part", "read a", "read b"]
+
+
+def test_leaving_the_pool_stops_its_threads_and_cancels_what_is_still_queued() -> None:
+    """A run that fails stops at once: items read ahead are not prepared after the with-block ends."""
+    started, ran = threading.Event(), []
+
+    def busy() -> None:
+        started.set()
+        time.sleep(0.2)  # still running when the with-block ends: it finishes, the queue does not run
+        ran.append("busy")
+
+    with CorePool(1) as pool:
+        pool.submit(busy, part=False)
+        assert started.wait(timeout=60)
+        queued = pool.submit(lambda: ran.append("queued"), part=False)
+        threads = list(pool._threads)
+    assert ran == ["busy"] and queued.cancelled()
+    assert not any(thread.is_alive() for thread in threads)
+
+
+def test_an_error_in_the_pool_reaches_whoever_waits_for_it() -> None:
+    def failing() -> None:
+        raise ClipExportError("this part failed")
+
+    with CorePool(2) as pool:
+        future = pool.submit(failing, part=True)
+        with pytest.raises(ClipExportError, match="this part failed"):
+            future.result(timeout=60)
+
+
 def test_batches_run_at_once_write_the_rows_of_one_batch_at_a_time_in_order(
     tiny_vit_int8_dir: Path, inputs: list[Path], tmp_path: Path
 ) -> None:
@@ -118,7 +171,7 @@ def test_each_batch_runs_as_one_part_per_worker(tiny_vit_int8_dir: Path, inputs:
     assert sorted(parts) == [2, 2, 2, 3]  # 9 photos: batches of 5 and 4, each in two parts
 
 
-def test_a_part_starts_while_the_readers_still_fill_the_rest_of_its_batch(
+def test_a_part_starts_while_the_rest_of_its_batch_is_still_prepared(
     tiny_vit_int8_dir: Path, inputs: list[Path], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """The last photo of the only batch is held back until a part has started: without parts that
