@@ -147,6 +147,11 @@ class ClipOnnx:
         }
         return model
 
+    def passed_checks(self) -> dict[str, str]:
+        """Every tower's serve-time pass here ({what it covers: environment key}), for from_release's
+        `passed_checks` in another process of the same job (an `embed --ray` actor)."""
+        return {covers: key for check in self.serve_checks.values() for covers, key in check.passed_here.items()}
+
     def pixel_values(self, images: Any) -> np.ndarray:
         """[N, 3, H, W] from one image or a list (see embed_images); a bad item is named by index."""
         rows = []

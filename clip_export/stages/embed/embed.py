@@ -215,7 +215,7 @@ def _embed(
             errors=errors,
             progress=progress,
             threads=engine_threads,
-            passed_checks={k: v for c in model.serve_checks.values() for k, v in c.passed_here.items()},
+            passed_checks=model.passed_checks(),
             part_rows=part_rows,
         )
     else:
