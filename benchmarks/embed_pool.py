@@ -54,9 +54,9 @@ Result = TypeVar("Result")
 class ReadersBesideInference:
     """The engine's pool before: preparing on reader threads, parts on threads of their own."""
 
-    def __init__(self, threads: int) -> None:
+    def __init__(self, threads: int, parts_at_once: int) -> None:
         self.readers = ThreadPoolExecutor(EMBED_READ_THREADS, thread_name_prefix="embed-decode")
-        self.inference = ThreadPoolExecutor(threads, thread_name_prefix="embed-infer")
+        self.inference = ThreadPoolExecutor(parts_at_once, thread_name_prefix="embed-infer")
 
     def submit(self, call: Callable[[], Result], part: bool) -> Future[Result]:
         return (self.inference if part else self.readers).submit(call)

@@ -14,9 +14,7 @@ beside inference threads (docs/embed.md, docs/benchmarks.md).
 
 from __future__ import annotations
 
-import itertools
 import os
-import queue
 import threading
 import time
 from collections import deque
@@ -45,37 +43,58 @@ def parallelism(threads: int) -> tuple[int, int]:
 
 
 Result = TypeVar("Result")
-_STOP, _PART, _READ = -1, 0, 1  # what a pool thread takes first: a stop, a part ready to run, reading
+Task = tuple[Callable[[], Any], Future[Any]]
 
 
 class CorePool:
-    """Threads that run inference parts before any item waiting to be prepared. A with-block's end
-    stops them after what each is running; what is still queued is cancelled (the run is over)."""
+    """`threads` threads that run inference parts, at most `parts_at_once` at a time, before any item
+    waiting to be prepared. A with-block's end stops them after what each is running; what is still
+    queued is cancelled (the run is over, or failed)."""
 
-    def __init__(self, threads: int) -> None:
-        self._queue: queue.PriorityQueue[tuple[int, int, Callable[[], Any] | None, Future[Any] | None]] = (
-            queue.PriorityQueue()
-        )
-        self._order = itertools.count()  # first in, first out within a priority
+    def __init__(self, threads: int, parts_at_once: int) -> None:
+        self._parts: deque[Task] = deque()
+        self._reads: deque[Task] = deque()
+        self._running_parts, self._parts_at_once, self._stopping = 0, parts_at_once, False
+        self._changed = threading.Condition()
         self._threads = [threading.Thread(target=self._serve, name=f"embed-{n}", daemon=True) for n in range(threads)]
         for thread in self._threads:
             thread.start()
 
     def submit(self, call: Callable[[], Result], part: bool) -> Future[Result]:
         future: Future[Result] = Future()
-        self._queue.put((_PART if part else _READ, next(self._order), call, future))
+        with self._changed:
+            (self._parts if part else self._reads).append((call, future))
+            self._changed.notify()
         return future
+
+    def _next(self) -> tuple[Task | None, bool]:
+        """(the task this thread runs next, whether it is a part); (None, False) once stopping."""
+        with self._changed:
+            while True:
+                if self._stopping:
+                    return None, False
+                if self._parts and self._running_parts < self._parts_at_once:
+                    self._running_parts += 1
+                    return self._parts.popleft(), True
+                if self._reads:
+                    return self._reads.popleft(), False
+                self._changed.wait()
 
     def _serve(self) -> None:
         while True:
-            _, _, call, future = self._queue.get()
-            if call is None or future is None:
+            task, part = self._next()
+            if task is None:
                 return
+            call, future = task
             if future.set_running_or_notify_cancel():
                 try:
                     future.set_result(call())
                 except BaseException as exc:  # the caller's result() raises it
                     future.set_exception(exc)
+            if part:
+                with self._changed:
+                    self._running_parts -= 1
+                    self._changed.notify_all()  # a thread may be waiting for this part's turn
 
     def __enter__(self) -> CorePool:
         return self
@@ -83,14 +102,13 @@ class CorePool:
     def __exit__(
         self, kind: type[BaseException] | None, error: BaseException | None, trace: TracebackType | None
     ) -> None:
-        for _ in self._threads:
-            self._queue.put((_STOP, next(self._order), None, None))
+        with self._changed:
+            self._stopping = True
+            self._changed.notify_all()
         for thread in self._threads:
             thread.join()
-        while not self._queue.empty():
-            _, _, _, future = self._queue.get_nowait()
-            if future is not None:
-                future.cancel()
+        for _, future in (*self._parts, *self._reads):
+            future.cancel()
 
 
 def _prepare(model: ClipOnnx, item: Item, done: dict[str, Done], accepted: set[str]) -> Prepared:
@@ -159,8 +177,9 @@ def run_local(
 
     if any(i.kind == "text" for i in items):
         model.load_tokenizer()  # one clear error now, not one per caption in the workers
-    # One thread per part run at once, and never fewer than can prepare at once beside an N-thread session
-    with CorePool(max(workers, EMBED_READ_THREADS)) as pool:
+    # A thread per part run at once, and at least EMBED_READ_THREADS: with --threads N (one N-thread batch
+    # at a time) the others prepare
+    with CorePool(max(workers, EMBED_READ_THREADS), parts_at_once=workers) as pool:
         for kind in ("image", "text"):
             group = [i for i in items if i.kind == kind]
             batch: list[Prepared] = []

@@ -81,7 +81,7 @@ def test_the_pool_runs_a_part_before_the_items_queued_ahead_of_it_to_be_prepared
         started.set()
         release.wait(timeout=60)
 
-    with CorePool(1) as pool:
+    with CorePool(1, parts_at_once=1) as pool:
         pool.submit(busy, part=False)
         assert started.wait(timeout=60)  # the only thread is taken: what follows queues
         queued = [
@@ -95,6 +95,30 @@ def test_the_pool_runs_a_part_before_the_items_queued_ahead_of_it_to_be_prepared
     assert ran == ["part", "read a", "read b"]
 
 
+def test_the_pool_runs_no_more_parts_at_once_than_asked_and_prepares_meanwhile() -> None:
+    """--threads N runs one N-thread batch at a time: the pool's other thread prepares meanwhile and
+    does not start the next batch beside it."""
+    started, read_ran, order = threading.Event(), threading.Event(), []
+
+    def first_part() -> None:
+        order.append("part 1")
+        started.set()
+        read_ran.wait(timeout=60)
+        order.append("part 1 done")
+
+    def read() -> None:
+        order.append("read")
+        read_ran.set()
+
+    with CorePool(2, parts_at_once=1) as pool:
+        queued = [pool.submit(first_part, part=True)]
+        assert started.wait(timeout=60)
+        queued += [pool.submit(lambda: order.append("part 2"), part=True), pool.submit(read, part=False)]
+        for future in queued:
+            future.result(timeout=60)
+    assert order == ["part 1", "read", "part 1 done", "part 2"]
+
+
 def test_leaving_the_pool_stops_its_threads_and_cancels_what_is_still_queued() -> None:
     """A run that fails stops at once: items read ahead are not prepared after the with-block ends."""
     started, ran = threading.Event(), []
@@ -104,7 +128,7 @@ def test_leaving_the_pool_stops_its_threads_and_cancels_what_is_still_queued() -
         time.sleep(0.2)  # still running when the with-block ends: it finishes, the queue does not run
         ran.append("busy")
 
-    with CorePool(1) as pool:
+    with CorePool(1, parts_at_once=1) as pool:
         pool.submit(busy, part=False)
         assert started.wait(timeout=60)
         queued = pool.submit(lambda: ran.append("queued"), part=False)
@@ -117,7 +141,7 @@ def test_an_error_in_the_pool_reaches_whoever_waits_for_it() -> None:
     def failing() -> None:
         raise ClipExportError("this part failed")
 
-    with CorePool(2) as pool:
+    with CorePool(2, parts_at_once=2) as pool:
         future = pool.submit(failing, part=True)
         with pytest.raises(ClipExportError, match="this part failed"):
             future.result(timeout=60)
