@@ -55,10 +55,10 @@ import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from cpu_report import prepare  # noqa: E402  (this directory is on sys.path)
+from corpus import MIN_DOCS, corpus_inputs  # noqa: E402  (this directory is on sys.path)
+from cpu_report import prepare  # noqa: E402
 
 from clip_export.core import png_decode  # noqa: E402
-from clip_export.core.evalset import BUNDLED_DIR, load_evalset  # noqa: E402
 from clip_export.core.manifest import read_manifest  # noqa: E402
 from clip_export.core.progress import silent  # noqa: E402
 from clip_export.core.spec import EMBED_PART_ROWS  # noqa: E402
@@ -85,24 +85,6 @@ FLOOR = f"floor: pure + prepare ÷ {CORES} cores"
 PURE_PARALLEL = f"pure, one-thread sessions, the engine's parts (at most {EMBED_PART_ROWS} rows), one per core at once"
 PURE = {"image": "pure session.run", "text": "pure session.run, the engine's batches (by length)"}
 CBS = (1, 10, 50, 100)
-MIN_DOCS = 112
-
-
-def corpus(folder: Path, docs: int = MIN_DOCS) -> tuple[list[str], list[str]]:
-    rng = np.random.default_rng(0)
-    photos = sorted((BUNDLED_DIR / "images").iterdir())
-    Image.fromarray(rng.integers(0, 256, (427, 640, 3), dtype=np.uint8)).save(folder / "report-640x427.jpg", quality=90)
-    Image.fromarray(rng.integers(0, 256, (762, 2162, 4), dtype=np.uint8), "RGBA").save(folder / "report-2162x762.png")
-    sources = photos + [folder / "report-640x427.jpg", folder / "report-2162x762.png"]
-    paths = []
-    while len(paths) < docs:
-        source = sources[len(paths) % len(sources)]
-        target = folder / f"{len(paths):04d}-{source.name}"
-        target.write_bytes(source.read_bytes())
-        paths.append(str(target))
-    captions = list(load_evalset().captions)
-    texts = (captions * (docs // len(captions) + 1))[:docs]
-    return paths, [f"{t} ({n})" for n, t in enumerate(texts)]
 
 
 def batches(values: list[Any], size: int) -> list[list[Any]]:
@@ -246,11 +228,7 @@ def main() -> None:
     sizes = [int(c) for c in args.cbs.split(",")]
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="add-documents-") as tmp:
-        folder = Path(tmp) / "images"
-        folder.mkdir()
-        paths, captions = corpus(folder, args.docs)
-        caption_file = Path(tmp) / "captions.txt"
-        caption_file.write_text("\n".join(captions) + "\n")
+        folder, paths, caption_file, captions = corpus_inputs(Path(tmp), args.docs)
         torch_images, torch_texts = (None, None) if args.no_torch else torch_loop(model_dir)
         for precision in ("fp32", "int8"):
             model = ClipOnnx.from_release(model_dir, precision=precision)

@@ -28,7 +28,8 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_documents import MIN_DOCS, corpus, timed_passes  # noqa: E402  (this directory is on sys.path)
+from add_documents import timed_passes  # noqa: E402  (this directory is on sys.path)
+from corpus import MIN_DOCS, corpus  # noqa: E402
 from cpu_report import prepare  # noqa: E402
 
 from clip_export.core.environment import current_environment  # noqa: E402

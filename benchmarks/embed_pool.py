@@ -34,7 +34,8 @@ from typing import Any, TypeVar
 from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_documents import MIN_DOCS, corpus, local_engine, parallel_pure, timed_passes  # noqa: E402
+from add_documents import local_engine, parallel_pure, timed_passes  # noqa: E402
+from corpus import MIN_DOCS, corpus_inputs  # noqa: E402
 from cpu_report import prepare  # noqa: E402
 
 from clip_export.core.environment import current_environment  # noqa: E402
@@ -110,11 +111,7 @@ def main() -> None:
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="embed-pool-") as tmp:
-        folder = Path(tmp) / "images"
-        folder.mkdir()
-        paths, captions = corpus(folder, args.docs)
-        caption_file = Path(tmp) / "captions.txt"
-        caption_file.write_text("\n".join(captions) + "\n")
+        folder, paths, caption_file, captions = corpus_inputs(Path(tmp), args.docs)
         for precision in args.precisions.split(","):
             default = ClipOnnx.from_release(model_dir, precision=precision)
             engine = ClipOnnx.from_release(model_dir, precision=precision, threads=session_threads)
