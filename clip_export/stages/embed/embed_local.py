@@ -8,8 +8,9 @@ on one ClipOnnx: onnxruntime's run() is thread-safe and releases the GIL, so wit
 each thread keeps one core on its own rows (as the Ray engine's one-thread actors do) and a small
 part's activations stay in that core's cache. A part starts as soon as its rows are ready, not when
 the whole batch is. With no more threads than cores, preparing fills the moments no part is ready
-instead of taking a core from a running one: side by side this ran 1-3% faster than reader threads
-beside inference threads (docs/embed.md, docs/benchmarks.md).
+instead of taking a core from a running one. Side by side with reader threads beside inference
+threads on a 2-core Zen 4 (benchmarks/embed_pool.py), INT8 photos ran 2-3% faster this way, fp32
+captions 1-2.5% slower, the rest within 1% (docs/benchmarks.md).
 """
 
 from __future__ import annotations
