@@ -125,8 +125,10 @@ def test_leaving_the_pool_stops_its_threads_and_cancels_what_is_still_queued() -
 
     def busy() -> None:
         started.set()
-        time.sleep(0.2)  # still running when the with-block ends: it finishes, the queue does not run
-        ran.append("busy")
+        deadline = time.monotonic() + 60
+        while not pool._stopping and time.monotonic() < deadline:  # still running when the with-block ends
+            time.sleep(0.01)
+        ran.append("busy")  # it finishes; what is queued behind it does not run
 
     with CorePool(1, parts_at_once=1) as pool:
         pool.submit(busy, part=False)
