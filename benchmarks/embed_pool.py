@@ -19,12 +19,10 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import resource
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from datetime import datetime, timezone
@@ -82,19 +80,20 @@ def cpu_seconds() -> float:
     return usage.ru_utime + usage.ru_stime
 
 
-def with_cpu(call: Callable[[], Any], spent: list[tuple[float, float]]) -> Callable[[], Any]:
-    """call(), recording (wall, CPU) seconds of each call after the first (timed_passes' warm-up)."""
+def with_cpu(call: Callable[[], Any], spent: list[float]) -> Callable[[], Any]:
+    """call(), recording the CPU seconds of each call after the first (timed_passes' warm-up), in the
+    order of timed_passes' wall-time samples."""
     calls = []
 
-    def timed() -> Any:
-        wall, cpu = time.perf_counter(), cpu_seconds()
+    def counted() -> Any:
+        cpu = cpu_seconds()
         result = call()
         if calls:
-            spent.append((time.perf_counter() - wall, cpu_seconds() - cpu))
+            spent.append(cpu_seconds() - cpu)
         calls.append(1)
         return result
 
-    return timed
+    return counted
 
 
 def main() -> None:
@@ -108,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     model_dir = args.model_dir or prepare(args.model)
     session_threads, workers = embed_local.parallelism(0)
-    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+    cores = workers  # one part per core this process may use (embed_local.parallelism)
     rows: list[dict[str, Any]] = []
     with tempfile.TemporaryDirectory(prefix="embed-pool-") as tmp:
         folder, paths, caption_file, captions = corpus_inputs(Path(tmp), args.docs)
@@ -126,7 +125,7 @@ def main() -> None:
             }
             for cbs in [int(c) for c in args.cbs.split(",")]:
                 methods: dict[tuple[str, str], Callable[[], Any]] = {}
-                spent: dict[tuple[str, str], list[tuple[float, float]]] = {}
+                spent: dict[tuple[str, str], list[float]] = {}
                 for kind, (source, rows_in, run_default, run_engine) in inputs.items():
                     calls = {
                         ONE_POOL: lambda s=source: local_engine(engine, precision, [s], cbs, workers),
@@ -139,12 +138,12 @@ def main() -> None:
                     for name, call in calls.items():
                         spent[(kind, name)] = []
                         methods[(kind, name)] = with_cpu(call, spent[(kind, name)])
-                timed_passes(methods, args.repeats, f"{precision} {cbs}")
-                for (kind, name), passes in spent.items():
+                walls = timed_passes(methods, args.repeats, f"{precision} {cbs}")
+                for (kind, name), cpus in spent.items():
                     docs = len(paths) if kind == "image" else len(captions)
-                    wall = statistics.median(w for w, _ in passes)
-                    cpu = statistics.median(c for _, c in passes)
-                    busy = statistics.median(c / (w * cores) for w, c in passes)
+                    wall = statistics.median(walls[(kind, name)])
+                    cpu = statistics.median(cpus)
+                    busy = statistics.median(c / (w * cores) for w, c in zip(walls[(kind, name)], cpus))
                     rows.append(
                         {
                             "precision": precision,
