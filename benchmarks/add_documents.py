@@ -31,7 +31,8 @@ interleaved per CBS so drift on a shared machine hits every method alike:
   busy; the local engine's distance from pure is the floor's own (what preparing costs) plus what
   the overlap loses on top of it
 
-Each row's figure is the median over `--repeats` passes over the corpus (timed_passes), divided by
+Each row's figure is the median over `--repeats` passes over the corpus (a warm-up pass, then each pass in a new seeded random order:
+clip_export.stages.bench.timing.interleaved_samples), divided by
 the documents.
 """
 
@@ -40,38 +41,33 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import random
 import statistics
 import sys
 import tempfile
-import time
 from collections.abc import Callable
 from datetime import datetime, timezone
 from pathlib import Path
-from typing import Any, TypeVar
+from typing import Any
 from unittest import mock
 
 import numpy as np
 from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from corpus import MIN_DOCS, corpus_inputs  # noqa: E402  (this directory is on sys.path)
 from cpu_report import prepare  # noqa: E402
+from indexing import MIN_DOCS, corpus_inputs, local_engine, parallel_pure  # noqa: E402  (this directory is on sys.path)
 
 from clip_export.core import png_decode  # noqa: E402
 from clip_export.core.manifest import read_manifest  # noqa: E402
-from clip_export.core.progress import silent  # noqa: E402
 from clip_export.core.spec import EMBED_PART_ROWS  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
-from clip_export.stages.embed.embed import artifact_record  # noqa: E402
+from clip_export.stages.bench.timing import interleaved_samples  # noqa: E402
 from clip_export.stages.embed.embed_inputs import (  # noqa: E402
     in_batching_order,
     list_items,
-    part_slices,
 )
 from clip_export.stages.embed.embed_inputs import prepare as prepare_item  # noqa: E402
-from clip_export.stages.embed.embed_local import parallelism, run_local  # noqa: E402
-from clip_export.stages.embed.embed_store import Store, new_manifest  # noqa: E402
+from clip_export.stages.embed.embed_local import parallelism  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 RAY = "Ray engine (local Ray, actor start incl.)"
@@ -89,26 +85,6 @@ CBS = (1, 10, 50, 100)
 
 def batches(values: list[Any], size: int) -> list[list[Any]]:
     return [values[i : i + size] for i in range(0, len(values), size)]
-
-
-Key = TypeVar("Key")
-
-
-def timed_passes(methods: dict[Key, Callable[[], Any]], repeats: int, seed: str | int) -> dict[Key, list[float]]:
-    """A warm-up call of each method, then `repeats` timed passes, each in a new seeded random order: a
-    method that always ran right after another gained or lost from it (2026-12-05, docs/benchmarks.md)."""
-    for call in methods.values():
-        call()
-    samples: dict[Key, list[float]] = {key: [] for key in methods}
-    order = random.Random(seed)
-    for _ in range(repeats):
-        keys = list(methods)
-        order.shuffle(keys)
-        for key in keys:
-            started = time.perf_counter()
-            methods[key]()
-            samples[key].append(time.perf_counter() - started)
-    return samples
 
 
 def torch_loop(model_dir: Path) -> tuple[Callable[[list[str], int], None], Callable[[list[str], int], None]]:
@@ -131,39 +107,6 @@ def torch_loop(model_dir: Path) -> tuple[Callable[[list[str], int], None], Calla
                 model.encode_text(tokenizer(batch), normalize=True)
 
     return images, texts
-
-
-def parallel_pure(run: Callable[[np.ndarray], Any], rows: np.ndarray, cbs: int, workers: int) -> None:
-    """The engine's inference alone: each batch split into parts as the engine splits it, run a part per worker at once."""
-    from concurrent.futures import ThreadPoolExecutor
-
-    batches = [rows[i : i + cbs] for i in range(0, len(rows), cbs)]
-    parts = [batch[part] for batch in batches for part in part_slices(len(batch), workers, EMBED_PART_ROWS)]
-    with ThreadPoolExecutor(workers) as pool:
-        list(pool.map(run, parts))
-
-
-def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int, workers: int) -> None:
-    items = in_batching_order(list_items(inputs))  # as `clip-export embed` orders them
-    with tempfile.TemporaryDirectory() as out:
-        store = Store(Path(out) / "index")
-        record = artifact_record(model, precision)
-        store.write_manifest(new_manifest(record, 0))
-        run_local(
-            model,
-            items,
-            {},
-            {record["key"]},
-            store,
-            record["key"],
-            cbs,
-            4096,
-            {"embedded": 0, "unchanged": 0, "chunks": 0},
-            [],
-            silent,
-            workers=workers,
-            part_rows=EMBED_PART_ROWS,  # as `clip-export embed` runs by default
-        )
 
 
 def pillow_png(call: Callable[[], Any]) -> Any:
@@ -282,7 +225,7 @@ def main() -> None:
                     methods = {
                         k: v for k, v in methods.items() if k[1] in (RAY, RAY_START, RAY_DATA_START, "pure session.run")
                     }
-                samples = timed_passes(methods, args.repeats, f"{precision} {cbs}")
+                samples = interleaved_samples(methods, rounds=args.repeats, warmup=1, order_seed=f"{precision} {cbs}")
                 if args.ray:  # actor start amortises over a real corpus: the per-document cost past it
                     full = statistics.median(samples[("image", RAY)])
                     start, ray_data = (

@@ -28,13 +28,13 @@ from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_documents import timed_passes  # noqa: E402  (this directory is on sys.path)
-from corpus import MIN_DOCS, corpus  # noqa: E402
 from cpu_report import prepare  # noqa: E402
+from indexing import MIN_DOCS, corpus  # noqa: E402  (this directory is on sys.path)
 
 from clip_export.core.environment import current_environment  # noqa: E402
 from clip_export.core.spec import EMBED_PART_ROWS  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
+from clip_export.stages.bench.timing import interleaved_samples  # noqa: E402
 from clip_export.stages.embed.embed_local import parallelism  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
@@ -89,7 +89,7 @@ def main() -> None:
                 f"batches of {n}, one default session": in_batches(default.embed_pixels, pixels, n)
                 for n in numbers(args.batches)
             }
-            samples = timed_passes(methods, args.repeats, 0)
+            samples = interleaved_samples(methods, rounds=args.repeats, warmup=1, order_seed=0)
             for name, values in samples.items():
                 rows.append(
                     {

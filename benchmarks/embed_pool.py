@@ -4,7 +4,7 @@ replaced: reader threads beside inference threads.
     python benchmarks/embed_pool.py                       # ViT-B/32 with random weights, INT8 and fp32
     python benchmarks/embed_pool.py --model-dir DIR --cbs 10,50,100 --repeats 9
 
-Both run `clip-export embed`'s own engine (embed_local.run_local, through add_documents.local_engine)
+Both run `clip-export embed`'s own engine (embed_local.run_local, through indexing.local_engine)
 on the add_documents corpus (photos decoded from files, captions). The earlier layout is rebuilt here
 by giving run_local another pool with the same submit(): spec.EMBED_READ_THREADS threads that only
 prepare, and one thread per part run at once that only runs parts, each pool first in, first out.
@@ -32,13 +32,13 @@ from typing import Any, TypeVar
 from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from add_documents import local_engine, parallel_pure, timed_passes  # noqa: E402
-from corpus import MIN_DOCS, corpus_inputs  # noqa: E402
 from cpu_report import prepare  # noqa: E402
+from indexing import MIN_DOCS, corpus_inputs, local_engine, parallel_pure  # noqa: E402  (this directory is on sys.path)
 
 from clip_export.core.environment import current_environment  # noqa: E402
 from clip_export.core.spec import EMBED_READ_THREADS  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
+from clip_export.stages.bench.timing import interleaved_samples  # noqa: E402
 from clip_export.stages.embed import embed_local  # noqa: E402
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items  # noqa: E402
 
@@ -81,8 +81,8 @@ def cpu_seconds() -> float:
 
 
 def with_cpu(call: Callable[[], Any], spent: list[float]) -> Callable[[], Any]:
-    """call(), recording the CPU seconds of each call after the first (timed_passes' warm-up), in the
-    order of timed_passes' wall-time samples."""
+    """call(), recording the CPU seconds of each call after the first (the warm-up round), in the
+    order of interleaved_samples' wall-time samples."""
     calls = []
 
     def counted() -> Any:
@@ -138,7 +138,7 @@ def main() -> None:
                     for name, call in calls.items():
                         spent[(kind, name)] = []
                         methods[(kind, name)] = with_cpu(call, spent[(kind, name)])
-                walls = timed_passes(methods, args.repeats, f"{precision} {cbs}")
+                walls = interleaved_samples(methods, rounds=args.repeats, warmup=1, order_seed=f"{precision} {cbs}")
                 for (kind, name), cpus in spent.items():
                     docs = len(paths) if kind == "image" else len(captions)
                     wall = statistics.median(walls[(kind, name)])

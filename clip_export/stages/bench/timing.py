@@ -6,16 +6,19 @@ their ratios are what the benchmarks report.
 
 from __future__ import annotations
 
+import random
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, TypeVar
 
 import numpy as np
 
 from clip_export.core.environment import current_environment
 from clip_export.core.errors import ClipExportError
 from clip_export.core.spec import CPU_PROVIDER
+
+Key = TypeVar("Key")
 
 
 def refuse_emulated_cpu() -> None:
@@ -64,24 +67,44 @@ def time_calls(
     return latency_stats(samples, warmup)
 
 
-def time_interleaved(
-    calls: Sequence[Callable[[], Any]], *, rounds: int, warmup: int = 0, budget_s: float = 0.0
-) -> list[float]:
-    """p50 ms of each call, the calls run one after another in rounds (the first `warmup` rounds
-    dropped) until `warmup + rounds` rounds and `budget_s` seconds are both done: drift on a shared
-    machine then hits every call alike, which makes their ratios trustworthy. Only if no call leaves
+def interleaved_samples(
+    calls: Mapping[Key, Callable[[], Any]],
+    *,
+    rounds: int,
+    warmup: int = 0,
+    budget_s: float = 0.0,
+    order_seed: int | str | None = None,
+) -> dict[Key, list[float]]:
+    """Seconds of each call in every round after the first `warmup`, the calls run one after another
+    in rounds until `warmup + rounds` rounds and `budget_s` seconds are both done: drift on a shared
+    machine then hits every call alike, which makes their ratios trustworthy. With `order_seed` each
+    round runs them in a new seeded random order: a call that always ran right after another gained
+    or lost from it (the add_documents table, 2026-12-05, docs/benchmarks.md). Only if no call leaves
     threads spinning for the next: open sessions with stop_spinning_after_run and follow a torch call
     with an untimed pause (benchmarks/int8_tiers.py measured fp32 at 2x its own time otherwise)."""
-    samples: list[list[float]] = [[] for _ in calls]
+    samples: dict[Key, list[float]] = {key: [] for key in calls}
+    shuffle = None if order_seed is None else random.Random(order_seed).shuffle
     deadline = time.perf_counter() + budget_s
     done = 0
     while done < warmup + rounds or time.perf_counter() < deadline:
-        for call, times in zip(calls, samples):
+        keys = list(calls)
+        if shuffle is not None:
+            shuffle(keys)
+        for key in keys:
             start = time.perf_counter()
-            call()
-            times.append(time.perf_counter() - start)
+            calls[key]()
+            if done >= warmup:
+                samples[key].append(time.perf_counter() - start)
         done += 1
-    return [float(np.median(times[warmup:])) * 1e3 for times in samples]
+    return samples
+
+
+def time_interleaved(
+    calls: Sequence[Callable[[], Any]], *, rounds: int, warmup: int = 0, budget_s: float = 0.0
+) -> list[float]:
+    """p50 ms of each call over interleaved rounds, in the order given (interleaved_samples)."""
+    samples = interleaved_samples(dict(enumerate(calls)), rounds=rounds, warmup=warmup, budget_s=budget_s)
+    return [float(np.median(samples[n])) * 1e3 for n in range(len(calls))]
 
 
 def runs_for(batch: int) -> dict[str, int]:

@@ -222,6 +222,22 @@ def test_time_interleaved_alternates_calls_and_drops_warmup_rounds() -> None:
     assert order == ["a", "b"] * 6 and len(result) == 2 and all(ms >= 0 for ms in result)
 
 
+def test_interleaved_samples_shuffle_each_round_by_seed_and_keep_rounds_after_warmup() -> None:
+    from clip_export.stages.bench.timing import interleaved_samples
+
+    def rounds_run(seed: int) -> tuple[list[list[str]], dict[str, list[float]]]:
+        order: list[str] = []
+        calls = {key: (lambda key=key: order.append(key)) for key in "abcd"}
+        samples = interleaved_samples(calls, rounds=6, warmup=2, order_seed=seed)
+        return [order[i : i + 4] for i in range(0, len(order), 4)], samples
+
+    rounds, samples = rounds_run(7)
+    assert len(rounds) == 8 and all(sorted(r) == list("abcd") for r in rounds)  # every call once a round
+    assert len({tuple(r) for r in rounds}) > 1  # a new order each round, not one shuffle kept
+    assert rounds_run(7)[0] == rounds  # the seed fixes the orders: a run can be repeated
+    assert {key: len(times) for key, times in samples.items()} == dict.fromkeys("abcd", 6)
+
+
 def test_no_artifact_row_is_an_error_that_leaves_earlier_results(tiny_vit_copy: Path) -> None:
     import onnxruntime
 
