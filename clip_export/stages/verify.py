@@ -146,9 +146,10 @@ def verify(
         checks += [tokenizer_check] if tokenizer_check is not None else []
     found_versions = versions()
     manifest = read_manifest(model_dir)
+    settings = settings_digest(manifest)  # the input settings every row of this run covers
     record = merged_verification(
         manifest,
-        [_check_row(c, settings_digest(manifest)) for c in checks],
+        [_check_row(c, settings) for c in checks],
         evalset_source,
         reference_desc,
         found_versions,
