@@ -31,9 +31,8 @@ interleaved per CBS so drift on a shared machine hits every method alike:
   busy; the local engine's distance from pure is the floor's own (what preparing costs) plus what
   the overlap loses on top of it
 
-Each row's figure is the median over `--repeats` passes over the corpus (a warm-up pass, then each pass in a new seeded random order:
-clip_export.stages.bench.timing.interleaved_samples), divided by
-the documents.
+Each row's figure is the median over `--repeats` passes over the corpus, divided by the documents:
+a warm-up pass, then each pass in a new seeded random order (stages.bench.timing.interleaved_samples).
 """
 
 from __future__ import annotations
