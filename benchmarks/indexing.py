@@ -21,7 +21,7 @@ from clip_export.runtime import ClipOnnx
 from clip_export.stages.embed.embed import artifact_record
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_slices
 from clip_export.stages.embed.embed_local import run_local
-from clip_export.stages.embed.embed_store import Store, new_manifest
+from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest
 
 MIN_DOCS = 112
 
@@ -77,18 +77,6 @@ def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int, 
         store = Store(Path(out) / "index")
         record = artifact_record(model, precision)
         store.write_manifest(new_manifest(record, 0))
-        run_local(
-            model,
-            items,
-            {},
-            {record["key"]},
-            store,
-            record["key"],
-            cbs,
-            4096,
-            {"embedded": 0, "unchanged": 0, "chunks": 0},
-            [],
-            silent,
-            workers=workers,
-            part_rows=EMBED_PART_ROWS,  # as `clip-export embed` runs by default
-        )
+        writer = ChunkWriter(store, record["key"], 4096, {"embedded": 0, "unchanged": 0, "chunks": 0}, [])
+        # workers and part_rows as `clip-export embed` runs by default
+        run_local(model, items, {}, {record["key"]}, writer, cbs, silent, workers=workers, part_rows=EMBED_PART_ROWS)

@@ -33,7 +33,7 @@ from clip_export.runtime.serving import ClipOnnx, pick_for_cpu
 from clip_export.stages.embed.compat import CompatResult, compare_models
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
 from clip_export.stages.embed.embed_local import parallelism, run_local
-from clip_export.stages.embed.embed_store import Store, new_manifest
+from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest
 
 
 @dataclass(frozen=True)
@@ -183,6 +183,7 @@ def _embed(
     progress(f"{len(items)} items, {len(done)} already in {out}; {why}")
     counts = {"embedded": 0, "unchanged": 0, "chunks": 0}
     errors: list[tuple[str, str, str, str]] = []
+    writer = ChunkWriter(store, artifact["key"], chunk_rows, counts, errors)  # either engine's rows go through it
     part_rows = None if threads and not use_ray else EMBED_PART_ROWS  # --threads N: whole batches
     engine_threads = 1 if use_ray else session_threads  # each Ray actor: one-thread sessions, one actor per CPU
     layout = {  # what each engine splits batches by, and runs with: INT8 rows depend on their part (docs/embed.md)
@@ -206,34 +207,16 @@ def _embed(
             items=items,
             towers=towers,
             done={k: v.sha256 for k, v in done.items() if v.artifact_key in accepted},
-            store=store,
-            key=artifact["key"],
+            writer=writer,
             batch_size=batch_size,
-            chunk_rows=chunk_rows,
             address=ray_address,
-            counts=counts,
-            errors=errors,
             progress=progress,
             threads=engine_threads,
             passed_checks=model.passed_checks(),
             part_rows=part_rows,
         )
     else:
-        run_local(
-            model,
-            items,
-            done,
-            accepted,
-            store,
-            artifact["key"],
-            batch_size,
-            chunk_rows,
-            counts,
-            errors,
-            progress,
-            workers=workers,
-            part_rows=part_rows,
-        )
+        run_local(model, items, done, accepted, writer, batch_size, progress, workers=workers, part_rows=part_rows)
     store.write_errors(errors)
     store.compact(keep_keys=accepted if reembed else None)
     seconds = time.perf_counter() - started

@@ -31,7 +31,7 @@ from clip_export.core.progress import Progress, items_progress
 from clip_export.core.spec import EMBED_READ_THREADS
 from clip_export.runtime.serving import ClipOnnx
 from clip_export.stages.embed.embed_inputs import Item, Loaded, Prepared, part_slices, prepare
-from clip_export.stages.embed.embed_store import ChunkWriter, Done, Store
+from clip_export.stages.embed.embed_store import ChunkWriter, Done
 
 
 def parallelism(threads: int) -> tuple[int, int]:
@@ -138,19 +138,15 @@ def run_local(
     items: Sequence[Item],
     done: dict[str, Done],
     accepted: set[str],
-    store: Store,
-    key: str,
+    writer: ChunkWriter,
     batch_size: int,
-    chunk_rows: int,
-    counts: dict[str, int],
-    errors: list[tuple[str, str, str, str]],
     progress: Progress,
     workers: int = 1,
     part_rows: int | None = None,
 ) -> None:
-    """Embed `items` into `store` under `key`, `workers` parts at a time (each at most `part_rows`
-    rows when given), rows in the items' order."""
-    writer = ChunkWriter(store, key, chunk_rows, counts, errors)
+    """Embed `items` through `writer` (its store, artifact key, chunks, counts and errors), `workers`
+    parts at a time (each at most `part_rows` rows when given), rows in the items' order."""
+    counts, errors = writer.counts, writer.errors
     in_flight: deque[tuple[list[Prepared], Future[np.ndarray]]] = deque()  # parts, oldest first
     started, last = time.perf_counter(), 0.0
     # Where each part of a full batch ends: a part starts as soon as its rows are ready, so inference

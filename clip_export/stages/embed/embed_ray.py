@@ -27,7 +27,7 @@ from clip_export.core.errors import import_optional
 from clip_export.core.progress import Progress, items_progress
 from clip_export.core.spec import EMBED_PART_ROWS
 from clip_export.stages.embed.embed_inputs import Item, part_slices, prepare
-from clip_export.stages.embed.embed_store import ChunkWriter, Store
+from clip_export.stages.embed.embed_store import ChunkWriter
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
 # Text cells cannot be null in one Arrow column with strings elsewhere: "" and b"" stand for none.
@@ -127,13 +127,9 @@ def run_ray(
     items: Sequence[Item],
     towers: Collection[str],
     done: dict[str, str],
-    store: Store,
-    key: str,
+    writer: ChunkWriter,
     batch_size: int,
-    chunk_rows: int,
     address: str | None,
-    counts: dict[str, int],
-    errors: list[tuple[str, str, str, str]],
     progress: Progress,
     actors: int | None = None,
     threads: int = 1,
@@ -171,7 +167,7 @@ def run_ray(
             cpus,
             pool,
         )
-        _collect(mapped, store, key, chunk_rows, len(items), counts, errors, progress)
+        _collect(mapped, writer, len(items), progress)
     finally:
         if started_here:
             ray.shutdown()
@@ -200,18 +196,9 @@ def actor_pool_map(
     )
 
 
-def _collect(
-    mapped: Any,
-    store: Store,
-    key: str,
-    chunk_rows: int,
-    total: int,
-    counts: dict[str, int],
-    errors: list[tuple[str, str, str, str]],
-    progress: Progress,
-) -> None:
+def _collect(mapped: Any, writer: ChunkWriter, total: int, progress: Progress) -> None:
     """The driver's half: rows stream in as actors finish batches and go out in whole chunks."""
-    writer = ChunkWriter(store, key, chunk_rows, counts, errors)
+    counts, errors = writer.counts, writer.errors
     started, last = time.perf_counter(), 0.0
     for batch in mapped.iter_batches(batch_size=None, batch_format="numpy"):
         embedded = []

@@ -197,7 +197,7 @@ class ChunkWriter:
         key: str,
         chunk_rows: int,
         counts: dict[str, int],
-        errors: Sequence[tuple[str, str, str, str]],
+        errors: list[tuple[str, str, str, str]],
     ) -> None:
         self.store, self.key, self.chunk_rows, self.counts, self.errors = store, key, chunk_rows, counts, errors
         self._ids: list[str] = []

@@ -21,7 +21,7 @@ from clip_export.stages.embed import embed_local
 from clip_export.stages.embed.embed import artifact_record
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
 from clip_export.stages.embed.embed_local import CorePool, parallelism, run_local
-from clip_export.stages.embed.embed_store import Store, new_manifest, read_embeddings
+from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest, read_embeddings
 
 
 def test_by_default_sessions_have_one_thread_and_one_part_runs_per_usable_core(
@@ -54,21 +54,8 @@ def run(
     store.write_manifest(new_manifest(record, 0))
     counts = {"embedded": 0, "unchanged": 0, "chunks": 0}
     items = in_batching_order(list_items(inputs))
-    run_local(
-        model,
-        items,
-        {},
-        {record["key"]},
-        store,
-        record["key"],
-        batch_size,
-        4,
-        counts,
-        [],
-        silent,
-        workers=workers,
-        part_rows=part_rows,
-    )
+    writer = ChunkWriter(store, record["key"], 4, counts, [])
+    run_local(model, items, {}, {record["key"]}, writer, batch_size, silent, workers=workers, part_rows=part_rows)
     return counts
 
 
