@@ -16,7 +16,7 @@ from PIL import Image
 
 from clip_export.core.evalset import BUNDLED_DIR, load_evalset
 from clip_export.core.progress import silent
-from clip_export.core.spec import EMBED_PART_ROWS
+from clip_export.core.spec import EMBED_CHUNK_ROWS, EMBED_PART_ROWS
 from clip_export.runtime import ClipOnnx
 from clip_export.stages.embed.embed import artifact_record
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_slices
@@ -77,6 +77,6 @@ def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int, 
         store = Store(Path(out) / "index")
         record = artifact_record(model, precision)
         store.write_manifest(new_manifest(record, 0))
-        writer = ChunkWriter(store, record["key"], 4096, {"embedded": 0, "unchanged": 0, "chunks": 0}, [])
-        # workers and part_rows as `clip-export embed` runs by default
+        writer = ChunkWriter(store, record["key"], EMBED_CHUNK_ROWS)
+        # chunks, workers and part rows as `clip-export embed` runs by default
         run_local(model, items, {}, {record["key"]}, writer, cbs, silent, workers=workers, part_rows=EMBED_PART_ROWS)

@@ -181,9 +181,8 @@ def _embed(
     store.compact()
     done = store.index()
     progress(f"{len(items)} items, {len(done)} already in {out}; {why}")
-    counts = {"embedded": 0, "unchanged": 0, "chunks": 0}
-    errors: list[tuple[str, str, str, str]] = []
-    writer = ChunkWriter(store, artifact["key"], chunk_rows, counts, errors)  # either engine's rows go through it
+    writer = ChunkWriter(store, artifact["key"], chunk_rows)  # either engine's rows go through it
+    counts, errors = writer.counts, writer.errors
     part_rows = None if threads and not use_ray else EMBED_PART_ROWS  # --threads N: whole batches
     engine_threads = 1 if use_ray else session_threads  # each Ray actor: one-thread sessions, one actor per CPU
     layout = {  # what each engine splits batches by, and runs with: INT8 rows depend on their part (docs/embed.md)

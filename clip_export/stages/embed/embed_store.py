@@ -196,10 +196,14 @@ class ChunkWriter:
         store: Store,
         key: str,
         chunk_rows: int,
-        counts: dict[str, int],
-        errors: list[tuple[str, str, str, str]],
+        counts: dict[str, int] | None = None,
+        errors: list[tuple[str, str, str, str]] | None = None,
     ) -> None:
-        self.store, self.key, self.chunk_rows, self.counts, self.errors = store, key, chunk_rows, counts, errors
+        """`counts` and `errors` are the run's own (new ones when not given): the engines add to them as
+        they go, and the run's summary reads them."""
+        self.store, self.key, self.chunk_rows = store, key, chunk_rows
+        self.counts = {"embedded": 0, "unchanged": 0, "chunks": 0} if counts is None else counts
+        self.errors: list[tuple[str, str, str, str]] = [] if errors is None else errors
         self._ids: list[str] = []
         self._kinds: list[str] = []
         self._shas: list[str] = []

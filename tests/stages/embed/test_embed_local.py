@@ -52,11 +52,10 @@ def run(
     store = Store(out)
     record = artifact_record(model, "fp32")
     store.write_manifest(new_manifest(record, 0))
-    counts = {"embedded": 0, "unchanged": 0, "chunks": 0}
     items = in_batching_order(list_items(inputs))
-    writer = ChunkWriter(store, record["key"], 4, counts, [])
+    writer = ChunkWriter(store, record["key"], 4)
     run_local(model, items, {}, {record["key"]}, writer, batch_size, silent, workers=workers, part_rows=part_rows)
-    return counts
+    return writer.counts
 
 
 def test_the_pool_runs_a_part_before_the_items_queued_ahead_of_it_to_be_prepared() -> None:
