@@ -13,8 +13,8 @@ interleaved per CBS so drift on a shared machine hits every method alike:
 - naive ClipOnnx loop: `embed_images(paths)` per batch, decode then embed, no overlap
 - local engine: `clip-export embed`'s engine (its pool of a thread per core, preparing and running
   parts, the Parquet writer, hashing) on an already opened artifact, with its default sessions: one
-  thread each, every batch split into parts (at least one per core, none over spec.EMBED_PART_ROWS
-  rows), one per core at once
+  thread each, every batch split into parts (at least one per core, none over the rows
+  embed_inputs.part_rows_by_kind gives the tower), one per core at once
 - Ray engine (--ray): `embed --ray` on a local Ray, actor start included; also on 2 documents (its
   start-up), and Ray Data alone on those 2 (embed_ray.actor_pool_map's pool of actors that return
   their batch: what of the start-up is Ray's own); from these, the corpus size from which a whole
@@ -58,12 +58,12 @@ from indexing import MIN_DOCS, corpus_inputs, local_engine, parallel_pure  # noq
 
 from clip_export.core import png_decode  # noqa: E402
 from clip_export.core.manifest import read_manifest  # noqa: E402
-from clip_export.core.spec import EMBED_PART_ROWS  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
 from clip_export.stages.bench.timing import interleaved_samples  # noqa: E402
 from clip_export.stages.embed.embed_inputs import (  # noqa: E402
     in_batching_order,
     list_items,
+    part_rows_by_kind,
 )
 from clip_export.stages.embed.embed_inputs import prepare as prepare_item  # noqa: E402
 from clip_export.stages.embed.embed_local import parallelism  # noqa: E402
@@ -77,7 +77,7 @@ PREPARE = "prepare alone, one thread (read, hash, decode or tokenize)"
 PILLOW_PNG = ", Pillow decoding every PNG (no libspng)"
 CORES = parallelism(0)[1]  # the cores the engine runs one part on each
 FLOOR = f"floor: pure + prepare ÷ {CORES} cores"
-PURE_PARALLEL = f"pure, one-thread sessions, the engine's parts (at most {EMBED_PART_ROWS} rows), one per core at once"
+PURE_PARALLEL = "pure, one-thread sessions, the engine's parts, one per core at once"
 PURE = {"image": "pure session.run", "text": "pure session.run, the engine's batches (by length)"}
 CBS = (1, 10, 50, 100)
 
@@ -156,6 +156,7 @@ def main() -> None:
     parser.add_argument(
         "--ray-only", action="store_true", help="with --ray: only the Ray rows and pure session.run (images)"
     )
+    parser.add_argument("--precisions", default="fp32,int8", help="e.g. int8 alone for a slow model")
     parser.add_argument("--docs", type=int, default=MIN_DOCS, help="documents per kind (fewer for ViT-L/14 on 2 cores)")
     args = parser.parse_args()
     model_dir = args.model_dir or prepare(args.model)
@@ -172,11 +173,12 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="add-documents-") as tmp:
         folder, paths, caption_file, captions = corpus_inputs(Path(tmp), args.docs)
         torch_images, torch_texts = (None, None) if args.no_torch else torch_loop(model_dir)
-        for precision in ("fp32", "int8"):
+        for precision in args.precisions.split(","):
             model = ClipOnnx.from_release(model_dir, precision=precision)
             # The engine's own sessions, as `embed` opens them by default (embed_local.parallelism)
             session_threads, workers = parallelism(0)
             engine_model = ClipOnnx.from_release(model_dir, precision=precision, threads=session_threads)
+            part_rows = part_rows_by_kind(engine_model.manifest)  # as the engine caps each tower's parts
             pixels = model.pixel_values(paths)
             tokens = model.tokenize(captions)
             # The engine batches captions shortest first (embed_inputs.in_batching_order): the same
@@ -206,9 +208,11 @@ def main() -> None:
                     ("text", "pure session.run, the engine's batches (by length)"): lambda: [
                         model.embed_token_ids(by_length[i : i + cbs]) for i in range(0, len(by_length), cbs)
                     ],
-                    ("image", PURE_PARALLEL): lambda: parallel_pure(engine_model.embed_pixels, pixels, cbs, workers),
+                    ("image", PURE_PARALLEL): lambda: parallel_pure(
+                        engine_model.embed_pixels, pixels, cbs, workers, part_rows["image"]
+                    ),
                     ("text", PURE_PARALLEL): lambda: parallel_pure(
-                        engine_model.embed_token_ids, by_length, cbs, workers
+                        engine_model.embed_token_ids, by_length, cbs, workers, part_rows["text"]
                     ),
                     ("text", PREPARE): lambda: prepare_all(items["text"]),
                 }

@@ -1,4 +1,5 @@
-"""How many rows one inference part of `clip-export embed` should run (spec.EMBED_PART_ROWS).
+"""How many rows one inference part of `clip-export embed` should run (spec.EMBED_PART_ROWS, and from it
+spec.EMBED_PART_ACTIVATIONS, the budget every tower's parts are sized by).
 
     python benchmarks/embed_part_rows.py                  # ViT-B/32 with random weights, INT8 and fp32
     python benchmarks/embed_part_rows.py --model-dir DIR  # an existing export with INT8 artifacts
@@ -32,7 +33,7 @@ from cpu_report import prepare  # noqa: E402
 from indexing import MIN_DOCS, corpus  # noqa: E402  (this directory is on sys.path)
 
 from clip_export.core.environment import current_environment  # noqa: E402
-from clip_export.core.spec import EMBED_PART_ROWS  # noqa: E402
+from clip_export.core.spec import EMBED_PART_ACTIVATIONS, EMBED_PART_ROWS  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
 from clip_export.stages.bench.timing import interleaved_samples  # noqa: E402
 from clip_export.stages.embed.embed_local import parallelism  # noqa: E402
@@ -109,6 +110,7 @@ def main() -> None:
         "repeats": args.repeats,
         "model_dir": str(model_dir),
         "EMBED_PART_ROWS": EMBED_PART_ROWS,
+        "EMBED_PART_ACTIVATIONS": EMBED_PART_ACTIVATIONS,
     }
     RESULTS.mkdir(exist_ok=True)
     (RESULTS / f"embed_part_rows-{model_dir.name}.json").write_text(

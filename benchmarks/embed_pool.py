@@ -40,7 +40,7 @@ from clip_export.core.spec import EMBED_READ_THREADS  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
 from clip_export.stages.bench.timing import interleaved_samples  # noqa: E402
 from clip_export.stages.embed import embed_local  # noqa: E402
-from clip_export.stages.embed.embed_inputs import in_batching_order, list_items  # noqa: E402
+from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_rows_by_kind  # noqa: E402
 
 RESULTS = Path(__file__).parent / "results"
 ONE_POOL = "local engine, one pool (a thread per core, parts first)"
@@ -114,6 +114,7 @@ def main() -> None:
         for precision in args.precisions.split(","):
             default = ClipOnnx.from_release(model_dir, precision=precision)
             engine = ClipOnnx.from_release(model_dir, precision=precision, threads=session_threads)
+            part_rows = part_rows_by_kind(engine.manifest)  # the engine's cap on each tower's parts
             inputs = {
                 "image": (folder, default.pixel_values(paths), default.embed_pixels, engine.embed_pixels),
                 "text": (  # the engine batches captions shortest first: the same batches alone
@@ -133,7 +134,9 @@ def main() -> None:
                             lambda: local_engine(engine, precision, [s], cbs, workers)
                         ),
                         PURE: lambda r=rows_in, run=run_default: [run(r[i : i + cbs]) for i in range(0, len(r), cbs)],
-                        PARTS: lambda r=rows_in, run=run_engine: parallel_pure(run, r, cbs, workers),
+                        PARTS: lambda r=rows_in, run=run_engine, k=kind: parallel_pure(
+                            run, r, cbs, workers, part_rows[k]
+                        ),
                     }
                     for name, call in calls.items():
                         spent[(kind, name)] = []

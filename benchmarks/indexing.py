@@ -16,10 +16,10 @@ from PIL import Image
 
 from clip_export.core.evalset import BUNDLED_DIR, load_evalset
 from clip_export.core.progress import silent
-from clip_export.core.spec import EMBED_CHUNK_ROWS, EMBED_PART_ROWS
+from clip_export.core.spec import EMBED_CHUNK_ROWS
 from clip_export.runtime import ClipOnnx
 from clip_export.stages.embed.embed import artifact_record
-from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_slices
+from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_rows_by_kind, part_slices
 from clip_export.stages.embed.embed_local import run_local
 from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest
 
@@ -61,10 +61,11 @@ def corpus_inputs(tmp: Path, docs: int = MIN_DOCS) -> Inputs:
     return Inputs(folder, paths, caption_file, captions)
 
 
-def parallel_pure(run: Callable[[np.ndarray], Any], rows: np.ndarray, cbs: int, workers: int) -> None:
-    """The engine's inference alone: each batch split into parts as the engine splits it, run a part per worker at once."""
+def parallel_pure(run: Callable[[np.ndarray], Any], rows: np.ndarray, cbs: int, workers: int, most_rows: int) -> None:
+    """The engine's inference alone: each batch split into parts as the engine splits it (at most
+    `most_rows` rows, the tower's part_rows_by_kind), run a part per worker at once."""
     batches = [rows[i : i + cbs] for i in range(0, len(rows), cbs)]
-    parts = [batch[part] for batch in batches for part in part_slices(len(batch), workers, EMBED_PART_ROWS)]
+    parts = [batch[part] for batch in batches for part in part_slices(len(batch), workers, most_rows)]
     with ThreadPoolExecutor(workers) as pool:
         list(pool.map(run, parts))
 
@@ -79,4 +80,5 @@ def local_engine(model: ClipOnnx, precision: str, inputs: list[Path], cbs: int, 
         store.write_manifest(new_manifest(record, 0))
         writer = ChunkWriter(store, record["key"], EMBED_CHUNK_ROWS)
         # chunks, workers and part rows as `clip-export embed` runs by default
-        run_local(model, items, {}, {record["key"]}, writer, cbs, silent, workers=workers, part_rows=EMBED_PART_ROWS)
+        parts = part_rows_by_kind(model.manifest)
+        run_local(model, items, {}, {record["key"]}, writer, cbs, silent, workers=workers, part_rows=parts)

@@ -55,8 +55,9 @@ LOCAL_RAY = "local"
     default=0,
     show_default=True,
     help="Local engine: intra-op threads per session. 0: one-thread sessions, every batch split into parts "
-    f"of at most {EMBED_PART_ROWS} rows (at least one per core), one per core at once; N: N-thread sessions, "
-    "whole batches one at a time. Ray actors have one thread each and run the same parts.",
+    "(at least one per core) of as many rows as fit the tower's widest activation in a budget (8 for ViT-B/32, "
+    f"1 for ViT-L/14; {EMBED_PART_ROWS} for exports that did not record it), one per core at once; N: N-thread "
+    "sessions, whole batches one at a time. Ray actors have one thread each and run the same parts.",
 )
 @click.option(
     "--ray",

@@ -4,7 +4,7 @@ parity gate and reference.npz), verify (--reference torch) and bench (FLOP count
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -19,7 +19,7 @@ from clip_export.core.families import (
 )
 from clip_export.core.models import LoadedModel
 from clip_export.core.preprocess import preprocess_batch
-from clip_export.core.spec import TOWERS, VERIFY_BATCH
+from clip_export.core.spec import EXPORT_EXAMPLE_BATCH, TOWERS, VERIFY_BATCH
 
 
 def _context_holder(model: Any) -> Any:
@@ -150,6 +150,45 @@ def example_input(
         ordinary = rng.integers(low, max(high, low + 1), size=length - (sot is not None) - (eot is not None)).tolist()
         ids[row, :length] = [*([sot] if sot is not None else []), *ordinary, *([eot] if eot is not None else [])]
     return ids
+
+
+def tower_parameter_bytes(loaded: LoadedModel, tower: str) -> int:
+    """The tower's fp32 weights in bytes: export keeps them in a side file above a threshold."""
+    total = sum(p.numel() * 4 for p in loaded.model.parameters())
+    visual = (
+        sum(p.numel() * 4 for p in loaded.model.visual.parameters()) if hasattr(loaded.model, "visual") else total // 2
+    )
+    return visual if tower == "visual" else total - visual
+
+
+def widest_activation_per_row(loaded: LoadedModel, tower: str) -> int:
+    """Elements of the largest tensor any module of the tower outputs, per input row, on the export's
+    example batch: what one row holds at the tower's widest point (ViT-B/32's image tower: 50 tokens
+    x 3072 in its MLP). `clip-export embed` sizes its inference parts by it (spec.EMBED_PART_ACTIVATIONS)."""
+    import torch
+
+    module = tower_module(loaded, tower, normalize=False)
+    widest = 0
+
+    def record(_: Any, __: Any, output: Any) -> None:
+        nonlocal widest
+        values = (
+            output.values()
+            if isinstance(output, Mapping)
+            else output
+            if isinstance(output, (tuple, list))
+            else [output]
+        )
+        widest = max([widest, *(v.numel() for v in values if isinstance(v, torch.Tensor))])
+
+    hooks = [child.register_forward_hook(record) for child in module.modules()]
+    try:
+        with torch.no_grad():
+            module(torch.from_numpy(example_input(loaded, tower, EXPORT_EXAMPLE_BATCH, seed=1)))
+    finally:
+        for hook in hooks:
+            hook.remove()
+    return widest // EXPORT_EXAMPLE_BATCH
 
 
 def torch_embed(

@@ -305,8 +305,16 @@ EMBED_READ_THREADS = 2
 # The most rows one inference part runs in the default layout (one-thread sessions, one part per
 # core at a time): on a 2-core Zen 4 ViT-B/32 INT8 ran 13.7 ms a photo in parts of 8 rows, 14.1-14.6
 # in parts of 2-12 and 16.7 in parts of 50, fp32 44.5 in parts of 4-8 and 51.4 in parts of 50: a
-# small part's activations stay in its core's cache (benchmarks/embed_part_rows.py).
+# small part's activations stay in its core's cache (benchmarks/embed_part_rows.py). Used as it is
+# for towers whose export did not record WIDEST_ACTIVATION_DETAIL (exports before it).
 EMBED_PART_ROWS = 8
+# Every other tower runs parts of as many rows as hold this many elements at its widest activation
+# (at least one): ViT-B/32's image tower holds 50 tokens x 3072 (its MLP) a row, so it keeps its 8
+# rows; ViT-L/14's holds 257 x 4096 and gets 1, where on the same CPU INT8 ran 266 ms a photo in
+# parts of 1, 265 in parts of 2 or 4 and 280 in parts of 8 (docs/benchmarks.md).
+EMBED_PART_ACTIVATIONS = EMBED_PART_ROWS * 50 * 3072
+# The fp32 artifact's detail recording its tower's widest activation per row (reference.widest_activation_per_row).
+WIDEST_ACTIVATION_DETAIL = "widest_activation_per_row"
 # Without --precision, the first of these (for the towers needed) that holds here: a passing verdict
 # for its bytes in this environment, or the serve-time check run now. Ordered fastest first on CPU
 # (docs/benchmarks.md: INT8 3.5-6x torch eager, fp32 the baseline, fp16 slower than fp32 on CPUs

@@ -18,7 +18,7 @@ from typing import Any
 import numpy as np
 
 from clip_export import __version__
-from clip_export.core import attention, patch_embedding
+from clip_export.core import attention, patch_embedding, reference
 from clip_export.core.artifact import ArtifactEntry, Manifest, declared_io
 from clip_export.core.environment import versions
 from clip_export.core.errors import (
@@ -47,6 +47,7 @@ from clip_export.core.spec import (
     REFERENCE_NAME,
     SUPPORTED_OPSETS,
     TOWERS,
+    WIDEST_ACTIVATION_DETAIL,
 )
 from clip_export.core.tokenizer import TOKENIZER_NAME
 
@@ -69,14 +70,6 @@ class ExportResult:
     manifest_path: Path
     towers: tuple[TowerResult, ...]
     seconds: float
-
-
-def tower_parameter_bytes(loaded: LoadedModel, tower: str) -> int:
-    total = sum(p.numel() * 4 for p in loaded.model.parameters())
-    visual = (
-        sum(p.numel() * 4 for p in loaded.model.visual.parameters()) if hasattr(loaded.model, "visual") else total // 2
-    )
-    return visual if tower == "visual" else total - visual
 
 
 def _metadata(loaded: LoadedModel, tower: str, opset: int, normalize: bool) -> dict[str, str]:
@@ -156,7 +149,7 @@ def export_tower(
     use_external = (
         external_data
         if external_data is not None
-        else tower_parameter_bytes(loaded, tower) > EXTERNAL_DATA_THRESHOLD_BYTES
+        else reference.tower_parameter_bytes(loaded, tower) > EXTERNAL_DATA_THRESHOLD_BYTES
     )
     # Always stream the weights to a side file first: serialising a whole ModelProto in memory
     # costs two extra copies of the weights. Small towers are then stitched into one file.
@@ -372,6 +365,7 @@ def _export_locked(
                     "export_parity": {"mean_abs_normalized": mean_abs, "max_abs_normalized": max_abs},
                     "batch_first_attention_blocks": rewritten,
                     "matmul_patch_embeddings": patch_convs,
+                    WIDEST_ACTIVATION_DETAIL: reference.widest_activation_per_row(loaded, tower),
                     **({"trims_trailing_padding": True} if trimmed else {}),
                 },
             )

@@ -5,7 +5,7 @@ import pytest
 
 from clip_export import load_model, resolve
 from clip_export.core.evalset import load_evalset
-from clip_export.core.reference import compute_reference, example_input, torch_embed
+from clip_export.core.reference import compute_reference, example_input, torch_embed, widest_activation_per_row
 from clip_export.core.spec import TOWERS
 
 
@@ -20,6 +20,14 @@ def test_example_inputs_are_deterministic_and_end_with_the_eot() -> None:
     ).all()  # exactly one end token per row, for the ArgMax pooling
     pixels = example_input(loaded, "visual", 2)
     assert pixels.shape == (2, 3, *loaded.preprocess.image_size) and pixels.dtype == np.float32
+
+
+def test_the_widest_activation_is_the_largest_module_output_per_row() -> None:
+    loaded = load_model(resolve("tiny-vit", random_init=True, seed=0))
+    # tiny-vit (tests/configs): 16 patches of a 64-pixel image plus the class token, 77 text tokens;
+    # both towers 64 wide with an MLP 4x that: the MLP's hidden layer is each tower's widest tensor
+    assert widest_activation_per_row(loaded, "visual") == (1 + (64 // 16) ** 2) * 4 * 64
+    assert widest_activation_per_row(loaded, "text") == 77 * 4 * 64
 
 
 def test_the_reference_holds_each_towers_inputs_and_embeddings() -> None:

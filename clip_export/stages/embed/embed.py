@@ -24,14 +24,13 @@ from clip_export.core.progress import Progress, silent
 from clip_export.core.spec import (
     EMBED_BATCH_SIZE,
     EMBED_CHUNK_ROWS,
-    EMBED_PART_ROWS,
     EMBED_PRECISION_PREFERENCE,
     ONNX_FORMAT,
     TOWERS,
 )
 from clip_export.runtime.serving import ClipOnnx, pick_for_cpu
 from clip_export.stages.embed.compat import CompatResult, compare_models
-from clip_export.stages.embed.embed_inputs import in_batching_order, list_items
+from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_rows_by_kind
 from clip_export.stages.embed.embed_local import parallelism, run_local
 from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest
 
@@ -183,7 +182,7 @@ def _embed(
     progress(f"{len(items)} items, {len(done)} already in {out}; {why}")
     writer = ChunkWriter(store, artifact["key"], chunk_rows)  # either engine's rows go through it
     counts, errors = writer.counts, writer.errors
-    part_rows = None if threads and not use_ray else EMBED_PART_ROWS  # --threads N: whole batches
+    part_rows = None if threads and not use_ray else part_rows_by_kind(model.manifest)  # --threads N: whole batches
     engine_threads = 1 if use_ray else session_threads  # each Ray actor: one-thread sessions, one actor per CPU
     layout = {  # what each engine splits batches by, and runs with: INT8 rows depend on their part (docs/embed.md)
         "batch_size": batch_size,

@@ -19,9 +19,17 @@ import numpy as np
 
 from clip_export.core.errors import ClipExportError, import_optional
 from clip_export.core.evalset import IMAGE_SUFFIXES
-from clip_export.core.spec import EMBED_CAPTION_SUFFIXES, EMBED_TABLE_SUFFIXES
+from clip_export.core.spec import (
+    EMBED_CAPTION_SUFFIXES,
+    EMBED_PART_ACTIVATIONS,
+    EMBED_PART_ROWS,
+    EMBED_TABLE_SUFFIXES,
+    ONNX_FORMAT,
+    WIDEST_ACTIVATION_DETAIL,
+)
 
 KINDS = ("image", "text")
+TOWER_OF_KIND = {"image": "visual", "text": "text"}
 
 
 @dataclass(frozen=True)
@@ -66,6 +74,19 @@ def part_slices(count: int, workers: int, most_rows: int | None = None) -> list[
     if most_rows:
         parts = max(parts, -(-count // most_rows))
     return [slice(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(count), parts)]
+
+
+def part_rows_by_kind(manifest: Any) -> dict[str, int]:
+    """The most rows one inference part runs, per item kind: as many as hold spec.EMBED_PART_ACTIVATIONS
+    elements at the tower's widest activation, which export records on its fp32 artifact (at least one),
+    so a part's activations stay in cache on a wide model as on ViT-B/32; EMBED_PART_ROWS where the
+    export did not record it."""
+    rows = {}
+    for kind, tower in TOWER_OF_KIND.items():
+        recorded = [e.detail(WIDEST_ACTIVATION_DETAIL) for e in manifest.select(tower=tower, format=ONNX_FORMAT)]
+        widest = next((w for w in recorded if w), None)
+        rows[kind] = max(1, EMBED_PART_ACTIVATIONS // int(widest)) if widest else EMBED_PART_ROWS
+    return rows
 
 
 def list_items(inputs: Sequence[str | Path], column: str | None = None) -> list[Item]:

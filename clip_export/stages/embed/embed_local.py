@@ -3,7 +3,8 @@ parts that are ready first and prepares the next items whenever none is, and the
 order.
 
 Preparing is reading, hashing, decoding and preprocessing (or tokenizing). Inference splits each
-batch into parts (at least one per worker, by default none over EMBED_PART_ROWS rows) and runs them
+batch into parts (at least one per worker, by default none over the rows embed_inputs.part_rows_by_kind
+allows the tower) and runs them
 on one ClipOnnx: onnxruntime's run() is thread-safe and releases the GIL, so with one-thread sessions
 each thread keeps one core on its own rows (as the Ray engine's one-thread actors do) and a small
 part's activations stay in that core's cache. A part starts as soon as its rows are ready, not when
@@ -19,7 +20,7 @@ import os
 import threading
 import time
 from collections import deque
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from concurrent.futures import Future
 from functools import partial
 from types import TracebackType
@@ -142,16 +143,13 @@ def run_local(
     batch_size: int,
     progress: Progress,
     workers: int = 1,
-    part_rows: int | None = None,
+    part_rows: Mapping[str, int] | None = None,
 ) -> None:
     """Embed `items` through `writer` (its store, artifact key, chunks, counts and errors), `workers`
-    parts at a time (each at most `part_rows` rows when given), rows in the items' order."""
+    parts at a time (each at most `part_rows[kind]` rows when given), rows in the items' order."""
     counts, errors = writer.counts, writer.errors
     in_flight: deque[tuple[list[Prepared], Future[np.ndarray]]] = deque()  # parts, oldest first
     started, last = time.perf_counter(), 0.0
-    # Where each part of a full batch ends: a part starts as soon as its rows are ready, so inference
-    # is not held up while the rest of the batch is prepared.
-    part_ends = {part.stop for part in part_slices(batch_size, workers, part_rows)}
 
     def collect(keep: int) -> None:
         """Take the oldest parts' vectors, in order, until at most `keep` parts are in flight."""
@@ -179,6 +177,10 @@ def run_local(
     with CorePool(max(workers, EMBED_READ_THREADS), parts_at_once=workers) as pool:
         for kind in ("image", "text"):
             group = [i for i in items if i.kind == kind]
+            most_rows = part_rows[kind] if part_rows else None
+            # Where each part of a full batch ends: a part starts as soon as its rows are ready, so
+            # inference is not held up while the rest of the batch is prepared.
+            part_ends = {part.stop for part in part_slices(batch_size, workers, most_rows)}
             batch: list[Prepared] = []
             sent = 0  # rows of `batch` already running
             ahead = 2 * max(batch_size, workers)  # the batch being gathered and the next; not more per core
@@ -202,7 +204,7 @@ def run_local(
                     last = now
                     progress(items_progress(counts, len(errors), len(items), now - started))
             rest = batch[sent:]  # the short last batch: what is not running yet, split evenly
-            for part in part_slices(len(rest), workers, part_rows):
+            for part in part_slices(len(rest), workers, most_rows):
                 submit(rest[part], pool)
         collect(keep=0)
     writer.flush()

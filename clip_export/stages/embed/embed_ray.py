@@ -17,7 +17,7 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -25,8 +25,7 @@ import numpy as np
 
 from clip_export.core.errors import import_optional
 from clip_export.core.progress import Progress, items_progress
-from clip_export.core.spec import EMBED_PART_ROWS
-from clip_export.stages.embed.embed_inputs import Item, part_slices, prepare
+from clip_export.stages.embed.embed_inputs import Item, part_rows_by_kind, part_slices, prepare
 from clip_export.stages.embed.embed_store import ChunkWriter
 
 PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
@@ -45,7 +44,7 @@ class EmbedMapper:
         done: dict[str, str],
         towers: list[str],
         passed_checks: dict[str, str] | None = None,
-        part_rows: int | None = EMBED_PART_ROWS,
+        part_rows: Mapping[str, int] | None = None,
     ) -> None:
         from clip_export.runtime.serving import ClipOnnx
 
@@ -53,7 +52,8 @@ class EmbedMapper:
         self.model = ClipOnnx.from_release(
             source, precision=precision, threads=threads, towers=towers or None, passed_checks=passed_checks
         )
-        self.done, self.part_rows = done, part_rows
+        # the most rows a part runs, per kind: by default as `clip-export embed` runs this release
+        self.done, self.part_rows = done, dict(part_rows or part_rows_by_kind(self.model.manifest))
         if self.model._text is not None:
             self.model.load_tokenizer()  # before batches: a broken tokenizer fails the actor once
         session = self.model._visual or self.model._text
@@ -82,8 +82,8 @@ class EmbedMapper:
             else:
                 rows[item.kind].append((row, prepared.array))  # type: ignore[arg-type]
         for kind, run in (("image", self.model.embed_pixels), ("text", self.model.embed_token_ids)):
-            # parts of at most part_rows of this batch's rows to embed, as the local engine runs them
-            for part in part_slices(len(rows[kind]), 1, self.part_rows):
+            # parts of at most part_rows[kind] of this batch's rows to embed, as the local engine runs them
+            for part in part_slices(len(rows[kind]), 1, self.part_rows[kind]):
                 vectors[[r for r, _ in rows[kind][part]]] = run(np.stack([a for _, a in rows[kind][part]]))
         return {
             "id": batch["id"],
@@ -102,7 +102,7 @@ def mapper_arguments(
     done: dict[str, str],
     towers: Collection[str],
     passed_checks: dict[str, str] | None,
-    part_rows: int | None,
+    part_rows: Mapping[str, int] | None,
 ) -> dict[str, Any]:
     """What each actor's EmbedMapper is built from: one place, so a test can build the actor run_ray builds."""
     return {
@@ -112,7 +112,7 @@ def mapper_arguments(
         "done": done,
         "towers": sorted(towers),
         "passed_checks": passed_checks or {},
-        "part_rows": part_rows,
+        "part_rows": dict(part_rows) if part_rows else None,
     }
 
 
@@ -134,7 +134,7 @@ def run_ray(
     actors: int | None = None,
     threads: int = 1,
     passed_checks: dict[str, str] | None = None,
-    part_rows: int | None = EMBED_PART_ROWS,
+    part_rows: Mapping[str, int] | None = None,
 ) -> None:
     ray = _ray()
     import_optional("ray.data", package="ray[data]", extra="ray", purpose="clip-export embed --ray")

@@ -16,10 +16,11 @@ from PIL import Image
 
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import BUNDLED_DIR
-from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_MANIFEST_NAME, EMBED_PART_ROWS
+from clip_export.core.manifest import read_manifest
+from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_MANIFEST_NAME, WIDEST_ACTIVATION_DETAIL
 from clip_export.runtime import ClipOnnx, serving
 from clip_export.stages.embed.embed import embed
-from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_slices
+from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_rows_by_kind, part_slices
 from clip_export.stages.embed.embed_store import Store, read_embeddings
 
 from ...helpers import perturbed_release
@@ -136,12 +137,18 @@ def test_captions_of_a_similar_length_share_a_batch(
         np.testing.assert_allclose(rows[f"{captions}#{n}"][2], model.embed_texts([line])[0], atol=1e-5)
 
 
-def test_by_default_parts_hold_at_most_the_part_rows_and_threads_run_whole_batches(
+def test_by_default_parts_hold_at_most_the_towers_part_rows_and_threads_run_whole_batches(
     tiny_vit_int8_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    from clip_export.stages.embed import embed_inputs
+
+    # a budget that holds 3 rows of the tiny image tower's widest activation, as export recorded it
+    widest = read_manifest(tiny_vit_int8_dir).find(tower="visual", precision="fp32").detail(WIDEST_ACTIVATION_DETAIL)
+    monkeypatch.setattr(embed_inputs, "EMBED_PART_ACTIVATIONS", 3 * widest + widest // 2)
     photos = tmp_path / "photos"
     photos.mkdir()
-    for path in PHOTOS[: 2 * EMBED_PART_ROWS + 1]:  # one part per core on 2 cores would be 9 + 8
+    count = 2 * 3 + 1  # one part per core on 2 cores would be 4 + 3
+    for path in PHOTOS[:count]:
         shutil.copy(path, photos / path.name)
     parts: list[int] = []
     original = ClipOnnx.embed_pixels
@@ -151,9 +158,9 @@ def test_by_default_parts_hold_at_most_the_part_rows_and_threads_run_whole_batch
         return original(self, pixels)
 
     monkeypatch.setattr(ClipOnnx, "embed_pixels", recording)
-    count = 2 * EMBED_PART_ROWS + 1
     embed(tiny_vit_int8_dir, [photos], tmp_path / "default", precision="fp32", batch_size=count)
-    assert sum(parts) == count and max(parts) <= EMBED_PART_ROWS
+    assert sorted(parts) == [2, 2, 3]
+    assert Store(tmp_path / "default").manifest["runs"][-1]["layout"]["part_rows_at_most"]["image"] == 3
     parts.clear()
     embed(tiny_vit_int8_dir, [photos], tmp_path / "threads", precision="fp32", batch_size=count, threads=1)
     assert parts == [count]
@@ -169,6 +176,7 @@ def test_each_run_records_the_layout_its_int8_rows_can_be_computed_again_from(
     # three parts at once whatever this machine's cores, so that the default layout differs from --threads 1
     monkeypatch.setattr(embed_module, "parallelism", lambda threads: (threads, 1) if threads else (1, 3))
     items = in_batching_order(list_items([photos, captions]))
+    part_rows = part_rows_by_kind(read_manifest(tiny_vit_int8_dir))  # what the default layout caps parts at
     runs: dict[int, dict[str, tuple[str, str, np.ndarray]]] = {}
     for threads in (0, 1):
         out = tmp_path / f"threads-{threads}"
@@ -178,13 +186,14 @@ def test_each_run_records_the_layout_its_int8_rows_can_be_computed_again_from(
         layout, rows = manifest["runs"][-1]["layout"], by_id(out)
         runs[threads] = rows
         assert (layout["batch_size"], layout["parts_at_least"]) == (5, 1 if threads else 3)
-        assert (layout["part_rows_at_most"], layout["session_threads"]) == (None if threads else EMBED_PART_ROWS, 1)
+        assert (layout["part_rows_at_most"], layout["session_threads"]) == (None if threads else part_rows, 1)
         model = ClipOnnx.from_release(tiny_vit_int8_dir, precision="int8", threads=layout["session_threads"])
         for kind, run in (("image", model.embed_images), ("text", model.embed_texts)):
             of_kind = [item for item in items if item.kind == kind]
             for start in range(0, len(of_kind), layout["batch_size"]):
                 batch = of_kind[start : start + layout["batch_size"]]
-                for part in part_slices(len(batch), layout["parts_at_least"], layout["part_rows_at_most"]):
+                most_rows = layout["part_rows_at_most"][kind] if layout["part_rows_at_most"] else None
+                for part in part_slices(len(batch), layout["parts_at_least"], most_rows):
                     np.testing.assert_allclose(
                         np.stack([rows[item.id][2] for item in batch[part]]),
                         run([str(item.path) if kind == "image" else str(item.text) for item in batch[part]]),

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import shutil
@@ -10,11 +11,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from clip_export.core.artifact import Manifest
 from clip_export.core.errors import ClipExportError
 from clip_export.core.evalset import BUNDLED_DIR
-from clip_export.core.spec import EMBED_PART_ROWS
+from clip_export.core.manifest import read_manifest
+from clip_export.core.spec import EMBED_PART_ACTIVATIONS, EMBED_PART_ROWS, WIDEST_ACTIVATION_DETAIL
 from clip_export.runtime import ClipOnnx
-from clip_export.stages.embed.embed_inputs import Item, in_batching_order, list_items, load, part_slices, prepare
+from clip_export.stages.embed.embed_inputs import (
+    Item,
+    in_batching_order,
+    list_items,
+    load,
+    part_rows_by_kind,
+    part_slices,
+    prepare,
+)
 
 PHOTOS = sorted((BUNDLED_DIR / "images").glob("*.jpg"))[:3]
 
@@ -134,3 +145,34 @@ def test_a_batch_splits_into_a_part_per_worker_and_no_part_over_the_most_rows() 
         assert parts[0].start == 0 and parts[-1].stop == count
         assert all(a.stop == b.start for a, b in zip(parts, parts[1:]))
         assert max(sizes(parts)) <= EMBED_PART_ROWS and max(sizes(parts)) - min(sizes(parts)) <= 1
+
+
+def with_widest(manifest: Manifest, widest: dict[str, int | None]) -> Manifest:
+    """The manifest with each tower's recorded widest activation per row set (None: not recorded)."""
+    entries = []
+    for entry in manifest.artifacts:
+        details = {k: v for k, v in entry.details.items() if k != WIDEST_ACTIVATION_DETAIL}
+        if widest[entry.tower] is not None and entry.precision == "fp32":
+            details[WIDEST_ACTIVATION_DETAIL] = widest[entry.tower]
+        entries.append(dataclasses.replace(entry, details=details))
+    return Manifest(entries, manifest.sections)
+
+
+def test_parts_are_sized_by_each_towers_widest_activation_as_its_export_recorded(tiny_vit_dir: Path) -> None:
+    manifest = read_manifest(tiny_vit_dir)
+    # tiny-vit (tests/configs): 64-pixel images in 16-pixel patches and a 77-token context, width 64, MLP 4x
+    tiny = {"visual": (1 + (64 // 16) ** 2) * 4 * 64, "text": 77 * 4 * 64}
+    recorded = {e.tower: e.detail(WIDEST_ACTIVATION_DETAIL) for e in manifest.artifacts if e.precision == "fp32"}
+    assert recorded == tiny  # export measured each tower's MLP, its widest tensor
+    assert part_rows_by_kind(manifest) == {
+        "image": EMBED_PART_ACTIVATIONS // tiny["visual"],
+        "text": EMBED_PART_ACTIVATIONS // tiny["text"],
+    }
+    # ViT-B/32's image tower (50 tokens, MLP 3072) keeps 8 rows, ViT-L/14's (257 tokens, MLP 4096) runs one row a part
+    vit_b_32, vit_l_14 = 50 * 3072, 257 * 4096
+    assert part_rows_by_kind(with_widest(manifest, {"visual": vit_b_32, "text": vit_l_14})) == {"image": 8, "text": 1}
+    # an export that did not record it keeps the one cap
+    assert part_rows_by_kind(with_widest(manifest, {"visual": None, "text": None})) == {
+        "image": EMBED_PART_ROWS,
+        "text": EMBED_PART_ROWS,
+    }

@@ -47,7 +47,12 @@ def inputs(tmp_path: Path) -> list[Path]:
 
 
 def run(
-    model: ClipOnnx, inputs: list[Path], out: Path, workers: int, batch_size: int = 2, part_rows: int | None = None
+    model: ClipOnnx,
+    inputs: list[Path],
+    out: Path,
+    workers: int,
+    batch_size: int = 2,
+    part_rows: dict[str, int] | None = None,
 ) -> dict[str, int]:
     store = Store(out)
     record = artifact_record(model, "fp32")
@@ -204,5 +209,5 @@ def test_a_part_starts_while_the_rest_of_its_batch_is_still_prepared(
 
     model.embed_pixels = recording  # type: ignore[method-assign]
     monkeypatch.setattr(embed_local, "prepare", holding_the_last_photo)
-    counts = run(model, [inputs[0]], tmp_path / "index", workers=2, batch_size=9, part_rows=3)
+    counts = run(model, [inputs[0]], tmp_path / "index", workers=2, batch_size=9, part_rows={"image": 3, "text": 3})
     assert waited == [True] and counts["embedded"] == 9

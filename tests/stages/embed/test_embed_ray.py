@@ -19,8 +19,10 @@ import psutil
 import pytest
 
 from clip_export.core.evalset import BUNDLED_DIR
-from clip_export.core.spec import EMBED_DATA_DIR, EMBED_PART_ROWS
+from clip_export.core.manifest import read_manifest
+from clip_export.core.spec import EMBED_DATA_DIR
 from clip_export.stages.embed.embed import embed
+from clip_export.stages.embed.embed_inputs import part_rows_by_kind
 from clip_export.stages.embed.embed_store import read_embeddings
 
 
@@ -120,8 +122,12 @@ def test_an_actor_runs_its_batch_in_parts_of_at_most_the_part_rows(tiny_vit_int8
     from clip_export.runtime import ClipOnnx
     from clip_export.stages.embed.embed_ray import FIELDS, EmbedMapper
 
-    photos = sorted((BUNDLED_DIR / "images").iterdir())[: 2 * EMBED_PART_ROWS + 1]
-    mapper = EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"])
+    photos = sorted((BUNDLED_DIR / "images").iterdir())[:17]
+    # by default the release's own caps (the tiny towers' are larger than 17 rows); here parts of at most 8
+    assert EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"]).part_rows == part_rows_by_kind(
+        read_manifest(tiny_vit_int8_dir)
+    )
+    mapper = EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"], part_rows={"image": 8, "text": 8})
     original, parts = mapper.model.embed_pixels, []
 
     def recording(pixels: np.ndarray) -> np.ndarray:
@@ -147,7 +153,6 @@ def test_actors_take_the_drivers_serve_check_instead_of_running_it_again(
     """Each actor used to run again the serve-time check its driver had just passed on the same bytes
     here; it now takes the driver's pass where its environment is the driver's, and checks for itself
     elsewhere (tests/runtime/test_serve_check.py)."""
-    from clip_export.core.manifest import read_manifest
     from clip_export.runtime import ClipOnnx
     from clip_export.runtime.serve_check import PASSED_ELSEWHERE
     from clip_export.stages.embed import embed_ray
@@ -164,5 +169,6 @@ def test_actors_take_the_drivers_serve_check_instead_of_running_it_again(
     arguments = [handed[k] for k in ("source", "precision", "threads", "done", "towers", "passed_checks", "part_rows")]
     actor = EmbedMapper(**embed_ray.mapper_arguments(*arguments))  # the actor run_ray would build
     assert actor.model.serve_checks["visual"].status == PASSED_ELSEWHERE
-    assert (actor.model.artifacts["visual"].precision, actor.part_rows) == ("int8", EMBED_PART_ROWS)
+    expected_rows = part_rows_by_kind(read_manifest(tiny_vit_int8_dir))  # each tower's, as the local engine's
+    assert (actor.model.artifacts["visual"].precision, actor.part_rows) == ("int8", expected_rows)
     assert EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"]).model.serve_checks["visual"].status == "pass"
