@@ -30,7 +30,7 @@ from clip_export.core.spec import (
 )
 from clip_export.runtime.serving import ClipOnnx, pick_for_cpu
 from clip_export.stages.embed.compat import CompatResult, compare_models
-from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_rows_by_kind
+from clip_export.stages.embed.embed_inputs import TOWER_OF_KIND, in_batching_order, list_items, part_rows_by_kind
 from clip_export.stages.embed.embed_local import parallelism, run_local
 from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest
 
@@ -169,7 +169,7 @@ def _embed(
 ) -> EmbedResult:
     started = time.perf_counter()
     items = in_batching_order(list_items(inputs, column))
-    towers = {"visual" if i.kind == "image" else "text" for i in items}
+    towers = {TOWER_OF_KIND[i.kind] for i in items}
     store = Store(out)
     store.remove_stale_temporaries()
     session_threads, workers = parallelism(threads)  # the Ray driver only checks and records: its own default

@@ -28,8 +28,7 @@ from clip_export.core.spec import (
     WIDEST_ACTIVATION_DETAIL,
 )
 
-KINDS = ("image", "text")
-TOWER_OF_KIND = {"image": "visual", "text": "text"}
+TOWER_OF_KIND = {"image": "visual", "text": "text"}  # what each kind of item is embedded by
 
 
 @dataclass(frozen=True)

@@ -3,11 +3,11 @@ parts that are ready first and prepares the next items whenever none is, and the
 order.
 
 Preparing is reading, hashing, decoding and preprocessing (or tokenizing). Inference splits each
-batch into parts (at least one per worker, by default none over the rows embed_inputs.part_rows_by_kind
-allows the tower) and runs them
-on one ClipOnnx: onnxruntime's run() is thread-safe and releases the GIL, so with one-thread sessions
-each thread keeps one core on its own rows (as the Ray engine's one-thread actors do) and a small
-part's activations stay in that core's cache. A part starts as soon as its rows are ready, not when
+batch into parts (at least one per worker, by default none over the rows that
+embed_inputs.part_rows_by_kind allows the tower) and runs them on one ClipOnnx: onnxruntime's run()
+is thread-safe and releases the GIL, so with one-thread sessions each thread keeps one core on its
+own rows (as the Ray engine's one-thread actors do) and a small part's activations stay in that
+core's cache. A part starts as soon as its rows are ready, not when
 the whole batch is. With no more threads than cores, preparing fills the moments no part is ready
 instead of taking a core from a running one. Side by side with reader threads beside inference
 threads on a 2-core Zen 4 (benchmarks/embed_pool.py), INT8 photos ran 2-3% faster this way, fp32
