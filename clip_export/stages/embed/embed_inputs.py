@@ -17,6 +17,7 @@ from typing import Any
 
 import numpy as np
 
+from clip_export.core.artifact import Manifest
 from clip_export.core.errors import ClipExportError, import_optional
 from clip_export.core.evalset import IMAGE_SUFFIXES
 from clip_export.core.spec import (
@@ -75,7 +76,7 @@ def part_slices(count: int, workers: int, most_rows: int | None = None) -> list[
     return [slice(int(p[0]), int(p[-1]) + 1) for p in np.array_split(np.arange(count), parts)]
 
 
-def part_rows_by_kind(manifest: Any) -> dict[str, int]:
+def part_rows_by_kind(manifest: Manifest) -> dict[str, int]:
     """The most rows one inference part runs, per item kind: as many as hold spec.EMBED_PART_ACTIVATIONS
     elements at the tower's widest activation, which export records on its fp32 artifact (at least one),
     so a part's activations stay in cache on a wide model as on ViT-B/32; EMBED_PART_ROWS where the
