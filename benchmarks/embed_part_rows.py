@@ -11,7 +11,9 @@ sessions in parts of 2 to 50 rows, one part per core at once, and, for compariso
 10, 50 and 100 on one session with onnxruntime's default threads (the add_documents baseline). The
 methods are interleaved in a new seeded random order every pass, so drift on a shared machine hits
 each alike. Figures: ms per photo, the median over the passes. Writes
-benchmarks/results/embed_part_rows-<model>.json and prints Markdown.
+benchmarks/results/embed_part_rows-<model>.json (every pass included) and prints Markdown; --passes
+also prints every pass of every method, in the order the rounds ran, to show whether a method's
+passes spread evenly or fall into groups (the default session's two modes, docs/benchmarks.md).
 """
 
 from __future__ import annotations
@@ -72,6 +74,7 @@ def main() -> None:
     parser.add_argument("--docs", type=int, default=MIN_DOCS, help="photos (fewer for ViT-L/14 on 2 cores)")
     parser.add_argument("--part-rows", default=",".join(map(str, PART_ROWS)))
     parser.add_argument("--batches", default=",".join(map(str, BATCHES)))
+    parser.add_argument("--passes", action="store_true", help="also print every pass, round by round")
     args = parser.parse_args()
     model_dir = args.model_dir or prepare(args.model)
     _, workers = parallelism(0)
@@ -98,6 +101,7 @@ def main() -> None:
                         "method": name,
                         "ms_per_photo": 1000 * statistics.median(values) / len(paths),
                         "spread_ms": [1000 * min(values) / len(paths), 1000 * max(values) / len(paths)],
+                        "passes_ms": [1000 * value / len(paths) for value in values],
                     }
                 )
                 print(f"{precision} {name:36} {rows[-1]['ms_per_photo']:6.2f} ms/photo", file=sys.stderr, flush=True)
@@ -124,6 +128,19 @@ def main() -> None:
     for row in rows:
         low, high = row["spread_ms"]
         print(f"| {row['precision']} | {row['method']} | {row['ms_per_photo']:.2f} | {low:.2f}–{high:.2f} |")
+    if args.passes:
+        print_passes(rows)
+
+
+def print_passes(rows: list[dict[str, Any]]) -> None:
+    """Every pass of every method, one line per round (a round runs each method once, in shuffled order)."""
+    for precision in dict.fromkeys(row["precision"] for row in rows):
+        mine = [row for row in rows if row["precision"] == precision]
+        print(f"\n{precision}, ms per photo in each pass:\n")
+        print("| round | " + " | ".join(row["method"] for row in mine) + " |")
+        print("|---|" + "---|" * len(mine))
+        for index, values in enumerate(zip(*(row["passes_ms"] for row in mine)), start=1):
+            print(f"| {index} | " + " | ".join(f"{value:.2f}" for value in values) + " |")
 
 
 if __name__ == "__main__":
