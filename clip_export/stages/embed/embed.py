@@ -197,22 +197,18 @@ def _embed(
         "session_threads": engine_threads,
     }
     if use_ray:
-        from clip_export.stages.embed.embed_ray import run_ray
+        from clip_export.stages.embed.embed_ray import ActorJob, run_ray
 
-        run_ray(
-            source=Path(source),
+        job = ActorJob(
+            source=str(Path(source).resolve()),
             precision=chosen,
-            items=items,
-            towers=towers,
-            done={k: v.sha256 for k, v in done.items() if v.artifact_key in accepted},
-            writer=writer,
-            batch_size=batch_size,
-            address=ray_address,
-            progress=progress,
             threads=engine_threads,
+            done={k: v.sha256 for k, v in done.items() if v.artifact_key in accepted},
+            towers=tuple(sorted(towers)),
             passed_checks=model.passed_checks(),
             part_rows=part_rows,
         )
+        run_ray(job=job, items=items, writer=writer, batch_size=batch_size, address=ray_address, progress=progress)
     else:
         run_local(model, items, done, accepted, writer, batch_size, progress, workers=workers, part_rows=part_rows)
     store.write_errors(errors)

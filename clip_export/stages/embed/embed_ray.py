@@ -17,7 +17,8 @@ from __future__ import annotations
 import logging
 import os
 import time
-from collections.abc import Collection, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -33,27 +34,36 @@ PACKAGE_PARENT = str(Path(__file__).resolve().parents[3])
 FIELDS = ("id", "kind", "path", "data", "text")
 
 
+@dataclass(frozen=True)
+class ActorJob:
+    """What every actor is built from, declared once: run_ray hands it to Ray, which sends it to each
+    actor, and a test builds the same actor from the same job."""
+
+    source: str  # the export or release, as an absolute path (actors may not share the driver's cwd)
+    precision: str
+    threads: int = 1  # each actor's session threads
+    done: Mapping[str, str] = field(default_factory=dict)  # item id -> sha256 already embedded
+    towers: tuple[str, ...] = ()  # the towers the items need; () opens both
+    passed_checks: Mapping[str, str] = field(default_factory=dict)  # the driver's serve-time passes
+    part_rows: Mapping[str, int] | None = None  # the most rows a part runs, per kind; None: the release's
+
+
 class EmbedMapper:
     """One actor: one ClipOnnx (sessions opened once), then batch after batch of rows."""
 
-    def __init__(
-        self,
-        source: str,
-        precision: str,
-        threads: int,
-        done: dict[str, str],
-        towers: list[str],
-        passed_checks: dict[str, str] | None = None,
-        part_rows: Mapping[str, int] | None = None,
-    ) -> None:
+    def __init__(self, job: ActorJob) -> None:
         from clip_export.runtime.serving import ClipOnnx
 
         # The driver's serve-time checks stand where the environment is the driver's (another CPU checks again)
         self.model = ClipOnnx.from_release(
-            source, precision=precision, threads=threads, towers=towers or None, passed_checks=passed_checks
+            job.source,
+            precision=job.precision,
+            threads=job.threads,
+            towers=list(job.towers) or None,
+            passed_checks=dict(job.passed_checks),
         )
         # the most rows a part runs, per kind: by default as `clip-export embed` runs this release
-        self.done, self.part_rows = done, dict(part_rows or part_rows_by_kind(self.model.manifest))
+        self.done, self.part_rows = job.done, dict(job.part_rows or part_rows_by_kind(self.model.manifest))
         if self.model._text is not None:
             self.model.load_tokenizer()  # before batches: a broken tokenizer fails the actor once
         session = self.model._visual or self.model._text
@@ -95,47 +105,21 @@ class EmbedMapper:
         }
 
 
-def mapper_arguments(
-    source: Path,
-    precision: str,
-    threads: int,
-    done: dict[str, str],
-    towers: Collection[str],
-    passed_checks: dict[str, str] | None,
-    part_rows: Mapping[str, int] | None,
-) -> dict[str, Any]:
-    """What each actor's EmbedMapper is built from: one place, so a test can build the actor run_ray builds."""
-    return {
-        "source": str(Path(source).resolve()),
-        "precision": precision,
-        "threads": threads,
-        "done": done,
-        "towers": sorted(towers),
-        "passed_checks": passed_checks or {},
-        "part_rows": dict(part_rows) if part_rows else None,
-    }
-
-
 def _ray() -> Any:
     return import_optional("ray", package="ray[data]", extra="ray", purpose="clip-export embed --ray")
 
 
 def run_ray(
     *,
-    source: Path,
-    precision: str,
+    job: ActorJob,
     items: Sequence[Item],
-    towers: Collection[str],
-    done: dict[str, str],
     writer: ChunkWriter,
     batch_size: int,
     address: str | None,
     progress: Progress,
     actors: int | None = None,
-    threads: int = 1,
-    passed_checks: dict[str, str] | None = None,
-    part_rows: Mapping[str, int] | None = None,
 ) -> None:
+    """Embed `items` through `writer` on Ray Data: a pool of actors, each built from `job`."""
     ray = _ray()
     import_optional("ray.data", package="ray[data]", extra="ray", purpose="clip-export embed --ray")
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # our progress line says how far it is
@@ -155,18 +139,10 @@ def run_ray(
     try:
         cpus, pool = pool_size(ray, actors)
         progress(
-            f"Ray: {len(items)} items on {cpus} CPUs of {len(ray.nodes())} node(s), {pool} actors of {threads} "
+            f"Ray: {len(items)} items on {cpus} CPUs of {len(ray.nodes())} node(s), {pool} actors of {job.threads} "
             f"thread(s), batches of {batch_size}"
         )
-        mapped = actor_pool_map(
-            ray,
-            items,
-            EmbedMapper,
-            mapper_arguments(source, precision, threads, done, towers, passed_checks, part_rows),
-            batch_size,
-            cpus,
-            pool,
-        )
+        mapped = actor_pool_map(ray, items, EmbedMapper, {"job": job}, batch_size, cpus, pool)
         _collect(mapped, writer, len(items), progress)
     finally:
         if started_here:

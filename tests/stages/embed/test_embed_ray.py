@@ -5,6 +5,7 @@ without Ray."""
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shutil
 import signal
@@ -120,14 +121,13 @@ def test_ray_on_two_nodes_writes_the_local_engines_rows_and_survives_a_killed_wo
 
 def test_an_actor_runs_its_batch_in_parts_of_at_most_the_part_rows(tiny_vit_int8_dir: Path, tmp_path: Path) -> None:
     from clip_export.runtime import ClipOnnx
-    from clip_export.stages.embed.embed_ray import FIELDS, EmbedMapper
+    from clip_export.stages.embed.embed_ray import FIELDS, ActorJob, EmbedMapper
 
     photos = sorted((BUNDLED_DIR / "images").iterdir())[:17]
     # by default the release's own caps (the tiny towers' are larger than 17 rows); here parts of at most 8
-    assert EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"]).part_rows == part_rows_by_kind(
-        read_manifest(tiny_vit_int8_dir)
-    )
-    mapper = EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"], part_rows={"image": 8, "text": 8})
+    job = ActorJob(str(tiny_vit_int8_dir), "int8", towers=("visual",))
+    assert EmbedMapper(job).part_rows == part_rows_by_kind(read_manifest(tiny_vit_int8_dir))
+    mapper = EmbedMapper(dataclasses.replace(job, part_rows={"image": 8, "text": 8}))
     original, parts = mapper.model.embed_pixels, []
 
     def recording(pixels: np.ndarray) -> np.ndarray:
@@ -156,19 +156,21 @@ def test_actors_take_the_drivers_serve_check_instead_of_running_it_again(
     from clip_export.runtime import ClipOnnx
     from clip_export.runtime.serve_check import PASSED_ELSEWHERE
     from clip_export.stages.embed import embed_ray
-    from clip_export.stages.embed.embed_ray import EmbedMapper
+    from clip_export.stages.embed.embed_ray import ActorJob, EmbedMapper
 
     handed: dict[str, Any] = {}
     monkeypatch.setattr(embed_ray, "run_ray", lambda **job: handed.update(job))
     embed(tiny_vit_int8_dir, [sorted((BUNDLED_DIR / "images").iterdir())[0]], tmp_path / "index", use_ray=True)
     sha256 = {e.path: e.sha256 for e in read_manifest(tiny_vit_int8_dir).select()}
     served = ClipOnnx.from_release(tiny_vit_int8_dir, precision="int8", towers=["visual"], check="off").artifacts
-    assert handed["precision"] == "int8"  # the default: the fastest that holds here, checked by the driver
-    (covers,) = handed["passed_checks"]
+    job = handed["job"]
+    assert job.precision == "int8"  # the default: the fastest that holds here, checked by the driver
+    (covers,) = job.passed_checks
     assert covers.startswith(sha256[served["visual"].path.relative_to(tiny_vit_int8_dir).as_posix()] + "|")
-    arguments = [handed[k] for k in ("source", "precision", "threads", "done", "towers", "passed_checks", "part_rows")]
-    actor = EmbedMapper(**embed_ray.mapper_arguments(*arguments))  # the actor run_ray would build
+    assert Path(job.source).is_absolute() and job.towers == ("visual",)
+    actor = EmbedMapper(job)  # the actor run_ray would build
     assert actor.model.serve_checks["visual"].status == PASSED_ELSEWHERE
     expected_rows = part_rows_by_kind(read_manifest(tiny_vit_int8_dir))  # each tower's, as the local engine's
     assert (actor.model.artifacts["visual"].precision, actor.part_rows) == ("int8", expected_rows)
-    assert EmbedMapper(str(tiny_vit_int8_dir), "int8", 1, {}, ["visual"]).model.serve_checks["visual"].status == "pass"
+    own = EmbedMapper(ActorJob(str(tiny_vit_int8_dir), "int8", towers=("visual",)))  # no driver's pass
+    assert own.model.serve_checks["visual"].status == "pass"
