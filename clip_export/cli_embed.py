@@ -71,6 +71,11 @@ LOCAL_RAY = "local"
 @click.option(
     "--reembed", is_flag=True, help="Embed everything again with this artifact when the dataset was built by another."
 )
+@click.option(
+    "--rehash",
+    is_flag=True,
+    help="Read and hash every file, even those whose size and mtime are as the last run saw them.",
+)
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
 def embed_command(
@@ -84,13 +89,15 @@ def embed_command(
     threads: int,
     ray_address: str | None,
     reembed: bool,
+    rehash: bool,
     as_json: bool,
     quiet: bool,
 ) -> None:
     """Embed images and captions with an export or release into a resumable Parquet index.
 
     INPUT: image files, folders (recursive), a .txt with one caption a line, or a
-    .parquet/.csv/.jsonl table (--column). A re-run embeds only new or changed items.
+    .parquet/.csv/.jsonl table (--column). A re-run embeds only new or changed items, and
+    does not read files whose size and mtime are unchanged since it last did (--rehash reads all).
 
     \b
     Example:
@@ -107,6 +114,7 @@ def embed_command(
         column=column,
         chunk_rows=chunk_rows,
         reembed=reembed,
+        rehash=rehash,
         threads=threads,
         use_ray=ray_address is not None,
         ray_address=None if ray_address in (None, LOCAL_RAY) else ray_address,
@@ -115,8 +123,9 @@ def embed_command(
     if as_json:
         emit_json(result)
     else:
+        unread = f" ({result.unchanged_unread} not read: same size and mtime)" if result.unchanged_unread else ""
         click.echo(
-            f"{result.out}: {result.embedded} embedded, {result.unchanged} unchanged, {result.failed} "
+            f"{result.out}: {result.embedded} embedded, {result.unchanged} unchanged{unread}, {result.failed} "
             f"failed of {result.items} items in {result.seconds:.1f} s ({result.items_per_s:.1f} items/s, "
             f"{result.engine} engine)"
         )

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import time
 from pathlib import Path
 
 from click.testing import CliRunner
@@ -37,6 +39,26 @@ def test_embed_prints_a_summary_and_exits_1_naming_the_failed_items(tiny_vit_int
     assert again.exit_code == 0, again.output
     summary = json.loads(again.output)
     assert (summary["embedded"], summary["unchanged"], summary["failed"], summary["precision"]) == (0, 4, 0, "int8")
+
+
+def test_a_rerun_says_how_many_files_it_did_not_read_and_rehash_reads_them(
+    tiny_vit_int8_dir: Path, tmp_path: Path
+) -> None:
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    for path in sorted((BUNDLED_DIR / "images").glob("*.jpg"))[:3]:
+        shutil.copy(path, photos / path.name)
+        os.utime(photos / path.name, ns=(an_hour_ago, an_hour_ago))
+    command = ["embed", str(tiny_vit_int8_dir), str(photos), "--out", str(tmp_path / "index")]
+    assert CliRunner().invoke(main, command).exit_code == 0
+    again = CliRunner().invoke(main, command)
+    assert again.exit_code == 0, again.output
+    assert "0 embedded, 3 unchanged (3 not read: same size and mtime), 0 failed of 3 items" in again.output
+    rehashed = CliRunner().invoke(main, [*command, "--rehash"])
+    assert rehashed.exit_code == 0, rehashed.output
+    assert "0 embedded, 3 unchanged, 0 failed of 3 items" in rehashed.output
+    assert "(--rehash: every file is read)" in rehashed.output  # progress, on stderr
 
 
 def test_usage_errors_exit_2_and_bad_sources_exit_1(tiny_vit_int8_dir: Path, tmp_path: Path) -> None:

@@ -30,6 +30,7 @@ from clip_export.core.spec import (
 )
 from clip_export.runtime.serving import ClipOnnx, pick_for_cpu
 from clip_export.stages.embed.compat import CompatResult, compare_models
+from clip_export.stages.embed.embed_filestats import read_entries, record_entries, skip_unchanged_files
 from clip_export.stages.embed.embed_inputs import TOWER_OF_KIND, in_batching_order, list_items, part_rows_by_kind
 from clip_export.stages.embed.embed_local import parallelism, run_local
 from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest
@@ -52,6 +53,7 @@ class EmbedResult:
     items_per_s: float
     environment: str
     compat: CompatResult | None = None
+    unchanged_unread: int = 0  # of `unchanged`, the files taken as unchanged from their size and mtime alone
 
 
 def open_model(source: Path, precision: str | None, towers: set[str], threads: int = 0) -> tuple[ClipOnnx, str, str]:
@@ -132,6 +134,7 @@ def embed(
     ray_address: str | None = None,
     use_ray: bool = False,
     threads: int = 0,
+    rehash: bool = False,
     progress: Progress = silent,
 ) -> EmbedResult:
     if batch_size < 1 or chunk_rows < 1:
@@ -149,6 +152,7 @@ def embed(
             ray_address,
             use_ray,
             threads,
+            rehash,
             progress,
         )
 
@@ -165,6 +169,7 @@ def _embed(
     ray_address: str | None,
     use_ray: bool,
     threads: int,
+    rehash: bool,
     progress: Progress,
 ) -> EmbedResult:
     started = time.perf_counter()
@@ -179,7 +184,14 @@ def _embed(
     compat, accepted = _reconcile(store, artifact, model, dim, reembed, progress)
     store.compact()
     done = store.index()
-    progress(f"{len(items)} items, {len(done)} already in {out}; {why}")
+    entries, unreadable = read_entries(store.out)
+    if unreadable:
+        progress(unreadable)
+    unread = skip_unchanged_files(items, {} if rehash else entries, done, accepted)
+    progress(
+        f"{len(items)} items, {len(done)} already in {out}, {unread.skipped} files unchanged by size and "
+        f"mtime{' (--rehash: every file is read)' if rehash else ''}; {why}"
+    )
     writer = ChunkWriter(store, artifact["key"], chunk_rows)  # either engine's rows go through it
     counts, errors = writer.counts, writer.errors
     part_rows = None if threads and not use_ray else part_rows_by_kind(model.manifest)  # --threads N: whole batches
@@ -208,11 +220,17 @@ def _embed(
             passed_checks=model.passed_checks(),
             part_rows=part_rows,
         )
-        run_ray(job=job, items=items, writer=writer, batch_size=batch_size, address=ray_address, progress=progress)
+        run_ray(
+            job=job, items=unread.pending, writer=writer, batch_size=batch_size, address=ray_address, progress=progress
+        )
     else:
-        run_local(model, items, done, accepted, writer, batch_size, progress, workers=workers, part_rows=part_rows)
+        run_local(
+            model, unread.pending, done, accepted, writer, batch_size, progress, workers=workers, part_rows=part_rows
+        )
+    counts["unchanged"] += unread.skipped
     store.write_errors(errors)
     store.compact(keep_keys=accepted if reembed else None)
+    record_entries(store.out, entries, unread.seen, store.index(), accepted, {e[0] for e in errors})
     seconds = time.perf_counter() - started
     manifest = store.manifest or new_manifest(artifact, dim)
     manifest["runs"].append(
@@ -223,6 +241,7 @@ def _embed(
             "items": len(items),
             "embedded": counts["embedded"],
             "unchanged": counts["unchanged"],
+            "unchanged_unread": unread.skipped,
             "failed": len(errors),
             "seconds": round(seconds, 3),
             "layout": layout,
@@ -245,6 +264,7 @@ def _embed(
         counts["embedded"] / seconds if seconds else 0.0,
         current_environment(model.artifacts[min(model.artifacts)].provider).describe(),
         compat,
+        unread.skipped,
     )
 
 

@@ -3,6 +3,7 @@
     OUT/dataset.json                 what built the index: the artifact, the environment, each run
     OUT/embeddings/part-NNNNNNNN.parquet   id, kind, sha256, embedding (float32, L2-normalised)
     OUT/errors.parquet               the items the latest run could not embed, with the reason
+    OUT/file-stats.parquet           image files' size and mtime beside their hash (embed_filestats)
 
 Every file is written beside its target and renamed into place, so a SIGKILL loses at most the
 chunk in flight and never leaves half a file. Each chunk names the artifact that made its rows (in
@@ -25,7 +26,7 @@ import numpy as np
 
 from clip_export.core.errors import ClipExportError, OutputError
 from clip_export.core.manifest import atomic_write_bytes, atomic_write_text, now_iso, to_jsonable
-from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_MANIFEST_NAME
+from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_FILE_STATS_NAME, EMBED_MANIFEST_NAME
 from clip_export.stages.embed.embed_inputs import pyarrow_module
 
 FORMAT = "clip-export embeddings"
@@ -41,7 +42,7 @@ class Done:
     artifact_key: str
 
 
-def _pq() -> Any:
+def parquet_module() -> Any:
     pyarrow_module("writing embeddings")
     import pyarrow.parquet as pq
 
@@ -100,6 +101,7 @@ class Store:
                 *self.data.glob(".part-*.tmp"),
                 *self.out.glob(f".{EMBED_ERRORS_NAME}.*.tmp"),
                 *self.out.glob(f".{EMBED_MANIFEST_NAME}.*.tmp"),
+                *self.out.glob(f".{EMBED_FILE_STATS_NAME}.*.tmp"),
             ]
             if self.out.is_dir() and self.data.is_dir()
             else []
@@ -113,7 +115,7 @@ class Store:
 
     def index(self) -> dict[str, Done]:
         """id → the content hash and artifact of its latest row."""
-        pq, done = _pq(), {}
+        pq, done = parquet_module(), {}
         for part in self.parts():
             key = _artifact_key(pq.read_schema(part))
             table = pq.read_table(part, columns=["id", "sha256"])
@@ -124,7 +126,7 @@ class Store:
     def write_chunk(
         self, ids: Sequence[str], kinds: Sequence[str], shas: Sequence[str], embeddings: np.ndarray, key: str
     ) -> Path:
-        pa, pq = pyarrow_module("writing embeddings"), _pq()
+        pa, pq = pyarrow_module("writing embeddings"), parquet_module()
         matrix = np.ascontiguousarray(embeddings, dtype=np.float32)
         dim = matrix.shape[1]
         flat = pa.array(matrix.reshape(-1), type=pa.float32())
@@ -140,7 +142,7 @@ class Store:
         existing = self.parts()
         number = int(_PART.match(existing[-1].name).group(1)) + 1 if existing else 0  # type: ignore[union-attr]
         path = self.data / f"part-{number:08d}.parquet"
-        atomic_write_bytes(path, _parquet_bytes(pq, table))
+        atomic_write_bytes(path, parquet_bytes(pq, table))
         return path
 
     def write_errors(self, errors: Sequence[tuple[str, str, str, str]]) -> None:
@@ -157,13 +159,13 @@ class Store:
                 for name, values in zip(("id", "kind", "sha256", "reason"), columns)
             }
         )
-        atomic_write_bytes(path, _parquet_bytes(_pq(), table))
+        atomic_write_bytes(path, parquet_bytes(parquet_module(), table))
 
     def compact(self, keep_keys: set[str] | None = None) -> int:
         """Rewrite chunks without rows a later chunk supersedes (and, given keep_keys, without rows
         of other artifacts); returns how many rows went. Each rewrite is atomic: a kill leaves every
         chunk whole, at worst with a row that the next compaction drops."""
-        pq, parts = _pq(), self.parts()
+        pq, parts = parquet_module(), self.parts()
         latest: dict[str, int] = {}
         for number, part in enumerate(parts):
             for item_id in pq.read_table(part, columns=["id"]).column("id").to_pylist():
@@ -177,7 +179,7 @@ class Store:
                 continue
             dropped += int((~keep).sum())
             if keep.any():
-                atomic_write_bytes(part, _parquet_bytes(pq, table.filter(keep)))
+                atomic_write_bytes(part, parquet_bytes(pq, table.filter(keep)))
             else:
                 part.unlink()
         return dropped
@@ -248,7 +250,7 @@ def new_manifest(artifact: dict[str, Any], dim: int) -> dict[str, Any]:
 
 def read_embeddings(out: Path) -> Any:
     """The dataset as one pyarrow table (every chunk), for tests, docs and users."""
-    pq, store = _pq(), Store(out)
+    pq, store = parquet_module(), Store(out)
     if store.manifest is None:
         raise ClipExportError(f"{out} is not an embeddings dataset (no {EMBED_MANIFEST_NAME})")
     pa = pyarrow_module("reading embeddings")
@@ -260,7 +262,7 @@ def _artifact_key(schema: Any) -> str:
     return (schema.metadata or {}).get(ARTIFACT_KEY, b"").decode()
 
 
-def _parquet_bytes(pq: Any, table: Any) -> bytes:
+def parquet_bytes(pq: Any, table: Any) -> bytes:
     buffer = io.BytesIO()
     pq.write_table(table, buffer)
     return buffer.getvalue()

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import signal
@@ -49,6 +50,10 @@ def by_id(out: Path) -> dict[str, tuple[str, str, np.ndarray]]:
     ids = [row["id"] for row in table]
     assert len(ids) == len(set(ids)), "an id appears twice in the dataset"
     return {row["id"]: (row["kind"], row["sha256"], np.asarray(row["embedding"], dtype=np.float32)) for row in table}
+
+
+def manifest_runs(out: Path) -> list[dict[str, object]]:
+    return json.loads((out / EMBED_MANIFEST_NAME).read_text(encoding="utf-8"))["runs"]
 
 
 def test_images_and_captions_become_normalised_rows_with_the_runtimes_embeddings(
@@ -220,6 +225,39 @@ def test_a_rerun_embeds_only_new_or_changed_items(tiny_vit_int8_dir: Path, photo
     assert not np.allclose(after[str(changed)][2], before[str(changed)][2])
     untouched = [k for k in before if k != str(changed)]
     assert all(np.array_equal(after[k][2], before[k][2]) for k in untouched)
+
+
+def test_a_rerun_does_not_read_files_whose_size_and_mtime_are_as_it_last_saw_them(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clip_export.stages.embed import embed_inputs
+
+    an_hour_ago = time.time_ns() - 3600 * 10**9
+    files = sorted(p for p in photos.rglob("*") if p.is_file())
+    for path in files:  # settled: a file modified just before the run gets no entry (tests of embed_filestats)
+        os.utime(path, ns=(an_hour_ago, an_hour_ago))
+    read: list[str] = []
+    real_load = embed_inputs.load
+    monkeypatch.setattr(embed_inputs, "load", lambda item: read.append(item.id) or real_load(item))
+    out = tmp_path / "index"
+    first = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    assert (first.embedded, first.unchanged_unread, len(read)) == (8, 0, 8)
+    read.clear()
+    again = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    assert (again.embedded, again.unchanged, again.unchanged_unread, read) == (0, 8, 8, [])
+    # Another photo of the same size with the mtime put back: the stat cannot tell (as for rsync and
+    # git), so it is not read; --rehash reads every file and finds it.
+    swapped = next(p for p in files if p.suffix == ".jpg")
+    content = swapped.read_bytes()
+    swapped.write_bytes(content[:-2] + bytes([content[-2] ^ 1]) + content[-1:])
+    os.utime(swapped, ns=(an_hour_ago, an_hour_ago))
+    assert embed(tiny_vit_int8_dir, [photos], out, precision="fp32").unchanged_unread == 8
+    rehashed = embed(tiny_vit_int8_dir, [photos], out, precision="fp32", rehash=True)
+    assert (rehashed.embedded, rehashed.unchanged, rehashed.unchanged_unread, len(read)) == (1, 7, 0, 8)
+    read.clear()
+    after = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")  # the new hash now has its entry
+    assert (after.embedded, after.unchanged_unread, read) == (0, 8, [])
+    assert manifest_runs(out)[-1]["unchanged_unread"] == 8
 
 
 def test_bad_items_go_to_the_errors_table_and_the_rest_is_embedded(

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from clip_export.core.errors import OutputError
-from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME
+from clip_export.core.spec import EMBED_DATA_DIR, EMBED_ERRORS_NAME, EMBED_FILE_STATS_NAME
 from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest, read_embeddings
 
 
@@ -55,8 +55,10 @@ def test_a_killed_writes_temporary_is_removed_and_never_read(tmp_path: Path) -> 
     store.write_manifest(new_manifest({"key": "a"}, 4))
     store.write_chunk(["x"], ["text"], ["s"], vectors(1, 1.0), "a")
     (tmp_path / "d" / EMBED_DATA_DIR / ".part-00000001.parquet.abc.tmp").write_bytes(b"PAR1 half")
+    (tmp_path / "d" / f".{EMBED_FILE_STATS_NAME}.abc.tmp").write_bytes(b"PAR1 half")
     assert set(Store(tmp_path / "d").index()) == {"x"}
-    assert store.remove_stale_temporaries() == 1
+    assert store.remove_stale_temporaries() == 2
+    assert not list((tmp_path / "d").rglob("*.tmp"))
 
 
 def test_a_folder_of_other_files_is_not_a_dataset(tmp_path: Path) -> None:
