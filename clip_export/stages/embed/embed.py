@@ -53,7 +53,7 @@ class EmbedResult:
     items_per_s: float
     environment: str
     compat: CompatResult | None = None
-    unchanged_unread: int = 0  # of `unchanged`, the files taken as unchanged from their size and mtime alone
+    unchanged_unread: int = 0  # of `unchanged`, the files taken as unchanged from their stat alone
 
 
 def open_model(source: Path, precision: str | None, towers: set[str], threads: int = 0) -> tuple[ClipOnnx, str, str]:
@@ -190,7 +190,7 @@ def _embed(
     unread = skip_unchanged_files(items, {} if rehash else entries, done, accepted)
     progress(
         f"{len(items)} items, {len(done)} already in {out}, {unread.skipped} files unchanged by size and "
-        f"mtime{' (--rehash: every file is read)' if rehash else ''}; {why}"
+        f"times{' (--rehash: every file is read)' if rehash else ''}; {why}"
     )
     writer = ChunkWriter(store, artifact["key"], chunk_rows)  # either engine's rows go through it
     counts, errors = writer.counts, writer.errors

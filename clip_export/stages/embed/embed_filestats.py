@@ -1,22 +1,24 @@
-"""Re-runs that skip unchanged files without reading them: each file's size and modification time, as
-last seen, beside the content hash its row was made from (OUT/EMBED_FILE_STATS_NAME).
+"""Re-runs that skip unchanged files without reading them: each file's size, modification time and
+inode change time, as last seen, beside the content hash its row was made from
+(OUT/EMBED_FILE_STATS_NAME).
 
 Why: otherwise a re-run reads and hashes every file to find what changed, and a photo library of a
-million files is terabytes of reading. A file whose size and mtime (in ns) equal the entry recorded
-with the hash its row still holds is taken as unchanged, as rsync and git take it; `--rehash` reads
-and hashes every file instead. Only image files have entries: captions and table rows are in memory
-already and are hashed as before.
+million files is terabytes of reading. A file whose size, mtime and ctime (in ns) equal the entry
+recorded with the hash its row still holds is taken as unchanged, as git takes it. The ctime is what
+catches a file rewritten with its mtime put back (`touch -r`, some copy and sync tools): no tool sets
+it. `--rehash` reads and hashes every file instead. Only image files have entries: captions and
+table rows are in memory already and are hashed as before.
 
 What keeps the shortcut honest:
 - an entry is recorded from a stat taken before the file was read, so a file changed while it was
   read carries a newer mtime than its entry and is read again next time;
-- a file modified less than EMBED_FILE_STATS_SETTLE_S before that stat gets no entry: changed again
-  within its file system's timestamp resolution, it could keep both size and mtime (git's "racily
-  clean" files);
+- a file modified (mtime or ctime) less than EMBED_FILE_STATS_SETTLE_S before that stat gets no
+  entry: changed again within its file system's timestamp resolution, it could keep its size and
+  both times (git's "racily clean" files);
 - an entry counts only while its hash is the hash of the item's row in the index, made by an
   artifact this dataset accepts; a failed item loses its entry.
 The file is an accelerator: lost, stale or from an interrupted run, it costs reading, never a wrong skip
-of a file whose size or mtime changed.
+of a file whose size, mtime or ctime changed.
 """
 
 from __future__ import annotations
@@ -32,20 +34,25 @@ from clip_export.core.spec import EMBED_FILE_STATS_NAME, EMBED_FILE_STATS_SETTLE
 from clip_export.stages.embed.embed_inputs import Item, pyarrow_module
 from clip_export.stages.embed.embed_store import Done, parquet_bytes, parquet_module
 
-COLUMNS = ("id", "size", "mtime_ns", "sha256")
+COLUMNS = ("id", "size", "mtime_ns", "ctime_ns", "sha256")
 
 
 @dataclass(frozen=True)
 class FileStat:
     size: int
     mtime_ns: int
+    ctime_ns: int
     seen_ns: int  # when it was taken (wall clock), before the file was read
+
+    def same(self, entry: Entry) -> bool:
+        return (self.size, self.mtime_ns, self.ctime_ns) == (entry.size, entry.mtime_ns, entry.ctime_ns)
 
 
 @dataclass(frozen=True)
 class Entry:
     size: int
     mtime_ns: int
+    ctime_ns: int
     sha256: str
 
 
@@ -70,7 +77,7 @@ def read_entries(out: Path) -> tuple[dict[str, Entry], str | None]:
     except Exception as exc:  # pyarrow raises ArrowInvalid, OSError, KeyError...
         return {}, f"{path} cannot be read ({type(exc).__name__}: {exc}); every file is read and hashed"
     rows = zip(*(table.column(name).to_pylist() for name in COLUMNS))
-    return {item_id: Entry(size, mtime_ns, sha256) for item_id, size, mtime_ns, sha256 in rows}, None
+    return {item_id: Entry(*stat) for item_id, *stat in rows}, None
 
 
 def _stat(path: str) -> FileStat | None:
@@ -78,7 +85,7 @@ def _stat(path: str) -> FileStat | None:
         found = os.stat(path)
     except OSError:  # the engine reads it and reports why it cannot
         return None
-    return FileStat(found.st_size, found.st_mtime_ns, time.time_ns())
+    return FileStat(found.st_size, found.st_mtime_ns, found.st_ctime_ns, time.time_ns())
 
 
 def skip_unchanged_files(
@@ -100,7 +107,8 @@ def skip_unchanged_files(
             entry is not None
             and row is not None
             and row.artifact_key in accepted
-            and (entry.size, entry.mtime_ns, entry.sha256) == (found.size, found.mtime_ns, row.sha256)
+            and found.same(entry)
+            and entry.sha256 == row.sha256
         ):
             skipped += 1
         else:
@@ -130,9 +138,9 @@ def record_entries(
             item_id not in failed
             and row is not None
             and row.artifact_key in accepted
-            and found.seen_ns - found.mtime_ns >= settle_ns
+            and found.seen_ns - max(found.mtime_ns, found.ctime_ns) >= settle_ns
         ):
-            kept[item_id] = Entry(found.size, found.mtime_ns, row.sha256)
+            kept[item_id] = Entry(found.size, found.mtime_ns, found.ctime_ns, row.sha256)
     path = Path(out) / EMBED_FILE_STATS_NAME
     if not kept:
         path.unlink(missing_ok=True)
@@ -144,6 +152,7 @@ def record_entries(
             "id": pa.array(ids, pa.string()),
             "size": pa.array([kept[i].size for i in ids], pa.int64()),
             "mtime_ns": pa.array([kept[i].mtime_ns for i in ids], pa.int64()),
+            "ctime_ns": pa.array([kept[i].ctime_ns for i in ids], pa.int64()),
             "sha256": pa.array([kept[i].sha256 for i in ids], pa.string()),
         }
     )

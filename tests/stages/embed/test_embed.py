@@ -227,15 +227,14 @@ def test_a_rerun_embeds_only_new_or_changed_items(tiny_vit_int8_dir: Path, photo
     assert all(np.array_equal(after[k][2], before[k][2]) for k in untouched)
 
 
-def test_a_rerun_does_not_read_files_whose_size_and_mtime_are_as_it_last_saw_them(
+def test_a_rerun_does_not_read_files_whose_stat_is_as_it_last_saw_them(
     tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from clip_export.stages.embed import embed_inputs
+    from clip_export.stages.embed import embed_filestats, embed_inputs
 
-    an_hour_ago = time.time_ns() - 3600 * 10**9
-    files = sorted(p for p in photos.rglob("*") if p.is_file())
-    for path in files:  # settled: a file modified just before the run gets no entry (tests of embed_filestats)
-        os.utime(path, ns=(an_hour_ago, an_hour_ago))
+    # The fixture's files were written just now; waiting EMBED_FILE_STATS_SETTLE_S for their entries
+    # would only slow the test (the settling rule has its own tests in test_embed_filestats.py).
+    monkeypatch.setattr(embed_filestats, "EMBED_FILE_STATS_SETTLE_S", 0.0)
     read: list[str] = []
     real_load = embed_inputs.load
     monkeypatch.setattr(embed_inputs, "load", lambda item: read.append(item.id) or real_load(item))
@@ -245,19 +244,18 @@ def test_a_rerun_does_not_read_files_whose_size_and_mtime_are_as_it_last_saw_the
     read.clear()
     again = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
     assert (again.embedded, again.unchanged, again.unchanged_unread, read) == (0, 8, 8, [])
-    # Another photo of the same size with the mtime put back: the stat cannot tell (as for rsync and
-    # git), so it is not read; --rehash reads every file and finds it.
-    swapped = next(p for p in files if p.suffix == ".jpg")
-    content = swapped.read_bytes()
-    swapped.write_bytes(content[:-2] + bytes([content[-2] ^ 1]) + content[-1:])
-    os.utime(swapped, ns=(an_hour_ago, an_hour_ago))
-    assert embed(tiny_vit_int8_dir, [photos], out, precision="fp32").unchanged_unread == 8
-    rehashed = embed(tiny_vit_int8_dir, [photos], out, precision="fp32", rehash=True)
-    assert (rehashed.embedded, rehashed.unchanged, rehashed.unchanged_unread, len(read)) == (1, 7, 0, 8)
-    read.clear()
-    after = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")  # the new hash now has its entry
-    assert (after.embedded, after.unchanged_unread, read) == (0, 8, [])
     assert manifest_runs(out)[-1]["unchanged_unread"] == 8
+    # Another photo of the same size with its mtime put back: its ctime gives it away, so it is read.
+    swapped = next(p for p in photos.glob("*.jpg"))
+    content, mtime = swapped.read_bytes(), swapped.stat().st_mtime_ns
+    time.sleep(0.01)  # past the file system's timestamp tick
+    swapped.write_bytes(content[:-2] + bytes([content[-2] ^ 1]) + content[-1:])
+    os.utime(swapped, ns=(mtime, mtime))
+    third = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    assert (third.embedded, third.unchanged_unread, read) == (1, 7, [str(swapped)])
+    read.clear()
+    rehashed = embed(tiny_vit_int8_dir, [photos], out, precision="fp32", rehash=True)  # reads every file
+    assert (rehashed.embedded, rehashed.unchanged, rehashed.unchanged_unread, len(read)) == (0, 8, 0, 8)
 
 
 def test_bad_items_go_to_the_errors_table_and_the_rest_is_embedded(

@@ -31,6 +31,17 @@ def photo(folder: Path, name: str, content: bytes, mtime_ns: int = AN_HOUR_AGO_N
     return Item(str(path), "image", path=str(path)), hashlib.sha256(content).hexdigest()
 
 
+def entry(item: Item, sha256: str, size: int | None = None, mtime_ns: int | None = None) -> Entry:
+    """The entry a run records for the file as it is now (ctime included), with size or mtime overridden."""
+    found = os.stat(item.path or "")
+    return Entry(
+        found.st_size if size is None else size,
+        found.st_mtime_ns if mtime_ns is None else mtime_ns,
+        found.st_ctime_ns,
+        sha256,
+    )
+
+
 def test_only_a_file_whose_stat_matches_its_entry_and_whose_row_holds_the_entrys_hash_is_not_read(
     tmp_path: Path,
 ) -> None:
@@ -41,17 +52,24 @@ def test_only_a_file_whose_stat_matches_its_entry_and_whose_row_holds_the_entrys
     other_artifact, other_sha = photo(tmp_path, "other-artifact.jpg", b"other")
     no_entry, no_entry_sha = photo(tmp_path, "no-entry.jpg", b"no entry")
     no_row, no_row_sha = photo(tmp_path, "no-row.jpg", b"no row")
+    ctime_changed, ctime_sha = photo(tmp_path, "ctime-changed.jpg", b"ctime")
     caption = Item("a caption", "text", text="a caption")
     from_table = Item("row-1", "image", data=b"encoded")
     missing = Item(str(tmp_path / "missing.jpg"), "image", path=str(tmp_path / "missing.jpg"))
-    items = [same, touched, resized, re_embedded, other_artifact, no_entry, no_row, caption, from_table, missing]
+    files = [same, touched, resized, re_embedded, other_artifact, no_entry, no_row, ctime_changed]
+    items = [*files, caption, from_table, missing]
+    before_rewrite = entry(ctime_changed, ctime_sha)
+    time.sleep(0.01)  # past the file system's timestamp tick (ns on ext4 and tmpfs, coarse-clock updates)
+    photo(tmp_path, "ctime-changed.jpg", b"CTIME")  # rewritten: same size, mtime put back, a new ctime
+    assert os.stat(ctime_changed.path or "").st_ctime_ns != before_rewrite.ctime_ns
     entries = {
-        same.id: Entry(4, AN_HOUR_AGO_NS, sha),
-        touched.id: Entry(7, AN_HOUR_AGO_NS - 1, touched_sha),  # mtime 1 ns earlier
-        resized.id: Entry(8, AN_HOUR_AGO_NS, resized_sha),  # one byte longer
-        re_embedded.id: Entry(11, AN_HOUR_AGO_NS, "an older hash"),
-        other_artifact.id: Entry(5, AN_HOUR_AGO_NS, other_sha),
-        no_row.id: Entry(6, AN_HOUR_AGO_NS, no_row_sha),
+        same.id: entry(same, sha),
+        touched.id: entry(touched, touched_sha, mtime_ns=AN_HOUR_AGO_NS - 1),  # mtime 1 ns earlier
+        resized.id: entry(resized, resized_sha, size=8),  # one byte longer
+        re_embedded.id: entry(re_embedded, "an older hash"),
+        other_artifact.id: entry(other_artifact, other_sha),
+        no_row.id: entry(no_row, no_row_sha),
+        ctime_changed.id: before_rewrite,
     }
     done = {
         same.id: Done(sha, KEY),
@@ -60,37 +78,51 @@ def test_only_a_file_whose_stat_matches_its_entry_and_whose_row_holds_the_entrys
         re_embedded.id: Done("its latest row's hash", KEY),
         other_artifact.id: Done(other_sha, "another artifact"),
         no_entry.id: Done(no_entry_sha, KEY),
+        ctime_changed.id: Done(ctime_sha, KEY),
     }
     unread = skip_unchanged_files(items, entries, done, {KEY})
     assert unread.skipped == 1
     assert unread.pending == [i for i in items if i is not same]
-    assert set(unread.seen) == {i.id for i in items[:7]}  # image files that exist: nothing else is statted
+    assert set(unread.seen) == {i.id for i in files}  # image files that exist: nothing else is statted
     assert unread.seen[same.id].size == 4 and unread.seen[same.id].mtime_ns == AN_HOUR_AGO_NS
     assert skip_unchanged_files(items, {}, done, {KEY}).skipped == 0  # --rehash: no entries, every file read
 
 
 def test_entries_are_recorded_for_settled_files_whose_row_is_accepted_and_did_not_fail(tmp_path: Path) -> None:
     now = time.time_ns()
-    settled = FileStat(4, now - int(EMBED_FILE_STATS_SETTLE_S * 1e9), now)
-    just_written = FileStat(4, now - int(EMBED_FILE_STATS_SETTLE_S * 1e9) + 1, now)
-    seen = {"ok": settled, "recent": just_written, "failed": settled, "no-row": settled, "other": settled}
+    settled_ns = now - int(EMBED_FILE_STATS_SETTLE_S * 1e9)
+    settled = FileStat(4, settled_ns - 5, settled_ns, now)
+    just_written = FileStat(4, settled_ns + 1, settled_ns + 1, now)
+    mtime_put_back = FileStat(4, settled_ns - 5, settled_ns + 1, now)  # an old mtime, a recent ctime
+    seen = {
+        "ok": settled,
+        "recent": just_written,
+        "put-back": mtime_put_back,
+        "failed": settled,
+        "no-row": settled,
+        "other": settled,
+    }
     done = {
         "ok": Done("ok-sha", KEY),
         "recent": Done("recent-sha", KEY),
+        "put-back": Done("put-back-sha", KEY),
         "failed": Done("an earlier row's hash", KEY),
         "other": Done("other-sha", "another artifact"),
         "unseen-kept": Done("kept-sha", KEY),
         "unseen-superseded": Done("a newer hash", KEY),
     }
     earlier = {
-        "ok": Entry(3, 1, "an older hash"),
-        "failed": Entry(4, 2, "an earlier row's hash"),
-        "unseen-kept": Entry(9, 9, "kept-sha"),
-        "unseen-superseded": Entry(9, 9, "the hash before"),
-        "unseen-gone": Entry(9, 9, "gone-sha"),
+        "ok": Entry(3, 1, 1, "an older hash"),
+        "failed": Entry(4, 2, 2, "an earlier row's hash"),
+        "unseen-kept": Entry(9, 9, 9, "kept-sha"),
+        "unseen-superseded": Entry(9, 9, 9, "the hash before"),
+        "unseen-gone": Entry(9, 9, 9, "gone-sha"),
     }
     written = record_entries(tmp_path, earlier, seen, done, {KEY}, failed={"failed"})
-    assert written == {"ok": Entry(4, settled.mtime_ns, "ok-sha"), "unseen-kept": Entry(9, 9, "kept-sha")}
+    assert written == {
+        "ok": Entry(4, settled.mtime_ns, settled.ctime_ns, "ok-sha"),
+        "unseen-kept": Entry(9, 9, 9, "kept-sha"),
+    }
     assert read_entries(tmp_path) == (written, None)
     assert record_entries(tmp_path, {}, {}, done, {KEY}, failed=set()) == {}
     assert not (tmp_path / EMBED_FILE_STATS_NAME).exists()  # nothing to keep: no file
@@ -108,7 +140,7 @@ def test_an_unreadable_stats_file_means_reading_every_file_and_says_so(tmp_path:
 @pytest.mark.parametrize("change", ["content and size", "mtime only"])
 def test_a_file_changed_after_its_entry_is_read_again(tmp_path: Path, change: str) -> None:
     item, sha = photo(tmp_path, "photo.jpg", b"first")
-    entries = {item.id: Entry(5, AN_HOUR_AGO_NS, sha)}
+    entries = {item.id: entry(item, sha)}
     done = {item.id: Done(sha, KEY)}
     assert skip_unchanged_files([item], entries, done, {KEY}).skipped == 1
     if change == "content and size":
