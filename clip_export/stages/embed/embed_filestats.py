@@ -5,9 +5,9 @@ inode change time, as last seen, beside the content hash its row was made from
 Why: otherwise a re-run reads and hashes every file to find what changed, and a photo library of a
 million files is terabytes of reading. A file whose size, mtime and ctime (in ns) equal the entry
 recorded with the hash its row still holds is taken as unchanged, as git takes it. The ctime is what
-catches a file rewritten with its mtime put back (`touch -r`, some copy and sync tools): no tool sets
-it. `--rehash` reads and hashes every file instead. Only image files have entries: captions and
-table rows are in memory already and are hashed as before.
+catches a file rewritten with its mtime put back (`touch -r`, some copy and sync tools): user tools
+cannot set it. `--rehash` reads and hashes every file instead. Only image files have entries:
+captions and table rows are in memory already and are hashed as before.
 
 What keeps the shortcut honest:
 - an entry is recorded from a stat taken before the file was read, so a file changed while it was
@@ -17,8 +17,8 @@ What keeps the shortcut honest:
   both times (git's "racily clean" files);
 - an entry counts only while its hash is the hash of the item's row in the index, made by an
   artifact this dataset accepts; a failed item loses its entry.
-The file is an accelerator: lost, stale or from an interrupted run, it costs reading, never a wrong skip
-of a file whose size, mtime or ctime changed.
+The file is an accelerator: lost, stale or from an interrupted run, it costs reading, never a wrong
+skip of a file whose size, mtime or ctime changed.
 """
 
 from __future__ import annotations
