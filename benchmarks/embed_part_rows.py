@@ -19,28 +19,23 @@ passes spread evenly or fall into groups (the default session's two modes, docs/
 from __future__ import annotations
 
 import argparse
-import json
-import os
 import statistics
 import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_report import prepare  # noqa: E402
-from indexing import MIN_DOCS, corpus  # noqa: E402  (this directory is on sys.path)
+from indexing import MIN_DOCS, corpus, save_results  # noqa: E402  (this directory is on sys.path)
 
-from clip_export.core.environment import current_environment  # noqa: E402
 from clip_export.core.spec import EMBED_PART_ACTIVATIONS, EMBED_PART_ROWS  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
 from clip_export.stages.bench.timing import interleaved_samples  # noqa: E402
 from clip_export.stages.embed.embed_local import parallelism  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 PART_ROWS = (2, 4, 8, 12, 16, 25, 50)
 BATCHES = (10, 50, 100)
 
@@ -105,20 +100,15 @@ def main() -> None:
                     }
                 )
                 print(f"{precision} {name:36} {rows[-1]['ms_per_photo']:6.2f} ms/photo", file=sys.stderr, flush=True)
-    meta = {
-        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "cpu": current_environment("CPUExecutionProvider").describe(),
-        "cores": os.cpu_count(),
-        "workers": workers,
-        "photos": len(paths),
-        "repeats": args.repeats,
-        "model_dir": str(model_dir),
-        "EMBED_PART_ROWS": EMBED_PART_ROWS,
-        "EMBED_PART_ACTIVATIONS": EMBED_PART_ACTIVATIONS,
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"embed_part_rows-{model_dir.name}.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
+    meta = save_results(
+        f"embed_part_rows-{model_dir.name}",
+        rows,
+        workers=workers,
+        photos=len(paths),
+        repeats=args.repeats,
+        model_dir=str(model_dir),
+        EMBED_PART_ROWS=EMBED_PART_ROWS,
+        EMBED_PART_ACTIVATIONS=EMBED_PART_ACTIVATIONS,
     )
     print(
         f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores, {len(paths)} photos, median of {args.repeats} passes\n"

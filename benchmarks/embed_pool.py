@@ -18,14 +18,12 @@ and prints Markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import resource
 import statistics
 import sys
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from datetime import datetime, timezone
 from pathlib import Path
 from types import TracebackType
 from typing import Any, TypeVar
@@ -33,16 +31,14 @@ from unittest import mock
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_report import prepare  # noqa: E402
-from indexing import MIN_DOCS, corpus_inputs, local_engine, parallel_pure  # noqa: E402  (this directory is on sys.path)
+from indexing import MIN_DOCS, corpus_inputs, local_engine, parallel_pure, save_results  # noqa: E402  (this directory is on sys.path)
 
-from clip_export.core.environment import current_environment  # noqa: E402
 from clip_export.core.spec import EMBED_READ_THREADS  # noqa: E402
 from clip_export.runtime import ClipOnnx  # noqa: E402
 from clip_export.stages.bench.timing import interleaved_samples  # noqa: E402
 from clip_export.stages.embed import embed_local  # noqa: E402
 from clip_export.stages.embed.embed_inputs import in_batching_order, list_items, part_rows_by_kind  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 ONE_POOL = "local engine, one pool (a thread per core, parts first)"
 TWO_POOLS = f"local engine, {EMBED_READ_THREADS} reader threads beside a thread per part (the earlier layout)"
 PURE = "pure session.run, one two-thread session"
@@ -163,18 +159,14 @@ def main() -> None:
                         file=sys.stderr,
                         flush=True,
                     )
-    meta = {
-        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "cpu": current_environment("CPUExecutionProvider").describe(),
-        "cores": cores,
-        "workers": workers,
-        "documents": len(paths),
-        "repeats": args.repeats,
-        "model_dir": str(model_dir),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"embed_pool-{model_dir.name}.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
+    meta = save_results(
+        f"embed_pool-{model_dir.name}",
+        rows,
+        cores=cores,
+        workers=workers,
+        documents=len(paths),
+        repeats=args.repeats,
+        model_dir=str(model_dir),
     )
     print(
         f"{meta['date']}, {meta['cpu']}, {cores} cores; {len(paths)} photos decoded from files and "

@@ -17,14 +17,12 @@ benchmarks/results/embed_rerun-<model>.json and prints Markdown.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import random
 import statistics
 import sys
 import tempfile
 import time
-from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -32,13 +30,12 @@ from PIL import Image
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from cpu_report import prepare  # noqa: E402  (this directory is on sys.path)
+from indexing import save_results  # noqa: E402
 
-from clip_export.core.environment import current_environment  # noqa: E402
 from clip_export.core.evalset import BUNDLED_DIR  # noqa: E402
 from clip_export.core.spec import EMBED_FILE_STATS_SETTLE_S  # noqa: E402
 from clip_export.stages.embed.embed import embed  # noqa: E402
 
-RESULTS = Path(__file__).parent / "results"
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 
 
@@ -105,20 +102,15 @@ def main() -> None:
         {"re-run": key, "seconds": statistics.median(values), "passes_s": values}
         for key, values in sorted(samples.items())
     ]
-    meta = {
-        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
-        "cpu": current_environment("CPUExecutionProvider").describe(),
-        "cores": os.cpu_count(),
-        "photos": args.photos,
-        "library_bytes": total_bytes,
-        "precision": args.precision,
-        "first_run_s": first_s,
-        "rounds": args.rounds,
-        "model_dir": str(model_dir),
-    }
-    RESULTS.mkdir(exist_ok=True)
-    (RESULTS / f"embed_rerun-{model_dir.name}.json").write_text(
-        json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n"
+    meta = save_results(
+        f"embed_rerun-{model_dir.name}",
+        rows,
+        photos=args.photos,
+        library_bytes=total_bytes,
+        precision=args.precision,
+        first_run_s=first_s,
+        rounds=args.rounds,
+        model_dir=str(model_dir),
     )
     print(
         f"{meta['date']}, {meta['cpu']}, {meta['cores']} cores, {args.photos} photos of 4032×3024 "

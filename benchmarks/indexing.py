@@ -5,15 +5,19 @@ often), the local engine run on it, and the engine's inference parts alone."""
 
 from __future__ import annotations
 
+import json
+import os
 import tempfile
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
+from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
 from PIL import Image
 
+from clip_export.core.environment import current_environment
 from clip_export.core.evalset import BUNDLED_DIR, load_evalset
 from clip_export.core.progress import silent
 from clip_export.core.spec import EMBED_CHUNK_ROWS
@@ -24,6 +28,21 @@ from clip_export.stages.embed.embed_local import run_local
 from clip_export.stages.embed.embed_store import ChunkWriter, Store, new_manifest
 
 MIN_DOCS = 112
+RESULTS = Path(__file__).parent / "results"
+
+
+def save_results(stem: str, rows: list[dict[str, Any]], **fields: Any) -> dict[str, Any]:
+    """Write RESULTS/<stem>.json: its rows under a meta that starts with when and on which CPU (and how
+    many cores, unless `fields` says), then `fields`. Returns the meta, for the printed header."""
+    meta = {
+        "date": datetime.now(timezone.utc).replace(microsecond=0).isoformat(),
+        "cpu": current_environment("CPUExecutionProvider").describe(),
+        "cores": os.cpu_count(),
+        **fields,
+    }
+    RESULTS.mkdir(exist_ok=True)
+    (RESULTS / f"{stem}.json").write_text(json.dumps({"meta": meta, "rows": rows}, indent=2) + "\n")
+    return meta
 
 
 def corpus(folder: Path, docs: int = MIN_DOCS) -> tuple[list[str], list[str]]:
