@@ -74,7 +74,7 @@ LOCAL_RAY = "local"
 @click.option(
     "--rehash",
     is_flag=True,
-    help="Read and hash every file, even those whose size, mtime and ctime are as the last run saw them.",
+    help="Read and hash every file, even those whose size, times and inode are as the last run saw them.",
 )
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @click.option("--quiet", "-q", is_flag=True, help="No progress messages on stderr.")
@@ -97,7 +97,7 @@ def embed_command(
 
     INPUT: image files, folders (recursive), a .txt with one caption a line, or a
     .parquet/.csv/.jsonl table (--column). A re-run embeds only new or changed items, and
-    does not read files whose size, mtime and ctime are as it last saw them (--rehash reads all).
+    does not read files whose size, times and inode are as it last saw them (--rehash reads all).
 
     \b
     Example:

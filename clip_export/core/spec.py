@@ -323,10 +323,10 @@ EMBED_PRECISION_PREFERENCE = ("int8", "fp32", "fp16", "q4")
 EMBED_DATA_DIR = "embeddings"
 EMBED_ERRORS_NAME = "errors.parquet"
 EMBED_MANIFEST_NAME = "dataset.json"
-# Each image file's size, mtime and ctime beside the hash its row was made from: a re-run takes a file
-# whose stat is unchanged as unchanged without reading it (embed_filestats; --rehash reads every file).
+# Each image file's size, mtime, ctime and inode beside the hash its row was made from: a re-run takes a
+# file whose stat is unchanged as unchanged without reading it (embed_filestats; --rehash reads every file).
 EMBED_FILE_STATS_NAME = "file-stats.parquet"
-# A file whose mtime or ctime is less than this before it was statted gets no entry: changed again
+# A file whose mtime or ctime is not more than this older than its stat gets no entry: changed again
 # within its file system's timestamp resolution (2 s on FAT, 1 s on ext3 and HFS+, ns on ext4), it
 # could keep its size and both times.
 EMBED_FILE_STATS_SETTLE_S = 2.0

@@ -199,7 +199,8 @@ def _embed(
     layout = {  # what each engine splits batches by, and runs with: INT8 rows depend on their part (docs/embed.md)
         "batch_size": batch_size,
         "batches_of": (
-            "Ray Data's batches of every item (unchanged and failed ones included, shorter at block ends); "
+            "Ray Data's batches of every item its stat did not show unchanged (items found unchanged by "
+            "their hash and failed ones included, shorter at block ends); "
             "parts over each batch's rows to embed, per kind"
             if use_ray
             else "the items to embed, per kind, in batching order"
@@ -230,7 +231,9 @@ def _embed(
     counts["unchanged"] += unread.skipped
     store.write_errors(errors)
     store.compact(keep_keys=accepted if reembed else None)
-    record_entries(store.out, entries, unread.seen, store.index(), accepted, {e[0] for e in errors})
+    _, unwritten = record_entries(store.out, entries, unread.seen, store.index(), accepted, {e[0] for e in errors})
+    if unwritten:
+        progress(unwritten)
     seconds = time.perf_counter() - started
     manifest = store.manifest or new_manifest(artifact, dim)
     manifest["runs"].append(

@@ -3,7 +3,7 @@
     OUT/dataset.json                 what built the index: the artifact, the environment, each run
     OUT/embeddings/part-NNNNNNNN.parquet   id, kind, sha256, embedding (float32, L2-normalised)
     OUT/errors.parquet               the items the latest run could not embed, with the reason
-    OUT/file-stats.parquet           image files' size, mtime and ctime beside their hash (embed_filestats)
+    OUT/file-stats.parquet           image files' size, times and inode beside their hash (embed_filestats)
 
 Every file is written beside its target and renamed into place, so a SIGKILL loses at most the
 chunk in flight and never leaves half a file. Each chunk names the artifact that made its rows (in

@@ -258,6 +258,51 @@ def test_a_rerun_does_not_read_files_whose_stat_is_as_it_last_saw_them(
     assert (rehashed.embedded, rehashed.unchanged, rehashed.unchanged_unread, len(read)) == (0, 8, 0, 8)
 
 
+def test_the_stat_is_taken_before_the_read_and_a_file_that_failed_is_read_again(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clip_export.stages.embed import embed_filestats, embed_inputs
+
+    monkeypatch.setattr(embed_filestats, "EMBED_FILE_STATS_SETTLE_S", 0.0)
+    target = next(p for p in photos.glob("*.jpg"))
+    content, mtime = target.read_bytes(), target.stat().st_mtime_ns
+    real_load = embed_inputs.load
+
+    def rewritten_after_read(item: embed_inputs.Item) -> embed_inputs.Loaded:
+        loaded = real_load(item)
+        if item.path == str(target) and loaded.content == content:  # changed while the run holds it
+            time.sleep(0.01)  # past the file system's timestamp tick
+            target.write_bytes(content[:-2] + bytes([content[-2] ^ 1]) + content[-1:])
+            os.utime(target, ns=(mtime, mtime))
+        return loaded
+
+    monkeypatch.setattr(embed_inputs, "load", rewritten_after_read)
+    out = tmp_path / "index"
+    assert embed(tiny_vit_int8_dir, [photos], out, precision="fp32").embedded == 8
+    monkeypatch.setattr(embed_inputs, "load", real_load)
+    again = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")  # the entry predates the rewrite
+    assert (again.embedded, again.unchanged_unread) == (1, 7)
+    time.sleep(0.01)
+    target.write_bytes(bytes(len(content)))  # undecodable now, same size, mtime put back
+    os.utime(target, ns=(mtime, mtime))
+    for _ in range(2):  # a failed file keeps no entry: each run reads it again and says why
+        failing = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+        assert (failing.failed, failing.unchanged_unread, failing.errors[0][0]) == (1, 7, str(target))
+
+
+def test_photos_written_just_before_a_run_are_read_again_by_the_next(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clip_export.stages.embed import embed_filestats
+
+    # However slowly this machine opens the model, the fixture's photos are younger than this
+    monkeypatch.setattr(embed_filestats, "EMBED_FILE_STATS_SETTLE_S", 600.0)
+    out = tmp_path / "index"
+    embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    again = embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+    assert (again.embedded, again.unchanged, again.unchanged_unread) == (0, 8, 0)
+
+
 def test_bad_items_go_to_the_errors_table_and_the_rest_is_embedded(
     tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path
 ) -> None:
