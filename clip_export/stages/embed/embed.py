@@ -209,7 +209,9 @@ def _embed(
         "part_rows_at_most": part_rows,
         "session_threads": engine_threads,
     }
-    if use_ray:
+    if not unread.pending:  # no engine starts: a Ray cluster alone takes seconds
+        progress(f"nothing to read or embed ({unread.skipped} of {len(items)} items unchanged by their stat)")
+    elif use_ray:
         from clip_export.stages.embed.embed_ray import ActorJob, run_ray
 
         job = ActorJob(

@@ -290,6 +290,28 @@ def test_the_stat_is_taken_before_the_read_and_a_file_that_failed_is_read_again(
         assert (failing.failed, failing.unchanged_unread, failing.errors[0][0]) == (1, 7, str(target))
 
 
+def test_a_rerun_with_nothing_to_read_starts_no_engine(
+    tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from clip_export.stages.embed import embed as embed_module
+    from clip_export.stages.embed import embed_filestats, embed_ray
+
+    monkeypatch.setattr(embed_filestats, "EMBED_FILE_STATS_SETTLE_S", 0.0)
+    out = tmp_path / "index"
+    embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
+
+    def started(*_: object, **__: object) -> None:
+        raise AssertionError("an engine started with nothing to read")
+
+    monkeypatch.setattr(embed_module, "run_local", started)
+    monkeypatch.setattr(embed_ray, "run_ray", started)
+    said: list[str] = []
+    for use_ray in (False, True):
+        again = embed(tiny_vit_int8_dir, [photos], out, precision="fp32", use_ray=use_ray, progress=said.append)
+        assert (again.embedded, again.unchanged, again.unchanged_unread) == (0, 8, 8)
+    assert said.count("nothing to read or embed (8 of 8 items unchanged by their stat)") == 2
+
+
 def test_photos_written_just_before_a_run_are_read_again_by_the_next(
     tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
