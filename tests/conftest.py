@@ -164,3 +164,12 @@ def tiny_vit_int8_dir(tiny_vit_dir: Path, tmp_path_factory: pytest.TempPathFacto
     # in compat (4.2e-3), which would make embed fall back to fp32 here (docs/convert.md).
     quantize_int8(target, scheme=INT8_FAMILIES["any-x86"].scheme)
     return target
+
+
+@pytest.fixture
+def file_stats_at_once(monkeypatch: pytest.MonkeyPatch) -> None:
+    """embed records file-stats entries for files written just now: waiting EMBED_FILE_STATS_SETTLE_S for
+    a test's fresh files would only slow it (the settling rule has its own tests in test_embed_filestats.py)."""
+    from clip_export.stages.embed import embed_filestats
+
+    monkeypatch.setattr(embed_filestats, "EMBED_FILE_STATS_SETTLE_S", 0.0)

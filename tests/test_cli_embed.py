@@ -40,12 +40,10 @@ def test_embed_prints_a_summary_and_exits_1_naming_the_failed_items(tiny_vit_int
     assert (summary["embedded"], summary["unchanged"], summary["failed"], summary["precision"]) == (0, 4, 0, "int8")
 
 
+@pytest.mark.usefixtures("file_stats_at_once")
 def test_a_rerun_says_how_many_files_it_did_not_read_and_rehash_reads_them(
-    tiny_vit_int8_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    tiny_vit_int8_dir: Path, tmp_path: Path
 ) -> None:
-    from clip_export.stages.embed import embed_filestats
-
-    monkeypatch.setattr(embed_filestats, "EMBED_FILE_STATS_SETTLE_S", 0.0)  # files written just now get entries
     photos = tmp_path / "photos"
     photos.mkdir()
     for path in sorted((BUNDLED_DIR / "images").glob("*.jpg"))[:3]:

@@ -227,14 +227,12 @@ def test_a_rerun_embeds_only_new_or_changed_items(tiny_vit_int8_dir: Path, photo
     assert all(np.array_equal(after[k][2], before[k][2]) for k in untouched)
 
 
+@pytest.mark.usefixtures("file_stats_at_once")
 def test_a_rerun_does_not_read_files_whose_stat_is_as_it_last_saw_them(
     tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from clip_export.stages.embed import embed_filestats, embed_inputs
+    from clip_export.stages.embed import embed_inputs
 
-    # The fixture's files were written just now; waiting EMBED_FILE_STATS_SETTLE_S for their entries
-    # would only slow the test (the settling rule has its own tests in test_embed_filestats.py).
-    monkeypatch.setattr(embed_filestats, "EMBED_FILE_STATS_SETTLE_S", 0.0)
     read: list[str] = []
     real_load = embed_inputs.load
     monkeypatch.setattr(embed_inputs, "load", lambda item: read.append(item.id) or real_load(item))
@@ -258,12 +256,12 @@ def test_a_rerun_does_not_read_files_whose_stat_is_as_it_last_saw_them(
     assert (rehashed.embedded, rehashed.unchanged, rehashed.unchanged_unread, len(read)) == (0, 8, 0, 8)
 
 
+@pytest.mark.usefixtures("file_stats_at_once")
 def test_the_stat_is_taken_before_the_read_and_a_file_that_failed_is_read_again(
     tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    from clip_export.stages.embed import embed_filestats, embed_inputs
+    from clip_export.stages.embed import embed_inputs
 
-    monkeypatch.setattr(embed_filestats, "EMBED_FILE_STATS_SETTLE_S", 0.0)
     target = next(p for p in photos.glob("*.jpg"))
     content, mtime = target.read_bytes(), target.stat().st_mtime_ns
     real_load = embed_inputs.load
@@ -290,13 +288,13 @@ def test_the_stat_is_taken_before_the_read_and_a_file_that_failed_is_read_again(
         assert (failing.failed, failing.unchanged_unread, failing.errors[0][0]) == (1, 7, str(target))
 
 
+@pytest.mark.usefixtures("file_stats_at_once")
 def test_a_rerun_with_nothing_to_read_starts_no_engine(
     tiny_vit_int8_dir: Path, photos: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     from clip_export.stages.embed import embed as embed_module
-    from clip_export.stages.embed import embed_filestats, embed_ray
+    from clip_export.stages.embed import embed_ray
 
-    monkeypatch.setattr(embed_filestats, "EMBED_FILE_STATS_SETTLE_S", 0.0)
     out = tmp_path / "index"
     embed(tiny_vit_int8_dir, [photos], out, precision="fp32")
 
